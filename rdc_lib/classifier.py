@@ -1,0 +1,150 @@
+"""The diffusion classifier (DC): Bayes' rule over conditional diffusion ELBOs (rdc-spec.md section 3).
+
+logits[b, y] = -sum_t w_t E||D(x_b + sigma_t eps; sigma_t, y) - x_b||^2 + log p(y), i.e. an estimate of
+log p(x_b | y) + log p(y) up to a constant shared by all classes; softmax gives p(y | x_b).
+
+Randomness is owned by the module (never the global RNG):
+- ``noise_mode="stochastic"``: fresh eps per call from the module's generator (seeded by ``seed``).
+- ``noise_mode="fixed"``: the same eps on every call, one eps per level shared by every image, derived
+  from ``seed``: the classifier is then a deterministic function an attacker can differentiate exactly.
+
+Gradients w.r.t. the input: ``grad_mode="chunked"`` (default) runs the forward without storing
+activations and recomputes them chunk by chunk in the backward pass, so peak memory does not grow
+with K x T; ``grad_mode="autograd"`` keeps the plain graph (reference for tests).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .diffusion.elbo import draw_noise, elbo_terms
+from .diffusion.schedules import NoiseGrid, make_grid
+from .models.base import Denoiser
+from .utils import check_images
+
+NOISE_MODES = ("stochastic", "fixed")
+GRAD_MODES = ("chunked", "autograd")
+
+
+class _ChunkedELBOSum(torch.autograd.Function):
+    """sum_t terms (B, K) with a memory-bounded backward that recomputes one chunk of levels at a time."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int) -> Tensor:
+        with torch.no_grad():
+            total = elbo_terms(denoiser, x, grid, classes=classes, noise=noise, chunk_size=chunk).sum(-1)
+        ctx.save_for_backward(x, noise, classes)
+        ctx.denoiser, ctx.grid, ctx.chunk = denoiser, grid, chunk
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, noise, classes = ctx.saved_tensors
+        denoiser, grid, chunk = ctx.denoiser, ctx.grid, ctx.chunk
+        grad_x = torch.zeros_like(x)
+        t_len = len(grid)
+        batch = x.shape[0]
+        passes = denoiser.passes_per_denoise_all(classes.numel()) if noise.shape[1] == 1 else classes.numel()
+        per_chunk = max(1, chunk // max(1, batch * passes))
+        noise_b = noise.expand(batch, *noise.shape[1:]) if noise.shape[0] == 1 else noise
+        for start in range(0, t_len, per_chunk):
+            sl = slice(start, min(start + per_chunk, t_len))
+            sub = NoiseGrid(grid.sigmas[sl], grid.weights[sl], grid.kind, grid.weighting)
+            with torch.enable_grad():
+                xc = x.detach().requires_grad_(True)
+                part = elbo_terms(denoiser, xc, sub, classes=classes, noise=noise_b[:, :, sl], chunk_size=chunk).sum(-1)
+                (g,) = torch.autograd.grad(part, xc, grad_out)
+            grad_x += g
+        return grad_x, None, None, None, None, None
+
+
+class DiffusionClassifier(nn.Module):
+    """x (B, C, H, W) in [0, 1] -> logits (B, K) = estimated log p(x|y) + log p(y) + const."""
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        grid: NoiseGrid | None = None,                        # default: paper grid, T = 32, EDM weights
+        *,
+        prior: Tensor | None = None,                          # (K,) class probabilities; default uniform
+        shared_noise: bool = True,                            # same eps for every class
+        noise_mode: Literal["stochastic", "fixed"] = "stochastic",
+        seed: int = 0,                                        # seeds the module's own generator
+        grad_mode: Literal["chunked", "autograd"] = "chunked",
+        chunk_size: int = 4096,                               # max (image, class, level) triples per call
+    ):
+        super().__init__()
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"unknown noise_mode {noise_mode!r}; valid choices: {', '.join(NOISE_MODES)}")
+        if grad_mode not in GRAD_MODES:
+            raise ValueError(f"unknown grad_mode {grad_mode!r}; valid choices: {', '.join(GRAD_MODES)}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.denoiser = denoiser
+        self.grid = grid if grid is not None else make_grid(32)
+        k = denoiser.num_classes
+        if prior is None:
+            prior = torch.full((k,), 1.0 / k)
+        prior = torch.as_tensor(prior, dtype=torch.float32)
+        if prior.shape != (k,) or (prior < 0).any() or not torch.isclose(prior.sum(), torch.tensor(1.0), atol=1e-4):
+            raise ValueError(f"prior must be {k} non-negative probabilities summing to 1, got {prior.tolist()}")
+        self.register_buffer("log_prior", prior.log(), persistent=False)
+        self.shared_noise = bool(shared_noise) or denoiser.heads == "multi"
+        self.noise_mode = noise_mode
+        self.seed = int(seed)
+        self.grad_mode = grad_mode
+        self.chunk_size = int(chunk_size)
+        self._generator: torch.Generator | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.denoiser.num_classes
+
+    def reseed(self, seed: int) -> None:
+        """Restart the module's random stream from ``seed``."""
+        self.seed = int(seed)
+        self._generator = None
+
+    def _gen(self, device: torch.device) -> torch.Generator:
+        if self.noise_mode == "fixed":
+            return torch.Generator(device=device).manual_seed(self.seed)
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    def draw_noise(self, x: Tensor) -> Tensor:
+        """The eps this call will use: (B or 1, 1 or K, T, C, H, W)."""
+        gen = self._gen(x.device)
+        batch = 1 if self.noise_mode == "fixed" else x.shape[0]
+        return draw_noise(batch, self.num_classes, len(self.grid), tuple(x.shape[1:]), shared_noise=self.shared_noise,
+                          generator=gen, device=x.device, dtype=x.dtype)
+
+    def check_input(self, x: Tensor) -> Tensor:
+        return check_images(x, channels=self.denoiser.img_channels, resolution=self.denoiser.img_resolution)
+
+    def elbo_terms(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+        """(B, K, T) weighted per-level losses (differentiable by plain autograd)."""
+        self.check_input(x)
+        noise = self.draw_noise(x) if noise is None else noise
+        noise = noise.expand(x.shape[0], *noise.shape[1:])
+        return elbo_terms(self.denoiser, x, self.grid, noise=noise, chunk_size=self.chunk_size)
+
+    def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+        self.check_input(x)
+        noise = self.draw_noise(x) if noise is None else noise
+        classes = torch.arange(self.num_classes, device=x.device)
+        if self.grad_mode == "chunked" and torch.is_grad_enabled() and x.requires_grad:
+            total = _ChunkedELBOSum.apply(x, noise.expand(x.shape[0], *noise.shape[1:]), self.denoiser,
+                                          self.grid, classes, self.chunk_size)
+        else:
+            total = elbo_terms(self.denoiser, x, self.grid, classes=classes,
+                               noise=noise.expand(x.shape[0], *noise.shape[1:]), chunk_size=self.chunk_size).sum(-1)
+        return -total + self.log_prior.to(x.device, x.dtype)
+
+    def network_passes(self, batch: int) -> int:
+        """Single-image network evaluations one forward costs for ``batch`` images."""
+        per_level = self.denoiser.passes_per_denoise_all(self.num_classes) if self.shared_noise else self.num_classes
+        return batch * len(self.grid) * per_level

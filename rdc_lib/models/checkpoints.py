@@ -1,0 +1,98 @@
+"""Safe checkpoints: safetensors weights with a JSON config in the file's metadata.
+
+A checkpoint is one ``.safetensors`` file: tensors (the state dict) plus metadata
+``{"rdc_kind": "denoiser" | "classifier" | ..., "config": <json>, "extra": <json>}``. Loading never
+unpickles anything. ``load_denoiser`` rebuilds the network from the stored config and refuses a
+file of another kind or whose weights do not fit the architecture, with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .base import Denoiser
+from .config import DenoiserConfig, build_denoiser
+
+__all__ = ["save_checkpoint", "read_checkpoint", "load_denoiser", "save_denoiser", "load_state_into"]
+
+
+def save_checkpoint(path: str | Path, module: nn.Module, kind: str, config: dict, extra: dict | None = None) -> Path:
+    """Write ``module``'s state dict and its config to ``path`` (a .safetensors file), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    meta = {"rdc_kind": kind, "config": json.dumps(config), "extra": json.dumps(extra or {})}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint(path: str | Path, expected_kind: str | None = None) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """Read (state_dict, config, extra) from a checkpoint written by ``save_checkpoint``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (expected a .safetensors file written by rdc)")
+    try:
+        state = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors checkpoint: {err}") from err
+    kind = meta.get("rdc_kind")
+    if kind is None or "config" not in meta:
+        raise ValueError(f"{path} is a safetensors file but not an rdc checkpoint (no 'rdc_kind'/'config' metadata)")
+    if expected_kind is not None and kind != expected_kind:
+        raise ValueError(f"{path} holds a '{kind}' checkpoint, expected a '{expected_kind}' checkpoint")
+    return state, json.loads(meta["config"]), json.loads(meta.get("extra", "{}"))
+
+
+def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """``load_state_dict`` that reports missing / unexpected / mis-shaped weights by name."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with wrong shapes (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+        raise ValueError(f"checkpoint {source} does not match the architecture: " + "; ".join(parts))
+    module.load_state_dict(state)
+    return module
+
+
+def save_denoiser(path: str | Path, denoiser: Denoiser, config: DenoiserConfig, extra: dict | None = None) -> Path:
+    return save_checkpoint(path, denoiser, "denoiser", asdict(config), extra)
+
+
+def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Denoiser:
+    """Rebuild a denoiser from a checkpoint, in eval mode, on ``device`` with ``dtype``."""
+    state, config, _ = read_checkpoint(path, expected_kind="denoiser")
+    try:
+        cfg = DenoiserConfig.from_dict(config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} has an invalid denoiser config: {err}") from err
+    net = build_denoiser(cfg)
+    load_state_into(net, state, str(path))
+    return net.to(device=device, dtype=dtype).eval()
+
+
+def checkpoint_extra(path: str | Path) -> dict[str, Any]:
+    """The free-form 'extra' metadata (training settings, provenance) of a checkpoint."""
+    return read_checkpoint(path)[2]

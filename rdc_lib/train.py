@@ -1,0 +1,188 @@
+"""Training loop for denoisers: EDM loss, label dropout, EMA, seeds, periodic checkpoints, resume.
+
+``train_denoiser(cfg, out)`` writes the EMA weights to ``out`` (a safetensors checkpoint with its
+config) and keeps a resumable training state beside it (``out.state.pt``: model, EMA, optimizer,
+step, RNG; saved with ``torch.save`` and read back with ``weights_only=True``). Interrupt it and run
+it again with the same arguments: it continues from the last periodic checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .data import dataset_info, load_dataset
+from .diffusion.loss import edm_loss
+from .models.base import Denoiser
+from .models.checkpoints import save_denoiser
+from .models.config import DenoiserConfig, build_denoiser
+from .utils import make_generator, resolve_device
+
+log = logging.getLogger(__name__)
+
+DIGITS_BACKBONE = {"model_channels": 32, "channel_mult": [1, 2, 2], "num_blocks": 1, "dropout": 0.1}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = "digits"         # "digits" | "cifar10"
+    data_root: str | None = None    # folder of the CIFAR-10 batches
+    heads: str = "single"           # "single" | "multi"
+    arch: str = "unet_small"
+    backbone: dict = field(default_factory=lambda: dict(DIGITS_BACKBONE))
+    steps: int = 5000               # optimizer steps
+    batch_size: int = 128
+    lr: float = 2e-3                # Adam learning rate (after warmup, cosine-decayed to 10%)
+    warmup: int = 200               # linear warmup steps
+    ema_decay: float = 0.999        # EMA of weights (the exported model)
+    label_dropout: float = 0.1      # single-head: probability of the null label
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    seed: int = 0
+    checkpoint_every: int = 500     # steps between resumable checkpoints
+    init_from: str | None = None    # a denoiser checkpoint to fine-tune from (matching names are loaded)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+    def denoiser_config(self) -> DenoiserConfig:
+        info = dataset_info(self.dataset)
+        return DenoiserConfig(
+            arch=self.arch, num_classes=info["num_classes"], img_channels=info["channels"],
+            img_resolution=info["resolution"], heads=self.heads, backbone=dict(self.backbone),
+        )
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(frac * torch.pi)).item()))
+
+
+def _init_partial(net: Denoiser, path: str) -> None:
+    """Fine-tuning: copy every weight whose name and shape match from ``path``."""
+    from .models.checkpoints import read_checkpoint
+
+    state, _, _ = read_checkpoint(path, expected_kind="denoiser")
+    own = net.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    own.update(matched)
+    net.load_state_dict(own)
+    log.info("initialised %d/%d tensors from %s", len(matched), len(own), path)
+
+
+def train_denoiser(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Train a denoiser per ``cfg``; write EMA weights to ``out``. Returns a summary dict."""
+    device = resolve_device(device)
+    out = Path(out)
+    state_path = out.with_name(out.name + ".state.pt")
+    dcfg = cfg.denoiser_config()
+    x_train, y_train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
+    x_train = (x_train * 2 - 1).to(device)  # model space [-1, 1]
+    y_train = y_train.to(device)
+
+    net = build_denoiser(dcfg).to(device)
+    if cfg.init_from:
+        _init_partial(net, cfg.init_from)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    gen = make_generator(cfg.seed, device)
+    step = 0
+    if resume and state_path.is_file():
+        saved = torch.load(state_path, map_location=device, weights_only=True)
+        if saved.get("train_config") != _jsonable(asdict(cfg)):
+            raise ValueError(f"{state_path} was written by a different training config; delete it or use resume=False")
+        net.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        opt.load_state_dict(saved["opt"])
+        gen.set_state(saved["rng"])
+        step = int(saved["step"])
+        log.info("resumed from %s at step %d", state_path, step)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.dataset} {cfg.heads}-head", unit="step")
+    t0 = time.perf_counter()
+    loss_avg = float("nan")
+    net.train()
+    while step < cfg.steps:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        idx = torch.randint(0, x_train.shape[0], (cfg.batch_size,), generator=gen, device=device)
+        loss = edm_loss(
+            net, x_train[idx], y_train[idx], generator=gen, P_mean=cfg.P_mean, P_std=cfg.P_std,
+            label_dropout=cfg.label_dropout,
+        ).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        _ema_update(ema, net, cfg.ema_decay if step >= cfg.warmup else 0.0)
+        step += 1
+        loss_avg = loss.item() if loss_avg != loss_avg else 0.98 * loss_avg + 0.02 * loss.item()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_avg:.4f}")
+        if on_step is not None:
+            on_step(step, loss.item())
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _save_state(state_path, net, ema, opt, gen, step, cfg)
+    if bar is not None:
+        bar.close()
+    extra = {"train_config": _jsonable(asdict(cfg)), "final_loss_ema": loss_avg, "steps": step}
+    save_denoiser(out, ema, dcfg, extra)
+    return {"out": str(out), "steps": step, "loss": loss_avg, "seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    for p_ema, p in zip(ema.parameters(), net.parameters()):
+        p_ema.lerp_(p.detach(), 1 - decay)
+    for b_ema, b in zip(ema.buffers(), net.buffers()):
+        b_ema.copy_(b)
+
+
+def _jsonable(d: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(d))
+
+
+def _save_state(path: Path, net, ema, opt, gen: torch.Generator, step: int, cfg: TrainConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": gen.get_state(),
+         "step": step, "train_config": _jsonable(asdict(cfg))},
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def denoiser_data_tensor(x01: Tensor) -> Tensor:
+    """Images in [0, 1] -> model space [-1, 1]."""
+    return x01 * 2 - 1
