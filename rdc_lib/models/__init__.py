@@ -5,6 +5,7 @@ from .checkpoints import load_denoiser, read_checkpoint, save_checkpoint, save_d
 from .config import ARCHITECTURES, DenoiserConfig, build_denoiser, register_architecture
 from .precond import HEADS, EDMDenoiser
 from .unet_small import SmallUNet
+from . import ddpmpp  # registers 'ddpmpp'
 
 __all__ = [
     "ARCHITECTURES", "HEADS", "Denoiser", "DenoiserConfig", "EDMDenoiser", "SmallUNet",

@@ -1,0 +1,30 @@
+"""Adaptive attacks for l_inf and l2 threat models on images in [0, 1].
+
+Every attack takes a model ``x (B, C, H, W) in [0, 1] -> logits (B, K)``, its budget in the constructor,
+and returns adversarial images with ``attack(x, y)`` or an :class:`AttackResult` with ``attack.run(x, y)``.
+``run_ensemble`` gives the AutoAttack-style worst case over several attacks, resumable and chunked.
+"""
+
+from .apgd import APGD, APGD_LOSSES, TARGET_RULES, apgd_checkpoints
+from .base import Attack, AttackContext, AttackResult, eval_mode
+from .ensemble import (
+    ATTACK_NAMES,
+    ChunkReport,
+    EnsembleResult,
+    autoattack_suite,
+    build_attack,
+    run_ensemble,
+)
+from .fgsm import FGSM
+from .losses import LOSSES, get_loss, margin
+from .pgd import PGD
+from .projections import NORMS, clip01, per_example_norm, project, project_ball
+from .square import Square
+from .wrappers import BPDA, EOT, bpda
+
+__all__ = [
+    "APGD", "APGD_LOSSES", "ATTACK_NAMES", "Attack", "AttackContext", "AttackResult", "BPDA", "ChunkReport", "EOT",
+    "EnsembleResult", "FGSM", "LOSSES", "NORMS", "PGD", "Square", "TARGET_RULES", "apgd_checkpoints",
+    "autoattack_suite", "bpda", "build_attack", "clip01", "eval_mode", "get_loss", "margin", "per_example_norm",
+    "project", "project_ball", "run_ensemble",
+]

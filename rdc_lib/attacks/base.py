@@ -1,0 +1,283 @@
+"""The attack base class and the per-call bookkeeping every attack shares.
+
+An attack is built with its budget (torchattacks shape) and called on a batch:
+``x_adv = attack(x, y)`` or ``result = attack.run(x, y)``. Shared behaviour, implemented once here:
+
+- the model is switched to eval mode for the attack and every submodule's mode is restored afterwards;
+- examples the model already misclassifies are returned unchanged and cost one (clean) query only;
+- every model call goes through :class:`AttackContext`, which counts queries per example, keeps per
+  example the most adversarial point seen (the first misclassified one, else the smallest margin), and
+  drops an example from further work as soon as it is misclassified (early stopping per example);
+- randomness comes from a ``torch.Generator`` passed in, or from a fresh generator seeded with ``seed``
+  at every call (the same call then gives the same result); the global RNG is never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..utils import check_images, check_labels
+from .losses import LossFn, margin
+from .projections import check_norm
+
+__all__ = ["Attack", "AttackContext", "AttackResult", "Model", "eval_mode"]
+
+Model = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class AttackResult:
+    """Outcome of one attack on a batch of B examples."""
+
+    x_adv: Tensor            # (B, C, H, W) in [0, 1], inside the eps-ball around x
+    success: Tensor          # (B,) bool: the model misclassified x_adv when it was queried (clean errors included)
+    queries: Tensor          # (B,) int64 model evaluations spent per example (EOT copies counted)
+    margin: Tensor           # (B,) z_y - max_{k != y} z_k observed at x_adv (< 0: misclassified)
+    clean_correct: Tensor    # (B,) bool: correctly classified before the attack
+    max_queries: int         # per-example queries the attack would spend without early stopping
+    loss_history: list[float] = field(default_factory=list)  # mean objective of the still-active examples per step
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.float().mean())
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float((~self.success).float().mean())
+
+    @property
+    def query_ratio(self) -> float:
+        """Queries spent / queries without early stopping (1 - the saving from early stopping)."""
+        return float(self.queries.sum()) / max(1, self.max_queries * self.queries.numel())
+
+
+@contextmanager
+def eval_mode(model: Model) -> Iterator[None]:
+    """Put an ``nn.Module`` (and all submodules) in eval mode; restore each submodule's own mode after."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class AttackContext:
+    """Bookkeeping of one attack call on (x, y): queries, best point per example, early stopping, randomness.
+
+    Attacks address examples by their index ``idx`` (int64, (n,)) into the full batch and always pass the
+    candidate images of exactly those examples.
+    """
+
+    def __init__(self, model: Model, x: Tensor, y: Tensor, *, eot: int, generator: torch.Generator):
+        self.model = model
+        self.x = x.detach()
+        self.y = y
+        self.eot = eot
+        self.generator = generator
+        b = x.shape[0]
+        self.x_best = self.x.clone()
+        self.margin = torch.full((b,), math.inf, device=x.device, dtype=x.dtype)
+        self.success = torch.zeros(b, dtype=torch.bool, device=x.device)
+        self.queries = torch.zeros(b, dtype=torch.int64, device=x.device)
+        self.history: list[float] = []
+        self.clean_logits: Tensor | None = None
+
+    # -- randomness (device of the generator, moved to the input's device) --
+    def rand(self, *shape: int) -> Tensor:
+        """U[0, 1) of ``shape`` on the input's device and dtype."""
+        out = torch.rand(shape, generator=self.generator, device=self.generator.device, dtype=self.x.dtype)
+        return out.to(self.x.device)
+
+    def randn(self, *shape: int) -> Tensor:
+        out = torch.randn(shape, generator=self.generator, device=self.generator.device, dtype=self.x.dtype)
+        return out.to(self.x.device)
+
+    def signs(self, *shape: int) -> Tensor:
+        """Uniform random signs in {-1, +1}."""
+        return torch.where(self.rand(*shape) < 0.5, -1.0, 1.0).to(self.x.dtype)
+
+    def randint(self, high: int) -> int:
+        """One integer uniform in [0, high)."""
+        return int(torch.randint(0, high, (1,), generator=self.generator, device=self.generator.device))
+
+    # -- model access; every call is counted --
+    def _logits(self, idx: Tensor, x_in: Tensor, copies: int) -> Tensor:
+        self.queries[idx] += copies
+        logits = self.model(x_in)
+        if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != x_in.shape[0]:
+            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"the model must return logits of shape (B, K) = ({x_in.shape[0]}, K), got {got}")
+        return logits
+
+    def observe(self, idx: Tensor, x_cand: Tensor, logits: Tensor) -> None:
+        """Record candidates: first misclassified point, else the smallest margin, per example."""
+        y = self.y[idx]
+        m = margin(logits.detach(), y).to(self.margin.dtype)
+        fooled = logits.detach().argmax(dim=1) != y
+        open_ = ~self.success[idx]
+        better = open_ & (fooled | (m < self.margin[idx]))
+        if better.any():
+            sel = idx[better]
+            self.x_best[sel] = x_cand.detach()[better]
+            self.margin[sel] = m[better]
+            self.success[sel] = fooled[better]
+
+    def evaluate(self, idx: Tensor, x_cand: Tensor) -> Tensor:
+        """One forward (no gradient) at ``x_cand`` for examples ``idx``; returns the logits (n, K)."""
+        with torch.no_grad():
+            logits = self._logits(idx, x_cand, 1)
+        self.observe(idx, x_cand, logits)
+        return logits
+
+    def loss_grad(self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Loss (n,) and its input gradient (n, C, H, W), both averaged over ``eot`` batched draws.
+
+        The batch is repeated ``eot`` times in one forward, so a stochastic model draws independent
+        randomness for every copy; gradients and losses are then averaged per example.
+        """
+        n, eot = x_cand.shape[0], self.eot
+        with torch.enable_grad():
+            xr = x_cand.detach().repeat(eot, 1, 1, 1).requires_grad_(True)
+            logits = self._logits(idx, xr, eot)
+            tr = None if target is None else target.repeat(eot)
+            losses = loss_fn(logits, self.y[idx].repeat(eot), tr)
+            (grad,) = torch.autograd.grad(losses.sum(), xr)
+        grad = grad.reshape(eot, n, *x_cand.shape[1:]).mean(dim=0)
+        loss = losses.detach().reshape(eot, n).mean(dim=0)
+        self.observe(idx, x_cand, logits.detach().reshape(eot, n, -1).mean(dim=0))
+        self.history.append(float(loss.mean()))
+        return loss, grad
+
+    def open(self, idx: Tensor) -> Tensor:
+        """Boolean mask over ``idx``: examples not yet misclassified."""
+        return ~self.success[idx]
+
+
+class Attack:
+    """Base class: an attack with a fixed budget, called on (x, y) to produce adversarial images.
+
+    Arguments:
+        model: callable x (B, C, H, W) in [0, 1] -> logits (B, K); an ``nn.Module`` is put in eval mode
+            during the attack and every submodule's train/eval mode is restored afterwards.
+        norm: threat model, 'linf' or 'l2'.
+        eps: radius of the ball (>= 0; <= 1 for 'linf').
+        steps: iterations (gradient steps, or queries for score-based attacks), >= 1.
+        restarts: independent runs; later runs only touch examples still classified correctly.
+        eot: model copies per gradient (Expectation over Transformation), >= 1.
+        seed: seeds a fresh generator at every call (default 0 when no generator is given).
+        generator: a ``torch.Generator`` to draw from instead (its stream advances across calls).
+
+    Shape:
+        - x: (B, C, H, W), float, values in [0, 1].
+        - y: (B,), int64 labels in [0, K).
+        - output: (B, C, H, W) in [0, 1] with ||output - x|| <= eps per example.
+
+    Examples::
+        >>> attack = PGD(model, norm="linf", eps=0.1, steps=20)
+        >>> x_adv = attack(x, y)
+        >>> result = attack.run(x, y)  # AttackResult with success, queries, margin
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        norm: str = "linf",
+        eps: float,
+        steps: int = 10,
+        restarts: int = 1,
+        eot: int = 1,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        if not callable(model):
+            raise ValueError(f"model must be callable x -> logits, got {type(model).__name__}")
+        self.model = model
+        self.norm = check_norm(norm)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        if norm == "linf" and eps > 1:
+            raise ValueError(f"l_inf eps must be <= 1 for images in [0, 1], got {eps}")
+        self.eps = float(eps)
+        self.steps = _positive_int(steps, "steps")
+        self.restarts = _positive_int(restarts, "restarts")
+        self.eot = _positive_int(eot, "eot")
+        if seed is not None and generator is not None:
+            raise ValueError("pass either seed or generator, not both")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self.seed = 0 if seed is None and generator is None else seed
+        self.generator = generator
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def max_queries(self) -> int:
+        """Per-example model evaluations without early stopping (clean check included)."""
+        raise NotImplementedError
+
+    def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
+        """Attack examples ``idx`` (all correctly classified); record candidates through ``ctx``."""
+        raise NotImplementedError
+
+    def _generator_for(self, device: torch.device) -> torch.Generator:
+        if self.generator is not None:
+            return self.generator
+        return torch.Generator(device=device).manual_seed(int(self.seed))
+
+    def run(self, x: Tensor, y: Tensor) -> AttackResult:
+        """Attack (x, y) and return the :class:`AttackResult` (best point per example, queries, success)."""
+        check_images(x)
+        if not isinstance(y, Tensor) or y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"y must be a (B,) = ({x.shape[0]},) tensor of labels, got {getattr(y, 'shape', type(y))}")
+        y = y.to(x.device)
+        ctx = AttackContext(self.model, x, y, eot=self.eot, generator=self._generator_for(x.device))
+        everyone = torch.arange(x.shape[0], device=x.device)
+        with eval_mode(self.model):
+            with torch.no_grad():
+                clean = ctx._logits(everyone, x, 1)
+            check_labels(y, clean.shape[1])
+            ctx.clean_logits = clean.detach()
+            ctx.observe(everyone, x, clean)
+            clean_correct = ~ctx.success.clone()
+            todo = everyone[clean_correct]
+            if todo.numel() and self.eps > 0:
+                self._perturb(ctx, todo)
+        return AttackResult(
+            x_adv=ctx.x_best, success=ctx.success, queries=ctx.queries, margin=ctx.margin,
+            clean_correct=clean_correct, max_queries=self.max_queries, loss_history=ctx.history,
+        )
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        """Adversarial images (B, C, H, W) in [0, 1] within the eps-ball around ``x``."""
+        return self.run(x, y).x_adv
+
+    def __repr__(self) -> str:
+        return (f"{self.name}(norm={self.norm!r}, eps={self.eps:g}, steps={self.steps}, "
+                f"restarts={self.restarts}, eot={self.eot}, seed={self.seed})")
+
+
+def _positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def select(keep: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """Rows of each tensor where ``keep`` (n,) bool is True (drops examples that are done)."""
+    return tuple(t[keep] for t in tensors)

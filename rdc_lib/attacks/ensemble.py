@@ -1,0 +1,296 @@
+"""AutoAttack-style ensemble: worst case per example over several attacks, resumable, chunked.
+
+``run_ensemble`` processes the data in chunks. In each chunk it classifies the clean images, then runs
+the attacks in order, each one only on the examples that every earlier attack failed to break, and
+checks every attack's output with one more forward (as AutoAttack does), so an example counts as broken
+only if the model misclassifies the returned image. For examples that stay robust it keeps the returned
+image with the smallest margin (the closest call). After every chunk the state is written to
+``state_path`` (torch.save, atomically); a later call with the same inputs and attacks resumes after the
+last finished chunk. Attacks built with ``seed=`` reseed at every call, so a resumed run gives exactly
+the result of an uninterrupted one.
+
+Queries are counted per example (clean check, every attack's own queries, the verification forwards)
+and compared with the budget every attack would spend on every example without early stopping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..utils import check_images, check_labels
+from .apgd import APGD
+from .base import Attack, Model, eval_mode
+from .fgsm import FGSM
+from .losses import margin
+from .pgd import PGD
+from .square import Square
+
+__all__ = ["ATTACK_NAMES", "ChunkReport", "EnsembleResult", "autoattack_suite", "build_attack", "run_ensemble"]
+
+log = logging.getLogger(__name__)
+
+ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square")
+_STATE_FORMAT = "rdc-ensemble-state/1"
+CLEAN_ERROR, ROBUST = -2, -1  # values of EnsembleResult.broken_by besides attack indices
+
+
+def build_attack(name: str, model: Model, *, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 1,
+                 eot: int = 1, seed: int | None = 0, generator: torch.Generator | None = None, **kwargs: Any) -> Attack:
+    """Build attack ``name`` (one of :data:`ATTACK_NAMES`) with a common budget.
+
+    ``steps`` is the iteration count (the query budget for 'square'); extra keyword arguments go to the
+    attack class (e.g. ``alpha`` for PGD, ``n_target_classes`` for APGD-T, ``p_init`` for Square).
+    """
+    common = dict(norm=norm, eps=eps, seed=seed if generator is None else None, generator=generator)
+    if name == "fgsm":
+        return FGSM(model, eot=eot, **common, **kwargs)
+    if name == "pgd":
+        return PGD(model, steps=steps, restarts=restarts, eot=eot, **common, **kwargs)
+    if name == "apgd-ce":
+        return APGD(model, steps=steps, restarts=restarts, eot=eot, loss="ce", **common, **kwargs)
+    if name == "apgd-dlr":
+        return APGD(model, steps=steps, restarts=restarts, eot=eot, loss="dlr", **common, **kwargs)
+    if name == "apgd-t":
+        return APGD(model, steps=steps, restarts=restarts, eot=eot, loss="dlr", targeted=True, target_rule="top-k",
+                    **common, **kwargs)
+    if name == "square":
+        if eot != 1:
+            raise ValueError("square is score-based and has no EOT; use eot=1")
+        return Square(model, steps=steps, restarts=restarts, **common, **kwargs)
+    raise ValueError(f"unknown attack {name!r}; valid choices: {', '.join(ATTACK_NAMES)}")
+
+
+def autoattack_suite(model: Model, *, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 1,
+                     eot: int = 1, seed: int = 0, square_queries: int = 5000, n_target_classes: int = 9,
+                     include_dlr: bool = True) -> list[tuple[str, Attack]]:
+    """AutoAttack 'standard' (APGD-CE, APGD-T with targeted DLR, Square) plus untargeted APGD-DLR.
+
+    Order: apgd-ce, apgd-dlr (if ``include_dlr``), apgd-t, square. Square is skipped when ``eot > 1``
+    (a score-based attack cannot average gradients; for stochastic models use the gradient attacks).
+    """
+    suite = [("apgd-ce", build_attack("apgd-ce", model, norm=norm, eps=eps, steps=steps, restarts=restarts,
+                                      eot=eot, seed=seed))]
+    if include_dlr:
+        suite.append(("apgd-dlr", build_attack("apgd-dlr", model, norm=norm, eps=eps, steps=steps,
+                                               restarts=restarts, eot=eot, seed=seed)))
+    suite.append(("apgd-t", build_attack("apgd-t", model, norm=norm, eps=eps, steps=steps, restarts=restarts,
+                                         eot=eot, seed=seed, n_target_classes=n_target_classes)))
+    if eot == 1:
+        suite.append(("square", build_attack("square", model, norm=norm, eps=eps, steps=square_queries,
+                                             restarts=1, seed=seed)))
+    return suite
+
+
+@dataclass
+class ChunkReport:
+    """Progress after one finished chunk (passed to ``callback``)."""
+
+    chunk: int               # index of the chunk just finished
+    n_chunks: int
+    examples_done: int
+    clean_correct: int       # counts over the examples done so far
+    robust: int
+
+
+@dataclass
+class EnsembleResult:
+    """Worst case per example over the attacks of an ensemble (N examples, A attacks)."""
+
+    x_adv: Tensor                  # (N, C, H, W) in [0, 1]: first image that broke the example, else closest call
+    clean_correct: Tensor          # (N,) bool
+    robust: Tensor                 # (N,) bool: correctly classified after every attack
+    broken_by: Tensor              # (N,) int64: index into attack_names, -1 robust, -2 misclassified clean
+    margin: Tensor                 # (N,) z_y - max_{k != y} z_k at x_adv, as verified
+    queries: Tensor                # (N,) int64 model evaluations spent per example
+    attack_names: list[str]
+    queries_per_attack: list[int]  # spent by each attack (its verification forwards included)
+    budget_per_attack: list[int]   # each attack on every example, without early stopping
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.clean_correct.float().mean())
+
+    @property
+    def robust_accuracy(self) -> float:
+        return float(self.robust.float().mean())
+
+    @property
+    def queries_spent(self) -> int:
+        return int(self.queries.sum())
+
+    @property
+    def queries_budget(self) -> int:
+        """Queries without any early stopping: clean check + every attack on every example."""
+        return self.x_adv.shape[0] + sum(self.budget_per_attack)
+
+    @property
+    def early_stop_saving(self) -> float:
+        """1 - spent / budget: the share of model evaluations saved by early stopping."""
+        return 1.0 - self.queries_spent / max(1, self.queries_budget)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable summary (accuracies, per-attack counts and queries)."""
+        per_attack = {name: {"broken": int((self.broken_by == i).sum()), "queries": self.queries_per_attack[i],
+                             "budget": self.budget_per_attack[i]} for i, name in enumerate(self.attack_names)}
+        return {"n": int(self.robust.numel()), "clean_accuracy": self.clean_accuracy,
+                "robust_accuracy": self.robust_accuracy, "queries_spent": self.queries_spent,
+                "queries_budget": self.queries_budget, "early_stop_saving": self.early_stop_saving,
+                "attacks": per_attack}
+
+
+def _fingerprint(x: Tensor, y: Tensor) -> str:
+    digest = hashlib.sha256()
+    digest.update(str((tuple(x.shape), str(x.dtype))).encode())
+    digest.update(x.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(y.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _fresh_state(x: Tensor, attacks: Sequence[tuple[str, Attack]], chunk_size: int, fingerprint: str) -> dict:
+    n = x.shape[0]
+    return {
+        "format": _STATE_FORMAT, "fingerprint": fingerprint, "chunk_size": chunk_size,
+        "attacks": [f"{name}: {atk!r}" for name, atk in attacks], "next_chunk": 0,
+        "x_adv": x.detach().clone(), "clean_correct": torch.zeros(n, dtype=torch.bool),
+        "robust": torch.zeros(n, dtype=torch.bool), "broken_by": torch.full((n,), ROBUST, dtype=torch.int64),
+        "margin": torch.full((n,), float("inf")), "queries": torch.zeros(n, dtype=torch.int64),
+        "queries_per_attack": torch.zeros(len(attacks), dtype=torch.int64),
+        "budget_per_attack": torch.zeros(len(attacks), dtype=torch.int64),
+    }
+
+
+def _load_state(path: Path, expected: dict, device: torch.device) -> dict:
+    state = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+        raise ValueError(f"{path} is not an ensemble state file (expected format {_STATE_FORMAT!r})")
+    for key, what in (("fingerprint", "inputs (x, y)"), ("chunk_size", "chunk_size"), ("attacks", "attacks")):
+        if state.get(key) != expected[key]:
+            raise ValueError(f"{path} was written for other {what}: {state.get(key)!r} != {expected[key]!r}; "
+                             "delete it or pass another state_path")
+    return state
+
+
+def _save_state(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.cpu() if isinstance(v, Tensor) else v for k, v in state.items()}, tmp)
+    tmp.replace(path)
+
+
+def _run_chunk(model: Model, x: Tensor, y: Tensor, attacks: Sequence[tuple[str, Attack]], verify: bool) -> dict:
+    """All attacks on one chunk; returns the chunk's rows of the state."""
+    n = x.shape[0]
+    queries = torch.ones(n, dtype=torch.int64, device=x.device)
+    with torch.no_grad():
+        clean = model(x)
+    check_labels(y, clean.shape[1], batch=n)
+    clean_correct = clean.argmax(dim=1) == y
+    out = {"x_adv": x.detach().clone(), "clean_correct": clean_correct, "robust": clean_correct.clone(),
+           "broken_by": torch.where(clean_correct, ROBUST, CLEAN_ERROR).to(torch.int64),
+           "margin": margin(clean, y).to(x.dtype), "queries": queries,
+           "queries_per_attack": [0] * len(attacks), "budget_per_attack": [0] * len(attacks)}
+    for i, (_, attack) in enumerate(attacks):
+        out["budget_per_attack"][i] = n * (attack.max_queries + int(verify))
+        idx = out["robust"].nonzero().flatten()
+        if idx.numel() == 0:
+            continue
+        res = attack.run(x[idx], y[idx])
+        spent = res.queries.clone()
+        if verify:
+            with torch.no_grad():
+                logits = model(res.x_adv)
+            spent += 1
+            fooled, m = logits.argmax(dim=1) != y[idx], margin(logits, y[idx]).to(x.dtype)
+        else:
+            fooled, m = res.success, res.margin.to(x.dtype)
+        queries[idx] += spent
+        out["queries_per_attack"][i] = int(spent.sum())
+        take = fooled | (m < out["margin"][idx])
+        out["x_adv"][idx[take]] = res.x_adv[take]
+        out["margin"][idx[take]] = m[take]
+        out["robust"][idx[fooled]] = False
+        out["broken_by"][idx[fooled]] = i
+    return out
+
+
+def run_ensemble(
+    model: Model,
+    x: Tensor,
+    y: Tensor,
+    attacks: Sequence[tuple[str, Attack]],
+    *,
+    chunk_size: int = 256,
+    state_path: str | Path | None = None,
+    progress: bool = True,
+    callback: Callable[[ChunkReport], None] | None = None,
+    verify: bool = True,
+) -> EnsembleResult:
+    """Worst case per example over ``attacks`` (list of (name, attack)), run in chunks, resumable.
+
+    Arguments:
+        model: x (B, C, H, W) in [0, 1] -> logits (B, K); used for the clean check and verification.
+        x, y: (N, C, H, W) images in [0, 1] and (N,) labels.
+        attacks: (name, attack) pairs, run in this order; each sees only still-robust examples.
+        chunk_size: examples per chunk (the unit of progress and of saved state).
+        state_path: file to save the state to after every chunk and to resume from.
+        progress: show a tqdm bar over chunks.
+        callback: called with a :class:`ChunkReport` after each chunk (after the state is saved).
+        verify: re-classify every attack's output with one forward (AutoAttack's check); with False the
+            attack's own success flags are trusted (cheaper for expensive deterministic models).
+    """
+    check_images(x)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    if not attacks:
+        raise ValueError("attacks is empty; pass a list of (name, Attack), e.g. autoattack_suite(...)")
+    for item in attacks:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], Attack)):
+            raise ValueError(f"attacks must be (name, Attack) pairs, got {item!r}")
+    if not isinstance(y, Tensor) or y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must be a ({x.shape[0]},) tensor of labels, got {getattr(y, 'shape', type(y))}")
+    y = y.to(x.device)
+    names = [name for name, _ in attacks]
+    n, n_chunks = x.shape[0], -(-x.shape[0] // chunk_size)
+    state = _fresh_state(x, attacks, chunk_size, _fingerprint(x, y))
+    path = Path(state_path) if state_path is not None else None
+    if path is not None and path.is_file():
+        state = _load_state(path, state, x.device)
+        log.info("resuming ensemble from %s at chunk %d/%d", path, state["next_chunk"], n_chunks)
+    state = {k: v.to(x.device) if isinstance(v, Tensor) else v for k, v in state.items()}
+    bar = tqdm(total=n_chunks, initial=state["next_chunk"], desc="ensemble", unit="chunk", disable=not progress)
+    try:
+        with eval_mode(model):
+            for c in range(state["next_chunk"], n_chunks):
+                sl = slice(c * chunk_size, min(n, (c + 1) * chunk_size))
+                rows = _run_chunk(model, x[sl], y[sl], attacks, verify)
+                for key in ("x_adv", "clean_correct", "robust", "broken_by", "margin", "queries"):
+                    state[key][sl] = rows[key].to(state[key].dtype)
+                for key in ("queries_per_attack", "budget_per_attack"):
+                    state[key] += torch.tensor(rows[key], dtype=torch.int64, device=x.device)
+                state["next_chunk"] = c + 1
+                if path is not None:
+                    _save_state(path, state)
+                done = sl.stop
+                report = ChunkReport(c, n_chunks, done, int(state["clean_correct"][:done].sum()),
+                                     int(state["robust"][:done].sum()))
+                bar.update(1)
+                bar.set_postfix(clean=f"{report.clean_correct / done:.3f}", robust=f"{report.robust / done:.3f}")
+                if callback is not None:
+                    callback(report)
+    finally:
+        bar.close()
+    return EnsembleResult(
+        x_adv=state["x_adv"], clean_correct=state["clean_correct"], robust=state["robust"],
+        broken_by=state["broken_by"], margin=state["margin"], queries=state["queries"], attack_names=names,
+        queries_per_attack=[int(v) for v in state["queries_per_attack"]],
+        budget_per_attack=[int(v) for v in state["budget_per_attack"]],
+    )

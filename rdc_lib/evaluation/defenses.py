@@ -1,0 +1,83 @@
+"""Build the defences the evaluation compares, by name, from the shipped digits checkpoints.
+
+Every defence is an ``nn.Module`` mapping images (B, C, H, W) in [0, 1] to logits (B, K).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..classifier import DiffusionClassifier
+from ..diffusion.schedules import make_grid
+from ..models.checkpoints import load_denoiser
+from ..paths import checkpoint_path
+
+DEFENSES = ("cnn", "at-cnn", "diffpure", "dc", "rdc", "optimal-dc")
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    name: str = "dc"
+    heads: Literal["single", "multi"] = "multi"
+    timesteps: int = 32
+    grid: str = "paper"
+    noise_mode: Literal["stochastic", "fixed"] = "stochastic"
+    grad_mode: Literal["exact", "bpda"] = "exact"   # RDC: gradient through LM
+    seed: int = 0
+    lm_steps: int = 5
+    lm_eta: float = 8 / 255
+    lm_step_size: float = 0.1
+    lm_norm: str = "linf"
+    vote: int = 1
+    denoiser_path: str | None = None               # override the shipped checkpoint
+
+    def __post_init__(self) -> None:
+        if self.name not in DEFENSES:
+            raise ValueError(f"unknown defense {self.name!r}; valid choices: {', '.join(DEFENSES)}")
+        if self.heads not in ("single", "multi"):
+            raise ValueError(f"unknown heads {self.heads!r}; valid choices: single, multi")
+        if self.timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
+
+
+def _denoiser(spec: DefenseSpec, device: torch.device):
+    path = spec.denoiser_path or checkpoint_path(f"digits_{spec.heads}")
+    return load_denoiser(path, device=device)
+
+
+def build_defense(spec: DefenseSpec, device: torch.device | str = "cpu") -> nn.Module:
+    """The defence named by ``spec`` in eval mode on ``device``."""
+    device = torch.device(device)
+    if spec.name in ("cnn", "at-cnn"):
+        from ..baselines import load_classifier
+
+        return load_classifier(checkpoint_path("digits_cnn" if spec.name == "cnn" else "digits_at_cnn"), device=device)
+    grid = make_grid(spec.timesteps, spec.grid)
+    if spec.name == "dc":
+        return DiffusionClassifier(_denoiser(spec, device), grid, noise_mode=spec.noise_mode, seed=spec.seed).eval()
+    if spec.name == "optimal-dc":
+        from ..data import load_dataset
+        from ..models.optimal import OptimalDenoiser
+
+        x_tr, y_tr = load_dataset("digits", "train")
+        den = OptimalDenoiser(x_tr.to(device), y_tr.to(device))
+        return DiffusionClassifier(den, grid, noise_mode=spec.noise_mode, seed=spec.seed).eval()
+    if spec.name == "rdc":
+        from ..lm import LMConfig
+        from ..rdc import RobustDiffusionClassifier
+
+        lm = LMConfig(steps=spec.lm_steps, eta=spec.lm_eta, step_size=spec.lm_step_size, norm=spec.lm_norm)
+        return RobustDiffusionClassifier(
+            _denoiser(spec, device), grid=grid, lm=lm, grad_mode=spec.grad_mode, noise_mode=spec.noise_mode,
+            seed=spec.seed, vote=spec.vote,
+        ).eval()
+    # diffpure: purify with the unconditional head, classify with the standard CNN
+    from ..baselines import load_classifier
+    from ..purify import DiffPure
+
+    cnn = load_classifier(checkpoint_path("digits_cnn"), device=device)
+    return DiffPure(_denoiser(spec, device), cnn, seed=spec.seed).eval()

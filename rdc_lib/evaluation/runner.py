@@ -1,0 +1,255 @@
+"""Robustness evaluation: defence x attack x norm x eps on a slice of the test split.
+
+``evaluate(cfg)`` classifies clean images, attacks the correctly classified ones, re-classifies every
+final adversarial example ``n_eval`` times (average and worst case over the calls, for randomised
+defences), runs the sanity checks that expose gradient masking, and returns one JSON-able dict.
+Per-example records are appended to a JSON-lines file after every chunk (with the adversarial
+images in a safetensors file beside it), so an interrupted run resumes without losing finished chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..data import load_dataset
+from .defenses import DEFENSES, DefenseSpec, build_defense
+from .stats import wilson
+
+log = logging.getLogger(__name__)
+
+ATTACKS = ("none", "fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "autoattack")
+NORMS = ("linf", "l2")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    defense: str = "dc"             # one of DEFENSES
+    attack: str = "none"            # one of ATTACKS
+    norm: str = "linf"              # "linf" | "l2"
+    eps: float = 0.1                # perturbation budget on images in [0, 1]
+    n: int = 100                    # number of test images
+    offset: int = 0                 # first test image
+    seed: int = 0                   # seeds the attack and the defence's own generator
+    eot: int = 1                    # EOT draws per gradient
+    steps: int = 20                 # attack iterations
+    restarts: int = 1               # attack restarts
+    timesteps: int = 32             # T noise levels of the diffusion classifier
+    heads: str = "multi"            # denoiser used by dc / rdc / diffpure
+    dataset: str = "digits"
+    noise_mode: str = "stochastic"  # defence randomness: "stochastic" | "fixed"
+    grad_mode: str = "exact"        # RDC gradient through LM: "exact" | "bpda"
+    n_eval: int = 1                 # re-classifications of each final adversarial example
+    vote: int = 1                   # RDC majority vote over this many stochastic calls
+    chunk: int = 50                 # images per chunk (records are saved after each)
+    run_checks: bool = True         # sanity checks with every robust evaluation
+
+    def __post_init__(self) -> None:
+        if self.defense not in DEFENSES:
+            raise ValueError(f"unknown defense {self.defense!r}; valid choices: {', '.join(DEFENSES)}")
+        if self.attack not in ATTACKS:
+            raise ValueError(f"unknown attack {self.attack!r}; valid choices: {', '.join(ATTACKS)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; valid choices: {', '.join(NORMS)}")
+        if self.eps < 0:
+            raise ValueError(f"eps must be >= 0, got {self.eps}")
+        if self.norm == "linf" and self.eps > 1:
+            raise ValueError(f"an l_inf eps above 1 is meaningless for images in [0, 1], got {self.eps}")
+        for name in ("n", "eot", "steps", "restarts", "timesteps", "n_eval", "vote", "chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.offset < 0:
+            raise ValueError(f"offset must be >= 0, got {self.offset}")
+        if self.dataset != "digits":
+            raise ValueError(f"the evaluation runs on dataset 'digits' here, got {self.dataset!r} "
+                             "(CIFAR-10 needs the presets and a GPU; see docs/performance.md)")
+
+    def key(self) -> str:
+        """A short hash of every field (names the records file)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_params(cls, params: dict) -> "EvalConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ValueError(f"unknown evaluation parameters {unknown}; valid: {sorted(known)}")
+        return cls(**params)
+
+
+def defense_spec(cfg: EvalConfig) -> DefenseSpec:
+    return DefenseSpec(name=cfg.defense, heads=cfg.heads, timesteps=cfg.timesteps, noise_mode=cfg.noise_mode,
+                       grad_mode=cfg.grad_mode, seed=cfg.seed, vote=cfg.vote)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch: int = 64) -> Tensor:
+    """Predicted labels (N,) for images (N, C, H, W), in batches."""
+    return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
+
+
+def _attack(cfg: EvalConfig, model: nn.Module):
+    from ..attacks import autoattack_suite, build_attack
+
+    if cfg.attack == "autoattack":
+        return autoattack_suite(model, norm=cfg.norm, eps=cfg.eps, steps=cfg.steps, restarts=cfg.restarts,
+                                eot=cfg.eot, seed=cfg.seed)
+    return build_attack(cfg.attack, model, norm=cfg.norm, eps=cfg.eps, steps=cfg.steps, restarts=cfg.restarts,
+                        eot=cfg.eot, seed=cfg.seed)
+
+
+def _run_attack(attack, model: nn.Module, x: Tensor, y: Tensor, progress: bool) -> tuple[Tensor, dict]:
+    """Adversarial images for (x, y); the ensemble keeps the worst case per example."""
+    from ..attacks import run_ensemble
+
+    attacks = attack if isinstance(attack, list) else [(getattr(attack, "name", "attack"), attack)]
+    res = run_ensemble(model, x, y, attacks, chunk_size=x.shape[0], progress=False)
+    stats = {k: v for k, v in vars(res).items() if isinstance(v, (int, float, str, dict))}
+    return res.x_adv, stats
+
+
+def evaluate(
+    cfg: EvalConfig,
+    *,
+    device: str | torch.device = "cpu",
+    records_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run the evaluation described by ``cfg``; returns the JSON-able result (see module docstring)."""
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    x_all, y_all = load_dataset(cfg.dataset, "test")
+    if cfg.offset + cfg.n > x_all.shape[0]:
+        raise ValueError(f"n + offset = {cfg.n + cfg.offset} exceeds the {x_all.shape[0]} test images")
+    x_all = x_all[cfg.offset:cfg.offset + cfg.n].to(device)
+    y_all = y_all[cfg.offset:cfg.offset + cfg.n].to(device)
+    model = build_defense(defense_spec(cfg), device)
+
+    records, x_adv_all = _load_records(records_dir, cfg)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.n, initial=len(records), desc=f"eval {cfg.defense}/{cfg.attack}", unit="img")
+    attack_stats: list[dict] = []
+    for start in range(0, cfg.n, cfg.chunk):
+        stop = min(start + cfg.chunk, cfg.n)
+        if all(i in records for i in range(start, stop)):
+            continue
+        x, y = x_all[start:stop], y_all[start:stop]
+        clean = predict(model, x)
+        x_adv = x.clone()
+        if cfg.attack != "none":
+            ok = clean == y
+            if ok.any():
+                adv, stats = _run_attack(_attack(cfg, model), model, x[ok], y[ok], progress)
+                x_adv[ok] = adv.detach()
+                attack_stats.append(stats)
+        preds = torch.stack([predict(model, x_adv) for _ in range(cfg.n_eval)])  # (n_eval, b)
+        for j in range(stop - start):
+            correct_runs = (preds[:, j] == y[j]).tolist()
+            records[start + j] = {
+                "index": cfg.offset + start + j, "label": int(y[j]), "clean_pred": int(clean[j]),
+                "adv_preds": preds[:, j].tolist(), "robust_first": bool(correct_runs[0]) and bool(clean[j] == y[j]),
+                "robust_all": all(correct_runs) and bool(clean[j] == y[j]),
+                "robust_frac": (sum(correct_runs) / len(correct_runs)) if clean[j] == y[j] else 0.0,
+                "linf": float((x_adv[j] - x[j]).abs().max()), "l2": float((x_adv[j] - x[j]).flatten().norm()),
+            }
+        x_adv_all[start:stop] = x_adv.cpu()
+        _save_records(records_dir, cfg, records, x_adv_all)
+        if bar is not None:
+            bar.update(stop - start)
+    if bar is not None:
+        bar.close()
+
+    recs = [records[i] for i in range(cfg.n)]
+    clean_acc = wilson(sum(r["clean_pred"] == r["label"] for r in recs), cfg.n)
+    robust = wilson(sum(r["robust_first"] for r in recs), cfg.n)
+    robust_worst = wilson(sum(r["robust_all"] for r in recs), cfg.n)
+    robust_avg = sum(r["robust_frac"] for r in recs) / cfg.n
+    result = {
+        **asdict(cfg),
+        "clean_acc": clean_acc.value, "robust_acc": robust.value if cfg.attack != "none" else clean_acc.value,
+        "robust_acc_avg": robust_avg if cfg.attack != "none" else clean_acc.value,
+        "robust_acc_worst": robust_worst.value if cfg.attack != "none" else clean_acc.value,
+        "clean": clean_acc.as_dict(), "robust": robust.as_dict(), "robust_worst": robust_worst.as_dict(),
+        "max_linf": max(r["linf"] for r in recs), "max_l2": max(r["l2"] for r in recs),
+        "attack_stats": attack_stats,
+    }
+    if cfg.attack != "none" and cfg.run_checks:
+        from .checks import run_sanity_checks
+
+        checks = run_sanity_checks(cfg, model, x_all, y_all, x_adv_all.to(device), device=device)
+        result["checks"] = checks
+        result["trusted"] = all(c["passed"] for c in checks.values())
+        if not result["trusted"]:
+            failed = [k for k, c in checks.items() if not c["passed"]]
+            log.warning("UNTRUSTED robust accuracy: sanity checks failed: %s", ", ".join(failed))
+    else:
+        result["checks"] = {}
+        result["trusted"] = True
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def evaluate_params(params: dict) -> dict:
+    """``evaluate`` from a plain dict of ``EvalConfig`` fields (used by sweeps)."""
+    params = dict(params)
+    device = params.pop("device", "cpu")
+    records_dir = params.pop("records_dir", None)
+    return evaluate(EvalConfig.from_params(params), device=device, records_dir=records_dir, progress=False)
+
+
+def _paths(records_dir: str | Path, cfg: EvalConfig) -> tuple[Path, Path]:
+    root = Path(records_dir)
+    stem = f"{cfg.defense}_{cfg.attack}_{cfg.norm}_{cfg.eps:g}_{cfg.key()}"
+    return root / f"{stem}.jsonl", root / f"{stem}.adv.safetensors"
+
+
+def _load_records(records_dir: str | Path | None, cfg: EvalConfig) -> tuple[dict[int, dict], Tensor]:
+    info = load_dataset(cfg.dataset, "test")[0]
+    x_adv = torch.zeros(cfg.n, *info.shape[1:])
+    if records_dir is None:
+        return {}, x_adv
+    jsonl, adv_path = _paths(records_dir, cfg)
+    if not jsonl.is_file() or not adv_path.is_file():
+        return {}, x_adv
+    from safetensors.torch import load_file
+
+    records = {}
+    with open(jsonl) as f:
+        header = json.loads(f.readline())
+        if header.get("config") != asdict(cfg):
+            return {}, x_adv
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                records[rec["index"] - cfg.offset] = rec
+    x_adv = load_file(str(adv_path))["x_adv"]
+    log.info("resuming %s: %d/%d examples already evaluated", jsonl, len(records), cfg.n)
+    return records, x_adv
+
+
+def _save_records(records_dir: str | Path | None, cfg: EvalConfig, records: dict[int, dict], x_adv: Tensor) -> None:
+    if records_dir is None:
+        return
+    from safetensors.torch import save_file
+
+    jsonl, adv_path = _paths(records_dir, cfg)
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    tmp_adv = adv_path.with_name(adv_path.name + ".tmp")
+    save_file({"x_adv": x_adv.contiguous()}, str(tmp_adv))
+    tmp_adv.replace(adv_path)
+    tmp = jsonl.with_name(jsonl.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"config": asdict(cfg)}) + "\n")
+        for i in sorted(records):
+            f.write(json.dumps(records[i]) + "\n")
+    tmp.replace(jsonl)

@@ -1,0 +1,335 @@
+"""Run a sweep's cells as tasks on Dask distributed and record each result the moment it arrives.
+
+Where the cells run:
+- default: an embedded ``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)``. With GPUs
+  (``CUDA_VISIBLE_DEVICES`` or ``nvidia-smi -L``) the default is one worker per GPU, each started with
+  its own ``CUDA_VISIBLE_DEVICES`` (so a target's ``"cuda"`` is that worker's GPU; more workers than
+  GPUs share them round-robin). The ``eval`` target picks ``device="cuda"`` when its worker sees a GPU.
+- ``scheduler_address``: an existing cluster (``dask scheduler`` + ``dask worker --nthreads 1``).
+- ``slurm``: dask-jobqueue ``SLURMCluster``, one single-threaded worker per job, ``gres=gpu:N``
+  (Slurm sets ``CUDA_VISIBLE_DEVICES``), worker ``--lifetime`` below the walltime so jobs retire
+  cleanly instead of dying mid-cell. The output folder must be on a file system the jobs share; the
+  store stays with the client.
+- ``workers=0``: no Dask; cells run one by one in this process (for debugging).
+
+The client submits every pending cell (explicit unique task keys, ``pure=False``), loops over
+``as_completed`` and writes each outcome to the store in its own transaction, so a killed client
+loses only the cells in flight. A worker death re-runs the cell elsewhere (Dask's allowed-failures);
+a cell that keeps killing workers is recorded as failed with the ``KilledWorker`` message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .execute import CellOutcome, CellTask, execute_cell, failed_outcome
+from .spec import SweepSpec
+from .store import CellRecord, PlannedCell, ResultStore, plan_cells, target_id
+
+__all__ = ["SlurmOptions", "SweepRunResult", "SweepStatus", "run_sweep", "slurm_cluster_kwargs", "sweep_status",
+           "visible_gpus"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Slurm jobs for the workers (dask-jobqueue ``SLURMCluster``); one single-threaded worker per job."""
+
+    jobs: int = 1                          # worker jobs to submit
+    partition: str | None = None           # #SBATCH -p
+    account: str | None = None             # #SBATCH -A
+    cores: int = 4                         # --cpus-per-task (torch threads of the cell)
+    memory: str = "16GB"
+    walltime: str = "01:00:00"
+    gpus: int = 1                          # --gres=gpu:N per job (0: CPU jobs)
+    lifetime: str | None = None            # worker --lifetime; default: walltime - 5 min
+    lifetime_stagger: str = "2m"
+    directives: tuple[str, ...] = ()       # extra #SBATCH lines, e.g. "--constraint=a100"
+    prologue: tuple[str, ...] = ()         # shell lines before the worker, e.g. "source .venv/bin/activate"
+    log_directory: str | None = None
+    python: str | None = None              # interpreter on the nodes (default: this one)
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1 or self.cores < 1 or self.gpus < 0:
+            raise ValueError(f"Slurm jobs and cores must be >= 1 and gpus >= 0, got jobs={self.jobs}, "
+                             f"cores={self.cores}, gpus={self.gpus}")
+        _walltime_minutes(self.walltime)
+
+
+def _walltime_minutes(walltime: str) -> int:
+    """Minutes of a Slurm walltime ``[D-]HH:MM:SS`` / ``HH:MM`` / ``MM``; ValueError otherwise."""
+    days, _, rest = walltime.rpartition("-") if "-" in walltime else ("0", "", walltime)
+    parts = rest.split(":")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        nums = []
+    if not 1 <= len(nums) <= 3 or not days.isdigit():
+        raise ValueError(f"walltime must look like HH:MM:SS, D-HH:MM:SS, HH:MM or MM, got {walltime!r}")
+    hours, minutes = (0, nums[0]) if len(nums) == 1 else (nums[0], nums[1])
+    return int(days) * 1440 + hours * 60 + minutes
+
+
+def slurm_cluster_kwargs(opts: SlurmOptions) -> dict[str, Any]:
+    """Translate ``SlurmOptions`` into ``dask_jobqueue.SLURMCluster`` keyword arguments."""
+    lifetime = opts.lifetime or f"{max(_walltime_minutes(opts.walltime) - 5, 1)}m"
+    directives = list(opts.directives)
+    if opts.gpus:
+        directives.append(f"--gres=gpu:{opts.gpus}")
+    prologue = [f"export OMP_NUM_THREADS={opts.cores}", *opts.prologue]
+    kwargs: dict[str, Any] = dict(
+        cores=1, processes=1,            # one worker thread: one cell at a time per job
+        job_cpu=opts.cores, memory=opts.memory, walltime=opts.walltime,
+        queue=opts.partition, account=opts.account, job_extra_directives=directives,
+        job_script_prologue=prologue,
+        worker_extra_args=["--lifetime", lifetime, "--lifetime-stagger", opts.lifetime_stagger],
+    )
+    if opts.log_directory is not None:
+        kwargs["log_directory"] = opts.log_directory
+    if opts.python is not None:
+        kwargs["python"] = opts.python
+    return kwargs
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``, else []."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+@contextmanager
+def _client(workers: int, devices: Sequence[str], *, scheduler_address: str | None, slurm: SlurmOptions | None,
+            threads: int | None, dashboard_address: str | None) -> Iterator[Any]:
+    """A Dask client on the requested cluster; closes what it started."""
+    from distributed import Client, LocalCluster
+
+    if scheduler_address is not None:
+        with Client(scheduler_address) as client:
+            yield client
+        return
+    if slurm is not None:
+        from dask_jobqueue import SLURMCluster
+
+        cluster = SLURMCluster(**slurm_cluster_kwargs(slurm))
+        cluster.scale(jobs=slurm.jobs)
+    elif devices:
+        cluster = _gpu_cluster(workers, devices, threads, dashboard_address)
+    else:
+        env = {} if threads is None else _thread_env(threads)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
+                               dashboard_address=dashboard_address or ":0", silence_logs=logging.WARNING)
+    try:
+        with Client(cluster) as client:
+            log.info("Dask dashboard: %s", client.dashboard_link)
+            yield client
+    finally:
+        cluster.close()
+
+
+def _thread_env(threads: int) -> dict[str, str]:
+    return {v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
+def _gpu_cluster(workers: int, devices: Sequence[str], threads: int | None, dashboard_address: str | None) -> Any:
+    """A local cluster whose worker i runs with ``CUDA_VISIBLE_DEVICES=devices[i % len(devices)]``."""
+    from distributed import Nanny, Scheduler, SpecCluster
+    from distributed.system import MEMORY_LIMIT
+
+    specs = {}
+    for i in range(workers):
+        env = {"CUDA_VISIBLE_DEVICES": devices[i % len(devices)], **({} if threads is None else _thread_env(threads))}
+        specs[i] = {"cls": Nanny, "options": {"nthreads": 1, "env": env, "memory_limit": MEMORY_LIMIT // workers,
+                                              "dashboard": False, "silence_logs": logging.WARNING}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address or ":0"}}
+    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.WARNING)
+
+
+# --------------------------------------------------------------------------- status
+
+@dataclass(frozen=True)
+class SweepStatus:
+    """Counts of a sweep's cells in its store; ``stale`` = rows of other code/checkpoint versions."""
+
+    total: int
+    done: int
+    failed: int
+    pending: int
+    stale: int = 0
+    failed_keys: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if k != "failed_keys"}
+
+
+@dataclass(frozen=True)
+class SweepRunResult:
+    """What ``run_sweep`` did: cells run now (by outcome), cells skipped as done/failed, final status."""
+
+    status: SweepStatus
+    ran: int
+    ran_done: int
+    ran_failed: int
+    skipped: int
+    seconds: float
+    outcomes: tuple[CellOutcome, ...] = field(default=(), repr=False)
+
+
+def sweep_status(spec: SweepSpec, *, code: str | None = None) -> SweepStatus:
+    """Done / failed / pending counts of ``spec``'s cells (the store is read, never created)."""
+    cells = plan_cells(spec, code)
+    if not spec.store.is_file():
+        return SweepStatus(total=len(cells), done=0, failed=0, pending=len(cells))
+    with ResultStore(spec.store, readonly=True) as store:
+        return _status(cells, store.statuses(), spec.name, store)
+
+
+def _status(cells: list[PlannedCell], statuses: dict[str, str], name: str, store: ResultStore) -> SweepStatus:
+    keys = {c.key for c in cells}
+    mine = {k: s for k, s in statuses.items() if k in keys}
+    done = sum(s == "done" for s in mine.values())
+    failed = tuple(sorted(k for k, s in mine.items() if s == "failed"))
+    stale = sum(1 for r in store.rows(sweep=name) if r.key not in keys)
+    return SweepStatus(total=len(cells), done=done, failed=len(failed), pending=len(cells) - done - len(failed),
+                       stale=stale, failed_keys=failed)
+
+
+# --------------------------------------------------------------------------- run
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    workers: int | None = None,
+    scheduler_address: str | None = None,
+    slurm: SlurmOptions | None = None,
+    retry_failed: bool = False,
+    devices: Sequence[str] | None = None,
+    threads_per_cell: int | None = None,
+    progress: bool = True,
+    code: str | None = None,
+    dashboard_address: str | None = None,
+) -> SweepRunResult:
+    """Run every cell of ``spec`` not yet done in its store (failed ones too with ``retry_failed``).
+
+    ``workers``: local worker processes (default: one per visible GPU, else ``min(4, cpus)``; 0 = run in
+    this process without Dask). ``devices``: GPU ids to pin workers to (default: ``visible_gpus()``;
+    ``[]`` disables pinning). ``threads_per_cell``: OpenMP/torch threads per cell (default: cpus //
+    workers locally, the job's cores on Slurm). ``code`` pins the code version in the keys.
+    ``dashboard_address``: the Dask dashboard of an embedded cluster (default: a free port; needs bokeh).
+    """
+    if scheduler_address is not None and slurm is not None:
+        raise ValueError("give either scheduler_address or slurm options, not both")
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    t0 = time.perf_counter()
+    cells = plan_cells(spec, code)
+    spec.output.mkdir(parents=True, exist_ok=True)
+    with ResultStore(spec.store) as store:
+        statuses = store.statuses(c.key for c in cells)
+        todo = [c for c in cells if statuses.get(c.key) is None or (retry_failed and statuses[c.key] == "failed")]
+        log.info("sweep %s: %d cells, %d done, %d failed, %d to run", spec.name, len(cells),
+                 sum(s == "done" for s in statuses.values()), sum(s == "failed" for s in statuses.values()), len(todo))
+        outcomes: list[CellOutcome] = []
+        if todo:
+            local = scheduler_address is None and slurm is None
+            gpus = list(devices) if devices is not None else (visible_gpus() if local else [])
+            n = workers if workers is not None else (len(gpus) or min(4, os.cpu_count() or 1))
+            if threads_per_cell is None:
+                threads_per_cell = slurm.cores if slurm is not None else (
+                    max(1, (os.cpu_count() or 1) // max(n, 1)) if local else None)
+            tasks = [_task(spec, c, threads_per_cell) for c in todo]
+            if local and n == 0:
+                outcomes = _run_inline(spec, todo, tasks, store, progress)
+            else:
+                with _client(n, gpus, scheduler_address=scheduler_address, slurm=slurm, threads=threads_per_cell,
+                             dashboard_address=dashboard_address) as client:
+                    outcomes = _run_dask(client, spec, todo, tasks, store, progress)
+        status = _status(cells, store.statuses(c.key for c in cells), spec.name, store)
+    ran_done = sum(o.status == "done" for o in outcomes)
+    return SweepRunResult(status=status, ran=len(outcomes), ran_done=ran_done, ran_failed=len(outcomes) - ran_done,
+                          skipped=len(cells) - len(todo), seconds=time.perf_counter() - t0, outcomes=tuple(outcomes))
+
+
+def _task(spec: SweepSpec, cell: PlannedCell, threads: int | None) -> CellTask:
+    return CellTask(key=cell.key, kind=spec.target_kind, target=spec.target, params=cell.params,
+                    cell_dir=str((spec.output / "cells" / cell.key[:16]).resolve()), kernel=spec.kernel,
+                    cell_timeout=spec.cell_timeout, threads=threads)
+
+
+def _record(store: ResultStore, spec: SweepSpec, cell: PlannedCell, outcome: CellOutcome) -> None:
+    store.record(CellRecord(
+        key=cell.key, sweep=spec.name, target=target_id(spec), params=cell.params, status=outcome.status,
+        code_version=cell.code_version, checkpoints=cell.checkpoints, finished=outcome.finished,
+        result=outcome.result, error=outcome.error, notebook=outcome.notebook, worker=outcome.worker,
+        started=outcome.started, duration=outcome.duration))
+    if outcome.status == "failed":
+        log.warning("cell %s %s failed: %s", cell.key[:12], cell.params, (outcome.error or "").splitlines()[0])
+    else:
+        log.info("cell %s %s done in %.1f s", cell.key[:12], cell.params, outcome.duration or 0.0)
+
+
+def _progress_bar(total: int, spec: SweepSpec, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"sweep {spec.name}", unit="cell", disable=not enabled)
+
+
+def _run_inline(spec: SweepSpec, cells: list[PlannedCell], tasks: list[CellTask], store: ResultStore,
+                progress: bool) -> list[CellOutcome]:
+    outcomes = []
+    with _progress_bar(len(cells), spec, progress) as bar:
+        for cell, task in zip(cells, tasks):
+            outcome = execute_cell(task)
+            _record(store, spec, cell, outcome)
+            outcomes.append(outcome)
+            bar.update(1)
+    return outcomes
+
+
+def _run_dask(client: Any, spec: SweepSpec, cells: list[PlannedCell], tasks: list[CellTask], store: ResultStore,
+              progress: bool) -> list[CellOutcome]:
+    from distributed import as_completed
+
+    run_id = uuid.uuid4().hex[:8]  # unique task keys: never attach to a stale task of an earlier client
+    futures = {}
+    for cell, task in zip(cells, tasks):
+        fut = client.submit(execute_cell, task, key=f"rdc-cell-{cell.key[:16]}-{run_id}", pure=False)
+        futures[fut.key] = (cell, fut)
+    outcomes = []
+    failed = 0
+    try:
+        with _progress_bar(len(cells), spec, progress) as bar:
+            for fut in as_completed([f for _, f in futures.values()]):
+                cell, _ = futures[fut.key]
+                try:
+                    outcome = fut.result()
+                except Exception as exc:  # the worker died (KilledWorker) or the task could not run
+                    outcome = failed_outcome(cell.key, exc)
+                _record(store, spec, cell, outcome)
+                outcomes.append(outcome)
+                failed += outcome.status == "failed"
+                bar.update(1)
+                bar.set_postfix(failed=failed, refresh=False)
+                fut.release()
+    finally:
+        client.cancel([f for _, f in futures.values() if not f.done()])
+    return outcomes

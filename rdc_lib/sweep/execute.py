@@ -1,0 +1,196 @@
+"""Run one sweep cell (on a Dask worker, or in-process): a papermill execution or a direct function call.
+
+``execute_cell`` never raises for a failing target: the failure comes back as a ``CellOutcome`` with
+``status="failed"`` and the error text, so the client records it like any other result. Only a worker
+that dies (segfault, OOM kill) surfaces as an exception on the client (``KilledWorker``).
+
+Notebook convention: the engine passes ``result_dir`` (the cell's folder); the notebook writes its
+JSON-able result dict to ``<result_dir>/results.json`` in its last cell and skips that when
+``result_dir`` is empty (interactive use). The executed notebook is written as ``notebook.part.ipynb``
+and renamed to ``notebook.ipynb`` with ``os.replace`` when papermill returns (also after an error, so
+the failing cell's traceback is kept as the record). Kernels run with the notebook's folder as cwd.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .store import utc_now
+
+__all__ = ["CellOutcome", "CellTask", "execute_cell"]
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "results.json"
+NOTEBOOK_FILE = "notebook.ipynb"
+_MAX_ERROR_CHARS = 20_000
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Kernel start-up races between concurrent papermill runs (papermill#511, jupyter_client#487): retry these.
+_KERNEL_START_ERRORS = ("Address already in use", "Kernel didn't respond", "Kernel died before replying")
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """Everything a worker needs to run one cell (picklable, no open handles)."""
+
+    key: str
+    kind: str                          # "notebook" | "function"
+    target: str                        # notebook path, "eval" or "module:callable"
+    params: dict[str, Any]             # seed included
+    cell_dir: str                      # per-cell folder: executed notebook, results.json, eval records
+    kernel: str | None = None
+    cell_timeout: float | None = None
+    threads: int | None = None         # torch / OpenMP threads for this cell
+    kernel_start_retries: int = 2
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """What a worker reports back for one cell."""
+
+    key: str
+    status: str                        # "done" | "failed"
+    started: str | None                # None: the worker died before reporting
+    finished: str
+    duration: float | None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    notebook: str | None = None
+    worker: str | None = None
+
+
+def execute_cell(task: CellTask) -> CellOutcome:
+    """Run the cell; catch every error of the target into a failed outcome."""
+    started, t0 = utc_now(), time.perf_counter()
+    cell_dir = Path(task.cell_dir)
+    notebook = None
+    try:
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        (cell_dir / "params.json").write_text(json.dumps(task.params, indent=1, sort_keys=True))
+        _set_threads(task.threads, torch_now=task.target == "eval")
+        if task.kind == "notebook":
+            notebook = str(cell_dir / NOTEBOOK_FILE)
+            result = _run_notebook(task, cell_dir)
+        else:
+            result = _run_function(task, cell_dir)
+        result = _jsonable(result)
+        status, error = "done", None
+    except Exception as exc:  # the target's failure is data: it becomes a 'failed' row
+        status, result, error = "failed", None, _error_text(exc)
+    if notebook is not None and not Path(notebook).is_file():
+        notebook = None
+    return CellOutcome(key=task.key, status=status, started=started, finished=utc_now(),
+                       duration=time.perf_counter() - t0, result=result, error=error, notebook=notebook,
+                       worker=_worker_name())
+
+
+def _run_function(task: CellTask, cell_dir: Path) -> Any:
+    if task.target == "eval":
+        from ..evaluation.runner import evaluate_params
+
+        params = dict(task.params)
+        params.setdefault("records_dir", str(cell_dir / "records"))  # an interrupted cell resumes its chunks
+        if "device" not in params:
+            params["device"] = _default_device()
+        return evaluate_params(params)
+    from .spec import resolve_callable
+
+    return resolve_callable(task.target)(**task.params)
+
+
+def _run_notebook(task: CellTask, cell_dir: Path) -> dict[str, Any]:
+    import papermill as pm
+
+    final, part = cell_dir / NOTEBOOK_FILE, cell_dir / "notebook.part.ipynb"
+    result_file = cell_dir / RESULT_FILE
+    result_file.unlink(missing_ok=True)  # never read a stale result of an earlier attempt
+    params = {**task.params, "result_dir": str(cell_dir.resolve())}
+    for attempt in range(task.kernel_start_retries + 1):
+        try:
+            pm.execute_notebook(task.target, str(part), parameters=params, kernel_name=task.kernel,
+                                cwd=str(Path(task.target).parent), progress_bar=False, log_output=False,
+                                execution_timeout=task.cell_timeout)
+            break
+        except pm.PapermillExecutionError:
+            raise
+        except Exception as exc:  # retry only the known kernel start-up races
+            if attempt == task.kernel_start_retries or not any(s in str(exc) for s in _KERNEL_START_ERRORS):
+                raise
+            log.warning("kernel start failed (%s); retrying", exc)
+            time.sleep(1.0 + attempt)
+        finally:
+            if part.exists():
+                os.replace(part, final)
+    if not result_file.is_file():
+        raise RuntimeError(f"the notebook {task.target} finished without writing {result_file}: its last cell must "
+                           f"write a JSON dict to Path(result_dir) / {RESULT_FILE!r} (see rdc_lib.sweep)")
+    result = json.loads(result_file.read_text())
+    if not isinstance(result, dict):
+        raise ValueError(f"{result_file} must hold a JSON object, got {type(result).__name__}")
+    return result
+
+
+def _jsonable(result: Any) -> dict[str, Any]:
+    """Check the target returned a JSON-able dict (NaN allowed); return it unchanged."""
+    if not isinstance(result, dict):
+        raise TypeError(f"the target must return a JSON-able dict, got {type(result).__name__}")
+    try:
+        json.dumps(result, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"the target's result is not JSON-able: {exc}") from exc
+    return result
+
+
+def _error_text(exc: BaseException) -> str:
+    if type(exc).__name__ == "PapermillExecutionError":
+        head = f"{exc.ename}: {exc.evalue} (notebook cell {exc.exec_count})"
+        body = "\n".join(exc.traceback)
+    else:
+        head = f"{type(exc).__name__}: {exc}"
+        body = "".join(traceback.format_exception(exc))
+    text = _ANSI.sub("", f"{head}\n\n{body}")
+    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + "\n... (truncated)"
+
+
+def _set_threads(threads: int | None, *, torch_now: bool) -> None:
+    """OpenMP/torch threads for this cell: env for notebook kernels, ``torch.set_num_threads`` in-process."""
+    if threads is None:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if torch_now or "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _default_device() -> str:
+    """'cuda' when this worker sees a GPU (the engine pins one per worker via CUDA_VISIBLE_DEVICES)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return f"{get_worker().name}@{socket.gethostname()}"
+    except (ImportError, ValueError):
+        return f"pid{os.getpid()}@{socket.gethostname()}"
+
+
+def failed_outcome(key: str, exc: BaseException, started: str | None = None) -> CellOutcome:
+    """A failed outcome for an error seen on the client (e.g. ``KilledWorker``: the worker died)."""
+    return CellOutcome(key=key, status="failed", started=started, finished=utc_now(), duration=None,
+                       error=_error_text(exc))
