@@ -34,6 +34,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .lm import LMConfig, LMNoise, likelihood_maximization, lm_step, run_lm
 from .models.base import Denoiser
@@ -74,6 +75,7 @@ class _LMRecompute(torch.autograd.Function):
         return iterates[-1].clone()
 
     @staticmethod
+    @once_differentiable  # the recomputed step graphs are not themselves differentiated again
     def backward(ctx, grad_out: Tensor):
         iterates, sigma, eps, *flat_states = ctx.saved_tensors
         denoiser, cfg = ctx.denoiser, ctx.cfg

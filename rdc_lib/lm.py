@@ -296,7 +296,8 @@ def likelihood_maximization(
     cfg = config if config is not None else LMConfig(steps, step_size, eta, norm, tuple(sigma_range), optimizer)
     if denoiser is None or not callable(denoiser):
         raise ValueError("denoiser must be a Denoiser (callable D(x, sigma, labels))")
-    check_images(x, channels=getattr(denoiser, "img_channels", None), resolution=getattr(denoiser, "img_resolution", None))
+    check_images(x, channels=getattr(denoiser, "img_channels", None),
+                 resolution=getattr(denoiser, "img_resolution", None))
     if noise is None:
         noise = draw_lm_noise(cfg.steps, tuple(x.shape), cfg.sigma_range, generator=generator,
                               device=x.device, dtype=x.dtype)

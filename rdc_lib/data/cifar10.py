@@ -26,6 +26,7 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
 }
 
 

@@ -65,7 +65,8 @@ def _heun_step(x: Tensor, s: float, s_next: float, denoiser: Denoiser, labels: T
     return x_next, den
 
 
-def _sde_step(x: Tensor, s: float, s_next: float, z: Tensor, denoiser: Denoiser, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+def _sde_step(x: Tensor, s: float, s_next: float, z: Tensor, denoiser: Denoiser,
+              labels: Tensor | None) -> tuple[Tensor, Tensor]:
     den = _denoise(denoiser, x, s, labels)
     if s_next == 0:
         return den, den

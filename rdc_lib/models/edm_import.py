@@ -29,7 +29,6 @@ import hashlib
 import io
 import pickle
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -119,6 +118,7 @@ def _storage_from_bytes(data: Any) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+            warnings.filterwarnings("ignore", message=".*Detected pickle protocol.*")
             storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -1,0 +1,43 @@
+# Two commands on a fresh machine:  make run  (every notebook, headless, digits)  and  make test.
+# Both create .venv themselves. torch is pinned to the CPU build that lies on this machine's disk
+# (TORCH_SPEC); nothing here can pull a multi-GB CUDA build. On a GPU machine, install your CUDA
+# torch first and run `make TORCH_SPEC=torch ...`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_SPEC ?= torch==2.13.0
+RUN_DIR ?= runs/latest
+PARAMS ?=
+
+.PHONY: venv run test test-fast lab benchmarks clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev,lab,slurm]"
+	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (rdc)" >/dev/null
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/rdc run-notebooks --out $(RUN_DIR) $(if $(PARAMS),--params $(PARAMS),)
+
+test: $(STAMP)
+	bash scripts/install_browser.sh
+	$(BIN)/python -m pytest -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -ra -m "not browser and not slow"
+
+lab: $(STAMP)
+	bash scripts/lab.sh
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/bench_classifier.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,213 @@
+"""Named experiment presets: the small CPU defaults ('digits') and the paper's CIFAR-10 settings.
+
+Each preset is a frozen :class:`Preset` of frozen groups (grid, DC, LM, attack, evaluation data,
+checkpoints), with the names the library functions use, so a caller writes e.g.
+``make_grid(**p.grid.kwargs())`` or ``likelihood_maximization(den, x, **p.lm.kwargs())``.
+Sources are rdc-spec.md sections 2-4 and 7; where the paper and the released code differ the
+field comment says which one a value follows.
+
+``required_files(preset, data_root, ckpt)`` lists what is missing on disk for a preset and says
+where to put it (CIFAR-10 python batches, imported EDM checkpoints).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from .data.cifar10 import CIFAR10_FILES
+
+__all__ = [
+    "AttackPreset", "CheckpointPreset", "DCPreset", "DataPreset", "GridPreset", "LMPreset", "PRESETS", "Preset",
+    "RequiredFiles", "get_preset", "preset_names", "required_files",
+]
+
+
+@dataclass(frozen=True)
+class GridPreset:
+    """Noise levels of the diffusion classifier (rdc-spec.md section 3); kwargs of ``make_grid``."""
+
+    T: int = 32                     # number of levels
+    kind: str = "paper"             # linspace(sigma_min, sigma_max, T + 1)[:-1]
+    weighting: str = "edm"          # lambda(sigma) p_LN(sigma) d_sigma
+    sigma_min: float = 1e-4
+    sigma_max: float = 3.0
+
+    def kwargs(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DCPreset:
+    """Diffusion-classifier settings (kwargs of ``DiffusionClassifier`` besides the grid)."""
+
+    noise_mode: str = "fixed"       # 'fixed': one eps draw reused, a deterministic classifier (EOT 1 suffices)
+    shared_noise: bool = True       # same eps for every class
+    chunk_size: int = 4096          # max (image, class, level) triples per network call
+
+    def kwargs(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LMPreset:
+    """Likelihood maximization (rdc-spec.md section 4); kwargs of ``likelihood_maximization``."""
+
+    steps: int = 5                               # N
+    step_size: float = 0.1                       # model-space units
+    eta: float = 8 / 255                         # ball radius, [0, 1] pixel units
+    norm: str = "linf"
+    sigma_range: tuple[float, float] = (0.4, 0.6)  # sigma ~ U(lo, hi), model space [-1, 1]
+    optimizer: str = "sgd"                       # rdc_lib.lm's default; the released code uses Adam
+
+    def kwargs(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AttackPreset:
+    """Threat models and attack budget (rdc-spec.md section 7)."""
+
+    attack: str = "apgd-dlr"        # released code: AutoAttack custom mode, APGD-DLR only
+    iterations: int = 100
+    restarts: int = 5
+    eot: int = 1                    # EOT samples (1 for the deterministic variant)
+    eps_linf: float = 8 / 255       # images in [0, 1]
+    eps_l2: float = 0.5
+    stadv_bound: float = 0.05       # StAdv flow bound (unseen threat)
+    stadv_iterations: int = 100
+    batch_size: int = 1             # the released code attacks one image at a time
+
+
+@dataclass(frozen=True)
+class DataPreset:
+    """Which images are evaluated."""
+
+    dataset: str = "cifar10"
+    split: str = "test"
+    num_test: int = 512             # the first 512 test images (main tables)
+    num_ablation: int = 100         # the first 100 (ablations)
+
+
+@dataclass(frozen=True)
+class CheckpointPreset:
+    """Denoiser checkpoints (file names inside the checkpoint folder ``ckpt``)."""
+
+    classifier: str                             # scores classes (conditional / multi-head)
+    lm: str | None = None                       # unconditional network for LM; None = the classifier's null label
+    sources: tuple[str, ...] = ()               # original files ``rdc import-edm`` converts, same order
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    grid: GridPreset
+    dc: DCPreset
+    lm: LMPreset
+    attack: AttackPreset
+    data: DataPreset
+    checkpoints: CheckpointPreset
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (for result records)."""
+        return asdict(self)
+
+
+PRESETS: Mapping[str, Preset] = MappingProxyType({
+    "digits": Preset(
+        name="digits",
+        description="small CPU run on scikit-learn's 8x8 digits with the shipped denoisers",
+        grid=GridPreset(T=32),
+        dc=DCPreset(noise_mode="fixed", shared_noise=True),
+        lm=LMPreset(),
+        attack=AttackPreset(iterations=20, restarts=1, eps_linf=0.1, eps_l2=0.5, stadv_iterations=20, batch_size=60),
+        data=DataPreset(dataset="digits", num_test=60, num_ablation=60),
+        checkpoints=CheckpointPreset(classifier="digits_single.safetensors"),
+        notes=("one network with a null label serves DC and LM (label dropout), a documented deviation",),
+    ),
+    "cifar10-paper": Preset(
+        name="cifar10-paper",
+        description="the paper's CIFAR-10 settings with NVlabs EDM's released DDPM++ networks",
+        grid=GridPreset(T=1000),
+        dc=DCPreset(noise_mode="fixed", shared_noise=False, chunk_size=2000),
+        lm=LMPreset(optimizer="adam"),
+        attack=AttackPreset(),
+        data=DataPreset(),
+        checkpoints=CheckpointPreset(
+            classifier="edm-cifar10-32x32-cond-vp.safetensors",
+            lm="edm-cifar10-32x32-uncond-vp.safetensors",
+            sources=("edm-cifar10-32x32-cond-vp.pkl", "edm-cifar10-32x32-uncond-vp.pkl"),
+        ),
+        notes=(
+            "DC: conditional network, T = 1000 levels on linspace(1e-4, 3, 1001)[:-1], EDM weights",
+            "LM: separate unconditional network (the conditional release was trained without a null label)",
+            "LM optimizer Adam as in the released code; eta = 8/255 l_inf enforced (the released code does not)",
+            "noise 'fixed' and unshared: the released RDC is deterministic and draws eps per class",
+        ),
+    ),
+})
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; ValueError listing the valid names otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid choices: {', '.join(preset_names())}")
+    return PRESETS[name]
+
+
+@dataclass(frozen=True)
+class RequiredFiles:
+    """Files a preset needs that are missing, and what to do about them (empty ``missing``: ready)."""
+
+    missing: tuple[Path, ...]
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+
+def required_files(preset: str | Preset, data_root: str | Path | None, ckpt: str | Path) -> RequiredFiles:
+    """Check that the files ``preset`` needs exist: dataset files under ``data_root`` (CIFAR-10's
+    data_batch_1..5 and test_batch; digits needs none) and checkpoints in the folder ``ckpt``."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    ckpt = Path(ckpt)
+    missing: list[Path] = []
+    lines: list[str] = []
+    if p.data.dataset == "cifar10":
+        if data_root is None:
+            raise ValueError(f"preset {p.name!r} needs data_root: the folder holding the CIFAR-10 python batches "
+                             f"({', '.join(CIFAR10_FILES)})")
+        root = Path(data_root)
+        absent = [root / n for n in CIFAR10_FILES if not (root / n).is_file()]
+        if absent:
+            missing += absent
+            lines.append(f"CIFAR-10: put {', '.join(a.name for a in absent)} (the python batches from "
+                         f"cifar-10-python.tar.gz, folder cifar-10-batches-py) in {root.resolve()}")
+    names = [n for n in (p.checkpoints.classifier, p.checkpoints.lm) if n]
+    sources = dict(zip(names, p.checkpoints.sources)) if p.checkpoints.sources else {}
+    for name in names:
+        path = ckpt / name
+        if path.is_file():
+            continue
+        missing.append(path)
+        src = sources.get(name)
+        if src is None:
+            lines.append(f"checkpoint {path} is missing; see data/README.md for the command that reproduces it")
+        elif (ckpt / src).is_file():
+            lines.append(f"checkpoint {path} is missing: convert it with `rdc import-edm {ckpt / src} {path}`")
+        else:
+            lines.append(f"checkpoint {path} is missing: download {src} from the NVlabs EDM release "
+                         f"(https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/), put it in {ckpt.resolve()}, "
+                         f"then run `rdc import-edm {ckpt / src} {path}`")
+    if not missing:
+        return RequiredFiles((), f"preset {p.name!r}: all files present")
+    return RequiredFiles(tuple(missing), f"preset {p.name!r} needs {len(missing)} missing file(s):\n- " + "\n- ".join(lines))

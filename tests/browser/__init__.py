@@ -1,0 +1,1 @@
+"""Browser tests: JupyterLab driven by headless Chromium (marker ``browser``)."""
