@@ -25,6 +25,7 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--model-channels", type=int, default=None, help="width of the small U-Net (default 32)")
+    p.add_argument("--head-channels", type=int, default=None, help="multi-head: hidden width of each head (0 = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", default=None, help="fine-tune from this denoiser checkpoint")
     p.add_argument("--out", required=True, help="output .safetensors path")
@@ -66,6 +67,17 @@ def _add_import_edm(sub) -> None:
     p.add_argument("src", help="official EDM .pkl file")
     p.add_argument("out", help="output .safetensors path")
     p.add_argument("--heads", default="single", choices=["single", "multi"])
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--key", default="ema", help="which network of the pickle's dict to import")
+    p.add_argument("--any-size", action="store_true", help="accept any DDPM++ size, not only the CIFAR-10 preset")
+
+
+def _add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="show the named presets; with --check, which files a preset still needs")
+    p.add_argument("name", nargs="?", default=None)
+    p.add_argument("--check", action="store_true", help="list missing data/checkpoint files and where to put them")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--ckpt-dir", default="data/checkpoints")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_baseline(sub)
     _add_eval(sub)
     _add_import_edm(sub)
+    _add_presets(sub)
+    try:
+        from .main_job import add_run_notebooks_arguments
+
+        add_run_notebooks_arguments(sub)
+    except Exception as err:  # notebooks extras are optional for every other command
+        logging.getLogger(__name__).debug("run-notebooks unavailable: %s", err)
     try:
         from .sweep import add_sweep_arguments
 
@@ -95,8 +114,9 @@ def _cmd_train(args) -> int:
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}.items() if v is not None}
     if args.arch != "unet_small":
         overrides["backbone"] = {}
-    elif args.model_channels is not None:
-        overrides["backbone"] = {**cfg.backbone, "model_channels": args.model_channels}
+    else:
+        extra = {"model_channels": args.model_channels, "head_channels": args.head_channels}
+        overrides["backbone"] = {**cfg.backbone, **{k: v for k, v in extra.items() if v is not None}}
     cfg = replace(cfg, **overrides)
     summary = train_denoiser(cfg, args.out, device=args.device, resume=not args.no_resume)
     print(json.dumps(summary))
@@ -106,6 +126,7 @@ def _cmd_train(args) -> int:
 def _cmd_train_baseline(args) -> int:
     from .baselines import train_baseline_kind
 
+    torch.set_num_threads(args.threads)  # 1 thread reproduces the shipped files bit for bit
     print(json.dumps(train_baseline_kind(args.kind, args.out, seed=args.seed)))
     return 0
 
@@ -129,12 +150,32 @@ def _cmd_eval(args) -> int:
 def _cmd_import_edm(args) -> int:
     from .models.edm_import import import_edm_pickle
 
-    out = import_edm_pickle(args.src, args.out, heads=args.heads)
+    kwargs = {"heads": args.heads, "num_classes": args.num_classes, "key": args.key}
+    if args.any_size:
+        kwargs["expected"] = None
+    out = import_edm_pickle(args.src, args.out, **kwargs)
     print(json.dumps({"out": str(out)}))
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "train-baseline": _cmd_train_baseline, "eval": _cmd_eval, "import-edm": _cmd_import_edm}
+def _cmd_presets(args) -> int:
+    from .presets import get_preset, preset_names, required_files
+
+    names = [args.name] if args.name else preset_names()
+    for name in names:
+        preset = get_preset(name)
+        if args.check:
+            need = required_files(preset, args.data_root, args.ckpt_dir)
+            print(need.message)
+            if not need.ok:
+                return 1
+        else:
+            print(json.dumps(preset.to_dict(), indent=2))
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "train-baseline": _cmd_train_baseline, "eval": _cmd_eval,
+            "import-edm": _cmd_import_edm, "presets": _cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
+        if args.command == "run-notebooks":
+            from .main_job import cli_run_notebooks
+
+            return cli_run_notebooks(args)
         from .sweep import run_sweep_command
 
         return run_sweep_command(args)

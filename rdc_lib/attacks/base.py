@@ -277,7 +277,3 @@ def _positive_int(value: int, name: str) -> int:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value
 
-
-def select(keep: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
-    """Rows of each tensor where ``keep`` (n,) bool is True (drops examples that are done)."""
-    return tuple(t[keep] for t in tensors)

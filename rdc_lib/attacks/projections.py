@@ -6,7 +6,6 @@ so any batch size (1 included) broadcasts correctly.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 __all__ = [

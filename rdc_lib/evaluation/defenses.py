@@ -34,6 +34,8 @@ class DefenseSpec:
     lm_norm: str = "linf"
     vote: int = 1
     denoiser_path: str | None = None               # override the shipped checkpoint
+    preset: str = ""                                # a named preset (rdc_lib.presets) for CIFAR-10
+    ckpt_dir: str = ""                              # CIFAR-10: folder of the imported EDM checkpoints
 
     def __post_init__(self) -> None:
         if self.name not in DEFENSES:
@@ -52,6 +54,8 @@ def _denoiser(spec: DefenseSpec, device: torch.device):
 def build_defense(spec: DefenseSpec, device: torch.device | str = "cpu") -> nn.Module:
     """The defence named by ``spec`` in eval mode on ``device``."""
     device = torch.device(device)
+    if spec.ckpt_dir:
+        return _build_from_preset(spec, device)
     if spec.name in ("cnn", "at-cnn"):
         from ..baselines import load_classifier
 
@@ -80,4 +84,31 @@ def build_defense(spec: DefenseSpec, device: torch.device | str = "cpu") -> nn.M
     from ..purify import DiffPure
 
     cnn = load_classifier(checkpoint_path("digits_cnn"), device=device)
-    return DiffPure(_denoiser(spec, device), cnn, seed=spec.seed).eval()
+    return DiffPure(_denoiser(spec, device), cnn, noise_mode=spec.noise_mode, seed=spec.seed).eval()
+
+
+def _build_from_preset(spec: DefenseSpec, device: torch.device) -> nn.Module:
+    """DC / RDC at a named preset's settings from imported EDM checkpoints (CIFAR-10)."""
+    from pathlib import Path
+
+    from ..lm import LMConfig
+    from ..models.edm_import import load_paired_denoiser
+    from ..presets import get_preset
+    from ..rdc import RobustDiffusionClassifier
+
+    p = get_preset(spec.preset or "cifar10-paper")
+    ckpt = Path(spec.ckpt_dir)
+    cond = ckpt / p.checkpoints.classifier
+    if p.checkpoints.lm:
+        denoiser = load_paired_denoiser(cond, ckpt / p.checkpoints.lm, device=device)
+    else:
+        denoiser = load_denoiser(cond, device=device)
+    grid = make_grid(**p.grid.kwargs())
+    dc_kwargs = {**p.dc.kwargs(), "seed": spec.seed}
+    if spec.name == "dc":
+        return DiffusionClassifier(denoiser, grid, **dc_kwargs).eval()
+    dc = DiffusionClassifier(denoiser, grid, **dc_kwargs)
+    lm_kw = p.lm.kwargs()
+    lm = LMConfig(**{k: lm_kw[k] for k in ("steps", "step_size", "eta", "norm", "sigma_range", "optimizer")})
+    return RobustDiffusionClassifier(denoiser, dc, lm=lm, grad_mode=spec.grad_mode,
+                                     noise_mode=p.dc.noise_mode, seed=spec.seed).eval()

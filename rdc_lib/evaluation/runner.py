@@ -50,6 +50,9 @@ class EvalConfig:
     vote: int = 1                   # RDC majority vote over this many stochastic calls
     chunk: int = 50                 # images per chunk (records are saved after each)
     run_checks: bool = True         # sanity checks with every robust evaluation
+    preset: str = ""                # "cifar10-paper" with dataset="cifar10" (grid, LM, DC settings)
+    data_root: str = ""             # CIFAR-10: folder of the python batches
+    ckpt_dir: str = "data/checkpoints"  # CIFAR-10: folder of the imported EDM checkpoints
 
     def __post_init__(self) -> None:
         if self.defense not in DEFENSES:
@@ -65,11 +68,16 @@ class EvalConfig:
         for name in ("n", "eot", "steps", "restarts", "timesteps", "n_eval", "vote", "chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, valid in (("noise_mode", ("stochastic", "fixed")), ("grad_mode", ("exact", "bpda")),
+                            ("heads", ("single", "multi"))):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(valid)}")
         if self.offset < 0:
             raise ValueError(f"offset must be >= 0, got {self.offset}")
-        if self.dataset != "digits":
-            raise ValueError(f"the evaluation runs on dataset 'digits' here, got {self.dataset!r} "
-                             "(CIFAR-10 needs the presets and a GPU; see docs/performance.md)")
+        if self.dataset not in ("digits", "cifar10"):
+            raise ValueError(f"unknown dataset {self.dataset!r}; valid choices: digits, cifar10")
+        if self.dataset == "cifar10" and self.defense not in ("dc", "rdc"):
+            raise ValueError(f"on cifar10 the defenses are dc and rdc (EDM checkpoints), got {self.defense!r}")
 
     def key(self) -> str:
         """A short hash of every field (names the records file)."""
@@ -86,7 +94,8 @@ class EvalConfig:
 
 def defense_spec(cfg: EvalConfig) -> DefenseSpec:
     return DefenseSpec(name=cfg.defense, heads=cfg.heads, timesteps=cfg.timesteps, noise_mode=cfg.noise_mode,
-                       grad_mode=cfg.grad_mode, seed=cfg.seed, vote=cfg.vote)
+                       grad_mode=cfg.grad_mode, seed=cfg.seed, vote=cfg.vote, preset=cfg.preset,
+                       ckpt_dir=cfg.ckpt_dir if cfg.dataset == "cifar10" else "")
 
 
 @torch.no_grad()
@@ -111,8 +120,7 @@ def _run_attack(attack, model: nn.Module, x: Tensor, y: Tensor, progress: bool) 
 
     attacks = attack if isinstance(attack, list) else [(getattr(attack, "name", "attack"), attack)]
     res = run_ensemble(model, x, y, attacks, chunk_size=x.shape[0], progress=False)
-    stats = {k: v for k, v in vars(res).items() if isinstance(v, (int, float, str, dict))}
-    return res.x_adv, stats
+    return res.x_adv, res.summary()
 
 
 def evaluate(
@@ -125,7 +133,13 @@ def evaluate(
     """Run the evaluation described by ``cfg``; returns the JSON-able result (see module docstring)."""
     t0 = time.perf_counter()
     device = torch.device(device)
-    x_all, y_all = load_dataset(cfg.dataset, "test")
+    if cfg.dataset == "cifar10":
+        from ..presets import required_files
+
+        need = required_files(cfg.preset or "cifar10-paper", cfg.data_root or None, cfg.ckpt_dir)
+        if not need.ok:
+            raise FileNotFoundError(need.message)
+    x_all, y_all = load_dataset(cfg.dataset, "test", root=cfg.data_root or None)
     if cfg.offset + cfg.n > x_all.shape[0]:
         raise ValueError(f"n + offset = {cfg.n + cfg.offset} exceeds the {x_all.shape[0]} test images")
     x_all = x_all[cfg.offset:cfg.offset + cfg.n].to(device)
@@ -214,8 +228,10 @@ def _paths(records_dir: str | Path, cfg: EvalConfig) -> tuple[Path, Path]:
 
 
 def _load_records(records_dir: str | Path | None, cfg: EvalConfig) -> tuple[dict[int, dict], Tensor]:
-    info = load_dataset(cfg.dataset, "test")[0]
-    x_adv = torch.zeros(cfg.n, *info.shape[1:])
+    from ..data import dataset_info
+
+    info = dataset_info(cfg.dataset)
+    x_adv = torch.zeros(cfg.n, info["channels"], info["resolution"], info["resolution"])
     if records_dir is None:
         return {}, x_adv
     jsonl, adv_path = _paths(records_dir, cfg)

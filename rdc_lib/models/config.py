@@ -50,6 +50,7 @@ def _build_unet_small(cfg: DenoiserConfig) -> nn.Module:
         out_channels=cfg.img_channels * ((cfg.num_classes + 1) if multi else 1),
         resolution=cfg.img_resolution,
         label_dim=0 if multi else cfg.num_classes + 1,
+        num_heads=cfg.num_classes + 1 if multi else 1,
         **kwargs,
     )
 

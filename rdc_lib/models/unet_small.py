@@ -97,6 +97,8 @@ class SmallUNet(nn.Module):
         channel_mult: tuple[int, ...] = (1, 2, 2),  # width multiplier per resolution level
         num_blocks: int = 2,            # residual blocks per level
         dropout: float = 0.1,           # dropout inside residual blocks
+        num_heads: int = 1,             # output heads (K + 1 for a multi-head model)
+        head_channels: int = 0,         # > 0: every head gets its own hidden conv layer of this width
     ):
         super().__init__()
         if resolution % (2 ** (len(channel_mult) - 1)) != 0:
@@ -130,9 +132,15 @@ class SmallUNet(nn.Module):
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
 
         self.norm_out = nn.GroupNorm(_groups(ch), ch)
-        self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        if head_channels > 0:
+            # per-head hidden layer: a grouped conv keeps the heads' parameters separate
+            hidden = num_heads * head_channels
+            last = nn.Conv2d(hidden, out_channels, 3, padding=1, groups=num_heads)
+            self.conv_out = nn.Sequential(nn.Conv2d(ch, hidden, 3, padding=1), nn.SiLU(), last)
+        else:
+            last = self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
         emb = self.emb_mlp(self.noise_embed(c_noise))

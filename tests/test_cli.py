@@ -1,0 +1,65 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rdc_lib.cli import main
+
+
+def _last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_eval_json_contract_dc():
+    proc = subprocess.run(
+        [sys.executable, "-m", "rdc_lib.cli", "eval", "--defense", "dc", "--attack", "none", "--n", "8", "--seed", "0",
+         "--timesteps", "4", "--heads", "multi", "--json", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = _last_json(proc.stdout)
+    for key in ("defense", "attack", "n", "clean_acc", "robust_acc", "norm", "eps", "seconds", "checks"):
+        assert key in res
+    assert res["defense"] == "dc" and res["n"] == 8 and 0.5 <= res["clean_acc"] <= 1
+
+
+def test_eval_json_contract_attack(capsys):
+    assert main(["eval", "--defense", "cnn", "--attack", "fgsm", "--n", "12", "--eps", "0.1", "--json",
+                 "--no-progress"]) == 0
+    res = _last_json(capsys.readouterr().out)
+    assert res["robust_acc"] <= res["clean_acc"] and res["norm"] == "linf" and res["eps"] == 0.1
+    assert set(res["checks"]) >= {"gradients", "large_budget", "transfer"} or res["defense"] == "cnn"
+    assert res["max_linf"] <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--defense", "svm"], "valid choices: cnn, at-cnn"),
+        (["--attack", "cw"], "valid choices: none, fgsm"),
+        (["--eps", "-0.1"], "eps must be >= 0"),
+        (["--eps", "2", "--norm", "linf"], "l_inf eps above 1"),
+        (["--norm", "l1"], "valid choices: linf, l2"),
+        (["--n", "0"], "n must be >= 1"),
+        (["--n-eval", "0"], "n_eval must be >= 1"),
+        (["--eot", "0"], "eot must be >= 1"),
+        (["--noise-mode", "chaotic"], "noise_mode"),
+    ],
+)
+def test_eval_bad_input(args, message, capsys):
+    assert main(["eval", *args, "--json", "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cifar10_without_files_says_what_to_put_where(tmp_path, capsys):
+    assert main(["eval", "--dataset", "cifar10", "--defense", "dc", "--data-root", str(tmp_path),
+                 "--ckpt-dir", str(tmp_path), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "data_batch_1" in err and "test_batch" in err and "rdc import-edm" in err
+
+
+def test_presets_command(capsys):
+    assert main(["presets", "digits", "--check"]) == 0
+    assert "all files present" in capsys.readouterr().out
+    assert main(["presets", "nonexistent"]) == 2
