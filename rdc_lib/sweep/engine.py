@@ -12,9 +12,9 @@ Where the cells run:
   store stays with the client.
 - ``workers=0``: no Dask; cells run one by one in this process (for debugging).
 
-The client submits every pending cell (explicit unique task keys, ``pure=False``), loops over
-``as_completed`` and writes each outcome to the store in its own transaction, so a killed client
-loses only the cells in flight. A worker death re-runs the cell elsewhere (Dask's allowed-failures);
+The client keeps about one cell per worker thread in flight (explicit unique task keys, ``pure=False``;
+topped up after each result), loops over ``as_completed`` and writes each outcome to the store in its
+own transaction, so a killed client loses only the cells in flight. A worker death re-runs the cell elsewhere (Dask's allowed-failures);
 a cell that keeps killing workers is recorded as failed with the ``KilledWorker`` message.
 """
 
@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .execute import CellOutcome, CellTask, execute_cell, failed_outcome
@@ -262,7 +261,8 @@ def run_sweep(
             else:
                 with _client(n, gpus, scheduler_address=scheduler_address, slurm=slurm, threads=threads_per_cell,
                              dashboard_address=dashboard_address) as client:
-                    outcomes = _run_dask(client, spec, todo, tasks, store, progress)
+                    expected = slurm.jobs if slurm is not None else (n if local else 0)
+                    outcomes = _run_dask(client, spec, todo, tasks, store, progress, expected)
         status = _status(cells, store.statuses(c.key for c in cells), spec.name, store)
     ran_done = sum(o.status == "done" for o in outcomes)
     return SweepRunResult(status=status, ran=len(outcomes), ran_done=ran_done, ran_failed=len(outcomes) - ran_done,
@@ -282,7 +282,7 @@ def _record(store: ResultStore, spec: SweepSpec, cell: PlannedCell, outcome: Cel
         result=outcome.result, error=outcome.error, notebook=outcome.notebook, worker=outcome.worker,
         started=outcome.started, duration=outcome.duration))
     if outcome.status == "failed":
-        log.warning("cell %s %s failed: %s", cell.key[:12], cell.params, (outcome.error or "").splitlines()[0])
+        log.warning("cell %s %s failed: %s", cell.key[:12], cell.params, ((outcome.error or "?").splitlines() or ["?"])[0])
     else:
         log.info("cell %s %s done in %.1f s", cell.key[:12], cell.params, outcome.duration or 0.0)
 
@@ -305,21 +305,41 @@ def _run_inline(spec: SweepSpec, cells: list[PlannedCell], tasks: list[CellTask]
     return outcomes
 
 
+def _capacity(client: Any, expected: int) -> int:
+    """Cells to keep in flight: the cluster's worker threads now, at least ``expected`` and 1."""
+    try:
+        threads = sum(client.nthreads().values())
+    except Exception:  # the scheduler is busy or restarting: keep the last known level
+        threads = 0
+    return max(1, expected, threads)
+
+
 def _run_dask(client: Any, spec: SweepSpec, cells: list[PlannedCell], tasks: list[CellTask], store: ResultStore,
-              progress: bool) -> list[CellOutcome]:
+              progress: bool, expected_slots: int) -> list[CellOutcome]:
+    """Keep about one cell per worker thread in flight (topped up after each result), so no cell waits
+    queued behind another on a busy worker, and a dying worker takes only its own cell with it."""
     from distributed import as_completed
 
     run_id = uuid.uuid4().hex[:8]  # unique task keys: never attach to a stale task of an earlier client
-    futures = {}
-    for cell, task in zip(cells, tasks):
-        fut = client.submit(execute_cell, task, key=f"rdc-cell-{cell.key[:16]}-{run_id}", pure=False)
-        futures[fut.key] = (cell, fut)
+    queue = list(zip(cells, tasks))[::-1]
+    in_flight: dict[str, tuple[PlannedCell, Any]] = {}
+    ac = as_completed()
+
+    def top_up() -> None:
+        cap = _capacity(client, expected_slots)
+        while queue and len(in_flight) < cap:
+            cell, task = queue.pop()
+            fut = client.submit(execute_cell, task, key=f"rdc-cell-{cell.key[:16]}-{run_id}", pure=False)
+            in_flight[fut.key] = (cell, fut)
+            ac.add(fut)
+
     outcomes = []
     failed = 0
     try:
         with _progress_bar(len(cells), spec, progress) as bar:
-            for fut in as_completed([f for _, f in futures.values()]):
-                cell, _ = futures[fut.key]
+            top_up()
+            for fut in ac:
+                cell, _ = in_flight.pop(fut.key)
                 try:
                     outcome = fut.result()
                 except Exception as exc:  # the worker died (KilledWorker) or the task could not run
@@ -330,6 +350,7 @@ def _run_dask(client: Any, spec: SweepSpec, cells: list[PlannedCell], tasks: lis
                 bar.update(1)
                 bar.set_postfix(failed=failed, refresh=False)
                 fut.release()
+                top_up()
     finally:
-        client.cancel([f for _, f in futures.values() if not f.done()])
+        client.cancel([f for _, f in in_flight.values()])
     return outcomes

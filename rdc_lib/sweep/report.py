@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -20,7 +21,8 @@ from typing import Any
 
 from .store import CellRecord, ResultStore
 
-__all__ = ["Report", "aggregate", "cell_rows", "figure_vs_eps", "markdown_table", "trust_of", "write_report"]
+__all__ = ["Report", "aggregate", "cell_rows", "figure_vs_eps", "group_keys", "markdown_table", "trust_of",
+           "write_report"]
 
 CELL_COLUMNS = ("defense", "attack", "norm", "eps", "seed", "n", "clean_acc", "robust_acc", "trusted",
                 "failed_checks", "seconds")
@@ -64,6 +66,17 @@ def cell_rows(records: Sequence[CellRecord]) -> list[dict[str, Any]]:
         row["seconds"] = res.get("seconds", rec.duration)
         rows.append(row)
     return rows
+
+
+def group_keys(records: Sequence[CellRecord], x: str = "eps") -> list[str]:
+    """Parameters that tell the curves apart: defence / attack / norm when present, then every other
+    parameter that varies between cells (``x`` and the seed excluded: the mean runs over seeds)."""
+    done = [r for r in records if r.status == "done"]
+    params = [r.params for r in done]
+    names = {k for p in params for k in p} - {x, "seed"}
+    varying = sorted(k for k in names if len({json.dumps(p.get(k), sort_keys=True) for p in params}) > 1)
+    present = {k for r in done for k in (*r.params, *(r.result or {}))}
+    return [g for g in GROUP_KEYS if g in present] + [k for k in varying if k not in GROUP_KEYS]
 
 
 def aggregate(rows: Sequence[dict[str, Any]], x: str = "eps", y: str = "robust_acc",
@@ -140,15 +153,18 @@ def figure_vs_eps(agg: Sequence[dict[str, Any]], x: str = "eps", y: str = "robus
         fig.add_trace(go.Scatter(
             x=[p[x] for p in pts], y=[p[f"{y}_mean"] for p in pts], name=name, mode="lines+markers",
             error_y={"type": "data", "array": [p[f"{y}_std"] for p in pts], "visible": True},
-            marker={"symbol": ["x-open" if p["trusted"] == "NO" else "circle" for p in pts], "size": 10},
+            marker={"symbol": ["x-open" if p["trusted"] == "NO" else "circle" for p in pts],
+                    "size": [15 if p["trusted"] == "NO" else 9 for p in pts], "line": {"width": 2}},
             customdata=[[p["seeds"], p["trusted"]] for p in pts],
             hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y:.3f}}<br>seeds=%{{customdata[0]}}<br>"
                           "trusted=%{customdata[1]}<extra>%{fullData.name}</extra>"))
     if any(p["trusted"] == "NO" for p in agg):
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="untrusted (sanity check failed)",
-                                 marker={"symbol": "x-open", "size": 10, "color": "black"}))
-    fig.update_layout(xaxis_title=x, yaxis_title=f"{y} (mean over seeds)", yaxis_range=[-0.02, 1.02],
-                      template="plotly_white", legend_title="defence / attack / norm")
+                                 marker={"symbol": "x-open", "size": 15, "color": "black", "line": {"width": 2}}))
+    fig.update_layout(xaxis_title=x, yaxis_title=f"{y} (mean over seeds)", template="plotly_white",
+                      legend_title=" / ".join(group))
+    if y.endswith("_acc"):
+        fig.update_yaxes(range=[-0.02, 1.02])
     return fig
 
 
@@ -176,14 +192,15 @@ def write_report(store_path: str | Path, out_dir: str | Path | None = None, *, x
     rows = cell_rows(records)
     failed = [r for r in records if r.status == "failed"]
     cols = _columns(rows, CELL_COLUMNS)
-    agg = aggregate(rows, x, y)
-    agg_cols = [*GROUP_KEYS, x, f"{y}_mean", f"{y}_std", "seeds", "trusted"]
+    group = group_keys(records, x)
+    agg = aggregate(rows, x, y, group)
+    agg_cols = [*group, x, f"{y}_mean", f"{y}_std", "seeds", "trusted"]
     fail_rows = [{"key": r.key[:12], "params": r.params, "error": (r.error or "").strip().splitlines()[0][:200]
                   if r.error else "", "finished": r.finished} for r in failed]
     untrusted = sum(r["trusted"] == "NO" for r in rows)
-    title = f"Sweep report: {store_path.name}"
-    md = [f"# {title}\n", f"{len(rows)} done, {len(failed)} failed, {untrusted} untrusted "
-          "(a sanity check failed: treat that robust accuracy as an upper bound at best).\n"]
+    title = f"Sweep report: {', '.join(sorted({r.sweep for r in records})) or store_path.name}"
+    md = [f"# {title}\n", f"{len(rows)} done, {len(failed)} failed, {untrusted} untrusted (untrusted: a sanity "
+          "check failed, so treat that robust accuracy as an upper bound at best).\n"]
     if agg:
         md += [f"\n## {y} vs {x} (mean over seeds)\n\n", markdown_table(agg, agg_cols)]
     md += ["\n## Cells\n\n", markdown_table(rows, cols)]
@@ -194,7 +211,7 @@ def write_report(store_path: str | Path, out_dir: str | Path | None = None, *, x
     csv_path.write_text(csv_text(rows, cols))
     fig_html = ""
     if agg:
-        fig_html = figure_vs_eps(agg, x, y).to_html(full_html=False, include_plotlyjs=include_plotlyjs)
+        fig_html = figure_vs_eps(agg, x, y, group).to_html(full_html=False, include_plotlyjs=include_plotlyjs)
     html_path.write_text(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"

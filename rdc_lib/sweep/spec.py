@@ -44,6 +44,7 @@ import importlib
 import inspect
 import itertools
 import json
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -402,7 +403,7 @@ def parse_sweep(text: str, *, source: str = "<sweep>", name: str = "sweep",
     """Validate sweep YAML text; relative paths resolve against ``base_dir`` (default: cwd)."""
     data, lines = _compose(text, source)
     ctx = _Ctx(source, lines)
-    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    base = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
     if not isinstance(data, dict):
         raise ctx.error((), f"expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}, got {type(data).__name__}")
     for key in data:
@@ -427,6 +428,8 @@ def parse_sweep(text: str, *, source: str = "<sweep>", name: str = "sweep",
         if key in fixed:
             raise ctx.error(("grid", key), f"parameter {key!r} is both fixed ({_where(key, data)}) and in the grid")
     name = _string(data, "name", ctx) or name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ctx.error(("name",), f"name must be letters, digits, '_', '.', '-' (it names a folder), got {name!r}")
     output = base / (_string(data, "output", ctx) or f"runs/sweeps/{name}")
     store = base / _string(data, "store", ctx) if "store" in data else output / "results.sqlite"
     checkpoints = _checkpoints(data, ctx, base)
@@ -556,6 +559,11 @@ def _check_against_target(spec: SweepSpec, data: dict, ctx: _Ctx) -> None:
         if pname in reserved:
             hint = "use the top-level 'seeds' list" if pname == "seed" else "the sweep sets it per cell"
             raise ctx.error(path, f"parameter {pname!r} is reserved ({hint})")
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ctx.error(path, f"parameter {pname!r} = {value!r} is not a plain JSON value (number, string, "
+                            "bool, null, list, mapping); quote dates and write nan/inf as strings") from None
         decl = decls.get(pname)
         if decl is None and not open_ended:
             hint = difflib.get_close_matches(pname, valid, n=1)
