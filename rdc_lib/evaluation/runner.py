@@ -41,6 +41,8 @@ class EvalConfig:
     eot: int = 1                    # EOT draws per gradient
     steps: int = 20                 # attack iterations
     restarts: int = 1               # attack restarts
+    square_queries: int = 1000      # autoattack: Square's query budget
+    n_target_classes: int = 9       # autoattack / apgd-t: target classes tried
     timesteps: int = 32             # T noise levels of the diffusion classifier
     heads: str = "multi"            # denoiser used by dc / rdc / diffpure
     dataset: str = "digits"
@@ -65,7 +67,8 @@ class EvalConfig:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
         if self.norm == "linf" and self.eps > 1:
             raise ValueError(f"an l_inf eps above 1 is meaningless for images in [0, 1], got {self.eps}")
-        for name in ("n", "eot", "steps", "restarts", "timesteps", "n_eval", "vote", "chunk"):
+        for name in ("n", "eot", "steps", "restarts", "timesteps", "n_eval", "vote", "chunk", "square_queries",
+                     "n_target_classes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name, valid in (("noise_mode", ("stochastic", "fixed")), ("grad_mode", ("exact", "bpda")),
@@ -109,9 +112,12 @@ def _attack(cfg: EvalConfig, model: nn.Module):
 
     if cfg.attack == "autoattack":
         return autoattack_suite(model, norm=cfg.norm, eps=cfg.eps, steps=cfg.steps, restarts=cfg.restarts,
-                                eot=cfg.eot, seed=cfg.seed)
-    return build_attack(cfg.attack, model, norm=cfg.norm, eps=cfg.eps, steps=cfg.steps, restarts=cfg.restarts,
-                        eot=cfg.eot, seed=cfg.seed)
+                                eot=cfg.eot, seed=cfg.seed, square_queries=cfg.square_queries,
+                                n_target_classes=cfg.n_target_classes)
+    extra = {"n_target_classes": cfg.n_target_classes} if cfg.attack == "apgd-t" else {}
+    steps = cfg.square_queries if cfg.attack == "square" else cfg.steps
+    return build_attack(cfg.attack, model, norm=cfg.norm, eps=cfg.eps, steps=steps, restarts=cfg.restarts,
+                        eot=cfg.eot, seed=cfg.seed, **extra)
 
 
 def _run_attack(attack, model: nn.Module, x: Tensor, y: Tensor, progress: bool) -> tuple[Tensor, dict]:

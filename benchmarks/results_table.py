@@ -1,0 +1,134 @@
+"""The digits comparison table (docs/results.md): five defences, clean / l_inf / l2, AutoAttack-style.
+
+Run the cells (resumable: per-example records and finished cells are kept under --records), then
+write the document from the stored results (never by hand):
+
+    .venv/bin/python benchmarks/results_table.py run --defenses cnn at-cnn diffpure dc rdc
+    .venv/bin/python benchmarks/results_table.py doc
+
+Each cell is ``rdc_lib.evaluation.evaluate`` with the AutoAttack-style ensemble (APGD-CE, APGD-DLR,
+APGD-T, Square; worst case per example) and the sanity checks of ``rdc_lib.evaluation.checks``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from rdc_lib.evaluation import EvalConfig, evaluate
+
+THREATS = {"linf": 0.1, "l2": 0.5}
+DEFAULTS = dict(n=64, steps=25, restarts=1, square_queries=500, n_target_classes=3, timesteps=16, heads="multi",
+                noise_mode="fixed", grad_mode="exact", chunk=32, seed=0)
+
+
+def cells(defenses: list[str], settings: dict) -> list[EvalConfig]:
+    out = []
+    for defense in defenses:
+        for norm, eps in THREATS.items():
+            out.append(EvalConfig(defense=defense, attack="autoattack", norm=norm, eps=eps, **settings))
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    settings = {**DEFAULTS, **{k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}}
+    store = Path(args.records) / "results.jsonl"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if store.is_file():
+        done = {json.loads(l)["key"] for l in store.read_text().splitlines() if l.strip()}
+    for cfg in cells(args.defenses, settings):
+        if cfg.key() in done:
+            print(f"skip (done): {cfg.defense} {cfg.norm} {cfg.eps}", flush=True)
+            continue
+        t0 = time.perf_counter()
+        res = evaluate(cfg, records_dir=Path(args.records) / "records", progress=True)
+        res["key"] = cfg.key()
+        res["command"] = command_for(cfg)
+        with open(store, "a") as f:
+            f.write(json.dumps(res) + "\n")
+        print(f"{cfg.defense:9s} {cfg.norm:4s} eps={cfg.eps:<5g} clean {res['clean_acc']:.3f} robust "
+              f"{res['robust_acc']:.3f} trusted={res['trusted']} [{time.perf_counter() - t0:.0f}s]", flush=True)
+
+
+def command_for(cfg: EvalConfig) -> str:
+    base = EvalConfig()
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != getattr(base, k)]
+    return "rdc eval " + " ".join(flags) + " --records runs/results/records --json"
+
+
+def doc(args: argparse.Namespace) -> None:
+    store = Path(args.records) / "results.jsonl"
+    rows = [json.loads(l) for l in store.read_text().splitlines() if l.strip()]
+    by = {(r["defense"], r["norm"]): r for r in rows}
+    order = [d for d in ("cnn", "at-cnn", "diffpure", "dc", "rdc") if any(k[0] == d for k in by)]
+    lines = ["# Digits robustness comparison", "",
+             "Written by `benchmarks/results_table.py doc` from the stored results; every number below comes "
+             "from the command in the last table. Accuracies on the first "
+             f"{rows[0]['n']} digits test images with 95% Wilson intervals.", "",
+             "| defence | clean | l_inf 0.1 robust | l2 0.5 robust | checks |", "|---|---|---|---|---|"]
+    for d in order:
+        cells_ = [by.get((d, "linf")), by.get((d, "l2"))]
+        ref = next(c for c in cells_ if c)
+        fmt = lambda c: "—" if c is None else (f"{100 * c['robust']['value']:.1f}% ({c['robust']['correct']}/"
+                                              f"{c['robust']['total']}, {100 * c['robust']['low']:.0f}-"
+                                              f"{100 * c['robust']['high']:.0f})" + ("" if c["trusted"] else " **UNTRUSTED**"))
+        clean = ref["clean"]
+        status = "all passed" if all(c is None or c["trusted"] for c in cells_) else "FAILED: " + ", ".join(
+            f"{c['norm']}:{k}" for c in cells_ if c for k, v in c["checks"].items() if not v["passed"])
+        lines.append(f"| {d} | {100 * clean['value']:.1f}% ({clean['correct']}/{clean['total']}) | {fmt(cells_[0])} | "
+                     f"{fmt(cells_[1])} | {status} |")
+    lines += ["", "## Protocol", ""]
+    r0 = rows[0]
+    lines += [f"- Attack: AutoAttack-style ensemble, worst case per example over APGD-CE, APGD-DLR, APGD-T "
+              f"({r0['n_target_classes']} target classes) with {r0['steps']} iterations each and Square with "
+              f"{r0['square_queries']} queries; restarts {r0['restarts']}; exact gradients through the whole "
+              f"defence (RDC: through every LM step, `grad_mode={r0['grad_mode']}`).",
+              f"- Diffusion defences: multi-head denoiser, T = {r0['timesteps']} noise levels (paper grid), "
+              f"randomness `{r0['noise_mode']}` (fixed = the same noise on every call, known to the attacker: "
+              "a deterministic white-box defence). Stochastic-mode protocols are in docs/evaluation.md.",
+              "- Sanity checks on the first 16 images of every cell: finite non-zero gradients, robust accuracy "
+              "<= 10% at a very large budget, 2x steps not stronger... (rdc_lib/evaluation/checks.py).", ""]
+    lines += ["## Seconds per cell and attack effort", "", "| defence | norm | seconds | queries spent / budget |",
+              "|---|---|---|---|"]
+    for r in rows:
+        spent = sum(s.get("queries_spent", 0) for s in r["attack_stats"])
+        budget = sum(s.get("queries_budget", 0) for s in r["attack_stats"])
+        lines.append(f"| {r['defense']} | {r['norm']} | {r['seconds']:.0f} | {spent} / {budget} |")
+    lines += ["", "## Sanity checks per cell", "", "| defence | norm | check | passed | value |", "|---|---|---|---|---|"]
+    for r in rows:
+        for k, v in r["checks"].items():
+            val = v.get("robust_acc", v.get("nonzero_fraction", ""))
+            lines.append(f"| {r['defense']} | {r['norm']} | {k} | {v['passed']} | {val} |")
+    lines += ["", "## Commands", ""] + [f"- `{r['command']}`" for r in rows]
+    if args.notes and Path(args.notes).is_file():
+        lines += ["", Path(args.notes).read_text()]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--defenses", nargs="+", default=["cnn", "at-cnn", "diffpure", "dc", "rdc"])
+    for k, v in DEFAULTS.items():
+        r.add_argument("--" + k.replace("_", "-"), dest=k, type=type(v), default=None)
+    r.add_argument("--records", default="runs/results")
+    r.add_argument("--threads", type=int, default=1)
+    d = sub.add_parser("doc")
+    d.add_argument("--records", default="runs/results")
+    d.add_argument("--out", default="docs/results.md")
+    d.add_argument("--notes", default="docs/results_notes.md", help="hand-written analysis appended verbatim")
+    args = ap.parse_args()
+    run(args) if args.cmd == "run" else doc(args)
+
+
+if __name__ == "__main__":
+    main()
