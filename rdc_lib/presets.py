@@ -123,7 +123,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
         description="small CPU run on scikit-learn's 8x8 digits with the shipped denoisers",
         grid=GridPreset(T=32),
         dc=DCPreset(noise_mode="fixed", shared_noise=True),
-        lm=LMPreset(),
+        lm=LMPreset(step_size=0.03),  # normalised-gradient steps; see rdc_lib/lm.py
         attack=AttackPreset(iterations=20, restarts=1, eps_linf=0.1, eps_l2=0.5, stadv_iterations=20, batch_size=60),
         data=DataPreset(dataset="digits", num_test=60, num_ablation=60),
         checkpoints=CheckpointPreset(classifier="digits_single.safetensors"),
@@ -134,7 +134,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
         description="the paper's CIFAR-10 settings with NVlabs EDM's released DDPM++ networks",
         grid=GridPreset(T=1000),
         dc=DCPreset(noise_mode="fixed", shared_noise=False, chunk_size=2000),
-        lm=LMPreset(optimizer="adam"),
+        lm=LMPreset(step_size=0.1, optimizer="adam"),
         attack=AttackPreset(),
         data=DataPreset(),
         checkpoints=CheckpointPreset(

@@ -8,6 +8,19 @@ Data in, data out (no printing): notebook 05 and the report plot these.
 - ``nearest_neighbour_agreement``: how often a classifier's prediction equals the 1-NN (l2) rule.
 - ``optimal_classifier``: a ``DiffusionClassifier`` over ``OptimalDenoiser``.
 
+Added for notebook 05 and ``benchmarks/theory_report.py`` (issue 11):
+
+- ``dominant_training_image``: which training image carries the largest softmax weight of D* at each level.
+- ``denoise_across_sigmas``: several denoisers on one image and one eps per level (image grids).
+- ``margin_by_sigma``: the logit margin of a diffusion classifier split into per-level contributions.
+- ``restrict_grid`` / ``smoothed_surrogate``: the same classifier on levels sigma >= sigma_min only, a
+  smoother surrogate for gradient (BPDA-style) transfer when small levels saturate.
+- ``NeighbourAttack``: a closed-form attack on nearest-neighbour-like classifiers (steps towards the
+  nearest training images of other classes); ``transfer_pgd``: PGD without early stopping, for transfer.
+- ``robustness_protocol``: every attack of the protocol on one model, one set, one threat model, with
+  per-attack and worst-case accuracies (counts and 95% Wilson intervals).
+- ``validate_theory_params``: the parameter check of notebook 05.
+
 Caveat (memorization): on a training image x_i, D*(x_i + sigma eps; sigma, y_i) -> x_i as sigma -> 0, so
 the optimal denoiser's error and the optimal DC's accuracy look perfect on training images. Measure on
 held-out test images as well as on training images, and report both.
@@ -15,16 +28,22 @@ held-out test images as well as on training images, and report both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from .attacks.base import Attack, AttackContext, eval_mode
+from .attacks.losses import get_loss
+from .attacks.projections import project_ball, steepest_direction
 from .classifier import DiffusionClassifier
 from .diffusion.schedules import NoiseGrid
+from .evaluation.stats import Accuracy, wilson
 from .models.base import Denoiser
 from .models.optimal import OptimalDenoiser
-from .utils import check_images, check_labels
+from .utils import check_images, check_labels, resolve_device
 
 __all__ = [
     "GapCurves",
@@ -34,6 +53,18 @@ __all__ = [
     "nearest_neighbour_predict",
     "nearest_neighbour_agreement",
     "optimal_classifier",
+    "Dominance",
+    "MarginBySigma",
+    "NeighbourAttack",
+    "ProtocolResult",
+    "denoise_across_sigmas",
+    "dominant_training_image",
+    "margin_by_sigma",
+    "restrict_grid",
+    "robustness_protocol",
+    "smoothed_surrogate",
+    "transfer_pgd",
+    "validate_theory_params",
 ]
 
 
@@ -179,3 +210,434 @@ def optimal_classifier(
 ) -> DiffusionClassifier:
     """The optimal diffusion classifier: ``DiffusionClassifier(OptimalDenoiser(train split), grid)``."""
     return DiffusionClassifier(OptimalDenoiser(train_images, train_labels, num_classes), grid, **classifier_kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 11: what the optimal denoiser does per level, and a robustness protocol shared by notebook 05
+# and benchmarks/theory_report.py.
+
+
+@dataclass(frozen=True)
+class Dominance:
+    """Which training image carries the largest softmax weight of D*(x + sigma eps; sigma, y) per level."""
+
+    sigmas: Tensor            # (T,)
+    top_index: Tensor         # (B, T) int64 index into the training set (original order)
+    top_weight: Tensor        # (B, T) its softmax weight in [0, 1] (1 = a hard nearest neighbour)
+    effective_count: Tensor   # (B, T) 1 / sum_i w_i^2: how many training images effectively share the weight
+    nn_index: Tensor          # (B,) nearest training image (l2) of the clean input, in the same pool
+
+    @property
+    def matches_nn(self) -> Tensor:
+        """(B, T) bool: the dominant image is the clean input's nearest training image."""
+        return self.top_index == self.nn_index[:, None]
+
+    def to_dict(self) -> dict[str, list]:
+        out = {k: getattr(self, k).tolist() for k in ("sigmas", "top_index", "top_weight", "effective_count", "nn_index")}
+        out["matches_nn"] = self.matches_nn.tolist()
+        return out
+
+
+def dominant_training_image(
+    optimal: OptimalDenoiser,
+    x01: Tensor,                        # (B, C, H, W) clean images in [0, 1]
+    sigmas: Tensor | NoiseGrid,         # (T,) noise levels
+    labels: Tensor | None = None,       # (B,) class whose images form the pool (K = null = all); None = all
+    generator: torch.Generator | None = None,
+    *,
+    noise: Tensor | None = None,        # (B, T, C, H, W) eps; drawn from `generator` if None
+) -> Dominance:
+    """The softmax of D* over its pool of training images, summarised by its largest weight, per level.
+
+    The pool is the class-``labels[b]`` training images (the whole set for the null label or None); the
+    weights are softmax_i(-||x' + sigma eps - x_i||^2 / (2 sigma^2)) in model space, computed in float64.
+    """
+    if not isinstance(optimal, OptimalDenoiser):
+        raise ValueError(f"optimal must be an OptimalDenoiser, got {type(optimal).__name__}")
+    check_images(x01, channels=optimal.img_channels, resolution=optimal.img_resolution, name="x01")
+    batch = x01.shape[0]
+    s = _sigmas(sigmas, x01).double()
+    t_len = s.numel()
+    if labels is not None:
+        check_labels(labels, optimal.num_classes + 1, batch=batch, name="labels")
+    if noise is None:
+        noise = torch.randn((batch, t_len, *x01.shape[1:]), generator=generator, device=x01.device, dtype=x01.dtype)
+    elif tuple(noise.shape) != (batch, t_len, *x01.shape[1:]):
+        raise ValueError(f"noise must have shape {(batch, t_len, *x01.shape[1:])} (B, T, C, H, W), got {tuple(noise.shape)}")
+    train = optimal.train_flat.to(x01.device, torch.float64)                  # (N, D) model space
+    train_y = optimal.train_labels.to(x01.device)
+    x0 = (x01.to(torch.float64) * 2 - 1).reshape(batch, -1)                    # (B, D)
+    pool = torch.ones(batch, train.shape[0], dtype=torch.bool, device=x01.device)
+    if labels is not None:
+        lab = labels.to(x01.device)
+        pool = (train_y[None, :] == lab[:, None]) | (lab[:, None] == optimal.num_classes)
+    with torch.no_grad():
+        nn_index = torch.cdist(x0, train).masked_fill(~pool, float("inf")).argmin(1)
+        noisy = x0[:, None] + s[None, :, None] * noise.to(torch.float64).reshape(batch, t_len, -1)  # (B, T, D)
+        d2 = torch.cdist(noisy.reshape(batch * t_len, -1), train,
+                         compute_mode="donot_use_mm_for_euclid_dist").pow(2).reshape(batch, t_len, -1)  # (B, T, N)
+        logits = (-d2 / (2 * s[None, :, None] ** 2)).masked_fill(~pool[:, None, :], float("-inf"))
+        weights = torch.softmax(logits, dim=-1)
+        top_weight, top_index = weights.max(dim=-1)
+        effective = 1.0 / weights.pow(2).sum(-1)
+    return Dominance(sigmas=s.cpu(), top_index=top_index.cpu(), top_weight=top_weight.cpu(),
+                     effective_count=effective.cpu(), nn_index=nn_index.cpu())
+
+
+def denoise_across_sigmas(
+    denoisers: dict[str, Denoiser],     # name -> denoiser (all on the same image shape)
+    x01: Tensor,                        # (C, H, W) or (1, C, H, W) one clean image in [0, 1]
+    label: int | None,                  # class to condition on; None = null (unconditional)
+    sigmas: Tensor | NoiseGrid,         # (T,)
+    generator: torch.Generator | None = None,
+    *,
+    noise: Tensor | None = None,        # (T, C, H, W) eps; drawn from `generator` if None
+) -> dict[str, Tensor]:
+    """Every denoiser on the same noisy copies of one image: {'noisy', *names} -> (T, C, H, W) in [0, 1].
+
+    Outputs are mapped back from model space ((d + 1) / 2) and clipped to [0, 1] for display.
+    """
+    if not denoisers:
+        raise ValueError("denoisers is empty; pass a dict name -> Denoiser")
+    img = x01.unsqueeze(0) if x01.ndim == 3 else x01
+    first = next(iter(denoisers.values()))
+    check_images(img, channels=first.img_channels, resolution=first.img_resolution, name="x01")
+    if img.shape[0] != 1:
+        raise ValueError(f"x01 must be one image (C, H, W) or (1, C, H, W), got shape {tuple(x01.shape)}")
+    s = _sigmas(sigmas, img)
+    t_len = s.numel()
+    if noise is None:
+        noise = torch.randn((t_len, *img.shape[1:]), generator=generator, device=img.device, dtype=img.dtype)
+    elif tuple(noise.shape) != (t_len, *img.shape[1:]):
+        raise ValueError(f"noise must have shape {(t_len, *img.shape[1:])} (T, C, H, W), got {tuple(noise.shape)}")
+    noisy = (img * 2 - 1) + s.reshape(-1, 1, 1, 1) * noise                    # (T, C, H, W) model space
+    out = {"noisy": ((noisy + 1) / 2).clamp(0, 1)}
+    with torch.no_grad():
+        for name, den in denoisers.items():
+            k = den.num_classes if label is None else int(label)
+            lab = torch.full((t_len,), k, dtype=torch.long, device=img.device)
+            out[name] = ((den(noisy, s, lab) + 1) / 2).clamp(0, 1)
+    return out
+
+
+@dataclass(frozen=True)
+class MarginBySigma:
+    """The logit margin z_y - z_r (r = runner-up class) of a DC, split into per-level contributions."""
+
+    sigmas: Tensor            # (T,)
+    per_level: Tensor         # (B, T) w_t (err_t(r) - err_t(y)); sums over t to the margin (uniform prior)
+    margin: Tensor            # (B,) z_y - z_r from the logits
+    runner_up: Tensor         # (B,) r = argmax_{k != y} z_k
+
+    @property
+    def mean_per_level(self) -> Tensor:
+        """(T,) mean over images."""
+        return self.per_level.mean(0)
+
+    def to_dict(self) -> dict[str, list]:
+        return {"sigmas": self.sigmas.tolist(), "mean_per_level": self.mean_per_level.tolist(),
+                "margin": self.margin.tolist(), "runner_up": self.runner_up.tolist()}
+
+
+def margin_by_sigma(
+    classifier: DiffusionClassifier,
+    x01: Tensor,                        # (B, C, H, W) in [0, 1]
+    y: Tensor,                          # (B,) true labels
+    *,
+    noise: Tensor | None = None,        # eps as ``classifier.draw_noise`` returns it; drawn if None
+) -> MarginBySigma:
+    """Where the DC's decision comes from: each level's share of the margin against the runner-up class."""
+    check_labels(y, classifier.num_classes, batch=x01.shape[0], name="y")
+    with torch.no_grad():
+        terms = classifier.elbo_terms(x01, noise)                              # (B, K, T) weighted errors
+    y = y.to(terms.device)
+    logits = -terms.sum(-1) + classifier.log_prior.to(terms.device, terms.dtype)
+    runner_up = logits.scatter(1, y[:, None], float("-inf")).argmax(1)
+    rows = torch.arange(terms.shape[0], device=terms.device)
+    per_level = terms[rows, runner_up] - terms[rows, y]
+    margin = logits[rows, y] - logits[rows, runner_up]
+    return MarginBySigma(sigmas=classifier.grid.sigmas.detach().cpu(), per_level=per_level.cpu(),
+                         margin=margin.cpu(), runner_up=runner_up.cpu())
+
+
+def restrict_grid(grid: NoiseGrid, sigma_min: float) -> NoiseGrid:
+    """The levels of ``grid`` with sigma >= ``sigma_min``, with their original weights."""
+    keep = grid.sigmas >= sigma_min
+    if not bool(keep.any()):
+        raise ValueError(f"sigma_min = {sigma_min} removes every level; the grid's largest sigma is "
+                         f"{float(grid.sigmas.max()):.4g}")
+    return NoiseGrid(grid.sigmas[keep], grid.weights[keep], grid.kind, grid.weighting)
+
+
+def smoothed_surrogate(classifier: DiffusionClassifier, sigma_min: float, *, seed: int | None = None) -> DiffusionClassifier:
+    """The same denoiser and settings on the levels sigma >= ``sigma_min`` only (a smoother surrogate).
+
+    At small sigma the optimal denoiser's softmax is a hard nearest-neighbour choice, so the DC is a
+    piecewise function of x there; dropping those levels leaves a smooth classifier whose gradients can
+    be used to attack the full one (BPDA-style transfer).
+    """
+    return DiffusionClassifier(
+        classifier.denoiser, restrict_grid(classifier.grid, sigma_min), prior=classifier.log_prior.exp().cpu(),
+        shared_noise=classifier.shared_noise, noise_mode=classifier.noise_mode,
+        seed=classifier.seed if seed is None else seed, grad_mode=classifier.grad_mode,
+        chunk_size=classifier.chunk_size,
+    ).eval()
+
+
+class NeighbourAttack(Attack):
+    """Closed-form attack on nearest-neighbour-like classifiers (the optimal DC at small sigma).
+
+    Distance Measure : Linf, L2
+
+    For each of the ``n_neighbours`` nearest training images x_j of another class it tries two steps of
+    full budget: along x_j - x_s (x_s the nearest same-class training image other than x itself; the
+    steepest direction for ||x' - x_s||^2 - ||x' - x_j||^2, the 1-NN margin) and along x_j - x (straight
+    towards x_j), as sign(.) for l_inf and normalised for l2, projected onto the ball and [0, 1]. No
+    gradients, 2 * n_neighbours queries per example; it stops at the first candidate that fools the model.
+
+    Arguments:
+        model, norm, eps, seed: see :class:`rdc_lib.attacks.Attack`.
+        train_x: (N, C, H, W) training images in [0, 1]; train_y: (N,) labels.
+        n_neighbours: other-class training images tried per example.
+
+    Examples::
+        >>> x_adv = NeighbourAttack(optimal_dc, x_tr, y_tr, norm="linf", eps=0.1)(x, y)
+    """
+
+    def __init__(self, model, train_x: Tensor, train_y: Tensor, *, norm: str = "linf", eps: float,
+                 n_neighbours: int = 8, seed: int | None = None):
+        super().__init__(model, norm=norm, eps=eps, steps=max(1, n_neighbours), restarts=1, eot=1, seed=seed)
+        check_images(train_x, name="train_x")
+        if not isinstance(train_y, Tensor) or train_y.ndim != 1 or train_y.shape[0] != train_x.shape[0]:
+            raise ValueError(f"train_y must be a ({train_x.shape[0]},) tensor of labels, one per training image")
+        if isinstance(n_neighbours, bool) or not isinstance(n_neighbours, int) or n_neighbours < 1:
+            raise ValueError(f"n_neighbours must be an int >= 1, got {n_neighbours!r}")
+        self.train_x, self.train_y, self.n_neighbours = train_x.detach(), train_y.detach(), n_neighbours
+
+    @property
+    def max_queries(self) -> int:
+        return 1 + 2 * self.n_neighbours
+
+    def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
+        x, y = ctx.x[idx], ctx.y[idx]
+        train_x = self.train_x.to(x.device, x.dtype)
+        train_y = self.train_y.to(x.device)
+        dist = torch.cdist(x.flatten(1).double(), train_x.flatten(1).double(), compute_mode="donot_use_mm_for_euclid_dist")
+        same = train_y[None, :] == y[:, None]
+        same_dist = dist.masked_fill(~same | (dist == 0), float("inf"))   # x itself excluded
+        x_same = train_x[same_dist.argmin(1)]
+        m = min(self.n_neighbours, int((~same).sum(1).min()))
+        others = dist.masked_fill(same, float("inf")).topk(m, dim=1, largest=False).indices  # (n, m)
+        with torch.no_grad():
+            for j in range(m):
+                x_j = train_x[others[:, j]]
+                for anchor in (x_same, x):
+                    open_ = ctx.open(idx)
+                    if not open_.any():
+                        return
+                    d = (x_j - anchor)[open_]
+                    step = d.sign() if self.norm == "linf" else d / d.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, 1, 1, 1)
+                    x_o = x[open_]
+                    ctx.evaluate(idx[open_], project_ball(x_o + self.eps * step, x_o, self.norm, self.eps))
+
+
+def transfer_pgd(
+    source: Callable[[Tensor], Tensor],  # model x -> logits used to craft the examples (CNN, surrogate)
+    x: Tensor,                           # (B, C, H, W) in [0, 1]
+    y: Tensor,                           # (B,) labels
+    *,
+    norm: str = "linf",
+    eps: float,
+    steps: int = 20,
+    loss: str = "margin",                # any name of rdc_lib.attacks.LOSSES that is untargeted
+) -> Tensor:                             # (B, C, H, W) in [0, 1] inside the eps-ball
+    """PGD on ``source`` from x for all ``steps`` (no early stopping, so examples go past the source's
+    decision boundary and transfer better); step size 2.5 eps / steps; deterministic."""
+    check_images(x)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    loss_fn = get_loss(loss)
+    alpha = 2.5 * eps / steps
+    x_adv = x.detach().clone()
+    y = y.to(x.device)
+    with eval_mode(source):
+        for _ in range(steps):
+            with torch.enable_grad():
+                xg = x_adv.requires_grad_(True)
+                (grad,) = torch.autograd.grad(loss_fn(source(xg), y, None).sum(), xg)
+            x_adv = project_ball(x_adv.detach() + alpha * steepest_direction(grad, norm), x, norm, eps)
+    return x_adv.detach()
+
+
+@dataclass
+class ProtocolResult:
+    """Outcome of :func:`robustness_protocol` on N examples: which examples survive which attack."""
+
+    clean_correct: Tensor                 # (N,) bool
+    robust: dict[str, Tensor]             # attack -> (N,) bool: correct on x_adv (on every re-classification)
+    x_adv: dict[str, Tensor]              # attack -> (N, C, H, W) the image that attack returned (x if not run)
+    seconds: dict[str, float]
+    on_survivors: tuple[str, ...] = ()    # attacks run only on examples every earlier attack left robust
+
+    @property
+    def n(self) -> int:
+        return int(self.clean_correct.numel())
+
+    @property
+    def worst(self) -> Tensor:
+        """(N,) bool: correct on the clean image and after every attack."""
+        out = self.clean_correct.clone()
+        for flags in self.robust.values():
+            out &= flags
+        return out
+
+    def accuracy(self, name: str) -> Accuracy:
+        """'clean', 'worst' or an attack name -> count with its 95% Wilson interval."""
+        flags = {"clean": self.clean_correct, "worst": self.worst}.get(name)
+        if flags is None:
+            if name not in self.robust:
+                raise ValueError(f"unknown entry {name!r}; valid choices: clean, worst, {', '.join(self.robust)}")
+            flags = self.robust[name]
+        return wilson(int(flags.sum()), self.n)
+
+    def x_worst(self) -> Tensor:
+        """(N, C, H, W): per example the image of the first attack that broke it, else the clean-case image."""
+        names = list(self.robust)
+        out = self.x_adv[names[0]].clone() if names else None
+        assert out is not None, "no attacks were run"
+        done = ~self.robust[names[0]]
+        for name in names[1:]:
+            take = ~self.robust[name] & ~done
+            out[take] = self.x_adv[name][take]
+            done |= take
+        return out
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "clean": self.accuracy("clean").as_dict(), "worst": self.accuracy("worst").as_dict(),
+                "attacks": {k: self.accuracy(k).as_dict() for k in self.robust},
+                "seconds": dict(self.seconds), "on_survivors": list(self.on_survivors)}
+
+
+def _verify(model: Callable[[Tensor], Tensor], x_adv: Tensor, y: Tensor, n_eval: int, batch: int) -> Tensor:
+    """(N,) bool: correct on each of ``n_eval`` classifications of x_adv."""
+    ok = torch.ones(x_adv.shape[0], dtype=torch.bool, device=x_adv.device)
+    with torch.no_grad():
+        for _ in range(n_eval):
+            pred = torch.cat([model(x_adv[i:i + batch]).argmax(1) for i in range(0, x_adv.shape[0], batch)])
+            ok &= pred == y
+    return ok
+
+
+def robustness_protocol(
+    model: Callable[[Tensor], Tensor],   # x (B, C, H, W) in [0, 1] -> logits (B, K)
+    x: Tensor,                           # (N, C, H, W) in [0, 1]
+    y: Tensor,                           # (N,) labels
+    *,
+    norm: str = "linf",
+    eps: float,
+    steps: int = 10,                     # iterations of the gradient attacks
+    square_queries: int = 500,           # Square's query budget
+    attacks: tuple[str, ...] = ("pgd", "apgd-ce", "apgd-dlr", "square"),   # names of rdc_lib.attacks.build_attack
+    eot: int = 1,                        # EOT draws for the gradient attacks (stochastic models)
+    n_eval: int = 1,                     # re-classifications of each adversarial image (stochastic models)
+    seed: int = 0,
+    transfer_from: dict[str, Callable[[Tensor], Tensor]] | None = None,     # name -> source model
+    transfer_steps: int = 20,
+    neighbours: tuple[Tensor, Tensor] | None = None,   # (train_x, train_y) for NeighbourAttack
+    n_neighbours: int = 8,
+    precomputed: dict[str, Tensor] | None = None,      # name -> (N, C, H, W) adversarial images to verify
+    on_survivors: tuple[str, ...] = (),  # run these attacks only on examples still robust to all earlier ones
+    batch: int = 100,
+) -> ProtocolResult:
+    """Every attack of the protocol on one model, one image set and one threat model.
+
+    Order: ``precomputed`` images, transfer attacks (``transfer_pgd`` on each source, margin loss),
+    the ``NeighbourAttack`` (if ``neighbours``), then ``attacks`` in order (white-box gradient attacks
+    with exact gradients, Square). Each attack runs on every clean-correct example (standalone
+    accuracy) unless it is named in ``on_survivors``. Every returned image is re-classified ``n_eval``
+    times; an example is robust to an attack if it was correct clean and on every re-classification.
+    """
+    import time
+
+    from .attacks import build_attack
+
+    check_images(x)
+    y = y.to(x.device)
+    clean_correct = _verify(model, x, y, 1, batch)
+    robust: dict[str, Tensor] = {}
+    images: dict[str, Tensor] = {}
+    seconds: dict[str, float] = {}
+
+    def record(name: str, make: Callable[[Tensor], Tensor]) -> None:
+        todo = clean_correct.clone()
+        if name in on_survivors:
+            for flags in robust.values():
+                todo &= flags
+        start = time.perf_counter()
+        x_adv = x.clone()
+        if todo.any():
+            x_adv[todo] = make(todo).detach().to(x.dtype)
+        flags = torch.zeros_like(clean_correct)
+        if todo.any():
+            flags[todo] = _verify(model, x_adv[todo], y[todo], n_eval, batch)
+        if name in on_survivors:  # examples not attacked here were broken earlier
+            flags &= todo
+        robust[name], images[name] = flags, x_adv
+        seconds[name] = time.perf_counter() - start
+
+    for name, adv in (precomputed or {}).items():
+        if tuple(adv.shape) != tuple(x.shape):
+            raise ValueError(f"precomputed[{name!r}] has shape {tuple(adv.shape)}, expected {tuple(x.shape)}")
+        record(name, lambda m, adv=adv: adv.to(x.device)[m])
+    for name, source in (transfer_from or {}).items():
+        record(name, lambda m, source=source: transfer_pgd(source, x[m], y[m], norm=norm, eps=eps, steps=transfer_steps))
+    if neighbours is not None:
+        atk = NeighbourAttack(model, neighbours[0], neighbours[1], norm=norm, eps=eps, n_neighbours=n_neighbours, seed=seed)
+        record("neighbour", lambda m: atk.run(x[m], y[m]).x_adv)
+    for name in attacks:
+        if name == "square":
+            atk = build_attack("square", model, norm=norm, eps=eps, steps=square_queries, seed=seed)
+        else:
+            atk = build_attack(name, model, norm=norm, eps=eps, steps=steps, eot=eot, seed=seed)
+        record(name, lambda m, atk=atk: atk.run(x[m], y[m]).x_adv)
+    return ProtocolResult(clean_correct.cpu(), {k: v.cpu() for k, v in robust.items()},
+                          {k: v.cpu() for k, v in images.items()}, seconds, tuple(n for n in on_survivors if n in robust))
+
+
+NOTEBOOK_NORMS = ("linf", "l2")
+
+
+def validate_theory_params(
+    *, n_images: int, T: int, eps: float, norm: str, attack_steps: int, square_queries: int, seed: int,
+    device: str, checkpoint: str, result_dir: str, n_test: int = 360, n_train: int = 1437,
+) -> None:
+    """Check notebook 05's parameters; ValueError (FileNotFoundError for the checkpoint) names the bad one."""
+    def _int(name: str, value, low: int, high: int | None = None) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            bound = f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}"
+            raise ValueError(f"parameter {name} must be {bound}, got {value!r}")
+
+    _int("n_images", n_images, 1, min(n_test, n_train))
+    _int("T", T, 1, 1000)
+    _int("attack_steps", attack_steps, 1)
+    _int("square_queries", square_queries, 1)
+    _int("seed", seed, 0)
+    if norm not in NOTEBOOK_NORMS:
+        raise ValueError(f"parameter norm must be one of {', '.join(NOTEBOOK_NORMS)}, got {norm!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= (1 if norm == "linf" else 8):
+        raise ValueError(f"parameter eps must be a number in (0, {1 if norm == 'linf' else 8}] for norm {norm!r}, "
+                         f"got {eps!r}")
+    if not isinstance(device, str):
+        raise ValueError(f"parameter device must be a string such as 'cpu' or 'cuda', got {device!r}")
+    try:
+        resolve_device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"parameter device {device!r} is not usable: {err}") from None
+    if not isinstance(result_dir, str) or not result_dir:
+        raise ValueError(f"parameter result_dir must be a non-empty path string, got {result_dir!r}")
+    if not isinstance(checkpoint, str) or not checkpoint:
+        raise ValueError(f"parameter checkpoint must be a path string, got {checkpoint!r}")
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"parameter checkpoint: {checkpoint} does not exist (relative paths are relative to "
+                                f"{Path.cwd()}); expected a multi-head digits denoiser, e.g. "
+                                "data/checkpoints/digits_multi.safetensors")

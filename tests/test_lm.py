@@ -108,7 +108,7 @@ def test_paper_step_units(den):
 
 def test_default_config_is_paper():
     cfg = LMConfig()
-    assert (cfg.steps, cfg.step_size, cfg.eta, cfg.norm, cfg.sigma_range) == (5, 0.1, 8 / 255, "linf", (0.4, 0.6))
+    assert (cfg.steps, cfg.step_size, cfg.eta, cfg.norm, cfg.sigma_range) == (5, 0.03, 8 / 255, "linf", (0.4, 0.6))
     assert cfg.optimizer == "sgd"
 
 

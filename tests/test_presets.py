@@ -37,7 +37,7 @@ def test_paper_values():
     assert p.checkpoints.lm != p.checkpoints.classifier  # separate unconditional network for LM
     d = get_preset("digits")
     assert len(make_grid(**d.grid.kwargs())) == 32 and d.data.dataset == "digits"
-    assert (d.lm.steps, d.lm.step_size, d.lm.eta, d.lm.sigma_range, d.attack.eps_linf) == (5, 0.1, 8 / 255, (0.4, 0.6), 0.1)
+    assert (d.lm.steps, d.lm.step_size, d.lm.eta, d.lm.sigma_range, d.attack.eps_linf) == (5, 0.03, 8 / 255, (0.4, 0.6), 0.1)
     assert p.to_dict()["lm"]["eta"] == 8 / 255
 
 

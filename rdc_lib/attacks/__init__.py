@@ -3,11 +3,14 @@
 Every attack takes a model ``x (B, C, H, W) in [0, 1] -> logits (B, K)``, its budget in the constructor,
 and returns adversarial images with ``attack(x, y)`` or an :class:`AttackResult` with ``attack.run(x, y)``.
 ``run_ensemble`` gives the AutoAttack-style worst case over several attacks, resumable and chunked.
+Adaptive objectives (Lagrangian attack on LM, selective EOT) and the StAdv flow threat model are built by
+the same ``build_attack`` (names in ``ADAPTIVE_ATTACK_NAMES``).
 """
 
 from .apgd import APGD, APGD_LOSSES, TARGET_RULES, apgd_checkpoints
 from .base import Attack, AttackContext, AttackResult, eval_mode
 from .ensemble import (
+    ADAPTIVE_ATTACK_NAMES,
     ATTACK_NAMES,
     ChunkReport,
     EnsembleResult,
@@ -16,13 +19,18 @@ from .ensemble import (
     run_ensemble,
 )
 from .fgsm import FGSM
+from .lagrangian import LagrangianAPGD, LagrangianPGD, expected_unconditional_loss
 from .losses import LOSSES, get_loss, margin
 from .pgd import PGD
 from .projections import NORMS, clip01, per_example_norm, project, project_ball
+from .selective_eot import EOT_AGGREGATIONS, SelectiveEOTAPGD, SelectiveEOTPGD, aggregate_eot
 from .square import Square
+from .stadv import StAdv, StAdvResult, flow_warp
 from .wrappers import BPDA, EOT, bpda
 
 __all__ = [
+    "ADAPTIVE_ATTACK_NAMES", "EOT_AGGREGATIONS", "LagrangianAPGD", "LagrangianPGD", "SelectiveEOTAPGD",
+    "SelectiveEOTPGD", "StAdv", "StAdvResult", "aggregate_eot", "expected_unconditional_loss", "flow_warp",
     "APGD", "APGD_LOSSES", "ATTACK_NAMES", "Attack", "AttackContext", "AttackResult", "BPDA", "ChunkReport", "EOT",
     "EnsembleResult", "FGSM", "LOSSES", "NORMS", "PGD", "Square", "TARGET_RULES", "apgd_checkpoints",
     "autoattack_suite", "bpda", "build_attack", "clip01", "eval_mode", "get_loss", "margin", "per_example_norm",

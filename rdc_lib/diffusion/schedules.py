@@ -16,6 +16,9 @@ Weightings (``WEIGHTINGS``) for ``paper`` and ``karras``:
   p_LN is the *correct* log-normal density; the reference code multiplies by P_std^2 where the
   density divides by it (rdc-spec.md section 3), which we do not reproduce.
 - ``elbo``: d_sigma / sigma^3 (the variational bound of the VE process, per pixel; up to constants).
+  On the paper grid (sigma from 1e-4) the smallest levels dominate it completely: measured 3.6%
+  accuracy for the digits multi-head DC at T = 32 (vs 96.7% with ``edm``), which is why the paper
+  weights by the training density instead.
 - ``uniform``: 1 / T (a plain mean over levels, as the reference multi-head code).
 """
 

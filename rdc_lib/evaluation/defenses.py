@@ -30,7 +30,7 @@ class DefenseSpec:
     seed: int = 0
     lm_steps: int = 5
     lm_eta: float = 8 / 255
-    lm_step_size: float = 0.1
+    lm_step_size: float = 0.03
     lm_norm: str = "linf"
     vote: int = 1
     denoiser_path: str | None = None               # override the shipped checkpoint

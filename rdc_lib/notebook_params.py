@@ -1,0 +1,284 @@
+"""Validation of notebook parameters (the cell tagged ``parameters`` in notebooks/*.ipynb).
+
+Every notebook's ``parameters`` cell holds annotated literals only; the next cell calls
+``validate_params(name=value, ...)`` with every one of them, so a bad ``papermill -p`` fails in
+that first cell with a message that names the parameter, the value received and what is
+expected. The rules live here, one :class:`ParamSpec` per name in :data:`PARAM_SPECS`; the same
+name means the same thing in every notebook.
+
+This module imports no torch at import time (the check runs before the notebook's heavy imports);
+the lists of attack and defence names and the CIFAR-10 file check are imported on demand.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DATASETS",
+    "NORMS",
+    "MissingFilesError",
+    "NotebookParameterError",
+    "PARAM_SPECS",
+    "ParamSpec",
+    "validate_params",
+]
+
+DATASETS = ("digits", "cifar10")
+NORMS = ("linf", "l2")
+HEADS = ("single", "multi")
+GRAD_MODES = ("exact", "bpda")
+NOISE_MODES = ("stochastic", "fixed")
+DIGITS_TEST_SIZE = 360
+CIFAR10_TEST_SIZE = 10_000
+
+
+class NotebookParameterError(ValueError):
+    """A notebook parameter has the wrong type or an impossible value; the message names it."""
+
+
+class MissingFilesError(NotebookParameterError, FileNotFoundError):
+    """A file a parameter points to (checkpoint, dataset) does not exist; the message says where to put it."""
+
+
+# ----------------------------------------------------------------------------------------- checks
+
+def _bad(name: str, value: Any, expected: str) -> NotebookParameterError:
+    return NotebookParameterError(f"notebook parameter {name} = {value!r} ({type(value).__name__}): expected {expected}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and v == v  # NaN is not a valid setting
+
+
+def _attack_names() -> tuple[str, ...]:
+    from .attacks import ATTACK_NAMES
+
+    return tuple(ATTACK_NAMES)
+
+
+def _eval_attack_names() -> tuple[str, ...]:
+    from .evaluation.runner import ATTACKS
+
+    return tuple(ATTACKS)
+
+
+def _defense_names() -> tuple[str, ...]:
+    from .evaluation.defenses import DEFENSES
+
+    return tuple(DEFENSES)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """How one notebook parameter is checked.
+
+    kind: 'int' | 'float' | 'bool' | 'str' | 'list[float]' | 'list[int]' | 'list[str]' | 'path'.
+    low/high: inclusive numeric bounds (for lists: of every element). choices: allowed strings, or a
+    callable returning them (lazy imports). help: what the parameter does (used in messages).
+    """
+
+    kind: str
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    min_len: int = 1
+
+    def allowed(self) -> tuple[str, ...] | None:
+        return self.choices() if callable(self.choices) else self.choices
+
+    def expected(self) -> str:
+        base = {"int": "an int", "float": "a number", "bool": "True or False", "str": "a string",
+                "path": "a file path (str)", "list[float]": "a list of numbers", "list[int]": "a list of ints",
+                "list[str]": "a list of strings"}[self.kind]
+        bounds = []
+        if self.low is not None:
+            bounds.append(f">= {self.low:g}")
+        if self.high is not None:
+            bounds.append(f"<= {self.high:g}")
+        if bounds:
+            base += (" with every element " if self.kind.startswith("list") else " ") + " and ".join(bounds)
+        allowed = self.allowed()
+        if allowed:
+            base += f" from: {', '.join(allowed)}"
+        return base
+
+    def check(self, name: str, value: Any) -> Any:
+        """Return ``value`` normalised (floats as float); raise NotebookParameterError otherwise."""
+        kind = self.kind
+        if kind.startswith("list"):
+            if isinstance(value, str):
+                raise _bad(name, value, f"{self.expected()}; papermill -p passes strings, give lists with "
+                                        f"-y '{name}: [...]' or a -f parameters file")
+            if not isinstance(value, (list, tuple)) or len(value) < self.min_len:
+                raise _bad(name, value, f"{self.expected()} (at least {self.min_len} element(s))")
+            inner = ParamSpec(kind[5:-1], self.help, self.low, self.high, self.choices)
+            out = [inner._scalar(f"{name}[{i}]", v) for i, v in enumerate(value)]
+            if len(set(map(repr, out))) != len(out):
+                raise _bad(name, value, f"{self.expected()} without repeated elements")
+            return out
+        return self._scalar(name, value)
+
+    def _scalar(self, name: str, value: Any) -> Any:
+        kind = self.kind
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise _bad(name, value, "True or False (papermill: -p " + name + " True)")
+            return value
+        if kind == "int":
+            if not _is_int(value):
+                raise _bad(name, value, self.expected())
+        elif kind == "float":
+            if not _is_number(value):
+                raise _bad(name, value, self.expected())
+            value = float(value)
+        elif kind in ("str", "path"):
+            if not isinstance(value, str) or (kind == "path" and not value):
+                raise _bad(name, value, self.expected())
+            allowed = self.allowed()
+            if allowed is not None and value not in allowed:
+                raise _bad(name, value, f"one of: {', '.join(allowed)}")
+            return value
+        if self.low is not None and value < self.low:
+            raise _bad(name, value, self.expected())
+        if self.high is not None and value > self.high:
+            raise _bad(name, value, self.expected())
+        return value
+
+
+PARAM_SPECS: dict[str, ParamSpec] = {
+    # data and models
+    "dataset": ParamSpec("str", "dataset: 'digits' runs here; 'cifar10' needs the files of the cifar10-paper preset",
+                         choices=DATASETS),
+    "data_root": ParamSpec("str", "folder of the CIFAR-10 python batches (dataset 'cifar10' only)"),
+    "checkpoint": ParamSpec("path", "denoiser checkpoint (.safetensors); relative to the notebook's folder"),
+    "checkpoint_single": ParamSpec("path", "single-head denoiser checkpoint, for the single- vs multi-head comparison"),
+    "cnn_checkpoint": ParamSpec("path", "standard CNN checkpoint (digits baseline)"),
+    "heads": ParamSpec("str", "which shipped denoiser the evaluation uses", choices=HEADS),
+    "n_images": ParamSpec("int", "number of test images", low=1, high=CIFAR10_TEST_SIZE),
+    "rdc_n_images": ParamSpec("int", "number of test images for the (expensive) RDC", low=1, high=CIFAR10_TEST_SIZE),
+    "n_variance_images": ParamSpec("int", "images used to measure the spread of logit differences", low=1,
+                                   high=CIFAR10_TEST_SIZE),
+    "n_draws": ParamSpec("int", "independent noise draws per measurement", low=2, high=10_000),
+    # diffusion classifier
+    "T": ParamSpec("int", "number of noise levels of the diffusion classifier", low=1, high=10_000),
+    "T_list": ParamSpec("list[int]", "numbers of noise levels compared", low=1, high=10_000),
+    "prior_class": ParamSpec("int", "class favoured by the non-uniform prior", low=0, high=9),
+    "prior_weight": ParamSpec("float", "how many times more prior mass prior_class gets than each other class",
+                              low=1e-6, high=1e6),
+    # likelihood maximization
+    "lm_steps": ParamSpec("int", "LM gradient steps N", low=0, high=10_000),
+    "lm_eta": ParamSpec("float", "LM ball radius in [0, 1] pixel units", low=0.0, high=1e3),
+    "lm_step_size": ParamSpec("float", "LM step size (model-space units)", low=1e-12, high=1e3),
+    "lm_norm": ParamSpec("str", "LM ball norm", choices=NORMS),
+    "grad_mode": ParamSpec("str", "attacker's gradient through LM", choices=GRAD_MODES),
+    "noise_mode": ParamSpec("str", "randomness of the diffusion defences", choices=NOISE_MODES),
+    # attacks
+    "attack": ParamSpec("str", "attack name", choices=_attack_names),
+    "attacks": ParamSpec("list[str]", "attacks of the sweep", choices=_eval_attack_names),
+    "defenses": ParamSpec("list[str]", "defences of the sweep", choices=_defense_names),
+    "norm": ParamSpec("str", "threat model", choices=NORMS),
+    "eps": ParamSpec("float", "attack budget on images in [0, 1]", low=0.0, high=1e3),
+    "eps_list": ParamSpec("list[float]", "attack budgets on images in [0, 1]", low=0.0, high=1e3),
+    "attack_steps": ParamSpec("int", "attack iterations", low=1, high=100_000),
+    "surface_points": ParamSpec("int", "grid points per axis of the loss surface", low=2, high=201),
+    "surface_radius": ParamSpec("float", "half-width of the loss-surface grid (l_inf units)", low=1e-6, high=1.0),
+    "check_samples": ParamSpec("int", "gradient samples / finite-difference directions of the masking checks",
+                               low=2, high=1000),
+    # run
+    "seed": ParamSpec("int", "seed of every generator the notebook creates", low=0, high=2**63 - 1),
+    "device": ParamSpec("str", "torch device: 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+    "interactive": ParamSpec("bool", "build the ipywidgets explorer (batch runs set False)"),
+    "result_dir": ParamSpec("str", "folder for results.json ('' = do not write; set by rdc run-notebooks / rdc sweep)"),
+}
+
+
+# ------------------------------------------------------------------------------ cross-parameter checks
+
+def _check_norm_budget(values: dict[str, Any]) -> None:
+    for budget, norm in (("eps", "norm"), ("eps_list", "norm"), ("lm_eta", "lm_norm")):
+        if budget in values and values.get(norm, "linf") == "linf":
+            bad = [v for v in (values[budget] if isinstance(values[budget], list) else [values[budget]]) if v > 1]
+            if bad:
+                raise _bad(budget, values[budget], f"an l_inf budget in [0, 1] for images in [0, 1] ({norm} = 'linf')")
+
+
+def _check_device(value: str) -> None:
+    kind = value.split(":", 1)[0]
+    if kind not in ("cpu", "cuda", "mps") or (":" in value and not value.split(":", 1)[1].isdigit()):
+        raise _bad("device", value, "'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if kind == "cpu":
+        return
+    import torch
+
+    available = torch.cuda.is_available() if kind == "cuda" else torch.backends.mps.is_available()
+    if not available:
+        raise NotebookParameterError(f"notebook parameter device = {value!r}: no {kind} device on this machine; "
+                                     "use device 'cpu'")
+
+
+def _check_paths(values: dict[str, Any], base: Path) -> None:
+    if values.get("dataset", "digits") != "digits":
+        return  # the cifar10 check below names every missing file, checkpoints included
+    for name in ("checkpoint", "checkpoint_single", "cnn_checkpoint"):
+        if name in values:
+            path = base / values[name]
+            if not path.is_file():
+                raise MissingFilesError(f"notebook parameter {name} = {values[name]!r}: no such file ({path.resolve()}); "
+                                        "the shipped checkpoints are in data/checkpoints/ (see data/README.md)")
+
+
+def _check_cifar10(values: dict[str, Any], base: Path) -> None:
+    from .presets import required_files
+
+    root = base / values.get("data_root", "../data/cifar10")
+    ckpt = base / Path(values.get("checkpoint", "../data/checkpoints/x")).parent
+    req = required_files("cifar10-paper", root, ckpt)
+    if not req.ok:
+        raise MissingFilesError(f"notebook parameter dataset = 'cifar10' needs files that are missing "
+                                f"(data_root = {values.get('data_root')!r}, checkpoint folder {ckpt.resolve()}):\n"
+                                f"{req.message}")
+
+
+def _check_sizes(values: dict[str, Any]) -> None:
+    limit = DIGITS_TEST_SIZE if values.get("dataset", "digits") == "digits" else CIFAR10_TEST_SIZE
+    for name in ("n_images", "rdc_n_images", "n_variance_images"):
+        if name in values and values[name] > limit:
+            raise _bad(name, values[name], f"at most {limit} (the size of the {values.get('dataset', 'digits')} test split)")
+
+
+# ------------------------------------------------------------------------------------------- API
+
+def validate_params(*, base_dir: str | Path | None = None, **params: Any) -> dict[str, Any]:
+    """Check every notebook parameter passed by keyword; return them normalised (numbers as float).
+
+    ``base_dir`` is where relative paths resolve (default: the current directory, which is the
+    notebook's folder inside a kernel). Raises :class:`NotebookParameterError` (a ValueError) naming
+    the parameter, the value and the expected type or values; :class:`MissingFilesError` (also a
+    FileNotFoundError) for missing checkpoints and, with ``dataset='cifar10'``, for every file of
+    the ``cifar10-paper`` preset that is not in place (with where to put it).
+    """
+    unknown = sorted(set(params) - set(PARAM_SPECS))
+    if unknown:
+        hints = {n: difflib.get_close_matches(n, PARAM_SPECS, n=1) for n in unknown}
+        text = ", ".join(f"{n!r}" + (f" (did you mean {hints[n][0]!r}?)" if hints[n] else "") for n in unknown)
+        raise NotebookParameterError(f"unknown notebook parameter(s) {text}; known: {', '.join(sorted(PARAM_SPECS))}")
+    values = {name: PARAM_SPECS[name].check(name, value) for name, value in params.items()}
+    _check_norm_budget(values)
+    _check_sizes(values)
+    if "device" in values:
+        _check_device(values["device"])
+    base = Path.cwd() if base_dir is None else Path(base_dir)
+    _check_paths(values, base)
+    if values.get("dataset") == "cifar10":
+        _check_cifar10(values, base)
+    return values

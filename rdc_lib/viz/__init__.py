@@ -1,0 +1,50 @@
+"""Figures and the experiments behind them, for the notebooks.
+
+``rdc_lib.viz.core``: plotly figure builders (data in, ``go.Figure`` out, no display, no state).
+``rdc_lib.viz.analysis``: small measurements the figures plot (tensors in, dataclasses out).
+Interactive explorers built on these live in ``rdc_lib.widgets``.
+"""
+
+from .analysis import (
+    AttackTrajectories,
+    LMTrajectories,
+    LossSurface,
+    NoiseSpread,
+    QueryRecorder,
+    lm_trajectories,
+    logit_difference_std,
+    logit_spread_vs_T,
+    loss_surface,
+    record_attack,
+    repeated_logits,
+    time_call,
+)
+from .core import (
+    accuracy_vs_eps_figure,
+    attack_step_figure,
+    cost_figure,
+    elbo_sum_figure,
+    elbo_terms_figure,
+    finite_difference_figure,
+    gradient_cosine_figure,
+    image_grid_figure,
+    image_trace,
+    lm_curves_figure,
+    lm_step_figure,
+    logits_over_iterations_figure,
+    loss_surface_3d_figure,
+    loss_surface_figure,
+    noise_spread_figure,
+    posterior_change_figure,
+    posterior_figure,
+    table_figure,
+)
+
+__all__ = [
+    "AttackTrajectories", "LMTrajectories", "LossSurface", "NoiseSpread", "QueryRecorder",
+    "accuracy_vs_eps_figure", "attack_step_figure", "cost_figure", "elbo_sum_figure", "elbo_terms_figure",
+    "finite_difference_figure", "gradient_cosine_figure", "image_grid_figure", "image_trace", "lm_curves_figure",
+    "lm_step_figure", "lm_trajectories", "logit_difference_std", "logit_spread_vs_T", "logits_over_iterations_figure",
+    "loss_surface", "loss_surface_3d_figure", "loss_surface_figure", "noise_spread_figure",
+    "posterior_change_figure", "posterior_figure", "record_attack", "repeated_logits", "table_figure", "time_call",
+]
