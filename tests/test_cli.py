@@ -45,6 +45,8 @@ def test_eval_json_contract_attack(capsys):
         (["--n-eval", "0"], "n_eval must be >= 1"),
         (["--eot", "0"], "eot must be >= 1"),
         (["--noise-mode", "chaotic"], "noise_mode"),
+        (["--attack", "stadv"], "norm 'flow'"),
+        (["--attack", "pgd-lagrange", "--defense", "cnn", "--n", "2"], "needs a diffusion defence"),
     ],
 )
 def test_eval_bad_input(args, message, capsys):
@@ -63,3 +65,10 @@ def test_presets_command(capsys):
     assert main(["presets", "digits", "--check"]) == 0
     assert "all files present" in capsys.readouterr().out
     assert main(["presets", "nonexistent"]) == 2
+
+
+def test_stadv_unseen_threat(capsys):
+    assert main(["eval", "--defense", "cnn", "--attack", "stadv", "--norm", "flow", "--eps", "0.05", "--steps", "10",
+                 "--n", "8", "--json", "--no-progress"]) == 0
+    res = _last_json(capsys.readouterr().out)
+    assert res["robust_acc"] <= res["clean_acc"] and "large_budget" in res["checks"]

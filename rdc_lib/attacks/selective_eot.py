@@ -14,6 +14,10 @@ input gradients g_1..g_M, all from one batched forward/backward as in plain EOT)
    the gradient is the exact gradient of this objective (d/dx T logsumexp(L/T) = sum_d softmax_d(L/T) dL_d/dx);
 4. the point is recorded (best point, success, early stopping) with the weighted logits sum_d w_d z_d.
 
+T is in units of the loss and only matters relative to the spread of the per-draw losses: on the digits RDC
+(nearly flat logits) the CE differs between draws by ~0.01, so T = 1 is practically plain EOT there and
+T ~ 0.01, or the scale-free ``top_k``, is what makes the rule selective.
+
 T -> inf (with no top_k) gives plain EOT (uniform weights, mean loss, mean logits); T -> 0 attacks only the
 draw that is closest to failure. With the CE loss and T = 1 the weights are w_d ~ 1 / p_d(y): draws that give
 the true class the lowest probability dominate. With M = 1 every rule reduces to plain PGD.
@@ -23,8 +27,8 @@ or DC with ``noise_mode='stochastic'``); with ``noise_mode='fixed'`` all M copie
 gives plain PGD.
 
 The uniform cases (``aggregation='mean'``, T = inf without top_k, M = 1) are delegated to the shared
-:meth:`AttackContext.loss_grad`, so they reproduce plain EOT bit for bit. Early stopping then means that the
-*weighted* logits are misclassified (close to "some of the M draws fail"); the ensemble's verification forward
+:meth:`AttackContext.loss_grad`, so they reproduce plain EOT bit for bit. In the selective case, early stopping
+means that the *weighted* logits are misclassified (close to "some of the M draws fail"); the ensemble's verification forward
 (one fresh draw) and an N-evaluation (``n_eval`` in rdc_lib.evaluation) remain the judges of robustness.
 """
 
@@ -170,7 +174,8 @@ class SelectiveEOTPGD(PGD):
         model, norm, eps, steps, alpha, loss, random_start, restarts, eot, seed, generator: see :class:`PGD`;
             ``eot`` is M, the number of draws per gradient (selective EOT needs M > 1 to differ from PGD).
         aggregation: 'selective' (default) or 'mean' (plain EOT, identical to :class:`PGD`).
-        temperature: T of the softmax over the draws' losses (> 0; ``math.inf`` = uniform weights).
+        temperature: T of the softmax over the draws' losses (> 0, in loss units: compare it with the spread of
+            the losses across draws; ``math.inf`` = uniform weights).
         top_k: keep only the k highest-loss draws per example (None: all draws).
 
     Shape:

@@ -12,7 +12,9 @@ Conventions (all documented choices):
   spans [-1, 1] along each axis, so one unit is half the width (height). The bound is per pixel and per
   component (l_inf): |f| <= ``bound``. Bound 0.05 therefore moves a pixel by at most 0.05 * W / 2 pixels:
   0.2 pixels on 8x8 digits, 0.8 pixels on 32x32 CIFAR-10. This follows the reference evaluation, whose
-  StAdv (mister_ed's spatial flow via perceptual-advex) bounds the flow in the same normalised grid units.
+  StAdv (perceptual-advex's StAdvAttack over mister_ed's full spatial flow: l_inf bound 0.05, 100
+  iterations) adds the flow to a grid_sample identity grid, i.e. the same normalised units (read from the
+  structure of that code, not checked numerically against it).
 - **Channels.** f[:, 0] moves along the width (x), f[:, 1] along the height (y), grid_sample's order.
 - **align_corners=False**: pixel centres sit at (2i + 1) / W - 1. For power-of-two sizes (8, 32, ...) the
   identity grid and its un-normalisation are exact in floating point, so the zero flow reproduces the input

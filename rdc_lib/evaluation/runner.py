@@ -25,8 +25,9 @@ from .stats import wilson
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("none", "fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "autoattack")
-NORMS = ("linf", "l2")
+ATTACKS = ("none", "fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "autoattack",
+           "pgd-lagrange", "apgd-lagrange", "pgd-seot", "apgd-seot", "stadv")
+NORMS = ("linf", "l2", "flow")  # "flow": StAdv's per-pixel flow bound (attack stadv only)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class EvalConfig:
             raise ValueError(f"unknown attack {self.attack!r}; valid choices: {', '.join(ATTACKS)}")
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; valid choices: {', '.join(NORMS)}")
+        if (self.norm == "flow") != (self.attack == "stadv") and self.attack != "none":
+            raise ValueError("attack 'stadv' goes with norm 'flow' (eps = flow bound), and norm 'flow' only with stadv")
         if self.eps < 0:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
         if self.norm == "linf" and self.eps > 1:
@@ -114,7 +117,13 @@ def _attack(cfg: EvalConfig, model: nn.Module):
         return autoattack_suite(model, norm=cfg.norm, eps=cfg.eps, steps=cfg.steps, restarts=cfg.restarts,
                                 eot=cfg.eot, seed=cfg.seed, square_queries=cfg.square_queries,
                                 n_target_classes=cfg.n_target_classes)
-    extra = {"n_target_classes": cfg.n_target_classes} if cfg.attack == "apgd-t" else {}
+    extra: dict = {"n_target_classes": cfg.n_target_classes} if cfg.attack == "apgd-t" else {}
+    if cfg.attack.endswith("-lagrange"):
+        denoiser = getattr(model, "denoiser", None)
+        if denoiser is None:
+            raise ValueError(f"attack {cfg.attack!r} needs a diffusion defence (dc, rdc, diffpure); "
+                             f"{cfg.defense!r} has no denoiser")
+        extra["denoiser"] = denoiser
     steps = cfg.square_queries if cfg.attack == "square" else cfg.steps
     return build_attack(cfg.attack, model, norm=cfg.norm, eps=cfg.eps, steps=steps, restarts=cfg.restarts,
                         eot=cfg.eot, seed=cfg.seed, **extra)
