@@ -270,19 +270,20 @@ def run_notebooks(
     notebooks: Sequence[str] | None = None,
     progress: bool = True,
     *,
-    notebooks_dir: str | Path = NOTEBOOKS_DIR,
+    notebooks_dir: str | Path | None = None,
     kernel_name: str | None = None,
     cell_timeout: float | None = None,
     parameters: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Execute the notebooks (all, or those named in ``notebooks``) into ``out_dir``; see the module docstring.
 
-    ``parameters`` are extra common parameters (applied after the file's). ``progress`` shows a bar over
+    ``parameters`` are extra common parameters (applied after the file's); ``notebooks_dir`` defaults
+    to the repository's notebooks/. ``progress`` shows a bar over
     notebooks and papermill's bar over the cells of the running one (tqdm, on stderr).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    selected = discover_notebooks(notebooks_dir, notebooks)
+    selected = discover_notebooks(NOTEBOOKS_DIR if notebooks_dir is None else notebooks_dir, notebooks)
     common, per = load_params_file(params_file)
     common.update(parameters or {})
     plan = _plan(selected, common, per, str(params_file or "parameters"))
@@ -322,6 +323,8 @@ def add_run_notebooks_arguments(subparsers: argparse._SubParsersAction) -> argpa
                    help="run only these notebooks (stem, file name or NN prefix)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="one more parameter for every notebook that declares it (VALUE parsed as YAML)")
+    p.add_argument("--notebooks-dir", default=None, metavar="DIR",
+                   help="folder of the NN_*.ipynb notebooks (default: the repository's notebooks/)")
     p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' kernelspec)")
     p.add_argument("--cell-timeout", type=float, default=None, help="seconds per cell (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -338,7 +341,8 @@ def cli_run_notebooks(args: argparse.Namespace) -> int:
     try:
         extra = {name: yaml.safe_load(value) for name, value in (args.parameter or [])}
         summary = run_notebooks(args.out, args.params, args.only, progress=not args.no_progress,
-                                kernel_name=args.kernel, cell_timeout=args.cell_timeout, parameters=extra)
+                                notebooks_dir=args.notebooks_dir, kernel_name=args.kernel,
+                                cell_timeout=args.cell_timeout, parameters=extra)
     except (ValueError, FileNotFoundError) as exc:
         print(f"rdc run-notebooks: error: {exc}", file=sys.stderr)
         return 2

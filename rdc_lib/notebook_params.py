@@ -32,6 +32,7 @@ DATASETS = ("digits", "cifar10")
 NORMS = ("linf", "l2")
 HEADS = ("single", "multi")
 GRAD_MODES = ("exact", "bpda")
+LM_OPTIMIZERS = ("sgd", "sign", "adam")  # rdc_lib.lm.LM_OPTIMIZERS (not imported: no torch here)
 NOISE_MODES = ("stochastic", "fixed")
 DIGITS_TEST_SIZE = 360
 CIFAR10_TEST_SIZE = 10_000
@@ -48,7 +49,8 @@ class MissingFilesError(NotebookParameterError, FileNotFoundError):
 # ----------------------------------------------------------------------------------------- checks
 
 def _bad(name: str, value: Any, expected: str) -> NotebookParameterError:
-    return NotebookParameterError(f"notebook parameter {name} = {value!r} ({type(value).__name__}): expected {expected}")
+    got = f"{value!r} ({type(value).__name__})"
+    return NotebookParameterError(f"notebook parameter {name} = {got}: expected {expected}")
 
 
 def _is_int(v: Any) -> bool:
@@ -163,6 +165,7 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "checkpoint": ParamSpec("path", "denoiser checkpoint (.safetensors); relative to the notebook's folder"),
     "checkpoint_single": ParamSpec("path", "single-head denoiser checkpoint, for the single- vs multi-head comparison"),
     "cnn_checkpoint": ParamSpec("path", "standard CNN checkpoint (digits baseline)"),
+    "ckpt_dir": ParamSpec("str", "folder of the imported EDM checkpoints (dataset 'cifar10')"),
     "heads": ParamSpec("str", "which shipped denoiser the evaluation uses", choices=HEADS),
     "n_images": ParamSpec("int", "number of test images", low=1, high=CIFAR10_TEST_SIZE),
     "rdc_n_images": ParamSpec("int", "number of test images for the (expensive) RDC", low=1, high=CIFAR10_TEST_SIZE),
@@ -180,6 +183,7 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "lm_eta": ParamSpec("float", "LM ball radius in [0, 1] pixel units", low=0.0, high=1e3),
     "lm_step_size": ParamSpec("float", "LM step size (model-space units)", low=1e-12, high=1e3),
     "lm_norm": ParamSpec("str", "LM ball norm", choices=NORMS),
+    "lm_optimizer": ParamSpec("str", "LM update rule ('sgd': normalised gradient steps)", choices=LM_OPTIMIZERS),
     "grad_mode": ParamSpec("str", "attacker's gradient through LM", choices=GRAD_MODES),
     "noise_mode": ParamSpec("str", "randomness of the diffusion defences", choices=NOISE_MODES),
     # attacks
@@ -190,6 +194,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "eps": ParamSpec("float", "attack budget on images in [0, 1]", low=0.0, high=1e3),
     "eps_list": ParamSpec("list[float]", "attack budgets on images in [0, 1]", low=0.0, high=1e3),
     "attack_steps": ParamSpec("int", "attack iterations", low=1, high=100_000),
+    "square_queries": ParamSpec("int", "query budget of Square (attack 'square' and the black-box sanity check)",
+                                low=1, high=1_000_000),
     "surface_points": ParamSpec("int", "grid points per axis of the loss surface", low=2, high=201),
     "surface_radius": ParamSpec("float", "half-width of the loss-surface grid (l_inf units)", low=1e-6, high=1.0),
     "check_samples": ParamSpec("int", "gradient samples / finite-difference directions of the masking checks",
@@ -233,7 +239,8 @@ def _check_paths(values: dict[str, Any], base: Path) -> None:
         if name in values:
             path = base / values[name]
             if not path.is_file():
-                raise MissingFilesError(f"notebook parameter {name} = {values[name]!r}: no such file ({path.resolve()}); "
+                raise MissingFilesError(f"notebook parameter {name} = {values[name]!r}: no such file "
+                                        f"({path.resolve()}); "
                                         "the shipped checkpoints are in data/checkpoints/ (see data/README.md)")
 
 
@@ -241,7 +248,10 @@ def _check_cifar10(values: dict[str, Any], base: Path) -> None:
     from .presets import required_files
 
     root = base / values.get("data_root", "../data/cifar10")
-    ckpt = base / Path(values.get("checkpoint", "../data/checkpoints/x")).parent
+    if "ckpt_dir" in values:
+        ckpt = base / values["ckpt_dir"]
+    else:
+        ckpt = base / Path(values.get("checkpoint", "../data/checkpoints/x")).parent
     req = required_files("cifar10-paper", root, ckpt)
     if not req.ok:
         raise MissingFilesError(f"notebook parameter dataset = 'cifar10' needs files that are missing "
@@ -249,11 +259,20 @@ def _check_cifar10(values: dict[str, Any], base: Path) -> None:
                                 f"{req.message}")
 
 
+def _check_cifar10_defenses(values: dict[str, Any]) -> None:
+    if values.get("dataset") == "cifar10" and "defenses" in values:
+        other = [d for d in values["defenses"] if d not in ("dc", "rdc")]
+        if other:
+            raise _bad("defenses", values["defenses"], "only 'dc' and 'rdc' with dataset 'cifar10' (EDM checkpoints; "
+                       f"no CIFAR-10 baseline for {', '.join(other)})")
+
+
 def _check_sizes(values: dict[str, Any]) -> None:
     limit = DIGITS_TEST_SIZE if values.get("dataset", "digits") == "digits" else CIFAR10_TEST_SIZE
     for name in ("n_images", "rdc_n_images", "n_variance_images"):
         if name in values and values[name] > limit:
-            raise _bad(name, values[name], f"at most {limit} (the size of the {values.get('dataset', 'digits')} test split)")
+            split = f"the size of the {values.get('dataset', 'digits')} test split"
+            raise _bad(name, values[name], f"at most {limit} ({split})")
 
 
 # ------------------------------------------------------------------------------------------- API
@@ -280,5 +299,6 @@ def validate_params(*, base_dir: str | Path | None = None, **params: Any) -> dic
     base = Path.cwd() if base_dir is None else Path(base_dir)
     _check_paths(values, base)
     if values.get("dataset") == "cifar10":
-        _check_cifar10(values, base)
+        _check_cifar10(values, base)  # first: the files to fetch are the first thing a cifar10 user needs
+        _check_cifar10_defenses(values)
     return values

@@ -19,7 +19,7 @@ Added for notebook 05 and ``benchmarks/theory_report.py`` (issue 11):
   nearest training images of other classes); ``transfer_pgd``: PGD without early stopping, for transfer.
 - ``robustness_protocol``: every attack of the protocol on one model, one set, one threat model, with
   per-attack and worst-case accuracies (counts and 95% Wilson intervals).
-- ``validate_theory_params``: the parameter check of notebook 05.
+- ``nn_certified_radius``: a certified lower bound on the 1-NN rule's robust radius (l2 or l_inf).
 
 Caveat (memorization): on a training image x_i, D*(x_i + sigma eps; sigma, y_i) -> x_i as sigma -> 0, so
 the optimal denoiser's error and the optimal DC's accuracy look perfect on training images. Measure on
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -43,7 +42,7 @@ from .diffusion.schedules import NoiseGrid
 from .evaluation.stats import Accuracy, wilson
 from .models.base import Denoiser
 from .models.optimal import OptimalDenoiser
-from .utils import check_images, check_labels, resolve_device
+from .utils import check_images, check_labels
 
 __all__ = [
     "GapCurves",
@@ -53,9 +52,11 @@ __all__ = [
     "nearest_neighbour_predict",
     "nearest_neighbour_agreement",
     "optimal_classifier",
+    "nn_certified_radius",
     "Dominance",
     "MarginBySigma",
     "NeighbourAttack",
+    "PROTOCOL_ATTACKS",
     "ProtocolResult",
     "denoise_across_sigmas",
     "dominant_training_image",
@@ -64,7 +65,6 @@ __all__ = [
     "robustness_protocol",
     "smoothed_surrogate",
     "transfer_pgd",
-    "validate_theory_params",
 ]
 
 
@@ -200,6 +200,38 @@ def nearest_neighbour_agreement(
     return NNAgreement(agreement=float((dc_pred == nn_pred).double().mean()), dc_pred=dc_pred, nn_pred=nn_pred)
 
 
+def nn_certified_radius(
+    x: Tensor,                          # (B, C, H, W) images in [0, 1]
+    y: Tensor,                          # (B,) their labels
+    train_x: Tensor,                    # (N, C, H, W) training images in [0, 1]
+    train_y: Tensor,                    # (N,)
+    norm: str = "l2",                   # threat model: 'l2' or 'linf'
+) -> Tensor:                            # (B,) float64 radius (0 where the 1-NN rule is wrong)
+    """A certified lower bound on the 1-NN rule's robust radius around each x, in ``norm``.
+
+    With x_s the nearest class-y training image (x itself if it is one), class y beats another class's
+    image x_j as long as the point stays on x_s's side of their bisector hyperplane, whose distance is
+    (||x - x_j||^2 - ||x - x_s||^2) / (2 ||x_j - x_s||_q) (q = 2 for l2, q = 1 for l_inf, the dual norm).
+    The minimum over every other-class x_j certifies the 1-NN decision (x_s alone already wins); the
+    [0, 1] box and the other class-y images can only make the true radius larger.
+    """
+    if norm not in ("l2", "linf"):
+        raise ValueError(f"unknown norm {norm!r}; valid choices: l2, linf")
+    check_images(x, name="x")
+    check_images(train_x, name="train_x")
+    a = x.detach().reshape(x.shape[0], -1).to(torch.float64)
+    b = train_x.detach().reshape(train_x.shape[0], -1).to(a.device, torch.float64)
+    ty, y = train_y.to(a.device), y.to(a.device)
+    d2 = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").pow(2)     # (B, N)
+    same = ty[None, :] == y[:, None]
+    s_idx = d2.masked_fill(~same, float("inf")).argmin(1)                           # (B,)
+    d_same = d2.gather(1, s_idx[:, None])                                           # (B, 1)
+    diff = b[None, :, :] - b[s_idx][:, None, :]                                     # (B, N, D)
+    dual = diff.norm(p=2 if norm == "l2" else 1, dim=-1).clamp_min(1e-12)
+    radius = ((d2 - d_same) / (2 * dual)).masked_fill(same, float("inf")).amin(1)
+    return radius.clamp_min(0.0).cpu()
+
+
 def optimal_classifier(
     train_images: Tensor,               # (N, C, H, W) in [0, 1]
     train_labels: Tensor,               # (N,)
@@ -233,7 +265,8 @@ class Dominance:
         return self.top_index == self.nn_index[:, None]
 
     def to_dict(self) -> dict[str, list]:
-        out = {k: getattr(self, k).tolist() for k in ("sigmas", "top_index", "top_weight", "effective_count", "nn_index")}
+        keys = ("sigmas", "top_index", "top_weight", "effective_count", "nn_index")
+        out = {k: getattr(self, k).tolist() for k in keys}
         out["matches_nn"] = self.matches_nn.tolist()
         return out
 
@@ -250,7 +283,8 @@ def dominant_training_image(
     """The softmax of D* over its pool of training images, summarised by its largest weight, per level.
 
     The pool is the class-``labels[b]`` training images (the whole set for the null label or None); the
-    weights are softmax_i(-||x' + sigma eps - x_i||^2 / (2 sigma^2)) in model space, computed in float64.
+    weights are softmax_i(-||x' + sigma eps - x_i||^2 / (2 sigma^2)) in model space, computed in float64
+    (one (B * T, N) distance matrix: about 130 MB for B = 360, T = 32 on digits).
     """
     if not isinstance(optimal, OptimalDenoiser):
         raise ValueError(f"optimal must be an OptimalDenoiser, got {type(optimal).__name__}")
@@ -263,7 +297,8 @@ def dominant_training_image(
     if noise is None:
         noise = torch.randn((batch, t_len, *x01.shape[1:]), generator=generator, device=x01.device, dtype=x01.dtype)
     elif tuple(noise.shape) != (batch, t_len, *x01.shape[1:]):
-        raise ValueError(f"noise must have shape {(batch, t_len, *x01.shape[1:])} (B, T, C, H, W), got {tuple(noise.shape)}")
+        raise ValueError(f"noise must have shape {(batch, t_len, *x01.shape[1:])} (B, T, C, H, W), "
+                         f"got {tuple(noise.shape)}")
     train = optimal.train_flat.to(x01.device, torch.float64)                  # (N, D) model space
     train_y = optimal.train_labels.to(x01.device)
     x0 = (x01.to(torch.float64) * 2 - 1).reshape(batch, -1)                    # (B, D)
@@ -369,7 +404,9 @@ def restrict_grid(grid: NoiseGrid, sigma_min: float) -> NoiseGrid:
     return NoiseGrid(grid.sigmas[keep], grid.weights[keep], grid.kind, grid.weighting)
 
 
-def smoothed_surrogate(classifier: DiffusionClassifier, sigma_min: float, *, seed: int | None = None) -> DiffusionClassifier:
+def smoothed_surrogate(
+    classifier: DiffusionClassifier, sigma_min: float, *, seed: int | None = None,
+) -> DiffusionClassifier:
     """The same denoiser and settings on the levels sigma >= ``sigma_min`` only (a smoother surrogate).
 
     At small sigma the optimal denoiser's softmax is a hard nearest-neighbour choice, so the DC is a
@@ -422,7 +459,8 @@ class NeighbourAttack(Attack):
         x, y = ctx.x[idx], ctx.y[idx]
         train_x = self.train_x.to(x.device, x.dtype)
         train_y = self.train_y.to(x.device)
-        dist = torch.cdist(x.flatten(1).double(), train_x.flatten(1).double(), compute_mode="donot_use_mm_for_euclid_dist")
+        dist = torch.cdist(x.flatten(1).double(), train_x.flatten(1).double(),
+                           compute_mode="donot_use_mm_for_euclid_dist")
         same = train_y[None, :] == y[:, None]
         same_dist = dist.masked_fill(~same | (dist == 0), float("inf"))   # x itself excluded
         x_same = train_x[same_dist.argmin(1)]
@@ -436,7 +474,10 @@ class NeighbourAttack(Attack):
                     if not open_.any():
                         return
                     d = (x_j - anchor)[open_]
-                    step = d.sign() if self.norm == "linf" else d / d.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, 1, 1, 1)
+                    if self.norm == "linf":
+                        step = d.sign()
+                    else:
+                        step = d / d.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, 1, 1, 1)
                     x_o = x[open_]
                     ctx.evaluate(idx[open_], project_ball(x_o + self.eps * step, x_o, self.norm, self.eps))
 
@@ -501,7 +542,7 @@ class ProtocolResult:
         return wilson(int(flags.sum()), self.n)
 
     def x_worst(self) -> Tensor:
-        """(N, C, H, W): per example the image of the first attack that broke it, else the clean-case image."""
+        """(N, C, H, W): per example the image of the first attack that broke it, else the first attack's image."""
         names = list(self.robust)
         out = self.x_adv[names[0]].clone() if names else None
         assert out is not None, "no attacks were run"
@@ -535,27 +576,29 @@ def robustness_protocol(
     *,
     norm: str = "linf",
     eps: float,
+    attacks: tuple[str, ...] | None = None,   # run order; default: precomputed, transfers, neighbour, PROTOCOL_ATTACKS
     steps: int = 10,                     # iterations of the gradient attacks
     square_queries: int = 500,           # Square's query budget
-    attacks: tuple[str, ...] = ("pgd", "apgd-ce", "apgd-dlr", "square"),   # names of rdc_lib.attacks.build_attack
     eot: int = 1,                        # EOT draws for the gradient attacks (stochastic models)
     n_eval: int = 1,                     # re-classifications of each adversarial image (stochastic models)
     seed: int = 0,
     transfer_from: dict[str, Callable[[Tensor], Tensor]] | None = None,     # name -> source model
     transfer_steps: int = 20,
-    neighbours: tuple[Tensor, Tensor] | None = None,   # (train_x, train_y) for NeighbourAttack
+    neighbours: tuple[Tensor, Tensor] | None = None,   # (train_x, train_y) for the 'neighbour' attack
     n_neighbours: int = 8,
     precomputed: dict[str, Tensor] | None = None,      # name -> (N, C, H, W) adversarial images to verify
-    on_survivors: tuple[str, ...] = (),  # run these attacks only on examples still robust to all earlier ones
+    on_survivors: tuple[str, ...] = (),  # run these only on examples still robust to every earlier attack
     batch: int = 100,
 ) -> ProtocolResult:
     """Every attack of the protocol on one model, one image set and one threat model.
 
-    Order: ``precomputed`` images, transfer attacks (``transfer_pgd`` on each source, margin loss),
-    the ``NeighbourAttack`` (if ``neighbours``), then ``attacks`` in order (white-box gradient attacks
-    with exact gradients, Square). Each attack runs on every clean-correct example (standalone
-    accuracy) unless it is named in ``on_survivors``. Every returned image is re-classified ``n_eval``
-    times; an example is robust to an attack if it was correct clean and on every re-classification.
+    An entry of ``attacks`` is a key of ``precomputed`` (images verified as they are), a key of
+    ``transfer_from`` (``transfer_pgd`` on that source model, margin loss, ``transfer_steps``),
+    'neighbour' (:class:`NeighbourAttack`, needs ``neighbours``) or a name of
+    ``rdc_lib.attacks.build_attack`` (gradient attacks with ``steps``/``eot``; 'square' with
+    ``square_queries``). Each runs on every clean-correct example (a standalone accuracy) unless it is
+    in ``on_survivors``. Every returned image is re-classified ``n_eval`` times; an example is robust to
+    an attack if it was correct clean and on every re-classification.
     """
     import time
 
@@ -563,81 +606,54 @@ def robustness_protocol(
 
     check_images(x)
     y = y.to(x.device)
+    precomputed, transfer_from = dict(precomputed or {}), dict(transfer_from or {})
+    if attacks is None:
+        attacks = (*precomputed, *transfer_from, *(("neighbour",) if neighbours is not None else ()), *PROTOCOL_ATTACKS)
+    unknown = [n for n in on_survivors if n not in attacks]
+    if unknown:
+        raise ValueError(f"on_survivors names {unknown}, which are not in attacks {list(attacks)}")
     clean_correct = _verify(model, x, y, 1, batch)
     robust: dict[str, Tensor] = {}
     images: dict[str, Tensor] = {}
     seconds: dict[str, float] = {}
 
-    def record(name: str, make: Callable[[Tensor], Tensor]) -> None:
+    def maker(name: str) -> Callable[[Tensor], Tensor]:
+        if name in precomputed:
+            adv = precomputed[name]
+            if tuple(adv.shape) != tuple(x.shape):
+                raise ValueError(f"precomputed[{name!r}] has shape {tuple(adv.shape)}, expected {tuple(x.shape)}")
+            return lambda m: adv.to(x.device)[m]
+        if name in transfer_from:
+            source = transfer_from[name]
+            return lambda m: transfer_pgd(source, x[m], y[m], norm=norm, eps=eps, steps=transfer_steps)
+        if name == "neighbour":
+            if neighbours is None:
+                raise ValueError("attack 'neighbour' needs neighbours=(train_x, train_y)")
+            atk = NeighbourAttack(model, neighbours[0], neighbours[1], norm=norm, eps=eps,
+                                  n_neighbours=n_neighbours, seed=seed)
+        elif name == "square":
+            atk = build_attack("square", model, norm=norm, eps=eps, steps=square_queries, seed=seed)
+        else:
+            atk = build_attack(name, model, norm=norm, eps=eps, steps=steps, eot=eot, seed=seed)
+        return lambda m: atk.run(x[m], y[m]).x_adv
+
+    for name in attacks:
+        make = maker(name)
         todo = clean_correct.clone()
         if name in on_survivors:
             for flags in robust.values():
                 todo &= flags
         start = time.perf_counter()
         x_adv = x.clone()
-        if todo.any():
-            x_adv[todo] = make(todo).detach().to(x.dtype)
         flags = torch.zeros_like(clean_correct)
         if todo.any():
+            x_adv[todo] = make(todo).detach().to(x.dtype)
             flags[todo] = _verify(model, x_adv[todo], y[todo], n_eval, batch)
-        if name in on_survivors:  # examples not attacked here were broken earlier
-            flags &= todo
         robust[name], images[name] = flags, x_adv
         seconds[name] = time.perf_counter() - start
-
-    for name, adv in (precomputed or {}).items():
-        if tuple(adv.shape) != tuple(x.shape):
-            raise ValueError(f"precomputed[{name!r}] has shape {tuple(adv.shape)}, expected {tuple(x.shape)}")
-        record(name, lambda m, adv=adv: adv.to(x.device)[m])
-    for name, source in (transfer_from or {}).items():
-        record(name, lambda m, source=source: transfer_pgd(source, x[m], y[m], norm=norm, eps=eps, steps=transfer_steps))
-    if neighbours is not None:
-        atk = NeighbourAttack(model, neighbours[0], neighbours[1], norm=norm, eps=eps, n_neighbours=n_neighbours, seed=seed)
-        record("neighbour", lambda m: atk.run(x[m], y[m]).x_adv)
-    for name in attacks:
-        if name == "square":
-            atk = build_attack("square", model, norm=norm, eps=eps, steps=square_queries, seed=seed)
-        else:
-            atk = build_attack(name, model, norm=norm, eps=eps, steps=steps, eot=eot, seed=seed)
-        record(name, lambda m, atk=atk: atk.run(x[m], y[m]).x_adv)
     return ProtocolResult(clean_correct.cpu(), {k: v.cpu() for k, v in robust.items()},
-                          {k: v.cpu() for k, v in images.items()}, seconds, tuple(n for n in on_survivors if n in robust))
+                          {k: v.cpu() for k, v in images.items()}, seconds,
+                          tuple(n for n in attacks if n in on_survivors))
 
 
-NOTEBOOK_NORMS = ("linf", "l2")
-
-
-def validate_theory_params(
-    *, n_images: int, T: int, eps: float, norm: str, attack_steps: int, square_queries: int, seed: int,
-    device: str, checkpoint: str, result_dir: str, n_test: int = 360, n_train: int = 1437,
-) -> None:
-    """Check notebook 05's parameters; ValueError (FileNotFoundError for the checkpoint) names the bad one."""
-    def _int(name: str, value, low: int, high: int | None = None) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-            bound = f"an int in [{low}, {high}]" if high is not None else f"an int >= {low}"
-            raise ValueError(f"parameter {name} must be {bound}, got {value!r}")
-
-    _int("n_images", n_images, 1, min(n_test, n_train))
-    _int("T", T, 1, 1000)
-    _int("attack_steps", attack_steps, 1)
-    _int("square_queries", square_queries, 1)
-    _int("seed", seed, 0)
-    if norm not in NOTEBOOK_NORMS:
-        raise ValueError(f"parameter norm must be one of {', '.join(NOTEBOOK_NORMS)}, got {norm!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= (1 if norm == "linf" else 8):
-        raise ValueError(f"parameter eps must be a number in (0, {1 if norm == 'linf' else 8}] for norm {norm!r}, "
-                         f"got {eps!r}")
-    if not isinstance(device, str):
-        raise ValueError(f"parameter device must be a string such as 'cpu' or 'cuda', got {device!r}")
-    try:
-        resolve_device(device)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"parameter device {device!r} is not usable: {err}") from None
-    if not isinstance(result_dir, str) or not result_dir:
-        raise ValueError(f"parameter result_dir must be a non-empty path string, got {result_dir!r}")
-    if not isinstance(checkpoint, str) or not checkpoint:
-        raise ValueError(f"parameter checkpoint must be a path string, got {checkpoint!r}")
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"parameter checkpoint: {checkpoint} does not exist (relative paths are relative to "
-                                f"{Path.cwd()}); expected a multi-head digits denoiser, e.g. "
-                                "data/checkpoints/digits_multi.safetensors")
+PROTOCOL_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square")

@@ -85,7 +85,8 @@ def aggregate(rows: Sequence[dict[str, Any]], x: str = "eps", y: str = "robust_a
     buckets: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         if x in row and isinstance(row.get(y), (int, float)):
-            buckets.setdefault(tuple(row.get(g) for g in group) + (row[x],), []).append(row)
+            key = tuple(_hashable(row.get(g)) for g in group) + (_hashable(row[x]),)
+            buckets.setdefault(key, []).append(row)
     out = []
     for key in sorted(buckets, key=lambda k: tuple((v is None, str(v) if not isinstance(v, (int, float)) else v)
                                                    for v in k)):
@@ -96,6 +97,13 @@ def aggregate(rows: Sequence[dict[str, Any]], x: str = "eps", y: str = "robust_a
                     f"{y}_std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "seeds": len(vals),
                     "trusted": trusted})
     return out
+
+
+def _hashable(value: Any) -> Any:
+    """Group keys must be hashable: list/dict parameter values are grouped by their JSON text."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True)
+    return value
 
 
 def _fmt(value: Any) -> str:

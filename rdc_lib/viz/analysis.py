@@ -155,7 +155,8 @@ def lm_trajectories(
                           dtype=x.dtype)
     res = likelihood_maximization(denoiser, x, noise=noise, config=config, return_trajectory=True)
     traj = res.trajectory                                                          # (N + 1, B, C, H, W)
-    grid = grid if grid is not None else getattr(classifier, "grid", None) or make_grid(32)
+    if grid is None:
+        grid = classifier.grid if isinstance(getattr(classifier, "grid", None), NoiseGrid) else make_grid(32)
     null = torch.tensor([denoiser.null_label], device=x.device)
     eps = torch.randn((x.shape[0], 1, len(grid), *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
     bound = torch.stack([elbo_terms(denoiser, t, grid, classes=null, noise=eps).sum((1, 2)) for t in traj])
@@ -289,4 +290,5 @@ def loss_surface(
             losses.append(F.cross_entropy(logits, lab, reduction="none"))
             correct.append(logits.argmax(1) == lab)
     shape = (points, points)
-    return LossSurface(a.cpu(), a.cpu(), torch.cat(losses).reshape(shape).cpu(), torch.cat(correct).reshape(shape).cpu())
+    loss, ok = torch.cat(losses).reshape(shape).cpu(), torch.cat(correct).reshape(shape).cpu()
+    return LossSurface(a.cpu(), a.cpu(), loss, ok)

@@ -110,18 +110,26 @@ def image_grid_figure(images: Any, titles: Sequence[str] | None = None, *, cols:
 # ------------------------------------------------------------------------- Bayes' rule (notebook 01)
 
 def elbo_terms_figure(sigmas: Any, terms: Any, *, label: int | None = None, title: str = "") -> go.Figure:
-    """Weighted per-level diffusion loss w_t E||D(x_t; sigma_t, y) - x||^2 (K, T) against sigma, one line per class."""
+    """Per-level weighted diffusion loss w_t E||D(x_t; sigma_t, y) - x||^2 (K, T) against sigma, one line
+    per class (left), and each class's loss relative to the mean over classes at that level (right)."""
     s, t = _np(sigmas), _np(terms)
     if t.ndim != 2 or t.shape[1] != s.shape[0]:
         raise ValueError(f"terms must have shape (K, T) with T = len(sigmas) = {s.shape[0]}, got {t.shape}")
-    fig = go.Figure()
+    rel = t / np.maximum(t.mean(0, keepdims=True), 1e-30) - 1.0
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("weighted loss per level",
+                                                        "relative to the mean over classes"))
     for k in range(t.shape[0]):
         true = label is not None and k == label
-        fig.add_trace(go.Scatter(x=s, y=t[k], mode="lines", name=f"class {k}" + (" (label)" if true else ""),
-                                 line=dict(color=_color(k), width=4 if true else 1.5)))
-    fig.update_layout(title=title or "per-level weighted diffusion loss, one line per class",
-                      xaxis=dict(title="noise level sigma (model space)", type="log"),
-                      yaxis_title="w_t x squared error", legend_title="class y", height=420)
+        style = dict(mode="lines+markers", line=dict(color=_color(k), width=4 if true else 1.5),
+                     marker=dict(size=4), legendgroup=str(k))
+        name = f"class {k}" + (" (label)" if true else "")
+        fig.add_trace(go.Scatter(x=s, y=t[k], name=name, **style), row=1, col=1)
+        fig.add_trace(go.Scatter(x=s, y=rel[k], name=name, showlegend=False, **style), row=1, col=2)
+    fig.update_xaxes(title_text="noise level sigma (model space)")
+    fig.update_yaxes(title_text="w_t x squared error", row=1, col=1)
+    fig.update_yaxes(title_text="loss / class mean - 1", tickformat=".0%", row=1, col=2)
+    fig.update_layout(title=title or "per-level weighted diffusion loss, one line per class", legend_title="class y",
+                      height=430)
     return fig
 
 
@@ -164,7 +172,8 @@ def noise_spread_figure(spread: Any, *, title: str = "") -> go.Figure:
     return fig
 
 
-def cost_figure(names: Sequence[str], passes: Sequence[float], seconds: Sequence[float], *, title: str = "") -> go.Figure:
+def cost_figure(names: Sequence[str], passes: Sequence[float], seconds: Sequence[float], *,
+                title: str = "") -> go.Figure:
     """Side by side: network passes and measured seconds per classifier call."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("network passes per call", "measured seconds per call"))
     fig.add_trace(go.Bar(x=list(names), y=list(passes), text=[f"{p:,.0f}" for p in passes], textposition="auto",
@@ -177,8 +186,13 @@ def cost_figure(names: Sequence[str], passes: Sequence[float], seconds: Sequence
 
 # --------------------------------------------------------------------- likelihood maximization (02)
 
-def lm_curves_figure(lm: Any, *, title: str = "") -> go.Figure:
-    """Three panels along the LM steps, one line per image: LM loss, fixed-noise bound, p(label)."""
+def lm_curves_figure(lm: Any, *, title: str = "", colors: Sequence[int] | None = None,
+                     dashed: Sequence[bool] | None = None) -> go.Figure:
+    """Three panels along the LM steps, one line per image: LM loss, fixed-noise bound, p(label).
+
+    ``colors`` (a colour index per image) and ``dashed`` (per image) pair related inputs, e.g. the clean
+    and the adversarial version of one image.
+    """
     n = lm.images.shape[0] - 1
     fig = make_subplots(rows=1, cols=3, subplot_titles=(
         "LM objective at step k (its own sigma, eps)", "unconditional diffusion loss (fixed eps)",
@@ -187,8 +201,9 @@ def lm_curves_figure(lm: Any, *, title: str = "") -> go.Figure:
     p_true = _np(lm.probs)[:, np.arange(lm.labels.shape[0]), _np(lm.labels).astype(int)]  # (N + 1, B)
     loss, bound = _np(lm.lm_loss), _np(lm.bound)
     for b, name in enumerate(lm.names):
-        color = _color(b)
-        common = dict(mode="lines+markers", line=dict(color=color), legendgroup=name)
+        color = _color(b if colors is None else colors[b])
+        dash = "dash" if dashed is not None and dashed[b] else "solid"
+        common = dict(mode="lines+markers", line=dict(color=color, dash=dash), legendgroup=name)
         if n:
             fig.add_trace(go.Scatter(x=steps[:-1], y=loss[:, b], name=name, **common), row=1, col=1)
         fig.add_trace(go.Scatter(x=steps, y=bound[:, b], name=name, showlegend=not n, **common), row=1, col=2)
@@ -233,7 +248,7 @@ def lm_step_figure(lm: Any, example: int, step: int) -> go.Figure:
                                          color=["#d62728" if k == step else "#1f77b4" for k in range(n + 1)])),
                   row=1, col=4)
     _square_axes(fig, 2)
-    fig.update_yaxes(range=[0, max(0.5, float(probs.max()) * 1.1)], row=1, col=3)
+    fig.update_yaxes(range=[0, float(probs.max()) * 1.15], row=1, col=3)  # fixed per image: steps compare
     fig.update_xaxes(title_text="class", row=1, col=3)
     fig.update_xaxes(title_text="LM step", dtick=1, row=1, col=4)
     fig.update_layout(title=f"{lm.names[example]}: LM step {step} of {n}", showlegend=False, height=330,
@@ -253,20 +268,28 @@ def logits_over_iterations_figure(traj: Any, example: int, *, title: str = "") -
         fig.add_trace(go.Scatter(x=list(range(length)), y=logits[:length, k], mode="lines",
                                  name=f"class {k}" + (" (label)" if k == label else ""),
                                  line=dict(color=_color(k), width=4 if k == label else 1.5)))
-    fig.update_layout(title=title or "logits along the attack", xaxis_title="query (0 = clean)",
-                      yaxis_title="logit", height=380)
+    fig.update_layout(title=title or "logits along the attack", xaxis=dict(title="query (0 = clean)",
+                      dtick=max(1, length // 10)), yaxis_title="logit", height=380)
     return fig
+
+
+def _relative_margins(traj: Any, example: int) -> np.ndarray:
+    """Margins (S,) of one image divided by |clean margin|: 1 at the clean point, < 0 once misclassified."""
+    m = _np(traj.margins()[example])
+    return m / max(abs(float(m[0])), 1e-12)
 
 
 def attack_step_figure(trajs: Mapping[str, Any], example: int, step: int) -> go.Figure:
     """Per model: the perturbation x_step - x at one query (top row), and below, the margin
-    z_y - max_{k != y} z_k along the queries of every model with the step marked. Trace count and
-    kinds are the same for every (example, step)."""
+    z_y - max_{k != y} z_k relative to the clean margin along the queries of every model, with the
+    step marked (models' logit scales differ by orders of magnitude, so each is divided by its own
+    clean margin). Trace count and kinds are the same for every (example, step)."""
     names = list(trajs)
     m = len(names)
     fig = make_subplots(rows=2, cols=m, row_heights=[0.55, 0.45], vertical_spacing=0.14,
                         specs=[[{} for _ in names], [{"colspan": m}] + [None] * (m - 1)],
-                        subplot_titles=[f"{n}: x_{step} - x" for n in names] + ["margin (< 0: misclassified)"])
+                        subplot_titles=[f"{n}: x_{step} - x" for n in names]
+                        + ["margin / clean margin (1: clean, < 0: misclassified)"])
     scale = max(max(float(np.abs(_np(t.x[example] - t.x[example, :1])).max()) for t in trajs.values()), 1e-12)
     for j, name in enumerate(names):
         t = trajs[name]
@@ -275,14 +298,14 @@ def attack_step_figure(trajs: Mapping[str, Any], example: int, step: int) -> go.
                       row=1, col=j + 1)
     for j, name in enumerate(names):
         t = trajs[name]
-        margin = _np(t.margins()[example])
+        margin = _relative_margins(t, example)
         length = int(t.length[example])
         fig.add_trace(go.Scatter(x=list(range(length)), y=margin[:length], mode="lines", name=name,
                                  line=dict(color=_color(j))), row=2, col=1)
     for j, name in enumerate(names):
         t = trajs[name]
         s = max(0, min(int(step), t.queries - 1))
-        fig.add_trace(go.Scatter(x=[min(s, int(t.length[example]) - 1)], y=[_np(t.margins()[example])[s]],
+        fig.add_trace(go.Scatter(x=[min(s, int(t.length[example]) - 1)], y=[_relative_margins(t, example)[s]],
                                  mode="markers", marker=dict(size=13, color=_color(j), line=dict(width=1)),
                                  name=f"{name} now", showlegend=False), row=2, col=1)
     _square_axes(fig, m)
@@ -297,16 +320,18 @@ def attack_step_figure(trajs: Mapping[str, Any], example: int, step: int) -> go.
 def loss_surface_figure(surfaces: Mapping[str, Any], *, title: str = "") -> go.Figure:
     """One heatmap per model of the loss on the (gradient-sign, random-sign) plane (LossSurface)."""
     names = list(surfaces)
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.08)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.12)
     for j, name in enumerate(names):
         s = surfaces[name]
+        right = fig.get_subplot(1, j + 1).xaxis.domain[1]
         fig.add_trace(go.Heatmap(x=_np(s.b), y=_np(s.a), z=_np(s.loss), colorscale="Viridis",
-                                 colorbar=dict(x=(j + 1) / len(names) - 0.02, len=0.8, thickness=10),
+                                 colorbar=dict(x=right + 0.005, xanchor="left", len=0.85, thickness=10),
                                  hovertemplate="grad %{y:.3f}, rand %{x:.3f}: loss %{z:.3f}<extra></extra>"),
                       row=1, col=j + 1)
         fig.add_trace(go.Contour(x=_np(s.b), y=_np(s.a), z=_np(s.correct).astype(float), showscale=False,
-                                 contours=dict(start=0.5, end=0.5, coloring="lines"), line=dict(color="white", width=2),
-                                 hoverinfo="skip"), row=1, col=j + 1)
+                                 contours=dict(start=0.5, end=0.5, coloring="lines"),
+                                 colorscale=[[0, "white"], [1, "white"]], line=dict(width=2.5), hoverinfo="skip"),
+                      row=1, col=j + 1)
         fig.update_xaxes(title_text="random direction", row=1, col=j + 1)
         fig.update_yaxes(title_text="gradient-sign direction" if j == 0 else None, row=1, col=j + 1)
     fig.update_layout(title=title or "cross-entropy around the image (white line: decision boundary)", height=400)
@@ -322,18 +347,23 @@ def loss_surface_3d_figure(surface: Any, *, title: str = "") -> go.Figure:
 
 
 def finite_difference_figure(checks: Mapping[str, Any], *, title: str = "") -> go.Figure:
-    """Autograd directional derivative vs central finite difference (FiniteDifferenceCheck per model)."""
-    fig = go.Figure()
-    lo, hi = 0.0, 0.0
-    for j, (name, c) in enumerate(checks.items()):
+    """Autograd directional derivative vs central finite difference, one panel per model (each its own
+    scale: the models' derivatives differ by orders of magnitude), the diagonal dotted."""
+    names = list(checks)
+    fig = make_subplots(rows=1, cols=len(names), horizontal_spacing=0.06, subplot_titles=[
+        f"{n}: max rel. error {checks[n].max_rel_error:.2g}" for n in names])
+    for j, name in enumerate(names):
+        c = checks[name]
         ad, fd = _np(c.autograd).reshape(-1), _np(c.finite_diff).reshape(-1)
-        lo, hi = min(lo, ad.min(), fd.min()), max(hi, ad.max(), fd.max())
-        fig.add_trace(go.Scatter(x=fd, y=ad, mode="markers", marker=dict(size=9, color=_color(j)),
-                                 name=f"{name} (max rel. error {c.max_rel_error:.2g})"))
-    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dot", color="black"),
-                             name="autograd = finite difference"))
-    fig.update_layout(title=title or "directional derivatives: autograd vs finite differences",
-                      xaxis_title="finite difference", yaxis_title="autograd", height=420)
+        lo, hi = float(min(ad.min(), fd.min())), float(max(ad.max(), fd.max()))
+        fig.add_trace(go.Scatter(x=fd, y=ad, mode="markers", marker=dict(size=9, color=_color(j)), name=name,
+                                 hovertemplate="FD %{x:.3g}, autograd %{y:.3g}<extra></extra>"), row=1, col=j + 1)
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(dash="dot", color="black"),
+                                 showlegend=False, hoverinfo="skip"), row=1, col=j + 1)
+        fig.update_xaxes(title_text="finite difference", row=1, col=j + 1)
+    fig.update_yaxes(title_text="autograd", row=1, col=1)
+    fig.update_layout(title=title or "directional derivatives: autograd vs finite differences (dotted: equal)",
+                      height=380, showlegend=False)
     return fig
 
 
@@ -361,21 +391,25 @@ def accuracy_vs_eps_figure(rows: Sequence[Mapping[str, Any]], *, title: str = ""
     for r in rows:
         groups.setdefault((r["defense"], r["attack"]), []).append(r)
     fig = go.Figure()
+    top = max([r["eps"] for r in rows] + [1e-12])
     for j, ((defense, attack), rs) in enumerate(groups.items()):
         rs = sorted(rs, key=lambda r: r["eps"])
         clean = rs[0]
         xs = [0.0] + [r["eps"] for r in rs]
+        shift = (j - (len(groups) - 1) / 2) * 0.008 * top  # dodge: overlapping error bars side by side
         ys = [clean["clean_acc"]] + [r["robust_acc"] for r in rs]
         lo = [clean["clean"]["low"]] + [r["robust"]["low"] for r in rs]
         hi = [clean["clean"]["high"]] + [r["robust"]["high"] for r in rs]
         symbols = ["circle"] + ["circle" if r.get("trusted", True) else "x-open" for r in rs]
         fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines+markers", name=f"{defense} / {attack}", line=dict(color=_color(j)),
-            marker=dict(symbol=symbols, size=10),
+            x=[x + shift for x in xs], y=ys, customdata=xs, mode="lines+markers", name=f"{defense} / {attack}",
+            line=dict(color=_color(j)), marker=dict(symbol=symbols, size=10),
+            hovertemplate="eps %{customdata:g}: %{y:.3f}<extra>" + f"{defense} / {attack}</extra>",
             error_y=dict(type="data", symmetric=False, array=[h - y for h, y in zip(hi, ys)],
                          arrayminus=[y - lo_ for y, lo_ in zip(ys, lo)], thickness=1.2),
         ))
-    fig.update_layout(title=title or "accuracy against the attack budget (eps = 0: clean; bars: Wilson 95%)",
+    fig.update_layout(title=title or "accuracy against the attack budget (eps = 0: clean; bars: Wilson 95%; "
+                                     "lines dodged sideways)",
                       xaxis_title="eps", yaxis=dict(title="accuracy", range=[-0.02, 1.02]), height=450)
     return fig
 

@@ -52,8 +52,8 @@ class ExplorerCase:
 
 CASES = [
     ExplorerCase("tests/browser/fixtures/explorer.ipynb"),
-    # ExplorerCase("notebooks/02_likelihood_maximization.ipynb"),
-    # ExplorerCase("notebooks/03_attack_visualization.ipynb"),
+    ExplorerCase("notebooks/02_likelihood_maximization.ipynb", run_timeout_s=420.0),
+    ExplorerCase("notebooks/03_attack_visualization.ipynb", run_timeout_s=420.0),
 ]
 
 KERNEL_TIMEOUT_MS = 120_000

@@ -1,0 +1,150 @@
+"""Validation of notebook parameters: every bad value fails with a message naming the parameter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rdc_lib.notebook_params import (
+    PARAM_SPECS,
+    MissingFilesError,
+    NotebookParameterError,
+    validate_params,
+)
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+GOOD = dict(dataset="digits", checkpoint="../data/checkpoints/digits_multi.safetensors", n_images=4, T=8,
+            lm_steps=5, lm_eta=8 / 255, lm_step_size=0.1, lm_norm="linf", attack="pgd", norm="linf", eps=0.1,
+            attack_steps=3, seed=0, device="cpu", interactive=False, result_dir="")
+
+
+def test_good_parameters_pass_and_are_normalised():
+    out = validate_params(base_dir=NOTEBOOKS, **{**GOOD, "eps": 1, "eps_list": [0, 0.1]})
+    assert out["eps"] == 1.0 and isinstance(out["eps"], float)
+    assert out["eps_list"] == [0.0, 0.1] and all(isinstance(v, float) for v in out["eps_list"])
+    assert out["n_images"] == 4 and out["interactive"] is False
+
+
+@pytest.mark.parametrize("name, value, fragment", [
+    ("eps", -1, "eps = -1"),
+    ("eps", 2.0, "l_inf budget"),
+    ("eps", "0.1", "expected a number"),
+    ("eps", float("nan"), "expected a number"),
+    ("n_images", 2.5, "expected an int"),
+    ("n_images", True, "expected an int"),
+    ("n_images", 0, ">= 1"),
+    ("n_images", 361, "at most 360"),
+    ("norm", "l3", "one of: linf, l2"),
+    ("lm_norm", "l1", "one of: linf, l2"),
+    ("attack", "cw", "one of: fgsm, pgd"),
+    ("interactive", 1, "True or False"),
+    ("lm_step_size", 0, ">= 1e-12"),
+    ("lm_optimizer", "rmsprop", "one of: sgd, sign, adam"),
+    ("square_queries", 0, ">= 1"),
+    ("lm_steps", -1, ">= 0"),
+    ("seed", -3, ">= 0"),
+    ("dataset", "mnist", "one of: digits, cifar10"),
+    ("device", "gpu", "'cpu', 'cuda'"),
+    ("result_dir", 3, "expected a string"),
+])
+def test_bad_value_names_the_parameter(name, value, fragment):
+    with pytest.raises(NotebookParameterError) as info:
+        validate_params(base_dir=NOTEBOOKS, **{**GOOD, name: value})
+    message = str(info.value)
+    assert f"notebook parameter {name}" in message
+    assert fragment in message
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("name, value, fragment", [
+    ("eps_list", "[0.1]", "-y 'eps_list: [...]'"),
+    ("eps_list", [], "at least 1"),
+    ("eps_list", [0.1, -0.2], "eps_list[1]"),
+    ("eps_list", [0.1, 0.1], "without repeated"),
+    ("defenses", ["dc", "resnet"], "cnn, at-cnn"),
+    ("attacks", ["pgd", "bim"], "autoattack"),
+    ("T_list", [4, 0], "T_list[1]"),
+])
+def test_bad_lists(name, value, fragment):
+    with pytest.raises(NotebookParameterError, match="notebook parameter " + name) as info:
+        validate_params(base_dir=NOTEBOOKS, **{name: value})
+    assert fragment in str(info.value)
+
+
+def test_l2_budget_may_exceed_one():
+    assert validate_params(norm="l2", eps=2.0)["eps"] == 2.0
+    with pytest.raises(NotebookParameterError, match="lm_eta"):
+        validate_params(lm_norm="linf", lm_eta=1.5)
+
+
+def test_unknown_name_suggests_the_close_one():
+    expected = r"unknown notebook parameter\(s\) 'lm_step' \(did you mean 'lm_steps'\?\)"
+    with pytest.raises(NotebookParameterError, match=expected):
+        validate_params(lm_step=3)
+
+
+def test_missing_checkpoint_names_parameter_and_path(tmp_path):
+    with pytest.raises(MissingFilesError) as info:
+        validate_params(base_dir=tmp_path, dataset="digits", checkpoint="nope.safetensors")
+    assert "notebook parameter checkpoint" in str(info.value)
+    assert str((tmp_path / "nope.safetensors").resolve()) in str(info.value)
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ValueError)
+
+
+def test_cifar10_without_files_lists_what_to_put_where(tmp_path):
+    with pytest.raises(MissingFilesError) as info:
+        validate_params(base_dir=tmp_path, dataset="cifar10", data_root="cifar", checkpoint="ckpt/x.safetensors")
+    message = str(info.value)
+    assert "notebook parameter dataset = 'cifar10'" in message
+    assert "data_batch_1" in message and "test_batch" in message
+    assert str((tmp_path / "cifar").resolve()) in message
+    assert "edm-cifar10-32x32-cond-vp" in message and "rdc import-edm" in message
+
+
+@pytest.fixture
+def cifar_files(tmp_path):
+    """Empty stand-ins for every file of the cifar10-paper preset: cifar/<batches>, ckpt/<EDM checkpoints>."""
+    from rdc_lib.data import CIFAR10_FILES
+    from rdc_lib.presets import get_preset
+
+    (tmp_path / "cifar").mkdir()
+    (tmp_path / "ckpt").mkdir()
+    for name in CIFAR10_FILES:
+        (tmp_path / "cifar" / name).write_bytes(b"")
+    ck = get_preset("cifar10-paper").checkpoints
+    for name in (ck.classifier, ck.lm):
+        (tmp_path / "ckpt" / name).write_bytes(b"")
+    return tmp_path, ck.classifier
+
+
+def test_cifar10_with_files_passes(cifar_files):
+    root, classifier = cifar_files
+    out = validate_params(base_dir=root, dataset="cifar10", data_root="cifar", checkpoint=f"ckpt/{classifier}")
+    assert out["dataset"] == "cifar10"
+    assert validate_params(base_dir=root, dataset="cifar10", data_root="cifar", ckpt_dir="ckpt")["ckpt_dir"] == "ckpt"
+
+
+def test_cifar10_defences_are_the_diffusion_ones(cifar_files):
+    root, _ = cifar_files
+    common = dict(base_dir=root, dataset="cifar10", data_root="cifar", ckpt_dir="ckpt")
+    assert validate_params(**common, defenses=["dc", "rdc"])["defenses"] == ["dc", "rdc"]
+    with pytest.raises(NotebookParameterError, match="only 'dc' and 'rdc' with dataset 'cifar10'"):
+        validate_params(**common, defenses=["dc", "cnn"])
+
+
+def test_choices_match_the_library():
+    from rdc_lib.attacks import NORMS as ATTACK_NORMS
+    from rdc_lib.lm import LM_NORMS, LM_OPTIMIZERS
+    from rdc_lib.notebook_params import GRAD_MODES, LM_OPTIMIZERS as NB_OPTIMIZERS, NORMS
+    from rdc_lib.rdc import GRAD_MODES as RDC_GRAD_MODES
+
+    assert set(NB_OPTIMIZERS) == set(LM_OPTIMIZERS) and set(NORMS) == set(LM_NORMS) == set(ATTACK_NORMS)
+    assert set(GRAD_MODES) == set(RDC_GRAD_MODES)
+
+
+def test_every_spec_has_help_and_a_known_kind():
+    kinds = {"int", "float", "bool", "str", "path", "list[float]", "list[int]", "list[str]"}
+    for name, spec in PARAM_SPECS.items():
+        assert spec.kind in kinds, name
+        assert spec.help, name
