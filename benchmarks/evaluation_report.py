@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> None:
         base = EvalConfig(defense=defense, attack="apgd-ce", norm="linf", eps=args.eps, n=args.n, steps=args.steps,
                           timesteps=args.timesteps, heads="multi", n_eval=args.n_eval, chunk=args.n, run_checks=True)
         for variant, name, over in protocols(defense, eot):
+            if args.only and name not in args.only:
+                continue
             cfg = replace(base, **over)
             if cfg.noise_mode == "fixed" or defense in ("cnn", "at-cnn"):
                 cfg = replace(cfg, n_eval=1)
@@ -174,6 +176,7 @@ def main() -> int:
     r.add_argument("--n-eval", type=int, default=10)
     r.add_argument("--records", default="runs/evaluation")
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--only", nargs="*", default=None, help="run only these protocol names")
     d = sub.add_parser("doc")
     d.add_argument("--records", default="runs/evaluation")
     d.add_argument("--n-eval", type=int, default=10)

@@ -77,7 +77,13 @@ def _init_partial(net: Denoiser, path: str) -> None:
     """Fine-tuning: copy every weight whose name and shape match from ``path``."""
     from .models.checkpoints import read_checkpoint
 
-    state, _, _ = read_checkpoint(path, expected_kind="denoiser")
+    state, src_cfg, _ = read_checkpoint(path, expected_kind="denoiser")
+    if getattr(net, "heads", None) == "multi" and src_cfg.get("heads") == "single" and src_cfg.get("arch") == "ddpmpp":
+        from .models.ddpmpp import widen_to_multihead
+
+        dropped = widen_to_multihead(net, state)  # replicate the output layer per head (rdc-spec.md section 5)
+        log.info("multi-head initialised from single-head %s (dropped %s)", path, dropped)
+        return
     own = net.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     own.update(matched)
@@ -103,7 +109,12 @@ def train_denoiser(
     x_train = (x_train * 2 - 1).to(device)  # model space [-1, 1]
     y_train = y_train.to(device)
 
-    net = build_denoiser(dcfg).to(device)
+    # PyTorch's layer initialisers draw from the global RNG: seed them from cfg.seed inside fork_rng,
+    # which restores the caller's global RNG state afterwards (so training is reproducible and the
+    # caller's random stream is untouched).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = build_denoiser(dcfg).to(device)
     if cfg.init_from:
         _init_partial(net, cfg.init_from)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
