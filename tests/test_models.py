@@ -86,10 +86,11 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_shipped_checkpoints_load_and_are_small():
-    for name in ("digits_single", "digits_multi"):
+    for name in ("digits_single", "digits_multi", "digits_multi_h32"):
         path = checkpoint_path(name)
         assert path.stat().st_size < 10 * 2**20
         net = load_denoiser(path)
         assert isinstance(net, EDMDenoiser) and net.heads == name.split("_")[1]
+        assert sum(p.numel() for p in net.parameters()) < 2_000_000
     with pytest.raises(FileNotFoundError, match="data/README.md"):
         checkpoint_path("digits_nonexistent")
