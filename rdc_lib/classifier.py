@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .diffusion.elbo import draw_noise, elbo_terms
 from .diffusion.schedules import NoiseGrid, make_grid
 from .models.base import Denoiser
-from .utils import check_images
+from .utils import OwnedRandomness, check_images
 
 NOISE_MODES = ("stochastic", "fixed")
 GRAD_MODES = ("chunked", "autograd")
@@ -61,7 +61,7 @@ class _ChunkedELBOSum(torch.autograd.Function):
         return grad_x, None, None, None, None, None
 
 
-class DiffusionClassifier(nn.Module):
+class DiffusionClassifier(OwnedRandomness, nn.Module):
     """x (B, C, H, W) in [0, 1] -> logits (B, K) = estimated log p(x|y) + log p(y) + const."""
 
     def __init__(
@@ -102,18 +102,6 @@ class DiffusionClassifier(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.denoiser.num_classes
-
-    def reseed(self, seed: int) -> None:
-        """Restart the module's random stream from ``seed``."""
-        self.seed = int(seed)
-        self._generator = None
-
-    def _gen(self, device: torch.device) -> torch.Generator:
-        if self.noise_mode == "fixed":
-            return torch.Generator(device=device).manual_seed(self.seed)
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generator
 
     def draw_noise(self, x: Tensor) -> Tensor:
         """The eps this call will use: (B or 1, 1 or K, T, C, H, W)."""

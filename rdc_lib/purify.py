@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .diffusion.sampling import euler_sde, heun_ode, karras_sigmas, sde_noise_shape
 from .models.base import Denoiser
-from .utils import check_images
+from .utils import OwnedRandomness, check_images
 
 __all__ = ["DiffPure", "PURIFY_MODES"]
 
@@ -30,7 +30,7 @@ PURIFY_MODES = ("ode", "sde")
 NOISE_MODES = ("stochastic", "fixed")
 
 
-class DiffPure(nn.Module):
+class DiffPure(OwnedRandomness, nn.Module):
     """Purify-then-classify defence: x (B, C, H, W) in [0, 1] -> logits (B, K) of ``classifier``.
 
     Shape:
@@ -80,17 +80,6 @@ class DiffPure(nn.Module):
         self.checkpoint = bool(checkpoint)
         self._generator: torch.Generator | None = None
         self.eval()  # dropout in train mode would draw from the global RNG
-
-    def reseed(self, seed: int) -> None:
-        self.seed = int(seed)
-        self._generator = None
-
-    def _gen(self, device: torch.device) -> torch.Generator:
-        if self.noise_mode == "fixed":
-            return torch.Generator(device=device).manual_seed(self.seed)
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generator
 
     def sigmas(self, device: torch.device | str = "cpu") -> Tensor:
         """The solver schedule (steps + 1,): sigma* ... sigma_min, 0."""

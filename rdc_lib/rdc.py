@@ -41,7 +41,7 @@ from .diffusion.schedules import NoiseGrid
 from .grad import lm_bpda, lm_exact
 from .lm import LMConfig, LMNoise, LMResult, draw_lm_noise, likelihood_maximization
 from .models.base import Denoiser
-from .utils import check_images
+from .utils import OwnedRandomness, check_images
 
 __all__ = ["GRAD_MODES", "NOISE_MODES", "RDCNoise", "RobustDiffusionClassifier"]
 
@@ -57,7 +57,7 @@ class RDCNoise:
     dc: Tensor
 
 
-class RobustDiffusionClassifier(nn.Module):
+class RobustDiffusionClassifier(OwnedRandomness, nn.Module):
     """x (B, C, H, W) in [0, 1] -> logits (B, K) of DC(LM(x)); log-probabilities when vote > 1.
 
     Shape:
@@ -111,20 +111,6 @@ class RobustDiffusionClassifier(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.classifier.num_classes
-
-    def reseed(self, seed: int) -> None:
-        """Restart the module's random stream from ``seed``."""
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        self.seed = seed
-        self._generator = None
-
-    def _gen(self, device: torch.device) -> torch.Generator:
-        if self.noise_mode == "fixed":
-            return torch.Generator(device=device).manual_seed(self.seed)
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generator
 
     def check_input(self, x: Tensor) -> Tensor:
         return check_images(x, channels=self.denoiser.img_channels, resolution=self.denoiser.img_resolution)

@@ -117,6 +117,33 @@ def spawn_generator(generator: torch.Generator | None, device: torch.device | No
     return torch.Generator(device=device).manual_seed(seed)
 
 
+class OwnedRandomness:
+    """Mixin for modules that own their random stream (never the global RNG).
+
+    Needs attributes ``seed: int``, ``noise_mode: 'stochastic' | 'fixed'`` and ``_generator``.
+    'fixed': the same draw on every call (a fresh generator seeded with ``seed``); 'stochastic': one
+    persistent generator, seeded once, advancing with every call.
+    """
+
+    seed: int
+    noise_mode: str
+    _generator: torch.Generator | None
+
+    def reseed(self, seed: int) -> None:
+        """Restart the module's random stream from ``seed``."""
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.seed = seed
+        self._generator = None
+
+    def _gen(self, device: torch.device) -> torch.Generator:
+        if self.noise_mode == "fixed":
+            return torch.Generator(device=device).manual_seed(self.seed)
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+
 def batched(seq: Sequence[int] | int, size: int) -> list[slice]:
     """Slices that cut ``range(n)`` into consecutive chunks of at most ``size``."""
     n = seq if isinstance(seq, int) else len(seq)
