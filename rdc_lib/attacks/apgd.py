@@ -66,9 +66,9 @@ class APGD(Attack):
 
     def __init__(self, model: Model, *, norm: str = "linf", eps: float, steps: int = 100, loss: str = "ce",
                  targeted: bool = False, target_rule: str | None = None, n_target_classes: int = 9,
-                 restarts: int = 1, eot: int = 1, rho: float = 0.75, momentum: float = 0.75,
+                 restarts: int = 1, eot: int = 1, verify: int = 1, rho: float = 0.75, momentum: float = 0.75,
                  seed: int | None = None, generator: torch.Generator | None = None):
-        super().__init__(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=eot, seed=seed,
+        super().__init__(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=eot, verify=verify, seed=seed,
                          generator=generator)
         if loss not in APGD_LOSSES:
             raise ValueError(f"unknown APGD loss {loss!r}; valid choices: {', '.join(APGD_LOSSES)}")

@@ -8,6 +8,9 @@ An attack is built with its budget (torchattacks shape) and called on a batch:
 - every model call goes through :class:`AttackContext`, which counts queries per example, keeps per
   example the most adversarial point seen (the first misclassified one, else the smallest margin), and
   drops an example from further work as soon as it is misclassified (early stopping per example);
+- against a stochastic model one misclassified call can be a lucky draw: with ``verify = V > 1`` a candidate
+  counts as a success only if V independent calls all misclassify it (V - 1 extra forwards, counted), and
+  unconfirmed candidates compete for the best point by their margin averaged over the V calls;
 - randomness comes from a ``torch.Generator`` passed in, or from a fresh generator seeded with ``seed``
   at every call (the same call then gives the same result); the global RNG is never touched.
 """
@@ -26,7 +29,7 @@ from ..utils import check_images, check_labels
 from .losses import LossFn, margin
 from .projections import check_norm
 
-__all__ = ["Attack", "AttackContext", "AttackResult", "Model", "eval_mode"]
+__all__ = ["Attack", "AttackContext", "AttackResult", "Model", "eval_mode", "input_gradient"]
 
 Model = Callable[[Tensor], Tensor]
 
@@ -79,11 +82,13 @@ class AttackContext:
     candidate images of exactly those examples.
     """
 
-    def __init__(self, model: Model, x: Tensor, y: Tensor, *, eot: int, generator: torch.Generator):
+    def __init__(self, model: Model, x: Tensor, y: Tensor, *, eot: int, generator: torch.Generator,
+                 verify: int = 1):
         self.model = model
         self.x = x.detach()
         self.y = y
         self.eot = eot
+        self.verify = verify
         self.generator = generator
         b = x.shape[0]
         self.x_best = self.x.clone()
@@ -121,17 +126,41 @@ class AttackContext:
         return logits
 
     def observe(self, idx: Tensor, x_cand: Tensor, logits: Tensor) -> None:
-        """Record candidates: first misclassified point, else the smallest margin, per example."""
+        """Record candidates: first misclassified point, else the smallest margin, per example.
+
+        With ``verify`` = V > 1, a misclassified candidate of a still-open example is re-queried V - 1
+        times; it is a success only if every call misclassifies it, otherwise its margin becomes the
+        mean over the V calls (a confirmed-adversarial point is never replaced).
+        """
         y = self.y[idx]
         m = margin(logits.detach(), y).to(self.margin.dtype)
         fooled = logits.detach().argmax(dim=1) != y
         open_ = ~self.success[idx]
+        if self.verify > 1:
+            fooled, m = self._confirm(idx, x_cand, fooled & open_, fooled, m)
         better = open_ & (fooled | (m < self.margin[idx]))
         if better.any():
             sel = idx[better]
             self.x_best[sel] = x_cand.detach()[better]
             self.margin[sel] = m[better]
             self.success[sel] = fooled[better]
+
+    def _confirm(self, idx: Tensor, x_cand: Tensor, check: Tensor, fooled: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        """Re-query the candidates in ``check`` (bool over idx) V - 1 times: all-fooled and mean margins."""
+        if not check.any():
+            return fooled, m
+        sel = check.nonzero().flatten()
+        reps, n = self.verify - 1, sel.numel()
+        x_rep = x_cand.detach()[sel].repeat(reps, *([1] * (x_cand.ndim - 1)))
+        with torch.no_grad():
+            logits = self._logits(idx[sel], x_rep, reps).reshape(reps, n, -1)
+        y = self.y[idx[sel]]
+        extra_fooled = (logits.argmax(dim=2) != y).all(dim=0)
+        extra_m = torch.stack([margin(logits[r], y) for r in range(reps)]).to(m.dtype)
+        fooled, m = fooled.clone(), m.clone()
+        fooled[sel] = extra_fooled     # the observed call (EOT-averaged when eot > 1) already misclassified them
+        m[sel] = (m[sel] + extra_m.sum(dim=0)) / self.verify
+        return fooled, m
 
     def evaluate(self, idx: Tensor, x_cand: Tensor) -> Tensor:
         """One forward (no gradient) at ``x_cand`` for examples ``idx``; returns the logits (n, K)."""
@@ -152,7 +181,7 @@ class AttackContext:
             logits = self._logits(idx, xr, eot)
             tr = None if target is None else target.repeat(eot)
             losses = loss_fn(logits, self.y[idx].repeat(eot), tr)
-            (grad,) = torch.autograd.grad(losses.sum(), xr)
+            grad = input_gradient(losses, xr)
         grad = grad.reshape(eot, n, *x_cand.shape[1:]).mean(dim=0)
         loss = losses.detach().reshape(eot, n).mean(dim=0)
         self.observe(idx, x_cand, logits.detach().reshape(eot, n, -1).mean(dim=0))
@@ -175,6 +204,9 @@ class Attack:
         steps: iterations (gradient steps, or queries for score-based attacks), >= 1.
         restarts: independent runs; later runs only touch examples still classified correctly.
         eot: model copies per gradient (Expectation over Transformation), >= 1.
+        verify: for stochastic models, calls that must all misclassify a candidate before the example
+            counts as broken and stops (1 = trust one call, the deterministic-model default); see
+            :class:`AttackContext`.
         seed: seeds a fresh generator at every call (default 0 when no generator is given).
         generator: a ``torch.Generator`` to draw from instead (its stream advances across calls).
 
@@ -198,6 +230,7 @@ class Attack:
         steps: int = 10,
         restarts: int = 1,
         eot: int = 1,
+        verify: int = 1,
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ):
@@ -213,6 +246,7 @@ class Attack:
         self.steps = _positive_int(steps, "steps")
         self.restarts = _positive_int(restarts, "restarts")
         self.eot = _positive_int(eot, "eot")
+        self.verify = _positive_int(verify, "verify")
         if seed is not None and generator is not None:
             raise ValueError("pass either seed or generator, not both")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
@@ -246,7 +280,8 @@ class Attack:
         if not isinstance(y, Tensor) or y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(f"y must be a (B,) = ({x.shape[0]},) tensor of labels, got {getattr(y, 'shape', type(y))}")
         y = y.to(x.device)
-        ctx = AttackContext(self.model, x, y, eot=self.eot, generator=self._generator_for(x.device))
+        ctx = AttackContext(self.model, x, y, eot=self.eot, generator=self._generator_for(x.device),
+                            verify=self.verify)
         everyone = torch.arange(x.shape[0], device=x.device)
         with eval_mode(self.model):
             with torch.no_grad():
@@ -269,7 +304,18 @@ class Attack:
 
     def __repr__(self) -> str:
         return (f"{self.name}(norm={self.norm!r}, eps={self.eps:g}, steps={self.steps}, "
-                f"restarts={self.restarts}, eot={self.eot}, seed={self.seed})")
+                f"restarts={self.restarts}, eot={self.eot}, verify={self.verify}, seed={self.seed})")
+
+
+def input_gradient(losses: Tensor, x: Tensor) -> Tensor:
+    """d(sum of losses)/dx, with a clear error when the model gives no gradient (needs-gradient attacks)."""
+    if not losses.requires_grad:
+        raise ValueError(
+            "this attack needs input gradients, but the model's logits do not depend differentiably on the input "
+            "(computed under no_grad, detached, or a non-differentiable stage); valid choices for such a model: "
+            "a score-based attack ('square'), or wrap the non-differentiable stage in BPDA (rdc_lib.attacks.BPDA)")
+    (grad,) = torch.autograd.grad(losses.sum(), x)
+    return grad
 
 
 def _positive_int(value: int, name: str) -> int:

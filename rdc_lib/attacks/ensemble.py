@@ -51,7 +51,8 @@ CLEAN_ERROR, ROBUST = -2, -1  # values of EnsembleResult.broken_by besides attac
 
 
 def build_attack(name: str, model: Model, *, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 1,
-                 eot: int = 1, seed: int | None = 0, generator: torch.Generator | None = None, **kwargs: Any) -> Attack:
+                 eot: int = 1, verify: int = 1, seed: int | None = 0, generator: torch.Generator | None = None,
+                 **kwargs: Any) -> Attack:
     """Build attack ``name`` (one of :data:`ATTACK_NAMES` or :data:`ADAPTIVE_ATTACK_NAMES`) with a common budget.
 
     ``steps`` is the iteration count (the query budget for 'square'); extra keyword arguments go to the
@@ -62,7 +63,7 @@ def build_attack(name: str, model: Model, *, norm: str = "linf", eps: float, ste
     (selective EOT) take ``temperature``, ``top_k``, ``aggregation`` and use ``eot`` draws; 'stadv' reads
     ``eps`` as the flow bound in normalised grid units and ignores ``norm`` (:class:`StAdv`).
     """
-    common = dict(norm=norm, eps=eps, seed=seed if generator is None else None, generator=generator)
+    common = dict(norm=norm, eps=eps, verify=verify, seed=seed if generator is None else None, generator=generator)
     if name == "fgsm":
         return FGSM(model, eot=eot, **common, **kwargs)
     if name == "pgd":
@@ -89,29 +90,29 @@ def build_attack(name: str, model: Model, *, norm: str = "linf", eps: float, ste
     if name == "apgd-seot":
         return SelectiveEOTAPGD(model, steps=steps, restarts=restarts, eot=eot, **common, **kwargs)
     if name == "stadv":
-        return StAdv(model, bound=eps, steps=steps, restarts=restarts, eot=eot, seed=common["seed"],
+        return StAdv(model, bound=eps, steps=steps, restarts=restarts, eot=eot, verify=verify, seed=common["seed"],
                      generator=generator, **kwargs)
     raise ValueError(f"unknown attack {name!r}; valid choices: {', '.join(ATTACK_NAMES + ADAPTIVE_ATTACK_NAMES)}")
 
 
 def autoattack_suite(model: Model, *, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 1,
-                     eot: int = 1, seed: int = 0, square_queries: int = 5000, n_target_classes: int = 9,
-                     include_dlr: bool = True) -> list[tuple[str, Attack]]:
+                     eot: int = 1, verify: int = 1, seed: int = 0, square_queries: int = 5000,
+                     n_target_classes: int = 9, include_dlr: bool = True) -> list[tuple[str, Attack]]:
     """AutoAttack 'standard' (APGD-CE, APGD-T with targeted DLR, Square) plus untargeted APGD-DLR.
 
     Order: apgd-ce, apgd-dlr (if ``include_dlr``), apgd-t, square. Square is skipped when ``eot > 1``
     (a score-based attack cannot average gradients; for stochastic models use the gradient attacks).
     """
     suite = [("apgd-ce", build_attack("apgd-ce", model, norm=norm, eps=eps, steps=steps, restarts=restarts,
-                                      eot=eot, seed=seed))]
+                                      eot=eot, verify=verify, seed=seed))]
     if include_dlr:
         suite.append(("apgd-dlr", build_attack("apgd-dlr", model, norm=norm, eps=eps, steps=steps,
-                                               restarts=restarts, eot=eot, seed=seed)))
+                                               restarts=restarts, eot=eot, verify=verify, seed=seed)))
     suite.append(("apgd-t", build_attack("apgd-t", model, norm=norm, eps=eps, steps=steps, restarts=restarts,
-                                         eot=eot, seed=seed, n_target_classes=n_target_classes)))
+                                         eot=eot, verify=verify, seed=seed, n_target_classes=n_target_classes)))
     if eot == 1:
         suite.append(("square", build_attack("square", model, norm=norm, eps=eps, steps=square_queries,
-                                             restarts=1, seed=seed)))
+                                             restarts=1, verify=verify, seed=seed)))
     return suite
 
 
@@ -224,17 +225,19 @@ def _run_chunk(model: Model, x: Tensor, y: Tensor, attacks: Sequence[tuple[str, 
            "margin": margin(clean, y).to(x.dtype), "queries": queries,
            "queries_per_attack": [0] * len(attacks), "budget_per_attack": [0] * len(attacks)}
     for i, (_, attack) in enumerate(attacks):
-        out["budget_per_attack"][i] = n * (attack.max_queries + int(verify))
+        draws = attack.verify if verify else 0
+        out["budget_per_attack"][i] = n * (attack.max_queries + draws)
         idx = out["robust"].nonzero().flatten()
         if idx.numel() == 0:
             continue
         res = attack.run(x[idx], y[idx])
         spent = res.queries.clone()
-        if verify:
+        if verify:  # every one of the attack's ``verify`` draws must misclassify (stochastic models)
             with torch.no_grad():
-                logits = model(res.x_adv)
-            spent += 1
-            fooled, m = logits.argmax(dim=1) != y[idx], margin(logits, y[idx]).to(x.dtype)
+                logits = model(res.x_adv.repeat(draws, 1, 1, 1)).reshape(draws, idx.numel(), -1)
+            spent += draws
+            fooled = (logits.argmax(dim=2) != y[idx]).all(dim=0)
+            m = torch.stack([margin(logits[d], y[idx]) for d in range(draws)]).mean(dim=0).to(x.dtype)
         else:
             fooled, m = res.success, res.margin.to(x.dtype)
         queries[idx] += spent
@@ -269,8 +272,9 @@ def run_ensemble(
         state_path: file to save the state to after every chunk and to resume from.
         progress: show a tqdm bar over chunks.
         callback: called with a :class:`ChunkReport` after each chunk (after the state is saved).
-        verify: re-classify every attack's output with one forward (AutoAttack's check); with False the
-            attack's own success flags are trusted (cheaper for expensive deterministic models).
+        verify: re-classify every attack's output (AutoAttack's check) with ``attack.verify`` forwards that
+            must all misclassify it (one forward for deterministic models); with False the attack's own
+            success flags are trusted (cheaper for expensive deterministic models).
     """
     check_images(x)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

@@ -163,10 +163,11 @@ class LagrangianPGD(PGD):
     def __init__(self, model: Model, *, denoiser: Denoiser, lam: float = 1.0, norm: str = "linf", eps: float,
                  steps: int = 10, alpha: float | None = None, loss: str = "ce", random_start: bool = True,
                  restarts: int = 1, eot: int = 1, sigma_range: tuple[float, float] = _LM_SIGMA_RANGE,
-                 diffusion_draws: int = 1, seed: int | None = None, generator: torch.Generator | None = None):
+                 diffusion_draws: int = 1, verify: int = 1, seed: int | None = None,
+                 generator: torch.Generator | None = None):
         _check_setup(denoiser, lam, sigma_range, diffusion_draws, type(self).__name__)
         super().__init__(model, norm=norm, eps=eps, steps=steps, alpha=alpha, loss=loss, random_start=random_start,
-                         restarts=restarts, eot=eot, seed=seed, generator=generator)
+                         restarts=restarts, eot=eot, verify=verify, seed=seed, generator=generator)
         self.denoiser, self.lam = denoiser, float(lam)
         self.sigma_range = (float(sigma_range[0]), float(sigma_range[1]))
         self.diffusion_draws = diffusion_draws

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from .apgd import APGD
-from .base import AttackContext, Model
+from .base import AttackContext, Model, input_gradient
 from .losses import LossFn
 from .pgd import PGD
 
@@ -156,7 +156,7 @@ class SelectiveEOTContext(ContextView):
             logits = ctx._logits(idx, xr, m)
             tr = None if target is None else target.repeat(m)
             losses = loss_fn(logits, ctx.y[idx].repeat(m), tr)
-            (grad,) = torch.autograd.grad(losses.sum(), xr)
+            grad = input_gradient(losses, xr)
         agg = aggregate_eot(losses.detach().reshape(m, n), grad.reshape(m, n, *x_cand.shape[1:]),
                             aggregation="selective", temperature=self.temperature, top_k=self.top_k)
         draws = logits.detach().reshape(m, n, -1)
@@ -189,9 +189,9 @@ class SelectiveEOTPGD(PGD):
     def __init__(self, model: Model, *, norm: str = "linf", eps: float, steps: int = 10, alpha: float | None = None,
                  loss: str = "ce", random_start: bool = True, restarts: int = 1, eot: int = 1,
                  aggregation: str = "selective", temperature: float = 1.0, top_k: int | None = None,
-                 seed: int | None = None, generator: torch.Generator | None = None):
+                 verify: int = 1, seed: int | None = None, generator: torch.Generator | None = None):
         super().__init__(model, norm=norm, eps=eps, steps=steps, alpha=alpha, loss=loss, random_start=random_start,
-                         restarts=restarts, eot=eot, seed=seed, generator=generator)
+                         restarts=restarts, eot=eot, verify=verify, seed=seed, generator=generator)
         _check_aggregation(aggregation, temperature, top_k)
         self.aggregation, self.temperature, self.top_k = aggregation, float(temperature), top_k
 

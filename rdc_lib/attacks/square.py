@@ -79,8 +79,9 @@ class Square(Attack):
     """
 
     def __init__(self, model: Model, *, norm: str = "linf", eps: float, steps: int = 5000, p_init: float = 0.8,
-                 restarts: int = 1, seed: int | None = None, generator: torch.Generator | None = None):
-        super().__init__(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=1, seed=seed,
+                 restarts: int = 1, verify: int = 1, seed: int | None = None,
+                 generator: torch.Generator | None = None):
+        super().__init__(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=1, verify=verify, seed=seed,
                          generator=generator)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")

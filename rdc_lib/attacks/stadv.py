@@ -107,14 +107,14 @@ class StAdv(Attack):
 
     def __init__(self, model: Model, *, bound: float = 0.05, steps: int = 100, alpha: float | None = None,
                  loss: str = "ce", random_start: bool = True, padding_mode: str = "border", restarts: int = 1,
-                 eot: int = 1, seed: int | None = None, generator: torch.Generator | None = None):
+                 eot: int = 1, verify: int = 1, seed: int | None = None, generator: torch.Generator | None = None):
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound) \
                 or not 0 <= bound <= 2:
             raise ValueError(f"bound (StAdv flow bound, normalised grid units where [-1, 1] spans the image) must be "
                              f"a finite number in [0, 2], got {bound!r}")
         # the base class knows only lp balls: validate everything else there, then switch to the flow model
-        super().__init__(model, norm="linf", eps=0.0, steps=steps, restarts=restarts, eot=eot, seed=seed,
-                         generator=generator)
+        super().__init__(model, norm="linf", eps=0.0, steps=steps, restarts=restarts, eot=eot, verify=verify,
+                         seed=seed, generator=generator)
         self.norm = "flow"
         self.eps = float(bound)
         if is_targeted(loss):

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ATTACKS = ("none", "fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "autoattack",
            "pgd-lagrange", "apgd-lagrange", "pgd-seot", "apgd-seot", "stadv")
+_LATER_FIELDS = ("verify",)
 NORMS = ("linf", "l2", "flow")  # "flow": StAdv's per-pixel flow bound (attack stadv only)
 
 
@@ -40,6 +41,7 @@ class EvalConfig:
     offset: int = 0                 # first test image
     seed: int = 0                   # seeds the attack and the defence's own generator
     eot: int = 1                    # EOT draws per gradient
+    verify: int = 1                 # calls that must all misclassify before an attack stops on an example
     steps: int = 20                 # attack iterations
     restarts: int = 1               # attack restarts
     square_queries: int = 1000      # autoattack: Square's query budget
@@ -70,7 +72,7 @@ class EvalConfig:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
         if self.norm == "linf" and self.eps > 1:
             raise ValueError(f"an l_inf eps above 1 is meaningless for images in [0, 1], got {self.eps}")
-        for name in ("n", "eot", "steps", "restarts", "timesteps", "n_eval", "vote", "chunk", "square_queries",
+        for name in ("n", "eot", "verify", "steps", "restarts", "timesteps", "n_eval", "vote", "chunk", "square_queries",
                      "n_target_classes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -85,9 +87,21 @@ class EvalConfig:
         if self.dataset == "cifar10" and self.defense not in ("dc", "rdc"):
             raise ValueError(f"on cifar10 the defenses are dc and rdc (EDM checkpoints), got {self.defense!r}")
 
+    def identity(self) -> dict:
+        """The fields that identify this configuration (records headers, ``key``).
+
+        Fields added after results were first stored (``_LATER_FIELDS``) count only when set away from
+        their default, so the keys, records and resumable runs of older configurations stay valid.
+        """
+        d = asdict(self)
+        for name in _LATER_FIELDS:
+            if d[name] == getattr(EvalConfig, name):
+                del d[name]
+        return d
+
     def key(self) -> str:
-        """A short hash of every field (names the records file)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """A short hash of the identifying fields (names the records file)."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def from_params(cls, params: dict) -> "EvalConfig":
@@ -115,7 +129,7 @@ def _attack(cfg: EvalConfig, model: nn.Module):
 
     if cfg.attack == "autoattack":
         return autoattack_suite(model, norm=cfg.norm, eps=cfg.eps, steps=cfg.steps, restarts=cfg.restarts,
-                                eot=cfg.eot, seed=cfg.seed, square_queries=cfg.square_queries,
+                                eot=cfg.eot, verify=cfg.verify, seed=cfg.seed, square_queries=cfg.square_queries,
                                 n_target_classes=cfg.n_target_classes)
     extra: dict = {"n_target_classes": cfg.n_target_classes} if cfg.attack == "apgd-t" else {}
     if cfg.attack.endswith("-lagrange"):
@@ -126,7 +140,7 @@ def _attack(cfg: EvalConfig, model: nn.Module):
         extra["denoiser"] = denoiser
     steps = cfg.square_queries if cfg.attack == "square" else cfg.steps
     return build_attack(cfg.attack, model, norm=cfg.norm, eps=cfg.eps, steps=steps, restarts=cfg.restarts,
-                        eot=cfg.eot, seed=cfg.seed, **extra)
+                        eot=cfg.eot, verify=cfg.verify, seed=cfg.seed, **extra)
 
 
 def _run_attack(attack, model: nn.Module, x: Tensor, y: Tensor, progress: bool) -> tuple[Tensor, dict]:
@@ -257,7 +271,7 @@ def _load_records(records_dir: str | Path | None, cfg: EvalConfig) -> tuple[dict
     records = {}
     with open(jsonl) as f:
         header = json.loads(f.readline())
-        if header.get("config") != asdict(cfg):
+        if header.get("config") != cfg.identity():
             return {}, x_adv
         for line in f:
             if line.strip():
@@ -280,7 +294,7 @@ def _save_records(records_dir: str | Path | None, cfg: EvalConfig, records: dict
     tmp_adv.replace(adv_path)
     tmp = jsonl.with_name(jsonl.name + ".tmp")
     with open(tmp, "w") as f:
-        f.write(json.dumps({"config": asdict(cfg)}) + "\n")
+        f.write(json.dumps({"config": cfg.identity()}) + "\n")
         for i in sorted(records):
             f.write(json.dumps(records[i]) + "\n")
     tmp.replace(jsonl)
