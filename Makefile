@@ -45,6 +45,7 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/bench_rdc.py
 	$(BIN)/python benchmarks/bench_lm.py
 	$(BIN)/python benchmarks/bench_optimal.py
+	$(BIN)/python benchmarks/bench_autoattack.py   # 200-image AutoAttack-style RDC evaluation, ~15 min
 
 clean-venv:
 	rm -rf $(VENV)

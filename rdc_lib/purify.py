@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .attacks.wrappers import bpda
 from .diffusion.sampling import euler_sde, heun_ode, karras_sigmas, sde_noise_shape
 from .models.base import Denoiser
 from .utils import OwnedRandomness, check_images
@@ -28,6 +29,7 @@ __all__ = ["DiffPure", "PURIFY_MODES"]
 
 PURIFY_MODES = ("ode", "sde")
 NOISE_MODES = ("stochastic", "fixed")
+GRAD_MODES = ("exact", "bpda")
 
 
 class DiffPure(OwnedRandomness, nn.Module):
@@ -54,10 +56,13 @@ class DiffPure(OwnedRandomness, nn.Module):
         noise_mode: Literal["stochastic", "fixed"] = "stochastic",
         seed: int = 0,
         checkpoint: bool = False,                            # per-step gradient checkpointing
+        grad_mode: Literal["exact", "bpda"] = "exact",       # bpda: identity backward through purification
     ):
         super().__init__()
         if mode not in PURIFY_MODES:
             raise ValueError(f"unknown mode {mode!r}; valid choices: {', '.join(PURIFY_MODES)}")
+        if grad_mode not in GRAD_MODES:
+            raise ValueError(f"unknown grad_mode {grad_mode!r}; valid choices: {', '.join(GRAD_MODES)}")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"unknown noise_mode {noise_mode!r}; valid choices: {', '.join(NOISE_MODES)}")
         if not t_star_sigma > 0:
@@ -78,6 +83,7 @@ class DiffPure(OwnedRandomness, nn.Module):
         self.noise_mode = noise_mode
         self.seed = seed
         self.checkpoint = bool(checkpoint)
+        self.grad_mode = grad_mode
         self._generator: torch.Generator | None = None
         self.eval()  # dropout in train mode would draw from the global RNG
 
@@ -107,4 +113,7 @@ class DiffPure(OwnedRandomness, nn.Module):
         return ((out + 1) / 2).clamp(0.0, 1.0)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits (B, K); with ``grad_mode='bpda'`` the purification's backward pass is the identity."""
+        if self.grad_mode == "bpda":
+            return self.classifier(bpda(x, self.purify))
         return self.classifier(self.purify(x))

@@ -26,7 +26,7 @@ class DefenseSpec:
     timesteps: int = 32
     grid: str = "paper"
     noise_mode: Literal["stochastic", "fixed"] = "stochastic"
-    grad_mode: Literal["exact", "bpda"] = "exact"   # RDC: gradient through LM
+    grad_mode: Literal["exact", "bpda"] = "exact"   # gradient through RDC's LM / DiffPure's purification
     seed: int = 0
     lm_steps: int = 5
     lm_eta: float = 8 / 255
@@ -44,6 +44,11 @@ class DefenseSpec:
             raise ValueError(f"unknown heads {self.heads!r}; valid choices: single, multi")
         if self.timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
+        if self.grad_mode not in ("exact", "bpda"):
+            raise ValueError(f"unknown grad_mode {self.grad_mode!r}; valid choices: exact, bpda")
+        if self.grad_mode == "bpda" and self.name not in ("rdc", "diffpure"):
+            raise ValueError(f"grad_mode 'bpda' replaces the backward pass of a purification stage; defence "
+                             f"{self.name!r} has none (valid choices with bpda: rdc, diffpure)")
 
 
 def _denoiser(spec: DefenseSpec, device: torch.device):
@@ -84,7 +89,8 @@ def build_defense(spec: DefenseSpec, device: torch.device | str = "cpu") -> nn.M
     from ..purify import DiffPure
 
     cnn = load_classifier(checkpoint_path("digits_cnn"), device=device)
-    return DiffPure(_denoiser(spec, device), cnn, noise_mode=spec.noise_mode, seed=spec.seed).eval()
+    return DiffPure(_denoiser(spec, device), cnn, noise_mode=spec.noise_mode, seed=spec.seed,
+                    grad_mode=spec.grad_mode).eval()
 
 
 def _build_from_preset(spec: DefenseSpec, device: torch.device) -> nn.Module:

@@ -50,7 +50,7 @@ class EvalConfig:
     heads: str = "multi"            # denoiser used by dc / rdc / diffpure
     dataset: str = "digits"
     noise_mode: str = "stochastic"  # defence randomness: "stochastic" | "fixed"
-    grad_mode: str = "exact"        # RDC gradient through LM: "exact" | "bpda"
+    grad_mode: str = "exact"        # through RDC's LM / DiffPure's purification: "exact" | "bpda"
     n_eval: int = 1                 # re-classifications of each final adversarial example
     vote: int = 1                   # RDC majority vote over this many stochastic calls
     chunk: int = 50                 # images per chunk (records are saved after each)
