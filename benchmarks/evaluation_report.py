@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/evaluation_report.py run  [--n 32] [--steps 20] [--n-eval 10]
     .venv/bin/python benchmarks/evaluation_report.py doc
 
-For DC, RDC and the CNN baselines: clean accuracy and robust accuracy under each protocol:
+For DiffPure, DC, RDC and the CNN baselines: clean accuracy and robust accuracy under each protocol:
 - gradients: exact through every LM step vs BPDA (identity backward through LM);
 - randomness: stochastic (fresh per call) vs fixed (known to the attacker);
 - EOT: 1 vs the size picked by the gradient-cosine diagnostic;
@@ -58,6 +58,8 @@ def protocols(defense: str, eot: int, verify: int = VERIFY) -> list[tuple[str, s
         ("stochastic", "exact, EOT=1", dict(noise_mode="stochastic", eot=1)),
         ("stochastic", STRONGEST, dict(noise_mode="stochastic", eot=eot, verify=verify)),
     ]
+    if defense == "diffpure":
+        rows.insert(1, ("fixed randomness", "BPDA through purification", dict(noise_mode="fixed", grad_mode="bpda")))
     if defense == "rdc":
         rows.insert(1, ("fixed randomness", "BPDA through LM", dict(noise_mode="fixed", grad_mode="bpda")))
         rows.insert(2, ("fixed randomness", "Lagrangian APGD (lam 1), exact",
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
     diag_path = out / "eot_diagnostic.json"
     diag = json.loads(diag_path.read_text()) if diag_path.is_file() else {}
     for defense in args.defenses:
-        if defense in ("dc", "rdc") and defense not in diag:
+        if defense in ("dc", "rdc", "diffpure") and defense not in diag:
             diag[defense] = eot_diagnostic(defense, n=8, timesteps=args.timesteps)
             diag_path.write_text(json.dumps(diag, indent=2))
             print(f"EOT diagnostic {defense}: {diag[defense]}", flush=True)
@@ -136,7 +138,7 @@ def doc(args: argparse.Namespace) -> int:
              "| defence | variant | protocol | clean | single (95% CI) | avg of N | worst of N | overstatement | checks |",
              "|---|---|---|---|---|---|---|---|---|"]
     failures = []
-    for defense in ("cnn", "at-cnn", "dc", "rdc"):
+    for defense in ("cnn", "at-cnn", "diffpure", "dc", "rdc"):
         mine = [r for r in rows if r["defense"] == defense]
         for variant in dict.fromkeys(r["variant"] for r in mine):
             group = [r for r in mine if r["variant"] == variant]
