@@ -11,8 +11,13 @@ import json
 import logging
 import sys
 from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .sweep import SlurmOptions
 
 
 def _add_train(sub) -> None:
@@ -80,6 +85,143 @@ def _add_presets(sub) -> None:
     p.add_argument("--ckpt-dir", default="data/checkpoints")
 
 
+# ------------------------------------------------------------------ run-notebooks (rdc_lib.main_job)
+
+def add_run_notebooks_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``rdc run-notebooks`` to the ``rdc`` parser's sub-commands; returns its parser."""
+    p = subparsers.add_parser("run-notebooks", help="execute every notebook (papermill) into a run folder with a "
+                                                    "summary table")
+    p.add_argument("--out", default="runs/latest", metavar="DIR", help="run folder (default runs/latest)")
+    p.add_argument("--params", default=None, metavar="FILE.yaml",
+                   help="parameters file, e.g. notebooks/params/small.yaml (flat name: value; per_notebook overrides)")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help="run only these notebooks (stem, file name or NN prefix)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="one more parameter for every notebook that declares it (VALUE parsed as YAML)")
+    p.add_argument("--notebooks-dir", default=None, metavar="DIR",
+                   help="folder of the NN_*.ipynb notebooks (default: the repository's notebooks/)")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' kernelspec)")
+    p.add_argument("--cell-timeout", type=float, default=None, help="seconds per cell (default: none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def cli_run_notebooks(args: argparse.Namespace) -> int:
+    """``rdc run-notebooks``: run, print the summary table and where the outputs are; last line JSON.
+
+    Exit code 0 when every notebook succeeded, 1 when any failed, 2 for bad arguments.
+    """
+    import yaml
+
+    from .main_job import run_notebooks
+
+    try:
+        extra = {name: yaml.safe_load(value) for name, value in (args.parameter or [])}
+        summary = run_notebooks(args.out, args.params, args.only, progress=not args.no_progress,
+                                notebooks_dir=args.notebooks_dir, kernel_name=args.kernel,
+                                cell_timeout=args.cell_timeout, parameters=extra)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"rdc run-notebooks: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.markdown())
+    out = Path(summary.run_dir)
+    print(f"outputs: {out.resolve()} (summary: {out / 'summary.md'}, {out / 'summary.json'})")
+    print(json.dumps({"run_dir": str(out), "summary": str(out / "summary.json"), "notebooks": len(summary.notebooks),
+                      "failed": summary.failed}))
+    return 0 if summary.ok else 1
+
+
+# ------------------------------------------------------------------ sweep / report (rdc_lib.sweep)
+
+def add_sweep_arguments(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``sweep`` and ``report`` sub-commands to the ``rdc`` parser."""
+    p = subparsers.add_parser("sweep", help="run a YAML sweep on Dask; resumes, records every cell in SQLite")
+    p.add_argument("sweep_file", metavar="SWEEP.yaml")
+    p.add_argument("--status", action="store_true", help="print done/failed/pending counts and exit")
+    p.add_argument("--retry-failed", action="store_true", help="run failed cells again (default: keep them)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: one per GPU, else min(4, cpus); 0 = no Dask)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use a running Dask scheduler")
+    p.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads per cell")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--report", action="store_true", help="write the report next to the store when done")
+    s = p.add_argument_group("Slurm (dask-jobqueue)")
+    s.add_argument("--slurm", action="store_true", help="run the workers as Slurm jobs")
+    s.add_argument("--slurm-jobs", type=int, default=1, help="worker jobs (one single-threaded worker each)")
+    s.add_argument("--slurm-partition", default=None)
+    s.add_argument("--slurm-account", default=None)
+    s.add_argument("--slurm-cores", type=int, default=4, help="--cpus-per-task of each job")
+    s.add_argument("--slurm-memory", default="16GB")
+    s.add_argument("--slurm-walltime", default="01:00:00")
+    s.add_argument("--slurm-gpus", type=int, default=1, help="--gres=gpu:N per job (0 for CPU jobs)")
+    s.add_argument("--slurm-directive", action="append", default=[], help="extra #SBATCH line (repeatable)")
+    s.add_argument("--slurm-prologue", action="append", default=[],
+                   help="shell line run before the worker, e.g. 'source .venv/bin/activate' (repeatable)")
+    s.add_argument("--slurm-log-dir", default=None)
+
+    r = subparsers.add_parser("report", help="tables and plots (report.md, report.html, cells.csv) of a sweep store")
+    r.add_argument("store", metavar="STORE", help="the sweep's results.sqlite")
+    r.add_argument("--out", default=None, help="output folder (default: the store's folder)")
+    r.add_argument("--x", default="eps", help="x axis parameter")
+    r.add_argument("--y", default="robust_acc", help="y axis result field")
+    r.add_argument("--sweep", default=None, help="only rows of this sweep name")
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    """Dispatch ``rdc sweep`` / ``rdc report``; returns the exit code (1: failed cells, 2: bad input)."""
+    from .sweep import SweepSpecError
+
+    try:
+        if args.command == "report":
+            return cli_report(args)
+        return cli_sweep(args)
+    except (SweepSpecError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _slurm_options(args: argparse.Namespace) -> "SlurmOptions | None":
+    from .sweep import SlurmOptions
+
+    if not args.slurm:
+        return None
+    return SlurmOptions(jobs=args.slurm_jobs, partition=args.slurm_partition, account=args.slurm_account,
+                        cores=args.slurm_cores, memory=args.slurm_memory, walltime=args.slurm_walltime,
+                        gpus=args.slurm_gpus, directives=tuple(args.slurm_directive),
+                        prologue=tuple(args.slurm_prologue), log_directory=args.slurm_log_dir)
+
+
+def cli_sweep(args: argparse.Namespace) -> int:
+    """``rdc sweep``: validate, then print the status or run; the last line is the status as JSON."""
+    from .sweep import load_sweep, run_sweep, sweep_status, write_report
+
+    spec = load_sweep(args.sweep_file)
+    if args.status:
+        status = sweep_status(spec)
+        for key in status.failed_keys:
+            print(f"failed: {key[:12]}")
+        print(json.dumps({"sweep": spec.name, "store": str(spec.store), **status.as_dict()}))
+        return 0
+    res = run_sweep(spec, workers=args.workers, scheduler_address=args.scheduler, slurm=_slurm_options(args),
+                    retry_failed=args.retry_failed, threads_per_cell=args.threads, progress=not args.no_progress)
+    if args.report:
+        rep = write_report(spec.store, sweep=spec.name)
+        print(f"report: {rep.markdown} {rep.html}")
+    print(json.dumps({"sweep": spec.name, "store": str(spec.store), "ran": res.ran, "skipped": res.skipped,
+                      "seconds": round(res.seconds, 1), **res.status.as_dict()}))
+    return 1 if res.status.failed else 0
+
+
+def cli_report(args: argparse.Namespace) -> int:
+    """``rdc report``: write the report files; the last line lists them as JSON."""
+    from .sweep import write_report
+
+    rep = write_report(args.store, args.out, x=args.x, y=args.y, sweep=args.sweep)
+    print(json.dumps({"markdown": str(rep.markdown), "html": str(rep.html), "csv": str(rep.cells_csv),
+                      "done": rep.done, "failed": rep.failed, "untrusted": rep.untrusted}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rdc", description="Robust Diffusion Classifier research companion")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -89,18 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_import_edm(sub)
     _add_presets(sub)
-    try:
-        from .main_job import add_run_notebooks_arguments
-
-        add_run_notebooks_arguments(sub)
-    except Exception as err:  # notebooks extras are optional for every other command
-        logging.getLogger(__name__).debug("run-notebooks unavailable: %s", err)
-    try:
-        from .sweep import add_sweep_arguments
-
-        add_sweep_arguments(sub)
-    except Exception as err:  # the sweep extras are optional for every other command
-        logging.getLogger(__name__).debug("sweep commands unavailable: %s", err)
+    add_run_notebooks_arguments(sub)
+    add_sweep_arguments(sub)
     return parser
 
 
@@ -188,11 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
         if args.command == "run-notebooks":
-            from .main_job import cli_run_notebooks
-
             return cli_run_notebooks(args)
-        from .sweep import run_sweep_command
-
         return run_sweep_command(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"rdc {args.command}: error: {err}", file=sys.stderr)

@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from rdc_lib import main_job
+from rdc_lib.cli import add_run_notebooks_arguments, cli_run_notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
@@ -171,8 +172,7 @@ def test_main_job_runs_every_notebook(run):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_results_file_is_well_formed(run, path):
     out, summary = run
-    if "result_dir" not in pm.inspect_notebook(str(path)):
-        pytest.skip(f"{path.name} declares no result_dir (writes no results file)")
+    assert "result_dir" in pm.inspect_notebook(str(path)), f"{path.name} declares no result_dir parameter"
     results = json.loads((out / path.stem / "results.json").read_text())
     assert isinstance(results, dict) and results
     row = next(r for r in summary.notebooks if r.notebook == path.stem)
@@ -290,7 +290,7 @@ def test_run_records_failures_and_continues(tiny_dir, tmp_path, capsys):
     params.write_text("scale: 3.0\nper_notebook:\n  '02': {scale: 5.0}\n")
     args = _cli_args(["--out", str(tmp_path / "run"), "--params", str(params), "--no-progress",
                       "--notebooks-dir", str(tiny_dir)])
-    code = main_job.cli_run_notebooks(args)
+    code = cli_run_notebooks(args)
     assert code == 1
     printed = capsys.readouterr().out
     last = json.loads(printed.strip().splitlines()[-1])
@@ -329,7 +329,7 @@ def test_cli_arguments():
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    main_job.add_run_notebooks_arguments(sub)
+    add_run_notebooks_arguments(sub)
     args = parser.parse_args(["run-notebooks", "--out", "d", "--params", "p.yaml", "--only", "01", "02",
                               "-p", "T", "8"])
     assert (args.out, args.params, args.only, args.parameter) == ("d", "p.yaml", ["01", "02"], [["T", "8"]])
@@ -341,6 +341,6 @@ def _cli_args(argv):
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    main_job.add_run_notebooks_arguments(sub)
+    add_run_notebooks_arguments(sub)
     return parser.parse_args(["run-notebooks", *argv])
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from rdc_lib.cli import add_sweep_arguments, run_sweep_command
 from rdc_lib.sweep import (
-    ResultStore, SlurmOptions, SweepSpecError, add_sweep_arguments, load_sweep, parse_sweep, plan_cells,
-    run_sweep, run_sweep_command, slurm_cluster_kwargs, sweep_status, write_report,
+    ResultStore, SlurmOptions, SweepSpecError, load_sweep, parse_sweep, plan_cells,
+    run_sweep, slurm_cluster_kwargs, sweep_status, write_report,
 )
 from rdc_lib.sweep.engine import _gpu_cluster
 from rdc_lib.sweep.spec import parse_annotation, type_accepts
@@ -392,22 +393,7 @@ def test_cli_status_and_report(tmp_path, capsys, monkeypatch):
 
 # --------------------------------------------------------------------------- the real evaluation
 
-def _eval_available() -> str | None:
-    """Why the ``function: eval`` integration test cannot run here, or None."""
-    try:
-        from rdc_lib.evaluation.runner import EvalConfig, evaluate_params  # noqa: F401
-        from rdc_lib.paths import checkpoint_path
-
-        checkpoint_path("digits_cnn")
-    except (ImportError, FileNotFoundError) as exc:
-        return f"the evaluation target is not available yet: {exc}"
-    return None
-
-
 def test_eval_target_validation_and_one_cell(tmp_path):
-    reason = _eval_available()
-    if reason is not None:
-        pytest.skip(reason)
     msg = _bad("function: eval\ngrid:\n  defense: [cnn, nope]\n", tmp_path)
     assert "line 3 (grid.defense.1)" in msg and "valid choices: cnn" in msg
     assert "valid parameters: attack" in _bad("function: eval\ngrid:\n  defence: [cnn]\n", tmp_path)

@@ -33,7 +33,6 @@ from rdc_lib.theory import (
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_theory_optimal_classifier.ipynb"
-CHECKPOINT = ROOT / "data" / "checkpoints" / "digits_multi.safetensors"
 PARAMS = ("n_images", "T", "eps", "norm", "attack_steps", "square_queries", "seed", "device", "checkpoint",
           "cnn_checkpoint", "result_dir")
 
@@ -115,7 +114,6 @@ def _execute(tmp_path: Path, **params):
                                start_timeout=120)
 
 
-@pytest.mark.skipif(not CHECKPOINT.is_file(), reason="needs the shipped checkpoint data/checkpoints/digits_multi.safetensors")
 def test_notebook_runs_with_tiny_parameters_and_writes_results(tmp_path):
     start = time.perf_counter()
     _execute(tmp_path, n_images=8, T=4, attack_steps=2, square_queries=10, result_dir=str(tmp_path / "res"))

@@ -289,8 +289,8 @@ class DDPMpp(nn.Module):
     def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None,
                 augment_labels: Tensor | None = None) -> Tensor:
         class_vec = self.one_hot(labels, x.shape[0], x)
-        if self.use_fp16 and x.device.type == "cuda":
-            with torch.autocast(device_type="cuda", dtype=torch.float16):
+        if self.use_fp16 and x.device.type != "cpu":  # fp16 autocast on accelerators; CPU stays float32
+            with torch.autocast(device_type=x.device.type, dtype=torch.float16):
                 return self.forward_edm(x, c_noise, class_vec, augment_labels).float()
         return self.forward_edm(x, c_noise, class_vec, augment_labels)
 
