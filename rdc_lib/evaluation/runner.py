@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..data import load_dataset
 from .defenses import DEFENSES, DefenseSpec, build_defense
+from .records import load_records, save_records
 from .stats import wilson
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,13 @@ def evaluate(
     device: str | torch.device = "cpu",
     records_dir: str | Path | None = None,
     progress: bool = True,
+    restart: bool = False,
 ) -> dict:
-    """Run the evaluation described by ``cfg``; returns the JSON-able result (see module docstring)."""
+    """Run the evaluation described by ``cfg``; returns the JSON-able result (see module docstring).
+
+    ``restart``: move the stored records of ``cfg`` in ``records_dir`` aside (renamed, never deleted) and
+    start afresh; without it, damaged or stale records raise ``StoredStateError`` (see ``records.py``).
+    """
     t0 = time.perf_counter()
     device = torch.device(device)
     if cfg.dataset == "cifar10":
@@ -175,7 +181,7 @@ def evaluate(
     y_all = y_all[cfg.offset:cfg.offset + cfg.n].to(device)
     model = build_defense(defense_spec(cfg), device)
 
-    records, x_adv_all = _load_records(records_dir, cfg)
+    records, x_adv_all = load_records(records_dir, cfg, x_all.cpu(), y_all.cpu(), restart=restart)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -206,7 +212,7 @@ def evaluate(
                 "linf": float((x_adv[j] - x[j]).abs().max()), "l2": float((x_adv[j] - x[j]).flatten().norm()),
             }
         x_adv_all[start:stop] = x_adv.cpu()
-        _save_records(records_dir, cfg, records, x_adv_all)
+        save_records(records_dir, cfg, records, x_adv_all)
         if bar is not None:
             bar.update(stop - start)
     if bar is not None:
@@ -248,53 +254,3 @@ def evaluate_params(params: dict) -> dict:
     device = params.pop("device", "cpu")
     records_dir = params.pop("records_dir", None)
     return evaluate(EvalConfig.from_params(params), device=device, records_dir=records_dir, progress=False)
-
-
-def _paths(records_dir: str | Path, cfg: EvalConfig) -> tuple[Path, Path]:
-    root = Path(records_dir)
-    stem = f"{cfg.defense}_{cfg.attack}_{cfg.norm}_{cfg.eps:g}_{cfg.key()}"
-    return root / f"{stem}.jsonl", root / f"{stem}.adv.safetensors"
-
-
-def _load_records(records_dir: str | Path | None, cfg: EvalConfig) -> tuple[dict[int, dict], Tensor]:
-    from ..data import dataset_info
-
-    info = dataset_info(cfg.dataset)
-    x_adv = torch.zeros(cfg.n, info["channels"], info["resolution"], info["resolution"])
-    if records_dir is None:
-        return {}, x_adv
-    jsonl, adv_path = _paths(records_dir, cfg)
-    if not jsonl.is_file() or not adv_path.is_file():
-        return {}, x_adv
-    from safetensors.torch import load_file
-
-    records = {}
-    with open(jsonl) as f:
-        header = json.loads(f.readline())
-        if header.get("config") != cfg.identity():
-            return {}, x_adv
-        for line in f:
-            if line.strip():
-                rec = json.loads(line)
-                records[rec["index"] - cfg.offset] = rec
-    x_adv = load_file(str(adv_path))["x_adv"]
-    log.info("resuming %s: %d/%d examples already evaluated", jsonl, len(records), cfg.n)
-    return records, x_adv
-
-
-def _save_records(records_dir: str | Path | None, cfg: EvalConfig, records: dict[int, dict], x_adv: Tensor) -> None:
-    if records_dir is None:
-        return
-    from safetensors.torch import save_file
-
-    jsonl, adv_path = _paths(records_dir, cfg)
-    jsonl.parent.mkdir(parents=True, exist_ok=True)
-    tmp_adv = adv_path.with_name(adv_path.name + ".tmp")
-    save_file({"x_adv": x_adv.contiguous()}, str(tmp_adv))
-    tmp_adv.replace(adv_path)
-    tmp = jsonl.with_name(jsonl.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps({"config": cfg.identity()}) + "\n")
-        for i in sorted(records):
-            f.write(json.dumps(records[i]) + "\n")
-    tmp.replace(jsonl)
