@@ -3,7 +3,8 @@
 ``train_denoiser(cfg, out)`` writes the EMA weights to ``out`` (a safetensors checkpoint with its
 config) and keeps a resumable training state beside it (``out.state.pt``: model, EMA, optimizer,
 step, RNG; saved with ``torch.save`` and read back with ``weights_only=True``). Interrupt it and run
-it again with the same arguments: it continues from the last periodic checkpoint.
+it again with the same arguments: it continues from the last periodic checkpoint. A damaged state
+file or one of another config raises ``StoredStateError`` naming it; ``restart=True`` moves it aside.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from .diffusion.loss import edm_loss
 from .models.base import Denoiser
 from .models.checkpoints import save_denoiser
 from .models.config import DenoiserConfig, build_denoiser
+from .stored_state import StoredStateError, load_torch_state, restart_aside, source_version
 from .utils import make_generator, resolve_device
 
 log = logging.getLogger(__name__)
 
+RESTART = "--restart (rdc train; restart=True in train_denoiser())"
 DIGITS_BACKBONE = {"model_channels": 32, "channel_mult": [1, 2, 2], "num_blocks": 1, "dropout": 0.1}
 
 
@@ -97,10 +100,16 @@ def train_denoiser(
     *,
     device: str | torch.device = "cpu",
     resume: bool = True,
+    restart: bool = False,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict:
-    """Train a denoiser per ``cfg``; write EMA weights to ``out``. Returns a summary dict."""
+    """Train a denoiser per ``cfg``; write EMA weights to ``out``. Returns a summary dict.
+
+    ``resume``: continue from ``<out>.state.pt`` if it exists (False: ignore it; it is overwritten at the
+    first checkpoint). ``restart``: move that file aside (renamed ``.damaged-<time>`` or ``.replaced-<time>``,
+    never deleted) and train from step 0. A damaged or mismatched state raises ``StoredStateError``.
+    """
     device = resolve_device(device)
     out = Path(out)
     state_path = out.with_name(out.name + ".state.pt")
@@ -121,15 +130,10 @@ def train_denoiser(
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     gen = make_generator(cfg.seed, device)
     step = 0
-    if resume and state_path.is_file():
-        saved = torch.load(state_path, map_location=device, weights_only=True)
-        if saved.get("train_config") != _jsonable(asdict(cfg)):
-            raise ValueError(f"{state_path} was written by a different training config; delete it or use resume=False")
-        net.load_state_dict(saved["model"])
-        ema.load_state_dict(saved["ema"])
-        opt.load_state_dict(saved["opt"])
-        gen.set_state(saved["rng"])
-        step = int(saved["step"])
+    if restart:
+        restart_aside([state_path], lambda: _read_state(state_path, cfg, device))
+    if resume and state_path.exists():
+        step = _load_state(state_path, cfg, net, ema, opt, gen, device)
         log.info("resumed from %s at step %d", state_path, step)
 
     bar = None
@@ -188,10 +192,50 @@ def _save_state(path: Path, net, ema, opt, gen: torch.Generator, step: int, cfg:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(
         {"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": gen.get_state(),
-         "step": step, "train_config": _jsonable(asdict(cfg))},
+         "step": step, "train_config": _jsonable(asdict(cfg)), "code": source_version()},
         tmp,
     )
     tmp.replace(path)
+
+
+def _read_state(path: Path, cfg: TrainConfig, device: torch.device) -> dict:
+    """The checked training state in ``path`` (nothing is loaded into a model yet).
+
+    Raises ``StoredStateError`` naming ``path`` when it is unreadable, of another config or malformed.
+    """
+    saved = load_torch_state(path, restart=RESTART, map_location=device)
+    if saved.get("train_config") != _jsonable(asdict(cfg)):
+        raise StoredStateError(path, "it was written by a different training config", restart=RESTART)
+    step = saved.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= cfg.steps:
+        raise StoredStateError(path, f"its step is {step!r}, expected an int in [0, {cfg.steps}]", restart=RESTART)
+    for key in ("model", "ema", "opt"):
+        if not isinstance(saved.get(key), dict):
+            raise StoredStateError(path, f"entry {key!r} is missing or not a state dict", restart=RESTART)
+    if not isinstance(saved.get("rng"), torch.Tensor) or saved["rng"].dtype != torch.uint8:
+        raise StoredStateError(path, "entry 'rng' is missing or not a generator state (uint8 tensor)", restart=RESTART)
+    return saved
+
+
+def _load_state(path: Path, cfg: TrainConfig, net, ema, opt, gen: torch.Generator, device: torch.device) -> int:
+    """Load the checked training state into net, ema, opt and gen; returns its step.
+
+    A state of another code version is resumed with a warning (the weights carry over to the new code).
+    """
+    saved = _read_state(path, cfg, device)
+    try:
+        net.load_state_dict(saved["model"])
+        ema.load_state_dict(saved["ema"])
+        opt.load_state_dict(saved["opt"])
+        gen.set_state(saved["rng"].cpu())  # a generator state is a CPU byte tensor, also for CUDA
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        what = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise StoredStateError(path, f"its weights, optimizer or RNG state do not fit this model ({what})",
+                               restart=RESTART) from exc
+    if saved.get("code") != source_version():
+        log.warning("%s was written by code version %s, this is %s: resuming its weights with this code",
+                    path, saved.get("code"), source_version())
+    return int(saved["step"])
 
 
 def denoiser_data_tensor(x01: Tensor) -> Tensor:

@@ -7,7 +7,8 @@ only if the model misclassifies the returned image. For examples that stay robus
 image with the smallest margin (the closest call). After every chunk the state is written to
 ``state_path`` (torch.save, atomically); a later call with the same inputs and attacks resumes after the
 last finished chunk. Attacks built with ``seed=`` reseed at every call, so a resumed run gives exactly
-the result of an uninterrupted one.
+the result of an uninterrupted one. A state file that is damaged or was written for other inputs,
+attacks or code raises ``StoredStateError`` naming it; ``restart=True`` moves it aside and starts afresh.
 
 Queries are counted per example (clean check, every attack's own queries, the verification forwards)
 and compared with the budget every attack would spend on every example without early stopping.
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..stored_state import StoredStateError, load_torch_state, restart_aside, source_version
 from ..utils import check_images, check_labels
 from .apgd import APGD
 from .base import Attack, Model, eval_mode
@@ -46,7 +48,8 @@ ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square")
 # Adaptive objectives and the unseen threat model (issue 10), kept apart from ATTACK_NAMES because they
 # need extra arguments (the Lagrangian attacks need denoiser=) or another threat model (StAdv: a flow bound).
 ADAPTIVE_ATTACK_NAMES = ("pgd-lagrange", "apgd-lagrange", "pgd-seot", "apgd-seot", "stadv")
-_STATE_FORMAT = "rdc-ensemble-state/1"
+_STATE_FORMAT = "rdc-ensemble-state/2"  # /2: with the code version
+RESTART = "restart=True (run_ensemble)"
 CLEAN_ERROR, ROBUST = -2, -1  # values of EnsembleResult.broken_by besides attack indices
 
 
@@ -184,7 +187,7 @@ def _fingerprint(x: Tensor, y: Tensor) -> str:
 def _fresh_state(x: Tensor, attacks: Sequence[tuple[str, Attack]], chunk_size: int, fingerprint: str) -> dict:
     n = x.shape[0]
     return {
-        "format": _STATE_FORMAT, "fingerprint": fingerprint, "chunk_size": chunk_size,
+        "format": _STATE_FORMAT, "fingerprint": fingerprint, "chunk_size": chunk_size, "code": source_version(),
         "attacks": [f"{name}: {atk!r}" for name, atk in attacks], "next_chunk": 0,
         "x_adv": x.detach().clone(), "clean_correct": torch.zeros(n, dtype=torch.bool),
         "robust": torch.zeros(n, dtype=torch.bool), "broken_by": torch.full((n,), ROBUST, dtype=torch.int64),
@@ -195,13 +198,31 @@ def _fresh_state(x: Tensor, attacks: Sequence[tuple[str, Attack]], chunk_size: i
 
 
 def _load_state(path: Path, expected: dict, device: torch.device) -> dict:
-    state = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-        raise ValueError(f"{path} is not an ensemble state file (expected format {_STATE_FORMAT!r})")
-    for key, what in (("fingerprint", "inputs (x, y)"), ("chunk_size", "chunk_size"), ("attacks", "attacks")):
+    """The checked state in ``path``; damage or a mismatch raises :class:`StoredStateError`."""
+    state = load_torch_state(path, restart=RESTART, map_location=device)
+    if state.get("format") != _STATE_FORMAT:
+        raise StoredStateError(path, f"it is not an ensemble state file of this version (format "
+                                     f"{state.get('format')!r}, expected {_STATE_FORMAT!r})", restart=RESTART)
+    for key, what in (("fingerprint", "inputs (x, y)"), ("chunk_size", "chunk_size"), ("attacks", "attacks"),
+                      ("code", "code version")):
         if state.get(key) != expected[key]:
-            raise ValueError(f"{path} was written for other {what}: {state.get(key)!r} != {expected[key]!r}; "
-                             "delete it or pass another state_path")
+            raise StoredStateError(path, f"it was written for other {what}: {state.get(key)!r} != {expected[key]!r}",
+                                   restart=RESTART)
+    n_chunks = -(-expected["x_adv"].shape[0] // expected["chunk_size"])
+    next_chunk = state.get("next_chunk")
+    if not isinstance(next_chunk, int) or isinstance(next_chunk, bool) or not 0 <= next_chunk <= n_chunks:
+        raise StoredStateError(path, f"next_chunk is {next_chunk!r}, expected an int in [0, {n_chunks}]",
+                               restart=RESTART)
+    for key, ref in expected.items():
+        if not isinstance(ref, Tensor):
+            continue
+        got = state.get(key)
+        if not isinstance(got, Tensor) or got.shape != ref.shape or got.dtype != ref.dtype:
+            found = f"{got.dtype} {tuple(got.shape)}" if isinstance(got, Tensor) else type(got).__name__
+            raise StoredStateError(path, f"{key!r} is {found}, expected {ref.dtype} {tuple(ref.shape)}",
+                                   restart=RESTART)
+    if not torch.isfinite(state["x_adv"]).all() or state["x_adv"].min() < 0 or state["x_adv"].max() > 1:
+        raise StoredStateError(path, "x_adv has values outside [0, 1] or not finite", restart=RESTART)
     return state
 
 
@@ -261,6 +282,7 @@ def run_ensemble(
     progress: bool = True,
     callback: Callable[[ChunkReport], None] | None = None,
     verify: bool = True,
+    restart: bool = False,
 ) -> EnsembleResult:
     """Worst case per example over ``attacks`` (list of (name, attack)), run in chunks, resumable.
 
@@ -275,6 +297,9 @@ def run_ensemble(
         verify: re-classify every attack's output (AutoAttack's check) with ``attack.verify`` forwards that
             must all misclassify it (one forward for deterministic models); with False the attack's own
             success flags are trusted (cheaper for expensive deterministic models).
+        restart: move an existing ``state_path`` aside (renamed ``.damaged-<time>`` or ``.replaced-<time>``,
+            never deleted) and start afresh. Without it, a damaged or mismatched state file raises
+            :class:`~rdc_lib.stored_state.StoredStateError` naming the file.
     """
     check_images(x)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -291,7 +316,9 @@ def run_ensemble(
     n, n_chunks = x.shape[0], -(-x.shape[0] // chunk_size)
     state = _fresh_state(x, attacks, chunk_size, _fingerprint(x, y))
     path = Path(state_path) if state_path is not None else None
-    if path is not None and path.is_file():
+    if path is not None and restart:
+        restart_aside([path], lambda: _load_state(path, state, x.device))
+    if path is not None and path.exists():
         state = _load_state(path, state, x.device)
         log.info("resuming ensemble from %s at chunk %d/%d", path, state["next_chunk"], n_chunks)
     state = {k: v.to(x.device) if isinstance(v, Tensor) else v for k, v in state.items()}
