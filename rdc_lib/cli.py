@@ -36,7 +36,9 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 reproduces the shipped files)")
-    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-resume", action="store_true", help="ignore <out>.state.pt (overwritten at the first checkpoint)")
+    p.add_argument("--restart", action="store_true",
+                   help="move <out>.state.pt aside (renamed .damaged-<time> / .replaced-<time>) and train from step 0")
 
 
 def _add_train_baseline(sub) -> None:
@@ -62,6 +64,8 @@ def _add_eval(sub) -> None:
             p.add_argument(flag, dest=f.name, type=typ, default=f.default)
     p.add_argument("--device", default="cpu")
     p.add_argument("--records", default=None, help="folder for per-example records (resumable)")
+    p.add_argument("--restart", action="store_true",
+                   help="move this configuration's stored records aside (renamed, never deleted) and start afresh")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the result as one JSON line (last line)")
     p.add_argument("--no-progress", action="store_true")
@@ -138,7 +142,11 @@ def add_sweep_arguments(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sweep", help="run a YAML sweep on Dask; resumes, records every cell in SQLite")
     p.add_argument("sweep_file", metavar="SWEEP.yaml")
     p.add_argument("--status", action="store_true", help="print done/failed/pending counts and exit")
-    p.add_argument("--retry-failed", action="store_true", help="run failed cells again (default: keep them)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run failed cells again (default: keep them); a cell that failed on damaged stored state "
+                        "has its folder moved aside first")
+    p.add_argument("--restart-store", action="store_true",
+                   help="move the result store aside (renamed, never deleted) and start a fresh one")
     p.add_argument("--workers", type=int, default=None,
                    help="local worker processes (default: one per GPU, else min(4, cpus); 0 = no Dask)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use a running Dask scheduler")
@@ -203,7 +211,8 @@ def cli_sweep(args: argparse.Namespace) -> int:
         print(json.dumps({"sweep": spec.name, "store": str(spec.store), **status.as_dict()}))
         return 0
     res = run_sweep(spec, workers=args.workers, scheduler_address=args.scheduler, slurm=_slurm_options(args),
-                    retry_failed=args.retry_failed, threads_per_cell=args.threads, progress=not args.no_progress)
+                    retry_failed=args.retry_failed, threads_per_cell=args.threads, progress=not args.no_progress,
+                    restart_store=args.restart_store)
     if args.report:
         rep = write_report(spec.store, sweep=spec.name)
         print(f"report: {rep.markdown} {rep.html}")
@@ -250,7 +259,7 @@ def _cmd_train(args) -> int:
         extra = {"model_channels": args.model_channels, "head_channels": args.head_channels}
         overrides["backbone"] = {**cfg.backbone, **{k: v for k, v in extra.items() if v is not None}}
     cfg = replace(cfg, **overrides)
-    summary = train_denoiser(cfg, args.out, device=args.device, resume=not args.no_resume)
+    summary = train_denoiser(cfg, args.out, device=args.device, resume=not args.no_resume, restart=args.restart)
     print(json.dumps(summary))
     return 0
 
@@ -267,7 +276,8 @@ def _cmd_eval(args) -> int:
     from .evaluation.runner import EvalConfig, evaluate
 
     cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
-    result = evaluate(cfg, device=args.device, records_dir=args.records, progress=not args.no_progress)
+    result = evaluate(cfg, device=args.device, records_dir=args.records, progress=not args.no_progress,
+                      restart=args.restart)
     if not result.get("trusted", True):
         failed = [k for k, c in result["checks"].items() if not c["passed"]]
         print(f"WARNING: UNTRUSTED robust accuracy: sanity checks failed: {', '.join(failed)}", file=sys.stderr)

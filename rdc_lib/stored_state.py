@@ -20,7 +20,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StoredStateError", "load_safetensors", "load_torch_state", "move_aside", "restart_aside",
+__all__ = ["StoredStateError", "is_stored_state_error", "load_safetensors", "load_torch_state", "move_aside", "restart_aside",
            "source_version"]
 
 DAMAGED, REPLACED, ORPHANED = "damaged", "replaced", "orphaned"  # tags of move_aside
@@ -58,15 +58,19 @@ def move_aside(path: str | Path, tag: str = DAMAGED) -> Path:
 def restart_aside(paths: list[Path], validate: Callable[[], Any]) -> list[Path]:
     """Restart: move every existing path aside, tagged ``damaged`` if ``validate()`` raises
     :class:`StoredStateError`, else ``replaced``. Returns the new names."""
-    existing = [p for p in paths if p.exists()]
-    if not existing:
+    if not any(p.exists() for p in paths):
         return []
     try:
         validate()
         tag = REPLACED
     except StoredStateError:
         tag = DAMAGED
-    return [move_aside(p, tag) for p in existing]
+    return [move_aside(p, tag) for p in paths if p.exists()]
+
+
+def is_stored_state_error(text: str | None) -> bool:
+    """Whether an error text recorded by a sweep (``'<Type>: message ...'``) is a :class:`StoredStateError`."""
+    return bool(text) and text.startswith(f"{StoredStateError.__name__}:")
 
 
 def load_torch_state(path: Path, *, restart: str, map_location: Any = "cpu") -> dict:

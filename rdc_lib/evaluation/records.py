@@ -147,7 +147,10 @@ def _read(jsonl: Path, adv: Path, cfg: "EvalConfig", x: Tensor, y: Tensor
 
 def _read_jsonl(jsonl: Path, cfg: "EvalConfig", y: Tensor) -> tuple[dict[int, dict], bool]:
     """Records {position: record} of a checked file, and whether its (unterminated) last line was cut off."""
-    raw = jsonl.read_bytes()
+    try:
+        raw = jsonl.read_bytes()
+    except OSError as exc:
+        raise StoredStateError(jsonl, f"it cannot be read ({exc})", restart=RESTART) from exc
     lines = raw.split(b"\n")
     terminated = raw.endswith(b"\n")
     if terminated:

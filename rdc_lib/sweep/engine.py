@@ -33,7 +33,8 @@ from typing import Any
 
 from .execute import CellOutcome, CellTask, execute_cell, failed_outcome
 from .spec import SweepSpec
-from .store import CellRecord, PlannedCell, ResultStore, plan_cells, target_id
+from ..stored_state import is_stored_state_error
+from .store import CellRecord, PlannedCell, ResultStore, move_store_aside, plan_cells, target_id
 
 __all__ = ["SlurmOptions", "SweepRunResult", "SweepStatus", "run_sweep", "slurm_cluster_kwargs", "sweep_status",
            "visible_gpus"]
@@ -226,6 +227,7 @@ def run_sweep(
     progress: bool = True,
     code: str | None = None,
     dashboard_address: str | None = None,
+    restart_store: bool = False,
 ) -> SweepRunResult:
     """Run every cell of ``spec`` not yet done in its store (failed ones too with ``retry_failed``).
 
@@ -234,6 +236,10 @@ def run_sweep(
     ``[]`` disables pinning). ``threads_per_cell``: OpenMP/torch threads per cell (default: cpus //
     workers locally, the job's cores on Slurm). ``code`` pins the code version in the keys.
     ``dashboard_address``: the Dask dashboard of an embedded cluster (default: a free port; needs bokeh).
+    ``retry_failed``: a failed cell whose error was damaged stored state (``StoredStateError``) has its
+    folder moved aside first; other failed cells resume from what their folder holds.
+    ``restart_store``: move the store (and its -wal/-shm files) aside and start a fresh one (every cell
+    runs again; eval cells resume from their intact records).
     """
     if scheduler_address is not None and slurm is not None:
         raise ValueError("give either scheduler_address or slurm options, not both")
@@ -242,9 +248,14 @@ def run_sweep(
     t0 = time.perf_counter()
     cells = plan_cells(spec, code)
     spec.output.mkdir(parents=True, exist_ok=True)
+    if restart_store:
+        moved = move_store_aside(spec.store)
+        if moved:
+            log.warning("sweep %s: the store is kept as %s; starting a fresh one", spec.name, ", ".join(map(str, moved)))
     with ResultStore(spec.store) as store:
         statuses = store.statuses(c.key for c in cells)
         todo = [c for c in cells if statuses.get(c.key) is None or (retry_failed and statuses[c.key] == "failed")]
+        damaged = {r.key for r in store.rows(status="failed") if is_stored_state_error(r.error)} if retry_failed else set()
         log.info("sweep %s: %d cells, %d done, %d failed, %d to run", spec.name, len(cells),
                  sum(s == "done" for s in statuses.values()), sum(s == "failed" for s in statuses.values()), len(todo))
         outcomes: list[CellOutcome] = []
@@ -255,7 +266,7 @@ def run_sweep(
             if threads_per_cell is None:
                 threads_per_cell = slurm.cores if slurm is not None else (
                     max(1, (os.cpu_count() or 1) // max(n, 1)) if local else None)
-            tasks = [_task(spec, c, threads_per_cell) for c in todo]
+            tasks = [_task(spec, c, threads_per_cell, restart=c.key in damaged) for c in todo]
             if local and n == 0:
                 outcomes = _run_inline(spec, todo, tasks, store, progress)
             else:
@@ -269,10 +280,10 @@ def run_sweep(
                           skipped=len(cells) - len(todo), seconds=time.perf_counter() - t0, outcomes=tuple(outcomes))
 
 
-def _task(spec: SweepSpec, cell: PlannedCell, threads: int | None) -> CellTask:
+def _task(spec: SweepSpec, cell: PlannedCell, threads: int | None, restart: bool = False) -> CellTask:
     return CellTask(key=cell.key, kind=spec.target_kind, target=spec.target, params=cell.params,
                     cell_dir=str((spec.output / "cells" / cell.key[:16]).resolve()), kernel=spec.kernel,
-                    cell_timeout=spec.cell_timeout, threads=threads)
+                    cell_timeout=spec.cell_timeout, threads=threads, restart=restart)
 
 
 def _record(store: ResultStore, spec: SweepSpec, cell: PlannedCell, outcome: CellOutcome) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..stored_state import DAMAGED, is_stored_state_error, move_aside
 from .store import utc_now
 
 __all__ = ["CellOutcome", "CellTask", "execute_cell"]
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "results.json"
 NOTEBOOK_FILE = "notebook.ipynb"
 _MAX_ERROR_CHARS = 20_000
+_SWEEP_WAY_OUT = ("In a sweep: rerun with `rdc sweep FILE --retry-failed` (retry_failed=True): this cell's folder "
+                  f"is moved aside as '<folder>.{DAMAGED}-<time>' (nothing is deleted) and the cell runs afresh.")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Kernel start-up races between concurrent papermill runs (papermill#511, jupyter_client#487): retry these.
 _KERNEL_START_ERRORS = ("Address already in use", "Kernel didn't respond", "Kernel died before replying")
@@ -52,6 +55,7 @@ class CellTask:
     cell_timeout: float | None = None
     threads: int | None = None         # torch / OpenMP threads for this cell
     kernel_start_retries: int = 2
+    restart: bool = False              # move the cell folder aside first (its stored state was damaged)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ def execute_cell(task: CellTask) -> CellOutcome:
     cell_dir = Path(task.cell_dir)
     notebook = None
     try:
+        if task.restart and cell_dir.exists():
+            moved = move_aside(cell_dir, DAMAGED)
+            log.warning("cell %s: its damaged folder is kept as %s; the cell runs afresh", task.key[:12], moved)
         cell_dir.mkdir(parents=True, exist_ok=True)
         (cell_dir / "params.json").write_text(json.dumps(task.params, indent=1, sort_keys=True))
         _set_threads(task.threads, torch_now=task.target == "eval")
@@ -87,6 +94,8 @@ def execute_cell(task: CellTask) -> CellOutcome:
         status, error = "done", None
     except Exception as exc:  # the target's failure is data: it becomes a 'failed' row
         status, result, error = "failed", None, _error_text(exc)
+        if is_stored_state_error(error):
+            error = error.replace("\n", f"\n{_SWEEP_WAY_OUT}\n", 1)
     if notebook is not None and not Path(notebook).is_file():
         notebook = None
     return CellOutcome(key=task.key, status=status, started=started, finished=utc_now(),

@@ -28,12 +28,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..stored_state import StoredStateError, restart_aside
 from .spec import EVAL_TARGET, SweepSpec
 
 __all__ = ["CellRecord", "PlannedCell", "ResultStore", "cell_key", "checkpoint_versions", "code_version",
            "file_sha256", "plan_cells", "utc_now"]
 
 SCHEMA_VERSION = "1"
+RESTART = "--restart-store (rdc sweep; restart_store=True in run_sweep())"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".pkl")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -236,26 +238,56 @@ class ResultStore:
         if readonly:
             if not self.path.is_file():
                 raise FileNotFoundError(f"result store {self.path} does not exist (run the sweep first)")
-            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            with self._conn:
-                self._conn.executescript(_SCHEMA)
-                self._conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)",
-                                   (SCHEMA_VERSION,))
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        self._check_schema()
+        self._conn = None
+        try:
+            if readonly:
+                self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+            else:
+                self._conn = sqlite3.connect(self.path, timeout=30)
+                tables = self._tables()
+                if tables and not {"cells", "meta"} <= tables:
+                    raise self._damaged(f"it is an SQLite file without the tables of an rdc sweep store (has "
+                                        f"{sorted(tables)}, expected cells and meta)")
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                with self._conn:
+                    self._conn.executescript(_SCHEMA)
+                    self._conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)",
+                                       (SCHEMA_VERSION,))
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            if self._conn is not None:
+                self._conn.close()
+            raise self._damaged(f"it is not a readable SQLite database ({exc})") from exc
+        except BaseException:
+            if self._conn is not None:
+                self._conn.close()
+            raise
+
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def _damaged(self, problem: str) -> StoredStateError:
+        return StoredStateError(self.path, problem, restart=RESTART)
 
     def _check_schema(self) -> None:
+        """The file is an rdc store of this schema and SQLite finds it intact (``PRAGMA quick_check``)."""
         try:
+            tables = self._tables()
+            if not {"cells", "meta"} <= tables:
+                raise self._damaged(f"it is an SQLite file without the tables of an rdc sweep store (has "
+                                    f"{sorted(tables)}, expected cells and meta)")
             row = self._conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            problems = [r[0] for r in self._conn.execute("PRAGMA quick_check")]
         except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{self.path} is not an rdc sweep store: {exc}") from exc
+            raise self._damaged(f"it is not a readable SQLite database ({exc})") from exc
+        if problems != ["ok"]:
+            raise self._damaged(f"SQLite finds it damaged ({'; '.join(problems[:3])})")
         if row is None or row[0] != SCHEMA_VERSION:
-            raise ValueError(f"{self.path} has store schema {row and row[0]!r}, expected {SCHEMA_VERSION!r}")
+            raise self._damaged(f"it has store schema {row and row[0]!r}, expected {SCHEMA_VERSION!r}")
 
     def close(self) -> None:
         self._conn.close()
@@ -278,13 +310,19 @@ class ResultStore:
         }
         if rec.status not in ("done", "failed"):
             raise ValueError(f"status must be 'done' or 'failed', got {rec.status!r}")
-        with self._conn:  # one transaction per cell: committed (durably, in WAL) before the next result
-            cur = self._conn.execute(_UPSERT, row)
+        try:
+            with self._conn:  # one transaction per cell: committed (durably, in WAL) before the next result
+                cur = self._conn.execute(_UPSERT, row)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(f"writing cell {rec.key[:12]} failed ({exc})") from exc
         return cur.rowcount == 1
 
     def statuses(self, keys: Iterable[str] | None = None) -> dict[str, str]:
         """{key: status} for the given keys (all rows if None)."""
-        rows = self._conn.execute("SELECT key, status FROM cells").fetchall()
+        try:
+            rows = self._conn.execute("SELECT key, status FROM cells").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(f"reading the cells failed ({exc})") from exc
         if keys is None:
             return dict(rows)
         wanted = set(keys)
@@ -309,8 +347,32 @@ class ResultStore:
     def _select(self, clause: str, args: tuple) -> Iterator[CellRecord]:
         cols = ("key, sweep, target, params, status, code_version, checkpoints, finished, result, error, "
                 "notebook, worker, started, duration, attempts")
-        for r in self._conn.execute(f"SELECT {cols} FROM cells {clause}", args):
-            yield CellRecord(key=r[0], sweep=r[1], target=r[2], params=json.loads(r[3]), status=r[4],
-                             code_version=r[5], checkpoints=json.loads(r[6]), finished=r[7],
-                             result=None if r[8] is None else json.loads(r[8]), error=r[9], notebook=r[10],
-                             worker=r[11], started=r[12], duration=r[13], attempts=r[14])
+        try:
+            rows = self._conn.execute(f"SELECT {cols} FROM cells {clause}", args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(f"reading the cells failed ({exc})") from exc
+        for r in rows:
+            try:
+                yield CellRecord(key=r[0], sweep=r[1], target=r[2], params=json.loads(r[3]), status=r[4],
+                                 code_version=r[5], checkpoints=json.loads(r[6]), finished=r[7],
+                                 result=None if r[8] is None else json.loads(r[8]), error=r[9], notebook=r[10],
+                                 worker=r[11], started=r[12], duration=r[13], attempts=r[14])
+            except (TypeError, ValueError) as exc:
+                raise self._damaged(f"cell {str(r[0])[:12]} holds text that is not JSON ({exc})") from exc
+
+
+def store_files(path: str | Path) -> list[Path]:
+    """The store and its SQLite companions (``-wal``, ``-shm``): what a restart moves aside together."""
+    path = Path(path)
+    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+def move_store_aside(path: str | Path) -> list[Path]:
+    """Move the store (and its -wal/-shm files) aside, tagged damaged if it does not open or a row does not
+    read back; returns the new names."""
+
+    def check() -> None:
+        with ResultStore(path, readonly=True) as store:
+            store.rows()
+
+    return restart_aside(store_files(path), check)
