@@ -134,14 +134,18 @@ def test_gradient_attack_on_a_gradient_free_defence_names_the_choices(name, setu
 
 
 def test_records_written_before_verify_still_resume(tmp_path):
-    from rdc_lib.evaluation.runner import _load_records, _paths, _save_records
+    from rdc_lib.data import load_dataset
+    from rdc_lib.evaluation.records import load_records, records_paths, save_records
 
     cfg = EvalConfig(defense="cnn", attack="pgd", n=2, chunk=2)
     assert "verify" not in cfg.identity() and "verify" in EvalConfig(verify=2).identity()
-    x_adv = torch.zeros(2, 1, 8, 8)
-    _save_records(tmp_path, cfg, {0: {"index": 0}, 1: {"index": 1}}, x_adv)
-    records, _ = _load_records(tmp_path, cfg)
+    x, y = load_dataset("digits", "test")
+    x, y = x[:2], y[:2]
+    recs = {i: {"index": i, "label": int(y[i]), "clean_pred": int(y[i]), "adv_preds": [int(y[i])],
+                "robust_first": True, "robust_all": True, "robust_frac": 1.0, "linf": 0.0, "l2": 0.0} for i in range(2)}
+    save_records(tmp_path, cfg, recs, x.clone())
+    records, _ = load_records(tmp_path, cfg, x, y)
     assert sorted(records) == [0, 1]
     # a header without the field (as written by older versions) is the same configuration
-    jsonl = _paths(tmp_path, cfg)[0]
+    jsonl = records_paths(tmp_path, cfg)[0]
     assert '"verify"' not in jsonl.read_text().splitlines()[0]
