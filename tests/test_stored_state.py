@@ -127,6 +127,20 @@ def test_missing_images_recompute_every_record(records, caplog):
     assert "is missing" in caplog.text and "recovered 0/8 records" in caplog.text and len(_aside(jsonl)) == 1
 
 
+def test_images_without_records_are_moved_aside_and_everything_recomputed(records):
+    clean, folder, jsonl, adv = records
+    jsonl.unlink()
+    res = evaluate(CFG, records_dir=folder, progress=False)
+    _same(res, clean)
+    assert len(_aside(adv, "orphaned")) == 1 and jsonl.is_file()
+
+
+def test_restart_of_intact_records_tags_them_replaced(records):
+    clean, folder, jsonl, adv = records
+    _same(evaluate(CFG, records_dir=folder, progress=False, restart=True), clean)
+    assert len(_aside(jsonl, "replaced")) == 1 and len(_aside(adv, "replaced")) == 1 and not _aside(jsonl)
+
+
 def test_random_bytes_in_the_images_name_the_file_then_restart_matches_a_clean_run(records):
     clean, folder, jsonl, adv = records
     damage = torch.randint(0, 256, (600,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
@@ -442,3 +456,19 @@ def test_retry_failed_keeps_the_folder_of_a_cell_that_failed_otherwise(tmp_path)
     marker.unlink()
     assert run_sweep(spec, workers=0, progress=False, retry_failed=True).status.done == 1
     assert [p.name for p in (spec.output / "cells").iterdir() if ".damaged-" in p.name] == []
+
+
+def test_a_notebook_cell_whose_results_file_is_not_json_fails_naming_it(tmp_path, monkeypatch):
+    import papermill
+
+    from rdc_lib.sweep.execute import RESULT_FILE, CellTask, execute_cell
+
+    def fake_execute(notebook, out, parameters, **kw):
+        Path(parameters["result_dir"], RESULT_FILE).write_text('{"robust_acc": 0.5')  # cut short
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    cell_dir = tmp_path / "cell"
+    outcome = execute_cell(CellTask(key="k" * 64, kind="notebook", target=str(tmp_path / "nb.ipynb"), params={},
+                                    cell_dir=str(cell_dir)))
+    assert outcome.status == "failed" and outcome.error.startswith("StoredStateError:")
+    assert str(cell_dir / RESULT_FILE) in outcome.error and "--retry-failed" in outcome.error

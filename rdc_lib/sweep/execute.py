@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..stored_state import DAMAGED, is_stored_state_error, move_aside
+from ..stored_state import DAMAGED, StoredStateError, is_stored_state_error, move_aside
 from .store import utc_now
 
 __all__ = ["CellOutcome", "CellTask", "execute_cell"]
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "results.json"
 NOTEBOOK_FILE = "notebook.ipynb"
 _MAX_ERROR_CHARS = 20_000
+CELL_RESTART = "--retry-failed (rdc sweep; retry_failed=True in run_sweep())"
 _SWEEP_WAY_OUT = ("In a sweep: rerun with `rdc sweep FILE --retry-failed` (retry_failed=True): this cell's folder "
                   f"is moved aside as '<folder>.{DAMAGED}-<time>' (nothing is deleted) and the cell runs afresh.")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -143,7 +144,10 @@ def _run_notebook(task: CellTask, cell_dir: Path) -> dict[str, Any]:
     if not result_file.is_file():
         raise RuntimeError(f"the notebook {task.target} finished without writing {result_file}: its last cell must "
                            f"write a JSON dict to Path(result_dir) / {RESULT_FILE!r} (see rdc_lib.sweep)")
-    result = json.loads(result_file.read_text())
+    try:
+        result = json.loads(result_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StoredStateError(result_file, f"it is not valid JSON ({exc})", restart=CELL_RESTART) from exc
     if not isinstance(result, dict):
         raise ValueError(f"{result_file} must hold a JSON object, got {type(result).__name__}")
     return result
