@@ -12,6 +12,10 @@ corrupts the file and loses at most the last commits on an OS crash or power los
 loses nothing that was committed). WAL needs every process on one host: keep the file on a local
 disk, not on a network file system (on Slurm: next to the client, not on the workers).
 
+A store that is not an rdc store, fails SQLite's ``quick_check`` or holds a row that does not read back
+raises ``StoredStateError`` naming it; ``rdc sweep --restart-store`` (``run_sweep(restart_store=True)``)
+moves it aside with its -wal/-shm files and starts a fresh one.
+
 Code version: ``<package version>+src.<hash>`` where the hash covers the ``rdc_lib`` Python sources and the
 target's own source (the notebook's code cells, or the module file of a ``module:callable`` target).
 Content hashes rather than the git commit, so a commit that does not touch the code keeps done cells.
