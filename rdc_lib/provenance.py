@@ -125,7 +125,7 @@ def describe(row: dict) -> str:
     if not prov:
         return NOT_RECORDED
     if prov.get("backfilled"):
-        return f"back-filled: {prov['backfilled']}"
+        return str(prov["backfilled"])
     commit = prov.get("commit")
     if not commit:
         return "commit unknown (no git checkout)"
