@@ -130,3 +130,13 @@ def describe(row: dict) -> str:
     if not commit:
         return "commit unknown (no git checkout)"
     return f"commit {commit[:7]}" + (" (dirty)" if prov.get("dirty") else "")
+
+
+def eval_provenance(cfg: Any, *, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``provenance`` of one ``rdc_lib.evaluation.EvalConfig`` run: hashes of the checkpoints its defence
+    reads, plus the CNN the sanity checks transfer from when checks run on a robust evaluation."""
+    from .evaluation.defenses import checkpoint_files
+    from .evaluation.runner import defense_spec
+
+    checks = bool(cfg.run_checks) and cfg.attack != "none" and cfg.defense != "cnn"
+    return provenance(checkpoint_files(defense_spec(cfg), transfer_source=checks), argv=argv)
