@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/latest
 PARAMS ?=
 
-.PHONY: venv run test test-browser test-fast lab benchmarks clean-venv
+.PHONY: venv run test test-browser test-fast lab benchmarks docs clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,9 @@ test-fast: $(STAMP)
 
 lab: $(STAMP)
 	bash scripts/lab.sh
+
+docs: $(STAMP)
+	$(BIN)/python benchmarks/regenerate_docs.py   # docs/*.md from docs/raw (byte-for-byte, tested)
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/bench_classifier.py

@@ -46,6 +46,13 @@ def _shard(offset: int, n: int, chunk: int, records: str, checks: bool) -> dict:
     return res
 
 
+def _provenance(checks: bool) -> dict:
+    from rdc_lib.evaluation import EvalConfig
+    from rdc_lib.provenance import eval_provenance
+
+    return eval_provenance(EvalConfig(run_checks=checks, **SETTINGS))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200)
@@ -88,6 +95,7 @@ def main() -> None:
                              "saving_ratio": grad_budget / max(1, grad_spent)},
         "forward_queries": {"spent": fwd_spent, "budget": fwd_budget, "saving_ratio": fwd_budget / max(1, fwd_spent)},
         "settings": SETTINGS,
+        "provenance": _provenance(args.checks),
     }
     print(f"AutoAttack-style RDC evaluation, {args.n} images, {args.shards} shards x 1 thread")
     shards = ", ".join(f"{s / 60:.1f}" for s in figures["shard_seconds"])

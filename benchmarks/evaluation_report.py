@@ -28,7 +28,9 @@ import torch
 
 from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import DefenseSpec, EvalConfig, build_defense, evaluate
+from rdc_lib.evaluation.defenses import checkpoint_files
 from rdc_lib.grad import gradient_cosine_similarity, suggest_eot
+from rdc_lib.provenance import describe, eval_provenance, provenance
 
 STRONGEST = "exact+EOT, verified stop"
 VERIFY = 4  # calls that must all misclassify before the strongest protocol stops attacking an image
@@ -41,7 +43,8 @@ def eot_diagnostic(defense: str, n: int, timesteps: int, samples: int = 4) -> di
     cos = gradient_cosine_similarity(model, x[:n], y[:n], n_samples=samples)
     sug = suggest_eot(cos, target=0.8)
     return {"defense": defense, "mean_cosine": cos.mean, "eot": min(sug.eot, 8), "eot_rule": sug.eot,
-            "cosine_used": sug.cosine, "n": n, "samples": samples}
+            "cosine_used": sug.cosine, "n": n, "samples": samples,
+            "provenance": provenance(checkpoint_files(DefenseSpec(name=defense, heads="multi")))}
 
 
 def protocols(defense: str, eot: int, verify: int = VERIFY) -> list[tuple[str, str, dict]]:
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> None:
                 continue
             t0 = time.perf_counter()
             res = evaluate(cfg, records_dir=out / "records", progress=True)
-            res.update(key=key, variant=variant, protocol=name, command=_command(cfg))
+            res.update(key=key, variant=variant, protocol=name, command=_command(cfg), provenance=eval_provenance(cfg))
             with open(store, "a") as f:
                 f.write(json.dumps(res) + "\n")
             print(f"{defense:7s} {variant:22s} {name:26s} robust {res['robust_acc']:.3f} avg {res['robust_acc_avg']:.3f} "
@@ -174,6 +177,12 @@ def doc(args: argparse.Namespace) -> int:
     lines += ["", "## Seconds per cell", "", "| defence | variant | protocol | seconds |", "|---|---|---|---|"]
     lines += [f"| {r['defense']} | {r['variant']} | {r['protocol']} | {r['seconds']:.0f} |" for r in rows]
     lines += ["", "## Commands", ""] + [f"- {r['defense']} / {r['variant']} / {r['protocol']}: `{r['command']}`" for r in rows]
+    lines += ["", "## Provenance", "", "Commit (and whether the working tree had uncommitted changes) of the code that "
+              "measured each cell; checkpoint hashes, library versions and the full command are in the raw rows "
+              "(docs/raw/evaluation.jsonl, docs/raw/eot_diagnostic.json).", "",
+              "| defence | variant | protocol | provenance |", "|---|---|---|---|"]
+    lines += [f"| {r['defense']} | {r['variant']} | {r['protocol']} | {describe(r)} |" for r in rows]
+    lines += [f"| {d} | EOT diagnostic | gradient cosine | {describe(v)} |" for d, v in diag.items()]
     if args.notes and Path(args.notes).is_file():
         lines += ["", Path(args.notes).read_text()]
     Path(args.out).write_text("\n".join(lines) + "\n")

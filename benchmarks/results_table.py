@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from rdc_lib.evaluation import EvalConfig, evaluate
+from rdc_lib.provenance import describe, eval_provenance
 
 THREATS = {"linf": 0.1, "l2": 0.5}
 DEFAULTS = dict(n=64, steps=25, restarts=1, square_queries=500, n_target_classes=3, timesteps=16, heads="multi",
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> None:
         res = evaluate(cfg, records_dir=Path(args.records) / "records", progress=True)
         res["key"] = cfg.key()
         res["command"] = command_for(cfg)
+        res["provenance"] = eval_provenance(cfg)
         with open(store, "a") as f:
             f.write(json.dumps(res) + "\n")
         print(f"{cfg.defense:9s} {cfg.norm:4s} eps={cfg.eps:<5g} clean {res['clean_acc']:.3f} robust "
@@ -107,6 +109,10 @@ def doc(args: argparse.Namespace) -> None:
             val = v.get("robust_acc", v.get("nonzero_fraction", ""))
             lines.append(f"| {r['defense']} | {r['norm']} | {k} | {v['passed']} | {val} |")
     lines += ["", "## Commands", ""] + [f"- `{r['command']}`" for r in rows]
+    lines += ["", "## Provenance", "", "Commit (and whether the working tree had uncommitted changes) of the code that "
+              "measured each cell; checkpoint hashes, library versions and the full command are in the raw rows "
+              "(docs/raw/results.jsonl).", "", "| defence | norm | provenance |", "|---|---|---|"]
+    lines += [f"| {r['defense']} | {r['norm']} | {describe(r)} |" for r in rows]
     if args.notes and Path(args.notes).is_file():
         lines += ["", Path(args.notes).read_text()]
     Path(args.out).write_text("\n".join(lines) + "\n")

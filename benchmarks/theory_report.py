@@ -1,9 +1,12 @@
 """Issue 11: the optimal diffusion classifier vs the learned one on digits, measured; writes docs/theory.md.
 
-    python benchmarks/theory_report.py                      # defaults: ~15-20 min on one loaded CPU core
-    python benchmarks/theory_report.py --n 16 --T 4 --steps 2 --square-queries 20 --out /tmp/t.md  # smoke run
+    python benchmarks/theory_report.py run      # defaults: ~15-20 min on one loaded CPU core; writes
+                                                # docs/raw/theory.json, then docs/theory.md from it
+    python benchmarks/theory_report.py doc      # docs/theory.md from docs/raw/theory.json only
+    python benchmarks/theory_report.py run --n 16 --T 4 --steps 2 --square-queries 20 \\
+        --raw /tmp/t.json --out /tmp/t.md       # smoke run
 
-What it measures (rdc-spec.md sections 6 and 7), for the optimal DC (``OptimalDenoiser`` of the digits
+What it measures (docs/paper.md sections 6 and 7), for the optimal DC (``OptimalDenoiser`` of the digits
 training split) and the learned DC (multi-head checkpoint), both on the same paper grid of T levels:
 
 1. Clean and robust accuracy on the first ``n`` test images AND the first ``n`` training images (the
@@ -20,7 +23,8 @@ training split) and the learned DC (multi-head checkpoint), both on the same pap
    gap learned - optimal (``gap_by_sigma``) on test and training images, and each level's share of the
    logit margin.
 
-Accuracies are counts with 95% Wilson intervals. Every number in the output file comes from this run.
+Accuracies are counts with 95% Wilson intervals. Every number in the output file comes from the raw JSON
+of one run (its provenance: commit, checkpoint hashes, library versions, command).
 The last printed line is a JSON object with the headline figures.
 """
 
@@ -48,6 +52,7 @@ from rdc_lib.grad import check_gradients_finite_nonzero, finite_difference_check
 from rdc_lib.models import load_denoiser
 from rdc_lib.models.optimal import OptimalDenoiser
 from rdc_lib.paths import checkpoint_path
+from rdc_lib.provenance import describe, provenance, relative_to_repo
 from rdc_lib.theory import (
     dominant_training_image,
     gap_by_sigma,
@@ -70,8 +75,13 @@ ATTACK_LABELS = {"cnn": "transfer CNN", "surrogate": "surrogate", "neighbour": "
 TOLERANCE = 0.125            # accuracy noise allowed by the comparative checks (as rdc_lib.evaluation.checks)
 
 
+RAW = ROOT / "docs" / "raw" / "theory.json"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="measure, write the raw JSON (with provenance), then the document from it")
     p.add_argument("--n", type=int, default=100, help="test images and training images (each)")
     p.add_argument("--T", type=int, default=16, help="levels of the paper grid (both classifiers)")
     p.add_argument("--steps", type=int, default=10, help="iterations of PGD / APGD")
@@ -88,8 +98,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", type=Path, default=None, help="multi-head denoiser (default: shipped digits_multi)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "theory.md")
-    p.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
-    return p.parse_args(argv)
+    p.add_argument("--raw", type=Path, default=RAW, help="every figure of the run as JSON (the doc's only source)")
+    d = sub.add_parser("doc", help="write the document from the raw JSON only")
+    d.add_argument("--raw", type=Path, default=RAW)
+    d.add_argument("--out", type=Path, default=ROOT / "docs" / "theory.md")
+    return top.parse_args(argv)
+
+
+def doc(raw: Path, out: Path) -> str:
+    """The document generated from the raw JSON alone (deterministic: no clock, no machine state)."""
+    R = json.loads(Path(raw).read_text())
+    text = render(R, R.get("argv", []))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -177,6 +199,10 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 # ------------------------------------------------------------------------------------------ main
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.cmd == "doc":
+        doc(args.raw, args.out)
+        print(f"wrote {args.out}")
+        return json.loads(args.raw.read_text())
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     threats = []
@@ -190,6 +216,7 @@ def main(argv=None) -> dict:
     sets = {"test": (x_te[:n], y_te[:n]), "train": (x_tr[:n], y_tr[:n])}
     grid = make_grid(args.T)
     ckpt = args.checkpoint or checkpoint_path("digits_multi")
+    prov = provenance([ckpt, checkpoint_path("digits_cnn")])
     opt_den = OptimalDenoiser(x_tr, y_tr)
     learned_den = load_denoiser(ckpt)
     denoisers = {"optimal": opt_den, "learned": learned_den}
@@ -200,7 +227,7 @@ def main(argv=None) -> dict:
     R: dict = {"settings": {"n": n, "T": args.T, "grid": "paper", "steps": args.steps,
                             "square_queries": args.square_queries, "transfer_steps": args.transfer_steps,
                             "stochastic_eot": args.stochastic_eot, "n_eval": args.n_eval, "checks_n": args.checks_n,
-                            "seed": args.seed, "threats": threats, "checkpoint": str(ckpt)}}
+                            "seed": args.seed, "threats": threats, "checkpoint": relative_to_repo(ckpt)}}
 
     # --- nearest-neighbour behaviour (needed first: it sets the surrogate's sigma_min) -------------
     gen = torch.Generator().manual_seed(args.seed)
@@ -300,11 +327,11 @@ def main(argv=None) -> dict:
     R["environment"] = {"torch": torch.__version__, "python": platform.python_version(), "threads": 1,
                         "machine": platform.machine()}
 
-    text = render(R, argv if argv is not None else sys.argv[1:])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    if args.json is not None:
-        args.json.write_text(json.dumps(R, indent=1))
+    R["argv"] = list(argv if argv is not None else sys.argv[1:])
+    R["provenance"] = prov
+    args.raw.parent.mkdir(parents=True, exist_ok=True)
+    args.raw.write_text(json.dumps(R, indent=1) + "\n")
+    doc(args.raw, args.out)
     headline = headline_numbers(R)
     print(json.dumps(headline))
     return R
@@ -327,12 +354,14 @@ def render(R: dict, argv: list[str]) -> str:
     cmd = "python benchmarks/theory_report.py" + ("" if not argv else " " + " ".join(argv))
     L: list[str] = []
     L.append("# The optimal diffusion classifier vs the learned one (digits)\n")
-    L.append("Generated by `benchmarks/theory_report.py` (issue 11); every number below comes from one run of the "
-             "script, nothing is edited by hand. Theory: rdc-spec.md section 6; protocol: section 7.\n")
+    L.append("Generated by `benchmarks/theory_report.py doc` from `docs/raw/theory.json` (issue 11); every number "
+             "below comes from one run of the script, nothing is edited by hand. Theory: docs/paper.md section 6; "
+             "protocol: section 7.\n")
     L.append("```\nsource .venv/bin/activate\n" + cmd + "\n```\n")
     L.append(f"Run: {R['seconds'] / 60:.1f} min on one CPU thread (torch {R['environment']['torch']}, "
              f"Python {R['environment']['python']}, {R['environment']['machine']}; the machine was shared with "
              "other jobs, so times are indicative).\n")
+    L.append(f"Provenance: {describe(R)}.\n")
     L.append("## Setup\n")
     L.append(table(["setting", "value"], [
         ["images", f"first {st['n']} test images and first {st['n']} training images of the digits split"],

@@ -1,4 +1,4 @@
-"""The diffusion classifier (DC): Bayes' rule over conditional diffusion ELBOs (rdc-spec.md section 3).
+"""The diffusion classifier (DC): Bayes' rule over conditional diffusion ELBOs (docs/paper.md section 3).
 
 logits[b, y] = -sum_t w_t E||D(x_b + sigma_t eps; sigma_t, y) - x_b||^2 + log p(y), i.e. an estimate of
 log p(x_b | y) + log p(y) up to a constant shared by all classes; softmax gives p(y | x_b).

@@ -274,10 +274,12 @@ def _cmd_train_baseline(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .evaluation.runner import EvalConfig, evaluate
+    from .provenance import eval_provenance
 
     cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
     result = evaluate(cfg, device=args.device, records_dir=args.records, progress=not args.no_progress,
                       restart=args.restart)
+    result["provenance"] = eval_provenance(cfg)
     if not result.get("trusted", True):
         failed = [k for k, c in result["checks"].items() if not c["passed"]]
         print(f"WARNING: UNTRUSTED robust accuracy: sanity checks failed: {', '.join(failed)}", file=sys.stderr)

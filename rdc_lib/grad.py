@@ -1,4 +1,4 @@
-"""Gradients through likelihood maximization, and gradient health checks (rdc-spec.md sections 4, 7).
+"""Gradients through likelihood maximization, and gradient health checks (docs/paper.md sections 4, 7).
 
 Exact LM gradients at bounded memory
 ------------------------------------
@@ -116,7 +116,7 @@ def lm_exact(denoiser: Denoiser, x: Tensor, noise: LMNoise, cfg: LMConfig | None
 
 
 def lm_bpda(denoiser: Denoiser, x: Tensor, noise: LMNoise, cfg: LMConfig | None = None) -> Tensor:
-    """LM(x) forward, identity backward (BPDA, rdc-spec.md section 4)."""
+    """LM(x) forward, identity backward (BPDA, docs/paper.md section 4)."""
     cfg = cfg or LMConfig()
     noise = _checked(denoiser, x, noise, cfg)
     x_hat = likelihood_maximization(denoiser, x.detach(), noise=noise, config=cfg).x
@@ -319,7 +319,7 @@ def gradient_cosine_similarity(
     """Cosine similarity of input gradients across independent calls of a stochastic ``model``.
 
     Each call must draw fresh randomness (a defence in ``noise_mode='stochastic'``). A deterministic
-    model gives 1; a zero gradient counts as cosine 0. Used with :func:`suggest_eot` (rdc-spec.md
+    model gives 1; a zero gradient counts as cosine 0. Used with :func:`suggest_eot` (docs/paper.md
     section 7: DiffPure's gradients are far more random than the DC's).
     """
     _check_loss(loss)

@@ -1,4 +1,4 @@
-"""Likelihood maximization (LM), the purification step of RDC (rdc-spec.md section 4).
+"""Likelihood maximization (LM), the purification step of RDC (docs/paper.md section 4).
 
 Starting from images x in [0, 1], LM takes N gradient steps that lower the *unconditional*
 diffusion loss
@@ -82,7 +82,7 @@ class LMDivergenceError(ValueError):
 
 @dataclass(frozen=True)
 class LMConfig:
-    """Settings of likelihood maximization (defaults: the paper's, rdc-spec.md section 4)."""
+    """Settings of likelihood maximization (defaults: the paper's, docs/paper.md section 4)."""
 
     steps: int = 5                                        # N gradient steps
     step_size: float = 0.03                               # model-space units (see module docstring)
@@ -291,7 +291,7 @@ def likelihood_maximization(
     return_trajectory: bool = False,
     config: LMConfig | None = None,                       # overrides the individual settings
 ) -> LMResult:
-    """Likelihood maximization (rdc-spec.md section 4): returns :class:`LMResult`.
+    """Likelihood maximization (docs/paper.md section 4): returns :class:`LMResult`.
 
     ``create_graph=False`` returns images with no autograd graph; ``True`` keeps the plain unrolled
     graph (second order, memory linear in N: the reference for rdc_lib.grad.lm_exact, which gives

@@ -3,7 +3,7 @@
 Each preset is a frozen :class:`Preset` of frozen groups (grid, DC, LM, attack, evaluation data,
 checkpoints), with the names the library functions use, so a caller writes e.g.
 ``make_grid(**p.grid.kwargs())`` or ``likelihood_maximization(den, x, **p.lm.kwargs())``.
-Sources are rdc-spec.md sections 2-4 and 7; where the paper and the released code differ the
+Sources are docs/paper.md sections 2-4 and 7; where the paper and the released code differ the
 field comment says which one a value follows.
 
 ``required_files(preset, data_root, ckpt)`` lists what is missing on disk for a preset and says
@@ -27,7 +27,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class GridPreset:
-    """Noise levels of the diffusion classifier (rdc-spec.md section 3); kwargs of ``make_grid``."""
+    """Noise levels of the diffusion classifier (docs/paper.md section 3); kwargs of ``make_grid``."""
 
     T: int = 32                     # number of levels
     kind: str = "paper"             # linspace(sigma_min, sigma_max, T + 1)[:-1]
@@ -53,7 +53,7 @@ class DCPreset:
 
 @dataclass(frozen=True)
 class LMPreset:
-    """Likelihood maximization (rdc-spec.md section 4); kwargs of ``likelihood_maximization``."""
+    """Likelihood maximization (docs/paper.md section 4); kwargs of ``likelihood_maximization``."""
 
     steps: int = 5                               # N
     step_size: float = 0.1                       # model-space units
@@ -68,7 +68,7 @@ class LMPreset:
 
 @dataclass(frozen=True)
 class AttackPreset:
-    """Threat models and attack budget (rdc-spec.md section 7)."""
+    """Threat models and attack budget (docs/paper.md section 7)."""
 
     attack: str = "apgd-dlr"        # released code: AutoAttack custom mode, APGD-DLR only
     iterations: int = 100

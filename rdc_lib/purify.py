@@ -1,4 +1,4 @@
-"""DiffPure-style baseline: diffuse, denoise with the unconditional model, classify (rdc-spec.md s. 1, 7).
+"""DiffPure-style baseline: diffuse, denoise with the unconditional model, classify (docs/paper.md sections 1, 7).
 
 x (B, C, H, W) in [0, 1] -> x' = 2x - 1 -> x_t = x' + sigma* z -> reverse diffusion from sigma* to 0
 with the null-label denoiser (ODE: EDM Heun; SDE: Euler-Maruyama) -> (x_0 + 1) / 2 clipped to

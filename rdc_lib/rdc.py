@@ -1,4 +1,4 @@
-"""The Robust Diffusion Classifier: RDC(x) = DC(LM(x)) (rdc-spec.md section 4).
+"""The Robust Diffusion Classifier: RDC(x) = DC(LM(x)) (docs/paper.md section 4).
 
 LM (rdc_lib.lm) moves the input towards higher unconditional likelihood inside the eta-ball, then
 the diffusion classifier (rdc_lib.classifier) classifies the result. One code path serves

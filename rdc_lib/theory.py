@@ -1,4 +1,4 @@
-"""Measurements around the optimal diffusion classifier (rdc-spec.md section 6).
+"""Measurements around the optimal diffusion classifier (docs/paper.md section 6).
 
 Data in, data out (no printing): notebook 05 and the report plot these.
 

@@ -84,7 +84,7 @@ def _init_partial(net: Denoiser, path: str) -> None:
     if getattr(net, "heads", None) == "multi" and src_cfg.get("heads") == "single" and src_cfg.get("arch") == "ddpmpp":
         from .models.ddpmpp import widen_to_multihead
 
-        dropped = widen_to_multihead(net, state)  # replicate the output layer per head (rdc-spec.md section 5)
+        dropped = widen_to_multihead(net, state)  # replicate the output layer per head (docs/paper.md section 5)
         log.info("multi-head initialised from single-head %s (dropped %s)", path, dropped)
         return
     own = net.state_dict()

@@ -1,4 +1,4 @@
-"""The closed-form optimal denoiser and the theory measurements (rdc-spec.md section 6)."""
+"""The closed-form optimal denoiser and the theory measurements (docs/paper.md section 6)."""
 
 from __future__ import annotations
 

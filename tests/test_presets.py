@@ -1,4 +1,4 @@
-"""Named presets: values from rdc-spec.md, kwargs that fit the library functions, missing-file messages."""
+"""Named presets: values from docs/paper.md, kwargs that fit the library functions, missing-file messages."""
 
 from __future__ import annotations
 

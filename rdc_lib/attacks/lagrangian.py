@@ -1,4 +1,4 @@
-"""The Lagrangian ("adaptive") attack on likelihood maximization (rdc-spec.md section 4).
+"""The Lagrangian ("adaptive") attack on likelihood maximization (docs/paper.md section 4).
 
 LM pulls an input towards high likelihood under the defence's unconditional diffusion model, which can
 undo an adversarial perturbation that made the image unlikely. The Lagrangian attack anticipates this: it

@@ -1,5 +1,5 @@
 """StAdv: spatially transformed adversarial examples (Xiao et al. 2018, https://arxiv.org/abs/1801.02612),
-the unseen threat model of the RDC evaluation (rdc-spec.md section 7: bound 0.05, 100 iterations).
+the unseen threat model of the RDC evaluation (docs/paper.md section 7: bound 0.05, 100 iterations).
 
 Instead of adding a perturbation, StAdv moves pixels: a flow field f (B, 2, H, W) gives every output pixel
 p the location p + f(p) at which the input is read with bilinear interpolation,

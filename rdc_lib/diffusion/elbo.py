@@ -2,7 +2,7 @@
 
 term[b, k, t] = w_t * mean_pixels (D(x_b + sigma_t eps_{b,t}; sigma_t, y_k) - x_b)^2 in model space,
 so -sum_t term[b, k, t] estimates log p(x_b | y_k) up to a constant shared by all classes
-(rdc-spec.md section 3). Every level of the grid is used with one eps each. With
+(docs/paper.md section 3). Every level of the grid is used with one eps each. With
 ``shared_noise=True`` every class sees the same eps (variance reduction of logit differences;
 a multi-head network always shares it, since one pass serves all classes).
 """

@@ -1,4 +1,4 @@
-"""EDM training loss (Karras et al. 2022, rdc-spec.md section 2), unreduced.
+"""EDM training loss (Karras et al. 2022, docs/paper.md section 2), unreduced.
 
 ln sigma ~ N(P_mean, P_std^2); weight lambda(sigma) = (sigma^2 + s_d^2) / (sigma s_d)^2;
 loss = lambda(sigma) * (D(x + sigma eps; sigma, y) - x)^2 per element. Labels are dropped to the

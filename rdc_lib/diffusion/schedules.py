@@ -1,4 +1,4 @@
-"""Noise-level grids and their quadrature weights for the diffusion ELBO (rdc-spec.md section 3).
+"""Noise-level grids and their quadrature weights for the diffusion ELBO (docs/paper.md section 3).
 
 The conditional diffusion loss L(x, y) = integral of w(sigma) E_eps ||D(x + sigma eps; sigma, y) - x||^2
 is evaluated on a fixed grid of T levels (every level, one eps each). A grid is a pair
@@ -14,7 +14,7 @@ Grids (``GRIDS``):
 Weightings (``WEIGHTINGS``) for ``paper`` and ``karras``:
 - ``edm``: lambda(sigma) p_LN(sigma) d_sigma, lambda = (sigma^2 + s_d^2) / (sigma s_d)^2 (the paper's).
   p_LN is the *correct* log-normal density; the reference code multiplies by P_std^2 where the
-  density divides by it (rdc-spec.md section 3), which we do not reproduce.
+  density divides by it (docs/paper.md section 3), which we do not reproduce.
 - ``elbo``: d_sigma / sigma^3 (the variational bound of the VE process, per pixel; up to constants).
   On the paper grid (sigma from 1e-4) the smallest levels dominate it completely: measured 3.6%
   accuracy for the digits multi-head DC at T = 32 (vs 96.7% with ``edm``), which is why the paper

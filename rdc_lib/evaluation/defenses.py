@@ -118,3 +118,25 @@ def _build_from_preset(spec: DefenseSpec, device: torch.device) -> nn.Module:
     lm = LMConfig(**{k: lm_kw[k] for k in ("steps", "step_size", "eta", "norm", "sigma_range", "optimizer")})
     return RobustDiffusionClassifier(denoiser, dc, lm=lm, grad_mode=spec.grad_mode,
                                      noise_mode=p.dc.noise_mode, seed=spec.seed).eval()
+
+
+def checkpoint_files(spec: DefenseSpec, *, transfer_source: bool = False) -> list["Path"]:
+    """The checkpoint files ``build_defense(spec)`` reads (for provenance hashes); with ``transfer_source``
+    also the standard CNN the sanity checks transfer from (rdc_lib.evaluation.checks)."""
+    from pathlib import Path
+
+    files: list[Path] = []
+    if spec.ckpt_dir:
+        from ..presets import get_preset
+
+        p = get_preset(spec.preset or "cifar10-paper")
+        files += [Path(spec.ckpt_dir) / n for n in (p.checkpoints.classifier, p.checkpoints.lm) if n]
+    elif spec.name in ("cnn", "at-cnn"):
+        files.append(checkpoint_path("digits_cnn" if spec.name == "cnn" else "digits_at_cnn"))
+    elif spec.name != "optimal-dc":
+        files.append(Path(spec.denoiser_path) if spec.denoiser_path else checkpoint_path(f"digits_{spec.heads}"))
+        if spec.name == "diffpure":
+            files.append(checkpoint_path("digits_cnn"))
+    if transfer_source and not spec.ckpt_dir:
+        files.append(checkpoint_path("digits_cnn"))
+    return sorted(set(files))

@@ -2,11 +2,11 @@
 
 A denoiser maps a noisy image x (B, C, H, W), its noise level sigma (B,) and class labels (B,)
 to an estimate of the clean image D(x; sigma, y) (B, C, H, W). Images live in the model space
-[-1, 1] (x' = 2x - 1, rdc-spec.md section 2). Label ``num_classes`` is the *null* label: it
+[-1, 1] (x' = 2x - 1, docs/paper.md section 2). Label ``num_classes`` is the *null* label: it
 selects the unconditional model p(x) used by likelihood maximization; ``labels=None`` means null.
 
 ``denoise_all`` returns the denoised image for several classes at once (B, K', C, H, W). A
-multi-head network does that in one pass (rdc-spec.md section 5); a single-head network batches
+multi-head network does that in one pass (docs/paper.md section 5); a single-head network batches
 K' passes into one call.
 """
 

@@ -4,7 +4,7 @@ EDM (Karras et al. 2022) re-implements Song et al.'s DDPM++ as ``SongUNet`` and 
 ``EDMPrecond``; the released ``edm-cifar10-32x32-{cond,uncond}-vp.pkl`` use it with
 model_channels 128, channel_mult [2, 2, 2], 4 blocks per level, attention at 16x16, positional
 noise embedding, standard encoder/decoder, resample filter [1, 1] and augment_dim 9
-(rdc-spec.md section 2). This module is our own implementation of that network: the same
+(docs/paper.md section 2). This module is our own implementation of that network: the same
 computation and the same parameter names and shapes, so official weights load one to one.
 
 Name mapping (``edm_state_dict`` / ``load_edm_state_dict``): the official ``EDMPrecond`` holds the
@@ -22,7 +22,7 @@ CIFAR-10 network was trained without label dropout, so its null output is *not* 
 model: pair it with the released unconditional network instead (``edm_import.PairedDenoiser``).
 ``label_dim=0`` builds an unconditional network that ignores labels.
 
-Multi-head (rdc-spec.md section 5): ``heads='multi'`` builds the same U-Net without label input
+Multi-head (docs/paper.md section 5): ``heads='multi'`` builds the same U-Net without label input
 whose output convolution ``dec.{res}x{res}_aux_conv`` has (K + 1) * C channels, head-major (head k
 is channels k*C .. k*C + C - 1; head K is the null head). :func:`widen_to_multihead` initialises
 it from a single-head network: every other weight is copied by name and the output layer is

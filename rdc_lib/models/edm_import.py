@@ -282,7 +282,7 @@ def import_edm_pickle(
 
 
 # ---------------------------------------------------------------------------------------------
-# Conditional + unconditional pair (the reference's setting, rdc-spec.md section 2).
+# Conditional + unconditional pair (the reference's setting, docs/paper.md section 2).
 
 class PairedDenoiser(Denoiser):
     """Routes class labels to ``cond`` and the null label to ``uncond`` (the Denoiser contract).

@@ -1,4 +1,4 @@
-"""The closed-form optimal denoiser of a finite training set (rdc-spec.md section 6).
+"""The closed-form optimal denoiser of a finite training set (docs/paper.md section 6).
 
 For training images x_1..x_N (model space, x' = 2x - 1) with labels y_i, the minimiser of the
 denoising loss E ||D(x_i + sigma eps; sigma, y_i) - x_i||^2 at noise level sigma is the posterior mean

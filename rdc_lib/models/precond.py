@@ -1,4 +1,4 @@
-"""EDM preconditioning around any backbone (Karras et al. 2022, rdc-spec.md section 2).
+"""EDM preconditioning around any backbone (Karras et al. 2022, docs/paper.md section 2).
 
 D(x; sigma, y) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma), y) with
 sigma_data = 0.5. ``heads='single'``: the label is an input of F. ``heads='multi'``: F takes no

@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..provenance import file_sha256  # one home: rdc_lib.provenance (re-exported here)
 from ..stored_state import StoredStateError, restart_aside
 from .spec import EVAL_TARGET, SweepSpec
 
@@ -86,23 +87,6 @@ def canonical_json(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------- identity
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (cached per process by path, size and mtime)."""
-    path = Path(path)
-    st = path.stat()
-    cache_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if cache_key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[cache_key] = h.hexdigest()
-    return _SHA_CACHE[cache_key]
-
 
 def _sources_hash(root: Path, h: "hashlib._Hash") -> None:
     for path in sorted(root.rglob("*.py")):

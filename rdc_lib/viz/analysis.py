@@ -1,6 +1,6 @@
 """The small experiments behind the notebooks' figures: tensors in, dataclasses of tensors out.
 
-Each function measures one thing the notebooks plot (rdc-spec.md sections 3, 4 and 7):
+Each function measures one thing the notebooks plot (docs/paper.md sections 3, 4 and 7):
 
 - :func:`repeated_logits`, :func:`logit_difference_std`, :func:`logit_spread_vs_T`: the spread of
   logit differences over noise draws, against the number of levels T and shared/independent noise;
@@ -62,7 +62,7 @@ def logit_difference_std(logits: Tensor, y: Tensor) -> Tensor:
     """Per-image spread (B,) of z_y - z_j over draws: std over the D draws, averaged over j != y.
 
     logits (D, B, K), y (B,). Only differences matter for the posterior (softmax is shift invariant),
-    so this is the noise that can flip a decision (rdc-spec.md section 3).
+    so this is the noise that can flip a decision (docs/paper.md section 3).
     """
     if logits.ndim != 3 or logits.shape[0] < 2:
         raise ValueError(f"logits must have shape (D >= 2, B, K), got {tuple(logits.shape)}")

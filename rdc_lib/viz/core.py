@@ -134,7 +134,7 @@ def elbo_terms_figure(sigmas: Any, terms: Any, *, label: int | None = None, titl
 
 
 def elbo_sum_figure(totals: Any, *, label: int | None = None, title: str = "") -> go.Figure:
-    """Sum over levels L(x, y) per class (K,): the DC's logit is -L(x, y) + log p(y) (rdc-spec.md section 3)."""
+    """Sum over levels L(x, y) per class (K,): the DC's logit is -L(x, y) + log p(y) (docs/paper.md section 3)."""
     v = _np(totals).reshape(-1)
     colors = ["#d62728" if label is not None and k == label else "#7f7f7f" for k in range(v.shape[0])]
     fig = go.Figure(go.Bar(x=[str(k) for k in range(v.shape[0])], y=v, marker_color=colors,

@@ -1,4 +1,4 @@
-"""Plotly figures for the optimal diffusion classifier story (notebook 05, rdc-spec.md section 6).
+"""Plotly figures for the optimal diffusion classifier story (notebook 05, docs/paper.md section 6).
 
 Data in (tensors, arrays, lists, the dataclasses of ``rdc_lib.theory`` or their ``to_dict()``), a new
 ``go.Figure`` out; nothing is displayed and no state is kept.

@@ -1,0 +1,70 @@
+"""Regenerate every document of docs/ that is generated from raw data in docs/raw (never edited by hand).
+
+    .venv/bin/python benchmarks/regenerate_docs.py                 # rewrite docs/*.md in place
+    .venv/bin/python benchmarks/regenerate_docs.py --out /tmp/docs # write them elsewhere (to compare)
+
+Each document is written by its own script's ``doc`` mode from the raw files only (and, for results.md and
+evaluation.md, the hand-written notes appended verbatim); tests/test_docs_generated.py regenerates them all
+into a temporary folder and compares them byte for byte with the committed files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from argparse import Namespace
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+# generated document -> (script in benchmarks/, raw files it reads under docs/raw, notes appended verbatim)
+GENERATED: dict[str, tuple[str, tuple[str, ...], str | None]] = {
+    "results.md": ("results_table.py", ("results.jsonl",), "results_notes.md"),
+    "evaluation.md": ("evaluation_report.py", ("evaluation.jsonl", "eot_diagnostic.json"), "evaluation_notes.md"),
+    "theory.md": ("theory_report.py", ("theory.json",), None),
+    "performance.md": ("performance_report.py", ("performance.json",), None),
+}
+
+
+def _script(name: str) -> ModuleType:
+    path = Path(__file__).with_name(name)
+    spec = importlib.util.spec_from_file_location(f"_rdc_bench_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def regenerate(doc: str, out: Path, raw_dir: Path = DOCS / "raw", docs_dir: Path = DOCS) -> Path:
+    """Write the generated document ``doc`` (a key of GENERATED) to ``out`` from the raw files in ``raw_dir``."""
+    if doc not in GENERATED:
+        raise ValueError(f"{doc!r} is not a generated document; generated: {', '.join(GENERATED)}")
+    script, _, notes = GENERATED[doc]
+    module = _script(script)
+    notes_path = str(docs_dir / notes) if notes else ""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if doc == "results.md":
+        module.doc(Namespace(records=str(raw_dir), out=str(out), notes=notes_path))
+    elif doc == "evaluation.md":
+        module.doc(Namespace(records=str(raw_dir), out=str(out), notes=notes_path, n_eval=10))
+    elif doc == "theory.md":
+        module.doc(raw_dir / "theory.json", out)
+    else:
+        module.doc(raw_dir / "performance.json", out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=DOCS, help="folder to write the documents to (default: docs/)")
+    ap.add_argument("--raw", type=Path, default=DOCS / "raw")
+    args = ap.parse_args(argv)
+    for doc in GENERATED:
+        regenerate(doc, args.out / doc, args.raw)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Every generated document matches its raw data byte for byte; no file points outside the repository.
+
+The generated docs (docs/results.md, evaluation.md, theory.md, performance.md) are regenerated from
+docs/raw by ``benchmarks/regenerate_docs.py`` into a temporary folder and compared with the committed
+files. The tracked files are scanned for references a user of the repository cannot follow (an
+external spec file, a sibling ``shared`` folder, absolute paths of the machine that wrote them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _regen():
+    spec = importlib.util.spec_from_file_location("_regenerate_docs", ROOT / "benchmarks" / "regenerate_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REGEN = _regen()
+
+
+# --------------------------------------------------------------------------- generated docs
+
+@pytest.mark.parametrize("doc", sorted(REGEN.GENERATED))
+def test_generated_doc_matches_raw_byte_for_byte(doc, tmp_path):
+    out = REGEN.regenerate(doc, tmp_path / doc)
+    committed = (ROOT / "docs" / doc).read_bytes()
+    assert out.read_bytes() == committed, (
+        f"docs/{doc} differs from what its raw data generates: run "
+        f"`python benchmarks/regenerate_docs.py` (never edit a generated doc by hand)")
+
+
+def test_a_changed_raw_value_is_caught(tmp_path):
+    """The comparison can fail: one number changed in a raw file changes the generated document."""
+    raw = tmp_path / "raw"
+    shutil.copytree(ROOT / "docs" / "raw", raw)
+    data = json.loads((raw / "performance.json").read_text())
+    data["gpu_runs"][0]["result"]["dc"]["images_per_s"] += 1.0
+    (raw / "performance.json").write_text(json.dumps(data))
+    out = REGEN.regenerate("performance.md", tmp_path / "performance.md", raw_dir=raw)
+    assert out.read_bytes() != (ROOT / "docs" / "performance.md").read_bytes()
+    assert "3.64 images/s" in out.read_text()
+
+
+def test_regeneration_is_deterministic(tmp_path):
+    """No clock or machine state in the output: two regenerations are identical."""
+    for doc in REGEN.GENERATED:
+        a = REGEN.regenerate(doc, tmp_path / "a" / doc).read_bytes()
+        b = REGEN.regenerate(doc, tmp_path / "b" / doc).read_bytes()
+        assert a == b, doc
+
+
+def test_every_generated_doc_is_listed():
+    """A doc that says it is written from stored/raw results must be regenerated (and compared) here."""
+    claims = re.compile(r"(Written|Generated) by `benchmarks/")
+    for path in sorted((ROOT / "docs").glob("*.md")):
+        if claims.search(path.read_text()[:2000]):
+            assert path.name in REGEN.GENERATED, f"docs/{path.name} is generated but not in regenerate_docs.GENERATED"
+
+
+def test_raw_files_of_generated_docs_exist():
+    for doc, (_, raws, notes) in REGEN.GENERATED.items():
+        for name in raws:
+            assert (ROOT / "docs" / "raw" / name).is_file(), f"docs/{doc} needs docs/raw/{name}"
+        if notes:
+            assert (ROOT / "docs" / notes).is_file()
+
+
+def test_unknown_doc_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not a generated document; generated: results.md"):
+        REGEN.regenerate("README.md", tmp_path / "x.md")
+
+
+def test_old_rows_are_marked_provenance_not_recorded():
+    """Rows measured before provenance existed are named as such in the generated doc, never hidden."""
+    from rdc_lib.provenance import NOT_RECORDED
+
+    rows = [json.loads(l) for l in (ROOT / "docs" / "raw" / "results.jsonl").read_text().splitlines() if l.strip()]
+    missing = sum(1 for r in rows if not r.get("provenance"))
+    text = (ROOT / "docs" / "results.md").read_text()
+    assert text.count(NOT_RECORDED) == missing
+
+
+# --------------------------------------------------------------------------- references outside the repository
+
+# built by concatenation so that this file does not match its own patterns
+OUTSIDE = [
+    re.compile(re.escape("rdc" + "-spec")),
+    re.compile(re.escape(".." + "/shared")),
+    re.compile(re.escape("shared" + "/paper")),
+    re.compile(r"(?<![\w.])/" + r"(?:work|home|Users|root|mnt|scratch)/[\w.-]"),
+]
+TEXT_SUFFIXES = {".py", ".md", ".ipynb", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".ini", ".json", ".jsonl", ".csv",
+                 ".sh", ".html", ".js", ".ts", ".css", ".rst", ""}
+
+
+def tracked_files(root: Path = ROOT) -> list[Path]:
+    """The repository's tracked files (git ls-files)."""
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+    return [root / p for p in out.decode().split("\0") if p]
+
+
+def outside_references(paths: list[Path], root: Path = ROOT) -> list[str]:
+    """'file:line: text' for every line of a text file that points outside the repository."""
+    hits = []
+    for path in paths:
+        if path.suffix not in TEXT_SUFFIXES and path.name not in ("Makefile",):
+            continue
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, FileNotFoundError, IsADirectoryError):
+            continue
+        for i, line in enumerate(text.splitlines(), 1):
+            if any(p.search(line) for p in OUTSIDE):
+                rel = path.relative_to(root) if path.is_relative_to(root) else path
+                hits.append(f"{rel}:{i}: {line.strip()[:160]}")
+    return hits
+
+
+def test_no_reference_to_files_outside_the_repository():
+    hits = outside_references(tracked_files())
+    assert not hits, ("references to files a user of the repository does not have (cite docs/paper.md "
+                      "section N, use paths relative to the repository):\n" + "\n".join(hits))
+
+
+@pytest.mark.parametrize("line", [
+    "see " + "rdc" + "-spec.md section 3",
+    "the paper in .." + "/sha" + "red/x",
+    "read " + "shared" + "/paper/notes.md",
+    "python " + "/work" + "/main/benchmarks/x.py",
+    '"ckpt": "' + "/home" + '/alice/data/x.safetensors"',
+])
+def test_outside_reference_is_caught_with_file_and_line(tmp_path, line):
+    f = tmp_path / "note.md"
+    f.write_text("fine line\n" + line + "\n")
+    hits = outside_references([f], root=tmp_path)
+    assert hits == [f"note.md:2: {line}"]
+
+
+def test_repository_paths_are_not_flagged(tmp_path):
+    f = tmp_path / "ok.py"
+    f.write_text("docs/paper.md section 3\nrdc_lib/paths.py\nhttps://github.com/x/y\n--out /tmp/t.md\n"
+                 "shared noise across classes\n")
+    assert outside_references([f], root=tmp_path) == []
