@@ -174,6 +174,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "rdc_n_images": ParamSpec("int", "number of test images for the (expensive) RDC", low=1, high=CIFAR10_TEST_SIZE),
     "n_variance_images": ParamSpec("int", "images used to measure the spread of logit differences", low=1,
                                    high=CIFAR10_TEST_SIZE),
+    "n_cost_images": ParamSpec("int", "test images in the cost measurement (enough work for a stable timing)",
+                               low=1, high=CIFAR10_TEST_SIZE),
     "n_draws": ParamSpec("int", "independent noise draws per measurement", low=2, high=10_000),
     # diffusion classifier
     "T": ParamSpec("int", "number of noise levels of the diffusion classifier", low=1, high=10_000),
@@ -287,7 +289,7 @@ def _check_cifar10_defenses(values: dict[str, Any]) -> None:
 
 def _check_sizes(values: dict[str, Any]) -> None:
     limit = DIGITS_TEST_SIZE if values.get("dataset", "digits") == "digits" else CIFAR10_TEST_SIZE
-    for name in ("n_images", "rdc_n_images", "n_variance_images"):
+    for name in ("n_images", "rdc_n_images", "n_variance_images", "n_cost_images"):
         if name in values and values[name] > limit:
             split = f"the size of the {values.get('dataset', 'digits')} test split"
             raise _bad(name, values[name], f"at most {limit} ({split})")
