@@ -166,8 +166,9 @@ PARAM_SPECS: dict[str, ParamSpec] = {
                          choices=DATASETS),
     "data_root": ParamSpec("str", "folder of the CIFAR-10 python batches (dataset 'cifar10' only)"),
     "checkpoint": ParamSpec("path", "denoiser checkpoint: a shipped name (digits_multi) or a .safetensors path"),
-    "checkpoint_single": ParamSpec("path", "single-head denoiser checkpoint, for the single- vs multi-head comparison"),
-    "cnn_checkpoint": ParamSpec("path", "standard CNN checkpoint (digits baseline)"),
+    "checkpoint_single": ParamSpec("path", "single-head denoiser (shipped name or path), for the single- vs multi-head "
+                                           "comparison"),
+    "cnn_checkpoint": ParamSpec("path", "standard CNN (digits baseline): a shipped name (digits_cnn) or a path"),
     "ckpt_dir": ParamSpec("str", "folder of the imported EDM checkpoints (dataset 'cifar10')"),
     "heads": ParamSpec("str", "which shipped denoiser the evaluation uses", choices=HEADS),
     "n_images": ParamSpec("int", "number of test images", low=1, high=CIFAR10_TEST_SIZE),
