@@ -304,8 +304,10 @@ def validate_params(*, base_dir: str | Path | None = None, **params: Any) -> dic
     File and folder parameters come back as absolute paths: a checkpoint given by a shipped name
     (``'digits_multi'``) resolves through :mod:`rdc_lib.paths`; a relative path is looked up under
     ``base_dir`` (default: the current directory), then under the repository's notebooks/ folder,
-    so the notebooks' defaults work from any working folder. Raises :class:`NotebookParameterError` (a ValueError) naming
-    the parameter, the value and the expected type or values; :class:`MissingFilesError` (also a
+    so the notebooks' defaults work from any working folder.
+
+    Raises :class:`NotebookParameterError` (a ValueError) naming the parameter, the value and the
+    expected type or values; :class:`MissingFilesError` (also a
     FileNotFoundError) for missing checkpoints and, with ``dataset='cifar10'``, for every file of
     the ``cifar10-paper`` preset that is not in place (with where to put it).
     """
