@@ -61,6 +61,26 @@ class _ChunkedELBOSum(torch.autograd.Function):
         return grad_x, None, None, None, None, None
 
 
+def bayes_posterior(logits: Tensor, pixels: int, log_prior: Tensor | None = None) -> Tensor:
+    """Bayes posterior p(y | x) (..., K) from diffusion-classifier logits (..., K) = -L(x, y) + log p(y).
+
+    L is a per-pixel *mean* of the weighted denoising error, so the log-likelihood it estimates is
+    -pixels * L (the sum over the d = C*H*W values of an image; docs/paper.md section 3), and
+    ``softmax(logits)`` is Bayes' rule at temperature d: nearly uniform for every input. This undoes
+    the temperature: softmax(d * (logits - log p(y)) + log p(y)). ``log_prior`` (K,) is the prior
+    inside ``logits`` (None: uniform, which cancels). The argmax is the classifier's either way.
+    """
+    if not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < 1:
+        raise ValueError(f"pixels must be the number of values per image (C*H*W, an int >= 1), got {pixels!r}")
+    if log_prior is None:
+        return (logits * pixels).softmax(-1)
+    log_prior = log_prior.to(logits.device, logits.dtype)
+    return ((logits - log_prior) * pixels + log_prior).softmax(-1)
+
+
+POSTERIOR_SCALE_NOTE = "Bayes posterior, log p(x | y) summed over d = {d} pixels"
+
+
 class DiffusionClassifier(OwnedRandomness, nn.Module):
     """x (B, C, H, W) in [0, 1] -> logits (B, K) = estimated log p(x|y) + log p(y) + const."""
 
@@ -131,6 +151,11 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
             total = elbo_terms(self.denoiser, x, self.grid, classes=classes,
                                noise=noise.expand(x.shape[0], *noise.shape[1:]), chunk_size=self.chunk_size).sum(-1)
         return -total + self.log_prior.to(x.device, x.dtype)
+
+    def posterior(self, logits: Tensor) -> Tensor:
+        """Bayes posterior (B, K) from this classifier's logits (B, K) of images of its denoiser's size."""
+        d = self.denoiser.img_channels * self.denoiser.img_resolution ** 2
+        return bayes_posterior(logits, d, self.log_prior)
 
     def network_passes(self, batch: int) -> int:
         """Single-image network evaluations one forward costs for ``batch`` images."""

@@ -34,7 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .paths import REPO_ROOT
+from .kernels import papermill_kernel_options
+from .paths import NOTEBOOKS_DIR
+from .progress import is_terminal, progress_bar
 
 __all__ = [
     "NOTEBOOK_PATTERN",
@@ -49,7 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RESULT_FILE = "results.json"
 RESERVED = ("result_dir",)          # set per notebook by the job
 BATCH_DEFAULTS = {"interactive": False}
@@ -241,8 +242,8 @@ def _run_one(nb: Path, params: dict[str, Any], out: Path, *, kernel_name: str | 
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(nb), str(part), parameters=params, kernel_name=kernel_name, cwd=str(nb.parent),
-                            progress_bar=dict(desc=nb.stem, leave=False) if progress else False,
-                            log_output=False, execution_timeout=cell_timeout)
+                            progress_bar=dict(desc=nb.stem, leave=False) if progress and is_terminal() else False,
+                            log_output=False, execution_timeout=cell_timeout, **papermill_kernel_options())
         row.status = "ok"
     except Exception as exc:  # a failing notebook is a row of the summary, not the end of the run
         row.status, row.error = "failed", _error_text(exc)
@@ -275,7 +276,8 @@ def run_notebooks(
 
     ``parameters`` are extra common parameters (applied after the file's); ``notebooks_dir`` defaults
     to the repository's notebooks/. ``progress`` shows a bar over
-    notebooks and papermill's bar over the cells of the running one (tqdm, on stderr).
+    notebooks and papermill's bar over the cells of the running one (tqdm, on stderr); when stderr is not a
+    terminal, one plain line per finished notebook instead (rdc_lib.progress).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,21 +288,14 @@ def run_notebooks(
     rows = [NotebookRun(nb.stem, "pending") for nb in selected]
     summary = RunSummary(str(out), _now(), None, str(params_file) if params_file else None, rows)
     _write_summary(summary, out)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(selected), desc="notebooks", unit="nb", position=0)
+    bar = progress_bar(len(selected), "notebooks", "nb", enabled=progress, position=0)
     for nb, row in zip(selected, rows):
-        if bar is not None:
-            bar.set_postfix_str(nb.stem)
+        bar.set_postfix_str(nb.stem)
         _run_one(nb, plan[nb], out, kernel_name=kernel_name, progress=progress, cell_timeout=cell_timeout, row=row)
         _write_summary(summary, out)
-        if bar is not None:
-            bar.update(1)
-            bar.write(f"{row.status:>6}  {row.seconds:7.1f} s  {nb.stem}" + (f"  ({row.error})" if row.error else ""))
-    if bar is not None:
-        bar.close()
+        bar.write(f"{row.status:>6}  {row.seconds:7.1f} s  {nb.stem}" + (f"  ({row.error})" if row.error else ""))
+        bar.update(1)
+    bar.close()
     summary.finished = _now()
     _write_summary(summary, out)
     return summary

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .paths import (CHECKPOINT_SUFFIX, NOTEBOOKS_DIR, data_dir, is_checkpoint_name, resolve_checkpoint,
+                    resolve_path)
+
 __all__ = [
     "DATASETS",
     "NORMS",
@@ -162,15 +165,18 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "dataset": ParamSpec("str", "dataset: 'digits' runs here; 'cifar10' needs the files of the cifar10-paper preset",
                          choices=DATASETS),
     "data_root": ParamSpec("str", "folder of the CIFAR-10 python batches (dataset 'cifar10' only)"),
-    "checkpoint": ParamSpec("path", "denoiser checkpoint (.safetensors); relative to the notebook's folder"),
-    "checkpoint_single": ParamSpec("path", "single-head denoiser checkpoint, for the single- vs multi-head comparison"),
-    "cnn_checkpoint": ParamSpec("path", "standard CNN checkpoint (digits baseline)"),
+    "checkpoint": ParamSpec("path", "denoiser checkpoint: a shipped name (digits_multi) or a .safetensors path"),
+    "checkpoint_single": ParamSpec("path", "single-head denoiser (shipped name or path), for the single- vs multi-head "
+                                           "comparison"),
+    "cnn_checkpoint": ParamSpec("path", "standard CNN (digits baseline): a shipped name (digits_cnn) or a path"),
     "ckpt_dir": ParamSpec("str", "folder of the imported EDM checkpoints (dataset 'cifar10')"),
     "heads": ParamSpec("str", "which shipped denoiser the evaluation uses", choices=HEADS),
     "n_images": ParamSpec("int", "number of test images", low=1, high=CIFAR10_TEST_SIZE),
     "rdc_n_images": ParamSpec("int", "number of test images for the (expensive) RDC", low=1, high=CIFAR10_TEST_SIZE),
     "n_variance_images": ParamSpec("int", "images used to measure the spread of logit differences", low=1,
                                    high=CIFAR10_TEST_SIZE),
+    "n_cost_images": ParamSpec("int", "test images in the cost measurement (enough work for a stable timing)",
+                               low=1, high=CIFAR10_TEST_SIZE),
     "n_draws": ParamSpec("int", "independent noise draws per measurement", low=2, high=10_000),
     # diffusion classifier
     "T": ParamSpec("int", "number of noise levels of the diffusion classifier", low=1, high=10_000),
@@ -232,30 +238,45 @@ def _check_device(value: str) -> None:
                                      "use device 'cpu'")
 
 
-def _check_paths(values: dict[str, Any], base: Path) -> None:
-    if values.get("dataset", "digits") != "digits":
-        return  # the cifar10 check below names every missing file, checkpoints included
-    for name in ("checkpoint", "checkpoint_single", "cnn_checkpoint"):
-        if name in values:
-            path = base / values[name]
-            if not path.is_file():
-                raise MissingFilesError(f"notebook parameter {name} = {values[name]!r}: no such file "
-                                        f"({path.resolve()}); "
-                                        "the shipped checkpoints are in data/checkpoints/ (see data/README.md)")
+PATH_PARAMS = ("checkpoint", "checkpoint_single", "cnn_checkpoint")  # files: a shipped name or a path
+DIR_PARAMS = ("data_root", "ckpt_dir")                                # folders (dataset 'cifar10')
 
 
-def _check_cifar10(values: dict[str, Any], base: Path) -> None:
+def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
+    """Checkpoint parameters -> absolute paths (a shipped name through rdc_lib.paths; see there for paths)."""
+    for name in PATH_PARAMS:
+        if name not in values:
+            continue
+        try:
+            values[name] = str(resolve_checkpoint(values[name], base))
+        except FileNotFoundError as exc:
+            if values.get("dataset", "digits") != "digits":
+                # the cifar10 check below names every missing file, checkpoints included
+                values[name] = str(data_dir() / "checkpoints" / f"{values[name]}{CHECKPOINT_SUFFIX}"
+                                   if is_checkpoint_name(values[name]) else resolve_path(values[name], base))
+                continue
+            raise MissingFilesError(f"notebook parameter {name} = {values[name]!r}: {exc}; the shipped checkpoints "
+                                    "are in data/checkpoints/ (see data/README.md)") from None
+    for name in DIR_PARAMS:
+        if name in values and values[name]:
+            values[name] = str(resolve_path(values[name], base))
+
+
+def _check_cifar10(values: dict[str, Any], base: Path | None) -> None:
     from .presets import required_files
 
-    root = base / values.get("data_root", "../data/cifar10")
-    if "ckpt_dir" in values:
-        ckpt = base / values["ckpt_dir"]
+    root = Path(values["data_root"]) if values.get("data_root") else resolve_path("../data/cifar10", base)
+    if values.get("ckpt_dir"):
+        ckpt = Path(values["ckpt_dir"])
+    elif "checkpoint" in values:
+        ckpt = Path(values["checkpoint"]).parent
     else:
-        ckpt = base / Path(values.get("checkpoint", "../data/checkpoints/x")).parent
+        ckpt = data_dir() / "checkpoints"
     req = required_files("cifar10-paper", root, ckpt)
     if not req.ok:
         raise MissingFilesError(f"notebook parameter dataset = 'cifar10' needs files that are missing "
-                                f"(data_root = {values.get('data_root')!r}, checkpoint folder {ckpt.resolve()}):\n"
+                                f"(data_root = {values.get('data_root')!r}, checkpoint folder {ckpt}; relative "
+                                f"paths are looked up in the current folder, then in {NOTEBOOKS_DIR}):\n"
                                 f"{req.message}")
 
 
@@ -269,7 +290,7 @@ def _check_cifar10_defenses(values: dict[str, Any]) -> None:
 
 def _check_sizes(values: dict[str, Any]) -> None:
     limit = DIGITS_TEST_SIZE if values.get("dataset", "digits") == "digits" else CIFAR10_TEST_SIZE
-    for name in ("n_images", "rdc_n_images", "n_variance_images"):
+    for name in ("n_images", "rdc_n_images", "n_variance_images", "n_cost_images"):
         if name in values and values[name] > limit:
             split = f"the size of the {values.get('dataset', 'digits')} test split"
             raise _bad(name, values[name], f"at most {limit} ({split})")
@@ -280,9 +301,13 @@ def _check_sizes(values: dict[str, Any]) -> None:
 def validate_params(*, base_dir: str | Path | None = None, **params: Any) -> dict[str, Any]:
     """Check every notebook parameter passed by keyword; return them normalised (numbers as float).
 
-    ``base_dir`` is where relative paths resolve (default: the current directory, which is the
-    notebook's folder inside a kernel). Raises :class:`NotebookParameterError` (a ValueError) naming
-    the parameter, the value and the expected type or values; :class:`MissingFilesError` (also a
+    File and folder parameters come back as absolute paths: a checkpoint given by a shipped name
+    (``'digits_multi'``) resolves through :mod:`rdc_lib.paths`; a relative path is looked up under
+    ``base_dir`` (default: the current directory), then under the repository's notebooks/ folder,
+    so the notebooks' defaults work from any working folder.
+
+    Raises :class:`NotebookParameterError` (a ValueError) naming the parameter, the value and the
+    expected type or values; :class:`MissingFilesError` (also a
     FileNotFoundError) for missing checkpoints and, with ``dataset='cifar10'``, for every file of
     the ``cifar10-paper`` preset that is not in place (with where to put it).
     """
@@ -296,8 +321,8 @@ def validate_params(*, base_dir: str | Path | None = None, **params: Any) -> dic
     _check_sizes(values)
     if "device" in values:
         _check_device(values["device"])
-    base = Path.cwd() if base_dir is None else Path(base_dir)
-    _check_paths(values, base)
+    base = None if base_dir is None else Path(base_dir)
+    _resolve_files(values, base)
     if values.get("dataset") == "cifar10":
         _check_cifar10(values, base)  # first: the files to fetch are the first thing a cifar10 user needs
         _check_cifar10_defenses(values)

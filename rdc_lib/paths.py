@@ -1,4 +1,12 @@
-"""Where the shipped checkpoints live (``data/checkpoints`` of the repository; override with RDC_DATA_DIR)."""
+"""Where the project's files live, and how a path a user or a notebook names is found.
+
+Shipped checkpoints are in ``data/checkpoints`` of the repository (override the data folder with
+RDC_DATA_DIR). A notebook parameter may name a shipped checkpoint by its name (``'digits_multi'``)
+or give a path; a relative path is looked up in the current folder first, then in the repository's
+``notebooks/`` folder (the folder the notebooks' own defaults and ``notebooks/params/*.yaml`` are
+written relative to), so the same value works from the repository root, from ``notebooks/`` and
+from JupyterLab.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,8 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+CHECKPOINT_SUFFIX = ".safetensors"
 
 
 def data_dir() -> Path:
@@ -13,11 +23,63 @@ def data_dir() -> Path:
     return Path(os.environ.get("RDC_DATA_DIR", REPO_ROOT / "data"))
 
 
+def shipped_checkpoints() -> list[str]:
+    """Names of the checkpoints in ``data_dir()/checkpoints`` (file stems), sorted."""
+    folder = data_dir() / "checkpoints"
+    return sorted(p.stem for p in folder.glob(f"*{CHECKPOINT_SUFFIX}")) if folder.is_dir() else []
+
+
 def checkpoint_path(name: str) -> Path:
     """Path of a shipped checkpoint, e.g. ``checkpoint_path('digits_single')``; FileNotFoundError if absent."""
-    path = data_dir() / "checkpoints" / f"{name}.safetensors"
+    path = data_dir() / "checkpoints" / f"{name}{CHECKPOINT_SUFFIX}"
     if not path.is_file():
         raise FileNotFoundError(
-            f"shipped checkpoint {path} is missing; see data/README.md for the command that reproduces it"
+            f"shipped checkpoint {path} is missing (shipped: {', '.join(shipped_checkpoints()) or 'none'}); "
+            "see data/README.md for the command that reproduces it"
         )
+    return path
+
+
+def is_checkpoint_name(value: str | Path) -> bool:
+    """True for a bare name such as ``'digits_multi'`` (no folder, no suffix): a shipped checkpoint."""
+    text = str(value)
+    return bool(text) and "/" not in text and os.sep not in text and not text.endswith(CHECKPOINT_SUFFIX) \
+        and text not in (".", "..")
+
+
+def candidate_paths(value: str | Path, base: str | Path | None = None) -> list[Path]:
+    """Where a path may point: itself if absolute, else under ``base`` (default: cwd), then under notebooks/."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return [path]
+    out: list[Path] = []
+    for folder in (Path.cwd() if base is None else Path(base), NOTEBOOKS_DIR):
+        cand = (folder / path).resolve()
+        if cand not in out:
+            out.append(cand)
+    return out
+
+
+def resolve_path(value: str | Path, base: str | Path | None = None) -> Path:
+    """The first of :func:`candidate_paths` that exists; if none does, the first whose parent folder exists
+    (else the first): the place a missing file is expected, for the error message."""
+    cands = candidate_paths(value, base)
+    for cand in cands:
+        if cand.exists():
+            return cand
+    return next((c for c in cands if c.parent.is_dir()), cands[0])
+
+
+def resolve_checkpoint(value: str | Path, base: str | Path | None = None) -> Path:
+    """A shipped checkpoint's name -> its path (:func:`checkpoint_path`); anything else -> :func:`resolve_path`.
+
+    Raises FileNotFoundError naming the value and every place looked in when no such file exists.
+    """
+    if is_checkpoint_name(value):
+        return checkpoint_path(str(value))
+    path = resolve_path(value, base)
+    if not path.is_file():
+        tried = ", ".join(str(c) for c in candidate_paths(value, base))
+        raise FileNotFoundError(f"no such file: {value} (looked in: {tried}); shipped checkpoints can also be "
+                                f"named by name: {', '.join(shipped_checkpoints()) or 'none'}")
     return path

@@ -134,3 +134,29 @@ def test_shipped_checkpoint_classifies_digits():
     with torch.no_grad():
         acc = (dc(x[:60]).argmax(1) == y[:60]).float().mean().item()
     assert acc >= 0.9
+
+
+def test_bayes_posterior_undoes_the_per_pixel_temperature():
+    from rdc_lib.classifier import bayes_posterior
+
+    per_pixel = torch.tensor([[-0.50, -0.53, -0.56]])         # -L: a per-pixel mean, gaps of hundredths
+    flat = per_pixel.softmax(-1)
+    sharp = bayes_posterior(per_pixel, 64)
+    assert flat.max() < 0.36                                 # the tempered posterior is nearly uniform
+    assert sharp[0, 0] > 0.8 and torch.allclose(sharp, (per_pixel * 64).softmax(-1))
+    assert torch.equal(sharp.argmax(-1), flat.argmax(-1))    # the decision does not depend on the scale
+    log_prior = torch.tensor([0.2, 0.3, 0.5]).log()
+    with_prior = bayes_posterior(per_pixel + log_prior, 64, log_prior)  # the prior is counted once, unscaled
+    assert torch.allclose(with_prior, (per_pixel * 64 + log_prior).softmax(-1), atol=1e-6)
+    with pytest.raises(ValueError, match="pixels must be the number of values per image"):
+        bayes_posterior(per_pixel, 0)
+
+
+def test_classifier_posterior_uses_its_prior_and_image_size():
+    den = tiny_denoiser("multi")
+    prior = torch.tensor([0.5] + [0.5 / (den.num_classes - 1)] * (den.num_classes - 1))
+    dc = DiffusionClassifier(den, make_grid(4), prior=prior, noise_mode="fixed")
+    logits = torch.randn(2, den.num_classes)
+    d = den.img_channels * den.img_resolution ** 2
+    expected = ((logits - prior.log()) * d + prior.log()).softmax(-1)
+    assert torch.allclose(dc.posterior(logits), expected, atol=1e-6)

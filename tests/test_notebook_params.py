@@ -84,11 +84,35 @@ def test_unknown_name_suggests_the_close_one():
         validate_params(lm_step=3)
 
 
+def test_shipped_names_and_relative_paths_resolve_from_any_folder(tmp_path, monkeypatch):
+    """The notebooks' defaults (shipped names, paths relative to notebooks/) work whatever the current folder."""
+    from rdc_lib.paths import REPO_ROOT, checkpoint_path
+
+    shipped = str(checkpoint_path("digits_multi"))
+    for cwd in (REPO_ROOT, NOTEBOOKS, tmp_path):
+        monkeypatch.chdir(cwd)
+        assert validate_params(checkpoint="digits_multi")["checkpoint"] == shipped
+        assert validate_params(checkpoint="../data/checkpoints/digits_multi.safetensors")["checkpoint"] == shipped
+    monkeypatch.chdir(REPO_ROOT)
+    assert validate_params(checkpoint="data/checkpoints/digits_multi.safetensors")["checkpoint"] == shipped
+    (tmp_path / "mine.safetensors").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)  # the current folder comes first
+    assert validate_params(checkpoint="mine.safetensors")["checkpoint"] == str(tmp_path / "mine.safetensors")
+
+
+def test_unknown_shipped_name_lists_the_shipped_ones():
+    with pytest.raises(MissingFilesError, match="notebook parameter cnn_checkpoint = 'digits_cnm'") as info:
+        validate_params(cnn_checkpoint="digits_cnm")
+    assert "digits_cnn" in str(info.value) and "digits_multi" in str(info.value)
+
+
 def test_missing_checkpoint_names_parameter_and_path(tmp_path):
     with pytest.raises(MissingFilesError) as info:
         validate_params(base_dir=tmp_path, dataset="digits", checkpoint="nope.safetensors")
     assert "notebook parameter checkpoint" in str(info.value)
     assert str((tmp_path / "nope.safetensors").resolve()) in str(info.value)
+    assert str(NOTEBOOKS / "nope.safetensors") in str(info.value)  # every place looked in
+    assert "no such file" in str(info.value)
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ValueError)
 
 
@@ -122,7 +146,7 @@ def test_cifar10_with_files_passes(cifar_files):
     root, classifier = cifar_files
     out = validate_params(base_dir=root, dataset="cifar10", data_root="cifar", checkpoint=f"ckpt/{classifier}")
     assert out["dataset"] == "cifar10"
-    assert validate_params(base_dir=root, dataset="cifar10", data_root="cifar", ckpt_dir="ckpt")["ckpt_dir"] == "ckpt"
+    assert validate_params(base_dir=root, dataset="cifar10", data_root="cifar", ckpt_dir="ckpt")["ckpt_dir"] == str(root / "ckpt")
 
 
 def test_cifar10_defences_are_the_diffusion_ones(cifar_files):

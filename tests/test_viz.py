@@ -139,8 +139,10 @@ def test_lm_figures(lm_small):
     # the explorer relies on the same trace kinds at every step, and on the data changing with it
     other = viz.lm_step_figure(lm, 1, 0)
     assert _types(other) == _types(step) and not _same(other.data[1].z, step.data[1].z)
-    fig = viz.posterior_change_figure(lm.probs[0], lm.probs[-1], lm.labels, lm.names)
+    fig = viz.posterior_change_figure(lm.probs[0], lm.probs[-1], lm.labels, lm.names, pixels=lm.pixels)
     assert _types(fig) == ["bar", "bar"] and len(fig.data[0].y) == 3
+    assert "d = 64 pixels" in fig.layout.title.text  # the posterior's scale is named on every posterior figure
+    assert "d = 64" in step.layout.annotations[2].text and "d = 64" in viz.lm_curves_figure(lm).layout.annotations[2].text
 
 
 def test_attack_figures(attack_trajs):
@@ -228,7 +230,8 @@ def test_lm_trajectories_agree_with_likelihood_maximization(lm_small):
     ref = likelihood_maximization(den, x, noise=noise, config=LMConfig(steps=2))
     assert torch.allclose(lm.images[-1], ref.x) and torch.allclose(lm.lm_loss, ref.losses)
     with torch.no_grad():
-        assert torch.allclose(lm.probs[-1], dc(ref.x).softmax(-1), atol=1e-6)
+        assert torch.allclose(lm.probs[-1], (dc(ref.x) * 64).softmax(-1), atol=1e-6)  # Bayes: d = 64 pixels
+    assert lm.pixels == 64
     assert (lm.images[-1] - x).abs().max() <= LMConfig().eta + 1e-6
 
 
@@ -276,8 +279,43 @@ def test_loss_surface_of_a_linear_model():
         viz.loss_surface(model, _images(2), y, radius=0.1, points=3)
 
 
-def test_time_call_is_positive():
-    assert 0 < viz.time_call(lambda: sum(range(1000)), repeats=2) < 5
+def test_time_per_call_repeats_small_calls_and_restores_threads():
+    import time
+
+    threads = torch.get_num_threads()
+    seen = []
+    timing = viz.time_per_call(lambda: (seen.append(torch.get_num_threads()), time.sleep(0.01)), min_seconds=0.05)
+    assert set(seen) == {1} and torch.get_num_threads() == threads   # one thread while timing, restored after
+    assert timing.calls >= 5 and 0.009 < timing.seconds < 0.05       # per call, not per round
+    assert len(seen) == 1 + 2 * timing.calls                          # warm-up, then two rounds of equal length
+    with pytest.raises(ValueError, match="rounds must be >= 2"):
+        viz.time_per_call(lambda: None, rounds=1)
+
+
+def test_a_noisy_timing_is_flagged():
+    import time
+
+    calls = []
+
+    def slows_down():  # the machine gets busy after the first round
+        calls.append(1)
+        time.sleep(0.01 if len(calls) <= 4 else 0.04)
+
+    timing = viz.time_per_call(slows_down, min_seconds=0.02)
+    assert timing.spread > 1 and not timing.trusted
+    cmp = viz.CostComparison(["a", "b"], [10, 1], [timing, viz.CallTiming(0.01, 0.0, 3, 2)], 2, 1)
+    assert not cmp.trusted and "TOO NOISY TO TRUST" in cmp.note()
+    ok = viz.CostComparison(["a", "b"], [10, 1], [viz.CallTiming(0.1, 0.1, 1, 2), viz.CallTiming(0.01, 0.0, 3, 2)], 2, 1)
+    assert ok.trusted and "TOO NOISY" not in ok.note() and ok.speedup() == pytest.approx(10)
+
+
+def test_compare_cost_counts_passes_and_times_each_classifier():
+    grid = make_grid(4)
+    dcs = {"single": DiffusionClassifier(tiny_denoiser("single"), grid, noise_mode="fixed"),
+           "multi": DiffusionClassifier(tiny_denoiser("multi"), grid, noise_mode="fixed")}
+    cost = viz.compare_cost(dcs, _images(3), min_seconds=0.01)
+    assert cost.names == ["single", "multi"] and cost.images == 3
+    assert cost.passes == [3 * 4 * K, 3 * 4] and all(s > 0 for s in cost.seconds)
 
 
 # -------------------------------------------------------------------------------------- widgets

@@ -299,9 +299,9 @@ def _record(store: ResultStore, spec: SweepSpec, cell: PlannedCell, outcome: Cel
 
 
 def _progress_bar(total: int, spec: SweepSpec, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    return tqdm(total=total, desc=f"sweep {spec.name}", unit="cell", disable=not enabled)
+    return progress_bar(total, f"sweep {spec.name}", "cell", enabled=enabled)
 
 
 def _run_inline(spec: SweepSpec, cells: list[PlannedCell], tasks: list[CellTask], store: ResultStore,

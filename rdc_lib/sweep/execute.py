@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..kernels import papermill_kernel_options
 from ..stored_state import DAMAGED, StoredStateError, is_stored_state_error, move_aside
 from .store import utc_now
 
@@ -129,7 +130,7 @@ def _run_notebook(task: CellTask, cell_dir: Path) -> dict[str, Any]:
         try:
             pm.execute_notebook(task.target, str(part), parameters=params, kernel_name=task.kernel,
                                 cwd=str(Path(task.target).parent), progress_bar=False, log_output=False,
-                                execution_timeout=task.cell_timeout)
+                                execution_timeout=task.cell_timeout, **papermill_kernel_options())
             break
         except pm.PapermillExecutionError:
             raise

@@ -7,17 +7,20 @@ Interactive explorers built on these live in ``rdc_lib.widgets``.
 
 from .analysis import (
     AttackTrajectories,
+    CallTiming,
+    CostComparison,
     LMTrajectories,
     LossSurface,
     NoiseSpread,
     QueryRecorder,
+    compare_cost,
     lm_trajectories,
     logit_difference_std,
     logit_spread_vs_T,
     loss_surface,
     record_attack,
     repeated_logits,
-    time_call,
+    time_per_call,
 )
 from .core import (
     accuracy_vs_eps_figure,
@@ -41,10 +44,10 @@ from .core import (
 )
 
 __all__ = [
-    "AttackTrajectories", "LMTrajectories", "LossSurface", "NoiseSpread", "QueryRecorder",
-    "accuracy_vs_eps_figure", "attack_step_figure", "cost_figure", "elbo_sum_figure", "elbo_terms_figure",
+    "AttackTrajectories", "CallTiming", "CostComparison", "LMTrajectories", "LossSurface", "NoiseSpread", "QueryRecorder",
+    "accuracy_vs_eps_figure", "attack_step_figure", "compare_cost", "cost_figure", "elbo_sum_figure", "elbo_terms_figure",
     "finite_difference_figure", "gradient_cosine_figure", "image_grid_figure", "image_trace", "lm_curves_figure",
     "lm_step_figure", "lm_trajectories", "logit_difference_std", "logit_spread_vs_T", "logits_over_iterations_figure",
     "loss_surface", "loss_surface_3d_figure", "loss_surface_figure", "noise_spread_figure",
-    "posterior_change_figure", "posterior_figure", "record_attack", "repeated_logits", "table_figure", "time_call",
+    "posterior_change_figure", "posterior_figure", "record_attack", "repeated_logits", "table_figure", "time_per_call",
 ]

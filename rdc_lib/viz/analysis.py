@@ -4,7 +4,9 @@ Each function measures one thing the notebooks plot (docs/paper.md sections 3, 4
 
 - :func:`repeated_logits`, :func:`logit_difference_std`, :func:`logit_spread_vs_T`: the spread of
   logit differences over noise draws, against the number of levels T and shared/independent noise;
-- :func:`time_call`: wall-clock seconds of one call (best of ``repeats``);
+- :func:`time_per_call`, :func:`compare_cost`: seconds per call, measured until it means something
+  (repeated calls, several rounds, one thread), with network passes beside them and a flag when the
+  rounds disagree;
 - :func:`lm_trajectories`: likelihood maximization with every iterate, the LM loss, a fixed-noise
   unconditional diffusion loss and the classifier's posterior at every step;
 - :class:`QueryRecorder` and :func:`record_attack`: run a library attack one image at a time and
@@ -18,14 +20,14 @@ Randomness comes only from the generators and seeds passed in; no function print
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..classifier import DiffusionClassifier
+from ..classifier import DiffusionClassifier, bayes_posterior
 from ..diffusion.elbo import elbo_terms
 from ..diffusion.schedules import NoiseGrid, make_grid
 from ..lm import LMConfig, draw_lm_noise, likelihood_maximization
@@ -44,7 +46,10 @@ __all__ = [
     "loss_surface",
     "record_attack",
     "repeated_logits",
-    "time_call",
+    "CallTiming",
+    "CostComparison",
+    "compare_cost",
+    "time_per_call",
 ]
 
 
@@ -100,15 +105,113 @@ def logit_spread_vs_T(
     return NoiseSpread([int(t) for t in T_list], out, n_draws, x.shape[0])
 
 
-def time_call(fn: Callable[[], object], repeats: int = 1) -> float:
-    """Seconds of one ``fn()`` call, the best of ``repeats`` (no gradients recorded)."""
-    best = float("inf")
-    with torch.no_grad():
-        for _ in range(max(1, repeats)):
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-    return best
+MIN_TIMING_SECONDS = 0.5   # a round repeats the call until it has run this long (timer and scheduling noise)
+MAX_TIMING_SPREAD = 0.25   # rounds that differ by more than this (relative) make a timing untrustworthy
+
+
+@dataclass
+class CallTiming:
+    """Seconds per call of one function: the best of ``rounds`` rounds of ``calls`` calls each.
+
+    spread: (slowest round - fastest round) / fastest round; a timing is ``trusted`` when the rounds
+    agree within MAX_TIMING_SPREAD (a loaded machine or too little work shows up as a large spread).
+    """
+
+    seconds: float
+    spread: float
+    calls: int
+    rounds: int
+
+    @property
+    def trusted(self) -> bool:
+        return self.spread <= MAX_TIMING_SPREAD
+
+
+def time_per_call(fn: Callable[[], object], *, rounds: int = 2, min_seconds: float = MIN_TIMING_SECONDS,
+                  threads: int | None = 1, sync: Callable[[], object] | None = None,
+                  warmup: Callable[[], object] | None = None) -> CallTiming:
+    """Time ``fn()`` without gradients: ``rounds`` rounds, each repeating the call until ``min_seconds`` have passed.
+
+    ``threads``: torch CPU threads during the timing (restored after; None: leave as is). One thread by
+    default, like benchmarks/bench_classifier.py: with several threads on a shared machine, a small call
+    measures thread scheduling rather than work. ``sync``: called before each clock read (e.g.
+    ``torch.cuda.synchronize`` for a GPU). ``warmup``: called once before timing (default ``fn``; a cheaper
+    call that touches the same code, e.g. on one image, saves a full call).
+    """
+    if rounds < 2:
+        raise ValueError(f"rounds must be >= 2 (the spread between rounds says whether to trust the timing), "
+                         f"got {rounds}")
+    sync = sync or (lambda: None)
+    saved = torch.get_num_threads()
+    per_round: list[float] = []
+    calls = 1
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        with torch.no_grad():
+            (warmup or fn)()  # first-call initialisation is not part of the cost
+            for r in range(rounds):
+                n, t0 = 0, time.perf_counter()
+                sync()
+                while True:
+                    fn()
+                    n += 1
+                    sync()
+                    elapsed = time.perf_counter() - t0
+                    if (r > 0 and n >= calls) or (r == 0 and elapsed >= min_seconds):
+                        break
+                calls = n  # every round makes as many calls as the first one needed
+                per_round.append(elapsed / n)
+    finally:
+        torch.set_num_threads(saved)
+    best = min(per_round)
+    return CallTiming(best, (max(per_round) - best) / best, calls, rounds)
+
+
+@dataclass
+class CostComparison:
+    """Network passes and measured seconds of one classifier call on ``images`` images, per classifier."""
+
+    names: list[str]
+    passes: list[int]
+    timings: list[CallTiming]
+    images: int
+    threads: int | None
+
+    @property
+    def seconds(self) -> list[float]:
+        return [t.seconds for t in self.timings]
+
+    @property
+    def trusted(self) -> bool:
+        return all(t.trusted for t in self.timings)
+
+    def speedup(self, slow: int = 0, fast: int = -1) -> float:
+        """Seconds of classifier ``slow`` over seconds of classifier ``fast`` (by position)."""
+        return self.seconds[slow] / self.seconds[fast]
+
+    def note(self) -> str:
+        """How the seconds were measured, and whether to trust them (for a figure title or a print)."""
+        how = (f"best of {self.timings[0].rounds} rounds, {self.threads} thread(s)" if self.threads
+               else f"best of {self.timings[0].rounds} rounds")
+        if self.trusted:
+            return f"{how}; rounds agree within {MAX_TIMING_SPREAD:.0%}"
+        worst = max(t.spread for t in self.timings)
+        return (f"{how}; TOO NOISY TO TRUST: rounds differ by up to {worst:.0%} (a loaded machine, or too little "
+                f"work: use more images); the passes are exact")
+
+
+def compare_cost(classifiers: Mapping[str, DiffusionClassifier], x: Tensor, *, rounds: int = 2,
+                 threads: int | None = 1, min_seconds: float = MIN_TIMING_SECONDS) -> CostComparison:
+    """Passes (``network_passes``) and seconds (:func:`time_per_call`) of one call of each classifier on x (B, C, H, W)."""
+    if x.shape[0] < 1:
+        raise ValueError("compare_cost needs at least one image")
+    sync = torch.cuda.synchronize if x.is_cuda else None
+    names = list(classifiers)
+    passes = [classifiers[n].network_passes(x.shape[0]) for n in names]
+    timings = [time_per_call(lambda dc=classifiers[n]: dc(x), rounds=rounds, threads=threads, sync=sync,
+                             min_seconds=min_seconds, warmup=lambda dc=classifiers[n]: dc(x[:1])) for n in names]
+    return CostComparison(names, passes, timings, x.shape[0], threads)
 
 
 # --------------------------------------------------------------------------------- LM trajectories
@@ -120,8 +223,9 @@ class LMTrajectories:
     images (N + 1, B, C, H, W) in [0, 1], input first; lm_loss (N, B): the LM objective at step k
     (one sigma, one eps per step, as LM sees it); bound (N + 1, B): the unconditional diffusion
     loss sum_t w_t E||D(x + sigma_t eps; sigma_t, null) - x||^2 on the classifier's grid with one
-    fixed eps draw for all steps (lower = more likely); probs (N + 1, B, K): the classifier's
-    posterior at every iterate; labels (B,); names: one label per image.
+    fixed eps draw for all steps (lower = more likely); probs (N + 1, B, K): the classifier's Bayes
+    posterior at every iterate (``rdc_lib.classifier.bayes_posterior``: log-likelihood summed over the
+    ``pixels`` = C*H*W values of an image); labels (B,); names: one label per image.
     """
 
     images: Tensor
@@ -131,6 +235,7 @@ class LMTrajectories:
     labels: Tensor
     names: list[str]
     config: LMConfig
+    pixels: int
 
     @property
     def steps(self) -> int:
@@ -160,11 +265,14 @@ def lm_trajectories(
     null = torch.tensor([denoiser.null_label], device=x.device)
     eps = torch.randn((x.shape[0], 1, len(grid), *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
     bound = torch.stack([elbo_terms(denoiser, t, grid, classes=null, noise=eps).sum((1, 2)) for t in traj])
-    probs = torch.stack([classifier(t).softmax(-1) for t in traj])
+    pixels = x[0].numel()
+    log_prior = getattr(classifier, "log_prior", None)
+    probs = torch.stack([bayes_posterior(classifier(t), pixels, log_prior) for t in traj])
     names = list(names) if names is not None else [f"#{i} (label {int(v)})" for i, v in enumerate(y)]
     if len(names) != x.shape[0]:
         raise ValueError(f"names must have one entry per image ({x.shape[0]}), got {len(names)}")
-    return LMTrajectories(traj.cpu(), res.losses.cpu(), bound.cpu(), probs.cpu(), y.cpu(), names, config)
+    return LMTrajectories(traj.cpu(), res.losses.cpu(), bound.cpu(), probs.cpu(), y.cpu(), names, config,
+                          pixels)
 
 
 # -------------------------------------------------------------------------------- attack queries

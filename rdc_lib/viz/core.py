@@ -18,6 +18,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..classifier import POSTERIOR_SCALE_NOTE
+
 __all__ = [
     "accuracy_vs_eps_figure",
     "attack_step_figure",
@@ -148,7 +150,8 @@ def elbo_sum_figure(totals: Any, *, label: int | None = None, title: str = "") -
 
 
 def posterior_figure(posteriors: Mapping[str, Any], *, label: int | None = None, title: str = "") -> go.Figure:
-    """Grouped bars of posteriors p(y | x) (K,) under several priors / scales, keyed by series name."""
+    """Grouped bars of posteriors p(y | x) (K,) under several priors / scales, keyed by series name (name the
+    scale in it: ``rdc_lib.classifier.POSTERIOR_SCALE_NOTE`` or the temperature)."""
     fig = go.Figure()
     for name, p in posteriors.items():
         v = _np(p).reshape(-1)
@@ -196,7 +199,7 @@ def lm_curves_figure(lm: Any, *, title: str = "", colors: Sequence[int] | None =
     n = lm.images.shape[0] - 1
     fig = make_subplots(rows=1, cols=3, subplot_titles=(
         "LM objective at step k (its own sigma, eps)", "unconditional diffusion loss (fixed eps)",
-        "classifier's p(label | x_k)"))
+        f"p(label | x_k) (Bayes, d = {lm.pixels} pixels)"))
     steps = list(range(n + 1))
     p_true = _np(lm.probs)[:, np.arange(lm.labels.shape[0]), _np(lm.labels).astype(int)]  # (N + 1, B)
     loss, bound = _np(lm.lm_loss), _np(lm.bound)
@@ -214,15 +217,17 @@ def lm_curves_figure(lm: Any, *, title: str = "", colors: Sequence[int] | None =
     return fig
 
 
-def posterior_change_figure(before: Any, after: Any, labels: Any, names: Sequence[str], *, title: str = "",
-                            before_name: str = "before LM", after_name: str = "after LM") -> go.Figure:
-    """p(label | x) per image before and after (B, K) posteriors, as grouped bars."""
+def posterior_change_figure(before: Any, after: Any, labels: Any, names: Sequence[str], *, pixels: int,
+                            title: str = "", before_name: str = "before LM", after_name: str = "after LM") -> go.Figure:
+    """p(label | x) per image before and after, from (B, K) Bayes posteriors of images of ``pixels`` values
+    (``rdc_lib.classifier.bayes_posterior``; the scale is named on the figure), as grouped bars."""
     b, a, y = _np(before), _np(after), _np(labels).astype(int)
     idx = np.arange(y.shape[0])
     fig = go.Figure([go.Bar(x=list(names), y=b[idx, y], name=before_name),
                      go.Bar(x=list(names), y=a[idx, y], name=after_name)])
-    fig.update_layout(title=title or "posterior of the true class before / after", barmode="group",
-                      yaxis=dict(title="p(label | x)", range=[0, 1]), height=400)
+    fig.update_layout(title=(title or "posterior of the true class before / after")
+                      + f"<br><sup>{POSTERIOR_SCALE_NOTE.format(d=pixels)}</sup>", barmode="group",
+                      yaxis=dict(title="p(label | x)", range=[0, 1]), height=420)
     return fig
 
 
@@ -237,7 +242,7 @@ def lm_step_figure(lm: Any, example: int, step: int) -> go.Figure:
     label = int(lm.labels[example])
     delta_scale = max(float(np.abs(imgs - imgs[:1]).max()), 1e-12)
     fig = make_subplots(rows=1, cols=4, column_widths=[0.2, 0.2, 0.3, 0.3], subplot_titles=(
-        f"x_{step}", f"x_{step} - x_0", f"p(y | x_{step})", "unconditional loss"))
+        f"x_{step}", f"x_{step} - x_0", f"p(y | x_{step}), Bayes, d = {lm.pixels}", "unconditional loss"))
     fig.add_trace(image_trace(imgs[step], name="iterate"), row=1, col=1)
     fig.add_trace(image_trace(imgs[step] - imgs[0], diverging=True, scale=delta_scale, name="change"), row=1, col=2)
     colors = ["#d62728" if k == label else "#7f7f7f" for k in range(probs.shape[1])]
@@ -248,7 +253,7 @@ def lm_step_figure(lm: Any, example: int, step: int) -> go.Figure:
                                          color=["#d62728" if k == step else "#1f77b4" for k in range(n + 1)])),
                   row=1, col=4)
     _square_axes(fig, 2)
-    fig.update_yaxes(range=[0, float(probs.max()) * 1.15], row=1, col=3)  # fixed per image: steps compare
+    fig.update_yaxes(range=[0, 1.05], row=1, col=3)  # probabilities: the same axis for every step and image
     fig.update_xaxes(title_text="class", row=1, col=3)
     fig.update_xaxes(title_text="LM step", dtick=1, row=1, col=4)
     fig.update_layout(title=f"{lm.names[example]}: LM step {step} of {n}", showlegend=False, height=330,
