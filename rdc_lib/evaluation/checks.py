@@ -49,6 +49,43 @@ FD_IMAGES, FD_DIRECTIONS, FD_EPS, FD_TOL = 4, 4, 1e-4, 0.05  # finite-difference
 TRANSFER_STEPS = 20           # PGD iterations (at least) on the transfer source, the standard CNN
 
 
+CHECK_DESCRIPTIONS = {
+    "gradients": "margin-loss input gradients exist and are finite and non-zero for every check image",
+    "finite_difference": "deterministic defences with exact gradients: autograd directional derivatives match "
+                         f"central differences on a float64 copy (relative error < {FD_TOL})",
+    "large_budget": f"white-box robust accuracy (gradient attacks only) at eps {LARGE_EPS['linf']} (l_inf) / "
+                    f"{LARGE_EPS['l2']} (l2) falls to <= {LARGE_BUDGET_MAX:.0%}",
+    "convergence": "twice the iterations do not lower robust accuracy by more than the tolerance (the attack converged)",
+    "black_box": "Square does not break more images than the gradient attacks (beyond the tolerance)",
+    "transfer": "PGD examples made on the standard CNN do not break more images than the white-box attack "
+                "(beyond the tolerance)",
+}
+# The checks before the convergence rewrite, as results stored then carry them ("more_steps" marks them).
+LEGACY_CHECKS_NOTE = (
+    "These results carry the earlier checks (before the convergence rewrite): 16 check images with a 2-image "
+    "tolerance; `more_steps` asked only that 2x steps did not *raise* robust accuracy (it never tested "
+    "convergence); `large_budget` and `black_box` compared against the whole ensemble, Square included, so in "
+    "an AutoAttack-style cell they could not fail; no finite-difference check. Rerun a cell for the current checks.")
+
+
+def checks_protocol(all_checks: list[dict[str, dict]]) -> list[str]:
+    """Markdown lines for a report: what the checks of these results tested (current and/or legacy)."""
+    lines = []
+    names = {k for c in all_checks for k in c}
+    if "more_steps" in names:
+        lines.append(LEGACY_CHECKS_NOTE)
+    current = [k for k in CHECK_DESCRIPTIONS if k in names]
+    if current and any("convergence" in c or "finite_difference" in c for c in all_checks):
+        entries = [e for c in all_checks for e in c.values() if "tolerance_images" in e]
+        tol = (f" Tolerance {entries[0]['tolerance']:.1%} ({entries[0]['tolerance_images']} of {entries[0]['n']} "
+               "check images), paired image by image.") if entries else ""
+        lines.append("Checks (rdc_lib/evaluation/checks.py) on the first check images of every cell: "
+                     + "; ".join(f"`{k}`: {CHECK_DESCRIPTIONS[k]}" for k in current) + "." + tol)
+    if any(not c for c in all_checks):
+        lines.append("A cell with no check run is marked *not checked* (`trusted: null`), never passed.")
+    return lines
+
+
 def trust_label(trusted: bool | None) -> str:
     """How tables print a result's ``trusted`` flag: 'passed', 'UNTRUSTED' or 'not checked' (None)."""
     if trusted is None:
