@@ -267,9 +267,8 @@ def _cmd_train_baseline(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .evaluation.runner import EvalConfig, evaluate
-
     from .evaluation.checks import failed_checks, trust_label
+    from .evaluation.runner import EvalConfig, evaluate
 
     given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name) is not None}
     cfg = EvalConfig.from_params(given, explicit=set(given))

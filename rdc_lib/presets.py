@@ -174,8 +174,7 @@ def eval_settings(preset: str | Preset) -> dict[str, object]:
     """The values of :data:`PRESET_EVAL_FIELDS` that ``preset`` fixes (vote 1: a preset's classifier is
     called once per image, as the released RDC is)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
-    return {"dataset": p.data.dataset, "timesteps": p.grid.T, "noise_mode": p.dc.noise_mode,
-            "heads": p.checkpoints.heads, "vote": 1}
+    return dict(zip(PRESET_EVAL_FIELDS, (p.data.dataset, p.grid.T, p.dc.noise_mode, p.checkpoints.heads, 1)))
 
 
 def preset_conflicts(preset: str | Preset, values: Mapping[str, object]) -> list[str]:
