@@ -13,8 +13,8 @@ multi-head T = 16, fixed noise, exact gradients through LM.
 Printed: wall time, robust accuracy with its interval, and what early stopping on broken examples saved:
 queries spent / queries without early stopping, split into gradient queries (APGD: one forward + backward
 through LM and the classifier per query) and forward-only queries (Square, clean and verification calls).
-Sanity checks are off here (they run on the first 16 images, identical to the results-table cell, whose
-checks are in docs/results.md); ``--checks`` turns them on for shard 0.
+Sanity checks are off here (they run on the first 32 images, identical to the results-table cell, whose
+checks are in docs/results.md; a result without them is "not checked"); ``--checks`` turns them on for shard 0.
 """
 
 from __future__ import annotations

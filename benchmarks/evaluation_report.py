@@ -28,12 +28,15 @@ import torch
 
 from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import DefenseSpec, EvalConfig, build_defense, evaluate
+from rdc_lib.evaluation.checks import checks_protocol, trust_label
 from rdc_lib.evaluation.defenses import checkpoint_files
-from rdc_lib.grad import gradient_cosine_similarity, suggest_eot
+from rdc_lib.grad import EOT_TARGET, gradient_cosine_similarity, suggest_eot
 from rdc_lib.provenance import describe, eval_provenance, provenance
 
 STRONGEST = "exact+EOT, verified stop"
 VERIFY = 4  # calls that must all misclassify before the strongest protocol stops attacking an image
+EOT_CAP = 8  # largest EOT size used here (CPU time); the rule's own suggestion is reported beside it
+LEGACY_EOT_TARGET = 0.8  # the rule's target in diagnostics written before the target was recorded with them
 
 
 def eot_diagnostic(defense: str, n: int, timesteps: int, samples: int = 4) -> dict:
@@ -41,9 +44,9 @@ def eot_diagnostic(defense: str, n: int, timesteps: int, samples: int = 4) -> di
     x, y = load_dataset("digits", "test")
     model = build_defense(DefenseSpec(name=defense, heads="multi", timesteps=timesteps, noise_mode="stochastic"))
     cos = gradient_cosine_similarity(model, x[:n], y[:n], n_samples=samples)
-    sug = suggest_eot(cos, target=0.8)
-    return {"defense": defense, "mean_cosine": cos.mean, "eot": min(sug.eot, 8), "eot_rule": sug.eot,
-            "cosine_used": sug.cosine, "n": n, "samples": samples,
+    sug = suggest_eot(cos, target=EOT_TARGET)
+    return {"defense": defense, "mean_cosine": cos.mean, "eot": min(sug.eot, EOT_CAP), "eot_rule": sug.eot,
+            "cosine_used": sug.cosine, "n": n, "samples": samples, "target": sug.target, "cap": EOT_CAP,
             "provenance": provenance(checkpoint_files(DefenseSpec(name=defense, heads="multi")))}
 
 
@@ -150,7 +153,7 @@ def doc(args: argparse.Namespace) -> int:
                 rob = r["robust"]
                 over = r["robust_acc"] - strongest
                 ci = f"{_pct(rob['value'])} ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-{100 * rob['high']:.0f})"
-                checks = "passed" if r["trusted"] else "**UNTRUSTED**: " + ", ".join(
+                checks = trust_label(r.get("trusted")) if r.get("trusted") is not False else "**UNTRUSTED**: " + ", ".join(
                     k for k, v in r["checks"].items() if not v["passed"])
                 lines.append(f"| {defense} | {variant} | {r['protocol']} | {_pct(r['clean_acc'])} | {ci} | "
                              f"{_pct(r['robust_acc_avg'])} | {_pct(r['robust_acc_worst'])} | {100 * over:+.1f} | {checks} |")
@@ -162,6 +165,8 @@ def doc(args: argparse.Namespace) -> int:
                     failures.append(f"{defense} / {variant}: the strongest protocol ({_pct(s)}) is above "
                                     + ", ".join(f"{r['protocol']} ({_pct(min(r['robust_acc'], r['robust_acc_worst']))})"
                                                 for r in weaker))
+    for paragraph in checks_protocol([r["checks"] for r in rows]):
+        lines += ["", paragraph]
     lines += ["", "## Strongest-protocol check", ""]
     if failures:
         lines += ["**FAILED** — a weaker protocol found more adversarial examples than the designated strongest one:", ""]
@@ -170,10 +175,15 @@ def doc(args: argparse.Namespace) -> int:
     else:
         lines += [f"Passed: for every defence variant, '{STRONGEST}' is at or below every other protocol."]
     lines += ["", "## Gradient-variance diagnostic (picks the EOT size)", "",
-              "| defence | mean cosine of repeated gradients | cosine used (10th pct.) | EOT by rule | EOT used (cap 8) |",
-              "|---|---|---|---|---|"]
+              "Rule (rdc_lib.grad.suggest_eot): the smallest EOT size M at which two independent M-draw averages of "
+              "the gradient reach the target cosine, from the 10th percentile of the per-image cosines of repeated "
+              f"gradients; the library's target is EOT_TARGET = {EOT_TARGET}. The size used is capped for CPU time.", "",
+              "| defence | mean cosine of repeated gradients | cosine used (10th pct.) | target | EOT by rule | EOT used (cap) |",
+              "|---|---|---|---|---|---|"]
     for d, v in diag.items():
-        lines.append(f"| {d} | {v['mean_cosine']:.3f} | {v['cosine_used']:.3f} | {v['eot_rule']} | {v['eot']} |")
+        target = v.get("target", f"{LEGACY_EOT_TARGET} (before the target was recorded)")
+        lines.append(f"| {d} | {v['mean_cosine']:.3f} | {v['cosine_used']:.3f} | {target} | {v['eot_rule']} | "
+                     f"{v['eot']} ({v.get('cap', EOT_CAP)}) |")
     lines += ["", "## Seconds per cell", "", "| defence | variant | protocol | seconds |", "|---|---|---|---|"]
     lines += [f"| {r['defense']} | {r['variant']} | {r['protocol']} | {r['seconds']:.0f} |" for r in rows]
     lines += ["", "## Commands", ""] + [f"- {r['defense']} / {r['variant']} / {r['protocol']}: `{r['command']}`" for r in rows]

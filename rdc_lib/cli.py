@@ -53,15 +53,18 @@ def _add_eval(sub) -> None:
     from .evaluation.runner import EvalConfig
 
     p = sub.add_parser("eval", help="evaluate a defence under an attack on the digits test split")
+    # default None: the flags given on the command line are known, so a --preset can refuse a conflicting one
     for f in fields(EvalConfig):
         flag = "--" + f.name.replace("_", "-")
+        helptext = f"default {f.default!r}"
         if f.name == "timesteps":
-            p.add_argument(flag, "--T", dest=f.name, type=int, default=f.default)
+            p.add_argument(flag, "--T", dest=f.name, type=int, default=None, help=helptext)
         elif f.type in ("bool", bool):
-            p.add_argument(flag, dest=f.name, default=f.default, type=lambda s: s.lower() in ("1", "true", "yes"))
+            p.add_argument(flag, dest=f.name, default=None, type=lambda s: s.lower() in ("1", "true", "yes"),
+                           help=helptext)
         else:
             typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            p.add_argument(flag, dest=f.name, type=typ, default=f.default)
+            p.add_argument(flag, dest=f.name, type=typ, default=None, help=helptext)
     p.add_argument("--device", default="cpu")
     p.add_argument("--records", default=None, help="folder for per-example records (resumable)")
     p.add_argument("--restart", action="store_true",
@@ -273,21 +276,26 @@ def _cmd_train_baseline(args) -> int:
 
 
 def _cmd_eval(args) -> int:
+    from .evaluation.checks import failed_checks, trust_label
     from .evaluation.runner import EvalConfig, evaluate
     from .provenance import eval_provenance
 
-    cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
+    given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name) is not None}
+    cfg = EvalConfig.from_params(given, explicit=set(given))
     result = evaluate(cfg, device=args.device, records_dir=args.records, progress=not args.no_progress,
                       restart=args.restart)
     result["provenance"] = eval_provenance(cfg)
-    if not result.get("trusted", True):
-        failed = [k for k, c in result["checks"].items() if not c["passed"]]
-        print(f"WARNING: UNTRUSTED robust accuracy: sanity checks failed: {', '.join(failed)}", file=sys.stderr)
+    if result["trusted"] is False:
+        print(f"WARNING: UNTRUSTED robust accuracy: sanity checks failed: {'; '.join(failed_checks(result['checks']))}",
+              file=sys.stderr)
+    elif result["trusted"] is None and cfg.attack != "none":
+        print(f"WARNING: robust accuracy not checked ({result['checks_skipped'].get('all', '')})", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{cfg.defense} / {cfg.attack} ({cfg.norm}, eps={cfg.eps}): clean {100 * result['clean_acc']:.1f}%, "
-              f"robust {100 * result['robust_acc']:.1f}% [{result['seconds']:.1f}s]")
+              f"robust {100 * result['robust_acc']:.1f}%, checks {trust_label(result['trusted'])} "
+              f"[{result['seconds']:.1f}s]")
     return 0
 
 

@@ -41,6 +41,7 @@ from .models.base import Denoiser
 from .utils import check_images
 
 __all__ = [
+    "EOT_TARGET",
     "EOTSuggestion",
     "FiniteDifferenceCheck",
     "GradientCosine",
@@ -347,8 +348,14 @@ class EOTSuggestion:
     capped: bool = field(default=False)  # True when the rule asked for more than max_eot
 
 
+# The EOT rule's one target (library, notebooks, benchmarks/evaluation_report.py): the cosine that two
+# independent EOT-averaged gradients should reach (see suggest_eot).
+EOT_TARGET = 0.9
+
+
 def suggest_eot(
-    cosines: GradientCosine | Tensor | float, *, target: float = 0.9, quantile: float = 0.1, max_eot: int = 1024,
+    cosines: GradientCosine | Tensor | float, *, target: float = EOT_TARGET, quantile: float = 0.1,
+    max_eot: int = 1024,
 ) -> EOTSuggestion:
     """EOT size so that gradients averaged over M draws are stable.
 
@@ -356,10 +363,14 @@ def suggest_eot(
     have cosine c = |mu|^2 / (|mu|^2 + s^2), and two independent averages of M draws have
     c_M = |mu|^2 / (|mu|^2 + s^2 / M). The suggestion is the smallest M with c_M >= ``target``:
     M = ceil(target / (1 - target) * (1 - c) / c), using the ``quantile`` (default: 10th percentile)
-    of the per-example cosines, clipped to [1, max_eot]. c <= 0 (no shared signal) gives max_eot.
+    of the per-example cosines, clipped to [1, max_eot]. c <= 0 (no shared signal) gives max_eot; so does
+    ``target`` = 1 (exact agreement, reached only by a deterministic model, c = 1, which gets 1).
+    ``target`` must lie in (0, 1]; the default is :data:`EOT_TARGET`.
     """
-    if not 0 < target < 1 or not 0 <= quantile <= 1 or max_eot < 1:
-        raise ValueError(f"need 0 < target < 1, 0 <= quantile <= 1, max_eot >= 1; got {target}, {quantile}, {max_eot}")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise ValueError(f"the EOT target must be a cosine in (0, 1] (default EOT_TARGET = {EOT_TARGET}), got {target!r}")
+    if not 0 <= quantile <= 1 or max_eot < 1:
+        raise ValueError(f"need 0 <= quantile <= 1 and max_eot >= 1; got {quantile}, {max_eot}")
     if isinstance(cosines, GradientCosine):
         values = cosines.per_example
     else:
@@ -367,7 +378,7 @@ def suggest_eot(
     c = float(torch.quantile(values.double(), quantile))
     if c >= target:
         return EOTSuggestion(1, c, target, quantile)
-    if c <= 0:
+    if c <= 0 or target == 1:
         return EOTSuggestion(max_eot, c, target, quantile, capped=True)
     m = math.ceil(target / (1 - target) * (1 - c) / c - 1e-9)
     return EOTSuggestion(min(max(m, 1), max_eot), c, target, quantile, capped=m > max_eot)

@@ -21,7 +21,8 @@ from .data.cifar10 import CIFAR10_FILES
 
 __all__ = [
     "AttackPreset", "CheckpointPreset", "DCPreset", "DataPreset", "GridPreset", "LMPreset", "PRESETS", "Preset",
-    "RequiredFiles", "get_preset", "preset_names", "required_files",
+    "PRESET_EVAL_FIELDS", "RequiredFiles", "eval_settings", "get_preset", "preset_conflicts", "preset_names",
+    "required_files",
 ]
 
 
@@ -98,6 +99,7 @@ class CheckpointPreset:
     classifier: str                             # scores classes (conditional / multi-head)
     lm: str | None = None                       # unconditional network for LM; None = the classifier's null label
     sources: tuple[str, ...] = ()               # original files ``rdc import-edm`` converts, same order
+    heads: str = "single"                       # the classifier network: one conditional head ('single') or 'multi'
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,27 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid choices: {', '.join(preset_names())}")
     return PRESETS[name]
+
+
+# Evaluation settings (``rdc_lib.evaluation.EvalConfig`` fields) a preset fixes: an evaluation with a
+# preset applies the preset's value or refuses a different one (``preset_conflicts``), never ignores it.
+PRESET_EVAL_FIELDS = ("dataset", "timesteps", "noise_mode", "heads", "vote")
+
+
+def eval_settings(preset: str | Preset) -> dict[str, object]:
+    """The values of :data:`PRESET_EVAL_FIELDS` that ``preset`` fixes (vote 1: a preset's classifier is
+    called once per image, as the released RDC is)."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    return dict(zip(PRESET_EVAL_FIELDS, (p.data.dataset, p.grid.T, p.dc.noise_mode, p.checkpoints.heads, 1)))
+
+
+def preset_conflicts(preset: str | Preset, values: Mapping[str, object]) -> list[str]:
+    """One message per entry of ``values`` (field -> requested value) that ``preset`` fixes to another value."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    fixed = eval_settings(p)
+    return [f"preset {p.name!r} fixes {name} = {fixed[name]!r}, got {name} = {value!r} "
+            f"(--{name.replace('_', '-')}); drop it, or leave out the preset"
+            for name, value in values.items() if name in fixed and value != fixed[name]]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def test_eval_json_contract_dc():
 
 
 def test_eval_json_contract_attack(capsys):
-    assert main(["eval", "--defense", "cnn", "--attack", "fgsm", "--n", "12", "--eps", "0.1", "--json",
+    assert main(["eval", "--defense", "cnn", "--attack", "fgsm", "--n", "32", "--eps", "0.1", "--json",
                  "--no-progress"]) == 0
     res = _last_json(capsys.readouterr().out)
     assert res["robust_acc"] <= res["clean_acc"] and res["norm"] == "linf" and res["eps"] == 0.1
@@ -69,6 +69,6 @@ def test_presets_command(capsys):
 
 def test_stadv_unseen_threat(capsys):
     assert main(["eval", "--defense", "cnn", "--attack", "stadv", "--norm", "flow", "--eps", "0.05", "--steps", "10",
-                 "--n", "8", "--json", "--no-progress"]) == 0
+                 "--n", "32", "--json", "--no-progress"]) == 0
     res = _last_json(capsys.readouterr().out)
     assert res["robust_acc"] <= res["clean_acc"] and "large_budget" in res["checks"]

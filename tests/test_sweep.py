@@ -365,8 +365,8 @@ def test_report_tables_and_figure(tmp_path):
     rep = write_report(spec.store, tmp_path / "rep")
     assert (rep.done, rep.failed, rep.untrusted) == (8, 0, 4)
     md = rep.markdown.read_text()
-    assert "| cnn | pgd | linf | 0.1 | 0.305 | 0.007071 | 2 | NO |" in md  # mean/std over seeds, untrusted
-    assert "| dc | pgd | linf | 0.05 | 0.705 | 0.007071 | 2 | yes |" in md
+    assert "| cnn | pgd | linf | 0.1 | 0.305 | 0.007071 | 2 | UNTRUSTED |" in md  # mean/std over seeds, untrusted
+    assert "| dc | pgd | linf | 0.05 | 0.705 | 0.007071 | 2 | passed |" in md
     rows = list(csv.DictReader(rep.cells_csv.open()))
     assert len(rows) == 8 and {r["failed_checks"] for r in rows} == {"", "large_budget"}
     page = rep.html.read_text()

@@ -14,6 +14,8 @@ from .ensemble import (
     ATTACK_NAMES,
     ChunkReport,
     EnsembleResult,
+    SQUARE_UNDER_EOT,
+    autoattack_dropped,
     autoattack_suite,
     build_attack,
     run_ensemble,
@@ -33,6 +35,6 @@ __all__ = [
     "SelectiveEOTPGD", "StAdv", "StAdvResult", "aggregate_eot", "expected_unconditional_loss", "flow_warp",
     "APGD", "APGD_LOSSES", "ATTACK_NAMES", "Attack", "AttackContext", "AttackResult", "BPDA", "ChunkReport", "EOT",
     "EnsembleResult", "FGSM", "LOSSES", "NORMS", "PGD", "Square", "TARGET_RULES", "apgd_checkpoints",
-    "autoattack_suite", "bpda", "build_attack", "clip01", "eval_mode", "get_loss", "margin", "per_example_norm",
+    "SQUARE_UNDER_EOT", "autoattack_dropped", "autoattack_suite", "bpda", "build_attack", "clip01", "eval_mode", "get_loss", "margin", "per_example_norm",
     "project", "project_ball", "run_ensemble",
 ]

@@ -1,6 +1,7 @@
 """AutoAttack-style ensemble: worst case per example over several attacks, resumable, chunked.
 
-``run_ensemble`` processes the data in chunks. In each chunk it classifies the clean images, then runs
+``run_ensemble`` processes the data in chunks. In each chunk it classifies the clean images (against a
+stochastic model an image is a clean error only if ``verify`` calls all misclassify it), then runs
 the attacks in order, each one only on the examples that every earlier attack failed to break, and
 checks every attack's output with one more forward (as AutoAttack does), so an example counts as broken
 only if the model misclassifies the returned image. For examples that stay robust it keeps the returned
@@ -39,8 +40,8 @@ from .selective_eot import SelectiveEOTAPGD, SelectiveEOTPGD
 from .square import Square
 from .stadv import StAdv
 
-__all__ = ["ADAPTIVE_ATTACK_NAMES", "ATTACK_NAMES", "ChunkReport", "EnsembleResult", "autoattack_suite",
-           "build_attack", "run_ensemble"]
+__all__ = ["ADAPTIVE_ATTACK_NAMES", "ATTACK_NAMES", "ChunkReport", "EnsembleResult", "SQUARE_UNDER_EOT",
+           "autoattack_dropped", "autoattack_suite", "build_attack", "run_ensemble"]
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,9 @@ def autoattack_suite(model: Model, *, norm: str = "linf", eps: float, steps: int
                      n_target_classes: int = 9, include_dlr: bool = True) -> list[tuple[str, Attack]]:
     """AutoAttack 'standard' (APGD-CE, APGD-T with targeted DLR, Square) plus untargeted APGD-DLR.
 
-    Order: apgd-ce, apgd-dlr (if ``include_dlr``), apgd-t, square. Square is skipped when ``eot > 1``
-    (a score-based attack cannot average gradients; for stochastic models use the gradient attacks).
+    Order: apgd-ce, apgd-dlr (if ``include_dlr``), apgd-t, square. Square is left out when ``eot > 1``
+    (a score-based attack cannot average gradients); :func:`autoattack_dropped` says so, and an
+    evaluation writes it into its result (``attacks_dropped``).
     """
     suite = [("apgd-ce", build_attack("apgd-ce", model, norm=norm, eps=eps, steps=steps, restarts=restarts,
                                       eot=eot, verify=verify, seed=seed))]
@@ -117,6 +119,15 @@ def autoattack_suite(model: Model, *, norm: str = "linf", eps: float, steps: int
         suite.append(("square", build_attack("square", model, norm=norm, eps=eps, steps=square_queries,
                                              restarts=1, verify=verify, seed=seed)))
     return suite
+
+
+SQUARE_UNDER_EOT = ("left out: Square is score-based and cannot average gradients over EOT draws (eot > 1); "
+                    "the gradient attacks run with EOT")
+
+
+def autoattack_dropped(eot: int) -> dict[str, str]:
+    """Attacks :func:`autoattack_suite` leaves out at this ``eot``, with the reason ({} when none)."""
+    return {"square": SQUARE_UNDER_EOT} if eot > 1 else {}
 
 
 @dataclass
@@ -241,6 +252,15 @@ def _run_chunk(model: Model, x: Tensor, y: Tensor, attacks: Sequence[tuple[str, 
         clean = model(x)
     check_labels(y, clean.shape[1], batch=n)
     clean_correct = clean.argmax(dim=1) == y
+    reads = max(a.verify for _, a in attacks) if verify else 1
+    if reads > 1 and not clean_correct.all():
+        # a clean error must hold in every one of ``reads`` calls (stochastic models), as an attack success must:
+        # an image one unlucky draw got wrong is attacked like the others
+        wrong = (~clean_correct).nonzero().flatten()
+        with torch.no_grad():
+            logits = model(x[wrong].repeat(reads - 1, 1, 1, 1)).reshape(reads - 1, wrong.numel(), -1)
+        queries[wrong] += reads - 1
+        clean_correct[wrong[(logits.argmax(dim=2) == y[wrong]).any(dim=0)]] = True
     out = {"x_adv": x.detach().clone(), "clean_correct": clean_correct, "robust": clean_correct.clone(),
            "broken_by": torch.where(clean_correct, ROBUST, CLEAN_ERROR).to(torch.int64),
            "margin": margin(clean, y).to(x.dtype), "queries": queries,

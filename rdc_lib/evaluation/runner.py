@@ -87,6 +87,26 @@ class EvalConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; valid choices: digits, cifar10")
         if self.dataset == "cifar10" and self.defense not in ("dc", "rdc"):
             raise ValueError(f"on cifar10 the defenses are dc and rdc (EDM checkpoints), got {self.defense!r}")
+        if self.attack.endswith("-lagrange") and self.defense in ("cnn", "at-cnn"):
+            raise ValueError(f"attack {self.attack!r} needs a diffusion defence (dc, rdc, diffpure); "
+                             f"{self.defense!r} has no denoiser")
+        if self.preset or self.dataset == "cifar10":
+            self._apply_preset()
+
+    def _apply_preset(self) -> None:
+        """Apply the preset (cifar10 implies 'cifar10-paper') to the fields it fixes that are left at their
+        defaults; refuse any other value that differs from the preset's (never ignore it)."""
+        from ..presets import eval_settings, preset_conflicts
+
+        name = self.preset or "cifar10-paper"
+        fixed = eval_settings(name)
+        set_away = {k: getattr(self, k) for k in fixed if getattr(self, k) != getattr(EvalConfig, k)}
+        problems = preset_conflicts(name, set_away)
+        if problems:
+            raise ValueError("; ".join(problems))
+        object.__setattr__(self, "preset", name)
+        for k, v in fixed.items():
+            object.__setattr__(self, k, v)
 
     def identity(self) -> dict:
         """The fields that identify this configuration (records headers, ``key``).
@@ -105,11 +125,21 @@ class EvalConfig:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
-    def from_params(cls, params: dict) -> "EvalConfig":
+    def from_params(cls, params: dict, explicit: set[str] | None = None) -> "EvalConfig":
+        """From a dict of fields; ``explicit``: the names the user set (default: all of ``params``), which a
+        preset refuses when they differ from its value even if they equal the field's default."""
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(params) - set(known))
         if unknown:
             raise ValueError(f"unknown evaluation parameters {unknown}; valid: {sorted(known)}")
+        preset = params.get("preset") or ("cifar10-paper" if params.get("dataset") == "cifar10" else "")
+        if preset:
+            from ..presets import preset_conflicts
+
+            names = set(params) if explicit is None else explicit
+            problems = preset_conflicts(preset, {k: params[k] for k in names if k in params})
+            if problems:
+                raise ValueError("; ".join(problems))
         return cls(**params)
 
 
@@ -160,11 +190,14 @@ def evaluate(
     records_dir: str | Path | None = None,
     progress: bool = True,
     restart: bool = False,
+    model: nn.Module | None = None,
 ) -> dict:
     """Run the evaluation described by ``cfg``; returns the JSON-able result (see module docstring).
 
     ``restart``: move the stored records of ``cfg`` in ``records_dir`` aside (renamed, never deleted) and
     start afresh; without it, damaged or stale records raise ``StoredStateError`` (see ``records.py``).
+    ``model``: evaluate this defence (x (B, C, H, W) in [0, 1] -> logits (B, K)) instead of building
+    ``cfg.defense``; ``cfg`` still sets the data, the attack and the checks.
     """
     t0 = time.perf_counter()
     device = torch.device(device)
@@ -179,7 +212,14 @@ def evaluate(
         raise ValueError(f"n + offset = {cfg.n + cfg.offset} exceeds the {x_all.shape[0]} test images")
     x_all = x_all[cfg.offset:cfg.offset + cfg.n].to(device)
     y_all = y_all[cfg.offset:cfg.offset + cfg.n].to(device)
-    model = build_defense(defense_spec(cfg), device)
+    if model is None:
+        model = build_defense(defense_spec(cfg), device)
+    if cfg.attack != "none":
+        _attack(cfg, model)  # a configuration the attack refuses fails here, before any work
+        if cfg.run_checks:
+            from .checks import check_sample_size
+
+            check_sample_size(cfg.n)
 
     records, x_adv_all = load_records(records_dir, cfg, x_all.cpu(), y_all.cpu(), restart=restart)
     bar = None
@@ -195,8 +235,8 @@ def evaluate(
         x, y = x_all[start:stop], y_all[start:stop]
         clean = predict(model, x)
         x_adv = x.clone()
+        ok = _clean_verified(model, x, y, clean, cfg.verify) if cfg.attack != "none" else clean == y
         if cfg.attack != "none":
-            ok = clean == y
             if ok.any():
                 adv, stats = _run_attack(_attack(cfg, model), model, x[ok], y[ok], progress)
                 x_adv[ok] = adv.detach()
@@ -206,9 +246,10 @@ def evaluate(
             correct_runs = (preds[:, j] == y[j]).tolist()
             records[start + j] = {
                 "index": cfg.offset + start + j, "label": int(y[j]), "clean_pred": int(clean[j]),
-                "adv_preds": preds[:, j].tolist(), "robust_first": bool(correct_runs[0]) and bool(clean[j] == y[j]),
-                "robust_all": all(correct_runs) and bool(clean[j] == y[j]),
-                "robust_frac": (sum(correct_runs) / len(correct_runs)) if clean[j] == y[j] else 0.0,
+                "adv_preds": preds[:, j].tolist(), "attacked": bool(ok[j]) and cfg.attack != "none",
+                "robust_first": bool(correct_runs[0]) and bool(ok[j]),
+                "robust_all": all(correct_runs) and bool(ok[j]),
+                "robust_frac": (sum(correct_runs) / len(correct_runs)) if ok[j] else 0.0,
                 "linf": float((x_adv[j] - x[j]).abs().max()), "l2": float((x_adv[j] - x[j]).flatten().norm()),
             }
         x_adv_all[start:stop] = x_adv.cpu()
@@ -232,20 +273,47 @@ def evaluate(
         "max_linf": max(r["linf"] for r in recs), "max_l2": max(r["l2"] for r in recs),
         "attack_stats": attack_stats,
     }
-    if cfg.attack != "none" and cfg.run_checks:
-        from .checks import run_sanity_checks
+    if cfg.attack == "autoattack":
+        from ..attacks import autoattack_dropped
 
-        checks = run_sanity_checks(cfg, model, x_all, y_all, x_adv_all.to(device), device=device)
-        result["checks"] = checks
-        result["trusted"] = all(c["passed"] for c in checks.values())
-        if not result["trusted"]:
-            failed = [k for k, c in checks.items() if not c["passed"]]
-            log.warning("UNTRUSTED robust accuracy: sanity checks failed: %s", ", ".join(failed))
-    else:
-        result["checks"] = {}
-        result["trusted"] = True
+        result["attacks_dropped"] = autoattack_dropped(cfg.eot)
+    result.update(_checks(cfg, model, x_all, y_all, x_adv_all.to(device), recs, device))
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def _clean_verified(model: nn.Module, x: Tensor, y: Tensor, clean: Tensor, verify: int) -> Tensor:
+    """(B,) bool: the images to attack. With ``verify`` = V > 1 (stochastic defences) an image counts as a
+    clean error only if V calls all misclassify it (the first call ``clean`` and V - 1 more), as an
+    attack counts a success; an image one unlucky call got wrong is attacked like the others."""
+    ok = clean == y
+    if verify > 1 and not ok.all():
+        wrong = (~ok).nonzero().flatten()
+        still_wrong = torch.ones_like(wrong, dtype=torch.bool)
+        for _ in range(verify - 1):
+            still_wrong &= predict(model, x[wrong]) != y[wrong]
+        ok[wrong[~still_wrong]] = True
+    return ok
+
+
+def _checks(cfg: EvalConfig, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, recs: list[dict],
+            device: torch.device) -> dict:
+    """``checks``, ``checks_skipped`` (check: reason) and ``trusted`` (None when no check ran) of a result."""
+    from .checks import (FD_IMAGES, MIN_CHECK_IMAGES, failed_checks, is_deterministic, run_sanity_checks,
+                         skipped_checks, trusted_from)
+
+    if cfg.attack == "none":
+        return {"checks": {}, "checks_skipped": {"all": "attack 'none': no robust accuracy to check"}, "trusted": None}
+    if not cfg.run_checks:
+        return {"checks": {}, "checks_skipped": {"all": "run_checks=False"}, "trusted": None}
+    attacked = torch.tensor([r.get("attacked", r["clean_pred"] == r["label"]) for r in recs[:MIN_CHECK_IMAGES]],
+                            dtype=torch.bool, device=device)
+    checks = run_sanity_checks(cfg, model, x, y, x_adv, device=device, attacked=attacked)
+    trusted = trusted_from(checks)
+    if trusted is False:
+        log.warning("UNTRUSTED robust accuracy: sanity checks failed: %s", "; ".join(failed_checks(checks)))
+    return {"checks": checks, "checks_skipped": skipped_checks(cfg, is_deterministic(model, x[:FD_IMAGES])),
+            "trusted": trusted}
 
 
 def evaluate_params(params: dict) -> dict:

@@ -50,7 +50,12 @@ def _failed_checks(result: dict[str, Any] | None) -> str:
 
 
 def _trust_text(flag: bool | None) -> str:
-    return "-" if flag is None else ("yes" if flag else "NO")
+    from ..evaluation.checks import trust_label
+
+    return trust_label(flag)
+
+
+UNTRUSTED, NOT_CHECKED, PASSED = _trust_text(False), _trust_text(None), _trust_text(True)
 
 
 def cell_rows(records: Sequence[CellRecord]) -> list[dict[str, Any]]:
@@ -92,7 +97,7 @@ def aggregate(rows: Sequence[dict[str, Any]], x: str = "eps", y: str = "robust_a
                                                    for v in k)):
         vals = [float(r[y]) for r in buckets[key]]
         flags = [r["trusted"] for r in buckets[key]]
-        trusted = "NO" if "NO" in flags else ("-" if "-" in flags and "yes" not in flags else "yes")
+        trusted = UNTRUSTED if UNTRUSTED in flags else (NOT_CHECKED if NOT_CHECKED in flags else PASSED)
         out.append({**dict(zip(group, key[:-1])), x: key[-1], f"{y}_mean": statistics.fmean(vals),
                     f"{y}_std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "seeds": len(vals),
                     "trusted": trusted})
@@ -140,7 +145,7 @@ def _html_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for r in rows:
-        style = ' style="background:#fde2e2"' if r.get("trusted") == "NO" else ""
+        style = ' style="background:#fde2e2"' if r.get("trusted") == UNTRUSTED else ""
         body.append(f"<tr{style}>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -161,12 +166,12 @@ def figure_vs_eps(agg: Sequence[dict[str, Any]], x: str = "eps", y: str = "robus
         fig.add_trace(go.Scatter(
             x=[p[x] for p in pts], y=[p[f"{y}_mean"] for p in pts], name=name, mode="lines+markers",
             error_y={"type": "data", "array": [p[f"{y}_std"] for p in pts], "visible": True},
-            marker={"symbol": ["x-open" if p["trusted"] == "NO" else "circle" for p in pts],
-                    "size": [15 if p["trusted"] == "NO" else 9 for p in pts], "line": {"width": 2}},
+            marker={"symbol": ["x-open" if p["trusted"] == UNTRUSTED else "circle" for p in pts],
+                    "size": [15 if p["trusted"] == UNTRUSTED else 9 for p in pts], "line": {"width": 2}},
             customdata=[[p["seeds"], p["trusted"]] for p in pts],
             hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y:.3f}}<br>seeds=%{{customdata[0]}}<br>"
                           "trusted=%{customdata[1]}<extra>%{fullData.name}</extra>"))
-    if any(p["trusted"] == "NO" for p in agg):
+    if any(p["trusted"] == UNTRUSTED for p in agg):
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="untrusted (sanity check failed)",
                                  marker={"symbol": "x-open", "size": 15, "color": "black", "line": {"width": 2}}))
     fig.update_layout(xaxis_title=x, yaxis_title=f"{y} (mean over seeds)", template="plotly_white",
@@ -205,10 +210,12 @@ def write_report(store_path: str | Path, out_dir: str | Path | None = None, *, x
     agg_cols = [*group, x, f"{y}_mean", f"{y}_std", "seeds", "trusted"]
     fail_rows = [{"key": r.key[:12], "params": r.params, "error": (r.error or "").strip().splitlines()[0][:200]
                   if r.error else "", "finished": r.finished} for r in failed]
-    untrusted = sum(r["trusted"] == "NO" for r in rows)
+    untrusted = sum(r["trusted"] == UNTRUSTED for r in rows)
+    unchecked = sum(r["trusted"] == NOT_CHECKED for r in rows)
     title = f"Sweep report: {', '.join(sorted({r.sweep for r in records})) or store_path.name}"
     md = [f"# {title}\n", f"{len(rows)} done, {len(failed)} failed, {untrusted} untrusted (untrusted: a sanity "
-          "check failed, so treat that robust accuracy as an upper bound at best).\n"]
+          "check failed, so treat that robust accuracy as an upper bound at best), "
+          f"{unchecked} not checked (no sanity check ran).\n"]
     if agg:
         md += [f"\n## {y} vs {x} (mean over seeds)\n\n", markdown_table(agg, agg_cols)]
     md += ["\n## Cells\n\n", markdown_table(rows, cols)]

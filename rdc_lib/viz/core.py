@@ -390,7 +390,8 @@ def accuracy_vs_eps_figure(rows: Sequence[Mapping[str, Any]], *, title: str = ""
     """Robust accuracy against eps, one line per (defense, attack), Wilson 95% intervals as error bars.
 
     Each row: defense, attack, eps, robust_acc, robust {low, high}, clean_acc, clean {low, high},
-    trusted. eps = 0 shows the clean accuracy; an untrusted point is drawn as an open 'x'.
+    trusted. eps = 0 shows the clean accuracy; an untrusted point (trusted False) is drawn as an open 'x', a
+    point whose checks did not run (trusted None, "not checked") as a hollow circle.
     """
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
@@ -405,7 +406,7 @@ def accuracy_vs_eps_figure(rows: Sequence[Mapping[str, Any]], *, title: str = ""
         ys = [clean["clean_acc"]] + [r["robust_acc"] for r in rs]
         lo = [clean["clean"]["low"]] + [r["robust"]["low"] for r in rs]
         hi = [clean["clean"]["high"]] + [r["robust"]["high"] for r in rs]
-        symbols = ["circle"] + ["circle" if r.get("trusted", True) else "x-open" for r in rs]
+        symbols = ["circle"] + [{True: "circle", False: "x-open", None: "circle-open"}[r.get("trusted")] for r in rs]
         fig.add_trace(go.Scatter(
             x=[x + shift for x in xs], y=ys, customdata=xs, mode="lines+markers", name=f"{defense} / {attack}",
             line=dict(color=_color(j)), marker=dict(symbol=symbols, size=10),
