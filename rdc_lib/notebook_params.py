@@ -172,6 +172,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "n_variance_images": ParamSpec("int", "images used to measure the spread of logit differences", low=1,
                                    high=CIFAR10_TEST_SIZE),
     "n_draws": ParamSpec("int", "independent noise draws per measurement", low=2, high=10_000),
+    "n_gap_images": ParamSpec("int", "test images of the class-gap measurement", low=1, high=CIFAR10_TEST_SIZE),
+    "study_raw": ParamSpec("str", "raw rows of the denoiser study (docs/raw/denoiser_study.jsonl); missing = no bars"),
     # diffusion classifier
     "T": ParamSpec("int", "number of noise levels of the diffusion classifier", low=1, high=10_000),
     "T_list": ParamSpec("list[int]", "numbers of noise levels compared", low=1, high=10_000),
