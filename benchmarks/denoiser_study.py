@@ -24,7 +24,7 @@ import yaml
 
 from rdc_lib.evaluation import evaluate
 from rdc_lib.study import (check_study_checkpoint, entry_dict, eval_command, load_study, measure_denoiser,
-                           render_report, robust_config)
+                           render_report, robust_config, robust_flags)
 
 
 def _sha256(path: str) -> str:
@@ -53,31 +53,36 @@ def run(args: argparse.Namespace) -> None:
     raw = Path(args.raw)
     for entry in entries:
         sha = _sha256(entry.checkpoint) if Path(entry.checkpoint).is_file() else None
-        rows = _rows(raw)
-        if any(r["name"] == entry.name and r["sha256"] == sha and not args.redo for r in rows):
+        prev = next((r for r in _rows(raw) if r["name"] == entry.name and r["sha256"] == sha), None)
+        if prev is not None and not args.redo and (entry.n_robust == 0 or "robust_flags" in prev):
             print(f"skip (done): {entry.name}", flush=True)
             continue
         denoiser = check_study_checkpoint(entry.checkpoint)
-        print(f"measuring {entry.name} ...", flush=True)
-        row = {**entry_dict(entry), "sha256": sha, "heads": denoiser.heads}
-        row.update(measure_denoiser(denoiser, timesteps=args.timesteps))
-        print(f"  DC clean {row['dc_clean_correct']}/{row['dc_clean_total']}, gap test "
-              f"{[round(g, 4) for g in row['gap_test']]} [{row['measure_seconds']:.0f}s]", flush=True)
+        if prev is not None and not args.redo:
+            row = prev  # clean columns done; only the robust column (resumed from its records) is missing
+        else:
+            print(f"measuring {entry.name} ...", flush=True)
+            row = {**entry_dict(entry), "sha256": sha, "heads": denoiser.heads}
+            row.update(measure_denoiser(denoiser, timesteps=args.timesteps))
+            print(f"  DC clean {row['dc_clean_correct']}/{row['dc_clean_total']}, gap test "
+                  f"{[round(g, 4) for g in row['gap_test']]} [{row['measure_seconds']:.0f}s]", flush=True)
         if entry.n_robust > 0:
             cfg = robust_config(entry, denoiser.heads, timesteps=args.timesteps, steps=args.steps)
             t0 = time.perf_counter()
             res = evaluate(cfg, records_dir=args.records, progress=True)
             stats = res["attack_stats"]
-            broken: dict[str, int] = {}
-            for s in stats:
-                for name, a in s["attacks"].items():
-                    broken[name] = broken.get(name, 0) + a["broken"]
+            if stats or "robust_run" not in row:
+                broken: dict[str, int] = {}
+                for s in stats:
+                    for name, a in s["attacks"].items():
+                        broken[name] = broken.get(name, 0) + a["broken"]
+                row["robust_run"] = {"n": cfg.n, "seconds": time.perf_counter() - t0, "broken_by": broken,
+                                     "queries_spent": sum(s["queries_spent"] for s in stats),
+                                     "queries_budget": sum(s["queries_budget"] for s in stats)}
             row["robust"] = res["robust"]
-            row["robust_run"] = {"n": cfg.n, "seconds": time.perf_counter() - t0, "broken_by": broken,
-                                 "queries_spent": sum(s["queries_spent"] for s in stats),
-                                 "queries_budget": sum(s["queries_budget"] for s in stats)}
+            row["robust_flags"] = robust_flags(cfg, args.records)
             row["robust_command"] = eval_command(cfg, args.records)
-            print(f"  robust {res['robust']['correct']}/{res['robust']['total']} [{row['robust_run']['seconds']:.0f}s]",
+            print(f"  robust {res['robust']['correct']}/{res['robust']['total']} [{time.perf_counter() - t0:.0f}s]",
                   flush=True)
         rows = [r for r in _rows(raw) if r["name"] != entry.name] + [row]
         _write_rows(raw, rows)

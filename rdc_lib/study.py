@@ -257,6 +257,21 @@ def eval_command(cfg, records: str) -> str:
     return "rdc eval " + " ".join(flags) + f" --records {records} --json"
 
 
+def robust_flags(cfg, records_dir: str | Path) -> list[bool]:
+    """Per test image (in order), whether it stayed correctly classified: read from the evaluation's records."""
+    import json
+
+    from .evaluation.runner import _paths
+
+    jsonl, _ = _paths(records_dir, cfg)
+    recs = [json.loads(line) for line in jsonl.read_text().splitlines()[1:] if line.strip()]
+    by_index = {r["index"]: bool(r["robust_first"]) for r in recs}
+    missing = [i for i in range(cfg.offset, cfg.offset + cfg.n) if i not in by_index]
+    if missing:
+        raise ValueError(f"records {jsonl} lack images {missing[:5]}... of the evaluation (incomplete run)")
+    return [by_index[i] for i in range(cfg.offset, cfg.offset + cfg.n)]
+
+
 def _pct(acc: dict | None) -> str:
     if not acc or not acc.get("total"):
         return "—"
@@ -292,6 +307,13 @@ def render_report(rows: list[dict[str, Any]], notes: str = "") -> str:
         rob = r.get("robust")
         lines.append(f"| {r['name']} | {r['factor']} | {r['params'] / 1e6:.2f}M | {r['passes_per_image']} | "
                      f"{r['dc_seconds_per_image']:.4f} | {_pct(clean)} | {_pct(rob)} |")
+    flagged = [r for r in rows if r.get("robust_flags")]
+    if len(flagged) > 1:
+        m = min(len(r["robust_flags"]) for r in flagged)
+        lines += ["", f"Paired, on the same first {m} test images (the largest set every robust row shares):", "",
+                  "| denoiser | robust l_inf 0.1, first " + str(m) + " images |", "|---|---|"]
+        for r in flagged:
+            lines.append(f"| {r['name']} | {_pct(wilson(sum(r['robust_flags'][:m]), m).as_dict())} |")
     lines += ["", f"## Class gap per noise level (sigma = {', '.join(f'{s:g}' for s in sig)})", "",
               "Mean over images of (smallest wrong-class denoising error) - (true-class error), model space, one "
               "eps per image and level shared by the classes. Positive: the label helps the denoiser.", "",
@@ -322,8 +344,10 @@ def render_report(rows: list[dict[str, Any]], notes: str = "") -> str:
               "The study runs without the evaluation's sanity checks (cost); the shipped default's headline "
               "evaluation runs them.", "", "## Commands", "",
               "| denoiser | factor (differs from) | what | train | robust column |", "|---|---|---|---|---|"]
+    base = next((r["name"] for r in rows if r["factor"] == "baseline"), "baseline")
     for r in rows:
-        lines.append(f"| {r['name']} | {r['factor']} ({r.get('parent') or '—'}) | {r.get('note', '')} | "
+        parent = "—" if r["factor"] == "baseline" else (r.get("parent") or base)
+        lines.append(f"| {r['name']} | {r['factor']} ({parent}) | {r.get('note', '')} | "
                      f"`{r['command']}` | `{r.get('robust_command', '—')}` |")
     lines += ["", "Study wall time: " + ", ".join(f"{r['name']} {r['measure_seconds'] + r.get('robust_run', {}).get('seconds', 0):.0f} s"
                                                for r in rows) + " (one CPU thread, shared machine)."]

@@ -237,12 +237,16 @@ def test_report_is_generated_from_rows_with_intervals_and_commands():
     from rdc_lib.evaluation.stats import wilson
 
     rob = wilson(52, 100).as_dict()
-    rows = [_row("b", "width", rob), _row("a", "baseline")]
+    rows = [_row("b", "width", rob), _row("a", "baseline"), _row("c", "dropout", wilson(1, 3).as_dict())]
+    rows[0]["robust_flags"] = [True, False] + [True] * 50 + [False] * 48
+    rows[2]["robust_flags"] = [True, True, False]
     text = render_report(rows, notes="## Analysis\n\nhand-written")
     assert text == render_report(list(reversed(rows)), notes="## Analysis\n\nhand-written")  # deterministic
     assert "52.0% (52/100, 42-62)" in text and "97.2% (350/360" in text
     assert "`rdc train --out b`" in text and text.rstrip().endswith("hand-written")
     assert text.index("| a | baseline") < text.index("| b | width")
+    assert "same first 3 test images" in text and "| b | 66.7% (2/3," in text and "| c | 66.7% (2/3," in text
+    assert "| b | width (a) |" in text                               # differs from the baseline row
     with pytest.raises(ValueError, match="no study rows"):
         render_report([])
 
@@ -257,3 +261,37 @@ def test_eval_config_denoiser_field(tmp_path):
     with pytest.raises(FileNotFoundError, match="denoiser checkpoint not found"):
         resolve_denoiser(str(tmp_path / "missing.safetensors"))
     assert resolve_denoiser("digits_multi_h32").name == "digits_multi_h32.safetensors"
+
+
+# ------------------------------------------------------------------ shipped checkpoints
+
+def test_every_checkpoint_in_data_readme_exists_and_matches_its_sha256():
+    import hashlib
+    import re
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[1] / "data"
+    rows = re.findall(r"^\| `checkpoints/([\w.]+\.safetensors)` \|.*\| `([0-9a-f]{16})…` \|$",
+                      (data / "README.md").read_text(), flags=re.M)
+    names = {name for name, _ in rows}
+    assert {"digits_single.safetensors", "digits_multi.safetensors", "digits_multi_h32_distill.safetensors",
+            "digits_film_single.safetensors"} <= names
+    for name, prefix in rows:
+        digest = hashlib.sha256((data / "checkpoints" / name).read_bytes()).hexdigest()
+        assert digest.startswith(prefix), f"{name}: sha256 {digest[:16]} does not match data/README.md ({prefix})"
+
+
+def test_robust_flags_come_from_complete_records_only(tmp_path):
+    from rdc_lib.evaluation import evaluate
+    from rdc_lib.evaluation.runner import _paths
+    from rdc_lib.study import robust_flags
+
+    cfg = EvalConfig(defense="cnn", attack="pgd", steps=2, n=4, chunk=2, run_checks=False)
+    res = evaluate(cfg, records_dir=tmp_path, progress=False)
+    flags = robust_flags(cfg, tmp_path)
+    assert len(flags) == 4 and sum(flags) == res["robust"]["correct"]
+    jsonl, _ = _paths(tmp_path, cfg)
+    lines = jsonl.read_text().splitlines()
+    jsonl.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(ValueError, match="incomplete run"):
+        robust_flags(cfg, tmp_path)
