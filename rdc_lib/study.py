@@ -299,6 +299,8 @@ def render_report(rows: list[dict[str, Any]], notes: str = "") -> str:
         f"{rows[0]['timesteps']} noise levels (paper grid), fixed noise (a deterministic white-box model). "
         "Accuracies with counts and 95% Wilson intervals.", "",
         "## Accuracy and cost", "",
+        "Passes: single-image network evaluations per DC call (K x T single-head, T multi-head). DC s / image: one "
+        "DC forward, one CPU thread on a shared machine under varying load (a rough guide; the passes are exact).", "",
         "| denoiser | factor | params | passes / image | DC s / image | DC clean (360 test) | robust l_inf 0.1 |",
         "|---|---|---|---|---|---|---|",
     ]
