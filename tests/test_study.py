@@ -295,3 +295,13 @@ def test_robust_flags_come_from_complete_records_only(tmp_path):
     jsonl.write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(ValueError, match="incomplete run"):
         robust_flags(cfg, tmp_path)
+
+
+def test_docs_denoisers_md_is_generated_from_the_raw_rows():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rows = [json.loads(l) for l in (root / "docs/raw/denoiser_study.jsonl").read_text().splitlines() if l.strip()]
+    notes = (root / "docs/denoisers_notes.md").read_text()
+    assert (root / "docs/denoisers.md").read_text() == render_report(rows, notes), \
+        "docs/denoisers.md is stale: run `benchmarks/denoiser_study.py doc`"
