@@ -33,6 +33,16 @@ def _add_train(sub) -> None:
     p.add_argument("--head-channels", type=int, default=None, help="multi-head: hidden width of each head (0 = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", default=None, help="fine-tune from this denoiser checkpoint")
+    p.add_argument("--dropout", type=float, default=None, help="dropout inside the backbone, in [0, 1) (default 0.1)")
+    p.add_argument("--label-dropout", type=float, default=None,
+                   help="single-head: probability of the null label, in [0, 1) (default 0.1)")
+    p.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights, in (0, 1) (default 0.999)")
+    p.add_argument("--warmup", type=int, default=None, help="linear learning-rate warmup steps, >= 0 (default 200)")
+    p.add_argument("--distill-from", default=None,
+                   help="multi-head: single-head teacher checkpoint matched on random wrong-class heads")
+    p.add_argument("--distill-classes", type=int, default=None,
+                   help="wrong classes per example matched to the teacher, in [1, K-1] (default 1)")
+    p.add_argument("--distill-weight", type=float, default=None, help="weight of the teacher term, >= 0 (default 1)")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 reproduces the shipped files)")
@@ -253,14 +263,17 @@ def _cmd_train(args) -> int:
 
     from .train import TrainConfig, train_denoiser
 
+    from .models.config import default_backbone
+
     cfg = TrainConfig(dataset=args.dataset, data_root=args.data_root, heads=args.heads, arch=args.arch,
-                      seed=args.seed, init_from=args.init_from)
-    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}.items() if v is not None}
-    if args.arch != "unet_small":
-        overrides["backbone"] = {}
-    else:
-        extra = {"model_channels": args.model_channels, "head_channels": args.head_channels}
-        overrides["backbone"] = {**cfg.backbone, **{k: v for k, v in extra.items() if v is not None}}
+                      seed=args.seed, init_from=args.init_from, distill_from=args.distill_from)
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "label_dropout": args.label_dropout,
+             "ema_decay": args.ema_decay, "warmup": args.warmup, "distill_classes": args.distill_classes,
+             "distill_weight": args.distill_weight}
+    overrides: dict = {k: v for k, v in given.items() if v is not None}
+    extra = {"model_channels": args.model_channels, "head_channels": args.head_channels, "dropout": args.dropout}
+    base = dict(cfg.backbone) if args.arch == "unet_small" else default_backbone(args.arch)
+    overrides["backbone"] = {**base, **{k: v for k, v in extra.items() if v is not None}}
     cfg = replace(cfg, **overrides)
     summary = train_denoiser(cfg, args.out, device=args.device, resume=not args.no_resume, restart=args.restart)
     print(json.dumps(summary))

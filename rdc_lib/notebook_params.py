@@ -178,6 +178,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "n_cost_images": ParamSpec("int", "test images in the cost measurement (enough work for a stable timing)",
                                low=1, high=CIFAR10_TEST_SIZE),
     "n_draws": ParamSpec("int", "independent noise draws per measurement", low=2, high=10_000),
+    "n_gap_images": ParamSpec("int", "test images of the class-gap measurement", low=1, high=CIFAR10_TEST_SIZE),
+    "study_raw": ParamSpec("str", "raw rows of the denoiser study (docs/raw/denoiser_study.jsonl); missing = no bars"),
     # diffusion classifier
     "T": ParamSpec("int", "number of noise levels of the diffusion classifier", low=1, high=10_000),
     "T_list": ParamSpec("list[int]", "numbers of noise levels compared", low=1, high=10_000),
@@ -240,6 +242,7 @@ def _check_device(value: str) -> None:
 
 PATH_PARAMS = ("checkpoint", "checkpoint_single", "cnn_checkpoint")  # files: a shipped name or a path
 DIR_PARAMS = ("data_root", "ckpt_dir")                                # folders (dataset 'cifar10')
+DATA_FILE_PARAMS = ("study_raw",)                                     # optional data files of the repository
 
 
 def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
@@ -257,7 +260,7 @@ def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
                 continue
             raise MissingFilesError(f"notebook parameter {name} = {values[name]!r}: {exc}; the shipped checkpoints "
                                     "are in data/checkpoints/ (see data/README.md)") from None
-    for name in DIR_PARAMS:
+    for name in DIR_PARAMS + DATA_FILE_PARAMS:
         if name in values and values[name]:
             values[name] = str(resolve_path(values[name], base))
 

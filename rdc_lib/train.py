@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .data import dataset_info, load_dataset
-from .diffusion.loss import edm_loss
+from .diffusion.loss import edm_distill_loss, edm_loss
 from .models.base import Denoiser
 from .models.checkpoints import save_denoiser
 from .models.config import DenoiserConfig, build_denoiser
@@ -51,15 +51,33 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500     # steps between resumable checkpoints
     init_from: str | None = None    # a denoiser checkpoint to fine-tune from (matching names are loaded)
+    distill_from: str | None = None  # multi-head only: a single-head teacher checkpoint for the wrong-class heads
+    distill_classes: int = 1        # wrong classes per example matched to the teacher, in [1, K - 1]
+    distill_weight: float = 1.0     # weight of the teacher term, >= 0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        dropout = self.backbone.get("dropout", 0.0)
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if self.distill_from is not None:
+            if self.heads != "multi":
+                raise ValueError(f"distill_from trains a multi-head student; got heads={self.heads!r} (use --heads multi)")
+            num_classes = dataset_info(self.dataset)["num_classes"]
+            if not 1 <= self.distill_classes <= num_classes - 1:
+                raise ValueError(f"distill_classes must be in [1, {num_classes - 1}], got {self.distill_classes}")
+            if self.distill_weight < 0:
+                raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
 
     def denoiser_config(self) -> DenoiserConfig:
         info = dataset_info(self.dataset)
@@ -127,6 +145,7 @@ def train_denoiser(
     if cfg.init_from:
         _init_partial(net, cfg.init_from)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
+    teacher = _load_teacher(cfg, dcfg, device) if cfg.distill_from else None
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     gen = make_generator(cfg.seed, device)
     step = 0
@@ -148,10 +167,16 @@ def train_denoiser(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         idx = torch.randint(0, x_train.shape[0], (cfg.batch_size,), generator=gen, device=device)
-        loss = edm_loss(
-            net, x_train[idx], y_train[idx], generator=gen, P_mean=cfg.P_mean, P_std=cfg.P_std,
-            label_dropout=cfg.label_dropout,
-        ).mean()
+        if teacher is not None:
+            loss = edm_distill_loss(
+                net, teacher, x_train[idx], y_train[idx], generator=gen, P_mean=cfg.P_mean, P_std=cfg.P_std,
+                wrong_classes=cfg.distill_classes, weight=cfg.distill_weight,
+            ).mean()
+        else:
+            loss = edm_loss(
+                net, x_train[idx], y_train[idx], generator=gen, P_mean=cfg.P_mean, P_std=cfg.P_std,
+                label_dropout=cfg.label_dropout,
+            ).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -171,6 +196,19 @@ def train_denoiser(
     extra = {"train_config": _jsonable(asdict(cfg)), "final_loss_ema": loss_avg, "steps": step}
     save_denoiser(out, ema, dcfg, extra)
     return {"out": str(out), "steps": step, "loss": loss_avg, "seconds": time.perf_counter() - t0}
+
+
+def _load_teacher(cfg: TrainConfig, dcfg: DenoiserConfig, device: torch.device) -> Denoiser:
+    """The frozen distillation teacher; it must denoise the student's data (classes, channels, resolution)."""
+    from .models.checkpoints import load_denoiser
+
+    teacher = load_denoiser(cfg.distill_from, device=device).requires_grad_(False)
+    want = (dcfg.num_classes, dcfg.img_channels, dcfg.img_resolution)
+    got = (teacher.num_classes, teacher.img_channels, teacher.img_resolution)
+    if got != want:
+        raise ValueError(f"teacher {cfg.distill_from} has (classes, channels, resolution) = {got}, "
+                         f"the {cfg.dataset} student needs {want}")
+    return teacher
 
 
 @torch.no_grad()

@@ -38,3 +38,49 @@ def edm_loss(
     drop = torch.rand(batch, device=x.device, generator=generator) < label_dropout
     labels = torch.where(drop, torch.full_like(labels, denoiser.null_label), labels)
     return weight * (denoiser(x + noise, sigma, labels) - x) ** 2
+
+
+def edm_distill_loss(
+    student: Denoiser,
+    teacher: Denoiser,
+    x: Tensor,                      # (B, C, H, W) clean images in model space [-1, 1]
+    labels: Tensor,                 # (B,) int64 in [0, K)
+    *,
+    generator: torch.Generator | None = None,
+    P_mean: float = -1.2,
+    P_std: float = 1.2,
+    wrong_classes: int = 1,         # wrong classes per example matched to the teacher, in [1, K - 1]
+    weight: float = 1.0,            # weight of the teacher term relative to the EDM terms
+) -> Tensor:                        # (B, C, H, W) weighted squared errors summed over the trained heads
+    """EDM loss of a multi-head student plus a match to a teacher on random *wrong* classes.
+
+    The plain multi-head loss trains a head only on images of its own class (and the null head on
+    all), so nothing teaches head k what to do with an image of another class. Here every example
+    also trains ``wrong_classes`` random heads k != y towards the teacher's D_teacher(x_noisy; sigma, k)
+    on the same noisy input (``wrong_classes`` teacher passes per example, no gradient through the
+    teacher). Same sigma density and weight lambda(sigma) as ``edm_loss``.
+    """
+    if student.heads != "multi":
+        raise ValueError(f"distillation trains a multi-head student, got heads={student.heads!r}")
+    k = student.num_classes
+    if teacher.num_classes != k:
+        raise ValueError(f"teacher has {teacher.num_classes} classes, the student {k}")
+    if not 1 <= wrong_classes <= k - 1:
+        raise ValueError(f"wrong_classes must be in [1, {k - 1}], got {wrong_classes}")
+    batch = x.shape[0]
+    rnd = torch.randn(batch, device=x.device, dtype=x.dtype, generator=generator)
+    sigma = (rnd * P_std + P_mean).exp()
+    sd = getattr(student, "sigma_data", 0.5)
+    lam = ((sigma**2 + sd**2) / (sigma * sd) ** 2).reshape(-1, 1, 1, 1)
+    x_noisy = x + torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator) * sigma.reshape(-1, 1, 1, 1)
+    every = student.denoise_all(x_noisy, sigma, classes=torch.arange(k + 1, device=x.device))  # (B, K + 1, C, H, W)
+    idx = torch.arange(batch, device=x.device)
+    loss = lam * ((every[idx, labels] - x) ** 2 + (every[:, -1] - x) ** 2)
+    # wrong classes without repetition: y + offset mod K, offsets a random subset of 1..K-1
+    offsets = torch.rand(batch, k - 1, device=x.device, generator=generator).argsort(dim=1)[:, :wrong_classes] + 1
+    for j in range(wrong_classes):
+        wrong = (labels + offsets[:, j]) % k
+        with torch.no_grad():
+            target = teacher(x_noisy, sigma, wrong)
+        loss = loss + weight * lam * (every[idx, wrong] - target) ** 2
+    return loss

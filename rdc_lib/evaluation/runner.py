@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 ATTACKS = ("none", "fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "autoattack",
            "pgd-lagrange", "apgd-lagrange", "pgd-seot", "apgd-seot", "stadv")
-_LATER_FIELDS = ("verify",)
+_LATER_FIELDS = ("verify", "denoiser")
 NORMS = ("linf", "l2", "flow")  # "flow": StAdv's per-pixel flow bound (attack stadv only)
 
 
@@ -59,6 +59,8 @@ class EvalConfig:
     preset: str = ""                # "cifar10-paper" with dataset="cifar10" (grid, LM, DC settings)
     data_root: str = ""             # CIFAR-10: folder of the python batches
     ckpt_dir: str = "data/checkpoints"  # CIFAR-10: folder of the imported EDM checkpoints
+    denoiser: str = ""              # digits: a denoiser checkpoint (path, or shipped name like digits_multi_h32)
+                                    # replacing the default of `heads`
 
     def __post_init__(self) -> None:
         if self.defense not in DEFENSES:
@@ -85,6 +87,11 @@ class EvalConfig:
             raise ValueError(f"offset must be >= 0, got {self.offset}")
         if self.dataset not in ("digits", "cifar10"):
             raise ValueError(f"unknown dataset {self.dataset!r}; valid choices: digits, cifar10")
+        if self.denoiser and self.defense not in ("dc", "rdc", "diffpure"):
+            raise ValueError(f"denoiser= selects the diffusion model of dc, rdc or diffpure; defense {self.defense!r} "
+                             "has none")
+        if self.denoiser and self.dataset != "digits":
+            raise ValueError("denoiser= is for digits; CIFAR-10 takes its checkpoints from preset and ckpt_dir")
         if self.dataset == "cifar10" and self.defense not in ("dc", "rdc"):
             raise ValueError(f"on cifar10 the defenses are dc and rdc (EDM checkpoints), got {self.defense!r}")
         if self.attack.endswith("-lagrange") and self.defense in ("cnn", "at-cnn"):
@@ -146,7 +153,20 @@ class EvalConfig:
 def defense_spec(cfg: EvalConfig) -> DefenseSpec:
     return DefenseSpec(name=cfg.defense, heads=cfg.heads, timesteps=cfg.timesteps, noise_mode=cfg.noise_mode,
                        grad_mode=cfg.grad_mode, seed=cfg.seed, vote=cfg.vote, preset=cfg.preset,
-                       ckpt_dir=cfg.ckpt_dir if cfg.dataset == "cifar10" else "")
+                       ckpt_dir=cfg.ckpt_dir if cfg.dataset == "cifar10" else "",
+                       denoiser_path=str(resolve_denoiser(cfg.denoiser)) if cfg.denoiser else None)
+
+
+def resolve_denoiser(name_or_path: str) -> Path:
+    """A checkpoint path as given, or ``data/checkpoints/<name>.safetensors`` for a bare shipped name."""
+    from ..paths import checkpoint_path
+
+    p = Path(name_or_path)
+    if p.suffix == ".safetensors" or len(p.parts) > 1:
+        if not p.is_file():
+            raise FileNotFoundError(f"denoiser checkpoint not found: {p} (expected a .safetensors file written by rdc)")
+        return p
+    return checkpoint_path(name_or_path)
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from torch import nn
 
 from .base import Denoiser
 from .precond import HEADS, EDMDenoiser
+from .film import FILM_BACKBONE, FiLMNet
 from .unet_small import SmallUNet
 
 
@@ -55,8 +56,30 @@ def _build_unet_small(cfg: DenoiserConfig) -> nn.Module:
     )
 
 
+def _build_film(cfg: DenoiserConfig) -> nn.Module:
+    multi = cfg.heads == "multi"
+    return FiLMNet(
+        in_channels=cfg.img_channels,
+        out_channels=cfg.img_channels * ((cfg.num_classes + 1) if multi else 1),
+        resolution=cfg.img_resolution,
+        label_dim=0 if multi else cfg.num_classes + 1,
+        num_heads=cfg.num_classes + 1 if multi else 1,
+        **{**FILM_BACKBONE, **cfg.backbone},
+    )
+
+
 # arch name -> function(config) -> backbone F(x_in, c_noise, labels)
-ARCHITECTURES: dict[str, Callable[[DenoiserConfig], nn.Module]] = {"unet_small": _build_unet_small}
+ARCHITECTURES: dict[str, Callable[[DenoiserConfig], nn.Module]] = {"unet_small": _build_unet_small,
+                                                                    "film": _build_film}
+# arch name -> the backbone keyword arguments `rdc train` starts from (digits scale)
+DEFAULT_BACKBONES: dict[str, dict] = {"film": FILM_BACKBONE}
+
+
+def default_backbone(arch: str) -> dict:
+    """A copy of the default backbone arguments of ``arch`` ({} where the builder has its own defaults)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; valid choices: {', '.join(sorted(ARCHITECTURES))}")
+    return dict(DEFAULT_BACKBONES.get(arch, {}))
 
 
 def register_architecture(name: str, builder: Callable[[DenoiserConfig], nn.Module]) -> None:

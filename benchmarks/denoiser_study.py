@@ -1,0 +1,120 @@
+"""The controlled denoiser study (docs/denoisers.md): which denoiser makes the diffusion classifier robust.
+
+    .venv/bin/python benchmarks/denoiser_study.py run [--only NAME ...] [--config benchmarks/denoiser_study.yaml]
+    .venv/bin/python benchmarks/denoiser_study.py doc
+
+``run`` measures every denoiser of the study config that has no row yet in docs/raw/denoiser_study.jsonl
+(per-sigma errors and class gaps, distance to the optimal denoiser, DC clean accuracy, robust accuracy under the
+fixed-noise AutoAttack-style ensemble) and appends its row. It is resumable: finished rows are skipped (a row is
+redone when its checkpoint file changed), and the robust column keeps per-example records under --records, so an
+interrupted evaluation continues where it stopped. ``doc`` writes docs/denoisers.md from the raw rows only, with
+docs/denoisers_notes.md (the hand-written analysis) appended verbatim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from rdc_lib.evaluation import evaluate
+from rdc_lib.study import (check_study_checkpoint, entry_dict, eval_command, load_study, measure_denoiser,
+                           render_report, robust_config, robust_flags)
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _rows(raw: Path) -> list[dict]:
+    return [json.loads(l) for l in raw.read_text().splitlines() if l.strip()] if raw.is_file() else []
+
+
+def _write_rows(raw: Path, rows: list[dict]) -> None:
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    tmp = raw.with_name(raw.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    tmp.replace(raw)
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    entries = load_study(yaml.safe_load(Path(args.config).read_text()))
+    if args.only:
+        unknown = sorted(set(args.only) - {e.name for e in entries})
+        if unknown:
+            raise SystemExit(f"--only names unknown entries {unknown}; the study has {[e.name for e in entries]}")
+        entries = [e for e in entries if e.name in args.only]
+    raw = Path(args.raw)
+    for entry in entries:
+        sha = _sha256(entry.checkpoint) if Path(entry.checkpoint).is_file() else None
+        prev = next((r for r in _rows(raw) if r["name"] == entry.name and r["sha256"] == sha), None)
+        if prev is not None and not args.redo and (entry.n_robust == 0 or "robust_flags" in prev):
+            print(f"skip (done): {entry.name}", flush=True)
+            continue
+        denoiser = check_study_checkpoint(entry.checkpoint)
+        if prev is not None and not args.redo:
+            row = prev  # clean columns done; only the robust column (resumed from its records) is missing
+        else:
+            print(f"measuring {entry.name} ...", flush=True)
+            row = {**entry_dict(entry), "sha256": sha, "heads": denoiser.heads}
+            row.update(measure_denoiser(denoiser, timesteps=args.timesteps))
+            print(f"  DC clean {row['dc_clean_correct']}/{row['dc_clean_total']}, gap test "
+                  f"{[round(g, 4) for g in row['gap_test']]} [{row['measure_seconds']:.0f}s]", flush=True)
+        if entry.n_robust > 0:
+            cfg = robust_config(entry, denoiser.heads, timesteps=args.timesteps, steps=args.steps)
+            t0 = time.perf_counter()
+            res = evaluate(cfg, records_dir=args.records, progress=True)
+            stats = res["attack_stats"]
+            if stats or "robust_run" not in row:
+                broken: dict[str, int] = {}
+                for s in stats:
+                    for name, a in s["attacks"].items():
+                        broken[name] = broken.get(name, 0) + a["broken"]
+                row["robust_run"] = {"n": cfg.n, "seconds": time.perf_counter() - t0, "broken_by": broken,
+                                     "queries_spent": sum(s["queries_spent"] for s in stats),
+                                     "queries_budget": sum(s["queries_budget"] for s in stats)}
+            row["robust"] = res["robust"]
+            row["robust_flags"] = robust_flags(cfg, args.records)
+            row["robust_command"] = eval_command(cfg, args.records)
+            print(f"  robust {res['robust']['correct']}/{res['robust']['total']} [{time.perf_counter() - t0:.0f}s]",
+                  flush=True)
+        rows = [r for r in _rows(raw) if r["name"] != entry.name] + [row]
+        _write_rows(raw, rows)
+    print(f"raw rows: {raw}")
+
+
+def doc(args: argparse.Namespace) -> None:
+    rows = _rows(Path(args.raw))
+    notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else ""
+    Path(args.out).write_text(render_report(rows, notes))
+    print(f"wrote {args.out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--config", default="benchmarks/denoiser_study.yaml")
+    r.add_argument("--only", nargs="+", default=None, metavar="NAME")
+    r.add_argument("--raw", default="docs/raw/denoiser_study.jsonl")
+    r.add_argument("--records", default="runs/denoiser_study/records")
+    r.add_argument("--timesteps", type=int, default=16)
+    r.add_argument("--steps", type=int, default=25, help="APGD iterations of the robust column")
+    r.add_argument("--redo", action="store_true", help="measure again even if a row exists")
+    r.add_argument("--threads", type=int, default=1)
+    d = sub.add_parser("doc")
+    d.add_argument("--raw", default="docs/raw/denoiser_study.jsonl")
+    d.add_argument("--out", default="docs/denoisers.md")
+    d.add_argument("--notes", default="docs/denoisers_notes.md", help="hand-written analysis appended verbatim")
+    args = ap.parse_args()
+    run(args) if args.cmd == "run" else doc(args)
+
+
+if __name__ == "__main__":
+    main()
