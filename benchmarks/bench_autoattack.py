@@ -34,7 +34,7 @@ def _shard(offset: int, n: int, chunk: int, records: str, checks: bool) -> dict:
     import torch
 
     from rdc_lib.evaluation import EvalConfig, evaluate
-    from rdc_lib.evaluation.runner import _paths
+    from rdc_lib.evaluation.records import records_paths as _paths
 
     torch.set_num_threads(1)
     cfg = EvalConfig(n=n, offset=offset, chunk=chunk, run_checks=checks, **SETTINGS)

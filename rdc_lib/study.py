@@ -261,9 +261,9 @@ def robust_flags(cfg, records_dir: str | Path) -> list[bool]:
     """Per test image (in order), whether it stayed correctly classified: read from the evaluation's records."""
     import json
 
-    from .evaluation.runner import _paths
+    from .evaluation.records import records_paths
 
-    jsonl, _ = _paths(records_dir, cfg)
+    jsonl, _ = records_paths(records_dir, cfg)
     recs = [json.loads(line) for line in jsonl.read_text().splitlines()[1:] if line.strip()]
     by_index = {r["index"]: bool(r["robust_first"]) for r in recs}
     missing = [i for i in range(cfg.offset, cfg.offset + cfg.n) if i not in by_index]

@@ -283,14 +283,14 @@ def test_every_checkpoint_in_data_readme_exists_and_matches_its_sha256():
 
 def test_robust_flags_come_from_complete_records_only(tmp_path):
     from rdc_lib.evaluation import evaluate
-    from rdc_lib.evaluation.runner import _paths
+    from rdc_lib.evaluation.records import records_paths
     from rdc_lib.study import robust_flags
 
     cfg = EvalConfig(defense="cnn", attack="pgd", steps=2, n=4, chunk=2, run_checks=False)
     res = evaluate(cfg, records_dir=tmp_path, progress=False)
     flags = robust_flags(cfg, tmp_path)
     assert len(flags) == 4 and sum(flags) == res["robust"]["correct"]
-    jsonl, _ = _paths(tmp_path, cfg)
+    jsonl, _ = records_paths(tmp_path, cfg)
     lines = jsonl.read_text().splitlines()
     jsonl.write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(ValueError, match="incomplete run"):
