@@ -1,0 +1,343 @@
+"""Where the seconds of the strongest protocol go (docs/speed.md), and the doc generator for it.
+
+    .venv/bin/python benchmarks/profile_strongest.py run [--n 3] [--steps 20] [--threads 1] [--no-checks]
+    .venv/bin/python benchmarks/profile_strongest.py doc
+
+``run`` evaluates the strongest protocol of docs/evaluation.md (stochastic RDC, APGD-CE, exact
+gradients through LM, EOT 2, verified stop 4, N-evaluation 10, T = 16, multi-head) on the first
+``n`` digits test images through ``rdc_lib.evaluation.evaluate`` and splits the wall time two ways:
+
+- phase: the attack's gradient steps (EOT draws batched into them), verification calls, the
+  attack's clean call, the runner's clean classification, the N-evaluation, the sanity checks
+  (a fixed cost on at most 16 images, whatever ``n``), everything else;
+- component: LM forward (first-order steps), LM backward (second-order, per-step recomputation),
+  DC forward, DC chunked backward, noise draws, the rest (Python, loss, bookkeeping).
+
+Timers wrap library functions from this script only (the library is unchanged); time is given to
+the innermost phase (the sanity checks absorb everything inside them) and the outermost component.
+A torch.profiler pass over one gradient step gives the share of wall time spent inside aten
+operators (the remainder is Python and dispatch overhead). Writes docs/raw/profile_strongest.json.
+
+``doc`` writes docs/speed.md from docs/raw/profile_strongest.json and docs/raw/bench_strongest.json
+(benchmarks/bench_strongest.py) only: deterministic, no computation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+RAW = Path("docs/raw/profile_strongest.json")
+BENCH_RAW = Path("docs/raw/bench_strongest.json")
+DOC = Path("docs/speed.md")
+
+STRONGEST = dict(defense="rdc", attack="apgd-ce", norm="linf", eps=0.1, eot=2, verify=4, n_eval=10,
+                 noise_mode="stochastic", grad_mode="exact", timesteps=16, heads="multi")
+STRONGEST_CLI = ("rdc eval --defense rdc --attack apgd-ce --eps 0.1 --eot 2 --verify 4 --n-eval 10 "
+                 "--noise-mode stochastic --timesteps 16 --heads multi")
+
+PHASES = ("attack: gradient steps", "attack: verification calls", "attack: clean call", "runner: clean classification",
+          "runner: N-evaluation", "sanity checks", "other")
+COMPONENTS = ("LM forward", "LM backward (2nd order)", "DC forward", "DC chunked backward", "noise draws",
+              "rest (Python, loss, bookkeeping)")
+
+
+class Split:
+    """Wall-time accounting by (phase, component) through wrapped functions."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[tuple[str, str], float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.phases: list[str] = ["other"]
+        self.components: list[str] = [COMPONENTS[-1]]
+        self.mark = time.process_time()
+
+    def _flush(self) -> None:
+        now = time.process_time()
+        phase = "sanity checks" if "sanity checks" in self.phases else self.phases[-1]
+        comp = self.components[1] if len(self.components) > 1 else self.components[0]
+        self.seconds[(phase, comp)] += now - self.mark
+        self.mark = now
+
+    def wrap(self, fn, *, phase: str | None = None, component: str | None = None):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            self._flush()
+            if phase:
+                self.phases.append(phase)
+                self.calls[phase] += 1
+            if component:
+                self.components.append(component)
+                self.calls[component] += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._flush()
+                if phase:
+                    self.phases.pop()
+                if component:
+                    self.components.pop()
+        return inner
+
+
+def _instrument(split: Split) -> None:
+    """Wrap the hot functions of the library (this process only)."""
+    from rdc_lib import classifier, grad, lm, rdc
+    from rdc_lib.attacks import base
+    from rdc_lib.evaluation import checks, runner
+
+    ctx = base.AttackContext
+    ctx.loss_grad = split.wrap(ctx.loss_grad, phase="attack: gradient steps")
+    ctx._confirm = split.wrap(ctx._confirm, phase="attack: verification calls")
+    orig_run = base.Attack.run
+
+    def run_with_clean_phase(self, x, y):
+        orig_logits = ctx._logits
+        first = {"done": False}
+
+        def logits(ctx_self, idx, x_in, copies):
+            if not first["done"]:
+                first["done"] = True
+                return split.wrap(orig_logits, phase="attack: clean call")(ctx_self, idx, x_in, copies)
+            return orig_logits(ctx_self, idx, x_in, copies)
+
+        ctx._logits = logits
+        try:
+            return orig_run(self, x, y)
+        finally:
+            ctx._logits = orig_logits
+
+    base.Attack.run = run_with_clean_phase
+    checks.run_sanity_checks = split.wrap(checks.run_sanity_checks, phase="sanity checks")
+    orig_predict = runner.predict
+    clean_predict = split.wrap(orig_predict, phase="runner: clean classification")
+    neval_predict = split.wrap(orig_predict, phase="runner: N-evaluation")
+    state = {"attacked": False}
+
+    def predict(model, x, batch=64):
+        return (neval_predict if state["attacked"] else clean_predict)(model, x, batch)
+
+    orig_run_attack = runner._run_attack
+
+    def run_attack(*a, **k):
+        try:
+            return orig_run_attack(*a, **k)
+        finally:
+            state["attacked"] = True
+
+    runner.predict = predict
+    runner._run_attack = run_attack
+    # components
+    f = grad._LMRecompute
+    f.forward = staticmethod(split.wrap(f.forward, component="LM forward"))
+    f.backward = staticmethod(split.wrap(f.backward, component="LM backward (2nd order)"))
+    rdc.likelihood_maximization = split.wrap(lm.likelihood_maximization, component="LM forward")
+    c = classifier._ChunkedELBOSum
+    c.forward = staticmethod(split.wrap(c.forward, component="DC forward"))
+    c.backward = staticmethod(split.wrap(c.backward, component="DC chunked backward"))
+    classifier.elbo_terms = split.wrap(classifier.elbo_terms, component="DC forward")
+    rdc.RobustDiffusionClassifier.draw_noise = split.wrap(rdc.RobustDiffusionClassifier.draw_noise,
+                                                          component="noise draws")
+
+
+def _op_share(n: int, seed: int) -> dict:
+    """torch.profiler over one EOT-2 gradient step of the stochastic RDC on ``n`` images."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from rdc_lib.attacks.base import AttackContext
+    from rdc_lib.attacks.losses import ce_loss
+    from rdc_lib.data import load_dataset
+    from rdc_lib.evaluation import DefenseSpec, build_defense
+
+    x, y = load_dataset("digits", "test")
+    x, y = x[:n], y[:n]
+    model = build_defense(DefenseSpec(name="rdc", heads="multi", timesteps=16, noise_mode="stochastic", seed=seed))
+    ctx = AttackContext(model, x, y, eot=2, generator=torch.Generator().manual_seed(seed), verify=1)
+    idx = torch.arange(n)
+    ctx.loss_grad(idx, x, ce_loss)  # warm-up
+    t0 = time.process_time()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        ctx.loss_grad(idx, x, ce_loss)
+    cpu = time.process_time() - t0
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    self_us = sum(e.self_cpu_time_total for e in events)
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
+    return {"images": n, "cpu_s": cpu, "aten_self_s": self_us / 1e6,
+            "top_ops": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in top]}
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    from rdc_lib.evaluation import EvalConfig, evaluate
+
+    split = Split()
+    _instrument(split)
+    cfg = EvalConfig(**STRONGEST, n=args.n, steps=args.steps, seed=args.seed, chunk=args.n,
+                     run_checks=not args.no_checks)
+    t_wall = time.perf_counter()
+    split.mark = time.process_time()
+    t0 = split.mark
+    res = evaluate(cfg, progress=False)
+    split._flush()
+    cpu = time.process_time() - t0
+    wall = time.perf_counter() - t_wall
+    table = {p: {c: split.seconds.get((p, c), 0.0) for c in COMPONENTS} for p in PHASES}
+    out = {
+        "config": {**STRONGEST, "n": args.n, "steps": args.steps, "seed": args.seed, "threads": args.threads,
+                   "run_checks": not args.no_checks},
+        "command": f".venv/bin/python benchmarks/profile_strongest.py run --n {args.n} --steps {args.steps} "
+                   f"--threads {args.threads}" + (" --no-checks" if args.no_checks else ""),
+        "commit": args.commit or _commit(),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "seconds": table,
+        "calls": dict(split.calls),
+        "check_images": min(16, args.n) if not args.no_checks else 0,
+        "robust_acc_worst": res["robust_acc_worst"],
+        "attack_stats": res["attack_stats"],
+        "ops": _op_share(args.op_images, args.seed),
+    }
+    RAW.parent.mkdir(parents=True, exist_ok=True)
+    RAW.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "by_phase": {p: sum(v.values()) for p, v in table.items()}}, indent=2))
+    print(f"wrote {RAW}")
+    return 0
+
+
+def _fmt_s(v: float) -> str:
+    return f"{v:.1f}"
+
+
+def _profile_section(p: dict) -> list[str]:
+    cfg = p["config"]
+    wall = p["wall_s"]
+    checks = sum(p["seconds"]["sanity checks"].values())
+    per_image = wall - checks
+    lines = [
+        "## Where the seconds go (today's code path at the commit below)",
+        "",
+        f"Profile of `{STRONGEST_CLI} --steps {cfg['steps']} --n {cfg['n']}` (seed {cfg['seed']}, "
+        f"{cfg['threads']} thread(s), commit `{p['commit']}`), measured by `{p['command']}` on a machine shared "
+        "with other jobs: absolute seconds are unreliable, the shares are what to read.",
+        "",
+        f"Wall time {_fmt_s(wall)} s, of which the sanity checks (a fixed cost: they run on the first "
+        f"{p['check_images']} image(s), at most 16 whatever n) {_fmt_s(checks)} s; the part that grows with n: "
+        f"{_fmt_s(per_image)} s = {_fmt_s(per_image / cfg['n'])} s per image.",
+        "",
+        "### By phase and component (seconds; share of the part that grows with n)",
+        "",
+        "| phase | " + " | ".join(COMPONENTS) + " | total | share |",
+        "|---|" + "---|" * (len(COMPONENTS) + 2),
+    ]
+    col = {c: 0.0 for c in COMPONENTS}
+    for phase in PHASES:
+        row = p["seconds"][phase]
+        tot = sum(row.values())
+        if tot == 0:
+            continue
+        share = "" if phase == "sanity checks" else f"{100 * tot / per_image:.1f}%"
+        lines.append(f"| {phase} | " + " | ".join(_fmt_s(row[c]) for c in COMPONENTS) + f" | {_fmt_s(tot)} | {share} |")
+        if phase != "sanity checks":
+            for c in COMPONENTS:
+                col[c] += row[c]
+    lines.append("| **all but the checks** | " + " | ".join(_fmt_s(col[c]) for c in COMPONENTS)
+                 + f" | {_fmt_s(per_image)} | 100% |")
+    lines.append("| share of all but the checks | " + " | ".join(f"{100 * col[c] / per_image:.1f}%" for c in COMPONENTS)
+                 + " | | |")
+    ops = p["ops"]
+    lines += [
+        "",
+        "EOT draws are not a separate pass: the attack repeats the batch EOT times inside one network call "
+        f"(rdc_lib.attacks.base.AttackContext.loss_grad), so with EOT = {cfg['eot']} about "
+        f"{100 * (cfg['eot'] - 1) / cfg['eot']:.0f}% of the gradient-step row is the extra draws.",
+        "",
+        f"Operator share (torch.profiler, one EOT-{cfg['eot']} gradient step on {ops['images']} image(s)): "
+        f"{_fmt_s(ops['wall_s'])} s wall, {_fmt_s(ops['aten_self_s'])} s inside aten operators "
+        f"({100 * ops['aten_self_s'] / ops['wall_s']:.0f}%); the rest is Python, autograd and dispatch overhead. "
+        "Top operators by self time:",
+        "",
+        "| operator | self seconds | calls |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{o['op']}` | {o['self_s']:.2f} | {o['calls']} |" for o in ops["top_ops"]]
+    calls = p["calls"]
+    lines += ["", "Calls: " + ", ".join(f"{k} {v}" for k, v in sorted(calls.items())) + "."]
+    return lines
+
+
+def _bench_section(b: dict) -> list[str]:
+    lines = [
+        "## Old vs new code path, measured in one run",
+        "",
+        f"`{b['command']}`: for each protocol, today's code (commit `{b['old_commit']}`, extracted with "
+        f"`git archive`) and this code (`{b['new_commit']}`) run on the same {b['n']} images with the same "
+        f"seeds, interleaved ({b['rounds']} round(s), old then new then new then old ...), each in its own "
+        f"process with {b['threads']} thread(s). Seconds per image exclude the sanity checks "
+        "(`--no-checks`: a fixed cost on at most 16 images). The ratio is old / new (> 1: faster now).",
+        "",
+        "| protocol | old s/image | new s/image | ratio old/new | old robust (worst of N) | new robust (worst of N) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in b["protocols"]:
+        lines.append(f"| {row['name']} | {row['old_s_per_image']:.2f} | {row['new_s_per_image']:.2f} | "
+                     f"{row['ratio']:.2f}x | {row['old_robust_worst']:.3f} | {row['new_robust_worst']:.3f} |")
+    return lines
+
+
+def doc(args: argparse.Namespace) -> int:
+    if not RAW.is_file():
+        print(f"{RAW} is missing: run `.venv/bin/python benchmarks/profile_strongest.py run` first", file=sys.stderr)
+        return 1
+    p = json.loads(RAW.read_text())
+    lines = [
+        "# Speed of the strongest protocol",
+        "",
+        "Written by `benchmarks/profile_strongest.py doc` from docs/raw/profile_strongest.json and "
+        "docs/raw/bench_strongest.json (never edited by hand).",
+        "",
+    ]
+    lines += _profile_section(p)
+    if BENCH_RAW.is_file():
+        lines += [""] + _bench_section(json.loads(BENCH_RAW.read_text()))
+    notes = Path("docs/speed_notes.md")
+    if notes.is_file():
+        lines += ["", notes.read_text().rstrip()]
+    DOC.write_text("\n".join(lines) + "\n")
+    print(f"wrote {DOC}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--n", type=int, default=3, help="test images attacked")
+    r.add_argument("--steps", type=int, default=20, help="APGD iterations")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--no-checks", action="store_true", help="skip the sanity checks (a fixed cost)")
+    r.add_argument("--op-images", type=int, default=8, help="images in the torch.profiler gradient step")
+    r.add_argument("--commit", default=None, help="label of the profiled code (default: git HEAD here)")
+    sub.add_parser("doc")
+    args = ap.parse_args()
+    return run(args) if args.cmd == "run" else doc(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
