@@ -5,7 +5,8 @@
 
 ``run`` evaluates the strongest protocol of docs/evaluation.md (stochastic RDC, APGD-CE, exact
 gradients through LM, EOT 2, verified stop 4, N-evaluation 10, T = 16, multi-head) on the first
-``n`` digits test images through ``rdc_lib.evaluation.evaluate`` and splits the wall time two ways:
+``n`` digits test images through ``rdc_lib.evaluation.evaluate`` and splits its CPU time (one thread:
+what an idle core would take, robust to other jobs on the machine) two ways:
 
 - phase: the attack's gradient steps (EOT draws batched into them), verification calls, the
   attack's clean call, the runner's clean classification, the N-evaluation, the sanity checks
@@ -15,7 +16,7 @@ gradients through LM, EOT 2, verified stop 4, N-evaluation 10, T = 16, multi-hea
 
 Timers wrap library functions from this script only (the library is unchanged); time is given to
 the innermost phase (the sanity checks absorb everything inside them) and the outermost component.
-A torch.profiler pass over one gradient step gives the share of wall time spent inside aten
+A torch.profiler pass over one gradient step gives the share of CPU time spent inside aten
 operators (the remainder is Python and dispatch overhead). Writes docs/raw/profile_strongest.json.
 
 ``doc`` writes docs/speed.md from docs/raw/profile_strongest.json and docs/raw/bench_strongest.json
@@ -226,21 +227,23 @@ def _fmt_s(v: float) -> str:
 
 def _profile_section(p: dict) -> list[str]:
     cfg = p["config"]
-    wall = p["wall_s"]
+    cpu = p["cpu_s"]
     checks = sum(p["seconds"]["sanity checks"].values())
-    per_image = wall - checks
+    per_image = cpu - checks
     lines = [
-        "## Where the seconds go (today's code path at the commit below)",
+        f"## Where the seconds go (code at commit `{p['commit']}`)",
         "",
-        f"Profile of `{STRONGEST_CLI} --steps {cfg['steps']} --n {cfg['n']}` (seed {cfg['seed']}, "
-        f"{cfg['threads']} thread(s), commit `{p['commit']}`), measured by `{p['command']}` on a machine shared "
-        "with other jobs: absolute seconds are unreliable, the shares are what to read.",
+        f"Profile of `{STRONGEST_CLI} --steps {cfg['steps']} --n {cfg['n']} --chunk {cfg['n']}` (seed {cfg['seed']}, "
+        f"{cfg['threads']} thread), measured by `{p['command']}`. Seconds are the process's CPU seconds "
+        f"(the machine was shared with other jobs: wall {_fmt_s(p['wall_s'])} s for {_fmt_s(cpu)} s of CPU), "
+        "so they are what one idle core would take; the shares are what to read.",
         "",
-        f"Wall time {_fmt_s(wall)} s, of which the sanity checks (a fixed cost: they run on the first "
-        f"{p['check_images']} image(s), at most 16 whatever n) {_fmt_s(checks)} s; the part that grows with n: "
-        f"{_fmt_s(per_image)} s = {_fmt_s(per_image / cfg['n'])} s per image.",
+        f"CPU total {_fmt_s(cpu)} s, of which the sanity checks {_fmt_s(checks)} s: a fixed cost (they run on the "
+        f"first {p['check_images']} image(s), at most 16 whatever n). The part that grows with n: "
+        f"{_fmt_s(per_image)} s = **{_fmt_s(per_image / cfg['n'])} s per image** "
+        f"(robust accuracy worst of N here: {p['robust_acc_worst']:.3f} on {cfg['n']} images).",
         "",
-        "### By phase and component (seconds; share of the part that grows with n)",
+        "### By phase and component (CPU seconds; share of the part that grows with n)",
         "",
         "| phase | " + " | ".join(COMPONENTS) + " | total | share |",
         "|---|" + "---|" * (len(COMPONENTS) + 2),
@@ -251,7 +254,7 @@ def _profile_section(p: dict) -> list[str]:
         tot = sum(row.values())
         if tot == 0:
             continue
-        share = "" if phase == "sanity checks" else f"{100 * tot / per_image:.1f}%"
+        share = "(fixed)" if phase == "sanity checks" else f"{100 * tot / per_image:.1f}%"
         lines.append(f"| {phase} | " + " | ".join(_fmt_s(row[c]) for c in COMPONENTS) + f" | {_fmt_s(tot)} | {share} |")
         if phase != "sanity checks":
             for c in COMPONENTS:
@@ -263,14 +266,16 @@ def _profile_section(p: dict) -> list[str]:
     ops = p["ops"]
     lines += [
         "",
-        "EOT draws are not a separate pass: the attack repeats the batch EOT times inside one network call "
-        f"(rdc_lib.attacks.base.AttackContext.loss_grad), so with EOT = {cfg['eot']} about "
-        f"{100 * (cfg['eot'] - 1) / cfg['eot']:.0f}% of the gradient-step row is the extra draws.",
+        "*other*: loading the data and the networks, the attack ensemble's own clean call and its final "
+        f"verification call ({cfg['verify']} draws, batched), the records. EOT draws are not a separate pass: the "
+        "attack repeats the batch EOT times inside one network call (rdc_lib.attacks.base.AttackContext.loss_grad), "
+        f"so with EOT = {cfg['eot']} about {100 * (cfg['eot'] - 1) / cfg['eot']:.0f}% of the gradient-step row is "
+        "the extra draws.",
         "",
-        f"Operator share (torch.profiler, one EOT-{cfg['eot']} gradient step on {ops['images']} image(s)): "
-        f"{_fmt_s(ops['wall_s'])} s wall, {_fmt_s(ops['aten_self_s'])} s inside aten operators "
-        f"({100 * ops['aten_self_s'] / ops['wall_s']:.0f}%); the rest is Python, autograd and dispatch overhead. "
-        "Top operators by self time:",
+        f"Operator share (torch.profiler, one EOT-{cfg['eot']} gradient step on {ops['images']} images): "
+        f"{_fmt_s(ops['cpu_s'])} s CPU, {_fmt_s(ops['aten_self_s'])} s inside aten operators "
+        f"({100 * ops['aten_self_s'] / ops['cpu_s']:.0f}%); the rest is Python, autograd and dispatch overhead "
+        "(and the profiler's own). Top operators by self time:",
         "",
         "| operator | self seconds | calls |",
         "|---|---|---|",

@@ -1,0 +1,137 @@
+"""Seconds per image of the evaluation protocols, old code vs this code, as a ratio measured in one run.
+
+    .venv/bin/python benchmarks/bench_strongest.py [--old 9ee14f1] [--n 8] [--steps 20] [--rounds 2]
+        [--threads 1] [--protocols strongest rdc-fixed ...] [--out docs/raw/bench_strongest.json]
+
+The old code is the ``rdc_lib`` folder of commit ``--old`` (default: the commit before the issue-19
+speed-ups), extracted with ``git archive`` into a temporary folder; the new code is this checkout.
+For every protocol, both run ``rdc_lib.evaluation.evaluate`` on the same first ``n`` digits test
+images with the same seeds, each in its own process (PYTHONPATH selects the code), interleaved:
+old, new in even rounds, new, old in odd rounds. The sanity checks are off (a fixed cost on at
+most 16 images that does not grow with n). Reported per image: the child's CPU seconds inside
+``evaluate`` (the robust figure on a shared machine with one thread) and its wall seconds; the ratio
+is old / new (> 1: faster now), from CPU seconds with one thread and wall seconds with more. The
+robust accuracies (single call and worst of N) of both are printed next to it: the attack must not
+be weaker (the gradient steps are the same computation; stochastic N-evaluation draws differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from io import BytesIO
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD_COMMIT = "9ee14f1"  # the code before the issue-19 speed-ups
+BASE = dict(attack="apgd-ce", norm="linf", eps=0.1, timesteps=16, heads="multi")
+PROTOCOLS: dict[str, dict] = {
+    # the strongest protocol of docs/evaluation.md
+    "strongest": dict(defense="rdc", noise_mode="stochastic", eot=2, verify=4, n_eval=10),
+    "rdc-fixed": dict(defense="rdc", noise_mode="fixed"),
+    "rdc-bpda": dict(defense="rdc", noise_mode="stochastic", eot=2, verify=4, n_eval=10, grad_mode="bpda"),
+    "rdc-vote": dict(defense="rdc", noise_mode="stochastic", vote=3, verify=4, n_eval=10),
+    "dc-verified": dict(defense="dc", noise_mode="stochastic", eot=1, verify=4, n_eval=10),
+}
+LABELS = {
+    "strongest": "rdc / stochastic / exact+EOT, verified stop (strongest)",
+    "rdc-fixed": "rdc / fixed randomness / exact gradients",
+    "rdc-bpda": "rdc / stochastic / BPDA through LM, EOT, verified stop",
+    "rdc-vote": "rdc / majority vote (M=3) / exact, EOT=1, verified stop",
+    "dc-verified": "dc / stochastic / exact+EOT, verified stop",
+}
+
+CHILD = """
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[2]))
+from rdc_lib.evaluation import EvalConfig, evaluate
+cfg = EvalConfig(**json.loads(sys.argv[1]))
+t_wall, t_cpu = time.perf_counter(), time.process_time()
+res = evaluate(cfg, progress=False)
+print(json.dumps({"cpu_s": time.process_time() - t_cpu, "wall_s": time.perf_counter() - t_wall,
+                  "robust_acc": res["robust_acc"], "robust_acc_worst": res["robust_acc_worst"],
+                  "clean_acc": res["clean_acc"]}))
+"""
+
+
+def extract_old(commit: str, dest: Path) -> Path:
+    """``rdc_lib`` of ``commit`` under dest (git archive); returns dest."""
+    try:
+        tar = subprocess.run(["git", "archive", commit, "rdc_lib"], cwd=ROOT, capture_output=True, check=True).stdout
+    except subprocess.CalledProcessError as err:
+        raise SystemExit(f"git archive {commit} failed: {err.stderr.decode().strip()}; pass --old COMMIT") from err
+    with tarfile.open(fileobj=BytesIO(tar)) as tf:
+        tf.extractall(dest, filter="data")
+    return dest
+
+
+def run_child(code_root: Path, cfg: dict, threads: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(code_root), "RDC_DATA_DIR": str(ROOT / "data")}
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(threads)], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"evaluation with code from {code_root} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _commit(ref: str = "HEAD") -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or ref
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--old", default=OLD_COMMIT, help="commit of today's code to compare against")
+    ap.add_argument("--n", type=int, default=8, help="test images (one chunk)")
+    ap.add_argument("--steps", type=int, default=20, help="APGD iterations")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved old/new repetitions per protocol")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--protocols", nargs="+", default=["strongest", "rdc-fixed", "dc-verified"],
+                    choices=sorted(PROTOCOLS))
+    ap.add_argument("--out", default="docs/raw/bench_strongest.json")
+    args = ap.parse_args()
+    if args.n < 1 or args.rounds < 1 or args.threads < 1:
+        raise SystemExit("--n, --rounds and --threads must be >= 1")
+    measure = "cpu_s" if args.threads == 1 else "wall_s"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        old_root = extract_old(args.old, Path(tmp))
+        for name in args.protocols:
+            cfg = dict(BASE, **PROTOCOLS[name], n=args.n, chunk=args.n, steps=args.steps, seed=args.seed,
+                       run_checks=False)
+            runs: dict[str, list[dict]] = {"old": [], "new": []}
+            for r in range(args.rounds):
+                for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                    res = run_child(old_root if which == "old" else ROOT, cfg, args.threads)
+                    runs[which].append(res)
+                    print(f"  {name:12s} round {r} {which}: {res['cpu_s']:.1f} s CPU, {res['wall_s']:.1f} s wall, "
+                          f"robust {res['robust_acc']:.3f} worst {res['robust_acc_worst']:.3f}", flush=True)
+            per = {w: sum(x[measure] for x in v) / len(v) / args.n for w, v in runs.items()}
+            row = {"protocol": name, "name": LABELS[name], "config": cfg, "measure": measure,
+                   "old_s_per_image": per["old"], "new_s_per_image": per["new"], "ratio": per["old"] / per["new"],
+                   "old_robust": runs["old"][0]["robust_acc"], "new_robust": runs["new"][0]["robust_acc"],
+                   "old_robust_worst": runs["old"][0]["robust_acc_worst"],
+                   "new_robust_worst": runs["new"][0]["robust_acc_worst"], "runs": runs}
+            rows.append(row)
+            print(f"{LABELS[name]}: old {per['old']:.2f} s/image, new {per['new']:.2f} s/image "
+                  f"({measure.replace('_s', '')}): ratio {row['ratio']:.2f}x; robust (single / worst of N) "
+                  f"old {row['old_robust']:.3f} / {row['old_robust_worst']:.3f}, "
+                  f"new {row['new_robust']:.3f} / {row['new_robust_worst']:.3f}", flush=True)
+    command = (f".venv/bin/python benchmarks/bench_strongest.py --old {args.old} --n {args.n} --steps {args.steps} "
+               f"--rounds {args.rounds} --threads {args.threads} --protocols {' '.join(args.protocols)}")
+    out = {"command": command, "old_commit": args.old, "new_commit": _commit(), "n": args.n, "steps": args.steps,
+           "rounds": args.rounds, "threads": args.threads, "measure": measure, "protocols": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
