@@ -6,8 +6,9 @@
 The old code is the ``rdc_lib`` folder of commit ``--old`` (default: the commit before the issue-19
 speed-ups), extracted with ``git archive`` into a temporary folder; the new code is this checkout.
 For every protocol, both run ``rdc_lib.evaluation.evaluate`` on the same first ``n`` digits test
-images with the same seeds, each in its own process (PYTHONPATH selects the code), interleaved:
-old, new in even rounds, new, old in odd rounds. The sanity checks are off (a fixed cost on at
+images with the same seeds, each in its own process (PYTHONPATH selects the code), the two side by
+side in every round so that both see the same load from other jobs; the minimum over ``rounds``
+(the least disturbed run) is reported. The sanity checks are off (a fixed cost on at
 most 16 images that does not grow with n). Reported per image: the child's CPU seconds inside
 ``evaluate`` (the robust figure on a shared machine with one thread) and its wall seconds; the ratio
 is old / new (> 1: faster now), from CPU seconds with one thread and wall seconds with more. The
@@ -70,13 +71,17 @@ def extract_old(commit: str, dest: Path) -> Path:
     return dest
 
 
-def run_child(code_root: Path, cfg: dict, threads: int) -> dict:
+def start_child(code_root: Path, cfg: dict, threads: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(code_root), "RDC_DATA_DIR": str(ROOT / "data")}
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg), str(threads)], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg), str(threads)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_child(proc: subprocess.Popen, code_root: Path) -> dict:
+    out, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"evaluation with code from {code_root} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"evaluation with code from {code_root} failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _commit(ref: str = "HEAD") -> str:
@@ -89,7 +94,7 @@ def main() -> int:
     ap.add_argument("--old", default=OLD_COMMIT, help="commit of today's code to compare against")
     ap.add_argument("--n", type=int, default=8, help="test images (one chunk)")
     ap.add_argument("--steps", type=int, default=20, help="APGD iterations")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved old/new repetitions per protocol")
+    ap.add_argument("--rounds", type=int, default=2, help="old/new pairs (run side by side) per protocol; the minimum is reported")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--protocols", nargs="+", default=["strongest", "rdc-fixed", "dc-verified"],
@@ -107,12 +112,15 @@ def main() -> int:
                        run_checks=False)
             runs: dict[str, list[dict]] = {"old": [], "new": []}
             for r in range(args.rounds):
-                for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
-                    res = run_child(old_root if which == "old" else ROOT, cfg, args.threads)
+                roots = {"old": old_root, "new": ROOT}
+                order = ("old", "new") if r % 2 == 0 else ("new", "old")
+                procs = {w: start_child(roots[w], cfg, args.threads) for w in order}  # side by side: same load
+                for which in order:
+                    res = finish_child(procs[which], roots[which])
                     runs[which].append(res)
                     print(f"  {name:12s} round {r} {which}: {res['cpu_s']:.1f} s CPU, {res['wall_s']:.1f} s wall, "
                           f"robust {res['robust_acc']:.3f} worst {res['robust_acc_worst']:.3f}", flush=True)
-            per = {w: sum(x[measure] for x in v) / len(v) / args.n for w, v in runs.items()}
+            per = {w: min(x[measure] for x in v) / args.n for w, v in runs.items()}  # min over rounds: least disturbed
             row = {"protocol": name, "name": LABELS[name], "config": cfg, "measure": measure,
                    "old_s_per_image": per["old"], "new_s_per_image": per["new"], "ratio": per["old"] / per["new"],
                    "old_robust": runs["old"][0]["robust_acc"], "new_robust": runs["new"][0]["robust_acc"],

@@ -214,10 +214,11 @@ def run(args: argparse.Namespace) -> int:
         "attack_stats": res["attack_stats"],
         "ops": _op_share(args.op_images, args.seed),
     }
-    RAW.parent.mkdir(parents=True, exist_ok=True)
-    RAW.write_text(json.dumps(out, indent=2) + "\n")
+    dest = Path(args.out)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({"wall_s": wall, "cpu_s": cpu, "by_phase": {p: sum(v.values()) for p, v in table.items()}}, indent=2))
-    print(f"wrote {RAW}")
+    print(f"wrote {dest}")
     return 0
 
 
@@ -292,9 +293,11 @@ def _bench_section(b: dict) -> list[str]:
         "",
         f"`{b['command']}`: for each protocol, today's code (commit `{b['old_commit']}`, extracted with "
         f"`git archive`) and this code (`{b['new_commit']}`) run on the same {b['n']} images with the same "
-        f"seeds, interleaved ({b['rounds']} round(s), old then new then new then old ...), each in its own "
-        f"process with {b['threads']} thread(s). Seconds per image exclude the sanity checks "
-        "(`--no-checks`: a fixed cost on at most 16 images). The ratio is old / new (> 1: faster now).",
+        f"seeds, each in its own process with {b['threads']} thread(s), the two side by side in each of "
+        f"{b['rounds']} round(s) so that both see the same load from other jobs; the minimum over the rounds is "
+        f"reported ({'CPU seconds: robust to the load' if b['measure'] == 'cpu_s' else 'wall seconds'}). "
+        "Seconds per image exclude the sanity checks (off: a fixed cost on at most 16 images). "
+        "The ratio is old / new (> 1: faster now).",
         "",
         "| protocol | old s/image | new s/image | ratio old/new | old robust (worst of N) | new robust (worst of N) |",
         "|---|---|---|---|---|---|",
@@ -338,6 +341,7 @@ def main() -> int:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--no-checks", action="store_true", help="skip the sanity checks (a fixed cost)")
     r.add_argument("--op-images", type=int, default=8, help="images in the torch.profiler gradient step")
+    r.add_argument("--out", default=str(RAW))
     r.add_argument("--commit", default=None, help="label of the profiled code (default: git HEAD here)")
     sub.add_parser("doc")
     args = ap.parse_args()
