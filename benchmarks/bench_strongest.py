@@ -11,7 +11,9 @@ side in every round so that both see the same load from other jobs; the minimum 
 (the least disturbed run) is reported. The sanity checks are off (a fixed cost on at
 most 16 images that does not grow with n). Reported per image: the child's CPU seconds inside
 ``evaluate`` (the robust figure on a shared machine with one thread) and its wall seconds; the ratio
-is old / new (> 1: faster now), from CPU seconds with one thread and wall seconds with more. The
+is old / new (> 1: faster now), from CPU seconds with one thread and wall seconds with more. A
+load-independent measure of work is printed too: the images that went through the denoiser's
+first convolution (every forward pass of the network, recomputations included) per test image. The
 robust accuracies (single call and worst of N) of both are printed next to it: the attack must not
 be weaker (the gradient steps are the same computation; stochastic N-evaluation draws differ).
 """
@@ -50,13 +52,23 @@ LABELS = {
 CHILD = """
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[2]))
-from rdc_lib.evaluation import EvalConfig, evaluate
+from rdc_lib.evaluation import EvalConfig, evaluate, runner
+count = {"images": 0}
+build = runner.build_defense
+
+def counted(*args, **kwargs):  # images through the denoiser's first convolution: forward work, load-independent
+    model = build(*args, **kwargs)
+    conv = next(m for m in model.denoiser.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_pre_hook(lambda mod, inp: count.__setitem__("images", count["images"] + inp[0].shape[0]))
+    return model
+
+runner.build_defense = counted
 cfg = EvalConfig(**json.loads(sys.argv[1]))
 t_wall, t_cpu = time.perf_counter(), time.process_time()
 res = evaluate(cfg, progress=False)
 print(json.dumps({"cpu_s": time.process_time() - t_cpu, "wall_s": time.perf_counter() - t_wall,
-                  "robust_acc": res["robust_acc"], "robust_acc_worst": res["robust_acc_worst"],
-                  "clean_acc": res["clean_acc"]}))
+                  "network_images": count["images"], "robust_acc": res["robust_acc"],
+                  "robust_acc_worst": res["robust_acc_worst"], "clean_acc": res["clean_acc"]}))
 """
 
 
@@ -121,14 +133,19 @@ def main() -> int:
                     print(f"  {name:12s} round {r} {which}: {res['cpu_s']:.1f} s CPU, {res['wall_s']:.1f} s wall, "
                           f"robust {res['robust_acc']:.3f} worst {res['robust_acc_worst']:.3f}", flush=True)
             per = {w: min(x[measure] for x in v) / args.n for w, v in runs.items()}  # min over rounds: least disturbed
+            passes = {w: v[0]["network_images"] / args.n for w, v in runs.items()}
             row = {"protocol": name, "name": LABELS[name], "config": cfg, "measure": measure,
                    "old_s_per_image": per["old"], "new_s_per_image": per["new"], "ratio": per["old"] / per["new"],
+                   "old_forward_images_per_image": passes["old"], "new_forward_images_per_image": passes["new"],
+                   "forward_ratio": passes["old"] / passes["new"],
                    "old_robust": runs["old"][0]["robust_acc"], "new_robust": runs["new"][0]["robust_acc"],
                    "old_robust_worst": runs["old"][0]["robust_acc_worst"],
                    "new_robust_worst": runs["new"][0]["robust_acc_worst"], "runs": runs}
             rows.append(row)
             print(f"{LABELS[name]}: old {per['old']:.2f} s/image, new {per['new']:.2f} s/image "
-                  f"({measure.replace('_s', '')}): ratio {row['ratio']:.2f}x; robust (single / worst of N) "
+                  f"({measure.replace('_s', '')}): ratio {row['ratio']:.2f}x; denoiser forward images per image "
+                  f"old {passes['old']:.0f}, new {passes['new']:.0f} (ratio {row['forward_ratio']:.2f}x); "
+                  "robust (single / worst of N) "
                   f"old {row['old_robust']:.3f} / {row['old_robust_worst']:.3f}, "
                   f"new {row['new_robust']:.3f} / {row['new_robust_worst']:.3f}", flush=True)
     command = (f".venv/bin/python benchmarks/bench_strongest.py --old {args.old} --n {args.n} --steps {args.steps} "

@@ -16,8 +16,8 @@ what an idle core would take, robust to other jobs on the machine) two ways:
 
 Timers wrap library functions from this script only (the library is unchanged); time is given to
 the innermost phase (the sanity checks absorb everything inside them) and the outermost component.
-A torch.profiler pass over one gradient step gives the share of CPU time spent inside aten
-operators (the remainder is Python and dispatch overhead). Writes docs/raw/profile_strongest.json.
+A torch.profiler pass over one gradient step gives the top aten operators' shares of the
+operator time. Writes docs/raw/profile_strongest.json.
 
 ``doc`` writes docs/speed.md from docs/raw/profile_strongest.json and docs/raw/bench_strongest.json
 (benchmarks/bench_strongest.py) only: deterministic, no computation.
@@ -239,8 +239,10 @@ def _profile_section(p: dict) -> list[str]:
         f"(the machine was shared with other jobs: wall {_fmt_s(p['wall_s'])} s for {_fmt_s(cpu)} s of CPU), "
         "so they are what one idle core would take; the shares are what to read.",
         "",
-        f"CPU total {_fmt_s(cpu)} s, of which the sanity checks {_fmt_s(checks)} s: a fixed cost (they run on the "
-        f"first {p['check_images']} image(s), at most 16 whatever n). The part that grows with n: "
+        (f"CPU total {_fmt_s(cpu)} s, of which the sanity checks {_fmt_s(checks)} s: a fixed cost (they run on the "
+         f"first {p['check_images']} image(s), at most 16 whatever n). " if p["check_images"] else
+         f"CPU total {_fmt_s(cpu)} s (sanity checks off in this profile: a fixed cost on at most 16 images). ")
+        + "The part that grows with n: "
         f"{_fmt_s(per_image)} s = **{_fmt_s(per_image / cfg['n'])} s per image** "
         f"(robust accuracy worst of N here: {p['robust_acc_worst']:.3f} on {cfg['n']} images).",
         "",
@@ -273,15 +275,14 @@ def _profile_section(p: dict) -> list[str]:
         f"so with EOT = {cfg['eot']} about {100 * (cfg['eot'] - 1) / cfg['eot']:.0f}% of the gradient-step row is "
         "the extra draws.",
         "",
-        f"Operator share (torch.profiler, one EOT-{cfg['eot']} gradient step on {ops['images']} images): "
-        f"{_fmt_s(ops['cpu_s'])} s CPU, {_fmt_s(ops['aten_self_s'])} s inside aten operators "
-        f"({100 * ops['aten_self_s'] / ops['cpu_s']:.0f}%); the rest is Python, autograd and dispatch overhead "
-        "(and the profiler's own). Top operators by self time:",
+        f"Operators (torch.profiler, one EOT-{cfg['eot']} gradient step on {ops['images']} images): the top "
+        "aten operators by self time, as a share of the time inside all aten operators (the profiler times "
+        "operators by the clock, so on a loaded machine only these shares are meaningful):",
         "",
-        "| operator | self seconds | calls |",
+        "| operator | share of aten time | calls |",
         "|---|---|---|",
     ]
-    lines += [f"| `{o['op']}` | {o['self_s']:.2f} | {o['calls']} |" for o in ops["top_ops"]]
+    lines += [f"| `{o['op']}` | {100 * o['self_s'] / ops['aten_self_s']:.1f}% | {o['calls']} |" for o in ops["top_ops"]]
     calls = p["calls"]
     lines += ["", "Calls: " + ", ".join(f"{k} {v}" for k, v in sorted(calls.items())) + "."]
     return lines
@@ -289,22 +290,29 @@ def _profile_section(p: dict) -> list[str]:
 
 def _bench_section(b: dict) -> list[str]:
     lines = [
-        "## Old vs new code path, measured in one run",
+        "## Before vs after the speed-ups, measured in one run",
         "",
-        f"`{b['command']}`: for each protocol, today's code (commit `{b['old_commit']}`, extracted with "
+        f"`{b['command']}`: for each protocol, the code before the speed-ups (commit `{b['old_commit']}`, extracted with "
         f"`git archive`) and this code (`{b['new_commit']}`) run on the same {b['n']} images with the same "
         f"seeds, each in its own process with {b['threads']} thread(s), the two side by side in each of "
         f"{b['rounds']} round(s) so that both see the same load from other jobs; the minimum over the rounds is "
-        f"reported ({'CPU seconds: robust to the load' if b['measure'] == 'cpu_s' else 'wall seconds'}). "
+        f"reported ({'CPU seconds: far less disturbed by other jobs than wall seconds, though identical runs still differed by up to ~30% on this shared machine' if b['measure'] == 'cpu_s' else 'wall seconds'}). "
         "Seconds per image exclude the sanity checks (off: a fixed cost on at most 16 images). "
         "The ratio is old / new (> 1: faster now).",
         "",
-        "| protocol | old s/image | new s/image | ratio old/new | old robust (worst of N) | new robust (worst of N) |",
-        "|---|---|---|---|---|---|",
+        "*network images*: images through the denoiser's first convolution per test image (every forward pass, "
+        "recomputations included): the work, independent of the load.",
+        "",
+        "| protocol | old s/image | new s/image | ratio old/new | old network images | new network images | ratio | "
+        "old robust (single / worst of N) | new robust (single / worst of N) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in b["protocols"]:
         lines.append(f"| {row['name']} | {row['old_s_per_image']:.2f} | {row['new_s_per_image']:.2f} | "
-                     f"{row['ratio']:.2f}x | {row['old_robust_worst']:.3f} | {row['new_robust_worst']:.3f} |")
+                     f"{row['ratio']:.2f}x | {row['old_forward_images_per_image']:.0f} | "
+                     f"{row['new_forward_images_per_image']:.0f} | {row['forward_ratio']:.2f}x | "
+                     f"{row['old_robust']:.3f} / {row['old_robust_worst']:.3f} | "
+                     f"{row['new_robust']:.3f} / {row['new_robust_worst']:.3f} |")
     return lines
 
 
