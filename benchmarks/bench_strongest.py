@@ -52,7 +52,10 @@ LABELS = {
 CHILD = """
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[2]))
+import os, pathlib, rdc_lib
 from rdc_lib.evaluation import EvalConfig, evaluate, runner
+if pathlib.Path(rdc_lib.__file__).parent.resolve() != pathlib.Path(os.environ["RDC_BENCH_EXPECT"]).resolve():
+    sys.exit(f"imported rdc_lib from {rdc_lib.__file__}, expected {os.environ['RDC_BENCH_EXPECT']}")
 count = {"images": 0}
 build = runner.build_defense
 
@@ -84,8 +87,10 @@ def extract_old(commit: str, dest: Path) -> Path:
 
 
 def start_child(code_root: Path, cfg: dict, threads: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(code_root), "RDC_DATA_DIR": str(ROOT / "data")}
-    return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg), str(threads)], cwd=ROOT, env=env,
+    env = {**os.environ, "PYTHONPATH": str(code_root), "RDC_DATA_DIR": str(ROOT / "data"),
+           "RDC_BENCH_EXPECT": str(code_root / "rdc_lib")}
+    # -P: the working directory is not put before PYTHONPATH, so PYTHONPATH alone picks the code
+    return subprocess.Popen([sys.executable, "-P", "-c", CHILD, json.dumps(cfg), str(threads)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

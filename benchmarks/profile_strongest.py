@@ -284,7 +284,7 @@ def _profile_section(p: dict) -> list[str]:
     ]
     lines += [f"| `{o['op']}` | {100 * o['self_s'] / ops['aten_self_s']:.1f}% | {o['calls']} |" for o in ops["top_ops"]]
     calls = p["calls"]
-    lines += ["", "Calls: " + ", ".join(f"{k} {v}" for k, v in sorted(calls.items())) + "."]
+    lines += ["", "Calls (sanity checks included): " + ", ".join(f"{k} {v}" for k, v in sorted(calls.items())) + "."]
     return lines
 
 
@@ -316,6 +316,38 @@ def _bench_section(b: dict) -> list[str]:
     return lines
 
 
+def _estimate_section(p: dict, bench: dict | None, n_test: int = 360, n_check: int = 16) -> list[str]:
+    """All 360 test digits on one idle core, from the profile (and the measured old/new ratio)."""
+    cfg = p["config"]
+    checks = sum(p["seconds"]["sanity checks"].values())
+    per_image = (p["cpu_s"] - checks) / cfg["n"]
+    lines = ["## All 360 test digits, estimated for one idle core", ""]
+    if not p["check_images"]:
+        return lines + ["The profile ran without the sanity checks; rerun it without `--no-checks` for this estimate."]
+    checks_full = checks * n_check / p["check_images"]
+    old_total = n_test * per_image + checks_full
+    lines += [
+        f"From the profile: {n_test} x {per_image:.2f} s per image + the sanity checks scaled to {n_check} images "
+        f"({checks:.0f} s on {p['check_images']} -> {checks_full:.0f} s) = **{old_total / 60:.0f} minutes** of one core "
+        f"with the code at `{p['commit']}`.",
+    ]
+    strongest = [r for r in (bench or {}).get("protocols", []) if r["protocol"] == "strongest"]
+    if strongest:
+        r = strongest[0]
+        new_total = n_test * per_image / r["ratio"] + checks_full
+        lines += [
+            "",
+            f"With the speed-ups (the strongest protocol's measured ratio {r['ratio']:.2f}x applied to the per-image "
+            f"part; the checks counted at their old cost, an upper bound): **{new_total / 60:.0f} minutes**. "
+            "The black-box Square check (1,000 queries, each a full no-gradient RDC call, with verification) "
+            "is untouched by these speed-ups.",
+        ]
+    fwd = p["seconds"]["sanity checks"]["LM forward"] + p["seconds"]["sanity checks"]["DC forward"]
+    lines += ["", f"Of the checks' {checks:.0f} s, {fwd:.0f} s are LM and DC forwards: calls without the attack's "
+              "backward, i.e. mostly Square's queries and their verification."]
+    return lines
+
+
 def doc(args: argparse.Namespace) -> int:
     if not RAW.is_file():
         print(f"{RAW} is missing: run `.venv/bin/python benchmarks/profile_strongest.py run` first", file=sys.stderr)
@@ -329,8 +361,10 @@ def doc(args: argparse.Namespace) -> int:
         "",
     ]
     lines += _profile_section(p)
-    if BENCH_RAW.is_file():
-        lines += [""] + _bench_section(json.loads(BENCH_RAW.read_text()))
+    bench = json.loads(BENCH_RAW.read_text()) if BENCH_RAW.is_file() else None
+    if bench is not None:
+        lines += [""] + _bench_section(bench)
+    lines += [""] + _estimate_section(p, bench)
     notes = Path("docs/speed_notes.md")
     if notes.is_file():
         lines += ["", notes.read_text().rstrip()]

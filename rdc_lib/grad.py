@@ -114,7 +114,7 @@ LM_UNROLL_MAX_ELEMENTS = 2**16
 LM_GRAPH_MODES = ("auto", "recompute", "unroll")
 
 
-def lm_unrolls(x: Tensor, cfg: LMConfig, lm_graph: str = "auto") -> bool:
+def lm_unrolls(x: Tensor, cfg: LMConfig, lm_graph: Literal["auto", "recompute", "unroll"] = "auto") -> bool:
     """Whether :func:`lm_exact` with ``lm_graph`` keeps the unrolled graph for input x (B, C, H, W)."""
     if lm_graph not in LM_GRAPH_MODES:
         raise ValueError(f"unknown lm_graph {lm_graph!r}; valid choices: {', '.join(LM_GRAPH_MODES)}")
@@ -124,7 +124,7 @@ def lm_unrolls(x: Tensor, cfg: LMConfig, lm_graph: str = "auto") -> bool:
 
 
 def lm_exact(denoiser: Denoiser, x: Tensor, noise: LMNoise, cfg: LMConfig | None = None, *,
-             lm_graph: str = "recompute") -> Tensor:
+             lm_graph: Literal["auto", "recompute", "unroll"] = "recompute") -> Tensor:
     """LM(x) (B, C, H, W) in [0, 1] whose backward is the exact gradient.
 
     ``noise`` (:class:`rdc_lib.lm.LMNoise`) is replayed in the backward pass. ``lm_graph``:
