@@ -19,8 +19,9 @@ the innermost phase (the sanity checks absorb everything inside them) and the ou
 A torch.profiler pass over one gradient step gives the top aten operators' shares of the
 operator time. Writes docs/raw/profile_strongest.json.
 
-``doc`` writes docs/speed.md from docs/raw/profile_strongest.json and docs/raw/bench_strongest.json
-(benchmarks/bench_strongest.py) only: deterministic, no computation.
+``doc`` writes docs/speed.md from docs/raw/profile_strongest.json, docs/raw/bench_strongest.json and
+docs/raw/bench_strongest_*.json (benchmarks/bench_strongest.py --out ...) and the hand-written
+docs/speed_notes.md only: deterministic, no computation.
 """
 
 from __future__ import annotations
@@ -288,9 +289,10 @@ def _profile_section(p: dict) -> list[str]:
     return lines
 
 
-def _bench_section(b: dict) -> list[str]:
+def _bench_section(b: dict, level: str = "##") -> list[str]:
+    title = "Before vs after the speed-ups, measured in one run" + ("" if level == "##" else f": {b['n']} images")
     lines = [
-        "## Before vs after the speed-ups, measured in one run",
+        f"{level} {title}",
         "",
         f"`{b['command']}`: for each protocol, the code before the speed-ups (commit `{b['old_commit']}`, extracted with "
         f"`git archive`) and this code (`{b['new_commit']}`) run on the same {b['n']} images with the same "
@@ -356,14 +358,16 @@ def doc(args: argparse.Namespace) -> int:
     lines = [
         "# Speed of the strongest protocol",
         "",
-        "Written by `benchmarks/profile_strongest.py doc` from docs/raw/profile_strongest.json and "
-        "docs/raw/bench_strongest.json (never edited by hand).",
+        "Written by `benchmarks/profile_strongest.py doc` from docs/raw/profile_strongest.json, "
+        "docs/raw/bench_strongest*.json and docs/speed_notes.md (never edited by hand).",
         "",
     ]
     lines += _profile_section(p)
     bench = json.loads(BENCH_RAW.read_text()) if BENCH_RAW.is_file() else None
     if bench is not None:
         lines += [""] + _bench_section(bench)
+    for extra in sorted(BENCH_RAW.parent.glob(BENCH_RAW.stem + "_*.json")):  # more runs, e.g. more images
+        lines += [""] + _bench_section(json.loads(extra.read_text()), level="###")
     lines += [""] + _estimate_section(p, bench)
     notes = Path("docs/speed_notes.md")
     if notes.is_file():
