@@ -1,6 +1,7 @@
 """Where the seconds of the strongest protocol go (docs/speed.md), and the doc generator for it.
 
     .venv/bin/python benchmarks/profile_strongest.py run [--n 3] [--steps 20] [--threads 1] [--no-checks]
+        [--commit LABEL] [--out docs/raw/profile_strongest.json]
     .venv/bin/python benchmarks/profile_strongest.py doc
 
 ``run`` evaluates the strongest protocol of docs/evaluation.md (stochastic RDC, APGD-CE, exact
@@ -16,6 +17,10 @@ what an idle core would take, robust to other jobs on the machine) two ways:
 
 Timers wrap library functions from this script only (the library is unchanged); time is given to
 the innermost phase (the sanity checks absorb everything inside them) and the outermost component.
+The component split follows the code paths of the code before the issue-19 speed-ups (profile it
+with ``PYTHONPATH`` pointing at an extract of that commit, as docs/raw/profile_strongest.json was):
+with the speed-ups, small inputs skip the per-step LM recomputation and the chunked DC backward, and
+their backward runs inside plain autograd, which this split counts as "rest".
 A torch.profiler pass over one gradient step gives the top aten operators' shares of the
 operator time. Writes docs/raw/profile_strongest.json.
 
@@ -236,7 +241,8 @@ def _profile_section(p: dict) -> list[str]:
         f"## Where the seconds go (code at commit `{p['commit']}`)",
         "",
         f"Profile of `{STRONGEST_CLI} --steps {cfg['steps']} --n {cfg['n']} --chunk {cfg['n']}` (seed {cfg['seed']}, "
-        f"{cfg['threads']} thread), measured by `{p['command']}`. Seconds are the process's CPU seconds "
+        f"{cfg['threads']} thread), measured by `{p['command']}` with the library of that commit on `PYTHONPATH` "
+        f"(`git archive {p['commit']} rdc_lib | tar -x -C DIR`, `PYTHONPATH=DIR RDC_DATA_DIR=$PWD/data`). Seconds are the process's CPU seconds "
         f"(the machine was shared with other jobs: wall {_fmt_s(p['wall_s'])} s for {_fmt_s(cpu)} s of CPU), "
         "so they are what one idle core would take; the shares are what to read.",
         "",
