@@ -14,8 +14,10 @@ most 16 images that does not grow with n). Reported per image: the child's CPU s
 is old / new (> 1: faster now), from CPU seconds with one thread and wall seconds with more. A
 load-independent measure of work is printed too: the images that went through the denoiser's
 first convolution (every forward pass of the network, recomputations included) per test image. The
-robust accuracies (single call and worst of N) of both are printed next to it: the attack must not
-be weaker (the gradient steps are the same computation; stochastic N-evaluation draws differ).
+robust accuracies (single call and worst of N) of both are printed next to it, and, since each run's
+N-evaluation meets different random draws, both codes' adversarial images are also re-classified by
+the same judges (this code's defence rebuilt with seeds 1000, 1001, ..., identical draws for both):
+the attack must not be weaker.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def counted(*args, **kwargs):  # images through the denoiser's first convolution
 runner.build_defense = counted
 cfg = EvalConfig(**json.loads(sys.argv[1]))
 t_wall, t_cpu = time.perf_counter(), time.process_time()
-res = evaluate(cfg, progress=False)
+res = evaluate(cfg, progress=False, records_dir=sys.argv[3])
 print(json.dumps({"cpu_s": time.process_time() - t_cpu, "wall_s": time.perf_counter() - t_wall,
                   "network_images": count["images"], "robust_acc": res["robust_acc"],
                   "robust_acc_worst": res["robust_acc_worst"], "clean_acc": res["clean_acc"]}))
@@ -86,11 +88,12 @@ def extract_old(commit: str, dest: Path) -> Path:
     return dest
 
 
-def start_child(code_root: Path, cfg: dict, threads: int) -> subprocess.Popen:
+def start_child(code_root: Path, cfg: dict, threads: int, records: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(code_root), "RDC_DATA_DIR": str(ROOT / "data"),
            "RDC_BENCH_EXPECT": str(code_root / "rdc_lib")}
     # -P: the working directory is not put before PYTHONPATH, so PYTHONPATH alone picks the code
-    return subprocess.Popen([sys.executable, "-P", "-c", CHILD, json.dumps(cfg), str(threads)], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-P", "-c", CHILD, json.dumps(cfg), str(threads), str(records)],
+                            cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -99,6 +102,53 @@ def finish_child(proc: subprocess.Popen, code_root: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"evaluation with code from {code_root} failed:\n{err[-3000:]}")
     return json.loads(out.strip().splitlines()[-1])
+
+
+def same_judge(cfg: dict, records: dict[str, Path], seeds: int) -> dict:
+    """Re-classify both codes' adversarial images with the same draws: worst-of-N robust accuracy per judge seed.
+
+    Every judge is this code's defence with seed s (s = 1000, 1001, ...), rebuilt for each side, so the old and
+    the new adversarial images meet exactly the same randomness; an image counts only if it was clean-correct in
+    its run. Also the largest pixel difference between the two sets of adversarial images.
+    """
+    import torch
+
+    from rdc_lib.evaluation import EvalConfig
+    from safetensors.torch import load_file
+
+    from rdc_lib.evaluation.records import records_paths
+    from rdc_lib.evaluation.runner import defense_spec, n_evaluate
+    from rdc_lib.data import load_dataset
+    from rdc_lib.evaluation.defenses import build_defense
+
+    conf = EvalConfig(**cfg)
+    x_all, y_all = load_dataset(conf.dataset, "test")
+    x, y = x_all[conf.offset:conf.offset + conf.n], y_all[conf.offset:conf.offset + conf.n]
+    adv, clean_ok = {}, {}
+    for which, folder in records.items():
+        # read directly: load_records refuses records written by another code version, as it should for resuming
+        jsonl, adv_path = records_paths(folder, conf)
+        recs = [json.loads(line) for line in jsonl.read_text().splitlines()[1:] if line.strip()]
+        if len(recs) != conf.n:
+            raise SystemExit(f"{jsonl}: expected {conf.n} records, found {len(recs)}")
+        adv[which] = load_file(str(adv_path))["x_adv"]
+        clean_ok[which] = torch.tensor([r["clean_pred"] == r["label"] for r in sorted(recs, key=lambda r: r["index"])])
+    out: dict = {"max_abs_diff": float((adv["old"] - adv["new"]).abs().max()), "seeds": [], "old": [], "new": []}
+    for s in range(seeds):
+        seed = 1000 + s
+        out["seeds"].append(seed)
+        for which in ("old", "new"):
+            model = build_defense(replace_seed(defense_spec(conf), seed))
+            preds = n_evaluate(model, adv[which], conf.n_eval)
+            robust = (preds == y).all(dim=0) & clean_ok[which]
+            out[which].append(float(robust.float().mean()))
+    return out
+
+
+def replace_seed(spec, seed: int):
+    from dataclasses import replace
+
+    return replace(spec, seed=seed)
 
 
 def _commit(ref: str = "HEAD") -> str:
@@ -116,6 +166,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--protocols", nargs="+", default=["strongest", "rdc-fixed", "dc-verified"],
                     choices=sorted(PROTOCOLS))
+    ap.add_argument("--judge-seeds", type=int, default=3, help="same-draw re-classifications of both codes' images")
     ap.add_argument("--out", default="docs/raw/bench_strongest.json")
     args = ap.parse_args()
     if args.n < 1 or args.rounds < 1 or args.threads < 1:
@@ -131,7 +182,8 @@ def main() -> int:
             for r in range(args.rounds):
                 roots = {"old": old_root, "new": ROOT}
                 order = ("old", "new") if r % 2 == 0 else ("new", "old")
-                procs = {w: start_child(roots[w], cfg, args.threads) for w in order}  # side by side: same load
+                records = {w: Path(tmp) / f"records-{name}-{r}-{w}" for w in order}
+                procs = {w: start_child(roots[w], cfg, args.threads, records[w]) for w in order}  # side by side
                 for which in order:
                     res = finish_child(procs[which], roots[which])
                     runs[which].append(res)
@@ -139,20 +191,24 @@ def main() -> int:
                           f"robust {res['robust_acc']:.3f} worst {res['robust_acc_worst']:.3f}", flush=True)
             per = {w: min(x[measure] for x in v) / args.n for w, v in runs.items()}  # min over rounds: least disturbed
             passes = {w: v[0]["network_images"] / args.n for w, v in runs.items()}
+            judged = same_judge(cfg, {w: Path(tmp) / f"records-{name}-0-{w}" for w in ("old", "new")},
+                                args.judge_seeds)
             row = {"protocol": name, "name": LABELS[name], "config": cfg, "measure": measure,
                    "old_s_per_image": per["old"], "new_s_per_image": per["new"], "ratio": per["old"] / per["new"],
                    "old_forward_images_per_image": passes["old"], "new_forward_images_per_image": passes["new"],
                    "forward_ratio": passes["old"] / passes["new"],
                    "old_robust": runs["old"][0]["robust_acc"], "new_robust": runs["new"][0]["robust_acc"],
                    "old_robust_worst": runs["old"][0]["robust_acc_worst"],
-                   "new_robust_worst": runs["new"][0]["robust_acc_worst"], "runs": runs}
+                   "new_robust_worst": runs["new"][0]["robust_acc_worst"], "same_judge": judged, "runs": runs}
             rows.append(row)
             print(f"{LABELS[name]}: old {per['old']:.2f} s/image, new {per['new']:.2f} s/image "
                   f"({measure.replace('_s', '')}): ratio {row['ratio']:.2f}x; denoiser forward images per image "
                   f"old {passes['old']:.0f}, new {passes['new']:.0f} (ratio {row['forward_ratio']:.2f}x); "
                   "robust (single / worst of N) "
                   f"old {row['old_robust']:.3f} / {row['old_robust_worst']:.3f}, "
-                  f"new {row['new_robust']:.3f} / {row['new_robust_worst']:.3f}", flush=True)
+                  f"new {row['new_robust']:.3f} / {row['new_robust_worst']:.3f}; same judges (worst of "
+                  f"{cfg.get('n_eval', 1)}, seeds {judged['seeds']}): old {judged['old']}, new {judged['new']}; "
+                  f"largest pixel difference of the adversarial images {judged['max_abs_diff']:.2e}", flush=True)
     command = (f".venv/bin/python benchmarks/bench_strongest.py --old {args.old} --n {args.n} --steps {args.steps} "
                f"--rounds {args.rounds} --threads {args.threads} --protocols {' '.join(args.protocols)}")
     out = {"command": command, "old_commit": args.old, "new_commit": _commit(), "n": args.n, "steps": args.steps,

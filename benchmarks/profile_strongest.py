@@ -321,6 +321,18 @@ def _bench_section(b: dict, level: str = "##") -> list[str]:
                      f"{row['new_forward_images_per_image']:.0f} | {row['forward_ratio']:.2f}x | "
                      f"{row['old_robust']:.3f} / {row['old_robust_worst']:.3f} | "
                      f"{row['new_robust']:.3f} / {row['new_robust_worst']:.3f} |")
+    judged = [r for r in b["protocols"] if "same_judge" in r]
+    if judged:
+        lines += ["", "Same judges: each run's N-evaluation meets its own random draws, so both codes' adversarial "
+                  "images are re-classified by the same defences (this code's, seeds below, identical draws for "
+                  "both sides); worst-of-N robust accuracy per judge seed, and the largest pixel difference "
+                  "between the two codes' adversarial images:", "",
+                  "| protocol | judge seeds | old | new | largest pixel difference |", "|---|---|---|---|---|"]
+        for r in judged:
+            j = r["same_judge"]
+            lines.append(f"| {r['name']} | {', '.join(map(str, j['seeds']))} | "
+                         f"{', '.join(f'{v:.3f}' for v in j['old'])} | {', '.join(f'{v:.3f}' for v in j['new'])} | "
+                         f"{j['max_abs_diff']:.2e} |")
     return lines
 
 
