@@ -210,7 +210,8 @@ def main() -> int:
                   f"{cfg.get('n_eval', 1)}, seeds {judged['seeds']}): old {judged['old']}, new {judged['new']}; "
                   f"largest pixel difference of the adversarial images {judged['max_abs_diff']:.2e}", flush=True)
     command = (f".venv/bin/python benchmarks/bench_strongest.py --old {args.old} --n {args.n} --steps {args.steps} "
-               f"--rounds {args.rounds} --threads {args.threads} --protocols {' '.join(args.protocols)}")
+               f"--rounds {args.rounds} --threads {args.threads} --protocols {' '.join(args.protocols)}"
+               + ("" if args.out == "docs/raw/bench_strongest.json" else f" --out {args.out}"))
     out = {"command": command, "old_commit": args.old, "new_commit": _commit(), "n": args.n, "steps": args.steps,
            "rounds": args.rounds, "threads": args.threads, "measure": measure, "protocols": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
