@@ -10,7 +10,10 @@ Randomness is owned by the module (never the global RNG):
 
 Gradients w.r.t. the input: ``grad_mode="chunked"`` (default) runs the forward without storing
 activations and recomputes them chunk by chunk in the backward pass, so peak memory does not grow
-with K x T; ``grad_mode="autograd"`` keeps the plain graph (reference for tests).
+with K x T; when a single chunk holds every level (small inputs: the recomputation would hold the
+same activations at once), the chunked mode keeps the forward's graph instead and saves the extra
+forward (same gradient, same peak memory). ``grad_mode="autograd"`` always keeps the plain graph
+(reference for tests).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .diffusion.elbo import draw_noise, elbo_terms
+from .diffusion.elbo import draw_noise, elbo_terms, levels_per_chunk
 from .diffusion.schedules import NoiseGrid, make_grid
 from .models.base import Denoiser
 from .utils import OwnedRandomness, check_images
@@ -47,8 +50,7 @@ class _ChunkedELBOSum(torch.autograd.Function):
         grad_x = torch.zeros_like(x)
         t_len = len(grid)
         batch = x.shape[0]
-        passes = denoiser.passes_per_denoise_all(classes.numel()) if noise.shape[1] == 1 else classes.numel()
-        per_chunk = max(1, chunk // max(1, batch * passes))
+        per_chunk = levels_per_chunk(denoiser, batch, classes.numel(), noise.shape[1] == 1, chunk)
         noise_b = noise.expand(batch, *noise.shape[1:]) if noise.shape[0] == 1 else noise
         for start in range(0, t_len, per_chunk):
             sl = slice(start, min(start + per_chunk, t_len))
@@ -144,7 +146,7 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
         self.check_input(x)
         noise = self.draw_noise(x) if noise is None else noise
         classes = torch.arange(self.num_classes, device=x.device)
-        if self.grad_mode == "chunked" and torch.is_grad_enabled() and x.requires_grad:
+        if self.recomputes_in_backward(x, noise):
             total = _ChunkedELBOSum.apply(x, noise.expand(x.shape[0], *noise.shape[1:]), self.denoiser,
                                           self.grid, classes, self.chunk_size)
         else:
@@ -156,6 +158,18 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
         """Bayes posterior (B, K) from this classifier's logits (B, K) of images of its denoiser's size."""
         d = self.denoiser.img_channels * self.denoiser.img_resolution ** 2
         return bayes_posterior(logits, d, self.log_prior)
+
+    def recomputes_in_backward(self, x: Tensor, noise: Tensor) -> bool:
+        """Whether a forward on x (B, C, H, W) with eps ``noise`` (B or 1, 1 or K, T, ...) takes the chunked path.
+
+        True only when an input gradient is needed, ``grad_mode`` is 'chunked' and the levels do not fit in one
+        chunk of ``chunk_size`` triples; otherwise the plain graph is kept (it is no larger than one chunk).
+        """
+        if self.grad_mode != "chunked" or not (torch.is_grad_enabled() and x.requires_grad):
+            return False
+        per_chunk = levels_per_chunk(self.denoiser, x.shape[0], self.num_classes, noise.shape[1] == 1,
+                                     self.chunk_size)
+        return per_chunk < len(self.grid)
 
     def network_passes(self, batch: int) -> int:
         """Single-image network evaluations one forward costs for ``batch`` images."""

@@ -258,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checkpoint_arg(value: str | None) -> str | None:
+    """A --init-from / --distill-from value: a shipped checkpoint's name or a path -> the file's path."""
+    from .evaluation.runner import resolve_denoiser
+
+    return None if value is None else str(resolve_denoiser(value))
+
+
 def _cmd_train(args) -> int:
     from dataclasses import replace
 
@@ -266,7 +273,8 @@ def _cmd_train(args) -> int:
     from .models.config import default_backbone
 
     cfg = TrainConfig(dataset=args.dataset, data_root=args.data_root, heads=args.heads, arch=args.arch,
-                      seed=args.seed, init_from=args.init_from, distill_from=args.distill_from)
+                      seed=args.seed, init_from=_checkpoint_arg(args.init_from),
+                      distill_from=_checkpoint_arg(args.distill_from))
     given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "label_dropout": args.label_dropout,
              "ema_decay": args.ema_decay, "warmup": args.warmup, "distill_classes": args.distill_classes,
              "distill_weight": args.distill_weight}

@@ -4,8 +4,9 @@ LM (rdc_lib.lm) moves the input towards higher unconditional likelihood inside t
 the diffusion classifier (rdc_lib.classifier) classifies the result. One code path serves
 prediction and attack; what the attacker's gradient is comes from ``grad_mode``:
 
-- ``'exact'``: the exact second-order gradient through LM (rdc_lib.grad.lm_exact, memory
-  independent of the number of LM steps), exact through the DC.
+- ``'exact'``: the exact second-order gradient through LM (rdc_lib.grad.lm_exact: ``lm_graph='auto'``
+  keeps the unrolled graph for small batches, else recomputes per step at memory independent of the
+  number of LM steps; the same gradient either way), exact through the DC.
 - ``'bpda'``: identity backward through LM (the paper's main attack, "BPDA-AutoAttack"), exact
   through the DC.
 
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 from .classifier import DiffusionClassifier
 from .diffusion.elbo import draw_noise
 from .diffusion.schedules import NoiseGrid
-from .grad import lm_bpda, lm_exact
+from .grad import LM_GRAPH_MODES, lm_bpda, lm_exact
 from .lm import LMConfig, LMNoise, LMResult, draw_lm_noise, likelihood_maximization
 from .models.base import Denoiser
 from .utils import OwnedRandomness, check_images
@@ -80,6 +81,7 @@ class RobustDiffusionClassifier(OwnedRandomness, nn.Module):
         noise_mode: Literal["stochastic", "fixed"] = "stochastic",
         seed: int = 0,
         vote: int = 1,                                        # M members averaged in probability
+        lm_graph: Literal["auto", "recompute", "unroll"] = "auto",  # exact mode: see rdc_lib.grad.lm_exact
     ):
         super().__init__()
         if grad_mode not in GRAD_MODES:
@@ -90,6 +92,8 @@ class RobustDiffusionClassifier(OwnedRandomness, nn.Module):
             raise ValueError(f"vote must be an int >= 1, got {vote!r}")
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if lm_graph not in LM_GRAPH_MODES:
+            raise ValueError(f"unknown lm_graph {lm_graph!r}; valid choices: {', '.join(LM_GRAPH_MODES)}")
         if classifier is not None and not isinstance(classifier, DiffusionClassifier):
             raise ValueError(f"classifier must be a DiffusionClassifier, got {type(classifier).__name__}")
         if lm is not None and not isinstance(lm, LMConfig):
@@ -104,6 +108,7 @@ class RobustDiffusionClassifier(OwnedRandomness, nn.Module):
         self.noise_mode = noise_mode
         self.seed = seed
         self.vote = vote
+        self.lm_graph = lm_graph
         self._generator: torch.Generator | None = None
         self._warned_training = False
         self.eval()  # dropout in train mode would draw from the global RNG
@@ -133,8 +138,9 @@ class RobustDiffusionClassifier(OwnedRandomness, nn.Module):
     def _lm(self, x: Tensor, noise: LMNoise) -> Tensor:
         if not (torch.is_grad_enabled() and x.requires_grad):
             return likelihood_maximization(self.denoiser, x, noise=noise, config=self.lm_config).x
-        fn = lm_exact if self.grad_mode == "exact" else lm_bpda
-        return fn(self.denoiser, x, noise, self.lm_config)
+        if self.grad_mode == "exact":
+            return lm_exact(self.denoiser, x, noise, self.lm_config, lm_graph=self.lm_graph)
+        return lm_bpda(self.denoiser, x, noise, self.lm_config)
 
     def forward(self, x: Tensor, noise: RDCNoise | list[RDCNoise] | None = None) -> Tensor:
         """Logits (B, K) (vote = 1) or averaged log-probabilities (vote > 1); ``noise`` replays a draw."""

@@ -49,7 +49,7 @@ def extract_commands(markdown: str) -> list[str]:
     for lang, body in fence.findall(markdown):
         if lang not in ("", "bash", "sh", "shell", "console"):
             continue
-        for line in body.splitlines():
+        for line in re.sub(r"\\\n\s*", " ", body).splitlines():  # backslash continuations joined
             line = re.sub(r"\s+#.*$", "", line).strip()
             if line and not line.startswith("#") and _is_command(line):
                 found.append(" ".join(line.split()))
@@ -84,6 +84,8 @@ RUN: dict[str, Run] = {
         rc=1, expect=("missing", "data_batch_1", "rdc import-edm")),
     "rdc sweep examples/sweeps/digits_eps.yaml [--status] [--retry-failed] [--workers 2]": Run(
         variants=("rdc sweep examples/sweeps/digits_eps.yaml --status",), expect=('"total": 12', '"pending": 12')),
+    "make docs": Run(),
+    ".venv/bin/python benchmarks/regenerate_docs.py": Run(),
 }
 
 EXCLUDED: dict[str, str] = {
@@ -115,6 +117,16 @@ EXCLUDED: dict[str, str] = {
     "rdc presets cifar10-paper --check --data-root DIR": "a placeholder (DIR); the command list has a real one",
     "rdc eval --dataset cifar10 --preset cifar10-paper --data-root DIR --ckpt-dir DIR --defense rdc --attack "
     "apgd-dlr --device cuda": "CIFAR-10 files, the EDM checkpoints and a GPU",
+    "rdc train --heads multi --head-channels 32 --distill-from digits_single --init-from digits_multi_h32 --out "
+    "OUT.safetensors": "distillation training (tens of minutes on a CPU); tests/test_study.py trains a few steps",
+    "rdc train --arch film --heads single --batch-size 256 --out OUT.safetensors": "trains a denoiser from scratch "
+                                                                                   "(tens of minutes on a CPU)",
+    "rdc eval --defense dc --denoiser digits_multi_h32_distill --attack autoattack --noise-mode fixed --T 16 --json":
+        "the AutoAttack-style ensemble on 64 images with its sanity checks: tens of minutes on a CPU",
+    "rdc eval --defense cnn --attack pgd --records DIR --restart": "a placeholder (DIR); tests/test_stored_state.py runs it",
+    "rdc train --out OUT.safetensors --restart": "trains a denoiser; tests/test_stored_state.py runs it",
+    "rdc sweep SWEEP.yaml --restart-store": "a placeholder (SWEEP.yaml); tests/test_stored_state.py runs it",
+    "rdc sweep SWEEP.yaml --retry-failed": "a placeholder (SWEEP.yaml); tests/test_sweep.py runs it",
 }
 
 
@@ -251,6 +263,11 @@ def _docs_rule(command: str) -> str | None:
         return "run" if "--device cpu" in command else "needs a GPU"
     if words[0] == "pytest":
         return "a test of the suite (run by make test)"
+    if words[:2] == ["rdc", "train"]:
+        return "trains a denoiser: minutes to tens of minutes on a CPU (arguments parsed)"
+    if any(f"benchmarks/{name}" in command for name in ("profile_strongest.py run", "bench_strongest.py",
+                                                          "evaluation_report.py", "denoiser_study.py run")):
+        return "a long benchmark or its doc mode over the run's own records (the doc gives the minutes)"
     if words[:2] == ["rdc", "eval"]:
         defense = words[words.index("--defense") + 1] if "--defense" in words else "rdc"
         if defense in ("cnn", "at-cnn") and "autoattack" not in words:

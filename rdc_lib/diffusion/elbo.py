@@ -25,6 +25,15 @@ def draw_noise(
     return torch.randn((batch, k, grid_len, *shape), generator=generator, device=device, dtype=dtype)
 
 
+def levels_per_chunk(denoiser: Denoiser, batch: int, num_classes: int, shared: bool, chunk_size: int) -> int:
+    """Noise levels per network call so that one call holds at most ``chunk_size`` (image, class, level) triples.
+
+    A level costs ``batch`` x passes triples (passes: 1 for a multi-head network with shared eps, K otherwise).
+    """
+    passes = denoiser.passes_per_denoise_all(num_classes) if shared else num_classes
+    return max(1, chunk_size // max(1, batch * passes))
+
+
 def elbo_terms(
     denoiser: Denoiser,
     x: Tensor,                          # (B, C, H, W) images in [0, 1]
@@ -52,9 +61,7 @@ def elbo_terms(
     x0 = x * 2 - 1
     sigmas, weights = grid.sigmas.to(device, dtype), grid.weights.to(device, dtype)
 
-    # levels per chunk: each level costs batch * passes triples
-    passes = denoiser.passes_per_denoise_all(k) if shared else k
-    per_chunk = max(1, chunk_size // max(1, batch * passes))
+    per_chunk = levels_per_chunk(denoiser, batch, k, shared, chunk_size)
     out = []
     for start in range(0, t_len, per_chunk):
         sl = slice(start, min(start + per_chunk, t_len))
