@@ -34,20 +34,20 @@ ROWS = [
     ("denoised", 0.25, {}),
     ("noised-dc", 0.25, {}),
     ("denoised", 0.5, {}),
-    ("noised-dc", 0.5, {}),
     ("dc", 0.25, {}),
+    ("noised-dc", 0.5, {}),
     ("noised-dc", 0.25, {"posterior": "approx"}),
 ]
 
 
 def _configs(args: argparse.Namespace) -> list[CertifyConfig]:
     out = []
-    for base, sigma, extra in ROWS:
-        if args.only and base not in args.only:
+    for i, (base, sigma, extra) in enumerate(ROWS):
+        if args.rows is not None and i not in args.rows:
             continue
         out.append(CertifyConfig(base=base, sigma=sigma, n_images=args.n_images, n0=args.n0, n=args.n,
                                  alpha=args.alpha, seed=args.seed, timesteps=args.timesteps,
-                                 attack_steps=args.attack_steps, **extra))
+                                 attack_steps=args.attack_steps, attack_eot=args.attack_eot, **extra))
     return out
 
 
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--timesteps", type=int, default=4)
     r.add_argument("--attack-steps", type=int, default=10)
-    r.add_argument("--only", nargs="+", default=None, help="only these bases")
+    r.add_argument("--attack-eot", type=int, default=1, help="EOT calls per gradient (each averages 8 draws)")
+    r.add_argument("--rows", nargs="+", type=int, default=None, help="only these rows of ROWS (0-based)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--raw", default=str(RAW))
     r.add_argument("--records", default=str(RECORDS))
