@@ -5,6 +5,7 @@ with ``attack_steps > 0``, the empirical side: an l2 attack with EOT through the
 radius > 0 of ``radii`` and the Monte-Carlo prediction of g at the adversarial image. One JSON line per
 image is appended (and flushed) to the records file as soon as the image is done, so an interrupted run
 resumes at the next image with identical draws (every image's generators derive from (seed, index)).
+Records are keyed by the configuration without the slice, so a larger or shifted slice reuses them.
 Radii and sigma are pixel-space l2 (images in [0, 1]).
 """
 
@@ -73,6 +74,12 @@ class CertifyConfig:
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def record_identity(self) -> dict:
+        """What a per-image record depends on: everything but the slice (n_images, offset)."""
+        d = self.identity()
+        del d["n_images"], d["offset"]
+        return d
 
     def label(self) -> str:
         """A short human name, e.g. 'noised-dc s=0.25 T=4 multi'."""
@@ -171,7 +178,8 @@ def consistency(result: dict) -> dict:
 
 
 def records_path(records_dir: str | Path, cfg: CertifyConfig) -> Path:
-    return Path(records_dir) / f"certify_{cfg.base}_{cfg.sigma:g}_{cfg.key()}.jsonl"
+    key = hashlib.sha256(json.dumps(cfg.record_identity(), sort_keys=True).encode()).hexdigest()[:16]
+    return Path(records_dir) / f"certify_{cfg.base}_{cfg.sigma:g}_{key}.jsonl"
 
 
 def load_records(path: Path | None, cfg: CertifyConfig) -> dict[int, dict]:
@@ -179,7 +187,7 @@ def load_records(path: Path | None, cfg: CertifyConfig) -> dict[int, dict]:
     if path is None or not path.is_file():
         return {}
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    if not lines or json.loads(lines[0]).get("config") != cfg.identity():
+    if not lines or json.loads(lines[0]).get("config") != cfg.record_identity():
         return {}
     out = {}
     for ln in lines[1:]:
@@ -207,7 +215,7 @@ def run_certify(cfg: CertifyConfig, *, device: str | torch.device = "cpu", recor
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as f:  # rewrite: header + the complete records (drops a cut last line)
-            f.write(json.dumps({"config": cfg.identity()}) + "\n")
+            f.write(json.dumps({"config": cfg.record_identity()}) + "\n")
             for i in sorted(done):
                 f.write(json.dumps(done[i]) + "\n")
     bar = None
@@ -229,7 +237,7 @@ def run_certify(cfg: CertifyConfig, *, device: str | torch.device = "cpu", recor
             bar.update(1)
     if bar is not None:
         bar.close()
-    records = [done[cfg.offset + j] for j in range(cfg.n_images)]
+    records = [done[cfg.offset + j] for j in range(cfg.n_images)]  # done may hold images of other slices
     return summarize(cfg, records, time.perf_counter() - t0)
 
 
