@@ -215,3 +215,27 @@ def test_consistency_check_can_fail():
     assert consistency(row)["passed"] is False
     row["empirical"]["0.5"]["high"] = 0.7
     assert consistency(row)["passed"] is True
+
+
+def test_sweep_target_declares_the_config_fields():
+    from rdc_lib.sweep.spec import SweepSpecError, load_sweep, parse_sweep
+    from rdc_lib.paths import REPO_ROOT
+
+    path = REPO_ROOT / "examples" / "sweeps" / "digits_certify.yaml"
+    assert len(load_sweep(path).cells()) == 4
+    with pytest.raises(SweepSpecError, match="did you mean 'timesteps'"):
+        parse_sweep(path.read_text().replace("timesteps: 4", "timestepz: 4"))
+
+
+def test_cli_certify_json_and_bad_input(capsys):
+    from rdc_lib.cli import main
+
+    assert main(["certify", "--base", "denoised", "--n-images", "1", "--n0", "5", "--n", "20", "--alpha", "0.01",
+                 "--attack-steps", "0", "--radii", "0", "0.1", "--no-progress", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["images"] == 1 and set(out["certified"]) == {"0", "0.1"} and out["draws_per_image"] == 25
+    assert "empirical" not in out and out["radius_unit"].startswith("l2, pixel")
+    assert main(["certify", "--radii", "0", "-1"]) == 2
+    assert "radii must be finite and >= 0" in capsys.readouterr().err
+    assert main(["certify", "--n", "3"]) == 2
+    assert "need n >= 10" in capsys.readouterr().err

@@ -12,6 +12,7 @@ Radii and sigma are pixel-space l2 (images in [0, 1]).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from dataclasses import asdict, dataclass, fields
@@ -242,8 +243,26 @@ def run_certify(cfg: CertifyConfig, *, device: str | torch.device = "cpu", recor
 
 
 def certify_params(params: dict) -> dict:
-    """``run_certify`` from a plain dict of ``CertifyConfig`` fields (plus device, records_dir): the sweep target."""
+    """``run_certify`` from a plain dict of ``CertifyConfig`` fields (plus device, records_dir)."""
     params = dict(params)
     device = params.pop("device", "cpu")
     records_dir = params.pop("records_dir", None)
     return run_certify(CertifyConfig.from_params(params), device=device, records_dir=records_dir, progress=False)
+
+
+def certify_cell(**params) -> dict:
+    """The sweep target ``function: rdc_lib.certify.runner:certify_cell``: keyword parameters = the fields of
+    ``CertifyConfig`` (``radii`` a list) plus ``device`` and ``records_dir`` (set it to resume a killed cell)."""
+    return certify_params(params)
+
+
+def _cell_signature() -> inspect.Signature:
+    types = {"int": int, "float": float, "str": str, "tuple": list}
+    ps = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=list(f.default) if f.name == "radii"
+                            else f.default, annotation=types.get(str(f.type), str)) for f in fields(CertifyConfig)]
+    ps += [inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default="cpu", annotation=str),
+           inspect.Parameter("records_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None)]
+    return inspect.Signature(ps, return_annotation=dict)
+
+
+certify_cell.__signature__ = _cell_signature()  # one home for the parameters: the sweep validator reads these
