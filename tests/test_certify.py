@@ -239,3 +239,34 @@ def test_cli_certify_json_and_bad_input(capsys):
     assert "radii must be finite and >= 0" in capsys.readouterr().err
     assert main(["certify", "--n", "3"]) == 2
     assert "need n >= 10" in capsys.readouterr().err
+
+
+def _report_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "certify_report.py"
+    spec = importlib.util.spec_from_file_location("certify_report", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_report_doc_is_deterministic_and_flags_inconsistent_rows(tmp_path):
+    report = _report_module()
+    cfg = CertifyConfig(base="denoised", n_images=2, n0=10, n=30, alpha=0.01, radii=(0.0, 0.5), attack_steps=1,
+                        attack_draws=2, pred_draws=10)
+    row = {**run_certify(cfg, progress=False), "key": cfg.key(), "command": "python x run", "machine": "cpu"}
+    raw = tmp_path / "raw.jsonl"
+    report._write_row(raw, row)
+    report._write_row(raw, row)                                   # the same configuration replaces its row
+    assert len(raw.read_text().splitlines()) == 1
+    out1, out2 = tmp_path / "a.md", tmp_path / "b.md"
+    report.main(["doc", "--raw", str(raw), "--out", str(out1), "--bench", str(tmp_path / "none.json")])
+    report.main(["doc", "--raw", str(raw), "--out", str(out2), "--bench", str(tmp_path / "none.json")])
+    text = out1.read_text()
+    assert text == out2.read_text() and "It holds for every row" in text and "pixel space" in text
+    bad = json.loads(json.dumps(row))
+    bad["certified"]["0.5"] = {"correct": 2, "total": 2, "value": 1.0, "low": 0.34, "high": 1.0}
+    bad["empirical"]["0.5"] = {"correct": 0, "total": 2, "value": 0.0, "low": 0.0, "high": 0.66}
+    assert "It FAILS for" in report.render([bad]) and "**NO**" in report.render([bad])

@@ -7,7 +7,7 @@
 
       term_t(y) = w_t * mean_pixels (D(x~ + tau_t eps; sigma_t, y) - x~ + (sigma_s^2 / tau_t) eps)^2
 
-  (derivation: docs/theory.md section "The noised diffusion classifier"). ``posterior='approx'`` drops
+  (derivation: docs/certified.md section "The noised diffusion classifier"). ``posterior='approx'`` drops
   the (sigma_s^2 / tau_t) eps correction (lower variance, biased). With sigma_s = 0 this is exactly the
   plain DC, which is how ``build_base('dc', ...)`` (the plain DC on noisy inputs) is made.
 - ``DenoisedSmoothing``: one unconditional denoiser call at sigma_s, then an off-the-shelf classifier.
