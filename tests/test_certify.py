@@ -122,6 +122,7 @@ def _tiny_optimal():
     return OptimalDenoiser(x, torch.tensor([0, 0, 0, 1, 1, 1])).double(), x * 2 - 1, g
 
 
+@pytest.mark.slow
 def test_noised_dc_matches_exact_noisy_likelihood_on_optimal_denoiser():
     """With D = D* of a finite set, p_{sigma_s}(x~ | y) is a Gaussian mixture: the 'exact' noised DC with ELBO
     weights estimates its log-ratio between classes; the 'approx' variant (no eps correction) does not."""
@@ -190,6 +191,7 @@ def test_soft_smoothed_is_a_differentiable_log_probability():
     assert torch.isfinite(g).all() and g.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_runner_resumes_and_matches_a_fresh_run(tmp_path):
     cfg = CertifyConfig(base="denoised", n_images=3, n0=10, n=30, alpha=0.01, radii=(0.0, 0.25), attack_steps=1,
                         attack_draws=2, pred_draws=10)
@@ -252,6 +254,7 @@ def _report_module():
     return mod
 
 
+@pytest.mark.slow
 def test_report_doc_is_deterministic_and_flags_inconsistent_rows(tmp_path):
     report = _report_module()
     cfg = CertifyConfig(base="denoised", n_images=2, n0=10, n=30, alpha=0.01, radii=(0.0, 0.5), attack_steps=1,
