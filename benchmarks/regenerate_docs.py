@@ -27,6 +27,7 @@ GENERATED: dict[str, tuple[str, tuple[str, ...], str | None]] = {
     "theory.md": ("theory_report.py", ("theory.json",), None),
     "performance.md": ("performance_report.py", ("performance.json",), None),
     "denoisers.md": ("denoiser_study.py", ("denoiser_study.jsonl",), "denoisers_notes.md"),
+    "certified.md": ("certify_report.py", ("certified.jsonl", "bench_certify.json"), None),
     "speed.md": ("profile_strongest.py", ("profile_strongest.json", "bench_strongest.json"), "speed_notes.md"),
 }
 
@@ -53,6 +54,9 @@ def regenerate(doc: str, out: Path, raw_dir: Path = DOCS / "raw", docs_dir: Path
         module.doc(Namespace(records=str(raw_dir), out=str(out), notes=notes_path, n_eval=10))
     elif doc == "denoisers.md":
         module.doc(Namespace(raw=str(raw_dir / "denoiser_study.jsonl"), out=str(out), notes=notes_path))
+    elif doc == "certified.md":
+        module.cmd_doc(Namespace(raw=str(raw_dir / "certified.jsonl"), out=str(out),
+                                 bench=str(raw_dir / "bench_certify.json")))
     elif doc == "speed.md":
         out.write_text(module.render(raw_dir, Path(notes_path)))
     elif doc == "theory.md":

@@ -1,7 +1,9 @@
-"""The ``rdc`` command line: train, evaluate, import EDM checkpoints, run sweeps.
+"""The ``rdc`` command line: train, evaluate, certify, import EDM checkpoints, run sweeps.
 
 This is the only module that prints. ``rdc eval ... --json`` prints, as its last line, one JSON
-object with at least ``defense, attack, n, clean_acc, robust_acc, norm, eps, seconds``.
+object with at least ``defense, attack, n, clean_acc, robust_acc, norm, eps, seconds``;
+``rdc certify ... --json`` one with ``certified`` / ``certified_acc`` per radius, ``empirical``,
+``abstain_rate``, ``draws_per_image``, ``seconds``.
 """
 
 from __future__ import annotations
@@ -79,6 +81,26 @@ def _add_eval(sub) -> None:
     p.add_argument("--records", default=None, help="folder for per-example records (resumable)")
     p.add_argument("--restart", action="store_true",
                    help="move this configuration's stored records aside (renamed, never deleted) and start afresh")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line (last line)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_certify(sub) -> None:
+    from .certify.runner import CertifyConfig
+
+    p = sub.add_parser("certify", help="randomized-smoothing certification (Cohen et al.) of a smoothed classifier, "
+                                       "with the empirical robust accuracy at the same l2 radii (pixel space)")
+    for f in fields(CertifyConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "radii":
+            p.add_argument(flag, dest=f.name, type=float, nargs="+", default=list(f.default),
+                           help="pixel-space l2 radii (images in [0, 1])")
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+            p.add_argument(flag, dest=f.name, type=typ, default=f.default)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--records", default=None, help="folder for per-image records (resumable)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the result as one JSON line (last line)")
     p.add_argument("--no-progress", action="store_true")
@@ -251,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_train_baseline(sub)
     _add_eval(sub)
+    _add_certify(sub)
     _add_import_edm(sub)
     _add_presets(sub)
     add_run_notebooks_arguments(sub)
@@ -320,6 +343,26 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_certify(args) -> int:
+    from .certify.runner import CertifyConfig, run_certify
+
+    cfg = CertifyConfig.from_params({f.name: getattr(args, f.name) for f in fields(CertifyConfig)})
+    result = run_certify(cfg, device=args.device, records_dir=args.records, progress=not args.no_progress)
+    if result.get("consistent") is False:
+        print("WARNING: INCONSISTENT: certified accuracy above the empirical robust accuracy at some radius",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        cert = ", ".join(f"r={r}: {100 * v:.1f}%" for r, v in result["certified_acc"].items())
+        print(f"{cfg.label()}: certified {cert}; abstain {100 * result['abstain_rate']:.1f}% "
+              f"[{result['seconds']:.1f}s]")
+        if "empirical_acc" in result:
+            emp = ", ".join(f"r={r}: {100 * v:.1f}%" for r, v in result["empirical_acc"].items())
+            print(f"  empirical (attacked, EOT): {emp}")
+    return 0
+
+
 def _cmd_import_edm(args) -> int:
     from .models.edm_import import import_edm_pickle
 
@@ -347,7 +390,7 @@ def _cmd_presets(args) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "train-baseline": _cmd_train_baseline, "eval": _cmd_eval,
+COMMANDS = {"train": _cmd_train, "train-baseline": _cmd_train_baseline, "eval": _cmd_eval, "certify": _cmd_certify,
             "import-edm": _cmd_import_edm, "presets": _cmd_presets}
 
 

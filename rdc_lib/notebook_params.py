@@ -208,6 +208,15 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "surface_radius": ParamSpec("float", "half-width of the loss-surface grid (l_inf units)", low=1e-6, high=1.0),
     "check_samples": ParamSpec("int", "gradient samples / finite-difference directions of the masking checks",
                                low=2, high=1000),
+    # randomized smoothing (notebook 06)
+    "bases": ParamSpec("list[str]", "base classifiers that are smoothed (rdc_lib.certify.BASES)",
+                       choices=("noised-dc", "denoised", "dc")),
+    "sigma_list": ParamSpec("list[float]", "smoothing noise levels (pixel space, > 0)", low=1e-6, high=10.0),
+    "radii": ParamSpec("list[float]", "l2 radii (pixel space) at which accuracy is reported", low=0.0, high=100.0),
+    "n_select": ParamSpec("int", "selection draws n0 of the certificate", low=1, high=10_000_000),
+    "n_estimate": ParamSpec("int", "estimation draws N of the certificate", low=1, high=10_000_000),
+    "alpha": ParamSpec("float", "failure probability of each certificate, in (0, 1)", low=1e-12, high=0.999999),
+    "explore_index": ParamSpec("int", "test image shown in the one-image explorer", low=0, high=DIGITS_TEST_SIZE - 1),
     # run
     "seed": ParamSpec("int", "seed of every generator the notebook creates", low=0, high=2**63 - 1),
     "device": ParamSpec("str", "torch device: 'cpu', 'cuda', 'cuda:N' or 'mps'"),
@@ -291,6 +300,17 @@ def _check_cifar10_defenses(values: dict[str, Any]) -> None:
                        f"no CIFAR-10 baseline for {', '.join(other)})")
 
 
+def _check_certify_draws(values: dict[str, Any]) -> None:
+    """n_estimate must allow a non-zero radius at alpha (``rdc_lib.certify.min_draws``, imported on demand)."""
+    if "n_estimate" in values and "alpha" in values:
+        from .certify.smoothing import min_draws
+
+        need = min_draws(values["alpha"])
+        if values["n_estimate"] < need:
+            raise _bad("n_estimate", values["n_estimate"], f"an int >= {need}: fewer estimation draws can never "
+                                                          f"certify a non-zero radius at alpha = {values['alpha']:g}")
+
+
 def _check_sizes(values: dict[str, Any]) -> None:
     limit = DIGITS_TEST_SIZE if values.get("dataset", "digits") == "digits" else CIFAR10_TEST_SIZE
     for name in ("n_images", "rdc_n_images", "n_variance_images", "n_cost_images"):
@@ -322,6 +342,7 @@ def validate_params(*, base_dir: str | Path | None = None, **params: Any) -> dic
     values = {name: PARAM_SPECS[name].check(name, value) for name, value in params.items()}
     _check_norm_budget(values)
     _check_sizes(values)
+    _check_certify_draws(values)
     if "device" in values:
         _check_device(values["device"])
     base = None if base_dir is None else Path(base_dir)

@@ -37,7 +37,7 @@ NB_DIR = REPO / "notebooks"
 SMALL = NB_DIR / "params" / "small.yaml"
 SANITIZE = NB_DIR / "nbval_sanitize.cfg"
 NOTEBOOKS = sorted(NB_DIR.glob(main_job.NOTEBOOK_PATTERN))
-OWN = [p for p in NOTEBOOKS if p.stem[:2] in ("01", "02", "03", "04")]  # written with rdc_lib.notebook_params
+OWN = [p for p in NOTEBOOKS if p.stem[:2] in ("01", "02", "03", "04", "06")]  # written with rdc_lib.notebook_params
 # Absolute checkpoint paths: the executed copies are re-run by nbval from a temporary folder.
 ABSOLUTE = {
     "checkpoint": str(REPO / "data/checkpoints/digits_multi.safetensors"),
@@ -201,6 +201,11 @@ def test_results_content(run):
         assert r["robust"]["low"] <= r["robust_acc"] <= r["robust"]["high"]
         assert (r["trusted"] is None) == (r["n"] < MIN_CHECK_IMAGES)  # too few images: not checked, never passed
         assert r["n"] == (small["rdc_n_images"] if r["defense"] == "rdc" else small["n_images"])
+    r6 = json.loads((out / "06_certified_robustness" / "results.json").read_text())
+    assert r6["consistent"] is True and r6["rows"] and all(r["images"] == small["n_images"] for r in r6["rows"])
+    for r in r6["rows"]:
+        cert = [r["certified"][k]["value"] for k in sorted(r["certified"], key=float)]
+        assert cert == sorted(cert, reverse=True) and set(r["empirical"]) == set(r["certified"])
 
 
 def test_nbval_checks_the_seeded_output(run, tmp_path):
@@ -239,6 +244,9 @@ BAD = [
     ("02", {"eps": -1}, "notebook parameter eps = -1"),
     ("03", {"norm": "l3"}, "notebook parameter norm = 'l3'"),
     ("04", {"dataset": "cifar10"}, "notebook parameter dataset = 'cifar10' needs files that are missing"),
+    ("06", {"n_estimate": 5}, "notebook parameter n_estimate = 5 (int): expected an int >= 7"),
+    ("06", {"radii": [0.0, -0.5]}, "notebook parameter radii[1] = -0.5"),
+    ("06", {"sigma_list": [0.0]}, "notebook parameter sigma_list[0] = 0.0"),
 ]
 
 

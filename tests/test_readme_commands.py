@@ -112,6 +112,7 @@ EXCLUDED: dict[str, str] = {
         f"what `make run` runs; {SMALL_RUN} runs it (the Makefile check below holds the two together)",
     "rdc eval --defense rdc --attack apgd-ce --eot 2 --verify 4 --n-eval 10 ...": "arguments elided ('...')",
     "rdc eval ... --json": "arguments elided ('...')",
+    "rdc certify ... --json": "arguments elided ('...')",
     "rdc sweep FILE": "a placeholder (FILE); the command list has the real one",
     "rdc report STORE": "a placeholder (STORE); the command list has the real one",
     "rdc presets cifar10-paper --check --data-root DIR": "a placeholder (DIR); the command list has a real one",
@@ -119,6 +120,9 @@ EXCLUDED: dict[str, str] = {
     "apgd-dlr --device cuda": "CIFAR-10 files, the EDM checkpoints and a GPU",
     "rdc train --heads multi --head-channels 32 --distill-from digits_single --init-from digits_multi_h32 --out "
     "OUT.safetensors": "distillation training (tens of minutes on a CPU); tests/test_study.py trains a few steps",
+    "rdc certify --base noised-dc --sigma 0.25 --n-images 100 --n0 100 --n 1000 --alpha 0.001 --radii 0 0.25 0.5 "
+    "--json": "certifies 100 images with 1,100 draws each (tens of minutes on a CPU); tests/test_certify.py runs "
+              "rdc certify --json on a few images",
     "rdc train --arch film --heads single --batch-size 256 --out OUT.safetensors": "trains a denoiser from scratch "
                                                                                    "(tens of minutes on a CPU)",
     "rdc eval --defense dc --denoiser digits_multi_h32_distill --attack autoattack --noise-mode fixed --T 16 --json":
@@ -263,9 +267,11 @@ def _docs_rule(command: str) -> str | None:
         return "run" if "--device cpu" in command else "needs a GPU"
     if words[0] == "pytest":
         return "a test of the suite (run by make test)"
+    if words[:2] == ["rdc", "certify"]:
+        return "certification of many images with 1,100 draws each: minutes to hours on a CPU (arguments parsed)"
     if words[:2] == ["rdc", "train"]:
         return "trains a denoiser: minutes to tens of minutes on a CPU (arguments parsed)"
-    if any(f"benchmarks/{name}" in command for name in ("profile_strongest.py run", "bench_strongest.py",
+    if any(f"benchmarks/{name}" in command for name in ("profile_strongest.py run", "bench_strongest.py", "certify_report.py", "bench_certify.py",
                                                           "evaluation_report.py", "denoiser_study.py run")):
         return "a long benchmark or its doc mode over the run's own records (the doc gives the minutes)"
     if words[:2] == ["rdc", "eval"]:
