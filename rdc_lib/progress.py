@@ -78,14 +78,17 @@ class _Disabled(PlainProgress):
         pass
 
 
-def progress_bar(total: int | None, desc: str, unit: str = "it", *, enabled: bool = True,
+def progress_bar(total: int | None, desc: str, unit: str = "it", *, enabled: bool = True, initial: int = 0,
                  stream: TextIO | None = None, **tqdm_kwargs: Any) -> Any:
     """A tqdm bar on a terminal (``stream``, default sys.stderr), else a :class:`PlainProgress`; silent if not
-    ``enabled`` (every method still works)."""
+    ``enabled`` (every method still works). ``initial``: steps already done (a resumed run)."""
     if not enabled:
-        return _Disabled(total, desc, unit, stream)
-    if is_terminal(stream):
+        bar = _Disabled(total, desc, unit, stream)
+    elif is_terminal(stream):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, file=stream, **tqdm_kwargs)
-    return PlainProgress(total, desc, unit, stream)
+        return tqdm(total=total, desc=desc, unit=unit, file=stream, initial=initial, **tqdm_kwargs)
+    else:
+        bar = PlainProgress(total, desc, unit, stream)
+    bar.n = initial
+    return bar

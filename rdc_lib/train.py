@@ -157,9 +157,9 @@ def train_denoiser(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.dataset} {cfg.heads}-head", unit="step")
+        bar = progress_bar(cfg.steps, f"train {cfg.dataset} {cfg.heads}-head", "step", initial=step)
     t0 = time.perf_counter()
     loss_avg = float("nan")
     net.train()

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..stored_state import StoredStateError, load_torch_state, restart_aside, source_version
 from ..utils import check_images, check_labels
@@ -342,7 +342,7 @@ def run_ensemble(
         state = _load_state(path, state, x.device)
         log.info("resuming ensemble from %s at chunk %d/%d", path, state["next_chunk"], n_chunks)
     state = {k: v.to(x.device) if isinstance(v, Tensor) else v for k, v in state.items()}
-    bar = tqdm(total=n_chunks, initial=state["next_chunk"], desc="ensemble", unit="chunk", disable=not progress)
+    bar = progress_bar(n_chunks, "ensemble", "chunk", enabled=progress, initial=state["next_chunk"])
     try:
         with eval_mode(model):
             for c in range(state["next_chunk"], n_chunks):

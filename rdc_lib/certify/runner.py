@@ -221,9 +221,9 @@ def run_certify(cfg: CertifyConfig, *, device: str | torch.device = "cpu", recor
                 f.write(json.dumps(done[i]) + "\n")
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        bar = tqdm(total=cfg.n_images, initial=len(done), desc=f"certify {cfg.label()}", unit="img")
+        bar = progress_bar(cfg.n_images, f"certify {cfg.label()}", "img", initial=len(done))
     for j in range(cfg.n_images):
         index = cfg.offset + j
         if index in done:

@@ -256,9 +256,9 @@ def evaluate(
     records, x_adv_all = load_records(records_dir, cfg, x_all.cpu(), y_all.cpu(), restart=restart)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        bar = tqdm(total=cfg.n, initial=len(records), desc=f"eval {cfg.defense}/{cfg.attack}", unit="img")
+        bar = progress_bar(cfg.n, f"eval {cfg.defense}/{cfg.attack}", "img", initial=len(records))
     attack_stats: list[dict] = []
     for start in range(0, cfg.n, cfg.chunk):
         stop = min(start + cfg.chunk, cfg.n)
