@@ -113,6 +113,8 @@ EXCLUDED: dict[str, str] = {
     "rdc eval --defense rdc --attack apgd-ce --eot 2 --verify 4 --n-eval 10 ...": "arguments elided ('...')",
     "rdc eval ... --json": "arguments elided ('...')",
     "rdc certify ... --json": "arguments elided ('...')",
+    "rdc run-notebooks --only 02 -p n_images 8": "notebook 02 through the main job, the notebook the papermill example "
+                                                "above runs; tests/test_notebooks.py runs rdc run-notebooks",
     "rdc sweep FILE": "a placeholder (FILE); the command list has the real one",
     "rdc report STORE": "a placeholder (STORE); the command list has the real one",
     "rdc presets cifar10-paper --check --data-root DIR": "a placeholder (DIR); the command list has a real one",
