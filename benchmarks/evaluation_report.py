@@ -28,7 +28,7 @@ import torch
 
 from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import DefenseSpec, EvalConfig, build_defense, evaluate
-from rdc_lib.evaluation.checks import checks_protocol, trust_label
+from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES, checks_protocol, trust_label
 from rdc_lib.evaluation.defenses import checkpoint_files
 from rdc_lib.grad import EOT_TARGET, gradient_cosine_similarity, suggest_eot
 from rdc_lib.provenance import describe, eval_provenance, provenance
@@ -191,7 +191,12 @@ def doc(args: argparse.Namespace) -> int:
               "| defence | variant | protocol | seconds | seconds per image |", "|---|---|---|---|---|"]
     lines += [f"| {r['defense']} | {r['variant']} | {r['protocol']} | {r['seconds']:.0f} | {r['seconds'] / r['n']:.1f} |"
               for r in rows]
-    lines += ["", "## Commands", ""] + [f"- {r['defense']} / {r['variant']} / {r['protocol']}: `{r['command']}`" for r in rows]
+    lines += ["", "## Commands", ""]
+    if any(r["n"] < MIN_CHECK_IMAGES and r.get("run_checks", True) for r in rows):
+        lines += [f"Rows on fewer than {MIN_CHECK_IMAGES} images ran the earlier sanity checks on 16 images; `rdc eval` "
+                  f"now refuses checks on fewer than {MIN_CHECK_IMAGES} images (with a message), so rerun such a "
+                  f"command with `--n {MIN_CHECK_IMAGES}` or more.", ""]
+    lines += [f"- {r['defense']} / {r['variant']} / {r['protocol']}: `{r['command']}`" for r in rows]
     lines += ["", "## Provenance", "", "Commit (and whether the working tree had uncommitted changes) of the code that "
               "measured each cell; checkpoint hashes, library versions and the full command are in the raw rows "
               "(docs/raw/evaluation.jsonl, docs/raw/eot_diagnostic.json).", "",

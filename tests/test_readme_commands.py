@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
@@ -170,6 +172,8 @@ def fresh_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     env.update(PYTHONPATH=str(root), PATH=f"{root / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}",
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", VIRTUAL_ENV=str(root / ".venv"))
     env.pop("RDC_DATA_DIR", None)
+    for name in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"):  # under `make test`: a user's shell has none
+        env.pop(name, None)
     return root, env
 
 
@@ -276,6 +280,10 @@ def _docs_rule(command: str) -> str | None:
     if any(f"benchmarks/{name}" in command for name in ("profile_strongest.py run", "bench_strongest.py", "certify_report.py", "bench_certify.py",
                                                           "evaluation_report.py", "denoiser_study.py run")):
         return "a long benchmark or its doc mode over the run's own records (the doc gives the minutes)"
+    if words[:2] == ["rdc", "eval"] and "--n" in words and int(words[words.index("--n") + 1]) < MIN_CHECK_IMAGES \
+            and "--run-checks" not in words:
+        return ("a row measured when the sanity checks used 16 images; rdc eval now refuses checks on fewer than "
+                f"{MIN_CHECK_IMAGES} images and says so (the doc notes it under Commands)")
     if words[:2] == ["rdc", "eval"]:
         defense = words[words.index("--defense") + 1] if "--defense" in words else "rdc"
         if defense in ("cnn", "at-cnn") and "autoattack" not in words:
