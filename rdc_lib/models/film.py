@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .unet_small import PositionalEmbedding
+from .unet_small import PositionalEmbedding, conditioning, output_conv
 
 FILM_BACKBONE = {"model_channels": 32, "num_blocks": 1, "dropout": 0.1}
 
@@ -73,22 +73,10 @@ class FiLMNet(nn.Module):
         self.down = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
         self.mid = nn.ModuleList([FiLMBlock(2 * c, 2 * c, emb_dim, dropout) for _ in range(num_blocks)])
         self.dec = nn.ModuleList([FiLMBlock(3 * c if i == 0 else c, c, emb_dim, dropout) for i in range(num_blocks)])
-        if head_channels > 0:
-            hidden = num_heads * head_channels
-            last = nn.Conv2d(hidden, out_channels, 3, padding=1, groups=num_heads)
-            self.conv_out = nn.Sequential(nn.Conv2d(c, hidden, 3, padding=1), nn.SiLU(), last)
-        else:
-            last = self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        self.conv_out = output_conv(c, out_channels, num_heads, head_channels)
 
     def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
-        emb = self.emb_mlp(self.noise_embed(c_noise))
-        if self.label_embed is not None:
-            if labels is None:
-                raise ValueError("this backbone is class-conditional: labels (B,) are required")
-            emb = emb + self.label_embed(labels)
-        emb = F.silu(emb)
+        emb = conditioning(self, c_noise, labels)
         h = self.conv_in(x)
         for block in self.enc:
             h = block(h, emb)

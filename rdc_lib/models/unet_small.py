@@ -22,6 +22,33 @@ def _groups(channels: int) -> int:
     return 1
 
 
+def output_conv(in_channels: int, out_channels: int, num_heads: int, head_channels: int) -> nn.Module:
+    """The last layer (zero-initialised): a 3x3 conv, or with ``head_channels`` > 0 a per-head hidden layer
+    (a grouped conv keeps the heads' parameters separate) before it. Shared by every small backbone."""
+    if head_channels > 0:
+        hidden = num_heads * head_channels
+        last = nn.Conv2d(hidden, out_channels, 3, padding=1, groups=num_heads)
+        out: nn.Module = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.SiLU(), last)
+    else:
+        last = out = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return out
+
+
+def conditioning(net: nn.Module, c_noise: Tensor, labels: Tensor | None) -> Tensor:
+    """The embedding (B, E) that conditions every block: noise embedding (+ label embedding), SiLU.
+
+    ``net`` has ``noise_embed``, ``emb_mlp`` and ``label_embed`` (None for an unconditional or multi-head net).
+    """
+    emb = net.emb_mlp(net.noise_embed(c_noise))
+    if net.label_embed is not None:
+        if labels is None:
+            raise ValueError("this backbone is class-conditional: labels (B,) are required")
+        emb = emb + net.label_embed(labels)
+    return F.silu(emb)
+
+
 class PositionalEmbedding(nn.Module):
     """Sinusoidal embedding of a scalar per example: (B,) -> (B, dim)."""
 
@@ -132,23 +159,10 @@ class SmallUNet(nn.Module):
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
 
         self.norm_out = nn.GroupNorm(_groups(ch), ch)
-        if head_channels > 0:
-            # per-head hidden layer: a grouped conv keeps the heads' parameters separate
-            hidden = num_heads * head_channels
-            last = nn.Conv2d(hidden, out_channels, 3, padding=1, groups=num_heads)
-            self.conv_out = nn.Sequential(nn.Conv2d(ch, hidden, 3, padding=1), nn.SiLU(), last)
-        else:
-            last = self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        self.conv_out = output_conv(ch, out_channels, num_heads, head_channels)
 
     def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
-        emb = self.emb_mlp(self.noise_embed(c_noise))
-        if self.label_embed is not None:
-            if labels is None:
-                raise ValueError("this backbone is class-conditional: labels (B,) are required")
-            emb = emb + self.label_embed(labels)
-        emb = F.silu(emb)
+        emb = conditioning(self, c_noise, labels)
 
         h = self.conv_in(x)
         skips = [h]
