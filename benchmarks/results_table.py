@@ -6,6 +6,12 @@ write the document from the stored results (never by hand):
     .venv/bin/python benchmarks/results_table.py run --defenses cnn at-cnn diffpure dc rdc
     .venv/bin/python benchmarks/results_table.py doc
 
+The headline rows (the shipped single-head denoiser, >= 200 images, APGD >= 50 iterations) are long
+``rdc eval --json`` runs; their JSON lines are checked and added to the headline store, and the doc
+mode puts them first:
+
+    .venv/bin/python benchmarks/results_table.py import runs/headline_dc.out runs/headline_rdc.out
+
 Each cell is ``rdc_lib.evaluation.evaluate`` with the AutoAttack-style ensemble (APGD-CE, APGD-DLR,
 APGD-T, Square; worst case per example) and the sanity checks of ``rdc_lib.evaluation.checks``.
 """
@@ -60,10 +66,90 @@ def run(args: argparse.Namespace) -> None:
               f"{res['robust_acc']:.3f} trusted={res['trusted']} [{time.perf_counter() - t0:.0f}s]", flush=True)
 
 
+HEADLINE_MIN_IMAGES = 200  # a headline row rests on at least this many test images
+HEADLINE_MIN_STEPS = 50    # ... and APGD with at least this many iterations
+
+
+def import_rows(args: argparse.Namespace) -> None:
+    """Check the last JSON line of each ``rdc eval --json`` output and add it to ``headline.jsonl``."""
+    store = Path(args.records) / "headline.jsonl"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    kept = {}
+    if store.is_file():
+        kept = {r["key"]: r for r in map(json.loads, store.read_text().splitlines()) if r}
+    for name in args.files:
+        row = headline_row(Path(name))
+        kept[row["key"]] = row
+        print(f"{name}: {row['defense']} {row['norm']} {row['eps']:g} on {row['n']} images, robust "
+              f"{row['robust_acc']:.3f}, trusted={row['trusted']}", flush=True)
+    store.write_text("".join(json.dumps(r) + "\n" for r in kept.values()))
+    print(f"wrote {store} ({len(kept)} rows)")
+
+
+def headline_row(path: Path) -> dict:
+    """The result of an ``rdc eval --json`` output file, refused unless it can carry a headline number."""
+    lines = [l for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+    if not lines:
+        raise SystemExit(f"{path}: no output of `rdc eval --json` (expected its JSON result as the last line)")
+    try:
+        row = json.loads(lines[-1])
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{path}: the last line is not the JSON result of `rdc eval --json` ({e})") from None
+    fields = {k: row[k] for k in EvalConfig.__dataclass_fields__ if k in row}
+    cfg = EvalConfig(**fields)
+    problems = [msg for bad, msg in (
+        (cfg.attack != "autoattack", f"attack {cfg.attack!r} (expected autoattack)"),
+        (cfg.n < HEADLINE_MIN_IMAGES, f"{cfg.n} images (expected >= {HEADLINE_MIN_IMAGES})"),
+        (cfg.steps < HEADLINE_MIN_STEPS, f"{cfg.steps} APGD iterations (expected >= {HEADLINE_MIN_STEPS})"),
+        (not row.get("checks"), "no sanity checks (expected run_checks=True)"),
+        ("provenance" not in row, "no provenance"),
+    ) if bad]
+    if problems:
+        raise SystemExit(f"{path}: not a headline result: " + "; ".join(problems))
+    argv = row["provenance"]["command"].split()
+    row.update(key=cfg.key(), command="rdc " + " ".join(argv[argv.index("eval"):]))
+    return row
+
+
 def command_for(cfg: EvalConfig) -> str:
     base = EvalConfig()
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != getattr(base, k)]
     return "rdc eval " + " ".join(flags) + " --records runs/results/records --json"
+
+
+def headline_lines(path: Path) -> list[str]:
+    """The headline table: long evaluations of the shipped single-head denoiser (empty without the file)."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    lines = ["## Headline: the class-informative single-head denoiser", "",
+             f"At least {HEADLINE_MIN_IMAGES} test images, APGD with at least {HEADLINE_MIN_STEPS} iterations, every "
+             "row with its sanity checks (section *Headline sanity checks*) and the command, commit and seconds that "
+             "made it.", "",
+             "| defence | denoiser | threat | images | clean | robust (95% interval) | checks | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rob, clean = r["robust"], r["clean"]
+        lines.append(f"| {r['defense']} | {r['denoiser']} | {r['norm']} {r['eps']:g} | {r['n']} (from {r['offset']}) | "
+                     f"{100 * clean['value']:.1f}% ({clean['correct']}/{clean['total']}) | "
+                     f"**{100 * rob['value']:.1f}%** ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
+                     f"{100 * rob['high']:.0f}){_mark(r.get('trusted'))} | {trust_label(r.get('trusted'))} | "
+                     f"{r['seconds']:.0f} |")
+    r0 = rows[0]
+    lines += ["", f"Attack: AutoAttack-style ensemble, worst case per image over APGD-CE, APGD-DLR, APGD-T "
+              f"({r0['n_target_classes']} target classes), {r0['steps']} iterations each, then Square with "
+              f"{r0['square_queries']} queries; exact gradients through the whole defence (RDC: through every LM "
+              f"step); T = {r0['timesteps']} noise levels, randomness `{r0['noise_mode']}` (the same noise on every "
+              "call, known to the attacker).", "", "### Headline sanity checks", "",
+              "| defence | check | passed | value | baseline | tolerance |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        for k, v in r["checks"].items():
+            val = v.get("robust_acc", v.get("nonzero_fraction", v.get("max_rel_error", "")))
+            tol = v.get("tolerance", v.get("max_robust_acc", ""))
+            lines.append(f"| {r['defense']} | {k} | {v['passed']} | {val} | {v.get('baseline', '')} | {tol} |")
+    lines += ["", "### Headline commands and provenance", ""]
+    lines += [f"- {r['defense']}: `{r['command']}` ({describe(r)})" for r in rows]
+    return lines + [""]
 
 
 def doc(args: argparse.Namespace) -> None:
@@ -73,9 +159,13 @@ def doc(args: argparse.Namespace) -> None:
     order = [d for d in ("cnn", "at-cnn", "diffpure", "dc", "rdc") if any(k[0] == d for k in by)]
     lines = ["# Digits robustness comparison", "",
              "Written by `benchmarks/results_table.py doc` from the stored results; every number below comes "
-             "from the command in the last table. Accuracies on the first "
-             f"{rows[0]['n']} digits test images with 95% Wilson intervals.", "",
-             "| defence | clean | l_inf 0.1 robust | l2 0.5 robust | checks |", "|---|---|---|---|---|"]
+             "from the command that made it.", ""]
+    lines += headline_lines(Path(args.records) / "headline.jsonl")
+    lines += ["## Five defences on the multi-head denoiser (digits_multi)", "",
+              f"Accuracies on the first {rows[0]['n']} digits test images with 95% Wilson intervals; the diffusion "
+              "defences use the multi-head denoiser `digits_multi`, whose class heads barely use the label "
+              "(docs/denoisers.md).", "",
+              "| defence | clean | l_inf 0.1 robust | l2 0.5 robust | checks |", "|---|---|---|---|---|"]
     for d in order:
         cells_ = [by.get((d, "linf")), by.get((d, "l2"))]
         ref = next(c for c in cells_ if c)
@@ -89,7 +179,7 @@ def doc(args: argparse.Namespace) -> None:
                   else "not checked" if None in flags else "all passed")
         lines.append(f"| {d} | {100 * clean['value']:.1f}% ({clean['correct']}/{clean['total']}) | {fmt(cells_[0])} | "
                      f"{fmt(cells_[1])} | {status} |")
-    lines += ["", "## Protocol", ""]
+    lines += ["", "### Protocol", ""]
     r0 = rows[0]
     lines += [f"- Attack: AutoAttack-style ensemble, worst case per example over APGD-CE, APGD-DLR, APGD-T "
               f"({r0['n_target_classes']} target classes) with {r0['steps']} iterations each and Square with "
@@ -99,7 +189,7 @@ def doc(args: argparse.Namespace) -> None:
               f"randomness `{r0['noise_mode']}` (fixed = the same noise on every call, known to the attacker: "
               "a deterministic white-box defence). Stochastic-mode protocols are in docs/evaluation.md.",
               *[f"- {line}" for line in checks_protocol([r["checks"] for r in rows])], ""]
-    lines += ["## Seconds per cell and attack effort", "",
+    lines += ["### Seconds per cell and attack effort", "",
               "*Broken by Square*: images that survived the three gradient attacks and that Square then broke "
               "(the ensemble runs Square last); above 0: Square found adversarial examples the gradient attacks "
               "missed.", "",
@@ -109,15 +199,15 @@ def doc(args: argparse.Namespace) -> None:
         budget = sum(s.get("queries_budget", 0) for s in r["attack_stats"])
         square = sum(s.get("attacks", {}).get("square", {}).get("broken", 0) for s in r["attack_stats"])
         lines.append(f"| {r['defense']} | {r['norm']} | {r['seconds']:.0f} | {spent} / {budget} | {square} |")
-    lines += ["", "## Sanity checks per cell", "", "| defence | norm | check | passed | value | baseline | tolerance |",
+    lines += ["", "### Sanity checks per cell", "", "| defence | norm | check | passed | value | baseline | tolerance |",
               "|---|---|---|---|---|---|---|"]
     for r in rows:
         for k, v in r["checks"].items():
             val = v.get("robust_acc", v.get("nonzero_fraction", v.get("max_rel_error", "")))
             tol = v.get("tolerance", v.get("max_robust_acc", ""))
             lines.append(f"| {r['defense']} | {r['norm']} | {k} | {v['passed']} | {val} | {v.get('baseline', '')} | {tol} |")
-    lines += ["", "## Commands", ""] + [f"- `{r['command']}`" for r in rows]
-    lines += ["", "## Provenance", "", "Commit (and whether the working tree had uncommitted changes) of the code that "
+    lines += ["", "### Commands", ""] + [f"- `{r['command']}`" for r in rows]
+    lines += ["", "### Provenance", "", "Commit (and whether the working tree had uncommitted changes) of the code that "
               "measured each cell; checkpoint hashes, library versions and the full command are in the raw rows "
               "(docs/raw/results.jsonl).", "", "| defence | norm | provenance |", "|---|---|---|"]
     lines += [f"| {r['defense']} | {r['norm']} | {describe(r)} |" for r in rows]
@@ -141,12 +231,15 @@ def main() -> None:
         r.add_argument("--" + k.replace("_", "-"), dest=k, type=type(v), default=None)
     r.add_argument("--records", default="runs/results")
     r.add_argument("--threads", type=int, default=1)
+    i = sub.add_parser("import", help="add long `rdc eval --json` runs to the headline rows")
+    i.add_argument("files", nargs="+", help="files holding the output of `rdc eval ... --json`")
+    i.add_argument("--records", default="runs/results")
     d = sub.add_parser("doc")
     d.add_argument("--records", default="runs/results")
     d.add_argument("--out", default="docs/results.md")
     d.add_argument("--notes", default="docs/results_notes.md", help="hand-written analysis appended verbatim")
     args = ap.parse_args()
-    run(args) if args.cmd == "run" else doc(args)
+    {"run": run, "import": import_rows, "doc": doc}[args.cmd](args)
 
 
 if __name__ == "__main__":
