@@ -8,9 +8,10 @@ write the document from the stored results (never by hand):
 
 The headline rows (the shipped single-head denoiser, >= 200 images, APGD >= 50 iterations) are long
 ``rdc eval --json`` runs; their JSON lines are checked and added to the headline store, and the doc
-mode puts them first:
+mode puts them first (shards of one run, e.g. images 0-99 with the sanity checks and 100-199 without, are
+combined into one row):
 
-    .venv/bin/python benchmarks/results_table.py import runs/headline_dc.out runs/headline_rdc.out
+    .venv/bin/python benchmarks/results_table.py import runs/headline_dc.out runs/headline_rdc_a.out runs/headline_rdc_b.out
 
 Each cell is ``rdc_lib.evaluation.evaluate`` with the AutoAttack-style ensemble (APGD-CE, APGD-DLR,
 APGD-T, Square; worst case per example) and the sanity checks of ``rdc_lib.evaluation.checks``.
@@ -28,6 +29,7 @@ import torch
 
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import checks_protocol, trust_label
+from rdc_lib.evaluation.stats import wilson
 from rdc_lib.provenance import describe, eval_provenance
 
 THREATS = {"linf": 0.1, "l2": 0.5}
@@ -70,24 +72,34 @@ HEADLINE_MIN_IMAGES = 200  # a headline row rests on at least this many test ima
 HEADLINE_MIN_STEPS = 50    # ... and APGD with at least this many iterations
 
 
+SHARD_FIELDS = ("n", "offset", "run_checks", "chunk")  # what may differ between the shards of one headline row
+
+
 def import_rows(args: argparse.Namespace) -> None:
-    """Check the last JSON line of each ``rdc eval --json`` output and add it to ``headline.jsonl``."""
+    """Combine the ``rdc eval --json`` outputs given (one run, or contiguous shards of one run) into headline
+    rows and add them to ``headline.jsonl``."""
     store = Path(args.records) / "headline.jsonl"
     store.parent.mkdir(parents=True, exist_ok=True)
     kept = {}
     if store.is_file():
         kept = {r["key"]: r for r in map(json.loads, store.read_text().splitlines()) if r}
+    groups: dict[str, list[dict]] = {}
     for name in args.files:
-        row = headline_row(Path(name))
+        row = read_result(Path(name))
+        same = json.dumps({k: v for k, v in row.items() if k in EvalConfig.__dataclass_fields__
+                           and k not in SHARD_FIELDS}, sort_keys=True)
+        groups.setdefault(same, []).append(row)
+    for shards in groups.values():
+        row = headline_row(shards)
         kept[row["key"]] = row
-        print(f"{name}: {row['defense']} {row['norm']} {row['eps']:g} on {row['n']} images, robust "
+        print(f"{row['defense']} {row['norm']} {row['eps']:g} on {row['n']} images ({len(shards)} shard(s)): robust "
               f"{row['robust_acc']:.3f}, trusted={row['trusted']}", flush=True)
     store.write_text("".join(json.dumps(r) + "\n" for r in kept.values()))
     print(f"wrote {store} ({len(kept)} rows)")
 
 
-def headline_row(path: Path) -> dict:
-    """The result of an ``rdc eval --json`` output file, refused unless it can carry a headline number."""
+def read_result(path: Path) -> dict:
+    """The result dict on the last line of a file holding the output of ``rdc eval --json``."""
     lines = [l for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
     if not lines:
         raise SystemExit(f"{path}: no output of `rdc eval --json` (expected its JSON result as the last line)")
@@ -95,19 +107,42 @@ def headline_row(path: Path) -> dict:
         row = json.loads(lines[-1])
     except json.JSONDecodeError as e:
         raise SystemExit(f"{path}: the last line is not the JSON result of `rdc eval --json` ({e})") from None
-    fields = {k: row[k] for k in EvalConfig.__dataclass_fields__ if k in row}
-    cfg = EvalConfig(**fields)
+    if "provenance" not in row or "robust" not in row:
+        raise SystemExit(f"{path}: the last line has no provenance or robust accuracy (expected `rdc eval --json`)")
+    argv = row["provenance"]["command"].split()
+    row["command"] = "rdc " + " ".join(argv[argv.index("eval"):]) if "eval" in argv else row["provenance"]["command"]
+    return row
+
+
+def headline_row(shards: list[dict]) -> dict:
+    """One headline row from one run or from contiguous shards of it (the first, at the first image, carries
+    the sanity checks); refused unless it can carry a headline number."""
+    shards = sorted(shards, key=lambda r: r["offset"])
+    for a, b in zip(shards, shards[1:]):
+        if a["offset"] + a["n"] != b["offset"]:
+            raise SystemExit(f"shards are not contiguous: images {a['offset']}-{a['offset'] + a['n'] - 1} then "
+                             f"{b['offset']}-{b['offset'] + b['n'] - 1}")
+    first = shards[0]
+    row = dict(first)
+    n = sum(r["n"] for r in shards)
+    clean = wilson(sum(r["clean"]["correct"] for r in shards), sum(r["clean"]["total"] for r in shards))
+    robust = wilson(sum(r["robust"]["correct"] for r in shards), sum(r["robust"]["total"] for r in shards))
+    row.update(n=n, clean=clean.as_dict(), robust=robust.as_dict(), clean_acc=clean.value, robust_acc=robust.value,
+               seconds=sum(r["seconds"] for r in shards), run_checks=first["run_checks"],
+               shards=[{k: r[k] for k in ("offset", "n", "run_checks", "command", "seconds", "provenance")}
+                       for r in shards])
+    cfg = EvalConfig(**{k: row[k] for k in EvalConfig.__dataclass_fields__ if k in row})
     problems = [msg for bad, msg in (
         (cfg.attack != "autoattack", f"attack {cfg.attack!r} (expected autoattack)"),
-        (cfg.n < HEADLINE_MIN_IMAGES, f"{cfg.n} images (expected >= {HEADLINE_MIN_IMAGES})"),
+        (n < HEADLINE_MIN_IMAGES, f"{n} images (expected >= {HEADLINE_MIN_IMAGES})"),
         (cfg.steps < HEADLINE_MIN_STEPS, f"{cfg.steps} APGD iterations (expected >= {HEADLINE_MIN_STEPS})"),
-        (not row.get("checks"), "no sanity checks (expected run_checks=True)"),
-        ("provenance" not in row, "no provenance"),
+        (not first.get("checks"), "no sanity checks on the first shard (expected run_checks=True)"),
+        (any(r.get("checks") for r in shards[1:]), "sanity checks on a later shard (expected on the first only)"),
     ) if bad]
     if problems:
-        raise SystemExit(f"{path}: not a headline result: " + "; ".join(problems))
-    argv = row["provenance"]["command"].split()
-    row.update(key=cfg.key(), command="rdc " + " ".join(argv[argv.index("eval"):]))
+        raise SystemExit("not a headline result: " + "; ".join(problems))
+    row["key"] = cfg.key()
+    row["command"] = " && ".join(r["command"] for r in shards)
     return row
 
 
@@ -148,7 +183,10 @@ def headline_lines(path: Path) -> list[str]:
             tol = v.get("tolerance", v.get("max_robust_acc", ""))
             lines.append(f"| {r['defense']} | {k} | {v['passed']} | {val} | {v.get('baseline', '')} | {tol} |")
     lines += ["", "### Headline commands and provenance", ""]
-    lines += [f"- {r['defense']}: `{r['command']}` ({describe(r)})" for r in rows]
+    for r in rows:
+        lines += [f"- {r['defense']}, images {s['offset']}-{s['offset'] + s['n'] - 1}"
+                  f"{' (with the sanity checks)' if s['run_checks'] else ''}: `{s['command']}` ({describe(s)}, "
+                  f"{s['seconds']:.0f} s)" for s in r.get("shards", [r])]
     return lines + [""]
 
 

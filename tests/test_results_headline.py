@@ -1,9 +1,11 @@
-"""The headline rows of docs/results.md: only long, checked AutoAttack-style runs are accepted."""
+"""The headline rows of docs/results.md: only long, checked AutoAttack-style runs (or contiguous shards of one,
+the first carrying the sanity checks) are accepted."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -23,44 +25,72 @@ def _script():
 TABLE = _script()
 
 
-def _result(**over) -> dict:
-    cfg = EvalConfig(defense="dc", attack="autoattack", n=200, steps=50, heads="single", noise_mode="fixed",
-                     timesteps=16, n_target_classes=3, square_queries=500, denoiser="digits_film_single")
-    row = {**cfg.__dict__, "clean": {"correct": 199, "total": 200, "value": 0.995, "low": 0.97, "high": 1.0},
-           "robust": {"correct": 120, "total": 200, "value": 0.6, "low": 0.53, "high": 0.67}, "robust_acc": 0.6,
-           "trusted": True, "seconds": 10.0, "checks": {"gradients": {"passed": True}},
-           "provenance": {"commit": "abc", "dirty": False, "command": "python -m rdc_lib.cli eval --defense dc --json"}}
+def _result(n: int = 200, offset: int = 0, correct: int | None = None, **over) -> dict:
+    correct = n * 3 // 5 if correct is None else correct
+    cfg = EvalConfig(defense="dc", attack="autoattack", n=n, offset=offset, steps=50, heads="single",
+                     noise_mode="fixed", timesteps=16, n_target_classes=3, square_queries=500,
+                     denoiser="digits_film_single", run_checks=over.pop("run_checks", True))
+    row = {**cfg.__dict__, "clean": {"correct": n, "total": n, "value": 1.0, "low": 0.9, "high": 1.0},
+           "robust": {"correct": correct, "total": n, "value": correct / n, "low": 0.0, "high": 1.0},
+           "robust_acc": correct / n, "trusted": True, "seconds": 10.0,
+           "checks": {"gradients": {"passed": True}} if cfg.run_checks else {},
+           "provenance": {"commit": "abc", "dirty": False,
+                          "command": f"python -m rdc_lib.cli eval --defense dc --offset {offset} --json"}}
     row.update(over)
     return row
 
 
-def _write(tmp_path: Path, row: dict) -> Path:
-    path = tmp_path / "run.out"
+def _write(tmp_path: Path, row: dict, name: str = "run.out") -> Path:
+    path = tmp_path / name
     path.write_text("progress line\n" + json.dumps(row) + "\n")
     return path
 
 
+def _row(tmp_path: Path, *results: dict) -> dict:
+    return TABLE.headline_row([TABLE.read_result(_write(tmp_path, r, f"{i}.out")) for i, r in enumerate(results)])
+
+
 def test_a_long_checked_run_is_accepted_with_its_key_and_command(tmp_path):
-    row = TABLE.headline_row(_write(tmp_path, _result()))
+    row = _row(tmp_path, _result())
     assert row["key"] == EvalConfig(**{k: row[k] for k in EvalConfig.__dataclass_fields__}).key()
-    assert row["command"] == "rdc eval --defense dc --json"
+    assert row["command"] == "rdc eval --defense dc --offset 0 --json"
 
 
-@pytest.mark.parametrize("over, words", [
-    ({"n": 64}, "64 images"),
-    ({"steps": 25}, "25 APGD iterations"),
-    ({"attack": "apgd-ce"}, "attack 'apgd-ce'"),
-    ({"checks": {}}, "no sanity checks"),
+def test_contiguous_shards_combine_counts_intervals_and_seconds(tmp_path):
+    row = _row(tmp_path, _result(100, 100, 70, run_checks=False), _result(100, 0, 50))
+    assert (row["n"], row["offset"], row["robust"]["correct"], row["robust"]["total"]) == (200, 0, 120, 200)
+    assert row["robust"]["low"] < 0.6 < row["robust"]["high"] and row["seconds"] == 20.0
+    assert row["checks"] == {"gradients": {"passed": True}} and [s["offset"] for s in row["shards"]] == [0, 100]
+
+
+@pytest.mark.parametrize("results, words", [
+    ([dict(n=64)], "64 images"),
+    ([dict(steps=25)], "25 APGD iterations"),
+    ([dict(attack="apgd-ce")], "attack 'apgd-ce'"),
+    ([dict(checks={})], "no sanity checks"),
+    ([dict(n=100), dict(n=100, offset=120, run_checks=False)], "not contiguous"),
+    ([dict(n=100, run_checks=False), dict(n=100, offset=100)], "no sanity checks on the first shard"),
 ])
-def test_short_or_unchecked_runs_are_refused_naming_why(tmp_path, over, words):
+def test_short_unchecked_or_gapped_runs_are_refused_naming_why(tmp_path, results, words):
     with pytest.raises(SystemExit, match=words):
-        TABLE.headline_row(_write(tmp_path, _result(**over)))
+        _row(tmp_path, *[_result(**r) for r in results])
 
 
 def test_a_file_without_the_json_result_is_refused(tmp_path):
     path = tmp_path / "run.out"
     path.write_text("eval dc/autoattack: 10/200 img\n")
     with pytest.raises(SystemExit, match="not the JSON result"):
-        TABLE.headline_row(path)
+        TABLE.read_result(path)
     with pytest.raises(SystemExit, match="no output"):
-        TABLE.headline_row(tmp_path / "missing.out")
+        TABLE.read_result(tmp_path / "missing.out")
+
+
+def test_import_then_doc_puts_the_headline_first(tmp_path):
+    files = [str(_write(tmp_path, _result(100, 0, 50), "a.out")),
+             str(_write(tmp_path, _result(100, 100, 70, run_checks=False), "b.out"))]
+    TABLE.import_rows(Namespace(files=files, records=str(tmp_path)))
+    (tmp_path / "results.jsonl").write_text((ROOT / "docs" / "raw" / "results.jsonl").read_text())
+    TABLE.doc(Namespace(records=str(tmp_path), out=str(tmp_path / "results.md"), notes=""))
+    text = (tmp_path / "results.md").read_text()
+    assert text.index("## Headline") < text.index("## Five defences")
+    assert "**60.0%** (120/200" in text and "images 100-199" in text
