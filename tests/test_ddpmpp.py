@@ -10,14 +10,13 @@ import torch
 from rdc_lib.models import build_denoiser
 from rdc_lib.models.config import DenoiserConfig
 from rdc_lib.models.ddpmpp import (
-    PositionalEmbedding,
-    ResampleConv2d,
     ddpmpp_config,
     edm_state_dict,
     load_edm_state_dict,
     set_fp16,
     widen_to_multihead,
 )
+from rdc_lib.models.ddpmpp_blocks import PositionalEmbedding, ResampleConv2d
 from rdc_lib.models.edm_import import PairedDenoiser
 
 # same structure as the CIFAR-10 network, at 8x8 with width 8: fast on one core

@@ -24,7 +24,8 @@ from torch import nn
 from rdc_lib.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.models import build_denoiser, load_denoiser, read_checkpoint
-from rdc_lib.models.ddpmpp import DDPMpp, PositionalEmbedding, ResampleConv2d, UNetBlock, ddpmpp_config
+from rdc_lib.models.ddpmpp import DDPMpp, ddpmpp_config
+from rdc_lib.models.ddpmpp_blocks import PositionalEmbedding, ResampleConv2d, UNetBlock
 from rdc_lib.models.edm_import import import_edm_pickle, read_edm_pickle
 from rdc_lib.safe_pickle import RefusedGlobalError
 

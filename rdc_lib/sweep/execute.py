@@ -110,7 +110,7 @@ def _run_function(task: CellTask, cell_dir: Path) -> Any:
         if "device" not in params:
             params["device"] = _default_device()
         return evaluate_params(params)
-    from .spec import resolve_callable
+    from .targets import resolve_callable
 
     return resolve_callable(task.target)(**task.params)
 
