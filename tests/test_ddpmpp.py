@@ -23,12 +23,7 @@ from rdc_lib.models.edm_import import PairedDenoiser
 TINY = dict(model_channels=8, channel_mult=[2, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(heads="single", conditional=True, seed=0, k=3, **over):

@@ -34,12 +34,7 @@ CLASS_NAMES = {UNetBlock: "UNetBlock", ResampleConv2d: "Conv2d", nn.Linear: "Lin
                PositionalEmbedding: "PositionalEmbedding", DDPMpp: "SongUNet"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_net(conditional=True, res=16, seed=0, **over):

@@ -18,12 +18,7 @@ from rdc_lib.theory import denoiser_error_by_sigma, gap_by_sigma, optimal_classi
 SIGMAS = [1e-4, 1e-2, 0.3, 1.0, 3.0, 100.0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,12 +35,7 @@ PARAMS = ("n_images", "T", "eps", "norm", "attack_steps", "square_queries", "see
           "cnn_checkpoint", "result_dir")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

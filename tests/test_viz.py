@@ -22,13 +22,7 @@ from .conftest import tiny_denoiser
 K = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The machine's cores are shared: one torch thread (faster here than two contending ones)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int = 0) -> torch.Generator:
