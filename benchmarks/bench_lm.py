@@ -29,11 +29,11 @@ from rdc_lib.grad import (
     check_gradients_finite_nonzero,
     finite_difference_check,
     gradient_cosine_similarity,
-    lm_exact,
     model_parameters,
     suggest_eot,
 )
 from rdc_lib.lm import LMConfig, draw_lm_noise, likelihood_maximization
+from rdc_lib.lm_grad import lm_exact
 from rdc_lib.models.checkpoints import load_denoiser
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
 from rdc_lib.purify import DiffPure

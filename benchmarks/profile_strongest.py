@@ -97,7 +97,7 @@ class Split:
 
 def _instrument(split: Split) -> None:
     """Wrap the hot functions of the library (this process only)."""
-    from rdc_lib import classifier, grad, lm, rdc
+    from rdc_lib import classifier, lm, lm_grad, rdc
     from rdc_lib.attacks import base
     from rdc_lib.evaluation import checks, runner
 
@@ -143,7 +143,7 @@ def _instrument(split: Split) -> None:
     runner.predict = predict
     runner._run_attack = run_attack
     # components
-    f = grad._LMRecompute
+    f = lm_grad._LMRecompute
     f.forward = staticmethod(split.wrap(f.forward, component="LM forward"))
     f.backward = staticmethod(split.wrap(f.backward, component="LM backward (2nd order)"))
     rdc.likelihood_maximization = split.wrap(lm.likelihood_maximization, component="LM forward")

@@ -51,18 +51,10 @@ from rdc_lib.evaluation.stats import wilson
 from rdc_lib.grad import check_gradients_finite_nonzero, finite_difference_check, gradient_cosine_similarity
 from rdc_lib.models import load_denoiser
 from rdc_lib.models.optimal import OptimalDenoiser
+from rdc_lib.nearest_neighbour import nearest_neighbour_agreement, nearest_neighbour_predict, nn_certified_radius
 from rdc_lib.paths import checkpoint_path
 from rdc_lib.provenance import describe, provenance, relative_to_repo
-from rdc_lib.theory import (
-    dominant_training_image,
-    gap_by_sigma,
-    margin_by_sigma,
-    nearest_neighbour_agreement,
-    nearest_neighbour_predict,
-    nn_certified_radius,
-    robustness_protocol,
-    smoothed_surrogate,
-)
+from rdc_lib.theory import dominant_training_image, gap_by_sigma, margin_by_sigma, robustness_protocol, smoothed_surrogate
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACK_ORDER = ("cnn", "surrogate", "neighbour", "pgd", "apgd-ce", "apgd-dlr", "square")
@@ -427,7 +419,7 @@ def render(R: dict, argv: list[str]) -> str:
         L.append("Attack times: " + "; ".join(secs) + ".\n")
 
     L.append("## The optimal DC against a certified 1-NN bound\n")
-    L.append("A certified lower bound on the 1-NN rule's robust accuracy (`rdc_lib.theory.nn_certified_radius`: "
+    L.append("A certified lower bound on the 1-NN rule's robust accuracy (`rdc_lib.nearest_neighbour.nn_certified_radius`: "
              "distance to the nearest bisector between the nearest same-class training image and any other-class "
              "one, in the threat model's norm) next to the optimal DC's empirical worst case (an upper bound). "
              "If the optimal DC is a nearest-neighbour rule and the attacks are strong, the two meet.\n")

@@ -124,7 +124,7 @@ def _add_presets(sub) -> None:
     p.add_argument("--ckpt-dir", default="data/checkpoints")
 
 
-# ------------------------------------------------------------------ run-notebooks (rdc_lib.main_job)
+# ------------------------------------------------------------- run-notebooks (rdc_lib.jobs.main_job)
 
 def add_run_notebooks_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``rdc run-notebooks`` to the ``rdc`` parser's sub-commands; returns its parser."""
@@ -152,7 +152,7 @@ def cli_run_notebooks(args: argparse.Namespace) -> int:
     """
     import yaml
 
-    from .main_job import run_notebooks
+    from .jobs.main_job import run_notebooks
 
     try:
         extra = {name: yaml.safe_load(value) for name, value in (args.parameter or [])}

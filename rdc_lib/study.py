@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .classifier import DiffusionClassifier
 from .data import dataset_info, load_dataset
-from .diffusion.schedules import make_grid
+from .diffusion.schedules import make_grid, noise_levels
 from .models.base import Denoiser
 from .models.checkpoints import load_state_into, read_checkpoint
 from .models.config import DenoiserConfig, build_denoiser
@@ -116,13 +116,6 @@ def check_study_checkpoint(path: str | Path, dataset: str = "digits", device: st
     return net.to(device).eval()
 
 
-def _levels(sigmas, like: Tensor) -> Tensor:
-    s = torch.as_tensor(sigmas, dtype=like.dtype, device=like.device).reshape(-1)
-    if s.numel() == 0 or not torch.isfinite(s).all() or (s <= 0).any():
-        raise ValueError(f"sigmas must be a non-empty set of finite levels > 0, got {s.tolist()}")
-    return s
-
-
 @torch.no_grad()
 def class_errors_by_sigma(
     denoiser: Denoiser,
@@ -134,7 +127,7 @@ def class_errors_by_sigma(
 ) -> Tensor:                            # (B, K, T) mean squared error per image, class and level
     """Denoising error of every class-conditional model on one eps per (image, level), shared by the classes."""
     check_images(x01, channels=denoiser.img_channels, resolution=denoiser.img_resolution, name="x01")
-    s = _levels(sigmas, x01)
+    s = noise_levels(sigmas, x01)
     noise = torch.randn((x01.shape[0], s.numel(), *x01.shape[1:]), generator=generator, device=x01.device,
                         dtype=x01.dtype)
     x0 = x01 * 2 - 1
@@ -178,7 +171,7 @@ def distance_to_optimal_by_sigma(
     """How far a learned denoiser is from the closed-form optimal one, on the same noisy inputs."""
     check_images(x01, channels=denoiser.img_channels, resolution=denoiser.img_resolution, name="x01")
     check_labels(y, denoiser.num_classes + 1, batch=x01.shape[0], name="y")
-    s = _levels(sigmas, x01)
+    s = noise_levels(sigmas, x01)
     noise = torch.randn((x01.shape[0], s.numel(), *x01.shape[1:]), generator=generator, device=x01.device,
                         dtype=x01.dtype)
     x0 = (x01 * 2 - 1).unsqueeze(1)

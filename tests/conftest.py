@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random denoisers, seeded generators, a CIFAR batch writer."""
+"""Shared fixtures: one torch thread, tiny random denoisers, seeded generators, a CIFAR batch writer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,19 @@ import torch
 
 from rdc_lib.models import DenoiserConfig, build_denoiser
 
+# the tiny small-U-Net backbone of the unit tests; copy it (dict(TINY_BACKBONE)) before changing it
 TINY_BACKBONE = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a whole test module, restored afterwards (the machine's cores are shared: one thread
+    is faster here than two contending ones). A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``; module-scoped fixtures then run single-threaded too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_denoiser(heads: str = "single", num_classes: int = 10, seed: int = 0, dtype=torch.float32):

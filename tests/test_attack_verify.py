@@ -36,16 +36,13 @@ class LuckyDraw(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def setup():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def setup(one_thread):
     cnn = load_classifier(checkpoint_path("digits_cnn"))
     x, y = load_dataset("digits", "test")
     x, y = x[:48], y[:48]
     with torch.no_grad():
         ok = cnn(x).argmax(1) == y
-    yield cnn, x[ok], y[ok]
-    torch.set_num_threads(threads)
+    return cnn, x[ok], y[ok]
 
 
 def _fresh_accuracy(model: nn.Module, x, y, calls: int = 5) -> float:

@@ -36,12 +36,7 @@ from rdc_lib.paths import checkpoint_path
 EPS = {"linf": 0.15, "l2": 1.0}   # contract budgets: large enough that every attack hurts the plain CNN
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

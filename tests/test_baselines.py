@@ -19,13 +19,10 @@ from rdc_lib.models.checkpoints import checkpoint_extra, save_checkpoint, save_d
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
 from rdc_lib.paths import checkpoint_path
 
+from .conftest import TINY_BACKBONE
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_forward_shape_and_input_validation():
@@ -72,7 +69,7 @@ def test_adversarial_training_runs_and_records_its_budget(tmp_path):
 
 def test_load_refuses_other_kinds_and_mismatched_weights(tmp_path):
     den_path = tmp_path / "den.safetensors"
-    cfg = DenoiserConfig(heads="single", backbone=dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, dropout=0.0))
+    cfg = DenoiserConfig(heads="single", backbone=dict(TINY_BACKBONE))
     save_denoiser(den_path, build_denoiser(cfg), cfg)
     with pytest.raises(ValueError, match="expected a 'classifier' checkpoint"):
         load_classifier(den_path)

@@ -10,7 +10,7 @@ import nbformat
 import papermill as pm
 import pytest
 
-from rdc_lib import main_job
+from rdc_lib.jobs import main_job
 from rdc_lib.kernels import papermill_kernel_options
 from rdc_lib.progress import PlainProgress, is_terminal, progress_bar
 

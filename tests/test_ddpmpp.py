@@ -10,26 +10,20 @@ import torch
 from rdc_lib.models import build_denoiser
 from rdc_lib.models.config import DenoiserConfig
 from rdc_lib.models.ddpmpp import (
-    PositionalEmbedding,
-    ResampleConv2d,
     ddpmpp_config,
     edm_state_dict,
     load_edm_state_dict,
     set_fp16,
     widen_to_multihead,
 )
+from rdc_lib.models.ddpmpp_blocks import PositionalEmbedding, ResampleConv2d
 from rdc_lib.models.edm_import import PairedDenoiser
 
 # same structure as the CIFAR-10 network, at 8x8 with width 8: fast on one core
 TINY = dict(model_channels=8, channel_mult=[2, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(heads="single", conditional=True, seed=0, k=3, **over):

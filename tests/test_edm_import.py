@@ -24,7 +24,8 @@ from torch import nn
 from rdc_lib.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.models import build_denoiser, load_denoiser, read_checkpoint
-from rdc_lib.models.ddpmpp import DDPMpp, PositionalEmbedding, ResampleConv2d, UNetBlock, ddpmpp_config
+from rdc_lib.models.ddpmpp import DDPMpp, ddpmpp_config
+from rdc_lib.models.ddpmpp_blocks import PositionalEmbedding, ResampleConv2d, UNetBlock
 from rdc_lib.models.edm_import import import_edm_pickle, read_edm_pickle
 from rdc_lib.safe_pickle import RefusedGlobalError
 
@@ -33,12 +34,7 @@ CLASS_NAMES = {UNetBlock: "UNetBlock", ResampleConv2d: "Conv2d", nn.Linear: "Lin
                PositionalEmbedding: "PositionalEmbedding", DDPMpp: "SongUNet"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_net(conditional=True, res=16, seed=0, **over):

@@ -12,17 +12,18 @@ from rdc_lib.grad import (
     check_gradients_finite_nonzero,
     finite_difference_check,
     gradient_cosine_similarity,
-    lm_bpda,
-    lm_exact,
     model_parameters,
     suggest_eot,
 )
 from rdc_lib.lm import LMConfig, draw_lm_noise, likelihood_maximization
+from rdc_lib.lm_grad import lm_bpda, lm_exact
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
+
+from .conftest import TINY_BACKBONE
 
 torch.set_num_threads(1)
 
-TINY = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, dropout=0.0)
+TINY = dict(TINY_BACKBONE)
 
 
 @pytest.fixture(scope="module")

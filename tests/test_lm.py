@@ -20,9 +20,11 @@ from rdc_lib.lm import (
 from rdc_lib.models.checkpoints import load_denoiser
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
 
+from .conftest import TINY_BACKBONE
+
 torch.set_num_threads(1)
 
-TINY = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, dropout=0.0)
+TINY = dict(TINY_BACKBONE)
 
 
 def tiny_denoiser(seed: int = 0, scale: float = 0.1):

@@ -28,7 +28,7 @@ import papermill as pm
 import pytest
 import yaml
 
-from rdc_lib import main_job
+from rdc_lib.jobs import main_job
 from rdc_lib.cli import add_run_notebooks_arguments, cli_run_notebooks
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES
 
@@ -37,7 +37,7 @@ NB_DIR = REPO / "notebooks"
 SMALL = NB_DIR / "params" / "small.yaml"
 SANITIZE = NB_DIR / "nbval_sanitize.cfg"
 NOTEBOOKS = sorted(NB_DIR.glob(main_job.NOTEBOOK_PATTERN))
-OWN = [p for p in NOTEBOOKS if p.stem[:2] in ("01", "02", "03", "04", "06")]  # written with rdc_lib.notebook_params
+OWN = [p for p in NOTEBOOKS if p.stem[:2] in ("01", "02", "03", "04", "06")]  # written with rdc_lib.jobs.params
 # Absolute checkpoint paths: the executed copies are re-run by nbval from a temporary folder.
 ABSOLUTE = {
     "checkpoint": str(REPO / "data/checkpoints/digits_multi.safetensors"),
@@ -119,7 +119,7 @@ def test_parameters_cell_is_validated_by_the_next_cell(path):
     assert set(passed) == set(declared), f"not validated: {set(declared) - set(passed)}"
     assert all(isinstance(v, ast.Name) and v.id == k for k, v in passed.items())
     # the defaults themselves are valid, and run from the notebooks folder
-    from rdc_lib.notebook_params import validate_params
+    from rdc_lib.jobs.params import validate_params
 
     validate_params(base_dir=NB_DIR, **declared)
 

@@ -12,23 +12,13 @@ from rdc_lib.data import load_dataset
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.models import DenoiserConfig, build_denoiser
 from rdc_lib.models.optimal import OptimalDenoiser
-from rdc_lib.theory import (
-    denoiser_error_by_sigma,
-    gap_by_sigma,
-    nearest_neighbour_agreement,
-    nearest_neighbour_predict,
-    optimal_classifier,
-)
+from rdc_lib.nearest_neighbour import nearest_neighbour_agreement, nearest_neighbour_predict
+from rdc_lib.theory import denoiser_error_by_sigma, gap_by_sigma, optimal_classifier
 
 SIGMAS = [1e-4, 1e-2, 0.3, 1.0, 3.0, 100.0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

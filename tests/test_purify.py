@@ -10,9 +10,11 @@ from rdc_lib.diffusion.sampling import euler_sde, heun_ode, karras_sigmas
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
 from rdc_lib.purify import DiffPure
 
+from .conftest import TINY_BACKBONE
+
 torch.set_num_threads(1)
 
-TINY = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, dropout=0.0)
+TINY = dict(TINY_BACKBONE)
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,11 @@ from rdc_lib.lm import LMConfig, likelihood_maximization
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
 from rdc_lib.rdc import RDCNoise, RobustDiffusionClassifier
 
+from .conftest import TINY_BACKBONE
+
 torch.set_num_threads(1)
 
-TINY = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, dropout=0.0)
+TINY = dict(TINY_BACKBONE)
 GRID = make_grid(4)
 
 

@@ -41,12 +41,7 @@ if str(HERE) not in sys.path:  # the sweep target module tests/sweep_targets.py
 CFG = EvalConfig(defense="cnn", attack="pgd", steps=2, n=8, chunk=4, run_checks=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _assert_names_file_and_ways_out(exc: StoredStateError, path: Path, flag: str) -> None:

@@ -15,7 +15,9 @@ from rdc_lib.study import (FACTORS, check_study_checkpoint, class_gap_by_sigma, 
                            load_study, render_report)
 from rdc_lib.train import TrainConfig, train_denoiser
 
-TINY = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, dropout=0.0)
+from .conftest import TINY_BACKBONE
+
+TINY = dict(TINY_BACKBONE)
 
 
 def _tiny(tmp_path, name: str, heads: str, **cfg_kw) -> str:

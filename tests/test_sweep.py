@@ -27,7 +27,7 @@ from rdc_lib.sweep import (
     run_sweep, slurm_cluster_kwargs, sweep_status, write_report,
 )
 from rdc_lib.sweep.engine import _gpu_cluster
-from rdc_lib.sweep.spec import parse_annotation, type_accepts
+from rdc_lib.sweep.targets import parse_annotation, type_accepts
 from rdc_lib.sweep.store import CellRecord, cell_key, code_version
 
 HERE = Path(__file__).resolve().parent

@@ -17,18 +17,16 @@ import nbformat
 import pytest
 import torch
 
+from rdc_lib.attacks import NeighbourAttack, transfer_pgd
 from rdc_lib.classifier import DiffusionClassifier
-from rdc_lib.diffusion.schedules import make_grid
+from rdc_lib.diffusion.schedules import make_grid, restrict_grid
 from rdc_lib.models.optimal import OptimalDenoiser
+from rdc_lib.nearest_neighbour import nn_certified_radius
 from rdc_lib.theory import (
-    NeighbourAttack,
     dominant_training_image,
     margin_by_sigma,
-    nn_certified_radius,
-    restrict_grid,
     robustness_protocol,
     smoothed_surrogate,
-    transfer_pgd,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,12 +35,7 @@ PARAMS = ("n_images", "T", "eps", "norm", "attack_steps", "square_queries", "see
           "cnn_checkpoint", "result_dir")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

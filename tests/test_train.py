@@ -5,7 +5,9 @@ from rdc_lib.models import build_denoiser, load_denoiser, read_checkpoint, save_
 from rdc_lib.models.ddpmpp import ddpmpp_config
 from rdc_lib.train import TrainConfig, _init_partial, train_denoiser
 
-TINY = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, dropout=0.0)
+from .conftest import TINY_BACKBONE
+
+TINY = dict(TINY_BACKBONE)
 
 
 def _cfg(**kw) -> TrainConfig:

@@ -1,5 +1,5 @@
 """Figure builders (rdc_lib.viz.core), the measurements behind them (rdc_lib.viz.analysis) and the
-explorers (rdc_lib.widgets), on tiny inputs and tiny random models."""
+explorers (rdc_lib.viz.widgets), on tiny inputs and tiny random models."""
 
 from __future__ import annotations
 
@@ -22,13 +22,7 @@ from .conftest import tiny_denoiser
 K = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The machine's cores are shared: one torch thread (faster here than two contending ones)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -321,7 +315,7 @@ def test_compare_cost_counts_passes_and_times_each_classifier():
 # -------------------------------------------------------------------------------------- widgets
 
 def test_step_explorer_redraws_on_every_control(lm_small):
-    from rdc_lib.widgets import lm_explorer, step_explorer
+    from rdc_lib.viz.widgets import lm_explorer, step_explorer
 
     lm, den, dc, x, y = lm_small
     ex = step_explorer(lambda i, k: viz.lm_step_figure(lm, i, k), examples=lm.names, n_steps=lm.steps)
@@ -348,7 +342,7 @@ def test_step_explorer_redraws_on_every_control(lm_small):
 
 
 def test_attack_explorer_and_show_fallback(attack_trajs, monkeypatch):
-    import rdc_lib.widgets as widgets_mod
+    import rdc_lib.viz.widgets as widgets_mod
 
     ex = widgets_mod.attack_explorer(attack_trajs)
     longest = max(t.queries for t in attack_trajs.values())
@@ -374,7 +368,7 @@ def test_attack_explorer_and_show_fallback(attack_trajs, monkeypatch):
 
 
 def test_explorer_validates_its_arguments():
-    from rdc_lib.widgets import step_explorer
+    from rdc_lib.viz.widgets import step_explorer
 
     with pytest.raises(ValueError, match="at least one example"):
         step_explorer(lambda i, k: go.Figure(), examples=[], n_steps=1)

@@ -23,11 +23,13 @@ from .ensemble import (
 from .fgsm import FGSM
 from .lagrangian import LagrangianAPGD, LagrangianPGD, expected_unconditional_loss
 from .losses import LOSSES, get_loss, margin
+from .neighbour import NeighbourAttack
 from .pgd import PGD
 from .projections import NORMS, clip01, per_example_norm, project, project_ball
 from .selective_eot import EOT_AGGREGATIONS, SelectiveEOTAPGD, SelectiveEOTPGD, aggregate_eot
 from .square import Square
 from .stadv import StAdv, StAdvResult, flow_warp
+from .transfer import transfer_pgd
 from .wrappers import BPDA, EOT, bpda
 
 __all__ = [
@@ -37,4 +39,5 @@ __all__ = [
     "EnsembleResult", "FGSM", "LOSSES", "NORMS", "PGD", "Square", "TARGET_RULES", "apgd_checkpoints",
     "SQUARE_UNDER_EOT", "autoattack_dropped", "autoattack_suite", "bpda", "build_attack", "clip01", "eval_mode", "get_loss", "margin", "per_example_norm",
     "project", "project_ball", "run_ensemble",
+    "NeighbourAttack", "transfer_pgd",
 ]

@@ -104,3 +104,21 @@ def make_grid(
     else:
         weights = torch.full_like(sigmas, 1 / T)
     return NoiseGrid(sigmas.float(), weights.float(), kind, weighting)
+
+
+def restrict_grid(grid: NoiseGrid, sigma_min: float) -> NoiseGrid:
+    """The levels of ``grid`` with sigma >= ``sigma_min``, with their original weights."""
+    keep = grid.sigmas >= sigma_min
+    if not bool(keep.any()):
+        raise ValueError(f"sigma_min = {sigma_min} removes every level; the grid's largest sigma is "
+                         f"{float(grid.sigmas.max()):.4g}")
+    return NoiseGrid(grid.sigmas[keep], grid.weights[keep], grid.kind, grid.weighting)
+
+
+def noise_levels(sigmas: Tensor | NoiseGrid, like: Tensor) -> Tensor:
+    """(T,) levels of a grid or a sequence of sigmas, on ``like``'s device and dtype; checked finite and > 0."""
+    s = sigmas.sigmas if isinstance(sigmas, NoiseGrid) else torch.as_tensor(sigmas)
+    s = s.to(like.device, like.dtype).reshape(-1)
+    if s.numel() == 0 or not torch.isfinite(s).all() or (s <= 0).any():
+        raise ValueError(f"sigmas must be a non-empty 1-D set of finite levels > 0, got {s.tolist()}")
+    return s

@@ -6,9 +6,10 @@ that dies (segfault, OOM kill) surfaces as an exception on the client (``KilledW
 
 Notebook convention: the engine passes ``result_dir`` (the cell's folder); the notebook writes its
 JSON-able result dict to ``<result_dir>/results.json`` in its last cell and skips that when
-``result_dir`` is empty (interactive use). The executed notebook is written as ``notebook.part.ipynb``
-and renamed to ``notebook.ipynb`` with ``os.replace`` when papermill returns (also after an error, so
-the failing cell's traceback is kept as the record). Kernels run with the notebook's folder as cwd.
+``result_dir`` is empty (interactive use). Notebooks run through ``rdc_lib.jobs.papermill_runner`` (the
+main job's runner too): the executed notebook is written as ``notebook.part.ipynb`` and renamed to
+``notebook.ipynb`` when papermill returns (also after an error, so the failing cell's traceback is kept as
+the record); kernels run with the notebook's folder as cwd; kernel start-up races are retried.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import sys
 import time
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..kernels import papermill_kernel_options
+from ..jobs.papermill_runner import RESULT_FILE, PapermillJob, error_head, strip_ansi
 from ..stored_state import DAMAGED, StoredStateError, is_stored_state_error, move_aside
 from .store import utc_now
 
@@ -33,15 +33,11 @@ __all__ = ["CellOutcome", "CellTask", "execute_cell"]
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "results.json"
 NOTEBOOK_FILE = "notebook.ipynb"
 _MAX_ERROR_CHARS = 20_000
 CELL_RESTART = "--retry-failed (rdc sweep; retry_failed=True in run_sweep())"
 _SWEEP_WAY_OUT = ("In a sweep: rerun with `rdc sweep FILE --retry-failed` (retry_failed=True): this cell's folder "
                   f"is moved aside as '<folder>.{DAMAGED}-<time>' (nothing is deleted) and the cell runs afresh.")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# Kernel start-up races between concurrent papermill runs (papermill#511, jupyter_client#487): retry these.
-_KERNEL_START_ERRORS = ("Address already in use", "Kernel didn't respond", "Kernel died before replying")
 
 
 @dataclass(frozen=True)
@@ -114,34 +110,15 @@ def _run_function(task: CellTask, cell_dir: Path) -> Any:
         if "device" not in params:
             params["device"] = _default_device()
         return evaluate_params(params)
-    from .spec import resolve_callable
+    from .targets import resolve_callable
 
     return resolve_callable(task.target)(**task.params)
 
 
 def _run_notebook(task: CellTask, cell_dir: Path) -> dict[str, Any]:
-    import papermill as pm
-
-    final, part = cell_dir / NOTEBOOK_FILE, cell_dir / "notebook.part.ipynb"
-    result_file = cell_dir / RESULT_FILE
-    result_file.unlink(missing_ok=True)  # never read a stale result of an earlier attempt
-    params = {**task.params, "result_dir": str(cell_dir.resolve())}
-    for attempt in range(task.kernel_start_retries + 1):
-        try:
-            pm.execute_notebook(task.target, str(part), parameters=params, kernel_name=task.kernel,
-                                cwd=str(Path(task.target).parent), progress_bar=False, log_output=False,
-                                execution_timeout=task.cell_timeout, **papermill_kernel_options())
-            break
-        except pm.PapermillExecutionError:
-            raise
-        except Exception as exc:  # retry only the known kernel start-up races
-            if attempt == task.kernel_start_retries or not any(s in str(exc) for s in _KERNEL_START_ERRORS):
-                raise
-            log.warning("kernel start failed (%s); retrying", exc)
-            time.sleep(1.0 + attempt)
-        finally:
-            if part.exists():
-                os.replace(part, final)
+    job = PapermillJob(Path(task.target), cell_dir / NOTEBOOK_FILE, cell_dir, task.params)
+    job.run(kernel_name=task.kernel, cell_timeout=task.cell_timeout, kernel_start_retries=task.kernel_start_retries)
+    result_file = job.result_file
     if not result_file.is_file():
         raise RuntimeError(f"the notebook {task.target} finished without writing {result_file}: its last cell must "
                            f"write a JSON dict to Path(result_dir) / {RESULT_FILE!r} (see rdc_lib.sweep)")
@@ -167,12 +144,10 @@ def _jsonable(result: Any) -> dict[str, Any]:
 
 def _error_text(exc: BaseException) -> str:
     if type(exc).__name__ == "PapermillExecutionError":
-        head = f"{exc.ename}: {exc.evalue} (notebook cell {exc.exec_count})"
         body = "\n".join(exc.traceback)
     else:
-        head = f"{type(exc).__name__}: {exc}"
         body = "".join(traceback.format_exception(exc))
-    text = _ANSI.sub("", f"{head}\n\n{body}")
+    text = f"{error_head(exc, cell='notebook cell')}\n\n{strip_ansi(body)}"
     return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + "\n... (truncated)"
 
 

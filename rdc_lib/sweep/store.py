@@ -34,7 +34,8 @@ from typing import Any
 
 from ..provenance import file_sha256  # one home: rdc_lib.provenance (re-exported here)
 from ..stored_state import StoredStateError, restart_aside
-from .spec import EVAL_TARGET, SweepSpec
+from .spec import SweepSpec
+from .targets import EVAL_TARGET
 
 __all__ = ["CellRecord", "PlannedCell", "ResultStore", "cell_key", "checkpoint_versions", "code_version",
            "file_sha256", "plan_cells", "utc_now"]

@@ -2,7 +2,7 @@
 
 ``rdc_lib.viz.core``: plotly figure builders (data in, ``go.Figure`` out, no display, no state).
 ``rdc_lib.viz.analysis``: small measurements the figures plot (tensors in, dataclasses out).
-Interactive explorers built on these live in ``rdc_lib.widgets``.
+``rdc_lib.viz.widgets``: ipywidgets explorers built on these, with a static fallback.
 """
 
 from .analysis import (
@@ -14,6 +14,7 @@ from .analysis import (
     NoiseSpread,
     QueryRecorder,
     compare_cost,
+    denoise_across_sigmas,
     lm_trajectories,
     logit_difference_std,
     logit_spread_vs_T,
@@ -45,7 +46,7 @@ from .core import (
 
 __all__ = [
     "AttackTrajectories", "CallTiming", "CostComparison", "LMTrajectories", "LossSurface", "NoiseSpread", "QueryRecorder",
-    "accuracy_vs_eps_figure", "attack_step_figure", "compare_cost", "cost_figure", "elbo_sum_figure", "elbo_terms_figure",
+    "accuracy_vs_eps_figure", "attack_step_figure", "compare_cost", "cost_figure", "denoise_across_sigmas", "elbo_sum_figure", "elbo_terms_figure",
     "finite_difference_figure", "gradient_cosine_figure", "image_grid_figure", "image_trace", "lm_curves_figure",
     "lm_step_figure", "lm_trajectories", "logit_difference_std", "logit_spread_vs_T", "logits_over_iterations_figure",
     "loss_surface", "loss_surface_3d_figure", "loss_surface_figure", "noise_spread_figure",

@@ -12,7 +12,8 @@ Each function measures one thing the notebooks plot (docs/paper.md sections 3, 4
 - :class:`QueryRecorder` and :func:`record_attack`: run a library attack one image at a time and
   keep every point it queried with the logits it saw (the attack's own iterations);
 - :func:`loss_surface`: the loss on a 2-D grid spanned by the gradient-sign direction and a random
-  sign direction around one image.
+  sign direction around one image;
+- :func:`denoise_across_sigmas`: several denoisers on one image and one eps per level (image grids).
 
 Randomness comes only from the generators and seeds passed in; no function prints or displays.
 """
@@ -29,12 +30,13 @@ from torch import Tensor, nn
 
 from ..classifier import DiffusionClassifier, bayes_posterior
 from ..diffusion.elbo import elbo_terms
-from ..diffusion.schedules import NoiseGrid, make_grid
+from ..diffusion.schedules import NoiseGrid, make_grid, noise_levels
 from ..lm import LMConfig, draw_lm_noise, likelihood_maximization
 from ..models.base import Denoiser
 from ..utils import check_images, check_labels
 
 __all__ = [
+    "denoise_across_sigmas",
     "AttackTrajectories",
     "LMTrajectories",
     "LossSurface",
@@ -400,3 +402,39 @@ def loss_surface(
     shape = (points, points)
     loss, ok = torch.cat(losses).reshape(shape).cpu(), torch.cat(correct).reshape(shape).cpu()
     return LossSurface(a.cpu(), a.cpu(), loss, ok)
+
+
+def denoise_across_sigmas(
+    denoisers: dict[str, Denoiser],     # name -> denoiser (all on the same image shape)
+    x01: Tensor,                        # (C, H, W) or (1, C, H, W) one clean image in [0, 1]
+    label: int | None,                  # class to condition on; None = null (unconditional)
+    sigmas: Tensor | NoiseGrid,         # (T,)
+    generator: torch.Generator | None = None,
+    *,
+    noise: Tensor | None = None,        # (T, C, H, W) eps; drawn from `generator` if None
+) -> dict[str, Tensor]:
+    """Every denoiser on the same noisy copies of one image: {'noisy', *names} -> (T, C, H, W) in [0, 1].
+
+    Outputs are mapped back from model space ((d + 1) / 2) and clipped to [0, 1] for display.
+    """
+    if not denoisers:
+        raise ValueError("denoisers is empty; pass a dict name -> Denoiser")
+    img = x01.unsqueeze(0) if x01.ndim == 3 else x01
+    first = next(iter(denoisers.values()))
+    check_images(img, channels=first.img_channels, resolution=first.img_resolution, name="x01")
+    if img.shape[0] != 1:
+        raise ValueError(f"x01 must be one image (C, H, W) or (1, C, H, W), got shape {tuple(x01.shape)}")
+    s = noise_levels(sigmas, img)
+    t_len = s.numel()
+    if noise is None:
+        noise = torch.randn((t_len, *img.shape[1:]), generator=generator, device=img.device, dtype=img.dtype)
+    elif tuple(noise.shape) != (t_len, *img.shape[1:]):
+        raise ValueError(f"noise must have shape {(t_len, *img.shape[1:])} (T, C, H, W), got {tuple(noise.shape)}")
+    noisy = (img * 2 - 1) + s.reshape(-1, 1, 1, 1) * noise                    # (T, C, H, W) model space
+    out = {"noisy": ((noisy + 1) / 2).clamp(0, 1)}
+    with torch.no_grad():
+        for name, den in denoisers.items():
+            k = den.num_classes if label is None else int(label)
+            lab = torch.full((t_len,), k, dtype=torch.long, device=img.device)
+            out[name] = ((den(noisy, s, lab) + 1) / 2).clamp(0, 1)
+    return out

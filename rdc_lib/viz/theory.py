@@ -75,7 +75,7 @@ def denoiser_comparison_figure(series: Mapping[str, Any], sigmas: Any, *, title:
     """Rows = ``series`` (name -> images (T, C, H, W) in [0, 1]), columns = the T noise levels ``sigmas``.
 
     Typically {'noisy input': ..., 'learned D': ..., 'optimal D*': ...} from
-    ``rdc_lib.theory.denoise_across_sigmas``; one grey heatmap trace per cell.
+    ``rdc_lib.viz.analysis.denoise_across_sigmas``; one grey heatmap trace per cell.
     """
     s = _np(sigmas).reshape(-1)
     if not series:

@@ -143,7 +143,7 @@ def lm_explorer(
     """
     import ipywidgets as widgets
 
-    from .viz.core import lm_step_figure
+    from .core import lm_step_figure
 
     state = {"lm": initial}
     cfg = initial.config
@@ -164,7 +164,7 @@ def lm_explorer(
 
 def attack_explorer(trajs: Mapping[str, Any], names: Sequence[str] | None = None) -> Explorer:
     """Explorer over attack trajectories of several models (notebook 03): 'step' = attack query, 'example' = image."""
-    from .viz.core import attack_step_figure
+    from .core import attack_step_figure
 
     first = next(iter(trajs.values()))
     n = first.x.shape[0]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .paths import (CHECKPOINT_SUFFIX, NOTEBOOKS_DIR, data_dir, is_checkpoint_name, resolve_checkpoint,
+from ..paths import (CHECKPOINT_SUFFIX, NOTEBOOKS_DIR, data_dir, is_checkpoint_name, resolve_checkpoint,
                     resolve_path)
 
 __all__ = [
@@ -65,19 +65,19 @@ def _is_number(v: Any) -> bool:
 
 
 def _attack_names() -> tuple[str, ...]:
-    from .attacks import ATTACK_NAMES
+    from ..attacks import ATTACK_NAMES
 
     return tuple(ATTACK_NAMES)
 
 
 def _eval_attack_names() -> tuple[str, ...]:
-    from .evaluation.runner import ATTACKS
+    from ..evaluation.runner import ATTACKS
 
     return tuple(ATTACKS)
 
 
 def _defense_names() -> tuple[str, ...]:
-    from .evaluation.defenses import DEFENSES
+    from ..evaluation.defenses import DEFENSES
 
     return tuple(DEFENSES)
 
@@ -275,7 +275,7 @@ def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
 
 
 def _check_cifar10(values: dict[str, Any], base: Path | None) -> None:
-    from .presets import required_files
+    from ..presets import required_files
 
     root = Path(values["data_root"]) if values.get("data_root") else resolve_path("../data/cifar10", base)
     if values.get("ckpt_dir"):
@@ -303,7 +303,7 @@ def _check_cifar10_defenses(values: dict[str, Any]) -> None:
 def _check_certify_draws(values: dict[str, Any]) -> None:
     """n_estimate must allow a non-zero radius at alpha (``rdc_lib.certify.min_draws``, imported on demand)."""
     if "n_estimate" in values and "alpha" in values:
-        from .certify.smoothing import min_draws
+        from ..certify.smoothing import min_draws
 
         need = min_draws(values["alpha"])
         if values["n_estimate"] < need:

@@ -3,7 +3,7 @@
 ``run_notebooks(out_dir)`` runs ``notebooks/[0-9][0-9]_*.ipynb`` in name order, each in a fresh
 kernel whose cwd is the notebooks folder, and writes into ``out_dir``::
 
-    <out>/<name>.ipynb          the executed notebook (written as <name>.part.ipynb, then os.replace)
+    <out>/<name>.ipynb          the executed notebook (rdc_lib.jobs.papermill_runner: <name>.part.ipynb, then os.replace)
     <out>/<name>/results.json   the notebook's results (its ``result_dir`` parameter is set to <out>/<name>)
     <out>/summary.json          one row per notebook: status, seconds, key results, error
     <out>/summary.md            the same as a markdown table
@@ -27,16 +27,15 @@ import difflib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .kernels import papermill_kernel_options
-from .paths import NOTEBOOKS_DIR
-from .progress import is_terminal, progress_bar
+from ..paths import NOTEBOOKS_DIR
+from ..progress import is_terminal, progress_bar
+from .papermill_runner import RESULT_FILE, PapermillJob, error_head
 
 __all__ = [
     "NOTEBOOK_PATTERN",
@@ -51,10 +50,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
-RESULT_FILE = "results.json"
 RESERVED = ("result_dir",)          # set per notebook by the job
 BATCH_DEFAULTS = {"interactive": False}
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @dataclass
@@ -214,12 +211,6 @@ def _key_results(results: Any) -> dict[str, Any]:
             if isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) <= 40)}
 
 
-def _error_text(exc: BaseException) -> str:
-    if type(exc).__name__ == "PapermillExecutionError":
-        return _ANSI.sub("", f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})")
-    return _ANSI.sub("", f"{type(exc).__name__}: {exc}")
-
-
 def _write_summary(summary: RunSummary, out: Path) -> None:
     for name, text in (("summary.json", json.dumps(summary.to_dict(), indent=1, allow_nan=True)),
                        ("summary.md", summary.markdown())):
@@ -230,29 +221,20 @@ def _write_summary(summary: RunSummary, out: Path) -> None:
 
 def _run_one(nb: Path, params: dict[str, Any], out: Path, *, kernel_name: str | None, progress: bool,
              cell_timeout: float | None, row: NotebookRun) -> None:
-    import papermill as pm
-
-    result_dir = out / nb.stem
-    result_dir.mkdir(parents=True, exist_ok=True)
-    result_file = result_dir / RESULT_FILE
-    result_file.unlink(missing_ok=True)  # never report a stale result
-    final, part = out / f"{nb.stem}.ipynb", out / f"{nb.stem}.part.ipynb"
-    params = {**params, "result_dir": str(result_dir.resolve())}
-    row.parameters = params
+    job = PapermillJob(nb, out / f"{nb.stem}.ipynb", out / nb.stem, params)
+    row.parameters = job.parameters
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(str(nb), str(part), parameters=params, kernel_name=kernel_name, cwd=str(nb.parent),
-                            progress_bar=dict(desc=nb.stem, leave=False) if progress and is_terminal() else False,
-                            log_output=False, execution_timeout=cell_timeout, **papermill_kernel_options())
+        job.run(kernel_name=kernel_name, cell_timeout=cell_timeout,
+                progress_bar=dict(desc=nb.stem, leave=False) if progress and is_terminal() else False)
         row.status = "ok"
     except Exception as exc:  # a failing notebook is a row of the summary, not the end of the run
-        row.status, row.error = "failed", _error_text(exc)
+        row.status, row.error = "failed", error_head(exc)
         log.warning("notebook %s failed: %s", nb.name, row.error)
     finally:
         row.seconds = time.perf_counter() - t0
-        if part.exists():
-            os.replace(part, final)
-        row.executed = str(final) if final.exists() else None
+        row.executed = str(job.executed) if job.executed.exists() else None
+    result_file = job.result_file
     if result_file.is_file():
         row.results = str(result_file)
         try:
