@@ -64,7 +64,7 @@ def memory(args, x, y) -> dict:
     res = {}
     grads = {}
     for mode in ("autograd", "chunked"):
-        dc = DiffusionClassifier(den, grid, noise_mode="fixed", grad_mode=mode, chunk_size=args.chunk)
+        dc = DiffusionClassifier(den, grid, noise_mode="fixed", backward_mode=mode, chunk_size=args.chunk)
         xr = xb.clone().requires_grad_(True)
         with SavedTensorMeter(exclude=model_parameters(den)) as meter:
             loss = torch.nn.functional.cross_entropy(dc(xr), y[: args.mem_batch])

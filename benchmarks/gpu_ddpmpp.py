@@ -127,7 +127,7 @@ def lm_figures(net, x: torch.Tensor, args, device: torch.device) -> dict:
 def attack_figures(net, x: torch.Tensor, args, device: torch.device) -> dict:
     """One exact-gradient step: logits -> cross-entropy -> d loss / d x through the chunked DC."""
     dc = DiffusionClassifier(net, make_grid(args.T), noise_mode="fixed", seed=args.seed, chunk_size=args.grad_chunk,
-                             grad_mode="chunked")
+                             backward_mode="chunked")
     y = torch.arange(x.shape[0], device=device) % K
 
     def step() -> torch.Tensor:

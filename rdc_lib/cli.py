@@ -18,15 +18,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .choices import DATASETS, HEADS
+
 if TYPE_CHECKING:
     from .sweep import SlurmOptions
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a digits (or CIFAR-10) denoiser; resumes if interrupted")
-    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10"])
+    p.add_argument("--dataset", default="digits", choices=DATASETS)
     p.add_argument("--data-root", default=None, help="folder of the CIFAR-10 python batches")
-    p.add_argument("--heads", default="single", choices=["single", "multi"])
+    p.add_argument("--heads", default="single", choices=HEADS)
     p.add_argument("--arch", default="unet_small")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -110,7 +112,7 @@ def _add_import_edm(sub) -> None:
     p = sub.add_parser("import-edm", help="convert an official EDM network pickle into a safe checkpoint")
     p.add_argument("src", help="official EDM .pkl file")
     p.add_argument("out", help="output .safetensors path")
-    p.add_argument("--heads", default="single", choices=["single", "multi"])
+    p.add_argument("--heads", default="single", choices=HEADS)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--key", default="ema", help="which network of the pickle's dict to import")
     p.add_argument("--any-size", action="store_true", help="accept any DDPM++ size, not only the CIFAR-10 preset")

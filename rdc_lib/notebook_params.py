@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .choices import DATASETS, GRAD_MODES, HEADS, LM_OPTIMIZERS, NOISE_MODES, NORMS
 from .paths import (CHECKPOINT_SUFFIX, NOTEBOOKS_DIR, data_dir, is_checkpoint_name, resolve_checkpoint,
                     resolve_path)
 
@@ -31,12 +32,6 @@ __all__ = [
     "validate_params",
 ]
 
-DATASETS = ("digits", "cifar10")
-NORMS = ("linf", "l2")
-HEADS = ("single", "multi")
-GRAD_MODES = ("exact", "bpda")
-LM_OPTIMIZERS = ("sgd", "sign", "adam")  # rdc_lib.lm.LM_OPTIMIZERS (not imported: no torch here)
-NOISE_MODES = ("stochastic", "fixed")
 DIGITS_TEST_SIZE = 360
 CIFAR10_TEST_SIZE = 10_000
 

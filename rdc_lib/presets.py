@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from .choices import GRID_KIND, GRID_LEVELS, LM_ETA, LM_STEP_SIZE, LM_STEPS
 from .data.cifar10 import CIFAR10_FILES
 
 __all__ = [
@@ -30,8 +31,8 @@ __all__ = [
 class GridPreset:
     """Noise levels of the diffusion classifier (docs/paper.md section 3); kwargs of ``make_grid``."""
 
-    T: int = 32                     # number of levels
-    kind: str = "paper"             # linspace(sigma_min, sigma_max, T + 1)[:-1]
+    T: int = GRID_LEVELS            # number of levels
+    kind: str = GRID_KIND              # linspace(sigma_min, sigma_max, T + 1)[:-1]
     weighting: str = "edm"          # lambda(sigma) p_LN(sigma) d_sigma
     sigma_min: float = 1e-4
     sigma_max: float = 3.0
@@ -56,9 +57,9 @@ class DCPreset:
 class LMPreset:
     """Likelihood maximization (docs/paper.md section 4); kwargs of ``likelihood_maximization``."""
 
-    steps: int = 5                               # N
-    step_size: float = 0.1                       # model-space units
-    eta: float = 8 / 255                         # ball radius, [0, 1] pixel units
+    steps: int = LM_STEPS                        # N
+    step_size: float = LM_STEP_SIZE              # model-space units (rdc_lib/lm.py; the paper's Adam: 0.1)
+    eta: float = LM_ETA                          # ball radius, [0, 1] pixel units
     norm: str = "linf"
     sigma_range: tuple[float, float] = (0.4, 0.6)  # sigma ~ U(lo, hi), model space [-1, 1]
     optimizer: str = "sgd"                       # rdc_lib.lm's default; the released code uses Adam
@@ -125,7 +126,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
         description="small CPU run on scikit-learn's 8x8 digits with the shipped denoisers",
         grid=GridPreset(T=32),
         dc=DCPreset(noise_mode="fixed", shared_noise=True),
-        lm=LMPreset(step_size=0.03),  # normalised-gradient steps; see rdc_lib/lm.py
+        lm=LMPreset(),  # normalised-gradient steps of step LM_STEP_SIZE; see rdc_lib/lm.py
         attack=AttackPreset(iterations=20, restarts=1, eps_linf=0.1, eps_l2=0.5, stadv_iterations=20, batch_size=60),
         data=DataPreset(dataset="digits", num_test=60, num_ablation=60),
         checkpoints=CheckpointPreset(classifier="digits_single.safetensors"),

@@ -21,15 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from .attacks.wrappers import bpda
+from .choices import GRAD_MODES, NOISE_MODES, PURIFY_MODES
 from .diffusion.sampling import euler_sde, heun_ode, karras_sigmas, sde_noise_shape
 from .models.base import Denoiser
 from .utils import OwnedRandomness, check_images
 
 __all__ = ["DiffPure", "PURIFY_MODES"]
 
-PURIFY_MODES = ("ode", "sde")
-NOISE_MODES = ("stochastic", "fixed")
-GRAD_MODES = ("exact", "bpda")
 
 
 class DiffPure(OwnedRandomness, nn.Module):

@@ -36,18 +36,17 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .choices import GRAD_MODES, LM_GRAPH_MODES, NOISE_MODES
 from .classifier import DiffusionClassifier
 from .diffusion.elbo import draw_noise
 from .diffusion.schedules import NoiseGrid
-from .grad import LM_GRAPH_MODES, lm_bpda, lm_exact
+from .grad import lm_bpda, lm_exact
 from .lm import LMConfig, LMNoise, LMResult, draw_lm_noise, likelihood_maximization
 from .models.base import Denoiser
 from .utils import OwnedRandomness, check_images
 
-__all__ = ["GRAD_MODES", "NOISE_MODES", "RDCNoise", "RobustDiffusionClassifier"]
+__all__ = ["RDCNoise", "RobustDiffusionClassifier"]
 
-GRAD_MODES = ("exact", "bpda")
-NOISE_MODES = ("stochastic", "fixed")
 
 
 @dataclass

@@ -238,7 +238,7 @@ def optimal_classifier(
     grid: NoiseGrid | None = None,      # default: the DiffusionClassifier default (paper grid, T = 32)
     *,
     num_classes: int | None = None,
-    **classifier_kwargs,                # forwarded to DiffusionClassifier (noise_mode, seed, grad_mode, ...)
+    **classifier_kwargs,                # forwarded to DiffusionClassifier (noise_mode, seed, backward_mode, ...)
 ) -> DiffusionClassifier:
     """The optimal diffusion classifier: ``DiffusionClassifier(OptimalDenoiser(train split), grid)``."""
     return DiffusionClassifier(OptimalDenoiser(train_images, train_labels, num_classes), grid, **classifier_kwargs)
@@ -416,7 +416,7 @@ def smoothed_surrogate(
     return DiffusionClassifier(
         classifier.denoiser, restrict_grid(classifier.grid, sigma_min), prior=classifier.log_prior.exp().cpu(),
         shared_noise=classifier.shared_noise, noise_mode=classifier.noise_mode,
-        seed=classifier.seed if seed is None else seed, grad_mode=classifier.grad_mode,
+        seed=classifier.seed if seed is None else seed, backward_mode=classifier.backward_mode,
         chunk_size=classifier.chunk_size,
     ).eval()
 

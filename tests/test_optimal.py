@@ -173,7 +173,7 @@ def test_inside_diffusion_classifier_gradients(toy):
     grads = []
     for mode in ("chunked", "autograd"):
         dc = DiffusionClassifier(OptimalDenoiser(images.float(), labels), make_grid(6), noise_mode="fixed",
-                                 grad_mode=mode, chunk_size=7)
+                                 backward_mode=mode, chunk_size=7)
         xr = x.clone().requires_grad_(True)
         logits = dc(xr)
         assert logits.shape == (5, 3)

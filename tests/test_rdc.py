@@ -101,7 +101,7 @@ def test_exact_equals_unrolled_autograd_and_differs_from_bpda(den64):
     out, g_exact = input_grad(exact, x, v=v)
     _, g_bpda = input_grad(bpda, x, v=v)
     # reference: plain autograd through the unrolled LM (create_graph) and the DC
-    ref_dc = DiffusionClassifier(den64, GRID, grad_mode="autograd")
+    ref_dc = DiffusionClassifier(den64, GRID, backward_mode="autograd")
     xr = x.clone().requires_grad_(True)
     x_hat = likelihood_maximization(den64, xr, noise=draw.lm, config=exact.lm_config, create_graph=True).x
     out_ref = ref_dc(x_hat, noise=draw.dc)

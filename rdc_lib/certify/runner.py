@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..choices import HEADS, check_choice
 from ..evaluation.stats import wilson
 from .bases import BASES, POSTERIORS, build_base
 from .empirical import attack_smoothed, smoothed_correct
@@ -63,8 +64,7 @@ class CertifyConfig:
         for name in ("offset", "attack_steps", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.heads not in ("single", "multi"):
-            raise ValueError(f"unknown heads {self.heads!r}; valid choices: single, multi")
+        check_choice("heads", self.heads, HEADS)
         if self.posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {self.posterior!r}; valid choices: {', '.join(POSTERIORS)}")
 

@@ -11,6 +11,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..choices import (GRAD_MODES, GRID_KIND, GRID_LEVELS, HEADS, LM_ETA, LM_STEP_SIZE, LM_STEPS,
+                       check_choice)
 from ..classifier import DiffusionClassifier
 from ..diffusion.schedules import make_grid
 from ..models.checkpoints import load_denoiser
@@ -23,14 +25,14 @@ DEFENSES = ("cnn", "at-cnn", "diffpure", "dc", "rdc", "optimal-dc")
 class DefenseSpec:
     name: str = "dc"
     heads: Literal["single", "multi"] = "multi"
-    timesteps: int = 32
-    grid: str = "paper"
+    timesteps: int = GRID_LEVELS
+    grid: str = GRID_KIND
     noise_mode: Literal["stochastic", "fixed"] = "stochastic"
     grad_mode: Literal["exact", "bpda"] = "exact"   # gradient through RDC's LM / DiffPure's purification
     seed: int = 0
-    lm_steps: int = 5
-    lm_eta: float = 8 / 255
-    lm_step_size: float = 0.03
+    lm_steps: int = LM_STEPS
+    lm_eta: float = LM_ETA
+    lm_step_size: float = LM_STEP_SIZE
     lm_norm: str = "linf"
     vote: int = 1
     denoiser_path: str | None = None               # override the shipped checkpoint
@@ -40,12 +42,10 @@ class DefenseSpec:
     def __post_init__(self) -> None:
         if self.name not in DEFENSES:
             raise ValueError(f"unknown defense {self.name!r}; valid choices: {', '.join(DEFENSES)}")
-        if self.heads not in ("single", "multi"):
-            raise ValueError(f"unknown heads {self.heads!r}; valid choices: single, multi")
+        check_choice("heads", self.heads, HEADS)
         if self.timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
-        if self.grad_mode not in ("exact", "bpda"):
-            raise ValueError(f"unknown grad_mode {self.grad_mode!r}; valid choices: exact, bpda")
+        check_choice("grad_mode", self.grad_mode, GRAD_MODES)
         if self.grad_mode == "bpda" and self.name not in ("rdc", "diffpure"):
             raise ValueError(f"grad_mode 'bpda' replaces the backward pass of a purification stage; defence "
                              f"{self.name!r} has none (valid choices with bpda: rdc, diffpure)")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..choices import DATASETS, GRAD_MODES, GRID_LEVELS, HEADS, NOISE_MODES, THREAT_NORMS, check_choice
 from ..data import load_dataset
 from .defenses import DEFENSES, DefenseSpec, build_defense
 from .records import load_records, save_records
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 ATTACKS = ("none", "fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "autoattack",
            "pgd-lagrange", "apgd-lagrange", "pgd-seot", "apgd-seot", "stadv")
 _LATER_FIELDS = ("verify", "denoiser")
-NORMS = ("linf", "l2", "flow")  # "flow": StAdv's per-pixel flow bound (attack stadv only)
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class EvalConfig:
     restarts: int = 1               # attack restarts
     square_queries: int = 1000      # autoattack: Square's query budget
     n_target_classes: int = 9       # autoattack / apgd-t: target classes tried
-    timesteps: int = 32             # T noise levels of the diffusion classifier
+    timesteps: int = GRID_LEVELS    # T noise levels of the diffusion classifier
     heads: str = "multi"            # denoiser used by dc / rdc / diffpure
     dataset: str = "digits"
     noise_mode: str = "stochastic"  # defence randomness: "stochastic" | "fixed"
@@ -67,8 +67,8 @@ class EvalConfig:
             raise ValueError(f"unknown defense {self.defense!r}; valid choices: {', '.join(DEFENSES)}")
         if self.attack not in ATTACKS:
             raise ValueError(f"unknown attack {self.attack!r}; valid choices: {', '.join(ATTACKS)}")
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; valid choices: {', '.join(NORMS)}")
+        if self.norm not in THREAT_NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; valid choices: {', '.join(THREAT_NORMS)}")
         if (self.norm == "flow") != (self.attack == "stadv") and self.attack != "none":
             raise ValueError("attack 'stadv' goes with norm 'flow' (eps = flow bound), and norm 'flow' only with stadv")
         if self.eps < 0:
@@ -79,14 +79,11 @@ class EvalConfig:
                      "n_target_classes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name, valid in (("noise_mode", ("stochastic", "fixed")), ("grad_mode", ("exact", "bpda")),
-                            ("heads", ("single", "multi"))):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(valid)}")
+        for name, valid in (("noise_mode", NOISE_MODES), ("grad_mode", GRAD_MODES), ("heads", HEADS)):
+            check_choice(name, getattr(self, name), valid)
         if self.offset < 0:
             raise ValueError(f"offset must be >= 0, got {self.offset}")
-        if self.dataset not in ("digits", "cifar10"):
-            raise ValueError(f"unknown dataset {self.dataset!r}; valid choices: digits, cifar10")
+        check_choice("dataset", self.dataset, DATASETS)
         if self.denoiser and self.defense not in ("dc", "rdc", "diffpure"):
             raise ValueError(f"denoiser= selects the diffusion model of dc, rdc or diffpure; defense {self.defense!r} "
                              "has none")

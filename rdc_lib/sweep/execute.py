@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..kernels import papermill_kernel_options
+from ..main_job import RESULT_FILE  # the notebooks' result file, one name for make run and sweeps
 from ..stored_state import DAMAGED, StoredStateError, is_stored_state_error, move_aside
 from .store import utc_now
 
@@ -33,7 +34,6 @@ __all__ = ["CellOutcome", "CellTask", "execute_cell"]
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "results.json"
 NOTEBOOK_FILE = "notebook.ipynb"
 _MAX_ERROR_CHARS = 20_000
 CELL_RESTART = "--retry-failed (rdc sweep; retry_failed=True in run_sweep())"

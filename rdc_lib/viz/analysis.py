@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..choices import GRID_LEVELS
 from ..classifier import DiffusionClassifier, bayes_posterior
 from ..diffusion.elbo import elbo_terms
 from ..diffusion.schedules import NoiseGrid, make_grid
@@ -261,7 +262,7 @@ def lm_trajectories(
     res = likelihood_maximization(denoiser, x, noise=noise, config=config, return_trajectory=True)
     traj = res.trajectory                                                          # (N + 1, B, C, H, W)
     if grid is None:
-        grid = classifier.grid if isinstance(getattr(classifier, "grid", None), NoiseGrid) else make_grid(32)
+        grid = classifier.grid if isinstance(getattr(classifier, "grid", None), NoiseGrid) else make_grid(GRID_LEVELS)
     null = torch.tensor([denoiser.null_label], device=x.device)
     eps = torch.randn((x.shape[0], 1, len(grid), *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
     bound = torch.stack([elbo_terms(denoiser, t, grid, classes=null, noise=eps).sum((1, 2)) for t in traj])
