@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.models import build_denoiser, load_denoiser
 from rdc_lib.models.ddpmpp import ddpmpp_config, set_fp16

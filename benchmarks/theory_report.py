@@ -42,8 +42,8 @@ from pathlib import Path
 import torch
 
 from rdc_lib.attacks import build_attack
-from rdc_lib.baselines import load_classifier
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.baselines import load_classifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.evaluation.checks import LARGE_EPS

@@ -63,15 +63,30 @@ def _add_train_baseline(sub) -> None:
     p.add_argument("--threads", type=int, default=1)
 
 
+def _eval_choices() -> dict[str, tuple[str, ...]]:
+    """The valid values of the choice fields of ``rdc eval``, read from the registries and rdc_lib.choices."""
+    from .choices import DATASETS, GRAD_MODES, HEADS, NOISE_MODES, THREAT_NORMS
+    from .defenses import defense_names
+    from .evaluation.attacking import eval_attack_names
+
+    return {"defense": defense_names(), "attack": eval_attack_names(), "norm": THREAT_NORMS, "heads": HEADS,
+            "noise_mode": NOISE_MODES, "grad_mode": GRAD_MODES, "dataset": DATASETS}
+
+
 def _add_eval(sub) -> None:
     from .evaluation.runner import EvalConfig
 
     p = sub.add_parser("eval", help="evaluate a defence under an attack on the digits test split")
+    choices = _eval_choices()
     # default None: the flags given on the command line are known, so a --preset can refuse a conflicting one
     for f in fields(EvalConfig):
         flag = "--" + f.name.replace("_", "-")
         helptext = f"default {f.default!r}"
-        if f.name == "timesteps":
+        if f.name in choices:  # listed, not enforced by argparse: EvalConfig names the valid choices itself
+            helptext += f"; one of: {', '.join(choices[f.name])}"
+        if f.name == "defense":
+            p.add_argument(flag, "--defence", dest=f.name, type=str, default=None, help=helptext)
+        elif f.name == "timesteps":
             p.add_argument(flag, "--T", dest=f.name, type=int, default=None, help=helptext)
         elif f.type in ("bool", bool):
             p.add_argument(flag, dest=f.name, default=None, type=lambda s: s.lower() in ("1", "true", "yes"),
@@ -314,7 +329,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_train_baseline(args) -> int:
-    from .baselines import train_baseline_kind
+    from .defenses.baselines import train_baseline_kind
 
     torch.set_num_threads(args.threads)  # 1 thread reproduces the shipped files bit for bit
     print(json.dumps(train_baseline_kind(args.kind, args.out, seed=args.seed)))

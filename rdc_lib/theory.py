@@ -37,7 +37,7 @@ from torch import Tensor
 from .attacks.base import Attack, AttackContext, eval_mode
 from .attacks.losses import get_loss
 from .attacks.projections import project_ball, steepest_direction
-from .classifier import DiffusionClassifier
+from .defenses.classifier import DiffusionClassifier
 from .diffusion.schedules import NoiseGrid
 from .evaluation.stats import Accuracy, wilson
 from .models.base import Denoiser

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion import make_grid
 from rdc_lib.diffusion.elbo import elbo_terms
@@ -138,7 +138,7 @@ def test_shipped_checkpoint_classifies_digits():
 
 
 def test_bayes_posterior_undoes_the_per_pixel_temperature():
-    from rdc_lib.classifier import bayes_posterior
+    from rdc_lib.defenses.classifier import bayes_posterior
 
     per_pixel = torch.tensor([[-0.50, -0.53, -0.56]])         # -L: a per-pixel mean, gaps of hundredths
     flat = per_pixel.softmax(-1)

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.grad import finite_difference_check
 from rdc_lib.lm import LMConfig, likelihood_maximization
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
-from rdc_lib.rdc import RDCNoise, RobustDiffusionClassifier
+from rdc_lib.defenses.rdc import RDCNoise, RobustDiffusionClassifier
 
 torch.set_num_threads(1)
 

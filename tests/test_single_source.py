@@ -1,6 +1,6 @@
 """One home per concept: no choice tuple or module constant of rdc_lib is defined twice (static, via ``ast``).
 
-- A module-level tuple/list of string literals must not have the value of another one (any name).
+- A module-level tuple/list of string literals must not have the value of another one (any name; ``__all__`` aside).
 - A module-level UPPERCASE constant must not be defined again with the same name and value elsewhere.
 - Outside rdc_lib/choices.py no code writes a literal equal to one of its choice tuples (``Literal[...]``
   annotations aside): it reads the name instead.
@@ -42,14 +42,18 @@ def duplicate_definitions(sources: dict[str, str]) -> list[str]:
     scalars: dict[tuple[str, str], list[str]] = defaultdict(list)
     for where, text in sources.items():
         for name, value in module_constants(ast.parse(text)):
+            if name == "__all__":  # a package re-exporting a module's names is not a second definition
+                continue
             strs = _str_tuple(value)
             if strs is not None:
                 tuples[strs].append(f"{where}:{name}")
             elif name.lstrip("_").isupper():
                 try:
-                    scalars[(name, repr(ast.literal_eval(value)))].append(where)
+                    val = ast.literal_eval(value)
                 except ValueError:
                     continue
+                if isinstance(val, (str, bytes, int, float, tuple)):  # not a mutable container (a registry)
+                    scalars[(name, repr(val))].append(where)
     msgs = [f"{value} defined {len(w)} times: {', '.join(w)}" for value, w in tuples.items() if len(w) > 1]
     msgs += [f"{name} = {value} defined {len(w)} times: {', '.join(w)}" for (name, value), w in scalars.items()
              if len(w) > 1]
@@ -119,7 +123,7 @@ def test_choices_is_torch_free():
 def test_one_lm_step_size():
     """The LM step size default has one source; RDC's LMConfig, the evaluation's spec and the presets read it."""
     from rdc_lib.choices import LM_STEP_SIZE
-    from rdc_lib.evaluation.defenses import DefenseSpec
+    from rdc_lib.defenses.registry import DefenseSpec
     from rdc_lib.lm import LMConfig
     from rdc_lib.presets import LMPreset, get_preset
 

@@ -17,7 +17,7 @@ import nbformat
 import pytest
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.models.optimal import OptimalDenoiser
 from rdc_lib.theory import (

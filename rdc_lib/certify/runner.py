@@ -109,7 +109,7 @@ def build_smoothing_base(cfg: CertifyConfig, device: torch.device | str = "cpu")
     den = load_denoiser(path, device=device).eval()
     cnn = None
     if cfg.base == "denoised":
-        from ..baselines import load_classifier
+        from ..defenses.baselines import load_classifier
 
         cnn = load_classifier(checkpoint_path("digits_cnn"), device=device).eval()
     return build_base(cfg.base, den, cfg.sigma, timesteps=cfg.timesteps, classifier=cnn, posterior=cfg.posterior,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..choices import GRID_LEVELS
-from ..classifier import DiffusionClassifier, bayes_posterior
+from ..defenses.classifier import DiffusionClassifier, bayes_posterior
 from ..diffusion.elbo import elbo_terms
 from ..diffusion.schedules import NoiseGrid, make_grid
 from ..lm import LMConfig, draw_lm_noise, likelihood_maximization
@@ -225,7 +225,7 @@ class LMTrajectories:
     (one sigma, one eps per step, as LM sees it); bound (N + 1, B): the unconditional diffusion
     loss sum_t w_t E||D(x + sigma_t eps; sigma_t, null) - x||^2 on the classifier's grid with one
     fixed eps draw for all steps (lower = more likely); probs (N + 1, B, K): the classifier's Bayes
-    posterior at every iterate (``rdc_lib.classifier.bayes_posterior``: log-likelihood summed over the
+    posterior at every iterate (``rdc_lib.defenses.classifier.bayes_posterior``: log-likelihood summed over the
     ``pixels`` = C*H*W values of an image); labels (B,); names: one label per image.
     """
 

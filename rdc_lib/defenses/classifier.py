@@ -24,11 +24,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .choices import BACKWARD_MODES, GRID_LEVELS, NOISE_MODES, check_choice
-from .diffusion.elbo import draw_noise, elbo_terms, levels_per_chunk
-from .diffusion.schedules import NoiseGrid, make_grid
-from .models.base import Denoiser
-from .utils import OwnedRandomness, check_images
+from ..choices import BACKWARD_MODES, GRID_LEVELS, NOISE_MODES, check_choice
+from ..diffusion.elbo import draw_noise, elbo_terms, levels_per_chunk
+from ..diffusion.schedules import NoiseGrid, make_grid
+from ..models.base import Denoiser
+from ..utils import OwnedRandomness, check_images
 
 
 
