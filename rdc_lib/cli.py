@@ -84,9 +84,7 @@ def _add_eval(sub) -> None:
         helptext = f"default {f.default!r}"
         if f.name in choices:  # listed, not enforced by argparse: EvalConfig names the valid choices itself
             helptext += f"; one of: {', '.join(choices[f.name])}"
-        if f.name == "defense":
-            p.add_argument(flag, "--defence", dest=f.name, type=str, default=None, help=helptext)
-        elif f.name == "timesteps":
+        if f.name == "timesteps":
             p.add_argument(flag, "--T", dest=f.name, type=int, default=None, help=helptext)
         elif f.type in ("bool", bool):
             p.add_argument(flag, dest=f.name, default=None, type=lambda s: s.lower() in ("1", "true", "yes"),

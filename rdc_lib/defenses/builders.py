@@ -1,6 +1,6 @@
-"""Registration of the shipped defences (rdc_lib.defenses.registry): one ``register_defense`` per defence.
+"""Registration of the shipped defenses (rdc_lib.defenses.registry): one ``register_defense`` per defense.
 
-Digits defences load the shipped checkpoints (data/checkpoints); DC and RDC on CIFAR-10 load a named
+Digits defenses load the shipped checkpoints (data/checkpoints); DC and RDC on CIFAR-10 load a named
 preset's imported EDM checkpoints from ``spec.ckpt_dir``. Order is the order of the CLI's choices.
 """
 
@@ -41,7 +41,7 @@ def _cnn_file(name: str) -> Path:
 
 
 @register_defense("cnn", checkpoints=lambda spec: [_cnn_file("cnn")],
-                  description="the standard digits CNN (no defence)")
+                  description="the standard digits CNN (no defense)")
 def _cnn(spec: DefenseSpec, device: torch.device) -> nn.Module:
     return load_classifier(_cnn_file("cnn"), device=device)
 

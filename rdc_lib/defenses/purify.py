@@ -37,8 +37,8 @@ class DiffPure(OwnedRandomness, nn.Module):
         input (B, C, H, W) in [0, 1]; output whatever ``classifier`` returns, (B, K) logits.
 
     Examples:
-        >>> defence = DiffPure(denoiser, cnn, t_star_sigma=0.5, steps=10, mode="ode")
-        >>> logits = defence(x); x_pur = defence.purify(x)
+        >>> defense = DiffPure(denoiser, cnn, t_star_sigma=0.5, steps=10, mode="ode")
+        >>> logits = defense(x); x_pur = defense.purify(x)
     """
 
     def __init__(

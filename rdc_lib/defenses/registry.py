@@ -1,6 +1,6 @@
-"""The defence registry: name -> builder plus the facts other code reads (CLI, evaluation, checks, notebooks).
+"""The defense registry: name -> builder plus the facts other code reads (CLI, evaluation, checks, notebooks).
 
-A defence is added by one ``register_defense`` call in its own module (the shipped ones: ``builders.py``)::
+A defense is added by one ``register_defense`` call in its own module (the shipped ones: ``builders.py``)::
 
     @register_defense("my-defense", needs_denoiser=False, stochastic=False, datasets=("digits",))
     def _build(spec: DefenseSpec, device: torch.device) -> nn.Module: ...
@@ -25,13 +25,13 @@ from ..choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS,
 __all__ = ["DefenseInfo", "DefenseSpec", "TRANSFER_SOURCE", "build_defense", "checkpoint_files", "defense_names",
            "get_defense", "register_defense"]
 
-# The defence the sanity checks' transfer attack is made on (rdc_lib.evaluation.checks).
+# The defense the sanity checks' transfer attack is made on (rdc_lib.evaluation.checks).
 TRANSFER_SOURCE = "cnn"
 
 
 @dataclass(frozen=True)
 class DefenseInfo:
-    """One registered defence and the facts about it."""
+    """One registered defense and the facts about it."""
 
     name: str
     builder: Callable[["DefenseSpec", torch.device], nn.Module]
@@ -48,7 +48,7 @@ _REGISTRY: dict[str, DefenseInfo] = {}
 
 
 def register_defense(name: str, **facts: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering ``builder(spec, device)`` as defence ``name`` with ``facts`` (fields of DefenseInfo)."""
+    """Decorator registering ``builder(spec, device)`` as defense ``name`` with ``facts`` (fields of DefenseInfo)."""
     if name in _REGISTRY:
         raise ValueError(f"defense {name!r} is already registered; choose another name")
     for ds in facts.get("datasets", ()):
@@ -64,7 +64,7 @@ def register_defense(name: str, **facts: Any) -> Callable[[Callable[..., nn.Modu
 
 
 def defense_names(**facts: Any) -> tuple[str, ...]:
-    """Registered defence names in registration order, optionally only those whose facts equal ``facts``
+    """Registered defense names in registration order, optionally only those whose facts equal ``facts``
     (e.g. ``needs_denoiser=True``); a tuple-valued fact matches when it contains the given value."""
     def ok(info: DefenseInfo) -> bool:
         for k, v in facts.items():
@@ -77,7 +77,7 @@ def defense_names(**facts: Any) -> tuple[str, ...]:
 
 
 def get_defense(name: str) -> DefenseInfo:
-    """The registered defence ``name``; ValueError listing the valid names otherwise."""
+    """The registered defense ``name``; ValueError listing the valid names otherwise."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown defense {name!r}; valid choices: {', '.join(defense_names())}")
     return _REGISTRY[name]
@@ -119,13 +119,13 @@ class DefenseSpec:
 
 
 def build_defense(spec: DefenseSpec, device: torch.device | str = "cpu") -> nn.Module:
-    """The defence named by ``spec`` in eval mode on ``device``."""
+    """The defense named by ``spec`` in eval mode on ``device``."""
     return get_defense(spec.name).builder(spec, torch.device(device)).eval()
 
 
 def checkpoint_files(spec: DefenseSpec, *, transfer_source: bool = False) -> list[Path]:
     """The checkpoint files ``build_defense(spec)`` reads (for provenance hashes); with ``transfer_source``
-    also those of :data:`TRANSFER_SOURCE`, the defence the sanity checks transfer from (digits only)."""
+    also those of :data:`TRANSFER_SOURCE`, the defense the sanity checks transfer from (digits only)."""
     info = get_defense(spec.name)
     files = list(info.checkpoints(spec)) if info.checkpoints is not None else []
     if transfer_source and not spec.ckpt_dir:

@@ -1,7 +1,7 @@
 """Build and run the evaluated attack: the one place the evaluation (runner.py) and its checks (checks.py) share.
 
 The attack comes from the registry (rdc_lib.attacks.registry) by the configuration's name; the registry's
-facts say which extra arguments it takes (filled in from the configuration or the defence) and whether its
+facts say which extra arguments it takes (filled in from the configuration or the defense) and whether its
 budget counts iterations or queries.
 """
 
@@ -28,12 +28,14 @@ def eval_attack_names() -> tuple[str, ...]:
 def _denoiser(cfg: Any, model: nn.Module) -> nn.Module:
     denoiser = getattr(model, "denoiser", None)
     if denoiser is None:
-        raise ValueError(f"attack {cfg.attack!r} needs a diffusion defence (dc, rdc, diffpure); "
-                         f"{cfg.defense!r} has no denoiser")
+        from ..defenses import defense_names
+
+        raise ValueError(f"attack {cfg.attack!r} needs a diffusion defence "
+                         f"({', '.join(defense_names(needs_denoiser=True))}); {cfg.defense!r} has no denoiser")
     return denoiser
 
 
-# Where each extra argument a registered attack declares comes from: (config, defence) -> value.
+# Where each extra argument a registered attack declares comes from: (config, defense) -> value.
 _EXTRA_SOURCES = {
     "denoiser": _denoiser,
     "n_target_classes": lambda cfg, model: cfg.n_target_classes,

@@ -1,4 +1,4 @@
-"""Batched predictions of a defence: one call, N calls, and "all of R calls correct" (stochastic defences)."""
+"""Batched predictions of a defense: one call, N calls, and "all of R calls correct" (stochastic defenses)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def n_evaluate(model: nn.Module, x: Tensor, n_eval: int, batch: int = 64) -> Ten
     """Predicted labels (n_eval, N) of ``n_eval`` calls on images (N, C, H, W), batched together.
 
     The N images are repeated n_eval times and classified in batches of ``batch``: a stochastic
-    defence draws fresh randomness for every copy (the same as n_eval separate calls), with fewer
+    defense draws fresh randomness for every copy (the same as n_eval separate calls), with fewer
     network calls when N is small.
     """
     reps = x.repeat(n_eval, *([1] * (x.ndim - 1)))

@@ -1,8 +1,8 @@
-"""Robustness evaluation: defence x attack x norm x eps on a slice of the test split.
+"""Robustness evaluation: defense x attack x norm x eps on a slice of the test split.
 
 ``evaluate(cfg)`` classifies clean images, attacks the correctly classified ones, re-classifies every
 final adversarial example ``n_eval`` times (average and worst case over the calls, for randomised
-defences), runs the sanity checks that expose gradient masking, and returns one JSON-able dict.
+defenses), runs the sanity checks that expose gradient masking, and returns one JSON-able dict.
 Per-example records are appended to a JSON-lines file after every chunk (with the adversarial
 images in a safetensors file beside it), so an interrupted run resumes without losing finished chunks.
 """
@@ -35,13 +35,13 @@ _LATER_FIELDS = ("verify", "denoiser")
 
 @dataclass(frozen=True)
 class EvalConfig:
-    defense: str = "dc"             # a registered defence (rdc_lib.defenses.defense_names())
+    defense: str = "dc"             # a registered defense (rdc_lib.defenses.defense_names())
     attack: str = "none"            # "none" or a registered attack (rdc_lib.attacks.attack_names())
     norm: str = "linf"              # one of THREAT_NORMS, supported by the attack
     eps: float = 0.1                # perturbation budget on images in [0, 1]
     n: int = 100                    # number of test images
     offset: int = 0                 # first test image
-    seed: int = 0                   # seeds the attack and the defence's own generator
+    seed: int = 0                   # seeds the attack and the defense's own generator
     eot: int = 1                    # EOT draws per gradient
     verify: int = 1                 # calls that must all misclassify before an attack stops on an example
     steps: int = 20                 # attack iterations
@@ -51,7 +51,7 @@ class EvalConfig:
     timesteps: int = GRID_LEVELS    # T noise levels of the diffusion classifier
     heads: str = "multi"            # denoiser used by dc / rdc / diffpure
     dataset: str = "digits"
-    noise_mode: str = "stochastic"  # defence randomness: "stochastic" | "fixed"
+    noise_mode: str = "stochastic"  # defense randomness: "stochastic" | "fixed"
     grad_mode: str = "exact"        # through RDC's LM / DiffPure's purification: "exact" | "bpda"
     n_eval: int = 1                 # re-classifications of each final adversarial example
     vote: int = 1                   # RDC majority vote over this many stochastic calls
@@ -95,7 +95,7 @@ class EvalConfig:
             self._apply_preset()
 
     def _check_attack(self, defense) -> None:
-        """The attack's registry facts against the threat model and the defence."""
+        """The attack's registry facts against the threat model and the defense."""
         from ..attacks.registry import get_attack
 
         info = get_attack(self.attack)
@@ -188,7 +188,7 @@ def evaluate(
 
     ``restart``: move the stored records of ``cfg`` in ``records_dir`` aside (renamed, never deleted) and
     start afresh; without it, damaged or stale records raise ``StoredStateError`` (see ``records.py``).
-    ``model``: evaluate this defence (x (B, C, H, W) in [0, 1] -> logits (B, K)) instead of building
+    ``model``: evaluate this defense (x (B, C, H, W) in [0, 1] -> logits (B, K)) instead of building
     ``cfg.defense``; ``cfg`` still sets the data, the attack and the checks.
     """
     t0 = time.perf_counter()
@@ -273,7 +273,7 @@ def evaluate(
 
 
 def _clean_verified(model: nn.Module, x: Tensor, y: Tensor, clean: Tensor, verify: int) -> Tensor:
-    """(B,) bool: the images to attack. With ``verify`` = V > 1 (stochastic defences) an image counts as a
+    """(B,) bool: the images to attack. With ``verify`` = V > 1 (stochastic defenses) an image counts as a
     clean error only if V calls all misclassify it (the first call ``clean`` and V - 1 more), as an
     attack counts a success; an image one unlucky call got wrong is attacked like the others."""
     ok = clean == y
