@@ -60,9 +60,9 @@ from rdc_lib.theory import (
     nearest_neighbour_agreement,
     nearest_neighbour_predict,
     nn_certified_radius,
-    robustness_protocol,
     smoothed_surrogate,
 )
+from rdc_lib.evaluation.protocol import robustness_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACK_ORDER = ("cnn", "surrogate", "neighbour", "pgd", "apgd-ce", "apgd-dlr", "square")

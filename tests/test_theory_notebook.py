@@ -26,10 +26,10 @@ from rdc_lib.theory import (
     margin_by_sigma,
     nn_certified_radius,
     restrict_grid,
-    robustness_protocol,
     smoothed_surrogate,
     transfer_pgd,
 )
+from rdc_lib.evaluation.protocol import robustness_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_theory_optimal_classifier.ipynb"
