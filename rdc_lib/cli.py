@@ -21,6 +21,7 @@ import torch
 from .choices import DATASETS, HEADS
 
 if TYPE_CHECKING:
+    from .evaluation.runner import EvalConfig
     from .sweep import SlurmOptions
 
 
@@ -65,12 +66,12 @@ def _add_train_baseline(sub) -> None:
 
 def _eval_choices() -> dict[str, tuple[str, ...]]:
     """The valid values of the choice fields of ``rdc eval``, read from the registries and rdc_lib.choices."""
-    from .choices import DATASETS, GRAD_MODES, HEADS, NOISE_MODES, THREAT_NORMS
+    from .choices import DATASETS, GRAD_MODES, GRID_KINDS, HEADS, NOISE_MODES, THREAT_NORMS
     from .defenses import defense_names
     from .evaluation.attacking import eval_attack_names
 
     return {"defense": defense_names(), "attack": eval_attack_names(), "norm": THREAT_NORMS, "heads": HEADS,
-            "noise_mode": NOISE_MODES, "grad_mode": GRAD_MODES, "dataset": DATASETS}
+            "noise_mode": NOISE_MODES, "grad_mode": GRAD_MODES, "dataset": DATASETS, "grid": GRID_KINDS}
 
 
 def _add_eval(sub) -> None:
@@ -334,13 +335,28 @@ def _cmd_train_baseline(args) -> int:
     return 0
 
 
-def _cmd_eval(args) -> int:
-    from .evaluation.checks import failed_checks, trust_label
-    from .evaluation.runner import EvalConfig, evaluate
-    from .provenance import eval_provenance
+def eval_config(args: argparse.Namespace) -> "EvalConfig":
+    """The ``EvalConfig`` of parsed ``rdc eval`` flags; with a preset, the attack flags not given take the
+    preset's attack budget (``rdc_lib.presets.attack_settings``) and a flag the preset fixes is refused."""
+    from .evaluation.runner import EvalConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name) is not None}
-    cfg = EvalConfig.from_params(given, explicit=set(given))
+    explicit = set(given)
+    preset = given.get("preset") or ("cifar10-paper" if given.get("dataset") == "cifar10" else "")
+    if preset:
+        from .presets import attack_settings
+
+        for name, value in attack_settings(preset, given.get("norm", "linf"), given.get("attack", "")).items():
+            given.setdefault(name, value)
+    return EvalConfig.from_params(given, explicit=explicit)
+
+
+def _cmd_eval(args) -> int:
+    from .evaluation.checks import failed_checks, trust_label
+    from .evaluation.runner import evaluate
+    from .provenance import eval_provenance
+
+    cfg = eval_config(args)
     result = evaluate(cfg, device=args.device, records_dir=args.records, progress=not args.no_progress,
                       restart=args.restart)
     result["provenance"] = eval_provenance(cfg)

@@ -39,7 +39,7 @@ Decisions (each a parameter; the defaults are the paper's settings except the st
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -105,6 +105,10 @@ class LMConfig:
         if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
             raise ValueError(f"sigma_range must be (lo, hi) with 0 < lo <= hi, got {self.sigma_range!r}")
         object.__setattr__(self, "sigma_range", (float(rng[0]), float(rng[1])))
+
+    def kwargs(self) -> dict:
+        """The settings as keyword arguments of :func:`likelihood_maximization`."""
+        return asdict(self)
 
     @property
     def state_size(self) -> int:

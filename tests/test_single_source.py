@@ -125,7 +125,7 @@ def test_one_lm_step_size():
     from rdc_lib.choices import LM_STEP_SIZE
     from rdc_lib.defenses.registry import DefenseSpec
     from rdc_lib.lm import LMConfig
-    from rdc_lib.presets import LMPreset, get_preset
+    from rdc_lib.presets import get_preset
 
-    assert LMConfig().step_size == DefenseSpec().lm_step_size == LMPreset().step_size == LM_STEP_SIZE == 0.03
+    assert LMConfig().step_size == DefenseSpec().lm_step_size == LM_STEP_SIZE == 0.03
     assert get_preset("digits").lm.step_size == 0.03 and get_preset("cifar10-paper").lm.step_size == 0.1

@@ -86,9 +86,7 @@ def _rdc(spec: DefenseSpec, device: torch.device) -> nn.Module:
 
     if spec.ckpt_dir:
         p, denoiser, grid, dc_kwargs = _preset_parts(spec, device)
-        lm_kw = p.lm.kwargs()
-        lm = LMConfig(**{k: lm_kw[k] for k in ("steps", "step_size", "eta", "norm", "sigma_range", "optimizer")})
-        return RobustDiffusionClassifier(denoiser, DiffusionClassifier(denoiser, grid, **dc_kwargs), lm=lm,
+        return RobustDiffusionClassifier(denoiser, DiffusionClassifier(denoiser, grid, **dc_kwargs), lm=p.lm,
                                          grad_mode=spec.grad_mode, noise_mode=p.dc.noise_mode, seed=spec.seed)
     lm = LMConfig(steps=spec.lm_steps, eta=spec.lm_eta, step_size=spec.lm_step_size, norm=spec.lm_norm)
     return RobustDiffusionClassifier(

@@ -25,7 +25,7 @@ Weightings (``rdc_lib.choices.GRID_WEIGHTINGS``) for ``paper`` and ``karras``:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
@@ -47,6 +47,21 @@ class NoiseGrid:
         return NoiseGrid(self.sigmas.to(device, dtype), self.weights.to(device, dtype), self.kind, self.weighting)
 
 
+@dataclass(frozen=True)
+class GridConfig:
+    """The settings of a noise grid, i.e. the keyword arguments of :func:`make_grid` that presets fix
+    (docs/paper.md section 3): ``make_grid(**cfg.kwargs())``."""
+
+    T: int = GRID_LEVELS            # number of levels
+    kind: str = GRID_KIND           # one of rdc_lib.choices.GRID_KINDS
+    weighting: str = "edm"          # lambda(sigma) p_LN(sigma) d_sigma
+    sigma_min: float = 1e-4
+    sigma_max: float = 3.0
+
+    def kwargs(self) -> dict:
+        return asdict(self)
+
+
 def edm_lambda(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
     """EDM loss weight lambda(sigma) = (sigma^2 + s_d^2) / (sigma s_d)^2."""
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
@@ -62,9 +77,9 @@ def make_grid(
     T: int = GRID_LEVELS,
     kind: str = GRID_KIND,
     *,
-    weighting: str = "edm",
-    sigma_min: float = 1e-4,
-    sigma_max: float = 3.0,
+    weighting: str = GridConfig.weighting,
+    sigma_min: float = GridConfig.sigma_min,
+    sigma_max: float = GridConfig.sigma_max,
     P_mean: float = -1.2,
     P_std: float = 1.2,
     sigma_data: float = 0.5,

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..choices import DATASETS, GRAD_MODES, GRID_LEVELS, HEADS, NOISE_MODES, THREAT_NORMS, check_choice
+from ..choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, HEADS, LM_ETA, LM_STEP_SIZE, LM_STEPS,
+                       NOISE_MODES, THREAT_NORMS, check_choice)
 from ..data import load_dataset
 from ..defenses import DefenseSpec, build_defense, defense_names, get_defense
 from . import checks
@@ -30,7 +31,10 @@ from .stats import wilson
 
 log = logging.getLogger(__name__)
 
-_LATER_FIELDS = ("verify", "denoiser")
+_LATER_FIELDS = ("verify", "denoiser", "grid", "lm_steps", "lm_eta", "lm_step_size")
+# Defence settings added with the registries: refused for a defence that does not read them (registry
+# fact ``extra_args``) and, with a preset, when they differ from the preset's (the preset fixes grid and LM).
+_SPEC_SETTINGS = ("grid", "lm_steps", "lm_eta", "lm_step_size")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,10 @@ class EvalConfig:
     ckpt_dir: str = "data/checkpoints"  # CIFAR-10: folder of the imported EDM checkpoints
     denoiser: str = ""              # digits: a denoiser checkpoint (path, or shipped name like digits_multi_h32)
                                     # replacing the default of `heads`
+    grid: str = GRID_KIND           # kind of the DC's noise grid (rdc_lib.choices.GRID_KINDS)
+    lm_steps: int = LM_STEPS        # RDC's likelihood maximization: N steps,
+    lm_eta: float = LM_ETA          # ball radius in [0, 1] pixel units (eta = eps: --lm-eta 0.1 with --eps 0.1)
+    lm_step_size: float = LM_STEP_SIZE  # and step size (rdc_lib.lm)
 
     def __post_init__(self) -> None:
         defense = get_defense(self.defense)
@@ -91,8 +99,24 @@ class EvalConfig:
         if self.dataset not in defense.datasets:
             raise ValueError(f"on {self.dataset} the defenses are {', '.join(defense_names(datasets=self.dataset))}, "
                              f"got {self.defense!r}")
+        self._check_spec_settings(defense)
         if self.preset or self.dataset == "cifar10":
             self._apply_preset()
+
+    def _check_spec_settings(self, defense) -> None:
+        """The grid and LM settings: valid, read by the defence, not overridden by a preset."""
+        check_choice("grid", self.grid, GRID_KINDS)
+        if self.lm_steps < 0 or not self.lm_eta >= 0 or not self.lm_step_size > 0:
+            raise ValueError(f"LM settings must be lm_steps >= 0, lm_eta >= 0, lm_step_size > 0; got {self.lm_steps}, "
+                             f"{self.lm_eta}, {self.lm_step_size}")
+        changed = [n for n in _SPEC_SETTINGS if getattr(self, n) != getattr(EvalConfig, n)]
+        unread = [n for n in changed if n not in defense.extra_args]
+        if unread:
+            readers = ", ".join(n for n in defense_names() if set(unread) <= set(get_defense(n).extra_args))
+            raise ValueError(f"defense {self.defense!r} does not read {', '.join(unread)} (defenses that do: {readers})")
+        if changed and (self.preset or self.dataset == "cifar10"):
+            raise ValueError(f"{', '.join(changed)}: the preset {self.preset or 'cifar10-paper'!r} fixes the grid and "
+                             "the LM settings (rdc presets NAME shows them); drop the flag or leave out the preset")
 
     def _check_attack(self, defense) -> None:
         """The attack's registry facts against the threat model and the defense."""
@@ -157,8 +181,11 @@ class EvalConfig:
 
 
 def defense_spec(cfg: EvalConfig) -> DefenseSpec:
-    return DefenseSpec(name=cfg.defense, heads=cfg.heads, timesteps=cfg.timesteps, noise_mode=cfg.noise_mode,
-                       grad_mode=cfg.grad_mode, seed=cfg.seed, vote=cfg.vote, preset=cfg.preset,
+    """The defence part of ``cfg``: every ``DefenseSpec`` field ``EvalConfig`` has under the same name (one
+    definition: a setting added to both reaches the builder without a copy here), plus name, denoiser_path and
+    ckpt_dir (CIFAR-10 only)."""
+    shared = ({f.name for f in fields(DefenseSpec)} & {f.name for f in fields(EvalConfig)}) - {"ckpt_dir"}
+    return DefenseSpec(name=cfg.defense, **{k: getattr(cfg, k) for k in sorted(shared)},
                        ckpt_dir=cfg.ckpt_dir if cfg.dataset == "cifar10" else "",
                        denoiser_path=str(resolve_denoiser(cfg.denoiser)) if cfg.denoiser else None)
 
