@@ -46,7 +46,7 @@ from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion.schedules import make_grid
-from rdc_lib.evaluation.checks import LARGE_EPS
+from rdc_lib.evaluation.checks import LARGE_BUDGET_MAX, LARGE_EPS
 from rdc_lib.evaluation.stats import wilson
 from rdc_lib.grad import check_gradients_finite_nonzero, finite_difference_check, gradient_cosine_similarity
 from rdc_lib.models import load_denoiser
@@ -162,7 +162,7 @@ def sanity_checks(fixed, stochastic, x, y, main, *, norm, eps, steps, square_que
                               "detail": "stochastic mode, 4 draws, margin loss"}
     big = build_attack("apgd-dlr", fixed, norm=norm, eps=LARGE_EPS[norm], steps=steps, seed=seed)
     large = _robust_on(fixed, big, x, y)
-    out["large_budget"] = {"passed": large <= 0.1, "robust_acc": large, "eps": LARGE_EPS[norm]}
+    out["large_budget"] = {"passed": large <= LARGE_BUDGET_MAX, "robust_acc": large, "eps": LARGE_EPS[norm]}
     white = main.robust["apgd-dlr"][:n] & main.robust["apgd-ce"][:n] & main.robust["pgd"][:n]
     base = float(white.float().mean())
     more = _robust_on(fixed, build_attack("apgd-dlr", fixed, norm=norm, eps=eps, steps=2 * steps, seed=seed + 1), x, y)

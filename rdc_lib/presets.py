@@ -153,10 +153,14 @@ def eval_settings(preset: str | Preset) -> dict[str, object]:
 
 def attack_settings(preset: str | Preset, norm: str = "linf", attack: str = "") -> dict[str, object]:
     """The attack budget of ``preset`` as ``EvalConfig`` fields (steps, restarts, eot, eps) for threat model
-    ``norm``; StAdv (``attack`` 'stadv' or norm 'flow') takes the flow bound and its own iteration count.
-    ``rdc eval --preset NAME`` fills the attack flags not given with these values."""
-    a = (get_preset(preset) if isinstance(preset, str) else preset).attack
-    if attack == "stadv" or norm == "flow":
+    ``norm``; a flow-bound attack (registry fact ``norms`` ('flow',), e.g. StAdv) or norm 'flow' takes the
+    flow bound and its own iteration count. ``rdc eval --preset NAME`` fills the attack flags not given with these."""
+    from .attacks.registry import get_attack
+
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    a = p.attack
+    get_attack(a.attack)  # the preset's own attack is a registered one
+    if norm == "flow" or (attack and get_attack(attack).norms == ("flow",)):
         return {"steps": a.stadv_iterations, "restarts": a.restarts, "eot": a.eot, "eps": a.stadv_bound}
     return {"steps": a.iterations, "restarts": a.restarts, "eot": a.eot, "eps": a.eps_linf if norm == "linf" else a.eps_l2}
 

@@ -174,3 +174,15 @@ def test_new_modules_need_no_other_file():
         a.write_text(ATTACK_MODULE)
         b.write_text(DEFENSE_MODULE)
         subprocess.run([sys.executable, "-c", code, str(a), str(b)], check=True, cwd=ROOT)
+
+
+def test_presets_name_registered_attacks_and_defenses():
+    """Every preset's attack is registered, and its dataset has defences that take its checkpoints."""
+    from rdc_lib.defenses import defense_names
+    from rdc_lib.presets import PRESETS, attack_settings
+
+    for p in PRESETS.values():
+        info = attack_registry.get_attack(p.attack.attack)
+        assert set(info.norms) >= {"linf", "l2"}
+        assert {"dc", "rdc"} <= set(defense_names(datasets=p.data.dataset))
+        assert attack_settings(p, "linf", "stadv")["eps"] == p.attack.stadv_bound  # a flow attack by its facts

@@ -48,12 +48,12 @@ class _ChunkedELBOSum(torch.autograd.Function):
         x, noise, classes = ctx.saved_tensors
         denoiser, grid, chunk = ctx.denoiser, ctx.grid, ctx.chunk
         grad_x = torch.zeros_like(x)
-        t_len = len(grid)
+        T = len(grid)
         batch = x.shape[0]
         per_chunk = levels_per_chunk(denoiser, batch, classes.numel(), noise.shape[1] == 1, chunk)
         noise_b = noise.expand(batch, *noise.shape[1:]) if noise.shape[0] == 1 else noise
-        for start in range(0, t_len, per_chunk):
-            sl = slice(start, min(start + per_chunk, t_len))
+        for start in range(0, T, per_chunk):
+            sl = slice(start, min(start + per_chunk, T))
             sub = NoiseGrid(grid.sigmas[sl], grid.weights[sl], grid.kind, grid.weighting)
             with torch.enable_grad():
                 xc = x.detach().requires_grad_(True)
