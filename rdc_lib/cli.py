@@ -77,7 +77,7 @@ def _eval_choices() -> dict[str, tuple[str, ...]]:
 def _add_eval(sub) -> None:
     from .evaluation.runner import EvalConfig
 
-    p = sub.add_parser("eval", help="evaluate a defence under an attack on the digits test split")
+    p = sub.add_parser("eval", help="evaluate a defense under an attack on the digits test split")
     choices = _eval_choices()
     # default None: the flags given on the command line are known, so a --preset can refuse a conflicting one
     for f in fields(EvalConfig):
