@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion import make_grid
 from rdc_lib.evaluation.stats import wilson

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.data import load_dataset
 from rdc_lib.grad import (
@@ -36,8 +36,8 @@ from rdc_lib.lm import LMConfig, draw_lm_noise, likelihood_maximization
 from rdc_lib.lm_grad import lm_exact
 from rdc_lib.models.checkpoints import load_denoiser
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
-from rdc_lib.purify import DiffPure
-from rdc_lib.rdc import RobustDiffusionClassifier
+from rdc_lib.defenses.purify import DiffPure
+from rdc_lib.defenses.rdc import RobustDiffusionClassifier
 from rdc_lib.train import DIGITS_BACKBONE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def sanity_table(args, device: torch.device) -> None:
     cnn_path = ROOT / "data" / "checkpoints" / "digits_cnn.safetensors"
     cnn = None
     if cnn_path.exists():
-        from rdc_lib.baselines import load_classifier
+        from rdc_lib.defenses.baselines import load_classifier
 
         cnn = load_classifier(cnn_path, device=device)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.models import DenoiserConfig, build_denoiser, load_denoiser

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion import make_grid
 from rdc_lib.diffusion.elbo import elbo_terms
@@ -30,7 +30,7 @@ from rdc_lib.grad import SavedTensorMeter, model_parameters
 from rdc_lib.lm import LMConfig, likelihood_maximization
 from rdc_lib.models import load_denoiser
 from rdc_lib.paths import checkpoint_path
-from rdc_lib.rdc import RobustDiffusionClassifier
+from rdc_lib.defenses.rdc import RobustDiffusionClassifier
 
 
 @torch.no_grad()
@@ -64,7 +64,7 @@ def memory(args, x, y) -> dict:
     res = {}
     grads = {}
     for mode in ("autograd", "chunked"):
-        dc = DiffusionClassifier(den, grid, noise_mode="fixed", grad_mode=mode, chunk_size=args.chunk)
+        dc = DiffusionClassifier(den, grid, noise_mode="fixed", backward_mode=mode, chunk_size=args.chunk)
         xr = xb.clone().requires_grad_(True)
         with SavedTensorMeter(exclude=model_parameters(den)) as meter:
             loss = torch.nn.functional.cross_entropy(dc(xr), y[: args.mem_batch])

@@ -117,9 +117,10 @@ def same_judge(cfg: dict, records: dict[str, Path], seeds: int) -> dict:
     from safetensors.torch import load_file
 
     from rdc_lib.evaluation.records import records_paths
-    from rdc_lib.evaluation.runner import defense_spec, n_evaluate
+    from rdc_lib.evaluation.prediction import n_evaluate
+    from rdc_lib.evaluation.runner import defense_spec
     from rdc_lib.data import load_dataset
-    from rdc_lib.evaluation.defenses import build_defense
+    from rdc_lib.defenses import build_defense
 
     conf = EvalConfig(**cfg)
     x_all, y_all = load_dataset(conf.dataset, "test")

@@ -23,7 +23,7 @@ import torch
 
 from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import EvalConfig
-from rdc_lib.evaluation.defenses import build_defense
+from rdc_lib.defenses import build_defense
 from rdc_lib.evaluation.runner import defense_spec
 from rdc_lib.provenance import eval_provenance
 

@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 
 from rdc_lib.data import load_dataset
-from rdc_lib.evaluation import DefenseSpec, EvalConfig, build_defense, evaluate
+from rdc_lib.defenses import DefenseSpec, build_defense
+from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES, checks_protocol, trust_label
-from rdc_lib.evaluation.defenses import checkpoint_files
+from rdc_lib.defenses import checkpoint_files
 from rdc_lib.grad import EOT_TARGET, gradient_cosine_similarity, suggest_eot
 from rdc_lib.provenance import describe, eval_provenance, provenance
 

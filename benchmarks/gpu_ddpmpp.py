@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.models import build_denoiser, load_denoiser
 from rdc_lib.models.ddpmpp import ddpmpp_config, set_fp16
@@ -127,7 +127,7 @@ def lm_figures(net, x: torch.Tensor, args, device: torch.device) -> dict:
 def attack_figures(net, x: torch.Tensor, args, device: torch.device) -> dict:
     """One exact-gradient step: logits -> cross-entropy -> d loss / d x through the chunked DC."""
     dc = DiffusionClassifier(net, make_grid(args.T), noise_mode="fixed", seed=args.seed, chunk_size=args.grad_chunk,
-                             grad_mode="chunked")
+                             backward_mode="chunked")
     y = torch.arange(x.shape[0], device=device) % K
 
     def step() -> torch.Tensor:

@@ -97,9 +97,11 @@ class Split:
 
 def _instrument(split: Split) -> None:
     """Wrap the hot functions of the library (this process only)."""
-    from rdc_lib import classifier, lm, lm_grad, rdc
+    from rdc_lib import lm, lm_grad
+    from rdc_lib.defenses import classifier, rdc
     from rdc_lib.attacks import base
     from rdc_lib.evaluation import checks, runner
+    from rdc_lib.evaluation import prediction as predict_module
 
     ctx = base.AttackContext
     ctx.loss_grad = split.wrap(ctx.loss_grad, phase="attack: gradient steps")
@@ -132,7 +134,7 @@ def _instrument(split: Split) -> None:
     def predict(model, x, batch=64):
         return (neval_predict if state["attacked"] else clean_predict)(model, x, batch)
 
-    orig_run_attack = runner._run_attack
+    orig_run_attack = runner.run_attack
 
     def run_attack(*a, **k):
         try:
@@ -141,7 +143,8 @@ def _instrument(split: Split) -> None:
             state["attacked"] = True
 
     runner.predict = predict
-    runner._run_attack = run_attack
+    predict_module.predict = predict  # N-evaluation and the checks' reads call it there
+    runner.run_attack = run_attack
     # components
     f = lm_grad._LMRecompute
     f.forward = staticmethod(split.wrap(f.forward, component="LM forward"))
@@ -162,7 +165,7 @@ def _op_share(n: int, seed: int) -> dict:
     from rdc_lib.attacks.base import AttackContext
     from rdc_lib.attacks.losses import ce_loss
     from rdc_lib.data import load_dataset
-    from rdc_lib.evaluation import DefenseSpec, build_defense
+    from rdc_lib.defenses import DefenseSpec, build_defense
 
     x, y = load_dataset("digits", "test")
     x, y = x[:n], y[:n]

@@ -34,9 +34,9 @@ PUBLIC: dict[str, str] = {
     "make_grid": "rdc_lib.diffusion.schedules:make_grid",
     "restrict_grid": "rdc_lib.diffusion.schedules:restrict_grid",
     # the diffusion classifier (DC)
-    "DiffusionClassifier": "rdc_lib.classifier:DiffusionClassifier",
-    "POSTERIOR_SCALE_NOTE": "rdc_lib.classifier:POSTERIOR_SCALE_NOTE",
-    "bayes_posterior": "rdc_lib.classifier:bayes_posterior",
+    "DiffusionClassifier": "rdc_lib.defenses.classifier:DiffusionClassifier",
+    "POSTERIOR_SCALE_NOTE": "rdc_lib.defenses.classifier:POSTERIOR_SCALE_NOTE",
+    "bayes_posterior": "rdc_lib.defenses.classifier:bayes_posterior",
     # likelihood maximization (LM) and the robust diffusion classifier (RDC)
     "LMConfig": "rdc_lib.lm:LMConfig",
     "LMNoise": "rdc_lib.lm:LMNoise",
@@ -44,12 +44,12 @@ PUBLIC: dict[str, str] = {
     "likelihood_maximization": "rdc_lib.lm:likelihood_maximization",
     "lm_bpda": "rdc_lib.lm_grad:lm_bpda",
     "lm_exact": "rdc_lib.lm_grad:lm_exact",
-    "RDCNoise": "rdc_lib.rdc:RDCNoise",
-    "RobustDiffusionClassifier": "rdc_lib.rdc:RobustDiffusionClassifier",
+    "RDCNoise": "rdc_lib.defenses.rdc:RDCNoise",
+    "RobustDiffusionClassifier": "rdc_lib.defenses.rdc:RobustDiffusionClassifier",
     # other defences
-    "DiffPure": "rdc_lib.purify:DiffPure",
-    "DigitsCNN": "rdc_lib.baselines:DigitsCNN",
-    "load_classifier": "rdc_lib.baselines:load_classifier",
+    "DiffPure": "rdc_lib.defenses.purify:DiffPure",
+    "DigitsCNN": "rdc_lib.defenses.baselines:DigitsCNN",
+    "load_classifier": "rdc_lib.defenses.baselines:load_classifier",
     # attacks
     "ATTACK_NAMES": "rdc_lib.attacks:ATTACK_NAMES",
     "Attack": "rdc_lib.attacks:Attack",
@@ -63,6 +63,7 @@ PUBLIC: dict[str, str] = {
     "Square": "rdc_lib.attacks:Square",
     "StAdv": "rdc_lib.attacks:StAdv",
     "build_attack": "rdc_lib.attacks:build_attack",
+    "register_attack": "rdc_lib.attacks:register_attack",
     "run_ensemble": "rdc_lib.attacks:run_ensemble",
     "transfer_pgd": "rdc_lib.attacks:transfer_pgd",
     # gradient diagnostics
@@ -71,10 +72,13 @@ PUBLIC: dict[str, str] = {
     "finite_difference_check": "rdc_lib.grad:finite_difference_check",
     "gradient_cosine_similarity": "rdc_lib.grad:gradient_cosine_similarity",
     "suggest_eot": "rdc_lib.grad:suggest_eot",
+    "DefenseSpec": "rdc_lib.defenses:DefenseSpec",
+    "build_defense": "rdc_lib.defenses:build_defense",
+    "register_defense": "rdc_lib.defenses:register_defense",
     # evaluation
     "EvalConfig": "rdc_lib.evaluation.runner:EvalConfig",
     "evaluate": "rdc_lib.evaluation.runner:evaluate",
-    "robustness_protocol": "rdc_lib.theory:robustness_protocol",
+    "robustness_protocol": "rdc_lib.evaluation.protocol:robustness_protocol",
     "wilson": "rdc_lib.evaluation.stats:wilson",
     # theory (docs/paper.md section 6)
     "denoiser_error_by_sigma": "rdc_lib.theory:denoiser_error_by_sigma",

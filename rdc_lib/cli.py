@@ -18,15 +18,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .choices import DATASETS, HEADS
+
 if TYPE_CHECKING:
+    from .evaluation.runner import EvalConfig
     from .sweep import SlurmOptions
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a digits (or CIFAR-10) denoiser; resumes if interrupted")
-    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10"])
+    p.add_argument("--dataset", default="digits", choices=DATASETS)
     p.add_argument("--data-root", default=None, help="folder of the CIFAR-10 python batches")
-    p.add_argument("--heads", default="single", choices=["single", "multi"])
+    p.add_argument("--heads", default="single", choices=HEADS)
     p.add_argument("--arch", default="unet_small")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -61,14 +64,27 @@ def _add_train_baseline(sub) -> None:
     p.add_argument("--threads", type=int, default=1)
 
 
+def _eval_choices() -> dict[str, tuple[str, ...]]:
+    """The valid values of the choice fields of ``rdc eval``, read from the registries and rdc_lib.choices."""
+    from .choices import DATASETS, GRAD_MODES, GRID_KINDS, HEADS, NOISE_MODES, THREAT_NORMS
+    from .defenses import defense_names
+    from .evaluation.attacking import eval_attack_names
+
+    return {"defense": defense_names(), "attack": eval_attack_names(), "norm": THREAT_NORMS, "heads": HEADS,
+            "noise_mode": NOISE_MODES, "grad_mode": GRAD_MODES, "dataset": DATASETS, "grid": GRID_KINDS}
+
+
 def _add_eval(sub) -> None:
     from .evaluation.runner import EvalConfig
 
-    p = sub.add_parser("eval", help="evaluate a defence under an attack on the digits test split")
+    p = sub.add_parser("eval", help="evaluate a defense under an attack on the digits test split")
+    choices = _eval_choices()
     # default None: the flags given on the command line are known, so a --preset can refuse a conflicting one
     for f in fields(EvalConfig):
         flag = "--" + f.name.replace("_", "-")
         helptext = f"default {f.default!r}"
+        if f.name in choices:  # listed, not enforced by argparse: EvalConfig names the valid choices itself
+            helptext += f"; one of: {', '.join(choices[f.name])}"
         if f.name == "timesteps":
             p.add_argument(flag, "--T", dest=f.name, type=int, default=None, help=helptext)
         elif f.type in ("bool", bool):
@@ -110,7 +126,7 @@ def _add_import_edm(sub) -> None:
     p = sub.add_parser("import-edm", help="convert an official EDM network pickle into a safe checkpoint")
     p.add_argument("src", help="official EDM .pkl file")
     p.add_argument("out", help="output .safetensors path")
-    p.add_argument("--heads", default="single", choices=["single", "multi"])
+    p.add_argument("--heads", default="single", choices=HEADS)
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--key", default="ema", help="which network of the pickle's dict to import")
     p.add_argument("--any-size", action="store_true", help="accept any DDPM++ size, not only the CIFAR-10 preset")
@@ -312,20 +328,35 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_train_baseline(args) -> int:
-    from .baselines import train_baseline_kind
+    from .defenses.baselines import train_baseline_kind
 
     torch.set_num_threads(args.threads)  # 1 thread reproduces the shipped files bit for bit
     print(json.dumps(train_baseline_kind(args.kind, args.out, seed=args.seed)))
     return 0
 
 
-def _cmd_eval(args) -> int:
-    from .evaluation.checks import failed_checks, trust_label
-    from .evaluation.runner import EvalConfig, evaluate
-    from .provenance import eval_provenance
+def eval_config(args: argparse.Namespace) -> "EvalConfig":
+    """The ``EvalConfig`` of parsed ``rdc eval`` flags; with a preset, the attack flags not given take the
+    preset's attack budget (``rdc_lib.presets.attack_settings``) and a flag the preset fixes is refused."""
+    from .evaluation.runner import EvalConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name) is not None}
-    cfg = EvalConfig.from_params(given, explicit=set(given))
+    explicit = set(given)
+    preset = given.get("preset") or ("cifar10-paper" if given.get("dataset") == "cifar10" else "")
+    if preset:
+        from .presets import attack_settings
+
+        for name, value in attack_settings(preset, given.get("norm", "linf"), given.get("attack", "")).items():
+            given.setdefault(name, value)
+    return EvalConfig.from_params(given, explicit=explicit)
+
+
+def _cmd_eval(args) -> int:
+    from .evaluation.checks import failed_checks, trust_label
+    from .evaluation.runner import evaluate
+    from .provenance import eval_provenance
+
+    cfg = eval_config(args)
     result = evaluate(cfg, device=args.device, records_dir=args.records, progress=not args.no_progress,
                       restart=args.restart)
     result["provenance"] = eval_provenance(cfg)

@@ -39,12 +39,13 @@ Decisions (each a parameter; the defaults are the paper's settings except the st
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from .choices import LM_ETA, LM_NORMS, LM_OPTIMIZERS, LM_STEP_SIZE, LM_STEPS
 from .models.base import Denoiser
 from .utils import check_images
 
@@ -64,8 +65,6 @@ __all__ = [
     "unconditional_loss",
 ]
 
-LM_NORMS = ("linf", "l2")
-LM_OPTIMIZERS = ("sgd", "sign", "adam")
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 _TINY = 1e-20  # keeps rms(g) and ||delta|| away from 0 (smoothly)
@@ -84,9 +83,9 @@ class LMDivergenceError(ValueError):
 class LMConfig:
     """Settings of likelihood maximization (defaults: the paper's, docs/paper.md section 4)."""
 
-    steps: int = 5                                        # N gradient steps
-    step_size: float = 0.03                               # model-space units (see module docstring)
-    eta: float = 8 / 255                                  # ball radius in [0, 1] pixel units
+    steps: int = LM_STEPS                                 # N gradient steps
+    step_size: float = LM_STEP_SIZE                       # model-space units (see module docstring)
+    eta: float = LM_ETA                                   # ball radius in [0, 1] pixel units
     norm: Literal["linf", "l2"] = "linf"                  # ball of the projection
     sigma_range: tuple[float, float] = (0.4, 0.6)         # sigma ~ U(lo, hi) per step, model space
     optimizer: Literal["sgd", "sign", "adam"] = "sgd"     # 'sgd' = normalised gradient steps
@@ -106,6 +105,10 @@ class LMConfig:
         if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
             raise ValueError(f"sigma_range must be (lo, hi) with 0 < lo <= hi, got {self.sigma_range!r}")
         object.__setattr__(self, "sigma_range", (float(rng[0]), float(rng[1])))
+
+    def kwargs(self) -> dict:
+        """The settings as keyword arguments of :func:`likelihood_maximization`."""
+        return asdict(self)
 
     @property
     def state_size(self) -> int:
@@ -278,9 +281,9 @@ def likelihood_maximization(
     denoiser: Denoiser,
     x: Tensor,                                            # (B, C, H, W) in [0, 1]
     *,
-    steps: int = 5,
-    step_size: float = 0.03,
-    eta: float = 8 / 255,
+    steps: int = LM_STEPS,
+    step_size: float = LM_STEP_SIZE,
+    eta: float = LM_ETA,
     norm: Literal["linf", "l2"] = "linf",
     sigma_range: tuple[float, float] = (0.4, 0.6),
     optimizer: Literal["sgd", "sign", "adam"] = "sgd",

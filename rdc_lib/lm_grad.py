@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .choices import LM_GRAPH_MODES
 from .lm import LMConfig, LMNoise, likelihood_maximization, lm_step, run_lm
 from .models.base import Denoiser
 from .utils import check_images
@@ -79,7 +80,6 @@ def _checked(denoiser: Denoiser, x: Tensor, noise: LMNoise, cfg: LMConfig) -> LM
 # input elements x LM steps up to which ``lm_graph="auto"`` keeps the unrolled graph (digits: a batch of
 # up to 204 images at N = 5; CIFAR-10: up to 4 images); above it the per-step recomputation bounds memory
 LM_UNROLL_MAX_ELEMENTS = 2**16
-LM_GRAPH_MODES = ("auto", "recompute", "unroll")
 
 
 def lm_unrolls(x: Tensor, cfg: LMConfig, lm_graph: Literal["auto", "recompute", "unroll"] = "auto") -> bool:

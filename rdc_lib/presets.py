@@ -1,7 +1,8 @@
 """Named experiment presets: the small CPU defaults ('digits') and the paper's CIFAR-10 settings.
 
 Each preset is a frozen :class:`Preset` of frozen groups (grid, DC, LM, attack, evaluation data,
-checkpoints), with the names the library functions use, so a caller writes e.g.
+checkpoints); the grid and LM groups are the library's own settings classes (``GridConfig``, ``LMConfig``),
+and every group uses the names the library functions use, so a caller writes e.g.
 ``make_grid(**p.grid.kwargs())`` or ``likelihood_maximization(den, x, **p.lm.kwargs())``.
 Sources are docs/paper.md sections 2-4 and 7; where the paper and the released code differ the
 field comment says which one a value follows.
@@ -18,26 +19,14 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .data.cifar10 import CIFAR10_FILES
+from .diffusion.schedules import GridConfig
+from .lm import LMConfig
 
 __all__ = [
-    "AttackPreset", "CheckpointPreset", "DCPreset", "DataPreset", "GridPreset", "LMPreset", "PRESETS", "Preset",
-    "PRESET_EVAL_FIELDS", "RequiredFiles", "eval_settings", "get_preset", "preset_conflicts", "preset_names",
+    "AttackPreset", "CheckpointPreset", "DCPreset", "DataPreset", "PRESETS", "Preset", "PRESET_EVAL_FIELDS",
+    "RequiredFiles", "attack_settings", "eval_settings", "get_preset", "preset_conflicts", "preset_names",
     "required_files",
 ]
-
-
-@dataclass(frozen=True)
-class GridPreset:
-    """Noise levels of the diffusion classifier (docs/paper.md section 3); kwargs of ``make_grid``."""
-
-    T: int = 32                     # number of levels
-    kind: str = "paper"             # linspace(sigma_min, sigma_max, T + 1)[:-1]
-    weighting: str = "edm"          # lambda(sigma) p_LN(sigma) d_sigma
-    sigma_min: float = 1e-4
-    sigma_max: float = 3.0
-
-    def kwargs(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -47,21 +36,6 @@ class DCPreset:
     noise_mode: str = "fixed"       # 'fixed': one eps draw reused, a deterministic classifier (EOT 1 suffices)
     shared_noise: bool = True       # same eps for every class
     chunk_size: int = 4096          # max (image, class, level) triples per network call
-
-    def kwargs(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class LMPreset:
-    """Likelihood maximization (docs/paper.md section 4); kwargs of ``likelihood_maximization``."""
-
-    steps: int = 5                               # N
-    step_size: float = 0.1                       # model-space units
-    eta: float = 8 / 255                         # ball radius, [0, 1] pixel units
-    norm: str = "linf"
-    sigma_range: tuple[float, float] = (0.4, 0.6)  # sigma ~ U(lo, hi), model space [-1, 1]
-    optimizer: str = "sgd"                       # rdc_lib.lm's default; the released code uses Adam
 
     def kwargs(self) -> dict:
         return asdict(self)
@@ -106,9 +80,9 @@ class CheckpointPreset:
 class Preset:
     name: str
     description: str
-    grid: GridPreset
+    grid: GridConfig                # the library's own settings classes: make_grid(**grid.kwargs())
     dc: DCPreset
-    lm: LMPreset
+    lm: LMConfig                    # likelihood_maximization(..., config=lm)
     attack: AttackPreset
     data: DataPreset
     checkpoints: CheckpointPreset
@@ -123,9 +97,9 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
     "digits": Preset(
         name="digits",
         description="small CPU run on scikit-learn's 8x8 digits with the shipped denoisers",
-        grid=GridPreset(T=32),
+        grid=GridConfig(),
         dc=DCPreset(noise_mode="fixed", shared_noise=True),
-        lm=LMPreset(step_size=0.03),  # normalised-gradient steps; see rdc_lib/lm.py
+        lm=LMConfig(),  # normalised-gradient steps (rdc_lib/lm.py explains the step size)
         attack=AttackPreset(iterations=20, restarts=1, eps_linf=0.1, eps_l2=0.5, stadv_iterations=20, batch_size=60),
         data=DataPreset(dataset="digits", num_test=60, num_ablation=60),
         checkpoints=CheckpointPreset(classifier="digits_single.safetensors"),
@@ -134,9 +108,9 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
     "cifar10-paper": Preset(
         name="cifar10-paper",
         description="the paper's CIFAR-10 settings with NVlabs EDM's released DDPM++ networks",
-        grid=GridPreset(T=1000),
+        grid=GridConfig(T=1000),
         dc=DCPreset(noise_mode="fixed", shared_noise=False, chunk_size=2000),
-        lm=LMPreset(step_size=0.1, optimizer="adam"),
+        lm=LMConfig(step_size=0.1, optimizer="adam"),  # the paper's Adam learning rate
         attack=AttackPreset(),
         data=DataPreset(),
         checkpoints=CheckpointPreset(
@@ -175,6 +149,20 @@ def eval_settings(preset: str | Preset) -> dict[str, object]:
     called once per image, as the released RDC is)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     return dict(zip(PRESET_EVAL_FIELDS, (p.data.dataset, p.grid.T, p.dc.noise_mode, p.checkpoints.heads, 1)))
+
+
+def attack_settings(preset: str | Preset, norm: str = "linf", attack: str = "") -> dict[str, object]:
+    """The attack budget of ``preset`` as ``EvalConfig`` fields (steps, restarts, eot, eps) for threat model
+    ``norm``; a flow-bound attack (registry fact ``norms`` ('flow',), e.g. StAdv) or norm 'flow' takes the
+    flow bound and its own iteration count. ``rdc eval --preset NAME`` fills the attack flags not given with these."""
+    from .attacks.registry import get_attack
+
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    a = p.attack
+    get_attack(a.attack)  # the preset's own attack is a registered one
+    if norm == "flow" or (attack and get_attack(attack).norms == ("flow",)):
+        return {"steps": a.stadv_iterations, "restarts": a.restarts, "eot": a.eot, "eps": a.stadv_bound}
+    return {"steps": a.iterations, "restarts": a.restarts, "eot": a.eot, "eps": a.eps_linf if norm == "linf" else a.eps_l2}
 
 
 def preset_conflicts(preset: str | Preset, values: Mapping[str, object]) -> list[str]:

@@ -135,8 +135,9 @@ def describe(row: dict) -> str:
 def eval_provenance(cfg: Any, *, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``provenance`` of one ``rdc_lib.evaluation.EvalConfig`` run: hashes of the checkpoints its defence
     reads, plus the CNN the sanity checks transfer from when checks run on a robust evaluation."""
-    from .evaluation.defenses import checkpoint_files
+    from .defenses import TRANSFER_SOURCE, checkpoint_files
+    from .evaluation.attacking import NO_ATTACK
     from .evaluation.runner import defense_spec
 
-    checks = bool(cfg.run_checks) and cfg.attack != "none" and cfg.defense != "cnn"
+    checks = bool(cfg.run_checks) and cfg.attack != NO_ATTACK and cfg.defense != TRANSFER_SOURCE
     return provenance(checkpoint_files(defense_spec(cfg), transfer_source=checks), argv=argv)

@@ -21,7 +21,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 __all__ = ["StoredStateError", "is_stored_state_error", "load_safetensors", "load_torch_state", "move_aside", "restart_aside",
-           "source_version"]
+           "source_version", "sources_version"]
 
 DAMAGED, REPLACED, ORPHANED = "damaged", "replaced", "orphaned"  # tags of move_aside
 
@@ -98,14 +98,29 @@ def load_safetensors(path: Path, *, restart: str) -> dict:
                                restart=restart) from exc
 
 
+def sources_version(root: Path, extra: bytes = b"") -> str:
+    """``<rdc version>+src.<12 hex>``: sha256 over every .py file under ``root`` (relative path and bytes),
+    then ``extra`` (a sweep's target source; rdc_lib.sweep.store.code_version)."""
+    import hashlib
+
+    from . import __version__
+
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    if extra:
+        h.update(extra)
+    return f"{__version__}+src.{h.hexdigest()[:12]}"
+
+
 @lru_cache(maxsize=1)
 def source_version() -> str:
     """The version of the code that writes stored state: the sweep's ``code_version()`` of rdc_lib.
 
     Computed once per process: the code a process runs does not change when files are edited later."""
-    from .sweep.store import code_version
-
-    return code_version()
+    return sources_version(Path(__file__).resolve().parent)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .classifier import DiffusionClassifier
+from .defenses.classifier import DiffusionClassifier
 from .data import dataset_info, load_dataset
 from .diffusion.schedules import make_grid, noise_levels
 from .models.base import Denoiser

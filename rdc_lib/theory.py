@@ -14,8 +14,7 @@ Added for notebook 05 and ``benchmarks/theory_report.py`` (issue 11):
 - ``smoothed_surrogate``: the same classifier on levels sigma >= sigma_min only
   (``rdc_lib.diffusion.restrict_grid``), a smoother surrogate for gradient (BPDA-style) transfer when
   small levels saturate.
-- ``robustness_protocol``: every attack of the protocol on one model, one set, one threat model, with
-  per-attack and worst-case accuracies (counts and 95% Wilson intervals).
+- (the protocol running every attack on one model lives in ``rdc_lib.evaluation.protocol``)
 
 The 1-NN rule the optimal DC approaches lives in ``rdc_lib.nearest_neighbour``; the neighbour and transfer
 attacks in ``rdc_lib.attacks``; the image grids of several denoisers across levels
@@ -28,17 +27,13 @@ held-out test images as well as on training images, and report both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .attacks.neighbour import NeighbourAttack
-from .attacks.transfer import transfer_pgd
-from .classifier import DiffusionClassifier
+from .defenses.classifier import DiffusionClassifier
 from .diffusion.schedules import NoiseGrid, noise_levels, restrict_grid
-from .evaluation.stats import Accuracy, wilson
 from .models.base import Denoiser
 from .models.optimal import OptimalDenoiser
 from .utils import check_images, check_labels
@@ -50,11 +45,8 @@ __all__ = [
     "optimal_classifier",
     "Dominance",
     "MarginBySigma",
-    "PROTOCOL_ATTACKS",
-    "ProtocolResult",
     "dominant_training_image",
     "margin_by_sigma",
-    "robustness_protocol",
     "smoothed_surrogate",
 ]
 
@@ -138,7 +130,7 @@ def optimal_classifier(
     grid: NoiseGrid | None = None,      # default: the DiffusionClassifier default (paper grid, T = 32)
     *,
     num_classes: int | None = None,
-    **classifier_kwargs,                # forwarded to DiffusionClassifier (noise_mode, seed, grad_mode, ...)
+    **classifier_kwargs,                # forwarded to DiffusionClassifier (noise_mode, seed, backward_mode, ...)
 ) -> DiffusionClassifier:
     """The optimal diffusion classifier: ``DiffusionClassifier(OptimalDenoiser(train split), grid)``."""
     return DiffusionClassifier(OptimalDenoiser(train_images, train_labels, num_classes), grid, **classifier_kwargs)
@@ -271,155 +263,8 @@ def smoothed_surrogate(
     return DiffusionClassifier(
         classifier.denoiser, restrict_grid(classifier.grid, sigma_min), prior=classifier.log_prior.exp().cpu(),
         shared_noise=classifier.shared_noise, noise_mode=classifier.noise_mode,
-        seed=classifier.seed if seed is None else seed, grad_mode=classifier.grad_mode,
+        seed=classifier.seed if seed is None else seed, backward_mode=classifier.backward_mode,
         chunk_size=classifier.chunk_size,
     ).eval()
 
 
-@dataclass
-class ProtocolResult:
-    """Outcome of :func:`robustness_protocol` on N examples: which examples survive which attack."""
-
-    clean_correct: Tensor                 # (N,) bool
-    robust: dict[str, Tensor]             # attack -> (N,) bool: correct on x_adv (on every re-classification)
-    x_adv: dict[str, Tensor]              # attack -> (N, C, H, W) the image that attack returned (x if not run)
-    seconds: dict[str, float]
-    on_survivors: tuple[str, ...] = ()    # attacks run only on examples every earlier attack left robust
-
-    @property
-    def n(self) -> int:
-        return int(self.clean_correct.numel())
-
-    @property
-    def worst(self) -> Tensor:
-        """(N,) bool: correct on the clean image and after every attack."""
-        out = self.clean_correct.clone()
-        for flags in self.robust.values():
-            out &= flags
-        return out
-
-    def accuracy(self, name: str) -> Accuracy:
-        """'clean', 'worst' or an attack name -> count with its 95% Wilson interval."""
-        flags = {"clean": self.clean_correct, "worst": self.worst}.get(name)
-        if flags is None:
-            if name not in self.robust:
-                raise ValueError(f"unknown entry {name!r}; valid choices: clean, worst, {', '.join(self.robust)}")
-            flags = self.robust[name]
-        return wilson(int(flags.sum()), self.n)
-
-    def x_worst(self) -> Tensor:
-        """(N, C, H, W): per example the image of the first attack that broke it, else the first attack's image."""
-        names = list(self.robust)
-        out = self.x_adv[names[0]].clone() if names else None
-        assert out is not None, "no attacks were run"
-        done = ~self.robust[names[0]]
-        for name in names[1:]:
-            take = ~self.robust[name] & ~done
-            out[take] = self.x_adv[name][take]
-            done |= take
-        return out
-
-    def to_dict(self) -> dict:
-        return {"n": self.n, "clean": self.accuracy("clean").as_dict(), "worst": self.accuracy("worst").as_dict(),
-                "attacks": {k: self.accuracy(k).as_dict() for k in self.robust},
-                "seconds": dict(self.seconds), "on_survivors": list(self.on_survivors)}
-
-
-def _verify(model: Callable[[Tensor], Tensor], x_adv: Tensor, y: Tensor, n_eval: int, batch: int) -> Tensor:
-    """(N,) bool: correct on each of ``n_eval`` classifications of x_adv."""
-    ok = torch.ones(x_adv.shape[0], dtype=torch.bool, device=x_adv.device)
-    with torch.no_grad():
-        for _ in range(n_eval):
-            pred = torch.cat([model(x_adv[i:i + batch]).argmax(1) for i in range(0, x_adv.shape[0], batch)])
-            ok &= pred == y
-    return ok
-
-
-def robustness_protocol(
-    model: Callable[[Tensor], Tensor],   # x (B, C, H, W) in [0, 1] -> logits (B, K)
-    x: Tensor,                           # (N, C, H, W) in [0, 1]
-    y: Tensor,                           # (N,) labels
-    *,
-    norm: str = "linf",
-    eps: float,
-    attacks: tuple[str, ...] | None = None,   # run order; default: precomputed, transfers, neighbour, PROTOCOL_ATTACKS
-    steps: int = 10,                     # iterations of the gradient attacks
-    square_queries: int = 500,           # Square's query budget
-    eot: int = 1,                        # EOT draws for the gradient attacks (stochastic models)
-    n_eval: int = 1,                     # re-classifications of each adversarial image (stochastic models)
-    seed: int = 0,
-    transfer_from: dict[str, Callable[[Tensor], Tensor]] | None = None,     # name -> source model
-    transfer_steps: int = 20,
-    neighbours: tuple[Tensor, Tensor] | None = None,   # (train_x, train_y) for the 'neighbour' attack
-    n_neighbours: int = 8,
-    precomputed: dict[str, Tensor] | None = None,      # name -> (N, C, H, W) adversarial images to verify
-    on_survivors: tuple[str, ...] = (),  # run these only on examples still robust to every earlier attack
-    batch: int = 100,
-) -> ProtocolResult:
-    """Every attack of the protocol on one model, one image set and one threat model.
-
-    An entry of ``attacks`` is a key of ``precomputed`` (images verified as they are), a key of
-    ``transfer_from`` (:func:`rdc_lib.attacks.transfer_pgd` on that source model, margin loss, ``transfer_steps``),
-    'neighbour' (:class:`rdc_lib.attacks.NeighbourAttack`, needs ``neighbours``) or a name of
-    ``rdc_lib.attacks.build_attack`` (gradient attacks with ``steps``/``eot``; 'square' with
-    ``square_queries``). Each runs on every clean-correct example (a standalone accuracy) unless it is
-    in ``on_survivors``. Every returned image is re-classified ``n_eval`` times; an example is robust to
-    an attack if it was correct clean and on every re-classification.
-    """
-    import time
-
-    from .attacks import build_attack
-
-    check_images(x)
-    y = y.to(x.device)
-    precomputed, transfer_from = dict(precomputed or {}), dict(transfer_from or {})
-    if attacks is None:
-        attacks = (*precomputed, *transfer_from, *(("neighbour",) if neighbours is not None else ()), *PROTOCOL_ATTACKS)
-    unknown = [n for n in on_survivors if n not in attacks]
-    if unknown:
-        raise ValueError(f"on_survivors names {unknown}, which are not in attacks {list(attacks)}")
-    clean_correct = _verify(model, x, y, 1, batch)
-    robust: dict[str, Tensor] = {}
-    images: dict[str, Tensor] = {}
-    seconds: dict[str, float] = {}
-
-    def maker(name: str) -> Callable[[Tensor], Tensor]:
-        if name in precomputed:
-            adv = precomputed[name]
-            if tuple(adv.shape) != tuple(x.shape):
-                raise ValueError(f"precomputed[{name!r}] has shape {tuple(adv.shape)}, expected {tuple(x.shape)}")
-            return lambda m: adv.to(x.device)[m]
-        if name in transfer_from:
-            source = transfer_from[name]
-            return lambda m: transfer_pgd(source, x[m], y[m], norm=norm, eps=eps, steps=transfer_steps)
-        if name == "neighbour":
-            if neighbours is None:
-                raise ValueError("attack 'neighbour' needs neighbours=(train_x, train_y)")
-            atk = NeighbourAttack(model, neighbours[0], neighbours[1], norm=norm, eps=eps,
-                                  n_neighbours=n_neighbours, seed=seed)
-        elif name == "square":
-            atk = build_attack("square", model, norm=norm, eps=eps, steps=square_queries, seed=seed)
-        else:
-            atk = build_attack(name, model, norm=norm, eps=eps, steps=steps, eot=eot, seed=seed)
-        return lambda m: atk.run(x[m], y[m]).x_adv
-
-    for name in attacks:
-        make = maker(name)
-        todo = clean_correct.clone()
-        if name in on_survivors:
-            for flags in robust.values():
-                todo &= flags
-        start = time.perf_counter()
-        x_adv = x.clone()
-        flags = torch.zeros_like(clean_correct)
-        if todo.any():
-            x_adv[todo] = make(todo).detach().to(x.dtype)
-            flags[todo] = _verify(model, x_adv[todo], y[todo], n_eval, batch)
-        robust[name], images[name] = flags, x_adv
-        seconds[name] = time.perf_counter() - start
-    return ProtocolResult(clean_correct.cpu(), {k: v.cpu() for k, v in robust.items()},
-                          {k: v.cpu() for k, v in images.items()}, seconds,
-                          tuple(n for n in attacks if n in on_survivors))
-
-
-PROTOCOL_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from rdc_lib.attacks import APGD, PGD, autoattack_suite, build_attack, run_ensemble
-from rdc_lib.baselines import load_classifier
+from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import EvalConfig
 from rdc_lib.paths import checkpoint_path

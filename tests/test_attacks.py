@@ -29,7 +29,7 @@ from rdc_lib.attacks import (
 )
 from rdc_lib.attacks.base import AttackContext
 from rdc_lib.attacks.losses import dlr_loss, margin, margin_loss, targeted_dlr_loss
-from rdc_lib.baselines import load_classifier
+from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.data import load_dataset
 from rdc_lib.paths import checkpoint_path
 

@@ -25,7 +25,7 @@ from rdc_lib.attacks import (
     per_example_norm,
     run_ensemble,
 )
-from rdc_lib.baselines import load_classifier
+from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.data import load_dataset
 from rdc_lib.paths import checkpoint_path
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rdc_lib.attacks import PGD
-from rdc_lib.baselines import (
+from rdc_lib.defenses.baselines import (
     BASELINE_KINDS,
     ClassifierConfig,
     DigitsCNN,

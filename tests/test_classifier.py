@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion import make_grid
 from rdc_lib.diffusion.elbo import elbo_terms
-from rdc_lib.diffusion.schedules import GRIDS, WEIGHTINGS, lognormal_density
+from rdc_lib.choices import GRID_KINDS as GRIDS, GRID_WEIGHTINGS as WEIGHTINGS
+from rdc_lib.diffusion.schedules import lognormal_density
 from rdc_lib.models import load_denoiser
 from rdc_lib.paths import checkpoint_path
 
@@ -98,7 +99,7 @@ def test_chunked_gradient_equals_autograd(heads):
     dc = DiffusionClassifier(net, make_grid(7), noise_mode="fixed", chunk_size=5)
     w = torch.randn(3, 10, dtype=torch.float64)
     (g_chunk,) = torch.autograd.grad((dc(x) * w).sum(), x)
-    dc.grad_mode = "autograd"
+    dc.backward_mode = "autograd"
     (g_plain,) = torch.autograd.grad((dc(x) * w).sum(), x)
     assert ((g_chunk - g_plain).norm() / g_plain.norm()).item() < 1e-5
 
@@ -124,7 +125,7 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="valid choices"):
         DiffusionClassifier(tiny_denoiser(), noise_mode="random")
     with pytest.raises(ValueError, match="valid choices"):
-        DiffusionClassifier(tiny_denoiser(), grad_mode="magic")
+        DiffusionClassifier(tiny_denoiser(), backward_mode="magic")
 
 
 def test_shipped_checkpoint_classifies_digits():
@@ -137,7 +138,7 @@ def test_shipped_checkpoint_classifies_digits():
 
 
 def test_bayes_posterior_undoes_the_per_pixel_temperature():
-    from rdc_lib.classifier import bayes_posterior
+    from rdc_lib.defenses.classifier import bayes_posterior
 
     per_pixel = torch.tensor([[-0.50, -0.53, -0.56]])         # -L: a per-pixel mean, gaps of hundredths
     flat = per_pixel.softmax(-1)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.models import build_denoiser, load_denoiser, read_checkpoint
 from rdc_lib.models.ddpmpp import DDPMpp, ddpmpp_config

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from rdc_lib.baselines import load_classifier
+from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import EvalConfig, evaluate, wilson
-from rdc_lib.evaluation.checks import gradient_check, run_sanity_checks
+from rdc_lib.evaluation.checks import gradients_check, run_sanity_checks
 from rdc_lib.paths import checkpoint_path
 
 
@@ -48,8 +48,8 @@ class _Quantized(nn.Module):
 def test_masked_gradients_are_flagged():
     x, y = load_dataset("digits", "test")
     cnn = load_classifier(checkpoint_path("digits_cnn"))
-    assert gradient_check(cnn, x[:8], y[:8])["passed"]
-    assert not gradient_check(_Quantized(cnn), x[:8], y[:8])["passed"]
+    assert gradients_check(cnn, x[:8], y[:8]).passed
+    assert not gradients_check(_Quantized(cnn), x[:8], y[:8]).passed
 
 
 def test_sanity_checks_mark_masked_defense_untrusted():

@@ -15,12 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from rdc_lib.attacks import build_attack
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
-from rdc_lib.evaluation.runner import n_evaluate, predict
+from rdc_lib.evaluation.prediction import n_evaluate, predict
 from rdc_lib.lm_grad import LM_UNROLL_MAX_ELEMENTS, lm_exact, lm_unrolls
 from rdc_lib.lm import LMConfig, draw_lm_noise
-from rdc_lib.rdc import RobustDiffusionClassifier
+from rdc_lib.defenses.rdc import RobustDiffusionClassifier
 
 from .conftest import tiny_denoiser
 
@@ -63,7 +63,7 @@ def test_dc_keeps_graph_when_one_chunk_fits(heads):
     w = torch.randn(3, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     one = DiffusionClassifier(net, make_grid(6), noise_mode="fixed")                 # 4096 triples: one chunk
     many = DiffusionClassifier(net, make_grid(6), noise_mode="fixed", chunk_size=5)  # recomputes per chunk
-    ref = DiffusionClassifier(net, make_grid(6), noise_mode="fixed", grad_mode="autograd")
+    ref = DiffusionClassifier(net, make_grid(6), noise_mode="fixed", backward_mode="autograd")
     xg = x.clone().requires_grad_(True)
     noise = one.draw_noise(x)
     assert not one.recomputes_in_backward(xg, noise)

@@ -161,7 +161,7 @@ def test_choices_match_the_library():
     from rdc_lib.attacks import NORMS as ATTACK_NORMS
     from rdc_lib.lm import LM_NORMS, LM_OPTIMIZERS
     from rdc_lib.jobs.params import GRAD_MODES, LM_OPTIMIZERS as NB_OPTIMIZERS, NORMS
-    from rdc_lib.rdc import GRAD_MODES as RDC_GRAD_MODES
+    from rdc_lib.defenses.rdc import GRAD_MODES as RDC_GRAD_MODES
 
     assert set(NB_OPTIMIZERS) == set(LM_OPTIMIZERS) and set(NORMS) == set(LM_NORMS) == set(ATTACK_NORMS)
     assert set(GRAD_MODES) == set(RDC_GRAD_MODES)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.models import DenoiserConfig, build_denoiser
@@ -163,7 +163,7 @@ def test_inside_diffusion_classifier_gradients(toy):
     grads = []
     for mode in ("chunked", "autograd"):
         dc = DiffusionClassifier(OptimalDenoiser(images.float(), labels), make_grid(6), noise_mode="fixed",
-                                 grad_mode=mode, chunk_size=7)
+                                 backward_mode=mode, chunk_size=7)
         xr = x.clone().requires_grad_(True)
         logits = dc(xr)
         assert logits.shape == (5, 3)

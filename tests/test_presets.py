@@ -8,7 +8,7 @@ from dataclasses import FrozenInstanceError
 import pytest
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import CIFAR10_FILES
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.presets import PRESETS, get_preset, preset_names, required_files

@@ -8,7 +8,7 @@ from torch import nn
 
 from rdc_lib.diffusion.sampling import euler_sde, heun_ode, karras_sigmas
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
-from rdc_lib.purify import DiffPure
+from rdc_lib.defenses.purify import DiffPure
 
 from .conftest import TINY_BACKBONE
 
@@ -142,7 +142,7 @@ def test_bpda_mode_backpropagates_the_classifier_gradient_at_the_purified_point(
 
 
 def test_bad_grad_mode_is_refused(den, cnn):
-    from rdc_lib.evaluation import DefenseSpec
+    from rdc_lib.defenses import DefenseSpec
 
     with pytest.raises(ValueError, match="valid choices: exact, bpda"):
         DiffPure(den, cnn, grad_mode="straight-through")

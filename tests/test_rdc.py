@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.grad import finite_difference_check
 from rdc_lib.lm import LMConfig, likelihood_maximization
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
-from rdc_lib.rdc import RDCNoise, RobustDiffusionClassifier
+from rdc_lib.defenses.rdc import RDCNoise, RobustDiffusionClassifier
 
 from .conftest import TINY_BACKBONE
 
@@ -103,7 +103,7 @@ def test_exact_equals_unrolled_autograd_and_differs_from_bpda(den64):
     out, g_exact = input_grad(exact, x, v=v)
     _, g_bpda = input_grad(bpda, x, v=v)
     # reference: plain autograd through the unrolled LM (create_graph) and the DC
-    ref_dc = DiffusionClassifier(den64, GRID, grad_mode="autograd")
+    ref_dc = DiffusionClassifier(den64, GRID, backward_mode="autograd")
     xr = x.clone().requires_grad_(True)
     x_hat = likelihood_maximization(den64, xr, noise=draw.lm, config=exact.lm_config, create_graph=True).x
     out_ref = ref_dc(x_hat, noise=draw.dc)

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rdc_lib.attacks import build_attack, run_ensemble
-from rdc_lib.baselines import load_classifier
+from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.cli import main
 from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import EvalConfig, evaluate

@@ -18,16 +18,16 @@ import pytest
 import torch
 
 from rdc_lib.attacks import NeighbourAttack, transfer_pgd
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid, restrict_grid
 from rdc_lib.models.optimal import OptimalDenoiser
 from rdc_lib.nearest_neighbour import nn_certified_radius
 from rdc_lib.theory import (
     dominant_training_image,
     margin_by_sigma,
-    robustness_protocol,
     smoothed_surrogate,
 )
+from rdc_lib.evaluation.protocol import robustness_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_theory_optimal_classifier.ipynb"

@@ -11,7 +11,7 @@ from torch import nn
 
 from rdc_lib import viz
 from rdc_lib.attacks import build_attack
-from rdc_lib.classifier import DiffusionClassifier
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.evaluation import wilson
 from rdc_lib.grad import FiniteDifferenceCheck, GradientCosine, suggest_eot

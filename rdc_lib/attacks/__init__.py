@@ -3,23 +3,15 @@
 Every attack takes a model ``x (B, C, H, W) in [0, 1] -> logits (B, K)``, its budget in the constructor,
 and returns adversarial images with ``attack(x, y)`` or an :class:`AttackResult` with ``attack.run(x, y)``.
 ``run_ensemble`` gives the AutoAttack-style worst case over several attacks, resumable and chunked.
-Adaptive objectives (Lagrangian attack on LM, selective EOT) and the StAdv flow threat model are built by
-the same ``build_attack`` (names in ``ADAPTIVE_ATTACK_NAMES``).
+Every attack is registered with its facts in ``registry`` (the shipped ones in ``builtin.py``) and built by
+name with ``build_attack``; ``ATTACK_NAMES`` / ``ADAPTIVE_ATTACK_NAMES`` are the shipped single attacks
+(adaptive objectives and the StAdv flow threat model apart), ``attack_names()`` every registered one.
 """
 
 from .apgd import APGD, APGD_LOSSES, TARGET_RULES, apgd_checkpoints
 from .base import Attack, AttackContext, AttackResult, eval_mode
-from .ensemble import (
-    ADAPTIVE_ATTACK_NAMES,
-    ATTACK_NAMES,
-    ChunkReport,
-    EnsembleResult,
-    SQUARE_UNDER_EOT,
-    autoattack_dropped,
-    autoattack_suite,
-    build_attack,
-    run_ensemble,
-)
+from . import builtin as _builtin  # registers the shipped attacks
+from .ensemble import ChunkReport, EnsembleResult, SQUARE_UNDER_EOT, autoattack_dropped, autoattack_suite, run_ensemble
 from .fgsm import FGSM
 from .lagrangian import LagrangianAPGD, LagrangianPGD, expected_unconditional_loss
 from .losses import LOSSES, get_loss, margin
@@ -30,7 +22,11 @@ from .selective_eot import EOT_AGGREGATIONS, SelectiveEOTAPGD, SelectiveEOTPGD, 
 from .square import Square
 from .stadv import StAdv, StAdvResult, flow_warp
 from .transfer import transfer_pgd
+from .registry import AttackInfo, attack_names, build_attack, get_attack, register_attack
 from .wrappers import BPDA, EOT, bpda
+
+ATTACK_NAMES = attack_names(ensemble=False, adaptive=False)        # the shipped standard attacks
+ADAPTIVE_ATTACK_NAMES = attack_names(ensemble=False, adaptive=True)  # the shipped adaptive / unseen-threat attacks
 
 __all__ = [
     "ADAPTIVE_ATTACK_NAMES", "EOT_AGGREGATIONS", "LagrangianAPGD", "LagrangianPGD", "SelectiveEOTAPGD",
@@ -39,5 +35,5 @@ __all__ = [
     "EnsembleResult", "FGSM", "LOSSES", "NORMS", "PGD", "Square", "TARGET_RULES", "apgd_checkpoints",
     "SQUARE_UNDER_EOT", "autoattack_dropped", "autoattack_suite", "bpda", "build_attack", "clip01", "eval_mode", "get_loss", "margin", "per_example_norm",
     "project", "project_ball", "run_ensemble",
-    "NeighbourAttack", "transfer_pgd",
+    "NeighbourAttack", "transfer_pgd", "AttackInfo", "attack_names", "get_attack", "register_attack",
 ]

@@ -30,73 +30,17 @@ from ..progress import progress_bar
 
 from ..stored_state import StoredStateError, load_torch_state, restart_aside, source_version
 from ..utils import check_images, check_labels
-from .apgd import APGD
 from .base import Attack, Model, eval_mode
-from .fgsm import FGSM
-from .lagrangian import LagrangianAPGD, LagrangianPGD
 from .losses import margin
-from .pgd import PGD
-from .selective_eot import SelectiveEOTAPGD, SelectiveEOTPGD
-from .square import Square
-from .stadv import StAdv
+from .registry import build_attack
 
-__all__ = ["ADAPTIVE_ATTACK_NAMES", "ATTACK_NAMES", "ChunkReport", "EnsembleResult", "SQUARE_UNDER_EOT",
-           "autoattack_dropped", "autoattack_suite", "build_attack", "run_ensemble"]
+__all__ = ["ChunkReport", "EnsembleResult", "SQUARE_UNDER_EOT", "autoattack_dropped", "autoattack_suite", "run_ensemble"]
 
 log = logging.getLogger(__name__)
 
-ATTACK_NAMES = ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square")
-# Adaptive objectives and the unseen threat model (issue 10), kept apart from ATTACK_NAMES because they
-# need extra arguments (the Lagrangian attacks need denoiser=) or another threat model (StAdv: a flow bound).
-ADAPTIVE_ATTACK_NAMES = ("pgd-lagrange", "apgd-lagrange", "pgd-seot", "apgd-seot", "stadv")
 _STATE_FORMAT = "rdc-ensemble-state/2"  # /2: with the code version
 RESTART = "restart=True (run_ensemble)"
 CLEAN_ERROR, ROBUST = -2, -1  # values of EnsembleResult.broken_by besides attack indices
-
-
-def build_attack(name: str, model: Model, *, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 1,
-                 eot: int = 1, verify: int = 1, seed: int | None = 0, generator: torch.Generator | None = None,
-                 **kwargs: Any) -> Attack:
-    """Build attack ``name`` (one of :data:`ATTACK_NAMES` or :data:`ADAPTIVE_ATTACK_NAMES`) with a common budget.
-
-    ``steps`` is the iteration count (the query budget for 'square'); extra keyword arguments go to the
-    attack class (e.g. ``alpha`` for PGD, ``n_target_classes`` for APGD-T, ``p_init`` for Square).
-
-    Adaptive attacks: 'pgd-lagrange' / 'apgd-lagrange' (:class:`LagrangianPGD` / :class:`LagrangianAPGD`)
-    need ``denoiser=`` (the defence's diffusion model) and take ``lam``; 'pgd-seot' / 'apgd-seot'
-    (selective EOT) take ``temperature``, ``top_k``, ``aggregation`` and use ``eot`` draws; 'stadv' reads
-    ``eps`` as the flow bound in normalised grid units and ignores ``norm`` (:class:`StAdv`).
-    """
-    common = dict(norm=norm, eps=eps, verify=verify, seed=seed if generator is None else None, generator=generator)
-    if name == "fgsm":
-        return FGSM(model, eot=eot, **common, **kwargs)
-    if name == "pgd":
-        return PGD(model, steps=steps, restarts=restarts, eot=eot, **common, **kwargs)
-    if name == "apgd-ce":
-        return APGD(model, steps=steps, restarts=restarts, eot=eot, loss="ce", **common, **kwargs)
-    if name == "apgd-dlr":
-        return APGD(model, steps=steps, restarts=restarts, eot=eot, loss="dlr", **common, **kwargs)
-    if name == "apgd-t":
-        return APGD(model, steps=steps, restarts=restarts, eot=eot, loss="dlr", targeted=True, target_rule="top-k",
-                    **common, **kwargs)
-    if name == "square":
-        if eot != 1:
-            raise ValueError("square is score-based and has no EOT; use eot=1")
-        return Square(model, steps=steps, restarts=restarts, **common, **kwargs)
-    if name in ("pgd-lagrange", "apgd-lagrange"):
-        if kwargs.get("denoiser") is None:
-            raise ValueError(f"attack {name!r} needs denoiser=, the defence's diffusion model (for an RDC: "
-                             "denoiser=rdc.denoiser)")
-        cls = LagrangianPGD if name == "pgd-lagrange" else LagrangianAPGD
-        return cls(model, steps=steps, restarts=restarts, eot=eot, **common, **kwargs)
-    if name == "pgd-seot":
-        return SelectiveEOTPGD(model, steps=steps, restarts=restarts, eot=eot, **common, **kwargs)
-    if name == "apgd-seot":
-        return SelectiveEOTAPGD(model, steps=steps, restarts=restarts, eot=eot, **common, **kwargs)
-    if name == "stadv":
-        return StAdv(model, bound=eps, steps=steps, restarts=restarts, eot=eot, verify=verify, seed=common["seed"],
-                     generator=generator, **kwargs)
-    raise ValueError(f"unknown attack {name!r}; valid choices: {', '.join(ATTACK_NAMES + ADAPTIVE_ATTACK_NAMES)}")
 
 
 def autoattack_suite(model: Model, *, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 1,

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
+from .projections import _TINY
+
 __all__ = [
     "LOSSES",
     "TARGETED_LOSSES",
@@ -35,7 +37,6 @@ __all__ = [
 
 LossFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
-_TINY = 1e-12
 
 
 def _check(logits: Tensor, y: Tensor, min_classes: int, name: str) -> None:

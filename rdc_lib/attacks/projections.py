@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..choices import NORMS
+
 __all__ = [
     "NORMS",
     "check_norm",
@@ -18,8 +20,6 @@ __all__ = [
     "project",
     "project_ball",
 ]
-
-NORMS = ("linf", "l2")
 
 _TINY = 1e-12
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..choices import HEADS, check_choice
 from ..evaluation.stats import wilson
 from .bases import BASES, POSTERIORS, build_base
 from .empirical import attack_smoothed, smoothed_correct
@@ -63,8 +64,7 @@ class CertifyConfig:
         for name in ("offset", "attack_steps", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.heads not in ("single", "multi"):
-            raise ValueError(f"unknown heads {self.heads!r}; valid choices: single, multi")
+        check_choice("heads", self.heads, HEADS)
         if self.posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {self.posterior!r}; valid choices: {', '.join(POSTERIORS)}")
 
@@ -109,7 +109,7 @@ def build_smoothing_base(cfg: CertifyConfig, device: torch.device | str = "cpu")
     den = load_denoiser(path, device=device).eval()
     cnn = None
     if cfg.base == "denoised":
-        from ..baselines import load_classifier
+        from ..defenses.baselines import load_classifier
 
         cnn = load_classifier(checkpoint_path("digits_cnn"), device=device).eval()
     return build_base(cfg.base, den, cfg.sigma, timesteps=cfg.timesteps, classifier=cnn, posterior=cfg.posterior,

@@ -11,10 +11,9 @@ from pathlib import Path
 
 from torch import Tensor
 
+from ..choices import DATASETS
 from .cifar10 import CIFAR10_FILES, load_cifar10
 from .digits import DIGITS_SPLIT_SEED, load_digits
-
-DATASETS = ("digits", "cifar10")
 
 __all__ = ["DATASETS", "CIFAR10_FILES", "DIGITS_SPLIT_SEED", "load_dataset", "load_digits", "load_cifar10", "dataset_info"]
 

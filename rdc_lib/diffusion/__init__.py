@@ -2,7 +2,8 @@
 
 from .elbo import elbo_terms
 from .loss import edm_loss
-from .schedules import GRIDS, WEIGHTINGS, NoiseGrid, lognormal_density, make_grid, noise_levels, restrict_grid
+from ..choices import GRID_KINDS, GRID_WEIGHTINGS
+from .schedules import NoiseGrid, lognormal_density, make_grid, noise_levels, restrict_grid
 
-__all__ = ["GRIDS", "WEIGHTINGS", "NoiseGrid", "edm_loss", "elbo_terms", "lognormal_density", "make_grid",
+__all__ = ["GRID_KINDS", "GRID_WEIGHTINGS", "NoiseGrid", "edm_loss", "elbo_terms", "lognormal_density", "make_grid",
            "noise_levels", "restrict_grid"]

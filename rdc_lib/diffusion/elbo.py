@@ -17,12 +17,12 @@ from .schedules import NoiseGrid
 
 
 def draw_noise(
-    batch: int, num_classes: int, grid_len: int, shape: tuple[int, ...], *, shared_noise: bool,
+    batch: int, num_classes: int, T: int, shape: tuple[int, ...], *, shared_noise: bool,
     generator: torch.Generator | None, device: torch.device, dtype: torch.dtype,
 ) -> Tensor:
     """Standard normal eps: (B, 1, T, C, H, W) if shared across classes else (B, K, T, C, H, W)."""
     k = 1 if shared_noise else num_classes
-    return torch.randn((batch, k, grid_len, *shape), generator=generator, device=device, dtype=dtype)
+    return torch.randn((batch, k, T, *shape), generator=generator, device=device, dtype=dtype)
 
 
 def levels_per_chunk(denoiser: Denoiser, batch: int, num_classes: int, shared: bool, chunk_size: int) -> int:
@@ -49,22 +49,22 @@ def elbo_terms(
     if classes is None:
         classes = torch.arange(denoiser.num_classes, device=device)
     classes = classes.to(device)
-    batch, k, t_len = x.shape[0], classes.numel(), len(grid)
+    batch, k, T = x.shape[0], classes.numel(), len(grid)
     if denoiser.heads == "multi":
         shared_noise = True
     if noise is None:
-        noise = draw_noise(batch, k, t_len, tuple(x.shape[1:]), shared_noise=shared_noise,
+        noise = draw_noise(batch, k, T, tuple(x.shape[1:]), shared_noise=shared_noise,
                            generator=generator, device=device, dtype=dtype)
-    elif noise.shape[0] != batch or noise.shape[2] != t_len or noise.shape[1] not in (1, k):
-        raise ValueError(f"noise must have shape (B={batch}, 1 or K={k}, T={t_len}, C, H, W), got {tuple(noise.shape)}")
+    elif noise.shape[0] != batch or noise.shape[2] != T or noise.shape[1] not in (1, k):
+        raise ValueError(f"noise must have shape (B={batch}, 1 or K={k}, T={T}, C, H, W), got {tuple(noise.shape)}")
     shared = noise.shape[1] == 1
     x0 = x * 2 - 1
     sigmas, weights = grid.sigmas.to(device, dtype), grid.weights.to(device, dtype)
 
     per_chunk = levels_per_chunk(denoiser, batch, k, shared, chunk_size)
     out = []
-    for start in range(0, t_len, per_chunk):
-        sl = slice(start, min(start + per_chunk, t_len))
+    for start in range(0, T, per_chunk):
+        sl = slice(start, min(start + per_chunk, T))
         out.append(_chunk_terms(denoiser, x0, sigmas[sl], noise[:, :, sl], classes, shared))
     terms = torch.cat(out, dim=2)  # (B, K, T)
     return terms * weights

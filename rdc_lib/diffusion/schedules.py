@@ -4,14 +4,14 @@ The conditional diffusion loss L(x, y) = integral of w(sigma) E_eps ||D(x + sigm
 is evaluated on a fixed grid of T levels (every level, one eps each). A grid is a pair
 (sigmas (T,), weights (T,)); logits are minus the weighted sum of per-level squared errors.
 
-Grids (``GRIDS``):
+Grids (``rdc_lib.choices.GRID_KINDS``):
 - ``paper``: linspace(sigma_min, sigma_max, T + 1) with the last point dropped (the paper uses
   T = 1000 on [1e-4, 3]); Euler quadrature with d_sigma = (sigma_max - sigma_min) / T.
 - ``lognormal``: the T quantile midpoints of the training density ln sigma ~ N(P_mean, P_std^2);
   the same integral, importance-sampled at the training distribution (weights lambda(sigma) / T).
 - ``karras``: EDM's rho = 7 spacing between sigma_min and sigma_max, trapezoid d_sigma.
 
-Weightings (``WEIGHTINGS``) for ``paper`` and ``karras``:
+Weightings (``rdc_lib.choices.GRID_WEIGHTINGS``) for ``paper`` and ``karras``:
 - ``edm``: lambda(sigma) p_LN(sigma) d_sigma, lambda = (sigma^2 + s_d^2) / (sigma s_d)^2 (the paper's).
   p_LN is the *correct* log-normal density; the reference code multiplies by P_std^2 where the
   density divides by it (docs/paper.md section 3), which we do not reproduce.
@@ -25,20 +25,19 @@ Weightings (``WEIGHTINGS``) for ``paper`` and ``karras``:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
-GRIDS = ("paper", "lognormal", "karras")
-WEIGHTINGS = ("edm", "elbo", "uniform")
+from ..choices import GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_WEIGHTINGS
 
 
 @dataclass(frozen=True)
 class NoiseGrid:
     sigmas: Tensor      # (T,) noise levels > 0 (model space [-1, 1])
     weights: Tensor     # (T,) quadrature weights >= 0
-    kind: str = "paper"
+    kind: str = GRID_KIND
     weighting: str = "edm"
 
     def __len__(self) -> int:
@@ -46,6 +45,21 @@ class NoiseGrid:
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "NoiseGrid":
         return NoiseGrid(self.sigmas.to(device, dtype), self.weights.to(device, dtype), self.kind, self.weighting)
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The settings of a noise grid, i.e. the keyword arguments of :func:`make_grid` that presets fix
+    (docs/paper.md section 3): ``make_grid(**cfg.kwargs())``."""
+
+    T: int = GRID_LEVELS            # number of levels
+    kind: str = GRID_KIND           # one of rdc_lib.choices.GRID_KINDS
+    weighting: str = "edm"          # lambda(sigma) p_LN(sigma) d_sigma
+    sigma_min: float = 1e-4
+    sigma_max: float = 3.0
+
+    def kwargs(self) -> dict:
+        return asdict(self)
 
 
 def edm_lambda(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
@@ -60,12 +74,12 @@ def lognormal_density(sigma: Tensor, P_mean: float = -1.2, P_std: float = 1.2) -
 
 
 def make_grid(
-    T: int = 32,
-    kind: str = "paper",
+    T: int = GRID_LEVELS,
+    kind: str = GRID_KIND,
     *,
-    weighting: str = "edm",
-    sigma_min: float = 1e-4,
-    sigma_max: float = 3.0,
+    weighting: str = GridConfig.weighting,
+    sigma_min: float = GridConfig.sigma_min,
+    sigma_max: float = GridConfig.sigma_max,
     P_mean: float = -1.2,
     P_std: float = 1.2,
     sigma_data: float = 0.5,
@@ -74,10 +88,10 @@ def make_grid(
     """Build a grid of ``T`` noise levels with quadrature weights (float64 for accuracy)."""
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"T (number of noise levels) must be an int >= 1, got {T!r}")
-    if kind not in GRIDS:
-        raise ValueError(f"unknown grid {kind!r}; valid choices: {', '.join(GRIDS)}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; valid choices: {', '.join(WEIGHTINGS)}")
+    if kind not in GRID_KINDS:
+        raise ValueError(f"unknown grid {kind!r}; valid choices: {', '.join(GRID_KINDS)}")
+    if weighting not in GRID_WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; valid choices: {', '.join(GRID_WEIGHTINGS)}")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     f64 = torch.float64

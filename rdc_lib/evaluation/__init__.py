@@ -1,8 +1,7 @@
-"""Robustness evaluation: defences by name, attacks, N-evaluation, sanity checks, records."""
+"""Robustness evaluation: defences x attacks by name (registries), N-evaluation, sanity checks, records."""
 
-from .defenses import DEFENSES, DefenseSpec, build_defense
-from .runner import ATTACKS, NORMS, EvalConfig, evaluate, evaluate_params, predict
+from .prediction import predict
+from .runner import EvalConfig, evaluate, evaluate_params
 from .stats import Accuracy, wilson
 
-__all__ = ["ATTACKS", "DEFENSES", "NORMS", "Accuracy", "DefenseSpec", "EvalConfig", "build_defense",
-           "evaluate", "evaluate_params", "predict", "wilson"]
+__all__ = ["Accuracy", "EvalConfig", "evaluate", "evaluate_params", "predict", "wilson"]

@@ -1,6 +1,10 @@
 """Sanity checks that run with every robust evaluation (Carlini et al. 2019 checklist; Athalye et al. 2018).
 
-Each check returns ``{"passed": bool, "detail": str, ...its numbers and tolerance}``; a failed check marks
+Each check is a plain function ``(model, x, y, attack_factory, ...) -> CheckResult`` (the factory builds the
+evaluated attack with changed settings, rdc_lib.evaluation.attacking); :func:`run_sanity_checks` runs the
+applicable ones and stores each as ``{"passed": bool, ...its numbers and tolerance, "detail": str}``. Which
+checks apply follows the registries' facts (one-step attacks have no iterations to double, a score-based
+attack is not compared with itself, the transfer source is :data:`rdc_lib.defenses.TRANSFER_SOURCE`). A failed check marks
 the robust accuracy as untrusted (``trusted: false``, printed as UNTRUSTED); an evaluation with no check
 run is ``trusted: null``, printed as "not checked", never as passed (:func:`trust_label`).
 The checks run on the first ``n_check`` >= :data:`MIN_CHECK_IMAGES` images. "White box" below is the
@@ -30,16 +34,17 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..attacks.registry import get_attack
+from ..defenses import TRANSFER_SOURCE, DefenseSpec, build_defense, get_defense
 from ..grad import check_gradients_finite_nonzero, finite_difference_check
-
-if TYPE_CHECKING:
-    from .runner import EvalConfig
+from .attacking import AttackFactory, run_attack
+from .prediction import correct_all
 
 LARGE_EPS = {"linf": 0.5, "l2": 4.0, "flow": 1.0}
 MIN_CHECK_IMAGES = 32         # check images (the first n of the evaluation)
@@ -47,6 +52,8 @@ CHECK_TOLERANCE = 2 / 32      # allowed difference in robust accuracy (fraction 
 LARGE_BUDGET_MAX = 0.1        # robust accuracy allowed at the large budget
 FD_IMAGES, FD_DIRECTIONS, FD_EPS, FD_TOL = 4, 4, 1e-4, 0.05  # finite-difference check (float64 copy, margin loss)
 TRANSFER_STEPS = 20           # PGD iterations (at least) on the transfer source, the standard CNN
+TRANSFER_ATTACK = "pgd"       # the attack run on the transfer source (rdc_lib.defenses.TRANSFER_SOURCE)
+BLACK_BOX_ATTACK = "square"   # the score-based attack of the black-box check
 
 
 CHECK_DESCRIPTIONS = {
@@ -112,56 +119,49 @@ def check_sample_size(n: int, n_check: int = MIN_CHECK_IMAGES) -> None:
                          f"images, or pass run_checks=False (the result is then 'not checked', trusted: null)")
 
 
-@torch.no_grad()
-def correct_all(model: nn.Module, x: Tensor, y: Tensor, reads: int = 1, batch: int = 64) -> Tensor:
-    """(N,) bool: ``reads`` independent calls all classify the images x (N, C, H, W) as y (N,)."""
-    from .runner import predict
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's outcome: passed or not, why (``detail``), and its numbers and tolerance."""
 
-    ok = torch.ones_like(y, dtype=torch.bool)
-    for _ in range(reads):
-        ok &= predict(model, x, batch) == y
-    return ok
+    passed: bool
+    detail: str
+    numbers: dict[str, Any] = field(default_factory=dict)
 
-
-def _gradient_attack(cfg: "EvalConfig", model: nn.Module, **overrides):
-    """The evaluated attack built with ``overrides``, its gradient attacks only (Square taken out of an
-    ensemble); a Square evaluation keeps Square (it has no gradient attack)."""
-    from .runner import _attack
-
-    atk = _attack(replace(cfg, **overrides), model)
-    if isinstance(atk, list):
-        atk = [(name, a) for name, a in atk if name != "square"] or atk
-    return atk
+    def as_dict(self) -> dict:
+        """The entry stored in a result's ``checks`` (JSON-able)."""
+        return {"passed": bool(self.passed), **self.numbers, "detail": self.detail}
 
 
-def _robust(model: nn.Module, attack, x: Tensor, y: Tensor, clean_ok: Tensor, reads: int) -> Tensor:
-    """(N,) bool: correctly classified, attacked by ``attack`` and still correct (``reads`` calls)."""
-    from .runner import _run_attack
+@dataclass(frozen=True)
+class Paired:
+    """What the attack checks compare against, on the check images: ``clean_ok`` (N,) bool correctly
+    classified (``reads`` calls), ``white`` (N,) bool robust to the evaluated white-box attack."""
 
+    clean_ok: Tensor
+    white: Tensor
+    reads: int = 1
+    tolerance: float = CHECK_TOLERANCE
+
+
+def robust_to(model: nn.Module, attack: Any, x: Tensor, y: Tensor, clean_ok: Tensor, reads: int) -> Tensor:
+    """(N,) bool: correctly classified (``clean_ok``), attacked by ``attack`` and still correct (``reads`` calls)."""
     robust = torch.zeros_like(clean_ok)
     if clean_ok.any():
-        adv, _ = _run_attack(attack, model, x[clean_ok], y[clean_ok], progress=False)
+        adv, _ = run_attack(attack, model, x[clean_ok], y[clean_ok])
         robust[clean_ok] = correct_all(model, adv.detach(), y[clean_ok], reads)
     return robust
 
 
-def _compare(base: Tensor, other: Tensor, tolerance: float, detail: str, **numbers) -> dict:
+def _compare(base: Tensor, other: Tensor, tolerance: float, detail: str, **numbers) -> CheckResult:
     """Paired comparison: ``other`` (a check attack) must not leave fewer images robust than ``base``
     (the white-box attack) by more than ``tolerance`` (a fraction of the images)."""
     n = base.numel()
     allowed = math.floor(tolerance * n + 1e-9)
     drop = int(base.sum()) - int(other.sum())
-    return {"passed": drop <= allowed, "robust_acc": float(other.float().mean()), "baseline": float(base.float().mean()),
-            "n": n, "broken_only_by_check": int((base & ~other).sum()), "broken_only_by_baseline": int((~base & other).sum()),
-            "tolerance": tolerance, "tolerance_images": allowed, "detail": detail, **numbers}
-
-
-def gradient_check(model: nn.Module, x: Tensor, y: Tensor) -> dict:
-    """Input gradients of the margin loss: exist, finite and non-zero for every image."""
-    health = check_gradients_finite_nonzero(model, x, y, loss="margin")
-    return {"passed": health.passed, "finite": bool(health.finite.all()),
-            "nonzero_fraction": float(health.nonzero.float().mean()), "n": x.shape[0],
-            "detail": f"margin-loss input gradients must exist and be finite and non-zero for every image: {health.message}"}
+    return CheckResult(drop <= allowed, detail, {
+        "robust_acc": float(other.float().mean()), "baseline": float(base.float().mean()), "n": n,
+        "broken_only_by_check": int((base & ~other).sum()), "broken_only_by_baseline": int((~base & other).sum()),
+        "tolerance": tolerance, "tolerance_images": allowed, **numbers})
 
 
 def is_deterministic(model: nn.Module, x: Tensor) -> bool:
@@ -170,108 +170,143 @@ def is_deterministic(model: nn.Module, x: Tensor) -> bool:
         return bool(torch.equal(model(x), model(x)))
 
 
-def fd_check(model: nn.Module, x: Tensor, y: Tensor, seed: int = 0) -> dict:
+# ----------------------------------------------------------------------------- the checks
+
+def gradients_check(model: nn.Module, x: Tensor, y: Tensor) -> CheckResult:
+    """Input gradients of the margin loss exist, are finite and non-zero for every image x (N, C, H, W)."""
+    health = check_gradients_finite_nonzero(model, x, y, loss="margin")
+    return CheckResult(health.passed, "margin-loss input gradients must exist and be finite and non-zero for every "
+                                      f"image: {health.message}",
+                       {"finite": bool(health.finite.all()), "nonzero_fraction": float(health.nonzero.float().mean()),
+                        "n": x.shape[0]})
+
+
+def finite_difference_check_entry(model: nn.Module, x: Tensor, y: Tensor, seed: int = 0) -> CheckResult:
     """Autograd vs central differences on a float64 copy of a deterministic ``model`` (first FD_IMAGES images)."""
     model64 = copy.deepcopy(model).double()
     xs = x[:FD_IMAGES].double()
     fd = finite_difference_check(model64, xs, y[:FD_IMAGES], n_directions=FD_DIRECTIONS, eps=FD_EPS, tol=FD_TOL,
                                  loss="margin", generator=torch.Generator(device=x.device).manual_seed(seed))
-    return {"passed": fd.passed, "max_rel_error": fd.max_rel_error, "tolerance": FD_TOL, "eps": FD_EPS,
-            "n": xs.shape[0], "directions": FD_DIRECTIONS,
-            "detail": f"autograd directional derivatives of the margin must match central differences "
-                      f"(float64 copy, relative error < {FD_TOL})"}
+    return CheckResult(fd.passed, f"autograd directional derivatives of the margin must match central differences "
+                                  f"(float64 copy, relative error < {FD_TOL})",
+                       {"max_rel_error": fd.max_rel_error, "tolerance": FD_TOL, "eps": FD_EPS, "n": xs.shape[0],
+                        "directions": FD_DIRECTIONS})
 
 
-def skipped_checks(cfg: "EvalConfig", deterministic: bool | None = None) -> dict[str, str]:
-    """Checks that do not apply to ``cfg`` (or, with ``deterministic`` False, to a stochastic model), and why."""
+def large_budget_check(model: nn.Module, x: Tensor, y: Tensor, attack_factory: AttackFactory,
+                       paired: Paired) -> CheckResult:
+    """White-box robust accuracy (gradient attacks only) at a budget that can change any image falls to
+    <= LARGE_BUDGET_MAX."""
+    norm = attack_factory.cfg.norm
+    large = robust_to(model, attack_factory.gradient_only(model, eps=LARGE_EPS[norm]), x, y, paired.clean_ok,
+                      paired.reads)
+    acc = float(large.float().mean())
+    return CheckResult(acc <= LARGE_BUDGET_MAX,
+                       f"white-box robust accuracy at eps {LARGE_EPS[norm]} must fall to <= {LARGE_BUDGET_MAX:.0%}",
+                       {"robust_acc": acc, "eps": LARGE_EPS[norm], "n": x.shape[0], "max_robust_acc": LARGE_BUDGET_MAX})
+
+
+def convergence_check(model: nn.Module, x: Tensor, y: Tensor, attack_factory: AttackFactory,
+                      paired: Paired) -> CheckResult:
+    """Twice the iterations (twice the queries of a query-budget attack) must not lower robust accuracy
+    beyond the tolerance."""
+    cfg = attack_factory.cfg
+    more = ({"square_queries": 2 * cfg.square_queries} if attack_factory.info().budget == "queries"
+            else {"steps": 2 * cfg.steps})
+    doubled = robust_to(model, attack_factory.gradient_only(model, **more), x, y, paired.clean_ok, paired.reads)
+    return _compare(paired.white, doubled, paired.tolerance,
+                    f"2x iterations must not lower robust accuracy by more than {paired.tolerance:.1%}", **more)
+
+
+def black_box_check(model: nn.Module, x: Tensor, y: Tensor, attack_factory: AttackFactory,
+                    paired: Paired) -> CheckResult:
+    """The score-based BLACK_BOX_ATTACK must not break more images than the white-box gradient attacks."""
+    queries = attack_factory.cfg.square_queries
+    square = robust_to(model, attack_factory.gradient_only(model, attack=BLACK_BOX_ATTACK, eot=1), x, y,
+                       paired.clean_ok, paired.reads)
+    return _compare(paired.white, square, paired.tolerance,
+                    f"Square ({queries} queries) must not beat the white-box gradient attacks by more than "
+                    f"{paired.tolerance:.1%}", queries=queries)
+
+
+def transfer_check(model: nn.Module, x: Tensor, y: Tensor, attack_factory: AttackFactory, paired: Paired,
+                   source: nn.Module) -> CheckResult:
+    """TRANSFER_ATTACK examples made on ``source`` (the standard CNN), replayed on ``model``, must not beat
+    the white-box attack."""
+    steps = max(attack_factory.cfg.steps, TRANSFER_STEPS)
+    ok = correct_all(source, x, y)
+    x_tr = x.clone()
+    if ok.any():
+        atk = attack_factory(source, attack=TRANSFER_ATTACK, eot=1, verify=1, steps=steps)
+        x_tr[ok], _ = run_attack(atk, source, x[ok], y[ok])
+    transfer = paired.clean_ok & correct_all(model, x_tr, y, paired.reads)
+    return _compare(paired.white, transfer, paired.tolerance,
+                    f"PGD-{steps} examples made on the standard CNN must not beat the white-box attack by more "
+                    f"than {paired.tolerance:.1%}", steps=steps)
+
+
+def skipped_checks(cfg: Any, deterministic: bool | None = None) -> dict[str, str]:
+    """Checks that do not apply to ``cfg`` (or, with ``deterministic`` False, to a stochastic model), and why,
+    from the registries' facts about the evaluated attack and defence."""
     out: dict[str, str] = {}
+    info = get_attack(cfg.attack)
     if deterministic is False:
         out["finite_difference"] = "the defence is stochastic (two calls differ); central differences need a fixed function"
     elif cfg.grad_mode == "bpda":
         out["finite_difference"] = "grad_mode 'bpda' uses an approximate backward pass on purpose"
-    if cfg.attack == "fgsm":
-        out["convergence"] = "FGSM is a single step; it has no iterations to double"
-    if cfg.attack == "square":
+    if not info.iterative:
+        out["convergence"] = f"{cfg.attack.upper()} is a single step; it has no iterations to double"
+    if cfg.attack == BLACK_BOX_ATTACK:
         out["black_box"] = "the evaluated attack is Square itself"
-    elif cfg.norm == "flow":
-        out["black_box"] = "Square has no flow threat model"
-    if cfg.defense == "cnn":
+    elif cfg.norm not in get_attack(BLACK_BOX_ATTACK).norms:
+        out["black_box"] = f"Square has no {cfg.norm} threat model"
+    if cfg.defense == TRANSFER_SOURCE:
         out["transfer"] = "the transfer source is the standard CNN, the evaluated defence itself"
-    elif cfg.norm == "flow":
+    elif cfg.norm not in get_attack(TRANSFER_ATTACK).norms:
         out["transfer"] = "transfer uses l_inf / l2 PGD on the CNN"
-    elif cfg.dataset != "digits":
+    elif cfg.dataset not in get_defense(TRANSFER_SOURCE).datasets:
         out["transfer"] = f"the transfer source (the standard CNN) exists for digits only, not {cfg.dataset}"
     return out
 
 
-def run_sanity_checks(cfg: "EvalConfig", model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, *,
+def run_sanity_checks(cfg: Any, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, *,
                       device: torch.device, n_check: int = MIN_CHECK_IMAGES,
                       tolerance: float = CHECK_TOLERANCE, attacked: Tensor | None = None) -> dict:
-    """All applicable checks on the first ``n_check`` images x (N, C, H, W) in [0, 1], labels y (N,).
+    """All applicable checks of the evaluation ``cfg`` (an EvalConfig) on the first ``n_check`` images
+    x (N, C, H, W) in [0, 1], labels y (N,).
 
     ``x_adv`` (N, C, H, W) are the evaluation's adversarial images; they serve as the white-box result
-    unless the evaluated attack is an ensemble with Square, which is rerun with its gradient attacks only.
-    ``attacked`` (N,) bool marks the images the evaluation attacked (default: all); an image it did not
-    attack is never counted robust. ``tolerance``: allowed difference in robust accuracy (fraction of
-    the check images). Returns
-    ``{check name: entry}``; checks that do not apply are absent (see :func:`skipped_checks`).
+    unless the evaluated attack is an ensemble with a score-based member, which is rerun with its gradient
+    attacks only. ``attacked`` (N,) bool marks the images the evaluation attacked (default: all); an image it
+    did not attack is never counted robust. ``tolerance``: allowed difference in robust accuracy (fraction of
+    the check images). Returns ``{check name: entry}``; checks that do not apply are absent (see
+    :func:`skipped_checks`).
     """
     check_sample_size(x.shape[0], n_check)
     if not 0 <= tolerance < 1:
         raise ValueError(f"tolerance must be a fraction in [0, 1), got {tolerance}")
     xs, ys = x[:n_check], y[:n_check]
+    factory = AttackFactory(cfg)
     reads = cfg.verify
     clean_ok = correct_all(model, xs, ys, reads)
-    if cfg.attack == "autoattack" and cfg.norm != "flow":
-        white = _robust(model, _gradient_attack(cfg, model), xs, ys, clean_ok, reads)
+    if factory.info().ensemble and cfg.norm in get_attack(BLACK_BOX_ATTACK).norms:
+        white = robust_to(model, factory.gradient_only(model), xs, ys, clean_ok, reads)
     else:
         white = clean_ok & correct_all(model, x_adv[:n_check], ys, reads)
         if attacked is not None:
             white &= attacked[:n_check].to(white.device)
-    deterministic = is_deterministic(model, xs[:FD_IMAGES])
-    skip = skipped_checks(cfg, deterministic)
+    paired = Paired(clean_ok, white, reads, tolerance)
+    skip = skipped_checks(cfg, is_deterministic(model, xs[:FD_IMAGES]))
 
-    checks: dict[str, dict] = {"gradients": gradient_check(model, xs, ys)}
+    checks: dict[str, CheckResult] = {"gradients": gradients_check(model, xs, ys)}
     if "finite_difference" not in skip:
-        checks["finite_difference"] = fd_check(model, xs, ys, seed=cfg.seed)
-
-    large = _robust(model, _gradient_attack(cfg, model, eps=LARGE_EPS[cfg.norm]), xs, ys, clean_ok, reads)
-    large_acc = float(large.float().mean())
-    checks["large_budget"] = {
-        "passed": large_acc <= LARGE_BUDGET_MAX, "robust_acc": large_acc, "eps": LARGE_EPS[cfg.norm], "n": n_check,
-        "max_robust_acc": LARGE_BUDGET_MAX,
-        "detail": f"white-box robust accuracy at eps {LARGE_EPS[cfg.norm]} must fall to <= {LARGE_BUDGET_MAX:.0%}"}
-
+        checks["finite_difference"] = finite_difference_check_entry(model, xs, ys, seed=cfg.seed)
+    checks["large_budget"] = large_budget_check(model, xs, ys, factory, paired)
     if "convergence" not in skip:
-        more = {"square_queries": 2 * cfg.square_queries} if cfg.attack == "square" else {"steps": 2 * cfg.steps}
-        doubled = _robust(model, _gradient_attack(cfg, model, **more), xs, ys, clean_ok, reads)
-        checks["convergence"] = _compare(
-            white, doubled, tolerance, f"2x iterations must not lower robust accuracy by more than {tolerance:.1%}",
-            **more)
+        checks["convergence"] = convergence_check(model, xs, ys, factory, paired)
     if "black_box" not in skip:
-        square = _robust(model, _gradient_attack(cfg, model, attack="square", eot=1), xs, ys, clean_ok, reads)
-        checks["black_box"] = _compare(white, square, tolerance,
-                                       f"Square ({cfg.square_queries} queries) must not beat the white-box gradient "
-                                       f"attacks by more than {tolerance:.1%}", queries=cfg.square_queries)
+        checks["black_box"] = black_box_check(model, xs, ys, factory, paired)
     if "transfer" not in skip:
-        checks["transfer"] = _transfer(cfg, model, xs, ys, clean_ok, white, reads, device, tolerance)
-    return checks
-
-
-def _transfer(cfg: "EvalConfig", model: nn.Module, xs: Tensor, ys: Tensor, clean_ok: Tensor, white: Tensor,
-              reads: int, device: torch.device, tolerance: float) -> dict:
-    """PGD on the standard CNN (the surrogate), replayed on the defence."""
-    from ..baselines import load_classifier
-    from ..paths import checkpoint_path
-    from .runner import _attack, _run_attack
-
-    cnn = load_classifier(checkpoint_path("digits_cnn"), device=device)
-    ok = correct_all(cnn, xs, ys)
-    x_tr = xs.clone()
-    steps = max(cfg.steps, TRANSFER_STEPS)
-    if ok.any():
-        c = replace(cfg, attack="pgd", eot=1, verify=1, steps=steps)
-        x_tr[ok], _ = _run_attack(_attack(c, cnn), cnn, xs[ok], ys[ok], progress=False)
-    transfer = clean_ok & correct_all(model, x_tr, ys, reads)
-    return _compare(white, transfer, tolerance, f"PGD-{steps} examples made on the standard CNN must not beat the "
-                                                f"white-box attack by more than {tolerance:.1%}", steps=steps)
+        source = build_defense(DefenseSpec(name=TRANSFER_SOURCE), device)
+        checks["transfer"] = transfer_check(model, xs, ys, factory, paired, source)
+    return {name: c.as_dict() for name, c in checks.items()}

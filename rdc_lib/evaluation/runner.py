@@ -1,8 +1,8 @@
-"""Robustness evaluation: defence x attack x norm x eps on a slice of the test split.
+"""Robustness evaluation: defense x attack x norm x eps on a slice of the test split.
 
 ``evaluate(cfg)`` classifies clean images, attacks the correctly classified ones, re-classifies every
 final adversarial example ``n_eval`` times (average and worst case over the calls, for randomised
-defences), runs the sanity checks that expose gradient masking, and returns one JSON-able dict.
+defenses), runs the sanity checks that expose gradient masking, and returns one JSON-able dict.
 Per-example records are appended to a JSON-lines file after every chunk (with the adversarial
 images in a safetensors file beside it), so an interrupted run resumes without losing finished chunks.
 """
@@ -19,38 +19,43 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, HEADS, LM_ETA, LM_STEP_SIZE, LM_STEPS,
+                       NOISE_MODES, THREAT_NORMS, check_choice)
 from ..data import load_dataset
-from .defenses import DEFENSES, DefenseSpec, build_defense
+from ..defenses import DefenseSpec, build_defense, defense_names, get_defense
+from . import checks
+from .prediction import n_evaluate, predict
+from .attacking import NO_ATTACK, build_evaluated_attack, eval_attack_names, run_attack
 from .records import load_records, save_records
 from .stats import wilson
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("none", "fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "autoattack",
-           "pgd-lagrange", "apgd-lagrange", "pgd-seot", "apgd-seot", "stadv")
-_LATER_FIELDS = ("verify", "denoiser")
-NORMS = ("linf", "l2", "flow")  # "flow": StAdv's per-pixel flow bound (attack stadv only)
+_LATER_FIELDS = ("verify", "denoiser", "grid", "lm_steps", "lm_eta", "lm_step_size")
+# Defence settings added with the registries: refused for a defence that does not read them (registry
+# fact ``extra_args``) and, with a preset, when they differ from the preset's (the preset fixes grid and LM).
+_SPEC_SETTINGS = ("grid", "lm_steps", "lm_eta", "lm_step_size")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    defense: str = "dc"             # one of DEFENSES
-    attack: str = "none"            # one of ATTACKS
-    norm: str = "linf"              # "linf" | "l2"
+    defense: str = "dc"             # a registered defense (rdc_lib.defenses.defense_names())
+    attack: str = "none"            # "none" or a registered attack (rdc_lib.attacks.attack_names())
+    norm: str = "linf"              # one of THREAT_NORMS, supported by the attack
     eps: float = 0.1                # perturbation budget on images in [0, 1]
     n: int = 100                    # number of test images
     offset: int = 0                 # first test image
-    seed: int = 0                   # seeds the attack and the defence's own generator
+    seed: int = 0                   # seeds the attack and the defense's own generator
     eot: int = 1                    # EOT draws per gradient
     verify: int = 1                 # calls that must all misclassify before an attack stops on an example
     steps: int = 20                 # attack iterations
     restarts: int = 1               # attack restarts
     square_queries: int = 1000      # autoattack: Square's query budget
     n_target_classes: int = 9       # autoattack / apgd-t: target classes tried
-    timesteps: int = 32             # T noise levels of the diffusion classifier
+    timesteps: int = GRID_LEVELS    # T noise levels of the diffusion classifier
     heads: str = "multi"            # denoiser used by dc / rdc / diffpure
     dataset: str = "digits"
-    noise_mode: str = "stochastic"  # defence randomness: "stochastic" | "fixed"
+    noise_mode: str = "stochastic"  # defense randomness: "stochastic" | "fixed"
     grad_mode: str = "exact"        # through RDC's LM / DiffPure's purification: "exact" | "bpda"
     n_eval: int = 1                 # re-classifications of each final adversarial example
     vote: int = 1                   # RDC majority vote over this many stochastic calls
@@ -61,16 +66,17 @@ class EvalConfig:
     ckpt_dir: str = "data/checkpoints"  # CIFAR-10: folder of the imported EDM checkpoints
     denoiser: str = ""              # digits: a denoiser checkpoint (path, or shipped name like digits_multi_h32)
                                     # replacing the default of `heads`
+    grid: str = GRID_KIND           # kind of the DC's noise grid (rdc_lib.choices.GRID_KINDS)
+    lm_steps: int = LM_STEPS        # RDC's likelihood maximization: N steps,
+    lm_eta: float = LM_ETA          # ball radius in [0, 1] pixel units (eta = eps: --lm-eta 0.1 with --eps 0.1)
+    lm_step_size: float = LM_STEP_SIZE  # and step size (rdc_lib.lm)
 
     def __post_init__(self) -> None:
-        if self.defense not in DEFENSES:
-            raise ValueError(f"unknown defense {self.defense!r}; valid choices: {', '.join(DEFENSES)}")
-        if self.attack not in ATTACKS:
-            raise ValueError(f"unknown attack {self.attack!r}; valid choices: {', '.join(ATTACKS)}")
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; valid choices: {', '.join(NORMS)}")
-        if (self.norm == "flow") != (self.attack == "stadv") and self.attack != "none":
-            raise ValueError("attack 'stadv' goes with norm 'flow' (eps = flow bound), and norm 'flow' only with stadv")
+        defense = get_defense(self.defense)
+        check_choice("attack", self.attack, eval_attack_names())
+        check_choice("norm", self.norm, THREAT_NORMS)
+        if self.attack != NO_ATTACK:
+            self._check_attack(defense)
         if self.eps < 0:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
         if self.norm == "linf" and self.eps > 1:
@@ -79,26 +85,50 @@ class EvalConfig:
                      "n_target_classes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name, valid in (("noise_mode", ("stochastic", "fixed")), ("grad_mode", ("exact", "bpda")),
-                            ("heads", ("single", "multi"))):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid choices: {', '.join(valid)}")
+        for name, valid in (("noise_mode", NOISE_MODES), ("grad_mode", GRAD_MODES), ("heads", HEADS)):
+            check_choice(name, getattr(self, name), valid)
         if self.offset < 0:
             raise ValueError(f"offset must be >= 0, got {self.offset}")
-        if self.dataset not in ("digits", "cifar10"):
-            raise ValueError(f"unknown dataset {self.dataset!r}; valid choices: digits, cifar10")
-        if self.denoiser and self.defense not in ("dc", "rdc", "diffpure"):
-            raise ValueError(f"denoiser= selects the diffusion model of dc, rdc or diffpure; defense {self.defense!r} "
+        check_choice("dataset", self.dataset, DATASETS)
+        with_denoiser = ", ".join(defense_names(needs_denoiser=True))
+        if self.denoiser and not defense.needs_denoiser:
+            raise ValueError(f"denoiser= selects the diffusion model of {with_denoiser}; defense {self.defense!r} "
                              "has none")
         if self.denoiser and self.dataset != "digits":
             raise ValueError("denoiser= is for digits; CIFAR-10 takes its checkpoints from preset and ckpt_dir")
-        if self.dataset == "cifar10" and self.defense not in ("dc", "rdc"):
-            raise ValueError(f"on cifar10 the defenses are dc and rdc (EDM checkpoints), got {self.defense!r}")
-        if self.attack.endswith("-lagrange") and self.defense in ("cnn", "at-cnn"):
-            raise ValueError(f"attack {self.attack!r} needs a diffusion defence (dc, rdc, diffpure); "
-                             f"{self.defense!r} has no denoiser")
+        if self.dataset not in defense.datasets:
+            raise ValueError(f"on {self.dataset} the defenses are {', '.join(defense_names(datasets=self.dataset))}, "
+                             f"got {self.defense!r}")
+        self._check_spec_settings(defense)
         if self.preset or self.dataset == "cifar10":
             self._apply_preset()
+
+    def _check_spec_settings(self, defense) -> None:
+        """The grid and LM settings: valid, read by the defence, not overridden by a preset."""
+        check_choice("grid", self.grid, GRID_KINDS)
+        if self.lm_steps < 0 or not self.lm_eta >= 0 or not self.lm_step_size > 0:
+            raise ValueError(f"LM settings must be lm_steps >= 0, lm_eta >= 0, lm_step_size > 0; got {self.lm_steps}, "
+                             f"{self.lm_eta}, {self.lm_step_size}")
+        changed = [n for n in _SPEC_SETTINGS if getattr(self, n) != getattr(EvalConfig, n)]
+        unread = [n for n in changed if n not in defense.extra_args]
+        if unread:
+            readers = ", ".join(n for n in defense_names() if set(unread) <= set(get_defense(n).extra_args))
+            raise ValueError(f"defense {self.defense!r} does not read {', '.join(unread)} (defenses that do: {readers})")
+        if changed and (self.preset or self.dataset == "cifar10"):
+            raise ValueError(f"{', '.join(changed)}: the preset {self.preset or 'cifar10-paper'!r} fixes the grid and "
+                             "the LM settings (rdc presets NAME shows them); drop the flag or leave out the preset")
+
+    def _check_attack(self, defense) -> None:
+        """The attack's registry facts against the threat model and the defense."""
+        from ..attacks.registry import get_attack
+
+        info = get_attack(self.attack)
+        if self.norm not in info.norms:
+            raise ValueError(f"attack {self.attack!r} goes with norm {' or '.join(map(repr, info.norms))}, got "
+                             f"{self.norm!r} (norm 'flow' is StAdv's flow bound: attack stadv, eps = flow bound)")
+        if "denoiser" in info.extra_args and not defense.needs_denoiser:
+            raise ValueError(f"attack {self.attack!r} needs a diffusion defence "
+                             f"({', '.join(defense_names(needs_denoiser=True))}); {self.defense!r} has no denoiser")
 
     def _apply_preset(self) -> None:
         """Apply the preset (cifar10 implies 'cifar10-paper') to the fields it fixes that are left at their
@@ -151,8 +181,11 @@ class EvalConfig:
 
 
 def defense_spec(cfg: EvalConfig) -> DefenseSpec:
-    return DefenseSpec(name=cfg.defense, heads=cfg.heads, timesteps=cfg.timesteps, noise_mode=cfg.noise_mode,
-                       grad_mode=cfg.grad_mode, seed=cfg.seed, vote=cfg.vote, preset=cfg.preset,
+    """The defence part of ``cfg``: every ``DefenseSpec`` field ``EvalConfig`` has under the same name (one
+    definition: a setting added to both reaches the builder without a copy here), plus name, denoiser_path and
+    ckpt_dir (CIFAR-10 only)."""
+    shared = ({f.name for f in fields(DefenseSpec)} & {f.name for f in fields(EvalConfig)}) - {"ckpt_dir"}
+    return DefenseSpec(name=cfg.defense, **{k: getattr(cfg, k) for k in sorted(shared)},
                        ckpt_dir=cfg.ckpt_dir if cfg.dataset == "cifar10" else "",
                        denoiser_path=str(resolve_denoiser(cfg.denoiser)) if cfg.denoiser else None)
 
@@ -169,52 +202,6 @@ def resolve_denoiser(name_or_path: str) -> Path:
     return checkpoint_path(name_or_path)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch: int = 64) -> Tensor:
-    """Predicted labels (N,) for images (N, C, H, W), in batches."""
-    return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
-
-
-@torch.no_grad()
-def n_evaluate(model: nn.Module, x: Tensor, n_eval: int, batch: int = 64) -> Tensor:
-    """Predicted labels (n_eval, N) of ``n_eval`` calls on images (N, C, H, W), batched together.
-
-    The N images are repeated n_eval times and classified in batches of ``batch``: a stochastic
-    defence draws fresh randomness for every copy (the same as n_eval separate calls), with fewer
-    network calls when N is small.
-    """
-    reps = x.repeat(n_eval, *([1] * (x.ndim - 1)))
-    return predict(model, reps, batch).reshape(n_eval, x.shape[0])
-
-
-def _attack(cfg: EvalConfig, model: nn.Module):
-    from ..attacks import autoattack_suite, build_attack
-
-    if cfg.attack == "autoattack":
-        return autoattack_suite(model, norm=cfg.norm, eps=cfg.eps, steps=cfg.steps, restarts=cfg.restarts,
-                                eot=cfg.eot, verify=cfg.verify, seed=cfg.seed, square_queries=cfg.square_queries,
-                                n_target_classes=cfg.n_target_classes)
-    extra: dict = {"n_target_classes": cfg.n_target_classes} if cfg.attack == "apgd-t" else {}
-    if cfg.attack.endswith("-lagrange"):
-        denoiser = getattr(model, "denoiser", None)
-        if denoiser is None:
-            raise ValueError(f"attack {cfg.attack!r} needs a diffusion defence (dc, rdc, diffpure); "
-                             f"{cfg.defense!r} has no denoiser")
-        extra["denoiser"] = denoiser
-    steps = cfg.square_queries if cfg.attack == "square" else cfg.steps
-    return build_attack(cfg.attack, model, norm=cfg.norm, eps=cfg.eps, steps=steps, restarts=cfg.restarts,
-                        eot=cfg.eot, verify=cfg.verify, seed=cfg.seed, **extra)
-
-
-def _run_attack(attack, model: nn.Module, x: Tensor, y: Tensor, progress: bool) -> tuple[Tensor, dict]:
-    """Adversarial images for (x, y); the ensemble keeps the worst case per example."""
-    from ..attacks import run_ensemble
-
-    attacks = attack if isinstance(attack, list) else [(getattr(attack, "name", "attack"), attack)]
-    res = run_ensemble(model, x, y, attacks, chunk_size=x.shape[0], progress=False)
-    return res.x_adv, res.summary()
-
-
 def evaluate(
     cfg: EvalConfig,
     *,
@@ -228,7 +215,7 @@ def evaluate(
 
     ``restart``: move the stored records of ``cfg`` in ``records_dir`` aside (renamed, never deleted) and
     start afresh; without it, damaged or stale records raise ``StoredStateError`` (see ``records.py``).
-    ``model``: evaluate this defence (x (B, C, H, W) in [0, 1] -> logits (B, K)) instead of building
+    ``model``: evaluate this defense (x (B, C, H, W) in [0, 1] -> logits (B, K)) instead of building
     ``cfg.defense``; ``cfg`` still sets the data, the attack and the checks.
     """
     t0 = time.perf_counter()
@@ -246,12 +233,10 @@ def evaluate(
     y_all = y_all[cfg.offset:cfg.offset + cfg.n].to(device)
     if model is None:
         model = build_defense(defense_spec(cfg), device)
-    if cfg.attack != "none":
-        _attack(cfg, model)  # a configuration the attack refuses fails here, before any work
+    if cfg.attack != NO_ATTACK:
+        build_evaluated_attack(cfg, model)  # a configuration the attack refuses fails here, before any work
         if cfg.run_checks:
-            from .checks import check_sample_size
-
-            check_sample_size(cfg.n)
+            checks.check_sample_size(cfg.n)
 
     records, x_adv_all = load_records(records_dir, cfg, x_all.cpu(), y_all.cpu(), restart=restart)
     bar = None
@@ -267,10 +252,10 @@ def evaluate(
         x, y = x_all[start:stop], y_all[start:stop]
         clean = predict(model, x)
         x_adv = x.clone()
-        ok = _clean_verified(model, x, y, clean, cfg.verify) if cfg.attack != "none" else clean == y
-        if cfg.attack != "none":
+        ok = _clean_verified(model, x, y, clean, cfg.verify) if cfg.attack != NO_ATTACK else clean == y
+        if cfg.attack != NO_ATTACK:
             if ok.any():
-                adv, stats = _run_attack(_attack(cfg, model), model, x[ok], y[ok], progress)
+                adv, stats = run_attack(build_evaluated_attack(cfg, model), model, x[ok], y[ok])
                 x_adv[ok] = adv.detach()
                 attack_stats.append(stats)
         preds = n_evaluate(model, x_adv, cfg.n_eval)  # (n_eval, b)
@@ -278,7 +263,7 @@ def evaluate(
             correct_runs = (preds[:, j] == y[j]).tolist()
             records[start + j] = {
                 "index": cfg.offset + start + j, "label": int(y[j]), "clean_pred": int(clean[j]),
-                "adv_preds": preds[:, j].tolist(), "attacked": bool(ok[j]) and cfg.attack != "none",
+                "adv_preds": preds[:, j].tolist(), "attacked": bool(ok[j]) and cfg.attack != NO_ATTACK,
                 "robust_first": bool(correct_runs[0]) and bool(ok[j]),
                 "robust_all": all(correct_runs) and bool(ok[j]),
                 "robust_frac": (sum(correct_runs) / len(correct_runs)) if ok[j] else 0.0,
@@ -298,15 +283,15 @@ def evaluate(
     robust_avg = sum(r["robust_frac"] for r in recs) / cfg.n
     result = {
         **asdict(cfg),
-        "clean_acc": clean_acc.value, "robust_acc": robust.value if cfg.attack != "none" else clean_acc.value,
-        "robust_acc_avg": robust_avg if cfg.attack != "none" else clean_acc.value,
-        "robust_acc_worst": robust_worst.value if cfg.attack != "none" else clean_acc.value,
+        "clean_acc": clean_acc.value, "robust_acc": robust.value if cfg.attack != NO_ATTACK else clean_acc.value,
+        "robust_acc_avg": robust_avg if cfg.attack != NO_ATTACK else clean_acc.value,
+        "robust_acc_worst": robust_worst.value if cfg.attack != NO_ATTACK else clean_acc.value,
         "clean": clean_acc.as_dict(), "robust": robust.as_dict(), "robust_worst": robust_worst.as_dict(),
         "max_linf": max(r["linf"] for r in recs), "max_l2": max(r["l2"] for r in recs),
         "attack_stats": attack_stats,
     }
     if cfg.attack == "autoattack":
-        from ..attacks import autoattack_dropped
+        from ..attacks.ensemble import autoattack_dropped
 
         result["attacks_dropped"] = autoattack_dropped(cfg.eot)
     result.update(_checks(cfg, model, x_all, y_all, x_adv_all.to(device), recs, device))
@@ -315,7 +300,7 @@ def evaluate(
 
 
 def _clean_verified(model: nn.Module, x: Tensor, y: Tensor, clean: Tensor, verify: int) -> Tensor:
-    """(B,) bool: the images to attack. With ``verify`` = V > 1 (stochastic defences) an image counts as a
+    """(B,) bool: the images to attack. With ``verify`` = V > 1 (stochastic defenses) an image counts as a
     clean error only if V calls all misclassify it (the first call ``clean`` and V - 1 more), as an
     attack counts a success; an image one unlucky call got wrong is attacked like the others."""
     ok = clean == y
@@ -331,21 +316,18 @@ def _clean_verified(model: nn.Module, x: Tensor, y: Tensor, clean: Tensor, verif
 def _checks(cfg: EvalConfig, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, recs: list[dict],
             device: torch.device) -> dict:
     """``checks``, ``checks_skipped`` (check: reason) and ``trusted`` (None when no check ran) of a result."""
-    from .checks import (FD_IMAGES, MIN_CHECK_IMAGES, failed_checks, is_deterministic, run_sanity_checks,
-                         skipped_checks, trusted_from)
-
-    if cfg.attack == "none":
+    if cfg.attack == NO_ATTACK:
         return {"checks": {}, "checks_skipped": {"all": "attack 'none': no robust accuracy to check"}, "trusted": None}
     if not cfg.run_checks:
         return {"checks": {}, "checks_skipped": {"all": "run_checks=False"}, "trusted": None}
-    attacked = torch.tensor([r.get("attacked", r["clean_pred"] == r["label"]) for r in recs[:MIN_CHECK_IMAGES]],
+    attacked = torch.tensor([r.get("attacked", r["clean_pred"] == r["label"]) for r in recs[:checks.MIN_CHECK_IMAGES]],
                             dtype=torch.bool, device=device)
-    checks = run_sanity_checks(cfg, model, x, y, x_adv, device=device, attacked=attacked)
-    trusted = trusted_from(checks)
+    entries = checks.run_sanity_checks(cfg, model, x, y, x_adv, device=device, attacked=attacked)
+    trusted = checks.trusted_from(entries)
     if trusted is False:
-        log.warning("UNTRUSTED robust accuracy: sanity checks failed: %s", "; ".join(failed_checks(checks)))
-    return {"checks": checks, "checks_skipped": skipped_checks(cfg, is_deterministic(model, x[:FD_IMAGES])),
-            "trusted": trusted}
+        log.warning("UNTRUSTED robust accuracy: sanity checks failed: %s", "; ".join(checks.failed_checks(entries)))
+    deterministic = checks.is_deterministic(model, x[:checks.FD_IMAGES])
+    return {"checks": entries, "checks_skipped": checks.skipped_checks(cfg, deterministic), "trusted": trusted}
 
 
 def evaluate_params(params: dict) -> dict:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..choices import DATASETS, GRAD_MODES, HEADS, LM_OPTIMIZERS, NOISE_MODES, NORMS
 from ..paths import (CHECKPOINT_SUFFIX, NOTEBOOKS_DIR, data_dir, is_checkpoint_name, resolve_checkpoint,
                     resolve_path)
 
@@ -31,12 +32,6 @@ __all__ = [
     "validate_params",
 ]
 
-DATASETS = ("digits", "cifar10")
-NORMS = ("linf", "l2")
-HEADS = ("single", "multi")
-GRAD_MODES = ("exact", "bpda")
-LM_OPTIMIZERS = ("sgd", "sign", "adam")  # rdc_lib.lm.LM_OPTIMIZERS (not imported: no torch here)
-NOISE_MODES = ("stochastic", "fixed")
 DIGITS_TEST_SIZE = 360
 CIFAR10_TEST_SIZE = 10_000
 
@@ -65,21 +60,21 @@ def _is_number(v: Any) -> bool:
 
 
 def _attack_names() -> tuple[str, ...]:
-    from ..attacks import ATTACK_NAMES
+    from ..attacks.registry import attack_names
 
-    return tuple(ATTACK_NAMES)
+    return attack_names(ensemble=False, adaptive=False)
 
 
 def _eval_attack_names() -> tuple[str, ...]:
-    from ..evaluation.runner import ATTACKS
+    from ..evaluation.attacking import eval_attack_names
 
-    return tuple(ATTACKS)
+    return eval_attack_names()
 
 
 def _defense_names() -> tuple[str, ...]:
-    from ..evaluation.defenses import DEFENSES
+    from ..defenses import defense_names
 
-    return tuple(DEFENSES)
+    return defense_names()
 
 
 @dataclass(frozen=True)
@@ -294,9 +289,13 @@ def _check_cifar10(values: dict[str, Any], base: Path | None) -> None:
 
 def _check_cifar10_defenses(values: dict[str, Any]) -> None:
     if values.get("dataset") == "cifar10" and "defenses" in values:
-        other = [d for d in values["defenses"] if d not in ("dc", "rdc")]
+        from ..defenses import defense_names
+
+        cifar = defense_names(datasets="cifar10")
+        other = [d for d in values["defenses"] if d not in cifar]
         if other:
-            raise _bad("defenses", values["defenses"], "only 'dc' and 'rdc' with dataset 'cifar10' (EDM checkpoints; "
+            raise _bad("defenses", values["defenses"], f"only {' and '.join(map(repr, cifar))} with dataset 'cifar10' "
+                       "(EDM checkpoints; "
                        f"no CIFAR-10 baseline for {', '.join(other)})")
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from torch import nn
 
 from .base import Denoiser
-from .precond import HEADS, EDMDenoiser
+from ..choices import HEADS
+from .precond import EDMDenoiser
 from .film import FILM_BACKBONE, FiLMNet
 from .unet_small import SmallUNet
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..choices import HEADS, check_choice
 from ..safe_pickle import RefusedGlobalError, RestrictedUnpickler
 from .base import Denoiser
 from .checkpoints import load_denoiser, save_denoiser
@@ -255,8 +256,7 @@ def import_edm_pickle(
     pickle that references anything outside the admitted types, ValueError for a network that is
     not the expected DDPM++.
     """
-    if heads not in ("single", "multi"):
-        raise ValueError(f"unknown heads {heads!r}; valid choices: single, multi")
+    check_choice("heads", heads, HEADS)
     info = read_edm_pickle(src, key)
     _check_config(info, expected)
     kw = {k: _normalise(v) for k, v in info.unet_kwargs.items()}

@@ -13,9 +13,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..choices import HEADS
 from .base import Denoiser
 
-HEADS = ("single", "multi")
 
 
 class EDMDenoiser(Denoiser):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..provenance import file_sha256  # one home: rdc_lib.provenance (re-exported here)
-from ..stored_state import StoredStateError, restart_aside
+from ..stored_state import StoredStateError, restart_aside, sources_version
 from .spec import SweepSpec
 from .targets import EVAL_TARGET
 
@@ -89,13 +89,6 @@ def canonical_json(value: Any) -> str:
 
 # --------------------------------------------------------------------------- identity
 
-def _sources_hash(root: Path, h: "hashlib._Hash") -> None:
-    for path in sorted(root.rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-
-
 def _notebook_source(path: Path) -> bytes:
     """The code cells' sources only: re-saving outputs or metadata does not change the version."""
     import nbformat
@@ -106,21 +99,18 @@ def _notebook_source(path: Path) -> bytes:
 
 def code_version(spec: SweepSpec | None = None, *, package_root: Path | None = None) -> str:
     """``<rdc version>+src.<12 hex>`` over the rdc_lib sources and the spec's target source."""
-    from .. import __version__
-
     root = package_root or Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    _sources_hash(root, h)
+    extra = b""
     if spec is not None and spec.target_kind == "notebook":
-        h.update(b"notebook\0" + _notebook_source(Path(spec.target)))
+        extra = b"notebook\0" + _notebook_source(Path(spec.target))
     elif spec is not None and spec.target != EVAL_TARGET:
         import importlib.util
 
         module_spec = importlib.util.find_spec(spec.target.partition(":")[0])
         origin = Path(module_spec.origin) if module_spec and module_spec.origin else None
         if origin is not None and origin.is_file() and root not in origin.resolve().parents:
-            h.update(b"module\0" + origin.read_bytes())
-    return f"{__version__}+src.{h.hexdigest()[:12]}"
+            extra = b"module\0" + origin.read_bytes()
+    return sources_version(root, extra)
 
 
 def _eval_checkpoints(params: Mapping[str, Any]) -> list[Path]:

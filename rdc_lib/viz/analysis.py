@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..classifier import DiffusionClassifier, bayes_posterior
+from ..choices import GRID_LEVELS
+from ..defenses.classifier import DiffusionClassifier, bayes_posterior
 from ..diffusion.elbo import elbo_terms
 from ..diffusion.schedules import NoiseGrid, make_grid, noise_levels
 from ..lm import LMConfig, draw_lm_noise, likelihood_maximization
@@ -226,7 +227,7 @@ class LMTrajectories:
     (one sigma, one eps per step, as LM sees it); bound (N + 1, B): the unconditional diffusion
     loss sum_t w_t E||D(x + sigma_t eps; sigma_t, null) - x||^2 on the classifier's grid with one
     fixed eps draw for all steps (lower = more likely); probs (N + 1, B, K): the classifier's Bayes
-    posterior at every iterate (``rdc_lib.classifier.bayes_posterior``: log-likelihood summed over the
+    posterior at every iterate (``rdc_lib.defenses.classifier.bayes_posterior``: log-likelihood summed over the
     ``pixels`` = C*H*W values of an image); labels (B,); names: one label per image.
     """
 
@@ -263,7 +264,7 @@ def lm_trajectories(
     res = likelihood_maximization(denoiser, x, noise=noise, config=config, return_trajectory=True)
     traj = res.trajectory                                                          # (N + 1, B, C, H, W)
     if grid is None:
-        grid = classifier.grid if isinstance(getattr(classifier, "grid", None), NoiseGrid) else make_grid(32)
+        grid = classifier.grid if isinstance(getattr(classifier, "grid", None), NoiseGrid) else make_grid(GRID_LEVELS)
     null = torch.tensor([denoiser.null_label], device=x.device)
     eps = torch.randn((x.shape[0], 1, len(grid), *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
     bound = torch.stack([elbo_terms(denoiser, t, grid, classes=null, noise=eps).sum((1, 2)) for t in traj])

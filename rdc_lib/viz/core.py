@@ -18,7 +18,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..classifier import POSTERIOR_SCALE_NOTE
+from ..defenses.classifier import POSTERIOR_SCALE_NOTE
 
 __all__ = [
     "accuracy_vs_eps_figure",
@@ -151,7 +151,7 @@ def elbo_sum_figure(totals: Any, *, label: int | None = None, title: str = "") -
 
 def posterior_figure(posteriors: Mapping[str, Any], *, label: int | None = None, title: str = "") -> go.Figure:
     """Grouped bars of posteriors p(y | x) (K,) under several priors / scales, keyed by series name (name the
-    scale in it: ``rdc_lib.classifier.POSTERIOR_SCALE_NOTE`` or the temperature)."""
+    scale in it: ``rdc_lib.defenses.classifier.POSTERIOR_SCALE_NOTE`` or the temperature)."""
     fig = go.Figure()
     for name, p in posteriors.items():
         v = _np(p).reshape(-1)
@@ -220,7 +220,7 @@ def lm_curves_figure(lm: Any, *, title: str = "", colors: Sequence[int] | None =
 def posterior_change_figure(before: Any, after: Any, labels: Any, names: Sequence[str], *, pixels: int,
                             title: str = "", before_name: str = "before LM", after_name: str = "after LM") -> go.Figure:
     """p(label | x) per image before and after, from (B, K) Bayes posteriors of images of ``pixels`` values
-    (``rdc_lib.classifier.bayes_posterior``; the scale is named on the figure), as grouped bars."""
+    (``rdc_lib.defenses.classifier.bayes_posterior``; the scale is named on the figure), as grouped bars."""
     b, a, y = _np(before), _np(after), _np(labels).astype(int)
     idx = np.arange(y.shape[0])
     fig = go.Figure([go.Bar(x=list(names), y=b[idx, y], name=before_name),

@@ -8,11 +8,12 @@ Randomness is owned by the module (never the global RNG):
 - ``noise_mode="fixed"``: the same eps on every call, one eps per level shared by every image, derived
   from ``seed``: the classifier is then a deterministic function an attacker can differentiate exactly.
 
-Gradients w.r.t. the input: ``grad_mode="chunked"`` (default) runs the forward without storing
+Gradients w.r.t. the input (``backward_mode``, one of ``rdc_lib.choices.BACKWARD_MODES``; not to be
+confused with RDC's ``grad_mode``, the attacker's gradient through LM): ``backward_mode="chunked"`` (default) runs the forward without storing
 activations and recomputes them chunk by chunk in the backward pass, so peak memory does not grow
 with K x T; when a single chunk holds every level (small inputs: the recomputation would hold the
 same activations at once), the chunked mode keeps the forward's graph instead and saves the extra
-forward (same gradient, same peak memory). ``grad_mode="autograd"`` always keeps the plain graph
+forward (same gradient, same peak memory). ``backward_mode="autograd"`` always keeps the plain graph
 (reference for tests).
 """
 
@@ -23,13 +24,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .diffusion.elbo import draw_noise, elbo_terms, levels_per_chunk
-from .diffusion.schedules import NoiseGrid, make_grid
-from .models.base import Denoiser
-from .utils import OwnedRandomness, check_images
+from ..choices import BACKWARD_MODES, GRID_LEVELS, NOISE_MODES, check_choice
+from ..diffusion.elbo import draw_noise, elbo_terms, levels_per_chunk
+from ..diffusion.schedules import NoiseGrid, make_grid
+from ..models.base import Denoiser
+from ..utils import OwnedRandomness, check_images
 
-NOISE_MODES = ("stochastic", "fixed")
-GRAD_MODES = ("chunked", "autograd")
 
 
 class _ChunkedELBOSum(torch.autograd.Function):
@@ -48,12 +48,12 @@ class _ChunkedELBOSum(torch.autograd.Function):
         x, noise, classes = ctx.saved_tensors
         denoiser, grid, chunk = ctx.denoiser, ctx.grid, ctx.chunk
         grad_x = torch.zeros_like(x)
-        t_len = len(grid)
+        T = len(grid)
         batch = x.shape[0]
         per_chunk = levels_per_chunk(denoiser, batch, classes.numel(), noise.shape[1] == 1, chunk)
         noise_b = noise.expand(batch, *noise.shape[1:]) if noise.shape[0] == 1 else noise
-        for start in range(0, t_len, per_chunk):
-            sl = slice(start, min(start + per_chunk, t_len))
+        for start in range(0, T, per_chunk):
+            sl = slice(start, min(start + per_chunk, T))
             sub = NoiseGrid(grid.sigmas[sl], grid.weights[sl], grid.kind, grid.weighting)
             with torch.enable_grad():
                 xc = x.detach().requires_grad_(True)
@@ -95,18 +95,16 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
         shared_noise: bool = True,                            # same eps for every class
         noise_mode: Literal["stochastic", "fixed"] = "stochastic",
         seed: int = 0,                                        # seeds the module's own generator
-        grad_mode: Literal["chunked", "autograd"] = "chunked",
+        backward_mode: Literal["chunked", "autograd"] = "chunked",  # the DC's own input gradient
         chunk_size: int = 4096,                               # max (image, class, level) triples per call
     ):
         super().__init__()
-        if noise_mode not in NOISE_MODES:
-            raise ValueError(f"unknown noise_mode {noise_mode!r}; valid choices: {', '.join(NOISE_MODES)}")
-        if grad_mode not in GRAD_MODES:
-            raise ValueError(f"unknown grad_mode {grad_mode!r}; valid choices: {', '.join(GRAD_MODES)}")
+        check_choice("noise_mode", noise_mode, NOISE_MODES)
+        check_choice("backward_mode", backward_mode, BACKWARD_MODES)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.denoiser = denoiser
-        self.grid = grid if grid is not None else make_grid(32)
+        self.grid = grid if grid is not None else make_grid(GRID_LEVELS)
         k = denoiser.num_classes
         if prior is None:
             prior = torch.full((k,), 1.0 / k)
@@ -117,7 +115,7 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
         self.shared_noise = bool(shared_noise) or denoiser.heads == "multi"
         self.noise_mode = noise_mode
         self.seed = int(seed)
-        self.grad_mode = grad_mode
+        self.backward_mode = backward_mode
         self.chunk_size = int(chunk_size)
         self._generator: torch.Generator | None = None
 
@@ -162,10 +160,10 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
     def recomputes_in_backward(self, x: Tensor, noise: Tensor) -> bool:
         """Whether a forward on x (B, C, H, W) with eps ``noise`` (B or 1, 1 or K, T, ...) takes the chunked path.
 
-        True only when an input gradient is needed, ``grad_mode`` is 'chunked' and the levels do not fit in one
+        True only when an input gradient is needed, ``backward_mode`` is 'chunked' and the levels do not fit in one
         chunk of ``chunk_size`` triples; otherwise the plain graph is kept (it is no larger than one chunk).
         """
-        if self.grad_mode != "chunked" or not (torch.is_grad_enabled() and x.requires_grad):
+        if self.backward_mode != "chunked" or not (torch.is_grad_enabled() and x.requires_grad):
             return False
         per_chunk = levels_per_chunk(self.denoiser, x.shape[0], self.num_classes, noise.shape[1] == 1,
                                      self.chunk_size)

@@ -20,16 +20,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .attacks.wrappers import bpda
-from .diffusion.sampling import euler_sde, heun_ode, karras_sigmas, sde_noise_shape
-from .models.base import Denoiser
-from .utils import OwnedRandomness, check_images
+from ..attacks.wrappers import bpda
+from ..choices import GRAD_MODES, NOISE_MODES, PURIFY_MODES
+from ..diffusion.sampling import euler_sde, heun_ode, karras_sigmas, sde_noise_shape
+from ..models.base import Denoiser
+from ..utils import OwnedRandomness, check_images
 
 __all__ = ["DiffPure", "PURIFY_MODES"]
 
-PURIFY_MODES = ("ode", "sde")
-NOISE_MODES = ("stochastic", "fixed")
-GRAD_MODES = ("exact", "bpda")
 
 
 class DiffPure(OwnedRandomness, nn.Module):
@@ -39,8 +37,8 @@ class DiffPure(OwnedRandomness, nn.Module):
         input (B, C, H, W) in [0, 1]; output whatever ``classifier`` returns, (B, K) logits.
 
     Examples:
-        >>> defence = DiffPure(denoiser, cnn, t_star_sigma=0.5, steps=10, mode="ode")
-        >>> logits = defence(x); x_pur = defence.purify(x)
+        >>> defense = DiffPure(denoiser, cnn, t_star_sigma=0.5, steps=10, mode="ode")
+        >>> logits = defense(x); x_pur = defense.purify(x)
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """The Robust Diffusion Classifier: RDC(x) = DC(LM(x)) (docs/paper.md section 4).
 
 LM (rdc_lib.lm) moves the input towards higher unconditional likelihood inside the eta-ball, then
-the diffusion classifier (rdc_lib.classifier) classifies the result. One code path serves
+the diffusion classifier (rdc_lib.defenses.classifier) classifies the result. One code path serves
 prediction and attack; what the attacker's gradient is comes from ``grad_mode``:
 
 - ``'exact'``: the exact second-order gradient through LM (rdc_lib.lm_grad.lm_exact: ``lm_graph='auto'``
@@ -36,18 +36,17 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..choices import GRAD_MODES, LM_GRAPH_MODES, NOISE_MODES
 from .classifier import DiffusionClassifier
-from .diffusion.elbo import draw_noise
-from .diffusion.schedules import NoiseGrid
-from .lm_grad import LM_GRAPH_MODES, lm_bpda, lm_exact
-from .lm import LMConfig, LMNoise, LMResult, draw_lm_noise, likelihood_maximization
-from .models.base import Denoiser
-from .utils import OwnedRandomness, check_images
+from ..diffusion.elbo import draw_noise
+from ..diffusion.schedules import NoiseGrid
+from ..lm_grad import lm_bpda, lm_exact
+from ..lm import LMConfig, LMNoise, LMResult, draw_lm_noise, likelihood_maximization
+from ..models.base import Denoiser
+from ..utils import OwnedRandomness, check_images
 
-__all__ = ["GRAD_MODES", "NOISE_MODES", "RDCNoise", "RobustDiffusionClassifier"]
+__all__ = ["RDCNoise", "RobustDiffusionClassifier"]
 
-GRAD_MODES = ("exact", "bpda")
-NOISE_MODES = ("stochastic", "fixed")
 
 
 @dataclass

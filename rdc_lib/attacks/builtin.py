@@ -1,0 +1,99 @@
+"""Registration of the shipped attacks (rdc_lib.attacks.registry): one ``register_attack`` per attack.
+
+Order is the order of the CLI's choices. Builders get the common budget (see ``registry.build_attack``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .apgd import APGD
+from .ensemble import autoattack_suite
+from .fgsm import FGSM
+from .lagrangian import LagrangianAPGD, LagrangianPGD
+from .pgd import PGD
+from .registry import register_attack
+from .selective_eot import SelectiveEOTAPGD, SelectiveEOTPGD
+from .square import Square
+from .stadv import StAdv
+
+
+def _common(norm: str, eps: float, verify: int, seed: int | None, generator: Any) -> dict:
+    return dict(norm=norm, eps=eps, verify=verify, seed=seed, generator=generator)
+
+
+@register_attack("fgsm", iterative=False, description="fast gradient sign method: one step to the ball's edge")
+def _fgsm(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+    return FGSM(model, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
+
+
+@register_attack("pgd", description="projected gradient descent, cross-entropy")
+def _pgd(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+    return PGD(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
+
+
+@register_attack("apgd-ce", description="APGD with cross-entropy")
+def _apgd_ce(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+    return APGD(model, steps=steps, restarts=restarts, eot=eot, loss="ce", **_common(norm, eps, verify, seed, generator),
+                **kw)
+
+
+@register_attack("apgd-dlr", description="APGD with the DLR loss")
+def _apgd_dlr(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+    return APGD(model, steps=steps, restarts=restarts, eot=eot, loss="dlr",
+                **_common(norm, eps, verify, seed, generator), **kw)
+
+
+@register_attack("apgd-t", extra_args=("n_target_classes",), description="APGD with targeted DLR over the top classes")
+def _apgd_t(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+    return APGD(model, steps=steps, restarts=restarts, eot=eot, loss="dlr", targeted=True, target_rule="top-k",
+                **_common(norm, eps, verify, seed, generator), **kw)
+
+
+@register_attack("square", gradient_based=False, eot=False, budget="queries",
+                 description="Square: score-based random search (no gradients)")
+def _square(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+    if eot != 1:
+        raise ValueError("square is score-based and has no EOT; use eot=1")
+    return Square(model, steps=steps, restarts=restarts, **_common(norm, eps, verify, seed, generator), **kw)
+
+
+@register_attack("autoattack", ensemble=True, extra_args=("square_queries", "n_target_classes"),
+                 description="AutoAttack-style worst case: APGD-CE, APGD-DLR, APGD-T, Square (Square left out under EOT)")
+def _autoattack(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+    return autoattack_suite(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=eot, verify=verify,
+                            seed=seed if seed is not None else 0, **kw)
+
+
+def _lagrangian(name: str, cls: type):
+    def build(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+        if kw.get("denoiser") is None:
+            raise ValueError(f"attack {name!r} needs denoiser=, the defence's diffusion model (for an RDC: "
+                             "denoiser=rdc.denoiser)")
+        return cls(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
+    return build
+
+
+register_attack("pgd-lagrange", extra_args=("denoiser",), adaptive=True,
+                description="PGD on the Lagrangian of cross-entropy and LM's unconditional loss")(_lagrangian("pgd-lagrange", LagrangianPGD))
+register_attack("apgd-lagrange", extra_args=("denoiser",), adaptive=True,
+                description="APGD on the Lagrangian objective")(_lagrangian("apgd-lagrange", LagrangianAPGD))
+
+
+@register_attack("pgd-seot", adaptive=True, description="PGD with selective EOT over the draws")
+def _pgd_seot(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+    return SelectiveEOTPGD(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator),
+                           **kw)
+
+
+@register_attack("apgd-seot", adaptive=True, description="APGD with selective EOT over the draws")
+def _apgd_seot(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+    return SelectiveEOTAPGD(model, steps=steps, restarts=restarts, eot=eot,
+                            **_common(norm, eps, verify, seed, generator), **kw)
+
+
+@register_attack("stadv", norms=("flow",), adaptive=True,
+                 description="StAdv spatial flow; eps is the flow bound (normalised grid units), norm ignored")
+def _stadv(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+    return StAdv(model, bound=eps, steps=steps, restarts=restarts, eot=eot, verify=verify, seed=seed,
+                 generator=generator, **kw)

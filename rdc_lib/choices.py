@@ -1,0 +1,44 @@
+"""The one definition of every choice tuple and of the defaults several modules share (torch-free).
+
+Every other module reads its valid choices and shared defaults from here, so a new noise mode, norm or
+grid kind is added in one place (``tests/test_single_source.py`` fails on a second definition).
+Names: ``GRAD_MODES`` is the attacker's gradient through a purification stage (RDC's LM, DiffPure);
+``BACKWARD_MODES`` is how the diffusion classifier computes its own input gradient (same gradient).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BACKWARD_MODES", "DATASETS", "GRAD_MODES", "GRID_KINDS", "GRID_LEVELS", "GRID_KIND", "GRID_WEIGHTINGS", "HEADS",
+    "LM_ETA", "LM_GRAPH_MODES", "LM_NORMS", "LM_OPTIMIZERS", "LM_STEPS", "LM_STEP_SIZE", "NOISE_MODES", "NORMS",
+    "PURIFY_MODES", "SPLITS", "THREAT_NORMS", "check_choice",
+]
+
+# ---------------------------------------------------------------- choices
+NOISE_MODES = ("stochastic", "fixed")        # defence randomness: fresh draws per call, or one draw reused
+GRAD_MODES = ("exact", "bpda")               # attacker's gradient through LM / purification
+BACKWARD_MODES = ("chunked", "autograd")     # the DC's own input-gradient computation (same values)
+LM_GRAPH_MODES = ("auto", "recompute", "unroll")  # how RDC's exact gradient differentiates through LM
+NORMS = ("linf", "l2")                       # l_p balls of attacks and of LM's projection
+LM_NORMS = NORMS                             # LM projects onto the same balls
+THREAT_NORMS = (*NORMS, "flow")              # evaluation threat models: "flow" is StAdv's per-pixel flow bound
+LM_OPTIMIZERS = ("sgd", "sign", "adam")
+HEADS = ("single", "multi")                  # one conditional head with a null label, or K + 1 heads
+DATASETS = ("digits", "cifar10")
+SPLITS = ("train", "test")
+GRID_KINDS = ("paper", "lognormal", "karras")
+GRID_WEIGHTINGS = ("edm", "elbo", "uniform")
+PURIFY_MODES = ("ode", "sde")                # DiffPure's reverse process
+
+# ---------------------------------------------------------------- shared defaults
+GRID_LEVELS = 32            # T, the number of noise levels of the diffusion classifier (digits default)
+GRID_KIND = "paper"         # linspace(sigma_min, sigma_max, T + 1)[:-1] (docs/paper.md section 3)
+LM_STEPS = 5                # N, LM gradient steps (docs/paper.md section 4)
+LM_STEP_SIZE = 0.03         # normalised-gradient steps in model space (rdc_lib/lm.py explains why not 0.1)
+LM_ETA = 8 / 255            # LM ball radius, [0, 1] pixel units
+
+
+def check_choice(what: str, value: object, valid: tuple[str, ...]) -> None:
+    """ValueError naming ``what``, the bad ``value`` and the ``valid`` choices unless value is one of them."""
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(valid)}")

@@ -1,0 +1,118 @@
+"""Registration of the shipped defenses (rdc_lib.defenses.registry): one ``register_defense`` per defense.
+
+Digits defenses load the shipped checkpoints (data/checkpoints); DC and RDC on CIFAR-10 load a named
+preset's imported EDM checkpoints from ``spec.ckpt_dir``. Order is the order of the CLI's choices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..choices import DATASETS, GRAD_MODES
+from ..diffusion.schedules import make_grid
+from ..models.checkpoints import load_denoiser
+from ..paths import checkpoint_path
+from .baselines import load_classifier
+from .classifier import DiffusionClassifier
+from .registry import DefenseSpec, register_defense
+
+_SPEC_DC = ("heads", "timesteps", "grid", "noise_mode", "denoiser_path", "preset", "ckpt_dir")
+_SPEC_LM = ("lm_steps", "lm_eta", "lm_step_size", "lm_norm", "grad_mode", "vote")
+
+
+def _denoiser_file(spec: DefenseSpec) -> Path:
+    return Path(spec.denoiser_path) if spec.denoiser_path else checkpoint_path(f"digits_{spec.heads}")
+
+
+def _denoiser_files(spec: DefenseSpec) -> list[Path]:
+    if spec.ckpt_dir:
+        from ..presets import get_preset
+
+        p = get_preset(spec.preset or "cifar10-paper")
+        return [Path(spec.ckpt_dir) / n for n in (p.checkpoints.classifier, p.checkpoints.lm) if n]
+    return [_denoiser_file(spec)]
+
+
+def _cnn_file(name: str) -> Path:
+    return checkpoint_path("digits_cnn" if name == "cnn" else "digits_at_cnn")
+
+
+@register_defense("cnn", checkpoints=lambda spec: [_cnn_file("cnn")],
+                  description="the standard digits CNN (no defense)")
+def _cnn(spec: DefenseSpec, device: torch.device) -> nn.Module:
+    return load_classifier(_cnn_file("cnn"), device=device)
+
+
+@register_defense("at-cnn", checkpoints=lambda spec: [_cnn_file("at-cnn")],
+                  description="the PGD-adversarially-trained digits CNN")
+def _at_cnn(spec: DefenseSpec, device: torch.device) -> nn.Module:
+    return load_classifier(_cnn_file("at-cnn"), device=device)
+
+
+def _preset_parts(spec: DefenseSpec, device: torch.device):
+    """A named preset's (preset, denoiser, grid, DC kwargs) from the imported EDM checkpoints (CIFAR-10)."""
+    from ..models.edm_import import load_paired_denoiser
+    from ..presets import get_preset
+
+    p = get_preset(spec.preset or "cifar10-paper")
+    ckpt = Path(spec.ckpt_dir)
+    cond = ckpt / p.checkpoints.classifier
+    if p.checkpoints.lm:
+        denoiser = load_paired_denoiser(cond, ckpt / p.checkpoints.lm, device=device)
+    else:
+        denoiser = load_denoiser(cond, device=device)
+    return p, denoiser, make_grid(**p.grid.kwargs()), {**p.dc.kwargs(), "seed": spec.seed}
+
+
+@register_defense("dc", needs_denoiser=True, stochastic=True, datasets=DATASETS, extra_args=_SPEC_DC,
+                  checkpoints=_denoiser_files, description="the diffusion classifier (Bayes' rule over ELBOs)")
+def _dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
+    if spec.ckpt_dir:
+        _, denoiser, grid, dc_kwargs = _preset_parts(spec, device)
+        return DiffusionClassifier(denoiser, grid, **dc_kwargs)
+    den = load_denoiser(_denoiser_file(spec), device=device)
+    return DiffusionClassifier(den, make_grid(spec.timesteps, spec.grid), noise_mode=spec.noise_mode, seed=spec.seed)
+
+
+@register_defense("rdc", needs_denoiser=True, stochastic=True, datasets=DATASETS,
+                  grad_modes=GRAD_MODES, extra_args=_SPEC_DC + _SPEC_LM, checkpoints=_denoiser_files,
+                  description="the robust diffusion classifier: likelihood maximization, then the DC")
+def _rdc(spec: DefenseSpec, device: torch.device) -> nn.Module:
+    from ..lm import LMConfig
+    from .rdc import RobustDiffusionClassifier
+
+    if spec.ckpt_dir:
+        p, denoiser, grid, dc_kwargs = _preset_parts(spec, device)
+        return RobustDiffusionClassifier(denoiser, DiffusionClassifier(denoiser, grid, **dc_kwargs), lm=p.lm,
+                                         grad_mode=spec.grad_mode, noise_mode=p.dc.noise_mode, seed=spec.seed)
+    lm = LMConfig(steps=spec.lm_steps, eta=spec.lm_eta, step_size=spec.lm_step_size, norm=spec.lm_norm)
+    return RobustDiffusionClassifier(
+        load_denoiser(_denoiser_file(spec), device=device), grid=make_grid(spec.timesteps, spec.grid), lm=lm,
+        grad_mode=spec.grad_mode, noise_mode=spec.noise_mode, seed=spec.seed, vote=spec.vote)
+
+
+@register_defense("diffpure", needs_denoiser=True, stochastic=True, grad_modes=GRAD_MODES,
+                  extra_args=("heads", "noise_mode", "grad_mode", "denoiser_path"),
+                  checkpoints=lambda spec: [_denoiser_file(spec), _cnn_file("cnn")],
+                  description="DiffPure: purify with the unconditional head, classify with the standard CNN")
+def _diffpure(spec: DefenseSpec, device: torch.device) -> nn.Module:
+    from .purify import DiffPure
+
+    cnn = load_classifier(_cnn_file("cnn"), device=device)
+    return DiffPure(load_denoiser(_denoiser_file(spec), device=device), cnn, noise_mode=spec.noise_mode,
+                    seed=spec.seed, grad_mode=spec.grad_mode)
+
+
+@register_defense("optimal-dc", stochastic=True, extra_args=("timesteps", "grid", "noise_mode"),
+                  checkpoints=lambda spec: [],
+                  description="the DC with the closed-form optimal denoiser of the digits training split")
+def _optimal_dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
+    from ..data import load_dataset
+    from ..models.optimal import OptimalDenoiser
+
+    x_tr, y_tr = load_dataset("digits", "train")
+    den = OptimalDenoiser(x_tr.to(device), y_tr.to(device))
+    return DiffusionClassifier(den, make_grid(spec.timesteps, spec.grid), noise_mode=spec.noise_mode, seed=spec.seed)

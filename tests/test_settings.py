@@ -1,0 +1,97 @@
+"""One source of truth for settings: EvalConfig derives the defence spec, keys of stored configurations do not
+change, ``rdc eval`` sets the LM settings and the grid, presets hold the library's own settings classes and
+``--preset`` applies its attack budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from rdc_lib.cli import build_parser, eval_config, main
+from rdc_lib.defenses import DefenseSpec, build_defense
+from rdc_lib.evaluation import EvalConfig
+from rdc_lib.evaluation.runner import defense_spec
+
+# Keys recorded with the code before issue 17 (commit b21ce70): adding fields must not change them.
+RECORDED_KEYS = [
+    ({}, "8aaf50c12f38610a"),
+    ({"defense": "rdc", "attack": "apgd-ce", "eot": 2, "verify": 4, "n_eval": 10, "n": 360}, "897b544b015535f6"),
+    ({"defense": "cnn", "attack": "pgd", "eps": 0.05, "steps": 10, "n": 64}, "d2492710149153f8"),
+    ({"defense": "dc", "attack": "autoattack", "noise_mode": "fixed", "timesteps": 16,
+      "denoiser": "digits_multi_h32_distill"}, "d9f67ac2ef70c739"),
+    ({"defense": "diffpure", "attack": "pgd", "grad_mode": "bpda"}, "a7006d81f932acda"),
+    ({"defense": "cnn", "attack": "stadv", "norm": "flow", "eps": 0.05}, "190ab2230ea3f726"),
+    ({"defense": "rdc", "dataset": "cifar10", "preset": "cifar10-paper", "attack": "apgd-dlr", "eps": 8 / 255},
+     "d660da03e6f07c92"),
+]
+
+
+@pytest.mark.parametrize("params, key", RECORDED_KEYS)
+def test_stored_keys_unchanged(params, key):
+    assert EvalConfig(**params).key() == key
+
+
+def test_new_settings_enter_the_key_only_away_from_their_default():
+    base = EvalConfig(defense="rdc")
+    assert EvalConfig(defense="rdc", lm_eta=base.lm_eta, grid=base.grid).key() == base.key()
+    changed = EvalConfig(defense="rdc", lm_eta=0.1)
+    assert changed.key() != base.key() and changed.identity()["lm_eta"] == 0.1 and "lm_eta" not in base.identity()
+
+
+def test_defense_spec_is_derived_not_copied():
+    """Every DefenseSpec field EvalConfig has by name reaches the spec."""
+    cfg = EvalConfig(defense="rdc", heads="single", timesteps=8, grid="karras", noise_mode="fixed", grad_mode="bpda",
+                     seed=3, vote=2, lm_steps=2, lm_eta=0.1, lm_step_size=0.05)
+    spec = defense_spec(cfg)
+    for name in ("heads", "timesteps", "grid", "noise_mode", "grad_mode", "seed", "vote", "lm_steps", "lm_eta",
+                 "lm_step_size"):
+        assert getattr(spec, name) == getattr(cfg, name), name
+    assert spec.name == "rdc" and spec.ckpt_dir == ""
+
+
+def test_rdc_eval_sets_lm_and_grid_flags():
+    args = build_parser().parse_args(["eval", "--defense", "rdc", "--lm-eta", "0.1", "--eps", "0.1", "--lm-steps", "3",
+                                      "--lm-step-size", "0.05", "--grid", "karras", "--T", "4"])
+    cfg = eval_config(args)
+    model = build_defense(defense_spec(cfg))
+    assert (model.lm_config.eta, model.lm_config.steps, model.lm_config.step_size) == (0.1, 3, 0.05)  # eta = eps
+    assert model.classifier.grid.kind == "karras" and len(model.classifier.grid) == 4
+
+
+def test_settings_a_defense_does_not_read_are_refused(capsys):
+    assert main(["eval", "--defense", "cnn", "--lm-eta", "0.1", "--json"]) == 2
+    assert "does not read lm_eta" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="valid choices: paper, lognormal, karras"):
+        EvalConfig(grid="cosine")
+    with pytest.raises(ValueError, match="fixes the grid and the LM settings"):
+        EvalConfig(defense="rdc", dataset="cifar10", lm_eta=0.1)
+
+
+def test_presets_hold_the_library_settings_classes():
+    from rdc_lib.diffusion.schedules import GridConfig, make_grid
+    from rdc_lib.lm import LMConfig
+    from rdc_lib.presets import PRESETS
+
+    for p in PRESETS.values():
+        assert isinstance(p.lm, LMConfig) and isinstance(p.grid, GridConfig)
+        assert len(make_grid(**p.grid.kwargs())) == p.grid.T
+
+
+def test_preset_applies_its_attack_budget():
+    from rdc_lib.presets import get_preset
+
+    a = get_preset("cifar10-paper").attack
+    args = build_parser().parse_args(["eval", "--preset", "cifar10-paper", "--defense", "rdc", "--attack", "apgd-dlr"])
+    cfg = eval_config(args)
+    assert (cfg.steps, cfg.restarts, cfg.eot, cfg.eps) == (a.iterations, a.restarts, a.eot, a.eps_linf)
+    l2 = eval_config(build_parser().parse_args(["eval", "--preset", "cifar10-paper", "--defense", "dc", "--norm", "l2",
+                                                "--attack", "pgd", "--steps", "7"]))
+    assert l2.eps == a.eps_l2 and l2.steps == 7  # a flag given on the command line wins
+    plain = eval_config(build_parser().parse_args(["eval", "--defense", "dc", "--attack", "pgd"]))
+    assert (plain.steps, plain.eps) == (EvalConfig.steps, EvalConfig.eps)  # no preset: the defaults
+
+
+def test_spec_validates_the_grid_and_grad_mode():
+    with pytest.raises(ValueError, match="valid choices"):
+        DefenseSpec(name="dc", grid="cosine")
+    with pytest.raises(ValueError, match="valid choices with bpda: rdc, diffpure"):
+        DefenseSpec(name="dc", grad_mode="bpda")

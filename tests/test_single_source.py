@@ -1,0 +1,131 @@
+"""One home per concept: no choice tuple or module constant of rdc_lib is defined twice (static, via ``ast``).
+
+- A module-level tuple/list of string literals must not have the value of another one (any name; ``__all__`` aside).
+- A module-level UPPERCASE constant must not be defined again with the same name and value elsewhere.
+- Outside rdc_lib/choices.py no code writes a literal equal to one of its choice tuples (``Literal[...]``
+  annotations aside): it reads the name instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LIB = ROOT / "rdc_lib"
+
+
+def _str_tuple(node: ast.AST) -> tuple[str, ...] | None:
+    if isinstance(node, (ast.Tuple, ast.List)) and node.elts and all(
+            isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+        return tuple(e.value for e in node.elts)
+    return None
+
+
+def module_constants(tree: ast.Module) -> list[tuple[str, ast.AST]]:
+    """(name, value) of every module-level assignment to a plain name."""
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            out += [(t.id, node.value) for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            out.append((node.target.id, node.value))
+    return out
+
+
+def duplicate_definitions(sources: dict[str, str]) -> list[str]:
+    """Messages for string tuples defined twice (same value) and UPPERCASE constants copied (same name and value)."""
+    tuples: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    scalars: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for where, text in sources.items():
+        for name, value in module_constants(ast.parse(text)):
+            if name == "__all__":  # a package re-exporting a module's names is not a second definition
+                continue
+            strs = _str_tuple(value)
+            if strs is not None:
+                tuples[strs].append(f"{where}:{name}")
+            elif name.lstrip("_").isupper():
+                try:
+                    val = ast.literal_eval(value)
+                except ValueError:
+                    continue
+                if isinstance(val, (str, bytes, int, float, tuple)):  # not a mutable container (a registry)
+                    scalars[(name, repr(val))].append(where)
+    msgs = [f"{value} defined {len(w)} times: {', '.join(w)}" for value, w in tuples.items() if len(w) > 1]
+    msgs += [f"{name} = {value} defined {len(w)} times: {', '.join(w)}" for (name, value), w in scalars.items()
+             if len(w) > 1]
+    return msgs
+
+
+def _literal_annotation_nodes(tree: ast.AST) -> set[int]:
+    """ids of the tuples inside ``Literal[...]`` subscripts (type annotations may spell the values)."""
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and getattr(node.value, "id", getattr(node.value, "attr", "")) == "Literal":
+            skip |= {id(n) for n in ast.walk(node.slice)}
+    return skip
+
+
+def inline_choice_copies(sources: dict[str, str], choices: dict[str, tuple[str, ...]]) -> list[str]:
+    """Messages for literals equal to a choice tuple of rdc_lib.choices written outside it."""
+    by_value = {v: k for k, v in choices.items()}
+    msgs = []
+    for where, text in sources.items():
+        tree = ast.parse(text)
+        skip = _literal_annotation_nodes(tree)
+        for node in ast.walk(tree):
+            strs = _str_tuple(node)
+            if strs in by_value and id(node) not in skip:
+                msgs.append(f"{where}:{node.lineno} spells {strs}: use rdc_lib.choices.{by_value[strs]}")
+    return msgs
+
+
+def lib_sources() -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): p.read_text() for p in sorted(LIB.rglob("*.py"))}
+
+
+def choice_tuples() -> dict[str, tuple[str, ...]]:
+    tree = ast.parse((LIB / "choices.py").read_text())
+    return {name: v for name, value in module_constants(tree) if (v := _str_tuple(value)) is not None}
+
+
+def test_no_constant_defined_twice():
+    assert duplicate_definitions(lib_sources()) == []
+
+
+def test_no_choice_spelled_outside_choices():
+    sources = {k: v for k, v in lib_sources().items() if not k.endswith("rdc_lib/choices.py")}
+    assert inline_choice_copies(sources, choice_tuples()) == []
+
+
+def test_checks_can_fail():
+    """The checks find a copied tuple, a copied constant and an inline copy of a choice."""
+    sources = {"a.py": 'MODES = ("x", "y")\nLIMIT = 3\n', "b.py": 'OTHER = ["x", "y"]\nLIMIT = 3\nOK = 3\n'}
+    msgs = duplicate_definitions(sources)
+    assert any("('x', 'y') defined 2 times" in m for m in msgs) and any("LIMIT = 3" in m for m in msgs)
+    assert not any("OK" in m for m in msgs)
+    code = 'from typing import Literal\ndef f(m: Literal["x", "y"]):\n    return m in ("x", "y")\n'
+    found = inline_choice_copies({"c.py": code}, {"MODES": ("x", "y")})
+    assert found == ["c.py:3 spells ('x', 'y'): use rdc_lib.choices.MODES"]
+
+
+def test_choices_is_torch_free():
+    """The module itself imports nothing heavy (loaded from its file: the package may import torch)."""
+    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('c', 'rdc_lib/choices.py'); "
+            "s.loader.exec_module(importlib.util.module_from_spec(s)); "
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'rdc_lib/choices.py imports torch'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_one_lm_step_size():
+    """The LM step size default has one source; RDC's LMConfig, the evaluation's spec and the presets read it."""
+    from rdc_lib.choices import LM_STEP_SIZE
+    from rdc_lib.defenses.registry import DefenseSpec
+    from rdc_lib.lm import LMConfig
+    from rdc_lib.presets import get_preset
+
+    assert LMConfig().step_size == DefenseSpec().lm_step_size == LM_STEP_SIZE == 0.03
+    assert get_preset("digits").lm.step_size == 0.03 and get_preset("cifar10-paper").lm.step_size == 0.1
