@@ -16,7 +16,7 @@ load-independent measure of work is printed too: the images that went through th
 first convolution (every forward pass of the network, recomputations included) per test image. The
 robust accuracies (single call and worst of N) of both are printed next to it, and, since each run's
 N-evaluation meets different random draws, both codes' adversarial images are also re-classified by
-the same judges (this code's defence rebuilt with seeds 1000, 1001, ..., identical draws for both):
+the same judges (this code's defense rebuilt with seeds 1000, 1001, ..., identical draws for both):
 the attack must not be weaker.
 """
 
@@ -107,7 +107,7 @@ def finish_child(proc: subprocess.Popen, code_root: Path) -> dict:
 def same_judge(cfg: dict, records: dict[str, Path], seeds: int) -> dict:
     """Re-classify both codes' adversarial images with the same draws: worst-of-N robust accuracy per judge seed.
 
-    Every judge is this code's defence with seed s (s = 1000, 1001, ...), rebuilt for each side, so the old and
+    Every judge is this code's defense with seed s (s = 1000, 1001, ...), rebuilt for each side, so the old and
     the new adversarial images meet exactly the same randomness; an image counts only if it was clean-correct in
     its run. Also the largest pixel difference between the two sets of adversarial images.
     """

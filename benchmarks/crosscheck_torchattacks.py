@@ -1,6 +1,6 @@
 """Try to break a headline number with attacks written by someone else (torchattacks).
 
-Reads the records of a finished ``rdc eval`` run (the headline of docs/results.md), rebuilds the same defence
+Reads the records of a finished ``rdc eval`` run (the headline of docs/results.md), rebuilds the same defense
 from the configuration in the records' header, and attacks every image our ensemble left robust with
 torchattacks' APGD-CE, APGD-DLR, APGD-T and Square (worst case per image). An image broken here was missed
 by our ensemble: a finding against our number, not a new number (the outside attacks only see the survivors).
@@ -37,7 +37,7 @@ def survivors(records: Path, first: int) -> tuple[EvalConfig, list[int]]:
         raise SystemExit(f"{records}: not an `rdc eval` records file (expected a header line with 'config')")
     cfg = EvalConfig(**lines[0]["config"])
     if cfg.noise_mode != "fixed" and cfg.defense in ("dc", "rdc", "diffpure"):
-        raise SystemExit(f"{records}: noise_mode {cfg.noise_mode!r}; the cross-check needs a deterministic defence "
+        raise SystemExit(f"{records}: noise_mode {cfg.noise_mode!r}; the cross-check needs a deterministic defense "
                          "(noise_mode fixed) so that one call decides")
     recs = sorted((r for r in lines[1:] if "index" in r), key=lambda r: r["index"])[:first]
     if len(recs) < first:

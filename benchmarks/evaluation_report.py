@@ -8,9 +8,9 @@ For DiffPure, DC, RDC and the CNN baselines: clean accuracy and robust accuracy 
 - randomness: stochastic (fresh per call) vs fixed (known to the attacker);
 - EOT: 1 vs the size picked by the gradient-cosine diagnostic;
 - reading: single call vs average vs worst case over N re-classifications of the final example;
-- majority vote over M stochastic calls as a defence variant.
+- majority vote over M stochastic calls as a defense variant.
 "Overstatement" = how far a protocol's number sits above the strongest protocol for the same
-defence variant. A check fails loudly if the designated strongest protocol (exact gradients, EOT,
+defense variant. A check fails loudly if the designated strongest protocol (exact gradients, EOT,
 worst-of-N) is above any weaker protocol. Every number comes from ``rdc_lib.evaluation.evaluate``;
 the per-cell commands are listed in the document.
 """
@@ -138,12 +138,12 @@ def doc(args: argparse.Namespace) -> int:
              "Reading the columns: *single* is the usual one-call robust accuracy; *avg* the mean over the N "
              "re-classifications; *worst* counts an image robust only if all N calls are right. Overstatement = "
              "this protocol's single-call number minus the strongest protocol's worst-of-N number for the same "
-             "defence variant. 95% Wilson intervals on the single-call number.", "",
+             "defense variant. 95% Wilson intervals on the single-call number.", "",
              "Stopping rule on stochastic variants: *one-call stop* attacks stop on an image at its first "
-             "misclassified call, which against a stochastic defence is often a lucky draw; *verified stop* "
+             "misclassified call, which against a stochastic defense is often a lucky draw; *verified stop* "
              f"(`--verify {VERIFY}`) stops only when {VERIFY} fresh calls all misclassify the candidate "
              "(rdc_lib.attacks.base.AttackContext).", "",
-             "| defence | variant | protocol | clean | single (95% CI) | avg of N | worst of N | overstatement | checks |",
+             "| defense | variant | protocol | clean | single (95% CI) | avg of N | worst of N | overstatement | checks |",
              "|---|---|---|---|---|---|---|---|---|"]
     failures = []
     for defense in ("cnn", "at-cnn", "diffpure", "dc", "rdc"):
@@ -175,12 +175,12 @@ def doc(args: argparse.Namespace) -> int:
         lines += [f"- {f}" for f in failures]
         print("STRONGEST-PROTOCOL CHECK FAILED:\n" + "\n".join(failures), file=sys.stderr)
     else:
-        lines += [f"Passed: for every defence variant, '{STRONGEST}' is at or below every other protocol."]
+        lines += [f"Passed: for every defense variant, '{STRONGEST}' is at or below every other protocol."]
     lines += ["", "## Gradient-variance diagnostic (picks the EOT size)", "",
               "Rule (rdc_lib.grad.suggest_eot): the smallest EOT size M at which two independent M-draw averages of "
               "the gradient reach the target cosine, from the 10th percentile of the per-image cosines of repeated "
               f"gradients; the library's target is EOT_TARGET = {EOT_TARGET}. The size used is capped for CPU time.", "",
-              "| defence | mean cosine of repeated gradients | cosine used (10th pct.) | target | EOT by rule | EOT used (cap) |",
+              "| defense | mean cosine of repeated gradients | cosine used (10th pct.) | target | EOT by rule | EOT used (cap) |",
               "|---|---|---|---|---|---|"]
     for d, v in diag.items():
         target = v.get("target", f"{LEGACY_EOT_TARGET} (before the target was recorded)")
@@ -189,7 +189,7 @@ def doc(args: argparse.Namespace) -> int:
     lines += ["", "## Seconds per cell", "",
               "Wall seconds of the whole cell (sanity checks included: a fixed cost on the check images, whatever n is) and per "
               "image; a resumed cell counts only its last run.", "",
-              "| defence | variant | protocol | seconds | seconds per image |", "|---|---|---|---|---|"]
+              "| defense | variant | protocol | seconds | seconds per image |", "|---|---|---|---|---|"]
     lines += [f"| {r['defense']} | {r['variant']} | {r['protocol']} | {r['seconds']:.0f} | {r['seconds'] / r['n']:.1f} |"
               for r in rows]
     lines += ["", "## Commands", ""]
@@ -201,7 +201,7 @@ def doc(args: argparse.Namespace) -> int:
     lines += ["", "## Provenance", "", "Commit (and whether the working tree had uncommitted changes) of the code that "
               "measured each cell; checkpoint hashes, library versions and the full command are in the raw rows "
               "(docs/raw/evaluation.jsonl, docs/raw/eot_diagnostic.json).", "",
-              "| defence | variant | protocol | provenance |", "|---|---|---|---|"]
+              "| defense | variant | protocol | provenance |", "|---|---|---|---|"]
     lines += [f"| {r['defense']} | {r['variant']} | {r['protocol']} | {describe(r)} |" for r in rows]
     lines += [f"| {d} | EOT diagnostic | gradient cosine | {describe(v)} |" for d, v in diag.items()]
     if args.notes and Path(args.notes).is_file():

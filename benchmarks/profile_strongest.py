@@ -327,7 +327,7 @@ def _bench_section(b: dict, level: str = "##") -> list[str]:
     judged = [r for r in b["protocols"] if "same_judge" in r]
     if judged:
         lines += ["", "Same judges: each run's N-evaluation meets its own random draws, so both codes' adversarial "
-                  "images are re-classified by the same defences (this code's, seeds below, identical draws for "
+                  "images are re-classified by the same defenses (this code's, seeds below, identical draws for "
                   "both sides); worst-of-N robust accuracy per judge seed, and the largest pixel difference "
                   "between the two codes' adversarial images:", "",
                   "| protocol | judge seeds | old | new | largest pixel difference |", "|---|---|---|---|---|"]

@@ -1,4 +1,4 @@
-"""The digits comparison table (docs/results.md): five defences, clean / l_inf / l2, AutoAttack-style.
+"""The digits comparison table (docs/results.md): five defenses, clean / l_inf / l2, AutoAttack-style.
 
 Run the cells (resumable: per-example records and finished cells are kept under --records), then
 write the document from the stored results (never by hand):
@@ -161,7 +161,7 @@ def headline_lines(path: Path) -> list[str]:
              f"At least {HEADLINE_MIN_IMAGES} test images, APGD with at least {HEADLINE_MIN_STEPS} iterations, every "
              "row with its sanity checks (section *Headline sanity checks*) and the command, commit and seconds that "
              "made it.", "",
-             "| defence | denoiser | threat | images | clean | robust (95% interval) | checks | seconds |",
+             "| defense | denoiser | threat | images | clean | robust (95% interval) | checks | seconds |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rob, clean = r["robust"], r["clean"]
@@ -173,10 +173,10 @@ def headline_lines(path: Path) -> list[str]:
     r0 = rows[0]
     lines += ["", f"Attack: AutoAttack-style ensemble, worst case per image over APGD-CE, APGD-DLR, APGD-T "
               f"({r0['n_target_classes']} target classes), {r0['steps']} iterations each, then Square with "
-              f"{r0['square_queries']} queries; exact gradients through the whole defence (RDC: through every LM "
+              f"{r0['square_queries']} queries; exact gradients through the whole defense (RDC: through every LM "
               f"step); T = {r0['timesteps']} noise levels, randomness `{r0['noise_mode']}` (the same noise on every "
               "call, known to the attacker).", "", "### Headline sanity checks", "",
-              "| defence | check | passed | value | baseline | tolerance |", "|---|---|---|---|---|---|"]
+              "| defense | check | passed | value | baseline | tolerance |", "|---|---|---|---|---|---|"]
     for r in rows:
         for k, v in r["checks"].items():
             val = v.get("robust_acc", v.get("nonzero_fraction", v.get("max_rel_error", "")))
@@ -199,11 +199,11 @@ def doc(args: argparse.Namespace) -> None:
              "Written by `benchmarks/results_table.py doc` from the stored results; every number below comes "
              "from the command that made it.", ""]
     lines += headline_lines(Path(args.records) / "headline.jsonl")
-    lines += ["## Five defences on the multi-head denoiser (digits_multi)", "",
+    lines += ["## Five defenses on the multi-head denoiser (digits_multi)", "",
               f"Accuracies on the first {rows[0]['n']} digits test images with 95% Wilson intervals; the diffusion "
-              "defences use the multi-head denoiser `digits_multi`, whose class heads barely use the label "
+              "defenses use the multi-head denoiser `digits_multi`, whose class heads barely use the label "
               "(docs/denoisers.md).", "",
-              "| defence | clean | l_inf 0.1 robust | l2 0.5 robust | checks |", "|---|---|---|---|---|"]
+              "| defense | clean | l_inf 0.1 robust | l2 0.5 robust | checks |", "|---|---|---|---|---|"]
     for d in order:
         cells_ = [by.get((d, "linf")), by.get((d, "l2"))]
         ref = next(c for c in cells_ if c)
@@ -222,22 +222,22 @@ def doc(args: argparse.Namespace) -> None:
     lines += [f"- Attack: AutoAttack-style ensemble, worst case per example over APGD-CE, APGD-DLR, APGD-T "
               f"({r0['n_target_classes']} target classes) with {r0['steps']} iterations each and Square with "
               f"{r0['square_queries']} queries; restarts {r0['restarts']}; exact gradients through the whole "
-              f"defence (RDC: through every LM step, `grad_mode={r0['grad_mode']}`).",
-              f"- Diffusion defences: multi-head denoiser, T = {r0['timesteps']} noise levels (paper grid), "
+              f"defense (RDC: through every LM step, `grad_mode={r0['grad_mode']}`).",
+              f"- Diffusion defenses: multi-head denoiser, T = {r0['timesteps']} noise levels (paper grid), "
               f"randomness `{r0['noise_mode']}` (fixed = the same noise on every call, known to the attacker: "
-              "a deterministic white-box defence). Stochastic-mode protocols are in docs/evaluation.md.",
+              "a deterministic white-box defense). Stochastic-mode protocols are in docs/evaluation.md.",
               *[f"- {line}" for line in checks_protocol([r["checks"] for r in rows])], ""]
     lines += ["### Seconds per cell and attack effort", "",
               "*Broken by Square*: images that survived the three gradient attacks and that Square then broke "
               "(the ensemble runs Square last); above 0: Square found adversarial examples the gradient attacks "
               "missed.", "",
-              "| defence | norm | seconds | queries spent / budget | broken by Square |", "|---|---|---|---|---|"]
+              "| defense | norm | seconds | queries spent / budget | broken by Square |", "|---|---|---|---|---|"]
     for r in rows:
         spent = sum(s.get("queries_spent", 0) for s in r["attack_stats"])
         budget = sum(s.get("queries_budget", 0) for s in r["attack_stats"])
         square = sum(s.get("attacks", {}).get("square", {}).get("broken", 0) for s in r["attack_stats"])
         lines.append(f"| {r['defense']} | {r['norm']} | {r['seconds']:.0f} | {spent} / {budget} | {square} |")
-    lines += ["", "### Sanity checks per cell", "", "| defence | norm | check | passed | value | baseline | tolerance |",
+    lines += ["", "### Sanity checks per cell", "", "| defense | norm | check | passed | value | baseline | tolerance |",
               "|---|---|---|---|---|---|---|"]
     for r in rows:
         for k, v in r["checks"].items():
@@ -247,7 +247,7 @@ def doc(args: argparse.Namespace) -> None:
     lines += ["", "### Commands", ""] + [f"- `{r['command']}`" for r in rows]
     lines += ["", "### Provenance", "", "Commit (and whether the working tree had uncommitted changes) of the code that "
               "measured each cell; checkpoint hashes, library versions and the full command are in the raw rows "
-              "(docs/raw/results.jsonl).", "", "| defence | norm | provenance |", "|---|---|---|"]
+              "(docs/raw/results.jsonl).", "", "| defense | norm | provenance |", "|---|---|---|"]
     lines += [f"| {r['defense']} | {r['norm']} | {describe(r)} |" for r in rows]
     if args.notes and Path(args.notes).is_file():
         lines += ["", Path(args.notes).read_text()]

@@ -46,7 +46,7 @@ PUBLIC: dict[str, str] = {
     "lm_exact": "rdc_lib.lm_grad:lm_exact",
     "RDCNoise": "rdc_lib.defenses.rdc:RDCNoise",
     "RobustDiffusionClassifier": "rdc_lib.defenses.rdc:RobustDiffusionClassifier",
-    # other defences
+    # other defenses
     "DiffPure": "rdc_lib.defenses.purify:DiffPure",
     "DigitsCNN": "rdc_lib.defenses.baselines:DigitsCNN",
     "load_classifier": "rdc_lib.defenses.baselines:load_classifier",

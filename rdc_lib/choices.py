@@ -15,7 +15,7 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------- choices
-NOISE_MODES = ("stochastic", "fixed")        # defence randomness: fresh draws per call, or one draw reused
+NOISE_MODES = ("stochastic", "fixed")        # defense randomness: fresh draws per call, or one draw reused
 GRAD_MODES = ("exact", "bpda")               # attacker's gradient through LM / purification
 BACKWARD_MODES = ("chunked", "autograd")     # the DC's own input-gradient computation (same values)
 LM_GRAPH_MODES = ("auto", "recompute", "unroll")  # how RDC's exact gradient differentiates through LM

@@ -74,6 +74,9 @@ def _eval_choices() -> dict[str, tuple[str, ...]]:
             "noise_mode": NOISE_MODES, "grad_mode": GRAD_MODES, "dataset": DATASETS, "grid": GRID_KINDS}
 
 
+FLAG_ALIASES = {"timesteps": "--T", "defense": "--defence"}  # rdc eval: field -> accepted second flag
+
+
 def _add_eval(sub) -> None:
     from .evaluation.runner import EvalConfig
 
@@ -85,8 +88,9 @@ def _add_eval(sub) -> None:
         helptext = f"default {f.default!r}"
         if f.name in choices:  # listed, not enforced by argparse: EvalConfig names the valid choices itself
             helptext += f"; one of: {', '.join(choices[f.name])}"
-        if f.name == "timesteps":
-            p.add_argument(flag, "--T", dest=f.name, type=int, default=None, help=helptext)
+        if f.name in FLAG_ALIASES:  # a second spelling users type (the British "defence", the paper's "T")
+            typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+            p.add_argument(flag, FLAG_ALIASES[f.name], dest=f.name, type=typ, default=None, help=helptext)
         elif f.type in ("bool", bool):
             p.add_argument(flag, dest=f.name, default=None, type=lambda s: s.lower() in ("1", "true", "yes"),
                            help=helptext)
@@ -336,17 +340,17 @@ def _cmd_train_baseline(args) -> int:
 
 
 def eval_config(args: argparse.Namespace) -> "EvalConfig":
-    """The ``EvalConfig`` of parsed ``rdc eval`` flags; with a preset, the attack flags not given take the
-    preset's attack budget (``rdc_lib.presets.attack_settings``) and a flag the preset fixes is refused."""
+    """The ``EvalConfig`` of parsed ``rdc eval`` flags; with a preset, the attack flags and the image count not
+    given take the preset's values (``rdc_lib.presets.eval_defaults``) and a flag the preset fixes is refused."""
     from .evaluation.runner import EvalConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name) is not None}
     explicit = set(given)
     preset = given.get("preset") or ("cifar10-paper" if given.get("dataset") == "cifar10" else "")
     if preset:
-        from .presets import attack_settings
+        from .presets import eval_defaults
 
-        for name, value in attack_settings(preset, given.get("norm", "linf"), given.get("attack", "")).items():
+        for name, value in eval_defaults(preset, given.get("norm", "linf"), given.get("attack", "")).items():
             given.setdefault(name, value)
     return EvalConfig.from_params(given, explicit=explicit)
 

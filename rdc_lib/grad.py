@@ -2,7 +2,7 @@
 
 Library functions that return dataclasses (no printing): whether input gradients exist, are finite
 and nonzero; whether they agree with finite differences; how random they are across draws of a
-stochastic defence (cosine similarity), and the EOT size that randomness calls for.
+stochastic defense (cosine similarity), and the EOT size that randomness calls for.
 :class:`SavedTensorMeter` counts the bytes autograd keeps for backward. The LM gradient modes
 (exact, BPDA) live beside LM in :mod:`rdc_lib.lm_grad`.
 """
@@ -187,7 +187,7 @@ def finite_difference_check(
 ) -> FiniteDifferenceCheck:
     """Directional derivatives of the per-example loss: autograd vs central differences.
 
-    ``model`` must be deterministic (e.g. a defence in ``noise_mode='fixed'``). Directions are
+    ``model`` must be deterministic (e.g. a defense in ``noise_mode='fixed'``). Directions are
     random, unit l2 per example, supported on pixels at least ``eps`` from the [0, 1] boundary so
     the probes stay valid images. ``passed`` when every relative error is below ``tol``. Disagreement
     means the backward pass is not the derivative of the forward (e.g. BPDA, a stop-gradient).
@@ -230,7 +230,7 @@ def gradient_cosine_similarity(
 ) -> GradientCosine:
     """Cosine similarity of input gradients across independent calls of a stochastic ``model``.
 
-    Each call must draw fresh randomness (a defence in ``noise_mode='stochastic'``). A deterministic
+    Each call must draw fresh randomness (a defense in ``noise_mode='stochastic'``). A deterministic
     model gives 1; a zero gradient counts as cosine 0. Used with :func:`suggest_eot` (docs/paper.md
     section 7: DiffPure's gradients are far more random than the DC's).
     """

@@ -24,7 +24,7 @@ from .lm import LMConfig
 
 __all__ = [
     "AttackPreset", "CheckpointPreset", "DCPreset", "DataPreset", "PRESETS", "Preset", "PRESET_EVAL_FIELDS",
-    "RequiredFiles", "attack_settings", "eval_settings", "get_preset", "preset_conflicts", "preset_names",
+    "RequiredFiles", "attack_settings", "eval_defaults", "eval_settings", "get_preset", "preset_conflicts", "preset_names",
     "required_files",
 ]
 
@@ -163,6 +163,13 @@ def attack_settings(preset: str | Preset, norm: str = "linf", attack: str = "") 
     if norm == "flow" or (attack and get_attack(attack).norms == ("flow",)):
         return {"steps": a.stadv_iterations, "restarts": a.restarts, "eot": a.eot, "eps": a.stadv_bound}
     return {"steps": a.iterations, "restarts": a.restarts, "eot": a.eot, "eps": a.eps_linf if norm == "linf" else a.eps_l2}
+
+
+def eval_defaults(preset: str | Preset, norm: str = "linf", attack: str = "") -> dict[str, object]:
+    """What ``rdc eval --preset NAME`` fills in for the flags not given: the attack budget
+    (:func:`attack_settings`) and the number of test images of the main tables (``DataPreset.num_test``)."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    return {**attack_settings(p, norm, attack), "n": p.data.num_test}
 
 
 def preset_conflicts(preset: str | Preset, values: Mapping[str, object]) -> list[str]:

@@ -133,7 +133,7 @@ def describe(row: dict) -> str:
 
 
 def eval_provenance(cfg: Any, *, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``provenance`` of one ``rdc_lib.evaluation.EvalConfig`` run: hashes of the checkpoints its defence
+    """``provenance`` of one ``rdc_lib.evaluation.EvalConfig`` run: hashes of the checkpoints its defense
     reads, plus the CNN the sanity checks transfer from when checks run on a robust evaluation."""
     from .defenses import TRANSFER_SOURCE, checkpoint_files
     from .evaluation.attacking import NO_ATTACK

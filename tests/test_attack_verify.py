@@ -107,7 +107,7 @@ def test_eval_keys_of_stored_results_stay_valid():
 
 
 class NoGradient(nn.Module):
-    """A defence whose logits are computed without a graph (a non-differentiable pipeline)."""
+    """A defense whose logits are computed without a graph (a non-differentiable pipeline)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -119,7 +119,7 @@ class NoGradient(nn.Module):
 
 
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd-ce", "apgd-t", "pgd-seot"])
-def test_gradient_attack_on_a_gradient_free_defence_names_the_choices(name, setup):
+def test_gradient_attack_on_a_gradient_free_defense_names_the_choices(name, setup):
     cnn, x, y = setup
     model = NoGradient(cnn)
     kw = {"n_target_classes": 2} if name == "apgd-t" else {}

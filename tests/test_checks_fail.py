@@ -43,7 +43,7 @@ class _Backward(torch.autograd.Function):
 
 
 class Tampered(nn.Module):
-    """The CNN behind a tampered backward pass; ``noise`` > 0 adds tiny logit noise (a stochastic defence)."""
+    """The CNN behind a tampered backward pass; ``noise`` > 0 adds tiny logit noise (a stochastic defense)."""
 
     def __init__(self, kind: str, noise: float = 0.0, pixels: int = 16):
         super().__init__()

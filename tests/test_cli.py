@@ -46,7 +46,7 @@ def test_eval_json_contract_attack(capsys):
         (["--eot", "0"], "eot must be >= 1"),
         (["--noise-mode", "chaotic"], "noise_mode"),
         (["--attack", "stadv"], "norm 'flow'"),
-        (["--attack", "pgd-lagrange", "--defense", "cnn", "--n", "2"], "needs a diffusion defence"),
+        (["--attack", "pgd-lagrange", "--defense", "cnn", "--n", "2"], "needs a diffusion defense"),
     ],
 )
 def test_eval_bad_input(args, message, capsys):
@@ -72,3 +72,10 @@ def test_stadv_unseen_threat(capsys):
                  "--n", "32", "--json", "--no-progress"]) == 0
     res = _last_json(capsys.readouterr().out)
     assert res["robust_acc"] <= res["clean_acc"] and "large_budget" in res["checks"]
+
+
+def test_eval_accepts_the_british_spelling_of_defense_and_the_papers_T():
+    from rdc_lib.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "--defence", "cnn", "--T", "8"])
+    assert (args.defense, args.timesteps) == ("cnn", 8)

@@ -1,4 +1,4 @@
-"""Stochastic defences counted right, presets that honour or refuse, one EOT target (issue 16 items 2-3)."""
+"""Stochastic defenses counted right, presets that honour or refuse, one EOT target (issue 16 items 2-3)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from rdc_lib.presets import eval_settings, preset_conflicts
 class Lookup(nn.Module):
     """Logits 5 * one-hot(label of the nearest reference image), constant in x (no attack moves it), so an
     attacked image always survives. Its first ``wrong_calls`` calls misclassify reference image 0, as a
-    stochastic defence's unlucky draw would."""
+    stochastic defense's unlucky draw would."""
 
     def __init__(self, x_ref: Tensor, y_ref: Tensor, wrong_calls: int):
         super().__init__()

@@ -3,7 +3,7 @@
 - the DC keeps its forward graph when one chunk holds every level (no recomputation, same gradient);
 - exact LM gradients keep the unrolled graph for small inputs (same gradient as the per-step recomputation);
 - the N-evaluation classifies all n_eval copies in batched calls (same predictions for deterministic and
-  fixed-randomness defences, independent draws per copy for stochastic ones);
+  fixed-randomness defenses, independent draws per copy for stochastic ones);
 - an APGD attack on the RDC with every fast path on gives the same adversarial images and successes as
   with the memory-bounded paths (fixed randomness, float64).
 """
@@ -160,7 +160,7 @@ def test_apgd_on_rdc_unchanged_by_fast_paths():
 
 
 class NoisyLinear(nn.Module):
-    """A stochastic toy defence: linear logits plus noise from its own generator (fresh per row and call)."""
+    """A stochastic toy defense: linear logits plus noise from its own generator (fresh per row and call)."""
 
     def __init__(self, scale: float):
         super().__init__()

@@ -149,7 +149,7 @@ def test_cifar10_with_files_passes(cifar_files):
     assert validate_params(base_dir=root, dataset="cifar10", data_root="cifar", ckpt_dir="ckpt")["ckpt_dir"] == str(root / "ckpt")
 
 
-def test_cifar10_defences_are_the_diffusion_ones(cifar_files):
+def test_cifar10_defenses_are_the_diffusion_ones(cifar_files):
     root, _ = cifar_files
     common = dict(base_dir=root, dataset="cifar10", data_root="cifar", ckpt_dir="ckpt")
     assert validate_params(**common, defenses=["dc", "rdc"])["defenses"] == ["dc", "rdc"]

@@ -225,7 +225,7 @@ def test_excluded_rdc_commands_parse(command):
 
 def test_a_changed_flag_fails_the_parse_check():
     with pytest.raises(AssertionError, match="rdc cannot parse"):
-        _parse_rdc("rdc eval --defence dc --n 2")
+        _parse_rdc("rdc eval --defenze dc --n 2")
 
 
 def test_run_notebooks_line_is_what_make_run_runs(fresh_copy):
@@ -288,7 +288,7 @@ def _docs_rule(command: str) -> str | None:
         defense = words[words.index("--defense") + 1] if "--defense" in words else "rdc"
         if defense in ("cnn", "at-cnn") and "autoattack" not in words:
             return "run"
-        return "a diffusion defence or the AutoAttack ensemble: minutes to hours on a CPU (arguments parsed)"
+        return "a diffusion defense or the AutoAttack ensemble: minutes to hours on a CPU (arguments parsed)"
     return None
 
 

@@ -1,6 +1,6 @@
-"""Adding an attack or a defence touches one file: a module that registers itself (here written to tmp_path).
+"""Adding an attack or a defense touches one file: a module that registers itself (here written to tmp_path).
 
-Once imported, the toy attack and the toy defence are valid in ``rdc eval --help``, in ``EvalConfig``, in a
+Once imported, the toy attack and the toy defense are valid in ``rdc eval --help``, in ``EvalConfig``, in a
 sweep's validation, in the notebooks' parameter validation and in the sanity checks (which read the
 registry's facts), and ``evaluate()`` runs them end to end.
 """
@@ -34,7 +34,7 @@ def build(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **
     return FGSM(model, norm=norm, eps=eps, eot=eot, verify=verify, seed=seed, generator=generator, **kw)
 '''
 
-# The whole of a new defence: one module, one register_defense call.
+# The whole of a new defense: one module, one register_defense call.
 DEFENSE_MODULE = f'''
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ class Shrunk(nn.Module):
 
 
 @register_defense({TOY_DEFENSE!r}, checkpoints=lambda spec: [checkpoint_path("digits_cnn")],
-                  description="a toy defence for the registry test")
+                  description="a toy defense for the registry test")
 def build(spec, device):
     return Shrunk(load_classifier(checkpoint_path("digits_cnn"), device=device))
 '''
@@ -177,7 +177,7 @@ def test_new_modules_need_no_other_file():
 
 
 def test_presets_name_registered_attacks_and_defenses():
-    """Every preset's attack is registered, and its dataset has defences that take its checkpoints."""
+    """Every preset's attack is registered, and its dataset has defenses that take its checkpoints."""
     from rdc_lib.defenses import defense_names
     from rdc_lib.presets import PRESETS, attack_settings
 

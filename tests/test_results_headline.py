@@ -92,5 +92,5 @@ def test_import_then_doc_puts_the_headline_first(tmp_path):
     (tmp_path / "results.jsonl").write_text((ROOT / "docs" / "raw" / "results.jsonl").read_text())
     TABLE.doc(Namespace(records=str(tmp_path), out=str(tmp_path / "results.md"), notes=""))
     text = (tmp_path / "results.md").read_text()
-    assert text.index("## Headline") < text.index("## Five defences")
+    assert text.index("## Headline") < text.index("## Five defenses")
     assert "**60.0%** (120/200" in text and "images 100-199" in text

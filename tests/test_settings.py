@@ -1,4 +1,4 @@
-"""One source of truth for settings: EvalConfig derives the defence spec, keys of stored configurations do not
+"""One source of truth for settings: EvalConfig derives the defense spec, keys of stored configurations do not
 change, ``rdc eval`` sets the LM settings and the grid, presets hold the library's own settings classes and
 ``--preset`` applies its attack budget."""
 
@@ -88,6 +88,15 @@ def test_preset_applies_its_attack_budget():
     assert l2.eps == a.eps_l2 and l2.steps == 7  # a flag given on the command line wins
     plain = eval_config(build_parser().parse_args(["eval", "--defense", "dc", "--attack", "pgd"]))
     assert (plain.steps, plain.eps) == (EvalConfig.steps, EvalConfig.eps)  # no preset: the defaults
+
+
+def test_preset_applies_its_image_count():
+    from rdc_lib.presets import get_preset
+
+    args = ["eval", "--preset", "cifar10-paper", "--defense", "dc", "--attack", "pgd"]
+    assert eval_config(build_parser().parse_args(args)).n == get_preset("cifar10-paper").data.num_test
+    assert eval_config(build_parser().parse_args(args + ["--n", "16"])).n == 16  # a flag given wins
+    assert eval_config(build_parser().parse_args(["eval", "--defense", "dc"])).n == EvalConfig.n
 
 
 def test_spec_validates_the_grid_and_grad_mode():

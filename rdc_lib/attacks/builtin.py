@@ -68,7 +68,7 @@ def _autoattack(model, *, norm, eps, steps, restarts, eot, verify, seed, generat
 def _lagrangian(name: str, cls: type):
     def build(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
         if kw.get("denoiser") is None:
-            raise ValueError(f"attack {name!r} needs denoiser=, the defence's diffusion model (for an RDC: "
+            raise ValueError(f"attack {name!r} needs denoiser=, the defense's diffusion model (for an RDC: "
                              "denoiser=rdc.denoiser)")
         return cls(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
     return build

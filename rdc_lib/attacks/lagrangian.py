@@ -1,6 +1,6 @@
 """The Lagrangian ("adaptive") attack on likelihood maximization (docs/paper.md section 4).
 
-LM pulls an input towards high likelihood under the defence's unconditional diffusion model, which can
+LM pulls an input towards high likelihood under the defense's unconditional diffusion model, which can
 undo an adversarial perturbation that made the image unlikely. The Lagrangian attack anticipates this: it
 maximises the classification loss while keeping the adversarial image likely, by ascending
 
@@ -11,14 +11,14 @@ maximises the classification loss while keeping the adversarial image likely, by
 L_diff being LM's own objective (:func:`rdc_lib.lm.unconditional_loss`; the target u is not detached, as
 in LM). Every gradient step estimates L_diff and its input gradient with ``diffusion_draws`` fresh draws of
 (sigma, eps) from the attack's generator (the default sigma range is LM's, (0.4, 0.6)); L_cls and its
-gradient come from the usual EOT forward through the defence. The paper reports that this attack was no
+gradient come from the usual EOT forward through the defense. The paper reports that this attack was no
 stronger than BPDA-AutoAttack [secondary]; offering it lets that claim be measured.
 
 Conventions:
 
 - ``lam = 0`` never calls the denoiser nor draws its noise: the attack is then exactly the plain PGD/APGD
   with the same seed.
-- Denoiser passes are not model queries: ``AttackResult.queries`` counts defence calls only; each gradient
+- Denoiser passes are not model queries: ``AttackResult.queries`` counts defense calls only; each gradient
   step additionally costs ``diffusion_draws`` denoiser forward+backward passes per active example.
 - The recorded loss history is the objective J (classification loss minus lam * L_diff).
 - The denoiser is put in eval mode during the attack (its modes are restored afterwards).
@@ -54,7 +54,7 @@ _LM_SIGMA_RANGE = (0.4, 0.6)
 
 def _check_setup(denoiser: Any, lam: float, sigma_range: tuple[float, float], draws: int, attack: str) -> None:
     if denoiser is None:
-        raise ValueError(f"{attack} needs denoiser=, the defence's diffusion model whose unconditional loss it "
+        raise ValueError(f"{attack} needs denoiser=, the defense's diffusion model whose unconditional loss it "
                          "penalises (for an RDC: denoiser=rdc.denoiser)")
     if not callable(denoiser):
         raise ValueError(f"denoiser must be a Denoiser, callable D(x, sigma, labels), got {type(denoiser).__name__}")
@@ -146,7 +146,7 @@ class LagrangianPGD(PGD):
 
     Arguments:
         model, norm, eps, steps, alpha, loss, random_start, restarts, eot, seed, generator: see :class:`PGD`.
-        denoiser: the defence's diffusion model (its null label gives L_diff); required.
+        denoiser: the defense's diffusion model (its null label gives L_diff); required.
         lam: weight of the diffusion loss, >= 0 (0: plain PGD).
         sigma_range: sigma ~ U(lo, hi) (model space) of the L_diff estimate; default LM's (0.4, 0.6).
         diffusion_draws: (sigma, eps) draws per gradient step for the L_diff estimate.

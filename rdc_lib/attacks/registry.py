@@ -23,7 +23,7 @@ __all__ = ["AttackInfo", "EXTRA_ARGS", "attack_names", "build_attack", "get_atta
 
 # Extra keyword arguments a builder may declare, and what each one is (the evaluation fills them in).
 EXTRA_ARGS = {
-    "denoiser": "the defence's diffusion model (a defence with a denoiser: dc, rdc, diffpure)",
+    "denoiser": "the defense's diffusion model (a defense with a denoiser: dc, rdc, diffpure)",
     "n_target_classes": "target classes tried by a targeted attack",
     "square_queries": "query budget of Square inside an ensemble",
 }

@@ -1,11 +1,11 @@
-"""Selective EOT: aggregate the EOT draws of a randomised defence by how close each draw is to failing.
+"""Selective EOT: aggregate the EOT draws of a randomised defense by how close each draw is to failing.
 
 Inspired by DiffHammer (Wang et al., "DiffHammer: Rethinking the Robustness of Diffusion-Based Adversarial
 Purification", NeurIPS 2024), which observes that plain EOT averages the gradient over every realisation of
-the defence's randomness, while the attacker only needs the realisations that *share a vulnerability*, and
+the defense's randomness, while the attacker only needs the realisations that *share a vulnerability*, and
 attacks those selectively. This module implements its own, simpler rule (not DiffHammer's EM procedure):
 
-Rule (per example, M = ``eot`` draws of the defence's randomness at the current point, losses L_1..L_M,
+Rule (per example, M = ``eot`` draws of the defense's randomness at the current point, losses L_1..L_M,
 input gradients g_1..g_M, all from one batched forward/backward as in plain EOT):
 
 1. if ``top_k`` is set, keep only the k draws with the highest loss (the others get weight 0);
@@ -22,7 +22,7 @@ T -> inf (with no top_k) gives plain EOT (uniform weights, mean loss, mean logit
 draw that is closest to failure. With the CE loss and T = 1 the weights are w_d ~ 1 / p_d(y): draws that give
 the true class the lowest probability dominate. With M = 1 every rule reduces to plain PGD.
 
-The draws are the EOT copies of the batch, so the defence must draw independent randomness per row (an RDC
+The draws are the EOT copies of the batch, so the defense must draw independent randomness per row (an RDC
 or DC with ``noise_mode='stochastic'``); with ``noise_mode='fixed'`` all M copies coincide and every rule
 gives plain PGD.
 
@@ -166,7 +166,7 @@ class SelectiveEOTContext(ContextView):
 
 
 class SelectiveEOTPGD(PGD):
-    """PGD whose EOT gradient weights the draws of the defence's randomness (selective EOT, see module doc).
+    """PGD whose EOT gradient weights the draws of the defense's randomness (selective EOT, see module doc).
 
     Distance Measure : Linf, L2
 

@@ -31,7 +31,7 @@ __all__ = ["DiffPure", "PURIFY_MODES"]
 
 
 class DiffPure(OwnedRandomness, nn.Module):
-    """Purify-then-classify defence: x (B, C, H, W) in [0, 1] -> logits (B, K) of ``classifier``.
+    """Purify-then-classify defense: x (B, C, H, W) in [0, 1] -> logits (B, K) of ``classifier``.
 
     Shape:
         input (B, C, H, W) in [0, 1]; output whatever ``classifier`` returns, (B, K) logits.

@@ -15,7 +15,7 @@ noise (sigma, eps per step) and then the DC noise, from:
 
 - ``noise_mode='stochastic'``: the module's generator (seeded by ``seed``; fresh draws every call);
 - ``noise_mode='fixed'``: a generator re-seeded with ``seed`` on every call, one draw shared by
-  every image of the batch, so the defence is a deterministic function of each image (white-box
+  every image of the batch, so the defense is a deterministic function of each image (white-box
   attacks with the randomness known to the attacker; results independent of batch composition).
 
 ``vote = M > 1`` runs M members (independent randomness) and returns log(mean_m softmax(logits_m)),

@@ -115,7 +115,7 @@ class DefenseSpec:
         if self.grad_mode not in info.grad_modes:
             valid = ", ".join(defense_names(grad_modes=self.grad_mode))
             raise ValueError(f"grad_mode {self.grad_mode!r} replaces the backward pass of a purification stage; "
-                             f"defence {self.name!r} has none (valid choices with {self.grad_mode}: {valid})")
+                             f"defense {self.name!r} has none (valid choices with {self.grad_mode}: {valid})")
 
 
 def build_defense(spec: DefenseSpec, device: torch.device | str = "cpu") -> nn.Module:

@@ -1,4 +1,4 @@
-"""Robustness evaluation: defences x attacks by name (registries), N-evaluation, sanity checks, records."""
+"""Robustness evaluation: defenses x attacks by name (registries), N-evaluation, sanity checks, records."""
 
 from .prediction import predict
 from .runner import EvalConfig, evaluate, evaluate_params

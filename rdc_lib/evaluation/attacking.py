@@ -30,7 +30,7 @@ def _denoiser(cfg: Any, model: nn.Module) -> nn.Module:
     if denoiser is None:
         from ..defenses import defense_names
 
-        raise ValueError(f"attack {cfg.attack!r} needs a diffusion defence "
+        raise ValueError(f"attack {cfg.attack!r} needs a diffusion defense "
                          f"({', '.join(defense_names(needs_denoiser=True))}); {cfg.defense!r} has no denoiser")
     return denoiser
 

@@ -13,7 +13,7 @@ black-box and large-budget checks cannot be met by Square inside the ensemble:
 
 - ``gradients``: input gradients of the margin loss exist, are finite and non-zero for every check image
   (``rdc_lib.grad.check_gradients_finite_nonzero``; shattered or vanishing gradients fail).
-- ``finite_difference`` (deterministic defences with exact gradients): autograd directional derivatives
+- ``finite_difference`` (deterministic defenses with exact gradients): autograd directional derivatives
   agree with central differences on a float64 copy of the model (``rdc_lib.grad.finite_difference_check``).
 - ``large_budget``: at a budget that can change any image (l_inf 0.5, l2 4.0, flow 1.0) the white-box
   robust accuracy falls to <= :data:`LARGE_BUDGET_MAX` (if not, the attack does not reach the model).
@@ -24,9 +24,9 @@ black-box and large-budget checks cannot be met by Square inside the ensemble:
 
 The comparisons are paired, image by image, on the same check images; the tolerance is
 :data:`CHECK_TOLERANCE` (a fraction of the check images: 2 of 32) and is written into every entry.
-Against a stochastic defence an image counts as correctly classified only if ``cfg.verify`` calls all
+Against a stochastic defense an image counts as correctly classified only if ``cfg.verify`` calls all
 classify it correctly, and an image is robust only if it was correctly classified, attacked, and survived.
-Checks that do not apply (e.g. finite differences on a stochastic defence) are listed with the reason by
+Checks that do not apply (e.g. finite differences on a stochastic defense) are listed with the reason by
 :func:`skipped_checks`.
 """
 
@@ -58,7 +58,7 @@ BLACK_BOX_ATTACK = "square"   # the score-based attack of the black-box check
 
 CHECK_DESCRIPTIONS = {
     "gradients": "margin-loss input gradients exist and are finite and non-zero for every check image",
-    "finite_difference": "deterministic defences with exact gradients: autograd directional derivatives match "
+    "finite_difference": "deterministic defenses with exact gradients: autograd directional derivatives match "
                          f"central differences on a float64 copy (relative error < {FD_TOL})",
     "large_budget": f"white-box robust accuracy (gradient attacks only) at eps {LARGE_EPS['linf']} (l_inf) / "
                     f"{LARGE_EPS['l2']} (l2) falls to <= {LARGE_BUDGET_MAX:.0%}",
@@ -247,11 +247,11 @@ def transfer_check(model: nn.Module, x: Tensor, y: Tensor, attack_factory: Attac
 
 def skipped_checks(cfg: Any, deterministic: bool | None = None) -> dict[str, str]:
     """Checks that do not apply to ``cfg`` (or, with ``deterministic`` False, to a stochastic model), and why,
-    from the registries' facts about the evaluated attack and defence."""
+    from the registries' facts about the evaluated attack and defense."""
     out: dict[str, str] = {}
     info = get_attack(cfg.attack)
     if deterministic is False:
-        out["finite_difference"] = "the defence is stochastic (two calls differ); central differences need a fixed function"
+        out["finite_difference"] = "the defense is stochastic (two calls differ); central differences need a fixed function"
     elif cfg.grad_mode == "bpda":
         out["finite_difference"] = "grad_mode 'bpda' uses an approximate backward pass on purpose"
     if not info.iterative:
@@ -261,7 +261,7 @@ def skipped_checks(cfg: Any, deterministic: bool | None = None) -> dict[str, str
     elif cfg.norm not in get_attack(BLACK_BOX_ATTACK).norms:
         out["black_box"] = f"Square has no {cfg.norm} threat model"
     if cfg.defense == TRANSFER_SOURCE:
-        out["transfer"] = "the transfer source is the standard CNN, the evaluated defence itself"
+        out["transfer"] = "the transfer source is the standard CNN, the evaluated defense itself"
     elif cfg.norm not in get_attack(TRANSFER_ATTACK).norms:
         out["transfer"] = "transfer uses l_inf / l2 PGD on the CNN"
     elif cfg.dataset not in get_defense(TRANSFER_SOURCE).datasets:

@@ -32,7 +32,7 @@ from .stats import wilson
 log = logging.getLogger(__name__)
 
 _LATER_FIELDS = ("verify", "denoiser", "grid", "lm_steps", "lm_eta", "lm_step_size")
-# Defence settings added with the registries: refused for a defence that does not read them (registry
+# Defense settings added with the registries: refused for a defense that does not read them (registry
 # fact ``extra_args``) and, with a preset, when they differ from the preset's (the preset fixes grid and LM).
 _SPEC_SETTINGS = ("grid", "lm_steps", "lm_eta", "lm_step_size")
 
@@ -104,7 +104,7 @@ class EvalConfig:
             self._apply_preset()
 
     def _check_spec_settings(self, defense) -> None:
-        """The grid and LM settings: valid, read by the defence, not overridden by a preset."""
+        """The grid and LM settings: valid, read by the defense, not overridden by a preset."""
         check_choice("grid", self.grid, GRID_KINDS)
         if self.lm_steps < 0 or not self.lm_eta >= 0 or not self.lm_step_size > 0:
             raise ValueError(f"LM settings must be lm_steps >= 0, lm_eta >= 0, lm_step_size > 0; got {self.lm_steps}, "
@@ -127,7 +127,7 @@ class EvalConfig:
             raise ValueError(f"attack {self.attack!r} goes with norm {' or '.join(map(repr, info.norms))}, got "
                              f"{self.norm!r} (norm 'flow' is StAdv's flow bound: attack stadv, eps = flow bound)")
         if "denoiser" in info.extra_args and not defense.needs_denoiser:
-            raise ValueError(f"attack {self.attack!r} needs a diffusion defence "
+            raise ValueError(f"attack {self.attack!r} needs a diffusion defense "
                              f"({', '.join(defense_names(needs_denoiser=True))}); {self.defense!r} has no denoiser")
 
     def _apply_preset(self) -> None:
@@ -181,7 +181,7 @@ class EvalConfig:
 
 
 def defense_spec(cfg: EvalConfig) -> DefenseSpec:
-    """The defence part of ``cfg``: every ``DefenseSpec`` field ``EvalConfig`` has under the same name (one
+    """The defense part of ``cfg``: every ``DefenseSpec`` field ``EvalConfig`` has under the same name (one
     definition: a setting added to both reaches the builder without a copy here), plus name, denoiser_path and
     ckpt_dir (CIFAR-10 only)."""
     shared = ({f.name for f in fields(DefenseSpec)} & {f.name for f in fields(EvalConfig)}) - {"ckpt_dir"}

@@ -7,7 +7,7 @@ expected. The rules live here, one :class:`ParamSpec` per name in :data:`PARAM_S
 name means the same thing in every notebook.
 
 This module imports no torch at import time (the check runs before the notebook's heavy imports);
-the lists of attack and defence names and the CIFAR-10 file check are imported on demand.
+the lists of attack and defense names and the CIFAR-10 file check are imported on demand.
 """
 
 from __future__ import annotations
@@ -188,11 +188,11 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "lm_norm": ParamSpec("str", "LM ball norm", choices=NORMS),
     "lm_optimizer": ParamSpec("str", "LM update rule ('sgd': normalised gradient steps)", choices=LM_OPTIMIZERS),
     "grad_mode": ParamSpec("str", "attacker's gradient through LM", choices=GRAD_MODES),
-    "noise_mode": ParamSpec("str", "randomness of the diffusion defences", choices=NOISE_MODES),
+    "noise_mode": ParamSpec("str", "randomness of the diffusion defenses", choices=NOISE_MODES),
     # attacks
     "attack": ParamSpec("str", "attack name", choices=_attack_names),
     "attacks": ParamSpec("list[str]", "attacks of the sweep", choices=_eval_attack_names),
-    "defenses": ParamSpec("list[str]", "defences of the sweep", choices=_defense_names),
+    "defenses": ParamSpec("list[str]", "defenses of the sweep", choices=_defense_names),
     "norm": ParamSpec("str", "threat model", choices=NORMS),
     "eps": ParamSpec("float", "attack budget on images in [0, 1]", low=0.0, high=1e3),
     "eps_list": ParamSpec("list[float]", "attack budgets on images in [0, 1]", low=0.0, high=1e3),

@@ -74,7 +74,7 @@ def cell_rows(records: Sequence[CellRecord]) -> list[dict[str, Any]]:
 
 
 def group_keys(records: Sequence[CellRecord], x: str = "eps") -> list[str]:
-    """Parameters that tell the curves apart: defence / attack / norm when present, then every other
+    """Parameters that tell the curves apart: defense / attack / norm when present, then every other
     parameter that varies between cells (``x`` and the seed excluded: the mean runs over seeds)."""
     done = [r for r in records if r.status == "done"]
     params = [r.params for r in done]
@@ -152,7 +152,7 @@ def _html_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def figure_vs_eps(agg: Sequence[dict[str, Any]], x: str = "eps", y: str = "robust_acc",
                   group: Sequence[str] = GROUP_KEYS) -> Any:
-    """plotly Figure: ``y`` (mean over seeds, std error bars) vs ``x``, one trace per group (defence x
+    """plotly Figure: ``y`` (mean over seeds, std error bars) vs ``x``, one trace per group (defense x
     attack x norm); untrusted points drawn as open ``x`` markers, with a legend entry saying so."""
     import plotly.graph_objects as go
 

@@ -7,7 +7,7 @@ Parameters a target declares:
   literal. The notebook must declare ``result_dir: str = ""`` (see ``rdc_lib.sweep`` for the convention).
 - ``function: eval``: the fields of ``rdc_lib.evaluation.runner.EvalConfig`` (plus ``device`` and
   ``records_dir``); every cell is also checked by constructing ``EvalConfig``, so invalid names
-  (an unknown defence) fail here.
+  (an unknown defense) fail here.
 - ``function: module:callable``: the callable's keyword parameters and annotations.
 
 Types: :func:`parse_annotation` reads annotation source without evaluating it, :func:`type_accepts` checks a
