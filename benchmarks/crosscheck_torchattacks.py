@@ -66,7 +66,12 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     robust = torch.ones(len(idx), dtype=torch.bool)
     broken_by = {}
-    for name, attack in outside_attacks(model, cfg, args.steps, args.queries).items():
+    chosen = outside_attacks(model, cfg, args.steps, args.queries)
+    unknown = sorted(set(args.attacks) - set(chosen))
+    if unknown:
+        raise SystemExit(f"unknown outside attack(s) {unknown}; valid: {', '.join(chosen)}")
+    for name in args.attacks:
+        attack = chosen[name]
         keep = robust.nonzero().flatten()
         if keep.numel() == 0:
             broken_by[name] = 0
@@ -79,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
         broken_by[name] = int((~still).sum())
         robust[keep[~still]] = False
         print(f"{name}: broke {broken_by[name]} of {keep.numel()} survivors", flush=True)
-    row = {"records": Path(args.records).name, "config": cfg.__dict__, "first": args.first,
+    row = {"records": Path(args.records).name, "config": cfg.__dict__, "first": args.first, "attacks": args.attacks,
            "survivors": len(idx), "still_robust": int(robust.sum()), "broken_by": broken_by, "steps": args.steps,
            "square_queries": args.queries, "seconds": time.perf_counter() - t0,
            "provenance": eval_provenance(cfg)}
@@ -97,6 +102,8 @@ def main() -> None:
     r.add_argument("--first", type=int, default=64, help="cross-check the survivors among the first N images")
     r.add_argument("--steps", type=int, default=100, help="APGD iterations of the outside attacks")
     r.add_argument("--queries", type=int, default=1000, help="Square queries of the outside attack")
+    r.add_argument("--attacks", nargs="+", default=["apgd-ce", "apgd-dlr", "apgd-t", "square"],
+                   help="torchattacks attacks to run, in this order, each on the images the earlier ones left robust")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--out", default="", help="append the result row to this JSON-lines file")
     args = ap.parse_args()

@@ -67,6 +67,6 @@ def test_eval_config_validation():
     with pytest.raises(ValueError, match="valid choices: digits, cifar10"):
         EvalConfig(dataset="mnist")
     with pytest.raises(ValueError, match="unknown evaluation parameters"):
-        EvalConfig.from_params({"defense": "dc"})
+        EvalConfig.from_params({"defenze": "dc"})
     with pytest.raises(ValueError, match="exceeds"):
         evaluate(EvalConfig(defense="cnn", n=300, offset=100), progress=False)

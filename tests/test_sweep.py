@@ -386,7 +386,7 @@ def test_cli_status_and_report(tmp_path, capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["done"] == 2
     assert run_sweep_command(parser.parse_args(["report", "runs/sweeps/cli/results.sqlite"])) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["done"] == 2
-    (tmp_path / "bad.yaml").write_text("function: sweep_targets:fake_eval\ngrid:\n  defense: [cnn]\n")
+    (tmp_path / "bad.yaml").write_text("function: sweep_targets:fake_eval\ngrid:\n  defenze: [cnn]\n")
     assert run_sweep_command(parser.parse_args(["sweep", "bad.yaml", "--status"])) == 2
     assert "line 3" in capsys.readouterr().err
 
@@ -396,7 +396,7 @@ def test_cli_status_and_report(tmp_path, capsys, monkeypatch):
 def test_eval_target_validation_and_one_cell(tmp_path):
     msg = _bad("function: eval\ngrid:\n  defense: [cnn, nope]\n", tmp_path)
     assert "line 3 (grid.defense.1)" in msg and "valid choices: cnn" in msg
-    assert "valid parameters: attack" in _bad("function: eval\ngrid:\n  defense: [cnn]\n", tmp_path)
+    assert "valid parameters: attack" in _bad("function: eval\ngrid:\n  defenze: [cnn]\n", tmp_path)
     spec = _spec(tmp_path, "function: eval\nparams: {attack: fgsm, eps: 0.1, run_checks: false}\n"
                  "n: 8\ngrid:\n  defense: [cnn]\n")
     res = run_sweep(spec, workers=0, progress=False, threads_per_cell=1)
