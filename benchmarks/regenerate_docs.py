@@ -22,7 +22,8 @@ DOCS = ROOT / "docs"
 
 # generated document -> (script in benchmarks/, raw files it reads under docs/raw, notes appended verbatim)
 GENERATED: dict[str, tuple[str, tuple[str, ...], str | None]] = {
-    "results.md": ("results_table.py", ("results.jsonl",), "results_notes.md"),
+    "results.md": ("results_table.py", ("results.jsonl", "headline.jsonl", "crosscheck_torchattacks.jsonl"),
+                   "results_notes.md"),
     "evaluation.md": ("evaluation_report.py", ("evaluation.jsonl", "eot_diagnostic.json"), "evaluation_notes.md"),
     "theory.md": ("theory_report.py", ("theory.json",), None),
     "performance.md": ("performance_report.py", ("performance.json",), None),

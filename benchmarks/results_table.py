@@ -182,12 +182,33 @@ def headline_lines(path: Path) -> list[str]:
             val = v.get("robust_acc", v.get("nonzero_fraction", v.get("max_rel_error", "")))
             tol = v.get("tolerance", v.get("max_robust_acc", ""))
             lines.append(f"| {r['defense']} | {k} | {v['passed']} | {val} | {v.get('baseline', '')} | {tol} |")
+    lines += crosscheck_lines(path.with_name("crosscheck_torchattacks.jsonl"))
     lines += ["", "### Headline commands and provenance", ""]
     for r in rows:
         lines += [f"- {r['defense']}, images {s['offset']}-{s['offset'] + s['n'] - 1}"
                   f"{' (with the sanity checks)' if s['run_checks'] else ''}: `{s['command']}` ({describe(s)}, "
                   f"{s['seconds']:.0f} s)" for s in r.get("shards", [r])]
     return lines + [""]
+
+
+def crosscheck_lines(path: Path) -> list[str]:
+    """Attacks written by someone else (torchattacks) on the images a headline run left robust
+    (``benchmarks/crosscheck_torchattacks.py``); empty without the file."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    lines = ["", "### Outside attacks on the survivors (torchattacks)", "",
+             "Each attack runs on the images the earlier ones left robust; an image broken here is one our ensemble "
+             "missed.", "", "| defense | denoiser | survivors (of the first N) | attacks | broken by | still robust | "
+             "seconds |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = r["config"]
+        broken = ", ".join(f"{k} {v}" for k, v in r["broken_by"].items())
+        lines.append(f"| {c['defense']} | {c['denoiser'] or c['heads']} | {r['survivors']} (of {r['first']}) | "
+                     f"{', '.join(r['attacks'])}: {r['steps']} APGD iterations, {r['square_queries']} Square queries | "
+                     f"{broken} | {r['still_robust']} | {r['seconds']:.0f} |")
+    lines += [""] + [f"- `{r['provenance']['command']}` ({describe(r)})" for r in rows]
+    return lines
 
 
 def doc(args: argparse.Namespace) -> None:

@@ -94,3 +94,13 @@ def test_import_then_doc_puts_the_headline_first(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert text.index("## Headline") < text.index("## Five defenses")
     assert "**60.0%** (120/200" in text and "images 100-199" in text
+
+
+def test_outside_attack_rows_are_listed_under_the_headline(tmp_path):
+    TABLE.import_rows(Namespace(files=[str(_write(tmp_path, _result()))], records=str(tmp_path)))
+    row = {"config": _result(), "first": 32, "survivors": 21, "still_robust": 20, "attacks": ["apgd-ce", "square"],
+           "broken_by": {"apgd-ce": 1, "square": 0}, "steps": 100, "square_queries": 1000, "seconds": 5.0,
+           "provenance": {"commit": "abc", "dirty": False, "command": "python benchmarks/crosscheck_torchattacks.py run R"}}
+    (tmp_path / "crosscheck_torchattacks.jsonl").write_text(json.dumps(row) + "\n")
+    text = "\n".join(TABLE.headline_lines(tmp_path / "headline.jsonl"))
+    assert "| 21 (of 32) |" in text and "apgd-ce 1, square 0 | 20 |" in text and "crosscheck_torchattacks.py run R" in text
