@@ -278,7 +278,8 @@ def _docs_rule(command: str) -> str | None:
     if words[:2] == ["rdc", "train"]:
         return "trains a denoiser: minutes to tens of minutes on a CPU (arguments parsed)"
     if any(f"benchmarks/{name}" in command for name in ("profile_strongest.py run", "bench_strongest.py", "certify_report.py", "bench_certify.py",
-                                                          "evaluation_report.py", "denoiser_study.py run")):
+                                                          "evaluation_report.py", "denoiser_study.py run",
+                                                          "crosscheck_torchattacks.py run", "bench_parallel.py")):
         return "a long benchmark or its doc mode over the run's own records (the doc gives the minutes)"
     if words[:2] == ["rdc", "eval"] and "--n" in words and int(words[words.index("--n") + 1]) < MIN_CHECK_IMAGES \
             and "--run-checks" not in words:
