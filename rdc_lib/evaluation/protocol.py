@@ -19,6 +19,7 @@ from ..attacks.registry import build_attack
 from ..attacks.neighbour import NeighbourAttack
 from ..attacks.transfer import transfer_pgd
 from ..utils import check_images
+from .attacking import run_attack
 from .prediction import correct_all
 from .stats import Accuracy, wilson
 
@@ -136,7 +137,7 @@ def robustness_protocol(
             atk = build_attack("square", model, norm=norm, eps=eps, steps=square_queries, seed=seed)
         else:
             atk = build_attack(name, model, norm=norm, eps=eps, steps=steps, eot=eot, seed=seed)
-        return lambda m: atk.run(x[m], y[m]).x_adv
+        return lambda m: run_attack(atk, model, x[m], y[m])[0]  # the evaluation's own attack runner
 
     for name in attacks:
         make = maker(name)
