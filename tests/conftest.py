@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 from pathlib import Path
 
@@ -12,6 +13,17 @@ import torch
 from rdc_lib.models import DenoiserConfig, build_denoiser
 
 # the tiny small-U-Net backbone of the unit tests; copy it (dict(TINY_BACKBONE)) before changing it
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"_rdc_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 TINY_BACKBONE = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, dropout=0.0)
 
 

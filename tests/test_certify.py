@@ -244,14 +244,9 @@ def test_cli_certify_json_and_bad_input(capsys):
 
 
 def _report_module():
-    import importlib.util
-    from pathlib import Path
+    from .conftest import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "certify_report.py"
-    spec = importlib.util.spec_from_file_location("certify_report", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("certify_report")
 
 
 @pytest.mark.slow

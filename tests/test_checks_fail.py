@@ -8,7 +8,6 @@ the adversarial direction, gradients that reveal the adversarial direction a few
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES, trust_label
 from rdc_lib.paths import checkpoint_path
+
+from .conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 N = MIN_CHECK_IMAGES
@@ -81,11 +82,7 @@ class StraightThrough(Quantized):
         return self.inner(x + ((x * 4).round() / 4 - x).detach())
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_load = load_benchmark  # a benchmark script as a module
 
 
 def _printed(result: dict, tmp_path: Path) -> dict[str, str]:

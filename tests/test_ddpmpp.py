@@ -248,14 +248,11 @@ def test_fp16_flag_is_a_no_op_off_cuda():
 
 def test_gpu_benchmark_script_runs_on_cpu(tmp_path):
     """benchmarks/gpu_ddpmpp.py with tiny settings: every figure is produced (GPU-only ones say why not)."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_ddpmpp.py"
-    spec = importlib.util.spec_from_file_location("gpu_ddpmpp", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from .conftest import load_benchmark
+
+    bench = load_benchmark("gpu_ddpmpp")
     out = tmp_path / "bench.json"
     result = bench.main(["--device", "cpu", "--T", "1", "--batch", "1", "--width", "8", "--repeats", "1",
                          "--out", str(out)])

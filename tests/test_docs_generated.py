@@ -8,7 +8,6 @@ external spec file, a sibling ``shared`` folder, absolute paths of the machine t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -17,17 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _regen():
-    spec = importlib.util.spec_from_file_location("_regenerate_docs", ROOT / "benchmarks" / "regenerate_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REGEN = _regen()
+REGEN = load_benchmark("regenerate_docs")
 
 
 # --------------------------------------------------------------------------- generated docs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -125,9 +124,9 @@ def test_rdc_eval_json_carries_provenance(capsys):
 
 
 def test_results_doc_shows_each_rows_provenance(tmp_path):
-    spec = importlib.util.spec_from_file_location("_rt", REPO_ROOT / "benchmarks" / "results_table.py")
-    rt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rt)
+    from .conftest import load_benchmark
+
+    rt = load_benchmark("results_table")
     rows = [json.loads(l) for l in (REPO_ROOT / "docs" / "raw" / "results.jsonl").read_text().splitlines() if l.strip()]
     rows[0]["provenance"] = {"commit": "0123456789abcdef", "dirty": True}
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -3,7 +3,6 @@ the first carrying the sanity checks) are accepted."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from argparse import Namespace
 from pathlib import Path
@@ -12,17 +11,12 @@ import pytest
 
 from rdc_lib.evaluation import EvalConfig
 
+from .conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("_results_table", ROOT / "benchmarks" / "results_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TABLE = _script()
+TABLE = load_benchmark("results_table")
 
 
 def _result(n: int = 200, offset: int = 0, correct: int | None = None, **over) -> dict:
