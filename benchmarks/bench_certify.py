@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from rdc_lib.certify.runner import CertifyConfig, run_certify
+from rdc_lib.choices import LEGACY_DENOISERS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,9 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(sigma=args.sigma, n_images=args.n_images, n0=args.n0, n=args.n, alpha=0.001, timesteps=args.T,
                   attack_steps=0, batch=args.n0 + args.n)
     rows = {}
-    for name, extra in (("noised-dc multi", {"base": "noised-dc", "heads": "multi"}),
-                        ("noised-dc single", {"base": "noised-dc", "heads": "single"}),
-                        ("denoised", {"base": "denoised"})):
+    # multi- vs single-head cost of the same U-Net: digits_multi / digits_single by name (the defaults of heads
+    # until they became the FiLM denoisers, rdc_lib.choices.DEFAULT_DENOISERS)
+    multi_net, single_net = LEGACY_DENOISERS["multi"], LEGACY_DENOISERS["single"]
+    for name, extra in (("noised-dc multi", {"base": "noised-dc", "heads": "multi", "denoiser": multi_net}),
+                        ("noised-dc single", {"base": "noised-dc", "heads": "single", "denoiser": single_net}),
+                        ("denoised", {"base": "denoised", "denoiser": multi_net})):
         res = run_certify(CertifyConfig(**common, **extra), progress=False)
         rows[name] = {"seconds_per_image": res["seconds_per_image"], "passes_per_image": res["passes_per_image"],
                       "certified_acc": res["certified_acc"]}

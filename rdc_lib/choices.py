@@ -8,8 +8,10 @@ Names: ``GRAD_MODES`` is the attacker's gradient through a purification stage (R
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 __all__ = [
-    "BACKWARD_MODES", "DATASETS", "GRAD_MODES", "GRID_KINDS", "GRID_LEVELS", "GRID_KIND", "GRID_WEIGHTINGS", "HEADS",
+    "BACKWARD_MODES", "DATASETS", "DEFAULT_DENOISERS", "LEGACY_DENOISERS", "GRAD_MODES", "GRID_KINDS", "GRID_LEVELS", "GRID_KIND", "GRID_WEIGHTINGS", "HEADS",
     "LM_ETA", "LM_GRAPH_MODES", "LM_NORMS", "LM_OPTIMIZERS", "LM_STEPS", "LM_STEP_SIZE", "NOISE_MODES", "NORMS",
     "PURIFY_MODES", "SPLITS", "THREAT_NORMS", "check_choice",
 ]
@@ -36,6 +38,12 @@ GRID_KIND = "paper"         # linspace(sigma_min, sigma_max, T + 1)[:-1] (docs/p
 LM_STEPS = 5                # N, LM gradient steps (docs/paper.md section 4)
 LM_STEP_SIZE = 0.03         # normalised-gradient steps in model space (rdc_lib/lm.py explains why not 0.1)
 LM_ETA = 8 / 255            # LM ball radius, [0, 1] pixel units
+
+# The shipped digits denoiser each ``heads`` loads when no denoiser is named (docs/denoisers.md: the most robust
+# cheap denoiser of each kind), and the one it loaded before (a stored configuration with denoiser "" meant
+# this one; rdc_lib.paths.stored_denoiser_name). Names of files in data/checkpoints.
+DEFAULT_DENOISERS = MappingProxyType({"single": "digits_film_single", "multi": "digits_film_multi_distill"})
+LEGACY_DENOISERS = MappingProxyType({"single": "digits_single", "multi": "digits_multi"})
 
 
 def check_choice(what: str, value: object, valid: tuple[str, ...]) -> None:

@@ -5,13 +5,18 @@ RDC_DATA_DIR). A notebook parameter may name a shipped checkpoint by its name (`
 or give a path; a relative path is looked up in the current folder first, then in the repository's
 ``notebooks/`` folder (the folder the notebooks' own defaults and ``notebooks/params/*.yaml`` are
 written relative to), so the same value works from the repository root, from ``notebooks/`` and
-from JupyterLab.
+from JupyterLab. Which shipped digits denoiser a ``heads`` loads is :func:`default_denoiser`; which one a
+stored configuration was run with is :func:`stored_denoiser_name`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from .choices import DEFAULT_DENOISERS, HEADS, LEGACY_DENOISERS, check_choice
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -83,3 +88,29 @@ def resolve_checkpoint(value: str | Path, base: str | Path | None = None) -> Pat
         raise FileNotFoundError(f"no such file: {value} (looked in: {tried}); shipped checkpoints can also be "
                                 f"named by name: {', '.join(shipped_checkpoints()) or 'none'}")
     return path
+
+
+def default_denoiser(heads: str) -> str:
+    """The shipped digits denoiser that ``heads`` ('single' | 'multi') loads when none is named
+    (rdc_lib.choices.DEFAULT_DENOISERS); ValueError naming the valid heads otherwise."""
+    check_choice("heads", heads, HEADS)
+    return DEFAULT_DENOISERS[heads]
+
+
+def stored_denoiser_name(config: Mapping[str, Any]) -> str:
+    """The denoiser a stored configuration (an ``EvalConfig`` / ``CertifyConfig`` as a dict) was run with.
+
+    A stored ``denoiser`` "" means the checkpoint its ``heads`` loaded before the defaults changed
+    (rdc_lib.choices.LEGACY_DENOISERS: digits_single / digits_multi), never today's default; a named one is
+    returned as stored. CIFAR-10 configurations (denoisers from a preset) give "". Only meaningful for a
+    configuration whose defense has a denoiser. ValueError if ``heads`` is missing or unknown.
+    """
+    if config.get("dataset", "digits") != "digits":
+        return ""
+    if config.get("denoiser"):
+        return str(config["denoiser"])
+    if "heads" not in config:
+        raise ValueError(f"a stored configuration without a denoiser must name its heads ({', '.join(HEADS)}); "
+                         f"got the fields {sorted(config)}")
+    check_choice("heads", config["heads"], HEADS)
+    return LEGACY_DENOISERS[config["heads"]]

@@ -11,23 +11,81 @@ from rdc_lib.defenses import DefenseSpec, build_defense
 from rdc_lib.evaluation import EvalConfig
 from rdc_lib.evaluation.runner import defense_spec
 
-# Keys recorded with the code before issue 17 (commit b21ce70): adding fields must not change them.
+# Keys recorded with the code before issue 17 (commit b21ce70): adding fields must not change them. These
+# configurations name their denoiser or use none (CNNs, CIFAR-10 presets): their meaning never changed.
 RECORDED_KEYS = [
-    ({}, "8aaf50c12f38610a"),
-    ({"defense": "rdc", "attack": "apgd-ce", "eot": 2, "verify": 4, "n_eval": 10, "n": 360}, "897b544b015535f6"),
     ({"defense": "cnn", "attack": "pgd", "eps": 0.05, "steps": 10, "n": 64}, "d2492710149153f8"),
     ({"defense": "dc", "attack": "autoattack", "noise_mode": "fixed", "timesteps": 16,
       "denoiser": "digits_multi_h32_distill"}, "d9f67ac2ef70c739"),
-    ({"defense": "diffpure", "attack": "pgd", "grad_mode": "bpda"}, "a7006d81f932acda"),
     ({"defense": "cnn", "attack": "stadv", "norm": "flow", "eps": 0.05}, "190ab2230ea3f726"),
     ({"defense": "rdc", "dataset": "cifar10", "preset": "cifar10-paper", "attack": "apgd-dlr", "eps": 8 / 255},
      "d660da03e6f07c92"),
+]
+# Keys recorded (same commit) for configurations that left the denoiser to `heads`: they meant digits_multi,
+# the default until the FiLM denoisers became the defaults (rdc_lib.choices.DEFAULT_DENOISERS). The same
+# parameters now mean another network, so they must get another key (their stored records must not be resumed).
+LEGACY_DEFAULT_KEYS = [
+    ({}, "8aaf50c12f38610a"),
+    ({"defense": "rdc", "attack": "apgd-ce", "eot": 2, "verify": 4, "n_eval": 10, "n": 360}, "897b544b015535f6"),
+    ({"defense": "diffpure", "attack": "pgd", "grad_mode": "bpda"}, "a7006d81f932acda"),
 ]
 
 
 @pytest.mark.parametrize("params, key", RECORDED_KEYS)
 def test_stored_keys_unchanged(params, key):
     assert EvalConfig(**params).key() == key
+
+
+def _legacy(params: dict) -> EvalConfig:
+    """A configuration as the code before the new defaults made it: denoiser left "" (meaning digits_<heads>)."""
+    cfg = EvalConfig(**params)
+    object.__setattr__(cfg, "denoiser", "")
+    return cfg
+
+
+@pytest.mark.parametrize("params, key", LEGACY_DEFAULT_KEYS)
+def test_keys_of_the_old_default_denoiser_changed(params, key):
+    assert _legacy(params).key() == key  # the simulated old configuration is the one that was recorded
+    cfg = EvalConfig(**params)
+    assert cfg.denoiser == "digits_film_multi_distill" and cfg.key() != key
+    assert EvalConfig(**params, denoiser="digits_multi").key() != key  # no new configuration has the old key
+    assert EvalConfig.from_stored(_legacy(params).identity()).denoiser == "digits_multi"  # stored: the old meaning
+
+
+def test_default_run_has_the_key_of_its_named_denoiser():
+    """`rdc eval --defense dc --heads single` is the same configuration as `... --denoiser digits_film_single`
+    (the committed headline records are reused), and the committed headline row keeps its key."""
+    import json
+    from pathlib import Path
+
+    args = ["eval", "--defense", "dc", "--heads", "single", "--attack", "autoattack", "--noise-mode", "fixed", "--T",
+            "16", "--n", "200", "--steps", "50", "--n-target-classes", "3", "--square-queries", "500", "--chunk", "10"]
+    default = eval_config(build_parser().parse_args(args))
+    named = eval_config(build_parser().parse_args(args + ["--denoiser", "digits_film_single"]))
+    assert default == named and default.key() == named.key() and default.denoiser == "digits_film_single"
+    rows = [json.loads(l) for l in Path("docs/raw/headline.jsonl").read_text().splitlines() if l.strip()]
+    dc = next(r for r in rows if r["defense"] == "dc" and r["denoiser"] == "digits_film_single")
+    assert dc["key"] == default.key()
+    multi = eval_config(build_parser().parse_args(["eval", "--defense", "dc", "--heads", "multi"]))
+    assert multi.denoiser == "digits_film_multi_distill"
+
+
+def test_a_stored_legacy_record_is_not_resumed_by_a_default_run(tmp_path):
+    import torch
+
+    from rdc_lib.data import load_dataset
+    from rdc_lib.evaluation import evaluate
+    from rdc_lib.evaluation.records import load_records, records_paths
+
+    params = {"defense": "dc", "attack": "none", "n": 2, "timesteps": 2}
+    old, new = _legacy(params), EvalConfig(**params)
+    x, y = load_dataset("digits", "test")
+    x, y = x[:2], y[:2]
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))  # stands in for the defense
+    evaluate(old, model=model, records_dir=tmp_path, progress=False)  # records as the old code stored them
+    assert len(load_records(tmp_path, old, x, y)[0]) == 2  # the old configuration would resume them
+    assert records_paths(tmp_path, new) != records_paths(tmp_path, old)
+    assert load_records(tmp_path, new, x, y)[0] == {}  # the default run starts afresh
 
 
 def test_new_settings_enter_the_key_only_away_from_their_default():

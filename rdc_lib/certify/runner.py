@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..choices import HEADS, check_choice
+from ..paths import default_denoiser, stored_denoiser_name
 from ..evaluation.stats import wilson
 from .bases import BASES, POSTERIORS, build_base
 from .empirical import attack_smoothed, smoothed_correct
@@ -42,7 +43,7 @@ class CertifyConfig:
     radii: tuple = DEFAULT_RADII    # pixel-space l2 radii to report
     seed: int = 0
     heads: str = "multi"            # denoiser of the diffusion bases
-    denoiser: str = ""              # checkpoint name or path; default digits_<heads>
+    denoiser: str = ""              # checkpoint name or path; "" = the default of heads, stored resolved
     timesteps: int = 4              # levels of the (noised) DC
     posterior: str = "exact"        # noised DC: 'exact' | 'approx'
     batch: int = 250                # draws per base call
@@ -65,6 +66,9 @@ class CertifyConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         check_choice("heads", self.heads, HEADS)
+        if not self.denoiser:
+            # stored records with denoiser "" meant the legacy checkpoint of heads (rdc_lib.paths.stored_denoiser_name)
+            object.__setattr__(self, "denoiser", default_denoiser(self.heads))
         if self.posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {self.posterior!r}; valid choices: {', '.join(POSTERIORS)}")
 
@@ -83,9 +87,18 @@ class CertifyConfig:
         return d
 
     def label(self) -> str:
-        """A short human name, e.g. 'noised-dc s=0.25 T=4 multi'."""
-        extra = "" if self.base == "denoised" else f" T={self.timesteps} {self.heads}"
-        return f"{self.base} s={self.sigma:g}{extra}"
+        """A short human name, e.g. 'noised-dc s=0.25 T=4 digits_film_multi_distill'."""
+        extra = "" if self.base == "denoised" else f" T={self.timesteps}"
+        return f"{self.base} s={self.sigma:g}{extra} {Path(self.denoiser).stem}"
+
+    @classmethod
+    def from_stored(cls, config: dict) -> "CertifyConfig":
+        """The configuration a stored one (a record header or a result row of any code version) was run with:
+        a stored denoiser "" meant the legacy checkpoint of its heads (rdc_lib.paths.stored_denoiser_name), never
+        today's default; the other keys of ``config`` that are not fields are ignored."""
+        params = {f.name: config[f.name] for f in fields(cls) if f.name in config}
+        params["denoiser"] = stored_denoiser_name({"heads": cls.heads, **params})
+        return cls.from_params(params)
 
     @classmethod
     def from_params(cls, params: dict) -> "CertifyConfig":
@@ -104,7 +117,7 @@ def build_smoothing_base(cfg: CertifyConfig, device: torch.device | str = "cpu")
     from ..models.checkpoints import load_denoiser
     from ..paths import checkpoint_path
 
-    ref = cfg.denoiser or f"digits_{cfg.heads}"
+    ref = cfg.denoiser
     path = Path(ref) if ref.endswith(".safetensors") else checkpoint_path(ref)
     den = load_denoiser(path, device=device).eval()
     cnn = None

@@ -1,6 +1,7 @@
 """Registration of the shipped defenses (rdc_lib.defenses.registry): one ``register_defense`` per defense.
 
-Digits defenses load the shipped checkpoints (data/checkpoints); DC and RDC on CIFAR-10 load a named
+Digits defenses load the shipped checkpoints (data/checkpoints; without a ``denoiser_path`` the default of
+``heads``, rdc_lib.choices.DEFAULT_DENOISERS); DC and RDC on CIFAR-10 load a named
 preset's imported EDM checkpoints from ``spec.ckpt_dir``. Order is the order of the CLI's choices.
 """
 
@@ -14,7 +15,7 @@ from torch import nn
 from ..choices import DATASETS, GRAD_MODES
 from ..diffusion.schedules import make_grid
 from ..models.checkpoints import load_denoiser
-from ..paths import checkpoint_path
+from ..paths import checkpoint_path, default_denoiser
 from .baselines import load_classifier
 from .classifier import DiffusionClassifier
 from .registry import DefenseSpec, register_defense
@@ -24,7 +25,8 @@ _SPEC_LM = ("lm_steps", "lm_eta", "lm_step_size", "lm_norm", "grad_mode", "vote"
 
 
 def _denoiser_file(spec: DefenseSpec) -> Path:
-    return Path(spec.denoiser_path) if spec.denoiser_path else checkpoint_path(f"digits_{spec.heads}")
+    """The digits denoiser: ``spec.denoiser_path``, else the shipped default of ``spec.heads``."""
+    return Path(spec.denoiser_path) if spec.denoiser_path else checkpoint_path(default_denoiser(spec.heads))
 
 
 def _denoiser_files(spec: DefenseSpec) -> list[Path]:

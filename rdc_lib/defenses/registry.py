@@ -99,7 +99,7 @@ class DefenseSpec:
     lm_step_size: float = LM_STEP_SIZE
     lm_norm: str = "linf"
     vote: int = 1
-    denoiser_path: str | None = None               # override the shipped checkpoint
+    denoiser_path: str | None = None               # override the shipped default of heads (DEFAULT_DENOISERS)
     preset: str = ""                                # a named preset (rdc_lib.presets) for CIFAR-10
     ckpt_dir: str = ""                              # CIFAR-10: folder of the imported EDM checkpoints
 

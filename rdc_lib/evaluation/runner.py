@@ -23,6 +23,7 @@ from ..choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS,
                        NOISE_MODES, THREAT_NORMS, check_choice)
 from ..data import load_dataset
 from ..defenses import DefenseSpec, build_defense, defense_names, get_defense
+from ..paths import default_denoiser, stored_denoiser_name
 from . import checks
 from .prediction import n_evaluate, predict
 from .attacking import NO_ATTACK, build_evaluated_attack, eval_attack_names, run_attack
@@ -64,8 +65,8 @@ class EvalConfig:
     preset: str = ""                # "cifar10-paper" with dataset="cifar10" (grid, LM, DC settings)
     data_root: str = ""             # CIFAR-10: folder of the python batches
     ckpt_dir: str = "data/checkpoints"  # CIFAR-10: folder of the imported EDM checkpoints
-    denoiser: str = ""              # digits: a denoiser checkpoint (path, or shipped name like digits_multi_h32)
-                                    # replacing the default of `heads`
+    denoiser: str = ""              # digits: a denoiser checkpoint (path, or shipped name like digits_multi_h32);
+                                    # "" = the default of `heads` (rdc_lib.choices.DEFAULT_DENOISERS), stored resolved
     grid: str = GRID_KIND           # kind of the DC's noise grid (rdc_lib.choices.GRID_KINDS)
     lm_steps: int = LM_STEPS        # RDC's likelihood maximization: N steps,
     lm_eta: float = LM_ETA          # ball radius in [0, 1] pixel units (eta = eps: --lm-eta 0.1 with --eps 0.1)
@@ -102,6 +103,10 @@ class EvalConfig:
         self._check_spec_settings(defense)
         if self.preset or self.dataset == "cifar10":
             self._apply_preset()
+        if defense.needs_denoiser and self.dataset == "digits" and not self.denoiser:
+            # A new configuration always names its denoiser: records stored with denoiser "" meant the legacy
+            # checkpoint of `heads` (rdc_lib.paths.stored_denoiser_name) and keep that meaning and their keys.
+            object.__setattr__(self, "denoiser", default_denoiser(self.heads))
 
     def _check_spec_settings(self, defense) -> None:
         """The grid and LM settings: valid, read by the defense, not overridden by a preset."""
@@ -160,6 +165,20 @@ class EvalConfig:
     def key(self) -> str:
         """A short hash of the identifying fields (names the records file)."""
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_stored(cls, config: dict) -> "EvalConfig":
+        """The configuration a stored one (``identity()`` or ``asdict`` of any code version) was run with.
+
+        A stored denoiser "" of a defense with a denoiser meant the legacy checkpoint of its ``heads``
+        (rdc_lib.paths.stored_denoiser_name), so it comes back named (digits_multi / digits_single), never as
+        today's default; the result's ``key()`` is the key of that meaning, not the stored key.
+        """
+        params = dict(config)
+        info = get_defense(params.get("defense", cls.defense))
+        if info.needs_denoiser and not params.get("denoiser"):
+            params["denoiser"] = stored_denoiser_name({"heads": cls.heads, **params})
+        return cls(**params)
 
     @classmethod
     def from_params(cls, params: dict, explicit: set[str] | None = None) -> "EvalConfig":
