@@ -26,8 +26,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from rdc_lib.choices import LEGACY_DENOISERS
+
+# digits_multi by name: the denoiser docs/raw/bench_autoattack.json was measured with (heads "multi" then)
 SETTINGS = dict(defense="rdc", attack="autoattack", norm="linf", eps=0.1, steps=25, restarts=1, square_queries=500,
-                n_target_classes=3, timesteps=16, heads="multi", noise_mode="fixed", grad_mode="exact", seed=0)
+                n_target_classes=3, timesteps=16, heads="multi", denoiser=LEGACY_DENOISERS["multi"], noise_mode="fixed",
+                grad_mode="exact", seed=0)
 
 
 def _shard(offset: int, n: int, chunk: int, records: str, checks: bool) -> dict:

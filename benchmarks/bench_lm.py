@@ -7,7 +7,8 @@ Run on demand:  python benchmarks/bench_lm.py [--batch 16] [--T 32] [--device cp
 gradient health checks of rdc_lib.grad (finite/nonzero, finite differences in fixed mode, cosine
 similarity across stochastic draws and the EOT size it suggests).
 
-Uses data/checkpoints/digits_{single,multi}.safetensors when present, else a randomly initialised
+Uses data/checkpoints/digits_{single,multi}.safetensors (the U-Net denoisers by name, not the defaults of
+``rdc eval --heads``) when present, else a randomly initialised
 denoiser of the same configuration (rdc_lib.train.DIGITS_BACKBONE; timings are the same, outputs
 meaningless). Memory is measured as the peak bytes autograd keeps for backward (saved tensors,
 parameters excluded; rdc_lib.grad.SavedTensorMeter) and, on CUDA, also torch.cuda.max_memory_allocated.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from rdc_lib.choices import LEGACY_DENOISERS
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.data import load_dataset
@@ -44,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def get_denoiser(heads: str, device: torch.device):
-    path = ROOT / "data" / "checkpoints" / f"digits_{heads}.safetensors"
+    path = ROOT / "data" / "checkpoints" / f"{LEGACY_DENOISERS[heads]}.safetensors"
     if path.exists():
         return load_denoiser(path, device=device).eval(), str(path.relative_to(ROOT))
     torch.manual_seed(0)

@@ -4,7 +4,8 @@ Times classifying the digits test split (360 images, or ``--n``) with the optima
 learned single-head and multi-head DCs, all at T levels (default 32) on one CPU thread, and prints
 the time ratios (target: optimal within 5x of learned) and the clean accuracies (optimal DC on test
 and training images, learned DCs on test images). Without the trained checkpoints
-(data/checkpoints/digits_{single,multi}.safetensors) a randomly initialised denoiser with
+(data/checkpoints/digits_{single,multi}.safetensors: the U-Net denoisers by name, not the defaults of
+``rdc eval --heads``) a randomly initialised denoiser with
 ``rdc_lib.train.DIGITS_BACKBONE`` stands in; the output says so and its accuracy means nothing.
 
     python benchmarks/bench_optimal.py [--n 360] [--T 32] [--batch 40]
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from rdc_lib.choices import LEGACY_DENOISERS
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion.schedules import make_grid
@@ -41,7 +43,7 @@ def classify(dc: DiffusionClassifier, x: torch.Tensor, batch: int) -> tuple[torc
 
 
 def learned_denoiser(heads: str, ckpt_dir: Path):
-    path = ckpt_dir / f"digits_{heads}.safetensors"
+    path = ckpt_dir / f"{LEGACY_DENOISERS[heads]}.safetensors"
     if path.exists():
         return load_denoiser(path), str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
     cfg = DenoiserConfig(heads=heads, backbone=dict(DIGITS_BACKBONE))

@@ -19,8 +19,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from rdc_lib.choices import LEGACY_DENOISERS
+
+# digits_multi by name: the denoiser docs/raw/bench_parallel.json was measured with (heads "multi" then)
 STRONGEST = dict(defense="rdc", attack="apgd-ce", eps=0.1, eot=2, verify=4, n_eval=10, noise_mode="stochastic",
-                 timesteps=16, heads="multi", steps=40, run_checks=False)
+                 timesteps=16, heads="multi", denoiser=LEGACY_DENOISERS["multi"], steps=40, run_checks=False)
 
 
 def _evaluate(offset: int, n: int, threads: int) -> dict:

@@ -32,9 +32,13 @@ import tempfile
 from io import BytesIO
 from pathlib import Path
 
+from rdc_lib.choices import LEGACY_DENOISERS
+
 ROOT = Path(__file__).resolve().parents[1]
 OLD_COMMIT = "9ee14f1"  # the code before the issue-19 speed-ups
-BASE = dict(attack="apgd-ce", norm="linf", eps=0.1, timesteps=16, heads="multi")
+# The multi-head denoiser digits_multi, named (the default of heads "multi" until the FiLM defaults); code from
+# before the denoiser field loads it for heads "multi" and gets the configuration without the name (CHILD).
+BASE = dict(attack="apgd-ce", norm="linf", eps=0.1, timesteps=16, heads="multi", denoiser=LEGACY_DENOISERS["multi"])
 PROTOCOLS: dict[str, dict] = {
     # the strongest protocol of docs/evaluation.md
     "strongest": dict(defense="rdc", noise_mode="stochastic", eot=2, verify=4, n_eval=10),
@@ -68,7 +72,11 @@ def counted(*args, **kwargs):  # images through the denoiser's first convolution
     return model
 
 runner.build_defense = counted
-cfg = EvalConfig(**json.loads(sys.argv[1]))
+params = json.loads(sys.argv[1])
+if "denoiser" not in EvalConfig.__dataclass_fields__:  # code before the field loaded digits_<heads>, nothing else
+    if params.pop("denoiser") != "digits_" + params["heads"]:
+        sys.exit("code without the denoiser field loads digits_<heads> only")
+cfg = EvalConfig(**params)
 t_wall, t_cpu = time.perf_counter(), time.process_time()
 res = evaluate(cfg, progress=False, records_dir=sys.argv[3])
 print(json.dumps({"cpu_s": time.process_time() - t_cpu, "wall_s": time.perf_counter() - t_wall,
@@ -127,8 +135,10 @@ def same_judge(cfg: dict, records: dict[str, Path], seeds: int) -> dict:
     x, y = x_all[conf.offset:conf.offset + conf.n], y_all[conf.offset:conf.offset + conf.n]
     adv, clean_ok = {}, {}
     for which, folder in records.items():
-        # read directly: load_records refuses records written by another code version, as it should for resuming
-        jsonl, adv_path = records_paths(folder, conf)
+        # read directly: load_records refuses records written by another code version, as it should for resuming;
+        # found by name pattern: the old code's key of the same run may differ (it had no denoiser field)
+        jsonl = _only_records(folder, records_paths(folder, conf)[0])
+        adv_path = jsonl.with_name(jsonl.name[:-len(".jsonl")] + ".adv.safetensors")
         recs = [json.loads(line) for line in jsonl.read_text().splitlines()[1:] if line.strip()]
         if len(recs) != conf.n:
             raise SystemExit(f"{jsonl}: expected {conf.n} records, found {len(recs)}")
@@ -144,6 +154,15 @@ def same_judge(cfg: dict, records: dict[str, Path], seeds: int) -> dict:
             robust = (preds == y).all(dim=0) & clean_ok[which]
             out[which].append(float(robust.float().mean()))
     return out
+
+
+def _only_records(folder: Path, expected: Path) -> Path:
+    """The one records file of a run in ``folder`` (named like ``expected`` up to the configuration key)."""
+    stem = expected.name.rsplit("_", 1)[0]
+    found = sorted(folder.glob(f"{stem}_*.jsonl"))
+    if len(found) != 1:
+        raise SystemExit(f"{folder}: expected one records file {stem}_<key>.jsonl, found {[p.name for p in found]}")
+    return found[0]
 
 
 def replace_seed(spec, seed: int):

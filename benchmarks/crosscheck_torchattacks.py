@@ -35,7 +35,7 @@ def survivors(records: Path, first: int) -> tuple[EvalConfig, list[int]]:
     lines = [json.loads(l) for l in records.read_text().splitlines() if l.strip()]
     if not lines or "config" not in lines[0]:
         raise SystemExit(f"{records}: not an `rdc eval` records file (expected a header line with 'config')")
-    cfg = EvalConfig(**lines[0]["config"])
+    cfg = EvalConfig.from_stored(lines[0]["config"])  # a header stored with denoiser "" meant digits_<heads>
     if cfg.noise_mode != "fixed" and cfg.defense in ("dc", "rdc", "diffpure"):
         raise SystemExit(f"{records}: noise_mode {cfg.noise_mode!r}; the cross-check needs a deterministic defense "
                          "(noise_mode fixed) so that one call decides")

@@ -49,7 +49,18 @@ DOC = Path("docs/speed.md")
 STRONGEST = dict(defense="rdc", attack="apgd-ce", norm="linf", eps=0.1, eot=2, verify=4, n_eval=10,
                  noise_mode="stochastic", grad_mode="exact", timesteps=16, heads="multi")
 STRONGEST_CLI = ("rdc eval --defense rdc --attack apgd-ce --eps 0.1 --eot 2 --verify 4 --n-eval 10 "
-                 "--noise-mode stochastic --timesteps 16 --heads multi")
+                 "--noise-mode stochastic --timesteps 16 --heads multi")  # + --denoiser NAME when the raw row names one
+
+
+def _multi_denoiser() -> dict:
+    """The denoiser docs/speed.md measures, digits_multi, by name ({"denoiser": ...}) for a library whose heads
+    "multi" loads another default; {} for a library from before the default denoisers (heads "multi" loaded it)."""
+    try:
+        from rdc_lib.choices import LEGACY_DENOISERS
+    except ImportError:
+        return {}
+    return {"denoiser": LEGACY_DENOISERS["multi"]}
+
 
 PHASES = ("attack: gradient steps", "attack: verification calls", "attack: clean call", "runner: clean classification",
           "runner: N-evaluation", "sanity checks", "other")
@@ -166,10 +177,13 @@ def _op_share(n: int, seed: int) -> dict:
     from rdc_lib.attacks.losses import ce_loss
     from rdc_lib.data import load_dataset
     from rdc_lib.defenses import DefenseSpec, build_defense
+    from rdc_lib.paths import checkpoint_path
 
     x, y = load_dataset("digits", "test")
     x, y = x[:n], y[:n]
-    model = build_defense(DefenseSpec(name="rdc", heads="multi", timesteps=16, noise_mode="stochastic", seed=seed))
+    named = {"denoiser_path": str(checkpoint_path(d)) for d in _multi_denoiser().values()}
+    model = build_defense(DefenseSpec(name="rdc", heads="multi", timesteps=16, noise_mode="stochastic", seed=seed,
+                                      **named))
     ctx = AttackContext(model, x, y, eot=2, generator=torch.Generator().manual_seed(seed), verify=1)
     idx = torch.arange(n)
     ctx.loss_grad(idx, x, ce_loss)  # warm-up
@@ -198,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
     split = Split()
     _instrument(split)
-    cfg = EvalConfig(**STRONGEST, n=args.n, steps=args.steps, seed=args.seed, chunk=args.n,
+    cfg = EvalConfig(**STRONGEST, **_multi_denoiser(), n=args.n, steps=args.steps, seed=args.seed, chunk=args.n,
                      run_checks=not args.no_checks)
     t_wall = time.perf_counter()
     split.mark = time.process_time()
@@ -209,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t_wall
     table = {p: {c: split.seconds.get((p, c), 0.0) for c in COMPONENTS} for p in PHASES}
     out = {
-        "config": {**STRONGEST, "n": args.n, "steps": args.steps, "seed": args.seed, "threads": args.threads,
+        "config": {**STRONGEST, **_multi_denoiser(), "n": args.n, "steps": args.steps, "seed": args.seed, "threads": args.threads,
                    "run_checks": not args.no_checks},
         "command": f".venv/bin/python benchmarks/profile_strongest.py run --n {args.n} --steps {args.steps} "
                    f"--threads {args.threads}" + (" --no-checks" if args.no_checks else ""),
@@ -235,6 +249,12 @@ def _fmt_s(v: float) -> str:
     return f"{v:.1f}"
 
 
+def _denoiser_flag(cfg: dict) -> str:
+    """' --denoiser NAME' for a profile that named its denoiser; '' for one measured when heads "multi" loaded
+    digits_multi (no denoiser field then)."""
+    return f" --denoiser {cfg['denoiser']}" if cfg.get("denoiser") else ""
+
+
 def _profile_section(p: dict) -> list[str]:
     cfg = p["config"]
     cpu = p["cpu_s"]
@@ -243,7 +263,7 @@ def _profile_section(p: dict) -> list[str]:
     lines = [
         f"## Where the seconds go (code at commit `{p['commit']}`)",
         "",
-        f"Profile of `{STRONGEST_CLI} --steps {cfg['steps']} --n {cfg['n']} --chunk {cfg['n']}` (seed {cfg['seed']}, "
+        f"Profile of `{STRONGEST_CLI}{_denoiser_flag(cfg)} --steps {cfg['steps']} --n {cfg['n']} --chunk {cfg['n']}` (seed {cfg['seed']}, "
         f"{cfg['threads']} thread), measured by `{p['command']}` with the library of that commit on `PYTHONPATH` "
         f"(`git archive {p['commit']} rdc_lib | tar -x -C DIR`, `PYTHONPATH=DIR RDC_DATA_DIR=$PWD/data`). Seconds are the process's CPU seconds "
         f"(the machine was shared with other jobs: wall {_fmt_s(p['wall_s'])} s for {_fmt_s(cpu)} s of CPU), "

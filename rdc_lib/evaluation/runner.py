@@ -168,13 +168,14 @@ class EvalConfig:
 
     @classmethod
     def from_stored(cls, config: dict) -> "EvalConfig":
-        """The configuration a stored one (``identity()`` or ``asdict`` of any code version) was run with.
+        """The configuration a stored one (a records header, or a result row: keys that are not fields are
+        ignored) was run with, by any code version.
 
         A stored denoiser "" of a defense with a denoiser meant the legacy checkpoint of its ``heads``
         (rdc_lib.paths.stored_denoiser_name), so it comes back named (digits_multi / digits_single), never as
         today's default; the result's ``key()`` is the key of that meaning, not the stored key.
         """
-        params = dict(config)
+        params = {f.name: config[f.name] for f in fields(cls) if f.name in config}
         info = get_defense(params.get("defense", cls.defense))
         if info.needs_denoiser and not params.get("denoiser"):
             params["denoiser"] = stored_denoiser_name({"heads": cls.heads, **params})
