@@ -123,3 +123,38 @@ def test_no_second_heads_to_checkpoint_mapping():
     found = {str(p.relative_to(ROOT)): _heads_to_checkpoint_literals(p.read_text())
              for p in sorted((ROOT / "rdc_lib").rglob("*.py"))}
     assert {k: v for k, v in found.items() if v} == {}
+
+
+def test_sweep_report_keeps_legacy_and_new_default_cells_apart():
+    """An old cell (denoiser "" = digits_multi) and a new one with the same params are different curves."""
+    from rdc_lib.sweep.report import aggregate, cell_rows, group_keys
+    from rdc_lib.sweep.store import CellRecord
+
+    params = {"defense": "dc", "attack": "pgd", "norm": "linf", "eps": 0.1, "heads": "multi", "seed": 0}
+
+    def record(key: str, denoiser: str, robust: float) -> CellRecord:
+        result = {**params, "dataset": "digits", "denoiser": denoiser, "robust_acc": robust, "trusted": True}
+        return CellRecord(key=key, sweep="s", target="function:rdc_lib.evaluation.runner:evaluate_params",
+                          params=params, status="done", code_version="c", checkpoints={}, finished="t", result=result)
+
+    records = [record("a", "", 0.2), record("b", "digits_film_multi_distill", 0.5)]
+    rows = cell_rows(records)
+    assert [r["denoiser"] for r in rows] == ["digits_multi", "digits_film_multi_distill"]
+    group = group_keys(records)
+    assert "denoiser" in group
+    agg = aggregate(rows, "eps", "robust_acc", group)
+    assert sorted((a["denoiser"], a["robust_acc_mean"], a["seeds"]) for a in agg) == [
+        ("digits_film_multi_distill", 0.5, 1), ("digits_multi", 0.2, 1)]
+    cnn = CellRecord(key="c", sweep="s", target="t", params={**params, "defense": "cnn"}, status="done",
+                     code_version="c", checkpoints={}, finished="t",
+                     result={**params, "defense": "cnn", "dataset": "digits", "denoiser": "", "robust_acc": 0.1})
+    assert cell_rows([cnn])[0]["denoiser"] == "" and "denoiser" not in group_keys([records[1], cnn])
+
+
+def test_a_digits_preset_keeps_its_own_checkpoint():
+    """A preset fixes its checkpoint; the defaults of heads do not change what a preset means."""
+    from rdc_lib.evaluation import EvalConfig
+    from rdc_lib.presets import get_preset
+
+    cfg = EvalConfig(defense="dc", preset="digits")
+    assert cfg.denoiser == Path(get_preset("digits").checkpoints.classifier).stem == "digits_single"

@@ -106,7 +106,8 @@ class EvalConfig:
         if defense.needs_denoiser and self.dataset == "digits" and not self.denoiser:
             # A new configuration always names its denoiser: records stored with denoiser "" meant the legacy
             # checkpoint of `heads` (rdc_lib.paths.stored_denoiser_name) and keep that meaning and their keys.
-            object.__setattr__(self, "denoiser", default_denoiser(self.heads))
+            # A digits preset fixes its own checkpoint (the defaults of heads do not change a preset).
+            object.__setattr__(self, "denoiser", self._preset_denoiser() or default_denoiser(self.heads))
 
     def _check_spec_settings(self, defense) -> None:
         """The grid and LM settings: valid, read by the defense, not overridden by a preset."""
@@ -149,6 +150,14 @@ class EvalConfig:
         object.__setattr__(self, "preset", name)
         for k, v in fixed.items():
             object.__setattr__(self, k, v)
+
+    def _preset_denoiser(self) -> str:
+        """The shipped checkpoint name a preset fixes for the digits (its classifier file's stem); "" without one."""
+        if not self.preset:
+            return ""
+        from ..presets import get_preset
+
+        return Path(get_preset(self.preset).checkpoints.classifier).stem
 
     def identity(self) -> dict:
         """The fields that identify this configuration (records headers, ``key``).

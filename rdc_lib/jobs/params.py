@@ -165,7 +165,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
                                            "comparison"),
     "cnn_checkpoint": ParamSpec("path", "standard CNN (digits baseline): a shipped name (digits_cnn) or a path"),
     "ckpt_dir": ParamSpec("str", "folder of the imported EDM checkpoints (dataset 'cifar10')"),
-    "heads": ParamSpec("str", "which shipped denoiser the evaluation uses", choices=HEADS),
+    "heads": ParamSpec("str", "which shipped denoiser the evaluation uses (rdc_lib.choices.DEFAULT_DENOISERS: "
+                              "multi = digits_film_multi_distill, single = digits_film_single)", choices=HEADS),
     "n_images": ParamSpec("int", "number of test images", low=1, high=CIFAR10_TEST_SIZE),
     "rdc_n_images": ParamSpec("int", "number of test images for the (expensive) RDC", low=1, high=CIFAR10_TEST_SIZE),
     "n_variance_images": ParamSpec("int", "images used to measure the spread of logit differences", low=1,

@@ -66,6 +66,8 @@ def cell_rows(records: Sequence[CellRecord]) -> list[dict[str, Any]]:
             continue
         res = rec.result or {}
         row = {**rec.params, **{k: v for k, v in res.items() if isinstance(v, (int, float, str, bool)) or v is None}}
+        if "denoiser" in res:
+            row["denoiser"] = _denoiser_of(res)
         row["trusted"] = _trust_text(trust_of(res))
         row["failed_checks"] = _failed_checks(res)
         row["seconds"] = res.get("seconds", rec.duration)
@@ -73,13 +75,28 @@ def cell_rows(records: Sequence[CellRecord]) -> list[dict[str, Any]]:
     return rows
 
 
+def _denoiser_of(result: dict[str, Any]) -> str:
+    """The denoiser an evaluation result was run with: a stored "" of a diffusion defense on the digits meant the
+    legacy checkpoint of its heads (rdc_lib.paths.stored_denoiser_name), never today's default."""
+    if result.get("denoiser") or result.get("dataset", "digits") != "digits" or "heads" not in result:
+        return result.get("denoiser") or ""
+    from ..defenses import defense_names
+    from ..paths import stored_denoiser_name
+
+    return stored_denoiser_name(result) if result.get("defense") in defense_names(needs_denoiser=True) else ""
+
+
 def group_keys(records: Sequence[CellRecord], x: str = "eps") -> list[str]:
     """Parameters that tell the curves apart: defense / attack / norm when present, then every other
-    parameter that varies between cells (``x`` and the seed excluded: the mean runs over seeds)."""
+    parameter that varies between cells (``x`` and the seed excluded: the mean runs over seeds), and the
+    evaluated denoiser when it varies (the same ``heads`` loaded another checkpoint before the defaults changed)."""
     done = [r for r in records if r.status == "done"]
     params = [r.params for r in done]
     names = {k for p in params for k in p} - {x, "seed"}
     varying = sorted(k for k in names if len({json.dumps(p.get(k), sort_keys=True) for p in params}) > 1)
+    denoisers = {_denoiser_of(r.result or {}) for r in done} - {""}  # defenses without a denoiser aside
+    if len(denoisers) > 1 and "denoiser" not in varying:
+        varying.append("denoiser")
     present = {k for r in done for k in (*r.params, *(r.result or {}))}
     return [g for g in GROUP_KEYS if g in present] + [k for k in varying if k not in GROUP_KEYS]
 
