@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .choices import DATASETS, HEADS
+from .paths import denoiser_flags_help
 
 if TYPE_CHECKING:
     from .evaluation.runner import EvalConfig
@@ -29,9 +30,7 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a digits (or CIFAR-10) denoiser; resumes if interrupted")
     p.add_argument("--dataset", default="digits", choices=DATASETS)
     p.add_argument("--data-root", default=None, help="folder of the CIFAR-10 python batches")
-    p.add_argument("--heads", default="single", choices=HEADS,
-                   help="one conditional head with a null label, or K + 1 heads (the shipped defaults of rdc eval "
-                        "--heads were trained with --arch film: data/README.md has their commands)")
+    p.add_argument("--heads", default="single", choices=HEADS, help="shipped defaults: --arch film (data/README.md)")
     p.add_argument("--arch", default="unet_small")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -79,40 +78,24 @@ def _eval_choices() -> dict[str, tuple[str, ...]]:
 FLAG_ALIASES = {"timesteps": "--T", "defense": "--defence"}  # rdc eval: field -> accepted second flag
 
 
-def _denoiser_help() -> dict[str, str]:
-    """Help of --heads / --denoiser (rdc eval, rdc certify): which shipped checkpoint each heads loads, and the old."""
-    from .choices import DEFAULT_DENOISERS, LEGACY_DENOISERS
-
-    now = ", ".join(f"{h} -> {n}" for h, n in DEFAULT_DENOISERS.items())
-    old = ", ".join(f"{h} -> {n}" for h, n in LEGACY_DENOISERS.items())
-    return {"heads": f"the digits denoiser loaded when --denoiser is not given: {now} (before: {old}; "
-                     "name one with --denoiser)",
-            "denoiser": "a digits denoiser checkpoint: a shipped name (data/checkpoints, e.g. "
-                        f"{', '.join(LEGACY_DENOISERS.values())}) or a .safetensors path; empty: the default of --heads"}
-
-
 def _add_eval(sub) -> None:
     from .evaluation.runner import EvalConfig
 
     p = sub.add_parser("eval", help="evaluate a defense under an attack on the digits test split")
     choices = _eval_choices()
-    explain = _denoiser_help()
     # default None: the flags given on the command line are known, so a --preset can refuse a conflicting one
     for f in fields(EvalConfig):
         flag = "--" + f.name.replace("_", "-")
-        helptext = f"default {f.default!r}"
+        helptext = "; ".join(filter(None, (f"default {f.default!r}", denoiser_flags_help().get(f.name))))
         if f.name in choices:  # listed, not enforced by argparse: EvalConfig names the valid choices itself
             helptext += f"; one of: {', '.join(choices[f.name])}"
-        if f.name in explain:
-            helptext += f"; {explain[f.name]}"
+        typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
         if f.name in FLAG_ALIASES:  # a second spelling users type (the British "defence", the paper's "T")
-            typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
             p.add_argument(flag, FLAG_ALIASES[f.name], dest=f.name, type=typ, default=None, help=helptext)
         elif f.type in ("bool", bool):
             p.add_argument(flag, dest=f.name, default=None, type=lambda s: s.lower() in ("1", "true", "yes"),
                            help=helptext)
         else:
-            typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
             p.add_argument(flag, dest=f.name, type=typ, default=None, help=helptext)
     p.add_argument("--device", default="cpu")
     p.add_argument("--records", default=None, help="folder for per-example records (resumable)")
@@ -135,7 +118,7 @@ def _add_certify(sub) -> None:
                            help="pixel-space l2 radii (images in [0, 1])")
         else:
             typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            p.add_argument(flag, dest=f.name, type=typ, default=f.default, help=_denoiser_help().get(f.name))
+            p.add_argument(flag, dest=f.name, type=typ, default=f.default, help=denoiser_flags_help().get(f.name))
     p.add_argument("--device", default="cpu")
     p.add_argument("--records", default=None, help="folder for per-image records (resumable)")
     p.add_argument("--threads", type=int, default=None)

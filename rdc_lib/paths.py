@@ -114,3 +114,17 @@ def stored_denoiser_name(config: Mapping[str, Any]) -> str:
                          f"got the fields {sorted(config)}")
     check_choice("heads", config["heads"], HEADS)
     return LEGACY_DENOISERS[config["heads"]]
+
+
+def default_denoisers_text() -> str:
+    """Which checkpoint each heads loads, now and before, for help texts: 'single -> digits_film_single, multi ->
+    digits_film_multi_distill (before: single -> digits_single, multi -> digits_multi)'."""
+    now, old = (", ".join(f"{h} -> {n}" for h, n in m.items()) for m in (DEFAULT_DENOISERS, LEGACY_DENOISERS))
+    return f"{now} (before: {old})"
+
+
+def denoiser_flags_help() -> dict[str, str]:
+    """Help texts of the ``--heads`` and ``--denoiser`` flags (rdc eval, rdc certify)."""
+    return {"heads": f"the digits denoiser loaded without --denoiser: {default_denoisers_text()}",
+            "denoiser": "a digits denoiser: a shipped name (data/checkpoints) or a .safetensors path; '' = the "
+                        "default of --heads"}

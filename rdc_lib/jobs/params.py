@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..choices import DATASETS, GRAD_MODES, HEADS, LM_OPTIMIZERS, NOISE_MODES, NORMS
-from ..paths import (CHECKPOINT_SUFFIX, NOTEBOOKS_DIR, data_dir, is_checkpoint_name, resolve_checkpoint,
-                    resolve_path)
+from ..paths import (CHECKPOINT_SUFFIX, NOTEBOOKS_DIR, data_dir, default_denoisers_text, is_checkpoint_name,
+                    resolve_checkpoint, resolve_path)
 
 __all__ = [
     "DATASETS",
@@ -165,8 +165,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
                                            "comparison"),
     "cnn_checkpoint": ParamSpec("path", "standard CNN (digits baseline): a shipped name (digits_cnn) or a path"),
     "ckpt_dir": ParamSpec("str", "folder of the imported EDM checkpoints (dataset 'cifar10')"),
-    "heads": ParamSpec("str", "which shipped denoiser the evaluation uses (rdc_lib.choices.DEFAULT_DENOISERS: "
-                              "multi = digits_film_multi_distill, single = digits_film_single)", choices=HEADS),
+    "heads": ParamSpec("str", f"which shipped denoiser the evaluation uses: {default_denoisers_text()}",
+                       choices=HEADS),
     "n_images": ParamSpec("int", "number of test images", low=1, high=CIFAR10_TEST_SIZE),
     "rdc_n_images": ParamSpec("int", "number of test images for the (expensive) RDC", low=1, high=CIFAR10_TEST_SIZE),
     "n_variance_images": ParamSpec("int", "images used to measure the spread of logit differences", low=1,
