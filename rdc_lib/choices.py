@@ -2,6 +2,7 @@
 
 Every other module reads its valid choices and shared defaults from here, so a new noise mode, norm or
 grid kind is added in one place (``tests/test_single_source.py`` fails on a second definition).
+``DEFAULT_DENOISERS`` / ``LEGACY_DENOISERS``: the shipped digits denoiser each ``heads`` loads now / loaded before.
 Names: ``GRAD_MODES`` is the attacker's gradient through a purification stage (RDC's LM, DiffPure);
 ``BACKWARD_MODES`` is how the diffusion classifier computes its own input gradient (same gradient).
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 from types import MappingProxyType
 
 __all__ = [
-    "BACKWARD_MODES", "DATASETS", "DEFAULT_DENOISERS", "LEGACY_DENOISERS", "GRAD_MODES", "GRID_KINDS", "GRID_LEVELS", "GRID_KIND", "GRID_WEIGHTINGS", "HEADS",
-    "LM_ETA", "LM_GRAPH_MODES", "LM_NORMS", "LM_OPTIMIZERS", "LM_STEPS", "LM_STEP_SIZE", "NOISE_MODES", "NORMS",
+    "BACKWARD_MODES", "DATASETS", "DEFAULT_DENOISERS", "GRAD_MODES", "GRID_KINDS", "GRID_LEVELS", "GRID_KIND",
+    "GRID_WEIGHTINGS", "HEADS", "LEGACY_DENOISERS", "LM_ETA", "LM_GRAPH_MODES", "LM_NORMS", "LM_OPTIMIZERS",
+    "LM_STEPS", "LM_STEP_SIZE", "NOISE_MODES", "NORMS",
     "PURIFY_MODES", "SPLITS", "THREAT_NORMS", "check_choice",
 ]
 

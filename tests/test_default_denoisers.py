@@ -158,3 +158,52 @@ def test_a_digits_preset_keeps_its_own_checkpoint():
 
     cfg = EvalConfig(defense="dc", preset="digits")
     assert cfg.denoiser == Path(get_preset("digits").checkpoints.classifier).stem == "digits_single"
+
+
+@pytest.mark.parametrize("heads", HEADS)
+def test_every_diffusion_defense_runs_on_the_defaults(heads):
+    """dc, rdc (LM through the null label / head) and diffpure (unconditional head) on the default of heads."""
+    import torch
+
+    from rdc_lib.data import load_dataset
+    from rdc_lib.defenses import DefenseSpec, build_defense
+
+    x, _ = load_dataset("digits", "test")
+    for name in ("dc", "rdc", "diffpure"):
+        extra = {"timesteps": 2, "lm_steps": 1} if name == "rdc" else {"timesteps": 2} if name == "dc" else {}
+        model = build_defense(DefenseSpec(name=name, heads=heads, noise_mode="fixed", **extra))
+        with torch.no_grad():
+            logits = model(x[:2])
+        assert logits.shape == (2, 10) and torch.isfinite(logits).all(), name
+
+
+def test_benchmarks_that_measure_digits_multi_find_their_stored_rows(tmp_path):
+    """The five-defense table and docs/certified.md name digits_multi; their stored rows (denoiser "") are the same
+    configurations, so a rerun skips / replaces them instead of measuring another network beside them."""
+    import json
+    from argparse import Namespace
+
+    from rdc_lib.certify.runner import CertifyConfig
+    from rdc_lib.evaluation import EvalConfig
+
+    from .conftest import load_benchmark
+
+    table = load_benchmark("results_table")
+    rows = [json.loads(l) for l in (ROOT / "docs/raw/results.jsonl").read_text().splitlines() if l.strip()]
+    assert {r.get("denoiser", "") for r in rows} == {""}  # stored before the denoiser was named
+    done = {EvalConfig.from_stored(r).key() for r in rows}
+    cells = table.cells(["cnn", "at-cnn", "diffpure", "dc", "rdc"], table.DEFAULTS)
+    assert {c.denoiser for c in cells} == {"", "digits_multi"} and all(c.key() in done for c in cells)
+    assert not any(c.key() in {r["key"] for r in rows} for c in cells if c.denoiser)  # the stored keys differ
+
+    report = load_benchmark("certify_report")
+    stored = [json.loads(l) for l in (ROOT / "docs/raw/certified.jsonl").read_text().splitlines() if l.strip()]
+    args = Namespace(rows=None, n_images=100, n0=100, n=1000, alpha=0.001, seed=0, timesteps=4, attack_steps=10,
+                     attack_eot=1)
+    configs = report._configs(args)
+    assert {c.denoiser for c in configs} == {"digits_multi"}
+    assert {c.key() for c in configs} <= {CertifyConfig.from_stored(r).key() for r in stored}
+    raw = tmp_path / "certified.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in stored))
+    report._write_row(raw, {"key": configs[0].key(), **configs[0].identity()})  # replaces, does not add
+    assert len(raw.read_text().splitlines()) == len(stored)

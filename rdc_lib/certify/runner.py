@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..choices import HEADS, check_choice
-from ..paths import default_denoiser, stored_denoiser_name
 from ..evaluation.stats import wilson
+from ..paths import default_denoiser, stored_denoiser_name
 from .bases import BASES, POSTERIORS, build_base
 from .empirical import attack_smoothed, smoothed_correct
 from .smoothing import ABSTAIN, certify, check_alpha, check_draws, check_radii, check_sigma
