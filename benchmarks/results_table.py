@@ -9,9 +9,11 @@ write the document from the stored results (never by hand):
 The headline rows (the shipped single-head denoiser, >= 200 images, APGD >= 50 iterations) are long
 ``rdc eval --json`` runs; their JSON lines are checked and added to the headline store, and the doc
 mode puts them first (shards of one run, e.g. images 0-99 with the sanity checks and 100-199 without, are
-combined into one row):
+combined into one row). With ``--per-image`` the runs' records files give each row the images it left robust,
+and the doc mode compares every two rows on the same images (paired counts, exact McNemar test):
 
-    .venv/bin/python benchmarks/results_table.py import runs/headline_dc.out runs/headline_rdc_a.out runs/headline_rdc_b.out
+    .venv/bin/python benchmarks/results_table.py import runs/headline_dc.out runs/headline_rdc_a.out runs/headline_rdc_b.out \
+        --per-image runs/headline_dc/*.jsonl runs/headline_rdc/*.jsonl
 
 Each cell is ``rdc_lib.evaluation.evaluate`` with the AutoAttack-style ensemble (APGD-CE, APGD-DLR,
 APGD-T, Square; worst case per example) and the sanity checks of ``rdc_lib.evaluation.checks``.
@@ -31,7 +33,7 @@ from rdc_lib.choices import LEGACY_DENOISERS
 from rdc_lib.defenses import get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import checks_protocol, trust_label
-from rdc_lib.evaluation.stats import wilson
+from rdc_lib.evaluation.stats import paired_comparison, wilson
 from rdc_lib.paths import stored_denoiser_name
 from rdc_lib.provenance import describe, eval_provenance
 
@@ -100,6 +102,9 @@ def import_rows(args: argparse.Namespace) -> None:
         groups.setdefault(same, []).append(row)
     for shards in groups.values():
         row = headline_row(shards)
+        if args.per_image:
+            row["robust_images"] = [i for s in sorted(shards, key=lambda r: r["offset"])
+                                    for i in robust_images(s, [Path(p) for p in args.per_image])]
         kept[row["key"]] = row
         print(f"{row['defense']} {row['norm']} {row['eps']:g} on {row['n']} images ({len(shards)} shard(s)): robust "
               f"{row['robust_acc']:.3f}, trusted={row['trusted']}", flush=True)
@@ -121,6 +126,28 @@ def read_result(path: Path) -> dict:
     argv = row["provenance"]["command"].split()
     row["command"] = "rdc " + " ".join(argv[argv.index("eval"):]) if "eval" in argv else row["provenance"]["command"]
     return row
+
+
+def robust_images(result: dict, records: list[Path]) -> list[int]:
+    """Test-set indices of the images one run (its ``rdc eval --json`` result) left robust, read from the records
+    file among ``records`` whose header holds the run's configuration; refused when none does or when the
+    records disagree with the result's count."""
+    for path in records:
+        lines = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+        head = lines[0].get("config") if lines and isinstance(lines[0], dict) else None
+        if not isinstance(head, dict) or any(result.get(k) != v for k, v in head.items()):
+            continue
+        kept = {r["index"]: bool(r["robust_first"]) for r in lines[1:] if "index" in r}
+        images = range(result["offset"], result["offset"] + result["n"])
+        missing = [i for i in images if i not in kept]
+        robust = [i for i in images if kept.get(i)]
+        if missing or len(robust) != result["robust"]["correct"]:
+            raise SystemExit(f"{path}: records of images {result['offset']}-{images[-1]} "
+                             f"{'lack ' + str(len(missing)) + ' images' if missing else f'count {len(robust)} robust'}"
+                             f" (expected all {result['n']} with {result['robust']['correct']} robust, as the result)")
+        return robust
+    raise SystemExit(f"no records file for `{result['command']}` among the {len(records)} given (expected the "
+                     ".jsonl under its --records folder whose header has its configuration)")
 
 
 def headline_row(shards: list[dict]) -> dict:
@@ -165,7 +192,7 @@ def headline_lines(path: Path) -> list[str]:
     if not path.is_file():
         return []
     rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-    lines = ["## Headline: the class-informative single-head denoiser", "",
+    lines = ["## Headline: the same test images, one protocol", "",
              f"At least {HEADLINE_MIN_IMAGES} test images, APGD with at least {HEADLINE_MIN_STEPS} iterations, every "
              "row with its sanity checks (section *Headline sanity checks*) and the command, commit and seconds that "
              "made it.", "",
@@ -173,23 +200,24 @@ def headline_lines(path: Path) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rob, clean = r["robust"], r["clean"]
-        lines.append(f"| {r['defense']} | {r['denoiser']} | {r['norm']} {r['eps']:g} | {r['n']} (from {r['offset']}) | "
+        lines.append(f"| {r['defense']} | {r['denoiser'] or '—'} | {r['norm']} {r['eps']:g} | {r['n']} (from {r['offset']}) | "
                      f"{100 * clean['value']:.1f}% ({clean['correct']}/{clean['total']}) | "
                      f"**{100 * rob['value']:.1f}%** ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
                      f"{100 * rob['high']:.0f}){_mark(r.get('trusted'))} | {trust_label(r.get('trusted'))} | "
                      f"{r['seconds']:.0f} |")
-    r0 = rows[0]
+    r0 = next((r for r in rows if r["denoiser"]), rows[0])  # the settings of the diffusion rows (CNNs ignore them)
     lines += ["", f"Attack: AutoAttack-style ensemble, worst case per image over APGD-CE, APGD-DLR, APGD-T "
               f"({r0['n_target_classes']} target classes), {r0['steps']} iterations each, then Square with "
               f"{r0['square_queries']} queries; exact gradients through the whole defense (RDC: through every LM "
-              f"step); T = {r0['timesteps']} noise levels, randomness `{r0['noise_mode']}` (the same noise on every "
-              "call, known to the attacker).", "", "### Headline sanity checks", "",
+              f"step). Diffusion defenses: T = {r0['timesteps']} noise levels, randomness `{r0['noise_mode']}` (the "
+              "same noise on every call, known to the attacker).", "", "### Headline sanity checks", "",
               "| defense | check | passed | value | baseline | tolerance |", "|---|---|---|---|---|---|"]
     for r in rows:
         for k, v in r["checks"].items():
             val = v.get("robust_acc", v.get("nonzero_fraction", v.get("max_rel_error", "")))
             tol = v.get("tolerance", v.get("max_robust_acc", ""))
             lines.append(f"| {r['defense']} | {k} | {v['passed']} | {val} | {v.get('baseline', '')} | {tol} |")
+    lines += paired_lines(rows)
     lines += crosscheck_lines(path.with_name("crosscheck_torchattacks.jsonl"))
     lines += ["", "### Headline commands and provenance", ""]
     for r in rows:
@@ -197,6 +225,27 @@ def headline_lines(path: Path) -> list[str]:
                   f"{' (with the sanity checks)' if s['run_checks'] else ''}: `{s['command']}` ({describe(s)}, "
                   f"{s['seconds']:.0f} s)" for s in r.get("shards", [r])]
     return lines + [""]
+
+
+def paired_lines(rows: list[dict]) -> list[str]:
+    """Every two headline rows with per-image outcomes on the same images and threat, compared image by image."""
+    same = lambda a, b: all(a[k] == b[k] for k in ("offset", "n", "norm", "eps"))
+    pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]
+             if "robust_images" in a and "robust_images" in b and same(a, b)]
+    if not pairs:
+        return []
+    lines = ["", "### Paired on the same images", "",
+             "Per image: kept by both, by one only, by neither; p: two-sided exact McNemar test on the images one "
+             "keeps alone (rdc_lib.evaluation.stats.paired_comparison). Overlapping intervals above do not mean "
+             "no difference; a small p does.", "",
+             "| A | B | images | both | A only | B only | neither | p |", "|---|---|---|---|---|---|---|---|"]
+    for a, b in pairs:
+        images = range(a["offset"], a["offset"] + a["n"])
+        ka, kb = set(a["robust_images"]), set(b["robust_images"])
+        c = paired_comparison([i in ka for i in images], [i in kb for i in images])
+        lines.append(f"| {a['defense']} | {b['defense']} | {a['n']} | {c.both} | {c.a_only} | {c.b_only} | {c.neither} "
+                     f"| {c.p_value:.2g} |")
+    return lines
 
 
 def crosscheck_lines(path: Path) -> list[str]:
@@ -301,6 +350,8 @@ def main() -> None:
     i = sub.add_parser("import", help="add long `rdc eval --json` runs to the headline rows")
     i.add_argument("files", nargs="+", help="files holding the output of `rdc eval ... --json`")
     i.add_argument("--records", default="runs/results")
+    i.add_argument("--per-image", nargs="*", default=[],
+                   help="the runs' records files (.jsonl under their --records folders): store the robust images")
     d = sub.add_parser("doc")
     d.add_argument("--records", default="runs/results")
     d.add_argument("--out", default="docs/results.md")

@@ -82,7 +82,7 @@ def test_a_file_without_the_json_result_is_refused(tmp_path):
 def test_import_then_doc_puts_the_headline_first(tmp_path):
     files = [str(_write(tmp_path, _result(100, 0, 50), "a.out")),
              str(_write(tmp_path, _result(100, 100, 70, run_checks=False), "b.out"))]
-    TABLE.import_rows(Namespace(files=files, records=str(tmp_path)))
+    TABLE.import_rows(Namespace(files=files, records=str(tmp_path), per_image=[]))
     (tmp_path / "results.jsonl").write_text((ROOT / "docs" / "raw" / "results.jsonl").read_text())
     TABLE.doc(Namespace(records=str(tmp_path), out=str(tmp_path / "results.md"), notes=""))
     text = (tmp_path / "results.md").read_text()
@@ -91,10 +91,45 @@ def test_import_then_doc_puts_the_headline_first(tmp_path):
 
 
 def test_outside_attack_rows_are_listed_under_the_headline(tmp_path):
-    TABLE.import_rows(Namespace(files=[str(_write(tmp_path, _result()))], records=str(tmp_path)))
+    TABLE.import_rows(Namespace(files=[str(_write(tmp_path, _result()))], records=str(tmp_path), per_image=[]))
     row = {"config": _result(), "first": 32, "survivors": 21, "still_robust": 20, "attacks": ["apgd-ce", "square"],
            "broken_by": {"apgd-ce": 1, "square": 0}, "steps": 100, "square_queries": 1000, "seconds": 5.0,
            "provenance": {"commit": "abc", "dirty": False, "command": "python benchmarks/crosscheck_torchattacks.py run R"}}
     (tmp_path / "crosscheck_torchattacks.jsonl").write_text(json.dumps(row) + "\n")
     text = "\n".join(TABLE.headline_lines(tmp_path / "headline.jsonl"))
     assert "| 21 (of 32) |" in text and "apgd-ce 1, square 0 | 20 |" in text and "crosscheck_torchattacks.py run R" in text
+
+
+def _records(tmp_path: Path, result: dict, robust: set[int], name: str) -> Path:
+    """A records file of the run behind ``result``: its header and one record per image."""
+    head = {"config": EvalConfig.from_stored(result).identity(), "code": "test"}
+    recs = [{"index": i, "robust_first": i in robust}
+            for i in range(result["offset"], result["offset"] + result["n"])]
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in [head, *recs]))
+    return path
+
+
+def test_per_image_records_give_paired_counts_and_a_mcnemar_p(tmp_path):
+    dc = _result(200, 0, 100)
+    rdc = {**_result(200, 0, 140), "defense": "rdc"}
+    files = [str(_write(tmp_path, r, f"{r['defense']}.out")) for r in (dc, rdc)]
+    records = [_records(tmp_path, dc, set(range(100)), "dc.jsonl"),
+               _records(tmp_path, rdc, set(range(40, 180)), "rdc.jsonl")]
+    TABLE.import_rows(Namespace(files=files, records=str(tmp_path), per_image=[str(p) for p in records]))
+    rows = [json.loads(l) for l in (tmp_path / "headline.jsonl").read_text().splitlines()]
+    assert [len(r["robust_images"]) for r in rows] == [100, 140]
+    text = "\n".join(TABLE.headline_lines(tmp_path / "headline.jsonl"))
+    # both keep 40-99 (60), dc alone 0-39 (40), rdc alone 100-179 (80), neither 180-199 (20)
+    assert "| dc | rdc | 200 | 60 | 40 | 80 | 20 |" in text
+
+
+def test_records_that_disagree_with_the_result_or_are_missing_are_refused(tmp_path):
+    dc = _result(200, 0, 100)
+    files = [str(_write(tmp_path, dc, "dc.out"))]
+    wrong = _records(tmp_path, dc, set(range(90)), "dc.jsonl")          # 90 robust in the records, 100 in the result
+    with pytest.raises(SystemExit, match="expected all 200 with 100 robust"):
+        TABLE.import_rows(Namespace(files=files, records=str(tmp_path), per_image=[str(wrong)]))
+    other = _records(tmp_path, {**dc, "eps": 0.2}, set(range(100)), "other.jsonl")  # another configuration
+    with pytest.raises(SystemExit, match="no records file"):
+        TABLE.import_rows(Namespace(files=files, records=str(tmp_path), per_image=[str(other)]))
