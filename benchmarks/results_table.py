@@ -261,9 +261,10 @@ def crosscheck_lines(path: Path) -> list[str]:
     for r in rows:
         c = r["config"]
         broken = ", ".join(f"{k} {v}" for k, v in r["broken_by"].items())
+        budget = ", ".join(([f"{r['steps']} APGD iterations"] if any(a.startswith("apgd") for a in r["attacks"]) else [])
+                           + ([f"{r['square_queries']} Square queries"] if "square" in r["attacks"] else []))
         lines.append(f"| {c['defense']} | {stored_denoiser_name(c)} | {r['survivors']} (of {r['first']}) | "
-                     f"{', '.join(r['attacks'])}: {r['steps']} APGD iterations, {r['square_queries']} Square queries | "
-                     f"{broken} | {r['still_robust']} | {r['seconds']:.0f} |")
+                     f"{', '.join(r['attacks'])}: {budget} | {broken} | {r['still_robust']} | {r['seconds']:.0f} |")
     lines += [""] + [f"- `{r['provenance']['command']}` ({describe(r)})" for r in rows]
     return lines
 
