@@ -34,7 +34,7 @@ def test_a_missing_default_checkpoint_is_named(tmp_path, monkeypatch):
 
 def test_default_denoiser_and_bad_heads():
     assert default_denoiser("single") == "digits_film_single"
-    assert default_denoiser("multi") == "digits_film_multi_distill"
+    assert default_denoiser("multi") == "digits_film_multi_distill9"
     with pytest.raises(ValueError, match="unknown heads 'triple'; valid choices: single, multi"):
         default_denoiser("triple")
 
@@ -42,8 +42,8 @@ def test_default_denoiser_and_bad_heads():
 def test_stored_denoiser_name_keeps_the_legacy_meaning():
     assert stored_denoiser_name({"heads": "multi", "denoiser": ""}) == "digits_multi"
     assert stored_denoiser_name({"heads": "single"}) == "digits_single"
-    assert stored_denoiser_name({"heads": "multi", "denoiser": "digits_film_multi_distill"}) == \
-        "digits_film_multi_distill"
+    assert stored_denoiser_name({"heads": "multi", "denoiser": "digits_film_multi_distill9"}) == \
+        "digits_film_multi_distill9"
     assert stored_denoiser_name({"heads": "single", "dataset": "cifar10", "denoiser": ""}) == ""
     with pytest.raises(ValueError, match="must name its heads"):
         stored_denoiser_name({"denoiser": ""})
@@ -89,7 +89,7 @@ def test_certify_config_names_its_denoiser():
     cfg = CertifyConfig(base="noised-dc", heads="single")
     assert cfg.denoiser == "digits_film_single" and cfg.identity()["denoiser"] == "digits_film_single"
     assert "digits_film_single" in cfg.label()
-    assert CertifyConfig(heads="multi").denoiser == "digits_film_multi_distill"
+    assert CertifyConfig(heads="multi").denoiser == "digits_film_multi_distill9"
     stored = {**CertifyConfig(heads="multi").identity(), "denoiser": "", "label": "denoised s=0.25"}
     old = CertifyConfig.from_stored(stored)
     assert old.denoiser == "digits_multi" and old.key() != CertifyConfig(heads="multi").key()
@@ -137,14 +137,14 @@ def test_sweep_report_keeps_legacy_and_new_default_cells_apart():
         return CellRecord(key=key, sweep="s", target="function:rdc_lib.evaluation.runner:evaluate_params",
                           params=params, status="done", code_version="c", checkpoints={}, finished="t", result=result)
 
-    records = [record("a", "", 0.2), record("b", "digits_film_multi_distill", 0.5)]
+    records = [record("a", "", 0.2), record("b", "digits_film_multi_distill9", 0.5)]
     rows = cell_rows(records)
-    assert [r["denoiser"] for r in rows] == ["digits_multi", "digits_film_multi_distill"]
+    assert [r["denoiser"] for r in rows] == ["digits_multi", "digits_film_multi_distill9"]
     group = group_keys(records)
     assert "denoiser" in group
     agg = aggregate(rows, "eps", "robust_acc", group)
     assert sorted((a["denoiser"], a["robust_acc_mean"], a["seeds"]) for a in agg) == [
-        ("digits_film_multi_distill", 0.5, 1), ("digits_multi", 0.2, 1)]
+        ("digits_film_multi_distill9", 0.5, 1), ("digits_multi", 0.2, 1)]
     cnn = CellRecord(key="c", sweep="s", target="t", params={**params, "defense": "cnn"}, status="done",
                      code_version="c", checkpoints={}, finished="t",
                      result={**params, "defense": "cnn", "dataset": "digits", "denoiser": "", "robust_acc": 0.1})
