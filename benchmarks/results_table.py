@@ -243,7 +243,8 @@ def paired_lines(rows: list[dict]) -> list[str]:
         images = range(a["offset"], a["offset"] + a["n"])
         ka, kb = set(a["robust_images"]), set(b["robust_images"])
         c = paired_comparison([i in ka for i in images], [i in kb for i in images])
-        lines.append(f"| {a['defense']} | {b['defense']} | {a['n']} | {c.both} | {c.a_only} | {c.b_only} | {c.neither} "
+        name = lambda r: f"{r['defense']} ({r['denoiser']})" if r["denoiser"] else r["defense"]
+        lines.append(f"| {name(a)} | {name(b)} | {a['n']} | {c.both} | {c.a_only} | {c.b_only} | {c.neither} "
                      f"| {c.p_value:.2g} |")
     return lines
 

@@ -121,7 +121,7 @@ def test_per_image_records_give_paired_counts_and_a_mcnemar_p(tmp_path):
     assert [len(r["robust_images"]) for r in rows] == [100, 140]
     text = "\n".join(TABLE.headline_lines(tmp_path / "headline.jsonl"))
     # both keep 40-99 (60), dc alone 0-39 (40), rdc alone 100-179 (80), neither 180-199 (20)
-    assert "| dc | rdc | 200 | 60 | 40 | 80 | 20 |" in text
+    assert "| dc (digits_film_single) | rdc (digits_film_single) | 200 | 60 | 40 | 80 | 20 |" in text
 
 
 def test_records_that_disagree_with_the_result_or_are_missing_are_refused(tmp_path):
