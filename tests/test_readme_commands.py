@@ -277,6 +277,8 @@ def _docs_rule(command: str) -> str | None:
         return "certification of many images with 1,100 draws each: minutes to hours on a CPU (arguments parsed)"
     if words[:2] == ["rdc", "train"]:
         return "trains a denoiser: minutes to tens of minutes on a CPU (arguments parsed)"
+    if words[:2] == ["rdc", "sweep"] and "--status" not in words:
+        return "runs every cell of a sweep: CPU-hours for a diffusion defense, the doc gives them (arguments parsed)"
     if any(f"benchmarks/{name}" in command for name in ("profile_strongest.py run", "bench_strongest.py", "certify_report.py", "bench_certify.py",
                                                           "evaluation_report.py", "denoiser_study.py run",
                                                           "crosscheck_torchattacks.py run", "bench_parallel.py")):
