@@ -23,7 +23,8 @@ import torch
 
 from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import EvalConfig
-from rdc_lib.defenses import build_defense
+from rdc_lib.defenses import build_defense, get_defense
+from rdc_lib.evaluation.records import read_outcomes
 from rdc_lib.evaluation.runner import defense_spec
 from rdc_lib.provenance import eval_provenance
 
@@ -32,17 +33,18 @@ TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
 
 def survivors(records: Path, first: int) -> tuple[EvalConfig, list[int]]:
     """(configuration, test-set indices our ensemble left robust among the first ``first`` records)."""
-    lines = [json.loads(l) for l in records.read_text().splitlines() if l.strip()]
-    if not lines or "config" not in lines[0]:
-        raise SystemExit(f"{records}: not an `rdc eval` records file (expected a header line with 'config')")
-    cfg = EvalConfig.from_stored(lines[0]["config"])  # a header stored with denoiser "" meant digits_<heads>
-    if cfg.noise_mode != "fixed" and cfg.defense in ("dc", "rdc", "diffpure"):
+    try:
+        head, robust = read_outcomes(records)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    cfg = EvalConfig.from_stored(head)  # a header stored with denoiser "" meant digits_<heads>
+    if cfg.noise_mode != "fixed" and get_defense(cfg.defense).stochastic:
         raise SystemExit(f"{records}: noise_mode {cfg.noise_mode!r}; the cross-check needs a deterministic defense "
                          "(noise_mode fixed) so that one call decides")
-    recs = sorted((r for r in lines[1:] if "index" in r), key=lambda r: r["index"])[:first]
-    if len(recs) < first:
-        raise SystemExit(f"{records}: only {len(recs)} records, asked for the first {first}")
-    return cfg, [r["index"] for r in recs if r["robust_first"]]
+    first_images = sorted(robust)[:first]
+    if len(first_images) < first:
+        raise SystemExit(f"{records}: only {len(first_images)} records, asked for the first {first}")
+    return cfg, [i for i in first_images if robust[i]]
 
 
 def outside_attacks(model: torch.nn.Module, cfg: EvalConfig, steps: int, queries: int) -> dict:

@@ -33,6 +33,7 @@ from rdc_lib.choices import LEGACY_DENOISERS
 from rdc_lib.defenses import get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import checks_protocol, trust_label
+from rdc_lib.evaluation.records import read_outcomes
 from rdc_lib.evaluation.stats import paired_comparison, wilson
 from rdc_lib.paths import stored_denoiser_name
 from rdc_lib.provenance import describe, eval_provenance
@@ -133,11 +134,12 @@ def robust_images(result: dict, records: list[Path]) -> list[int]:
     file among ``records`` whose header holds the run's configuration; refused when none does or when the
     records disagree with the result's count."""
     for path in records:
-        lines = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
-        head = lines[0].get("config") if lines and isinstance(lines[0], dict) else None
-        if not isinstance(head, dict) or any(result.get(k) != v for k, v in head.items()):
+        try:
+            head, kept = read_outcomes(path)
+        except ValueError:
             continue
-        kept = {r["index"]: bool(r["robust_first"]) for r in lines[1:] if "index" in r}
+        if any(result.get(k) != v for k, v in head.items()):
+            continue
         images = range(result["offset"], result["offset"] + result["n"])
         missing = [i for i in images if i not in kept]
         robust = [i for i in images if kept.get(i)]

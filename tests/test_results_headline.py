@@ -133,3 +133,27 @@ def test_records_that_disagree_with_the_result_or_are_missing_are_refused(tmp_pa
     other = _records(tmp_path, {**dc, "eps": 0.2}, set(range(100)), "other.jsonl")  # another configuration
     with pytest.raises(SystemExit, match="no records file"):
         TABLE.import_rows(Namespace(files=files, records=str(tmp_path), per_image=[str(other)]))
+
+
+def test_read_outcomes_reads_any_code_versions_records_and_names_a_bad_file(tmp_path):
+    from rdc_lib.evaluation.records import read_outcomes
+
+    dc = _result(40, 0, 10)
+    config, robust = read_outcomes(_records(tmp_path, dc, set(range(10)), "dc.jsonl"))
+    assert config["n"] == 40 and sum(robust.values()) == 10 and sorted(robust) == list(range(40))
+    (tmp_path / "bad.jsonl").write_text('{"index": 0}\n')
+    with pytest.raises(ValueError, match="bad.jsonl: not an `rdc eval` records file"):
+        read_outcomes(tmp_path / "bad.jsonl")
+    (tmp_path / "cut.jsonl").write_text(json.dumps({"config": {}}) + '\n{"index": 3}\n')
+    with pytest.raises(ValueError, match="line 2 is not a per-image record"):
+        read_outcomes(tmp_path / "cut.jsonl")
+
+
+def test_crosscheck_takes_the_survivors_among_the_first_images(tmp_path):
+    cross = load_benchmark("crosscheck_torchattacks")
+    dc = _result(40, 0, 10)
+    path = _records(tmp_path, dc, {1, 5, 30}, "dc.jsonl")
+    cfg, idx = cross.survivors(path, 8)
+    assert cfg.defense == "dc" and idx == [1, 5]
+    with pytest.raises(SystemExit, match="only 40 records, asked for the first 64"):
+        cross.survivors(path, 64)

@@ -33,7 +33,7 @@ from ..stored_state import DAMAGED, ORPHANED, StoredStateError, load_safetensors
 if TYPE_CHECKING:
     from .runner import EvalConfig
 
-__all__ = ["RESTART", "load_records", "records_paths", "save_records"]
+__all__ = ["RESTART", "load_records", "read_outcomes", "records_paths", "save_records"]
 
 log = logging.getLogger(__name__)
 
@@ -222,3 +222,18 @@ def _record_problem(rec: object, cfg: "EvalConfig", y: Tensor) -> str:
     if rec["robust_frac"] > 1:
         return f"field 'robust_frac' must be in [0, 1], got {rec['robust_frac']}"
     return ""
+
+
+def read_outcomes(jsonl: str | Path) -> tuple[dict, dict[int, bool]]:
+    """(stored configuration, {test-set index: robust}) of a finished run's records file, written by any code
+    version: for reports over runs (headline tables, cross-checks), never for resuming (``load_records`` checks
+    the configuration and the code version). ValueError naming the file when it is not a records file."""
+    path = Path(jsonl)
+    lines = [_json_line(l) for l in path.read_bytes().splitlines() if l.strip()] if path.is_file() else []
+    if not lines or not isinstance(lines[0], dict) or not isinstance(lines[0].get("config"), dict):
+        raise ValueError(f"{path}: not an `rdc eval` records file (expected a header line with 'config')")
+    bad = [i + 2 for i, r in enumerate(lines[1:]) if not isinstance(r, dict) or "index" not in r
+           or "robust_first" not in r]
+    if bad:
+        raise ValueError(f"{path}: line {bad[0]} is not a per-image record (expected 'index' and 'robust_first')")
+    return lines[0]["config"], {int(r["index"]): bool(r["robust_first"]) for r in lines[1:]}
