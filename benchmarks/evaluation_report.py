@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from rdc_lib.data import load_dataset
-from rdc_lib.choices import LEGACY_DENOISERS
+from rdc_lib.choices import DEFAULT_DENOISERS, LEGACY_DENOISERS
 from rdc_lib.defenses import DefenseSpec, build_defense, get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES, checks_protocol, trust_label
@@ -42,22 +42,30 @@ EOT_CAP = 8  # largest EOT size used here (CPU time); the rule's own suggestion 
 LEGACY_EOT_TARGET = 0.8  # the rule's target in diagnostics written before the target was recorded with them
 
 
-# docs/evaluation.md evaluates the multi-head denoiser digits_multi (the default of heads "multi" when it was
-# measured; its raw rows store denoiser ""): named here so that a rerun measures the same network.
-DENOISER = LEGACY_DENOISERS["multi"]
+# The multi-head denoiser a run evaluates: the shipped default of heads "multi" unless --denoiser names another.
+# Rows stored before the denoiser was named (denoiser "") measured digits_multi, the default of that time.
+DENOISER = DEFAULT_DENOISERS["multi"]
+STORED_WITHOUT_NAME = LEGACY_DENOISERS["multi"]
 
 
-def eot_diagnostic(defense: str, n: int, timesteps: int, samples: int = 4) -> dict:
+def row_denoiser(row: dict) -> str:
+    """The denoiser a stored row or diagnostic measured ("" for the CNNs, which have none)."""
+    if row.get("defense") in ("cnn", "at-cnn"):
+        return ""
+    return row.get("denoiser") or STORED_WITHOUT_NAME
+
+
+def eot_diagnostic(defense: str, n: int, timesteps: int, denoiser: str = DENOISER, samples: int = 4) -> dict:
     """Cosine similarity of input gradients across stochastic draws, and the EOT size it suggests."""
     x, y = load_dataset("digits", "test")
     spec = DefenseSpec(name=defense, heads="multi", timesteps=timesteps, noise_mode="stochastic",
-                       denoiser_path=str(checkpoint_path(DENOISER)))
+                       denoiser_path=str(checkpoint_path(denoiser)))
     model = build_defense(spec)
     cos = gradient_cosine_similarity(model, x[:n], y[:n], n_samples=samples)
     sug = suggest_eot(cos, target=EOT_TARGET)
-    return {"defense": defense, "mean_cosine": cos.mean, "eot": min(sug.eot, EOT_CAP), "eot_rule": sug.eot,
-            "cosine_used": sug.cosine, "n": n, "samples": samples, "target": sug.target, "cap": EOT_CAP,
-            "provenance": provenance(checkpoint_files(spec))}
+    return {"defense": defense, "denoiser": denoiser, "mean_cosine": cos.mean, "eot": min(sug.eot, EOT_CAP),
+            "eot_rule": sug.eot, "cosine_used": sug.cosine, "n": n, "samples": samples, "target": sug.target,
+            "cap": EOT_CAP, "provenance": provenance(checkpoint_files(spec))}
 
 
 def protocols(defense: str, eot: int, verify: int = VERIFY) -> list[tuple[str, str, dict]]:
@@ -99,14 +107,14 @@ def run(args: argparse.Namespace) -> None:
     diag_path = out / "eot_diagnostic.json"
     diag = json.loads(diag_path.read_text()) if diag_path.is_file() else {}
     for defense in args.defenses:
-        if defense in ("dc", "rdc", "diffpure") and defense not in diag:
-            diag[defense] = eot_diagnostic(defense, n=8, timesteps=args.timesteps)
+        if defense in ("dc", "rdc", "diffpure") and (defense not in diag or row_denoiser(diag[defense]) != args.denoiser):
+            diag[defense] = eot_diagnostic(defense, n=8, timesteps=args.timesteps, denoiser=args.denoiser)
             diag_path.write_text(json.dumps(diag, indent=2))
             print(f"EOT diagnostic {defense}: {diag[defense]}", flush=True)
         eot = diag.get(defense, {}).get("eot", 1)
         base = EvalConfig(defense=defense, attack="apgd-ce", norm="linf", eps=args.eps, n=args.n, steps=args.steps,
                           timesteps=args.timesteps, heads="multi", n_eval=args.n_eval, chunk=args.chunk or args.n,
-                          run_checks=True, denoiser=DENOISER if get_defense(defense).needs_denoiser else "")
+                          run_checks=True, denoiser=args.denoiser if get_defense(defense).needs_denoiser else "")
         for variant, name, over in protocols(defense, eot, args.verify):
             if args.only and name not in args.only:
                 continue
@@ -140,10 +148,14 @@ def doc(args: argparse.Namespace) -> int:
     rows = [json.loads(l) for l in (out / "evaluation.jsonl").read_text().splitlines() if l.strip()]
     diag = json.loads((out / "eot_diagnostic.json").read_text()) if (out / "eot_diagnostic.json").is_file() else {}
     r0 = rows[0]
+    denoisers = {row_denoiser(r) for r in rows} - {""}
+    if len(denoisers) > 1:
+        raise ValueError(f"{out / 'evaluation.jsonl'} mixes rows of denoisers {sorted(denoisers)}; one document "
+                         "evaluates one denoiser (run each into its own --records folder)")
     lines = ["# Adaptive evaluation of full RDC on digits", "",
              "Written by `benchmarks/evaluation_report.py doc` from stored results (never edited by hand). "
              f"First {r0['n']} digits test images, l_inf eps {r0['eps']}, APGD-CE with {r0['steps']} iterations, "
-             f"multi-head denoiser, T = {r0['timesteps']}. N-evaluation: each final adversarial example is "
+             f"multi-head denoiser `{''.join(denoisers) or '-'}`, T = {r0['timesteps']}. N-evaluation: each final adversarial example is "
              f"re-classified N = {args.n_eval} times (stochastic variants).", "",
              "Reading the columns: *single* is the usual one-call robust accuracy; *avg* the mean over the N "
              "re-classifications; *worst* counts an image robust only if all N calls are right. Overstatement = "
@@ -235,6 +247,7 @@ def main() -> int:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--chunk", type=int, default=None,
                    help="images per chunk (records saved after each, so a killed run resumes there; default: n)")
+    r.add_argument("--denoiser", default=DENOISER, help=f"multi-head checkpoint to evaluate (default {DENOISER})")
     r.add_argument("--only", nargs="*", default=None, help="run only these protocol names")
     r.add_argument("--verify", type=int, default=VERIFY, help="calls that must all misclassify (strongest protocol)")
     d = sub.add_parser("doc")
