@@ -14,7 +14,7 @@ from torch import nn
 
 from ..choices import DATASETS, GRAD_MODES
 from ..diffusion.schedules import make_grid
-from ..models.checkpoints import load_denoiser
+from ..models.checkpoints import load_denoiser, require_trained_null_label
 from ..paths import checkpoint_path, default_denoiser
 from .baselines import load_classifier
 from .classifier import DiffusionClassifier
@@ -91,6 +91,8 @@ def _rdc(spec: DefenseSpec, device: torch.device) -> nn.Module:
         return RobustDiffusionClassifier(denoiser, DiffusionClassifier(denoiser, grid, **dc_kwargs), lm=p.lm,
                                          grad_mode=spec.grad_mode, noise_mode=p.dc.noise_mode, seed=spec.seed)
     lm = LMConfig(steps=spec.lm_steps, eta=spec.lm_eta, step_size=spec.lm_step_size, norm=spec.lm_norm)
+    if lm.steps > 0 and lm.eta > 0:
+        require_trained_null_label(_denoiser_file(spec), "likelihood maximization")
     return RobustDiffusionClassifier(
         load_denoiser(_denoiser_file(spec), device=device), grid=make_grid(spec.timesteps, spec.grid), lm=lm,
         grad_mode=spec.grad_mode, noise_mode=spec.noise_mode, seed=spec.seed, vote=spec.vote)
@@ -104,6 +106,7 @@ def _diffpure(spec: DefenseSpec, device: torch.device) -> nn.Module:
     from .purify import DiffPure
 
     cnn = load_classifier(_cnn_file("cnn"), device=device)
+    require_trained_null_label(_denoiser_file(spec), "DiffPure's purification")
     return DiffPure(load_denoiser(_denoiser_file(spec), device=device), cnn, noise_mode=spec.noise_mode,
                     seed=spec.seed, grad_mode=spec.grad_mode)
 

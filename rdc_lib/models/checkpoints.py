@@ -93,6 +93,17 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
     return net.to(device=device, dtype=dtype).eval()
 
 
+def require_trained_null_label(path: str | Path, use: str) -> None:
+    """Refuse a single-head checkpoint trained without label dropout for ``use`` (LM, purification), which
+    denoises with the null label (p(x)): such a network never saw that label, its output there is untrained.
+    Checkpoints without training settings (imported ones) pass."""
+    train = checkpoint_extra(path).get("train_config") or {}
+    if train.get("heads") == "single" and train.get("label_dropout") == 0:
+        raise ValueError(f"{use} denoises with the null label (p(x)), but checkpoint {path} was trained with "
+                         "label_dropout 0, so its null label was never trained; use a checkpoint trained with "
+                         "label dropout > 0 (e.g. the default) or a multi-head one")
+
+
 def checkpoint_extra(path: str | Path) -> dict[str, Any]:
     """The free-form 'extra' metadata (training settings, provenance) of a checkpoint."""
     return read_checkpoint(path)[2]
