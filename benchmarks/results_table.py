@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.choices import LEGACY_DENOISERS
+from rdc_lib.choices import LEGACY_DENOISERS, LM_ETA
 from rdc_lib.defenses import get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import checks_protocol, trust_label
@@ -189,6 +189,19 @@ def command_for(cfg: EvalConfig) -> str:
     return "rdc eval " + " ".join(flags) + " --records runs/results/records --json"
 
 
+def eta_text(eta: float) -> str:
+    """An LM radius as the docs write it: the paper's 8/255 by name, any other as a number."""
+    return "8/255" if abs(eta - LM_ETA) < 1e-12 else f"{eta:g}"
+
+
+def defense_label(row: dict) -> str:
+    """The defense of a stored row as the tables name it: RDC with its LM radius (rows stored before the radius
+    was recorded used the default), e.g. 'rdc (eta 8/255)'."""
+    if row["defense"] != "rdc":
+        return row["defense"]
+    return f"rdc (eta {eta_text(row.get('lm_eta', LM_ETA))})"
+
+
 def headline_lines(path: Path) -> list[str]:
     """The headline table: long evaluations of the shipped single-head denoiser (empty without the file)."""
     if not path.is_file():
@@ -202,7 +215,7 @@ def headline_lines(path: Path) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rob, clean = r["robust"], r["clean"]
-        lines.append(f"| {r['defense']} | {r['denoiser'] or '—'} | {r['norm']} {r['eps']:g} | {r['n']} (from {r['offset']}) | "
+        lines.append(f"| {defense_label(r)} | {r['denoiser'] or '—'} | {r['norm']} {r['eps']:g} | {r['n']} (from {r['offset']}) | "
                      f"{100 * clean['value']:.1f}% ({clean['correct']}/{clean['total']}) | "
                      f"**{100 * rob['value']:.1f}%** ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
                      f"{100 * rob['high']:.0f}){_mark(r.get('trusted'))} | {trust_label(r.get('trusted'))} | "
@@ -218,12 +231,12 @@ def headline_lines(path: Path) -> list[str]:
         for k, v in r["checks"].items():
             val = v.get("robust_acc", v.get("nonzero_fraction", v.get("max_rel_error", "")))
             tol = v.get("tolerance", v.get("max_robust_acc", ""))
-            lines.append(f"| {r['defense']} | {k} | {v['passed']} | {val} | {v.get('baseline', '')} | {tol} |")
+            lines.append(f"| {defense_label(r)} ({r['denoiser'] or '—'}) | {k} | {v['passed']} | {val} | {v.get('baseline', '')} | {tol} |")
     lines += paired_lines(rows)
     lines += crosscheck_lines(path.with_name("crosscheck_torchattacks.jsonl"))
     lines += ["", "### Headline commands and provenance", ""]
     for r in rows:
-        lines += [f"- {r['defense']}, images {s['offset']}-{s['offset'] + s['n'] - 1}"
+        lines += [f"- {defense_label(r)} ({r['denoiser'] or '—'}), images {s['offset']}-{s['offset'] + s['n'] - 1}"
                   f"{' (with the sanity checks)' if s['run_checks'] else ''}: `{s['command']}` ({describe(s)}, "
                   f"{s['seconds']:.0f} s)" for s in r.get("shards", [r])]
     return lines + [""]
@@ -245,7 +258,7 @@ def paired_lines(rows: list[dict]) -> list[str]:
         images = range(a["offset"], a["offset"] + a["n"])
         ka, kb = set(a["robust_images"]), set(b["robust_images"])
         c = paired_comparison([i in ka for i in images], [i in kb for i in images])
-        name = lambda r: f"{r['defense']} ({r['denoiser']})" if r["denoiser"] else r["defense"]
+        name = lambda r: f"{defense_label(r)} ({r['denoiser']})" if r["denoiser"] else r["defense"]
         lines.append(f"| {name(a)} | {name(b)} | {a['n']} | {c.both} | {c.a_only} | {c.b_only} | {c.neither} "
                      f"| {c.p_value:.2g} |")
     return lines
@@ -266,7 +279,7 @@ def crosscheck_lines(path: Path) -> list[str]:
         broken = ", ".join(f"{k} {v}" for k, v in r["broken_by"].items())
         budget = ", ".join(([f"{r['steps']} APGD iterations"] if any(a.startswith("apgd") for a in r["attacks"]) else [])
                            + ([f"{r['square_queries']} Square queries"] if "square" in r["attacks"] else []))
-        lines.append(f"| {c['defense']} | {stored_denoiser_name(c)} | {r['survivors']} (of {r['first']}) | "
+        lines.append(f"| {defense_label(c)} | {stored_denoiser_name(c)} | {r['survivors']} (of {r['first']}) | "
                      f"{', '.join(r['attacks'])}: {budget} | {broken} | {r['still_robust']} | {r['seconds']:.0f} |")
     lines += [""] + [f"- `{r['provenance']['command']}` ({describe(r)})" for r in rows]
     return lines

@@ -182,6 +182,36 @@ def distance_to_optimal_by_sigma(
     return ((d - d_opt) ** 2).flatten(1).mean(-1).reshape(x01.shape[0], -1).mean(0)
 
 
+@torch.no_grad()
+def distance_to_teacher_by_sigma(
+    student: Denoiser,
+    teacher: Denoiser,
+    x01: Tensor,                        # (B, C, H, W) clean images in [0, 1]
+    sigmas,                             # (T,) noise levels (model space)
+    generator: torch.Generator | None = None,
+    *,
+    batch: int = 64,                    # images per call
+) -> Tensor:                            # (T,) mean over images, classes and pixels of (D_s - D_t)^2, model space
+    """How far a (distilled) student is from its teacher over all K class-conditional outputs, on the same noisy
+    inputs: what distillation can still gain, level by level."""
+    for net, name in ((student, "student"), (teacher, "teacher")):
+        check_images(x01, channels=net.img_channels, resolution=net.img_resolution, name=f"x01 for the {name}")
+    if student.num_classes != teacher.num_classes:
+        raise ValueError(f"student has {student.num_classes} classes, the teacher {teacher.num_classes}")
+    s = noise_levels(sigmas, x01)
+    noise = torch.randn((x01.shape[0], s.numel(), *x01.shape[1:]), generator=generator, device=x01.device,
+                        dtype=x01.dtype)
+    x0 = x01 * 2 - 1
+    total = torch.zeros(s.numel(), dtype=x01.dtype, device=x01.device)
+    for i in range(0, x0.shape[0], batch):
+        xb, nb = x0[i:i + batch], noise[i:i + batch]
+        b, t = xb.shape[0], s.numel()
+        noisy = (xb.unsqueeze(1) + s.reshape(1, -1, 1, 1, 1) * nb).flatten(0, 1)        # (b * T, C, H, W)
+        gap = (student.denoise_all(noisy, s.repeat(b)) - teacher.denoise_all(noisy, s.repeat(b))) ** 2
+        total += gap.flatten(1).mean(-1).reshape(b, t).sum(0)                           # (T,)
+    return total / x0.shape[0]
+
+
 def measure_denoiser(
     denoiser: Denoiser,
     *,

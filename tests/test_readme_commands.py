@@ -273,6 +273,8 @@ def _docs_rule(command: str) -> str | None:
         return "run" if "--device cpu" in command else "needs a GPU"
     if words[0] == "pytest":
         return "a test of the suite (run by make test)"
+    if "benchmarks/distill_gap.py" in command:
+        return "compares denoisers on 200 test images: about a minute of one core (the doc gives its figures)"
     if words[:2] == ["rdc", "certify"]:
         return "certification of many images with 1,100 draws each: minutes to hours on a CPU (arguments parsed)"
     if words[:2] == ["rdc", "train"]:

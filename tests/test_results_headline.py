@@ -121,7 +121,7 @@ def test_per_image_records_give_paired_counts_and_a_mcnemar_p(tmp_path):
     assert [len(r["robust_images"]) for r in rows] == [100, 140]
     text = "\n".join(TABLE.headline_lines(tmp_path / "headline.jsonl"))
     # both keep 40-99 (60), dc alone 0-39 (40), rdc alone 100-179 (80), neither 180-199 (20)
-    assert "| dc (digits_film_single) | rdc (digits_film_single) | 200 | 60 | 40 | 80 | 20 |" in text
+    assert "| dc (digits_film_single) | rdc (eta 8/255) (digits_film_single) | 200 | 60 | 40 | 80 | 20 |" in text
 
 
 def test_records_that_disagree_with_the_result_or_are_missing_are_refused(tmp_path):
@@ -157,3 +157,10 @@ def test_crosscheck_takes_the_survivors_among_the_first_images(tmp_path):
     assert cfg.defense == "dc" and idx == [1, 5]
     with pytest.raises(SystemExit, match="only 40 records, asked for the first 64"):
         cross.survivors(path, 64)
+
+
+def test_rdc_rows_are_named_with_their_lm_radius():
+    rt = load_benchmark("results_table")
+    assert rt.defense_label({"defense": "rdc"}) == "rdc (eta 8/255)"  # stored before the radius was recorded
+    assert rt.defense_label({"defense": "rdc", "lm_eta": 0.1}) == "rdc (eta 0.1)"
+    assert rt.defense_label({"defense": "dc", "lm_eta": 0.1}) == "dc"

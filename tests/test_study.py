@@ -308,3 +308,21 @@ def test_docs_denoisers_md_is_generated_from_the_raw_rows():
     notes = (root / "docs/denoisers_notes.md").read_text()
     assert (root / "docs/denoisers.md").read_text() == render_report(rows, notes), \
         "docs/denoisers.md is stale: run `benchmarks/denoiser_study.py doc`"
+
+
+def test_distance_to_teacher_is_zero_for_the_teacher_itself_and_positive_for_a_student():
+    from rdc_lib.data import load_dataset
+    from rdc_lib.paths import checkpoint_path
+    from rdc_lib.study import distance_to_teacher_by_sigma
+
+    x, _ = load_dataset("digits", "test")
+    teacher = load_denoiser(checkpoint_path("digits_film_single"))
+    student = load_denoiser(checkpoint_path("digits_film_multi_distill9"))
+    sigmas = [0.2, 0.8]
+    same = distance_to_teacher_by_sigma(teacher, teacher, x[:6], sigmas, torch.Generator().manual_seed(0))
+    assert same.shape == (2,) and torch.all(same == 0)
+    dist = distance_to_teacher_by_sigma(student, teacher, x[:6], sigmas, torch.Generator().manual_seed(0), batch=4)
+    assert torch.all(dist > 1e-5) and dist[1] > dist[0]        # larger noise, more left to the model
+    five = build_denoiser(DenoiserConfig(heads="single", num_classes=5, backbone=dict(TINY)))
+    with pytest.raises(ValueError, match="student has 10 classes, the teacher 5"):
+        distance_to_teacher_by_sigma(student, five, x[:2], sigmas)
