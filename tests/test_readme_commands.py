@@ -112,7 +112,7 @@ EXCLUDED: dict[str, str] = {
                                                         "tests/test_sweep.py runs rdc report on a real store",
     "rdc run-notebooks --out runs/latest [--params notebooks/params/small.yaml]":
         f"what `make run` runs; {SMALL_RUN} runs it (the Makefile check below holds the two together)",
-    "rdc eval --defense rdc --attack apgd-ce --eot 2 --verify 4 --n-eval 10 ...": "arguments elided ('...')",
+    "rdc eval --defense rdc --attack apgd-ce --eot 3 --verify 4 --n-eval 10 ...": "arguments elided ('...')",
     "rdc eval ... --json": "arguments elided ('...')",
     "rdc certify ... --json": "arguments elided ('...')",
     "rdc run-notebooks --only 02 -p n_images 8": "notebook 02 through the main job, the notebook the papermill example "
