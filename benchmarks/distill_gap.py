@@ -22,29 +22,25 @@ import torch
 from rdc_lib.choices import DEFAULT_DENOISERS
 from rdc_lib.data import load_dataset
 from rdc_lib.models.checkpoints import load_denoiser
-from rdc_lib.paths import checkpoint_path, is_checkpoint_name
+from rdc_lib.paths import resolve_checkpoint
 from rdc_lib.provenance import provenance
 from rdc_lib.study import class_gap_by_sigma, distance_to_teacher_by_sigma
-
-
-def _path(name: str) -> Path:
-    return checkpoint_path(name) if is_checkpoint_name(name) else Path(name)
 
 
 def measure(students: list[str], teacher: str, n: int, sigmas: list[float], seed: int) -> dict:
     x, y = load_dataset("digits", "test")
     x, y = x[:n], y[:n]
-    t_net = load_denoiser(_path(teacher))
+    t_net = load_denoiser(resolve_checkpoint(teacher))
     gen = lambda: torch.Generator().manual_seed(seed)  # the same draws for every network
     rows = []
     for name in students:
-        s_net = load_denoiser(_path(name))
+        s_net = load_denoiser(resolve_checkpoint(name))
         rows.append({"student": name,
                      "gap_student": class_gap_by_sigma(s_net, x, y, sigmas, gen()).tolist(),
                      "gap_teacher": class_gap_by_sigma(t_net, x, y, sigmas, gen()).tolist(),
                      "distance": distance_to_teacher_by_sigma(s_net, t_net, x, sigmas, gen()).tolist()})
     return {"teacher": teacher, "n": n, "sigmas": sigmas, "seed": seed, "rows": rows,
-            "provenance": provenance([_path(teacher)] + [_path(s) for s in students])}
+            "provenance": provenance([resolve_checkpoint(teacher)] + [resolve_checkpoint(s) for s in students])}
 
 
 def main() -> int:

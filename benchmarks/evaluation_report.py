@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 
 from rdc_lib.data import load_dataset
-from rdc_lib.choices import DEFAULT_DENOISERS, LEGACY_DENOISERS
+from rdc_lib.choices import DEFAULT_DENOISERS
 from rdc_lib.defenses import DefenseSpec, build_defense, get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES, checks_protocol, trust_label
 from rdc_lib.defenses import checkpoint_files
-from rdc_lib.paths import checkpoint_path
+from rdc_lib.paths import checkpoint_path, stored_denoiser_name
 from rdc_lib.grad import EOT_TARGET, gradient_cosine_similarity, suggest_eot
 from rdc_lib.provenance import describe, eval_provenance, provenance
 
@@ -43,16 +43,15 @@ LEGACY_EOT_TARGET = 0.8  # the rule's target in diagnostics written before the t
 
 
 # The multi-head denoiser a run evaluates: the shipped default of heads "multi" unless --denoiser names another.
-# Rows stored before the denoiser was named (denoiser "") measured digits_multi, the default of that time.
 DENOISER = DEFAULT_DENOISERS["multi"]
-STORED_WITHOUT_NAME = LEGACY_DENOISERS["multi"]
 
 
 def row_denoiser(row: dict) -> str:
-    """The denoiser a stored row or diagnostic measured ("" for the CNNs, which have none)."""
-    if row.get("defense") in ("cnn", "at-cnn"):
+    """The denoiser a stored row or diagnostic measured ("" for a defense without one, e.g. the CNNs); every
+    row here is multi-head, so a row stored before the denoiser was named means heads "multi"'s legacy one."""
+    if not get_defense(row["defense"]).needs_denoiser:
         return ""
-    return row.get("denoiser") or STORED_WITHOUT_NAME
+    return stored_denoiser_name({"heads": "multi", **row})
 
 
 def eot_diagnostic(defense: str, n: int, timesteps: int, denoiser: str = DENOISER, samples: int = 4) -> dict:
