@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.choices import LEGACY_DENOISERS, LM_ETA
+from rdc_lib.choices import GRID_SIGMA_MIN, LEGACY_DENOISERS, LM_ETA
 from rdc_lib.defenses import get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import checks_protocol, trust_label
@@ -196,10 +196,12 @@ def eta_text(eta: float) -> str:
 
 def defense_label(row: dict) -> str:
     """The defense of a stored row as the tables name it: RDC with its LM radius (rows stored before the radius
-    was recorded used the default), e.g. 'rdc (eta 8/255)'."""
-    if row["defense"] != "rdc":
-        return row["defense"]
-    return f"rdc (eta {eta_text(row.get('lm_eta', LM_ETA))})"
+    was recorded used the default) and a DC grid that starts above the paper's smallest level, e.g. 'rdc (eta 8/255)',
+    'dc (levels from sigma 0.45)'."""
+    parts = [f"eta {eta_text(row.get('lm_eta', LM_ETA))}"] if row["defense"] == "rdc" else []
+    if row.get("grid_sigma_min", GRID_SIGMA_MIN) != GRID_SIGMA_MIN:
+        parts.append(f"levels from sigma {row['grid_sigma_min']:g}")
+    return f"{row['defense']} ({', '.join(parts)})" if parts else row["defense"]
 
 
 def headline_lines(path: Path) -> list[str]:

@@ -164,3 +164,6 @@ def test_rdc_rows_are_named_with_their_lm_radius():
     assert rt.defense_label({"defense": "rdc"}) == "rdc (eta 8/255)"  # stored before the radius was recorded
     assert rt.defense_label({"defense": "rdc", "lm_eta": 0.1}) == "rdc (eta 0.1)"
     assert rt.defense_label({"defense": "dc", "lm_eta": 0.1}) == "dc"
+    assert rt.defense_label({"defense": "dc", "grid_sigma_min": 0.45}) == "dc (levels from sigma 0.45)"
+    assert rt.defense_label({"defense": "rdc", "lm_eta": 0.1, "grid_sigma_min": 0.45}) == "rdc (eta 0.1, levels from sigma 0.45)"
+    assert rt.defense_label({"defense": "dc", "grid_sigma_min": 1e-4}) == "dc"

@@ -162,3 +162,25 @@ def test_spec_validates_the_grid_and_grad_mode():
         DefenseSpec(name="dc", grid="cosine")
     with pytest.raises(ValueError, match="valid choices with bpda: rdc, diffpure"):
         DefenseSpec(name="dc", grad_mode="bpda")
+
+
+def test_grid_sigma_min_truncates_the_dc_grid_and_is_checked(capsys):
+    from rdc_lib.choices import GRID_SIGMA_MIN
+
+    cfg = eval_config(build_parser().parse_args(["eval", "--defense", "dc", "--grid-sigma-min", "0.45", "--T", "4"]))
+    grid = build_defense(defense_spec(cfg)).grid
+    assert len(grid) == 4 and grid.sigmas.min().item() == pytest.approx(0.45)
+    rdc = build_defense(defense_spec(EvalConfig(defense="rdc", heads="single", timesteps=4, grid_sigma_min=0.45)))
+    assert rdc.classifier.grid.sigmas.min().item() == pytest.approx(0.45)
+    # the default is the paper's level and leaves the stored configurations' keys as they were
+    assert EvalConfig.grid_sigma_min == GRID_SIGMA_MIN and "grid_sigma_min" not in EvalConfig().identity()
+    assert EvalConfig(grid_sigma_min=0.45).key() != EvalConfig().key()
+    for bad in (0.0, -0.1, 3.0, float("nan")):
+        with pytest.raises(ValueError, match=r"grid_sigma_min \(the noise grid's smallest level\) must be in \(0, 3"):
+            EvalConfig(grid_sigma_min=bad)
+    with pytest.raises(ValueError, match="lognormal grid's levels are quantiles"):
+        EvalConfig(grid="lognormal", grid_sigma_min=0.45)
+    with pytest.raises(ValueError, match="lognormal grid's levels are quantiles"):
+        DefenseSpec(name="dc", grid="lognormal", grid_sigma_min=0.45)
+    assert main(["eval", "--defense", "diffpure", "--grid-sigma-min", "0.45", "--json"]) == 2
+    assert "does not read grid_sigma_min" in capsys.readouterr().err

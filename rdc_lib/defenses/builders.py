@@ -20,8 +20,13 @@ from .baselines import load_classifier
 from .classifier import DiffusionClassifier
 from .registry import DefenseSpec, register_defense
 
-_SPEC_DC = ("heads", "timesteps", "grid", "noise_mode", "denoiser_path", "preset", "ckpt_dir")
+_SPEC_DC = ("heads", "timesteps", "grid", "grid_sigma_min", "noise_mode", "denoiser_path", "preset", "ckpt_dir")
 _SPEC_LM = ("lm_steps", "lm_eta", "lm_step_size", "lm_norm", "grad_mode", "vote")
+
+
+def _grid(spec: DefenseSpec):
+    """The digits DC's noise grid: T levels of kind ``spec.grid`` from ``spec.grid_sigma_min``."""
+    return make_grid(spec.timesteps, spec.grid, sigma_min=spec.grid_sigma_min)
 
 
 def _denoiser_file(spec: DefenseSpec) -> Path:
@@ -76,7 +81,7 @@ def _dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
         _, denoiser, grid, dc_kwargs = _preset_parts(spec, device)
         return DiffusionClassifier(denoiser, grid, **dc_kwargs)
     den = load_denoiser(_denoiser_file(spec), device=device)
-    return DiffusionClassifier(den, make_grid(spec.timesteps, spec.grid), noise_mode=spec.noise_mode, seed=spec.seed)
+    return DiffusionClassifier(den, _grid(spec), noise_mode=spec.noise_mode, seed=spec.seed)
 
 
 @register_defense("rdc", needs_denoiser=True, stochastic=True, datasets=DATASETS,
@@ -94,7 +99,7 @@ def _rdc(spec: DefenseSpec, device: torch.device) -> nn.Module:
     if lm.steps > 0 and lm.eta > 0:
         require_trained_null_label(_denoiser_file(spec), "likelihood maximization")
     return RobustDiffusionClassifier(
-        load_denoiser(_denoiser_file(spec), device=device), grid=make_grid(spec.timesteps, spec.grid), lm=lm,
+        load_denoiser(_denoiser_file(spec), device=device), grid=_grid(spec), lm=lm,
         grad_mode=spec.grad_mode, noise_mode=spec.noise_mode, seed=spec.seed, vote=spec.vote)
 
 
@@ -111,7 +116,7 @@ def _diffpure(spec: DefenseSpec, device: torch.device) -> nn.Module:
                     seed=spec.seed, grad_mode=spec.grad_mode)
 
 
-@register_defense("optimal-dc", stochastic=True, extra_args=("timesteps", "grid", "noise_mode"),
+@register_defense("optimal-dc", stochastic=True, extra_args=("timesteps", "grid", "grid_sigma_min", "noise_mode"),
                   checkpoints=lambda spec: [],
                   description="the DC with the closed-form optimal denoiser of the digits training split")
 def _optimal_dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
@@ -120,4 +125,4 @@ def _optimal_dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
 
     x_tr, y_tr = load_dataset("digits", "train")
     den = OptimalDenoiser(x_tr.to(device), y_tr.to(device))
-    return DiffusionClassifier(den, make_grid(spec.timesteps, spec.grid), noise_mode=spec.noise_mode, seed=spec.seed)
+    return DiffusionClassifier(den, _grid(spec), noise_mode=spec.noise_mode, seed=spec.seed)

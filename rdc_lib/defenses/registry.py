@@ -19,8 +19,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, HEADS, LM_ETA, LM_NORMS,
-                       LM_STEP_SIZE, LM_STEPS, NOISE_MODES, check_choice)
+from ..choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, HEADS, LM_ETA,
+                       LM_NORMS, LM_STEP_SIZE, LM_STEPS, NOISE_MODES, check_choice)
+from ..diffusion.schedules import check_grid_sigma_min
 
 __all__ = ["DefenseInfo", "DefenseSpec", "TRANSFER_SOURCE", "build_defense", "checkpoint_files", "defense_names",
            "get_defense", "register_defense"]
@@ -91,6 +92,7 @@ class DefenseSpec:
     heads: Literal["single", "multi"] = "multi"
     timesteps: int = GRID_LEVELS                    # T noise levels of the diffusion classifier
     grid: str = GRID_KIND
+    grid_sigma_min: float = GRID_SIGMA_MIN          # the grid's smallest level (truncates the ELBO below it)
     noise_mode: Literal["stochastic", "fixed"] = "stochastic"
     grad_mode: Literal["exact", "bpda"] = "exact"   # gradient through RDC's LM / DiffPure's purification
     seed: int = 0
@@ -109,6 +111,7 @@ class DefenseSpec:
         if self.timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {self.timesteps}")
         check_choice("grid", self.grid, GRID_KINDS)
+        check_grid_sigma_min(self.grid_sigma_min, self.grid)
         check_choice("noise_mode", self.noise_mode, NOISE_MODES)
         check_choice("grad_mode", self.grad_mode, GRAD_MODES)
         check_choice("lm_norm", self.lm_norm, LM_NORMS)

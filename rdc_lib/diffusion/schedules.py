@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from ..choices import GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_WEIGHTINGS
+from ..choices import GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, GRID_WEIGHTINGS
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,23 @@ class GridConfig:
     T: int = GRID_LEVELS            # number of levels
     kind: str = GRID_KIND           # one of rdc_lib.choices.GRID_KINDS
     weighting: str = "edm"          # lambda(sigma) p_LN(sigma) d_sigma
-    sigma_min: float = 1e-4
+    sigma_min: float = GRID_SIGMA_MIN
     sigma_max: float = 3.0
 
     def kwargs(self) -> dict:
         return asdict(self)
+
+
+def check_grid_sigma_min(sigma_min: float, kind: str = GRID_KIND) -> None:
+    """ValueError unless ``sigma_min`` is a valid smallest level for a grid of ``kind``: a number in
+    (0, GridConfig.sigma_max), and the default for the ``lognormal`` grid (whose levels are quantiles)."""
+    if not (isinstance(sigma_min, (int, float)) and math.isfinite(sigma_min)
+            and 0 < sigma_min < GridConfig.sigma_max):
+        raise ValueError(f"grid_sigma_min (the noise grid's smallest level) must be in (0, {GridConfig.sigma_max}), "
+                         f"got {sigma_min!r}")
+    if kind == "lognormal" and sigma_min != GridConfig.sigma_min:
+        raise ValueError(f"grid_sigma_min applies to the paper and karras grids; the lognormal grid's levels are "
+                         f"quantiles of the training density (got grid_sigma_min={sigma_min})")
 
 
 def edm_lambda(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
@@ -94,6 +106,9 @@ def make_grid(
         raise ValueError(f"unknown weighting {weighting!r}; valid choices: {', '.join(GRID_WEIGHTINGS)}")
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if kind == "lognormal" and (sigma_min, sigma_max) != (GridConfig.sigma_min, GridConfig.sigma_max):
+        raise ValueError(f"sigma_min and sigma_max apply to the paper and karras grids; the lognormal grid's levels "
+                         f"are quantiles of the training density (got {sigma_min}, {sigma_max})")
     f64 = torch.float64
     if kind == "lognormal":
         q = (torch.arange(T, dtype=f64) + 0.5) / T

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, HEADS, LM_ETA, LM_STEP_SIZE, LM_STEPS,
-                       NOISE_MODES, THREAT_NORMS, check_choice)
+from ..choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, HEADS, LM_ETA,
+                       LM_STEP_SIZE, LM_STEPS, NOISE_MODES, THREAT_NORMS, check_choice)
+from ..diffusion.schedules import check_grid_sigma_min
 from ..data import load_dataset
 from ..defenses import DefenseSpec, build_defense, defense_names, get_defense
 from ..paths import default_denoiser, stored_denoiser_name
@@ -32,10 +33,10 @@ from .stats import wilson
 
 log = logging.getLogger(__name__)
 
-_LATER_FIELDS = ("verify", "denoiser", "grid", "lm_steps", "lm_eta", "lm_step_size")
+_LATER_FIELDS = ("verify", "denoiser", "grid", "grid_sigma_min", "lm_steps", "lm_eta", "lm_step_size")
 # Defense settings added with the registries: refused for a defense that does not read them (registry
 # fact ``extra_args``) and, with a preset, when they differ from the preset's (the preset fixes grid and LM).
-_SPEC_SETTINGS = ("grid", "lm_steps", "lm_eta", "lm_step_size")
+_SPEC_SETTINGS = ("grid", "grid_sigma_min", "lm_steps", "lm_eta", "lm_step_size")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class EvalConfig:
     denoiser: str = ""              # digits: a denoiser checkpoint (path, or shipped name like digits_multi_h32);
                                     # "" = the default of `heads` (rdc_lib.choices.DEFAULT_DENOISERS), stored resolved
     grid: str = GRID_KIND           # kind of the DC's noise grid (rdc_lib.choices.GRID_KINDS)
+    grid_sigma_min: float = GRID_SIGMA_MIN  # the grid's smallest level (paper and karras grids)
     lm_steps: int = LM_STEPS        # RDC's likelihood maximization: N steps,
     lm_eta: float = LM_ETA          # ball radius in [0, 1] pixel units (eta = eps: --lm-eta 0.1 with --eps 0.1)
     lm_step_size: float = LM_STEP_SIZE  # and step size (rdc_lib.lm)
@@ -112,6 +114,7 @@ class EvalConfig:
     def _check_spec_settings(self, defense) -> None:
         """The grid and LM settings: valid, read by the defense, not overridden by a preset."""
         check_choice("grid", self.grid, GRID_KINDS)
+        check_grid_sigma_min(self.grid_sigma_min, self.grid)
         if self.lm_steps < 0 or not self.lm_eta >= 0 or not self.lm_step_size > 0:
             raise ValueError(f"LM settings must be lm_steps >= 0, lm_eta >= 0, lm_step_size > 0; got {self.lm_steps}, "
                              f"{self.lm_eta}, {self.lm_step_size}")
