@@ -101,7 +101,7 @@ def render(rows: list[dict], notes: str = "") -> str:
              "tables is hand-written (docs/grid_levels_notes.md). Do not edit the tables by hand.", "",
              f"DC robust accuracy at l_inf 0.1 under the fixed-noise AutoAttack-style ensemble of the denoiser study "
              f"(APGD-CE, APGD-DLR, APGD-T with 3 targets, Square 500; fixed noise), with the paper grid's T levels "
-             f"spread over [sigma_min, 3) (`rdc eval --grid-sigma-min`; the paper's sigma_min is {GRID_SIGMA_MIN:g}). "
+             f"spread over [sigma_min, 3) (the `--grid-sigma-min` flag of rdc eval; the paper's sigma_min is {GRID_SIGMA_MIN:g}). "
              "Cells: robust accuracy (robust/images, 95% Wilson interval).", ""]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:

@@ -30,6 +30,7 @@ GENERATED: dict[str, tuple[str, tuple[str, ...], str | None]] = {
     "denoisers.md": ("denoiser_study.py", ("denoiser_study.jsonl",), "denoisers_notes.md"),
     "certified.md": ("certify_report.py", ("certified.jsonl", "bench_certify.json"), None),
     "speed.md": ("profile_strongest.py", ("profile_strongest.json", "bench_strongest.json"), "speed_notes.md"),
+    "grid_levels.md": ("grid_levels.py", ("grid_levels.jsonl",), "grid_levels_notes.md"),
 }
 
 
@@ -60,6 +61,8 @@ def regenerate(doc: str, out: Path, raw_dir: Path = DOCS / "raw", docs_dir: Path
                                  bench=str(raw_dir / "bench_certify.json")))
     elif doc == "speed.md":
         out.write_text(module.render(raw_dir, Path(notes_path)))
+    elif doc == "grid_levels.md":
+        module.doc(Namespace(raw=str(raw_dir / "grid_levels.jsonl"), out=str(out), notes=notes_path))
     elif doc == "theory.md":
         module.doc(raw_dir / "theory.json", out)
     else:

@@ -283,7 +283,8 @@ def _docs_rule(command: str) -> str | None:
         return "runs every cell of a sweep: CPU-hours for a diffusion defense, the doc gives them (arguments parsed)"
     if any(f"benchmarks/{name}" in command for name in ("profile_strongest.py run", "bench_strongest.py", "certify_report.py", "bench_certify.py",
                                                           "evaluation_report.py", "denoiser_study.py run",
-                                                          "crosscheck_torchattacks.py run", "bench_parallel.py")):
+                                                          "crosscheck_torchattacks.py run", "bench_parallel.py",
+                                                          "grid_levels.py")):
         return "a long benchmark or its doc mode over the run's own records (the doc gives the minutes)"
     if words[:2] == ["rdc", "eval"] and "--n" in words and int(words[words.index("--n") + 1]) < MIN_CHECK_IMAGES \
             and "--run-checks" not in words:
