@@ -38,17 +38,16 @@ from rdc_lib.study import ROBUST_SETTINGS, eval_command, robust_flags
 RAW = Path("docs/raw/grid_levels.jsonl")
 
 
-def cell_config(denoiser: str, sigma_min: float, *, n: int, offset: int, steps: int, timesteps: int) -> EvalConfig:
-    """One cell: the DC of ``denoiser`` on the grid from ``sigma_min``, under the study's ensemble."""
-    heads = load_denoiser(resolve_checkpoint(denoiser)).heads
+def cell_config(denoiser: str, heads: str, sigma_min: float, *, n: int, offset: int, steps: int,
+                timesteps: int) -> EvalConfig:
+    """One cell: the DC of ``denoiser`` (of kind ``heads``) on the grid from ``sigma_min``, the study's ensemble."""
     settings = {**ROBUST_SETTINGS, "steps": steps, "timesteps": timesteps}
     return EvalConfig(defense="dc", heads=heads, denoiser=denoiser, n=n, offset=offset, grid_sigma_min=sigma_min,
                       **settings)
 
 
-def _passes_per_image(denoiser: str, timesteps: int) -> int:
+def _passes_per_image(den, timesteps: int) -> int:
     """Network passes one DC forward costs per image: T levels times the passes that score every class."""
-    den = load_denoiser(resolve_checkpoint(denoiser))
     return timesteps * den.passes_per_denoise_all(den.num_classes)
 
 
@@ -64,8 +63,9 @@ def run(args: argparse.Namespace) -> None:
     raw.parent.mkdir(parents=True, exist_ok=True)
     done = _done(raw)
     for denoiser in args.denoisers:
+        den = load_denoiser(resolve_checkpoint(denoiser))  # once per denoiser: its kind and its cost
         for sigma_min in args.sigma_mins:
-            cfg = cell_config(denoiser, sigma_min, n=args.n, offset=args.offset, steps=args.steps,
+            cfg = cell_config(denoiser, den.heads, sigma_min, n=args.n, offset=args.offset, steps=args.steps,
                               timesteps=args.timesteps)
             if cfg.key() in done:
                 print(f"{denoiser} sigma_min {sigma_min:g}: stored, skipped", flush=True)
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> None:
                    "offset": cfg.offset, "n": cfg.n, "steps": cfg.steps, "timesteps": cfg.timesteps,
                    "clean": res["clean"], "robust": res["robust"], "robust_flags": flags,
                    "levels": grid.sigmas.tolist(), "weights": grid.weights.tolist(),
-                   "passes_per_image": _passes_per_image(denoiser, cfg.timesteps),
+                   "passes_per_image": _passes_per_image(den, cfg.timesteps),
                    "seconds": time.perf_counter() - t0, "command": eval_command(cfg, args.records),
                    "provenance": provenance([resolve_checkpoint(denoiser)])}
             with raw.open("a") as f:
