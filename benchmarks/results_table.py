@@ -37,6 +37,7 @@ from rdc_lib.evaluation.records import read_outcomes
 from rdc_lib.evaluation.stats import paired_comparison, wilson
 from rdc_lib.paths import stored_denoiser_name
 from rdc_lib.provenance import describe, eval_provenance
+from rdc_lib.study import ROBUST_SETTINGS
 
 THREATS = {"linf": 0.1, "l2": 0.5}
 DEFAULTS = dict(n=64, steps=25, restarts=1, square_queries=500, n_target_classes=3, timesteps=16, heads="multi",
@@ -196,11 +197,13 @@ def eta_text(eta: float) -> str:
 
 def defense_label(row: dict) -> str:
     """The defense of a stored row as the tables name it: RDC with its LM radius (rows stored before the radius
-    was recorded used the default) and a DC grid that starts above the paper's smallest level, e.g. 'rdc (eta 8/255)',
-    'dc (levels from sigma 0.45)'."""
+    was recorded used the default), a DC grid that starts above the paper's smallest level and a level count other
+    than the headline protocol's T (ROBUST_SETTINGS, 16), e.g. 'rdc (eta 8/255)', 'dc (levels from sigma 0.45)', 'dc (levels from sigma 0.6, T 32)'."""
     parts = [f"eta {eta_text(row.get('lm_eta', LM_ETA))}"] if row["defense"] == "rdc" else []
     if row.get("grid_sigma_min", GRID_SIGMA_MIN) != GRID_SIGMA_MIN:
         parts.append(f"levels from sigma {row['grid_sigma_min']:g}")
+    if row["defense"] in ("dc", "rdc") and row.get("timesteps", ROBUST_SETTINGS["timesteps"]) != ROBUST_SETTINGS["timesteps"]:
+        parts.append(f"T {row['timesteps']}")
     return f"{row['defense']} ({', '.join(parts)})" if parts else row["defense"]
 
 

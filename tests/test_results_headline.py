@@ -167,3 +167,6 @@ def test_rdc_rows_are_named_with_their_lm_radius():
     assert rt.defense_label({"defense": "dc", "grid_sigma_min": 0.45}) == "dc (levels from sigma 0.45)"
     assert rt.defense_label({"defense": "rdc", "lm_eta": 0.1, "grid_sigma_min": 0.45}) == "rdc (eta 0.1, levels from sigma 0.45)"
     assert rt.defense_label({"defense": "dc", "grid_sigma_min": 1e-4}) == "dc"
+    assert rt.defense_label({"defense": "dc", "grid_sigma_min": 0.6, "timesteps": 32}) == "dc (levels from sigma 0.6, T 32)"
+    assert rt.defense_label({"defense": "dc", "timesteps": 16}) == "dc"
+    assert rt.defense_label({"defense": "cnn", "timesteps": 32}) == "cnn"  # CNNs have no levels
