@@ -49,6 +49,10 @@ def _add_train(sub) -> None:
     p.add_argument("--distill-classes", type=int, default=None,
                    help="wrong classes per example matched to the teacher, in [1, K-1] (default 1)")
     p.add_argument("--distill-weight", type=float, default=None, help="weight of the teacher term, >= 0 (default 1)")
+    p.add_argument("--p-mean", type=float, default=None,
+                   help="training noise levels: mean of ln sigma (default -1.2, EDM's)")
+    p.add_argument("--p-std", type=float, default=None,
+                   help="training noise levels: standard deviation of ln sigma, > 0 (default 1.2, EDM's)")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 reproduces the shipped files)")
@@ -320,7 +324,7 @@ def _cmd_train(args) -> int:
                       distill_from=_checkpoint_arg(args.distill_from))
     given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "label_dropout": args.label_dropout,
              "ema_decay": args.ema_decay, "warmup": args.warmup, "distill_classes": args.distill_classes,
-             "distill_weight": args.distill_weight}
+             "distill_weight": args.distill_weight, "P_mean": args.p_mean, "P_std": args.p_std}
     overrides: dict = {k: v for k, v in given.items() if v is not None}
     extra = {"model_channels": args.model_channels, "head_channels": args.head_channels, "dropout": args.dropout}
     base = dict(cfg.backbone) if args.arch == "unet_small" else default_backbone(args.arch)

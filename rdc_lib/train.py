@@ -10,6 +10,7 @@ file or one of another config raises ``StoredStateError`` naming it; ``restart=T
 from __future__ import annotations
 
 import copy
+import math
 import logging
 import time
 from collections.abc import Callable
@@ -46,7 +47,7 @@ class TrainConfig:
     warmup: int = 200               # linear warmup steps
     ema_decay: float = 0.999        # EMA of weights (the exported model)
     label_dropout: float = 0.1      # single-head: probability of the null label
-    P_mean: float = -1.2
+    P_mean: float = -1.2            # training noise levels: ln sigma ~ N(P_mean, P_std^2)
     P_std: float = 1.2
     seed: int = 0
     checkpoint_every: int = 500     # steps between resumable checkpoints
@@ -65,6 +66,9 @@ class TrainConfig:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if not (math.isfinite(self.P_mean) and math.isfinite(self.P_std) and self.P_std > 0):
+            raise ValueError(f"P_mean must be finite and P_std finite and > 0, got P_mean={self.P_mean}, "
+                             f"P_std={self.P_std}")
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         dropout = self.backbone.get("dropout", 0.0)

@@ -39,6 +39,8 @@ def _tiny(tmp_path, name: str, heads: str, **cfg_kw) -> str:
     (dict(heads="multi", distill_from="t.safetensors", distill_classes=0), r"distill_classes must be in \[1, 9\]"),
     (dict(heads="multi", distill_from="t.safetensors", distill_classes=10), r"distill_classes must be in \[1, 9\]"),
     (dict(heads="multi", distill_from="t.safetensors", distill_weight=-1.0), "distill_weight must be >= 0"),
+    (dict(P_std=0.0), "P_std finite and > 0"),
+    (dict(P_mean=float("nan")), "P_mean must be finite"),
 ])
 def test_training_flags_out_of_range_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -55,12 +57,18 @@ def test_cli_train_reports_a_bad_flag_by_name(tmp_path, capsys):
 def test_cli_train_film_with_flags_writes_its_config(tmp_path):
     out = tmp_path / "film.safetensors"
     rc = cli_main(["train", "--arch", "film", "--model-channels", "8", "--dropout", "0.2", "--label-dropout", "0.3",
-                   "--ema-decay", "0.99", "--warmup", "1", "--steps", "2", "--batch-size", "8", "--out", str(out)])
+                   "--ema-decay", "0.99", "--warmup", "1", "--steps", "2", "--batch-size", "8", "--p-mean", "0.5",
+                   "--p-std", "0.4", "--out", str(out)])
     assert rc == 0
     _, config, extra = read_checkpoint(out, expected_kind="denoiser")
     assert config["arch"] == "film" and config["backbone"] == {"model_channels": 8, "num_blocks": 1, "dropout": 0.2}
     tc = extra["train_config"]
-    assert (tc["label_dropout"], tc["ema_decay"], tc["warmup"]) == (0.3, 0.99, 1)
+    assert (tc["label_dropout"], tc["ema_decay"], tc["warmup"], tc["P_mean"], tc["P_std"]) == (0.3, 0.99, 1, 0.5, 0.4)
+
+
+def test_cli_train_refuses_a_nonpositive_noise_spread(tmp_path, capsys):
+    rc = cli_main(["train", "--p-std", "-1", "--out", str(tmp_path / "x.safetensors")])
+    assert rc == 2 and "P_std finite and > 0" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ distillation
