@@ -53,6 +53,14 @@ def _add_train(sub) -> None:
                    help="training noise levels: mean of ln sigma (default -1.2, EDM's)")
     p.add_argument("--p-std", type=float, default=None,
                    help="training noise levels: standard deviation of ln sigma, > 0 (default 1.2, EDM's)")
+    p.add_argument("--adv-eps", type=float, default=None,
+                   help="l_inf radius (pixels in [0, 1]) of adversarial training inputs against the network's own DC; "
+                        "0 = off (default)")
+    p.add_argument("--adv-fraction", type=float, default=None,
+                   help="share of each batch made adversarial, in (0, 1] (default 0.5)")
+    p.add_argument("--adv-steps", type=int, default=None, help="PGD steps of those inputs, >= 1 (default 4)")
+    p.add_argument("--adv-grid-sigma-min", type=float, default=None,
+                   help="the attacked DC's grid starts at this sigma (default 0.6)")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 reproduces the shipped files)")
@@ -324,7 +332,9 @@ def _cmd_train(args) -> int:
                       distill_from=_checkpoint_arg(args.distill_from))
     given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "label_dropout": args.label_dropout,
              "ema_decay": args.ema_decay, "warmup": args.warmup, "distill_classes": args.distill_classes,
-             "distill_weight": args.distill_weight, "P_mean": args.p_mean, "P_std": args.p_std}
+             "distill_weight": args.distill_weight, "P_mean": args.p_mean, "P_std": args.p_std,
+             "adv_eps": args.adv_eps, "adv_fraction": args.adv_fraction, "adv_steps": args.adv_steps,
+             "adv_grid_sigma_min": args.adv_grid_sigma_min}
     overrides: dict = {k: v for k, v in given.items() if v is not None}
     extra = {"model_channels": args.model_channels, "head_channels": args.head_channels, "dropout": args.dropout}
     base = dict(cfg.backbone) if args.arch == "unet_small" else default_backbone(args.arch)

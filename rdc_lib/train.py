@@ -10,8 +10,8 @@ file or one of another config raises ``StoredStateError`` naming it; ``restart=T
 from __future__ import annotations
 
 import copy
-import math
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .data import dataset_info, load_dataset
 from .diffusion.loss import edm_distill_loss, edm_loss
+from .diffusion.schedules import GridConfig, make_grid
 from .models.base import Denoiser
 from .models.checkpoints import save_denoiser
 from .models.config import DenoiserConfig, build_denoiser
@@ -55,6 +56,10 @@ class TrainConfig:
     distill_from: str | None = None  # multi-head only: a single-head teacher checkpoint for the wrong-class heads
     distill_classes: int = 1        # wrong classes per example matched to the teacher, in [1, K - 1]
     distill_weight: float = 1.0     # weight of the teacher term, >= 0
+    adv_eps: float = 0.0            # l_inf radius (pixels in [0, 1]) of adversarial training inputs; 0 = off
+    adv_fraction: float = 0.5       # share of each batch replaced by its adversarial version, in (0, 1]
+    adv_steps: int = 4              # PGD-CE steps against the network's own fixed-noise DC, >= 1
+    adv_grid_sigma_min: float = 0.6  # that DC's grid: the paper grid from this sigma (model space)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -82,6 +87,15 @@ class TrainConfig:
                 raise ValueError(f"distill_classes must be in [1, {num_classes - 1}], got {self.distill_classes}")
             if self.distill_weight < 0:
                 raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
+
+        if not 0 <= self.adv_eps < 1:
+            raise ValueError(f"adv_eps must be in [0, 1) (pixels in [0, 1]; 0 = off), got {self.adv_eps}")
+        if not 0 < self.adv_fraction <= 1:
+            raise ValueError(f"adv_fraction must be in (0, 1], got {self.adv_fraction}")
+        if self.adv_steps < 1:
+            raise ValueError(f"adv_steps must be >= 1, got {self.adv_steps}")
+        if not 0 < self.adv_grid_sigma_min < GridConfig.sigma_max:
+            raise ValueError(f"adv_grid_sigma_min must be in (0, {GridConfig.sigma_max}), got {self.adv_grid_sigma_min}")
 
     def denoiser_config(self) -> DenoiserConfig:
         info = dataset_info(self.dataset)
@@ -171,14 +185,17 @@ def train_denoiser(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         idx = torch.randint(0, x_train.shape[0], (cfg.batch_size,), generator=gen, device=device)
+        x_batch = x_train[idx]
+        if cfg.adv_eps > 0:
+            x_batch = adversarial_batch(net, x_batch, y_train[idx], cfg, gen)
         if teacher is not None:
             loss = edm_distill_loss(
-                net, teacher, x_train[idx], y_train[idx], generator=gen, P_mean=cfg.P_mean, P_std=cfg.P_std,
+                net, teacher, x_batch, y_train[idx], generator=gen, P_mean=cfg.P_mean, P_std=cfg.P_std,
                 wrong_classes=cfg.distill_classes, weight=cfg.distill_weight,
             ).mean()
         else:
             loss = edm_loss(
-                net, x_train[idx], y_train[idx], generator=gen, P_mean=cfg.P_mean, P_std=cfg.P_std,
+                net, x_batch, y_train[idx], generator=gen, P_mean=cfg.P_mean, P_std=cfg.P_std,
                 label_dropout=cfg.label_dropout,
             ).mean()
         opt.zero_grad(set_to_none=True)
@@ -200,6 +217,28 @@ def train_denoiser(
     extra = {"train_config": _jsonable(asdict(cfg)), "final_loss_ema": loss_avg, "steps": step}
     save_denoiser(out, ema, dcfg, extra)
     return {"out": str(out), "steps": step, "loss": loss_avg, "seconds": time.perf_counter() - t0}
+
+
+def adversarial_batch(net: Denoiser, x: Tensor, y: Tensor, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
+    """x (B, C, H, W) in model space [-1, 1] with its first round(adv_fraction * B) images replaced by PGD-CE
+    adversarial versions (l_inf ``adv_eps`` in pixel space) against the diffusion classifier of ``net`` itself
+    (fixed noise drawn from ``gen``; the paper grid from ``adv_grid_sigma_min`` with the headline protocol's level
+    count, rdc_lib.study.ROBUST_SETTINGS).
+
+    Training on them asks the network to denoise (and, when distilling, to match its teacher) exactly where its
+    own classifier is weakest. No gradient reaches the parameters from the attack.
+    """
+    from .attacks.pgd import PGD
+    from .defenses.classifier import DiffusionClassifier
+    from .study import ROBUST_SETTINGS
+
+    n = max(1, round(cfg.adv_fraction * x.shape[0]))
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
+    grid = make_grid(ROBUST_SETTINGS["timesteps"], "paper", sigma_min=cfg.adv_grid_sigma_min)
+    dc = DiffusionClassifier(net, grid, noise_mode="fixed", seed=seed)
+    attack = PGD(dc, norm="linf", eps=cfg.adv_eps, steps=cfg.adv_steps, loss="ce", generator=gen)
+    x_adv = attack((x[:n] + 1) / 2, y[:n]) * 2 - 1
+    return torch.cat([x_adv.detach(), x[n:]])
 
 
 def _load_teacher(cfg: TrainConfig, dcfg: DenoiserConfig, device: torch.device) -> Denoiser:
