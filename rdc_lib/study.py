@@ -39,7 +39,7 @@ __all__ = ["FACTORS", "STUDY_SIGMAS", "StudyEntry", "check_study_checkpoint", "c
 
 # the factors a study row may differ in from the baseline ("baseline" is the reference row itself)
 FACTORS = ("baseline", "conditioning", "per_head_layers", "distillation", "architecture", "width",
-           "training_length", "dropout", "label_dropout", "noise_levels")
+           "training_length", "dropout", "label_dropout", "noise_levels", "adversarial_inputs")
 STUDY_SIGMAS = (0.1, 0.2, 0.4, 0.8, 1.6)  # model-space noise levels of the per-sigma columns
 
 
