@@ -15,7 +15,7 @@ __all__ = [
     "BACKWARD_MODES", "DATASETS", "DEFAULT_DENOISERS", "GRAD_MODES", "GRID_KINDS", "GRID_LEVELS", "GRID_KIND",
     "GRID_SIGMA_MIN", "GRID_WEIGHTINGS", "HEADS", "LEGACY_DENOISERS", "LM_ETA", "LM_GRAPH_MODES", "LM_NORMS", "LM_OPTIMIZERS",
     "LM_STEPS", "LM_STEP_SIZE", "NOISE_MODES", "NORMS",
-    "PURIFY_MODES", "SPLITS", "THREAT_NORMS", "check_choice",
+    "PURIFY_MODES", "ROBUST_GRID_SIGMA_MIN", "SPLITS", "THREAT_NORMS", "check_choice",
 ]
 
 # ---------------------------------------------------------------- choices
@@ -39,6 +39,7 @@ GRID_LEVELS = 32            # T, the number of noise levels of the diffusion cla
 GRID_KIND = "paper"         # linspace(sigma_min, sigma_max, T + 1)[:-1] (docs/paper.md section 3)
 GRID_SIGMA_MIN = 1e-4      # the grid's smallest level, the paper's; larger values truncate the ELBO integral below it
                            # (docs/denoisers.md: the levels below about 0.45 carry the attack on the multi-head DC)
+ROBUST_GRID_SIGMA_MIN = 0.6  # the robust setting's grid start on digits (--grid-sigma-min 0.6, docs/grid_levels.md)
 LM_STEPS = 5                # N, LM gradient steps (docs/paper.md section 4)
 LM_STEP_SIZE = 0.03         # normalised-gradient steps in model space (rdc_lib/lm.py explains why not 0.1)
 LM_ETA = 8 / 255            # LM ball radius, [0, 1] pixel units

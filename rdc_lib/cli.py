@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .choices import DATASETS, HEADS
+from .choices import DATASETS, HEADS, ROBUST_GRID_SIGMA_MIN
 from .paths import denoiser_flags_help
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def _add_train(sub) -> None:
                    help="share of each batch made adversarial, in (0, 1] (default 0.5)")
     p.add_argument("--adv-steps", type=int, default=None, help="PGD steps of those inputs, >= 1 (default 4)")
     p.add_argument("--adv-grid-sigma-min", type=float, default=None,
-                   help="the attacked DC's grid starts at this sigma (default 0.6)")
+                   help=f"the attacked DC's grid starts at this sigma (default {ROBUST_GRID_SIGMA_MIN})")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 reproduces the shipped files)")

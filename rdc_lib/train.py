@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .choices import ROBUST_GRID_SIGMA_MIN
 from .data import dataset_info, load_dataset
 from .diffusion.loss import edm_distill_loss, edm_loss
 from .diffusion.schedules import GridConfig, make_grid
@@ -59,7 +60,7 @@ class TrainConfig:
     adv_eps: float = 0.0            # l_inf radius (pixels in [0, 1]) of adversarial training inputs; 0 = off
     adv_fraction: float = 0.5       # share of each batch replaced by its adversarial version, in (0, 1]
     adv_steps: int = 4              # PGD-CE steps against the network's own fixed-noise DC, >= 1
-    adv_grid_sigma_min: float = 0.6  # that DC's grid: the paper grid from this sigma (model space)
+    adv_grid_sigma_min: float = ROBUST_GRID_SIGMA_MIN  # that DC's grid: the paper grid from this sigma
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
