@@ -18,55 +18,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .choices import DATASETS, HEADS, ROBUST_GRID_SIGMA_MIN
+from .choices import DATASETS, HEADS
+from .cli_train import add_train_parser
 from .paths import denoiser_flags_help
 
 if TYPE_CHECKING:
     from .evaluation.runner import EvalConfig
     from .sweep import SlurmOptions
-
-
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a digits (or CIFAR-10) denoiser; resumes if interrupted")
-    p.add_argument("--dataset", default="digits", choices=DATASETS)
-    p.add_argument("--data-root", default=None, help="folder of the CIFAR-10 python batches")
-    p.add_argument("--heads", default="single", choices=HEADS, help="shipped defaults: --arch film (data/README.md)")
-    p.add_argument("--arch", default="unet_small")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--model-channels", type=int, default=None, help="width of the small U-Net (default 32)")
-    p.add_argument("--head-channels", type=int, default=None, help="multi-head: hidden width of each head (0 = none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-from", default=None, help="fine-tune from this denoiser checkpoint")
-    p.add_argument("--dropout", type=float, default=None, help="dropout inside the backbone, in [0, 1) (default 0.1)")
-    p.add_argument("--label-dropout", type=float, default=None,
-                   help="single-head: probability of the null label, in [0, 1) (default 0.1)")
-    p.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights, in (0, 1) (default 0.999)")
-    p.add_argument("--warmup", type=int, default=None, help="linear learning-rate warmup steps, >= 0 (default 200)")
-    p.add_argument("--distill-from", default=None,
-                   help="multi-head: single-head teacher checkpoint matched on random wrong-class heads")
-    p.add_argument("--distill-classes", type=int, default=None,
-                   help="wrong classes per example matched to the teacher, in [1, K-1] (default 1)")
-    p.add_argument("--distill-weight", type=float, default=None, help="weight of the teacher term, >= 0 (default 1)")
-    p.add_argument("--p-mean", type=float, default=None,
-                   help="training noise levels: mean of ln sigma (default -1.2, EDM's)")
-    p.add_argument("--p-std", type=float, default=None,
-                   help="training noise levels: standard deviation of ln sigma, > 0 (default 1.2, EDM's)")
-    p.add_argument("--adv-eps", type=float, default=None,
-                   help="l_inf radius (pixels in [0, 1]) of adversarial training inputs against the network's own DC; "
-                        "0 = off (default)")
-    p.add_argument("--adv-fraction", type=float, default=None,
-                   help="share of each batch made adversarial, in (0, 1] (default 0.5)")
-    p.add_argument("--adv-steps", type=int, default=None, help="PGD steps of those inputs, >= 1 (default 4)")
-    p.add_argument("--adv-grid-sigma-min", type=float, default=None,
-                   help=f"the attacked DC's grid starts at this sigma (default {ROBUST_GRID_SIGMA_MIN})")
-    p.add_argument("--out", required=True, help="output .safetensors path")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 reproduces the shipped files)")
-    p.add_argument("--no-resume", action="store_true", help="ignore <out>.state.pt (overwritten at the first checkpoint)")
-    p.add_argument("--restart", action="store_true",
-                   help="move <out>.state.pt aside (renamed .damaged-<time> / .replaced-<time>) and train from step 0")
 
 
 def _add_train_baseline(sub) -> None:
@@ -302,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rdc", description="Robust Diffusion Classifier research companion")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
+    add_train_parser(sub)
     _add_train_baseline(sub)
     _add_eval(sub)
     _add_certify(sub)
@@ -313,33 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _checkpoint_arg(value: str | None) -> str | None:
-    """A --init-from / --distill-from value: a shipped checkpoint's name or a path -> the file's path."""
-    from .evaluation.runner import resolve_denoiser
-
-    return None if value is None else str(resolve_denoiser(value))
-
-
 def _cmd_train(args) -> int:
-    from dataclasses import replace
+    from .cli_train import train_config_from_args
+    from .train import train_denoiser
 
-    from .train import TrainConfig, train_denoiser
-
-    from .models.config import default_backbone
-
-    cfg = TrainConfig(dataset=args.dataset, data_root=args.data_root, heads=args.heads, arch=args.arch,
-                      seed=args.seed, init_from=_checkpoint_arg(args.init_from),
-                      distill_from=_checkpoint_arg(args.distill_from))
-    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "label_dropout": args.label_dropout,
-             "ema_decay": args.ema_decay, "warmup": args.warmup, "distill_classes": args.distill_classes,
-             "distill_weight": args.distill_weight, "P_mean": args.p_mean, "P_std": args.p_std,
-             "adv_eps": args.adv_eps, "adv_fraction": args.adv_fraction, "adv_steps": args.adv_steps,
-             "adv_grid_sigma_min": args.adv_grid_sigma_min}
-    overrides: dict = {k: v for k, v in given.items() if v is not None}
-    extra = {"model_channels": args.model_channels, "head_channels": args.head_channels, "dropout": args.dropout}
-    base = dict(cfg.backbone) if args.arch == "unet_small" else default_backbone(args.arch)
-    overrides["backbone"] = {**base, **{k: v for k, v in extra.items() if v is not None}}
-    cfg = replace(cfg, **overrides)
+    cfg = train_config_from_args(args)
     summary = train_denoiser(cfg, args.out, device=args.device, resume=not args.no_resume, restart=args.restart)
     print(json.dumps(summary))
     return 0
