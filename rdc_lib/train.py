@@ -238,7 +238,7 @@ def adversarial_batch(net: Denoiser, x: Tensor, y: Tensor, cfg: TrainConfig, gen
     grid = make_grid(ROBUST_SETTINGS["timesteps"], "paper", sigma_min=cfg.adv_grid_sigma_min)
     dc = DiffusionClassifier(net, grid, noise_mode="fixed", seed=seed)
     attack = PGD(dc, norm="linf", eps=cfg.adv_eps, steps=cfg.adv_steps, loss="ce", generator=gen)
-    x_adv = attack((x[:n] + 1) / 2, y[:n]) * 2 - 1
+    x_adv = denoiser_data_tensor(attack((x[:n] + 1) / 2, y[:n]))
     return torch.cat([x_adv.detach(), x[n:]])
 
 
