@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/evaluation_report.py run  [--n 32] [--steps 20] [--n-eval 10] [--chunk 40]
     .venv/bin/python benchmarks/evaluation_report.py doc
+    .venv/bin/python benchmarks/evaluation_report.py merge runs/eval_a runs/eval_b --records runs/evaluation
 
 For DiffPure, DC, RDC and the CNN baselines: clean accuracy and robust accuracy under each protocol:
 - gradients: exact through every LM step vs BPDA (identity backward through LM);
@@ -133,6 +134,42 @@ def run(args: argparse.Namespace) -> None:
                   flush=True)
 
 
+DEFENSE_ORDER = ("cnn", "at-cnn", "diffpure", "dc", "rdc")
+
+
+def merge(sources: list[Path], out: Path) -> tuple[list[dict], dict]:
+    """Join the stored rows and EOT diagnostics of runs split across record folders (e.g. one per core) into
+    ``out``, rows in the document's order (defense, then protocol). A cell stored twice with different results,
+    or a defense whose diagnostics disagree on the EOT size, is refused: the folders did not run one evaluation."""
+    rows: dict[str, dict] = {}
+    diag: dict[str, dict] = {}
+    for src in sources:
+        store = src / "evaluation.jsonl"
+        if not store.is_file():
+            raise FileNotFoundError(f"{store}: no stored rows (expected a --records folder of `run`)")
+        for r in (json.loads(l) for l in store.read_text().splitlines() if l.strip()):
+            if r["key"] in rows and rows[r["key"]]["robust"] != r["robust"]:
+                raise ValueError(f"{r['defense']} / {r['protocol']} is stored in two folders with different results "
+                                 f"({rows[r['key']]['robust']} and {r['robust']}); keep one")
+            rows.setdefault(r["key"], r)
+        g = src / "eot_diagnostic.json"
+        for d, v in (json.loads(g.read_text()) if g.is_file() else {}).items():
+            if d in diag and diag[d]["eot"] != v["eot"]:
+                raise ValueError(f"EOT diagnostics of {d} disagree ({diag[d]['eot']} and {v['eot']}): the folders "
+                                 "ran different protocols")
+            diag.setdefault(d, v)
+
+    def place(r: dict) -> tuple[int, int]:
+        names = [name for _, name, _ in protocols(r["defense"], diag.get(r["defense"], {}).get("eot", 1))]
+        return DEFENSE_ORDER.index(r["defense"]), names.index(r["protocol"]) if r["protocol"] in names else len(names)
+
+    merged = sorted(rows.values(), key=place)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in merged))
+    (out / "eot_diagnostic.json").write_text(json.dumps(diag, indent=2))
+    return merged, diag
+
+
 def _command(cfg: EvalConfig) -> str:
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != getattr(EvalConfig, k)]
     return "rdc eval " + " ".join(flags) + " --json"
@@ -167,7 +204,7 @@ def doc(args: argparse.Namespace) -> int:
              "| defense | variant | protocol | clean | single (95% CI) | avg of N | worst of N | overstatement | checks |",
              "|---|---|---|---|---|---|---|---|---|"]
     failures = []
-    for defense in ("cnn", "at-cnn", "diffpure", "dc", "rdc"):
+    for defense in DEFENSE_ORDER:
         mine = [r for r in rows if r["defense"] == defense]
         for variant in dict.fromkeys(r["variant"] for r in mine):
             group = [r for r in mine if r["variant"] == variant]
@@ -254,7 +291,14 @@ def main() -> int:
     d.add_argument("--n-eval", type=int, default=10)
     d.add_argument("--out", default="docs/evaluation.md")
     d.add_argument("--notes", default="docs/evaluation_notes.md")
+    m = sub.add_parser("merge", help="join runs split across record folders into one (then `doc` it)")
+    m.add_argument("sources", nargs="+", type=Path, help="--records folders of `run`")
+    m.add_argument("--records", default="runs/evaluation", help="folder to write (evaluation.jsonl, eot_diagnostic.json)")
     args = ap.parse_args()
+    if args.cmd == "merge":
+        rows, diag = merge(args.sources, Path(args.records))
+        print(f"{len(rows)} rows, EOT {({d: v['eot'] for d, v in diag.items()})} -> {args.records}")
+        return 0
     if args.cmd == "run":
         run(args)
         return 0

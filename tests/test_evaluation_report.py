@@ -47,3 +47,37 @@ def test_rows_of_two_denoisers_are_refused(tmp_path):
     _doc(tmp_path, rows[:1])  # one denoiser: fine
     with pytest.raises(ValueError, match="mixes rows of denoisers"):
         _doc(tmp_path, rows)
+
+
+def _store(folder: Path, rows: list[dict], diag: dict | None = None) -> Path:
+    folder.mkdir()
+    (folder / "evaluation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if diag is not None:
+        (folder / "eot_diagnostic.json").write_text(json.dumps(diag))
+    return folder
+
+
+def test_merge_joins_split_runs_in_the_documents_order(tmp_path):
+    er = load_benchmark("evaluation_report")
+    rows = _rows()
+    diag = json.loads((ROOT / "docs/raw/eot_diagnostic.json").read_text())
+    a = _store(tmp_path / "a", rows[1::2][::-1], {k: v for k, v in diag.items() if k == "rdc"})
+    b = _store(tmp_path / "b", rows[0::2] + rows[:2], {k: v for k, v in diag.items() if k != "rdc"})
+    merged, joined = er.merge([a, b], tmp_path / "out")
+    assert [r["key"] for r in merged] == [r["key"] for r in rows]  # the committed file is in the document's order
+    assert joined == diag
+    assert (tmp_path / "out" / "evaluation.jsonl").read_text() == (ROOT / "docs/raw/evaluation.jsonl").read_text()
+
+
+def test_merge_refuses_folders_that_disagree(tmp_path):
+    er = load_benchmark("evaluation_report")
+    rows = _rows()
+    changed = dict(rows[0], robust=dict(rows[0]["robust"], correct=rows[0]["robust"]["correct"] - 1))
+    with pytest.raises(ValueError, match="two folders with different results"):
+        er.merge([_store(tmp_path / "a", rows[:1]), _store(tmp_path / "b", [changed])], tmp_path / "out")
+    diag = json.loads((ROOT / "docs/raw/eot_diagnostic.json").read_text())
+    other = {d: dict(v, eot=v["eot"] + 1) for d, v in diag.items()}
+    with pytest.raises(ValueError, match="EOT diagnostics of"):
+        er.merge([_store(tmp_path / "c", rows[:1], diag), _store(tmp_path / "d", rows[1:2], other)], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="no stored rows"):
+        er.merge([tmp_path / "missing"], tmp_path / "out")
