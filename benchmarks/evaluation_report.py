@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.records)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "evaluation.jsonl"
-    stored = [json.loads(l) for l in store.read_text().splitlines() if l.strip()] if store.is_file() else []
+    stored = _read_rows(store) if store.is_file() else []
     # a row stored before the denoiser was named (denoiser "") counts under the key of its meaning (digits_multi)
     done = {r["key"] for r in stored} | {EvalConfig.from_stored(r).key() for r in stored}
     diag_path = out / "eot_diagnostic.json"
@@ -147,7 +147,7 @@ def merge(sources: list[Path], out: Path) -> tuple[list[dict], dict]:
         store = src / "evaluation.jsonl"
         if not store.is_file():
             raise FileNotFoundError(f"{store}: no stored rows (expected a --records folder of `run`)")
-        for r in (json.loads(l) for l in store.read_text().splitlines() if l.strip()):
+        for r in _read_rows(store):
             if r["key"] in rows and rows[r["key"]]["robust"] != r["robust"]:
                 raise ValueError(f"{r['defense']} / {r['protocol']} is stored in two folders with different results "
                                  f"({rows[r['key']]['robust']} and {r['robust']}); keep one")
@@ -170,6 +170,11 @@ def merge(sources: list[Path], out: Path) -> tuple[list[dict], dict]:
     return merged, diag
 
 
+def _read_rows(store: Path) -> list[dict]:
+    """The rows of an evaluation.jsonl, one result per line (blank lines ignored)."""
+    return [json.loads(l) for l in store.read_text().splitlines() if l.strip()]
+
+
 def _command(cfg: EvalConfig) -> str:
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != getattr(EvalConfig, k)]
     return "rdc eval " + " ".join(flags) + " --json"
@@ -181,7 +186,7 @@ def _pct(v: float) -> str:
 
 def doc(args: argparse.Namespace) -> int:
     out = Path(args.records)
-    rows = [json.loads(l) for l in (out / "evaluation.jsonl").read_text().splitlines() if l.strip()]
+    rows = _read_rows(out / "evaluation.jsonl")
     diag = json.loads((out / "eot_diagnostic.json").read_text()) if (out / "eot_diagnostic.json").is_file() else {}
     r0 = rows[0]
     denoisers = {row_denoiser(r) for r in rows} - {""}
