@@ -275,6 +275,8 @@ def _docs_rule(command: str) -> str | None:
         return "a test of the suite (run by make test)"
     if "benchmarks/distill_gap.py" in command:
         return "compares denoisers on 200 test images: about a minute of one core (the doc gives its figures)"
+    if "benchmarks/bench_dc_cost.py" in command:
+        return "times attack gradients of several denoisers: minutes of one core (the doc gives its figures)"
     if words[:2] == ["rdc", "certify"]:
         return "certification of many images with 1,100 draws each: minutes to hours on a CPU (arguments parsed)"
     if words[:2] == ["rdc", "train"]:
