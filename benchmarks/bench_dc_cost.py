@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from rdc_lib.choices import DEFAULT_DENOISERS
 from rdc_lib.data import load_dataset
 from rdc_lib.defenses.registry import DefenseSpec, build_defense
-from rdc_lib.models.checkpoints import read_checkpoint
 from rdc_lib.paths import resolve_checkpoint
 
 
@@ -41,11 +40,10 @@ def _timed(fn, repeats: int) -> float:
 
 def measure(denoiser: str, defense: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> dict:
     """One row: passes, parameters and seconds per image of a forward and of a forward + input gradient."""
-    path = resolve_checkpoint(denoiser)
-    state, cfg, _ = read_checkpoint(path, expected_kind="denoiser")
-    heads = cfg.get("heads", "single")
-    model = build_defense(DefenseSpec(name=defense, heads=heads, timesteps=args.T, grid_sigma_min=args.grid_sigma_min,
-                                      noise_mode="fixed", denoiser_path=str(path)))
+    # denoiser_path decides the network; heads, classes and parameters are read off the loaded denoiser
+    model = build_defense(DefenseSpec(name=defense, timesteps=args.T, grid_sigma_min=args.grid_sigma_min,
+                                      noise_mode="fixed", denoiser_path=str(resolve_checkpoint(denoiser))))
+    net = model.denoiser
     model.eval()
 
     def forward() -> None:
@@ -56,10 +54,9 @@ def measure(denoiser: str, defense: str, x: torch.Tensor, y: torch.Tensor, args:
         xa = x.clone().requires_grad_(True)
         F.cross_entropy(model(xa), y).backward()
 
-    classes = 10
-    passes_dc = args.T if heads == "multi" else args.T * classes
-    return {"denoiser": denoiser, "defense": defense, "heads": heads,
-            "params": sum(v.numel() for v in state.values()), "dc_passes_per_image": passes_dc,
+    passes_dc = args.T if net.heads == "multi" else args.T * net.num_classes
+    return {"denoiser": denoiser, "defense": defense, "heads": net.heads,
+            "params": sum(p.numel() for p in net.parameters()), "dc_passes_per_image": passes_dc,
             "forward_s_per_image": _timed(forward, args.repeats) / len(x),
             "gradient_s_per_image": _timed(gradient, args.repeats) / len(x)}
 
