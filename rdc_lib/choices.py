@@ -47,7 +47,8 @@ LM_ETA = 8 / 255            # LM ball radius, [0, 1] pixel units
 # The shipped digits denoiser each ``heads`` loads when no denoiser is named (docs/denoisers.md: the most robust
 # cheap denoiser of each kind), and the one it loaded before (a stored configuration with denoiser "" meant
 # this one; rdc_lib.paths.stored_denoiser_name). Names of files in data/checkpoints.
-DEFAULT_DENOISERS = MappingProxyType({"single": "digits_film_single", "multi": "digits_film_multi_distill9_h16_long"})
+DEFAULT_DENOISERS = MappingProxyType({"single": "digits_film_single",
+                                     "multi": "digits_film_multi_distill9_h16_long_adv"})
 LEGACY_DENOISERS = MappingProxyType({"single": "digits_single", "multi": "digits_multi"})
 
 

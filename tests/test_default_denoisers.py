@@ -34,7 +34,7 @@ def test_a_missing_default_checkpoint_is_named(tmp_path, monkeypatch):
 
 def test_default_denoiser_and_bad_heads():
     assert default_denoiser("single") == "digits_film_single"
-    assert default_denoiser("multi") == "digits_film_multi_distill9_h16_long"
+    assert default_denoiser("multi") == "digits_film_multi_distill9_h16_long_adv"
     with pytest.raises(ValueError, match="unknown heads 'triple'; valid choices: single, multi"):
         default_denoiser("triple")
 
@@ -89,7 +89,7 @@ def test_certify_config_names_its_denoiser():
     cfg = CertifyConfig(base="noised-dc", heads="single")
     assert cfg.denoiser == "digits_film_single" and cfg.identity()["denoiser"] == "digits_film_single"
     assert "digits_film_single" in cfg.label()
-    assert CertifyConfig(heads="multi").denoiser == "digits_film_multi_distill9_h16_long"
+    assert CertifyConfig(heads="multi").denoiser == "digits_film_multi_distill9_h16_long_adv"
     stored = {**CertifyConfig(heads="multi").identity(), "denoiser": "", "label": "denoised s=0.25"}
     old = CertifyConfig.from_stored(stored)
     assert old.denoiser == "digits_multi" and old.key() != CertifyConfig(heads="multi").key()

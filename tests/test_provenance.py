@@ -104,10 +104,11 @@ def test_describe():
 
 def test_eval_provenance_hashes_the_checkpoints_the_evaluation_reads():
     rdc = eval_provenance(EvalConfig(defense="rdc", attack="pgd", heads="multi", run_checks=True), argv=["rdc"])
-    assert set(rdc["checkpoints"]) == {"data/checkpoints/digits_film_multi_distill9_h16_long.safetensors",  # default of multi
-                                       "data/checkpoints/digits_cnn.safetensors"}   # + the transfer check's CNN
-    assert rdc["checkpoints"]["data/checkpoints/digits_film_multi_distill9_h16_long.safetensors"] == \
-        file_sha256(checkpoint_path("digits_film_multi_distill9_h16_long"))
+    assert set(rdc["checkpoints"]) == {  # the default of multi + the transfer check's CNN
+        "data/checkpoints/digits_film_multi_distill9_h16_long_adv.safetensors",
+        "data/checkpoints/digits_cnn.safetensors"}
+    assert rdc["checkpoints"]["data/checkpoints/digits_film_multi_distill9_h16_long_adv.safetensors"] == \
+        file_sha256(checkpoint_path("digits_film_multi_distill9_h16_long_adv"))
     clean = eval_provenance(EvalConfig(defense="dc", attack="none", heads="single"), argv=["rdc"])
     assert set(clean["checkpoints"]) == {"data/checkpoints/digits_film_single.safetensors"}
     named = eval_provenance(EvalConfig(defense="dc", attack="none", heads="single", denoiser="digits_single"),

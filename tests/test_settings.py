@@ -47,7 +47,7 @@ def _legacy(params: dict) -> EvalConfig:
 def test_keys_of_the_old_default_denoiser_changed(params, key):
     assert _legacy(params).key() == key  # the simulated old configuration is the one that was recorded
     cfg = EvalConfig(**params)
-    assert cfg.denoiser == "digits_film_multi_distill9_h16_long" and cfg.key() != key
+    assert cfg.denoiser == "digits_film_multi_distill9_h16_long_adv" and cfg.key() != key
     assert EvalConfig(**params, denoiser="digits_multi").key() != key  # no new configuration has the old key
     assert EvalConfig.from_stored(_legacy(params).identity()).denoiser == "digits_multi"  # stored: the old meaning
 
@@ -67,7 +67,7 @@ def test_default_run_has_the_key_of_its_named_denoiser():
     dc = next(r for r in rows if r["defense"] == "dc" and r["denoiser"] == "digits_film_single")
     assert dc["key"] == default.key()
     multi = eval_config(build_parser().parse_args(["eval", "--defense", "dc", "--heads", "multi"]))
-    assert multi.denoiser == "digits_film_multi_distill9_h16_long"
+    assert multi.denoiser == "digits_film_multi_distill9_h16_long_adv"
 
 
 def test_a_stored_legacy_record_is_not_resumed_by_a_default_run(tmp_path):

@@ -265,7 +265,7 @@ def test_report_is_generated_from_rows_with_intervals_and_commands():
 
 def test_eval_config_denoiser_field(tmp_path):
     assert "denoiser" not in EvalConfig(defense="cnn").identity()    # no denoiser: old records keep their keys
-    assert EvalConfig().identity()["denoiser"] == "digits_film_multi_distill9_h16_long"  # the default of heads, named
+    assert EvalConfig().identity()["denoiser"] == "digits_film_multi_distill9_h16_long_adv"  # the default of heads, named
     assert EvalConfig(denoiser="digits_multi_h32").identity()["denoiser"] == "digits_multi_h32"
     with pytest.raises(ValueError, match="defense 'cnn' has none"):
         EvalConfig(defense="cnn", denoiser="digits_multi")
