@@ -117,8 +117,8 @@ def stored_denoiser_name(config: Mapping[str, Any]) -> str:
 
 
 def default_denoisers_text() -> str:
-    """Which checkpoint each heads loads, now and before, for help texts: 'single -> digits_film_single, multi ->
-    digits_film_multi_distill9_h16_long_adv (before: single -> digits_single, multi -> digits_multi)'."""
+    """Which checkpoint each heads loads, now and before, for help texts (read from DEFAULT_DENOISERS and
+    LEGACY_DENOISERS): 'single -> NAME, multi -> NAME (before: single -> digits_single, multi -> digits_multi)'."""
     now, old = (", ".join(f"{h} -> {n}" for h, n in m.items()) for m in (DEFAULT_DENOISERS, LEGACY_DENOISERS))
     return f"{now} (before: {old})"
 

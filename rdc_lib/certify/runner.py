@@ -87,7 +87,7 @@ class CertifyConfig:
         return d
 
     def label(self) -> str:
-        """A short human name, e.g. 'noised-dc s=0.25 T=4 digits_film_multi_distill9_h16_long_adv'."""
+        """A short human name, e.g. 'noised-dc s=0.25 T=4 digits_film_single'."""
         extra = "" if self.base == "denoised" else f" T={self.timesteps}"
         return f"{self.base} s={self.sigma:g}{extra} {Path(self.denoiser).stem}"
 
