@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from rdc_lib.choices import LEGACY_DENOISERS
+from rdc_lib.core.choices import LEGACY_DENOISERS
 
 # digits_multi by name: the denoiser docs/raw/bench_autoattack.json was measured with (heads "multi" then)
 SETTINGS = dict(defense="rdc", attack="autoattack", norm="linf", eps=0.1, steps=25, restarts=1, square_queries=500,
@@ -52,7 +52,7 @@ def _shard(offset: int, n: int, chunk: int, records: str, checks: bool) -> dict:
 
 def _provenance(checks: bool) -> dict:
     from rdc_lib.evaluation import EvalConfig
-    from rdc_lib.provenance import eval_provenance
+    from rdc_lib.evaluation.provenance import eval_provenance
 
     return eval_provenance(EvalConfig(run_checks=checks, **SETTINGS))
 

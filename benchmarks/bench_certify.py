@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from rdc_lib.certify.runner import CertifyConfig, run_certify
-from rdc_lib.choices import LEGACY_DENOISERS
+from rdc_lib.core.choices import LEGACY_DENOISERS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                   attack_steps=0, batch=args.n0 + args.n)
     rows = {}
     # multi- vs single-head cost of the same U-Net: digits_multi / digits_single by name (the defaults of heads
-    # until they became the FiLM denoisers, rdc_lib.choices.DEFAULT_DENOISERS)
+    # until they became the FiLM denoisers, rdc_lib.core.choices.DEFAULT_DENOISERS)
     multi_net, single_net = LEGACY_DENOISERS["multi"], LEGACY_DENOISERS["single"]
     for name, extra in (("noised-dc multi", {"base": "noised-dc", "heads": "multi", "denoiser": multi_net}),
                         ("noised-dc single", {"base": "noised-dc", "heads": "single", "denoiser": single_net}),

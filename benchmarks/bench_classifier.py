@@ -23,7 +23,7 @@ from rdc_lib.data import load_dataset
 from rdc_lib.diffusion import make_grid
 from rdc_lib.evaluation.stats import wilson
 from rdc_lib.models import load_denoiser
-from rdc_lib.paths import checkpoint_path
+from rdc_lib.core.paths import checkpoint_path
 
 
 @torch.no_grad()

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rdc_lib.choices import DEFAULT_DENOISERS
+from rdc_lib.core.choices import DEFAULT_DENOISERS
 from rdc_lib.data import load_dataset
 from rdc_lib.defenses.registry import DefenseSpec, build_defense
-from rdc_lib.paths import resolve_checkpoint
+from rdc_lib.core.paths import resolve_checkpoint
 
 
 def _timed(fn, repeats: int) -> float:

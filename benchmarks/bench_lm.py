@@ -4,14 +4,14 @@ memory of exact gradients through LM as the number of steps grows.
 Run on demand:  python benchmarks/bench_lm.py [--batch 16] [--T 32] [--device cpu|cuda] [--sanity 64]
 
 ``--sanity N`` adds, on N digits test images: clean accuracy of DC, RDC and DiffPure, and the
-gradient health checks of rdc_lib.grad (finite/nonzero, finite differences in fixed mode, cosine
+gradient health checks of rdc_lib.evaluation.grad (finite/nonzero, finite differences in fixed mode, cosine
 similarity across stochastic draws and the EOT size it suggests).
 
 Uses data/checkpoints/digits_{single,multi}.safetensors (the U-Net denoisers by name, not the defaults of
 ``rdc eval --heads``) when present, else a randomly initialised
 denoiser of the same configuration (rdc_lib.train.DIGITS_BACKBONE; timings are the same, outputs
 meaningless). Memory is measured as the peak bytes autograd keeps for backward (saved tensors,
-parameters excluded; rdc_lib.grad.SavedTensorMeter) and, on CUDA, also torch.cuda.max_memory_allocated.
+parameters excluded; rdc_lib.evaluation.grad.SavedTensorMeter) and, on CUDA, also torch.cuda.max_memory_allocated.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.choices import LEGACY_DENOISERS
+from rdc_lib.core.choices import LEGACY_DENOISERS
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.data import load_dataset
-from rdc_lib.grad import (
+from rdc_lib.evaluation.grad import (
     SavedTensorMeter,
     check_gradients_finite_nonzero,
     finite_difference_check,
@@ -34,8 +34,8 @@ from rdc_lib.grad import (
     model_parameters,
     suggest_eot,
 )
-from rdc_lib.lm import LMConfig, draw_lm_noise, likelihood_maximization
-from rdc_lib.lm_grad import lm_exact
+from rdc_lib.diffusion.lm import LMConfig, draw_lm_noise, likelihood_maximization
+from rdc_lib.diffusion.lm_grad import lm_exact
 from rdc_lib.models.checkpoints import load_denoiser
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
 from rdc_lib.defenses.purify import DiffPure

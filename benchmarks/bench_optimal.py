@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.choices import LEGACY_DENOISERS
+from rdc_lib.core.choices import LEGACY_DENOISERS
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion.schedules import make_grid

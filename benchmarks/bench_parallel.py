@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from rdc_lib.choices import LEGACY_DENOISERS
+from rdc_lib.core.choices import LEGACY_DENOISERS
 
 # digits_multi by name: the denoiser docs/raw/bench_parallel.json was measured with (heads "multi" then)
 STRONGEST = dict(defense="rdc", attack="apgd-ce", eps=0.1, eot=2, verify=4, n_eval=10, noise_mode="stochastic",
@@ -68,7 +68,7 @@ def main() -> None:
           f"{b['robust_worst']}/{args.n}")
     print(f"ratio (threads / shards): {row['ratio_threads_over_shards']:.2f}x")
     if args.out:
-        from rdc_lib.provenance import provenance
+        from rdc_lib.evaluation.provenance import provenance
 
         row["provenance"] = provenance()
         Path(args.out).write_text(json.dumps(row, indent=1) + "\n")

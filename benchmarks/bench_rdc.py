@@ -7,7 +7,7 @@
    issue-3 targets were set on them), not the defaults of ``rdc eval --heads``.
 2. Peak memory of the DC's input gradient at T = 32, K = 10: the chunked exact gradient
    (recomputation, one chunk of levels at a time) vs plain autograd, as a ratio; measured as the
-   peak bytes autograd keeps for backward (rdc_lib.grad.SavedTensorMeter, parameters excluded),
+   peak bytes autograd keeps for backward (rdc_lib.evaluation.grad.SavedTensorMeter, parameters excluded),
    and checked equal to 1e-5 relative.
 3. The LM trajectory's estimated log-likelihood bound: at every LM step, the unconditional ELBO of
    the iterate on a fixed grid (T levels, fixed noise), averaged over the test split: the mean
@@ -22,16 +22,16 @@ import time
 
 import torch
 
-from rdc_lib.choices import LEGACY_DENOISERS
+from rdc_lib.core.choices import LEGACY_DENOISERS
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion import make_grid
 from rdc_lib.diffusion.elbo import elbo_terms
 from rdc_lib.evaluation.stats import wilson
-from rdc_lib.grad import SavedTensorMeter, model_parameters
-from rdc_lib.lm import LMConfig, likelihood_maximization
+from rdc_lib.evaluation.grad import SavedTensorMeter, model_parameters
+from rdc_lib.diffusion.lm import LMConfig, likelihood_maximization
 from rdc_lib.models import load_denoiser
-from rdc_lib.paths import checkpoint_path
+from rdc_lib.core.paths import checkpoint_path
 from rdc_lib.defenses.rdc import RobustDiffusionClassifier
 
 

@@ -32,7 +32,7 @@ import tempfile
 from io import BytesIO
 from pathlib import Path
 
-from rdc_lib.choices import LEGACY_DENOISERS
+from rdc_lib.core.choices import LEGACY_DENOISERS
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_COMMIT = "9ee14f1"  # the code before the issue-19 speed-ups

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from rdc_lib.certify.runner import CertifyConfig, consistency, run_certify
-from rdc_lib.choices import LEGACY_DENOISERS
+from rdc_lib.core.choices import LEGACY_DENOISERS
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO / "docs" / "raw" / "certified.jsonl"

@@ -26,7 +26,7 @@ from rdc_lib.evaluation import EvalConfig
 from rdc_lib.defenses import build_defense, get_defense
 from rdc_lib.evaluation.records import read_outcomes
 from rdc_lib.evaluation.runner import defense_spec
-from rdc_lib.provenance import eval_provenance
+from rdc_lib.evaluation.provenance import eval_provenance
 
 TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
 

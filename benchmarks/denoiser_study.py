@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from rdc_lib.evaluation import evaluate
-from rdc_lib.study import (check_study_checkpoint, entry_dict, eval_command, load_study, measure_denoiser,
+from rdc_lib.experiments.study import (check_study_checkpoint, entry_dict, eval_command, load_study, measure_denoiser,
                            render_report, robust_config, robust_flags)
 
 

@@ -5,8 +5,8 @@
 
 For every student and level sigma, on the first ``n`` digits test images (one noise draw per image and level,
 the same for every network): the class gap of the student and of the teacher (mean over images of the smallest
-wrong-class denoising error minus the true-class error, rdc_lib.study.class_gap_by_sigma) and the student's
-distance to the teacher over all K class outputs (rdc_lib.study.distance_to_teacher_by_sigma), model space.
+wrong-class denoising error minus the true-class error, rdc_lib.experiments.study.class_gap_by_sigma) and the student's
+distance to the teacher over all K class outputs (rdc_lib.experiments.study.distance_to_teacher_by_sigma), model space.
 A distance that stays put while training goes on is a student that cannot represent its teacher.
 """
 
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.choices import DEFAULT_DENOISERS
+from rdc_lib.core.choices import DEFAULT_DENOISERS
 from rdc_lib.data import load_dataset
 from rdc_lib.models.checkpoints import load_denoiser
-from rdc_lib.paths import resolve_checkpoint
-from rdc_lib.provenance import provenance
-from rdc_lib.study import class_gap_by_sigma, distance_to_teacher_by_sigma
+from rdc_lib.core.paths import resolve_checkpoint
+from rdc_lib.evaluation.provenance import provenance
+from rdc_lib.experiments.study import class_gap_by_sigma, distance_to_teacher_by_sigma
 
 
 def measure(students: list[str], teacher: str, n: int, sigmas: list[float], seed: int) -> dict:

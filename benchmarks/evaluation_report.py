@@ -28,14 +28,14 @@ from pathlib import Path
 import torch
 
 from rdc_lib.data import load_dataset
-from rdc_lib.choices import DEFAULT_DENOISERS
+from rdc_lib.core.choices import DEFAULT_DENOISERS
 from rdc_lib.defenses import DefenseSpec, build_defense, get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES, checks_protocol, trust_label
 from rdc_lib.defenses import checkpoint_files
-from rdc_lib.paths import checkpoint_path, stored_denoiser_name
-from rdc_lib.grad import EOT_TARGET, gradient_cosine_similarity, suggest_eot
-from rdc_lib.provenance import describe, eval_provenance, provenance
+from rdc_lib.core.paths import checkpoint_path, stored_denoiser_name
+from rdc_lib.evaluation.grad import EOT_TARGET, gradient_cosine_similarity, suggest_eot
+from rdc_lib.evaluation.provenance import describe, eval_provenance, provenance
 
 STRONGEST = "exact+EOT, verified stop"
 VERIFY = 4  # calls that must all misclassify before the strongest protocol stops attacking an image
@@ -240,7 +240,7 @@ def doc(args: argparse.Namespace) -> int:
     else:
         lines += [f"Passed: for every defense variant, '{STRONGEST}' is at or below every other protocol."]
     lines += ["", "## Gradient-variance diagnostic (picks the EOT size)", "",
-              "Rule (rdc_lib.grad.suggest_eot): the smallest EOT size M at which two independent M-draw averages of "
+              "Rule (rdc_lib.evaluation.grad.suggest_eot): the smallest EOT size M at which two independent M-draw averages of "
               "the gradient reach the target cosine, from the 10th percentile of the per-image cosines of repeated "
               f"gradients; the library's target is EOT_TARGET = {EOT_TARGET}. The size used is capped for CPU time.", "",
               "| defense | mean cosine of repeated gradients | cosine used (10th pct.) | target | EOT by rule | EOT used (cap) |",

@@ -4,7 +4,7 @@ Figures (JSON on stdout, and in --out):
 - params: parameter count of the conditional DDPM++ (K = 10).
 - dc: diffusion-classifier forward at --T levels, K = 10, batch --batch: seconds, images/s, network
   passes/s, and the T = 1000 cost extrapolated linearly in T (or measured with --measure-t1000).
-- lm: seconds per likelihood-maximization step (rdc_lib.lm, one forward + backward per image).
+- lm: seconds per likelihood-maximization step (rdc_lib.diffusion.lm, one forward + backward per image).
 - attack: one exact-gradient attack step through the DC (chunked backward, --grad-chunk
   (image, class, level) triples per recomputed chunk): seconds and peak GPU memory.
 - precision: logit error of TF32 and of fp16 autocast (--fp16) against strict float32, same noise.
@@ -114,9 +114,9 @@ def dc_figures(net, x: torch.Tensor, args, device: torch.device) -> dict:
 
 def lm_figures(net, x: torch.Tensor, args, device: torch.device) -> dict:
     try:
-        from rdc_lib.lm import likelihood_maximization
+        from rdc_lib.diffusion.lm import likelihood_maximization
     except ImportError as err:  # written by another part of the project
-        return dict(skipped=f"rdc_lib.lm not available ({err})")
+        return dict(skipped=f"rdc_lib.diffusion.lm not available ({err})")
     gen = torch.Generator(device=device).manual_seed(args.seed)
     steps = 5
     seconds, _ = _timed(lambda: likelihood_maximization(net, x, steps=steps, generator=gen), device, args.repeats)

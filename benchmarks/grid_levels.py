@@ -8,7 +8,7 @@
 
 ``run``: for every denoiser and every smallest level ``sigma_min`` (``--grid-sigma-min`` of ``rdc eval``: the
 paper grid's T levels spread over [sigma_min, 3) instead of [1e-4, 3)), the DC's robust accuracy under the
-fixed-noise AutoAttack-style ensemble of the denoiser study (rdc_lib.study.ROBUST_SETTINGS, with ``--steps`` APGD
+fixed-noise AutoAttack-style ensemble of the denoiser study (rdc_lib.experiments.study.ROBUST_SETTINGS, with ``--steps`` APGD
 iterations), on test images ``offset .. offset + n - 1``. Each cell is one ``rdc eval`` configuration with
 resumable records under ``--records``; a finished cell appends one row (its per-image outcomes, the grid's
 levels and weights, seconds, the command) to ``--raw``, and a rerun skips cells already there. The default
@@ -26,14 +26,14 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.choices import DEFAULT_DENOISERS, GRID_KIND, GRID_SIGMA_MIN
+from rdc_lib.core.choices import DEFAULT_DENOISERS, GRID_KIND, GRID_SIGMA_MIN
 from rdc_lib.diffusion.schedules import check_grid_sigma_min, make_grid
 from rdc_lib.evaluation.runner import EvalConfig, evaluate
 from rdc_lib.evaluation.stats import wilson
 from rdc_lib.models.checkpoints import load_denoiser
-from rdc_lib.paths import resolve_checkpoint
-from rdc_lib.provenance import provenance
-from rdc_lib.study import ROBUST_SETTINGS, eval_command, robust_flags
+from rdc_lib.core.paths import resolve_checkpoint
+from rdc_lib.evaluation.provenance import provenance
+from rdc_lib.experiments.study import ROBUST_SETTINGS, eval_command, robust_flags
 
 RAW = Path("docs/raw/grid_levels.jsonl")
 

@@ -39,7 +39,7 @@ def run(raw: Path, gpu_args: list[str]) -> dict:
 
     import torch
 
-    from rdc_lib.provenance import provenance
+    from rdc_lib.evaluation.provenance import provenance
 
     gpu = _gpu_module()
     args = gpu.parse_args(gpu_args)
@@ -56,7 +56,7 @@ def run(raw: Path, gpu_args: list[str]) -> dict:
 
 
 def _prov(block: dict) -> str:
-    from rdc_lib.provenance import describe
+    from rdc_lib.evaluation.provenance import describe
 
     return describe(block)
 
@@ -82,7 +82,7 @@ def _gpu_section(g: dict, net: dict) -> list[str]:
                  f"than {precision}) |")
     L += [f"| DC at T = {PAPER_T}, extrapolated (linear in T), {precision} | "
           f"**{dc['seconds_per_image_T1000_extrapolated']:.1f} s per image** |",
-          f"| LM step (rdc_lib.lm, {lm['steps']} steps, batch {lm['batch']}) | {lm['seconds_per_step']:.3f} s per step "
+          f"| LM step (rdc_lib.diffusion.lm, {lm['steps']} steps, batch {lm['batch']}) | {lm['seconds_per_step']:.3f} s per step "
           f"for the batch ({1000 * lm['seconds_per_step_per_image']:.0f} ms per image) |",
           f"| exact-gradient attack step, T = {at['T']}, K = {at['K']}, batch {at['batch']}, grad chunk "
           f"{at['grad_chunk']} triples | {at['seconds']:.1f} s ({at['seconds_per_image']:.2f} s per image), gradient "

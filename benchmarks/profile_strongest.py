@@ -56,7 +56,7 @@ def _multi_denoiser() -> dict:
     """The denoiser docs/speed.md measures, digits_multi, by name ({"denoiser": ...}) for a library whose heads
     "multi" loads another default; {} for a library from before the default denoisers (heads "multi" loaded it)."""
     try:
-        from rdc_lib.choices import LEGACY_DENOISERS
+        from rdc_lib.core.choices import LEGACY_DENOISERS
     except ImportError:
         return {}
     return {"denoiser": LEGACY_DENOISERS["multi"]}
@@ -108,7 +108,7 @@ class Split:
 
 def _instrument(split: Split) -> None:
     """Wrap the hot functions of the library (this process only)."""
-    from rdc_lib import lm, lm_grad
+    from rdc_lib.diffusion import lm, lm_grad
     from rdc_lib.defenses import classifier, rdc
     from rdc_lib.attacks import base
     from rdc_lib.evaluation import checks, runner
@@ -177,7 +177,7 @@ def _op_share(n: int, seed: int) -> dict:
     from rdc_lib.attacks.losses import ce_loss
     from rdc_lib.data import load_dataset
     from rdc_lib.defenses import DefenseSpec, build_defense
-    from rdc_lib.paths import checkpoint_path
+    from rdc_lib.core.paths import checkpoint_path
 
     x, y = load_dataset("digits", "test")
     x, y = x[:n], y[:n]

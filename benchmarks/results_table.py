@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.choices import GRID_SIGMA_MIN, LEGACY_DENOISERS, LM_ETA
+from rdc_lib.core.choices import GRID_SIGMA_MIN, LEGACY_DENOISERS, LM_ETA
 from rdc_lib.defenses import get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import checks_protocol, trust_label
 from rdc_lib.evaluation.records import read_outcomes
 from rdc_lib.evaluation.stats import paired_comparison, wilson
-from rdc_lib.paths import stored_denoiser_name
-from rdc_lib.provenance import describe, eval_provenance
-from rdc_lib.study import ROBUST_SETTINGS
+from rdc_lib.core.paths import stored_denoiser_name
+from rdc_lib.evaluation.provenance import describe, eval_provenance
+from rdc_lib.experiments.study import ROBUST_SETTINGS
 
 THREATS = {"linf": 0.1, "l2": 0.5}
 DEFAULTS = dict(n=64, steps=25, restarts=1, square_queries=500, n_target_classes=3, timesteps=16, heads="multi",

@@ -50,14 +50,14 @@ from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.evaluation import EvalConfig
 from rdc_lib.evaluation.checks import run_sanity_checks
 from rdc_lib.evaluation.stats import wilson
-from rdc_lib.grad import check_gradients_finite_nonzero, finite_difference_check, gradient_cosine_similarity
+from rdc_lib.evaluation.grad import check_gradients_finite_nonzero, finite_difference_check, gradient_cosine_similarity
 from rdc_lib.models import load_denoiser
 from rdc_lib.models.optimal import OptimalDenoiser
-from rdc_lib.nearest_neighbour import nearest_neighbour_agreement, nearest_neighbour_predict, nn_certified_radius
-from rdc_lib.paths import checkpoint_path
-from rdc_lib.provenance import describe, provenance, relative_to_repo
+from rdc_lib.experiments.nearest_neighbour import nearest_neighbour_agreement, nearest_neighbour_predict, nn_certified_radius
+from rdc_lib.core.paths import checkpoint_path
+from rdc_lib.evaluation.provenance import describe, provenance, relative_to_repo
 from rdc_lib.evaluation.protocol import robustness_protocol
-from rdc_lib.theory import dominant_training_image, gap_by_sigma, margin_by_sigma, smoothed_surrogate
+from rdc_lib.experiments.theory import dominant_training_image, gap_by_sigma, margin_by_sigma, smoothed_surrogate
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACK_ORDER = ("cnn", "surrogate", "neighbour", "pgd", "apgd-ce", "apgd-dlr", "square")
@@ -425,7 +425,7 @@ def render(R: dict, argv: list[str]) -> str:
         L.append("Attack times: " + "; ".join(secs) + ".\n")
 
     L.append("## The optimal DC against a certified 1-NN bound\n")
-    L.append("A certified lower bound on the 1-NN rule's robust accuracy (`rdc_lib.nearest_neighbour.nn_certified_radius`: "
+    L.append("A certified lower bound on the 1-NN rule's robust accuracy (`rdc_lib.experiments.nearest_neighbour.nn_certified_radius`: "
              "distance to the nearest bisector between the nearest same-class training image and any other-class "
              "one, in the threat model's norm) next to the optimal DC's empirical worst case (an upper bound). "
              "If the optimal DC is a nearest-neighbour rule and the attacks are strong, the two meet.\n")

@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .choices import ROBUST_GRID_SIGMA_MIN
+from .core.choices import ROBUST_GRID_SIGMA_MIN
 from .data import dataset_info, load_dataset
 from .diffusion.loss import edm_distill_loss, edm_loss
 from .diffusion.schedules import GridConfig, make_grid
 from .models.base import Denoiser
 from .models.checkpoints import save_denoiser
 from .models.config import DenoiserConfig, build_denoiser
-from .stored_state import StoredStateError, load_torch_state, restart_aside, source_version
-from .utils import make_generator, resolve_device
+from .core.stored_state import StoredStateError, load_torch_state, restart_aside, source_version
+from .core.utils import make_generator, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def train_denoiser(
 
     bar = None
     if progress:
-        from .progress import progress_bar
+        from .core.progress import progress_bar
 
         bar = progress_bar(cfg.steps, f"train {cfg.dataset} {cfg.heads}-head", "step", initial=step)
     t0 = time.perf_counter()
@@ -224,14 +224,14 @@ def adversarial_batch(net: Denoiser, x: Tensor, y: Tensor, cfg: TrainConfig, gen
     """x (B, C, H, W) in model space [-1, 1] with its first round(adv_fraction * B) images replaced by PGD-CE
     adversarial versions (l_inf ``adv_eps`` in pixel space) against the diffusion classifier of ``net`` itself
     (fixed noise drawn from ``gen``; the paper grid from ``adv_grid_sigma_min`` with the headline protocol's level
-    count, rdc_lib.study.ROBUST_SETTINGS).
+    count, rdc_lib.experiments.study.ROBUST_SETTINGS).
 
     Training on them asks the network to denoise (and, when distilling, to match its teacher) exactly where its
     own classifier is weakest. No gradient reaches the parameters from the attack.
     """
     from .attacks.pgd import PGD
     from .defenses.classifier import DiffusionClassifier
-    from .study import ROBUST_SETTINGS
+    from .experiments.study import ROBUST_SETTINGS
 
     n = max(1, round(cfg.adv_fraction * x.shape[0]))
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))

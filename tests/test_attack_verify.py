@@ -15,7 +15,7 @@ from rdc_lib.attacks import APGD, PGD, autoattack_suite, build_attack, run_ensem
 from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import EvalConfig
-from rdc_lib.paths import checkpoint_path
+from rdc_lib.core.paths import checkpoint_path
 
 
 class LuckyDraw(nn.Module):

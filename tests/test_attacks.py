@@ -31,7 +31,7 @@ from rdc_lib.attacks.base import AttackContext
 from rdc_lib.attacks.losses import dlr_loss, margin, margin_loss, targeted_dlr_loss
 from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.data import load_dataset
-from rdc_lib.paths import checkpoint_path
+from rdc_lib.core.paths import checkpoint_path
 
 EPS = {"linf": 0.15, "l2": 1.0}   # contract budgets: large enough that every attack hurts the plain CNN
 

@@ -27,7 +27,7 @@ from rdc_lib.attacks import (
 )
 from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.data import load_dataset
-from rdc_lib.paths import checkpoint_path
+from rdc_lib.core.paths import checkpoint_path
 
 from .conftest import tiny_denoiser
 

@@ -17,7 +17,7 @@ from rdc_lib.defenses.baselines import (
 from rdc_lib.data import load_dataset
 from rdc_lib.models.checkpoints import checkpoint_extra, save_checkpoint, save_denoiser
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
-from rdc_lib.paths import checkpoint_path
+from rdc_lib.core.paths import checkpoint_path
 
 from .conftest import TINY_BACKBONE
 

@@ -221,7 +221,7 @@ def test_consistency_check_can_fail():
 
 def test_sweep_target_declares_the_config_fields():
     from rdc_lib.sweep.spec import SweepSpecError, load_sweep, parse_sweep
-    from rdc_lib.paths import REPO_ROOT
+    from rdc_lib.core.paths import REPO_ROOT
 
     path = REPO_ROOT / "examples" / "sweeps" / "digits_certify.yaml"
     assert len(load_sweep(path).cells()) == 4

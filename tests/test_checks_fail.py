@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES, trust_label
-from rdc_lib.paths import checkpoint_path
+from rdc_lib.core.paths import checkpoint_path
 
 from .conftest import load_benchmark
 

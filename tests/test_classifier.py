@@ -5,10 +5,10 @@ from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion import make_grid
 from rdc_lib.diffusion.elbo import elbo_terms
-from rdc_lib.choices import GRID_KINDS as GRIDS, GRID_WEIGHTINGS as WEIGHTINGS
+from rdc_lib.core.choices import GRID_KINDS as GRIDS, GRID_WEIGHTINGS as WEIGHTINGS
 from rdc_lib.diffusion.schedules import lognormal_density
 from rdc_lib.models import load_denoiser
-from rdc_lib.paths import checkpoint_path
+from rdc_lib.core.paths import checkpoint_path
 
 from .conftest import tiny_denoiser
 

@@ -11,8 +11,8 @@ import papermill as pm
 import pytest
 
 from rdc_lib.jobs import main_job
-from rdc_lib.kernels import papermill_kernel_options
-from rdc_lib.progress import PlainProgress, is_terminal, progress_bar
+from rdc_lib.jobs.kernels import papermill_kernel_options
+from rdc_lib.core.progress import PlainProgress, is_terminal, progress_bar
 
 WARNING = "without encryption"
 ESCAPES = re.compile(r"[\r\x1b]")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rdc_lib.data import CIFAR10_FILES, dataset_info, load_cifar10, load_dataset
-from rdc_lib.safe_pickle import RefusedGlobalError
+from rdc_lib.core.safe_pickle import RefusedGlobalError
 
 from .conftest import write_cifar_batches
 

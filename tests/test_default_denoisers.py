@@ -1,4 +1,4 @@
-"""The shipped default denoisers (rdc_lib.choices.DEFAULT_DENOISERS) and the legacy meaning of a stored denoiser "":
+"""The shipped default denoisers (rdc_lib.core.choices.DEFAULT_DENOISERS) and the legacy meaning of a stored denoiser "":
 one home for the mapping, every reader of `heads` follows it, stored configurations keep their meaning."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rdc_lib.choices import DEFAULT_DENOISERS, HEADS, LEGACY_DENOISERS
-from rdc_lib.paths import checkpoint_path, data_dir, default_denoiser, stored_denoiser_name
+from rdc_lib.core.choices import DEFAULT_DENOISERS, HEADS, LEGACY_DENOISERS
+from rdc_lib.core.paths import checkpoint_path, data_dir, default_denoiser, stored_denoiser_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,7 +154,7 @@ def test_sweep_report_keeps_legacy_and_new_default_cells_apart():
 def test_a_digits_preset_keeps_its_own_checkpoint():
     """A preset fixes its checkpoint; the defaults of heads do not change what a preset means."""
     from rdc_lib.evaluation import EvalConfig
-    from rdc_lib.presets import get_preset
+    from rdc_lib.defenses.presets import get_preset
 
     cfg = EvalConfig(defense="dc", preset="digits")
     assert cfg.denoiser == Path(get_preset("digits").checkpoints.classifier).stem == "digits_single"

@@ -78,7 +78,7 @@ def test_unknown_doc_is_refused(tmp_path):
 
 def test_old_rows_are_marked_provenance_not_recorded():
     """Rows measured before provenance existed are named as such in the generated doc, never hidden."""
-    from rdc_lib.provenance import NOT_RECORDED
+    from rdc_lib.evaluation.provenance import NOT_RECORDED
 
     rows = [json.loads(l) for l in (ROOT / "docs" / "raw" / "results.jsonl").read_text().splitlines() if l.strip()]
     missing = sum(1 for r in rows if not r.get("provenance"))
@@ -144,6 +144,6 @@ def test_outside_reference_is_caught_with_file_and_line(tmp_path, line):
 
 def test_repository_paths_are_not_flagged(tmp_path):
     f = tmp_path / "ok.py"
-    f.write_text("docs/paper.md section 3\nrdc_lib/paths.py\nhttps://github.com/x/y\n--out /tmp/t.md\n"
+    f.write_text("docs/paper.md section 3\nrdc_lib/core/paths.py\nhttps://github.com/x/y\n--out /tmp/t.md\n"
                  "shared noise across classes\n")
     assert outside_references([f], root=tmp_path) == []

@@ -27,7 +27,7 @@ from rdc_lib.models import build_denoiser, load_denoiser, read_checkpoint
 from rdc_lib.models.ddpmpp import DDPMpp, ddpmpp_config
 from rdc_lib.models.ddpmpp_blocks import PositionalEmbedding, ResampleConv2d, UNetBlock
 from rdc_lib.models.edm_import import import_edm_pickle, read_edm_pickle
-from rdc_lib.safe_pickle import RefusedGlobalError
+from rdc_lib.core.safe_pickle import RefusedGlobalError
 
 SMALL = dict(model_channels=8, channel_mult=[2, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0)
 CLASS_NAMES = {UNetBlock: "UNetBlock", ResampleConv2d: "Conv2d", nn.Linear: "Linear", nn.GroupNorm: "GroupNorm",

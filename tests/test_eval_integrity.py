@@ -10,8 +10,8 @@ from rdc_lib.attacks import SQUARE_UNDER_EOT, autoattack_dropped, autoattack_sui
 from rdc_lib.cli import main
 from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import EvalConfig, evaluate
-from rdc_lib.grad import EOT_TARGET, suggest_eot
-from rdc_lib.presets import eval_settings, preset_conflicts
+from rdc_lib.evaluation.grad import EOT_TARGET, suggest_eot
+from rdc_lib.defenses.presets import eval_settings, preset_conflicts
 
 
 class Lookup(nn.Module):

@@ -18,8 +18,8 @@ from rdc_lib.attacks import build_attack
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.evaluation.prediction import n_evaluate, predict
-from rdc_lib.lm_grad import LM_UNROLL_MAX_ELEMENTS, lm_exact, lm_unrolls
-from rdc_lib.lm import LMConfig, draw_lm_noise
+from rdc_lib.diffusion.lm_grad import LM_UNROLL_MAX_ELEMENTS, lm_exact, lm_unrolls
+from rdc_lib.diffusion.lm import LMConfig, draw_lm_noise
 from rdc_lib.defenses.rdc import RobustDiffusionClassifier
 
 from .conftest import tiny_denoiser

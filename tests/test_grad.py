@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from rdc_lib.grad import (
+from rdc_lib.evaluation.grad import (
     GradientCosine,
     SavedTensorMeter,
     check_gradients_finite_nonzero,
@@ -15,8 +15,8 @@ from rdc_lib.grad import (
     model_parameters,
     suggest_eot,
 )
-from rdc_lib.lm import LMConfig, draw_lm_noise, likelihood_maximization
-from rdc_lib.lm_grad import lm_bpda, lm_exact
+from rdc_lib.diffusion.lm import LMConfig, draw_lm_noise, likelihood_maximization
+from rdc_lib.diffusion.lm_grad import lm_bpda, lm_exact
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
 
 from .conftest import TINY_BACKBONE

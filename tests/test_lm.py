@@ -9,7 +9,7 @@ import torch
 
 from rdc_lib.data import load_dataset
 from rdc_lib.diffusion.loss import edm_loss
-from rdc_lib.lm import (
+from rdc_lib.diffusion.lm import (
     LMConfig,
     LMDivergenceError,
     LMNoise,

@@ -3,7 +3,7 @@ import torch
 
 from rdc_lib.models import DenoiserConfig, EDMDenoiser, build_denoiser, load_denoiser, save_denoiser
 from rdc_lib.models.checkpoints import save_checkpoint
-from rdc_lib.paths import checkpoint_path
+from rdc_lib.core.paths import checkpoint_path
 
 from .conftest import TINY_BACKBONE, tiny_denoiser
 

@@ -1,4 +1,4 @@
-"""No module of rdc_lib is longer than MAX_LINES (issue 17: split by job, one role per module)."""
+"""No module of rdc_lib is longer than MAX_LINES (issue 17), and few stay outside the layer folders (issue 38)."""
 
 from __future__ import annotations
 
@@ -31,3 +31,24 @@ def test_the_check_flags_a_long_module(tmp_path, lines, flagged):
     (pkg / "__init__.py").write_text("")
     (pkg / "sub" / "long.py").write_text("x = 1\n" * lines)
     assert too_long(pkg) == ({"pkg/sub/long.py": lines} if flagged else {})
+
+
+MAX_LOOSE = 4  # issue 38: folders by layer; only the facade and a few top-level entry points stay loose
+
+
+def loose_modules(package: Path) -> list[str]:
+    """The modules directly in ``package`` other than its ``__init__.py``."""
+    return sorted(p.name for p in package.glob("*.py") if p.name != "__init__.py")
+
+
+def test_rdc_lib_keeps_its_modules_in_layer_folders():
+    loose = loose_modules(PACKAGE)
+    assert len(loose) <= MAX_LOOSE, f"{len(loose)} loose modules in rdc_lib (at most {MAX_LOOSE}): {loose}"
+
+
+def test_the_check_counts_loose_modules(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    for name in ("__init__.py", "a.py", "b.py", "sub/c.py"):
+        (pkg / name).write_text("")
+    assert loose_modules(pkg) == ["a.py", "b.py"]

@@ -86,7 +86,7 @@ def test_unknown_name_suggests_the_close_one():
 
 def test_shipped_names_and_relative_paths_resolve_from_any_folder(tmp_path, monkeypatch):
     """The notebooks' defaults (shipped names, paths relative to notebooks/) work whatever the current folder."""
-    from rdc_lib.paths import REPO_ROOT, checkpoint_path
+    from rdc_lib.core.paths import REPO_ROOT, checkpoint_path
 
     shipped = str(checkpoint_path("digits_multi"))
     for cwd in (REPO_ROOT, NOTEBOOKS, tmp_path):
@@ -130,7 +130,7 @@ def test_cifar10_without_files_lists_what_to_put_where(tmp_path):
 def cifar_files(tmp_path):
     """Empty stand-ins for every file of the cifar10-paper preset: cifar/<batches>, ckpt/<EDM checkpoints>."""
     from rdc_lib.data import CIFAR10_FILES
-    from rdc_lib.presets import get_preset
+    from rdc_lib.defenses.presets import get_preset
 
     (tmp_path / "cifar").mkdir()
     (tmp_path / "ckpt").mkdir()
@@ -159,7 +159,7 @@ def test_cifar10_defenses_are_the_diffusion_ones(cifar_files):
 
 def test_choices_match_the_library():
     from rdc_lib.attacks import NORMS as ATTACK_NORMS
-    from rdc_lib.lm import LM_NORMS, LM_OPTIMIZERS
+    from rdc_lib.diffusion.lm import LM_NORMS, LM_OPTIMIZERS
     from rdc_lib.jobs.params import GRAD_MODES, LM_OPTIMIZERS as NB_OPTIMIZERS, NORMS
     from rdc_lib.defenses.rdc import GRAD_MODES as RDC_GRAD_MODES
 

@@ -12,8 +12,8 @@ from rdc_lib.data import load_dataset
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.models import DenoiserConfig, build_denoiser
 from rdc_lib.models.optimal import OptimalDenoiser
-from rdc_lib.nearest_neighbour import nearest_neighbour_agreement, nearest_neighbour_predict
-from rdc_lib.theory import denoiser_error_by_sigma, gap_by_sigma, optimal_classifier
+from rdc_lib.experiments.nearest_neighbour import nearest_neighbour_agreement, nearest_neighbour_predict
+from rdc_lib.experiments.theory import denoiser_error_by_sigma, gap_by_sigma, optimal_classifier
 
 SIGMAS = [1e-4, 1e-2, 0.3, 1.0, 3.0, 100.0]
 

@@ -11,7 +11,7 @@ import torch
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import CIFAR10_FILES
 from rdc_lib.diffusion.schedules import make_grid
-from rdc_lib.presets import PRESETS, get_preset, preset_names, required_files
+from rdc_lib.defenses.presets import PRESETS, get_preset, preset_names, required_files
 
 
 def test_names_and_unknown_name():
@@ -46,7 +46,7 @@ def test_kwargs_fit_the_library_signatures(name):
     p = get_preset(name)
     inspect.signature(make_grid).bind(**p.grid.kwargs())
     inspect.signature(DiffusionClassifier).bind(None, None, **p.dc.kwargs())
-    lm = pytest.importorskip("rdc_lib.lm")
+    lm = pytest.importorskip("rdc_lib.diffusion.lm")
     lm.LMConfig(**p.lm.kwargs())  # validates every value
     inspect.signature(lm.likelihood_maximization).bind(None, None, **p.lm.kwargs())
 

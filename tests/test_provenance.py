@@ -1,4 +1,4 @@
-"""rdc_lib.provenance: commit, dirty flag, checkpoint hashes, versions, command; and where rows carry it."""
+"""rdc_lib.evaluation.provenance: commit, dirty flag, checkpoint hashes, versions, command; and where rows carry it."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from rdc_lib.evaluation import EvalConfig
-from rdc_lib.paths import REPO_ROOT, checkpoint_path
-from rdc_lib.provenance import (
+from rdc_lib.core.paths import REPO_ROOT, checkpoint_path
+from rdc_lib.evaluation.provenance import (
     NOT_RECORDED,
     PROVENANCE_KEYS,
     command_line,

@@ -39,9 +39,9 @@ def test_no_public_name_shadows_a_submodule():
     """``from rdc_lib import viz`` must keep meaning the subpackage: no public name may equal a module name."""
     shadowing = [n for n in rdc_lib.PUBLIC if importlib.util.find_spec(f"rdc_lib.{n}") is not None]
     assert not shadowing, shadowing
-    from rdc_lib import theory, viz  # submodules still import through the package
+    from rdc_lib import experiments, viz  # subpackages still import through the package
 
-    assert viz.__name__ == "rdc_lib.viz" and theory.__name__ == "rdc_lib.theory"
+    assert viz.__name__ == "rdc_lib.viz" and experiments.__name__ == "rdc_lib.experiments"
 
 
 def test_unknown_and_broken_names_fail_clearly(monkeypatch):
@@ -50,6 +50,6 @@ def test_unknown_and_broken_names_fail_clearly(monkeypatch):
     monkeypatch.setitem(rdc_lib.PUBLIC, "moved_away", "rdc_lib.no_such_module:thing")
     with pytest.raises(ImportError, match=r"rdc_lib.moved_away is listed as 'rdc_lib.no_such_module:thing'"):
         rdc_lib.moved_away  # noqa: B018
-    monkeypatch.setitem(rdc_lib.PUBLIC, "renamed", "rdc_lib.utils:no_such_function")
+    monkeypatch.setitem(rdc_lib.PUBLIC, "renamed", "rdc_lib.core.utils:no_such_function")
     with pytest.raises(ImportError, match="no_such_function"):
         rdc_lib.renamed  # noqa: B018

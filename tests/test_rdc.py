@@ -9,8 +9,8 @@ import torch
 
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
-from rdc_lib.grad import finite_difference_check
-from rdc_lib.lm import LMConfig, likelihood_maximization
+from rdc_lib.evaluation.grad import finite_difference_check
+from rdc_lib.diffusion.lm import LMConfig, likelihood_maximization
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
 from rdc_lib.defenses.rdc import RDCNoise, RobustDiffusionClassifier
 

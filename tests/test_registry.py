@@ -41,7 +41,7 @@ from torch import nn
 
 from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.defenses.registry import register_defense
-from rdc_lib.paths import checkpoint_path
+from rdc_lib.core.paths import checkpoint_path
 
 
 class Shrunk(nn.Module):
@@ -179,7 +179,7 @@ def test_new_modules_need_no_other_file():
 def test_presets_name_registered_attacks_and_defenses():
     """Every preset's attack is registered, and its dataset has defenses that take its checkpoints."""
     from rdc_lib.defenses import defense_names
-    from rdc_lib.presets import PRESETS, attack_settings
+    from rdc_lib.defenses.presets import PRESETS, attack_settings
 
     for p in PRESETS.values():
         info = attack_registry.get_attack(p.attack.attack)

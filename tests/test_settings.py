@@ -22,7 +22,7 @@ RECORDED_KEYS = [
      "d660da03e6f07c92"),
 ]
 # Keys recorded (same commit) for configurations that left the denoiser to `heads`: they meant digits_multi,
-# the default until the FiLM denoisers became the defaults (rdc_lib.choices.DEFAULT_DENOISERS). The same
+# the default until the FiLM denoisers became the defaults (rdc_lib.core.choices.DEFAULT_DENOISERS). The same
 # parameters now mean another network, so they must get another key (their stored records must not be resumed).
 LEGACY_DEFAULT_KEYS = [
     ({}, "8aaf50c12f38610a"),
@@ -126,8 +126,8 @@ def test_settings_a_defense_does_not_read_are_refused(capsys):
 
 def test_presets_hold_the_library_settings_classes():
     from rdc_lib.diffusion.schedules import GridConfig, make_grid
-    from rdc_lib.lm import LMConfig
-    from rdc_lib.presets import PRESETS
+    from rdc_lib.diffusion.lm import LMConfig
+    from rdc_lib.defenses.presets import PRESETS
 
     for p in PRESETS.values():
         assert isinstance(p.lm, LMConfig) and isinstance(p.grid, GridConfig)
@@ -135,7 +135,7 @@ def test_presets_hold_the_library_settings_classes():
 
 
 def test_preset_applies_its_attack_budget():
-    from rdc_lib.presets import get_preset
+    from rdc_lib.defenses.presets import get_preset
 
     a = get_preset("cifar10-paper").attack
     args = build_parser().parse_args(["eval", "--preset", "cifar10-paper", "--defense", "rdc", "--attack", "apgd-dlr"])
@@ -149,7 +149,7 @@ def test_preset_applies_its_attack_budget():
 
 
 def test_preset_applies_its_image_count():
-    from rdc_lib.presets import get_preset
+    from rdc_lib.defenses.presets import get_preset
 
     args = ["eval", "--preset", "cifar10-paper", "--defense", "dc", "--attack", "pgd"]
     assert eval_config(build_parser().parse_args(args)).n == get_preset("cifar10-paper").data.num_test
@@ -165,7 +165,7 @@ def test_spec_validates_the_grid_and_grad_mode():
 
 
 def test_grid_sigma_min_truncates_the_dc_grid_and_is_checked(capsys):
-    from rdc_lib.choices import GRID_SIGMA_MIN
+    from rdc_lib.core.choices import GRID_SIGMA_MIN
 
     cfg = eval_config(build_parser().parse_args(["eval", "--defense", "dc", "--grid-sigma-min", "0.45", "--T", "4"]))
     grid = build_defense(defense_spec(cfg)).grid

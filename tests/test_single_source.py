@@ -2,7 +2,7 @@
 
 - A module-level tuple/list of string literals must not have the value of another one (any name; ``__all__`` aside).
 - A module-level UPPERCASE constant must not be defined again with the same name and value elsewhere.
-- Outside rdc_lib/choices.py no code writes a literal equal to one of its choice tuples (``Literal[...]``
+- Outside rdc_lib/core/choices.py no code writes a literal equal to one of its choice tuples (``Literal[...]``
   annotations aside): it reads the name instead.
 """
 
@@ -70,7 +70,7 @@ def _literal_annotation_nodes(tree: ast.AST) -> set[int]:
 
 
 def inline_choice_copies(sources: dict[str, str], choices: dict[str, tuple[str, ...]]) -> list[str]:
-    """Messages for literals equal to a choice tuple of rdc_lib.choices written outside it."""
+    """Messages for literals equal to a choice tuple of rdc_lib.core.choices written outside it."""
     by_value = {v: k for k, v in choices.items()}
     msgs = []
     for where, text in sources.items():
@@ -79,7 +79,7 @@ def inline_choice_copies(sources: dict[str, str], choices: dict[str, tuple[str, 
         for node in ast.walk(tree):
             strs = _str_tuple(node)
             if strs in by_value and id(node) not in skip:
-                msgs.append(f"{where}:{node.lineno} spells {strs}: use rdc_lib.choices.{by_value[strs]}")
+                msgs.append(f"{where}:{node.lineno} spells {strs}: use rdc_lib.core.choices.{by_value[strs]}")
     return msgs
 
 
@@ -88,7 +88,7 @@ def lib_sources() -> dict[str, str]:
 
 
 def choice_tuples() -> dict[str, tuple[str, ...]]:
-    tree = ast.parse((LIB / "choices.py").read_text())
+    tree = ast.parse((LIB / "core" / "choices.py").read_text())
     return {name: v for name, value in module_constants(tree) if (v := _str_tuple(value)) is not None}
 
 
@@ -97,7 +97,7 @@ def test_no_constant_defined_twice():
 
 
 def test_no_choice_spelled_outside_choices():
-    sources = {k: v for k, v in lib_sources().items() if not k.endswith("rdc_lib/choices.py")}
+    sources = {k: v for k, v in lib_sources().items() if not k.endswith("rdc_lib/core/choices.py")}
     assert inline_choice_copies(sources, choice_tuples()) == []
 
 
@@ -109,23 +109,23 @@ def test_checks_can_fail():
     assert not any("OK" in m for m in msgs)
     code = 'from typing import Literal\ndef f(m: Literal["x", "y"]):\n    return m in ("x", "y")\n'
     found = inline_choice_copies({"c.py": code}, {"MODES": ("x", "y")})
-    assert found == ["c.py:3 spells ('x', 'y'): use rdc_lib.choices.MODES"]
+    assert found == ["c.py:3 spells ('x', 'y'): use rdc_lib.core.choices.MODES"]
 
 
 def test_choices_is_torch_free():
     """The module itself imports nothing heavy (loaded from its file: the package may import torch)."""
-    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('c', 'rdc_lib/choices.py'); "
+    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('c', 'rdc_lib/core/choices.py'); "
             "s.loader.exec_module(importlib.util.module_from_spec(s)); "
-            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'rdc_lib/choices.py imports torch'")
+            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'rdc_lib/core/choices.py imports torch'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_one_lm_step_size():
     """The LM step size default has one source; RDC's LMConfig, the evaluation's spec and the presets read it."""
-    from rdc_lib.choices import LM_STEP_SIZE
+    from rdc_lib.core.choices import LM_STEP_SIZE
     from rdc_lib.defenses.registry import DefenseSpec
-    from rdc_lib.lm import LMConfig
-    from rdc_lib.presets import get_preset
+    from rdc_lib.diffusion.lm import LMConfig
+    from rdc_lib.defenses.presets import get_preset
 
     assert LMConfig().step_size == DefenseSpec().lm_step_size == LM_STEP_SIZE == 0.03
     assert get_preset("digits").lm.step_size == 0.03 and get_preset("cifar10-paper").lm.step_size == 0.1

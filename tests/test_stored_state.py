@@ -26,8 +26,8 @@ from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.records import records_paths
 from rdc_lib.models import read_checkpoint
-from rdc_lib.paths import checkpoint_path
-from rdc_lib.stored_state import StoredStateError, move_aside
+from rdc_lib.core.paths import checkpoint_path
+from rdc_lib.core.stored_state import StoredStateError, move_aside
 from rdc_lib.sweep import ResultStore, parse_sweep, run_sweep, sweep_status
 from rdc_lib.sweep.store import CellRecord
 from rdc_lib.train import TrainConfig, train_denoiser

@@ -11,7 +11,7 @@ from rdc_lib.evaluation.runner import EvalConfig, resolve_denoiser
 from rdc_lib.models import DenoiserConfig, build_denoiser, load_denoiser, read_checkpoint, save_denoiser
 from rdc_lib.models.base import Denoiser
 from rdc_lib.models.optimal import OptimalDenoiser
-from rdc_lib.study import (FACTORS, check_study_checkpoint, class_gap_by_sigma, distance_to_optimal_by_sigma,
+from rdc_lib.experiments.study import (FACTORS, check_study_checkpoint, class_gap_by_sigma, distance_to_optimal_by_sigma,
                            load_study, render_report)
 from rdc_lib.train import TrainConfig, train_denoiser
 
@@ -222,7 +222,7 @@ def test_study_config_accepts_every_factor_and_the_shipped_config():
 
 
 def test_study_checkpoint_of_the_wrong_kind_or_shape_is_refused(tmp_path):
-    from rdc_lib.paths import checkpoint_path
+    from rdc_lib.core.paths import checkpoint_path
 
     with pytest.raises(ValueError, match="holds a 'classifier' checkpoint, expected a 'denoiser'"):
         check_study_checkpoint(checkpoint_path("digits_cnn"))
@@ -295,7 +295,7 @@ def test_every_checkpoint_in_data_readme_exists_and_matches_its_sha256():
 def test_robust_flags_come_from_complete_records_only(tmp_path):
     from rdc_lib.evaluation import evaluate
     from rdc_lib.evaluation.records import records_paths
-    from rdc_lib.study import robust_flags
+    from rdc_lib.experiments.study import robust_flags
 
     cfg = EvalConfig(defense="cnn", attack="pgd", steps=2, n=4, chunk=2, run_checks=False)
     res = evaluate(cfg, records_dir=tmp_path, progress=False)
@@ -320,8 +320,8 @@ def test_docs_denoisers_md_is_generated_from_the_raw_rows():
 
 def test_distance_to_teacher_is_zero_for_the_teacher_itself_and_positive_for_a_student():
     from rdc_lib.data import load_dataset
-    from rdc_lib.paths import checkpoint_path
-    from rdc_lib.study import distance_to_teacher_by_sigma
+    from rdc_lib.core.paths import checkpoint_path
+    from rdc_lib.experiments.study import distance_to_teacher_by_sigma
 
     x, _ = load_dataset("digits", "test")
     teacher = load_denoiser(checkpoint_path("digits_film_single"))

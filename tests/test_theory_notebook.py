@@ -1,4 +1,4 @@
-"""Notebook 05 (the optimal diffusion classifier) and the rdc_lib.theory helpers it stands on.
+"""Notebook 05 (the optimal diffusion classifier) and the rdc_lib.experiments.theory helpers it stands on.
 
 The notebook is executed with papermill with tiny parameters into a temporary folder; its results
 file is checked, and a bad parameter must fail in the validation cell right after the parameters.
@@ -21,8 +21,8 @@ from rdc_lib.attacks import NeighbourAttack, transfer_pgd
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid, restrict_grid
 from rdc_lib.models.optimal import OptimalDenoiser
-from rdc_lib.nearest_neighbour import nn_certified_radius
-from rdc_lib.theory import (
+from rdc_lib.experiments.nearest_neighbour import nn_certified_radius
+from rdc_lib.experiments.theory import (
     dominant_training_image,
     margin_by_sigma,
     smoothed_surrogate,
@@ -82,7 +82,7 @@ def test_parameters_cell_is_annotated_literals_followed_by_validation():
     names = [ln.split(":")[0] for ln in lines]
     assert tuple(names) == PARAMS
     assert all(": " in ln and " = " in ln and "#" in ln for ln in lines)         # name: type = literal  # help
-    assert "checkpoint: str = \"digits_multi\"" in cells[i].source            # a shipped name (rdc_lib.paths)
+    assert "checkpoint: str = \"digits_multi\"" in cells[i].source            # a shipped name (rdc_lib.core.paths)
     assert "result_dir: str = \".\"" in cells[i].source
     following = next(c for c in cells[i + 1:] if c.cell_type == "code")
     assert "validate_params(" in following.source

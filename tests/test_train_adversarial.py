@@ -7,7 +7,7 @@ from rdc_lib.data import load_dataset
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion import make_grid
 from rdc_lib.models import load_denoiser, read_checkpoint
-from rdc_lib.paths import resolve_checkpoint
+from rdc_lib.core.paths import resolve_checkpoint
 from rdc_lib.train import TrainConfig, adversarial_batch, train_denoiser
 
 from .conftest import TINY_BACKBONE

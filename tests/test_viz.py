@@ -1,4 +1,4 @@
-"""Figure builders (rdc_lib.viz.core), the measurements behind them (rdc_lib.viz.analysis) and the
+"""Figure builders (rdc_lib.viz.core), the measurements behind them (rdc_lib.experiments.analysis) and the
 explorers (rdc_lib.viz.widgets), on tiny inputs and tiny random models."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from rdc_lib.attacks import build_attack
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.evaluation import wilson
-from rdc_lib.grad import FiniteDifferenceCheck, GradientCosine, suggest_eot
-from rdc_lib.lm import LMConfig
+from rdc_lib.evaluation.grad import FiniteDifferenceCheck, GradientCosine, suggest_eot
+from rdc_lib.diffusion.lm import LMConfig
 
 from .conftest import tiny_denoiser
 
@@ -214,7 +214,7 @@ def test_shared_noise_reduces_the_spread():
 
 
 def test_lm_trajectories_agree_with_likelihood_maximization(lm_small):
-    from rdc_lib.lm import draw_lm_noise, likelihood_maximization
+    from rdc_lib.diffusion.lm import draw_lm_noise, likelihood_maximization
 
     lm, den, dc, x, y = lm_small
     assert lm.images.shape == (3, 3, 1, 8, 8) and lm.lm_loss.shape == (2, 3) and lm.bound.shape == (3, 3)

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from rdc_lib.theory import Dominance, GapCurves
+from rdc_lib.experiments.theory import Dominance, GapCurves
 from rdc_lib.viz import theory as vt
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..utils import check_images, check_labels
+from ..core.utils import check_images, check_labels
 from .losses import LossFn, margin
 from .projections import check_norm
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from ..progress import progress_bar
+from ..core.progress import progress_bar
 
-from ..stored_state import StoredStateError, load_torch_state, restart_aside, source_version
-from ..utils import check_images, check_labels
+from ..core.stored_state import StoredStateError, load_torch_state, restart_aside, source_version
+from ..core.utils import check_images, check_labels
 from .base import Attack, Model, eval_mode
 from .losses import margin
 from .registry import build_attack
@@ -263,7 +263,7 @@ def run_ensemble(
             success flags are trusted (cheaper for expensive deterministic models).
         restart: move an existing ``state_path`` aside (renamed ``.damaged-<time>`` or ``.replaced-<time>``,
             never deleted) and start afresh. Without it, a damaged or mismatched state file raises
-            :class:`~rdc_lib.stored_state.StoredStateError` naming the file.
+            :class:`~rdc_lib.core.stored_state.StoredStateError` naming the file.
     """
     check_images(x)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

@@ -8,7 +8,7 @@ maximises the classification loss while keeping the adversarial image likely, by
     L_diff(x') = E_{sigma ~ U(sigma_range), eps ~ N(0, I)} mean_pixels (D(u + sigma eps; sigma, null) - u)^2,
     u = 2 x' - 1 (model space),
 
-L_diff being LM's own objective (:func:`rdc_lib.lm.unconditional_loss`; the target u is not detached, as
+L_diff being LM's own objective (:func:`rdc_lib.diffusion.lm.unconditional_loss`; the target u is not detached, as
 in LM). Every gradient step estimates L_diff and its input gradient with ``diffusion_draws`` fresh draws of
 (sigma, eps) from the attack's generator (the default sigma range is LM's, (0.4, 0.6)); L_cls and its
 gradient come from the usual EOT forward through the defense. The paper reports that this attack was no
@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..lm import unconditional_loss
+from ..diffusion.lm import unconditional_loss
 from ..models.base import Denoiser
-from ..utils import check_images
+from ..core.utils import check_images
 from .apgd import APGD
 from .base import AttackContext, Model, eval_mode
 from .losses import LossFn

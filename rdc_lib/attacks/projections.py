@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..choices import NORMS
+from ..core.choices import NORMS
 
 __all__ = [
     "NORMS",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..choices import NORMS
+from ..core.choices import NORMS
 
 __all__ = ["AttackInfo", "EXTRA_ARGS", "attack_names", "build_attack", "get_attack", "register_attack"]
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..utils import check_images
+from ..core.utils import check_images
 from .base import eval_mode
 from .losses import get_loss
 from .projections import project_ball, steepest_direction

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..diffusion.schedules import NoiseGrid, make_grid
 from ..models.base import Denoiser
-from ..utils import OwnedRandomness
+from ..core.utils import OwnedRandomness
 
 BASES = ("noised-dc", "denoised", "dc")
 POSTERIORS = ("exact", "approx")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..utils import OwnedRandomness, check_images
+from ..core.utils import OwnedRandomness, check_images
 from .smoothing import check_sigma, sample_counts
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..choices import HEADS, check_choice
+from ..core.choices import HEADS, check_choice
 from ..evaluation.stats import wilson
-from ..paths import default_denoiser, stored_denoiser_name
+from ..core.paths import default_denoiser, stored_denoiser_name
 from .bases import BASES, POSTERIORS, build_base
 from .empirical import attack_smoothed, smoothed_correct
 from .smoothing import ABSTAIN, certify, check_alpha, check_draws, check_radii, check_sigma
@@ -67,7 +67,7 @@ class CertifyConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         check_choice("heads", self.heads, HEADS)
         if not self.denoiser:
-            # stored records with denoiser "" meant the legacy checkpoint of heads (rdc_lib.paths.stored_denoiser_name)
+            # stored records with denoiser "" meant the legacy checkpoint of heads (rdc_lib.core.paths.stored_denoiser_name)
             object.__setattr__(self, "denoiser", default_denoiser(self.heads))
         if self.posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {self.posterior!r}; valid choices: {', '.join(POSTERIORS)}")
@@ -94,7 +94,7 @@ class CertifyConfig:
     @classmethod
     def from_stored(cls, config: dict) -> "CertifyConfig":
         """The configuration a stored one (a record header or a result row of any code version) was run with:
-        a stored denoiser "" meant the legacy checkpoint of its heads (rdc_lib.paths.stored_denoiser_name), never
+        a stored denoiser "" meant the legacy checkpoint of its heads (rdc_lib.core.paths.stored_denoiser_name), never
         today's default; the other keys of ``config`` that are not fields are ignored."""
         params = {f.name: config[f.name] for f in fields(cls) if f.name in config}
         params["denoiser"] = stored_denoiser_name({"heads": cls.heads, **params})
@@ -115,7 +115,7 @@ class CertifyConfig:
 def build_smoothing_base(cfg: CertifyConfig, device: torch.device | str = "cpu") -> nn.Module:
     """The base classifier of ``cfg`` from the shipped checkpoints."""
     from ..models.checkpoints import load_denoiser
-    from ..paths import checkpoint_path
+    from ..core.paths import checkpoint_path
 
     ref = cfg.denoiser
     path = Path(ref) if ref.endswith(".safetensors") else checkpoint_path(ref)
@@ -234,7 +234,7 @@ def run_certify(cfg: CertifyConfig, *, device: str | torch.device = "cpu", recor
                 f.write(json.dumps(done[i]) + "\n")
     bar = None
     if progress:
-        from ..progress import progress_bar
+        from ..core.progress import progress_bar
 
         bar = progress_bar(cfg.n_images, f"certify {cfg.label()}", "img", initial=len(done))
     for j in range(cfg.n_images):

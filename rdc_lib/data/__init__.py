@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..choices import DATASETS
+from ..core.choices import DATASETS
 from .cifar10 import CIFAR10_FILES, load_cifar10
 from .digits import DIGITS_SPLIT_SEED, load_digits
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..choices import SPLITS, check_choice
-from ..safe_pickle import restricted_load
+from ..core.choices import SPLITS, check_choice
+from ..core.safe_pickle import restricted_load
 
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILES = ("test_batch",)

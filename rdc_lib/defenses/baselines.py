@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..attacks.projections import check_norm, project_ball, steepest_direction
 from ..data import load_dataset
 from ..models.checkpoints import load_state_into, read_checkpoint, save_checkpoint
-from ..utils import check_images, make_generator, resolve_device
+from ..core.utils import check_images, make_generator, resolve_device
 
 __all__ = [
     "BASELINE_KINDS",

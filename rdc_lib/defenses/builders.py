@@ -1,7 +1,7 @@
 """Registration of the shipped defenses (rdc_lib.defenses.registry): one ``register_defense`` per defense.
 
 Digits defenses load the shipped checkpoints (data/checkpoints; without a ``denoiser_path`` the default of
-``heads``, rdc_lib.choices.DEFAULT_DENOISERS); DC and RDC on CIFAR-10 load a named
+``heads``, rdc_lib.core.choices.DEFAULT_DENOISERS); DC and RDC on CIFAR-10 load a named
 preset's imported EDM checkpoints from ``spec.ckpt_dir``. Order is the order of the CLI's choices.
 """
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..choices import DATASETS, GRAD_MODES
+from ..core.choices import DATASETS, GRAD_MODES
 from ..diffusion.schedules import make_grid
 from ..models.checkpoints import load_denoiser, require_trained_null_label
-from ..paths import checkpoint_path, default_denoiser
+from ..core.paths import checkpoint_path, default_denoiser
 from .baselines import load_classifier
 from .classifier import DiffusionClassifier
 from .registry import DefenseSpec, register_defense
@@ -36,7 +36,7 @@ def _denoiser_file(spec: DefenseSpec) -> Path:
 
 def _denoiser_files(spec: DefenseSpec) -> list[Path]:
     if spec.ckpt_dir:
-        from ..presets import get_preset
+        from .presets import get_preset
 
         p = get_preset(spec.preset or "cifar10-paper")
         return [Path(spec.ckpt_dir) / n for n in (p.checkpoints.classifier, p.checkpoints.lm) if n]
@@ -62,7 +62,7 @@ def _at_cnn(spec: DefenseSpec, device: torch.device) -> nn.Module:
 def _preset_parts(spec: DefenseSpec, device: torch.device):
     """A named preset's (preset, denoiser, grid, DC kwargs) from the imported EDM checkpoints (CIFAR-10)."""
     from ..models.edm_import import load_paired_denoiser
-    from ..presets import get_preset
+    from .presets import get_preset
 
     p = get_preset(spec.preset or "cifar10-paper")
     ckpt = Path(spec.ckpt_dir)
@@ -88,7 +88,7 @@ def _dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
                   grad_modes=GRAD_MODES, extra_args=_SPEC_DC + _SPEC_LM, checkpoints=_denoiser_files,
                   description="the robust diffusion classifier: likelihood maximization, then the DC")
 def _rdc(spec: DefenseSpec, device: torch.device) -> nn.Module:
-    from ..lm import LMConfig
+    from ..diffusion.lm import LMConfig
     from .rdc import RobustDiffusionClassifier
 
     if spec.ckpt_dir:

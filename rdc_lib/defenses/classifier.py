@@ -8,7 +8,7 @@ Randomness is owned by the module (never the global RNG):
 - ``noise_mode="fixed"``: the same eps on every call, one eps per level shared by every image, derived
   from ``seed``: the classifier is then a deterministic function an attacker can differentiate exactly.
 
-Gradients w.r.t. the input (``backward_mode``, one of ``rdc_lib.choices.BACKWARD_MODES``; not to be
+Gradients w.r.t. the input (``backward_mode``, one of ``rdc_lib.core.choices.BACKWARD_MODES``; not to be
 confused with RDC's ``grad_mode``, the attacker's gradient through LM): ``backward_mode="chunked"`` (default) runs the forward without storing
 activations and recomputes them chunk by chunk in the backward pass, so peak memory does not grow
 with K x T; when a single chunk holds every level (small inputs: the recomputation would hold the
@@ -24,11 +24,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..choices import BACKWARD_MODES, GRID_LEVELS, NOISE_MODES, check_choice
+from ..core.choices import BACKWARD_MODES, GRID_LEVELS, NOISE_MODES, check_choice
 from ..diffusion.elbo import draw_noise, elbo_terms, levels_per_chunk
 from ..diffusion.schedules import NoiseGrid, make_grid
 from ..models.base import Denoiser
-from ..utils import OwnedRandomness, check_images
+from ..core.utils import OwnedRandomness, check_images
 
 
 

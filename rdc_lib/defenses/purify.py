@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks.wrappers import bpda
-from ..choices import GRAD_MODES, NOISE_MODES, PURIFY_MODES
+from ..core.choices import GRAD_MODES, NOISE_MODES, PURIFY_MODES
 from ..diffusion.sampling import euler_sde, heun_ode, karras_sigmas, sde_noise_shape
 from ..models.base import Denoiser
-from ..utils import OwnedRandomness, check_images
+from ..core.utils import OwnedRandomness, check_images
 
 __all__ = ["DiffPure", "PURIFY_MODES"]
 

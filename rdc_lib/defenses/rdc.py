@@ -1,10 +1,10 @@
 """The Robust Diffusion Classifier: RDC(x) = DC(LM(x)) (docs/paper.md section 4).
 
-LM (rdc_lib.lm) moves the input towards higher unconditional likelihood inside the eta-ball, then
+LM (rdc_lib.diffusion.lm) moves the input towards higher unconditional likelihood inside the eta-ball, then
 the diffusion classifier (rdc_lib.defenses.classifier) classifies the result. One code path serves
 prediction and attack; what the attacker's gradient is comes from ``grad_mode``:
 
-- ``'exact'``: the exact second-order gradient through LM (rdc_lib.lm_grad.lm_exact: ``lm_graph='auto'``
+- ``'exact'``: the exact second-order gradient through LM (rdc_lib.diffusion.lm_grad.lm_exact: ``lm_graph='auto'``
   keeps the unrolled graph for small batches, else recomputes per step at memory independent of the
   number of LM steps; the same gradient either way), exact through the DC.
 - ``'bpda'``: identity backward through LM (the paper's main attack, "BPDA-AutoAttack"), exact
@@ -36,14 +36,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..choices import GRAD_MODES, LM_GRAPH_MODES, NOISE_MODES
+from ..core.choices import GRAD_MODES, LM_GRAPH_MODES, NOISE_MODES
 from .classifier import DiffusionClassifier
 from ..diffusion.elbo import draw_noise
 from ..diffusion.schedules import NoiseGrid
-from ..lm_grad import lm_bpda, lm_exact
-from ..lm import LMConfig, LMNoise, LMResult, draw_lm_noise, likelihood_maximization
+from ..diffusion.lm_grad import lm_bpda, lm_exact
+from ..diffusion.lm import LMConfig, LMNoise, LMResult, draw_lm_noise, likelihood_maximization
 from ..models.base import Denoiser
-from ..utils import OwnedRandomness, check_images
+from ..core.utils import OwnedRandomness, check_images
 
 __all__ = ["RDCNoise", "RobustDiffusionClassifier"]
 
@@ -80,7 +80,7 @@ class RobustDiffusionClassifier(OwnedRandomness, nn.Module):
         noise_mode: Literal["stochastic", "fixed"] = "stochastic",
         seed: int = 0,
         vote: int = 1,                                        # M members averaged in probability
-        lm_graph: Literal["auto", "recompute", "unroll"] = "auto",  # exact mode: see rdc_lib.lm_grad.lm_exact
+        lm_graph: Literal["auto", "recompute", "unroll"] = "auto",  # exact mode: see rdc_lib.diffusion.lm_grad.lm_exact
     ):
         super().__init__()
         if grad_mode not in GRAD_MODES:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, HEADS, LM_ETA,
+from ..core.choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, HEADS, LM_ETA,
                        LM_NORMS, LM_STEP_SIZE, LM_STEPS, NOISE_MODES, check_choice)
 from ..diffusion.schedules import check_grid_sigma_min
 
@@ -86,7 +86,7 @@ def get_defense(name: str) -> DefenseInfo:
 
 @dataclass(frozen=True)
 class DefenseSpec:
-    """Everything a builder may read. Defaults: rdc_lib.choices."""
+    """Everything a builder may read. Defaults: rdc_lib.core.choices."""
 
     name: str = "dc"
     heads: Literal["single", "multi"] = "multi"
@@ -102,7 +102,7 @@ class DefenseSpec:
     lm_norm: str = "linf"
     vote: int = 1
     denoiser_path: str | None = None               # override the shipped default of heads (DEFAULT_DENOISERS)
-    preset: str = ""                                # a named preset (rdc_lib.presets) for CIFAR-10
+    preset: str = ""                                # a named preset (rdc_lib.defenses.presets) for CIFAR-10
     ckpt_dir: str = ""                              # CIFAR-10: folder of the imported EDM checkpoints
 
     def __post_init__(self) -> None:

@@ -2,7 +2,7 @@
 
 from .elbo import elbo_terms
 from .loss import edm_loss
-from ..choices import GRID_KINDS, GRID_WEIGHTINGS
+from ..core.choices import GRID_KINDS, GRID_WEIGHTINGS
 from .schedules import NoiseGrid, lognormal_density, make_grid, noise_levels, restrict_grid
 
 __all__ = ["GRID_KINDS", "GRID_WEIGHTINGS", "NoiseGrid", "edm_loss", "elbo_terms", "lognormal_density", "make_grid",

@@ -4,14 +4,14 @@ The conditional diffusion loss L(x, y) = integral of w(sigma) E_eps ||D(x + sigm
 is evaluated on a fixed grid of T levels (every level, one eps each). A grid is a pair
 (sigmas (T,), weights (T,)); logits are minus the weighted sum of per-level squared errors.
 
-Grids (``rdc_lib.choices.GRID_KINDS``):
+Grids (``rdc_lib.core.choices.GRID_KINDS``):
 - ``paper``: linspace(sigma_min, sigma_max, T + 1) with the last point dropped (the paper uses
   T = 1000 on [1e-4, 3]); Euler quadrature with d_sigma = (sigma_max - sigma_min) / T.
 - ``lognormal``: the T quantile midpoints of the training density ln sigma ~ N(P_mean, P_std^2);
   the same integral, importance-sampled at the training distribution (weights lambda(sigma) / T).
 - ``karras``: EDM's rho = 7 spacing between sigma_min and sigma_max, trapezoid d_sigma.
 
-Weightings (``rdc_lib.choices.GRID_WEIGHTINGS``) for ``paper`` and ``karras``:
+Weightings (``rdc_lib.core.choices.GRID_WEIGHTINGS``) for ``paper`` and ``karras``:
 - ``edm``: lambda(sigma) p_LN(sigma) d_sigma, lambda = (sigma^2 + s_d^2) / (sigma s_d)^2 (the paper's).
   p_LN is the *correct* log-normal density; the reference code multiplies by P_std^2 where the
   density divides by it (docs/paper.md section 3), which we do not reproduce.
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from ..choices import GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, GRID_WEIGHTINGS
+from ..core.choices import GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, GRID_WEIGHTINGS
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class GridConfig:
     (docs/paper.md section 3): ``make_grid(**cfg.kwargs())``."""
 
     T: int = GRID_LEVELS            # number of levels
-    kind: str = GRID_KIND           # one of rdc_lib.choices.GRID_KINDS
+    kind: str = GRID_KIND           # one of rdc_lib.core.choices.GRID_KINDS
     weighting: str = "edm"          # lambda(sigma) p_LN(sigma) d_sigma
     sigma_min: float = GRID_SIGMA_MIN
     sigma_max: float = 3.0

@@ -12,9 +12,9 @@ evaluated attack with its *gradient* attacks only (an AutoAttack-style ensemble 
 black-box and large-budget checks cannot be met by Square inside the ensemble:
 
 - ``gradients``: input gradients of the margin loss exist, are finite and non-zero for every check image
-  (``rdc_lib.grad.check_gradients_finite_nonzero``; shattered or vanishing gradients fail).
+  (``rdc_lib.evaluation.grad.check_gradients_finite_nonzero``; shattered or vanishing gradients fail).
 - ``finite_difference`` (deterministic defenses with exact gradients): autograd directional derivatives
-  agree with central differences on a float64 copy of the model (``rdc_lib.grad.finite_difference_check``).
+  agree with central differences on a float64 copy of the model (``rdc_lib.evaluation.grad.finite_difference_check``).
 - ``large_budget``: at a budget that can change any image (l_inf 0.5, l2 4.0, flow 1.0) the white-box
   robust accuracy falls to <= :data:`LARGE_BUDGET_MAX` (if not, the attack does not reach the model).
 - ``convergence``: twice the iterations (twice Square's queries for a Square evaluation) must not lower
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ..attacks.registry import get_attack
 from ..defenses import TRANSFER_SOURCE, DefenseSpec, build_defense, get_defense
-from ..grad import check_gradients_finite_nonzero, finite_difference_check
+from .grad import check_gradients_finite_nonzero, finite_difference_check
 from .attacking import AttackFactory, run_attack
 from .prediction import correct_all
 

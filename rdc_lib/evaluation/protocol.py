@@ -2,7 +2,7 @@
 set and one threat model, with per-attack and worst-case accuracies (counts and 95% Wilson intervals).
 
 Attacks come from the same registry as ``rdc eval`` (rdc_lib.attacks.registry), plus precomputed images,
-transfer from source models and the nearest-neighbour attack of rdc_lib.theory; every returned image is
+transfer from source models and the nearest-neighbour attack of rdc_lib.experiments.theory; every returned image is
 re-classified with the evaluation's ``correct_all`` (rdc_lib.evaluation.prediction).
 """
 
@@ -18,7 +18,7 @@ from torch import Tensor
 from ..attacks.registry import build_attack
 from ..attacks.neighbour import NeighbourAttack
 from ..attacks.transfer import transfer_pgd
-from ..utils import check_images
+from ..core.utils import check_images
 from .attacking import run_attack
 from .prediction import correct_all
 from .stats import Accuracy, wilson

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ..stored_state import DAMAGED, ORPHANED, StoredStateError, load_safetensors, move_aside, restart_aside, \
+from ..core.stored_state import DAMAGED, ORPHANED, StoredStateError, load_safetensors, move_aside, restart_aside, \
     source_version
 
 if TYPE_CHECKING:

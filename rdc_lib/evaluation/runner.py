@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, HEADS, LM_ETA,
+from ..core.choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, HEADS, LM_ETA,
                        LM_STEP_SIZE, LM_STEPS, NOISE_MODES, THREAT_NORMS, check_choice)
 from ..diffusion.schedules import check_grid_sigma_min
 from ..data import load_dataset
 from ..defenses import DefenseSpec, build_defense, defense_names, get_defense
-from ..paths import default_denoiser, stored_denoiser_name
+from ..core.paths import default_denoiser, stored_denoiser_name
 from . import checks
 from .prediction import n_evaluate, predict
 from .attacking import NO_ATTACK, build_evaluated_attack, eval_attack_names, run_attack
@@ -67,12 +67,12 @@ class EvalConfig:
     data_root: str = ""             # CIFAR-10: folder of the python batches
     ckpt_dir: str = "data/checkpoints"  # CIFAR-10: folder of the imported EDM checkpoints
     denoiser: str = ""              # digits: a denoiser checkpoint (path, or shipped name like digits_multi_h32);
-                                    # "" = the default of `heads` (rdc_lib.choices.DEFAULT_DENOISERS), stored resolved
-    grid: str = GRID_KIND           # kind of the DC's noise grid (rdc_lib.choices.GRID_KINDS)
+                                    # "" = the default of `heads` (rdc_lib.core.choices.DEFAULT_DENOISERS), stored resolved
+    grid: str = GRID_KIND           # kind of the DC's noise grid (rdc_lib.core.choices.GRID_KINDS)
     grid_sigma_min: float = GRID_SIGMA_MIN  # the grid's smallest level (paper and karras grids)
     lm_steps: int = LM_STEPS        # RDC's likelihood maximization: N steps,
     lm_eta: float = LM_ETA          # ball radius in [0, 1] pixel units (eta = eps: --lm-eta 0.1 with --eps 0.1)
-    lm_step_size: float = LM_STEP_SIZE  # and step size (rdc_lib.lm)
+    lm_step_size: float = LM_STEP_SIZE  # and step size (rdc_lib.diffusion.lm)
 
     def __post_init__(self) -> None:
         defense = get_defense(self.defense)
@@ -107,7 +107,7 @@ class EvalConfig:
             self._apply_preset()
         if defense.needs_denoiser and self.dataset == "digits" and not self.denoiser:
             # A new configuration always names its denoiser: records stored with denoiser "" meant the legacy
-            # checkpoint of `heads` (rdc_lib.paths.stored_denoiser_name) and keep that meaning and their keys.
+            # checkpoint of `heads` (rdc_lib.core.paths.stored_denoiser_name) and keep that meaning and their keys.
             # A digits preset fixes its own checkpoint (the defaults of heads do not change a preset).
             object.__setattr__(self, "denoiser", self._preset_denoiser() or default_denoiser(self.heads))
 
@@ -142,7 +142,7 @@ class EvalConfig:
     def _apply_preset(self) -> None:
         """Apply the preset (cifar10 implies 'cifar10-paper') to the fields it fixes that are left at their
         defaults; refuse any other value that differs from the preset's (never ignore it)."""
-        from ..presets import eval_settings, preset_conflicts
+        from ..defenses.presets import eval_settings, preset_conflicts
 
         name = self.preset or "cifar10-paper"
         fixed = eval_settings(name)
@@ -158,7 +158,7 @@ class EvalConfig:
         """The shipped checkpoint name a preset fixes for the digits (its classifier file's stem); "" without one."""
         if not self.preset:
             return ""
-        from ..presets import get_preset
+        from ..defenses.presets import get_preset
 
         return Path(get_preset(self.preset).checkpoints.classifier).stem
 
@@ -184,7 +184,7 @@ class EvalConfig:
         ignored) was run with, by any code version.
 
         A stored denoiser "" of a defense with a denoiser meant the legacy checkpoint of its ``heads``
-        (rdc_lib.paths.stored_denoiser_name), so it comes back named (digits_multi / digits_single), never as
+        (rdc_lib.core.paths.stored_denoiser_name), so it comes back named (digits_multi / digits_single), never as
         today's default; the result's ``key()`` is the key of that meaning, not the stored key.
         """
         params = {f.name: config[f.name] for f in fields(cls) if f.name in config}
@@ -203,7 +203,7 @@ class EvalConfig:
             raise ValueError(f"unknown evaluation parameters {unknown}; valid: {sorted(known)}")
         preset = params.get("preset") or ("cifar10-paper" if params.get("dataset") == "cifar10" else "")
         if preset:
-            from ..presets import preset_conflicts
+            from ..defenses.presets import preset_conflicts
 
             names = set(params) if explicit is None else explicit
             problems = preset_conflicts(preset, {k: params[k] for k in names if k in params})
@@ -224,7 +224,7 @@ def defense_spec(cfg: EvalConfig) -> DefenseSpec:
 
 def resolve_denoiser(name_or_path: str) -> Path:
     """A checkpoint path as given, or ``data/checkpoints/<name>.safetensors`` for a bare shipped name."""
-    from ..paths import checkpoint_path
+    from ..core.paths import checkpoint_path
 
     p = Path(name_or_path)
     if p.suffix == ".safetensors" or len(p.parts) > 1:
@@ -253,7 +253,7 @@ def evaluate(
     t0 = time.perf_counter()
     device = torch.device(device)
     if cfg.dataset == "cifar10":
-        from ..presets import required_files
+        from ..defenses.presets import required_files
 
         need = required_files(cfg.preset or "cifar10-paper", cfg.data_root or None, cfg.ckpt_dir)
         if not need.ok:
@@ -273,7 +273,7 @@ def evaluate(
     records, x_adv_all = load_records(records_dir, cfg, x_all.cpu(), y_all.cpu(), restart=restart)
     bar = None
     if progress:
-        from ..progress import progress_bar
+        from ..core.progress import progress_bar
 
         bar = progress_bar(cfg.n, f"eval {cfg.defense}/{cfg.attack}", "img", initial=len(records))
     attack_stats: list[dict] = []

@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..paths import NOTEBOOKS_DIR
-from ..progress import is_terminal, progress_bar
+from ..core.paths import NOTEBOOKS_DIR
+from ..core.progress import is_terminal, progress_bar
 from .papermill_runner import RESULT_FILE, PapermillJob, error_head
 
 __all__ = [
@@ -259,7 +259,7 @@ def run_notebooks(
     ``parameters`` are extra common parameters (applied after the file's); ``notebooks_dir`` defaults
     to the repository's notebooks/. ``progress`` shows a bar over
     notebooks and papermill's bar over the cells of the running one (tqdm, on stderr); when stderr is not a
-    terminal, one plain line per finished notebook instead (rdc_lib.progress).
+    terminal, one plain line per finished notebook instead (rdc_lib.core.progress).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

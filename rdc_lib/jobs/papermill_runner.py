@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..kernels import papermill_kernel_options
+from .kernels import papermill_kernel_options
 
 __all__ = ["KERNEL_START_ERRORS", "PapermillJob", "RESULT_FILE", "error_head", "strip_ansi"]
 

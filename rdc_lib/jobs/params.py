@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..choices import DATASETS, GRAD_MODES, HEADS, LM_OPTIMIZERS, NOISE_MODES, NORMS
-from ..paths import (CHECKPOINT_SUFFIX, NOTEBOOKS_DIR, data_dir, default_denoisers_text, is_checkpoint_name,
+from ..core.choices import DATASETS, GRAD_MODES, HEADS, LM_OPTIMIZERS, NOISE_MODES, NORMS
+from ..core.paths import (CHECKPOINT_SUFFIX, NOTEBOOKS_DIR, data_dir, default_denoisers_text, is_checkpoint_name,
                     resolve_checkpoint, resolve_path)
 
 __all__ = [
@@ -251,7 +251,7 @@ DATA_FILE_PARAMS = ("study_raw",)                                     # optional
 
 
 def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
-    """Checkpoint parameters -> absolute paths (a shipped name through rdc_lib.paths; see there for paths)."""
+    """Checkpoint parameters -> absolute paths (a shipped name through rdc_lib.core.paths; see there for paths)."""
     for name in PATH_PARAMS:
         if name not in values:
             continue
@@ -271,7 +271,7 @@ def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
 
 
 def _check_cifar10(values: dict[str, Any], base: Path | None) -> None:
-    from ..presets import required_files
+    from ..defenses.presets import required_files
 
     root = Path(values["data_root"]) if values.get("data_root") else resolve_path("../data/cifar10", base)
     if values.get("ckpt_dir"):
@@ -325,7 +325,7 @@ def validate_params(*, base_dir: str | Path | None = None, **params: Any) -> dic
     """Check every notebook parameter passed by keyword; return them normalised (numbers as float).
 
     File and folder parameters come back as absolute paths: a checkpoint given by a shipped name
-    (``'digits_multi'``) resolves through :mod:`rdc_lib.paths`; a relative path is looked up under
+    (``'digits_multi'``) resolves through :mod:`rdc_lib.core.paths`; a relative path is looked up under
     ``base_dir`` (default: the current directory), then under the repository's notebooks/ folder,
     so the notebooks' defaults work from any working folder.
 

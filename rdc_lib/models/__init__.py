@@ -3,7 +3,7 @@
 from .base import Denoiser
 from .checkpoints import load_denoiser, read_checkpoint, save_checkpoint, save_denoiser
 from .config import ARCHITECTURES, DenoiserConfig, build_denoiser, register_architecture
-from ..choices import HEADS
+from ..core.choices import HEADS
 from .precond import EDMDenoiser
 from .unet_small import SmallUNet
 from . import ddpmpp  # registers 'ddpmpp'

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from .base import Denoiser
-from ..choices import HEADS
+from ..core.choices import HEADS
 from .precond import EDMDenoiser
 from .film import FILM_BACKBONE, FiLMNet
 from .unet_small import SmallUNet

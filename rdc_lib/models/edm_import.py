@@ -10,14 +10,14 @@ torch's standard reduction (``torch._utils._rebuild_parameter`` / ``_rebuild_ten
 ``torch.storage._load_from_bytes``, i.e. a nested ``torch.save`` blob). ``torch.nn.ModuleDict``
 containers are pickled as ordinary objects.
 
-:func:`import_edm_pickle` reads such a file with the restricted unpickler of ``rdc_lib.safe_pickle``:
+:func:`import_edm_pickle` reads such a file with the restricted unpickler of ``rdc_lib.core.safe_pickle``:
 
 - the persistence reconstructor is replaced by :func:`_record_persistent`, which records class name and
   state and never imports or executes ``module_src``;
 - ``ModuleDict``/``ModuleList``/``Sequential`` and ``dnnlib.util.EasyDict`` become inert stand-ins;
 - nested storage blobs are read by ``torch.load(weights_only=True)``;
 - only the tensor/container/numpy reconstructors listed in ``_ALLOWED`` are admitted; anything else
-  raises :class:`~rdc_lib.safe_pickle.RefusedGlobalError` naming the global, before it is called.
+  raises :class:`~rdc_lib.core.safe_pickle.RefusedGlobalError` naming the global, before it is called.
 
 It then checks the recorded ``EDMPrecond``/``SongUNet`` configuration against the DDPM++ preset,
 loads the weights strictly by name into our ``ddpmpp`` denoiser and writes a safetensors checkpoint.
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..choices import HEADS, check_choice
-from ..safe_pickle import RefusedGlobalError, RestrictedUnpickler
+from ..core.choices import HEADS, check_choice
+from ..core.safe_pickle import RefusedGlobalError, RestrictedUnpickler
 from .base import Denoiser
 from .checkpoints import load_denoiser, save_denoiser
 from .config import DenoiserConfig, build_denoiser

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..utils import check_images
+from ..core.utils import check_images
 from .base import Denoiser
 
 __all__ = ["OptimalDenoiser"]

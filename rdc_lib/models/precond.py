@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..choices import HEADS
+from ..core.choices import HEADS
 from .base import Denoiser
 
 

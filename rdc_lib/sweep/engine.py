@@ -33,7 +33,7 @@ from typing import Any
 
 from .execute import CellOutcome, CellTask, execute_cell, failed_outcome
 from .spec import SweepSpec
-from ..stored_state import is_stored_state_error
+from ..core.stored_state import is_stored_state_error
 from .store import CellRecord, PlannedCell, ResultStore, move_store_aside, plan_cells, target_id
 
 __all__ = ["SlurmOptions", "SweepRunResult", "SweepStatus", "run_sweep", "slurm_cluster_kwargs", "sweep_status",
@@ -299,7 +299,7 @@ def _record(store: ResultStore, spec: SweepSpec, cell: PlannedCell, outcome: Cel
 
 
 def _progress_bar(total: int, spec: SweepSpec, enabled: bool) -> Any:
-    from ..progress import progress_bar
+    from ..core.progress import progress_bar
 
     return progress_bar(total, f"sweep {spec.name}", "cell", enabled=enabled)
 

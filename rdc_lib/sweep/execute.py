@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jobs.papermill_runner import RESULT_FILE, PapermillJob, error_head, strip_ansi
-from ..stored_state import DAMAGED, StoredStateError, is_stored_state_error, move_aside
+from ..core.stored_state import DAMAGED, StoredStateError, is_stored_state_error, move_aside
 from .store import utc_now
 
 __all__ = ["CellOutcome", "CellTask", "execute_cell"]

@@ -77,11 +77,11 @@ def cell_rows(records: Sequence[CellRecord]) -> list[dict[str, Any]]:
 
 def _denoiser_of(result: dict[str, Any]) -> str:
     """The denoiser an evaluation result was run with: a stored "" of a diffusion defense on the digits meant the
-    legacy checkpoint of its heads (rdc_lib.paths.stored_denoiser_name), never today's default."""
+    legacy checkpoint of its heads (rdc_lib.core.paths.stored_denoiser_name), never today's default."""
     if result.get("denoiser") or result.get("dataset", "digits") != "digits" or "heads" not in result:
         return result.get("denoiser") or ""
     from ..defenses import defense_names
-    from ..paths import stored_denoiser_name
+    from ..core.paths import stored_denoiser_name
 
     return stored_denoiser_name(result) if result.get("defense") in defense_names(needs_denoiser=True) else ""
 

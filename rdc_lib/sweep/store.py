@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..provenance import file_sha256  # one home: rdc_lib.provenance (re-exported here)
-from ..stored_state import StoredStateError, restart_aside, sources_version
+from ..evaluation.provenance import file_sha256  # one home: rdc_lib.evaluation.provenance (re-exported here)
+from ..core.stored_state import StoredStateError, restart_aside, sources_version
 from .spec import SweepSpec
 from .targets import EVAL_TARGET
 
@@ -117,7 +117,7 @@ def _eval_checkpoints(params: Mapping[str, Any]) -> list[Path]:
     """Checkpoints an ``eval`` cell reads: the runner's ``checkpoint_paths(params)`` if it has one, else
     every shipped checkpoint (conservative: retraining any of them invalidates the cells)."""
     from ..evaluation import runner
-    from ..paths import data_dir
+    from ..core.paths import data_dir
 
     hook = getattr(runner, "checkpoint_paths", None)
     if hook is not None:

@@ -1,11 +1,11 @@
 """Figures and the experiments behind them, for the notebooks.
 
 ``rdc_lib.viz.core``: plotly figure builders (data in, ``go.Figure`` out, no display, no state).
-``rdc_lib.viz.analysis``: small measurements the figures plot (tensors in, dataclasses out).
+``rdc_lib.experiments.analysis``: small measurements the figures plot (tensors in, dataclasses out).
 ``rdc_lib.viz.widgets``: ipywidgets explorers built on these, with a static fallback.
 """
 
-from .analysis import (
+from ..experiments.analysis import (
     AttackTrajectories,
     CallTiming,
     CostComparison,

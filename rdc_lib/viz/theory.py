@@ -1,6 +1,6 @@
 """Plotly figures for the optimal diffusion classifier story (notebook 05, docs/paper.md section 6).
 
-Data in (tensors, arrays, lists, the dataclasses of ``rdc_lib.theory`` or their ``to_dict()``), a new
+Data in (tensors, arrays, lists, the dataclasses of ``rdc_lib.experiments.theory`` or their ``to_dict()``), a new
 ``go.Figure`` out; nothing is displayed and no state is kept.
 
 - :func:`denoiser_comparison_figure`: image grid, one row per denoiser (noisy input, learned, optimal),
@@ -75,7 +75,7 @@ def denoiser_comparison_figure(series: Mapping[str, Any], sigmas: Any, *, title:
     """Rows = ``series`` (name -> images (T, C, H, W) in [0, 1]), columns = the T noise levels ``sigmas``.
 
     Typically {'noisy input': ..., 'learned D': ..., 'optimal D*': ...} from
-    ``rdc_lib.viz.analysis.denoise_across_sigmas``; one grey heatmap trace per cell.
+    ``rdc_lib.experiments.analysis.denoise_across_sigmas``; one grey heatmap trace per cell.
     """
     s = _np(sigmas).reshape(-1)
     if not series:

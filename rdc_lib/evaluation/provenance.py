@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .paths import REPO_ROOT
+from ..core.paths import REPO_ROOT
 
 PROVENANCE_KEYS = ("commit", "dirty", "checkpoints", "versions", "command", "utc")
 NOT_RECORDED = "provenance not recorded"
@@ -76,7 +76,7 @@ def library_versions() -> dict[str, str]:
     import numpy
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
             "rdc": __version__}
@@ -135,9 +135,9 @@ def describe(row: dict) -> str:
 def eval_provenance(cfg: Any, *, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``provenance`` of one ``rdc_lib.evaluation.EvalConfig`` run: hashes of the checkpoints its defense
     reads, plus the CNN the sanity checks transfer from when checks run on a robust evaluation."""
-    from .defenses import TRANSFER_SOURCE, checkpoint_files
-    from .evaluation.attacking import NO_ATTACK
-    from .evaluation.runner import defense_spec
+    from ..defenses import TRANSFER_SOURCE, checkpoint_files
+    from .attacking import NO_ATTACK
+    from .runner import defense_spec
 
     checks = bool(cfg.run_checks) and cfg.attack != NO_ATTACK and cfg.defense != TRANSFER_SOURCE
     return provenance(checkpoint_files(defense_spec(cfg), transfer_source=checks), argv=argv)

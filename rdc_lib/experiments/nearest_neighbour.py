@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .utils import check_images
+from ..core.utils import check_images
 
 __all__ = ["NNAgreement", "nearest_neighbour_agreement", "nearest_neighbour_predict", "nn_certified_radius"]
 

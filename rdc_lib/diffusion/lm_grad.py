@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .choices import LM_GRAPH_MODES
+from ..core.choices import LM_GRAPH_MODES
 from .lm import LMConfig, LMNoise, likelihood_maximization, lm_step, run_lm
-from .models.base import Denoiser
-from .utils import check_images
+from ..models.base import Denoiser
+from ..core.utils import check_images
 
 __all__ = ["LM_GRAPH_MODES", "LM_UNROLL_MAX_ELEMENTS", "lm_bpda", "lm_exact", "lm_unrolls"]
 
@@ -95,7 +95,7 @@ def lm_exact(denoiser: Denoiser, x: Tensor, noise: LMNoise, cfg: LMConfig | None
              lm_graph: Literal["auto", "recompute", "unroll"] = "recompute") -> Tensor:
     """LM(x) (B, C, H, W) in [0, 1] whose backward is the exact gradient.
 
-    ``noise`` (:class:`rdc_lib.lm.LMNoise`) is replayed in the backward pass. ``lm_graph``:
+    ``noise`` (:class:`rdc_lib.diffusion.lm.LMNoise`) is replayed in the backward pass. ``lm_graph``:
     'recompute' (default) rebuilds one step at a time in the backward, memory independent of N;
     'unroll' keeps the forward's second-order graph of all N steps (memory linear in N, but each
     step's forward and first-order gradient run once instead of twice); 'auto' unrolls small inputs

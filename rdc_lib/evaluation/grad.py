@@ -4,7 +4,7 @@ Library functions that return dataclasses (no printing): whether input gradients
 and nonzero; whether they agree with finite differences; how random they are across draws of a
 stochastic defense (cosine similarity), and the EOT size that randomness calls for.
 :class:`SavedTensorMeter` counts the bytes autograd keeps for backward. The LM gradient modes
-(exact, BPDA) live beside LM in :mod:`rdc_lib.lm_grad`.
+(exact, BPDA) live beside LM in :mod:`rdc_lib.diffusion.lm_grad`.
 """
 
 from __future__ import annotations

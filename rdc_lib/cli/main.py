@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .choices import DATASETS, HEADS
-from .cli_train import add_train_parser
-from .paths import denoiser_flags_help
+from ..core.choices import DATASETS, HEADS
+from .train import add_train_parser
+from ..core.paths import denoiser_flags_help
 
 if TYPE_CHECKING:
-    from .evaluation.runner import EvalConfig
-    from .sweep import SlurmOptions
+    from ..evaluation.runner import EvalConfig
+    from ..sweep import SlurmOptions
 
 
 def _add_train_baseline(sub) -> None:
@@ -36,10 +36,10 @@ def _add_train_baseline(sub) -> None:
 
 
 def _eval_choices() -> dict[str, tuple[str, ...]]:
-    """The valid values of the choice fields of ``rdc eval``, read from the registries and rdc_lib.choices."""
-    from .choices import DATASETS, GRAD_MODES, GRID_KINDS, HEADS, NOISE_MODES, THREAT_NORMS
-    from .defenses import defense_names
-    from .evaluation.attacking import eval_attack_names
+    """The valid values of the choice fields of ``rdc eval``, read from the registries and rdc_lib.core.choices."""
+    from ..core.choices import DATASETS, GRAD_MODES, GRID_KINDS, HEADS, NOISE_MODES, THREAT_NORMS
+    from ..defenses import defense_names
+    from ..evaluation.attacking import eval_attack_names
 
     return {"defense": defense_names(), "attack": eval_attack_names(), "norm": THREAT_NORMS, "heads": HEADS,
             "noise_mode": NOISE_MODES, "grad_mode": GRAD_MODES, "dataset": DATASETS, "grid": GRID_KINDS}
@@ -49,7 +49,7 @@ FLAG_ALIASES = {"timesteps": "--T", "defense": "--defence"}  # rdc eval: field -
 
 
 def _add_eval(sub) -> None:
-    from .evaluation.runner import EvalConfig
+    from ..evaluation.runner import EvalConfig
 
     p = sub.add_parser("eval", help="evaluate a defense under an attack on the digits test split")
     choices = _eval_choices()
@@ -77,7 +77,7 @@ def _add_eval(sub) -> None:
 
 
 def _add_certify(sub) -> None:
-    from .certify.runner import CertifyConfig
+    from ..certify.runner import CertifyConfig
 
     p = sub.add_parser("certify", help="randomized-smoothing certification (Cohen et al.) of a smoothed classifier, "
                                        "with the empirical robust accuracy at the same l2 radii (pixel space)")
@@ -142,7 +142,7 @@ def cli_run_notebooks(args: argparse.Namespace) -> int:
     """
     import yaml
 
-    from .jobs.main_job import run_notebooks
+    from ..jobs.main_job import run_notebooks
 
     try:
         extra = {name: yaml.safe_load(value) for name, value in (args.parameter or [])}
@@ -202,7 +202,7 @@ def add_sweep_arguments(subparsers: argparse._SubParsersAction) -> None:
 
 def run_sweep_command(args: argparse.Namespace) -> int:
     """Dispatch ``rdc sweep`` / ``rdc report``; returns the exit code (1: failed cells, 2: bad input)."""
-    from .sweep import SweepSpecError
+    from ..sweep import SweepSpecError
 
     try:
         if args.command == "report":
@@ -214,7 +214,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def _slurm_options(args: argparse.Namespace) -> "SlurmOptions | None":
-    from .sweep import SlurmOptions
+    from ..sweep import SlurmOptions
 
     if not args.slurm:
         return None
@@ -226,7 +226,7 @@ def _slurm_options(args: argparse.Namespace) -> "SlurmOptions | None":
 
 def cli_sweep(args: argparse.Namespace) -> int:
     """``rdc sweep``: validate, then print the status or run; the last line is the status as JSON."""
-    from .sweep import load_sweep, run_sweep, sweep_status, write_report
+    from ..sweep import load_sweep, run_sweep, sweep_status, write_report
 
     spec = load_sweep(args.sweep_file)
     if args.status:
@@ -248,7 +248,7 @@ def cli_sweep(args: argparse.Namespace) -> int:
 
 def cli_report(args: argparse.Namespace) -> int:
     """``rdc report``: write the report files; the last line lists them as JSON."""
-    from .sweep import write_report
+    from ..sweep import write_report
 
     rep = write_report(args.store, args.out, x=args.x, y=args.y, sweep=args.sweep)
     print(json.dumps({"markdown": str(rep.markdown), "html": str(rep.html), "csv": str(rep.cells_csv),
@@ -272,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args) -> int:
-    from .cli_train import train_config_from_args
-    from .train import train_denoiser
+    from .train import train_config_from_args
+    from ..train import train_denoiser
 
     cfg = train_config_from_args(args)
     summary = train_denoiser(cfg, args.out, device=args.device, resume=not args.no_resume, restart=args.restart)
@@ -282,7 +282,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_train_baseline(args) -> int:
-    from .defenses.baselines import train_baseline_kind
+    from ..defenses.baselines import train_baseline_kind
 
     torch.set_num_threads(args.threads)  # 1 thread reproduces the shipped files bit for bit
     print(json.dumps(train_baseline_kind(args.kind, args.out, seed=args.seed)))
@@ -291,14 +291,14 @@ def _cmd_train_baseline(args) -> int:
 
 def eval_config(args: argparse.Namespace) -> "EvalConfig":
     """The ``EvalConfig`` of parsed ``rdc eval`` flags; with a preset, the attack flags and the image count not
-    given take the preset's values (``rdc_lib.presets.eval_defaults``) and a flag the preset fixes is refused."""
-    from .evaluation.runner import EvalConfig
+    given take the preset's values (``rdc_lib.defenses.presets.eval_defaults``) and a flag the preset fixes is refused."""
+    from ..evaluation.runner import EvalConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name) is not None}
     explicit = set(given)
     preset = given.get("preset") or ("cifar10-paper" if given.get("dataset") == "cifar10" else "")
     if preset:
-        from .presets import eval_defaults
+        from ..defenses.presets import eval_defaults
 
         for name, value in eval_defaults(preset, given.get("norm", "linf"), given.get("attack", "")).items():
             given.setdefault(name, value)
@@ -306,9 +306,9 @@ def eval_config(args: argparse.Namespace) -> "EvalConfig":
 
 
 def _cmd_eval(args) -> int:
-    from .evaluation.checks import failed_checks, trust_label
-    from .evaluation.runner import evaluate
-    from .provenance import eval_provenance
+    from ..evaluation.checks import failed_checks, trust_label
+    from ..evaluation.runner import evaluate
+    from ..evaluation.provenance import eval_provenance
 
     cfg = eval_config(args)
     result = evaluate(cfg, device=args.device, records_dir=args.records, progress=not args.no_progress,
@@ -329,7 +329,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_certify(args) -> int:
-    from .certify.runner import CertifyConfig, run_certify
+    from ..certify.runner import CertifyConfig, run_certify
 
     cfg = CertifyConfig.from_params({f.name: getattr(args, f.name) for f in fields(CertifyConfig)})
     result = run_certify(cfg, device=args.device, records_dir=args.records, progress=not args.no_progress)
@@ -349,7 +349,7 @@ def _cmd_certify(args) -> int:
 
 
 def _cmd_import_edm(args) -> int:
-    from .models.edm_import import import_edm_pickle
+    from ..models.edm_import import import_edm_pickle
 
     kwargs = {"heads": args.heads, "num_classes": args.num_classes, "key": args.key}
     if args.any_size:
@@ -360,7 +360,7 @@ def _cmd_import_edm(args) -> int:
 
 
 def _cmd_presets(args) -> int:
-    from .presets import get_preset, preset_names, required_files
+    from ..defenses.presets import get_preset, preset_names, required_files
 
     names = [args.name] if args.name else preset_names()
     for name in names:

@@ -103,7 +103,7 @@ def sources_version(root: Path, extra: bytes = b"") -> str:
     then ``extra`` (a sweep's target source; rdc_lib.sweep.store.code_version)."""
     import hashlib
 
-    from . import __version__
+    from .. import __version__
 
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
@@ -120,7 +120,7 @@ def source_version() -> str:
     """The version of the code that writes stored state: the sweep's ``code_version()`` of rdc_lib.
 
     Computed once per process: the code a process runs does not change when files are edited later."""
-    return sources_version(Path(__file__).resolve().parent)
+    return sources_version(Path(__file__).resolve().parents[1])
 
 
 def _first_line(exc: BaseException) -> str:

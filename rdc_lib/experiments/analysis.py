@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..choices import GRID_LEVELS
+from ..core.choices import GRID_LEVELS
 from ..defenses.classifier import DiffusionClassifier, bayes_posterior
 from ..diffusion.elbo import elbo_terms
 from ..diffusion.schedules import NoiseGrid, make_grid, noise_levels
-from ..lm import LMConfig, draw_lm_noise, likelihood_maximization
+from ..diffusion.lm import LMConfig, draw_lm_noise, likelihood_maximization
 from ..models.base import Denoiser
-from ..utils import check_images, check_labels
+from ..core.utils import check_images, check_labels
 
 __all__ = [
     "denoise_across_sigmas",

@@ -24,15 +24,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .defenses.classifier import DiffusionClassifier
-from .data import dataset_info, load_dataset
-from .diffusion.schedules import make_grid, noise_levels
-from .models.base import Denoiser
-from .models.checkpoints import load_state_into, read_checkpoint
-from .models.config import DenoiserConfig, build_denoiser
-from .models.optimal import OptimalDenoiser
+from ..defenses.classifier import DiffusionClassifier
+from ..data import dataset_info, load_dataset
+from ..diffusion.schedules import make_grid, noise_levels
+from ..models.base import Denoiser
+from ..models.checkpoints import load_state_into, read_checkpoint
+from ..models.config import DenoiserConfig, build_denoiser
+from ..models.optimal import OptimalDenoiser
 from .theory import denoiser_error_by_sigma
-from .utils import check_images, check_labels
+from ..core.utils import check_images, check_labels
 
 __all__ = ["FACTORS", "STUDY_SIGMAS", "StudyEntry", "check_study_checkpoint", "class_gap_by_sigma",
            "distance_to_optimal_by_sigma", "load_study", "measure_denoiser"]
@@ -265,7 +265,7 @@ ROBUST_SETTINGS = dict(attack="autoattack", norm="linf", eps=0.1, steps=25, rest
 
 def robust_config(entry: StudyEntry, heads: str, **overrides: Any):
     """The ``EvalConfig`` of an entry's robust column: DC, fixed noise, AutoAttack-style ensemble."""
-    from .evaluation.runner import EvalConfig
+    from ..evaluation.runner import EvalConfig
 
     settings = {**ROBUST_SETTINGS, **overrides}
     return EvalConfig(defense="dc", heads=heads, n=entry.n_robust, denoiser=entry.checkpoint, **settings)
@@ -273,7 +273,7 @@ def robust_config(entry: StudyEntry, heads: str, **overrides: Any):
 
 def eval_command(cfg, records: str) -> str:
     """The ``rdc eval`` command line that reproduces (and resumes) ``cfg``."""
-    from .evaluation.runner import EvalConfig
+    from ..evaluation.runner import EvalConfig
 
     base = EvalConfig()
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != getattr(base, k)]
@@ -284,7 +284,7 @@ def robust_flags(cfg, records_dir: str | Path) -> list[bool]:
     """Per test image (in order), whether it stayed correctly classified: read from the evaluation's records."""
     import json
 
-    from .evaluation.records import records_paths
+    from ..evaluation.records import records_paths
 
     jsonl, _ = records_paths(records_dir, cfg)
     recs = [json.loads(line) for line in jsonl.read_text().splitlines()[1:] if line.strip()]
@@ -308,7 +308,7 @@ def _curve(values: list[float]) -> str:
 
 def render_report(rows: list[dict[str, Any]], notes: str = "") -> str:
     """docs/denoisers.md from the raw study rows (deterministic: same rows, same text)."""
-    from .evaluation.stats import wilson
+    from ..evaluation.stats import wilson
 
     if not rows:
         raise ValueError("no study rows to report: run `benchmarks/denoiser_study.py run` first")

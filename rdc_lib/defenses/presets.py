@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from .data.cifar10 import CIFAR10_FILES
-from .diffusion.schedules import GridConfig
-from .lm import LMConfig
+from ..data.cifar10 import CIFAR10_FILES
+from ..diffusion.schedules import GridConfig
+from ..diffusion.lm import LMConfig
 
 __all__ = [
     "AttackPreset", "CheckpointPreset", "DCPreset", "DataPreset", "PRESETS", "Preset", "PRESET_EVAL_FIELDS",
@@ -99,7 +99,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
         description="small CPU run on scikit-learn's 8x8 digits with the shipped denoisers",
         grid=GridConfig(),
         dc=DCPreset(noise_mode="fixed", shared_noise=True),
-        lm=LMConfig(),  # normalised-gradient steps (rdc_lib/lm.py explains the step size)
+        lm=LMConfig(),  # normalised-gradient steps (rdc_lib/diffusion/lm.py explains the step size)
         attack=AttackPreset(iterations=20, restarts=1, eps_linf=0.1, eps_l2=0.5, stadv_iterations=20, batch_size=60),
         data=DataPreset(dataset="digits", num_test=60, num_ablation=60),
         checkpoints=CheckpointPreset(classifier="digits_single.safetensors"),
@@ -155,7 +155,7 @@ def attack_settings(preset: str | Preset, norm: str = "linf", attack: str = "") 
     """The attack budget of ``preset`` as ``EvalConfig`` fields (steps, restarts, eot, eps) for threat model
     ``norm``; a flow-bound attack (registry fact ``norms`` ('flow',), e.g. StAdv) or norm 'flow' takes the
     flow bound and its own iteration count. ``rdc eval --preset NAME`` fills the attack flags not given with these."""
-    from .attacks.registry import get_attack
+    from ..attacks.registry import get_attack
 
     p = get_preset(preset) if isinstance(preset, str) else preset
     a = p.attack

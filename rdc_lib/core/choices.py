@@ -41,12 +41,12 @@ GRID_SIGMA_MIN = 1e-4      # the grid's smallest level, the paper's; larger valu
                            # (docs/denoisers.md: the levels below about 0.45 carry the attack on the multi-head DC)
 ROBUST_GRID_SIGMA_MIN = 0.6  # the robust setting's grid start on digits (--grid-sigma-min 0.6, docs/grid_levels.md)
 LM_STEPS = 5                # N, LM gradient steps (docs/paper.md section 4)
-LM_STEP_SIZE = 0.03         # normalised-gradient steps in model space (rdc_lib/lm.py explains why not 0.1)
+LM_STEP_SIZE = 0.03         # normalised-gradient steps in model space (rdc_lib/diffusion/lm.py explains why not 0.1)
 LM_ETA = 8 / 255            # LM ball radius, [0, 1] pixel units
 
 # The shipped digits denoiser each ``heads`` loads when no denoiser is named (docs/denoisers.md: the most robust
 # cheap denoiser of each kind), and the one it loaded before (a stored configuration with denoiser "" meant
-# this one; rdc_lib.paths.stored_denoiser_name). Names of files in data/checkpoints.
+# this one; rdc_lib.core.paths.stored_denoiser_name). Names of files in data/checkpoints.
 DEFAULT_DENOISERS = MappingProxyType({"single": "digits_film_single",
                                      "multi": "digits_film_multi_distill9_h16_long_adv"})
 LEGACY_DENOISERS = MappingProxyType({"single": "digits_single", "multi": "digits_multi"})

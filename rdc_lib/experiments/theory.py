@@ -16,9 +16,9 @@ Added for notebook 05 and ``benchmarks/theory_report.py`` (issue 11):
   small levels saturate.
 - (the protocol running every attack on one model lives in ``rdc_lib.evaluation.protocol``)
 
-The 1-NN rule the optimal DC approaches lives in ``rdc_lib.nearest_neighbour``; the neighbour and transfer
+The 1-NN rule the optimal DC approaches lives in ``rdc_lib.experiments.nearest_neighbour``; the neighbour and transfer
 attacks in ``rdc_lib.attacks``; the image grids of several denoisers across levels
-(``denoise_across_sigmas``) in ``rdc_lib.viz.analysis``.
+(``denoise_across_sigmas``) in ``rdc_lib.experiments.analysis``.
 
 Caveat (memorization): on a training image x_i, D*(x_i + sigma eps; sigma, y_i) -> x_i as sigma -> 0, so
 the optimal denoiser's error and the optimal DC's accuracy look perfect on training images. Measure on
@@ -32,11 +32,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .defenses.classifier import DiffusionClassifier
-from .diffusion.schedules import NoiseGrid, noise_levels, restrict_grid
-from .models.base import Denoiser
-from .models.optimal import OptimalDenoiser
-from .utils import check_images, check_labels
+from ..defenses.classifier import DiffusionClassifier
+from ..diffusion.schedules import NoiseGrid, noise_levels, restrict_grid
+from ..models.base import Denoiser
+from ..models.optimal import OptimalDenoiser
+from ..core.utils import check_images, check_labels
 
 __all__ = [
     "GapCurves",

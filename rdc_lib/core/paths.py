@@ -18,7 +18,7 @@ from typing import Any
 
 from .choices import DEFAULT_DENOISERS, HEADS, LEGACY_DENOISERS, check_choice
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 CHECKPOINT_SUFFIX = ".safetensors"
 
@@ -92,7 +92,7 @@ def resolve_checkpoint(value: str | Path, base: str | Path | None = None) -> Pat
 
 def default_denoiser(heads: str) -> str:
     """The shipped digits denoiser that ``heads`` ('single' | 'multi') loads when none is named
-    (rdc_lib.choices.DEFAULT_DENOISERS); ValueError naming the valid heads otherwise."""
+    (rdc_lib.core.choices.DEFAULT_DENOISERS); ValueError naming the valid heads otherwise."""
     check_choice("heads", heads, HEADS)
     return DEFAULT_DENOISERS[heads]
 
@@ -101,7 +101,7 @@ def stored_denoiser_name(config: Mapping[str, Any]) -> str:
     """The denoiser a stored configuration (an ``EvalConfig`` / ``CertifyConfig`` as a dict) was run with.
 
     A stored ``denoiser`` "" means the checkpoint its ``heads`` loaded before the defaults changed
-    (rdc_lib.choices.LEGACY_DENOISERS: digits_single / digits_multi), never today's default; a named one is
+    (rdc_lib.core.choices.LEGACY_DENOISERS: digits_single / digits_multi), never today's default; a named one is
     returned as stored. CIFAR-10 configurations (denoisers from a preset) give "". Only meaningful for a
     configuration whose defense has a denoiser. ValueError if ``heads`` is missing or unknown.
     """

@@ -28,7 +28,7 @@ Decisions (each a parameter; the defaults are the paper's settings except the st
   step 0.03 rose monotonically to -0.3347, the highest (benchmarks/bench_rdc.py). So the default is
   'sgd' with 0.03 (about 4/255 per pixel per step, 5 steps, eta 8/255 l_inf). Unlike 'sign' (zero derivative almost everywhere) or 'adam' (whose first step g / (|g| + eps) is
   a smoothed sign with derivative ~eps / |g|) it is twice differentiable in x, so exact gradients
-  through LM (rdc_lib.lm_grad) carry the second-order information instead of masking it.
+  through LM (rdc_lib.diffusion.lm_grad) carry the second-order information instead of masking it.
 - **Projection.** l_inf: clamp the perturbation to [-eta, eta]; l2: rescale it to norm <= eta;
   then clip to [0, 1] (clipping never leaves the ball, since the centre is inside [0, 1]^d).
   Their derivatives are the exact almost-everywhere ones (gradient passes where not clipped).
@@ -45,9 +45,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .choices import LM_ETA, LM_NORMS, LM_OPTIMIZERS, LM_STEP_SIZE, LM_STEPS
-from .models.base import Denoiser
-from .utils import check_images
+from ..core.choices import LM_ETA, LM_NORMS, LM_OPTIMIZERS, LM_STEP_SIZE, LM_STEPS
+from ..models.base import Denoiser
+from ..core.utils import check_images
 
 __all__ = [
     "LM_NORMS",
@@ -297,7 +297,7 @@ def likelihood_maximization(
     """Likelihood maximization (docs/paper.md section 4): returns :class:`LMResult`.
 
     ``create_graph=False`` returns images with no autograd graph; ``True`` keeps the plain unrolled
-    graph (second order, memory linear in N: the reference for rdc_lib.lm_grad.lm_exact, which gives
+    graph (second order, memory linear in N: the reference for rdc_lib.diffusion.lm_grad.lm_exact, which gives
     the same gradient at memory independent of N).
     """
     cfg = config if config is not None else LMConfig(steps, step_size, eta, norm, tuple(sigma_range), optimizer)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from .choices import DATASETS, HEADS, ROBUST_GRID_SIGMA_MIN
-from .models.config import default_backbone
-from .train import TrainConfig
+from ..core.choices import DATASETS, HEADS, ROBUST_GRID_SIGMA_MIN
+from ..models.config import default_backbone
+from ..train import TrainConfig
 
 __all__ = ["add_train_parser", "checkpoint_arg", "train_config_from_args"]
 
@@ -58,7 +58,7 @@ def add_train_parser(sub) -> None:
 
 def checkpoint_arg(value: str | None) -> str | None:
     """A --init-from / --distill-from value: a shipped checkpoint's name or a path -> the file's path."""
-    from .evaluation.runner import resolve_denoiser
+    from ..evaluation.runner import resolve_denoiser
 
     return None if value is None else str(resolve_denoiser(value))
 
