@@ -79,3 +79,15 @@ def test_eval_accepts_the_british_spelling_of_defense_and_the_papers_T():
 
     args = build_parser().parse_args(["eval", "--defence", "cnn", "--T", "8"])
     assert (args.defense, args.timesteps) == ("cnn", 8)
+
+
+def test_attack_none_is_accepted_with_every_dataset_preset(capsys):
+    """Issue 38: `rdc eval --dataset cifar10 --attack none` failed with "unknown attack 'none'" (a list without
+    'none') while the digits accepted it; now the preset only reads registry facts of registered attacks."""
+    from rdc_lib.defenses.presets import PRESETS, attack_settings
+
+    for name in PRESETS:
+        assert attack_settings(name, "linf", "none")["steps"] >= 1
+    assert main(["eval", "--dataset", "cifar10", "--defense", "dc", "--attack", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown attack" not in err and "data_root" in err

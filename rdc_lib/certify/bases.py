@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from ..diffusion.schedules import NoiseGrid, make_grid
 from ..models.base import Denoiser
+from ..core.choices import SMOOTHING_BASES as BASES
 from ..core.utils import OwnedRandomness
 
-BASES = ("noised-dc", "denoised", "dc")
 POSTERIORS = ("exact", "approx")
 
 

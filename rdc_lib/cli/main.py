@@ -21,6 +21,7 @@ import torch
 from ..core.choices import DATASETS, HEADS
 from .train import add_train_parser
 from ..core.paths import denoiser_flags_help
+from ..defenses.baselines import BASELINE_KINDS
 
 if TYPE_CHECKING:
     from ..evaluation.runner import EvalConfig
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 def _add_train_baseline(sub) -> None:
     p = sub.add_parser("train-baseline", help="train the digits CNN or PGD-adversarially-trained CNN")
-    p.add_argument("--kind", required=True, choices=["cnn", "at-cnn"])
+    p.add_argument("--kind", required=True, choices=tuple(BASELINE_KINDS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=1)

@@ -33,6 +33,7 @@ SPLITS = ("train", "test")
 GRID_KINDS = ("paper", "lognormal", "karras")
 GRID_WEIGHTINGS = ("edm", "elbo", "uniform")
 PURIFY_MODES = ("ode", "sde")                # DiffPure's reverse process
+SMOOTHING_BASES = ("noised-dc", "denoised", "dc")  # base classifiers of randomized smoothing (rdc_lib.certify)
 
 # ---------------------------------------------------------------- shared defaults
 GRID_LEVELS = 32            # T, the number of noise levels of the diffusion classifier (digits default)

@@ -155,12 +155,14 @@ def attack_settings(preset: str | Preset, norm: str = "linf", attack: str = "") 
     """The attack budget of ``preset`` as ``EvalConfig`` fields (steps, restarts, eot, eps) for threat model
     ``norm``; a flow-bound attack (registry fact ``norms`` ('flow',), e.g. StAdv) or norm 'flow' takes the
     flow bound and its own iteration count. ``rdc eval --preset NAME`` fills the attack flags not given with these."""
-    from ..attacks.registry import get_attack
+    from ..attacks.registry import attack_names, get_attack
 
     p = get_preset(preset) if isinstance(preset, str) else preset
     a = p.attack
     get_attack(a.attack)  # the preset's own attack is a registered one
-    if norm == "flow" or (attack and get_attack(attack).norms == ("flow",)):
+    # 'none' and other non-attack values are the evaluation's to accept or refuse, with its own list of names
+    flow_bound = attack in attack_names() and get_attack(attack).norms == ("flow",)
+    if norm == "flow" or flow_bound:
         return {"steps": a.stadv_iterations, "restarts": a.restarts, "eot": a.eot, "eps": a.stadv_bound}
     return {"steps": a.iterations, "restarts": a.restarts, "eot": a.eot, "eps": a.eps_linf if norm == "linf" else a.eps_l2}
 

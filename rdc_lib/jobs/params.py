@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.choices import DATASETS, GRAD_MODES, HEADS, LM_OPTIMIZERS, NOISE_MODES, NORMS
+from ..core.choices import DATASETS, GRAD_MODES, HEADS, LM_OPTIMIZERS, NOISE_MODES, NORMS, SMOOTHING_BASES
 from ..core.paths import (CHECKPOINT_SUFFIX, NOTEBOOKS_DIR, data_dir, default_denoisers_text, is_checkpoint_name,
                     resolve_checkpoint, resolve_path)
 
@@ -206,7 +206,7 @@ PARAM_SPECS: dict[str, ParamSpec] = {
                                low=2, high=1000),
     # randomized smoothing (notebook 06)
     "bases": ParamSpec("list[str]", "base classifiers that are smoothed (rdc_lib.certify.BASES)",
-                       choices=("noised-dc", "denoised", "dc")),
+                       choices=SMOOTHING_BASES),
     "sigma_list": ParamSpec("list[float]", "smoothing noise levels (pixel space, > 0)", low=1e-6, high=10.0),
     "radii": ParamSpec("list[float]", "l2 radii (pixel space) at which accuracy is reported", low=0.0, high=100.0),
     "n_select": ParamSpec("int", "selection draws n0 of the certificate", low=1, high=10_000_000),
