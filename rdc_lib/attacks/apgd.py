@@ -102,11 +102,7 @@ class APGD(Attack):
 
     def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
         if not self.targeted:
-            for _ in range(self.restarts):
-                idx = idx[ctx.open(idx)]
-                if idx.numel() == 0:
-                    return
-                self._one_run(ctx, idx, None)
+            self._restarts(ctx, idx, lambda open_idx: self._one_run(ctx, open_idx, None))
             return
         assert ctx.clean_logits is not None
         k = ctx.clean_logits.shape[1]
@@ -115,11 +111,8 @@ class APGD(Attack):
         wrong = ctx.clean_logits.scatter(1, ctx.y[:, None], float("-inf"))
         ranked = wrong.argsort(dim=1, descending=True)  # (B, K): best wrong class first
         for rank in range(self.n_target_classes):
-            for _ in range(self.restarts):
-                idx = idx[ctx.open(idx)]
-                if idx.numel() == 0:
-                    return
-                self._one_run(ctx, idx, ranked[idx, rank])
+            if not self._restarts(ctx, idx, lambda open_idx, r=rank: self._one_run(ctx, open_idx, ranked[open_idx, r])):
+                return
 
     def _init_point(self, ctx: AttackContext, x: Tensor) -> Tensor:
         """Random point on the sphere of the ball (as in the reference implementation), clipped to [0, 1]."""

@@ -169,6 +169,19 @@ class AttackContext:
         self.observe(idx, x_cand, logits)
         return logits
 
+    def eot_draws(self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn,
+                  target: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits (eot * n, K), losses (eot * n,) and input gradients (eot * n, C, H, W) of ``eot`` draws of
+        the model at ``x_cand`` (n, C, H, W), in one batched forward: the batch repeated ``eot`` times, draw-major."""
+        eot = self.eot
+        with torch.enable_grad():
+            xr = x_cand.detach().repeat(eot, 1, 1, 1).requires_grad_(True)
+            logits = self._logits(idx, xr, eot)
+            tr = None if target is None else target.repeat(eot)
+            losses = loss_fn(logits, self.y[idx].repeat(eot), tr)
+            grad = input_gradient(losses, xr)
+        return logits, losses, grad
+
     def loss_grad(self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Loss (n,) and its input gradient (n, C, H, W), both averaged over ``eot`` batched draws.
 
@@ -176,12 +189,7 @@ class AttackContext:
         randomness for every copy; gradients and losses are then averaged per example.
         """
         n, eot = x_cand.shape[0], self.eot
-        with torch.enable_grad():
-            xr = x_cand.detach().repeat(eot, 1, 1, 1).requires_grad_(True)
-            logits = self._logits(idx, xr, eot)
-            tr = None if target is None else target.repeat(eot)
-            losses = loss_fn(logits, self.y[idx].repeat(eot), tr)
-            grad = input_gradient(losses, xr)
+        logits, losses, grad = self.eot_draws(idx, x_cand, loss_fn, target)
         grad = grad.reshape(eot, n, *x_cand.shape[1:]).mean(dim=0)
         loss = losses.detach().reshape(eot, n).mean(dim=0)
         self.observe(idx, x_cand, logits.detach().reshape(eot, n, -1).mean(dim=0))
@@ -268,6 +276,16 @@ class Attack:
     def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
         """Attack examples ``idx`` (all correctly classified); record candidates through ``ctx``."""
         raise NotImplementedError
+
+    def _restarts(self, ctx: AttackContext, idx: Tensor, run: Callable[[Tensor], None]) -> bool:
+        """``self.restarts`` calls of ``run(idx)``, each on the images of ``idx`` still open (not yet broken);
+        False as soon as none is open."""
+        for _ in range(self.restarts):
+            idx = idx[ctx.open(idx)]
+            if idx.numel() == 0:
+                return False
+            run(idx)
+        return True
 
     def _generator_for(self, device: torch.device) -> torch.Generator:
         if self.generator is not None:

@@ -69,11 +69,7 @@ class PGD(Attack):
         return 1 + self.restarts * (self.steps * self.eot + 1)
 
     def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
-        for _ in range(self.restarts):
-            idx = idx[ctx.open(idx)]
-            if idx.numel() == 0:
-                return
-            self._one_run(ctx, idx)
+        self._restarts(ctx, idx, lambda open_idx: self._one_run(ctx, open_idx))
 
     def _one_run(self, ctx: AttackContext, idx: Tensor) -> None:
         x = ctx.x[idx]

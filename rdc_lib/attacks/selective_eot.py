@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from .apgd import APGD
-from .base import AttackContext, Model, input_gradient
+from .base import AttackContext, Model
 from .losses import LossFn
 from .pgd import PGD
 
@@ -151,12 +151,7 @@ class SelectiveEOTContext(ContextView):
         if self._uniform():
             return self.base.loss_grad(idx, x_cand, loss_fn, target)
         ctx, n, m = self.base, x_cand.shape[0], self.base.eot
-        with torch.enable_grad():
-            xr = x_cand.detach().repeat(m, 1, 1, 1).requires_grad_(True)
-            logits = ctx._logits(idx, xr, m)
-            tr = None if target is None else target.repeat(m)
-            losses = loss_fn(logits, ctx.y[idx].repeat(m), tr)
-            grad = input_gradient(losses, xr)
+        logits, losses, grad = ctx.eot_draws(idx, x_cand, loss_fn, target)
         agg = aggregate_eot(losses.detach().reshape(m, n), grad.reshape(m, n, *x_cand.shape[1:]),
                             aggregation="selective", temperature=self.temperature, top_k=self.top_k)
         draws = logits.detach().reshape(m, n, -1)

@@ -93,11 +93,7 @@ class Square(Attack):
 
     def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
         with torch.no_grad():
-            for _ in range(self.restarts):
-                idx = idx[ctx.open(idx)]
-                if idx.numel() == 0:
-                    return
-                self._one_run(ctx, idx)
+            self._restarts(ctx, idx, lambda open_idx: self._one_run(ctx, open_idx))
 
     def _one_run(self, ctx: AttackContext, idx: Tensor) -> None:
         x = ctx.x[idx]

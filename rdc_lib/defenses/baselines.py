@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..attacks.projections import check_norm, project_ball, steepest_direction
 from ..data import load_dataset
-from ..models.checkpoints import load_state_into, read_checkpoint, save_checkpoint
+from ..models.checkpoints import load_state_into, read_typed_checkpoint, save_checkpoint
 from ..core.utils import check_images, make_generator, resolve_device
 
 __all__ = [
@@ -237,11 +237,7 @@ def _config_dict(config: ClassifierConfig) -> dict[str, Any]:
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> DigitsCNN:
     """Rebuild a baseline classifier from a checkpoint, in eval mode on ``device``."""
-    state, config, _ = read_checkpoint(path, expected_kind="classifier")
-    try:
-        cfg = ClassifierConfig.from_dict(config)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"checkpoint {path} has an invalid classifier config: {err}") from err
+    state, cfg = read_typed_checkpoint(path, "classifier", ClassifierConfig)
     model = DigitsCNN(cfg)
     load_state_into(model, state, str(path))
     return model.to(resolve_device(device)).eval()

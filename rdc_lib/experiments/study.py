@@ -28,7 +28,7 @@ from ..defenses.classifier import DiffusionClassifier
 from ..data import dataset_info, load_dataset
 from ..diffusion.schedules import make_grid, noise_levels
 from ..models.base import Denoiser
-from ..models.checkpoints import load_state_into, read_checkpoint
+from ..models.checkpoints import load_state_into, read_typed_checkpoint
 from ..models.config import DenoiserConfig, build_denoiser
 from ..models.optimal import OptimalDenoiser
 from .theory import denoiser_error_by_sigma
@@ -100,11 +100,7 @@ def load_study(config: dict[str, Any]) -> list[StudyEntry]:
 
 def check_study_checkpoint(path: str | Path, dataset: str = "digits", device: str | torch.device = "cpu") -> Denoiser:
     """Load the denoiser at ``path`` for a study on ``dataset``; clear errors for the wrong kind or shape."""
-    state, config, _ = read_checkpoint(path, expected_kind="denoiser")
-    try:
-        cfg = DenoiserConfig.from_dict(config)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"checkpoint {path} has an invalid denoiser config: {err}") from err
+    state, cfg = read_typed_checkpoint(path, "denoiser", DenoiserConfig)
     info = dataset_info(dataset)
     want = (info["num_classes"], info["channels"], info["resolution"])
     got = (cfg.num_classes, cfg.img_channels, cfg.img_resolution)

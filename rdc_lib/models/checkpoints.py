@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -57,6 +57,25 @@ def read_checkpoint(path: str | Path, expected_kind: str | None = None) -> tuple
     return state, json.loads(meta["config"]), json.loads(meta.get("extra", "{}"))
 
 
+class _FromDict(Protocol):
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=_FromDict)
+
+
+def read_typed_checkpoint(path: str | Path, kind: str, config_type: type[ConfigT]
+                          ) -> tuple[dict[str, torch.Tensor], ConfigT]:
+    """The state dict and the config of the ``kind`` checkpoint at ``path``, the config parsed by
+    ``config_type.from_dict``; a config that does not parse is a clear error naming the file."""
+    state, config, _ = read_checkpoint(path, expected_kind=kind)
+    try:
+        return state, config_type.from_dict(config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {path} has an invalid {kind} config: {err}") from err
+
+
 def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
     """``load_state_dict`` that reports missing / unexpected / mis-shaped weights by name."""
     own = module.state_dict()
@@ -83,11 +102,7 @@ def save_denoiser(path: str | Path, denoiser: Denoiser, config: DenoiserConfig, 
 
 def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Denoiser:
     """Rebuild a denoiser from a checkpoint, in eval mode, on ``device`` with ``dtype``."""
-    state, config, _ = read_checkpoint(path, expected_kind="denoiser")
-    try:
-        cfg = DenoiserConfig.from_dict(config)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"checkpoint {path} has an invalid denoiser config: {err}") from err
+    state, cfg = read_typed_checkpoint(path, "denoiser", DenoiserConfig)
     net = build_denoiser(cfg)
     load_state_into(net, state, str(path))
     return net.to(device=device, dtype=dtype).eval()

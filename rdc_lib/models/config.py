@@ -42,31 +42,26 @@ class DenoiserConfig:
         return cls(**d)
 
 
+def _head_layout(cfg: DenoiserConfig) -> dict[str, int]:
+    """The backbone arguments the heads decide: a multi-head net outputs K + 1 images and takes no label;
+    a single-head net outputs one image and takes the label (K classes + the null label)."""
+    multi = cfg.heads == "multi"
+    return {"in_channels": cfg.img_channels,
+            "out_channels": cfg.img_channels * ((cfg.num_classes + 1) if multi else 1),
+            "resolution": cfg.img_resolution,
+            "label_dim": 0 if multi else cfg.num_classes + 1,
+            "num_heads": cfg.num_classes + 1 if multi else 1}
+
+
 def _build_unet_small(cfg: DenoiserConfig) -> nn.Module:
     kwargs = dict(cfg.backbone)
     if "channel_mult" in kwargs:
         kwargs["channel_mult"] = tuple(kwargs["channel_mult"])
-    multi = cfg.heads == "multi"
-    return SmallUNet(
-        in_channels=cfg.img_channels,
-        out_channels=cfg.img_channels * ((cfg.num_classes + 1) if multi else 1),
-        resolution=cfg.img_resolution,
-        label_dim=0 if multi else cfg.num_classes + 1,
-        num_heads=cfg.num_classes + 1 if multi else 1,
-        **kwargs,
-    )
+    return SmallUNet(**_head_layout(cfg), **kwargs)
 
 
 def _build_film(cfg: DenoiserConfig) -> nn.Module:
-    multi = cfg.heads == "multi"
-    return FiLMNet(
-        in_channels=cfg.img_channels,
-        out_channels=cfg.img_channels * ((cfg.num_classes + 1) if multi else 1),
-        resolution=cfg.img_resolution,
-        label_dim=0 if multi else cfg.num_classes + 1,
-        num_heads=cfg.num_classes + 1 if multi else 1,
-        **{**FILM_BACKBONE, **cfg.backbone},
-    )
+    return FiLMNet(**_head_layout(cfg), **{**FILM_BACKBONE, **cfg.backbone})
 
 
 # arch name -> function(config) -> backbone F(x_in, c_noise, labels)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .unet_small import PositionalEmbedding, conditioning, output_conv
+from .unet_small import PositionalEmbedding, add_residual_layers, conditioning, output_conv
 
 FILM_BACKBONE = {"model_channels": 32, "num_blocks": 1, "dropout": 0.1}
 
@@ -26,13 +26,7 @@ class FiLMBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
         super().__init__()
-        self.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.film = nn.Linear(emb_dim, 2 * out_ch)
-        self.dropout = nn.Dropout(dropout)
-        self.conv1 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        nn.init.zeros_(self.conv1.weight)
-        nn.init.zeros_(self.conv1.bias)
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        add_residual_layers(self, in_ch, out_ch, emb_dim, dropout, modulation="film")
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         scale, shift = self.film(emb).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)

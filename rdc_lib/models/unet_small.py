@@ -65,20 +65,29 @@ class PositionalEmbedding(nn.Module):
         return torch.cat([angles.cos(), angles.sin()], dim=1).to(t.dtype)
 
 
+def add_residual_layers(block: nn.Module, in_ch: int, out_ch: int, emb_dim: int, dropout: float,
+                        modulation: str) -> None:
+    """The layers every embedding-modulated residual block has, created in this order (the order of the random
+    initialisation): ``conv0`` (3x3), the modulation ``Linear(emb_dim, 2 * out_ch)`` named ``modulation``,
+    ``dropout``, a zero-initialised ``conv1`` (3x3: the block starts as its skip) and ``skip`` (1x1 when the
+    widths differ)."""
+    block.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+    block.add_module(modulation, nn.Linear(emb_dim, 2 * out_ch))
+    block.dropout = nn.Dropout(dropout)
+    block.conv1 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+    nn.init.zeros_(block.conv1.weight)
+    nn.init.zeros_(block.conv1.bias)
+    block.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+
 class ResBlock(nn.Module):
     """GN-SiLU-conv, then embedding scale/shift, GN-SiLU-dropout-conv, plus a (1x1) skip."""
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
         super().__init__()
         self.norm0 = nn.GroupNorm(_groups(in_ch), in_ch)
-        self.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.affine = nn.Linear(emb_dim, 2 * out_ch)
+        add_residual_layers(self, in_ch, out_ch, emb_dim, dropout, modulation="affine")
         self.norm1 = nn.GroupNorm(_groups(out_ch), out_ch)
-        self.dropout = nn.Dropout(dropout)
-        self.conv1 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        nn.init.zeros_(self.conv1.weight)
-        nn.init.zeros_(self.conv1.bias)
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv0(F.silu(self.norm0(x)))
