@@ -166,3 +166,28 @@ def test_a_headline_import_of_an_upper_bound_is_refused(tmp_path, over, words):
     with pytest.raises(SystemExit, match=re.escape(words)):
         _row(tmp_path, _result(**over))
     assert _row(tmp_path, _result(attacks_dropped={}))["attack"] == FULL_ENSEMBLE
+
+
+# ----------------------------------------------------------------------------- EOT from the gradient-variance rule
+
+def test_eot_auto_takes_the_rules_size_and_records_it(capsys):
+    import json
+
+    from rdc_lib.cli import main
+    from rdc_lib.evaluation.eot_rule import eot_by_rule
+
+    assert main(["eval", "--defense", "cnn", "--attack", "pgd", "--eot", "auto", "--n", "4", "--steps", "2",
+                 "--run-checks", "false", "--json", "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["eot"] == 1 and res["eot_rule"]["eot"] == 1 and res["eot_rule"]["mean_cosine"] > 0.999  # deterministic
+    x, y = load_dataset("digits", "test")
+    noisy = eot_by_rule(NoisyGradient(), x[:4], y[:4])  # a random sign per pixel and draw: the rule asks for many
+    assert noisy["eot"] > 8 and noisy["cosine_used"] < 0.5 and noisy["target"] == 0.9
+
+
+def test_eot_flag_refuses_anything_but_an_int_or_auto(capsys):
+    from rdc_lib.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--defense", "cnn", "--eot", "many", "--json"])
+    assert "--eot takes an int >= 1 or 'auto', got 'many'" in capsys.readouterr().err
