@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from rdc_lib.attacks import FULL_ENSEMBLE, is_full_ensemble, protocol_label
 from rdc_lib.core.choices import GRID_SIGMA_MIN, LEGACY_DENOISERS, LM_ETA
 from rdc_lib.defenses import get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
@@ -172,7 +173,10 @@ def headline_row(shards: list[dict]) -> dict:
                        for r in shards])
     cfg = EvalConfig.from_stored(row)
     problems = [msg for bad, msg in (
-        (cfg.attack != "autoattack", f"attack {cfg.attack!r} (expected autoattack)"),
+        (not is_full_ensemble(cfg.attack, first.get("attacks_dropped")),
+         f"attack {cfg.attack!r}{' without ' + ', '.join(first['attacks_dropped']) if first.get('attacks_dropped') else ''} "
+         f"({protocol_label(cfg.attack, first.get('attacks_dropped') or ())}; expected the full ensemble "
+         f"{FULL_ENSEMBLE!r}, every member run)"),
         (n < HEADLINE_MIN_IMAGES, f"{n} images (expected >= {HEADLINE_MIN_IMAGES})"),
         (cfg.steps < HEADLINE_MIN_STEPS, f"{cfg.steps} APGD iterations (expected >= {HEADLINE_MIN_STEPS})"),
         (not first.get("checks"), "no sanity checks on the first shard (expected run_checks=True)"),
@@ -225,7 +229,7 @@ def headline_lines(path: Path) -> list[str]:
         lines.append(f"| {defense_label(r)} | {r['denoiser'] or '—'} | {r['norm']} {r['eps']:g} | {r['n']} (from {r['offset']}) | "
                      f"{100 * clean['value']:.1f}% ({clean['correct']}/{clean['total']}) | "
                      f"**{100 * rob['value']:.1f}%** ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
-                     f"{100 * rob['high']:.0f}){_mark(r.get('trusted'))} | {trust_label(r.get('trusted'))} | "
+                     f"{100 * rob['high']:.0f}){_mark(r.get('trusted'))}{_bound(r)} | {trust_label(r.get('trusted'))} | "
                      f"{r['seconds']:.0f} |")
     r0 = next((r for r in rows if r["denoiser"]), rows[0])  # the settings of the diffusion rows (CNNs ignore them)
     lines += ["", f"Attack: AutoAttack-style ensemble, worst case per image over APGD-CE, APGD-DLR, APGD-T "
@@ -311,7 +315,7 @@ def doc(args: argparse.Namespace) -> None:
         ref = next(c for c in cells_ if c)
         fmt = lambda c: "—" if c is None else (f"{100 * c['robust']['value']:.1f}% ({c['robust']['correct']}/"
                                               f"{c['robust']['total']}, {100 * c['robust']['low']:.0f}-"
-                                              f"{100 * c['robust']['high']:.0f})" + _mark(c.get("trusted")))
+                                              f"{100 * c['robust']['high']:.0f})" + _mark(c.get("trusted")) + _bound(c))
         clean = ref["clean"]
         flags = [c.get("trusted") for c in cells_ if c]
         status = ("UNTRUSTED: " + ", ".join(f"{c['norm']}:{k}" for c in cells_ if c
@@ -360,6 +364,12 @@ def doc(args: argparse.Namespace) -> None:
 def _mark(trusted: bool | None) -> str:
     """Suffix of a robust-accuracy cell: nothing when its checks passed, else the trust label."""
     return "" if trusted else (" **UNTRUSTED**" if trusted is False else f" ({trust_label(None)})")
+
+
+def _bound(row: dict) -> str:
+    """Suffix of a robust-accuracy cell: nothing for the full ensemble, else its label (an upper bound)."""
+    return "" if is_full_ensemble(row["attack"], row.get("attacks_dropped")) else \
+        f" ({protocol_label(row['attack'], row.get('attacks_dropped') or ())})"
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from rdc_lib.attacks import SQUARE_UNDER_EOT, autoattack_dropped, autoattack_suite, build_attack, run_ensemble
+from rdc_lib.attacks import autoattack_suite, build_attack, run_ensemble
 from rdc_lib.cli import main
 from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import EvalConfig, evaluate
@@ -70,14 +70,14 @@ def test_never_attacked_is_never_robust():
     assert res["clean_acc"] == 0.75 and res["robust_acc"] == 0.75 and res["robust_acc_worst"] == 0.75
 
 
-def test_square_left_out_under_eot_is_stated():
-    assert autoattack_dropped(1) == {} and autoattack_dropped(2) == {"square": SQUARE_UNDER_EOT}
-    names = [n for n, _ in autoattack_suite(nn.Linear(1, 1), eps=0.1, eot=2, n_target_classes=1)]
-    assert "square" not in names
+def test_square_stays_in_the_ensemble_under_eot_on_averaged_scores():
+    """Issue 36: Square is no longer left out under EOT; it averages the defense's draws (nothing dropped)."""
+    suite = autoattack_suite(nn.Linear(1, 1), eps=0.1, eot=2, n_target_classes=1)
+    assert [n for n, _ in suite] == ["apgd-ce", "apgd-dlr", "apgd-t", "square"] and suite[-1][1].eot == 2
     cfg = EvalConfig(defense="cnn", attack="autoattack", n=2, steps=1, eot=2, n_target_classes=1, square_queries=5,
                      run_checks=False)
     res = evaluate(cfg, progress=False)
-    assert res["attacks_dropped"] == {"square": SQUARE_UNDER_EOT}
+    assert res["attacks_dropped"] == {} and "square" in res["attack_stats"][0]["attacks"]
 
 
 def test_one_documented_eot_target():

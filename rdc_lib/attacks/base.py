@@ -162,10 +162,16 @@ class AttackContext:
         m[sel] = (m[sel] + extra_m.sum(dim=0)) / self.verify
         return fooled, m
 
-    def evaluate(self, idx: Tensor, x_cand: Tensor) -> Tensor:
-        """One forward (no gradient) at ``x_cand`` for examples ``idx``; returns the logits (n, K)."""
+    def evaluate(self, idx: Tensor, x_cand: Tensor, draws: int = 1) -> Tensor:
+        """Scores (no gradient) at ``x_cand`` for examples ``idx``: the logits (n, K) of one forward, or with
+        ``draws`` = M > 1 their mean over M batched draws of a stochastic model (M queries counted), which is
+        also what is recorded (a score-based attack on EOT-averaged scores)."""
+        n = x_cand.shape[0]
         with torch.no_grad():
-            logits = self._logits(idx, x_cand, 1)
+            xr = x_cand if draws == 1 else x_cand.repeat(draws, *([1] * (x_cand.ndim - 1)))
+            logits = self._logits(idx, xr, draws)
+        if draws > 1:
+            logits = logits.reshape(draws, n, -1).mean(dim=0)
         self.observe(idx, x_cand, logits)
         return logits
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .apgd import APGD
-from .ensemble import autoattack_suite
+from .ensemble import AUTOATTACK_MEMBERS, autoattack_suite
 from .fgsm import FGSM
 from .lagrangian import LagrangianAPGD, LagrangianPGD
 from .pgd import PGD
@@ -50,16 +50,15 @@ def _apgd_t(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, 
                 **_common(norm, eps, verify, seed, generator), **kw)
 
 
-@register_attack("square", gradient_based=False, eot=False, budget="queries",
-                 description="Square: score-based random search (no gradients)")
+@register_attack("square", gradient_based=False, budget="queries",
+                 description="Square: score-based random search (no gradients; EOT averages its scores)")
 def _square(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    if eot != 1:
-        raise ValueError("square is score-based and has no EOT; use eot=1")
-    return Square(model, steps=steps, restarts=restarts, **_common(norm, eps, verify, seed, generator), **kw)
+    return Square(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
 
 
 @register_attack("autoattack", ensemble=True, extra_args=("square_queries", "n_target_classes"),
-                 description="AutoAttack-style worst case: APGD-CE, APGD-DLR, APGD-T, Square (Square left out under EOT)")
+                 members=AUTOATTACK_MEMBERS,
+                 description="AutoAttack-style worst case: APGD-CE, APGD-DLR, APGD-T, Square (all with EOT)")
 def _autoattack(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
     return autoattack_suite(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=eot, verify=verify,
                             seed=seed if seed is not None else 0, **kw)

@@ -34,7 +34,7 @@ from .base import Attack, Model, eval_mode
 from .losses import margin
 from .registry import build_attack
 
-__all__ = ["ChunkReport", "EnsembleResult", "SQUARE_UNDER_EOT", "autoattack_dropped", "autoattack_suite", "run_ensemble"]
+__all__ = ["AUTOATTACK_MEMBERS", "ChunkReport", "EnsembleResult", "autoattack_suite", "run_ensemble"]
 
 log = logging.getLogger(__name__)
 
@@ -43,35 +43,31 @@ RESTART = "restart=True (run_ensemble)"
 CLEAN_ERROR, ROBUST = -2, -1  # values of EnsembleResult.broken_by besides attack indices
 
 
+# The AutoAttack-style ensemble's members in run order (the registry's fact ``members`` of "autoattack").
+AUTOATTACK_MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
+
+
 def autoattack_suite(model: Model, *, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 1,
                      eot: int = 1, verify: int = 1, seed: int = 0, square_queries: int = 5000,
                      n_target_classes: int = 9, include_dlr: bool = True) -> list[tuple[str, Attack]]:
     """AutoAttack 'standard' (APGD-CE, APGD-T with targeted DLR, Square) plus untargeted APGD-DLR.
 
-    Order: apgd-ce, apgd-dlr (if ``include_dlr``), apgd-t, square. Square is left out when ``eot > 1``
-    (a score-based attack cannot average gradients); :func:`autoattack_dropped` says so, and an
-    evaluation writes it into its result (``attacks_dropped``).
+    Order: apgd-ce, apgd-dlr (if ``include_dlr``), apgd-t, square. Against a stochastic defense every member
+    averages ``eot`` draws: the APGD attacks their gradients, Square its scores (the margin of the mean logits,
+    ``eot`` queries per iteration), and every member stops on an image only when ``verify`` fresh calls all
+    misclassify it. ``eot`` and ``verify`` must be ints >= 1.
     """
-    suite = [("apgd-ce", build_attack("apgd-ce", model, norm=norm, eps=eps, steps=steps, restarts=restarts,
-                                      eot=eot, verify=verify, seed=seed))]
+    for name, value in (("eot", eot), ("verify", verify)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"the AutoAttack-style ensemble needs {name} >= 1 (draws of a stochastic defense: "
+                             f"1 for a deterministic one), got {name} = {value!r}")
+    common = dict(norm=norm, eps=eps, restarts=restarts, eot=eot, verify=verify, seed=seed)
+    suite = [("apgd-ce", build_attack("apgd-ce", model, steps=steps, **common))]
     if include_dlr:
-        suite.append(("apgd-dlr", build_attack("apgd-dlr", model, norm=norm, eps=eps, steps=steps,
-                                               restarts=restarts, eot=eot, verify=verify, seed=seed)))
-    suite.append(("apgd-t", build_attack("apgd-t", model, norm=norm, eps=eps, steps=steps, restarts=restarts,
-                                         eot=eot, verify=verify, seed=seed, n_target_classes=n_target_classes)))
-    if eot == 1:
-        suite.append(("square", build_attack("square", model, norm=norm, eps=eps, steps=square_queries,
-                                             restarts=1, verify=verify, seed=seed)))
+        suite.append(("apgd-dlr", build_attack("apgd-dlr", model, steps=steps, **common)))
+    suite.append(("apgd-t", build_attack("apgd-t", model, steps=steps, n_target_classes=n_target_classes, **common)))
+    suite.append(("square", build_attack("square", model, steps=square_queries, **{**common, "restarts": 1})))
     return suite
-
-
-SQUARE_UNDER_EOT = ("left out: Square is score-based and cannot average gradients over EOT draws (eot > 1); "
-                    "the gradient attacks run with EOT")
-
-
-def autoattack_dropped(eot: int) -> dict[str, str]:
-    """Attacks :func:`autoattack_suite` leaves out at this ``eot``, with the reason ({} when none)."""
-    return {"square": SQUARE_UNDER_EOT} if eot > 1 else {}
 
 
 @dataclass

@@ -19,7 +19,8 @@ from typing import Any
 
 from ..core.choices import NORMS
 
-__all__ = ["AttackInfo", "EXTRA_ARGS", "attack_names", "build_attack", "get_attack", "register_attack"]
+__all__ = ["AttackInfo", "EXTRA_ARGS", "FULL_ENSEMBLE", "attack_names", "build_attack", "get_attack", "is_full_ensemble",
+           "protocol_label", "register_attack"]
 
 # Extra keyword arguments a builder may declare, and what each one is (the evaluation fills them in).
 EXTRA_ARGS = {
@@ -43,6 +44,7 @@ class AttackInfo:
     budget: str = "steps"                  # what ``steps`` counts: "steps" (iterations) or "queries"
     ensemble: bool = False                 # builds a list of (name, attack) run as a worst case
     adaptive: bool = False                 # an adaptive objective or unseen threat model (issue 10)
+    members: tuple[str, ...] = ()          # an ensemble's attacks (registered names), in run order
     description: str = ""
 
 
@@ -77,6 +79,29 @@ def get_attack(name: str) -> AttackInfo:
     if name not in _REGISTRY:
         raise ValueError(f"unknown attack {name!r}; valid choices: {', '.join(attack_names())}")
     return _REGISTRY[name]
+
+
+# The strongest protocol a result can carry: the AutoAttack-style ensemble with every member run. Any other
+# attack (a single one, or this ensemble with a member left out) gives an upper bound of the robust accuracy.
+FULL_ENSEMBLE = "autoattack"
+
+
+def is_full_ensemble(name: str, dropped: Any = ()) -> bool:
+    """Whether a result of attack ``name`` ran the full ensemble (:data:`FULL_ENSEMBLE`; ``dropped``: the
+    members a stored result says it left out, its ``attacks_dropped``)."""
+    get_attack(name)
+    return name == FULL_ENSEMBLE and not dropped
+
+
+def protocol_label(name: str, dropped: Any = ()) -> str:
+    """How every table names the attack of a result: 'full ensemble' only for :data:`FULL_ENSEMBLE` with every
+    member run; otherwise what ran and that its robust accuracy is an upper bound, e.g. 'APGD-CE only: an upper
+    bound', 'ensemble without square: an upper bound'."""
+    if is_full_ensemble(name, dropped):
+        return "full ensemble"
+    if name == FULL_ENSEMBLE:
+        return f"ensemble without {', '.join(sorted(dropped))}: an upper bound"
+    return f"{name.upper()} only: an upper bound"
 
 
 def build_attack(name: str, model: Any, *, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 1,

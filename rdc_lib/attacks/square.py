@@ -9,6 +9,10 @@ changed), halved at fixed fractions of the query budget.
 - l2 (Algorithm 3): start from a grid of "meta pseudo-Gaussian" blocks scaled to norm eps; a proposal moves
   the perturbation mass of a second window into the first one, adding a new pseudo-Gaussian bump, and
   rescales the whole perturbation to norm eps.
+
+Against a stochastic model (``eot`` > 1) every score is the margin of the logits averaged over ``eot`` draws
+(the ensemble's score-based member for randomised defenses: EOT on scores, as the gradient attacks average
+gradients).
 """
 
 from __future__ import annotations
@@ -69,6 +73,9 @@ class Square(Attack):
         model, norm, eps, restarts, seed, generator: see :class:`Attack`.
         steps: query budget per restart (iterations; the reference uses 5000).
         p_init: initial fraction of pixels changed per proposal (0.8).
+        eot: against a stochastic model, every score (margin) is the mean of the logits over ``eot`` draws in
+            one batched forward, so a proposal is accepted on the averaged scores, not on one lucky draw (each
+            iteration costs ``eot`` queries); 1 for a deterministic model.
 
     Shape:
         - x: (B, C, H, W) in [0, 1]; y: (B,) int64.
@@ -79,17 +86,17 @@ class Square(Attack):
     """
 
     def __init__(self, model: Model, *, norm: str = "linf", eps: float, steps: int = 5000, p_init: float = 0.8,
-                 restarts: int = 1, verify: int = 1, seed: int | None = None,
+                 restarts: int = 1, eot: int = 1, verify: int = 1, seed: int | None = None,
                  generator: torch.Generator | None = None):
-        super().__init__(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=1, verify=verify, seed=seed,
-                         generator=generator)
+        super().__init__(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=eot, verify=verify,
+                         seed=seed, generator=generator)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
         self.p_init = float(p_init)
 
     @property
     def max_queries(self) -> int:
-        return 1 + self.restarts * (self.steps + 1)
+        return 1 + self.restarts * (self.steps + 1) * self.eot
 
     def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
         with torch.no_grad():
@@ -98,7 +105,7 @@ class Square(Attack):
     def _one_run(self, ctx: AttackContext, idx: Tensor) -> None:
         x = ctx.x[idx]
         x_cur = self._init_linf(ctx, x) if self.norm == "linf" else self._init_l2(ctx, x)
-        m_cur = margin(ctx.evaluate(idx, x_cur), ctx.y[idx])
+        m_cur = margin(ctx.evaluate(idx, x_cur, self.eot), ctx.y[idx])
         for it in range(self.steps):
             keep = ctx.open(idx)
             if not keep.any():
@@ -107,7 +114,7 @@ class Square(Attack):
             side = self._side(p_schedule(self.p_init, it, self.steps), x)
             propose = self._propose_linf if self.norm == "linf" else self._propose_l2
             x_new = propose(ctx, x, x_cur, side)
-            m_new = margin(ctx.evaluate(idx, x_new), ctx.y[idx])
+            m_new = margin(ctx.evaluate(idx, x_new, self.eot), ctx.y[idx])
             accept = m_new < m_cur
             x_cur = torch.where(accept[:, None, None, None], x_new, x_cur)
             m_cur = torch.where(accept, m_new, m_cur)

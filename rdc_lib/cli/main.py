@@ -61,6 +61,9 @@ def _add_eval(sub) -> None:
         if f.name in choices:  # listed, not enforced by argparse: EvalConfig names the valid choices itself
             helptext += f"; one of: {', '.join(choices[f.name])}"
         typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
+        if f.name == "eot":  # an int, or "auto": the gradient-variance rule (rdc_lib.evaluation.eot_rule)
+            typ = _eot_flag
+            helptext += "; or 'auto': the size the gradient-variance rule asks for on the first images"
         if f.name in FLAG_ALIASES:  # a second spelling users type (the British "defence", the paper's "T")
             p.add_argument(flag, FLAG_ALIASES[f.name], dest=f.name, type=typ, default=None, help=helptext)
         elif f.type in ("bool", bool):
@@ -75,6 +78,18 @@ def _add_eval(sub) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the result as one JSON line (last line)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _eot_flag(text: str) -> int | str:
+    """``--eot``: an int, or 'auto' (resolved by the gradient-variance rule before the evaluation)."""
+    from ..evaluation.eot_rule import AUTO
+
+    if text == AUTO:
+        return AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--eot takes an int >= 1 or {AUTO!r}, got {text!r}") from None
 
 
 def _add_certify(sub) -> None:
@@ -307,13 +322,24 @@ def eval_config(args: argparse.Namespace) -> "EvalConfig":
 
 
 def _cmd_eval(args) -> int:
+    from ..attacks.registry import protocol_label
     from ..evaluation.checks import failed_checks, trust_label
     from ..evaluation.runner import evaluate
     from ..evaluation.provenance import eval_provenance
 
+    from ..evaluation.eot_rule import AUTO, resolve_auto_eot
+
+    auto = args.eot == AUTO
+    if auto:
+        args.eot = None
     cfg = eval_config(args)
+    model, rule = None, None
+    if auto:
+        cfg, model, rule = resolve_auto_eot(cfg, args.device)
     result = evaluate(cfg, device=args.device, records_dir=args.records, progress=not args.no_progress,
-                      restart=args.restart)
+                      restart=args.restart, model=model)
+    if rule is not None:
+        result["eot_rule"] = rule
     result["provenance"] = eval_provenance(cfg)
     if result["trusted"] is False:
         print(f"WARNING: UNTRUSTED robust accuracy: sanity checks failed: {'; '.join(failed_checks(result['checks']))}",
@@ -323,7 +349,8 @@ def _cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{cfg.defense} / {cfg.attack} ({cfg.norm}, eps={cfg.eps}): clean {100 * result['clean_acc']:.1f}%, "
+        label = "" if cfg.attack == "none" else f" [{protocol_label(cfg.attack, result.get('attacks_dropped', {}))}]"
+        print(f"{cfg.defense} / {cfg.attack}{label} ({cfg.norm}, eps={cfg.eps}): clean {100 * result['clean_acc']:.1f}%, "
               f"robust {100 * result['robust_acc']:.1f}%, checks {trust_label(result['trusted'])} "
               f"[{result['seconds']:.1f}s]")
     return 0

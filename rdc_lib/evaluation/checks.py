@@ -21,6 +21,11 @@ black-box and large-budget checks cannot be met by Square inside the ensemble:
   the robust accuracy by more than the tolerance (if it does, the attack had not converged).
 - ``black_box``: Square does not break more images than the white-box gradient attacks (beyond tolerance).
 - ``transfer``: adversarial examples made on the standard CNN do not beat the white-box attack.
+- ``cross_loss`` (any attack but the full ensemble, rdc_lib.attacks.registry.FULL_ENSEMBLE): the ensemble's
+  gradient attacks that the evaluated attack lacks (for APGD-CE: APGD-DLR and APGD-T), run on the images it
+  left robust, must not break more than the tolerance (a weak or saturated loss; issue 36).
+- ``eot_convergence`` (stochastic defenses): the gradient attacks with twice the EOT draws, run on the images
+  the evaluation left robust in all ``n_eval`` readings, must not break more than the tolerance (worst of N).
 
 The comparisons are paired, image by image, on the same check images; the tolerance is
 :data:`CHECK_TOLERANCE` (a fraction of the check images: 2 of 32) and is written into every entry.
@@ -40,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..attacks.registry import get_attack
+from ..attacks.registry import FULL_ENSEMBLE, get_attack, is_full_ensemble
 from ..defenses import TRANSFER_SOURCE, DefenseSpec, build_defense, get_defense
 from .grad import check_gradients_finite_nonzero, finite_difference_check
 from .attacking import AttackFactory, run_attack
@@ -54,6 +59,7 @@ FD_IMAGES, FD_DIRECTIONS, FD_EPS, FD_TOL = 4, 4, 1e-4, 0.05  # finite-difference
 TRANSFER_STEPS = 20           # PGD iterations (at least) on the transfer source, the standard CNN
 TRANSFER_ATTACK = "pgd"       # the attack run on the transfer source (rdc_lib.defenses.TRANSFER_SOURCE)
 BLACK_BOX_ATTACK = "square"   # the score-based attack of the black-box check
+CROSS_LOSS_MAX_TARGETS = 3    # APGD-T targets at most in the cross_loss check (the headline ensemble's)
 
 
 CHECK_DESCRIPTIONS = {
@@ -66,6 +72,10 @@ CHECK_DESCRIPTIONS = {
     "black_box": "Square does not break more images than the gradient attacks (beyond the tolerance)",
     "transfer": "PGD examples made on the standard CNN do not break more images than the white-box attack "
                 "(beyond the tolerance)",
+    "cross_loss": "the full ensemble's gradient attacks that the evaluated attack lacks (for APGD-CE: APGD-DLR, "
+                  "APGD-T) break no more than the tolerance of the images it left robust (a weak loss)",
+    "eot_convergence": "stochastic defenses: the gradient attacks with twice the EOT draws break no more than the "
+                       "tolerance of the images left robust in all N readings (the EOT size sufficed)",
 }
 # The checks before the convergence rewrite, as results stored then carry them ("more_steps" marks them).
 LEGACY_CHECKS_NOTE = (
@@ -222,11 +232,11 @@ def black_box_check(model: nn.Module, x: Tensor, y: Tensor, attack_factory: Atta
                     paired: Paired) -> CheckResult:
     """The score-based BLACK_BOX_ATTACK must not break more images than the white-box gradient attacks."""
     queries = attack_factory.cfg.square_queries
-    square = robust_to(model, attack_factory.gradient_only(model, attack=BLACK_BOX_ATTACK, eot=1), x, y,
+    square = robust_to(model, attack_factory.gradient_only(model, attack=BLACK_BOX_ATTACK), x, y,
                        paired.clean_ok, paired.reads)
     return _compare(paired.white, square, paired.tolerance,
-                    f"Square ({queries} queries) must not beat the white-box gradient attacks by more than "
-                    f"{paired.tolerance:.1%}", queries=queries)
+                    f"Square ({queries} queries, scores averaged over EOT {attack_factory.cfg.eot}) must not beat the "
+                    f"white-box gradient attacks by more than {paired.tolerance:.1%}", queries=queries)
 
 
 def transfer_check(model: nn.Module, x: Tensor, y: Tensor, attack_factory: AttackFactory, paired: Paired,
@@ -245,6 +255,47 @@ def transfer_check(model: nn.Module, x: Tensor, y: Tensor, attack_factory: Attac
                     f"than {paired.tolerance:.1%}", steps=steps)
 
 
+def cross_loss_attacks(attack: str) -> tuple[str, ...]:
+    """The gradient attacks of the full ensemble (registry fact ``members`` of FULL_ENSEMBLE) that ``attack``
+    lacks, in the ensemble's order: () for the full ensemble itself."""
+    info = get_attack(attack)
+    have = set(info.members) if info.ensemble else {attack}
+    return tuple(m for m in get_attack(FULL_ENSEMBLE).members if m not in have and get_attack(m).gradient_based)
+
+
+def cross_loss_check(model: nn.Module, x: Tensor, y: Tensor, attack_factory: AttackFactory,
+                     paired: Paired) -> CheckResult:
+    """The full ensemble's gradient attacks that the evaluated attack lacks (:func:`cross_loss_attacks`), run
+    on the images it left robust, must not break more of them than the tolerance."""
+    cfg = attack_factory.cfg
+    names = cross_loss_attacks(cfg.attack)
+    targets = min(cfg.n_target_classes, CROSS_LOSS_MAX_TARGETS)
+    other = paired.white.clone()
+    if paired.white.any():
+        atk = [(name, attack_factory(model, attack=name, n_target_classes=targets)) for name in names]
+        other = robust_to(model, atk, x, y, paired.white, paired.reads)
+    return _compare(paired.white, other, paired.tolerance,
+                    f"{', '.join(n.upper() for n in names)} ({cfg.steps} iterations, EOT {cfg.eot}) must not break more "
+                    f"than {paired.tolerance:.1%} of the check images beyond {cfg.attack.upper()}", attacks=list(names),
+                    steps=cfg.steps, eot=cfg.eot, n_target_classes=targets)
+
+
+def eot_convergence_check(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, attacked: Tensor,
+                          attack_factory: AttackFactory, paired: Paired) -> CheckResult:
+    """Stochastic defenses: the evaluated gradient attacks with twice the EOT draws, run on the images the
+    evaluation's ``x_adv`` (N, C, H, W) left robust in all N = ``n_eval`` readings (``attacked`` (N,) bool:
+    the images it attacked), must not break more of them than the tolerance."""
+    cfg = attack_factory.cfg
+    reads = max(cfg.n_eval, cfg.verify)
+    base = paired.clean_ok & attacked & correct_all(model, x_adv, y, reads)
+    doubled = base.clone()
+    if base.any():
+        doubled = robust_to(model, attack_factory.gradient_only(model, eot=2 * cfg.eot), x, y, base, reads)
+    return _compare(base, doubled, paired.tolerance,
+                    f"{2 * cfg.eot} EOT draws (twice the evaluation's {cfg.eot}) must not lower the worst-of-{reads} "
+                    f"robust count by more than {paired.tolerance:.1%}", eot=2 * cfg.eot, reads=reads)
+
+
 def skipped_checks(cfg: Any, deterministic: bool | None = None) -> dict[str, str]:
     """Checks that do not apply to ``cfg`` (or, with ``deterministic`` False, to a stochastic model), and why,
     from the registries' facts about the evaluated attack and defense."""
@@ -260,6 +311,17 @@ def skipped_checks(cfg: Any, deterministic: bool | None = None) -> dict[str, str
         out["black_box"] = "the evaluated attack is Square itself"
     elif cfg.norm not in get_attack(BLACK_BOX_ATTACK).norms:
         out["black_box"] = f"Square has no {cfg.norm} threat model"
+    if is_full_ensemble(cfg.attack):
+        out["cross_loss"] = (f"the evaluated attack is the full ensemble ({', '.join(info.members)}): no loss of "
+                             "it is missing")
+    elif cfg.norm not in get_attack(FULL_ENSEMBLE).norms:
+        out["cross_loss"] = f"the ensemble has no {cfg.norm} threat model"
+    elif not cross_loss_attacks(cfg.attack):
+        out["cross_loss"] = f"{cfg.attack} already runs every gradient attack of the ensemble"
+    if deterministic:
+        out["eot_convergence"] = "the defense is deterministic (two calls agree): every EOT draw is the same"
+    elif not info.eot:
+        out["eot_convergence"] = f"{cfg.attack} takes no EOT draws"
     if cfg.defense == TRANSFER_SOURCE:
         out["transfer"] = "the transfer source is the standard CNN, the evaluated defense itself"
     elif cfg.norm not in get_attack(TRANSFER_ATTACK).norms:
@@ -296,7 +358,8 @@ def run_sanity_checks(cfg: Any, model: nn.Module, x: Tensor, y: Tensor, x_adv: T
         if attacked is not None:
             white &= attacked[:n_check].to(white.device)
     paired = Paired(clean_ok, white, reads, tolerance)
-    skip = skipped_checks(cfg, is_deterministic(model, xs[:FD_IMAGES]))
+    deterministic = is_deterministic(model, xs[:FD_IMAGES])
+    skip = skipped_checks(cfg, deterministic)
 
     checks: dict[str, CheckResult] = {"gradients": gradients_check(model, xs, ys)}
     if "finite_difference" not in skip:
@@ -309,4 +372,9 @@ def run_sanity_checks(cfg: Any, model: nn.Module, x: Tensor, y: Tensor, x_adv: T
     if "transfer" not in skip:
         source = build_defense(DefenseSpec(name=TRANSFER_SOURCE), device)
         checks["transfer"] = transfer_check(model, xs, ys, factory, paired, source)
+    if "cross_loss" not in skip:
+        checks["cross_loss"] = cross_loss_check(model, xs, ys, factory, paired)
+    if "eot_convergence" not in skip and not deterministic:
+        done = torch.ones_like(clean_ok) if attacked is None else attacked[:n_check].to(clean_ok.device)
+        checks["eot_convergence"] = eot_convergence_check(model, xs, ys, x_adv[:n_check], done, factory, paired)
     return {name: c.as_dict() for name, c in checks.items()}

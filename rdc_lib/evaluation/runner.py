@@ -24,6 +24,7 @@ from ..core.choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LE
 from ..diffusion.schedules import check_grid_sigma_min
 from ..data import load_dataset
 from ..defenses import DefenseSpec, build_defense, defense_names, get_defense
+from ..attacks.registry import get_attack
 from ..core.paths import default_denoiser, stored_denoiser_name
 from . import checks
 from .prediction import n_evaluate, predict
@@ -37,6 +38,15 @@ _LATER_FIELDS = ("verify", "denoiser", "grid", "grid_sigma_min", "lm_steps", "lm
 # Defense settings added with the registries: refused for a defense that does not read them (registry
 # fact ``extra_args``) and, with a preset, when they differ from the preset's (the preset fixes grid and LM).
 _SPEC_SETTINGS = ("grid", "grid_sigma_min", "lm_steps", "lm_eta", "lm_step_size")
+
+
+# What a count below 1 would have meant, for the error message.
+_AT_LEAST_ONE = {
+    "eot": " (draws of a stochastic defense averaged per gradient and per Square score; 1 for a deterministic one)",
+    "verify": " (calls that must all misclassify an image before an attack stops on it; 1 for a deterministic defense)",
+    "n_eval": " (re-classifications of each final adversarial example: 1 for a deterministic defense, e.g. 10 for "
+              "the worst of N on a stochastic one)",
+}
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,7 @@ class EvalConfig:
         for name in ("n", "eot", "verify", "steps", "restarts", "timesteps", "n_eval", "vote", "chunk", "square_queries",
                      "n_target_classes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{name} must be >= 1{_AT_LEAST_ONE.get(name, '')}, got {name} = {getattr(self, name)}")
         for name, valid in (("noise_mode", NOISE_MODES), ("grad_mode", GRAD_MODES), ("heads", HEADS)):
             check_choice(name, getattr(self, name), valid)
         if self.offset < 0:
@@ -129,8 +139,6 @@ class EvalConfig:
 
     def _check_attack(self, defense) -> None:
         """The attack's registry facts against the threat model and the defense."""
-        from ..attacks.registry import get_attack
-
         info = get_attack(self.attack)
         if self.norm not in info.norms:
             raise ValueError(f"attack {self.attack!r} goes with norm {' or '.join(map(repr, info.norms))}, got "
@@ -322,10 +330,8 @@ def evaluate(
         "max_linf": max(r["linf"] for r in recs), "max_l2": max(r["l2"] for r in recs),
         "attack_stats": attack_stats,
     }
-    if cfg.attack == "autoattack":
-        from ..attacks.ensemble import autoattack_dropped
-
-        result["attacks_dropped"] = autoattack_dropped(cfg.eot)
+    if cfg.attack != NO_ATTACK and get_attack(cfg.attack).ensemble:
+        result["attacks_dropped"] = {}  # every member runs (before issue 36 Square was left out under EOT)
     result.update(_checks(cfg, model, x_all, y_all, x_adv_all.to(device), recs, device))
     result["seconds"] = time.perf_counter() - t0
     return result

@@ -1,6 +1,7 @@
 """Turn a sweep store into tables (markdown / CSV / HTML) and a plotly figure of robust accuracy vs eps.
 
-Every number keeps its sanity-check status: a result's ``trusted`` flag (``rdc_lib.evaluation`` sets it
+Every number keeps its attack's protocol label (``protocol``: "full ensemble", or e.g. "APGD-CE only: an
+upper bound", from rdc_lib.attacks.registry.protocol_label) and its sanity-check status: a result's ``trusted`` flag (``rdc_lib.evaluation`` sets it
 from its ``checks`` dict, ``{name: {"passed": bool, ...}}``) becomes ``yes`` / ``NO`` / ``-`` (no checks)
 in the tables, and untrusted points are drawn with an open ``x`` marker. A mean over seeds is trusted
 only if every seed's result is.
@@ -24,7 +25,7 @@ from .store import CellRecord, ResultStore
 __all__ = ["Report", "aggregate", "cell_rows", "figure_vs_eps", "group_keys", "markdown_table", "trust_of",
            "write_report"]
 
-CELL_COLUMNS = ("defense", "attack", "norm", "eps", "seed", "n", "clean_acc", "robust_acc", "trusted",
+CELL_COLUMNS = ("defense", "attack", "protocol", "norm", "eps", "seed", "n", "clean_acc", "robust_acc", "trusted",
                 "failed_checks", "seconds")
 GROUP_KEYS = ("defense", "attack", "norm")
 
@@ -69,6 +70,10 @@ def cell_rows(records: Sequence[CellRecord]) -> list[dict[str, Any]]:
         if "denoiser" in res:
             row["denoiser"] = _denoiser_of(res)
         row["trusted"] = _trust_text(trust_of(res))
+        if row.get("attack") not in (None, "none"):  # a single attack's robust accuracy is an upper bound: say so
+            from ..attacks.registry import protocol_label
+
+            row["protocol"] = protocol_label(row["attack"], res.get("attacks_dropped", {}))
         row["failed_checks"] = _failed_checks(res)
         row["seconds"] = res.get("seconds", rec.duration)
         rows.append(row)
