@@ -33,7 +33,7 @@ from rdc_lib.choices import GRID_SIGMA_MIN, LEGACY_DENOISERS, LM_ETA
 from rdc_lib.defenses import get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import checks_protocol, trust_label
-from rdc_lib.evaluation.records import read_outcomes
+from rdc_lib.evaluation.shards import SHARD_FIELDS, ShardError, merge_shards, shard_records
 from rdc_lib.evaluation.stats import paired_comparison, wilson
 from rdc_lib.paths import stored_denoiser_name
 from rdc_lib.provenance import describe, eval_provenance
@@ -85,12 +85,9 @@ HEADLINE_MIN_IMAGES = 200  # a headline row rests on at least this many test ima
 HEADLINE_MIN_STEPS = 50    # ... and APGD with at least this many iterations
 
 
-SHARD_FIELDS = ("n", "offset", "run_checks", "chunk")  # what may differ between the shards of one headline row
-
-
 def import_rows(args: argparse.Namespace) -> None:
     """Combine the ``rdc eval --json`` outputs given (one run, or contiguous shards of one run) into headline
-    rows and add them to ``headline.jsonl``."""
+    rows and add them to ``headline.jsonl``; shards are merged from their per-image records (``--per-image``)."""
     store = Path(args.records) / "headline.jsonl"
     store.parent.mkdir(parents=True, exist_ok=True)
     kept = {}
@@ -102,11 +99,12 @@ def import_rows(args: argparse.Namespace) -> None:
         same = json.dumps({k: v for k, v in row.items() if k in EvalConfig.__dataclass_fields__
                            and k not in SHARD_FIELDS}, sort_keys=True)
         groups.setdefault(same, []).append(row)
+    per_image = [Path(p) for p in args.per_image]
     for shards in groups.values():
-        row = headline_row(shards)
-        if args.per_image:
+        row = headline_row(shards, per_image)
+        if per_image:
             row["robust_images"] = [i for s in sorted(shards, key=lambda r: r["offset"])
-                                    for i in robust_images(s, [Path(p) for p in args.per_image])]
+                                    for i in robust_images(s, per_image)]
         kept[row["key"]] = row
         print(f"{row['defense']} {row['norm']} {row['eps']:g} on {row['n']} images ({len(shards)} shard(s)): robust "
               f"{row['robust_acc']:.3f}, trusted={row['trusted']}", flush=True)
@@ -133,44 +131,21 @@ def read_result(path: Path) -> dict:
 def robust_images(result: dict, records: list[Path]) -> list[int]:
     """Test-set indices of the images one run (its ``rdc eval --json`` result) left robust, read from the records
     file among ``records`` whose header holds the run's configuration; refused when none does or when the
-    records disagree with the result's count."""
-    for path in records:
-        try:
-            head, kept = read_outcomes(path)
-        except ValueError:
-            continue
-        if any(result.get(k) != v for k, v in head.items()):
-            continue
-        images = range(result["offset"], result["offset"] + result["n"])
-        missing = [i for i in images if i not in kept]
-        robust = [i for i in images if kept.get(i)]
-        if missing or len(robust) != result["robust"]["correct"]:
-            raise SystemExit(f"{path}: records of images {result['offset']}-{images[-1]} "
-                             f"{'lack ' + str(len(missing)) + ' images' if missing else f'count {len(robust)} robust'}"
-                             f" (expected all {result['n']} with {result['robust']['correct']} robust, as the result)")
-        return robust
-    raise SystemExit(f"no records file for `{result['command']}` among the {len(records)} given (expected the "
-                     ".jsonl under its --records folder whose header has its configuration)")
+    records disagree with the result's counts."""
+    try:
+        _, recs = shard_records(result, records)
+    except ShardError as e:
+        raise SystemExit(str(e)) from None
+    return [r["index"] for r in recs if r["robust_first"]]
 
 
-def headline_row(shards: list[dict]) -> dict:
+def headline_row(shards: list[dict], per_image: list[Path] = ()) -> dict:
     """One headline row from one run or from contiguous shards of it (the first, at the first image, carries
-    the sanity checks); refused unless it can carry a headline number."""
+    the sanity checks), every count recomputed from the per-image records ``per_image`` (required for more than
+    one shard; rdc_lib.evaluation.shards); refused unless it can carry a headline number."""
     shards = sorted(shards, key=lambda r: r["offset"])
-    for a, b in zip(shards, shards[1:]):
-        if a["offset"] + a["n"] != b["offset"]:
-            raise SystemExit(f"shards are not contiguous: images {a['offset']}-{a['offset'] + a['n'] - 1} then "
-                             f"{b['offset']}-{b['offset'] + b['n'] - 1}")
-    first = shards[0]
-    row = dict(first)
-    n = sum(r["n"] for r in shards)
-    clean = wilson(sum(r["clean"]["correct"] for r in shards), sum(r["clean"]["total"] for r in shards))
-    robust = wilson(sum(r["robust"]["correct"] for r in shards), sum(r["robust"]["total"] for r in shards))
-    row.update(n=n, clean=clean.as_dict(), robust=robust.as_dict(), clean_acc=clean.value, robust_acc=robust.value,
-               seconds=sum(r["seconds"] for r in shards), run_checks=first["run_checks"],
-               shards=[{k: r[k] for k in ("offset", "n", "run_checks", "command", "seconds", "provenance")}
-                       for r in shards])
-    cfg = EvalConfig.from_stored(row)
+    first, n = shards[0], sum(r["n"] for r in shards)
+    cfg = EvalConfig.from_stored(first)
     problems = [msg for bad, msg in (
         (cfg.attack != "autoattack", f"attack {cfg.attack!r} (expected autoattack)"),
         (n < HEADLINE_MIN_IMAGES, f"{n} images (expected >= {HEADLINE_MIN_IMAGES})"),
@@ -180,8 +155,12 @@ def headline_row(shards: list[dict]) -> dict:
     ) if bad]
     if problems:
         raise SystemExit("not a headline result: " + "; ".join(problems))
+    try:
+        row = merge_shards(shards, per_image)
+    except ShardError as e:
+        raise SystemExit(f"not one run: {e}") from None
+    cfg = EvalConfig.from_stored(row)
     row["key"] = cfg.key()
-    row["command"] = " && ".join(r["command"] for r in shards)
     return row
 
 
