@@ -35,7 +35,7 @@ from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES, checks_protocol, trust_l
 from rdc_lib.defenses import checkpoint_files
 from rdc_lib.paths import checkpoint_path, stored_denoiser_name
 from rdc_lib.grad import EOT_TARGET, gradient_cosine_similarity, suggest_eot
-from rdc_lib.provenance import describe, eval_provenance, provenance
+from rdc_lib.provenance import describe, eval_provenance, mark, provenance
 
 STRONGEST = "exact+EOT, verified stop"
 VERIFY = 4  # calls that must all misclassify before the strongest protocol stops attacking an image
@@ -217,7 +217,8 @@ def doc(args: argparse.Namespace) -> int:
             for r in group:
                 rob = r["robust"]
                 over = r["robust_acc"] - strongest
-                ci = f"{_pct(rob['value'])} ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-{100 * rob['high']:.0f})"
+                ci = (f"{_pct(rob['value'])} ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
+                      f"{100 * rob['high']:.0f}){mark(r)}")
                 checks = trust_label(r.get("trusted")) if r.get("trusted") is not False else "**UNTRUSTED**: " + ", ".join(
                     k for k, v in r["checks"].items() if not v["passed"])
                 lines.append(f"| {defense} | {variant} | {r['protocol']} | {_pct(r['clean_acc'])} | {ci} | "

@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.choices import GRID_SIGMA_MIN, LEGACY_DENOISERS, LM_ETA
+from rdc_lib.choices import CHOSEN_ON, GRID_SIGMA_MIN, LEGACY_DENOISERS, LM_ETA
 from rdc_lib.defenses import get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import checks_protocol, trust_label
 from rdc_lib.evaluation.shards import SHARD_FIELDS, ShardError, merge_shards, shard_records
 from rdc_lib.evaluation.stats import paired_comparison, wilson
 from rdc_lib.paths import stored_denoiser_name
-from rdc_lib.provenance import describe, eval_provenance
+from rdc_lib.provenance import describe, eval_provenance, mark
 from rdc_lib.study import ROBUST_SETTINGS
 
 THREATS = {"linf": 0.1, "l2": 0.5}
@@ -188,6 +188,14 @@ def defense_label(row: dict) -> str:
     return f"{row['defense']} ({', '.join(parts)})" if parts else row["defense"]
 
 
+def chosen_on(row: dict) -> str:
+    """The images the choices behind a row were made on (rdc_lib.choices.CHOSEN_ON: its denoiser, its grid's
+    smallest level), e.g. 'test 0-199 + test 200-359'; 'none' when no shipped choice of the row was made on images."""
+    settings = (("denoiser", row.get("denoiser")), ("grid_sigma_min", row.get("grid_sigma_min", GRID_SIGMA_MIN)))
+    found = dict.fromkeys(CHOSEN_ON[s] for s in settings if s in CHOSEN_ON)
+    return " + ".join(found) or "none"
+
+
 def headline_lines(path: Path) -> list[str]:
     """The headline table: long evaluations of the shipped single-head denoiser (empty without the file)."""
     if not path.is_file():
@@ -196,15 +204,16 @@ def headline_lines(path: Path) -> list[str]:
     lines = ["## Headline: the same test images, one protocol", "",
              f"At least {HEADLINE_MIN_IMAGES} test images, APGD with at least {HEADLINE_MIN_STEPS} iterations, every "
              "row with its sanity checks (section *Headline sanity checks*) and the command, commit and seconds that "
-             "made it.", "",
-             "| defense | denoiser | threat | images | clean | robust (95% interval) | checks | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
+             "made it. *Chosen on*: the images the row's denoiser and noise grid were chosen on (a row chosen on "
+             "the images it is measured on overstates); *(dirty)*: measured with uncommitted changes.", "",
+             "| defense | denoiser | threat | images | chosen on | clean | robust (95% interval) | checks | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rob, clean = r["robust"], r["clean"]
         lines.append(f"| {defense_label(r)} | {r['denoiser'] or '—'} | {r['norm']} {r['eps']:g} | {r['n']} (from {r['offset']}) | "
-                     f"{100 * clean['value']:.1f}% ({clean['correct']}/{clean['total']}) | "
+                     f"{chosen_on(r)} | {100 * clean['value']:.1f}% ({clean['correct']}/{clean['total']}) | "
                      f"**{100 * rob['value']:.1f}%** ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
-                     f"{100 * rob['high']:.0f}){_mark(r.get('trusted'))} | {trust_label(r.get('trusted'))} | "
+                     f"{100 * rob['high']:.0f}){_mark(r.get('trusted'))}{mark(r)} | {trust_label(r.get('trusted'))} | "
                      f"{r['seconds']:.0f} |")
     r0 = next((r for r in rows if r["denoiser"]), rows[0])  # the settings of the diffusion rows (CNNs ignore them)
     lines += ["", f"Attack: AutoAttack-style ensemble, worst case per image over APGD-CE, APGD-DLR, APGD-T "
@@ -290,7 +299,7 @@ def doc(args: argparse.Namespace) -> None:
         ref = next(c for c in cells_ if c)
         fmt = lambda c: "—" if c is None else (f"{100 * c['robust']['value']:.1f}% ({c['robust']['correct']}/"
                                               f"{c['robust']['total']}, {100 * c['robust']['low']:.0f}-"
-                                              f"{100 * c['robust']['high']:.0f})" + _mark(c.get("trusted")))
+                                              f"{100 * c['robust']['high']:.0f})" + _mark(c.get("trusted")) + mark(c))
         clean = ref["clean"]
         flags = [c.get("trusted") for c in cells_ if c]
         status = ("UNTRUSTED: " + ", ".join(f"{c['norm']}:{k}" for c in cells_ if c
