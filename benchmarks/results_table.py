@@ -9,8 +9,10 @@ write the document from the stored results (never by hand):
 The headline rows (the shipped single-head denoiser, >= 200 images, APGD >= 50 iterations) are long
 ``rdc eval --json`` runs; their JSON lines are checked and added to the headline store, and the doc
 mode puts them first (shards of one run, e.g. images 0-99 with the sanity checks and 100-199 without, are
-combined into one row). With ``--per-image`` the runs' records files give each row the images it left robust,
-and the doc mode compares every two rows on the same images (paired counts, exact McNemar test):
+combined into one row, every count and rate recomputed from the shards' records files, which ``--per-image`` must
+then name; shards of different commits, configurations or denoisers are refused: rdc_lib.evaluation.shards).
+With ``--per-image`` the runs' records files give each row the images it left robust, and the doc mode compares
+every two rows on the same images (paired counts, exact McNemar test):
 
     .venv/bin/python benchmarks/results_table.py import runs/headline_dc.out runs/headline_rdc_a.out runs/headline_rdc_b.out \
         --per-image runs/headline_dc/*.jsonl runs/headline_rdc/*.jsonl

@@ -180,3 +180,18 @@ def test_rdc_rows_are_named_with_their_lm_radius():
     assert rt.defense_label({"defense": "dc", "grid_sigma_min": 0.6, "timesteps": 32}) == "dc (levels from sigma 0.6, T 32)"
     assert rt.defense_label({"defense": "dc", "timesteps": 16}) == "dc"
     assert rt.defense_label({"defense": "cnn", "timesteps": 32}) == "cnn"  # CNNs have no levels
+
+
+def test_each_headline_row_names_the_images_its_choices_were_made_on():
+    from rdc_lib.choices import CHOSEN_ON, DEFAULT_DENOISERS, ROBUST_GRID_SIGMA_MIN
+
+    multi = DEFAULT_DENOISERS["multi"]
+    assert TABLE.chosen_on({"defense": "cnn", "denoiser": ""}) == "none"
+    assert TABLE.chosen_on({"defense": "dc", "denoiser": "digits_film_multi_distill9"}) == "none"
+    assert TABLE.chosen_on({"defense": "dc", "denoiser": multi}) == CHOSEN_ON[("denoiser", multi)] == "test 0-199"
+    assert TABLE.chosen_on({"defense": "rdc", "denoiser": multi, "grid_sigma_min": ROBUST_GRID_SIGMA_MIN}) == \
+        "test 0-199 + test 200-359"
+    text = (ROOT / "docs" / "results.md").read_text()
+    assert "| images | chosen on | clean |" in text
+    rows = [json.loads(l) for l in (ROOT / "docs" / "raw" / "headline.jsonl").read_text().splitlines() if l.strip()]
+    assert all(f"(from {r['offset']}) | {TABLE.chosen_on(r)} |" in text for r in rows)
