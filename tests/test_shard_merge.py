@@ -111,3 +111,16 @@ def test_merge_provenance_unions_checkpoints_and_joins_commands():
     prov = merge_provenance([("A", {**base, "checkpoints": {"x": "1", "cnn": "2"}, "command": "one", "utc": "2026-01-01"}),
                              ("B", {**base, "checkpoints": {"x": "1"}, "command": "two", "utc": "2026-01-02"})])
     assert prov == {**base, "checkpoints": {"cnn": "2", "x": "1"}, "command": "one && two", "utc": "2026-01-02"}
+
+
+def test_a_resumed_shard_leaves_its_attack_summaries_marked_incomplete(runs, tmp_path):
+    single, shards, records = runs
+    resumed = _result(SHARDS[1], records[0].parent)  # every record is stored: nothing is attacked again
+    assert resumed["attack_stats"] == [] and resumed["robust"] == shards[1]["robust"]
+    merged = merge_shards([shards[0], resumed], records)
+    assert merged["robust_worst"] == single["robust_worst"]  # the counts come from the records all the same
+    attacked = single["clean"]["correct"]
+    covered = sum(c["n"] for c in shards[0]["attack_stats"])
+    assert merged["not_recorded"] == {"attack_stats": f"cover {covered} of the {attacked} attacked images (a resumed "
+                                                      "run reports only the chunks it attacked itself)"}
+    assert "not_recorded" not in merge_shards(shards, records)

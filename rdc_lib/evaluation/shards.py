@@ -27,7 +27,7 @@ SUMMARY_FIELDS = ("clean_acc", "robust_acc", "robust_acc_avg", "robust_acc_worst
                   "max_linf", "max_l2")
 FIRST_SHARD_FIELDS = ("checks", "checks_skipped", "trusted")  # the sanity checks run on the first shard only
 MERGED_FIELDS = (*SUMMARY_FIELDS, *FIRST_SHARD_FIELDS, "attack_stats", "attacks_dropped", "seconds", "provenance",
-                 "command", "key", "robust_images")
+                 "command", "key", "robust_images", "not_recorded")
 
 
 class ShardError(ValueError):
@@ -153,10 +153,11 @@ def merge_shards(results: Sequence[dict], record_files: Sequence[str | Path]) ->
     if len(shards) > 1 and not record_files:
         raise ShardError(f"merging {len(shards)} shards needs their per-image records (the .jsonl files under their "
                          "--records folders): counts and rates are recomputed from them, never copied")
+    records: list[dict] = []
     if len(shards) == 1 and not record_files:  # one whole run: its own summary (nothing to recompute)
         summary = {k: first[k] for k in SUMMARY_FIELDS if k in first}
     else:
-        codes, records = set(), []
+        codes = set()
         for s in shards:
             code, recs = shard_records(s, record_files)
             codes.add(code)
@@ -167,6 +168,11 @@ def merge_shards(results: Sequence[dict], record_files: Sequence[str | Path]) ->
         summary = summarize(records, first["attack"] != "none")
     row = {**{k: first[k] for k in _config_fields() if k in first}, "n": sum(s["n"] for s in shards), **summary,
            "attack_stats": [c for s in shards for c in s.get("attack_stats", [])]}
+    attacked = sum(r.get("attacked", r["clean_pred"] == r["label"]) for r in records)
+    covered = sum(c.get("n", 0) for c in row["attack_stats"])
+    if records and first["attack"] != "none" and covered != attacked:
+        row["not_recorded"] = {"attack_stats": f"cover {covered} of the {attacked} attacked images (a resumed run "
+                                               "reports only the chunks it attacked itself)"}
     if "attacks_dropped" in first:
         row["attacks_dropped"] = first["attacks_dropped"]
     row.update({k: first[k] for k in FIRST_SHARD_FIELDS if k in first})
