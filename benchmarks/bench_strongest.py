@@ -33,6 +33,8 @@ from io import BytesIO
 from pathlib import Path
 
 from rdc_lib.core.choices import LEGACY_DENOISERS
+from rdc_lib.core.paths import checkpoint_path
+from rdc_lib.evaluation.provenance import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_COMMIT = "9ee14f1"  # the code before the issue-19 speed-ups
@@ -233,7 +235,8 @@ def main() -> int:
                f"--rounds {args.rounds} --threads {args.threads} --protocols {' '.join(args.protocols)}"
                + ("" if args.out == "docs/raw/bench_strongest.json" else f" --out {args.out}"))
     out = {"command": command, "old_commit": args.old, "new_commit": _commit(), "n": args.n, "steps": args.steps,
-           "rounds": args.rounds, "threads": args.threads, "measure": measure, "protocols": rows}
+           "rounds": args.rounds, "threads": args.threads, "measure": measure, "protocols": rows,
+           "provenance": provenance([checkpoint_path(BASE["denoiser"])])}  # this code's; old_commit: the other
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")

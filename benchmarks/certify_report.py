@@ -24,6 +24,7 @@ import torch
 
 from rdc_lib.certify.runner import CertifyConfig, consistency, run_certify
 from rdc_lib.core.choices import LEGACY_DENOISERS
+from rdc_lib.evaluation.provenance import certify_provenance, mark
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO / "docs" / "raw" / "certified.jsonl"
@@ -71,7 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for cfg in _configs(args):
         res = run_certify(cfg, records_dir=args.records, progress=not args.no_progress)
         row = {**res, "key": cfg.key(), "command": " ".join(["python", "benchmarks/certify_report.py"] + sys.argv[1:]),
-               "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} thread(s)"}
+               "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} thread(s)",
+               "provenance": certify_provenance(cfg)}
         _write_row(Path(args.raw), row)
         print(json.dumps({k: row[k] for k in ("label", "images", "certified_acc", "empirical_acc", "abstain_rate",
                                                "seconds_per_image", "passes_per_image", "consistent")}), flush=True)
@@ -175,7 +177,7 @@ def render(rows: list[dict], bench: dict | None = None) -> str:
         else:
             ok = "n/a"
         lines.append(f"| {name} | {row['sigma']:g} | {row['images']} | {row['n']} | {row['alpha']:g} | "
-                     f"{100 * row['abstain_rate']:.0f}% | " + " | ".join(cells) + f" | {ok} |")
+                     f"{100 * row['abstain_rate']:.0f}% | " + " | ".join(cells) + f"{mark(row)} | {ok} |")
     lines += [
         "",
         "Consistency check (a test of both methods, computed here from the raw rows): at every radius the certified",

@@ -14,7 +14,6 @@ docs/denoisers_notes.md (the hand-written analysis) appended verbatim.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -23,12 +22,9 @@ import torch
 import yaml
 
 from rdc_lib.evaluation import evaluate
+from rdc_lib.evaluation.provenance import file_sha256, provenance
 from rdc_lib.experiments.study import (check_study_checkpoint, entry_dict, eval_command, load_study, measure_denoiser,
                            render_report, robust_config, robust_flags)
-
-
-def _sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _rows(raw: Path) -> list[dict]:
@@ -52,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
         entries = [e for e in entries if e.name in args.only]
     raw = Path(args.raw)
     for entry in entries:
-        sha = _sha256(entry.checkpoint) if Path(entry.checkpoint).is_file() else None
+        sha = file_sha256(entry.checkpoint) if Path(entry.checkpoint).is_file() else None
         prev = next((r for r in _rows(raw) if r["name"] == entry.name and r["sha256"] == sha), None)
         if prev is not None and not args.redo and (entry.n_robust == 0 or "robust_flags" in prev):
             print(f"skip (done): {entry.name}", flush=True)
@@ -60,6 +56,8 @@ def run(args: argparse.Namespace) -> None:
         denoiser = check_study_checkpoint(entry.checkpoint)
         if prev is not None and not args.redo:
             row = prev  # clean columns done; only the robust column (resumed from its records) is missing
+            if "provenance" in prev:
+                row["clean_provenance"] = prev["provenance"]  # the process that measured the clean columns
         else:
             print(f"measuring {entry.name} ...", flush=True)
             row = {**entry_dict(entry), "sha256": sha, "heads": denoiser.heads}
@@ -84,6 +82,7 @@ def run(args: argparse.Namespace) -> None:
             row["robust_command"] = eval_command(cfg, args.records)
             print(f"  robust {res['robust']['correct']}/{res['robust']['total']} [{time.perf_counter() - t0:.0f}s]",
                   flush=True)
+        row["provenance"] = provenance([entry.checkpoint])
         rows = [r for r in _rows(raw) if r["name"] != entry.name] + [row]
         _write_rows(raw, rows)
     print(f"raw rows: {raw}")

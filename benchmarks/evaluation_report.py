@@ -33,10 +33,11 @@ from rdc_lib.core.choices import DEFAULT_DENOISERS
 from rdc_lib.defenses import DefenseSpec, build_defense, get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES, checks_protocol, trust_label
+from rdc_lib.evaluation.shards import SUMMARY_FIELDS
 from rdc_lib.defenses import checkpoint_files
 from rdc_lib.core.paths import checkpoint_path, stored_denoiser_name
 from rdc_lib.evaluation.grad import EOT_TARGET, gradient_cosine_similarity, suggest_eot
-from rdc_lib.evaluation.provenance import describe, eval_provenance, provenance
+from rdc_lib.evaluation.provenance import describe, eval_provenance, mark, provenance
 
 STRONGEST = "exact+EOT, verified stop"
 VERIFY = 4  # calls that must all misclassify before the strongest protocol stops attacking an image
@@ -140,7 +141,9 @@ DEFENSE_ORDER = ("cnn", "at-cnn", "diffpure", "dc", "rdc")
 
 def merge(sources: list[Path], out: Path) -> tuple[list[dict], dict]:
     """Join the stored rows and EOT diagnostics of runs split across record folders (e.g. one per core) into
-    ``out``, rows in the document's order (defense, then protocol). A cell stored twice with different results,
+    ``out``, rows in the document's order (defense, then protocol). Each row is a whole cell (its own counts and
+    provenance; cells split by images are merged by rdc_lib.evaluation.shards). A cell stored twice with different
+    results (any count or rate),
     or a defense whose diagnostics disagree on the EOT size, is refused: the folders did not run one evaluation."""
     rows: dict[str, dict] = {}
     diag: dict[str, dict] = {}
@@ -149,9 +152,11 @@ def merge(sources: list[Path], out: Path) -> tuple[list[dict], dict]:
         if not store.is_file():
             raise FileNotFoundError(f"{store}: no stored rows (expected a --records folder of `run`)")
         for r in _read_rows(store):
-            if r["key"] in rows and rows[r["key"]]["robust"] != r["robust"]:
+            differ = [k for k in SUMMARY_FIELDS if r["key"] in rows and rows[r["key"]].get(k) != r.get(k)]
+            if differ:  # every count and rate, not only the robust one
                 raise ValueError(f"{r['defense']} / {r['protocol']} is stored in two folders with different results "
-                                 f"({rows[r['key']]['robust']} and {r['robust']}); keep one")
+                                 f"(" + "; ".join(f"{k}: {rows[r['key']].get(k)} and {r.get(k)}" for k in differ)
+                                 + "); keep one")
             rows.setdefault(r["key"], r)
         g = src / "eot_diagnostic.json"
         for d, v in (json.loads(g.read_text()) if g.is_file() else {}).items():
@@ -224,7 +229,8 @@ def doc(args: argparse.Namespace) -> int:
             for r in group:
                 rob = r["robust"]
                 over = r["robust_acc"] - strongest
-                ci = f"{_pct(rob['value'])} ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-{100 * rob['high']:.0f})"
+                ci = (f"{_pct(rob['value'])} ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
+                      f"{100 * rob['high']:.0f}){mark(r)}")
                 checks = trust_label(r.get("trusted")) if r.get("trusted") is not False else "**UNTRUSTED**: " + ", ".join(
                     k for k, v in r["checks"].items() if not v["passed"])
                 lines.append(f"| {defense} | {variant} | {r['protocol']}{_bound(r)} | {_pct(r['clean_acc'])} | {ci} | "

@@ -32,7 +32,7 @@ from rdc_lib.evaluation.runner import EvalConfig, evaluate
 from rdc_lib.evaluation.stats import wilson
 from rdc_lib.models.checkpoints import load_denoiser
 from rdc_lib.core.paths import resolve_checkpoint
-from rdc_lib.evaluation.provenance import provenance
+from rdc_lib.evaluation.provenance import mark, provenance
 from rdc_lib.experiments.study import ROBUST_SETTINGS, eval_command, robust_flags
 
 RAW = Path("docs/raw/grid_levels.jsonl")
@@ -114,7 +114,7 @@ def render(rows: list[dict], notes: str = "") -> str:
                   "|---|" + "---|" * len(sigmas)]
         for d in denoisers:
             by = {r["sigma_min"]: r for r in group if r["denoiser"] == d}
-            lines.append(f"| `{d}` | " + " | ".join(_cell(by[s]) if s in by else "—" for s in sigmas) + " |")
+            lines.append(f"| `{d}` | " + " | ".join(_cell(by[s]) + mark(by[s]) if s in by else "—" for s in sigmas) + " |")
         lines += ["", "Clean accuracy of the same cells: "
                   + "; ".join(f"`{r['denoiser']}` at {r['sigma_min']:g}: {r['clean']['correct']}/{r['clean']['total']}"
                               for r in group) + ".", "",

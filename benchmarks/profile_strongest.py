@@ -198,6 +198,18 @@ def _op_share(n: int, seed: int) -> dict:
             "top_ops": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in top]}
 
 
+def _provenance(cfg) -> dict:
+    """Provenance of the run; with an older library extract on PYTHONPATH (no rdc_lib.evaluation.provenance) an explicit
+    marker naming what was not recorded (``commit`` above labels the profiled code)."""
+    try:
+        from rdc_lib.evaluation.provenance import eval_provenance
+    except ImportError:
+        return {"commit": "not recorded", "dirty": "not recorded", "checkpoints": "not recorded",
+                "versions": "not recorded", "command": " ".join(sys.argv), "utc": "not recorded",
+                "note": "profiled with a library extract that predates rdc_lib.evaluation.provenance; see commit"}
+    return eval_provenance(cfg)
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -236,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
         "robust_acc_worst": res["robust_acc_worst"],
         "attack_stats": res["attack_stats"],
         "ops": _op_share(args.op_images, args.seed),
+        "provenance": _provenance(cfg),
     }
     dest = Path(args.out)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -256,12 +269,14 @@ def _denoiser_flag(cfg: dict) -> str:
 
 
 def _profile_section(p: dict) -> list[str]:
+    from rdc_lib.evaluation.provenance import mark
+
     cfg = p["config"]
     cpu = p["cpu_s"]
     checks = sum(p["seconds"]["sanity checks"].values())
     per_image = cpu - checks
     lines = [
-        f"## Where the seconds go (code at commit `{p['commit']}`)",
+        f"## Where the seconds go (code at commit `{p['commit']}`){mark(p)}",
         "",
         f"Profile of `{STRONGEST_CLI}{_denoiser_flag(cfg)} --steps {cfg['steps']} --n {cfg['n']} --chunk {cfg['n']}` (seed {cfg['seed']}, "
         f"{cfg['threads']} thread), measured by `{p['command']}` with the library of that commit on `PYTHONPATH` "
@@ -319,7 +334,10 @@ def _profile_section(p: dict) -> list[str]:
 
 
 def _bench_section(b: dict, level: str = "##") -> list[str]:
-    title = "Before vs after the speed-ups, measured in one run" + ("" if level == "##" else f": {b['n']} images")
+    from rdc_lib.evaluation.provenance import mark
+
+    title = ("Before vs after the speed-ups, measured in one run" + ("" if level == "##" else f": {b['n']} images")
+             + mark(b))
     lines = [
         f"{level} {title}",
         "",

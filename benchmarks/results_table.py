@@ -9,8 +9,10 @@ write the document from the stored results (never by hand):
 The headline rows (the shipped single-head denoiser, >= 200 images, APGD >= 50 iterations) are long
 ``rdc eval --json`` runs; their JSON lines are checked and added to the headline store, and the doc
 mode puts them first (shards of one run, e.g. images 0-99 with the sanity checks and 100-199 without, are
-combined into one row). With ``--per-image`` the runs' records files give each row the images it left robust,
-and the doc mode compares every two rows on the same images (paired counts, exact McNemar test):
+combined into one row, every count and rate recomputed from the shards' records files, which ``--per-image`` must
+then name; shards of different commits, configurations or denoisers are refused: rdc_lib.evaluation.shards).
+With ``--per-image`` the runs' records files give each row the images it left robust, and the doc mode compares
+every two rows on the same images (paired counts, exact McNemar test):
 
     .venv/bin/python benchmarks/results_table.py import runs/headline_dc.out runs/headline_rdc_a.out runs/headline_rdc_b.out \
         --per-image runs/headline_dc/*.jsonl runs/headline_rdc/*.jsonl
@@ -30,14 +32,14 @@ from pathlib import Path
 import torch
 
 from rdc_lib.attacks import FULL_ENSEMBLE, is_full_ensemble, protocol_label
-from rdc_lib.core.choices import GRID_SIGMA_MIN, LEGACY_DENOISERS, LM_ETA
+from rdc_lib.core.choices import CHOSEN_ON, GRID_SIGMA_MIN, LEGACY_DENOISERS, LM_ETA
 from rdc_lib.defenses import get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import checks_protocol, trust_label
-from rdc_lib.evaluation.records import read_outcomes
+from rdc_lib.evaluation.shards import SHARD_FIELDS, ShardError, merge_shards, shard_records
 from rdc_lib.evaluation.stats import paired_comparison, wilson
 from rdc_lib.core.paths import stored_denoiser_name
-from rdc_lib.evaluation.provenance import describe, eval_provenance
+from rdc_lib.evaluation.provenance import describe, eval_provenance, mark
 from rdc_lib.experiments.study import ROBUST_SETTINGS
 
 THREATS = {"linf": 0.1, "l2": 0.5}
@@ -86,12 +88,9 @@ HEADLINE_MIN_IMAGES = 200  # a headline row rests on at least this many test ima
 HEADLINE_MIN_STEPS = 50    # ... and APGD with at least this many iterations
 
 
-SHARD_FIELDS = ("n", "offset", "run_checks", "chunk")  # what may differ between the shards of one headline row
-
-
 def import_rows(args: argparse.Namespace) -> None:
     """Combine the ``rdc eval --json`` outputs given (one run, or contiguous shards of one run) into headline
-    rows and add them to ``headline.jsonl``."""
+    rows and add them to ``headline.jsonl``; shards are merged from their per-image records (``--per-image``)."""
     store = Path(args.records) / "headline.jsonl"
     store.parent.mkdir(parents=True, exist_ok=True)
     kept = {}
@@ -103,11 +102,12 @@ def import_rows(args: argparse.Namespace) -> None:
         same = json.dumps({k: v for k, v in row.items() if k in EvalConfig.__dataclass_fields__
                            and k not in SHARD_FIELDS}, sort_keys=True)
         groups.setdefault(same, []).append(row)
+    per_image = [Path(p) for p in args.per_image]
     for shards in groups.values():
-        row = headline_row(shards)
-        if args.per_image:
+        row = headline_row(shards, per_image)
+        if per_image:
             row["robust_images"] = [i for s in sorted(shards, key=lambda r: r["offset"])
-                                    for i in robust_images(s, [Path(p) for p in args.per_image])]
+                                    for i in robust_images(s, per_image)]
         kept[row["key"]] = row
         print(f"{row['defense']} {row['norm']} {row['eps']:g} on {row['n']} images ({len(shards)} shard(s)): robust "
               f"{row['robust_acc']:.3f}, trusted={row['trusted']}", flush=True)
@@ -134,44 +134,21 @@ def read_result(path: Path) -> dict:
 def robust_images(result: dict, records: list[Path]) -> list[int]:
     """Test-set indices of the images one run (its ``rdc eval --json`` result) left robust, read from the records
     file among ``records`` whose header holds the run's configuration; refused when none does or when the
-    records disagree with the result's count."""
-    for path in records:
-        try:
-            head, kept = read_outcomes(path)
-        except ValueError:
-            continue
-        if any(result.get(k) != v for k, v in head.items()):
-            continue
-        images = range(result["offset"], result["offset"] + result["n"])
-        missing = [i for i in images if i not in kept]
-        robust = [i for i in images if kept.get(i)]
-        if missing or len(robust) != result["robust"]["correct"]:
-            raise SystemExit(f"{path}: records of images {result['offset']}-{images[-1]} "
-                             f"{'lack ' + str(len(missing)) + ' images' if missing else f'count {len(robust)} robust'}"
-                             f" (expected all {result['n']} with {result['robust']['correct']} robust, as the result)")
-        return robust
-    raise SystemExit(f"no records file for `{result['command']}` among the {len(records)} given (expected the "
-                     ".jsonl under its --records folder whose header has its configuration)")
+    records disagree with the result's counts."""
+    try:
+        _, recs = shard_records(result, records)
+    except ShardError as e:
+        raise SystemExit(str(e)) from None
+    return [r["index"] for r in recs if r["robust_first"]]
 
 
-def headline_row(shards: list[dict]) -> dict:
+def headline_row(shards: list[dict], per_image: list[Path] = ()) -> dict:
     """One headline row from one run or from contiguous shards of it (the first, at the first image, carries
-    the sanity checks); refused unless it can carry a headline number."""
+    the sanity checks), every count recomputed from the per-image records ``per_image`` (required for more than
+    one shard; rdc_lib.evaluation.shards); refused unless it can carry a headline number."""
     shards = sorted(shards, key=lambda r: r["offset"])
-    for a, b in zip(shards, shards[1:]):
-        if a["offset"] + a["n"] != b["offset"]:
-            raise SystemExit(f"shards are not contiguous: images {a['offset']}-{a['offset'] + a['n'] - 1} then "
-                             f"{b['offset']}-{b['offset'] + b['n'] - 1}")
-    first = shards[0]
-    row = dict(first)
-    n = sum(r["n"] for r in shards)
-    clean = wilson(sum(r["clean"]["correct"] for r in shards), sum(r["clean"]["total"] for r in shards))
-    robust = wilson(sum(r["robust"]["correct"] for r in shards), sum(r["robust"]["total"] for r in shards))
-    row.update(n=n, clean=clean.as_dict(), robust=robust.as_dict(), clean_acc=clean.value, robust_acc=robust.value,
-               seconds=sum(r["seconds"] for r in shards), run_checks=first["run_checks"],
-               shards=[{k: r[k] for k in ("offset", "n", "run_checks", "command", "seconds", "provenance")}
-                       for r in shards])
-    cfg = EvalConfig.from_stored(row)
+    first, n = shards[0], sum(r["n"] for r in shards)
+    cfg = EvalConfig.from_stored(first)
     problems = [msg for bad, msg in (
         (not is_full_ensemble(cfg.attack, first.get("attacks_dropped")),
          f"attack {cfg.attack!r}{' without ' + ', '.join(first['attacks_dropped']) if first.get('attacks_dropped') else ''} "
@@ -184,8 +161,12 @@ def headline_row(shards: list[dict]) -> dict:
     ) if bad]
     if problems:
         raise SystemExit("not a headline result: " + "; ".join(problems))
+    try:
+        row = merge_shards(shards, per_image)
+    except ShardError as e:
+        raise SystemExit(f"not one run: {e}") from None
+    cfg = EvalConfig.from_stored(row)
     row["key"] = cfg.key()
-    row["command"] = " && ".join(r["command"] for r in shards)
     return row
 
 
@@ -213,6 +194,14 @@ def defense_label(row: dict) -> str:
     return f"{row['defense']} ({', '.join(parts)})" if parts else row["defense"]
 
 
+def chosen_on(row: dict) -> str:
+    """The images the choices behind a row were made on (rdc_lib.core.choices.CHOSEN_ON: its denoiser, its grid's
+    smallest level), e.g. 'test 0-199 + test 200-359'; 'none' when no shipped choice of the row was made on images."""
+    settings = (("denoiser", row.get("denoiser")), ("grid_sigma_min", row.get("grid_sigma_min", GRID_SIGMA_MIN)))
+    found = dict.fromkeys(CHOSEN_ON[s] for s in settings if s in CHOSEN_ON)
+    return " + ".join(found) or "none"
+
+
 def headline_lines(path: Path) -> list[str]:
     """The headline table: long evaluations of the shipped single-head denoiser (empty without the file)."""
     if not path.is_file():
@@ -221,15 +210,16 @@ def headline_lines(path: Path) -> list[str]:
     lines = ["## Headline: the same test images, one protocol", "",
              f"At least {HEADLINE_MIN_IMAGES} test images, APGD with at least {HEADLINE_MIN_STEPS} iterations, every "
              "row with its sanity checks (section *Headline sanity checks*) and the command, commit and seconds that "
-             "made it.", "",
-             "| defense | denoiser | threat | images | clean | robust (95% interval) | checks | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
+             "made it. *Chosen on*: the images the row's denoiser and noise grid were chosen on (a row chosen on "
+             "the images it is measured on overstates); *(dirty)*: measured with uncommitted changes.", "",
+             "| defense | denoiser | threat | images | chosen on | clean | robust (95% interval) | checks | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rob, clean = r["robust"], r["clean"]
         lines.append(f"| {defense_label(r)} | {r['denoiser'] or '—'} | {r['norm']} {r['eps']:g} | {r['n']} (from {r['offset']}) | "
-                     f"{100 * clean['value']:.1f}% ({clean['correct']}/{clean['total']}) | "
+                     f"{chosen_on(r)} | {100 * clean['value']:.1f}% ({clean['correct']}/{clean['total']}) | "
                      f"**{100 * rob['value']:.1f}%** ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
-                     f"{100 * rob['high']:.0f}){_mark(r.get('trusted'))}{_bound(r)} | {trust_label(r.get('trusted'))} | "
+                     f"{100 * rob['high']:.0f}){_mark(r.get('trusted'))}{_bound(r)}{mark(r)} | {trust_label(r.get('trusted'))} | "
                      f"{r['seconds']:.0f} |")
     r0 = next((r for r in rows if r["denoiser"]), rows[0])  # the settings of the diffusion rows (CNNs ignore them)
     lines += ["", f"Attack: AutoAttack-style ensemble, worst case per image over APGD-CE, APGD-DLR, APGD-T "
@@ -315,7 +305,7 @@ def doc(args: argparse.Namespace) -> None:
         ref = next(c for c in cells_ if c)
         fmt = lambda c: "—" if c is None else (f"{100 * c['robust']['value']:.1f}% ({c['robust']['correct']}/"
                                               f"{c['robust']['total']}, {100 * c['robust']['low']:.0f}-"
-                                              f"{100 * c['robust']['high']:.0f})" + _mark(c.get("trusted")) + _bound(c))
+                                              f"{100 * c['robust']['high']:.0f})" + _mark(c.get("trusted")) + _bound(c) + mark(c))
         clean = ref["clean"]
         flags = [c.get("trusted") for c in cells_ if c]
         status = ("UNTRUSTED: " + ", ".join(f"{c['norm']}:{k}" for c in cells_ if c

@@ -78,12 +78,13 @@ def test_unknown_doc_is_refused(tmp_path):
 
 def test_old_rows_are_marked_provenance_not_recorded():
     """Rows measured before provenance existed are named as such in the generated doc, never hidden."""
-    from rdc_lib.evaluation.provenance import NOT_RECORDED
+    from rdc_lib.evaluation.provenance import NOT_RECORDED, describe, mark
 
     rows = [json.loads(l) for l in (ROOT / "docs" / "raw" / "results.jsonl").read_text().splitlines() if l.strip()]
-    missing = sum(1 for r in rows if not r.get("provenance"))
+    marked = sum(1 for r in rows if mark(r) == f" ({NOT_RECORDED})")  # beside the row's robust figure
     text = (ROOT / "docs" / "results.md").read_text()
-    assert text.count(NOT_RECORDED) == missing
+    assert text.count(NOT_RECORDED) == marked
+    assert all(f"| {r['defense']} | {r['norm']} | {describe(r)} |" in text for r in rows)
 
 
 # --------------------------------------------------------------------------- references outside the repository

@@ -75,6 +75,9 @@ def test_merge_refuses_folders_that_disagree(tmp_path):
     changed = dict(rows[0], robust=dict(rows[0]["robust"], correct=rows[0]["robust"]["correct"] - 1))
     with pytest.raises(ValueError, match="two folders with different results"):
         er.merge([_store(tmp_path / "a", rows[:1]), _store(tmp_path / "b", [changed])], tmp_path / "out")
+    worst = dict(rows[0], robust_acc_worst=rows[0]["robust_acc_worst"] + 0.01)  # the robust count alone agrees
+    with pytest.raises(ValueError, match="different results \\(robust_acc_worst: "):
+        er.merge([_store(tmp_path / "e", rows[:1]), _store(tmp_path / "f", [worst])], tmp_path / "out")
     diag = json.loads((ROOT / "docs/raw/eot_diagnostic.json").read_text())
     other = {d: dict(v, eot=v["eot"] + 1) for d, v in diag.items()}
     with pytest.raises(ValueError, match="EOT diagnostics of"):

@@ -139,3 +139,30 @@ def test_results_doc_shows_each_rows_provenance(tmp_path):
     text = (tmp_path / "r.md").read_text()
     assert f"| {rows[0]['defense']} | {rows[0]['norm']} | commit 0123456 (dirty) |" in text
     assert text.count(NOT_RECORDED) == len(rows) - 1
+
+
+def test_a_not_recorded_marker_is_explicit_and_needs_a_note():
+    from rdc_lib.evaluation.provenance import GIT_HISTORY, not_recorded, provenance_problem
+
+    mark = not_recorded("measured before provenance existed", "0123456789abcdef")
+    assert tuple(k for k in mark if k in PROVENANCE_KEYS) == PROVENANCE_KEYS
+    assert mark["commit_source"] == GIT_HISTORY and mark["dirty"] == "not recorded"
+    assert provenance_problem({"provenance": mark}) == ""
+    assert describe({"provenance": mark}) == "commit 0123456 (git history; the rest not recorded)"
+    assert describe({"provenance": not_recorded("old")}) == NOT_RECORDED
+    with pytest.raises(ValueError, match="a note is required"):
+        not_recorded("")
+    assert "no provenance" in provenance_problem({"n": 1})
+    assert provenance_problem({"provenance": {"commit": "abc", "dirty": False}}) == \
+        "provenance without checkpoints, versions, command, utc"
+
+
+def test_certify_provenance_hashes_the_denoiser_and_the_cnn_of_denoised_smoothing():
+    from rdc_lib.certify.runner import CertifyConfig
+    from rdc_lib.evaluation.provenance import certify_provenance
+
+    den = certify_provenance(CertifyConfig(base="denoised", denoiser="digits_multi"), argv=["x"])
+    assert set(den["checkpoints"]) == {"data/checkpoints/digits_multi.safetensors",
+                                       "data/checkpoints/digits_cnn.safetensors"}
+    noised = certify_provenance(CertifyConfig(base="noised-dc", denoiser="digits_multi"), argv=["x"])
+    assert set(noised["checkpoints"]) == {"data/checkpoints/digits_multi.safetensors"}

@@ -28,7 +28,7 @@ def _result(n: int = 200, offset: int = 0, correct: int | None = None, **over) -
            "robust": {"correct": correct, "total": n, "value": correct / n, "low": 0.0, "high": 1.0},
            "robust_acc": correct / n, "trusted": True, "seconds": 10.0,
            "checks": {"gradients": {"passed": True}} if cfg.run_checks else {},
-           "provenance": {"commit": "abc", "dirty": False,
+           "provenance": {"commit": "abc", "dirty": False, "versions": {"torch": "2.13.0+cpu"}, "checkpoints": {},
                           "command": f"python -m rdc_lib.cli eval --defense dc --offset {offset} --json"}}
     row.update(over)
     return row
@@ -40,8 +40,9 @@ def _write(tmp_path: Path, row: dict, name: str = "run.out") -> Path:
     return path
 
 
-def _row(tmp_path: Path, *results: dict) -> dict:
-    return TABLE.headline_row([TABLE.read_result(_write(tmp_path, r, f"{i}.out")) for i, r in enumerate(results)])
+def _row(tmp_path: Path, *results: dict, records: list[Path] = ()) -> dict:
+    return TABLE.headline_row([TABLE.read_result(_write(tmp_path, r, f"{i}.out")) for i, r in enumerate(results)],
+                              list(records))
 
 
 def test_a_long_checked_run_is_accepted_with_its_key_and_command(tmp_path):
@@ -51,10 +52,15 @@ def test_a_long_checked_run_is_accepted_with_its_key_and_command(tmp_path):
 
 
 def test_contiguous_shards_combine_counts_intervals_and_seconds(tmp_path):
-    row = _row(tmp_path, _result(100, 100, 70, run_checks=False), _result(100, 0, 50))
+    a, b = _result(100, 0, 50), _result(100, 100, 70, run_checks=False)
+    records = [_records(tmp_path, a, set(range(50)), "a.jsonl"), _records(tmp_path, b, set(range(100, 170)), "b.jsonl")]
+    row = _row(tmp_path, b, a, records=records)
     assert (row["n"], row["offset"], row["robust"]["correct"], row["robust"]["total"]) == (200, 0, 120, 200)
+    assert row["robust_worst"]["correct"] == 120 and row["robust_acc_avg"] == row["robust_acc_worst"] == 0.6
     assert row["robust"]["low"] < 0.6 < row["robust"]["high"] and row["seconds"] == 20.0
     assert row["checks"] == {"gradients": {"passed": True}} and [s["offset"] for s in row["shards"]] == [0, 100]
+    with pytest.raises(SystemExit, match="needs their per-image records"):
+        _row(tmp_path, b, a)
 
 
 @pytest.mark.parametrize("results, words", [
@@ -63,6 +69,7 @@ def test_contiguous_shards_combine_counts_intervals_and_seconds(tmp_path):
     ([dict(attack="apgd-ce")], "attack 'apgd-ce'"),
     ([dict(checks={})], "no sanity checks"),
     ([dict(n=100), dict(n=100, offset=120, run_checks=False)], "not contiguous"),
+    ([dict(n=100), dict(n=100, offset=100, run_checks=False, eps=0.2)], "differ in eps"),
     ([dict(n=100, run_checks=False), dict(n=100, offset=100)], "no sanity checks on the first shard"),
 ])
 def test_short_unchecked_or_gapped_runs_are_refused_naming_why(tmp_path, results, words):
@@ -80,9 +87,11 @@ def test_a_file_without_the_json_result_is_refused(tmp_path):
 
 
 def test_import_then_doc_puts_the_headline_first(tmp_path):
-    files = [str(_write(tmp_path, _result(100, 0, 50), "a.out")),
-             str(_write(tmp_path, _result(100, 100, 70, run_checks=False), "b.out"))]
-    TABLE.import_rows(Namespace(files=files, records=str(tmp_path), per_image=[]))
+    a, b = _result(100, 0, 50), _result(100, 100, 70, run_checks=False)
+    files = [str(_write(tmp_path, a, "a.out")), str(_write(tmp_path, b, "b.out"))]
+    records = [str(_records(tmp_path, a, set(range(50)), "a.jsonl")),
+               str(_records(tmp_path, b, set(range(100, 170)), "b.jsonl"))]
+    TABLE.import_rows(Namespace(files=files, records=str(tmp_path), per_image=records))
     (tmp_path / "results.jsonl").write_text((ROOT / "docs" / "raw" / "results.jsonl").read_text())
     TABLE.doc(Namespace(records=str(tmp_path), out=str(tmp_path / "results.md"), notes=""))
     text = (tmp_path / "results.md").read_text()
@@ -101,9 +110,10 @@ def test_outside_attack_rows_are_listed_under_the_headline(tmp_path):
 
 
 def _records(tmp_path: Path, result: dict, robust: set[int], name: str) -> Path:
-    """A records file of the run behind ``result``: its header and one record per image."""
+    """A records file of the run behind ``result``: its header and one record per image (every image clean)."""
     head = {"config": EvalConfig.from_stored(result).identity(), "code": "test"}
-    recs = [{"index": i, "robust_first": i in robust}
+    recs = [{"index": i, "label": 0, "clean_pred": 0, "robust_first": i in robust, "robust_all": i in robust,
+             "robust_frac": float(i in robust), "linf": 0.1, "l2": 0.5}
             for i in range(result["offset"], result["offset"] + result["n"])]
     path = tmp_path / name
     path.write_text("".join(json.dumps(r) + "\n" for r in [head, *recs]))
@@ -128,7 +138,7 @@ def test_records_that_disagree_with_the_result_or_are_missing_are_refused(tmp_pa
     dc = _result(200, 0, 100)
     files = [str(_write(tmp_path, dc, "dc.out"))]
     wrong = _records(tmp_path, dc, set(range(90)), "dc.jsonl")          # 90 robust in the records, 100 in the result
-    with pytest.raises(SystemExit, match="expected all 200 with 100 robust"):
+    with pytest.raises(SystemExit, match="count 90 robust images, the result 100"):
         TABLE.import_rows(Namespace(files=files, records=str(tmp_path), per_image=[str(wrong)]))
     other = _records(tmp_path, {**dc, "eps": 0.2}, set(range(100)), "other.jsonl")  # another configuration
     with pytest.raises(SystemExit, match="no records file"):
@@ -170,3 +180,18 @@ def test_rdc_rows_are_named_with_their_lm_radius():
     assert rt.defense_label({"defense": "dc", "grid_sigma_min": 0.6, "timesteps": 32}) == "dc (levels from sigma 0.6, T 32)"
     assert rt.defense_label({"defense": "dc", "timesteps": 16}) == "dc"
     assert rt.defense_label({"defense": "cnn", "timesteps": 32}) == "cnn"  # CNNs have no levels
+
+
+def test_each_headline_row_names_the_images_its_choices_were_made_on():
+    from rdc_lib.core.choices import CHOSEN_ON, DEFAULT_DENOISERS, ROBUST_GRID_SIGMA_MIN
+
+    multi = DEFAULT_DENOISERS["multi"]
+    assert TABLE.chosen_on({"defense": "cnn", "denoiser": ""}) == "none"
+    assert TABLE.chosen_on({"defense": "dc", "denoiser": "digits_film_multi_distill9"}) == "none"
+    assert TABLE.chosen_on({"defense": "dc", "denoiser": multi}) == CHOSEN_ON[("denoiser", multi)] == "test 0-199"
+    assert TABLE.chosen_on({"defense": "rdc", "denoiser": multi, "grid_sigma_min": ROBUST_GRID_SIGMA_MIN}) == \
+        "test 0-199 + test 200-359"
+    text = (ROOT / "docs" / "results.md").read_text()
+    assert "| images | chosen on | clean |" in text
+    rows = [json.loads(l) for l in (ROOT / "docs" / "raw" / "headline.jsonl").read_text().splitlines() if l.strip()]
+    assert all(f"(from {r['offset']}) | {TABLE.chosen_on(r)} |" in text for r in rows)

@@ -406,3 +406,8 @@ def test_eval_target_validation_and_one_cell(tmp_path):
     for key in ("defense", "attack", "n", "clean_acc", "robust_acc", "norm", "eps", "seconds", "checks"):
         assert key in row.result, key
     assert row.result["n"] == 8 and 0.0 <= row.result["robust_acc"] <= row.result["clean_acc"] <= 1.0
+    from rdc_lib.evaluation.provenance import provenance_problem
+
+    assert provenance_problem(row.result) == "" and row.result["provenance"]["checkpoints"]  # a traceable cell
+    (cell,) = list(csv.DictReader(write_report(spec.store, tmp_path / "rep").cells_csv.open()))
+    assert json.loads(cell["provenance"]) == row.result["provenance"]  # the CSV (docs/raw) carries it per row

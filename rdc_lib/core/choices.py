@@ -12,7 +12,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 __all__ = [
-    "BACKWARD_MODES", "DATASETS", "DEFAULT_DENOISERS", "GRAD_MODES", "GRID_KINDS", "GRID_LEVELS", "GRID_KIND",
+    "BACKWARD_MODES", "CHOSEN_ON", "DATASETS", "DEFAULT_DENOISERS", "GRAD_MODES", "GRID_KINDS", "GRID_LEVELS", "GRID_KIND",
     "GRID_SIGMA_MIN", "GRID_WEIGHTINGS", "HEADS", "LEGACY_DENOISERS", "LM_ETA", "LM_GRAPH_MODES", "LM_NORMS", "LM_OPTIMIZERS",
     "LM_STEPS", "LM_STEP_SIZE", "NOISE_MODES", "NORMS",
     "PURIFY_MODES", "ROBUST_GRID_SIGMA_MIN", "SPLITS", "THREAT_NORMS", "check_choice",
@@ -51,6 +51,16 @@ LM_ETA = 8 / 255            # LM ball radius, [0, 1] pixel units
 DEFAULT_DENOISERS = MappingProxyType({"single": "digits_film_single",
                                      "multi": "digits_film_multi_distill9_h16_long_adv"})
 LEGACY_DENOISERS = MappingProxyType({"single": "digits_single", "multi": "digits_multi"})
+
+# The images each shipped choice was made on ((setting, value) -> "validation" / "test 0-199" / "test 200-359"; the
+# "chosen on" column of docs/results.md's headline). The multi-head default won the headline protocol on test digits
+# 0-199 among the study's candidates and the single-head default the study's robust column on test digits 0-19
+# (docs/denoisers.md); sigma_min 0.6 was picked on test digits 200-359 (docs/grid_levels.md).
+CHOSEN_ON = MappingProxyType({
+    ("denoiser", DEFAULT_DENOISERS["multi"]): "test 0-199",
+    ("denoiser", DEFAULT_DENOISERS["single"]): "test 0-199",
+    ("grid_sigma_min", ROBUST_GRID_SIGMA_MIN): "test 200-359",
+})
 
 
 def check_choice(what: str, value: object, valid: tuple[str, ...]) -> None:

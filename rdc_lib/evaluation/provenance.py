@@ -9,6 +9,11 @@ docs can be traced back to a commit and a command::
 
 Paths inside the repository are written relative to it (never the machine's absolute paths), so a row
 means the same on every checkout. ``commit`` / ``dirty`` are ``None`` outside a git checkout.
+
+A row measured before provenance was recorded carries ``not_recorded(...)`` instead: every field
+"not recorded", or the commit recovered from the history of its raw file with ``commit_source`` "git history"
+(the code that added the row, not necessarily the code that measured it). ``provenance_problem(row)`` says
+what is wrong with a row's provenance ('' when it has a full one or an explicit marker).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from ..core.paths import REPO_ROOT
 
 PROVENANCE_KEYS = ("commit", "dirty", "checkpoints", "versions", "command", "utc")
 NOT_RECORDED = "provenance not recorded"
+NOT_RECORDED_VALUE = "not recorded"  # every field of a row measured before provenance was recorded
+GIT_HISTORY = "git history"          # commit_source of a commit recovered from the raw file's history
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -119,17 +126,69 @@ def provenance(checkpoints: Iterable[str | Path] = (), *, argv: Sequence[str] | 
             "utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
+def not_recorded(note: str, commit: str | None = None, commit_source: str = GIT_HISTORY) -> dict[str, Any]:
+    """The explicit marker of a row measured before provenance was recorded: every field "not recorded", with
+    ``note`` saying why; ``commit``: a commit known otherwise, with where it comes from (``commit_source``; by
+    default "git history": the commit that added the row to its raw file, so the measuring code is that commit
+    or an earlier one)."""
+    if not note:
+        raise ValueError("not_recorded: a note is required (say when the row was measured and why nothing was kept)")
+    mark_ = {k: NOT_RECORDED_VALUE for k in PROVENANCE_KEYS}
+    if commit:
+        mark_.update(commit=commit, commit_source=commit_source)
+    return {**mark_, "note": note}
+
+
+def _partial(prov: dict) -> bool:
+    return any(v == NOT_RECORDED_VALUE for v in prov.values())
+
+
+def provenance_problem(row: dict) -> str:
+    """What is wrong with the provenance of a raw row ('' when it carries a full provenance, a back-filled one
+    or an explicit not-recorded marker with a note): missing, or missing fields."""
+    prov = row.get("provenance") if isinstance(row, dict) else None
+    if not isinstance(prov, dict) or not prov:
+        return "no provenance (expected rdc_lib.evaluation.provenance.provenance(...) or an explicit not_recorded(...) marker)"
+    if prov.get("backfilled"):
+        return ""
+    missing = [k for k in PROVENANCE_KEYS if k not in prov]
+    if missing:
+        return f"provenance without {', '.join(missing)}"
+    if _partial(prov) and not prov.get("note"):
+        return "a not-recorded marker without a note"
+    return ""
+
+
 def describe(row: dict) -> str:
-    """One deterministic line for a doc: ``commit a845259 (dirty)`` or "provenance not recorded"."""
+    """One deterministic line for a doc: ``commit a845259 (dirty)``, "provenance not recorded" or, for a marker
+    with a commit known otherwise, ``commit a845259 (git history; the rest not recorded)``."""
     prov = row.get("provenance")
     if not prov:
         return NOT_RECORDED
     if prov.get("backfilled"):
         return str(prov["backfilled"])
     commit = prov.get("commit")
+    if commit == NOT_RECORDED_VALUE:
+        return NOT_RECORDED
     if not commit:
         return "commit unknown (no git checkout)"
+    if _partial(prov):
+        return f"commit {commit[:7]} ({prov.get('commit_source', GIT_HISTORY)}; the rest not recorded)"
     return f"commit {commit[:7]}" + (" (dirty)" if prov.get("dirty") else "")
+
+
+def mark(row: dict) -> str:
+    """The suffix a doc writes beside a figure: '' for a clean commit (or back-filled figures, which say where
+    they came from elsewhere), ' (dirty)', ' (provenance not recorded)' (also for a marker whose commit is known
+    otherwise) or ' (commit unknown)'."""
+    prov = row.get("provenance") or {}
+    if prov.get("backfilled"):
+        return ""
+    if not prov or _partial(prov):
+        return f" ({NOT_RECORDED})"
+    if not prov.get("commit"):
+        return " (commit unknown)"
+    return " (dirty)" if prov.get("dirty") else ""
 
 
 def eval_provenance(cfg: Any, *, argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -141,3 +200,15 @@ def eval_provenance(cfg: Any, *, argv: Sequence[str] | None = None) -> dict[str,
 
     checks = bool(cfg.run_checks) and cfg.attack != NO_ATTACK and cfg.defense != TRANSFER_SOURCE
     return provenance(checkpoint_files(defense_spec(cfg), transfer_source=checks), argv=argv)
+
+
+def certify_provenance(cfg: Any, *, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``provenance`` of one ``rdc_lib.certify.CertifyConfig`` run: the denoiser it reads, and the CNN of
+    denoised smoothing."""
+    from ..core.paths import checkpoint_path
+
+    ref = cfg.denoiser
+    files = [Path(ref) if ref.endswith(".safetensors") else checkpoint_path(ref)]
+    if cfg.base == "denoised":
+        files.append(checkpoint_path("digits_cnn"))
+    return provenance(files, argv=argv)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,11 +30,12 @@ from torch import Tensor
 
 from ..core.stored_state import DAMAGED, ORPHANED, StoredStateError, load_safetensors, move_aside, restart_aside, \
     source_version
+from .stats import wilson
 
 if TYPE_CHECKING:
     from .runner import EvalConfig
 
-__all__ = ["RESTART", "load_records", "read_outcomes", "records_paths", "save_records"]
+__all__ = ["RESTART", "load_records", "read_outcomes", "records_paths", "save_records", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -237,3 +239,22 @@ def read_outcomes(jsonl: str | Path) -> tuple[dict, dict[int, bool]]:
     if bad:
         raise ValueError(f"{path}: line {bad[0]} is not a per-image record (expected 'index' and 'robust_first')")
     return lines[0]["config"], {int(r["index"]): bool(r["robust_first"]) for r in lines[1:]}
+
+
+def summarize(records: Sequence[dict], attacked: bool) -> dict:
+    """Counts and rates of a result from its per-image records (one per image, in order; fields of
+    ``rdc_lib.evaluation.records``): clean / robust / robust_worst as Wilson dicts, the accuracies, the mean
+    fraction of robust re-classifications and the largest l_inf / l2 distances. ``attacked``: False for attack
+    'none' (robust = clean)."""
+    n = len(records)
+    if n == 0:
+        raise ValueError("no per-image records to summarize (expected one per evaluated image)")
+    clean = wilson(sum(r["clean_pred"] == r["label"] for r in records), n)
+    robust = wilson(sum(r["robust_first"] for r in records), n)
+    worst = wilson(sum(r["robust_all"] for r in records), n)
+    avg = sum(r["robust_frac"] for r in records) / n
+    return {"clean_acc": clean.value, "robust_acc": robust.value if attacked else clean.value,
+            "robust_acc_avg": avg if attacked else clean.value,
+            "robust_acc_worst": worst.value if attacked else clean.value,
+            "clean": clean.as_dict(), "robust": robust.as_dict(), "robust_worst": worst.as_dict(),
+            "max_linf": max(r["linf"] for r in records), "max_l2": max(r["l2"] for r in records)}

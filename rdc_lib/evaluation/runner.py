@@ -29,8 +29,7 @@ from ..core.paths import default_denoiser, stored_denoiser_name
 from . import checks
 from .prediction import n_evaluate, predict
 from .attacking import NO_ATTACK, build_evaluated_attack, eval_attack_names, run_attack
-from .records import load_records, save_records
-from .stats import wilson
+from .records import load_records, save_records, summarize
 
 log = logging.getLogger(__name__)
 
@@ -317,19 +316,7 @@ def evaluate(
         bar.close()
 
     recs = [records[i] for i in range(cfg.n)]
-    clean_acc = wilson(sum(r["clean_pred"] == r["label"] for r in recs), cfg.n)
-    robust = wilson(sum(r["robust_first"] for r in recs), cfg.n)
-    robust_worst = wilson(sum(r["robust_all"] for r in recs), cfg.n)
-    robust_avg = sum(r["robust_frac"] for r in recs) / cfg.n
-    result = {
-        **asdict(cfg),
-        "clean_acc": clean_acc.value, "robust_acc": robust.value if cfg.attack != NO_ATTACK else clean_acc.value,
-        "robust_acc_avg": robust_avg if cfg.attack != NO_ATTACK else clean_acc.value,
-        "robust_acc_worst": robust_worst.value if cfg.attack != NO_ATTACK else clean_acc.value,
-        "clean": clean_acc.as_dict(), "robust": robust.as_dict(), "robust_worst": robust_worst.as_dict(),
-        "max_linf": max(r["linf"] for r in recs), "max_l2": max(r["l2"] for r in recs),
-        "attack_stats": attack_stats,
-    }
+    result = {**asdict(cfg), **summarize(recs, cfg.attack != NO_ATTACK), "attack_stats": attack_stats}
     if cfg.attack != NO_ATTACK and get_attack(cfg.attack).ensemble:
         result["attacks_dropped"] = {}  # every member runs (before issue 36 Square was left out under EOT)
     result.update(_checks(cfg, model, x_all, y_all, x_adv_all.to(device), recs, device))

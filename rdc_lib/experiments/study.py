@@ -31,6 +31,7 @@ from ..models.base import Denoiser
 from ..models.checkpoints import load_state_into, read_typed_checkpoint
 from ..models.config import DenoiserConfig, build_denoiser
 from ..models.optimal import OptimalDenoiser
+from ..evaluation.provenance import mark
 from .theory import denoiser_error_by_sigma
 from ..core.utils import check_images, check_labels
 
@@ -327,7 +328,7 @@ def render_report(rows: list[dict[str, Any]], notes: str = "") -> str:
         clean = wilson(r["dc_clean_correct"], r["dc_clean_total"]).as_dict()
         rob = r.get("robust")
         lines.append(f"| {r['name']} | {r['factor']} | {r['params'] / 1e6:.2f}M | {r['passes_per_image']} | "
-                     f"{r['dc_seconds_per_image']:.4f} | {_pct(clean)} | {_pct(rob)} |")
+                     f"{r['dc_seconds_per_image']:.4f} | {_pct(clean)} | {_pct(rob)}{mark(r)} |")
     flagged = [r for r in rows if r.get("robust_flags")]
     if len(flagged) > 1:
         m = min(len(r["robust_flags"]) for r in flagged)

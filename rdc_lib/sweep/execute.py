@@ -103,13 +103,16 @@ def execute_cell(task: CellTask) -> CellOutcome:
 
 def _run_function(task: CellTask, cell_dir: Path) -> Any:
     if task.target == "eval":
-        from ..evaluation.runner import evaluate_params
+        from ..evaluation.runner import EvalConfig, evaluate_params
+        from ..evaluation.provenance import eval_provenance
 
         params = dict(task.params)
         params.setdefault("records_dir", str(cell_dir / "records"))  # an interrupted cell resumes its chunks
         if "device" not in params:
             params["device"] = _default_device()
-        return evaluate_params(params)
+        result = evaluate_params(params)
+        cfg = EvalConfig.from_params({k: v for k, v in params.items() if k not in ("records_dir", "device")})
+        return {**result, "provenance": eval_provenance(cfg)}
     from .targets import resolve_callable
 
     return resolve_callable(task.target)(**task.params)

@@ -76,6 +76,8 @@ def cell_rows(records: Sequence[CellRecord]) -> list[dict[str, Any]]:
             row["protocol"] = protocol_label(row["attack"], res.get("attacks_dropped", {}))
         row["failed_checks"] = _failed_checks(res)
         row["seconds"] = res.get("seconds", rec.duration)
+        if isinstance(res.get("provenance"), dict):
+            row["provenance"] = json.dumps(res["provenance"], sort_keys=True)
         rows.append(row)
     return rows
 
@@ -226,7 +228,8 @@ def write_report(store_path: str | Path, out_dir: str | Path | None = None, *, x
     out.mkdir(parents=True, exist_ok=True)
     rows = cell_rows(records)
     failed = [r for r in records if r.status == "failed"]
-    cols = _columns(rows, CELL_COLUMNS)
+    cols = [c for c in _columns(rows, CELL_COLUMNS) if c != "provenance"]  # the CSV carries it, the tables not
+    csv_cols = cols + (["provenance"] if any("provenance" in r for r in rows) else [])
     group = group_keys(records, x)
     agg = aggregate(rows, x, y, group)
     agg_cols = [*group, x, f"{y}_mean", f"{y}_std", "seeds", "trusted"]
@@ -245,7 +248,7 @@ def write_report(store_path: str | Path, out_dir: str | Path | None = None, *, x
         md += ["\n## Failed cells\n\n", markdown_table(fail_rows, ["key", "params", "error", "finished"])]
     md_path, html_path, csv_path = out / "report.md", out / "report.html", out / "cells.csv"
     md_path.write_text("".join(md))
-    csv_path.write_text(csv_text(rows, cols))
+    csv_path.write_text(csv_text(rows, csv_cols))
     fig_html = ""
     if agg:
         fig_html = figure_vs_eps(agg, x, y, group).to_html(full_html=False, include_plotlyjs=include_plotlyjs)
