@@ -272,9 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args) -> int:
-    from .cli_train import train_config_from_args
+    from .cli_train import recipe_command, train_config_from_args
     from .train import train_denoiser
 
+    if args.recipe:
+        def on_stage(plan, status: str) -> None:
+            print(f"stage {plan.stage.name}: {'done, skipped' if status == 'skip' else 'training'} -> {plan.out} "
+                  f"(recipe hash {plan.hash})", flush=True)
+
+        for summary in recipe_command(args, on_stage):
+            print(json.dumps(summary), flush=True)
+        return 0
+    if args.out is None or args.out_dir is not None:
+        raise ValueError("rdc train needs --out FILE (or --recipe FILE, with --out-dir DIR)")
     cfg = train_config_from_args(args)
     summary = train_denoiser(cfg, args.out, device=args.device, resume=not args.no_resume, restart=args.restart)
     print(json.dumps(summary))
