@@ -9,7 +9,7 @@ from .choices import DATASETS, HEADS, ROBUST_GRID_SIGMA_MIN
 from .models.config import default_backbone
 from .train import TrainConfig
 
-__all__ = ["add_train_parser", "checkpoint_arg", "recipe_command", "train_config_from_args"]
+__all__ = ["add_train_parser", "checkpoint_arg", "train_config_from_args"]
 
 
 def add_train_parser(sub) -> None:
@@ -87,27 +87,3 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides["backbone"] = {**base, **{k: v for k, v in extra.items() if v is not None}}
     return replace(cfg, **overrides)
 
-
-def recipe_command(args: argparse.Namespace, on_stage=None) -> list[dict]:
-    """``rdc train --recipe FILE``: replay the recipe (rdc_lib.recipe); flags that set training arguments are
-    refused (the recipe's stages carry them)."""
-    from .recipe import default_out_dir, load_recipe, replay_recipe
-
-    defaults = _defaults()
-    allowed = {"recipe", "out_dir", "exclude_val", "device", "threads", "restart", "command", "verbose", "no_resume"}
-    given = sorted(k for k, v in vars(args).items() if k not in allowed and k in defaults and v != defaults[k])
-    if given:
-        raise ValueError(f"--recipe replays the recipe's own training arguments; drop "
-                         f"{', '.join('--' + k.replace('_', '-') for k in given)} (or edit the recipe)")
-    if args.no_resume:
-        raise ValueError("--recipe always resumes a stage from its state; use --restart to train a stage again")
-    recipe = load_recipe(args.recipe)
-    out_dir = args.out_dir or default_out_dir(recipe, args.exclude_val)
-    return replay_recipe(recipe, out_dir, exclude_val=args.exclude_val, device=args.device, restart=args.restart,
-                         on_stage=on_stage)
-
-
-def _defaults() -> dict:
-    sub = argparse.ArgumentParser().add_subparsers(dest="command")
-    add_train_parser(sub)
-    return {a.dest: a.default for a in sub.choices["train"]._actions if a.dest != "help"}

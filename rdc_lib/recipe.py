@@ -27,7 +27,7 @@ import yaml
 from .train import TrainConfig, config_dict
 
 __all__ = ["Recipe", "RecipeError", "RecipeStage", "StagePlan", "load_recipe", "parse_recipe", "plan_recipe",
-           "replay_recipe", "stage_train_config", "STAGE_KEYS", "RECIPE_KEYS"]
+           "recipe_command", "replay_recipe", "stage_train_config", "STAGE_KEYS", "RECIPE_KEYS"]
 
 RECIPE_KEYS = ("name", "note", "stages")
 STAGE_KEYS = ("name", "note", "shipped", "parent", "teacher", "args")
@@ -246,3 +246,18 @@ def default_out_dir(recipe: Recipe, exclude_val: bool) -> Path:
 def with_steps(recipe: Recipe, steps: int) -> Recipe:
     """The recipe with every stage's ``steps`` set to ``steps`` (tests and timing runs)."""
     return replace(recipe, stages=tuple(replace(s, args={**s.args, "steps": steps}) for s in recipe.stages))
+
+
+def recipe_command(args: argparse.Namespace, on_stage: Callable[[StagePlan, str], None] | None = None) -> list[dict]:
+    """``rdc train --recipe FILE``: replay the recipe into --out-dir (default ``default_out_dir``). A flag that
+    sets a training argument is refused: the recipe's stages carry them."""
+    defaults = {a.dest: a.default for a in _train_parser()._actions if a.dest != "help"}
+    allowed = {"recipe", "out_dir", "exclude_val", "device", "threads", "restart"}
+    given = sorted(k for k, v in vars(args).items() if k in defaults and k not in allowed and v != defaults[k])
+    if given:
+        raise ValueError(f"--recipe replays the recipe's own training arguments; drop "
+                         f"{', '.join('--' + k.replace('_', '-') for k in given)} (or edit the recipe)")
+    recipe = load_recipe(args.recipe)
+    out_dir = args.out_dir or default_out_dir(recipe, args.exclude_val)
+    return replay_recipe(recipe, out_dir, exclude_val=args.exclude_val, device=args.device, restart=args.restart,
+                         on_stage=on_stage)
