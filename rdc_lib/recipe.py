@@ -26,8 +26,20 @@ import yaml
 
 from .train import TrainConfig, config_dict
 
-__all__ = ["Recipe", "RecipeError", "RecipeStage", "StagePlan", "load_recipe", "parse_recipe", "plan_recipe",
-           "recipe_command", "replay_recipe", "stage_train_config", "STAGE_KEYS", "RECIPE_KEYS"]
+__all__ = [
+    "RECIPE_KEYS",
+    "STAGE_KEYS",
+    "Recipe",
+    "RecipeError",
+    "RecipeStage",
+    "StagePlan",
+    "load_recipe",
+    "parse_recipe",
+    "plan_recipe",
+    "recipe_command",
+    "replay_recipe",
+    "stage_train_config",
+]
 
 RECIPE_KEYS = ("name", "note", "stages")
 STAGE_KEYS = ("name", "note", "shipped", "parent", "teacher", "args")

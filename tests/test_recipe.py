@@ -15,8 +15,17 @@ from rdc_lib.choices import DEFAULT_DENOISERS
 from rdc_lib.cli import main
 from rdc_lib.cli_train import train_config_from_args
 from rdc_lib.models.checkpoints import checkpoint_extra
-from rdc_lib.recipe import (RecipeError, load_recipe, parse_recipe, plan_recipe, replay_recipe, stage_arg_names,
-                            stage_train_config, stored_hash, _train_parser)
+from rdc_lib.recipe import (
+    RecipeError,
+    _train_parser,
+    load_recipe,
+    parse_recipe,
+    plan_recipe,
+    replay_recipe,
+    stage_arg_names,
+    stage_train_config,
+    stored_hash,
+)
 from rdc_lib.train import TrainConfig, config_dict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,12 @@ import torch
 from rdc_lib.choices import SELECTION_SPLIT
 from rdc_lib.data import load_dataset
 from rdc_lib.evaluation import EvalConfig, evaluate
-from rdc_lib.selection import SELECTION_SCRIPTS, SELECTION_SWEEPS, add_split_argument, with_split
+from rdc_lib.selection import (
+    SELECTION_SCRIPTS,
+    SELECTION_SWEEPS,
+    add_split_argument,
+    with_split,
+)
 from rdc_lib.study import StudyEntry, robust_config
 from rdc_lib.sweep import load_sweep, parse_sweep
 
@@ -52,7 +57,7 @@ def test_registry_is_complete():
 @pytest.mark.parametrize("script", sorted(SELECTION_SCRIPTS))
 def test_selection_scripts_read_the_validation_split_by_default(script):
     module = load_benchmark(Path(script).stem)
-    split, args = default_split(module)
+    split, _ = default_split(module)
     assert split == SELECTION_SPLIT == "val", f"{script} reads {split!r} images by default"
     explicit, _ = default_split(module, ("run", "--split", "test"))
     assert explicit == "test"  # the test images only when asked for
