@@ -52,7 +52,8 @@ FLAG_ALIASES = {"timesteps": "--T", "defense": "--defence"}  # rdc eval: field -
 def _add_eval(sub) -> None:
     from .evaluation.runner import EvalConfig
 
-    p = sub.add_parser("eval", help="evaluate a defense under an attack on the digits test split (--split val: the validation split)")
+    p = sub.add_parser("eval", help="evaluate a defense under an attack on the digits test split "
+                                     "(--split val: the validation split)")
     choices = _eval_choices()
     # default None: the flags given on the command line are known, so a --preset can refuse a conflicting one
     for f in fields(EvalConfig):

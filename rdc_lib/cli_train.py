@@ -86,4 +86,3 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = dict(cfg.backbone) if args.arch == "unet_small" else default_backbone(args.arch)
     overrides["backbone"] = {**base, **{k: v for k, v in extra.items() if v is not None}}
     return replace(cfg, **overrides)
-
