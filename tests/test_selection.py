@@ -142,3 +142,14 @@ def test_eval_on_the_validation_split(tmp_path):
         EvalConfig(defense="cnn", split="validation")
     with pytest.raises(ValueError, match="exceeds the 200 val images"):
         evaluate(EvalConfig(defense="cnn", attack="none", n=10, offset=195, split="val"), progress=False)
+
+
+def test_rdc_sweep_split_flag(tmp_path, capsys):
+    from rdc_lib.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nfunction: eval\nparams: {defense: cnn, split: val}\ngrid: {eps: [0.1]}\nn: 2\n")
+    assert main(["sweep", str(path), "--status"]) == 0
+    assert '"sweep": "s"' in capsys.readouterr().out
+    assert main(["sweep", str(path), "--status", "--split", "test"]) == 0
+    assert '"sweep": "s_test"' in capsys.readouterr().out
