@@ -7,7 +7,8 @@
 For DiffPure, DC, RDC and the CNN baselines: clean accuracy and robust accuracy under each protocol:
 - gradients: exact through every LM step vs BPDA (identity backward through LM);
 - randomness: stochastic (fresh per call) vs fixed (known to the attacker);
-- EOT: 1 vs the size picked by the gradient-cosine diagnostic;
+- EOT: 1 vs the size picked by the gradient-cosine diagnostic (a choice: it reads the validation split unless
+  ``run --split test``, rdc_lib.experiments.selection);
 - reading: single call vs average vs worst case over N re-classifications of the final example;
 - majority vote over M stochastic calls as a defense variant.
 "Overstatement" = how far a protocol's number sits above the strongest protocol for the same
@@ -29,7 +30,7 @@ import torch
 
 from rdc_lib.attacks import is_full_ensemble, protocol_label
 from rdc_lib.data import load_dataset
-from rdc_lib.core.choices import DEFAULT_DENOISERS
+from rdc_lib.core.choices import DEFAULT_DENOISERS, SELECTION_SPLIT
 from rdc_lib.defenses import DefenseSpec, build_defense, get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES, checks_protocol, trust_label
@@ -38,6 +39,7 @@ from rdc_lib.defenses import checkpoint_files
 from rdc_lib.core.paths import checkpoint_path, stored_denoiser_name
 from rdc_lib.evaluation.grad import EOT_TARGET, gradient_cosine_similarity, suggest_eot
 from rdc_lib.evaluation.provenance import describe, eval_provenance, mark, provenance
+from rdc_lib.experiments.selection import add_split_argument
 
 STRONGEST = "exact+EOT, verified stop"
 VERIFY = 4  # calls that must all misclassify before the strongest protocol stops attacking an image
@@ -57,9 +59,11 @@ def row_denoiser(row: dict) -> str:
     return stored_denoiser_name({"heads": "multi", **row})
 
 
-def eot_diagnostic(defense: str, n: int, timesteps: int, denoiser: str = DENOISER, samples: int = 4) -> dict:
-    """Cosine similarity of input gradients across stochastic draws, and the EOT size it suggests."""
-    x, y = load_dataset("digits", "test")
+def eot_diagnostic(defense: str, n: int, timesteps: int, denoiser: str = DENOISER, samples: int = 4,
+                   split: str = SELECTION_SPLIT) -> dict:
+    """Cosine similarity of input gradients across stochastic draws on the first ``n`` images of ``split``, and
+    the EOT size it suggests (a diagnostic without "split" read test images: it predates the validation split)."""
+    x, y = load_dataset("digits", split)
     spec = DefenseSpec(name=defense, heads="multi", timesteps=timesteps, noise_mode="stochastic",
                        denoiser_path=str(checkpoint_path(denoiser)))
     model = build_defense(spec)
@@ -67,7 +71,7 @@ def eot_diagnostic(defense: str, n: int, timesteps: int, denoiser: str = DENOISE
     sug = suggest_eot(cos, target=EOT_TARGET)
     return {"defense": defense, "denoiser": denoiser, "mean_cosine": cos.mean, "eot": min(sug.eot, EOT_CAP),
             "eot_rule": sug.eot, "cosine_used": sug.cosine, "n": n, "samples": samples, "target": sug.target,
-            "cap": EOT_CAP, "provenance": provenance(checkpoint_files(spec))}
+            "cap": EOT_CAP, "provenance": provenance(checkpoint_files(spec)), "split": split}
 
 
 def protocols(defense: str, eot: int, verify: int = VERIFY) -> list[tuple[str, str, dict]]:
@@ -109,8 +113,10 @@ def run(args: argparse.Namespace) -> None:
     diag_path = out / "eot_diagnostic.json"
     diag = json.loads(diag_path.read_text()) if diag_path.is_file() else {}
     for defense in args.defenses:
-        if defense in ("dc", "rdc", "diffpure") and (defense not in diag or row_denoiser(diag[defense]) != args.denoiser):
-            diag[defense] = eot_diagnostic(defense, n=8, timesteps=args.timesteps, denoiser=args.denoiser)
+        if defense in ("dc", "rdc", "diffpure") and (defense not in diag or row_denoiser(diag[defense]) != args.denoiser
+                                                     or diag[defense].get("split", "test") != args.split):
+            diag[defense] = eot_diagnostic(defense, n=8, timesteps=args.timesteps, denoiser=args.denoiser,
+                                           split=args.split)
             diag_path.write_text(json.dumps(diag, indent=2))
             print(f"EOT diagnostic {defense}: {diag[defense]}", flush=True)
         eot = diag.get(defense, {}).get("eot", 1)
@@ -264,7 +270,8 @@ def doc(args: argparse.Namespace) -> int:
               "|---|---|---|---|---|---|"]
     for d, v in diag.items():
         target = v.get("target", f"{LEGACY_EOT_TARGET} (before the target was recorded)")
-        lines.append(f"| {d} | {v['mean_cosine']:.3f} | {v['cosine_used']:.3f} | {target} | {v['eot_rule']} | "
+        on = f" ({v['split']} images 0-{v['n'] - 1})" if "split" in v else ""
+        lines.append(f"| {d}{on} | {v['mean_cosine']:.3f} | {v['cosine_used']:.3f} | {target} | {v['eot_rule']} | "
                      f"{v['eot']} ({v.get('cap', EOT_CAP)}) |")
     lines += ["", "## Seconds per cell", "",
               "Wall seconds of the whole cell (sanity checks included: a fixed cost on the check images, whatever n is) and per "
@@ -291,7 +298,8 @@ def doc(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The script's command line (``run``'s EOT diagnostic reads the validation split unless told otherwise)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
@@ -308,6 +316,7 @@ def main() -> int:
     r.add_argument("--denoiser", default=DENOISER, help=f"multi-head checkpoint to evaluate (default {DENOISER})")
     r.add_argument("--only", nargs="*", default=None, help="run only these protocol names")
     r.add_argument("--verify", type=int, default=VERIFY, help="calls that must all misclassify (strongest protocol)")
+    add_split_argument(r)  # the EOT diagnostic's images (the protocols themselves are measured on test images)
     d = sub.add_parser("doc")
     d.add_argument("--records", default="runs/evaluation")
     d.add_argument("--n-eval", type=int, default=10)
@@ -316,7 +325,11 @@ def main() -> int:
     m = sub.add_parser("merge", help="join runs split across record folders into one (then `doc` it)")
     m.add_argument("sources", nargs="+", type=Path, help="--records folders of `run`")
     m.add_argument("--records", default="runs/evaluation", help="folder to write (evaluation.jsonl, eot_diagnostic.json)")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.cmd == "merge":
         rows, diag = merge(args.sources, Path(args.records))
         print(f"{len(rows)} rows, EOT {({d: v['eot'] for d, v in diag.items()})} -> {args.records}")

@@ -1,7 +1,7 @@
 """Which noise levels the diffusion classifier reads, and how that decides its robustness (docs/grid_levels.md).
 
     .venv/bin/python benchmarks/grid_levels.py run [--denoisers digits_film_multi_distill9 ...]
-        [--sigma-mins 0.0001 0.3 0.45 0.6 0.75 0.9] [--n 160] [--offset 200] [--steps 50] [--timesteps 16]
+        [--sigma-mins 0.0001 0.3 0.45 0.6 0.75 0.9] [--split val] [--n 160] [--offset 0] [--steps 50] [--timesteps 16]
         [--records runs/grid_levels] [--raw docs/raw/grid_levels.jsonl] [--threads 1]
     .venv/bin/python benchmarks/grid_levels.py doc [--raw docs/raw/grid_levels.jsonl] [--notes docs/grid_levels_notes.md]
         [--out docs/grid_levels.md]
@@ -9,11 +9,11 @@
 ``run``: for every denoiser and every smallest level ``sigma_min`` (``--grid-sigma-min`` of ``rdc eval``: the
 paper grid's T levels spread over [sigma_min, 3) instead of [1e-4, 3)), the DC's robust accuracy under the
 fixed-noise AutoAttack-style ensemble of the denoiser study (rdc_lib.experiments.study.ROBUST_SETTINGS, with ``--steps`` APGD
-iterations), on test images ``offset .. offset + n - 1``. Each cell is one ``rdc eval`` configuration with
+iterations), on images ``offset .. offset + n - 1`` of ``--split``: the validation split by default (rdc_lib.experiments.selection:
+sigma_min is a choice), the test images with ``--split test`` (default offset 200 there). Each cell is one ``rdc eval`` configuration with
 resumable records under ``--records``; a finished cell appends one row (its per-image outcomes, the grid's
-levels and weights, seconds, the command) to ``--raw``, and a rerun skips cells already there. The default
-images 200-359 are the ones the headline table (the first 200) does not use: the level is chosen here and
-measured there. ``doc``: the report, from the raw rows only.
+levels and weights, seconds, the command) to ``--raw``, and a rerun skips cells already there. The rows measured
+before the validation split read test images 200-359, the ones the headline table (the first 200) does not use. ``doc``: the report, from the raw rows only.
 """
 
 from __future__ import annotations
@@ -33,17 +33,22 @@ from rdc_lib.evaluation.stats import wilson
 from rdc_lib.models.checkpoints import load_denoiser
 from rdc_lib.core.paths import resolve_checkpoint
 from rdc_lib.evaluation.provenance import mark, provenance
+from rdc_lib.experiments.selection import add_split_argument
 from rdc_lib.experiments.study import ROBUST_SETTINGS, eval_command, robust_flags
 
 RAW = Path("docs/raw/grid_levels.jsonl")
 
 
+TEST_OFFSET = 200  # --split test: the test images the headline table (the first 200) does not use
+
+
 def cell_config(denoiser: str, heads: str, sigma_min: float, *, n: int, offset: int, steps: int,
-                timesteps: int) -> EvalConfig:
-    """One cell: the DC of ``denoiser`` (of kind ``heads``) on the grid from ``sigma_min``, the study's ensemble."""
+                timesteps: int, split: str) -> EvalConfig:
+    """One cell: the DC of ``denoiser`` (of kind ``heads``) on the grid from ``sigma_min``, the study's ensemble,
+    on images ``offset .. offset + n - 1`` of ``split``."""
     settings = {**ROBUST_SETTINGS, "steps": steps, "timesteps": timesteps}
     return EvalConfig(defense="dc", heads=heads, denoiser=denoiser, n=n, offset=offset, grid_sigma_min=sigma_min,
-                      **settings)
+                      split=split, **settings)
 
 
 def _passes_per_image(den, timesteps: int) -> int:
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
         den = load_denoiser(resolve_checkpoint(denoiser))  # once per denoiser: its kind and its cost
         for sigma_min in args.sigma_mins:
             cfg = cell_config(denoiser, den.heads, sigma_min, n=args.n, offset=args.offset, steps=args.steps,
-                              timesteps=args.timesteps)
+                              timesteps=args.timesteps, split=args.split)
             if cfg.key() in done:
                 print(f"{denoiser} sigma_min {sigma_min:g}: stored, skipped", flush=True)
                 continue
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> None:
             flags = robust_flags(cfg, args.records)
             grid = make_grid(cfg.timesteps, cfg.grid, sigma_min=sigma_min)
             row = {"key": cfg.key(), "denoiser": denoiser, "heads": cfg.heads, "sigma_min": sigma_min,
+                   **({} if cfg.split == "test" else {"split": cfg.split}),
                    "offset": cfg.offset, "n": cfg.n, "steps": cfg.steps, "timesteps": cfg.timesteps,
                    "clean": res["clean"], "robust": res["robust"], "robust_flags": flags,
                    "levels": grid.sigmas.tolist(), "weights": grid.weights.tolist(),
@@ -105,11 +111,13 @@ def render(rows: list[dict], notes: str = "") -> str:
              "Cells: robust accuracy (robust/images, 95% Wilson interval).", ""]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["offset"], row["n"], row["steps"], row["timesteps"]), []).append(row)
-    for (offset, n, steps, timesteps), group in groups.items():
+        groups.setdefault((row.get("split", "test"), row["offset"], row["n"], row["steps"], row["timesteps"]),
+                          []).append(row)
+    for (split, offset, n, steps, timesteps), group in groups.items():
         sigmas = sorted({r["sigma_min"] for r in group})
         denoisers = list(dict.fromkeys(r["denoiser"] for r in group))
-        lines += [f"## Test images {offset}-{offset + n - 1}, APGD {steps} iterations, T = {timesteps}", "",
+        images = "Test images" if split == "test" else f"Images of the {split} split"
+        lines += [f"## {images} {offset}-{offset + n - 1}, APGD {steps} iterations, T = {timesteps}", "",
                   "| denoiser | " + " | ".join(f"sigma_min {s:g}" for s in sigmas) + " |",
                   "|---|" + "---|" * len(sigmas)]
         for d in denoisers:
@@ -139,14 +147,17 @@ def doc(args: argparse.Namespace) -> None:
     Path(args.out).write_text(render(rows, notes))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The script's command line (``run`` reads the validation split unless --split test)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
     r = sub.add_parser("run")
     r.add_argument("--denoisers", nargs="+", default=[DEFAULT_DENOISERS["multi"]])
     r.add_argument("--sigma-mins", type=float, nargs="+", default=[GRID_SIGMA_MIN, 0.3, 0.45, 0.6, 0.75, 0.9])
+    add_split_argument(r)
     r.add_argument("--n", type=int, default=160)
-    r.add_argument("--offset", type=int, default=200)
+    r.add_argument("--offset", type=int, default=None,
+                   help=f"first image (default 0 of the validation split, {TEST_OFFSET} of the test split)")
     r.add_argument("--steps", type=int, default=50)
     r.add_argument("--timesteps", type=int, default=ROBUST_SETTINGS["timesteps"])
     r.add_argument("--records", default="runs/grid_levels")
@@ -157,8 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--raw", default=str(RAW))
     d.add_argument("--notes", default="docs/grid_levels_notes.md")
     d.add_argument("--out", default="docs/grid_levels.md")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.mode == "run":
+        if args.offset is None:
+            args.offset = TEST_OFFSET if args.split == "test" else 0
         for s in args.sigma_mins:
             try:
                 check_grid_sigma_min(s, GRID_KIND)

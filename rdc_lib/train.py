@@ -61,6 +61,8 @@ class TrainConfig:
     adv_fraction: float = 0.5       # share of each batch replaced by its adversarial version, in (0, 1]
     adv_steps: int = 4              # PGD-CE steps against the network's own fixed-noise DC, >= 1
     adv_grid_sigma_min: float = ROBUST_GRID_SIGMA_MIN  # that DC's grid: the paper grid from this sigma
+    exclude_val: bool = False       # leave the validation split (rdc_lib.data.splits) out of the training images;
+                                    # the way to train a new denoiser (the shipped ones predate it: data/README.md)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -140,18 +142,20 @@ def train_denoiser(
     restart: bool = False,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    metadata: dict | None = None,
 ) -> dict:
     """Train a denoiser per ``cfg``; write EMA weights to ``out``. Returns a summary dict.
 
     ``resume``: continue from ``<out>.state.pt`` if it exists (False: ignore it; it is overwritten at the
     first checkpoint). ``restart``: move that file aside (renamed ``.damaged-<time>`` or ``.replaced-<time>``,
     never deleted) and train from step 0. A damaged or mismatched state raises ``StoredStateError``.
+    ``metadata``: extra JSON entries stored in the checkpoint's 'extra' (a recipe stage's hash, rdc_lib.recipe).
     """
     device = resolve_device(device)
     out = Path(out)
     state_path = out.with_name(out.name + ".state.pt")
     dcfg = cfg.denoiser_config()
-    x_train, y_train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
+    x_train, y_train = load_dataset(cfg.dataset, "train", root=cfg.data_root, exclude_val=cfg.exclude_val)
     x_train = (x_train * 2 - 1).to(device)  # model space [-1, 1]
     y_train = y_train.to(device)
 
@@ -215,7 +219,7 @@ def train_denoiser(
             _save_state(state_path, net, ema, opt, gen, step, cfg)
     if bar is not None:
         bar.close()
-    extra = {"train_config": _jsonable(asdict(cfg)), "final_loss_ema": loss_avg, "steps": step}
+    extra = {"train_config": config_dict(cfg), "final_loss_ema": loss_avg, "steps": step, **(metadata or {})}
     save_denoiser(out, ema, dcfg, extra)
     return {"out": str(out), "steps": step, "loss": loss_avg, "seconds": time.perf_counter() - t0}
 
@@ -263,10 +267,15 @@ def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> Non
         b_ema.copy_(b)
 
 
-def _jsonable(d: dict) -> dict:
+def config_dict(cfg: TrainConfig) -> dict:
+    """``cfg`` as stored in checkpoints and training states (JSON types). ``exclude_val`` counts only when set,
+    so the stored configs of checkpoints trained before it existed (on the full training split) stay equal."""
     import json
 
-    return json.loads(json.dumps(d))
+    d = json.loads(json.dumps(asdict(cfg)))
+    if not cfg.exclude_val:
+        del d["exclude_val"]
+    return d
 
 
 def _save_state(path: Path, net, ema, opt, gen: torch.Generator, step: int, cfg: TrainConfig) -> None:
@@ -274,7 +283,7 @@ def _save_state(path: Path, net, ema, opt, gen: torch.Generator, step: int, cfg:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(
         {"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": gen.get_state(),
-         "step": step, "train_config": _jsonable(asdict(cfg)), "code": source_version()},
+         "step": step, "train_config": config_dict(cfg), "code": source_version()},
         tmp,
     )
     tmp.replace(path)
@@ -286,7 +295,7 @@ def _read_state(path: Path, cfg: TrainConfig, device: torch.device) -> dict:
     Raises ``StoredStateError`` naming ``path`` when it is unreadable, of another config or malformed.
     """
     saved = load_torch_state(path, restart=RESTART, map_location=device)
-    if saved.get("train_config") != _jsonable(asdict(cfg)):
+    if saved.get("train_config") != config_dict(cfg):
         raise StoredStateError(path, "it was written by a different training config", restart=RESTART)
     step = saved.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= cfg.steps:

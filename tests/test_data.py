@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from rdc_lib.data import CIFAR10_FILES, dataset_info, load_cifar10, load_dataset
+from rdc_lib.data import CIFAR10_FILES, VAL_SIZE, dataset_info, load_cifar10, load_dataset, val_indices
 from rdc_lib.core.safe_pickle import RefusedGlobalError
 
 from .conftest import write_cifar_batches
+
+PINNED_VAL_HEAD = [11, 12, 13, 15, 26, 28, 31, 35]  # the digits validation split's first training indices
 
 
 def test_digits_split_is_fixed_and_in_range():
@@ -26,8 +28,35 @@ def test_digits_split_is_fixed_and_in_range():
     assert overlap < 5  # a handful of digits are pixel-identical duplicates in sklearn's set
 
 
+def test_digits_val_split_is_fixed_stratified_and_carved_from_train():
+    x_tr, y_tr = load_dataset("digits", "train")
+    x_val, y_val = load_dataset("digits", "val")
+    x_rest, y_rest = load_dataset("digits", "train", exclude_val=True)
+    assert x_val.shape == (VAL_SIZE["digits"], 1, 8, 8) == (200, 1, 8, 8)
+    assert torch.bincount(y_val, minlength=10).tolist() == [20] * 10  # stratified: 20 per class
+    assert x_rest.shape[0] + x_val.shape[0] == x_tr.shape[0] == 1437
+    idx = val_indices(y_tr, 200)
+    assert torch.equal(x_val, x_tr[idx]) and torch.equal(y_val, y_tr[idx])  # a subset of train, by index
+    keep = torch.ones(1437, dtype=torch.bool)
+    keep[idx] = False
+    assert torch.equal(x_rest, x_tr[keep]) and torch.equal(y_rest, y_tr[keep])  # the complement, nothing else
+    x_val2, _ = load_dataset("digits", "val")
+    assert torch.equal(x_val, x_val2)
+    # the draw is seeded: another seed picks other images (so a test of fixedness could fail)
+    assert not torch.equal(val_indices(y_tr, 200, seed=1), idx)
+    # pinned: the first validation indices must not move between versions (choices made on them would change)
+    assert idx[:8].tolist() == PINNED_VAL_HEAD
+
+
+def test_val_bad_input():
+    with pytest.raises(ValueError, match="exclude_val=True removes the validation images from split 'train'"):
+        load_dataset("digits", "test", exclude_val=True)
+    with pytest.raises(ValueError, match="validation size must be in"):
+        val_indices(torch.arange(10) % 2, 10)
+
+
 def test_digits_bad_split():
-    with pytest.raises(ValueError, match="valid choices: train, test"):
+    with pytest.raises(ValueError, match="unknown split 'validation'; valid choices: train, val, test"):
         load_dataset("digits", "validation")
     with pytest.raises(ValueError, match="valid choices"):
         load_dataset("mnist")

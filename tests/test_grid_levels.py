@@ -13,7 +13,7 @@ GL = load_benchmark("grid_levels")
 
 def test_run_stores_one_row_per_cell_skips_stored_cells_and_renders(tmp_path, capsys):
     raw, records = tmp_path / "raw.jsonl", tmp_path / "records"
-    argv = ["run", "--sigma-mins", "0.0001", "0.6", "--n", "2", "--offset", "200", "--steps", "1", "--records",
+    argv = ["run", "--split", "test", "--sigma-mins", "0.0001", "0.6", "--n", "2", "--offset", "200", "--steps", "1", "--records",
             str(records), "--raw", str(raw), "--no-progress"]
     GL.main(argv)
     rows = [json.loads(line) for line in raw.read_text().splitlines()]

@@ -86,3 +86,29 @@ def test_training_is_reproducible_and_leaves_global_rng_alone(tmp_path):
     train_denoiser(_cfg(), tmp_path / "b.safetensors", progress=False)
     a, b = read_checkpoint(tmp_path / "a.safetensors")[0], read_checkpoint(tmp_path / "b.safetensors")[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_exclude_val_trains_without_the_validation_images(tmp_path, monkeypatch):
+    import rdc_lib.train as train_mod
+    from rdc_lib.cli.train import train_config_from_args
+    from rdc_lib.recipe import _train_parser
+    from rdc_lib.train import config_dict
+
+    seen = []
+    real = train_mod.load_dataset
+
+    def spy(name, split, **kw):
+        x, y = real(name, split, **kw)
+        seen.append((split, kw.get("exclude_val"), x.shape[0]))
+        return x, y
+
+    monkeypatch.setattr(train_mod, "load_dataset", spy)
+    out = tmp_path / "d.safetensors"
+    train_denoiser(_cfg(exclude_val=True), out, progress=False)
+    assert seen == [("train", True, 1437 - 200)]
+    assert read_checkpoint(out)[2]["train_config"]["exclude_val"] is True
+    # a config without it stores what checkpoints trained before the flag store (so their configs stay equal)
+    assert "exclude_val" not in config_dict(_cfg()) and config_dict(_cfg(exclude_val=True))["exclude_val"] is True
+    args = _train_parser().parse_args(["--out", "x.safetensors", "--exclude-val"])
+    assert train_config_from_args(args).exclude_val is True
+    assert train_config_from_args(_train_parser().parse_args(["--out", "x.safetensors"])).exclude_val is False

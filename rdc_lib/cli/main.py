@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..core.choices import DATASETS, HEADS
+from ..core.choices import DATASETS, HEADS, SPLITS
 from .train import add_train_parser
 from ..core.paths import denoiser_flags_help
 from ..defenses.baselines import BASELINE_KINDS
@@ -38,12 +38,13 @@ def _add_train_baseline(sub) -> None:
 
 def _eval_choices() -> dict[str, tuple[str, ...]]:
     """The valid values of the choice fields of ``rdc eval``, read from the registries and rdc_lib.core.choices."""
-    from ..core.choices import DATASETS, GRAD_MODES, GRID_KINDS, HEADS, NOISE_MODES, THREAT_NORMS
+    from ..core.choices import DATASETS, GRAD_MODES, GRID_KINDS, HEADS, NOISE_MODES, SPLITS, THREAT_NORMS
     from ..defenses import defense_names
     from ..evaluation.attacking import eval_attack_names
 
     return {"defense": defense_names(), "attack": eval_attack_names(), "norm": THREAT_NORMS, "heads": HEADS,
-            "noise_mode": NOISE_MODES, "grad_mode": GRAD_MODES, "dataset": DATASETS, "grid": GRID_KINDS}
+            "noise_mode": NOISE_MODES, "grad_mode": GRAD_MODES, "dataset": DATASETS, "grid": GRID_KINDS,
+            "split": SPLITS}
 
 
 FLAG_ALIASES = {"timesteps": "--T", "defense": "--defence"}  # rdc eval: field -> accepted second flag
@@ -52,7 +53,8 @@ FLAG_ALIASES = {"timesteps": "--T", "defense": "--defence"}  # rdc eval: field -
 def _add_eval(sub) -> None:
     from ..evaluation.runner import EvalConfig
 
-    p = sub.add_parser("eval", help="evaluate a defense under an attack on the digits test split")
+    p = sub.add_parser("eval", help="evaluate a defense under an attack on the digits test split "
+                                     "(--split val: the validation split)")
     choices = _eval_choices()
     # default None: the flags given on the command line are known, so a --preset can refuse a conflicting one
     for f in fields(EvalConfig):
@@ -194,6 +196,9 @@ def add_sweep_arguments(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads per cell")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--report", action="store_true", help="write the report next to the store when done")
+    p.add_argument("--split", default=None, choices=SPLITS,
+                   help="eval sweeps: run the cells on this split instead of the file's (a selection sweep reads "
+                        "'val'; --split test reads test images, into <name>_test)")
     s = p.add_argument_group("Slurm (dask-jobqueue)")
     s.add_argument("--slurm", action="store_true", help="run the workers as Slurm jobs")
     s.add_argument("--slurm-jobs", type=int, default=1, help="worker jobs (one single-threaded worker each)")
@@ -245,6 +250,10 @@ def cli_sweep(args: argparse.Namespace) -> int:
     from ..sweep import load_sweep, run_sweep, sweep_status, write_report
 
     spec = load_sweep(args.sweep_file)
+    if args.split is not None:
+        from ..experiments.selection import with_split
+
+        spec = with_split(spec, args.split)
     if args.status:
         status = sweep_status(spec)
         for key in status.failed_keys:
@@ -290,7 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args) -> int:
     from .train import train_config_from_args
     from ..train import train_denoiser
+    from ..recipe import recipe_command
 
+    if args.recipe:
+        def on_stage(plan, status: str) -> None:
+            print(f"stage {plan.stage.name}: {'done, skipped' if status == 'skip' else 'training'} -> {plan.out} "
+                  f"(recipe hash {plan.hash})", flush=True)
+
+        for summary in recipe_command(args, on_stage):
+            print(json.dumps(summary), flush=True)
+        return 0
+    if args.out is None or args.out_dir is not None:
+        raise ValueError("rdc train needs --out FILE (or --recipe FILE, with --out-dir DIR)")
     cfg = train_config_from_args(args)
     summary = train_denoiser(cfg, args.out, device=args.device, resume=not args.no_resume, restart=args.restart)
     print(json.dumps(summary))

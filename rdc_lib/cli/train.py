@@ -48,7 +48,15 @@ def add_train_parser(sub) -> None:
     p.add_argument("--adv-steps", type=int, default=None, help="PGD steps of those inputs, >= 1 (default 4)")
     p.add_argument("--adv-grid-sigma-min", type=float, default=None,
                    help=f"the attacked DC's grid starts at this sigma (default {ROBUST_GRID_SIGMA_MIN})")
-    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--exclude-val", action="store_true",
+                   help="leave the validation split (load_dataset(..., 'val')) out of the training images: the way to "
+                        "train a new denoiser, so choices made on those images are held out from its weights too")
+    p.add_argument("--out", default=None, help="output .safetensors path (required without --recipe)")
+    p.add_argument("--recipe", default=None, metavar="FILE",
+                   help="replay a training recipe (data/recipes/*.yaml): every stage in order, skipping a stage whose "
+                        "output exists with this recipe's hash; --out-dir, --exclude-val, --device and --threads apply")
+    p.add_argument("--out-dir", default=None,
+                   help="--recipe: folder of the stages' outputs (default runs/recipes/<recipe name>[_exclude_val])")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 reproduces the shipped files)")
     p.add_argument("--no-resume", action="store_true", help="ignore <out>.state.pt (overwritten at the first checkpoint)")
@@ -67,7 +75,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The ``TrainConfig`` of parsed ``rdc train`` flags (a flag not given keeps the config's default)."""
     cfg = TrainConfig(dataset=args.dataset, data_root=args.data_root, heads=args.heads, arch=args.arch,
                       seed=args.seed, init_from=checkpoint_arg(args.init_from),
-                      distill_from=checkpoint_arg(args.distill_from))
+                      distill_from=checkpoint_arg(args.distill_from), exclude_val=args.exclude_val)
     given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "label_dropout": args.label_dropout,
              "ema_decay": args.ema_decay, "warmup": args.warmup, "distill_classes": args.distill_classes,
              "distill_weight": args.distill_weight, "P_mean": args.p_mean, "P_std": args.p_std,

@@ -15,7 +15,7 @@ __all__ = [
     "BACKWARD_MODES", "CHOSEN_ON", "DATASETS", "DEFAULT_DENOISERS", "GRAD_MODES", "GRID_KINDS", "GRID_LEVELS", "GRID_KIND",
     "GRID_SIGMA_MIN", "GRID_WEIGHTINGS", "HEADS", "LEGACY_DENOISERS", "LM_ETA", "LM_GRAPH_MODES", "LM_NORMS", "LM_OPTIMIZERS",
     "LM_STEPS", "LM_STEP_SIZE", "NOISE_MODES", "NORMS",
-    "PURIFY_MODES", "ROBUST_GRID_SIGMA_MIN", "SPLITS", "THREAT_NORMS", "check_choice",
+    "PURIFY_MODES", "ROBUST_GRID_SIGMA_MIN", "SELECTION_SPLIT", "SOURCE_SPLITS", "SPLITS", "THREAT_NORMS", "check_choice",
 ]
 
 # ---------------------------------------------------------------- choices
@@ -29,7 +29,9 @@ THREAT_NORMS = (*NORMS, "flow")              # evaluation threat models: "flow" 
 LM_OPTIMIZERS = ("sgd", "sign", "adam")
 HEADS = ("single", "multi")                  # one conditional head with a null label, or K + 1 heads
 DATASETS = ("digits", "cifar10")
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")             # val: a fixed stratified subset of train (rdc_lib.data.splits)
+SOURCE_SPLITS = ("train", "test")            # the splits a dataset's files hold (val is carved out of train)
+SELECTION_SPLIT = "val"     # the images every selection script (rdc_lib.experiments.selection) reads by default
 GRID_KINDS = ("paper", "lognormal", "karras")
 GRID_WEIGHTINGS = ("edm", "elbo", "uniform")
 PURIFY_MODES = ("ode", "sde")                # DiffPure's reverse process

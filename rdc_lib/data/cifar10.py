@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.choices import SPLITS, check_choice
+from ..core.choices import SOURCE_SPLITS, check_choice
 from ..core.safe_pickle import restricted_load
 
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -54,7 +54,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_cifar10(root: str | Path, split: str = "test") -> tuple[Tensor, Tensor]:
     """CIFAR-10 ``split`` from ``root`` as images (N, 3, 32, 32) float32 in [0, 1], labels (N,) int64."""
-    check_choice("split", split, SPLITS)
+    check_choice("split", split, SOURCE_SPLITS)
     root = Path(root)
     names = CIFAR10_TRAIN_FILES if split == "train" else CIFAR10_TEST_FILES
     missing = [n for n in names if not (root / n).is_file()]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.choices import SPLITS, check_choice
+from ..core.choices import SOURCE_SPLITS, check_choice
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -34,6 +34,6 @@ def _split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def load_digits(split: str = "test") -> tuple[Tensor, Tensor]:
     """Digits ``split`` as images (N, 1, 8, 8) float32 in [0, 1] and labels (N,) int64."""
-    check_choice("split", split, SPLITS)
+    check_choice("split", split, SOURCE_SPLITS)
     x, y = _split()[split]
     return torch.from_numpy(x.copy()), torch.from_numpy(y.copy())

@@ -1,4 +1,4 @@
-"""Robustness evaluation: defense x attack x norm x eps on a slice of the test split.
+"""Robustness evaluation: defense x attack x norm x eps on a slice of the test split (or of the validation split).
 
 ``evaluate(cfg)`` classifies clean images, attacks the correctly classified ones, re-classifies every
 final adversarial example ``n_eval`` times (average and worst case over the calls, for randomised
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, HEADS, LM_ETA,
-                       LM_STEP_SIZE, LM_STEPS, NOISE_MODES, THREAT_NORMS, check_choice)
+                       LM_STEP_SIZE, LM_STEPS, NOISE_MODES, SPLITS, THREAT_NORMS, check_choice)
 from ..diffusion.schedules import check_grid_sigma_min
 from ..data import load_dataset
 from ..defenses import DefenseSpec, build_defense, defense_names, get_defense
@@ -33,7 +33,7 @@ from .records import load_records, save_records, summarize
 
 log = logging.getLogger(__name__)
 
-_LATER_FIELDS = ("verify", "denoiser", "grid", "grid_sigma_min", "lm_steps", "lm_eta", "lm_step_size")
+_LATER_FIELDS = ("verify", "denoiser", "grid", "grid_sigma_min", "lm_steps", "lm_eta", "lm_step_size", "split")
 # Defense settings added with the registries: refused for a defense that does not read them (registry
 # fact ``extra_args``) and, with a preset, when they differ from the preset's (the preset fixes grid and LM).
 _SPEC_SETTINGS = ("grid", "grid_sigma_min", "lm_steps", "lm_eta", "lm_step_size")
@@ -54,8 +54,8 @@ class EvalConfig:
     attack: str = "none"            # "none" or a registered attack (rdc_lib.attacks.attack_names())
     norm: str = "linf"              # one of THREAT_NORMS, supported by the attack
     eps: float = 0.1                # perturbation budget on images in [0, 1]
-    n: int = 100                    # number of test images
-    offset: int = 0                 # first test image
+    n: int = 100                    # number of images of `split`
+    offset: int = 0                 # first image of `split`
     seed: int = 0                   # seeds the attack and the defense's own generator
     eot: int = 1                    # EOT draws per gradient
     verify: int = 1                 # calls that must all misclassify before an attack stops on an example
@@ -82,6 +82,7 @@ class EvalConfig:
     lm_steps: int = LM_STEPS        # RDC's likelihood maximization: N steps,
     lm_eta: float = LM_ETA          # ball radius in [0, 1] pixel units (eta = eps: --lm-eta 0.1 with --eps 0.1)
     lm_step_size: float = LM_STEP_SIZE  # and step size (rdc_lib.diffusion.lm)
+    split: str = "test"             # the images: "test", or "val" (choices are made there: rdc_lib.experiments.selection)
 
     def __post_init__(self) -> None:
         defense = get_defense(self.defense)
@@ -102,6 +103,7 @@ class EvalConfig:
         if self.offset < 0:
             raise ValueError(f"offset must be >= 0, got {self.offset}")
         check_choice("dataset", self.dataset, DATASETS)
+        check_choice("split", self.split, SPLITS)
         with_denoiser = ", ".join(defense_names(needs_denoiser=True))
         if self.denoiser and not defense.needs_denoiser:
             raise ValueError(f"denoiser= selects the diffusion model of {with_denoiser}; defense {self.defense!r} "
@@ -265,9 +267,9 @@ def evaluate(
         need = required_files(cfg.preset or "cifar10-paper", cfg.data_root or None, cfg.ckpt_dir)
         if not need.ok:
             raise FileNotFoundError(need.message)
-    x_all, y_all = load_dataset(cfg.dataset, "test", root=cfg.data_root or None)
+    x_all, y_all = load_dataset(cfg.dataset, cfg.split, root=cfg.data_root or None)
     if cfg.offset + cfg.n > x_all.shape[0]:
-        raise ValueError(f"n + offset = {cfg.n + cfg.offset} exceeds the {x_all.shape[0]} test images")
+        raise ValueError(f"n + offset = {cfg.n + cfg.offset} exceeds the {x_all.shape[0]} {cfg.split} images")
     x_all = x_all[cfg.offset:cfg.offset + cfg.n].to(device)
     y_all = y_all[cfg.offset:cfg.offset + cfg.n].to(device)
     if model is None:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..defenses.classifier import DiffusionClassifier
+from ..core.choices import SELECTION_SPLIT
 from ..data import dataset_info, load_dataset
 from ..diffusion.schedules import make_grid, noise_levels
 from ..models.base import Denoiser
@@ -50,7 +51,7 @@ class StudyEntry:
     checkpoint: str         # path of the denoiser checkpoint (relative to the repository root)
     factor: str             # one of FACTORS
     command: str            # the `rdc train ...` command that produced the checkpoint
-    n_robust: int = 100     # test images of the robust-accuracy column (first n of the test split)
+    n_robust: int = 100     # images of the robust-accuracy column (the first n of the validation split; --split test)
     note: str = ""          # what differs, in words
     parent: str = ""        # the entry it differs from in `factor` (default: the baseline entry)
 
@@ -260,12 +261,13 @@ ROBUST_SETTINGS = dict(attack="autoattack", norm="linf", eps=0.1, steps=25, rest
                        n_target_classes=3, timesteps=16, noise_mode="fixed", chunk=5, seed=0, run_checks=False)
 
 
-def robust_config(entry: StudyEntry, heads: str, **overrides: Any):
-    """The ``EvalConfig`` of an entry's robust column: DC, fixed noise, AutoAttack-style ensemble."""
+def robust_config(entry: StudyEntry, heads: str, split: str = SELECTION_SPLIT, **overrides: Any):
+    """The ``EvalConfig`` of an entry's robust column: DC, fixed noise, AutoAttack-style ensemble, on the first
+    ``entry.n_robust`` images of ``split`` (the validation split unless "test" is asked for: rdc_lib.experiments.selection)."""
     from ..evaluation.runner import EvalConfig
 
     settings = {**ROBUST_SETTINGS, **overrides}
-    return EvalConfig(defense="dc", heads=heads, n=entry.n_robust, denoiser=entry.checkpoint, **settings)
+    return EvalConfig(defense="dc", heads=heads, n=entry.n_robust, denoiser=entry.checkpoint, split=split, **settings)
 
 
 def eval_command(cfg, records: str) -> str:
