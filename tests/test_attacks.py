@@ -373,7 +373,8 @@ def test_ensemble_validates_its_arguments(cnn, digits):
         run_ensemble(cnn, x, y, [], chunk_size=8)
     with pytest.raises(ValueError, match=r"\(name, Attack\)"):
         run_ensemble(cnn, x, y, [FGSM(cnn, eps=0.1)], chunk_size=8)
-    with pytest.raises(ValueError, match="no EOT"):
-        build_attack("square", cnn, eps=0.1, eot=4)
-    assert [n for n, _ in autoattack_suite(cnn, eps=0.1, eot=4, include_dlr=False)] == ["apgd-ce", "apgd-t"]
+    with pytest.raises(ValueError, match="eot must be an int >= 1, got 0"):
+        build_attack("square", cnn, eps=0.1, eot=0)
+    assert build_attack("square", cnn, eps=0.1, eot=4).eot == 4  # Square averages its scores over the draws
+    assert [n for n, _ in autoattack_suite(cnn, eps=0.1, eot=4, include_dlr=False)] == ["apgd-ce", "apgd-t", "square"]
     assert math.isfinite(APGD(cnn, eps=0.1).max_queries)

@@ -91,7 +91,7 @@ def test_cross_loss_passes_on_an_honest_model_and_is_skipped_for_the_full_ensemb
 
 
 def test_too_few_eot_draws_fail_eot_convergence(tmp_path):
-    res = _run(NoisyGradient(), attack="apgd-ce", steps=20, eps=0.15, eot=1, n_eval=3, square_queries=10)
+    res = _run(NoisyGradient(), attack="apgd-ce", steps=40, eps=0.18, eot=1, n_eval=3, square_queries=10)
     c = res["checks"]["eot_convergence"]
     assert c["eot"] == 2 and c["reads"] == 3 and c["broken_only_by_check"] > c["tolerance_images"]
     # twice the steps at EOT 1 do not help (a random walk), nor do the other losses: only more draws do
@@ -100,7 +100,7 @@ def test_too_few_eot_draws_fail_eot_convergence(tmp_path):
 
 
 def test_eot_convergence_passes_on_an_honest_stochastic_model_and_is_skipped_when_deterministic():
-    res = _run(Stochastic(), attack="apgd-ce", steps=20, eps=0.15, eot=1, n_eval=3, square_queries=10)
+    res = _run(Stochastic(), attack="apgd-ce", steps=40, eps=0.18, eot=1, n_eval=3, square_queries=10)
     assert res["checks"]["eot_convergence"]["passed"], res["checks"]["eot_convergence"]
     det = _run(_cnn(), attack="apgd-ce", steps=5, square_queries=10)
     assert "eot_convergence" not in det["checks"]

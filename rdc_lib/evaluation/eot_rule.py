@@ -1,10 +1,11 @@
 """The EOT size of an evaluation from the gradient-variance rule (``rdc eval --eot auto``).
 
 The rule is ``rdc_lib.evaluation.grad.suggest_eot`` with the library's one target ``EOT_TARGET``: from the cosines of
-repeated input gradients of the defense on the first ``RULE_IMAGES`` images of the evaluation (``RULE_SAMPLES``
-independent draws each), the smallest M at which two independent M-draw averages reach the target. A
-deterministic defense gives 1. The size is then checked by the evaluation's ``eot_convergence`` check (twice
-the draws must not break more than the tolerance).
+repeated input gradients of the defense on the first ``RULE_IMAGES`` images of the validation split
+(``SELECTION_SPLIT``: the EOT size is a choice, so it is never made on test images; ``RULE_SAMPLES`` independent
+draws each; the same images for every slice, so the shards of one run get one size), the smallest M at which
+two independent M-draw averages reach the target. A deterministic defense gives 1. The size is then checked by
+the evaluation's ``eot_convergence`` check (twice the draws must not break more than the tolerance).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from ..core.choices import SELECTION_SPLIT
 from ..data import load_dataset
 from .grad import EOT_TARGET, gradient_cosine_similarity, suggest_eot
 
@@ -38,14 +40,14 @@ def eot_by_rule(model: nn.Module, x: Tensor, y: Tensor, *, samples: int = RULE_S
 
 
 def resolve_auto_eot(cfg: "EvalConfig", device: str | torch.device = "cpu") -> tuple["EvalConfig", nn.Module, dict]:
-    """(``cfg`` with ``eot`` set by the rule, the defense it was measured on, the rule's numbers) for the first
-    RULE_IMAGES images of ``cfg``'s slice; the defense is returned so the evaluation need not build it again."""
+    """(``cfg`` with ``eot`` set by the rule, the defense it was measured on, the rule's numbers), measured on the
+    first RULE_IMAGES validation images whatever ``cfg``'s offset (the EOT size is the defense's: the shards of one run
+    get the same size); the defense is returned so the evaluation need not build it again."""
     from .runner import defense_spec
     from ..defenses import build_defense
 
-    x, y = load_dataset(cfg.dataset, "test", root=cfg.data_root or None)
-    k = min(RULE_IMAGES, cfg.n)
-    x, y = x[cfg.offset:cfg.offset + k].to(device), y[cfg.offset:cfg.offset + k].to(device)
+    x, y = load_dataset(cfg.dataset, SELECTION_SPLIT, root=cfg.data_root or None)
+    x, y = x[:RULE_IMAGES].to(device), y[:RULE_IMAGES].to(device)
     model = build_defense(defense_spec(cfg), torch.device(device))
     rule = eot_by_rule(model, x, y)
     return replace(cfg, eot=rule["eot"]), model, rule

@@ -349,7 +349,8 @@ def _checks(cfg: EvalConfig, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tens
         return {"checks": {}, "checks_skipped": {"all": "run_checks=False"}, "trusted": None}
     attacked = torch.tensor([r.get("attacked", r["clean_pred"] == r["label"]) for r in recs[:checks.MIN_CHECK_IMAGES]],
                             dtype=torch.bool, device=device)
-    entries = checks.run_sanity_checks(cfg, model, x, y, x_adv, device=device, attacked=attacked)
+    worst = torch.tensor([r["robust_all"] for r in recs[:checks.MIN_CHECK_IMAGES]], dtype=torch.bool, device=device)
+    entries = checks.run_sanity_checks(cfg, model, x, y, x_adv, device=device, attacked=attacked, worst=worst)
     trusted = checks.trusted_from(entries)
     if trusted is False:
         log.warning("UNTRUSTED robust accuracy: sanity checks failed: %s", "; ".join(checks.failed_checks(entries)))
