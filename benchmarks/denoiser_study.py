@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 import yaml
 
 from rdc_lib.evaluation import evaluate
+from rdc_lib.findings.svg import figure_lines, figures_of, write_figures
 from rdc_lib.study import (check_study_checkpoint, entry_dict, eval_command, load_study, measure_denoiser,
                            render_report, robust_config, robust_flags)
 
@@ -90,10 +92,25 @@ def run(args: argparse.Namespace) -> None:
 
 
 def doc(args: argparse.Namespace) -> None:
-    rows = _rows(Path(args.raw))
+    """docs/denoisers.md: the study's table, its figures, the candidates' headline rows (headline.jsonl beside the
+    study's raw rows, rendered by results_table.py), then the notes."""
+    raw = Path(args.raw)
+    rows = _rows(raw)
     notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else ""
-    Path(args.out).write_text(render_report(rows, notes))
+    figures = [line for fd in figures_of("denoisers.md", raw.parent) for line in figure_lines(fd)]
+    candidates = _results_table().headline_lines(raw.with_name("headline.jsonl"), candidates=True)
+    text = render_report(rows, "").rstrip("\n") + "\n\n" + "\n".join(figures + candidates) + "\n"
+    Path(args.out).write_text(text + (notes.rstrip() + "\n" if notes else ""))
+    write_figures("denoisers.md", raw.parent, Path(args.out).parent / "figures")
     print(f"wrote {args.out}")
+
+
+def _results_table():
+    """benchmarks/results_table.py (the one renderer of headline rows), loaded beside this script."""
+    spec = importlib.util.spec_from_file_location("_rdc_results_table", Path(__file__).with_name("results_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> None:

@@ -116,6 +116,8 @@ def short_label(row: dict) -> str:
 def stochastic_rows(raw: Path) -> dict[str, dict]:
     """Per defence, the paper's stochastic variant under the strongest protocol measured (docs/evaluation.md): the
     lowest worst-of-N count among its checked stochastic rows (APGD-CE with EOT only: an upper bound)."""
+    if not (raw / "evaluation.jsonl").is_file():
+        return {}
     rows = [r for r in read_jsonl(raw / "evaluation.jsonl") if r.get("noise_mode") == "stochastic"
             and r.get("variant") == "stochastic" and r["defense"] not in ("cnn", "at-cnn")]
     best: dict[str, dict] = {}

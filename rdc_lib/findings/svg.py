@@ -16,9 +16,30 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from . import data
 from .data import FigureData, Point
 
-__all__ = ["SVG_RC", "draw", "write_svg"]
+__all__ = ["FIGURES", "SVG_RC", "draw", "figure_lines", "figures_of", "write_figures", "write_svg"]
+
+# generated document -> (figure file stem under docs/figures, builder of rdc_lib.findings.data) its doc mode writes
+FIGURES: dict[str, tuple] = {
+    "results.md": (("robust_by_defence", data.defence_bars), ("robust_vs_cost", data.cost_scatter)),
+    "denoisers.md": (("class_gap_by_level", data.class_gap),),
+    "grid_levels.md": (("robust_vs_grid_start", data.grid_start),),
+    "certified.md": (("certified_vs_empirical", data.certified_curves),),
+    "findings.md": (("robust_vs_eps", data.sweep_eps), ("sweep_eps_eta", data.sweep_grid)),
+}
+
+
+def figures_of(doc: str, raw: Path) -> list[FigureData]:
+    """The figure data of the generated document ``doc`` (a key of FIGURES) from the raw rows in ``raw``."""
+    if doc not in FIGURES:
+        raise ValueError(f"{doc!r} has no figures; documents with figures: {', '.join(FIGURES)}")
+    out = [build(raw) for _, build in FIGURES[doc]]
+    for (name, _), fd in zip(FIGURES[doc], out):
+        if fd.name != name:
+            raise ValueError(f"builder of {name} returned figure {fd.name!r}")
+    return out
 
 SVG_RC = {"svg.hashsalt": "rdc-findings", "svg.fonttype": "path", "font.size": 10, "axes.titlesize": 12,
           "axes.labelsize": 10, "legend.fontsize": 9}
@@ -177,3 +198,16 @@ def write_svg(fd: FigureData, folder: Path, png: bool = False) -> Path:
         if png:
             fig.savefig(path.with_suffix(".png"), format="png", dpi=110)
     return path
+
+
+def write_figures(doc: str, raw: Path, folder: Path) -> list[Path]:
+    """Write the figures of the generated document ``doc`` (a key of FIGURES) from the raw rows in ``raw``."""
+    return [write_svg(fd, folder) for fd in figures_of(doc, raw)]
+
+
+def figure_lines(fd: FigureData, caption: str = "") -> list[str]:
+    """Markdown showing the figure (from a document in docs/) with a caption naming its raw files."""
+    sources = ", ".join(f"docs/raw/{s}" for s in fd.sources)
+    bars = any(p.low is not None for s in fd.series for p in s.points)
+    return [f"![{fd.title}](figures/{fd.name}.svg)", "", f"*{caption + ' ' if caption else ''}Drawn from {sources} "
+            f"(regenerated with the docs){'; 95% Wilson intervals as error bars' if bars else ''}.*", ""]
