@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rdc_lib.choices import DEFAULT_DENOISERS, ROBUST_GRID_SIGMA_MIN
 from rdc_lib.findings import data
-from rdc_lib.findings.answer import facts, grid_choice, paired, pct
+from rdc_lib.findings.answer import facts, grid_choice, paired
 from rdc_lib.findings.labels import eta_text
 from rdc_lib.findings.svg import FIGURES, figure_lines, figures_of, write_figures
 

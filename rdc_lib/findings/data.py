@@ -20,11 +20,28 @@ from ..choices import DEFAULT_DENOISERS, LEGACY_DENOISERS
 from ..evaluation.stats import wilson
 from .labels import defense_label
 
-__all__ = ["FigureData", "Point", "Series", "certified_curves", "class_gap", "cost_scatter", "defence_bars",
-           "default_sweep", "grid_start", "headline_rows", "is_shipped_row", "read_jsonl", "stochastic_rows", "sweep_cells",
-           "sweep_eps", "sweep_grid", "variant_name"]
+__all__ = [
+    "FigureData",
+    "Point",
+    "Series",
+    "certified_curves",
+    "class_gap",
+    "cost_scatter",
+    "default_sweep",
+    "defence_bars",
+    "grid_start",
+    "headline_rows",
+    "is_shipped_row",
+    "read_jsonl",
+    "stochastic_rows",
+    "sweep_cells",
+    "sweep_eps",
+    "sweep_grid",
+    "variant_name",
+]
 
 MULTI, SINGLE = DEFAULT_DENOISERS["multi"], DEFAULT_DENOISERS["single"]
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f")  # series colours
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from .data import FigureData, Point
+from .data import COLOURS, FigureData, Point
 
 __all__ = ["plotly_figure", "trust_word"]
 
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f")
 
 
 def trust_word(p: Point) -> str:

@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from . import data
-from .data import FigureData, Point
+from .data import COLOURS, FigureData, Point
 
 __all__ = ["FIGURES", "SVG_RC", "draw", "figure_lines", "figures_of", "write_figures", "write_svg"]
 
@@ -43,7 +43,6 @@ def figures_of(doc: str, raw: Path) -> list[FigureData]:
 
 SVG_RC = {"svg.hashsalt": "rdc-findings", "svg.fonttype": "path", "font.size": 10, "axes.titlesize": 12,
           "axes.labelsize": 10, "legend.fontsize": 9}
-COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f")
 UNTRUSTED = "UNTRUSTED (a sanity check failed)"
 UNCHECKED = "not checked (no sanity checks run)"
 
