@@ -288,9 +288,9 @@ def sweep_eps(raw: Path, name: str | None = None) -> FigureData:
     for eta in sorted(by_eta):
         ordered = sorted(by_eta[eta], key=lambda c: float(c["eps"]))
         pts = [_cell_point(ordered[0], 0.0, spec, clean=True)] + [_cell_point(c, float(c["eps"]), spec) for c in ordered]
-        series.append(Series(f"LM radius eta {eta:g}", tuple(pts)))
+        series.append(Series(f"LM radius eta {eta:g}" + (" (8/255)" if abs(eta - 8 / 255) < 1e-3 else ""), tuple(pts)))
     who = spec.get("params", {}).get("denoiser", spec["file"])
-    return FigureData("robust_vs_eps", "lines", f"RDC robust accuracy against the attack budget ({who})",
+    return FigureData("robust_vs_eps", "lines", f"RDC robust accuracy against the attack budget ({who}, fixed noise)",
                       f"attack budget eps, l_inf (pixel units; 0 = clean), first {cells[0]['n']} test digits",
                       "robust accuracy (%)", tuple(series), (spec["file"],), dodge=0.0015)
 

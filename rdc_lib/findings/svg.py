@@ -57,10 +57,12 @@ def _err(p: Point, k: float) -> tuple[list[float], list[float]] | None:
     return [k * (p.y - p.low)], [k * (p.high - p.y)]
 
 
-def _trust_handles(points: list[Point]) -> list:
+def _trust_handles(points: list[Point], bars: bool = False) -> list:
     out = []
     if any(p.trusted is False for p in points):
-        out.append(Patch(facecolor="white", edgecolor="black", hatch="///", label=UNTRUSTED))
+        out.append(Patch(facecolor="white", edgecolor="black", hatch="///", label=UNTRUSTED) if bars else
+                   Line2D([], [], marker="o", linestyle="none", markerfacecolor="white", markeredgecolor="black",
+                          label="UNTRUSTED (a check failed): open marker, named beside it"))
     if any(p.trusted is None for p in points):
         out.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="white", markeredgecolor="grey",
                           label=UNCHECKED))
@@ -96,7 +98,7 @@ def _hbar(fig: Figure, fd: FigureData) -> None:
     ax.set_xlabel(fd.xlabel)
     ax.grid(axis="x", alpha=0.3)
     handles = [Patch(facecolor=COLOURS[i % len(COLOURS)], label=s.name) for i, s in enumerate(fd.series)]
-    handles += _trust_handles([p for s in fd.series for p in s.points])
+    handles += _trust_handles([p for s in fd.series for p in s.points], bars=True)
     fig.legend(handles=handles, loc="outside lower center", ncol=1, frameon=False)
 
 
@@ -120,6 +122,9 @@ def _lines(fig: Figure, fd: FigureData, markers_only: bool = False) -> None:
             ax.plot([p.x], [k * p.y], marker="s" if s.dashed else "o", markersize=6, linestyle="none",
                     markerfacecolor=colour if p.trusted else "white",
                     markeredgecolor=colour if p.trusted is not None else "grey", markeredgewidth=1.5)
+            if p.trusted is False:
+                ax.annotate("UNTRUSTED", (p.x, k * p.y), xytext=(0, -14), textcoords="offset points", fontsize=7,
+                            ha="center", color="black")
             if p.tag:
                 ax.annotate(p.tag, (p.x, k * p.y), xytext=(7, -3) if n % 2 else (-7, -3), textcoords="offset points",
                             fontsize=7, color=colour, ha="left" if n % 2 else "right")
