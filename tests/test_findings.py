@@ -142,3 +142,15 @@ def test_sweep_needs_its_file(tmp_path):
     shutil.copy(RAW / "headline.jsonl", tmp_path / "headline.jsonl")
     with pytest.raises(FileNotFoundError, match="no sweep_"):
         data.sweep_cells(tmp_path)
+
+
+def test_readme_starts_with_the_answer_its_figure_and_findings_first():
+    """The first 40 lines: the answer, the main figure, docs/findings.md as the first doc linked; every percentage
+    and p-value there is one docs/findings.md (generated from docs/raw) prints."""
+    head = "\n".join((ROOT / "README.md").read_text().splitlines()[:40])
+    assert "![" in head and "docs/figures/robust_by_defence.svg" in head and "make run" in head
+    docs = re.findall(r"docs/[\w/]+\.(?:md|svg)", head)
+    assert docs[0] == "docs/findings.md", docs
+    findings = (ROOT / "docs" / "findings.md").read_text()
+    for number in re.findall(r"\d+\.\d+%|p = [\d.]+", head):
+        assert number in findings, f"README says {number}, docs/findings.md does not"

@@ -214,4 +214,8 @@ def figure_lines(fd: FigureData, caption: str = "") -> list[str]:
     sources = ", ".join(f"docs/raw/{s}" for s in fd.sources)
     bars = any(p.low is not None for s in fd.series for p in s.points)
     return [f"![{fd.title}](figures/{fd.name}.svg)", "", f"*{caption + ' ' if caption else ''}Drawn from {sources} "
-            f"(regenerated with the docs){'; 95% Wilson intervals as error bars' if bars else ''}.*", ""]
+            f"(regenerated with the docs){_interval_note(fd) if bars else ''}.*", ""]
+
+
+def _interval_note(fd: FigureData) -> str:
+    return "; 95% Wilson intervals in the cells" if fd.kind == "heatmap" else "; 95% Wilson intervals as error bars"
