@@ -219,7 +219,8 @@ def grid_start(raw: Path) -> FigureData:
         name = f"{r['denoiser']} (test digits {r['offset']}-{r['offset'] + r['n'] - 1})"
         groups.setdefault(name, []).append(Point(r["sigma_min"], value, low, high, r.get("trusted"),
                                                  f"sigma_min {r['sigma_min']:g}<br>" + _hover(r, r["robust"], "robust")))
-    return FigureData("robust_vs_grid_start", "lines", "DC robust accuracy against the grid's smallest level",
+    return FigureData("robust_vs_grid_start", "lines",
+                      "DC robust accuracy against the grid's smallest level (fixed noise, l_inf eps 0.1)",
                       "smallest noise level of the grid, sigma_min (pixel units)", "robust accuracy (%)",
                       tuple(Series(k, tuple(sorted(v, key=lambda p: p.x))) for k, v in groups.items()),
                       ("grid_levels.jsonl",))

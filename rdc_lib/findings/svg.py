@@ -114,7 +114,7 @@ def _lines(fig: Figure, fd: FigureData, markers_only: bool = False) -> None:
         if not markers_only:
             ax.plot(xs, ys, color=colour, linestyle="--" if s.dashed else "-", linewidth=1.5,
                     label=None if s.group else s.name)
-        for n, p in enumerate(sorted(s.points, key=lambda q: q.y)):
+        for p in s.points:
             err = _err(p, k)
             if err:
                 ax.errorbar(p.x, k * p.y, yerr=[err[0], err[1]], fmt="none", ecolor=colour, capsize=3,
@@ -125,9 +125,6 @@ def _lines(fig: Figure, fd: FigureData, markers_only: bool = False) -> None:
             if p.trusted is False:
                 ax.annotate("UNTRUSTED", (p.x, k * p.y), xytext=(0, -14), textcoords="offset points", fontsize=7,
                             ha="center", color="black")
-            if p.tag:
-                ax.annotate(p.tag, (p.x, k * p.y), xytext=(7, -3) if n % 2 else (-7, -3), textcoords="offset points",
-                            fontsize=7, color=colour, ha="left" if n % 2 else "right")
         if markers_only:
             ax.plot([], [], marker="o", linestyle="none", color=colour, label=s.name)
     handles, _ = ax.get_legend_handles_labels()
@@ -148,7 +145,41 @@ def _lines(fig: Figure, fd: FigureData, markers_only: bool = False) -> None:
         lows = [p.low if p.low is not None else p.y for s in fd.series for p in s.points]
         ax.set_ylim(max(0.0, 10 * (k * min(lows) // 10) - 5), 102)
     ax.grid(alpha=0.3)
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    longest = max(len(h.get_label()) for h in handles)
+    ncol = 1 if longest > 45 else 2 if len(handles) > 3 else len(handles)
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False)
+    _place_tags(fig, ax, fd, groups, k)  # last: the layout (legend included) is final when the tags are placed
+
+
+TAG_SPOTS = ((7, -3, "left"), (-7, -3, "right"), (0, 7, "center"), (0, -13, "center"), (7, 6, "left"),
+             (-7, 6, "right"), (7, -11, "left"), (-7, -11, "right"))
+
+
+def _place_tags(fig: Figure, ax, fd: FigureData, groups: list[str], k: float) -> None:
+    """Write each point's tag beside it where it overlaps no point and no tag already placed (first free spot of
+    TAG_SPOTS, in points from the marker; the last spot when none is free)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    points = [(s, p) for s in fd.series for p in s.points if p.tag]
+    if not points:
+        return
+    ax.set_xlim(ax.get_xlim()), ax.set_ylim(ax.get_ylim())
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw_without_rendering()
+    marks = [ax.transData.transform((p.x, k * p.y)) for s in fd.series for p in s.points]
+    taken = [(x - 5, y - 5, x + 5, y + 5) for x, y in marks]
+    for s, p in sorted(points, key=lambda sp: -sp[1].y):
+        colour = COLOURS[groups.index(s.group or s.name) % len(COLOURS)]
+        for dx, dy, ha in TAG_SPOTS:
+            note = ax.annotate(p.tag, (p.x, k * p.y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
+                               color=colour, ha=ha)
+            box = note.get_window_extent(renderer)
+            rect = (box.x0, box.y0, box.x1, box.y1)
+            if not any(rect[0] < t[2] and t[0] < rect[2] and rect[1] < t[3] and t[1] < rect[3] for t in taken):
+                break
+            if (dx, dy, ha) != TAG_SPOTS[-1]:
+                note.remove()
+        taken.append(rect)
 
 
 def _heatmap(fig: Figure, fd: FigureData) -> None:
@@ -181,7 +212,7 @@ def draw(fd: FigureData) -> Figure:
         fig = Figure(figsize=(10, 1.2 + 0.42 * cats + 0.25 * len(fd.series)), layout="constrained")
         _hbar(fig, fd)
     elif fd.kind in ("lines", "scatter"):
-        fig = Figure(figsize=(10, 4.8), layout="constrained")
+        fig = Figure(figsize=(9, 5.6), layout="constrained")
         _lines(fig, fd, markers_only=fd.kind == "scatter")
     elif fd.kind == "heatmap":
         fig = Figure(figsize=(7, 4.2), layout="constrained")
