@@ -105,7 +105,8 @@ def render(raw: Path) -> str:
     cells, spec = data.sweep_cells(raw)
     lines += ["## Commands behind the figures", "",
               f"- The (eps, eta) grid: `{spec['command']}` (cells in docs/raw/{spec['file']}, {len(cells)} cells).",
-              "- Every headline row's command, commit and seconds: docs/results.md, *Headline commands and provenance*.",
+              "- Every headline row's command, commit and seconds: docs/results.md, *Headline commands and "
+              "provenance*.",
               "- This page and its figures: `.venv/bin/python benchmarks/regenerate_docs.py` (all generated docs).", ""]
     return "\n".join(lines)
 

@@ -217,8 +217,8 @@ def grid_start(raw: Path) -> FigureData:
     for r in read_jsonl(raw / "grid_levels.jsonl"):
         value, low, high = _interval(r["robust"])
         name = f"{r['denoiser']} (test digits {r['offset']}-{r['offset'] + r['n'] - 1})"
-        groups.setdefault(name, []).append(Point(r["sigma_min"], value, low, high, r.get("trusted"),
-                                                 f"sigma_min {r['sigma_min']:g}<br>" + _hover(r, r["robust"], "robust")))
+        text = f"sigma_min {r['sigma_min']:g}<br>" + _hover(r, r["robust"], "robust")
+        groups.setdefault(name, []).append(Point(r["sigma_min"], value, low, high, r.get("trusted"), text))
     return FigureData("robust_vs_grid_start", "lines",
                       "DC robust accuracy against the grid's smallest level (fixed noise, l_inf eps 0.1)",
                       "smallest noise level of the grid, sigma_min (pixel units)", "robust accuracy (%)",
@@ -288,7 +288,8 @@ def sweep_eps(raw: Path, name: str | None = None) -> FigureData:
     series = []
     for eta in sorted(by_eta):
         ordered = sorted(by_eta[eta], key=lambda c: float(c["eps"]))
-        pts = [_cell_point(ordered[0], 0.0, spec, clean=True)] + [_cell_point(c, float(c["eps"]), spec) for c in ordered]
+        pts = [_cell_point(ordered[0], 0.0, spec, clean=True)]
+        pts += [_cell_point(c, float(c["eps"]), spec) for c in ordered]
         series.append(Series(f"LM radius eta {eta:g}" + (" (8/255)" if abs(eta - 8 / 255) < 1e-3 else ""), tuple(pts)))
     who = spec.get("params", {}).get("denoiser", spec["file"])
     return FigureData("robust_vs_eps", "lines", f"RDC robust accuracy against the attack budget ({who}, fixed noise)",
@@ -300,9 +301,11 @@ def sweep_grid(raw: Path, name: str | None = None) -> FigureData:
     """The (eps, eta) grid: one heatmap row per LM radius eta, one column per attack budget eps."""
     cells, spec = sweep_cells(raw, name)
     etas = sorted({float(c["lm_eta"]) for c in cells})
-    series = tuple(Series(f"{eta:g}" + (" (8/255)" if abs(eta - 8 / 255) < 1e-3 else ""), tuple(_cell_point(c, f"{float(c['eps']):g}", spec)
+    series = tuple(Series(f"{eta:g}" + (" (8/255)" if abs(eta - 8 / 255) < 1e-3 else ""),
+                          tuple(_cell_point(c, f"{float(c['eps']):g}", spec)
                                             for c in sorted(cells, key=lambda c: float(c["eps"]))
                                             if float(c["lm_eta"]) == eta)) for eta in etas)
     who = spec.get("params", {}).get("denoiser", spec["file"])
     return FigureData("sweep_eps_eta", "heatmap", f"RDC robust accuracy over (eps, eta), {who}",
-                      "attack budget eps (l_inf, pixel units)", "LM radius eta (l_inf, pixel units)", series, (spec["file"],))
+                      "attack budget eps (l_inf, pixel units)", "LM radius eta (l_inf, pixel units)", series,
+                      (spec["file"],))

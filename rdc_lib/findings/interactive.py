@@ -45,7 +45,8 @@ def plotly_figure(fd: FigureData) -> go.Figure:
             fig.add_trace(go.Bar(
                 y=[p.x for p in s.points], x=[k * p.y for p in s.points], orientation="h", name=s.name,
                 error_x=_arrays(s.points, k), hovertext=[_hover(p) for p in s.points], hoverinfo="text",
-                marker=dict(color=[colour if p.trusted else "white" for p in s.points], line=dict(color=colour, width=1.5),
+                marker=dict(color=[colour if p.trusted else "white" for p in s.points],
+                            line=dict(color=colour, width=1.5),
                             pattern=dict(shape=["/" if p.trusted is False else "" for p in s.points]))))
         fig.update_layout(barmode="group", yaxis=dict(autorange="reversed"), xaxis_title=fd.xlabel,
                           height=160 + 38 * len({p.x for s in fd.series for p in s.points}))

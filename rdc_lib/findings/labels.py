@@ -24,6 +24,7 @@ def defense_label(row: dict) -> str:
     parts = [f"eta {eta_text(row.get('lm_eta', LM_ETA))}"] if row["defense"] == "rdc" else []
     if row.get("grid_sigma_min", GRID_SIGMA_MIN) != GRID_SIGMA_MIN:
         parts.append(f"levels from sigma {row['grid_sigma_min']:g}")
-    if row["defense"] in ("dc", "rdc") and row.get("timesteps", ROBUST_SETTINGS["timesteps"]) != ROBUST_SETTINGS["timesteps"]:
+    headline_t = ROBUST_SETTINGS["timesteps"]
+    if row["defense"] in ("dc", "rdc") and row.get("timesteps", headline_t) != headline_t:
         parts.append(f"T {row['timesteps']}")
     return f"{row['defense']} ({', '.join(parts)})" if parts else row["defense"]

@@ -195,7 +195,9 @@ def _heatmap(fig: Figure, fd: FigureData) -> None:
             j = cols.index(p.x)
             tag = "" if p.trusted else ("\nUNTRUSTED" if p.trusted is False else "\nnot checked")
             count = p.hover.split("(")[1].split(",")[0] if "(" in p.hover else ""
-            text = f"{k * p.y:.1f}%\n({count}; {k * p.low:.0f}-{k * p.high:.0f})" if p.low is not None else f"{k * p.y:.1f}%"
+            text = f"{k * p.y:.1f}%"
+            if p.low is not None:
+                text += f"\n({count}; {k * p.low:.0f}-{k * p.high:.0f})"
             ax.text(j, i, text + tag, ha="center", va="center", fontsize=9,
                     color="white" if k * p.y < (low + 100) / 2 else "black")
     ax.set_xticks(range(len(cols)), cols)
