@@ -41,7 +41,7 @@ lab: $(STAMP)
 	bash scripts/lab.sh
 
 docs: $(STAMP)
-	$(BIN)/python benchmarks/regenerate_docs.py   # docs/*.md from docs/raw (byte-for-byte, tested)
+	$(BIN)/python benchmarks/regenerate_docs.py   # docs/*.md and docs/figures/*.svg from docs/raw (byte-for-byte, tested)
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/bench_classifier.py

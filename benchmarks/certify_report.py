@@ -25,6 +25,7 @@ import torch
 from rdc_lib.certify.runner import CertifyConfig, consistency, run_certify
 from rdc_lib.core.choices import LEGACY_DENOISERS
 from rdc_lib.evaluation.provenance import certify_provenance, mark
+from rdc_lib.findings.svg import figure_lines, figures_of, write_figures
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO / "docs" / "raw" / "certified.jsonl"
@@ -244,8 +245,10 @@ def cmd_doc(args: argparse.Namespace) -> int:
     rows = [json.loads(ln) for ln in raw.read_text().splitlines() if ln.strip()]
     bench_path = Path(args.bench)
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
-    text = render(rows, bench)
+    figures = [line for fd in figures_of("certified.md", raw.parent) for line in figure_lines(fd)]
+    text = render(rows, bench).rstrip("\n") + "\n\n## Figure\n\n" + "\n".join(figures)
     Path(args.out).write_text(text)
+    write_figures("certified.md", raw.parent, Path(args.out).parent / "figures")
     print(f"wrote {args.out}")
     return 0
 

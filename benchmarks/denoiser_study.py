@@ -19,6 +19,7 @@ docs/denoisers_notes.md (the hand-written analysis) appended verbatim.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -30,7 +31,8 @@ from rdc_lib.evaluation import evaluate
 from rdc_lib.evaluation.provenance import file_sha256, provenance
 from rdc_lib.experiments.selection import add_split_argument
 from rdc_lib.experiments.study import (check_study_checkpoint, entry_dict, eval_command, load_study, measure_denoiser,
-                           render_report, robust_config, robust_flags)
+                                       render_report, robust_config, robust_flags)
+from rdc_lib.findings.svg import figure_lines, figures_of, write_figures
 
 
 def _rows(raw: Path) -> list[dict]:
@@ -106,10 +108,25 @@ def raw_path(split: str) -> str:
 
 
 def doc(args: argparse.Namespace) -> None:
-    rows = _rows(Path(args.raw))
+    """docs/denoisers.md: the study's table, its figures, the candidates' headline rows (headline.jsonl beside the
+    study's raw rows, rendered by results_table.py), then the notes."""
+    raw = Path(args.raw)
+    rows = _rows(raw)
     notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else ""
-    Path(args.out).write_text(render_report(rows, notes))
+    figures = [line for fd in figures_of("denoisers.md", raw.parent) for line in figure_lines(fd)]
+    candidates = _results_table().headline_lines(raw.with_name("headline.jsonl"), candidates=True)
+    text = render_report(rows, "").rstrip("\n") + "\n\n" + "\n".join(figures + candidates) + "\n"
+    Path(args.out).write_text(text + (notes.rstrip() + "\n" if notes else ""))
+    write_figures("denoisers.md", raw.parent, Path(args.out).parent / "figures")
     print(f"wrote {args.out}")
+
+
+def _results_table():
+    """benchmarks/results_table.py (the one renderer of headline rows), loaded beside this script."""
+    spec = importlib.util.spec_from_file_location("_rdc_results_table", Path(__file__).with_name("results_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,8 +4,10 @@
     .venv/bin/python benchmarks/regenerate_docs.py --out /tmp/docs # write them elsewhere (to compare)
 
 Each document is written by its own script's ``doc`` mode from the raw files only (and, for results.md and
-evaluation.md, the hand-written notes appended verbatim); tests/test_docs_generated.py regenerates them all
-into a temporary folder and compares them byte for byte with the committed files.
+evaluation.md, the hand-written notes appended verbatim); the doc modes of the documents in
+rdc_lib.findings.svg.FIGURES also write their figures (SVG) to docs/figures from the same rows.
+tests/test_docs_generated.py regenerates them all into a temporary folder and compares documents and figures
+byte for byte with the committed files.
 """
 
 from __future__ import annotations
@@ -22,16 +24,26 @@ DOCS = ROOT / "docs"
 
 # generated document -> (script in benchmarks/, raw files it reads under docs/raw, notes appended verbatim)
 GENERATED: dict[str, tuple[str, tuple[str, ...], str | None]] = {
-    "results.md": ("results_table.py", ("results.jsonl", "headline.jsonl", "crosscheck_torchattacks.jsonl"),
-                   "results_notes.md"),
+    "results.md": ("results_table.py", ("results.jsonl", "headline.jsonl", "crosscheck_torchattacks.jsonl",
+                                        "evaluation.jsonl"), "results_notes.md"),
     "evaluation.md": ("evaluation_report.py", ("evaluation.jsonl", "eot_diagnostic.json"), "evaluation_notes.md"),
     "theory.md": ("theory_report.py", ("theory.json",), None),
     "performance.md": ("performance_report.py", ("performance.json",), None),
-    "denoisers.md": ("denoiser_study.py", ("denoiser_study.jsonl",), "denoisers_notes.md"),
+    "denoisers.md": ("denoiser_study.py", ("denoiser_study.jsonl", "headline.jsonl"), "denoisers_notes.md"),
     "certified.md": ("certify_report.py", ("certified.jsonl", "bench_certify.json"), None),
     "speed.md": ("profile_strongest.py", ("profile_strongest.json", "bench_strongest.json"), "speed_notes.md"),
     "grid_levels.md": ("grid_levels.py", ("grid_levels.jsonl",), "grid_levels_notes.md"),
+    "findings.md": ("findings_report.py", ("headline.jsonl", "evaluation.jsonl", "grid_levels.jsonl",
+                                           "denoiser_study.jsonl", "certified.jsonl",
+                                           "sweep_digits_rdc_multi_h16_long_adv_eps_eta.csv"), None),
 }
+
+
+def figures(doc: str) -> list[str]:
+    """The figures (file names under docs/figures) the doc mode of ``doc`` writes beside it."""
+    from rdc_lib.findings.svg import FIGURES
+
+    return [f"{name}.svg" for name, _ in FIGURES.get(doc, ())]
 
 
 def _script(name: str) -> ModuleType:
@@ -63,6 +75,8 @@ def regenerate(doc: str, out: Path, raw_dir: Path = DOCS / "raw", docs_dir: Path
         out.write_text(module.render(raw_dir, Path(notes_path)))
     elif doc == "grid_levels.md":
         module.doc(Namespace(raw=str(raw_dir / "grid_levels.jsonl"), out=str(out), notes=notes_path))
+    elif doc == "findings.md":
+        module.doc(Namespace(raw=str(raw_dir), out=str(out)))
     elif doc == "theory.md":
         module.doc(raw_dir / "theory.json", out)
     else:

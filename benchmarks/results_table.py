@@ -41,6 +41,9 @@ from rdc_lib.evaluation.stats import paired_comparison, wilson
 from rdc_lib.core.paths import stored_denoiser_name
 from rdc_lib.evaluation.provenance import describe, eval_provenance, mark
 from rdc_lib.experiments.study import ROBUST_SETTINGS
+from rdc_lib.findings.data import is_shipped_row
+from rdc_lib.findings.labels import defense_label, eta_text  # noqa: F401 (eta_text: the tables' name of a radius)
+from rdc_lib.findings.svg import figure_lines, figures_of, write_figures
 
 THREATS = {"linf": 0.1, "l2": 0.5}
 DEFAULTS = dict(n=64, steps=25, restarts=1, square_queries=500, n_target_classes=3, timesteps=16, heads="multi",
@@ -175,25 +178,6 @@ def command_for(cfg: EvalConfig) -> str:
     return "rdc eval " + " ".join(flags) + " --records runs/results/records --json"
 
 
-def eta_text(eta: float) -> str:
-    """An LM radius as the docs write it: the paper's 8/255 by name, any other as a number."""
-    return "8/255" if abs(eta - LM_ETA) < 1e-12 else f"{eta:g}"
-
-
-def defense_label(row: dict) -> str:
-    """The defense of a stored row as the tables name it: RDC with its LM radius (rows stored before the radius
-    was recorded used the default), a DC grid that starts above the paper's smallest level and a level count other
-    than the headline protocol's T (ROBUST_SETTINGS, 16), e.g. 'rdc (eta 8/255)', 'dc (levels from sigma 0.45)',
-    'dc (levels from sigma 0.6, T 32)'."""
-    parts = [f"eta {eta_text(row.get('lm_eta', LM_ETA))}"] if row["defense"] == "rdc" else []
-    if row.get("grid_sigma_min", GRID_SIGMA_MIN) != GRID_SIGMA_MIN:
-        parts.append(f"levels from sigma {row['grid_sigma_min']:g}")
-    headline_t = ROBUST_SETTINGS["timesteps"]
-    if row["defense"] in ("dc", "rdc") and row.get("timesteps", headline_t) != headline_t:
-        parts.append(f"T {row['timesteps']}")
-    return f"{row['defense']} ({', '.join(parts)})" if parts else row["defense"]
-
-
 def chosen_on(row: dict) -> str:
     """The images the choices behind a row were made on (rdc_lib.core.choices.CHOSEN_ON: its denoiser, its grid's
     smallest level), e.g. 'test 0-199 + test 200-359'; 'none' when no shipped choice of the row was made on images."""
@@ -202,12 +186,24 @@ def chosen_on(row: dict) -> str:
     return " + ".join(found) or "none"
 
 
-def headline_lines(path: Path) -> list[str]:
-    """The headline table: long evaluations of the shipped single-head denoiser (empty without the file)."""
+def headline_lines(path: Path, candidates: bool = False) -> list[str]:
+    """The headline table: long evaluations of the shipped default denoisers and the baselines (empty without the
+    file); with ``candidates``, the same table of the denoiser study's other candidates (docs/denoisers.md)."""
     if not path.is_file():
         return []
-    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
-    lines = ["## Headline: the same test images, one protocol", "",
+    every = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    rows = [r for r in every if is_shipped_row(r) != candidates]
+    if not rows:
+        return []
+    moved = sum(not is_shipped_row(r) for r in every)
+    title = ("## The study's candidates under the headline protocol" if candidates else
+             "## Headline: the same test images, one protocol")
+    scope = ("Denoisers of the study that are not shipped defaults (rdc_lib.core.choices.DEFAULT_DENOISERS), measured "
+             "exactly as the headline rows of docs/results.md. " if candidates else
+             "The shipped default denoisers (rdc_lib.core.choices.DEFAULT_DENOISERS) and the baselines; the study's "
+             f"{moved} rows of other candidate denoisers are in docs/denoisers.md (*The study's candidates under the "
+             "headline protocol*). ")
+    lines = [title, "", scope +
              f"At least {HEADLINE_MIN_IMAGES} test images, APGD with at least {HEADLINE_MIN_STEPS} iterations, every "
              "row with its sanity checks (section *Headline sanity checks*) and the command, commit and seconds that "
              "made it. *Chosen on*: the images the row's denoiser and noise grid were chosen on (a row chosen on "
@@ -226,15 +222,20 @@ def headline_lines(path: Path) -> list[str]:
               f"({r0['n_target_classes']} target classes), {r0['steps']} iterations each, then Square with "
               f"{r0['square_queries']} queries; exact gradients through the whole defense (RDC: through every LM "
               f"step). Diffusion defenses: T = {r0['timesteps']} noise levels, randomness `{r0['noise_mode']}` (the "
-              "same noise on every call, known to the attacker).", "", "### Headline sanity checks", "",
+              "same noise on every call, known to the attacker).", ""]
+    if not candidates:
+        lines += [l for fd in figures_of("results.md", path.parent) for l in figure_lines(fd)]
+    lines += ["### Headline sanity checks", "",
               "| defense | check | passed | value | baseline | tolerance |", "|---|---|---|---|---|---|"]
     for r in rows:
         for k, v in r["checks"].items():
             val = v.get("robust_acc", v.get("nonzero_fraction", v.get("max_rel_error", "")))
             tol = v.get("tolerance", v.get("max_robust_acc", ""))
             lines.append(f"| {defense_label(r)} ({r['denoiser'] or '—'}) | {k} | {v['passed']} | {val} | {v.get('baseline', '')} | {tol} |")
-    lines += paired_lines(rows)
-    lines += crosscheck_lines(path.with_name("crosscheck_torchattacks.jsonl"))
+    lines += paired_lines(every, (lambda a, b: not (is_shipped_row(a) and is_shipped_row(b))) if candidates
+                          else (lambda a, b: is_shipped_row(a) and is_shipped_row(b)))
+    if not candidates:
+        lines += crosscheck_lines(path.with_name("crosscheck_torchattacks.jsonl"))
     lines += ["", "### Headline commands and provenance", ""]
     for r in rows:
         lines += [f"- {defense_label(r)} ({r['denoiser'] or '—'}), images {s['offset']}-{s['offset'] + s['n'] - 1}"
@@ -243,11 +244,12 @@ def headline_lines(path: Path) -> list[str]:
     return lines + [""]
 
 
-def paired_lines(rows: list[dict]) -> list[str]:
-    """Every two headline rows with per-image outcomes on the same images and threat, compared image by image."""
+def paired_lines(rows: list[dict], keep=lambda a, b: True) -> list[str]:
+    """Every two headline rows (that ``keep`` accepts) with per-image outcomes on the same images and threat,
+    compared image by image."""
     same = lambda a, b: all(a[k] == b[k] for k in ("offset", "n", "norm", "eps"))
     pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]
-             if "robust_images" in a and "robust_images" in b and same(a, b)]
+             if "robust_images" in a and "robust_images" in b and same(a, b) and keep(a, b)]
     if not pairs:
         return []
     lines = ["", "### Paired on the same images", "",
@@ -348,6 +350,7 @@ def doc(args: argparse.Namespace) -> None:
     if args.notes and Path(args.notes).is_file():
         lines += ["", Path(args.notes).read_text()]
     Path(args.out).write_text("\n".join(lines) + "\n")
+    write_figures("results.md", Path(args.records), Path(args.out).parent / "figures")
     print(f"wrote {args.out}")
 
 

@@ -35,6 +35,45 @@ def test_generated_doc_matches_raw_byte_for_byte(doc, tmp_path):
         f"`python benchmarks/regenerate_docs.py` (never edit a generated doc by hand)")
 
 
+FIGURED = [(doc, name) for doc in sorted(REGEN.GENERATED) for name in REGEN.figures(doc)]
+
+
+@pytest.mark.parametrize("doc, figure", FIGURED, ids=[f for _, f in FIGURED])
+def test_generated_figure_matches_raw_byte_for_byte(doc, figure, tmp_path):
+    """Each figure (SVG, byte-stable: no date, fixed hash salt, text as paths) is what its doc mode draws now.
+    Bytes are compared only under the matplotlib version that wrote the committed file (its SVG names it;
+    pyproject pins the minor version): another version draws the same data with other bytes."""
+    import matplotlib
+
+    wrote = re.search(r"Matplotlib v([\w.]+)", (ROOT / "docs" / "figures" / figure).read_text())
+    if not wrote or wrote.group(1) != matplotlib.__version__:
+        pytest.skip(f"docs/figures/{figure} was written by matplotlib {wrote and wrote.group(1)}, this is "
+                    f"{matplotlib.__version__}: bytes differ between versions (regenerate the docs to compare)")
+    REGEN.regenerate(doc, tmp_path / doc)
+    drawn = tmp_path / "figures" / figure
+    assert drawn.is_file(), f"the doc mode of docs/{doc} did not write figures/{figure}"
+    assert drawn.read_bytes() == (ROOT / "docs" / "figures" / figure).read_bytes(), (
+        f"docs/figures/{figure} differs from what docs/raw draws: run `python benchmarks/regenerate_docs.py`")
+
+
+def test_enough_figures_and_every_committed_one_is_generated():
+    committed = sorted(p.name for p in (ROOT / "docs" / "figures").glob("*"))
+    generated = sorted(f for _, f in FIGURED)
+    assert len(generated) >= 6 and committed == generated, (committed, generated)
+
+
+def test_a_changed_raw_value_changes_the_figure(tmp_path):
+    """The figure comparison can fail: one count changed in a raw row changes the drawn SVG."""
+    raw = tmp_path / "raw"
+    shutil.copytree(ROOT / "docs" / "raw", raw)
+    rows = [json.loads(l) for l in (raw / "grid_levels.jsonl").read_text().splitlines() if l.strip()]
+    rows[0]["robust"]["value"] -= 0.05
+    (raw / "grid_levels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    REGEN.regenerate("grid_levels.md", tmp_path / "out" / "grid_levels.md", raw_dir=raw)
+    assert (tmp_path / "out" / "figures" / "robust_vs_grid_start.svg").read_bytes() != \
+        (ROOT / "docs" / "figures" / "robust_vs_grid_start.svg").read_bytes()
+
+
 def test_a_changed_raw_value_is_caught(tmp_path):
     """The comparison can fail: one number changed in a raw file changes the generated document."""
     raw = tmp_path / "raw"
@@ -53,6 +92,8 @@ def test_regeneration_is_deterministic(tmp_path):
         a = REGEN.regenerate(doc, tmp_path / "a" / doc).read_bytes()
         b = REGEN.regenerate(doc, tmp_path / "b" / doc).read_bytes()
         assert a == b, doc
+        for name in REGEN.figures(doc):
+            assert (tmp_path / "a" / "figures" / name).read_bytes() == (tmp_path / "b" / "figures" / name).read_bytes()
 
 
 def test_every_generated_doc_is_listed():

@@ -37,7 +37,7 @@ NB_DIR = REPO / "notebooks"
 SMALL = NB_DIR / "params" / "small.yaml"
 SANITIZE = NB_DIR / "nbval_sanitize.cfg"
 NOTEBOOKS = sorted(NB_DIR.glob(main_job.NOTEBOOK_PATTERN))
-OWN = [p for p in NOTEBOOKS if p.stem[:2] in ("01", "02", "03", "04", "06")]  # written with rdc_lib.jobs.params
+OWN = [p for p in NOTEBOOKS if p.stem[:2] in ("01", "02", "03", "04", "06", "08")]  # written with rdc_lib.jobs.params
 # Absolute checkpoint paths: the executed copies are re-run by nbval from a temporary folder.
 ABSOLUTE = {
     "checkpoint": str(REPO / "data/checkpoints/digits_multi.safetensors"),
@@ -201,6 +201,10 @@ def test_results_content(run):
         assert r["robust"]["low"] <= r["robust_acc"] <= r["robust"]["high"]
         assert (r["trusted"] is None) == (r["n"] < MIN_CHECK_IMAGES)  # too few images: not checked, never passed
         assert r["n"] == (small["rdc_n_images"] if r["defense"] == "rdc" else small["n_images"])
+    r8 = json.loads((out / "08_findings" / "results.json").read_text())
+    headline = [json.loads(l) for l in (REPO / "docs" / "raw" / "headline.jsonl").read_text().splitlines() if l]
+    counts = {(r["robust"]["correct"], r["robust"]["total"]) for r in headline}
+    assert r8["counts"]["multi_rdc_paper"] in [list(c) for c in counts] and r8["points"]["robust_by_defence"] >= 14
     r6 = json.loads((out / "06_certified_robustness" / "results.json").read_text())
     assert r6["consistent"] is True and r6["rows"] and all(r["images"] == small["n_images"] for r in r6["rows"])
     for r in r6["rows"]:
@@ -237,6 +241,30 @@ def test_nbval_checks_the_seeded_output(run, tmp_path):
     assert proc.returncode == 1
 
 
+def test_nbval_checks_the_08_findings_answer(run, tmp_path):
+    """nbval re-runs the executed 08 (it reads docs/raw only) and its checked answer cell matches; an altered copy
+    of the stored answer fails."""
+    out, _ = run
+    nb = nbformat.read(out / "08_findings.ipynb", as_version=4)
+    code = _code_cells(nb)
+    checked = [i for i, c in enumerate(code) if "# NBVAL_CHECK_OUTPUT" in c.source]
+    assert len(checked) == 1 and "multi_rdc_paper" in code[checked[0]].outputs[0]["text"]
+    good, bad = tmp_path / "nb08_good.ipynb", tmp_path / "nb08_bad.ipynb"
+    nbformat.write(nb, good)
+    stream = code[checked[0]].outputs[0]
+    stream["text"] = stream["text"].replace("74.0%", "84.0%")
+    nbformat.write(nb, bad)
+    report = tmp_path / "nbval.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+           "--nbval-lax", "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
+           f"--nbval-cell-timeout={CELL_TIMEOUT}", f"--junitxml={report}", str(good), str(bad)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    cases = ET.parse(report).getroot().iter("testcase")
+    failed = sorted((c.get("classname", "") + "::" + c.get("name", "")) for c in cases
+                    if c.find("failure") is not None or c.find("error") is not None)
+    assert len(failed) == 1 and "nb08_bad" in failed[0], f"nbval result:\n{proc.stdout[-4000:]}"
+
+
 # ------------------------------------------------------------------------- bad parameters
 
 BAD = [
@@ -247,6 +275,8 @@ BAD = [
     ("06", {"n_estimate": 5}, "notebook parameter n_estimate = 5 (int): expected an int >= 7"),
     ("06", {"radii": [0.0, -0.5]}, "notebook parameter radii[1] = -0.5"),
     ("06", {"sigma_list": [0.0]}, "notebook parameter sigma_list[0] = 0.0"),
+    ("08", {"figures": ["robust_by_defense"]}, "notebook parameter figures[0] = 'robust_by_defense'"),
+    ("08", {"raw_dir": "."}, "expected a folder holding headline.jsonl"),
 ]
 
 

@@ -271,6 +271,8 @@ def _docs_rule(command: str) -> str | None:
         return "a long benchmark (its doc gives the minutes)"
     if "benchmarks/gpu_ddpmpp.py" in command:
         return "run" if "--device cpu" in command else "needs a GPU"
+    if "benchmarks/regenerate_docs.py" in command:
+        return "run"
     if words[0] == "pytest":
         return "a test of the suite (run by make test)"
     if "benchmarks/distill_gap.py" in command:

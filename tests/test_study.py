@@ -314,8 +314,12 @@ def test_docs_denoisers_md_is_generated_from_the_raw_rows():
     root = Path(__file__).resolve().parents[1]
     rows = [json.loads(l) for l in (root / "docs/raw/denoiser_study.jsonl").read_text().splitlines() if l.strip()]
     notes = (root / "docs/denoisers_notes.md").read_text()
-    assert (root / "docs/denoisers.md").read_text() == render_report(rows, notes), \
+    text = (root / "docs/denoisers.md").read_text()
+    # the study's tables first, then its figures and the candidates' headline rows (issue 39), then the notes;
+    # tests/test_docs_generated.py compares the whole page byte for byte with its doc mode
+    assert text.startswith(render_report(rows, "").rstrip("\n")), \
         "docs/denoisers.md is stale: run `benchmarks/denoiser_study.py doc`"
+    assert text.endswith(notes.rstrip() + "\n")
 
 
 def test_distance_to_teacher_is_zero_for_the_teacher_itself_and_positive_for_a_student():

@@ -71,6 +71,12 @@ def _eval_attack_names() -> tuple[str, ...]:
     return eval_attack_names()
 
 
+def _figure_names() -> tuple[str, ...]:
+    from ..findings.svg import FIGURES
+
+    return tuple(name for figures in FIGURES.values() for name, _ in figures)
+
+
 def _defense_names() -> tuple[str, ...]:
     from ..defenses import defense_names
 
@@ -176,6 +182,9 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "n_draws": ParamSpec("int", "independent noise draws per measurement", low=2, high=10_000),
     "n_gap_images": ParamSpec("int", "test images of the class-gap measurement", low=1, high=CIFAR10_TEST_SIZE),
     "study_raw": ParamSpec("str", "raw rows of the denoiser study (docs/raw/denoiser_study.jsonl); missing = no bars"),
+    "raw_dir": ParamSpec("str", "folder of the raw rows the docs are generated from (docs/raw)"),
+    "figures": ParamSpec("list[str]", "findings figures to draw (names of the files under docs/figures)",
+                         choices=_figure_names),
     # diffusion classifier
     "T": ParamSpec("int", "number of noise levels of the diffusion classifier", low=1, high=10_000),
     "T_list": ParamSpec("list[int]", "numbers of noise levels compared", low=1, high=10_000),
@@ -247,7 +256,7 @@ def _check_device(value: str) -> None:
 
 PATH_PARAMS = ("checkpoint", "checkpoint_single", "cnn_checkpoint")  # files: a shipped name or a path
 DIR_PARAMS = ("data_root", "ckpt_dir")                                # folders (dataset 'cifar10')
-DATA_FILE_PARAMS = ("study_raw",)                                     # optional data files of the repository
+DATA_FILE_PARAMS = ("study_raw", "raw_dir")                           # data files / folders of the repository
 
 
 def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
@@ -268,6 +277,14 @@ def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
     for name in DIR_PARAMS + DATA_FILE_PARAMS:
         if name in values and values[name]:
             values[name] = str(resolve_path(values[name], base))
+
+
+def _check_raw_dir(values: dict[str, Any]) -> None:
+    """raw_dir must be a folder holding the headline rows (docs/raw/headline.jsonl)."""
+    if "raw_dir" in values and not (Path(values["raw_dir"]) / "headline.jsonl").is_file():
+        raise MissingFilesError(f"notebook parameter raw_dir = {values['raw_dir']!r}: expected a folder holding "
+                                "headline.jsonl (the repository's docs/raw; relative paths are looked up in the "
+                                f"current folder, then in {NOTEBOOKS_DIR})")
 
 
 def _check_cifar10(values: dict[str, Any], base: Path | None) -> None:
@@ -347,6 +364,7 @@ def validate_params(*, base_dir: str | Path | None = None, **params: Any) -> dic
         _check_device(values["device"])
     base = None if base_dir is None else Path(base_dir)
     _resolve_files(values, base)
+    _check_raw_dir(values)
     if values.get("dataset") == "cifar10":
         _check_cifar10(values, base)  # first: the files to fetch are the first thing a cifar10 user needs
         _check_cifar10_defenses(values)
