@@ -184,8 +184,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "n_level_images": ParamSpec("int", "test images whose decisions the noise-level explorer shows", low=1, high=32),
     "n_reads": ParamSpec("int", "stochastic calls read on each adversarial example (the worst-of-N reading)", low=1,
                          high=1000),
-    "eot": ParamSpec("int", "EOT: noise draws averaged per attack gradient against the stochastic defense", low=1,
-                     high=1000),
+    "attack_eot": ParamSpec("int", "EOT: noise draws averaged per attack gradient against the stochastic defense",
+                            low=1, high=1000),
     # diffusion classifier
     "T": ParamSpec("int", "number of noise levels of the diffusion classifier", low=1, high=10_000),
     "T_list": ParamSpec("list[int]", "numbers of noise levels compared", low=1, high=10_000),
