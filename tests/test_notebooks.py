@@ -246,14 +246,16 @@ def test_results_content(run):
 
 
 def test_nbval_checks_the_seeded_output(run, tmp_path):
-    """nbval re-runs the executed 01 and compares its NBVAL_CHECK_OUTPUT cell; an altered copy must fail."""
+    """nbval re-runs the executed 01 and compares its NBVAL_CHECK_OUTPUT cells (the prediction table and the
+    noise-level decisions: both must reproduce); a copy whose first checked output was altered must fail there."""
     out, _ = run
     good = tmp_path / "nb01_good.ipynb"
     bad = tmp_path / "nb01_bad.ipynb"
     nb = nbformat.read(out / "01_bayes_rule_classification.ipynb", as_version=4)
     code = _code_cells(nb)
     checked = [i for i, c in enumerate(code) if "# NBVAL_CHECK_OUTPUT" in c.source]  # nbval numbers code cells
-    assert len(checked) == 1 and code[checked[0]].outputs, "the checked cell must have stored output"
+    assert len(checked) == 2 and all(code[i].outputs for i in checked), "the checked cells must have stored output"
+    assert "predictions per image" in code[checked[1]].outputs[0]["text"]  # section 6: the noise-level decisions
     nbformat.write(nb, good)
     stream = code[checked[0]].outputs[0]
     assert "correct:" in stream["text"]
