@@ -118,6 +118,20 @@ def test_empty_denoiser_is_the_shipped_default_of_its_heads(tmp_path, monkeypatc
         validate_params(dataset="cifar10", checkpoint_single="")
 
 
+def test_denoiser_note_says_which_denoiser_and_where_the_choice_is_explained():
+    from rdc_lib.choices import DEFAULT_DENOISERS, LEGACY_DENOISERS
+    from rdc_lib.paths import checkpoint_path, denoiser_note
+
+    for heads, name in DEFAULT_DENOISERS.items():
+        note = denoiser_note(checkpoint_path(name))
+        assert note.startswith(f"{name}: the shipped {heads}-head default") and "docs/denoisers.md" in note
+    for heads, name in LEGACY_DENOISERS.items():
+        note = denoiser_note(name)
+        assert f"the retired {heads}-head default" in note and DEFAULT_DENOISERS[heads] in note
+    assert "default" not in denoiser_note("digits_film_multi_distill9").split("(")[0]
+    assert denoiser_note("/elsewhere/mine.safetensors").startswith("mine: a denoiser file")
+
+
 def test_empty_checkpoint_with_cifar10_is_the_presets_classifier(cifar_files, monkeypatch):
     root, classifier = cifar_files
     from rdc_lib.presets import get_preset

@@ -99,8 +99,10 @@ class ParamSpec:
 
     def expected(self) -> str:
         base = {"int": "an int", "float": "a number", "bool": "True or False", "str": "a string",
-                "path": "a file path (str)", "denoiser": "a shipped denoiser's name, a .safetensors path, or '' "
-                "(the shipped default, rdc_lib.choices.DEFAULT_DENOISERS)", "list[float]": "a list of numbers", "list[int]": "a list of ints",
+                "path": "a file path (str)",
+                "denoiser": "a shipped denoiser's name, a .safetensors path, or '' (the shipped default, "
+                            "rdc_lib.choices.DEFAULT_DENOISERS)",
+                "list[float]": "a list of numbers", "list[int]": "a list of ints",
                 "list[str]": "a list of strings"}[self.kind]
         bounds = []
         if self.low is not None:
