@@ -100,6 +100,50 @@ def test_shipped_names_and_relative_paths_resolve_from_any_folder(tmp_path, monk
     assert validate_params(checkpoint="mine.safetensors")["checkpoint"] == str(tmp_path / "mine.safetensors")
 
 
+def test_empty_denoiser_is_the_shipped_default_of_its_heads(tmp_path, monkeypatch):
+    """'' resolves through rdc_lib.core.choices.DEFAULT_DENOISERS (the one mapping), from any folder."""
+    from rdc_lib.core.choices import DEFAULT_DENOISERS
+    from rdc_lib.core.paths import checkpoint_path
+
+    monkeypatch.chdir(tmp_path)
+    out = validate_params(checkpoint="", checkpoint_single="")
+    assert out["checkpoint"] == str(checkpoint_path(DEFAULT_DENOISERS["multi"]))
+    assert out["checkpoint_single"] == str(checkpoint_path(DEFAULT_DENOISERS["single"]))
+    assert validate_params(checkpoint="", heads="single")["checkpoint"] == str(checkpoint_path(DEFAULT_DENOISERS["single"]))
+    monkeypatch.setattr("rdc_lib.jobs.params.default_denoiser", lambda heads: "digits_multi")  # read, not copied
+    assert validate_params(checkpoint="")["checkpoint"] == str(checkpoint_path("digits_multi"))
+    with pytest.raises(NotebookParameterError, match="notebook parameter contrast_checkpoint = ''"):
+        validate_params(contrast_checkpoint="")  # a contrast must be named
+    with pytest.raises(NotebookParameterError, match="notebook parameter checkpoint_single = ''.*dataset 'cifar10'"):
+        validate_params(dataset="cifar10", checkpoint_single="")
+
+
+def test_denoiser_note_says_which_denoiser_and_where_the_choice_is_explained():
+    from rdc_lib.core.choices import DEFAULT_DENOISERS, LEGACY_DENOISERS
+    from rdc_lib.core.paths import checkpoint_path, denoiser_note
+
+    for heads, name in DEFAULT_DENOISERS.items():
+        note = denoiser_note(checkpoint_path(name))
+        assert note.startswith(f"{name}: the shipped {heads}-head default") and "docs/denoisers.md" in note
+    for heads, name in LEGACY_DENOISERS.items():
+        note = denoiser_note(name)
+        assert f"the retired {heads}-head default" in note and DEFAULT_DENOISERS[heads] in note
+    assert "default" not in denoiser_note("digits_film_multi_distill9").split("(")[0]
+    assert denoiser_note("/elsewhere/mine.safetensors").startswith("mine: a denoiser file")
+
+
+def test_empty_checkpoint_with_cifar10_is_the_presets_classifier(cifar_files, monkeypatch):
+    root, classifier = cifar_files
+    from rdc_lib.defenses.presets import get_preset
+
+    monkeypatch.setenv("RDC_DATA_DIR", str(root))
+    (root / "checkpoints").mkdir()
+    for name in (classifier, get_preset("cifar10-paper").checkpoints.lm):
+        (root / "checkpoints" / name).write_bytes(b"")
+    out = validate_params(base_dir=root, dataset="cifar10", data_root="cifar", checkpoint="")
+    assert out["checkpoint"] == str(root / "checkpoints" / classifier)
+
+
 def test_unknown_shipped_name_lists_the_shipped_ones():
     with pytest.raises(MissingFilesError, match="notebook parameter cnn_checkpoint = 'digits_cnm'") as info:
         validate_params(cnn_checkpoint="digits_cnm")
@@ -168,7 +212,7 @@ def test_choices_match_the_library():
 
 
 def test_every_spec_has_help_and_a_known_kind():
-    kinds = {"int", "float", "bool", "str", "path", "list[float]", "list[int]", "list[str]"}
+    kinds = {"int", "float", "bool", "str", "path", "denoiser", "list[float]", "list[int]", "list[str]"}
     for name, spec in PARAM_SPECS.items():
         assert spec.kind in kinds, name
         assert spec.help, name

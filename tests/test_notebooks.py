@@ -38,12 +38,14 @@ SMALL = NB_DIR / "params" / "small.yaml"
 SANITIZE = NB_DIR / "nbval_sanitize.cfg"
 NOTEBOOKS = sorted(NB_DIR.glob(main_job.NOTEBOOK_PATTERN))
 OWN = [p for p in NOTEBOOKS if p.stem[:2] in ("01", "02", "03", "04", "06", "08")]  # written with rdc_lib.jobs.params
-# Absolute checkpoint paths: the executed copies are re-run by nbval from a temporary folder.
+# Absolute checkpoint paths: the executed copies are re-run by nbval from a temporary folder. The denoisers keep
+# their defaults ('' = the shipped defaults, resolved through rdc_lib.core.choices wherever the notebook runs).
 ABSOLUTE = {
-    "checkpoint": str(REPO / "data/checkpoints/digits_multi.safetensors"),
-    "checkpoint_single": str(REPO / "data/checkpoints/digits_single.safetensors"),
     "cnn_checkpoint": str(REPO / "data/checkpoints/digits_cnn.safetensors"),
 }
+# Parameters that name a denoiser on purpose for a contrast (documented in the notebook); no other may default to a
+# retired denoiser.
+CONTRAST_PARAMS = {"contrast_checkpoint"}
 CELL_TIMEOUT = 300
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -124,10 +126,38 @@ def test_parameters_cell_is_validated_by_the_next_cell(path):
     validate_params(base_dir=NB_DIR, **declared)
 
 
-@pytest.mark.parametrize("path", OWN, ids=_ids(OWN))
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_result_dir_default_writes_nothing(path):
-    """rdc_lib.sweep convention: result_dir: str = '' so an interactive run writes no results.json into notebooks/."""
-    assert _declared(nbformat.read(path, as_version=4))["result_dir"] == ""
+    """rdc_lib.sweep convention: result_dir: str = '' so an interactive or plain papermill run writes no results.json
+    into the current folder; the main job and sweeps pass a folder."""
+    nb = nbformat.read(path, as_version=4)
+    assert _declared(nb)["result_dir"] == ""
+    writes = [c.source for c in _code_cells(nb) if "results.json" in c.source and "write_text" in c.source]
+    assert writes and all("if result_dir:" in src for src in writes)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_denoisers_default_to_the_shipped_defaults(path):
+    """No denoiser parameter defaults to a retired denoiser (rdc_lib.core.choices.LEGACY_DENOISERS) except a documented
+    contrast, and the notebook's opening cells say which denoiser it uses and where the choice is explained."""
+    from rdc_lib.core.choices import DEFAULT_DENOISERS, LEGACY_DENOISERS
+    from rdc_lib.jobs.params import validate_params
+
+    nb = nbformat.read(path, as_version=4)
+    declared = _declared(nb)
+    retired = {k: v for k, v in declared.items() if isinstance(v, str) and
+               any(v == name or v.endswith(f"/{name}.safetensors") for name in LEGACY_DENOISERS.values())}
+    assert set(retired) <= CONTRAST_PARAMS, f"{path.name}: {retired} default to a retired denoiser"
+    intro = "\n".join(c.source for c in nb.cells[:3] if c.cell_type == "markdown")
+    for name in retired:
+        assert f"`{name}`" in intro and "contrast" in intro, f"{path.name}: the contrast {name} is not documented"
+    denoisers = [k for k in ("checkpoint", "checkpoint_single") if k in declared] or (["heads"] if "heads" in declared else [])
+    if denoisers:  # the denoiser is named in the opening cells, with where the choice is explained
+        assert "DEFAULT_DENOISERS" in intro and "docs/denoisers.md" in intro, path.name
+        values = validate_params(base_dir=NB_DIR, **{k: declared[k] for k in denoisers})
+        for k in denoisers:
+            if k != "heads":
+                assert Path(values[k]).stem in DEFAULT_DENOISERS.values(), (path.name, k, values[k])
 
 
 def test_parameter_files_only_name_declared_parameters():
@@ -191,9 +221,16 @@ def test_results_content(run):
     assert r1["noise_spread"]["T_list"] == small["T_list"]
     r2 = json.loads((out / "02_likelihood_maximization" / "results.json").read_text())
     assert set(r2["counts"]) == {"dc_clean", "dc_adversarial", "rdc_clean", "rdc_adversarial"}
+    assert len(r1["levels"]["views"]) >= 2 and r1["levels"]["views"][0]["weight_below_0.45"] > 0.5
+    assert "the shipped multi-head default" in r1["denoisers"]["checkpoint"]
     r3 = json.loads((out / "03_attack_visualization" / "results.json").read_text())
     assert set(r3["robust"]) == {"CNN", "DC", "RDC"}
     assert r3["checks"]["RDC (bpda)"]["fd_passed"] is False  # the control must fail the finite-difference check
+    fresh = r3["fixed_vs_fresh"]
+    assert fresh["n"] == small["n_images"] and fresh["n_draws"] == small["n_reads"]
+    assert all(0 <= w <= small["n_reads"] for ws in fresh["wrong_draws"].values() for w in ws)
+    counts = fresh["robust_counts"]["fixed_attack"]
+    assert counts[f"worst_of_{small['n_reads']}"] <= counts["one_call_expected"] + 1e-9
     r4 = json.loads((out / "04_robustness_sweep" / "results.json").read_text())
     combos = {(r["defense"], r["eps"]) for r in r4["rows"]}
     assert combos == {(d, e) for d in small["defenses"] for e in small["eps_list"]}
@@ -213,14 +250,16 @@ def test_results_content(run):
 
 
 def test_nbval_checks_the_seeded_output(run, tmp_path):
-    """nbval re-runs the executed 01 and compares its NBVAL_CHECK_OUTPUT cell; an altered copy must fail."""
+    """nbval re-runs the executed 01 and compares its NBVAL_CHECK_OUTPUT cells (the prediction table and the
+    noise-level decisions: both must reproduce); a copy whose first checked output was altered must fail there."""
     out, _ = run
     good = tmp_path / "nb01_good.ipynb"
     bad = tmp_path / "nb01_bad.ipynb"
     nb = nbformat.read(out / "01_bayes_rule_classification.ipynb", as_version=4)
     code = _code_cells(nb)
     checked = [i for i, c in enumerate(code) if "# NBVAL_CHECK_OUTPUT" in c.source]  # nbval numbers code cells
-    assert len(checked) == 1 and code[checked[0]].outputs, "the checked cell must have stored output"
+    assert len(checked) == 2 and all(code[i].outputs for i in checked), "the checked cells must have stored output"
+    assert "predictions per image" in code[checked[1]].outputs[0]["text"]  # section 6: the noise-level decisions
     nbformat.write(nb, good)
     stream = code[checked[0]].outputs[0]
     assert "correct:" in stream["text"]

@@ -82,8 +82,8 @@ def test_parameters_cell_is_annotated_literals_followed_by_validation():
     names = [ln.split(":")[0] for ln in lines]
     assert tuple(names) == PARAMS
     assert all(": " in ln and " = " in ln and "#" in ln for ln in lines)         # name: type = literal  # help
-    assert "checkpoint: str = \"digits_multi\"" in cells[i].source            # a shipped name (rdc_lib.core.paths)
-    assert "result_dir: str = \".\"" in cells[i].source
+    assert "checkpoint: str = \"\"" in cells[i].source            # '' = the shipped multi-head default (rdc_lib.core.choices)
+    assert "result_dir: str = \"\"" in cells[i].source            # a plain run writes no results.json
     following = next(c for c in cells[i + 1:] if c.cell_type == "code")
     assert "validate_params(" in following.source
     assert all(f"{name}={name}" in following.source for name in PARAMS)   # every parameter is validated

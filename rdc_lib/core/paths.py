@@ -128,3 +128,19 @@ def denoiser_flags_help() -> dict[str, str]:
     return {"heads": f"the digits denoiser loaded without --denoiser: {default_denoisers_text()}",
             "denoiser": "a digits denoiser: a shipped name (data/checkpoints) or a .safetensors path; '' = the "
                         "default of --heads"}
+
+
+def denoiser_note(path: str | Path) -> str:
+    """One line saying which digits denoiser ``path`` (a resolved checkpoint path or a name) is and where the
+    choice is explained: the shipped default of a heads, a retired default, or another file (the notebooks print it)."""
+    name = Path(path).name.removesuffix(CHECKPOINT_SUFFIX)
+    where = "why: docs/denoisers.md; how it was made: data/README.md"
+    for heads, default in DEFAULT_DENOISERS.items():
+        if name == default:
+            return f"{name}: the shipped {heads}-head default (rdc_lib.core.choices.DEFAULT_DENOISERS; {where})"
+    for heads, old in LEGACY_DENOISERS.items():
+        if name == old:
+            return (f"{name}: the retired {heads}-head default, kept for comparison (rdc_lib.core.choices.LEGACY_DENOISERS; "
+                    f"today's is {DEFAULT_DENOISERS[heads]}; {where})")
+    shipped = name in shipped_checkpoints()
+    return f"{name}: {'a shipped denoiser' if shipped else 'a denoiser file'} named by the notebook's parameter ({where})"

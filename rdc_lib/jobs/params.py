@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.choices import DATASETS, GRAD_MODES, HEADS, LM_OPTIMIZERS, NOISE_MODES, NORMS, SMOOTHING_BASES
-from ..core.paths import (CHECKPOINT_SUFFIX, NOTEBOOKS_DIR, data_dir, default_denoisers_text, is_checkpoint_name,
-                    resolve_checkpoint, resolve_path)
+from ..core.paths import (CHECKPOINT_SUFFIX, NOTEBOOKS_DIR, data_dir, default_denoiser, default_denoisers_text,
+                    is_checkpoint_name, resolve_checkpoint, resolve_path)
 
 __all__ = [
     "DATASETS",
@@ -87,7 +87,8 @@ def _defense_names() -> tuple[str, ...]:
 class ParamSpec:
     """How one notebook parameter is checked.
 
-    kind: 'int' | 'float' | 'bool' | 'str' | 'list[float]' | 'list[int]' | 'list[str]' | 'path'.
+    kind: 'int' | 'float' | 'bool' | 'str' | 'list[float]' | 'list[int]' | 'list[str]' | 'path' | 'denoiser'
+    (a path or a shipped name, where '' means the shipped default: :data:`DENOISER_DEFAULT_HEADS`).
     low/high: inclusive numeric bounds (for lists: of every element). choices: allowed strings, or a
     callable returning them (lazy imports). help: what the parameter does (used in messages).
     """
@@ -104,7 +105,10 @@ class ParamSpec:
 
     def expected(self) -> str:
         base = {"int": "an int", "float": "a number", "bool": "True or False", "str": "a string",
-                "path": "a file path (str)", "list[float]": "a list of numbers", "list[int]": "a list of ints",
+                "path": "a file path (str)",
+                "denoiser": "a shipped denoiser's name, a .safetensors path, or '' (the shipped default, "
+                            "rdc_lib.core.choices.DEFAULT_DENOISERS)",
+                "list[float]": "a list of numbers", "list[int]": "a list of ints",
                 "list[str]": "a list of strings"}[self.kind]
         bounds = []
         if self.low is not None:
@@ -147,7 +151,7 @@ class ParamSpec:
             if not _is_number(value):
                 raise _bad(name, value, self.expected())
             value = float(value)
-        elif kind in ("str", "path"):
+        elif kind in ("str", "path", "denoiser"):
             if not isinstance(value, str) or (kind == "path" and not value):
                 raise _bad(name, value, self.expected())
             allowed = self.allowed()
@@ -166,9 +170,11 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "dataset": ParamSpec("str", "dataset: 'digits' runs here; 'cifar10' needs the files of the cifar10-paper preset",
                          choices=DATASETS),
     "data_root": ParamSpec("str", "folder of the CIFAR-10 python batches (dataset 'cifar10' only)"),
-    "checkpoint": ParamSpec("path", "denoiser checkpoint: a shipped name (digits_multi) or a .safetensors path"),
-    "checkpoint_single": ParamSpec("path", "single-head denoiser (shipped name or path), for the single- vs multi-head "
-                                           "comparison"),
+    "checkpoint": ParamSpec("denoiser", "denoiser checkpoint: a shipped name or a .safetensors path; '' = the shipped "
+                                        "default of heads (multi without heads)"),
+    "checkpoint_single": ParamSpec("denoiser", "single-head denoiser (shipped name or path; '' = the shipped single-head "
+                                               "default), for the single- vs multi-head comparison"),
+    "contrast_checkpoint": ParamSpec("path", "a second denoiser named on purpose for a contrast (shipped name or path)"),
     "cnn_checkpoint": ParamSpec("path", "standard CNN (digits baseline): a shipped name (digits_cnn) or a path"),
     "ckpt_dir": ParamSpec("str", "folder of the imported EDM checkpoints (dataset 'cifar10')"),
     "heads": ParamSpec("str", f"which shipped denoiser the evaluation uses: {default_denoisers_text()}",
@@ -185,6 +191,12 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "raw_dir": ParamSpec("str", "folder of the raw rows the docs are generated from (docs/raw)"),
     "figures": ParamSpec("list[str]", "findings figures to draw (names of the files under docs/figures)",
                          choices=_figure_names),
+    "grid_raw": ParamSpec("str", "raw rows of the grid-level measurement (docs/raw/grid_levels.jsonl)"),
+    "n_level_images": ParamSpec("int", "test images whose decisions the noise-level explorer shows", low=1, high=32),
+    "n_reads": ParamSpec("int", "stochastic calls read on each adversarial example (the worst-of-N reading)", low=1,
+                         high=1000),
+    "attack_eot": ParamSpec("int", "EOT: noise draws averaged per attack gradient against the stochastic defense",
+                            low=1, high=1000),
     # diffusion classifier
     "T": ParamSpec("int", "number of noise levels of the diffusion classifier", low=1, high=10_000),
     "T_list": ParamSpec("list[int]", "numbers of noise levels compared", low=1, high=10_000),
@@ -254,13 +266,33 @@ def _check_device(value: str) -> None:
                                      "use device 'cpu'")
 
 
-PATH_PARAMS = ("checkpoint", "checkpoint_single", "cnn_checkpoint")  # files: a shipped name or a path
+PATH_PARAMS = ("checkpoint", "checkpoint_single", "contrast_checkpoint", "cnn_checkpoint")  # a shipped name or a path
+# '' for these means the shipped digits default of this heads (the one mapping: rdc_lib.core.choices.DEFAULT_DENOISERS);
+# for "checkpoint" a notebook's own heads parameter, when it declares one, decides instead.
+DENOISER_DEFAULT_HEADS = {"checkpoint": "multi", "checkpoint_single": "single"}
 DIR_PARAMS = ("data_root", "ckpt_dir")                                # folders (dataset 'cifar10')
-DATA_FILE_PARAMS = ("study_raw", "raw_dir")                           # data files / folders of the repository
+DATA_FILE_PARAMS = ("study_raw", "raw_dir", "grid_raw")               # data files / folders of the repository
+
+
+def _default_denoisers(values: dict[str, Any]) -> None:
+    """'' denoiser parameters -> the shipped default's name (digits) or the cifar10-paper preset's classifier."""
+    for name, heads in DENOISER_DEFAULT_HEADS.items():
+        if values.get(name) != "":
+            continue
+        if values.get("dataset", "digits") == "digits":
+            values[name] = default_denoiser(values.get("heads", heads) if name == "checkpoint" else heads)
+        elif name == "checkpoint":
+            from ..defenses.presets import get_preset
+
+            values[name] = str(data_dir() / "checkpoints" / get_preset("cifar10-paper").checkpoints.classifier)
+        else:
+            raise _bad(name, "", f"a checkpoint path with dataset {values['dataset']!r} (the shipped default is a "
+                                 "digits denoiser)")
 
 
 def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
     """Checkpoint parameters -> absolute paths (a shipped name through rdc_lib.core.paths; see there for paths)."""
+    _default_denoisers(values)
     for name in PATH_PARAMS:
         if name not in values:
             continue
@@ -342,7 +374,9 @@ def validate_params(*, base_dir: str | Path | None = None, **params: Any) -> dic
     """Check every notebook parameter passed by keyword; return them normalised (numbers as float).
 
     File and folder parameters come back as absolute paths: a checkpoint given by a shipped name
-    (``'digits_multi'``) resolves through :mod:`rdc_lib.core.paths`; a relative path is looked up under
+    (``'digits_multi'``) resolves through :mod:`rdc_lib.core.paths`, a denoiser given as ``''`` is the shipped
+    default (``rdc_lib.core.choices.DEFAULT_DENOISERS``, by :data:`DENOISER_DEFAULT_HEADS` or the notebook's
+    ``heads``); a relative path is looked up under
     ``base_dir`` (default: the current directory), then under the repository's notebooks/ folder,
     so the notebooks' defaults work from any working folder.
 

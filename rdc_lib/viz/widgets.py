@@ -20,7 +20,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-__all__ = ["Explorer", "attack_explorer", "copy_figure", "lm_explorer", "show_explorer", "step_explorer"]
+__all__ = ["Explorer", "attack_explorer", "copy_figure", "level_explorer", "lm_explorer", "show_explorer",
+           "step_explorer"]
 
 
 def copy_figure(target: go.FigureWidget, source: go.Figure) -> None:
@@ -171,3 +172,37 @@ def attack_explorer(trajs: Mapping[str, Any], names: Sequence[str] | None = None
     names = list(names) if names is not None else [f"image {i} (label {int(first.labels[i])})" for i in range(n)]
     longest = max(t.queries for t in trajs.values()) - 1
     return step_explorer(lambda i, k: attack_step_figure(trajs, i, k), examples=names, n_steps=longest)
+
+
+def level_explorer(views: Sequence[Any], rows: Sequence[Any], labels: Sequence[int]) -> Any:
+    """Explorer over the noise grid's smallest level (notebook 01): a 'smallest level' slider over the
+    ``views`` (rdc_lib.experiments.levels.LevelView, precomputed, so moving it only redraws) and an 'example' dropdown
+    over the images; the figure is :func:`rdc_lib.viz.levels.level_figure`. Returns the ipywidgets box."""
+    import ipywidgets as widgets
+
+    from .levels import level_figure
+
+    if not views:
+        raise ValueError("views must hold at least one LevelView")
+    level_w = widgets.SelectionSlider(options=[(f"{v.sigma_min:g}", i) for i, v in enumerate(views)], value=0,
+                                      description="smallest level", continuous_update=False,
+                                      style={"description_width": "initial"})
+    example_w = widgets.Dropdown(options=[(f"image {i} (label {int(y)})", i) for i, y in enumerate(labels)], value=0,
+                                 description="example")
+
+    def figure() -> go.Figure:
+        e = example_w.value
+        return level_figure(views[level_w.value], rows, e, label=int(labels[e]))
+
+    fig = go.FigureWidget(figure())
+
+    def redraw(_change: object = None) -> None:
+        new = figure()
+        copy_figure(fig, new)
+        with fig.batch_update():  # the current-level marker (a shape) and the margin panel's range move too
+            fig.layout.shapes = new.layout.shapes
+            fig.layout.yaxis3.range = new.layout.yaxis3.range
+
+    level_w.observe(redraw, names="value")
+    example_w.observe(redraw, names="value")
+    return widgets.VBox([widgets.HBox([example_w, level_w]), fig])
