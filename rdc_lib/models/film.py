@@ -80,6 +80,34 @@ class FiLMNet(nn.Module):
         h = self.conv_in(x)
         for block in self.enc:
             h = block(h, emb)
+        return self._after_encoder(h, emb)
+
+    def forward_classes(self, x: Tensor, c_noise: Tensor, classes: Tensor) -> Tensor:
+        """F for every class at once: x (N, C, H, W), c_noise (N,), classes (K,) -> (N, K, out_channels, H, W).
+
+        The same values as ``forward`` on every (image, class) row, with the label-independent start computed
+        once per image instead of once per class: the input convolution, the first block's first convolution
+        and its skip path (the label enters only through the FiLM scale and shift). The noise MLP also runs
+        once per image. Eval mode only (dropout would draw differently); conditional networks only.
+        """
+        if self.label_embed is None:
+            raise ValueError("forward_classes needs a class-conditional backbone (label_dim > 0)")
+        n, k = x.shape[0], classes.numel()
+        noise_emb = self.emb_mlp(self.noise_embed(c_noise))                       # (N, E)
+        emb = F.silu(noise_emb.unsqueeze(1) + self.label_embed(classes).unsqueeze(0)).reshape(n * k, -1)
+        h0 = self.conv_in(x)                                                      # (N, c, H, W)
+        first = self.enc[0]
+        scale, shift = first.film(emb).reshape(n, k, -1, 1, 1).chunk(2, dim=2)    # (N, K, c, 1, 1) each
+        h = F.silu(first.conv0(h0).unsqueeze(1) * (scale + 1) + shift)           # (N, K, c, H, W)
+        h = first.conv1(first.dropout(h.reshape(n * k, *h.shape[2:])))
+        h = (h.reshape(n, k, *h.shape[1:]) + first.skip(h0).unsqueeze(1)) / math.sqrt(2)
+        h = h.reshape(n * k, *h.shape[2:])
+        for block in self.enc[1:]:
+            h = block(h, emb)
+        out = self._after_encoder(h, emb)
+        return out.reshape(n, k, *out.shape[1:])
+
+    def _after_encoder(self, h: Tensor, emb: Tensor) -> Tensor:
         skip = h
         h = self.down(h)
         for block in self.mid:
