@@ -71,6 +71,39 @@ def recompute_pairs(x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGri
     return grad_x
 
 
+def recompute_image_classes(x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor,
+                            chunk: int, grad_out: Tensor) -> Tensor:
+    """:func:`recompute_pairs` for a denoiser that shares its label-independent layers across classes
+    (``denoiser.shares_prefix()``) and eps shared by the classes: per image, its classes with a nonzero
+    incoming gradient (padded with zero-gradient ones to the largest count) go through one shared pass."""
+    nz = grad_out != 0
+    counts = nz.sum(1)
+    imgs = counts.nonzero().flatten()
+    kmax = int(counts.max())
+    # positions of each image's nonzero classes first (a stable sort keeps the padding deterministic)
+    pos = nz[imgs].to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :kmax]   # (B', kmax)
+    cot, labels = grad_out[imgs].gather(1, pos), classes[pos]
+    x_sel, eps = x[imgs].detach(), noise[imgs, 0]                                        # (B', C, H, W), (B', T, ...)
+    T, n, img = len(grid), imgs.numel(), x.shape[1:]
+    sigmas, weights = grid.sigmas.to(x.device, x.dtype), grid.weights.to(x.device, x.dtype)
+    per_chunk = max(1, chunk // max(1, n * kmax))
+    grad_x = torch.zeros_like(x)
+    for start in range(0, T, per_chunk):
+        sl = slice(start, min(start + per_chunk, T))
+        tc = sl.stop - sl.start
+        with torch.enable_grad():
+            xc = x_sel.requires_grad_(True)
+            x0 = xc * 2 - 1
+            noisy = (x0.unsqueeze(1) + sigmas[sl].reshape(1, tc, 1, 1, 1) * eps[:, sl]).reshape(n * tc, *img)
+            den = denoiser.denoise_classes(noisy, sigmas[sl].repeat(n), labels.repeat_interleave(tc, dim=0))
+            den = den.reshape(n, tc, kmax, *img)
+            terms = ((den - x0.reshape(n, 1, 1, *img)) ** 2).flatten(3).mean(-1) * weights[sl].reshape(1, tc, 1)
+            (g,) = torch.autograd.grad(terms.sum(1), xc, cot)
+        grad_x.index_add_(0, imgs, g)
+        x_sel = x_sel.detach()
+    return grad_x
+
+
 def _sparse(grad_out: Tensor) -> bool:
     return bool((grad_out != 0).sum() <= SPARSE_MAX_FRACTION * grad_out.numel())
 
@@ -124,7 +157,9 @@ class SparseELBOSum(torch.autograd.Function):
         graph, ctx.graph = ctx.graph, None  # used at most once; a second backward recomputes
         args = (x, noise, ctx.denoiser, ctx.grid, classes, ctx.chunk, grad_out)
         if _sparse(grad_out):
-            grad_x = recompute_pairs(*args)
+            shares = noise.shape[1] == 1 and callable(getattr(ctx.denoiser, "shares_prefix", None)) \
+                and ctx.denoiser.shares_prefix()
+            grad_x = recompute_image_classes(*args) if shares else recompute_pairs(*args)
         elif graph is not None:
             (grad_x,) = torch.autograd.grad(graph[1], graph[0], grad_out)
         else:

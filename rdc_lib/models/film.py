@@ -40,6 +40,26 @@ class FiLMBlock(nn.Module):
         h = self.conv1(self.dropout(h))
         return (h + self.skip(x)) / math.sqrt(2)
 
+    def forward_split(self, low: Tensor, high: Tensor, emb: Tensor) -> Tensor:
+        """``forward(cat([up(low), high], 1), emb)`` without the concatenation: low (B, c_low, H/2, W/2), high
+        (B, c_high, H, W), up = nearest 2x. Both convolutions are split along their input channels (the same
+        sum); the 1x1 skip of the upsampled part runs at low resolution (it commutes with nearest upsampling)."""
+        if isinstance(self.skip, nn.Identity):
+            raise ValueError("forward_split needs a block with a 1x1 skip convolution (in_ch != out_ch)")
+        cl = low.shape[1]
+        scale, shift = self.film(emb).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        w, sw = self.conv0.weight, self.skip.weight
+        h = F.conv2d(upsample2(low), w[:, :cl], None, padding=1) + F.conv2d(high, w[:, cl:], self.conv0.bias, padding=1)
+        h = self.conv1(self.dropout(F.silu(h * (scale + 1) + shift)))
+        skip = upsample2(F.conv2d(low, sw[:, :cl])) + F.conv2d(high, sw[:, cl:], self.skip.bias)
+        return (h + skip) / math.sqrt(2)
+
+
+def upsample2(x: Tensor) -> Tensor:
+    """Nearest-neighbour 2x upsampling (B, C, H, W) -> (B, C, 2H, 2W), the values of F.interpolate's (one copy)."""
+    b, c, hh, ww = x.shape
+    return x[:, :, :, None, :, None].expand(b, c, hh, 2, ww, 2).reshape(b, c, 2 * hh, 2 * ww)
+
 
 class FiLMNet(nn.Module):
     """F(x_in, c_noise, labels) -> (B, out_channels, H, W); ``label_dim = 0``: unconditional (multi-head)."""
@@ -74,6 +94,8 @@ class FiLMNet(nn.Module):
         self.mid = nn.ModuleList([FiLMBlock(2 * c, 2 * c, emb_dim, dropout) for _ in range(num_blocks)])
         self.dec = nn.ModuleList([FiLMBlock(3 * c if i == 0 else c, c, emb_dim, dropout) for i in range(num_blocks)])
         self.conv_out = output_conv(c, out_channels, num_heads, head_channels)
+        # fast path switch (rdc_lib.fast_paths): the first decoder block without the concatenation (forward_split)
+        self.split_decoder = True
 
     def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
         emb = conditioning(self, c_noise, labels)
@@ -83,7 +105,8 @@ class FiLMNet(nn.Module):
         return self._after_encoder(h, emb)
 
     def forward_classes(self, x: Tensor, c_noise: Tensor, classes: Tensor) -> Tensor:
-        """F for every class at once: x (N, C, H, W), c_noise (N,), classes (K,) -> (N, K, out_channels, H, W).
+        """F for several classes at once: x (N, C, H, W), c_noise (N,), classes (K,) for every image or (N, K) per
+        image -> (N, K, out_channels, H, W).
 
         The same values as ``forward`` on every (image, class) row, with the label-independent start computed
         once per image instead of once per class: the input convolution, the first block's first convolution
@@ -92,9 +115,10 @@ class FiLMNet(nn.Module):
         """
         if self.label_embed is None:
             raise ValueError("forward_classes needs a class-conditional backbone (label_dim > 0)")
-        n, k = x.shape[0], classes.numel()
+        n, k = x.shape[0], classes.shape[-1]
         noise_emb = self.emb_mlp(self.noise_embed(c_noise))                       # (N, E)
-        emb = F.silu(noise_emb.unsqueeze(1) + self.label_embed(classes).unsqueeze(0)).reshape(n * k, -1)
+        label_emb = self.label_embed(classes)                                     # (K, E) or (N, K, E)
+        emb = F.silu(noise_emb.unsqueeze(1) + label_emb).reshape(n * k, -1)
         h0 = self.conv_in(x)                                                      # (N, c, H, W)
         first = self.enc[0]
         scale, shift = first.film(emb).reshape(n, k, -1, 1, 1).chunk(2, dim=2)    # (N, K, c, 1, 1) each
@@ -112,7 +136,10 @@ class FiLMNet(nn.Module):
         h = self.down(h)
         for block in self.mid:
             h = block(h, emb)
-        h = torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), skip], dim=1)
-        for block in self.dec:
+        if self.split_decoder:
+            h = self.dec[0].forward_split(h, skip, emb)
+        else:
+            h = self.dec[0](torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), skip], dim=1), emb)
+        for block in self.dec[1:]:
             h = block(h, emb)
         return self.conv_out(F.silu(h))

@@ -72,16 +72,22 @@ class EDMDenoiser(Denoiser):
         if self.heads == "single":
             if not self.shares_prefix():
                 return super().denoise_all(x, sigma, classes)
-            if classes is None:
-                classes = torch.arange(self.num_classes, device=x.device)
-            c_skip, c_out, c_in, c_noise = self._coefficients(self._sigma(sigma, x.shape[0], x))
-            f_x = self.backbone.forward_classes(c_in * x, c_noise, classes.to(x.device)).to(x.dtype)
-            return c_skip.unsqueeze(1) * x.unsqueeze(1) + c_out.unsqueeze(1) * f_x
+            return self.denoise_classes(x, sigma, torch.arange(self.num_classes) if classes is None else classes)
         every = self._all_heads(x, self._sigma(sigma, x.shape[0], x))
         return every[:, : self.num_classes] if classes is None else every[:, classes.to(x.device)]
 
     def passes_per_denoise_all(self, num_classes: int) -> int:
         return 1 if self.heads == "multi" else num_classes
+
+    def denoise_classes(self, x: Tensor, sigma: Tensor, classes: Tensor) -> Tensor:
+        """Single-head ``denoise_all`` through the backbone's ``forward_classes`` (needs :meth:`shares_prefix`):
+        x (B, C, H, W), sigma (B,), classes (K',) for every image or (B, K') per image -> (B, K', C, H, W)."""
+        if not self.shares_prefix():
+            raise ValueError("denoise_classes needs a single-head denoiser in eval mode whose backbone has "
+                             "forward_classes, with share_prefix on")
+        c_skip, c_out, c_in, c_noise = self._coefficients(self._sigma(sigma, x.shape[0], x))
+        f_x = self.backbone.forward_classes(c_in * x, c_noise, classes.to(x.device)).to(x.dtype)
+        return c_skip.unsqueeze(1) * x.unsqueeze(1) + c_out.unsqueeze(1) * f_x
 
     def shares_prefix(self) -> bool:
         """Whether the single-head ``denoise_all`` computes the label-independent start of the backbone once
