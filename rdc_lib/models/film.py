@@ -43,22 +43,42 @@ class FiLMBlock(nn.Module):
     def forward_split(self, low: Tensor, high: Tensor, emb: Tensor) -> Tensor:
         """``forward(cat([up(low), high], 1), emb)`` without the concatenation: low (B, c_low, H/2, W/2), high
         (B, c_high, H, W), up = nearest 2x. Both convolutions are split along their input channels (the same
-        sum); the 1x1 skip of the upsampled part runs at low resolution (it commutes with nearest upsampling)."""
+        sum); the upsampled part is convolved at low resolution (:func:`conv3x3_upsampled`) and its 1x1 skip too
+        (it commutes with nearest upsampling)."""
         if isinstance(self.skip, nn.Identity):
             raise ValueError("forward_split needs a block with a 1x1 skip convolution (in_ch != out_ch)")
         cl = low.shape[1]
         scale, shift = self.film(emb).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
         w, sw = self.conv0.weight, self.skip.weight
-        h = F.conv2d(upsample2(low), w[:, :cl], None, padding=1) + F.conv2d(high, w[:, cl:], self.conv0.bias, padding=1)
+        h = conv3x3_upsampled(low, w[:, :cl]) + F.conv2d(high, w[:, cl:], self.conv0.bias, padding=1)
         h = self.conv1(self.dropout(F.silu(h * (scale + 1) + shift)))
         skip = upsample2(F.conv2d(low, sw[:, :cl])) + F.conv2d(high, sw[:, cl:], self.skip.bias)
         return (h + skip) / math.sqrt(2)
 
 
 def upsample2(x: Tensor) -> Tensor:
-    """Nearest-neighbour 2x upsampling (B, C, H, W) -> (B, C, 2H, 2W), the values of F.interpolate's (one copy)."""
-    b, c, hh, ww = x.shape
-    return x[:, :, :, None, :, None].expand(b, c, hh, 2, ww, 2).reshape(b, c, 2 * hh, 2 * ww)
+    """Nearest-neighbour 2x upsampling (B, C, H, W) -> (B, C, 2H, 2W) (F.interpolate: an expand-and-copy is faster
+    forward, but its backward, a sum over strided dimensions, costs more than interpolate's whole round trip)."""
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+def conv3x3_upsampled(low: Tensor, weight: Tensor) -> Tensor:
+    """``F.conv2d(upsample2(low), weight, padding=1)`` computed at low resolution: (B, C, h, w) -> (B, O, 2h, 2w).
+
+    Over a nearest-upsampled input a 3x3 kernel sees only 2x2 low-resolution pixels, with summed taps that depend
+    on the output pixel's parity: even rows read low rows (i - 1, i) with kernel rows (0, 1 + 2), odd rows read
+    (i, i + 1) with (0 + 1, 2); the same for columns. One convolution with the four parity kernels (each 2x2 kernel
+    placed in a 3x3 one) then a pixel shuffle: no upsampled copy of the input (same sums, another order).
+    """
+    rows = (torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),
+            torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2))               # (O, C, 2, 3) each
+    kernels = []
+    for a in (0, 1):
+        k = rows[a]
+        cols = (torch.stack([k[..., 0], k[..., 1] + k[..., 2]], -1), torch.stack([k[..., 0] + k[..., 1], k[..., 2]], -1))
+        kernels += [F.pad(cols[b], (b, 1 - b, a, 1 - a)) for b in (0, 1)]                       # (O, C, 3, 3)
+    out = F.conv2d(low, torch.stack(kernels, 1).flatten(0, 1), padding=1)                        # (B, 4 O, h, w)
+    return F.pixel_shuffle(out, 2)
 
 
 class FiLMNet(nn.Module):
@@ -139,7 +159,7 @@ class FiLMNet(nn.Module):
         if self.split_decoder:
             h = self.dec[0].forward_split(h, skip, emb)
         else:
-            h = self.dec[0](torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), skip], dim=1), emb)
+            h = self.dec[0](torch.cat([upsample2(h), skip], dim=1), emb)
         for block in self.dec[1:]:
             h = block(h, emb)
         return self.conv_out(F.silu(h))
