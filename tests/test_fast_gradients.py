@@ -190,3 +190,19 @@ def test_switch_sets_and_reports_every_fast_path():
         set_fast_paths(dc, 1)
     with pytest.raises(ValueError, match="nn.Module"):
         set_fast_paths("dc", True)
+
+
+@pytest.mark.parametrize("size", [(2, 3, 4, 4), (1, 2, 3, 5)])
+def test_parity_convolution_equals_convolving_the_upsampled_input(size):
+    from torch.nn import functional as F
+
+    from rdc_lib.models.film import conv3x3_upsampled, upsample2
+
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn(*size, generator=g, dtype=torch.float64)
+    w = torch.randn(4, size[1], 3, 3, generator=g, dtype=torch.float64)
+    want = F.conv2d(upsample2(low), w, padding=1)
+    assert (conv3x3_upsampled(low, w) - want).abs().max() <= 1e-12 * want.abs().max()
+    w_bad = w.clone()
+    w_bad[:, :, 0, 0] += 1.0                              # a wrong tap is caught
+    assert (conv3x3_upsampled(low, w_bad) - want).abs().max() > 1e-3
