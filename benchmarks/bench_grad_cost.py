@@ -60,7 +60,7 @@ def best_throughput(denoiser: torch.nn.Module, batches: list[int], repeats: int)
         sigma = torch.rand(b, generator=gen) + 0.1
         labels = torch.randint(0, denoiser.num_classes, (b,), generator=gen)
 
-        def step() -> None:
+        def step(x=x, sigma=sigma, labels=labels) -> None:
             xa = x.clone().requires_grad_(True)
             torch.autograd.grad(denoiser(xa, sigma, labels).sum(), xa)
 
@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> None:
             if {r["loss"] for r in group} == set(MIX):
                 old = sum(MIX[r["loss"]] * r["s_old"] for r in group)
                 new = sum(MIX[r["loss"]] * r["s_new"] for r in group)
-                mix.append(dict(denoiser=name, defense=defense, noise_mode=noise_mode, s_old=old / 5, s_new=new / 5,
-                                speedup=old / new))
+                mix.append({"denoiser": name, "defense": defense, "noise_mode": noise_mode, "s_old": old / 5,
+                            "s_new": new / 5, "speedup": old / new})
                 print(f"{name} | {defense} | {noise_mode} | ensemble mix 1:1:3 | {old / 5:.3f} | {new / 5:.3f} | "
                       f"**{old / new:.2f}x** | | | | | ")
     for name in args.denoisers:

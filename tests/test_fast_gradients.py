@@ -43,7 +43,7 @@ def digits_like(b: int, seed: int = 0) -> Tensor:
 
 def tiny_film(heads: str = "single", seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    net = build_denoiser(DenoiserConfig(arch="film", heads=heads, backbone=dict(model_channels=8, dropout=0.0)))
+    net = build_denoiser(DenoiserConfig(arch="film", heads=heads, backbone={"model_channels": 8, "dropout": 0.0}))
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
@@ -125,7 +125,7 @@ def test_float32_gradients_are_as_accurate_as_plain_autograd_on_the_single_head_
 
 def test_rdc_exact_gradient_equals_plain_autograd_on_the_defaults(default_net):
     x, y = digits_like(2, seed=1), torch.tensor([0, 4])
-    kwargs = dict(grid=GRID, noise_mode="stochastic", seed=3)
+    kwargs = {"grid": GRID, "noise_mode": "stochastic", "seed": 3}
     fast = RobustDiffusionClassifier(default_net, **kwargs)
     plain = RobustDiffusionClassifier(default_net, classifier=DiffusionClassifier(default_net, GRID,
                                       backward_mode="autograd"), **kwargs)
