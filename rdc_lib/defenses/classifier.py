@@ -15,6 +15,11 @@ with K x T; when a single chunk holds every level (small inputs: the recomputati
 same activations at once), the chunked mode keeps the forward's graph instead and saves the extra
 forward (same gradient, same peak memory). ``backward_mode="autograd"`` always keeps the plain graph
 (reference for tests).
+
+``sparse_backward`` (default on; a fast path of rdc_lib.fast_paths): with a network that needs one pass per
+class (single-head), the chunked mode's backward runs only the (image, class) pairs whose incoming gradient is
+nonzero (rdc_lib.defenses.dc_backward.SparseELBOSum): DLR-type attack losses need 3 of 10 classes. Off: the
+backward of every pair, as before. The same gradient either way.
 """
 
 from __future__ import annotations
@@ -26,41 +31,11 @@ from torch import Tensor, nn
 
 from ..core.choices import BACKWARD_MODES, GRID_LEVELS, NOISE_MODES, check_choice
 from ..diffusion.elbo import draw_noise, elbo_terms, levels_per_chunk
+from .dc_backward import ChunkedELBOSum, SparseELBOSum
 from ..diffusion.schedules import NoiseGrid, make_grid
 from ..models.base import Denoiser
 from ..core.utils import OwnedRandomness, check_images
 
-
-
-class _ChunkedELBOSum(torch.autograd.Function):
-    """sum_t terms (B, K) with a memory-bounded backward that recomputes one chunk of levels at a time."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int) -> Tensor:
-        with torch.no_grad():
-            total = elbo_terms(denoiser, x, grid, classes=classes, noise=noise, chunk_size=chunk).sum(-1)
-        ctx.save_for_backward(x, noise, classes)
-        ctx.denoiser, ctx.grid, ctx.chunk = denoiser, grid, chunk
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        x, noise, classes = ctx.saved_tensors
-        denoiser, grid, chunk = ctx.denoiser, ctx.grid, ctx.chunk
-        grad_x = torch.zeros_like(x)
-        T = len(grid)
-        batch = x.shape[0]
-        per_chunk = levels_per_chunk(denoiser, batch, classes.numel(), noise.shape[1] == 1, chunk)
-        noise_b = noise.expand(batch, *noise.shape[1:]) if noise.shape[0] == 1 else noise
-        for start in range(0, T, per_chunk):
-            sl = slice(start, min(start + per_chunk, T))
-            sub = NoiseGrid(grid.sigmas[sl], grid.weights[sl], grid.kind, grid.weighting)
-            with torch.enable_grad():
-                xc = x.detach().requires_grad_(True)
-                part = elbo_terms(denoiser, xc, sub, classes=classes, noise=noise_b[:, :, sl], chunk_size=chunk).sum(-1)
-                (g,) = torch.autograd.grad(part, xc, grad_out)
-            grad_x += g
-        return grad_x, None, None, None, None, None
 
 
 def bayes_posterior(logits: Tensor, pixels: int, log_prior: Tensor | None = None) -> Tensor:
@@ -97,6 +72,7 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
         seed: int = 0,                                        # seeds the module's own generator
         backward_mode: Literal["chunked", "autograd"] = "chunked",  # the DC's own input gradient
         chunk_size: int = 4096,                               # max (image, class, level) triples per call
+        sparse_backward: bool = True,                         # backward only of pairs with nonzero cotangent
     ):
         super().__init__()
         check_choice("noise_mode", noise_mode, NOISE_MODES)
@@ -117,6 +93,7 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
         self.seed = int(seed)
         self.backward_mode = backward_mode
         self.chunk_size = int(chunk_size)
+        self.sparse_backward = bool(sparse_backward)
         self._generator: torch.Generator | None = None
 
     @property
@@ -144,12 +121,15 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
         self.check_input(x)
         noise = self.draw_noise(x) if noise is None else noise
         classes = torch.arange(self.num_classes, device=x.device)
-        if self.recomputes_in_backward(x, noise):
-            total = _ChunkedELBOSum.apply(x, noise.expand(x.shape[0], *noise.shape[1:]), self.denoiser,
-                                          self.grid, classes, self.chunk_size)
+        noise = noise.expand(x.shape[0], *noise.shape[1:])
+        recompute = self.recomputes_in_backward(x, noise)
+        if self.backs_sparsely(x):
+            total = SparseELBOSum.apply(x, noise, self.denoiser, self.grid, classes, self.chunk_size, not recompute)
+        elif recompute:
+            total = ChunkedELBOSum.apply(x, noise, self.denoiser, self.grid, classes, self.chunk_size)
         else:
-            total = elbo_terms(self.denoiser, x, self.grid, classes=classes,
-                               noise=noise.expand(x.shape[0], *noise.shape[1:]), chunk_size=self.chunk_size).sum(-1)
+            total = elbo_terms(self.denoiser, x, self.grid, classes=classes, noise=noise,
+                               chunk_size=self.chunk_size).sum(-1)
         return -total + self.log_prior.to(x.device, x.dtype)
 
     def posterior(self, logits: Tensor) -> Tensor:
@@ -168,6 +148,13 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
         per_chunk = levels_per_chunk(self.denoiser, x.shape[0], self.num_classes, noise.shape[1] == 1,
                                      self.chunk_size)
         return per_chunk < len(self.grid)
+
+    def backs_sparsely(self, x: Tensor) -> bool:
+        """Whether a forward on x takes the sparse-backward path: an input gradient is needed, ``backward_mode``
+        'chunked', ``sparse_backward`` on and a network that needs a pass per class (a multi-head network serves
+        every class in one pass, so skipping classes would save nothing)."""
+        return (self.sparse_backward and self.backward_mode == "chunked" and torch.is_grad_enabled()
+                and x.requires_grad and self.denoiser.passes_per_denoise_all(self.num_classes) > 1)
 
     def network_passes(self, batch: int) -> int:
         """Single-image network evaluations one forward costs for ``batch`` images."""

@@ -86,3 +86,15 @@ def _chunk_terms(denoiser: Denoiser, x0: Tensor, sigmas: Tensor, noise: Tensor, 
         lab = classes.reshape(1, k, 1).expand(batch, k, tc).reshape(-1)
         den = denoiser(flat, sig, lab).reshape(batch, k, tc, *img)
     return ((den - x0.reshape(batch, 1, 1, *img)) ** 2).flatten(3).mean(-1)
+
+
+def elbo_row_terms(denoiser: Denoiser, x: Tensor, sigma: Tensor, weight: Tensor, labels: Tensor, eps: Tensor) -> Tensor:
+    """Weighted losses of single (image, class, level) rows, the entries of :func:`elbo_terms` one by one.
+
+    x (R, C, H, W) in [0, 1]; sigma, weight, labels (R,); eps (R, C, H, W) -> (R,):
+    weight * mean_pixels (D(x' + sigma eps; sigma, label) - x')^2 with x' = 2x - 1 (the same arithmetic as
+    :func:`elbo_terms`, so the same values).
+    """
+    x0 = x * 2 - 1
+    den = denoiser(x0 + sigma.reshape(-1, 1, 1, 1) * eps, sigma, labels)
+    return ((den - x0) ** 2).flatten(1).mean(-1) * weight

@@ -34,6 +34,46 @@ class FiLMBlock(nn.Module):
         h = self.conv1(self.dropout(h))
         return (h + self.skip(x)) / math.sqrt(2)
 
+    def forward_split(self, low: Tensor, high: Tensor, emb: Tensor) -> Tensor:
+        """``forward(cat([up(low), high], 1), emb)`` without the concatenation: low (B, c_low, H/2, W/2), high
+        (B, c_high, H, W), up = nearest 2x. Both convolutions are split along their input channels (the same
+        sum); the upsampled part is convolved at low resolution (:func:`conv3x3_upsampled`) and its 1x1 skip too
+        (it commutes with nearest upsampling)."""
+        if isinstance(self.skip, nn.Identity):
+            raise ValueError("forward_split needs a block with a 1x1 skip convolution (in_ch != out_ch)")
+        cl = low.shape[1]
+        scale, shift = self.film(emb).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        w, sw = self.conv0.weight, self.skip.weight
+        h = conv3x3_upsampled(low, w[:, :cl]) + F.conv2d(high, w[:, cl:], self.conv0.bias, padding=1)
+        h = self.conv1(self.dropout(F.silu(h * (scale + 1) + shift)))
+        skip = upsample2(F.conv2d(low, sw[:, :cl])) + F.conv2d(high, sw[:, cl:], self.skip.bias)
+        return (h + skip) / math.sqrt(2)
+
+
+def upsample2(x: Tensor) -> Tensor:
+    """Nearest-neighbour 2x upsampling (B, C, H, W) -> (B, C, 2H, 2W) (F.interpolate: an expand-and-copy is faster
+    forward, but its backward, a sum over strided dimensions, costs more than interpolate's whole round trip)."""
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+def conv3x3_upsampled(low: Tensor, weight: Tensor) -> Tensor:
+    """``F.conv2d(upsample2(low), weight, padding=1)`` computed at low resolution: (B, C, h, w) -> (B, O, 2h, 2w).
+
+    Over a nearest-upsampled input a 3x3 kernel sees only 2x2 low-resolution pixels, with summed taps that depend
+    on the output pixel's parity: even rows read low rows (i - 1, i) with kernel rows (0, 1 + 2), odd rows read
+    (i, i + 1) with (0 + 1, 2); the same for columns. One convolution with the four parity kernels (each 2x2 kernel
+    placed in a 3x3 one) then a pixel shuffle: no upsampled copy of the input (same sums, another order).
+    """
+    rows = (torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),
+            torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2))               # (O, C, 2, 3) each
+    kernels = []
+    for a in (0, 1):
+        k = rows[a]
+        cols = (torch.stack([k[..., 0], k[..., 1] + k[..., 2]], -1), torch.stack([k[..., 0] + k[..., 1], k[..., 2]], -1))
+        kernels += [F.pad(cols[b], (b, 1 - b, a, 1 - a)) for b in (0, 1)]                       # (O, C, 3, 3)
+    out = F.conv2d(low, torch.stack(kernels, 1).flatten(0, 1), padding=1)                        # (B, 4 O, h, w)
+    return F.pixel_shuffle(out, 2)
+
 
 class FiLMNet(nn.Module):
     """F(x_in, c_noise, labels) -> (B, out_channels, H, W); ``label_dim = 0``: unconditional (multi-head)."""
@@ -68,17 +108,52 @@ class FiLMNet(nn.Module):
         self.mid = nn.ModuleList([FiLMBlock(2 * c, 2 * c, emb_dim, dropout) for _ in range(num_blocks)])
         self.dec = nn.ModuleList([FiLMBlock(3 * c if i == 0 else c, c, emb_dim, dropout) for i in range(num_blocks)])
         self.conv_out = output_conv(c, out_channels, num_heads, head_channels)
+        # fast path switch (rdc_lib.fast_paths): the first decoder block without the concatenation (forward_split)
+        self.split_decoder = True
 
     def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
         emb = conditioning(self, c_noise, labels)
         h = self.conv_in(x)
         for block in self.enc:
             h = block(h, emb)
+        return self._after_encoder(h, emb)
+
+    def forward_classes(self, x: Tensor, c_noise: Tensor, classes: Tensor) -> Tensor:
+        """F for several classes at once: x (N, C, H, W), c_noise (N,), classes (K,) for every image or (N, K) per
+        image -> (N, K, out_channels, H, W).
+
+        The same values as ``forward`` on every (image, class) row, with the label-independent start computed
+        once per image instead of once per class: the input convolution, the first block's first convolution
+        and its skip path (the label enters only through the FiLM scale and shift). The noise MLP also runs
+        once per image. Eval mode only (dropout would draw differently); conditional networks only.
+        """
+        if self.label_embed is None:
+            raise ValueError("forward_classes needs a class-conditional backbone (label_dim > 0)")
+        n, k = x.shape[0], classes.shape[-1]
+        noise_emb = self.emb_mlp(self.noise_embed(c_noise))                       # (N, E)
+        label_emb = self.label_embed(classes)                                     # (K, E) or (N, K, E)
+        emb = F.silu(noise_emb.unsqueeze(1) + label_emb).reshape(n * k, -1)
+        h0 = self.conv_in(x)                                                      # (N, c, H, W)
+        first = self.enc[0]
+        scale, shift = first.film(emb).reshape(n, k, -1, 1, 1).chunk(2, dim=2)    # (N, K, c, 1, 1) each
+        h = F.silu(first.conv0(h0).unsqueeze(1) * (scale + 1) + shift)           # (N, K, c, H, W)
+        h = first.conv1(first.dropout(h.reshape(n * k, *h.shape[2:])))
+        h = (h.reshape(n, k, *h.shape[1:]) + first.skip(h0).unsqueeze(1)) / math.sqrt(2)
+        h = h.reshape(n * k, *h.shape[2:])
+        for block in self.enc[1:]:
+            h = block(h, emb)
+        out = self._after_encoder(h, emb)
+        return out.reshape(n, k, *out.shape[1:])
+
+    def _after_encoder(self, h: Tensor, emb: Tensor) -> Tensor:
         skip = h
         h = self.down(h)
         for block in self.mid:
             h = block(h, emb)
-        h = torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), skip], dim=1)
-        for block in self.dec:
+        if self.split_decoder:
+            h = self.dec[0].forward_split(h, skip, emb)
+        else:
+            h = self.dec[0](torch.cat([upsample2(h), skip], dim=1), emb)
+        for block in self.dec[1:]:
             h = block(h, emb)
         return self.conv_out(F.silu(h))

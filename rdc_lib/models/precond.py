@@ -37,6 +37,8 @@ class EDMDenoiser(Denoiser):
         self.img_resolution = int(img_resolution)
         self.heads = heads
         self.sigma_data = float(sigma_data)
+        # fast path switch (rdc_lib.fast_paths): single-head denoise_all shares the label-independent layers
+        self.share_prefix = True
 
     def _coefficients(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         sd = self.sigma_data
@@ -68,9 +70,27 @@ class EDMDenoiser(Denoiser):
 
     def denoise_all(self, x: Tensor, sigma: Tensor, classes: Tensor | None = None) -> Tensor:
         if self.heads == "single":
-            return super().denoise_all(x, sigma, classes)
+            if not self.shares_prefix():
+                return super().denoise_all(x, sigma, classes)
+            return self.denoise_classes(x, sigma, torch.arange(self.num_classes) if classes is None else classes)
         every = self._all_heads(x, self._sigma(sigma, x.shape[0], x))
         return every[:, : self.num_classes] if classes is None else every[:, classes.to(x.device)]
 
     def passes_per_denoise_all(self, num_classes: int) -> int:
         return 1 if self.heads == "multi" else num_classes
+
+    def denoise_classes(self, x: Tensor, sigma: Tensor, classes: Tensor) -> Tensor:
+        """Single-head ``denoise_all`` through the backbone's ``forward_classes`` (needs :meth:`shares_prefix`):
+        x (B, C, H, W), sigma (B,), classes (K',) for every image or (B, K') per image -> (B, K', C, H, W)."""
+        if not self.shares_prefix():
+            raise ValueError("denoise_classes needs a single-head denoiser in eval mode whose backbone has "
+                             "forward_classes, with share_prefix on")
+        c_skip, c_out, c_in, c_noise = self._coefficients(self._sigma(sigma, x.shape[0], x))
+        f_x = self.backbone.forward_classes(c_in * x, c_noise, classes.to(x.device)).to(x.dtype)
+        return c_skip.unsqueeze(1) * x.unsqueeze(1) + c_out.unsqueeze(1) * f_x
+
+    def shares_prefix(self) -> bool:
+        """Whether the single-head ``denoise_all`` computes the label-independent start of the backbone once
+        per image for all classes (``share_prefix`` on, a backbone with ``forward_classes``, eval mode)."""
+        return (self.share_prefix and self.heads == "single" and not self.backbone.training
+                and callable(getattr(self.backbone, "forward_classes", None)))
