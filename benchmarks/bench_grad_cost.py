@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 
 from rdc_lib.attacks.losses import get_loss
-from rdc_lib.choices import DEFAULT_DENOISERS
+from rdc_lib.core.choices import DEFAULT_DENOISERS
 from rdc_lib.data import load_dataset
 from rdc_lib.defenses.registry import DefenseSpec, build_defense
 from rdc_lib.fast_paths import set_fast_paths
 from rdc_lib.models.checkpoints import read_checkpoint
-from rdc_lib.paths import resolve_checkpoint
+from rdc_lib.core.paths import resolve_checkpoint
 
 MIX = {"ce": 1, "dlr": 1, "dlr-targeted": 3}  # gradient steps per loss in the headline ensemble (3 targets)
 CASES = (("dc", "fixed"), ("rdc", "fixed"), ("dc", "stochastic"), ("rdc", "stochastic"))

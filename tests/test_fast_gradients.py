@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from rdc_lib.attacks.losses import get_loss
-from rdc_lib.choices import DEFAULT_DENOISERS
+from rdc_lib.core.choices import DEFAULT_DENOISERS
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.defenses.dc_backward import recompute_image_classes, recompute_pairs
 from rdc_lib.defenses.rdc import RobustDiffusionClassifier
@@ -23,7 +23,7 @@ from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.fast_paths import fast_paths_state, set_fast_paths
 from rdc_lib.models.checkpoints import load_denoiser
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
-from rdc_lib.paths import resolve_checkpoint
+from rdc_lib.core.paths import resolve_checkpoint
 
 torch.set_num_threads(1)
 GRID = make_grid(4)
