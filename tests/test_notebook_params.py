@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,30 @@ def test_shipped_names_and_relative_paths_resolve_from_any_folder(tmp_path, monk
     (tmp_path / "mine.safetensors").write_bytes(b"")
     monkeypatch.chdir(tmp_path)  # the current folder comes first
     assert validate_params(checkpoint="mine.safetensors")["checkpoint"] == str(tmp_path / "mine.safetensors")
+
+
+def test_diffusers_model_resolves_and_bad_folders_name_the_parameter(tmp_path, monkeypatch):
+    from rdc_lib.paths import REPO_ROOT
+
+    shipped = str(REPO_ROOT / "data" / "diffusers_digits")
+    for cwd in (REPO_ROOT, NOTEBOOKS):
+        monkeypatch.chdir(cwd)
+        assert validate_params(diffusers_model="../data/diffusers_digits")["diffusers_model"] == shipped
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingFilesError, match="notebook parameter diffusers_model = 'nope': diffusers model folder "
+                                                "not found"):
+        validate_params(diffusers_model="nope")
+    with pytest.raises(NotebookParameterError, match="notebook parameter diffusers_model = .*not a diffusers model folder"):
+        validate_params(diffusers_model=str(REPO_ROOT / "data" / "checkpoints"))
+    (tmp_path / "m").mkdir()
+    for sub in ("unet", "scheduler"):
+        (tmp_path / "m" / sub).mkdir()
+    cfg = json.loads((REPO_ROOT / "data/diffusers_digits/unet/config.json").read_text())
+    (tmp_path / "m/unet/config.json").write_text(json.dumps({**cfg, "sample_size": 32}))
+    (tmp_path / "m/scheduler/scheduler_config.json").write_text(
+        (REPO_ROOT / "data/diffusers_digits/scheduler/scheduler_config.json").read_text())
+    with pytest.raises(NotebookParameterError, match="diffusers_model = 'm': unsupported model sample_size 32"):
+        validate_params(diffusers_model="m")
 
 
 def test_unknown_shipped_name_lists_the_shipped_ones():

@@ -95,6 +95,15 @@ def diffusers_folder(ref: str | Path) -> Path:
     return resolve_path(path)
 
 
+def diffusers_files(ref: str | Path) -> list[Path]:
+    """Every file the adapter reads from the folder of ``ref`` (configs, safetensors weights, rdc_adapter.json),
+    sorted: what a provenance record hashes."""
+    unet_dir, sched_file = _layout(diffusers_folder(ref))
+    files = [*unet_dir.glob("*.safetensors"), unet_dir / "config.json", sched_file]
+    adapter = diffusers_folder(ref) / ADAPTER_FILE
+    return sorted({*files, *([adapter] if adapter.is_file() else [])})
+
+
 # --------------------------------------------------------------------------------------------- the adapters
 
 class VPDiffusersDenoiser(Denoiser):
