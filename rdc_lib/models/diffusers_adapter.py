@@ -125,8 +125,9 @@ class VPDiffusersDenoiser(Denoiser):
         self.num_classes, self.img_channels, self.img_resolution = int(num_classes), int(img_channels), int(img_resolution)
         self.model_null_label = null_label      # the network's null label index, None if it has none
         self.learned_variance = learned_variance
-        # log sigma per integer timestep, computed in float64 from the scheduler's own alphas_cumprod
-        self.register_buffer("log_sigmas", (0.5 * ((1 - abar) / abar).log()), persistent=False)
+        # log sigma per integer timestep, in float64 from the scheduler's own alphas_cumprod; a plain attribute, so
+        # that .to(dtype) never rounds it (moved to the input's device on use)
+        self.log_sigmas = 0.5 * ((1 - abar) / abar).log()
 
     @property
     def sigma_range(self) -> tuple[float, float]:
@@ -137,7 +138,9 @@ class VPDiffusersDenoiser(Denoiser):
     def timesteps_for(self, sigma: Tensor) -> Tensor:
         """The timestep fed to the network at noise level ``sigma`` (B,) (model's own range): float (interpolate)
         or long (nearest); clamped to [0, T - 1] outside the schedule."""
-        ls = self.log_sigmas.to(sigma.device)
+        if self.log_sigmas.device != sigma.device:
+            self.log_sigmas = self.log_sigmas.to(sigma.device)
+        ls = self.log_sigmas
         s = sigma.to(ls.dtype).log().clamp(ls[0], ls[-1])
         hi = torch.searchsorted(ls, s).clamp(1, ls.numel() - 1)
         lo = hi - 1
