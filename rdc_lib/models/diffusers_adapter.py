@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..choices import check_choice
+from ..choices import VP_DATA_RANGES, VP_PREDICTION_TYPES, VP_TIMESTEP_MODES, check_choice
 from .base import Denoiser
 
 __all__ = [
@@ -59,10 +59,10 @@ __all__ = [
 DIFFUSERS_PREFIX = "diffusers:"     # --denoiser diffusers:PATH
 ADAPTER_FILE = "rdc_adapter.json"   # optional adapter settings beside the model
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+PREDICTION_TYPES = VP_PREDICTION_TYPES
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-TIMESTEP_MODES = ("interpolate", "nearest")
-DATA_RANGES = ("minus_one_one", "zero_one")
+TIMESTEP_MODES = VP_TIMESTEP_MODES
+DATA_RANGES = VP_DATA_RANGES
 UNETS = ("UNet2DModel",)
 TIME_EMBEDDINGS = ("positional",)
 LEARNED_VARIANCE = ("learned", "learned_range")
