@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev,lab,slurm]"
+	$(BIN)/python -m pip install -q -e ".[dev,lab,slurm,diffusers]"
 	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (rdc)" >/dev/null
 	touch $(STAMP)

@@ -29,6 +29,9 @@ PUBLIC: dict[str, str] = {
     "load_denoiser": "rdc_lib.models.checkpoints:load_denoiser",
     "save_denoiser": "rdc_lib.models.checkpoints:save_denoiser",
     "read_checkpoint": "rdc_lib.models.checkpoints:read_checkpoint",
+    "KDiffusionDenoiser": "rdc_lib.models.diffusers_adapter:KDiffusionDenoiser",
+    "VPDiffusersDenoiser": "rdc_lib.models.diffusers_adapter:VPDiffusersDenoiser",
+    "load_diffusers_denoiser": "rdc_lib.models.diffusers_adapter:load_diffusers_denoiser",
     # noise levels
     "NoiseGrid": "rdc_lib.diffusion.schedules:NoiseGrid",
     "make_grid": "rdc_lib.diffusion.schedules:make_grid",

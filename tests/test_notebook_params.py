@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,30 @@ def test_empty_checkpoint_with_cifar10_is_the_presets_classifier(cifar_files, mo
         (root / "checkpoints" / name).write_bytes(b"")
     out = validate_params(base_dir=root, dataset="cifar10", data_root="cifar", checkpoint="")
     assert out["checkpoint"] == str(root / "checkpoints" / classifier)
+
+
+def test_diffusers_model_resolves_and_bad_folders_name_the_parameter(tmp_path, monkeypatch):
+    from rdc_lib.core.paths import REPO_ROOT
+
+    shipped = str(REPO_ROOT / "data" / "diffusers_digits")
+    for cwd in (REPO_ROOT, NOTEBOOKS):
+        monkeypatch.chdir(cwd)
+        assert validate_params(diffusers_model="../data/diffusers_digits")["diffusers_model"] == shipped
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingFilesError, match="notebook parameter diffusers_model = 'nope': diffusers model folder "
+                                                "not found"):
+        validate_params(diffusers_model="nope")
+    with pytest.raises(NotebookParameterError, match="notebook parameter diffusers_model = .*not a diffusers model folder"):
+        validate_params(diffusers_model=str(REPO_ROOT / "data" / "checkpoints"))
+    (tmp_path / "m").mkdir()
+    for sub in ("unet", "scheduler"):
+        (tmp_path / "m" / sub).mkdir()
+    cfg = json.loads((REPO_ROOT / "data/diffusers_digits/unet/config.json").read_text())
+    (tmp_path / "m/unet/config.json").write_text(json.dumps({**cfg, "sample_size": 32}))
+    (tmp_path / "m/scheduler/scheduler_config.json").write_text(
+        (REPO_ROOT / "data/diffusers_digits/scheduler/scheduler_config.json").read_text())
+    with pytest.raises(NotebookParameterError, match="diffusers_model = 'm': unsupported model sample_size 32"):
+        validate_params(diffusers_model="m")
 
 
 def test_unknown_shipped_name_lists_the_shipped_ones():

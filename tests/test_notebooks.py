@@ -37,11 +37,12 @@ NB_DIR = REPO / "notebooks"
 SMALL = NB_DIR / "params" / "small.yaml"
 SANITIZE = NB_DIR / "nbval_sanitize.cfg"
 NOTEBOOKS = sorted(NB_DIR.glob(main_job.NOTEBOOK_PATTERN))
-OWN = [p for p in NOTEBOOKS if p.stem[:2] in ("01", "02", "03", "04", "06", "08")]  # written with rdc_lib.jobs.params
+OWN = [p for p in NOTEBOOKS if p.stem[:2] in ("01", "02", "03", "04", "06", "07", "08")]  # written with rdc_lib.jobs.params
 # Absolute checkpoint paths: the executed copies are re-run by nbval from a temporary folder. The denoisers keep
 # their defaults ('' = the shipped defaults, resolved through rdc_lib.core.choices wherever the notebook runs).
 ABSOLUTE = {
     "cnn_checkpoint": str(REPO / "data/checkpoints/digits_cnn.safetensors"),
+    "diffusers_model": str(REPO / "data/diffusers_digits"),
 }
 # Parameters that name a denoiser on purpose for a contrast (documented in the notebook); no other may default to a
 # retired denoiser.
@@ -247,23 +248,29 @@ def test_results_content(run):
     for r in r6["rows"]:
         cert = [r["certified"][k]["value"] for k in sorted(r["certified"], key=float)]
         assert cert == sorted(cert, reverse=True) and set(r["empirical"]) == set(r["certified"])
+    r7 = json.loads((out / "07_bring_your_own_model" / "results.json").read_text())
+    assert r7["key_results"]["adapter_ok"] is True and r7["adapter_max_abs_diff"] <= 1e-5
+    assert 0 <= r7["key_results"]["dc_acc"] <= 1 and len(r7["class_gap"]["gap"]) == len(r7["class_gap"]["sigmas"])
 
 
-def test_nbval_checks_the_seeded_output(run, tmp_path):
-    """nbval re-runs the executed 01 and compares its NBVAL_CHECK_OUTPUT cells (the prediction table and the
-    noise-level decisions: both must reproduce); a copy whose first checked output was altered must fail there."""
+@pytest.mark.parametrize("stem, marker, n_checked", [("01_bayes_rule_classification", "correct:", 2),
+                                                     ("07_bring_your_own_model", "max abs difference", 1)],
+                         ids=["01", "07"])
+def test_nbval_checks_the_seeded_output(run, tmp_path, stem, marker, n_checked):
+    """nbval re-runs the executed notebook and compares its NBVAL_CHECK_OUTPUT cells (01: the prediction table and
+    the noise-level decisions; 07: the adapter check); a copy whose first checked output was altered must fail there."""
     out, _ = run
-    good = tmp_path / "nb01_good.ipynb"
-    bad = tmp_path / "nb01_bad.ipynb"
-    nb = nbformat.read(out / "01_bayes_rule_classification.ipynb", as_version=4)
+    good = tmp_path / f"nb{stem[:2]}_good.ipynb"
+    bad = tmp_path / f"nb{stem[:2]}_bad.ipynb"
+    nb = nbformat.read(out / f"{stem}.ipynb", as_version=4)
     code = _code_cells(nb)
     checked = [i for i, c in enumerate(code) if "# NBVAL_CHECK_OUTPUT" in c.source]  # nbval numbers code cells
-    assert len(checked) == 2 and all(code[i].outputs for i in checked), "the checked cells must have stored output"
-    assert "predictions per image" in code[checked[1]].outputs[0]["text"]  # section 6: the noise-level decisions
+    assert len(checked) == n_checked and all(code[i].outputs for i in checked), "the checked cells must have output"
+    if n_checked == 2:
+        assert "predictions per image" in code[checked[1]].outputs[0]["text"]  # 01 section 6: noise-level decisions
     nbformat.write(nb, good)
-    stream = code[checked[0]].outputs[0]
-    assert "correct:" in stream["text"]
-    stream["text"] = stream["text"].replace("correct:", "CORRECT:")
+    stream = next(o for o in code[checked[0]].outputs if marker in o.get("text", ""))
+    stream["text"] = stream["text"].replace(marker, marker.upper())
     for cell in code[checked[0] + 1:]:  # later cells cannot affect the checked one: skip them in the copy
         cell.source = "# NBVAL_SKIP\n" + cell.source
     nbformat.write(nb, bad)
@@ -275,7 +282,7 @@ def test_nbval_checks_the_seeded_output(run, tmp_path):
     cases = ET.parse(report).getroot().iter("testcase")
     failed = sorted((c.get("classname", "") + "::" + c.get("name", "")) for c in cases
                     if c.find("failure") is not None or c.find("error") is not None)
-    assert len(failed) == 1 and "nb01_bad" in failed[0], f"nbval result:\n{proc.stdout[-4000:]}"
+    assert len(failed) == 1 and f"nb{stem[:2]}_bad" in failed[0], f"nbval result:\n{proc.stdout[-4000:]}"
     assert failed[0].endswith(f"Cell {checked[0]}"), failed
     assert proc.returncode == 1
 
@@ -316,6 +323,7 @@ BAD = [
     ("06", {"sigma_list": [0.0]}, "notebook parameter sigma_list[0] = 0.0"),
     ("08", {"figures": ["robust_by_defense"]}, "notebook parameter figures[0] = 'robust_by_defense'"),
     ("08", {"raw_dir": "."}, "expected a folder holding headline.jsonl"),
+    ("07", {"diffusers_model": "../data/checkpoints"}, "notebook parameter diffusers_model = '../data/checkpoints'"),
 ]
 
 

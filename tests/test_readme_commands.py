@@ -99,7 +99,7 @@ EXCLUDED: dict[str, str] = {
     "make benchmarks": "about 20 minutes of benchmarks (bench_autoattack alone about 15)",
     "conda env create -f environment.yml": "needs conda and the network; tests/test_env.py keeps environment.yml in "
                                            "sync with pyproject.toml",
-    'pip install -e ".[dev,lab,slurm]"': "part of make's set-up, already done (it would rewrite the environment)",
+    'pip install -e ".[dev,lab,slurm,diffusers]"': "part of make's set-up, already done (it would rewrite the environment)",
     "rdc train --heads multi --out data/checkpoints/digits_multi.safetensors": "trains a denoiser from scratch "
                                                                                "(tens of minutes on a CPU)",
     "rdc train-baseline --kind at-cnn --out data/checkpoints/digits_at_cnn.safetensors": "adversarial training of "

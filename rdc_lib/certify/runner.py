@@ -115,10 +115,11 @@ class CertifyConfig:
 def build_smoothing_base(cfg: CertifyConfig, device: torch.device | str = "cpu") -> nn.Module:
     """The base classifier of ``cfg`` from the shipped checkpoints."""
     from ..models.checkpoints import load_denoiser
+    from ..models.diffusers_adapter import is_diffusers_ref
     from ..core.paths import checkpoint_path
 
     ref = cfg.denoiser
-    path = Path(ref) if ref.endswith(".safetensors") else checkpoint_path(ref)
+    path = Path(ref) if ref.endswith(".safetensors") or is_diffusers_ref(ref) else checkpoint_path(ref)
     den = load_denoiser(path, device=device).eval()
     cnn = None
     if cfg.base == "denoised":

@@ -15,7 +15,8 @@ __all__ = [
     "BACKWARD_MODES", "CHOSEN_ON", "DATASETS", "DEFAULT_DENOISERS", "GRAD_MODES", "GRID_KINDS", "GRID_LEVELS", "GRID_KIND",
     "GRID_SIGMA_MIN", "GRID_WEIGHTINGS", "HEADS", "LEGACY_DENOISERS", "LM_ETA", "LM_GRAPH_MODES", "LM_NORMS", "LM_OPTIMIZERS",
     "LM_STEPS", "LM_STEP_SIZE", "NOISE_MODES", "NORMS",
-    "PURIFY_MODES", "ROBUST_GRID_SIGMA_MIN", "SELECTION_SPLIT", "SOURCE_SPLITS", "SPLITS", "THREAT_NORMS", "check_choice",
+    "PURIFY_MODES", "ROBUST_GRID_SIGMA_MIN", "SELECTION_SPLIT", "SMOOTHING_BASES", "SOURCE_SPLITS", "SPLITS",
+    "THREAT_NORMS", "VP_DATA_RANGES", "VP_PREDICTION_TYPES", "VP_TIMESTEP_MODES", "check_choice",
 ]
 
 # ---------------------------------------------------------------- choices
@@ -36,6 +37,9 @@ GRID_KINDS = ("paper", "lognormal", "karras")
 GRID_WEIGHTINGS = ("edm", "elbo", "uniform")
 PURIFY_MODES = ("ode", "sde")                # DiffPure's reverse process
 SMOOTHING_BASES = ("noised-dc", "denoised", "dc")  # base classifiers of randomized smoothing (rdc_lib.certify)
+VP_TIMESTEP_MODES = ("interpolate", "nearest")        # diffusers adapter: timestep fed at a sigma between two
+VP_DATA_RANGES = ("minus_one_one", "zero_one")        # diffusers adapter: the image range the model was trained on
+VP_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers adapter: what the network predicts
 
 # ---------------------------------------------------------------- shared defaults
 GRID_LEVELS = 32            # T, the number of noise levels of the diffusion classifier (digits default)

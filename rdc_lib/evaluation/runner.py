@@ -232,9 +232,14 @@ def defense_spec(cfg: EvalConfig) -> DefenseSpec:
 
 
 def resolve_denoiser(name_or_path: str) -> Path:
-    """A checkpoint path as given, or ``data/checkpoints/<name>.safetensors`` for a bare shipped name."""
+    """A checkpoint path as given, or ``data/checkpoints/<name>.safetensors`` for a bare shipped name;
+    ``diffusers:FOLDER`` (a local diffusers model, rdc_lib.models.diffusers_adapter) is checked and kept as given."""
+    from ..models.diffusers_adapter import inspect_diffusers_folder, is_diffusers_ref
     from ..core.paths import checkpoint_path
 
+    if is_diffusers_ref(name_or_path):
+        inspect_diffusers_folder(name_or_path)
+        return Path(name_or_path)
     p = Path(name_or_path)
     if p.suffix == ".safetensors" or len(p.parts) > 1:
         if not p.is_file():

@@ -175,6 +175,10 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "checkpoint_single": ParamSpec("denoiser", "single-head denoiser (shipped name or path; '' = the shipped single-head "
                                                "default), for the single- vs multi-head comparison"),
     "contrast_checkpoint": ParamSpec("path", "a second denoiser named on purpose for a contrast (shipped name or path)"),
+    "diffusers_model": ParamSpec("path", "a local diffusers model folder (save_pretrained: unet/ + scheduler/, "
+                                 "rdc_lib.models.diffusers_adapter); relative: the current folder, then notebooks/"),
+    "check_timesteps": ParamSpec("int", "scheduler timesteps at which the adapter is checked", low=2, high=100_000),
+    "purify_sigma": ParamSpec("float", "noise level (model space) of the purification", low=1e-4, high=100.0),
     "cnn_checkpoint": ParamSpec("path", "standard CNN (digits baseline): a shipped name (digits_cnn) or a path"),
     "ckpt_dir": ParamSpec("str", "folder of the imported EDM checkpoints (dataset 'cifar10')"),
     "heads": ParamSpec("str", f"which shipped denoiser the evaluation uses: {default_denoisers_text()}",
@@ -309,6 +313,24 @@ def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
     for name in DIR_PARAMS + DATA_FILE_PARAMS:
         if name in values and values[name]:
             values[name] = str(resolve_path(values[name], base))
+    if "diffusers_model" in values:
+        _check_diffusers_model(values, base)
+
+
+def _check_diffusers_model(values: dict[str, Any], base: Path | None) -> None:
+    """diffusers_model -> the absolute folder, checked against the digits (imported on demand)."""
+    from ..models.diffusers_adapter import inspect_diffusers_folder
+
+    value = values["diffusers_model"]
+    folder = resolve_path(value.removeprefix("diffusers:"), base)
+    try:
+        inspect_diffusers_folder(folder)
+    except FileNotFoundError as exc:
+        raise MissingFilesError(f"notebook parameter diffusers_model = {value!r}: {exc}; the digits model is "
+                                "data/diffusers_digits (see data/README.md)") from None
+    except ValueError as exc:
+        raise NotebookParameterError(f"notebook parameter diffusers_model = {value!r}: {exc}") from None
+    values["diffusers_model"] = str(folder)
 
 
 def _check_raw_dir(values: dict[str, Any]) -> None:

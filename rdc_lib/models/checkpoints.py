@@ -20,6 +20,7 @@ from torch import nn
 
 from .base import Denoiser
 from .config import DenoiserConfig, build_denoiser
+from .diffusers_adapter import is_diffusers_ref
 
 __all__ = ["save_checkpoint", "read_checkpoint", "load_denoiser", "save_denoiser", "load_state_into"]
 
@@ -101,7 +102,12 @@ def save_denoiser(path: str | Path, denoiser: Denoiser, config: DenoiserConfig, 
 
 
 def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Denoiser:
-    """Rebuild a denoiser from a checkpoint, in eval mode, on ``device`` with ``dtype``."""
+    """Rebuild a denoiser from a checkpoint, in eval mode, on ``device`` with ``dtype``. ``'diffusers:FOLDER'``
+    loads a local diffusers model through the adapter (rdc_lib.models.diffusers_adapter; digits-sized)."""
+    if is_diffusers_ref(path):
+        from .diffusers_adapter import load_diffusers_denoiser
+
+        return load_diffusers_denoiser(path, device=device, dtype=dtype)
     state, cfg = read_typed_checkpoint(path, "denoiser", DenoiserConfig)
     net = build_denoiser(cfg)
     load_state_into(net, state, str(path))
@@ -111,7 +117,15 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
 def require_trained_null_label(path: str | Path, use: str) -> None:
     """Refuse a single-head checkpoint trained without label dropout for ``use`` (LM, purification), which
     denoises with the null label (p(x)): such a network never saw that label, its output there is untrained.
-    Checkpoints without training settings (imported ones) pass."""
+    Checkpoints without training settings (imported ones) pass; a diffusers model passes if it has a null label."""
+    if is_diffusers_ref(path):
+        from .diffusers_adapter import inspect_diffusers_folder
+
+        if inspect_diffusers_folder(path)["null_label"] is None:
+            raise ValueError(f"{use} denoises with the null label (p(x)), but the diffusers model {path} has none "
+                             "(num_class_embeds = the number of classes); use one trained with label dropout and "
+                             "num_class_embeds = classes + 1")
+        return
     train = checkpoint_extra(path).get("train_config") or {}
     if train.get("heads") == "single" and train.get("label_dropout") == 0:
         raise ValueError(f"{use} denoises with the null label (p(x)), but checkpoint {path} was trained with "
