@@ -29,9 +29,22 @@ from pathlib import Path
 from rdc_lib.core.choices import LEGACY_DENOISERS
 
 # digits_multi by name: the denoiser docs/raw/bench_autoattack.json was measured with (heads "multi" then)
-SETTINGS = dict(defense="rdc", attack="autoattack", norm="linf", eps=0.1, steps=25, restarts=1, square_queries=500,
-                n_target_classes=3, timesteps=16, heads="multi", denoiser=LEGACY_DENOISERS["multi"], noise_mode="fixed",
-                grad_mode="exact", seed=0)
+SETTINGS = dict(
+    defense="rdc",
+    attack="autoattack",
+    norm="linf",
+    eps=0.1,
+    steps=25,
+    restarts=1,
+    square_queries=500,
+    n_target_classes=3,
+    timesteps=16,
+    heads="multi",
+    denoiser=LEGACY_DENOISERS["multi"],
+    noise_mode="fixed",
+    grad_mode="exact",
+    seed=0,
+)
 
 
 def _shard(offset: int, n: int, chunk: int, records: str, checks: bool) -> dict:
@@ -72,8 +85,11 @@ def main() -> None:
     Path(args.records).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.shards, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_shard, lo, hi - lo, args.chunk, args.records, args.checks and i == 0)
-                   for i, (lo, hi) in enumerate(bounds) if hi > lo]
+        futures = [
+            pool.submit(_shard, lo, hi - lo, args.chunk, args.records, args.checks and i == 0)
+            for i, (lo, hi) in enumerate(bounds)
+            if hi > lo
+        ]
         results = [f.result() for f in futures]
     wall = time.perf_counter() - t0
 
@@ -92,11 +108,19 @@ def main() -> None:
                 else:
                     grad_spent, grad_budget = grad_spent + a["queries"], grad_budget + a["budget"]
     figures = {
-        "n": args.n, "shards": args.shards, "wall_seconds": wall, "wall_minutes": wall / 60,
-        "shard_seconds": [r["shard_seconds"] for r in results], "resumed": any(r["resumed"] for r in results),
-        "clean": clean.as_dict(), "robust": robust.as_dict(),
-        "gradient_queries": {"spent": grad_spent, "budget": grad_budget,
-                             "saving_ratio": grad_budget / max(1, grad_spent)},
+        "n": args.n,
+        "shards": args.shards,
+        "wall_seconds": wall,
+        "wall_minutes": wall / 60,
+        "shard_seconds": [r["shard_seconds"] for r in results],
+        "resumed": any(r["resumed"] for r in results),
+        "clean": clean.as_dict(),
+        "robust": robust.as_dict(),
+        "gradient_queries": {
+            "spent": grad_spent,
+            "budget": grad_budget,
+            "saving_ratio": grad_budget / max(1, grad_spent),
+        },
         "forward_queries": {"spent": fwd_spent, "budget": fwd_budget, "saving_ratio": fwd_budget / max(1, fwd_spent)},
         "settings": SETTINGS,
         "provenance": _provenance(args.checks),
@@ -105,11 +129,15 @@ def main() -> None:
     shards = ", ".join(f"{s / 60:.1f}" for s in figures["shard_seconds"])
     print(f"  wall time        {wall / 60:.1f} min  (shards: {shards} min)")
     print(f"  clean            {100 * clean.value:.1f}% ({clean.correct}/{args.n})")
-    print(f"  robust           {100 * robust.value:.1f}% ({robust.correct}/{args.n}, 95% CI "
-          f"{100 * robust.low:.0f}-{100 * robust.high:.0f})")
-    print(f"  early stopping   gradient queries {grad_spent}/{grad_budget} "
-          f"({figures['gradient_queries']['saving_ratio']:.2f}x fewer); forward-only {fwd_spent}/{fwd_budget} "
-          f"({figures['forward_queries']['saving_ratio']:.2f}x fewer)")
+    print(
+        f"  robust           {100 * robust.value:.1f}% ({robust.correct}/{args.n}, 95% CI "
+        f"{100 * robust.low:.0f}-{100 * robust.high:.0f})"
+    )
+    print(
+        f"  early stopping   gradient queries {grad_spent}/{grad_budget} "
+        f"({figures['gradient_queries']['saving_ratio']:.2f}x fewer); forward-only {fwd_spent}/{fwd_budget} "
+        f"({figures['forward_queries']['saving_ratio']:.2f}x fewer)"
+    )
     if figures["resumed"]:
         print("  NOTE: resumed from stored records; the wall time is not a measurement")
     if args.out:

@@ -38,32 +38,53 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(REPO / "docs" / "raw" / "bench_certify.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    common = dict(sigma=args.sigma, n_images=args.n_images, n0=args.n0, n=args.n, alpha=0.001, timesteps=args.T,
-                  attack_steps=0, batch=args.n0 + args.n)
+    common = dict(
+        sigma=args.sigma,
+        n_images=args.n_images,
+        n0=args.n0,
+        n=args.n,
+        alpha=0.001,
+        timesteps=args.T,
+        attack_steps=0,
+        batch=args.n0 + args.n,
+    )
     rows, provs = {}, []
     # multi- vs single-head cost of the same U-Net: digits_multi / digits_single by name (the defaults of heads
     # until they became the FiLM denoisers, rdc_lib.core.choices.DEFAULT_DENOISERS)
     multi_net, single_net = LEGACY_DENOISERS["multi"], LEGACY_DENOISERS["single"]
-    for name, extra in (("noised-dc multi", {"base": "noised-dc", "heads": "multi", "denoiser": multi_net}),
-                        ("noised-dc single", {"base": "noised-dc", "heads": "single", "denoiser": single_net}),
-                        ("denoised", {"base": "denoised", "denoiser": multi_net})):
+    for name, extra in (
+        ("noised-dc multi", {"base": "noised-dc", "heads": "multi", "denoiser": multi_net}),
+        ("noised-dc single", {"base": "noised-dc", "heads": "single", "denoiser": single_net}),
+        ("denoised", {"base": "denoised", "denoiser": multi_net}),
+    ):
         cfg = CertifyConfig(**common, **extra)
         res = run_certify(cfg, progress=False)
         provs.append(certify_provenance(cfg))
-        rows[name] = {"seconds_per_image": res["seconds_per_image"], "passes_per_image": res["passes_per_image"],
-                      "certified_acc": res["certified_acc"]}
-        print(f"{name:18s} {res['seconds_per_image']:8.2f} s/image {res['passes_per_image']:9.0f} passes/image",
-              file=sys.stderr)
+        rows[name] = {
+            "seconds_per_image": res["seconds_per_image"],
+            "passes_per_image": res["passes_per_image"],
+            "certified_acc": res["certified_acc"],
+        }
+        print(
+            f"{name:18s} {res['seconds_per_image']:8.2f} s/image {res['passes_per_image']:9.0f} passes/image",
+            file=sys.stderr,
+        )
     multi, single = rows["noised-dc multi"], rows["noised-dc single"]
     out = {
-        "settings": {**common, "command": " ".join(["python", "benchmarks/bench_certify.py"] + sys.argv[1:]),
-                     "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} thread(s), "
-                                "shared with other jobs"},
+        "settings": {
+            **common,
+            "command": " ".join(["python", "benchmarks/bench_certify.py"] + sys.argv[1:]),
+            "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} thread(s), "
+            "shared with other jobs",
+        },
         "rows": rows,
         "single_over_multi_seconds": single["seconds_per_image"] / multi["seconds_per_image"],
         "single_over_multi_passes": single["passes_per_image"] / multi["passes_per_image"],
         "noised_dc_over_denoised_seconds": multi["seconds_per_image"] / rows["denoised"]["seconds_per_image"],
-        "provenance": {**provs[0], "checkpoints": dict(sorted({k: v for p in provs for k, v in p["checkpoints"].items()}.items()))},
+        "provenance": {
+            **provs[0],
+            "checkpoints": dict(sorted({k: v for p in provs for k, v in p["checkpoints"].items()}.items())),
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")

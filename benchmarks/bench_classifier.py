@@ -18,17 +18,17 @@ import time
 
 import torch
 
-from rdc_lib.defenses.classifier import DiffusionClassifier
+from rdc_lib.core.paths import checkpoint_path
 from rdc_lib.data import load_dataset
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion import make_grid
 from rdc_lib.evaluation.stats import wilson
 from rdc_lib.models import load_denoiser
-from rdc_lib.core.paths import checkpoint_path
 
 
 @torch.no_grad()
 def classify(dc: DiffusionClassifier, x: torch.Tensor, batch: int = 120) -> torch.Tensor:
-    return torch.cat([dc(x[i:i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
+    return torch.cat([dc(x[i : i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
 
 
 @torch.no_grad()
@@ -36,13 +36,13 @@ def naive_loop(denoiser, x: torch.Tensor, grid, noise: torch.Tensor) -> torch.Te
     """The baseline: one network call per (image, class, level), batch size 1."""
     preds = []
     for b in range(x.shape[0]):
-        x0 = x[b:b + 1] * 2 - 1
+        x0 = x[b : b + 1] * 2 - 1
         losses = []
         for k in range(denoiser.num_classes):
             total = 0.0
             for t in range(len(grid)):
-                sigma = grid.sigmas[t:t + 1]
-                den = denoiser(x0 + sigma * noise[b, 0, t:t + 1], sigma, torch.tensor([k]))
+                sigma = grid.sigmas[t : t + 1]
+                den = denoiser(x0 + sigma * noise[b, 0, t : t + 1], sigma, torch.tensor([k]))
                 total += grid.weights[t].item() * ((den - x0) ** 2).mean().item()
             losses.append(total)
         preds.append(int(torch.tensor(losses).argmin()))
@@ -63,7 +63,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     x, y = load_dataset("digits", "test")
     x, y = x[: args.n], y[: args.n]
-    nets = {"single": load_denoiser(checkpoint_path("digits_single")), "multi": load_denoiser(checkpoint_path(args.multi))}
+    nets = {
+        "single": load_denoiser(checkpoint_path("digits_single")),
+        "multi": load_denoiser(checkpoint_path(args.multi)),
+    }
     out: dict = {"n": args.n, "threads": args.threads, "accuracy": {}, "seconds": {}}
 
     print(f"digits test split, n = {args.n}, torch threads = {args.threads}, multi-head = {args.multi}")
@@ -81,7 +84,9 @@ def main() -> None:
             print(f"{T:>4} {heads:>6} {str(acc):>34} {dt:>9.2f} {dc.network_passes(1):>10}")
         s, m = out["seconds"][f"single_T{T}"], out["seconds"][f"multi_T{T}"]
         gap = 100 * (out["accuracy"][f"single_T{T}"]["value"] - out["accuracy"][f"multi_T{T}"]["value"])
-        print(f"     T={T}: single/multi wall-clock ratio {s / m:.2f}x; accuracy gap (single - multi) {gap:+.2f} points")
+        print(
+            f"     T={T}: single/multi wall-clock ratio {s / m:.2f}x; accuracy gap (single - multi) {gap:+.2f} points"
+        )
 
     if args.skip_loop:
         if args.json:
@@ -106,11 +111,18 @@ def main() -> None:
     classify(dc, x)
     batched_dt = time.perf_counter() - t0
     loop_ips, batched_ips = args.n_loop / loop_dt, args.n / batched_dt
-    out.update(loop_images_per_s=loop_ips, batched_images_per_s=batched_ips, throughput_ratio=batched_ips / loop_ips,
-               loop_agrees=bool(torch.equal(loop_pred, batched_pred)), batched_small_seconds=batched_small)
-    print(f"\nsingle-head, T={T}: naive per-image/per-class/per-level loop {loop_ips:.2f} img/s "
-          f"({args.n_loop} images); batched DC {batched_ips:.2f} img/s ({args.n} images): "
-          f"{batched_ips / loop_ips:.1f}x; same predictions on the loop's images: {out['loop_agrees']}")
+    out.update(
+        loop_images_per_s=loop_ips,
+        batched_images_per_s=batched_ips,
+        throughput_ratio=batched_ips / loop_ips,
+        loop_agrees=bool(torch.equal(loop_pred, batched_pred)),
+        batched_small_seconds=batched_small,
+    )
+    print(
+        f"\nsingle-head, T={T}: naive per-image/per-class/per-level loop {loop_ips:.2f} img/s "
+        f"({args.n_loop} images); batched DC {batched_ips:.2f} img/s ({args.n} images): "
+        f"{batched_ips / loop_ips:.1f}x; same predictions on the loop's images: {out['loop_agrees']}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from rdc_lib.core.choices import DEFAULT_DENOISERS
+from rdc_lib.core.paths import resolve_checkpoint
 from rdc_lib.data import load_dataset
 from rdc_lib.defenses.registry import DefenseSpec, build_defense
-from rdc_lib.core.paths import resolve_checkpoint
 
 
 def _timed(fn, repeats: int) -> float:
@@ -41,8 +41,15 @@ def _timed(fn, repeats: int) -> float:
 def measure(denoiser: str, defense: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> dict:
     """One row: passes, parameters and seconds per image of a forward and of a forward + input gradient."""
     # denoiser_path decides the network; heads, classes and parameters are read off the loaded denoiser
-    model = build_defense(DefenseSpec(name=defense, timesteps=args.T, grid_sigma_min=args.grid_sigma_min,
-                                      noise_mode="fixed", denoiser_path=str(resolve_checkpoint(denoiser))))
+    model = build_defense(
+        DefenseSpec(
+            name=defense,
+            timesteps=args.T,
+            grid_sigma_min=args.grid_sigma_min,
+            noise_mode="fixed",
+            denoiser_path=str(resolve_checkpoint(denoiser)),
+        )
+    )
     net = model.denoiser
     model.eval()
 
@@ -55,10 +62,15 @@ def measure(denoiser: str, defense: str, x: torch.Tensor, y: torch.Tensor, args:
         F.cross_entropy(model(xa), y).backward()
 
     passes_dc = args.T if net.heads == "multi" else args.T * net.num_classes
-    return {"denoiser": denoiser, "defense": defense, "heads": net.heads,
-            "params": sum(p.numel() for p in net.parameters()), "dc_passes_per_image": passes_dc,
-            "forward_s_per_image": _timed(forward, args.repeats) / len(x),
-            "gradient_s_per_image": _timed(gradient, args.repeats) / len(x)}
+    return {
+        "denoiser": denoiser,
+        "defense": defense,
+        "heads": net.heads,
+        "params": sum(p.numel() for p in net.parameters()),
+        "dc_passes_per_image": passes_dc,
+        "forward_s_per_image": _timed(forward, args.repeats) / len(x),
+        "gradient_s_per_image": _timed(gradient, args.repeats) / len(x),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,18 +88,24 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--n and --repeats must be >= 1, got {args.n} and {args.repeats}")
     torch.set_num_threads(args.threads)
     x, y = load_dataset("digits", "test")
-    x, y = x[:args.n], y[:args.n]
+    x, y = x[: args.n], y[: args.n]
     rows = [measure(d, defense, x, y, args) for defense in args.defenses for d in args.denoisers]
-    print(f"first {args.n} digits test images, T = {args.T} from sigma {args.grid_sigma_min:g}, fixed noise, "
-          f"{args.threads} thread(s), median of {args.repeats}")
-    print("defense | denoiser | heads | params | DC passes / image | forward s / image | gradient s / image | "
-          "gradient cost vs first")
+    print(
+        f"first {args.n} digits test images, T = {args.T} from sigma {args.grid_sigma_min:g}, fixed noise, "
+        f"{args.threads} thread(s), median of {args.repeats}"
+    )
+    print(
+        "defense | denoiser | heads | params | DC passes / image | forward s / image | gradient s / image | "
+        "gradient cost vs first"
+    )
     for defense in args.defenses:
         group = [r for r in rows if r["defense"] == defense]
         for r in group:
             r["gradient_vs_first"] = r["gradient_s_per_image"] / group[0]["gradient_s_per_image"]
-            print(f"{defense} | {r['denoiser']} | {r['heads']} | {r['params']:,} | {r['dc_passes_per_image']} | "
-                  f"{r['forward_s_per_image']:.4f} | {r['gradient_s_per_image']:.4f} | {r['gradient_vs_first']:.2f}x")
+            print(
+                f"{defense} | {r['denoiser']} | {r['heads']} | {r['params']:,} | {r['dc_passes_per_image']} | "
+                f"{r['forward_s_per_image']:.4f} | {r['gradient_s_per_image']:.4f} | {r['gradient_vs_first']:.2f}x"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -30,11 +30,11 @@ import torch
 
 from rdc_lib.attacks.losses import get_loss
 from rdc_lib.core.choices import DEFAULT_DENOISERS
+from rdc_lib.core.paths import resolve_checkpoint
 from rdc_lib.data import load_dataset
 from rdc_lib.defenses.registry import DefenseSpec, build_defense
 from rdc_lib.fast_paths import set_fast_paths
 from rdc_lib.models.checkpoints import read_checkpoint
-from rdc_lib.core.paths import resolve_checkpoint
 
 MIX = {"ce": 1, "dlr": 1, "dlr-targeted": 3}  # gradient steps per loss in the headline ensemble (3 targets)
 CASES = (("dc", "fixed"), ("rdc", "fixed"), ("dc", "stochastic"), ("rdc", "stochastic"))
@@ -109,8 +109,11 @@ def measure(model, grad, rounds: int, counter: RowCounter) -> dict:
             times[mode].append(time.process_time() - t0)
     set_fast_paths(model, True)
     old, new = grads[False].double(), grads[True].double()
-    out.update(s_old=statistics.median(times[False]), s_new=statistics.median(times[True]),
-               rel_diff=float((old - new).norm() / old.norm().clamp_min(1e-30)))
+    out.update(
+        s_old=statistics.median(times[False]),
+        s_new=statistics.median(times[True]),
+        rel_diff=float((old - new).norm() / old.norm().clamp_min(1e-30)),
+    )
     out["speedup"] = out["s_old"] / out["s_new"]
     return out
 
@@ -122,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--T", type=int, default=16)
     ap.add_argument("--eot", type=int, default=2)
     ap.add_argument("--losses", nargs="+", default=list(MIX), choices=list(MIX) + ["margin"])
-    ap.add_argument("--cases", nargs="+", default=[f"{d}-{m}" for d, m in CASES],
-                    choices=[f"{d}-{m}" for d, m in CASES])
+    ap.add_argument(
+        "--cases", nargs="+", default=[f"{d}-{m}" for d, m in CASES], choices=[f"{d}-{m}" for d, m in CASES]
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--best-batches", type=int, nargs="+", default=[160, 640, 1600])
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--n, --rounds and --eot must be >= 1, got {args.n}, {args.rounds}, {args.eot}")
     torch.set_num_threads(args.threads)
     x, y = load_dataset("digits", "test")
-    x, y = x[:args.n], y[:args.n]
+    x, y = x[: args.n], y[: args.n]
     load_before = os.getloadavg()
     rows = []
     for name in args.denoisers:
@@ -141,58 +145,100 @@ def main(argv: list[str] | None = None) -> None:
         for case in args.cases:
             defense, noise_mode = case.split("-")
             heads = read_checkpoint(path, "denoiser")[1]["heads"]
-            model = build_defense(DefenseSpec(name=defense, heads=heads, noise_mode=noise_mode, timesteps=args.T,
-                                              denoiser_path=path))
+            model = build_defense(
+                DefenseSpec(name=defense, heads=heads, noise_mode=noise_mode, timesteps=args.T, denoiser_path=path)
+            )
             den = model.classifier.denoiser if defense == "rdc" else model.denoiser
             counter = RowCounter(den)
             for loss in args.losses:
                 grad = gradient_fn(model, x, y, loss, noise_mode, args.eot)
                 r = measure(model, grad, args.rounds, counter)
-                r.update(denoiser=name, heads=heads, defense=defense, noise_mode=noise_mode,
-                         eot=args.eot if noise_mode == "stochastic" else 1, loss=loss)
+                r.update(
+                    denoiser=name,
+                    heads=heads,
+                    defense=defense,
+                    noise_mode=noise_mode,
+                    eot=args.eot if noise_mode == "stochastic" else 1,
+                    loss=loss,
+                )
                 rows.append(r)
-                print(f"  {name} {case} {loss}: old {r['s_old']:.3f} s, new {r['s_new']:.3f} s, "
-                      f"{r['speedup']:.2f}x, rel. diff {r['rel_diff']:.1e}", flush=True)
+                print(
+                    f"  {name} {case} {loss}: old {r['s_old']:.3f} s, new {r['s_new']:.3f} s, "
+                    f"{r['speedup']:.2f}x, rel. diff {r['rel_diff']:.1e}",
+                    flush=True,
+                )
             counter.handle.remove()
         set_fast_paths(den, True)
         rate_new, b_new = best_throughput(den, args.best_batches, args.rounds)
         for r in rows:
             if r["denoiser"] == name:
-                r.update(best_rate=rate_new, best_batch=b_new,
-                         share_old=r["rows_old"] / r["s_old"] / rate_new,
-                         share_new=r["rows_new"] / r["s_new"] / rate_new)
+                r.update(
+                    best_rate=rate_new,
+                    best_batch=b_new,
+                    share_old=r["rows_old"] / r["s_old"] / rate_new,
+                    share_new=r["rows_new"] / r["s_new"] / rate_new,
+                )
     load_after = os.getloadavg()
-    print(f"\nfirst {args.n} digits test images, T = {args.T}, {args.threads} thread(s), median CPU seconds of "
-          f"{args.rounds} alternated rounds; load average (1, 5, 15 min) before {load_before[0]:.1f}, "
-          f"{load_before[1]:.1f}, {load_before[2]:.1f}, after {load_after[0]:.1f}, {load_after[1]:.1f}, "
-          f"{load_after[2]:.1f} on {os.cpu_count()} cores")
-    print("denoiser | defense | noise (EOT) | loss | s / gradient old | new | speed-up | network images old | new | "
-          "share of best throughput old | new | gradient rel. diff")
+    print(
+        f"\nfirst {args.n} digits test images, T = {args.T}, {args.threads} thread(s), median CPU seconds of "
+        f"{args.rounds} alternated rounds; load average (1, 5, 15 min) before {load_before[0]:.1f}, "
+        f"{load_before[1]:.1f}, {load_before[2]:.1f}, after {load_after[0]:.1f}, {load_after[1]:.1f}, "
+        f"{load_after[2]:.1f} on {os.cpu_count()} cores"
+    )
+    print(
+        "denoiser | defense | noise (EOT) | loss | s / gradient old | new | speed-up | network images old | new | "
+        "share of best throughput old | new | gradient rel. diff"
+    )
     print("|".join(["---"] * 12))
     for r in rows:
-        print(f"{r['denoiser']} | {r['defense']} | {r['noise_mode']} ({r['eot']}) | {r['loss']} | {r['s_old']:.3f} | "
-              f"{r['s_new']:.3f} | **{r['speedup']:.2f}x** | {r['rows_old']} | {r['rows_new']} | "
-              f"{r['share_old']:.0%} | {r['share_new']:.0%} | {r['rel_diff']:.1e}")
+        print(
+            f"{r['denoiser']} | {r['defense']} | {r['noise_mode']} ({r['eot']}) | {r['loss']} | {r['s_old']:.3f} | "
+            f"{r['s_new']:.3f} | **{r['speedup']:.2f}x** | {r['rows_old']} | {r['rows_new']} | "
+            f"{r['share_old']:.0%} | {r['share_new']:.0%} | {r['rel_diff']:.1e}"
+        )
     mix = []
     for name in args.denoisers:
         for case in args.cases:
             defense, noise_mode = case.split("-")
-            group = [r for r in rows if r["denoiser"] == name and r["defense"] == defense
-                     and r["noise_mode"] == noise_mode and r["loss"] in MIX]
+            group = [
+                r
+                for r in rows
+                if r["denoiser"] == name
+                and r["defense"] == defense
+                and r["noise_mode"] == noise_mode
+                and r["loss"] in MIX
+            ]
             if {r["loss"] for r in group} == set(MIX):
                 old = sum(MIX[r["loss"]] * r["s_old"] for r in group)
                 new = sum(MIX[r["loss"]] * r["s_new"] for r in group)
-                mix.append({"denoiser": name, "defense": defense, "noise_mode": noise_mode, "s_old": old / 5,
-                            "s_new": new / 5, "speedup": old / new})
-                print(f"{name} | {defense} | {noise_mode} | ensemble mix 1:1:3 | {old / 5:.3f} | {new / 5:.3f} | "
-                      f"**{old / new:.2f}x** | | | | | ")
+                mix.append(
+                    {
+                        "denoiser": name,
+                        "defense": defense,
+                        "noise_mode": noise_mode,
+                        "s_old": old / 5,
+                        "s_new": new / 5,
+                        "speedup": old / new,
+                    }
+                )
+                print(
+                    f"{name} | {defense} | {noise_mode} | ensemble mix 1:1:3 | {old / 5:.3f} | {new / 5:.3f} | "
+                    f"**{old / new:.2f}x** | | | | | "
+                )
     for name in args.denoisers:
         best = next(r for r in rows if r["denoiser"] == name)
-        print(f"{name}: best-batch throughput {best['best_rate']:.0f} images/CPU s (forward + input backward, "
-              f"batch {best['best_batch']}, fast paths on)")
+        print(
+            f"{name}: best-batch throughput {best['best_rate']:.0f} images/CPU s (forward + input backward, "
+            f"batch {best['best_batch']}, fast paths on)"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "mix": mix, "load_before": load_before,
-                                               "load_after": load_after, "args": vars(args)}, indent=1) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {"rows": rows, "mix": mix, "load_before": load_before, "load_after": load_after, "args": vars(args)},
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,13 @@ from pathlib import Path
 import torch
 
 from rdc_lib.core.choices import LEGACY_DENOISERS
-from rdc_lib.defenses.classifier import DiffusionClassifier
-from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.data import load_dataset
+from rdc_lib.defenses.classifier import DiffusionClassifier
+from rdc_lib.defenses.purify import DiffPure
+from rdc_lib.defenses.rdc import RobustDiffusionClassifier
+from rdc_lib.diffusion.lm import LMConfig, draw_lm_noise, likelihood_maximization
+from rdc_lib.diffusion.lm_grad import lm_exact
+from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.evaluation.grad import (
     SavedTensorMeter,
     check_gradients_finite_nonzero,
@@ -34,12 +38,8 @@ from rdc_lib.evaluation.grad import (
     model_parameters,
     suggest_eot,
 )
-from rdc_lib.diffusion.lm import LMConfig, draw_lm_noise, likelihood_maximization
-from rdc_lib.diffusion.lm_grad import lm_exact
 from rdc_lib.models.checkpoints import load_denoiser
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
-from rdc_lib.defenses.purify import DiffPure
-from rdc_lib.defenses.rdc import RobustDiffusionClassifier
 from rdc_lib.train import DIGITS_BACKBONE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,27 +92,36 @@ def cost_table(heads: str, args, device: torch.device) -> None:
     lm_passes = cfg.steps  # forwards per image; each has one backward (~2 forward-equivalents)
     b = args.batch
     print(f"\n[{heads}-head denoiser: {source}; batch {b}, DC T = {args.T}, LM = {cfg}]")
-    print(f"  network passes per image: DC {dc_passes} forwards; LM {lm_passes} forwards + {lm_passes} backwards "
-          f"(~{3 * lm_passes} forward-equivalents) = {lm_passes / dc_passes:.4f} DC in forwards, "
-          f"~{3 * lm_passes / dc_passes:.4f} DC in forward-equivalents")
-    print(f"  wall-clock per image: DC {1e3 * t_dc / b:.3f} ms, LM {1e3 * t_lm / b:.3f} ms "
-          f"-> LM = {t_lm / t_dc:.3f} x DC")
-    print(f"  input gradient of RDC per image: exact {1e3 * t_exact / b:.3f} ms, BPDA {1e3 * t_bpda / b:.3f} ms "
-          f"-> exact / BPDA = {t_exact / t_bpda:.2f}")
+    print(
+        f"  network passes per image: DC {dc_passes} forwards; LM {lm_passes} forwards + {lm_passes} backwards "
+        f"(~{3 * lm_passes} forward-equivalents) = {lm_passes / dc_passes:.4f} DC in forwards, "
+        f"~{3 * lm_passes / dc_passes:.4f} DC in forward-equivalents"
+    )
+    print(
+        f"  wall-clock per image: DC {1e3 * t_dc / b:.3f} ms, LM {1e3 * t_lm / b:.3f} ms -> LM = {t_lm / t_dc:.3f} x DC"
+    )
+    print(
+        f"  input gradient of RDC per image: exact {1e3 * t_exact / b:.3f} ms, BPDA {1e3 * t_bpda / b:.3f} ms "
+        f"-> exact / BPDA = {t_exact / t_bpda:.2f}"
+    )
 
 
 def lm_memory(den, x, steps: int, exact: bool, device: torch.device) -> tuple[int, int | None]:
     cfg = LMConfig(steps=steps)
-    noise = draw_lm_noise(steps, tuple(x.shape), generator=torch.Generator(device=device).manual_seed(0),
-                          device=device, dtype=x.dtype)
+    noise = draw_lm_noise(
+        steps, tuple(x.shape), generator=torch.Generator(device=device).manual_seed(0), device=device, dtype=x.dtype
+    )
     xg = x.clone().requires_grad_(True)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     with SavedTensorMeter(exclude=model_parameters(den)) as meter:
-        out = lm_exact(den, xg, noise, cfg) if exact else \
-            likelihood_maximization(den, xg, noise=noise, config=cfg, create_graph=True).x
+        out = (
+            lm_exact(den, xg, noise, cfg)
+            if exact
+            else likelihood_maximization(den, xg, noise=noise, config=cfg, create_graph=True).x
+        )
         out.sum().backward()
     cuda_peak = None
     if device.type == "cuda":
@@ -137,7 +146,7 @@ def memory_table(args, device: torch.device) -> None:
 
 def _accuracy(model, x, y, batch: int) -> float:
     with torch.no_grad():
-        pred = torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+        pred = torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
     return float((pred == y).float().mean())
 
 
@@ -172,13 +181,16 @@ def sanity_table(args, device: torch.device) -> None:
             print(f"  clean accuracy {name} (fixed noise): {_accuracy(build(name, 'fixed'), x, y, args.batch):.3f}")
         fixed, stoch = build(name, "fixed"), build(name, "stochastic")
         health = check_gradients_finite_nonzero(fixed, xs, ys)
-        fd = finite_difference_check(fixed, xs, ys, n_directions=2, eps=1e-3,
-                                     generator=torch.Generator(device=device).manual_seed(0))
+        fd = finite_difference_check(
+            fixed, xs, ys, n_directions=2, eps=1e-3, generator=torch.Generator(device=device).manual_seed(0)
+        )
         cos = gradient_cosine_similarity(stoch, xs, ys, n_samples=4)
         eot = suggest_eot(cos)
-        print(f"  {name}: gradients {health.message}; finite differences (fixed) max rel err "
-              f"{fd.max_rel_error:.3g} (median {float(fd.rel_error.median()):.3g}); cosine across draws "
-              f"mean {cos.mean:.3f}, 10th pct {eot.cosine:.3f} -> suggested EOT {eot.eot}")
+        print(
+            f"  {name}: gradients {health.message}; finite differences (fixed) max rel err "
+            f"{fd.max_rel_error:.3g} (median {float(fd.rel_error.median()):.3g}); cosine across draws "
+            f"mean {cos.mean:.3f}, 10th pct {eot.cosine:.3f} -> suggested EOT {eot.eot}"
+        )
 
 
 def main() -> None:

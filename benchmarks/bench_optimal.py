@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from rdc_lib.core.choices import LEGACY_DENOISERS
-from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.models import DenoiserConfig, build_denoiser, load_denoiser
 from rdc_lib.models.optimal import OptimalDenoiser
@@ -38,7 +38,7 @@ def classify(dc: DiffusionClassifier, x: torch.Tensor, batch: int) -> tuple[torc
     with torch.no_grad():
         dc(x[: min(4, len(x))])
         start = time.perf_counter()
-        preds = torch.cat([dc(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+        preds = torch.cat([dc(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
     return preds, time.perf_counter() - start
 
 
@@ -73,8 +73,10 @@ def main() -> None:
     result["optimal_acc_test"] = float((pred == y_te).float().mean())
     pred_tr, _ = classify(opt_dc, x_tr[:n], args.batch)
     result["optimal_acc_train"] = float((pred_tr == y_tr[:n]).float().mean())
-    print(f"optimal DC   T={args.T}: {t_opt:7.2f} s for {n} test images; clean acc test "
-          f"{result['optimal_acc_test']:.4f}, train (first {n}) {result['optimal_acc_train']:.4f}")
+    print(
+        f"optimal DC   T={args.T}: {t_opt:7.2f} s for {n} test images; clean acc test "
+        f"{result['optimal_acc_test']:.4f}, train (first {n}) {result['optimal_acc_train']:.4f}"
+    )
 
     for heads in args.heads:
         den, source = learned_denoiser(heads, args.checkpoints)
@@ -82,10 +84,17 @@ def main() -> None:
         pred, t_learned = classify(dc, x_te, args.batch)
         acc = float((pred == y_te).float().mean())
         ratio = t_opt / t_learned
-        result[f"learned_{heads}"] = {"source": source, "seconds": t_learned, "acc_test": acc,
-                                      "optimal_over_learned": ratio, "within_5x": ratio <= 5.0}
-        print(f"learned DC ({heads}-head, {source}) T={args.T}: {t_learned:7.2f} s; clean acc test {acc:.4f}; "
-              f"time ratio optimal/learned = {ratio:.3f} (target <= 5: {'met' if ratio <= 5 else 'NOT met'})")
+        result[f"learned_{heads}"] = {
+            "source": source,
+            "seconds": t_learned,
+            "acc_test": acc,
+            "optimal_over_learned": ratio,
+            "within_5x": ratio <= 5.0,
+        }
+        print(
+            f"learned DC ({heads}-head, {source}) T={args.T}: {t_learned:7.2f} s; clean acc test {acc:.4f}; "
+            f"time ratio optimal/learned = {ratio:.3f} (target <= 5: {'met' if ratio <= 5 else 'NOT met'})"
+        )
     print(json.dumps(result))
 
 

@@ -22,8 +22,20 @@ from pathlib import Path
 from rdc_lib.core.choices import LEGACY_DENOISERS
 
 # digits_multi by name: the denoiser docs/raw/bench_parallel.json was measured with (heads "multi" then)
-STRONGEST = dict(defense="rdc", attack="apgd-ce", eps=0.1, eot=2, verify=4, n_eval=10, noise_mode="stochastic",
-                 timesteps=16, heads="multi", denoiser=LEGACY_DENOISERS["multi"], steps=40, run_checks=False)
+STRONGEST = dict(
+    defense="rdc",
+    attack="apgd-ce",
+    eps=0.1,
+    eot=2,
+    verify=4,
+    n_eval=10,
+    noise_mode="stochastic",
+    timesteps=16,
+    heads="multi",
+    denoiser=LEGACY_DENOISERS["multi"],
+    steps=40,
+    run_checks=False,
+)
 
 
 def _evaluate(offset: int, n: int, threads: int) -> dict:
@@ -47,10 +59,18 @@ def measure(n: int) -> dict:
     with ProcessPoolExecutor(2) as pool:
         t0 = time.perf_counter()
         parts = [f.result() for f in [pool.submit(_evaluate, 0, half, 1), pool.submit(_evaluate, half, n - half, 1)]]
-        shards = {"wall": time.perf_counter() - t0, "robust_worst": sum(p["robust_worst"] for p in parts),
-                  "shard_seconds": [p["seconds"] for p in parts]}
-    return {"n": n, "protocol": STRONGEST, "one_process_two_threads": threads, "two_shards_one_thread": shards,
-            "ratio_threads_over_shards": threads["wall"] / shards["wall"]}
+        shards = {
+            "wall": time.perf_counter() - t0,
+            "robust_worst": sum(p["robust_worst"] for p in parts),
+            "shard_seconds": [p["seconds"] for p in parts],
+        }
+    return {
+        "n": n,
+        "protocol": STRONGEST,
+        "one_process_two_threads": threads,
+        "two_shards_one_thread": shards,
+        "ratio_threads_over_shards": threads["wall"] / shards["wall"],
+    }
 
 
 def main() -> None:
@@ -62,10 +82,14 @@ def main() -> None:
         raise SystemExit(f"--n must be >= 2 (two shards), got {args.n}")
     row = measure(args.n)
     a, b = row["one_process_two_threads"], row["two_shards_one_thread"]
-    print(f"one process, 2 threads : {a['wall']:.1f} s wall ({a['wall'] / args.n:.2f} s/image), worst-of-10 robust "
-          f"{a['robust_worst']}/{args.n}")
-    print(f"two shards, 1 thread   : {b['wall']:.1f} s wall ({b['wall'] / args.n:.2f} s/image), worst-of-10 robust "
-          f"{b['robust_worst']}/{args.n}")
+    print(
+        f"one process, 2 threads : {a['wall']:.1f} s wall ({a['wall'] / args.n:.2f} s/image), worst-of-10 robust "
+        f"{a['robust_worst']}/{args.n}"
+    )
+    print(
+        f"two shards, 1 thread   : {b['wall']:.1f} s wall ({b['wall'] / args.n:.2f} s/image), worst-of-10 robust "
+        f"{b['robust_worst']}/{args.n}"
+    )
     print(f"ratio (threads / shards): {row['ratio_threads_over_shards']:.2f}x")
     if args.out:
         from rdc_lib.evaluation.provenance import provenance

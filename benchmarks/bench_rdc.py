@@ -23,21 +23,21 @@ import time
 import torch
 
 from rdc_lib.core.choices import LEGACY_DENOISERS
-from rdc_lib.defenses.classifier import DiffusionClassifier
+from rdc_lib.core.paths import checkpoint_path
 from rdc_lib.data import load_dataset
+from rdc_lib.defenses.classifier import DiffusionClassifier
+from rdc_lib.defenses.rdc import RobustDiffusionClassifier
 from rdc_lib.diffusion import make_grid
 from rdc_lib.diffusion.elbo import elbo_terms
-from rdc_lib.evaluation.stats import wilson
-from rdc_lib.evaluation.grad import SavedTensorMeter, model_parameters
 from rdc_lib.diffusion.lm import LMConfig, likelihood_maximization
+from rdc_lib.evaluation.grad import SavedTensorMeter, model_parameters
+from rdc_lib.evaluation.stats import wilson
 from rdc_lib.models import load_denoiser
-from rdc_lib.core.paths import checkpoint_path
-from rdc_lib.defenses.rdc import RobustDiffusionClassifier
 
 
 @torch.no_grad()
 def _predict(model, x, batch=60):
-    return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
+    return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
 
 
 def accuracy(args, x, y) -> dict:
@@ -54,8 +54,11 @@ def accuracy(args, x, y) -> dict:
         acc_rdc = wilson(int((_predict(rdc, x) == y).sum()), len(y))
         t_rdc = time.perf_counter() - t0
         out[mode] = {"dc": acc_dc.as_dict(), "rdc": acc_rdc.as_dict(), "dc_seconds": t_dc, "rdc_seconds": t_rdc}
-        print(f"[{mode:10s}] DC  {acc_dc}  [{t_dc:.1f}s]\n[{mode:10s}] RDC {acc_rdc}  [{t_rdc:.1f}s]  "
-              f"difference {100 * (acc_rdc.value - acc_dc.value):+.2f} points; RDC/DC time {t_rdc / t_dc:.2f}x", flush=True)
+        print(
+            f"[{mode:10s}] DC  {acc_dc}  [{t_dc:.1f}s]\n[{mode:10s}] RDC {acc_rdc}  [{t_rdc:.1f}s]  "
+            f"difference {100 * (acc_rdc.value - acc_dc.value):+.2f} points; RDC/DC time {t_rdc / t_dc:.2f}x",
+            flush=True,
+        )
     return out
 
 
@@ -73,11 +76,18 @@ def memory(args, x, y) -> dict:
             (grads[mode],) = torch.autograd.grad(loss, xr)
         res[mode] = meter.peak_bytes
     rel = ((grads["chunked"] - grads["autograd"]).norm() / grads["autograd"].norm()).item()
-    print(f"DC input gradient, T={args.T}, K=10, batch {args.mem_batch}, single-head: peak saved bytes "
-          f"autograd {res['autograd'] / 2**20:.1f} MiB, chunked {res['chunked'] / 2**20:.1f} MiB: ratio "
-          f"{res['autograd'] / max(1, res['chunked']):.1f}x less; gradients agree to {rel:.1e} relative", flush=True)
-    return {"autograd_bytes": res["autograd"], "chunked_bytes": res["chunked"],
-            "ratio": res["autograd"] / max(1, res["chunked"]), "relative_difference": rel}
+    print(
+        f"DC input gradient, T={args.T}, K=10, batch {args.mem_batch}, single-head: peak saved bytes "
+        f"autograd {res['autograd'] / 2**20:.1f} MiB, chunked {res['chunked'] / 2**20:.1f} MiB: ratio "
+        f"{res['autograd'] / max(1, res['chunked']):.1f}x less; gradients agree to {rel:.1e} relative",
+        flush=True,
+    )
+    return {
+        "autograd_bytes": res["autograd"],
+        "chunked_bytes": res["chunked"],
+        "ratio": res["autograd"] / max(1, res["chunked"]),
+        "relative_difference": rel,
+    }
 
 
 @torch.no_grad()
@@ -89,21 +99,26 @@ def trajectory(args, x) -> dict:
     cfg = LMConfig(steps=args.lm_steps)
     curves = []
     for i in range(0, x.shape[0], 60):
-        xb = x[i:i + 60]
+        xb = x[i : i + 60]
         with torch.enable_grad():
-            res = likelihood_maximization(den, xb, config=cfg, generator=torch.Generator().manual_seed(args.seed + i),
-                                          return_trajectory=True)
-        per_step = [-elbo_terms(den, it, grid, classes=null, noise=noise.expand(len(xb), -1, -1, -1, -1, -1)).sum((1, 2))
-                    for it in res.trajectory]
+            res = likelihood_maximization(
+                den, xb, config=cfg, generator=torch.Generator().manual_seed(args.seed + i), return_trajectory=True
+            )
+        per_step = [
+            -elbo_terms(den, it, grid, classes=null, noise=noise.expand(len(xb), -1, -1, -1, -1, -1)).sum((1, 2))
+            for it in res.trajectory
+        ]
         curves.append(torch.stack(per_step))  # (N + 1, b): estimated log-likelihood bound (up to a constant)
     curve = torch.cat(curves, 1)
     mean = curve.mean(1)
     increasing = bool((mean[1:] >= mean[:-1]).all())
     frac = (curve[-1] > curve[0]).float().mean().item()
-    print("LM trajectory, mean estimated log-likelihood bound (-unconditional ELBO, fixed grid and noise) per step: "
-          + ", ".join(f"{v:.4f}" for v in mean.tolist())
-          + f"\n  monotonically rising on average: {increasing}; images whose bound rose over the trajectory: {100 * frac:.1f}%",
-          flush=True)
+    print(
+        "LM trajectory, mean estimated log-likelihood bound (-unconditional ELBO, fixed grid and noise) per step: "
+        + ", ".join(f"{v:.4f}" for v in mean.tolist())
+        + f"\n  monotonically rising on average: {increasing}; images whose bound rose over the trajectory: {100 * frac:.1f}%",
+        flush=True,
+    )
     return {"mean_curve": mean.tolist(), "monotone": increasing, "fraction_improved": frac}
 
 
@@ -115,7 +130,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lm-steps", type=int, default=5)
     ap.add_argument("--mem-batch", type=int, default=4)
-    ap.add_argument("--chunk", type=int, default=320, help="chunk size (image, class, level triples) for the chunked gradient")
+    ap.add_argument(
+        "--chunk", type=int, default=320, help="chunk size (image, class, level triples) for the chunked gradient"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "memory", "trajectory"])
     ap.add_argument("--json", default=None)

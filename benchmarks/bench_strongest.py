@@ -99,12 +99,21 @@ def extract_old(commit: str, dest: Path) -> Path:
 
 
 def start_child(code_root: Path, cfg: dict, threads: int, records: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(code_root), "RDC_DATA_DIR": str(ROOT / "data"),
-           "RDC_BENCH_EXPECT": str(code_root / "rdc_lib")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(code_root),
+        "RDC_DATA_DIR": str(ROOT / "data"),
+        "RDC_BENCH_EXPECT": str(code_root / "rdc_lib"),
+    }
     # -P: the working directory is not put before PYTHONPATH, so PYTHONPATH alone picks the code
-    return subprocess.Popen([sys.executable, "-P", "-c", CHILD, json.dumps(cfg), str(threads), str(records)],
-                            cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-P", "-c", CHILD, json.dumps(cfg), str(threads), str(records)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish_child(proc: subprocess.Popen, code_root: Path) -> dict:
@@ -122,25 +131,24 @@ def same_judge(cfg: dict, records: dict[str, Path], seeds: int) -> dict:
     its run. Also the largest pixel difference between the two sets of adversarial images.
     """
     import torch
-
-    from rdc_lib.evaluation import EvalConfig
     from safetensors.torch import load_file
 
-    from rdc_lib.evaluation.records import records_paths
-    from rdc_lib.evaluation.prediction import n_evaluate
-    from rdc_lib.evaluation.runner import defense_spec
     from rdc_lib.data import load_dataset
     from rdc_lib.defenses import build_defense
+    from rdc_lib.evaluation import EvalConfig
+    from rdc_lib.evaluation.prediction import n_evaluate
+    from rdc_lib.evaluation.records import records_paths
+    from rdc_lib.evaluation.runner import defense_spec
 
     conf = EvalConfig(**cfg)
     x_all, y_all = load_dataset(conf.dataset, "test")
-    x, y = x_all[conf.offset:conf.offset + conf.n], y_all[conf.offset:conf.offset + conf.n]
+    x, y = x_all[conf.offset : conf.offset + conf.n], y_all[conf.offset : conf.offset + conf.n]
     adv, clean_ok = {}, {}
     for which, folder in records.items():
         # read directly: load_records refuses records written by another code version, as it should for resuming;
         # found by name pattern: the old code's key of the same run may differ (it had no denoiser field)
         jsonl = _only_records(folder, records_paths(folder, conf)[0])
-        adv_path = jsonl.with_name(jsonl.name[:-len(".jsonl")] + ".adv.safetensors")
+        adv_path = jsonl.with_name(jsonl.name[: -len(".jsonl")] + ".adv.safetensors")
         recs = [json.loads(line) for line in jsonl.read_text().splitlines()[1:] if line.strip()]
         if len(recs) != conf.n:
             raise SystemExit(f"{jsonl}: expected {conf.n} records, found {len(recs)}")
@@ -183,11 +191,14 @@ def main() -> int:
     ap.add_argument("--old", default=OLD_COMMIT, help="commit of today's code to compare against")
     ap.add_argument("--n", type=int, default=8, help="test images (one chunk)")
     ap.add_argument("--steps", type=int, default=20, help="APGD iterations")
-    ap.add_argument("--rounds", type=int, default=2, help="old/new pairs (run side by side) per protocol; the minimum is reported")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="old/new pairs (run side by side) per protocol; the minimum is reported"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--protocols", nargs="+", default=["strongest", "rdc-fixed", "dc-verified"],
-                    choices=sorted(PROTOCOLS))
+    ap.add_argument(
+        "--protocols", nargs="+", default=["strongest", "rdc-fixed", "dc-verified"], choices=sorted(PROTOCOLS)
+    )
     ap.add_argument("--judge-seeds", type=int, default=3, help="same-draw re-classifications of both codes' images")
     ap.add_argument("--out", default="docs/raw/bench_strongest.json")
     args = ap.parse_args()
@@ -198,8 +209,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         old_root = extract_old(args.old, Path(tmp))
         for name in args.protocols:
-            cfg = dict(BASE, **PROTOCOLS[name], n=args.n, chunk=args.n, steps=args.steps, seed=args.seed,
-                       run_checks=False)
+            cfg = dict(
+                BASE, **PROTOCOLS[name], n=args.n, chunk=args.n, steps=args.steps, seed=args.seed, run_checks=False
+            )
             runs: dict[str, list[dict]] = {"old": [], "new": []}
             for r in range(args.rounds):
                 roots = {"old": old_root, "new": ROOT}
@@ -209,34 +221,61 @@ def main() -> int:
                 for which in order:
                     res = finish_child(procs[which], roots[which])
                     runs[which].append(res)
-                    print(f"  {name:12s} round {r} {which}: {res['cpu_s']:.1f} s CPU, {res['wall_s']:.1f} s wall, "
-                          f"robust {res['robust_acc']:.3f} worst {res['robust_acc_worst']:.3f}", flush=True)
+                    print(
+                        f"  {name:12s} round {r} {which}: {res['cpu_s']:.1f} s CPU, {res['wall_s']:.1f} s wall, "
+                        f"robust {res['robust_acc']:.3f} worst {res['robust_acc_worst']:.3f}",
+                        flush=True,
+                    )
             per = {w: min(x[measure] for x in v) / args.n for w, v in runs.items()}  # min over rounds: least disturbed
             passes = {w: v[0]["network_images"] / args.n for w, v in runs.items()}
-            judged = same_judge(cfg, {w: Path(tmp) / f"records-{name}-0-{w}" for w in ("old", "new")},
-                                args.judge_seeds)
-            row = {"protocol": name, "name": LABELS[name], "config": cfg, "measure": measure,
-                   "old_s_per_image": per["old"], "new_s_per_image": per["new"], "ratio": per["old"] / per["new"],
-                   "old_forward_images_per_image": passes["old"], "new_forward_images_per_image": passes["new"],
-                   "forward_ratio": passes["old"] / passes["new"],
-                   "old_robust": runs["old"][0]["robust_acc"], "new_robust": runs["new"][0]["robust_acc"],
-                   "old_robust_worst": runs["old"][0]["robust_acc_worst"],
-                   "new_robust_worst": runs["new"][0]["robust_acc_worst"], "same_judge": judged, "runs": runs}
+            judged = same_judge(cfg, {w: Path(tmp) / f"records-{name}-0-{w}" for w in ("old", "new")}, args.judge_seeds)
+            row = {
+                "protocol": name,
+                "name": LABELS[name],
+                "config": cfg,
+                "measure": measure,
+                "old_s_per_image": per["old"],
+                "new_s_per_image": per["new"],
+                "ratio": per["old"] / per["new"],
+                "old_forward_images_per_image": passes["old"],
+                "new_forward_images_per_image": passes["new"],
+                "forward_ratio": passes["old"] / passes["new"],
+                "old_robust": runs["old"][0]["robust_acc"],
+                "new_robust": runs["new"][0]["robust_acc"],
+                "old_robust_worst": runs["old"][0]["robust_acc_worst"],
+                "new_robust_worst": runs["new"][0]["robust_acc_worst"],
+                "same_judge": judged,
+                "runs": runs,
+            }
             rows.append(row)
-            print(f"{LABELS[name]}: old {per['old']:.2f} s/image, new {per['new']:.2f} s/image "
-                  f"({measure.replace('_s', '')}): ratio {row['ratio']:.2f}x; denoiser forward images per image "
-                  f"old {passes['old']:.0f}, new {passes['new']:.0f} (ratio {row['forward_ratio']:.2f}x); "
-                  "robust (single / worst of N) "
-                  f"old {row['old_robust']:.3f} / {row['old_robust_worst']:.3f}, "
-                  f"new {row['new_robust']:.3f} / {row['new_robust_worst']:.3f}; same judges (worst of "
-                  f"{cfg.get('n_eval', 1)}, seeds {judged['seeds']}): old {judged['old']}, new {judged['new']}; "
-                  f"largest pixel difference of the adversarial images {judged['max_abs_diff']:.2e}", flush=True)
-    command = (f".venv/bin/python benchmarks/bench_strongest.py --old {args.old} --n {args.n} --steps {args.steps} "
-               f"--rounds {args.rounds} --threads {args.threads} --protocols {' '.join(args.protocols)}"
-               + ("" if args.out == "docs/raw/bench_strongest.json" else f" --out {args.out}"))
-    out = {"command": command, "old_commit": args.old, "new_commit": _commit(), "n": args.n, "steps": args.steps,
-           "rounds": args.rounds, "threads": args.threads, "measure": measure, "protocols": rows,
-           "provenance": provenance([checkpoint_path(BASE["denoiser"])])}  # this code's; old_commit: the other
+            print(
+                f"{LABELS[name]}: old {per['old']:.2f} s/image, new {per['new']:.2f} s/image "
+                f"({measure.replace('_s', '')}): ratio {row['ratio']:.2f}x; denoiser forward images per image "
+                f"old {passes['old']:.0f}, new {passes['new']:.0f} (ratio {row['forward_ratio']:.2f}x); "
+                "robust (single / worst of N) "
+                f"old {row['old_robust']:.3f} / {row['old_robust_worst']:.3f}, "
+                f"new {row['new_robust']:.3f} / {row['new_robust_worst']:.3f}; same judges (worst of "
+                f"{cfg.get('n_eval', 1)}, seeds {judged['seeds']}): old {judged['old']}, new {judged['new']}; "
+                f"largest pixel difference of the adversarial images {judged['max_abs_diff']:.2e}",
+                flush=True,
+            )
+    command = (
+        f".venv/bin/python benchmarks/bench_strongest.py --old {args.old} --n {args.n} --steps {args.steps} "
+        f"--rounds {args.rounds} --threads {args.threads} --protocols {' '.join(args.protocols)}"
+        + ("" if args.out == "docs/raw/bench_strongest.json" else f" --out {args.out}")
+    )
+    out = {
+        "command": command,
+        "old_commit": args.old,
+        "new_commit": _commit(),
+        "n": args.n,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "measure": measure,
+        "protocols": rows,
+        "provenance": provenance([checkpoint_path(BASE["denoiser"])]),
+    }  # this code's; old_commit: the other
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}")

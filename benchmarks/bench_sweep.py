@@ -35,16 +35,23 @@ def _run(text: str, workers: int, base: Path | None = None) -> dict:
     if res.status.failed:
         raise RuntimeError(f"{res.status.failed} cells failed: {[o.error for o in res.outcomes if o.error][:1]}")
     durations = [o.duration for o in res.outcomes]
-    return {"workers": workers, "cells": len(durations), "wall_s": round(wall, 2),
-            "cell_sum_s": round(sum(durations), 2), "cell_mean_s": round(statistics.fmean(durations), 3)}
+    return {
+        "workers": workers,
+        "cells": len(durations),
+        "wall_s": round(wall, 2),
+        "cell_sum_s": round(sum(durations), 2),
+        "cell_mean_s": round(statistics.fmean(durations), 3),
+    }
 
 
 def scaling(text: str, label: str) -> dict:
     one, two = _run(text, 1), _run(text, 2)
     ratio = one["wall_s"] / two["wall_s"]
-    print(f"{label}: 1 worker {one['wall_s']:.1f} s, 2 workers {two['wall_s']:.1f} s -> speed-up {ratio:.2f}x "
-          f"({one['cells']} cells; mean cell {one['cell_mean_s']:.2f} s with 1 worker, {two['cell_mean_s']:.2f} s "
-          "with 2)")
+    print(
+        f"{label}: 1 worker {one['wall_s']:.1f} s, 2 workers {two['wall_s']:.1f} s -> speed-up {ratio:.2f}x "
+        f"({one['cells']} cells; mean cell {one['cell_mean_s']:.2f} s with 1 worker, {two['cell_mean_s']:.2f} s "
+        "with 2)"
+    )
     return {"one": one, "two": two, "speedup": round(ratio, 3)}
 
 
@@ -53,8 +60,10 @@ def papermill_overhead(cells: int) -> dict:
     nb = _run(f"notebook: sweep_tiny.ipynb\ngrid:\n  x: [{grid}]\n", 1, base=ROOT / "tests" / "data")
     fn = _run(f"function: sweep_targets:tiny_cell\ngrid:\n  x: [{grid}]\n", 1)
     extra = nb["cell_mean_s"] - fn["cell_mean_s"]
-    print(f"papermill overhead: {nb['cell_mean_s']:.2f} s per notebook cell vs {fn['cell_mean_s']:.3f} s per direct "
-          f"call -> {extra:.2f} s per cell (kernel start + execution + save), {cells} cells on 1 worker")
+    print(
+        f"papermill overhead: {nb['cell_mean_s']:.2f} s per notebook cell vs {fn['cell_mean_s']:.3f} s per direct "
+        f"call -> {extra:.2f} s per cell (kernel start + execution + save), {cells} cells on 1 worker"
+    )
     return {"notebook": nb, "function": fn, "overhead_per_cell_s": round(extra, 3)}
 
 
@@ -66,14 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-n", type=int, default=32)
     args = ap.parse_args(argv)
     figures: dict = {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
-    tiny = (f"function: sweep_targets:busy_cell\nparams: {{work: {args.work}}}\n"
-            "grid:\n  x: [1, 2]\n  label: [a, b]\nseeds: [0, 1]\n")
+    tiny = (
+        f"function: sweep_targets:busy_cell\nparams: {{work: {args.work}}}\n"
+        "grid:\n  x: [1, 2]\n  label: [a, b]\nseeds: [0, 1]\n"
+    )
     figures["tiny_2x2x2"] = scaling(tiny, f"tiny 2x2x2 ({args.work:g} CPU-s per cell)")
     if args.nb_cells:
         figures["papermill"] = papermill_overhead(args.nb_cells)
     if args.eval:
-        real = (f"function: eval\nparams: {{attack: pgd, steps: 10, run_checks: false}}\nn: {args.eval_n}\n"
-                "grid:\n  defense: [cnn, at-cnn]\n  eps: [0.05, 0.1]\nseeds: [0, 1]\n")
+        real = (
+            f"function: eval\nparams: {{attack: pgd, steps: 10, run_checks: false}}\nn: {args.eval_n}\n"
+            "grid:\n  defense: [cnn, at-cnn]\n  eps: [0.05, 0.1]\nseeds: [0, 1]\n"
+        )
         figures["eval_2x2x2"] = scaling(real, f"eval cnn/at-cnn x eps x seeds (pgd, n {args.eval_n})")
     print(json.dumps(figures))
     return 0

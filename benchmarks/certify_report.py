@@ -51,10 +51,22 @@ def _configs(args: argparse.Namespace) -> list[CertifyConfig]:
     for i, (base, sigma, extra) in enumerate(ROWS):
         if args.rows is not None and i not in args.rows:
             continue
-        out.append(CertifyConfig(base=base, sigma=sigma, n_images=args.n_images, n0=args.n0, n=args.n,
-                                 alpha=args.alpha, seed=args.seed, timesteps=args.timesteps,
-                                 attack_steps=args.attack_steps, attack_eot=args.attack_eot, denoiser=DENOISER,
-                                 **extra))
+        out.append(
+            CertifyConfig(
+                base=base,
+                sigma=sigma,
+                n_images=args.n_images,
+                n0=args.n0,
+                n=args.n,
+                alpha=args.alpha,
+                seed=args.seed,
+                timesteps=args.timesteps,
+                attack_steps=args.attack_steps,
+                attack_eot=args.attack_eot,
+                denoiser=DENOISER,
+                **extra,
+            )
+        )
     return out
 
 
@@ -72,12 +84,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     for cfg in _configs(args):
         res = run_certify(cfg, records_dir=args.records, progress=not args.no_progress)
-        row = {**res, "key": cfg.key(), "command": " ".join(["python", "benchmarks/certify_report.py"] + sys.argv[1:]),
-               "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} thread(s)",
-               "provenance": certify_provenance(cfg)}
+        row = {
+            **res,
+            "key": cfg.key(),
+            "command": " ".join(["python", "benchmarks/certify_report.py"] + sys.argv[1:]),
+            "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} thread(s)",
+            "provenance": certify_provenance(cfg),
+        }
         _write_row(Path(args.raw), row)
-        print(json.dumps({k: row[k] for k in ("label", "images", "certified_acc", "empirical_acc", "abstain_rate",
-                                               "seconds_per_image", "passes_per_image", "consistent")}), flush=True)
+        print(
+            json.dumps(
+                {
+                    k: row[k]
+                    for k in (
+                        "label",
+                        "images",
+                        "certified_acc",
+                        "empirical_acc",
+                        "abstain_rate",
+                        "seconds_per_image",
+                        "passes_per_image",
+                        "consistent",
+                    )
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 
@@ -177,8 +209,10 @@ def render(rows: list[dict], bench: dict | None = None) -> str:
                 failures.append(name)
         else:
             ok = "n/a"
-        lines.append(f"| {name} | {row['sigma']:g} | {row['images']} | {row['n']} | {row['alpha']:g} | "
-                     f"{100 * row['abstain_rate']:.0f}% | " + " | ".join(cells) + f"{mark(row)} | {ok} |")
+        lines.append(
+            f"| {name} | {row['sigma']:g} | {row['images']} | {row['n']} | {row['alpha']:g} | "
+            f"{100 * row['abstain_rate']:.0f}% | " + " | ".join(cells) + f"{mark(row)} | {ok} |"
+        )
     lines += [
         "",
         "Consistency check (a test of both methods, computed here from the raw rows): at every radius the certified",
@@ -193,44 +227,64 @@ def render(rows: list[dict], bench: dict | None = None) -> str:
     for row in rows:
         if "violations" in row:
             name = _name(row)
-            lines.append(f"| {name} | {row['sigma']:g} | " + " | ".join(str(row["violations"].get(k, "")) for k in keys)
-                         + " |")
+            lines.append(
+                f"| {name} | {row['sigma']:g} | " + " | ".join(str(row["violations"].get(k, "")) for k in keys) + " |"
+            )
     lines += ["", "## Headline: radius 0.5", ""]
     at_half = [r for r in rows if "0.5" in r["certified"]]
-    full = [r for r in at_half if r["images"] >= 100 and r["n"] >= 1000]   # the bar for the headline
+    full = [r for r in at_half if r["images"] >= 100 and r["n"] >= 1000]  # the bar for the headline
     if at_half:
         best = max(full or at_half, key=lambda r: (r["certified"]["0.5"]["value"], -r["seconds_per_image"]))
-        lines.append(f"Best diffusion-based smoothed classifier at l2 radius 0.5 (every base here uses the diffusion "
-                     f"model){'' if full else ' (no row has >= 100 images and N >= 1,000 yet)'}: "
-                     f"**{_name(best)}**, certified accuracy **{_pct(best['certified']['0.5'])}** on "
-                     f"{best['images']} test images with N = {best['n']} estimation draws (n0 = {best['n0']}, "
-                     f"alpha = {best['alpha']:g}); empirical robust accuracy of the same smoothed classifier at 0.5: "
-                     f"{_pct(best['empirical']['0.5']) if 'empirical' in best else 'not measured'}.")
+        lines.append(
+            f"Best diffusion-based smoothed classifier at l2 radius 0.5 (every base here uses the diffusion "
+            f"model){'' if full else ' (no row has >= 100 images and N >= 1,000 yet)'}: "
+            f"**{_name(best)}**, certified accuracy **{_pct(best['certified']['0.5'])}** on "
+            f"{best['images']} test images with N = {best['n']} estimation draws (n0 = {best['n0']}, "
+            f"alpha = {best['alpha']:g}); empirical robust accuracy of the same smoothed classifier at 0.5: "
+            f"{_pct(best['empirical']['0.5']) if 'empirical' in best else 'not measured'}."
+        )
         others = [r for r in full if r is not best]
         for r in others:
             lines.append(f"- {_name(r)}: {_pct(r['certified']['0.5'])} ({r['images']} images, N = {r['n']}).")
-    lines += ["", "## Cost per certified image", "",
-              "| base | sigma | draws (n0 + N) | network passes per image | seconds per image | machine |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Cost per certified image",
+        "",
+        "| base | sigma | draws (n0 + N) | network passes per image | seconds per image | machine |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
         name = _name(row)
-        lines.append(f"| {name} | {row['sigma']:g} | {row['draws_per_image']} | {row['passes_per_image']:.0f} | "
-                     f"{row['seconds_per_image']:.2f} | {row.get('machine', '')} |")
-    lines += ["",
-              "Network passes count single-image denoiser evaluations (the digits CNN of denoised smoothing is ~15x",
-              "cheaper than one denoiser pass and not counted). The multi-head network scores all 10 classes in one pass",
-              "per level; `python benchmarks/bench_certify.py` measures the multi-head vs single-head ratio in one run.",
-              "Seconds are wall-clock on a CPU shared with other jobs (certification only, not the attacks).", ""]
+        lines.append(
+            f"| {name} | {row['sigma']:g} | {row['draws_per_image']} | {row['passes_per_image']:.0f} | "
+            f"{row['seconds_per_image']:.2f} | {row.get('machine', '')} |"
+        )
+    lines += [
+        "",
+        "Network passes count single-image denoiser evaluations (the digits CNN of denoised smoothing is ~15x",
+        "cheaper than one denoiser pass and not counted). The multi-head network scores all 10 classes in one pass",
+        "per level; `python benchmarks/bench_certify.py` measures the multi-head vs single-head ratio in one run.",
+        "Seconds are wall-clock on a CPU shared with other jobs (certification only, not the attacks).",
+        "",
+    ]
     if bench:
         st, br = bench["settings"], bench["rows"]
-        lines += ["Multi-head vs single-head, measured in one run (`docs/raw/bench_certify.json`, "
-                  f"{st['n_images']} images, n0 + N = {st['n0'] + st['n']} draws, T = {st['timesteps']}, "
-                  f"sigma = {st['sigma']:g}; {st['machine']}):", "",
-                  "| base | seconds per image | network passes per image |", "|---|---|---|"]
+        lines += [
+            "Multi-head vs single-head, measured in one run (`docs/raw/bench_certify.json`, "
+            f"{st['n_images']} images, n0 + N = {st['n0'] + st['n']} draws, T = {st['timesteps']}, "
+            f"sigma = {st['sigma']:g}; {st['machine']}):",
+            "",
+            "| base | seconds per image | network passes per image |",
+            "|---|---|---|",
+        ]
         lines += [f"| {k} | {v['seconds_per_image']:.2f} | {v['passes_per_image']:.0f} |" for k, v in br.items()]
-        lines += ["", f"The multi-head network cuts the noised DC's cost by **{bench['single_over_multi_seconds']:.1f}x** "
-                  f"in seconds ({bench['single_over_multi_passes']:.0f}x in passes); the multi-head noised DC still "
-                  f"costs {bench['noised_dc_over_denoised_seconds']:.1f}x denoised smoothing per draw.", ""]
+        lines += [
+            "",
+            f"The multi-head network cuts the noised DC's cost by **{bench['single_over_multi_seconds']:.1f}x** "
+            f"in seconds ({bench['single_over_multi_passes']:.0f}x in passes); the multi-head noised DC still "
+            f"costs {bench['noised_dc_over_denoised_seconds']:.1f}x denoised smoothing per draw.",
+            "",
+        ]
     lines += ["", DERIVATION, "## Commands", ""]
     for cmd in sorted({r["command"] for r in rows}):
         lines.append(f"    {cmd}")

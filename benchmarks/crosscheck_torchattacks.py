@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from rdc_lib.data import load_dataset
-from rdc_lib.evaluation import EvalConfig
 from rdc_lib.defenses import build_defense, get_defense
+from rdc_lib.evaluation import EvalConfig
+from rdc_lib.evaluation.provenance import eval_provenance
 from rdc_lib.evaluation.records import read_outcomes
 from rdc_lib.evaluation.runner import defense_spec
-from rdc_lib.evaluation.provenance import eval_provenance
 
 TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
 
@@ -39,8 +39,10 @@ def survivors(records: Path, first: int) -> tuple[EvalConfig, list[int]]:
         raise SystemExit(str(exc)) from None
     cfg = EvalConfig.from_stored(head)  # a header stored with denoiser "" meant digits_<heads>
     if cfg.noise_mode != "fixed" and get_defense(cfg.defense).stochastic:
-        raise SystemExit(f"{records}: noise_mode {cfg.noise_mode!r}; the cross-check needs a deterministic defense "
-                         "(noise_mode fixed) so that one call decides")
+        raise SystemExit(
+            f"{records}: noise_mode {cfg.noise_mode!r}; the cross-check needs a deterministic defense "
+            "(noise_mode fixed) so that one call decides"
+        )
     first_images = sorted(robust)[:first]
     if len(first_images) < first:
         raise SystemExit(f"{records}: only {len(first_images)} records, asked for the first {first}")
@@ -86,10 +88,19 @@ def run(args: argparse.Namespace) -> None:
         broken_by[name] = int((~still).sum())
         robust[keep[~still]] = False
         print(f"{name}: broke {broken_by[name]} of {keep.numel()} survivors", flush=True)
-    row = {"records": Path(args.records).name, "config": cfg.__dict__, "first": args.first, "attacks": args.attacks,
-           "survivors": len(idx), "still_robust": int(robust.sum()), "broken_by": broken_by, "steps": args.steps,
-           "square_queries": args.queries, "seconds": time.perf_counter() - t0,
-           "provenance": eval_provenance(cfg)}
+    row = {
+        "records": Path(args.records).name,
+        "config": cfg.__dict__,
+        "first": args.first,
+        "attacks": args.attacks,
+        "survivors": len(idx),
+        "still_robust": int(robust.sum()),
+        "broken_by": broken_by,
+        "steps": args.steps,
+        "square_queries": args.queries,
+        "seconds": time.perf_counter() - t0,
+        "provenance": eval_provenance(cfg),
+    }
     print(json.dumps(row), flush=True)
     if args.out:
         with open(args.out, "a") as f:
@@ -104,8 +115,12 @@ def main() -> None:
     r.add_argument("--first", type=int, default=64, help="cross-check the survivors among the first N images")
     r.add_argument("--steps", type=int, default=100, help="APGD iterations of the outside attacks")
     r.add_argument("--queries", type=int, default=1000, help="Square queries of the outside attack")
-    r.add_argument("--attacks", nargs="+", default=["apgd-ce", "apgd-dlr", "apgd-t", "square"],
-                   help="torchattacks attacks to run, in this order, each on the images the earlier ones left robust")
+    r.add_argument(
+        "--attacks",
+        nargs="+",
+        default=["apgd-ce", "apgd-dlr", "apgd-t", "square"],
+        help="torchattacks attacks to run, in this order, each on the images the earlier ones left robust",
+    )
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--out", default="", help="append the result row to this JSON-lines file")
     args = ap.parse_args()

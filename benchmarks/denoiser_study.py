@@ -30,8 +30,16 @@ import yaml
 from rdc_lib.evaluation import evaluate
 from rdc_lib.evaluation.provenance import file_sha256, provenance
 from rdc_lib.experiments.selection import add_split_argument
-from rdc_lib.experiments.study import (check_study_checkpoint, entry_dict, eval_command, load_study, measure_denoiser,
-                                       render_report, robust_config, robust_flags)
+from rdc_lib.experiments.study import (
+    check_study_checkpoint,
+    entry_dict,
+    eval_command,
+    load_study,
+    measure_denoiser,
+    render_report,
+    robust_config,
+    robust_flags,
+)
 from rdc_lib.findings.svg import figure_lines, figures_of, write_figures
 
 
@@ -57,8 +65,14 @@ def run(args: argparse.Namespace) -> None:
     raw = Path(args.raw)
     for entry in entries:
         sha = file_sha256(entry.checkpoint) if Path(entry.checkpoint).is_file() else None
-        prev = next((r for r in _rows(raw) if r["name"] == entry.name and r["sha256"] == sha
-                     and r.get("robust_split", "test") == args.split), None)
+        prev = next(
+            (
+                r
+                for r in _rows(raw)
+                if r["name"] == entry.name and r["sha256"] == sha and r.get("robust_split", "test") == args.split
+            ),
+            None,
+        )
         if prev is not None and not args.redo and (entry.n_robust == 0 or "robust_flags" in prev):
             print(f"skip (done): {entry.name}", flush=True)
             continue
@@ -71,8 +85,11 @@ def run(args: argparse.Namespace) -> None:
             print(f"measuring {entry.name} ...", flush=True)
             row = {**entry_dict(entry), "sha256": sha, "heads": denoiser.heads, **_split_field(args.split)}
             row.update(measure_denoiser(denoiser, timesteps=args.timesteps))
-            print(f"  DC clean {row['dc_clean_correct']}/{row['dc_clean_total']}, gap test "
-                  f"{[round(g, 4) for g in row['gap_test']]} [{row['measure_seconds']:.0f}s]", flush=True)
+            print(
+                f"  DC clean {row['dc_clean_correct']}/{row['dc_clean_total']}, gap test "
+                f"{[round(g, 4) for g in row['gap_test']]} [{row['measure_seconds']:.0f}s]",
+                flush=True,
+            )
         if entry.n_robust > 0:
             cfg = robust_config(entry, denoiser.heads, split=args.split, timesteps=args.timesteps, steps=args.steps)
             t0 = time.perf_counter()
@@ -83,14 +100,20 @@ def run(args: argparse.Namespace) -> None:
                 for s in stats:
                     for name, a in s["attacks"].items():
                         broken[name] = broken.get(name, 0) + a["broken"]
-                row["robust_run"] = {"n": cfg.n, "seconds": time.perf_counter() - t0, "broken_by": broken,
-                                     "queries_spent": sum(s["queries_spent"] for s in stats),
-                                     "queries_budget": sum(s["queries_budget"] for s in stats)}
+                row["robust_run"] = {
+                    "n": cfg.n,
+                    "seconds": time.perf_counter() - t0,
+                    "broken_by": broken,
+                    "queries_spent": sum(s["queries_spent"] for s in stats),
+                    "queries_budget": sum(s["queries_budget"] for s in stats),
+                }
             row["robust"] = res["robust"]
             row["robust_flags"] = robust_flags(cfg, args.records)
             row["robust_command"] = eval_command(cfg, args.records)
-            print(f"  robust {res['robust']['correct']}/{res['robust']['total']} [{time.perf_counter() - t0:.0f}s]",
-                  flush=True)
+            print(
+                f"  robust {res['robust']['correct']}/{res['robust']['total']} [{time.perf_counter() - t0:.0f}s]",
+                flush=True,
+            )
         row["provenance"] = provenance([entry.checkpoint])
         rows = [r for r in _rows(raw) if r["name"] != entry.name] + [row]
         _write_rows(raw, rows)
@@ -137,8 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", default="benchmarks/denoiser_study.yaml")
     r.add_argument("--only", nargs="+", default=None, metavar="NAME")
     add_split_argument(r)
-    r.add_argument("--raw", default=None, help="raw rows (default: docs/raw/denoiser_study_val.jsonl for --split "
-                                               "val, docs/raw/denoiser_study.jsonl for --split test)")
+    r.add_argument(
+        "--raw",
+        default=None,
+        help="raw rows (default: docs/raw/denoiser_study_val.jsonl for --split "
+        "val, docs/raw/denoiser_study.jsonl for --split test)",
+    )
     r.add_argument("--records", default="runs/denoiser_study/records")
     r.add_argument("--timesteps", type=int, default=16)
     r.add_argument("--steps", type=int, default=25, help="APGD iterations of the robust column")

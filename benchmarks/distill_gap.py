@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from rdc_lib.core.choices import DEFAULT_DENOISERS
-from rdc_lib.data import load_dataset
-from rdc_lib.models.checkpoints import load_denoiser
 from rdc_lib.core.paths import resolve_checkpoint
+from rdc_lib.data import load_dataset
 from rdc_lib.evaluation.provenance import provenance
 from rdc_lib.experiments.study import class_gap_by_sigma, distance_to_teacher_by_sigma
+from rdc_lib.models.checkpoints import load_denoiser
 
 
 def measure(students: list[str], teacher: str, n: int, sigmas: list[float], seed: int) -> dict:
@@ -35,12 +35,22 @@ def measure(students: list[str], teacher: str, n: int, sigmas: list[float], seed
     rows = []
     for name in students:
         s_net = load_denoiser(resolve_checkpoint(name))
-        rows.append({"student": name,
-                     "gap_student": class_gap_by_sigma(s_net, x, y, sigmas, gen()).tolist(),
-                     "gap_teacher": class_gap_by_sigma(t_net, x, y, sigmas, gen()).tolist(),
-                     "distance": distance_to_teacher_by_sigma(s_net, t_net, x, sigmas, gen()).tolist()})
-    return {"teacher": teacher, "n": n, "sigmas": sigmas, "seed": seed, "rows": rows,
-            "provenance": provenance([resolve_checkpoint(teacher)] + [resolve_checkpoint(s) for s in students])}
+        rows.append(
+            {
+                "student": name,
+                "gap_student": class_gap_by_sigma(s_net, x, y, sigmas, gen()).tolist(),
+                "gap_teacher": class_gap_by_sigma(t_net, x, y, sigmas, gen()).tolist(),
+                "distance": distance_to_teacher_by_sigma(s_net, t_net, x, sigmas, gen()).tolist(),
+            }
+        )
+    return {
+        "teacher": teacher,
+        "n": n,
+        "sigmas": sigmas,
+        "seed": seed,
+        "rows": rows,
+        "provenance": provenance([resolve_checkpoint(teacher)] + [resolve_checkpoint(s) for s in students]),
+    }
 
 
 def main() -> int:
@@ -61,8 +71,10 @@ def main() -> int:
     print(f"teacher {res['teacher']}, first {res['n']} test digits, sigma = {' / '.join(map(str, res['sigmas']))}")
     print(f"{'student':40s} | class gap: student | class gap: teacher | distance to teacher")
     for r in res["rows"]:
-        print(f"{r['student']:40s} | {fmt(r['gap_student'])} | {fmt(r['gap_teacher'])} | "
-              + " / ".join(f"{x:.5f}" for x in r["distance"]))
+        print(
+            f"{r['student']:40s} | {fmt(r['gap_student'])} | {fmt(r['gap_teacher'])} | "
+            + " / ".join(f"{x:.5f}" for x in r["distance"])
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
         print(f"wrote {args.out}")

@@ -29,16 +29,15 @@ from pathlib import Path
 import torch
 
 from rdc_lib.attacks import is_full_ensemble, protocol_label
-from rdc_lib.data import load_dataset
 from rdc_lib.core.choices import DEFAULT_DENOISERS, SELECTION_SPLIT
-from rdc_lib.defenses import DefenseSpec, build_defense, get_defense
+from rdc_lib.core.paths import checkpoint_path, stored_denoiser_name
+from rdc_lib.data import load_dataset
+from rdc_lib.defenses import DefenseSpec, build_defense, checkpoint_files, get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES, checks_protocol, trust_label
-from rdc_lib.evaluation.shards import SUMMARY_FIELDS
-from rdc_lib.defenses import checkpoint_files
-from rdc_lib.core.paths import checkpoint_path, stored_denoiser_name
 from rdc_lib.evaluation.grad import EOT_TARGET, gradient_cosine_similarity, suggest_eot
 from rdc_lib.evaluation.provenance import describe, eval_provenance, mark, provenance
+from rdc_lib.evaluation.shards import SUMMARY_FIELDS
 from rdc_lib.experiments.selection import add_split_argument
 
 STRONGEST = "exact+EOT, verified stop"
@@ -59,19 +58,36 @@ def row_denoiser(row: dict) -> str:
     return stored_denoiser_name({"heads": "multi", **row})
 
 
-def eot_diagnostic(defense: str, n: int, timesteps: int, denoiser: str = DENOISER, samples: int = 4,
-                   split: str = SELECTION_SPLIT) -> dict:
+def eot_diagnostic(
+    defense: str, n: int, timesteps: int, denoiser: str = DENOISER, samples: int = 4, split: str = SELECTION_SPLIT
+) -> dict:
     """Cosine similarity of input gradients across stochastic draws on the first ``n`` images of ``split``, and
     the EOT size it suggests (a diagnostic without "split" read test images: it predates the validation split)."""
     x, y = load_dataset("digits", split)
-    spec = DefenseSpec(name=defense, heads="multi", timesteps=timesteps, noise_mode="stochastic",
-                       denoiser_path=str(checkpoint_path(denoiser)))
+    spec = DefenseSpec(
+        name=defense,
+        heads="multi",
+        timesteps=timesteps,
+        noise_mode="stochastic",
+        denoiser_path=str(checkpoint_path(denoiser)),
+    )
     model = build_defense(spec)
     cos = gradient_cosine_similarity(model, x[:n], y[:n], n_samples=samples)
     sug = suggest_eot(cos, target=EOT_TARGET)
-    return {"defense": defense, "denoiser": denoiser, "mean_cosine": cos.mean, "eot": min(sug.eot, EOT_CAP),
-            "eot_rule": sug.eot, "cosine_used": sug.cosine, "n": n, "samples": samples, "target": sug.target,
-            "cap": EOT_CAP, "provenance": provenance(checkpoint_files(spec)), "split": split}
+    return {
+        "defense": defense,
+        "denoiser": denoiser,
+        "mean_cosine": cos.mean,
+        "eot": min(sug.eot, EOT_CAP),
+        "eot_rule": sug.eot,
+        "cosine_used": sug.cosine,
+        "n": n,
+        "samples": samples,
+        "target": sug.target,
+        "cap": EOT_CAP,
+        "provenance": provenance(checkpoint_files(spec)),
+        "split": split,
+    }
 
 
 def protocols(defense: str, eot: int, verify: int = VERIFY) -> list[tuple[str, str, dict]]:
@@ -92,13 +108,24 @@ def protocols(defense: str, eot: int, verify: int = VERIFY) -> list[tuple[str, s
         rows.insert(1, ("fixed randomness", "BPDA through purification", dict(noise_mode="fixed", grad_mode="bpda")))
     if defense == "rdc":
         rows.insert(1, ("fixed randomness", "BPDA through LM", dict(noise_mode="fixed", grad_mode="bpda")))
-        rows.insert(2, ("fixed randomness", "Lagrangian APGD (lam 1), exact",
-                        dict(noise_mode="fixed", attack="apgd-lagrange")))
+        rows.insert(
+            2, ("fixed randomness", "Lagrangian APGD (lam 1), exact", dict(noise_mode="fixed", attack="apgd-lagrange"))
+        )
         rows.insert(4, ("stochastic", "exact+EOT, one-call stop", dict(noise_mode="stochastic", eot=eot)))
-        rows.append(("stochastic", "BPDA through LM, EOT, verified stop",
-                     dict(noise_mode="stochastic", eot=eot, verify=verify, grad_mode="bpda")))
-        rows.append(("majority vote (M=3)", "exact, EOT=1, verified stop",
-                     dict(noise_mode="stochastic", vote=3, eot=1, verify=verify)))
+        rows.append(
+            (
+                "stochastic",
+                "BPDA through LM, EOT, verified stop",
+                dict(noise_mode="stochastic", eot=eot, verify=verify, grad_mode="bpda"),
+            )
+        )
+        rows.append(
+            (
+                "majority vote (M=3)",
+                "exact, EOT=1, verified stop",
+                dict(noise_mode="stochastic", vote=3, eot=1, verify=verify),
+            )
+        )
     return rows
 
 
@@ -113,16 +140,31 @@ def run(args: argparse.Namespace) -> None:
     diag_path = out / "eot_diagnostic.json"
     diag = json.loads(diag_path.read_text()) if diag_path.is_file() else {}
     for defense in args.defenses:
-        if defense in ("dc", "rdc", "diffpure") and (defense not in diag or row_denoiser(diag[defense]) != args.denoiser
-                                                     or diag[defense].get("split", "test") != args.split):
-            diag[defense] = eot_diagnostic(defense, n=8, timesteps=args.timesteps, denoiser=args.denoiser,
-                                           split=args.split)
+        if defense in ("dc", "rdc", "diffpure") and (
+            defense not in diag
+            or row_denoiser(diag[defense]) != args.denoiser
+            or diag[defense].get("split", "test") != args.split
+        ):
+            diag[defense] = eot_diagnostic(
+                defense, n=8, timesteps=args.timesteps, denoiser=args.denoiser, split=args.split
+            )
             diag_path.write_text(json.dumps(diag, indent=2))
             print(f"EOT diagnostic {defense}: {diag[defense]}", flush=True)
         eot = diag.get(defense, {}).get("eot", 1)
-        base = EvalConfig(defense=defense, attack="apgd-ce", norm="linf", eps=args.eps, n=args.n, steps=args.steps,
-                          timesteps=args.timesteps, heads="multi", n_eval=args.n_eval, chunk=args.chunk or args.n,
-                          run_checks=True, denoiser=args.denoiser if get_defense(defense).needs_denoiser else "")
+        base = EvalConfig(
+            defense=defense,
+            attack="apgd-ce",
+            norm="linf",
+            eps=args.eps,
+            n=args.n,
+            steps=args.steps,
+            timesteps=args.timesteps,
+            heads="multi",
+            n_eval=args.n_eval,
+            chunk=args.chunk or args.n,
+            run_checks=True,
+            denoiser=args.denoiser if get_defense(defense).needs_denoiser else "",
+        )
         for variant, name, over in protocols(defense, eot, args.verify):
             if args.only and name not in args.only:
                 continue
@@ -137,9 +179,11 @@ def run(args: argparse.Namespace) -> None:
             res.update(key=key, variant=variant, protocol=name, command=_command(cfg), provenance=eval_provenance(cfg))
             with open(store, "a") as f:
                 f.write(json.dumps(res) + "\n")
-            print(f"{defense:7s} {variant:22s} {name:26s} robust {res['robust_acc']:.3f} avg {res['robust_acc_avg']:.3f} "
-                  f"worst {res['robust_acc_worst']:.3f} trusted={res['trusted']} [{time.perf_counter() - t0:.0f}s]",
-                  flush=True)
+            print(
+                f"{defense:7s} {variant:22s} {name:26s} robust {res['robust_acc']:.3f} avg {res['robust_acc_avg']:.3f} "
+                f"worst {res['robust_acc_worst']:.3f} trusted={res['trusted']} [{time.perf_counter() - t0:.0f}s]",
+                flush=True,
+            )
 
 
 DEFENSE_ORDER = ("cnn", "at-cnn", "diffpure", "dc", "rdc")
@@ -160,15 +204,18 @@ def merge(sources: list[Path], out: Path) -> tuple[list[dict], dict]:
         for r in _read_rows(store):
             differ = [k for k in SUMMARY_FIELDS if r["key"] in rows and rows[r["key"]].get(k) != r.get(k)]
             if differ:  # every count and rate, not only the robust one
-                raise ValueError(f"{r['defense']} / {r['protocol']} is stored in two folders with different results "
-                                 f"(" + "; ".join(f"{k}: {rows[r['key']].get(k)} and {r.get(k)}" for k in differ)
-                                 + "); keep one")
+                raise ValueError(
+                    f"{r['defense']} / {r['protocol']} is stored in two folders with different results "
+                    f"(" + "; ".join(f"{k}: {rows[r['key']].get(k)} and {r.get(k)}" for k in differ) + "); keep one"
+                )
             rows.setdefault(r["key"], r)
         g = src / "eot_diagnostic.json"
         for d, v in (json.loads(g.read_text()) if g.is_file() else {}).items():
             if d in diag and diag[d]["eot"] != v["eot"]:
-                raise ValueError(f"EOT diagnostics of {d} disagree ({diag[d]['eot']} and {v['eot']}): the folders "
-                                 "ran different protocols")
+                raise ValueError(
+                    f"EOT diagnostics of {d} disagree ({diag[d]['eot']} and {v['eot']}): the folders "
+                    "ran different protocols"
+                )
             diag.setdefault(d, v)
 
     def place(r: dict) -> tuple[int, int]:
@@ -194,8 +241,11 @@ def _command(cfg: EvalConfig) -> str:
 
 def _bound(row: dict) -> str:
     """Suffix of a row's protocol: nothing for the full ensemble, else its attack's label (an upper bound)."""
-    return "" if is_full_ensemble(row["attack"], row.get("attacks_dropped")) else \
-        f" ({protocol_label(row['attack'], row.get('attacks_dropped') or ())})"
+    return (
+        ""
+        if is_full_ensemble(row["attack"], row.get("attacks_dropped"))
+        else f" ({protocol_label(row['attack'], row.get('attacks_dropped') or ())})"
+    )
 
 
 def _pct(v: float) -> str:
@@ -209,23 +259,31 @@ def doc(args: argparse.Namespace) -> int:
     r0 = rows[0]
     denoisers = {row_denoiser(r) for r in rows} - {""}
     if len(denoisers) > 1:
-        raise ValueError(f"{out / 'evaluation.jsonl'} mixes rows of denoisers {sorted(denoisers)}; one document "
-                         "evaluates one denoiser (run each into its own --records folder)")
-    lines = ["# Adaptive evaluation of full RDC on digits", "",
-             "Written by `benchmarks/evaluation_report.py doc` from stored results (never edited by hand). "
-             f"First {r0['n']} digits test images, l_inf eps {r0['eps']}, APGD-CE with {r0['steps']} iterations, "
-             f"multi-head denoiser `{''.join(denoisers) or '-'}`, T = {r0['timesteps']}. N-evaluation: each final adversarial example is "
-             f"re-classified N = {args.n_eval} times (stochastic variants).", "",
-             "Reading the columns: *single* is the usual one-call robust accuracy; *avg* the mean over the N "
-             "re-classifications; *worst* counts an image robust only if all N calls are right. Overstatement = "
-             "this protocol's single-call number minus the strongest protocol's worst-of-N number for the same "
-             "defense variant. 95% Wilson intervals on the single-call number.", "",
-             "Stopping rule on stochastic variants: *one-call stop* attacks stop on an image at its first "
-             "misclassified call, which against a stochastic defense is often a lucky draw; *verified stop* "
-             f"(`--verify {VERIFY}`) stops only when {VERIFY} fresh calls all misclassify the candidate "
-             "(rdc_lib.attacks.base.AttackContext).", "",
-             "| defense | variant | protocol | clean | single (95% CI) | avg of N | worst of N | overstatement | checks |",
-             "|---|---|---|---|---|---|---|---|---|"]
+        raise ValueError(
+            f"{out / 'evaluation.jsonl'} mixes rows of denoisers {sorted(denoisers)}; one document "
+            "evaluates one denoiser (run each into its own --records folder)"
+        )
+    lines = [
+        "# Adaptive evaluation of full RDC on digits",
+        "",
+        "Written by `benchmarks/evaluation_report.py doc` from stored results (never edited by hand). "
+        f"First {r0['n']} digits test images, l_inf eps {r0['eps']}, APGD-CE with {r0['steps']} iterations, "
+        f"multi-head denoiser `{''.join(denoisers) or '-'}`, T = {r0['timesteps']}. N-evaluation: each final adversarial example is "
+        f"re-classified N = {args.n_eval} times (stochastic variants).",
+        "",
+        "Reading the columns: *single* is the usual one-call robust accuracy; *avg* the mean over the N "
+        "re-classifications; *worst* counts an image robust only if all N calls are right. Overstatement = "
+        "this protocol's single-call number minus the strongest protocol's worst-of-N number for the same "
+        "defense variant. 95% Wilson intervals on the single-call number.",
+        "",
+        "Stopping rule on stochastic variants: *one-call stop* attacks stop on an image at its first "
+        "misclassified call, which against a stochastic defense is often a lucky draw; *verified stop* "
+        f"(`--verify {VERIFY}`) stops only when {VERIFY} fresh calls all misclassify the candidate "
+        "(rdc_lib.attacks.base.AttackContext).",
+        "",
+        "| defense | variant | protocol | clean | single (95% CI) | avg of N | worst of N | overstatement | checks |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     failures = []
     for defense in DEFENSE_ORDER:
         mine = [r for r in rows if r["defense"] == defense]
@@ -235,60 +293,101 @@ def doc(args: argparse.Namespace) -> int:
             for r in group:
                 rob = r["robust"]
                 over = r["robust_acc"] - strongest
-                ci = (f"{_pct(rob['value'])} ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
-                      f"{100 * rob['high']:.0f}){mark(r)}")
-                checks = trust_label(r.get("trusted")) if r.get("trusted") is not False else "**UNTRUSTED**: " + ", ".join(
-                    k for k, v in r["checks"].items() if not v["passed"])
-                lines.append(f"| {defense} | {variant} | {r['protocol']}{_bound(r)} | {_pct(r['clean_acc'])} | {ci} | "
-                             f"{_pct(r['robust_acc_avg'])} | {_pct(r['robust_acc_worst'])} | {100 * over:+.1f} | {checks} |")
+                ci = (
+                    f"{_pct(rob['value'])} ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
+                    f"{100 * rob['high']:.0f}){mark(r)}"
+                )
+                checks = (
+                    trust_label(r.get("trusted"))
+                    if r.get("trusted") is not False
+                    else "**UNTRUSTED**: " + ", ".join(k for k, v in r["checks"].items() if not v["passed"])
+                )
+                lines.append(
+                    f"| {defense} | {variant} | {r['protocol']}{_bound(r)} | {_pct(r['clean_acc'])} | {ci} | "
+                    f"{_pct(r['robust_acc_avg'])} | {_pct(r['robust_acc_worst'])} | {100 * over:+.1f} | {checks} |"
+                )
             named = [r for r in group if r["protocol"] == STRONGEST]
             if named:
                 s = named[0]["robust_acc_worst"]
                 weaker = [r for r in group if r is not named[0] and min(r["robust_acc"], r["robust_acc_worst"]) < s]
                 if weaker:
-                    failures.append(f"{defense} / {variant}: the strongest protocol ({_pct(s)}) is above "
-                                    + ", ".join(f"{r['protocol']} ({_pct(min(r['robust_acc'], r['robust_acc_worst']))})"
-                                                for r in weaker))
+                    failures.append(
+                        f"{defense} / {variant}: the strongest protocol ({_pct(s)}) is above "
+                        + ", ".join(
+                            f"{r['protocol']} ({_pct(min(r['robust_acc'], r['robust_acc_worst']))})" for r in weaker
+                        )
+                    )
     for paragraph in checks_protocol([r["checks"] for r in rows]):
         lines += ["", paragraph]
     lines += ["", "## Strongest-protocol check", ""]
     if failures:
-        lines += ["**FAILED** — a weaker protocol found more adversarial examples than the designated strongest one:", ""]
+        lines += [
+            "**FAILED** — a weaker protocol found more adversarial examples than the designated strongest one:",
+            "",
+        ]
         lines += [f"- {f}" for f in failures]
         print("STRONGEST-PROTOCOL CHECK FAILED:\n" + "\n".join(failures), file=sys.stderr)
     else:
         lines += [f"Passed: for every defense variant, '{STRONGEST}' is at or below every other protocol."]
     if any(_bound(r) for r in rows):
-        lines += ["", "The rows marked *an upper bound* ran one attack, not the full ensemble (APGD-CE, APGD-DLR, "
-                  "APGD-T, Square): the strongest protocol above is the strongest of these protocols for that attack, "
-                  "not the strongest attack, and its robust accuracy is an upper bound."]
-    lines += ["", "## Gradient-variance diagnostic (picks the EOT size)", "",
-              "Rule (rdc_lib.evaluation.grad.suggest_eot): the smallest EOT size M at which two independent M-draw averages of "
-              "the gradient reach the target cosine, from the 10th percentile of the per-image cosines of repeated "
-              f"gradients; the library's target is EOT_TARGET = {EOT_TARGET}. The size used is capped for CPU time.", "",
-              "| defense | mean cosine of repeated gradients | cosine used (10th pct.) | target | EOT by rule | EOT used (cap) |",
-              "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "The rows marked *an upper bound* ran one attack, not the full ensemble (APGD-CE, APGD-DLR, "
+            "APGD-T, Square): the strongest protocol above is the strongest of these protocols for that attack, "
+            "not the strongest attack, and its robust accuracy is an upper bound.",
+        ]
+    lines += [
+        "",
+        "## Gradient-variance diagnostic (picks the EOT size)",
+        "",
+        "Rule (rdc_lib.evaluation.grad.suggest_eot): the smallest EOT size M at which two independent M-draw averages of "
+        "the gradient reach the target cosine, from the 10th percentile of the per-image cosines of repeated "
+        f"gradients; the library's target is EOT_TARGET = {EOT_TARGET}. The size used is capped for CPU time.",
+        "",
+        "| defense | mean cosine of repeated gradients | cosine used (10th pct.) | target | EOT by rule | EOT used (cap) |",
+        "|---|---|---|---|---|---|",
+    ]
     for d, v in diag.items():
         target = v.get("target", f"{LEGACY_EOT_TARGET} (before the target was recorded)")
         on = f" ({v['split']} images 0-{v['n'] - 1})" if "split" in v else ""
-        lines.append(f"| {d}{on} | {v['mean_cosine']:.3f} | {v['cosine_used']:.3f} | {target} | {v['eot_rule']} | "
-                     f"{v['eot']} ({v.get('cap', EOT_CAP)}) |")
-    lines += ["", "## Seconds per cell", "",
-              "Wall seconds of the whole cell (sanity checks included: a fixed cost on the check images, whatever n is) and per "
-              "image; a resumed cell counts only its last run.", "",
-              "| defense | variant | protocol | seconds | seconds per image |", "|---|---|---|---|---|"]
-    lines += [f"| {r['defense']} | {r['variant']} | {r['protocol']} | {r['seconds']:.0f} | {r['seconds'] / r['n']:.1f} |"
-              for r in rows]
+        lines.append(
+            f"| {d}{on} | {v['mean_cosine']:.3f} | {v['cosine_used']:.3f} | {target} | {v['eot_rule']} | "
+            f"{v['eot']} ({v.get('cap', EOT_CAP)}) |"
+        )
+    lines += [
+        "",
+        "## Seconds per cell",
+        "",
+        "Wall seconds of the whole cell (sanity checks included: a fixed cost on the check images, whatever n is) and per "
+        "image; a resumed cell counts only its last run.",
+        "",
+        "| defense | variant | protocol | seconds | seconds per image |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['defense']} | {r['variant']} | {r['protocol']} | {r['seconds']:.0f} | {r['seconds'] / r['n']:.1f} |"
+        for r in rows
+    ]
     lines += ["", "## Commands", ""]
     if any(r["n"] < MIN_CHECK_IMAGES and r.get("run_checks", True) for r in rows):
-        lines += [f"Rows on fewer than {MIN_CHECK_IMAGES} images ran the earlier sanity checks on 16 images; `rdc eval` "
-                  f"now refuses checks on fewer than {MIN_CHECK_IMAGES} images (with a message), so rerun such a "
-                  f"command with `--n {MIN_CHECK_IMAGES}` or more.", ""]
+        lines += [
+            f"Rows on fewer than {MIN_CHECK_IMAGES} images ran the earlier sanity checks on 16 images; `rdc eval` "
+            f"now refuses checks on fewer than {MIN_CHECK_IMAGES} images (with a message), so rerun such a "
+            f"command with `--n {MIN_CHECK_IMAGES}` or more.",
+            "",
+        ]
     lines += [f"- {r['defense']} / {r['variant']} / {r['protocol']}: `{r['command']}`" for r in rows]
-    lines += ["", "## Provenance", "", "Commit (and whether the working tree had uncommitted changes) of the code that "
-              "measured each cell; checkpoint hashes, library versions and the full command are in the raw rows "
-              "(docs/raw/evaluation.jsonl, docs/raw/eot_diagnostic.json).", "",
-              "| defense | variant | protocol | provenance |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Provenance",
+        "",
+        "Commit (and whether the working tree had uncommitted changes) of the code that "
+        "measured each cell; checkpoint hashes, library versions and the full command are in the raw rows "
+        "(docs/raw/evaluation.jsonl, docs/raw/eot_diagnostic.json).",
+        "",
+        "| defense | variant | protocol | provenance |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r['defense']} | {r['variant']} | {r['protocol']} | {describe(r)} |" for r in rows]
     lines += [f"| {d} | EOT diagnostic | gradient cosine | {describe(v)} |" for d, v in diag.items()]
     if args.notes and Path(args.notes).is_file():
@@ -311,8 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-eval", type=int, default=10)
     r.add_argument("--records", default="runs/evaluation")
     r.add_argument("--threads", type=int, default=1)
-    r.add_argument("--chunk", type=int, default=None,
-                   help="images per chunk (records saved after each, so a killed run resumes there; default: n)")
+    r.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="images per chunk (records saved after each, so a killed run resumes there; default: n)",
+    )
     r.add_argument("--denoiser", default=DENOISER, help=f"multi-head checkpoint to evaluate (default {DENOISER})")
     r.add_argument("--only", nargs="*", default=None, help="run only these protocol names")
     r.add_argument("--verify", type=int, default=VERIFY, help="calls that must all misclassify (strongest protocol)")
@@ -324,7 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--notes", default="docs/evaluation_notes.md")
     m = sub.add_parser("merge", help="join runs split across record folders into one (then `doc` it)")
     m.add_argument("sources", nargs="+", type=Path, help="--records folders of `run`")
-    m.add_argument("--records", default="runs/evaluation", help="folder to write (evaluation.jsonl, eot_diagnostic.json)")
+    m.add_argument(
+        "--records", default="runs/evaluation", help="folder to write (evaluation.jsonl, eot_diagnostic.json)"
+    )
     return ap
 
 
@@ -332,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "merge":
         rows, diag = merge(args.sources, Path(args.records))
-        print(f"{len(rows)} rows, EOT {({d: v['eot'] for d, v in diag.items()})} -> {args.records}")
+        print(f"{len(rows)} rows, EOT { ({d: v['eot'] for d, v in diag.items()}) } -> {args.records}")
         return 0
     if args.cmd == "run":
         run(args)

@@ -54,8 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="timed repetitions (after one warm-up)")
     p.add_argument("--measure-t1000", action="store_true", help="measure the T = 1000 forward instead of extrapolating")
     p.add_argument("--init", choices=("dense", "edm"), default="dense")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="an imported ddpmpp checkpoint (rdc import-edm) instead of random weights")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="an imported ddpmpp checkpoint (rdc import-edm) instead of random weights",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     return p.parse_args(argv)
@@ -102,9 +106,15 @@ def dc_figures(net, x: torch.Tensor, args, device: torch.device) -> dict:
     dc = DiffusionClassifier(net, make_grid(args.T), noise_mode="fixed", seed=args.seed, chunk_size=args.chunk)
     with torch.no_grad():
         seconds, _ = _timed(lambda: dc(x), device, args.repeats)
-    out = dict(T=args.T, K=K, batch=x.shape[0], seconds=seconds, images_per_s=x.shape[0] / seconds,
-               passes_per_s=dc.network_passes(x.shape[0]) / seconds,
-               seconds_per_image_T1000_extrapolated=seconds / x.shape[0] * 1000 / args.T)
+    out = dict(
+        T=args.T,
+        K=K,
+        batch=x.shape[0],
+        seconds=seconds,
+        images_per_s=x.shape[0] / seconds,
+        passes_per_s=dc.network_passes(x.shape[0]) / seconds,
+        seconds_per_image_T1000_extrapolated=seconds / x.shape[0] * 1000 / args.T,
+    )
     if args.measure_t1000:
         dc1000 = DiffusionClassifier(net, make_grid(1000), noise_mode="fixed", seed=args.seed, chunk_size=args.chunk)
         with torch.no_grad():
@@ -120,14 +130,20 @@ def lm_figures(net, x: torch.Tensor, args, device: torch.device) -> dict:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     steps = 5
     seconds, _ = _timed(lambda: likelihood_maximization(net, x, steps=steps, generator=gen), device, args.repeats)
-    return dict(steps=steps, batch=x.shape[0], seconds=seconds, seconds_per_step=seconds / steps,
-                seconds_per_step_per_image=seconds / steps / x.shape[0])
+    return dict(
+        steps=steps,
+        batch=x.shape[0],
+        seconds=seconds,
+        seconds_per_step=seconds / steps,
+        seconds_per_step_per_image=seconds / steps / x.shape[0],
+    )
 
 
 def attack_figures(net, x: torch.Tensor, args, device: torch.device) -> dict:
     """One exact-gradient step: logits -> cross-entropy -> d loss / d x through the chunked DC."""
-    dc = DiffusionClassifier(net, make_grid(args.T), noise_mode="fixed", seed=args.seed, chunk_size=args.grad_chunk,
-                             backward_mode="chunked")
+    dc = DiffusionClassifier(
+        net, make_grid(args.T), noise_mode="fixed", seed=args.seed, chunk_size=args.grad_chunk, backward_mode="chunked"
+    )
     y = torch.arange(x.shape[0], device=device) % K
 
     def step() -> torch.Tensor:
@@ -141,9 +157,16 @@ def attack_figures(net, x: torch.Tensor, args, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     seconds, grad = _timed(step, device, max(1, args.repeats - 1))
-    out = dict(T=args.T, K=K, batch=x.shape[0], grad_chunk=args.grad_chunk, seconds=seconds,
-               seconds_per_image=seconds / x.shape[0], grad_finite=bool(torch.isfinite(grad).all()),
-               grad_abs_mean=grad.abs().mean().item())
+    out = dict(
+        T=args.T,
+        K=K,
+        batch=x.shape[0],
+        grad_chunk=args.grad_chunk,
+        seconds=seconds,
+        seconds_per_image=seconds / x.shape[0],
+        grad_finite=bool(torch.isfinite(grad).all()),
+        grad_abs_mean=grad.abs().mean().item(),
+    )
     if device.type == "cuda":
         out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         out["peak_gpu_memory_above_weights_gib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
@@ -178,9 +201,12 @@ def precision_figures(net, x: torch.Tensor, args, device: torch.device) -> dict:
         got = logits(tf32, fp16)
         err = (got - ref).abs()
         diff_err = ((got - got.mean(1, keepdim=True)) - (ref - ref.mean(1, keepdim=True))).abs()
-        out[name] = dict(max_abs_error=err.max().item(), max_error_of_centred_logits=diff_err.max().item(),
-                         relative_to_spread=diff_err.max().item() / max(spread, 1e-30),
-                         argmax_agreement=(got.argmax(1) == ref.argmax(1)).float().mean().item())
+        out[name] = dict(
+            max_abs_error=err.max().item(),
+            max_error_of_centred_logits=diff_err.max().item(),
+            relative_to_spread=diff_err.max().item() / max(spread, 1e-30),
+            argmax_agreement=(got.argmax(1) == ref.argmax(1)).float().mean().item(),
+        )
     if args.fp16:
         _precision(device, args.tf32)
         set_fp16(net, True)
@@ -206,7 +232,10 @@ def run(args: argparse.Namespace) -> dict:
     x = torch.rand(args.batch, 3, 32, 32, generator=torch.Generator().manual_seed(args.seed)).to(device)
     result = dict(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        torch=torch.__version__, width=args.width, init=args.init, tf32=args.tf32,
+        torch=torch.__version__,
+        width=args.width,
+        init=args.init,
+        tf32=args.tf32,
         checkpoint=str(args.checkpoint) if args.checkpoint else None,
         params=sum(p.numel() for p in net.parameters()),
         weights_gib=sum(p.numel() * p.element_size() for p in net.parameters()) / 2**30,

@@ -46,10 +46,23 @@ RAW = Path("docs/raw/profile_strongest.json")
 BENCH_RAW = Path("docs/raw/bench_strongest.json")
 DOC = Path("docs/speed.md")
 
-STRONGEST = dict(defense="rdc", attack="apgd-ce", norm="linf", eps=0.1, eot=2, verify=4, n_eval=10,
-                 noise_mode="stochastic", grad_mode="exact", timesteps=16, heads="multi")
-STRONGEST_CLI = ("rdc eval --defense rdc --attack apgd-ce --eps 0.1 --eot 2 --verify 4 --n-eval 10 "
-                 "--noise-mode stochastic --timesteps 16 --heads multi")  # + --denoiser NAME when the raw row names one
+STRONGEST = dict(
+    defense="rdc",
+    attack="apgd-ce",
+    norm="linf",
+    eps=0.1,
+    eot=2,
+    verify=4,
+    n_eval=10,
+    noise_mode="stochastic",
+    grad_mode="exact",
+    timesteps=16,
+    heads="multi",
+)
+STRONGEST_CLI = (
+    "rdc eval --defense rdc --attack apgd-ce --eps 0.1 --eot 2 --verify 4 --n-eval 10 "
+    "--noise-mode stochastic --timesteps 16 --heads multi"
+)  # + --denoiser NAME when the raw row names one
 
 
 def _multi_denoiser() -> dict:
@@ -62,10 +75,23 @@ def _multi_denoiser() -> dict:
     return {"denoiser": LEGACY_DENOISERS["multi"]}
 
 
-PHASES = ("attack: gradient steps", "attack: verification calls", "attack: clean call", "runner: clean classification",
-          "runner: N-evaluation", "sanity checks", "other")
-COMPONENTS = ("LM forward", "LM backward (2nd order)", "DC forward", "DC chunked backward", "noise draws",
-              "rest (Python, loss, bookkeeping)")
+PHASES = (
+    "attack: gradient steps",
+    "attack: verification calls",
+    "attack: clean call",
+    "runner: clean classification",
+    "runner: N-evaluation",
+    "sanity checks",
+    "other",
+)
+COMPONENTS = (
+    "LM forward",
+    "LM backward (2nd order)",
+    "DC forward",
+    "DC chunked backward",
+    "noise draws",
+    "rest (Python, loss, bookkeeping)",
+)
 
 
 class Split:
@@ -103,14 +129,15 @@ class Split:
                     self.phases.pop()
                 if component:
                     self.components.pop()
+
         return inner
 
 
 def _instrument(split: Split) -> None:
     """Wrap the hot functions of the library (this process only)."""
-    from rdc_lib.diffusion import lm, lm_grad
-    from rdc_lib.defenses import classifier, rdc
     from rdc_lib.attacks import base
+    from rdc_lib.defenses import classifier, rdc
+    from rdc_lib.diffusion import lm, lm_grad
     from rdc_lib.evaluation import checks, runner
     from rdc_lib.evaluation import prediction as predict_module
 
@@ -165,8 +192,9 @@ def _instrument(split: Split) -> None:
     c.forward = staticmethod(split.wrap(c.forward, component="DC forward"))
     c.backward = staticmethod(split.wrap(c.backward, component="DC chunked backward"))
     classifier.elbo_terms = split.wrap(classifier.elbo_terms, component="DC forward")
-    rdc.RobustDiffusionClassifier.draw_noise = split.wrap(rdc.RobustDiffusionClassifier.draw_noise,
-                                                          component="noise draws")
+    rdc.RobustDiffusionClassifier.draw_noise = split.wrap(
+        rdc.RobustDiffusionClassifier.draw_noise, component="noise draws"
+    )
 
 
 def _op_share(n: int, seed: int) -> dict:
@@ -175,15 +203,16 @@ def _op_share(n: int, seed: int) -> dict:
 
     from rdc_lib.attacks.base import AttackContext
     from rdc_lib.attacks.losses import ce_loss
+    from rdc_lib.core.paths import checkpoint_path
     from rdc_lib.data import load_dataset
     from rdc_lib.defenses import DefenseSpec, build_defense
-    from rdc_lib.core.paths import checkpoint_path
 
     x, y = load_dataset("digits", "test")
     x, y = x[:n], y[:n]
     named = {"denoiser_path": str(checkpoint_path(d)) for d in _multi_denoiser().values()}
-    model = build_defense(DefenseSpec(name="rdc", heads="multi", timesteps=16, noise_mode="stochastic", seed=seed,
-                                      **named))
+    model = build_defense(
+        DefenseSpec(name="rdc", heads="multi", timesteps=16, noise_mode="stochastic", seed=seed, **named)
+    )
     ctx = AttackContext(model, x, y, eot=2, generator=torch.Generator().manual_seed(seed), verify=1)
     idx = torch.arange(n)
     ctx.loss_grad(idx, x, ce_loss)  # warm-up
@@ -194,8 +223,12 @@ def _op_share(n: int, seed: int) -> dict:
     events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
     self_us = sum(e.self_cpu_time_total for e in events)
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
-    return {"images": n, "cpu_s": cpu, "aten_self_s": self_us / 1e6,
-            "top_ops": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in top]}
+    return {
+        "images": n,
+        "cpu_s": cpu,
+        "aten_self_s": self_us / 1e6,
+        "top_ops": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in top],
+    }
 
 
 def _provenance(cfg) -> dict:
@@ -204,16 +237,23 @@ def _provenance(cfg) -> dict:
     try:
         from rdc_lib.evaluation.provenance import eval_provenance
     except ImportError:
-        return {"commit": "not recorded", "dirty": "not recorded", "checkpoints": "not recorded",
-                "versions": "not recorded", "command": " ".join(sys.argv), "utc": "not recorded",
-                "note": "profiled with a library extract that predates rdc_lib.evaluation.provenance; see commit"}
+        return {
+            "commit": "not recorded",
+            "dirty": "not recorded",
+            "checkpoints": "not recorded",
+            "versions": "not recorded",
+            "command": " ".join(sys.argv),
+            "utc": "not recorded",
+            "note": "profiled with a library extract that predates rdc_lib.evaluation.provenance; see commit",
+        }
     return eval_provenance(cfg)
 
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -224,8 +264,15 @@ def run(args: argparse.Namespace) -> int:
 
     split = Split()
     _instrument(split)
-    cfg = EvalConfig(**STRONGEST, **_multi_denoiser(), n=args.n, steps=args.steps, seed=args.seed, chunk=args.n,
-                     run_checks=not args.no_checks)
+    cfg = EvalConfig(
+        **STRONGEST,
+        **_multi_denoiser(),
+        n=args.n,
+        steps=args.steps,
+        seed=args.seed,
+        chunk=args.n,
+        run_checks=not args.no_checks,
+    )
     t_wall = time.perf_counter()
     split.mark = time.process_time()
     t0 = split.mark
@@ -235,10 +282,17 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t_wall
     table = {p: {c: split.seconds.get((p, c), 0.0) for c in COMPONENTS} for p in PHASES}
     out = {
-        "config": {**STRONGEST, **_multi_denoiser(), "n": args.n, "steps": args.steps, "seed": args.seed, "threads": args.threads,
-                   "run_checks": not args.no_checks},
+        "config": {
+            **STRONGEST,
+            **_multi_denoiser(),
+            "n": args.n,
+            "steps": args.steps,
+            "seed": args.seed,
+            "threads": args.threads,
+            "run_checks": not args.no_checks,
+        },
         "command": f".venv/bin/python benchmarks/profile_strongest.py run --n {args.n} --steps {args.steps} "
-                   f"--threads {args.threads}" + (" --no-checks" if args.no_checks else ""),
+        f"--threads {args.threads}" + (" --no-checks" if args.no_checks else ""),
         "commit": args.commit or _commit(),
         "wall_s": wall,
         "cpu_s": cpu,
@@ -253,7 +307,9 @@ def run(args: argparse.Namespace) -> int:
     dest = Path(args.out)
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "by_phase": {p: sum(v.values()) for p, v in table.items()}}, indent=2))
+    print(
+        json.dumps({"wall_s": wall, "cpu_s": cpu, "by_phase": {p: sum(v.values()) for p, v in table.items()}}, indent=2)
+    )
     print(f"wrote {dest}")
     return 0
 
@@ -284,9 +340,12 @@ def _profile_section(p: dict) -> list[str]:
         f"(the machine was shared with other jobs: wall {_fmt_s(p['wall_s'])} s for {_fmt_s(cpu)} s of CPU), "
         "so they are what one idle core would take; the shares are what to read.",
         "",
-        (f"CPU total {_fmt_s(cpu)} s, of which the sanity checks {_fmt_s(checks)} s: a fixed cost (they run on the "
-         f"first {p['check_images']} image(s), at most 16 whatever n). " if p["check_images"] else
-         f"CPU total {_fmt_s(cpu)} s (sanity checks off in this profile: a fixed cost on at most 16 images). ")
+        (
+            f"CPU total {_fmt_s(cpu)} s, of which the sanity checks {_fmt_s(checks)} s: a fixed cost (they run on the "
+            f"first {p['check_images']} image(s), at most 16 whatever n). "
+            if p["check_images"]
+            else f"CPU total {_fmt_s(cpu)} s (sanity checks off in this profile: a fixed cost on at most 16 images). "
+        )
         + "The part that grows with n: "
         f"{_fmt_s(per_image)} s = **{_fmt_s(per_image / cfg['n'])} s per image** "
         f"(robust accuracy worst of N here: {p['robust_acc_worst']:.3f} on {cfg['n']} images).",
@@ -307,10 +366,16 @@ def _profile_section(p: dict) -> list[str]:
         if phase != "sanity checks":
             for c in COMPONENTS:
                 col[c] += row[c]
-    lines.append("| **all but the checks** | " + " | ".join(_fmt_s(col[c]) for c in COMPONENTS)
-                 + f" | {_fmt_s(per_image)} | 100% |")
-    lines.append("| share of all but the checks | " + " | ".join(f"{100 * col[c] / per_image:.1f}%" for c in COMPONENTS)
-                 + " | | |")
+    lines.append(
+        "| **all but the checks** | "
+        + " | ".join(_fmt_s(col[c]) for c in COMPONENTS)
+        + f" | {_fmt_s(per_image)} | 100% |"
+    )
+    lines.append(
+        "| share of all but the checks | "
+        + " | ".join(f"{100 * col[c] / per_image:.1f}%" for c in COMPONENTS)
+        + " | | |"
+    )
     ops = p["ops"]
     lines += [
         "",
@@ -336,8 +401,9 @@ def _profile_section(p: dict) -> list[str]:
 def _bench_section(b: dict, level: str = "##") -> list[str]:
     from rdc_lib.evaluation.provenance import mark
 
-    title = ("Before vs after the speed-ups, measured in one run" + ("" if level == "##" else f": {b['n']} images")
-             + mark(b))
+    title = (
+        "Before vs after the speed-ups, measured in one run" + ("" if level == "##" else f": {b['n']} images") + mark(b)
+    )
     lines = [
         f"{level} {title}",
         "",
@@ -357,23 +423,32 @@ def _bench_section(b: dict, level: str = "##") -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in b["protocols"]:
-        lines.append(f"| {row['name']} | {row['old_s_per_image']:.2f} | {row['new_s_per_image']:.2f} | "
-                     f"{row['ratio']:.2f}x | {row['old_forward_images_per_image']:.0f} | "
-                     f"{row['new_forward_images_per_image']:.0f} | {row['forward_ratio']:.2f}x | "
-                     f"{row['old_robust']:.3f} / {row['old_robust_worst']:.3f} | "
-                     f"{row['new_robust']:.3f} / {row['new_robust_worst']:.3f} |")
+        lines.append(
+            f"| {row['name']} | {row['old_s_per_image']:.2f} | {row['new_s_per_image']:.2f} | "
+            f"{row['ratio']:.2f}x | {row['old_forward_images_per_image']:.0f} | "
+            f"{row['new_forward_images_per_image']:.0f} | {row['forward_ratio']:.2f}x | "
+            f"{row['old_robust']:.3f} / {row['old_robust_worst']:.3f} | "
+            f"{row['new_robust']:.3f} / {row['new_robust_worst']:.3f} |"
+        )
     judged = [r for r in b["protocols"] if "same_judge" in r]
     if judged:
-        lines += ["", "Same judges: each run's N-evaluation meets its own random draws, so both codes' adversarial "
-                  "images are re-classified by the same defenses (this code's, seeds below, identical draws for "
-                  "both sides); worst-of-N robust accuracy per judge seed, and the largest pixel difference "
-                  "between the two codes' adversarial images:", "",
-                  "| protocol | judge seeds | old | new | largest pixel difference |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Same judges: each run's N-evaluation meets its own random draws, so both codes' adversarial "
+            "images are re-classified by the same defenses (this code's, seeds below, identical draws for "
+            "both sides); worst-of-N robust accuracy per judge seed, and the largest pixel difference "
+            "between the two codes' adversarial images:",
+            "",
+            "| protocol | judge seeds | old | new | largest pixel difference |",
+            "|---|---|---|---|---|",
+        ]
         for r in judged:
             j = r["same_judge"]
-            lines.append(f"| {r['name']} | {', '.join(map(str, j['seeds']))} | "
-                         f"{', '.join(f'{v:.3f}' for v in j['old'])} | {', '.join(f'{v:.3f}' for v in j['new'])} | "
-                         f"{j['max_abs_diff']:.2e} |")
+            lines.append(
+                f"| {r['name']} | {', '.join(map(str, j['seeds']))} | "
+                f"{', '.join(f'{v:.3f}' for v in j['old'])} | {', '.join(f'{v:.3f}' for v in j['new'])} | "
+                f"{j['max_abs_diff']:.2e} |"
+            )
     return lines
 
 
@@ -404,8 +479,11 @@ def _estimate_section(p: dict, bench: dict | None, n_test: int = 360, n_check: i
             "is untouched by these speed-ups.",
         ]
     fwd = p["seconds"]["sanity checks"]["LM forward"] + p["seconds"]["sanity checks"]["DC forward"]
-    lines += ["", f"Of the checks' {checks:.0f} s, {fwd:.0f} s are LM and DC forwards: calls without the attack's "
-              "backward, i.e. mostly Square's queries and their verification."]
+    lines += [
+        "",
+        f"Of the checks' {checks:.0f} s, {fwd:.0f} s are LM and DC forwards: calls without the attack's "
+        "backward, i.e. mostly Square's queries and their verification.",
+    ]
     return lines
 
 

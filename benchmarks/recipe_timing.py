@@ -33,8 +33,13 @@ def time_stage(stage, shipped: dict[str, str], steps: int, device: str, folder: 
     full = cfg.steps
     cfg = replace(cfg, steps=steps, checkpoint_every=10**9, warmup=min(cfg.warmup, steps))
     stamps: list[float] = []
-    train_denoiser(cfg, folder / f"{stage.name}.safetensors", device=device, progress=False,
-                   on_step=lambda step, loss: stamps.append(time.perf_counter()))
+    train_denoiser(
+        cfg,
+        folder / f"{stage.name}.safetensors",
+        device=device,
+        progress=False,
+        on_step=lambda step, loss: stamps.append(time.perf_counter()),
+    )
     per_step = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
     return {"stage": stage.name, "seconds_per_step": per_step, "steps": full, "estimated_seconds": per_step * full}
 
@@ -61,9 +66,20 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             total += row["estimated_seconds"]
             print(json.dumps(row), flush=True)
-    print(json.dumps({"recipe": recipe.name, "stages_timed": len(rows), "timed_steps": args.steps,
-                      "threads": args.threads, "device": args.device, "estimated_replay_seconds": total,
-                      "estimated_replay_hours": total / 3600}), flush=True)
+    print(
+        json.dumps(
+            {
+                "recipe": recipe.name,
+                "stages_timed": len(rows),
+                "timed_steps": args.steps,
+                "threads": args.threads,
+                "device": args.device,
+                "estimated_replay_seconds": total,
+                "estimated_replay_hours": total / 3600,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -24,8 +24,11 @@ DOCS = ROOT / "docs"
 
 # generated document -> (script in benchmarks/, raw files it reads under docs/raw, notes appended verbatim)
 GENERATED: dict[str, tuple[str, tuple[str, ...], str | None]] = {
-    "results.md": ("results_table.py", ("results.jsonl", "headline.jsonl", "crosscheck_torchattacks.jsonl",
-                                        "evaluation.jsonl"), "results_notes.md"),
+    "results.md": (
+        "results_table.py",
+        ("results.jsonl", "headline.jsonl", "crosscheck_torchattacks.jsonl", "evaluation.jsonl"),
+        "results_notes.md",
+    ),
     "evaluation.md": ("evaluation_report.py", ("evaluation.jsonl", "eot_diagnostic.json"), "evaluation_notes.md"),
     "theory.md": ("theory_report.py", ("theory.json",), None),
     "performance.md": ("performance_report.py", ("performance.json",), None),
@@ -33,9 +36,18 @@ GENERATED: dict[str, tuple[str, tuple[str, ...], str | None]] = {
     "certified.md": ("certify_report.py", ("certified.jsonl", "bench_certify.json"), None),
     "speed.md": ("profile_strongest.py", ("profile_strongest.json", "bench_strongest.json"), "speed_notes.md"),
     "grid_levels.md": ("grid_levels.py", ("grid_levels.jsonl",), "grid_levels_notes.md"),
-    "findings.md": ("findings_report.py", ("headline.jsonl", "evaluation.jsonl", "grid_levels.jsonl",
-                                           "denoiser_study.jsonl", "certified.jsonl",
-                                           "sweep_digits_rdc_multi_h16_long_adv_eps_eta.csv"), None),
+    "findings.md": (
+        "findings_report.py",
+        (
+            "headline.jsonl",
+            "evaluation.jsonl",
+            "grid_levels.jsonl",
+            "denoiser_study.jsonl",
+            "certified.jsonl",
+            "sweep_digits_rdc_multi_h16_long_adv_eps_eta.csv",
+        ),
+        None,
+    ),
 }
 
 
@@ -69,8 +81,9 @@ def regenerate(doc: str, out: Path, raw_dir: Path = DOCS / "raw", docs_dir: Path
     elif doc == "denoisers.md":
         module.doc(Namespace(raw=str(raw_dir / "denoiser_study.jsonl"), out=str(out), notes=notes_path))
     elif doc == "certified.md":
-        module.cmd_doc(Namespace(raw=str(raw_dir / "certified.jsonl"), out=str(out),
-                                 bench=str(raw_dir / "bench_certify.json")))
+        module.cmd_doc(
+            Namespace(raw=str(raw_dir / "certified.jsonl"), out=str(out), bench=str(raw_dir / "bench_certify.json"))
+        )
     elif doc == "speed.md":
         out.write_text(module.render(raw_dir, Path(notes_path)))
     elif doc == "grid_levels.md":

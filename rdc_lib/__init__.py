@@ -119,8 +119,9 @@ def __getattr__(name: str) -> Any:
     try:
         value = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ImportError(f"rdc_lib.{name} is listed as {target!r} in rdc_lib.PUBLIC, which does not resolve: "
-                          f"{exc}") from exc
+        raise ImportError(
+            f"rdc_lib.{name} is listed as {target!r} in rdc_lib.PUBLIC, which does not resolve: {exc}"
+        ) from exc
     globals()[name] = value
     return value
 

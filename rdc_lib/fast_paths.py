@@ -46,6 +46,8 @@ def fast_paths_state(model: nn.Module) -> dict[str, list[bool]]:
     """The switches found in ``model``: {'share_prefix': [...], 'sparse_backward': [...], 'split_decoder': [...]}
     (one entry per module that has the switch)."""
     mods = list(model.modules())
-    return {"share_prefix": [m.share_prefix for m in mods if isinstance(m, EDMDenoiser)],
-            "sparse_backward": [m.sparse_backward for m in mods if isinstance(m, DiffusionClassifier)],
-            "split_decoder": [m.split_decoder for m in mods if isinstance(m, FiLMNet)]}
+    return {
+        "share_prefix": [m.share_prefix for m in mods if isinstance(m, EDMDenoiser)],
+        "sparse_backward": [m.sparse_backward for m in mods if isinstance(m, DiffusionClassifier)],
+        "split_decoder": [m.split_decoder for m in mods if isinstance(m, FiLMNet)],
+    }

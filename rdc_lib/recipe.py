@@ -44,8 +44,19 @@ __all__ = [
 RECIPE_KEYS = ("name", "note", "stages")
 STAGE_KEYS = ("name", "note", "shipped", "parent", "teacher", "args")
 # rdc train flags a stage may not set: the replay sets them (output, parents, validation, device, resuming).
-_REPLAY_FLAGS = ("out", "recipe", "out-dir", "init-from", "distill-from", "exclude-val", "device", "threads",
-                 "no-resume", "restart", "help")
+_REPLAY_FLAGS = (
+    "out",
+    "recipe",
+    "out-dir",
+    "init-from",
+    "distill-from",
+    "exclude-val",
+    "device",
+    "threads",
+    "no-resume",
+    "restart",
+    "help",
+)
 RECIPE_FORMAT = 1  # enters every stage hash: a change of the hashing rule invalidates stored outputs
 
 
@@ -56,8 +67,8 @@ class RecipeError(ValueError):
 @dataclass(frozen=True)
 class RecipeStage:
     name: str
-    args: dict                  # rdc train flag (no dashes) -> value
-    parent: str | None = None   # --init-from: an earlier stage's name or a checkpoint
+    args: dict  # rdc train flag (no dashes) -> value
+    parent: str | None = None  # --init-from: an earlier stage's name or a checkpoint
     teacher: str | None = None  # --distill-from: the same
     shipped: str | None = None  # the shipped checkpoint this stage's command produced
     note: str = ""
@@ -121,8 +132,10 @@ def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
             raise RecipeError(f"{where}: 'args' must be a mapping of rdc train flags (without dashes) to values")
         bad = sorted(set(args) - set(valid_args))
         if bad:
-            raise RecipeError(f"{where}: unknown key(s) {bad} in 'args'; valid: {', '.join(valid_args)} (parent, "
-                              "teacher and the replay's own flags are set outside 'args')")
+            raise RecipeError(
+                f"{where}: unknown key(s) {bad} in 'args'; valid: {', '.join(valid_args)} (parent, "
+                "teacher and the replay's own flags are set outside 'args')"
+            )
         if any(isinstance(v, (bool, list, dict)) or v is None for v in args.values()):
             raise RecipeError(f"{where}: every value in 'args' must be a number or a string")
         if s["name"] in {st.name for st in stages}:
@@ -134,8 +147,16 @@ def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
         for k in ("parent", "teacher"):
             if refs[k] is not None and refs[k] not in {st.name for st in stages}:
                 _check_checkpoint(refs[k], f"{where}: {k} checkpoint")
-        stages.append(RecipeStage(name=s["name"], args=dict(args), parent=refs["parent"], teacher=refs["teacher"],
-                                  shipped=refs["shipped"], note=str(s.get("note") or "")))
+        stages.append(
+            RecipeStage(
+                name=s["name"],
+                args=dict(args),
+                parent=refs["parent"],
+                teacher=refs["teacher"],
+                shipped=refs["shipped"],
+                note=str(s.get("note") or ""),
+            )
+        )
     return Recipe(name=data["name"], stages=tuple(stages), source=source, note=str(data.get("note") or ""))
 
 
@@ -145,8 +166,9 @@ def _check_checkpoint(ref: str, what: str) -> Path:
     try:
         return resolve_denoiser(ref)
     except FileNotFoundError as err:
-        raise RecipeError(f"{what} {ref!r} is missing: neither an earlier stage of the recipe nor an existing "
-                          f"checkpoint ({err})") from err
+        raise RecipeError(
+            f"{what} {ref!r} is missing: neither an earlier stage of the recipe nor an existing checkpoint ({err})"
+        ) from err
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -161,8 +183,9 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(data, str(path))
 
 
-def stage_train_config(stage: RecipeStage, parent: str | None, teacher: str | None, *, exclude_val: bool = False,
-                       where: str = "") -> TrainConfig:
+def stage_train_config(
+    stage: RecipeStage, parent: str | None, teacher: str | None, *, exclude_val: bool = False, where: str = ""
+) -> TrainConfig:
     """The ``TrainConfig`` of ``stage`` read by the ``rdc train`` parser, with ``parent`` / ``teacher`` (checkpoint
     paths) as --init-from / --distill-from."""
     from .cli.train import train_config_from_args
@@ -173,8 +196,9 @@ def stage_train_config(stage: RecipeStage, parent: str | None, teacher: str | No
     try:
         args = _train_parser().parse_args(argv)
     except SystemExit as err:  # argparse reports the bad value on stderr; name the stage here
-        raise RecipeError(f"{where or 'recipe'}, stage {stage.name!r}: its args are not valid rdc train flags "
-                          f"({' '.join(argv[2:])})") from err
+        raise RecipeError(
+            f"{where or 'recipe'}, stage {stage.name!r}: its args are not valid rdc train flags ({' '.join(argv[2:])})"
+        ) from err
     args.init_from, args.distill_from, args.exclude_val = None, None, exclude_val
     # paths as given: a parent stage's output does not exist before the replay reaches it
     return replace(train_config_from_args(args), init_from=parent, distill_from=teacher)
@@ -199,10 +223,15 @@ def plan_recipe(recipe: Recipe, out_dir: str | Path, *, exclude_val: bool = Fals
             else:
                 path = _check_checkpoint(ref, f"{recipe.source}, stage {stage.name!r}: {k} checkpoint")
                 refs[k] = (str(path), "sha256:" + _sha256(path))
-        cfg = stage_train_config(stage, refs["parent"][0], refs["teacher"][0], exclude_val=exclude_val,
-                                 where=recipe.source)
-        ident = {**config_dict(cfg), "init_from": refs["parent"][1], "distill_from": refs["teacher"][1],
-                 "recipe_format": RECIPE_FORMAT}
+        cfg = stage_train_config(
+            stage, refs["parent"][0], refs["teacher"][0], exclude_val=exclude_val, where=recipe.source
+        )
+        ident = {
+            **config_dict(cfg),
+            "init_from": refs["parent"][1],
+            "distill_from": refs["teacher"][1],
+            "recipe_format": RECIPE_FORMAT,
+        }
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         plans[stage.name] = StagePlan(stage, cfg, out_dir / f"{stage.name}.safetensors", digest)
     return list(plans.values())
@@ -215,9 +244,16 @@ def stored_hash(path: Path) -> str | None:
     return (checkpoint_extra(path).get("recipe") or {}).get("hash")
 
 
-def replay_recipe(recipe: Recipe, out_dir: str | Path, *, exclude_val: bool = False, device: str = "cpu",
-                  restart: bool = False, progress: bool = True,
-                  on_stage: Callable[[StagePlan, str], None] | None = None) -> list[dict]:
+def replay_recipe(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    exclude_val: bool = False,
+    device: str = "cpu",
+    restart: bool = False,
+    progress: bool = True,
+    on_stage: Callable[[StagePlan, str], None] | None = None,
+) -> list[dict]:
     """Train the stages in order; returns one summary per stage (``status`` "skipped" or "trained").
 
     ``on_stage(plan, status)`` is called before each stage ("skip" / "train"). An existing output of another
@@ -228,8 +264,9 @@ def replay_recipe(recipe: Recipe, out_dir: str | Path, *, exclude_val: bool = Fa
     plans = plan_recipe(recipe, out_dir, exclude_val=exclude_val)
     done: list[dict] = []
     for plan in plans:
-        meta = {"recipe": {"name": recipe.name, "stage": plan.stage.name, "hash": plan.hash,
-                           "exclude_val": exclude_val}}
+        meta = {
+            "recipe": {"name": recipe.name, "stage": plan.stage.name, "hash": plan.hash, "exclude_val": exclude_val}
+        }
         redo = False
         if plan.out.is_file():
             found = stored_hash(plan.out)
@@ -239,9 +276,11 @@ def replay_recipe(recipe: Recipe, out_dir: str | Path, *, exclude_val: bool = Fa
                 done.append({"stage": plan.stage.name, "out": str(plan.out), "hash": plan.hash, "status": "skipped"})
                 continue
             if not restart:
-                raise RecipeError(f"{plan.out} exists with recipe hash {found!r}, but stage {plan.stage.name!r} of "
-                                  f"{recipe.source} gives {plan.hash!r} (the recipe, an upstream stage or the "
-                                  "validation setting changed): move it aside or pass --restart to train it again")
+                raise RecipeError(
+                    f"{plan.out} exists with recipe hash {found!r}, but stage {plan.stage.name!r} of "
+                    f"{recipe.source} gives {plan.hash!r} (the recipe, an upstream stage or the "
+                    "validation setting changed): move it aside or pass --restart to train it again"
+                )
             redo = True
         if on_stage is not None:
             on_stage(plan, "train")
@@ -267,9 +306,12 @@ def recipe_command(args: argparse.Namespace, on_stage: Callable[[StagePlan, str]
     allowed = {"recipe", "out_dir", "exclude_val", "device", "threads", "restart"}
     given = sorted(k for k, v in vars(args).items() if k in defaults and k not in allowed and v != defaults[k])
     if given:
-        raise ValueError(f"--recipe replays the recipe's own training arguments; drop "
-                         f"{', '.join('--' + k.replace('_', '-') for k in given)} (or edit the recipe)")
+        raise ValueError(
+            f"--recipe replays the recipe's own training arguments; drop "
+            f"{', '.join('--' + k.replace('_', '-') for k in given)} (or edit the recipe)"
+        )
     recipe = load_recipe(args.recipe)
     out_dir = args.out_dir or default_out_dir(recipe, args.exclude_val)
-    return replay_recipe(recipe, out_dir, exclude_val=args.exclude_val, device=args.device, restart=args.restart,
-                         on_stage=on_stage)
+    return replay_recipe(
+        recipe, out_dir, exclude_val=args.exclude_val, device=args.device, restart=args.restart, on_stage=on_stage
+    )

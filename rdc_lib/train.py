@@ -21,14 +21,14 @@ import torch
 from torch import Tensor
 
 from .core.choices import ROBUST_GRID_SIGMA_MIN
+from .core.stored_state import StoredStateError, load_torch_state, restart_aside, source_version
+from .core.utils import make_generator, resolve_device
 from .data import dataset_info, load_dataset
 from .diffusion.loss import edm_distill_loss, edm_loss
 from .diffusion.schedules import GridConfig, make_grid
 from .models.base import Denoiser
 from .models.checkpoints import save_denoiser
 from .models.config import DenoiserConfig, build_denoiser
-from .core.stored_state import StoredStateError, load_torch_state, restart_aside, source_version
-from .core.utils import make_generator, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -38,31 +38,31 @@ DIGITS_BACKBONE = {"model_channels": 32, "channel_mult": [1, 2, 2], "num_blocks"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = "digits"         # "digits" | "cifar10"
-    data_root: str | None = None    # folder of the CIFAR-10 batches
-    heads: str = "single"           # "single" | "multi"
+    dataset: str = "digits"  # "digits" | "cifar10"
+    data_root: str | None = None  # folder of the CIFAR-10 batches
+    heads: str = "single"  # "single" | "multi"
     arch: str = "unet_small"
     backbone: dict = field(default_factory=lambda: dict(DIGITS_BACKBONE))
-    steps: int = 5000               # optimizer steps
+    steps: int = 5000  # optimizer steps
     batch_size: int = 128
-    lr: float = 2e-3                # Adam learning rate (after warmup, cosine-decayed to 10%)
-    warmup: int = 200               # linear warmup steps
-    ema_decay: float = 0.999        # EMA of weights (the exported model)
-    label_dropout: float = 0.1      # single-head: probability of the null label
-    P_mean: float = -1.2            # training noise levels: ln sigma ~ N(P_mean, P_std^2)
+    lr: float = 2e-3  # Adam learning rate (after warmup, cosine-decayed to 10%)
+    warmup: int = 200  # linear warmup steps
+    ema_decay: float = 0.999  # EMA of weights (the exported model)
+    label_dropout: float = 0.1  # single-head: probability of the null label
+    P_mean: float = -1.2  # training noise levels: ln sigma ~ N(P_mean, P_std^2)
     P_std: float = 1.2
     seed: int = 0
-    checkpoint_every: int = 500     # steps between resumable checkpoints
-    init_from: str | None = None    # a denoiser checkpoint to fine-tune from (matching names are loaded)
+    checkpoint_every: int = 500  # steps between resumable checkpoints
+    init_from: str | None = None  # a denoiser checkpoint to fine-tune from (matching names are loaded)
     distill_from: str | None = None  # multi-head only: a single-head teacher checkpoint for the wrong-class heads
-    distill_classes: int = 1        # wrong classes per example matched to the teacher, in [1, K - 1]
-    distill_weight: float = 1.0     # weight of the teacher term, >= 0
-    adv_eps: float = 0.0            # l_inf radius (pixels in [0, 1]) of adversarial training inputs; 0 = off
-    adv_fraction: float = 0.5       # share of each batch replaced by its adversarial version, in (0, 1]
-    adv_steps: int = 4              # PGD-CE steps against the network's own fixed-noise DC, >= 1
+    distill_classes: int = 1  # wrong classes per example matched to the teacher, in [1, K - 1]
+    distill_weight: float = 1.0  # weight of the teacher term, >= 0
+    adv_eps: float = 0.0  # l_inf radius (pixels in [0, 1]) of adversarial training inputs; 0 = off
+    adv_fraction: float = 0.5  # share of each batch replaced by its adversarial version, in (0, 1]
+    adv_steps: int = 4  # PGD-CE steps against the network's own fixed-noise DC, >= 1
     adv_grid_sigma_min: float = ROBUST_GRID_SIGMA_MIN  # that DC's grid: the paper grid from this sigma
-    exclude_val: bool = False       # leave the validation split (rdc_lib.data.splits) out of the training images;
-                                    # the way to train a new denoiser (the shipped ones predate it: data/README.md)
+    exclude_val: bool = False  # leave the validation split (rdc_lib.data.splits) out of the training images;
+    # the way to train a new denoiser (the shipped ones predate it: data/README.md)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -75,8 +75,9 @@ class TrainConfig:
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if not (math.isfinite(self.P_mean) and math.isfinite(self.P_std) and self.P_std > 0):
-            raise ValueError(f"P_mean must be finite and P_std finite and > 0, got P_mean={self.P_mean}, "
-                             f"P_std={self.P_std}")
+            raise ValueError(
+                f"P_mean must be finite and P_std finite and > 0, got P_mean={self.P_mean}, P_std={self.P_std}"
+            )
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         dropout = self.backbone.get("dropout", 0.0)
@@ -84,7 +85,9 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if self.distill_from is not None:
             if self.heads != "multi":
-                raise ValueError(f"distill_from trains a multi-head student; got heads={self.heads!r} (use --heads multi)")
+                raise ValueError(
+                    f"distill_from trains a multi-head student; got heads={self.heads!r} (use --heads multi)"
+                )
             num_classes = dataset_info(self.dataset)["num_classes"]
             if not 1 <= self.distill_classes <= num_classes - 1:
                 raise ValueError(f"distill_classes must be in [1, {num_classes - 1}], got {self.distill_classes}")
@@ -98,13 +101,19 @@ class TrainConfig:
         if self.adv_steps < 1:
             raise ValueError(f"adv_steps must be >= 1, got {self.adv_steps}")
         if not 0 < self.adv_grid_sigma_min < GridConfig.sigma_max:
-            raise ValueError(f"adv_grid_sigma_min must be in (0, {GridConfig.sigma_max}), got {self.adv_grid_sigma_min}")
+            raise ValueError(
+                f"adv_grid_sigma_min must be in (0, {GridConfig.sigma_max}), got {self.adv_grid_sigma_min}"
+            )
 
     def denoiser_config(self) -> DenoiserConfig:
         info = dataset_info(self.dataset)
         return DenoiserConfig(
-            arch=self.arch, num_classes=info["num_classes"], img_channels=info["channels"],
-            img_resolution=info["resolution"], heads=self.heads, backbone=dict(self.backbone),
+            arch=self.arch,
+            num_classes=info["num_classes"],
+            img_channels=info["channels"],
+            img_resolution=info["resolution"],
+            heads=self.heads,
+            backbone=dict(self.backbone),
         )
 
 
@@ -195,12 +204,24 @@ def train_denoiser(
             x_batch = adversarial_batch(net, x_batch, y_train[idx], cfg, gen)
         if teacher is not None:
             loss = edm_distill_loss(
-                net, teacher, x_batch, y_train[idx], generator=gen, P_mean=cfg.P_mean, P_std=cfg.P_std,
-                wrong_classes=cfg.distill_classes, weight=cfg.distill_weight,
+                net,
+                teacher,
+                x_batch,
+                y_train[idx],
+                generator=gen,
+                P_mean=cfg.P_mean,
+                P_std=cfg.P_std,
+                wrong_classes=cfg.distill_classes,
+                weight=cfg.distill_weight,
             ).mean()
         else:
             loss = edm_loss(
-                net, x_batch, y_train[idx], generator=gen, P_mean=cfg.P_mean, P_std=cfg.P_std,
+                net,
+                x_batch,
+                y_train[idx],
+                generator=gen,
+                P_mean=cfg.P_mean,
+                P_std=cfg.P_std,
                 label_dropout=cfg.label_dropout,
             ).mean()
         opt.zero_grad(set_to_none=True)
@@ -254,8 +275,10 @@ def _load_teacher(cfg: TrainConfig, dcfg: DenoiserConfig, device: torch.device) 
     want = (dcfg.num_classes, dcfg.img_channels, dcfg.img_resolution)
     got = (teacher.num_classes, teacher.img_channels, teacher.img_resolution)
     if got != want:
-        raise ValueError(f"teacher {cfg.distill_from} has (classes, channels, resolution) = {got}, "
-                         f"the {cfg.dataset} student needs {want}")
+        raise ValueError(
+            f"teacher {cfg.distill_from} has (classes, channels, resolution) = {got}, "
+            f"the {cfg.dataset} student needs {want}"
+        )
     return teacher
 
 
@@ -282,8 +305,15 @@ def _save_state(path: Path, net, ema, opt, gen: torch.Generator, step: int, cfg:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(
-        {"model": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": gen.get_state(),
-         "step": step, "train_config": config_dict(cfg), "code": source_version()},
+        {
+            "model": net.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "rng": gen.get_state(),
+            "step": step,
+            "train_config": config_dict(cfg),
+            "code": source_version(),
+        },
         tmp,
     )
     tmp.replace(path)
@@ -321,11 +351,16 @@ def _load_state(path: Path, cfg: TrainConfig, net, ema, opt, gen: torch.Generato
         gen.set_state(saved["rng"].cpu())  # a generator state is a CPU byte tensor, also for CUDA
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         what = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise StoredStateError(path, f"its weights, optimizer or RNG state do not fit this model ({what})",
-                               restart=RESTART) from exc
+        raise StoredStateError(
+            path, f"its weights, optimizer or RNG state do not fit this model ({what})", restart=RESTART
+        ) from exc
     if saved.get("code") != source_version():
-        log.warning("%s was written by code version %s, this is %s: resuming its weights with this code",
-                    path, saved.get("code"), source_version())
+        log.warning(
+            "%s was written by code version %s, this is %s: resuming its weights with this code",
+            path,
+            saved.get("code"),
+            source_version(),
+        )
     return int(saved["step"])
 
 

@@ -12,8 +12,17 @@ import time
 from pathlib import Path
 
 
-def tiny_cell(x: int, seed: int, scale: float = 1.0, label: str = "a", sleep: float = 0.0, log_file: str = "",
-              fail_marker: str = "", fail_x: int = -1, crash_x: int = -1) -> dict:
+def tiny_cell(
+    x: int,
+    seed: int,
+    scale: float = 1.0,
+    label: str = "a",
+    sleep: float = 0.0,
+    log_file: str = "",
+    fail_marker: str = "",
+    fail_x: int = -1,
+    crash_x: int = -1,
+) -> dict:
     """value = x * scale + seed, after ``sleep`` seconds. Appends one JSON line per execution to
     ``log_file``; raises while ``fail_marker`` exists and ``x == fail_x``; kills its own process
     (like a segfault) when ``x == crash_x``."""
@@ -29,18 +38,42 @@ def tiny_cell(x: int, seed: int, scale: float = 1.0, label: str = "a", sleep: fl
     time.sleep(sleep)
     if fail_marker and x == fail_x and Path(fail_marker).exists():
         raise RuntimeError(f"requested failure for x={x} (marker {fail_marker} exists)")
-    return {"x": x, "seed": seed, "value": x * scale + seed, "label": label, "pid": os.getpid(),
-            "devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {
+        "x": x,
+        "seed": seed,
+        "value": x * scale + seed,
+        "label": label,
+        "pid": os.getpid(),
+        "devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
-def fake_eval(defense: str, eps: float, seed: int, attack: str = "pgd", norm: str = "linf", n: int = 8,
-              untrusted_eps: float = -1.0) -> dict:
+def fake_eval(
+    defense: str,
+    eps: float,
+    seed: int,
+    attack: str = "pgd",
+    norm: str = "linf",
+    n: int = 8,
+    untrusted_eps: float = -1.0,
+) -> dict:
     """An evaluation-shaped result (robust accuracy falling with eps) without any model."""
     robust = max(0.0, 0.9 - 4 * eps - (0.2 if defense == "cnn" else 0.0) + 0.01 * seed)
     trusted = eps != untrusted_eps
     checks = {"gradients": {"passed": True}, "large_budget": {"passed": trusted, "robust_acc": 0.5}}
-    return {"defense": defense, "attack": attack, "norm": norm, "eps": eps, "n": n, "seed": seed,
-            "clean_acc": 0.95, "robust_acc": robust, "seconds": 0.01, "checks": checks, "trusted": trusted}
+    return {
+        "defense": defense,
+        "attack": attack,
+        "norm": norm,
+        "eps": eps,
+        "n": n,
+        "seed": seed,
+        "clean_acc": 0.95,
+        "robust_acc": robust,
+        "seconds": 0.01,
+        "checks": checks,
+        "trusted": trusted,
+    }
 
 
 def busy_cell(x: int, seed: int, label: str = "a", work: float = 1.0) -> dict:

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from rdc_lib.attacks import APGD, PGD, autoattack_suite, build_attack, run_ensemble
-from rdc_lib.defenses.baselines import load_classifier
-from rdc_lib.data import load_dataset
-from rdc_lib.evaluation import EvalConfig
 from rdc_lib.core.paths import checkpoint_path
+from rdc_lib.data import load_dataset
+from rdc_lib.defenses.baselines import load_classifier
+from rdc_lib.evaluation import EvalConfig
 
 
 class LuckyDraw(nn.Module):
@@ -55,8 +55,8 @@ def test_one_call_success_is_mostly_luck_and_verification_refuses_it(setup):
     lucky = LuckyDraw(cnn, p=0.3)
     naive = PGD(lucky, eps=1e-4, steps=10, seed=0).run(x, y)
     verified = PGD(lucky, eps=1e-4, steps=10, verify=4, seed=0).run(x, y)
-    assert naive.success.float().mean() > 0.8          # "broken" by luck
-    assert verified.success.float().mean() < 0.25      # needs 4 fooled calls in a row: p ~ 0.27 ** 4
+    assert naive.success.float().mean() > 0.8  # "broken" by luck
+    assert verified.success.float().mean() < 0.25  # needs 4 fooled calls in a row: p ~ 0.27 ** 4
     # the naive "adversarial" images are classified right by fresh calls: the success was not real
     assert _fresh_accuracy(lucky, naive.x_adv[naive.success], y[naive.success]) > 0.6
     # verification forwards are counted
@@ -97,9 +97,23 @@ def test_bad_verify_is_refused(setup):
 
 def test_eval_keys_of_stored_results_stay_valid():
     # docs/raw/results.jsonl was written before ``verify`` existed: the default must not change its keys
-    cfg = EvalConfig(defense="cnn", attack="autoattack", norm="linf", eps=0.1, n=64, steps=25, restarts=1,
-                     square_queries=500, n_target_classes=3, timesteps=16, heads="multi", noise_mode="fixed",
-                     grad_mode="exact", chunk=32, seed=0)
+    cfg = EvalConfig(
+        defense="cnn",
+        attack="autoattack",
+        norm="linf",
+        eps=0.1,
+        n=64,
+        steps=25,
+        restarts=1,
+        square_queries=500,
+        n_target_classes=3,
+        timesteps=16,
+        heads="multi",
+        noise_mode="fixed",
+        grad_mode="exact",
+        chunk=32,
+        seed=0,
+    )
     assert cfg.key() == "41e5ad902dde88d9"
     from dataclasses import replace
 
@@ -139,8 +153,20 @@ def test_records_written_before_verify_still_resume(tmp_path):
     assert "verify" not in cfg.identity() and "verify" in EvalConfig(verify=2).identity()
     x, y = load_dataset("digits", "test")
     x, y = x[:2], y[:2]
-    recs = {i: {"index": i, "label": int(y[i]), "clean_pred": int(y[i]), "adv_preds": [int(y[i])],
-                "robust_first": True, "robust_all": True, "robust_frac": 1.0, "linf": 0.0, "l2": 0.0} for i in range(2)}
+    recs = {
+        i: {
+            "index": i,
+            "label": int(y[i]),
+            "clean_pred": int(y[i]),
+            "adv_preds": [int(y[i])],
+            "robust_first": True,
+            "robust_all": True,
+            "robust_frac": 1.0,
+            "linf": 0.0,
+            "l2": 0.0,
+        }
+        for i in range(2)
+    }
     save_records(tmp_path, cfg, recs, x.clone())
     records, _ = load_records(tmp_path, cfg, x, y)
     assert sorted(records) == [0, 1]

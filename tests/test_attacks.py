@@ -29,11 +29,11 @@ from rdc_lib.attacks import (
 )
 from rdc_lib.attacks.base import AttackContext
 from rdc_lib.attacks.losses import dlr_loss, margin, margin_loss, targeted_dlr_loss
-from rdc_lib.defenses.baselines import load_classifier
-from rdc_lib.data import load_dataset
 from rdc_lib.core.paths import checkpoint_path
+from rdc_lib.data import load_dataset
+from rdc_lib.defenses.baselines import load_classifier
 
-EPS = {"linf": 0.15, "l2": 1.0}   # contract budgets: large enough that every attack hurts the plain CNN
+EPS = {"linf": 0.15, "l2": 1.0}  # contract budgets: large enough that every attack hurts the plain CNN
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,11 +80,12 @@ def accuracy(model, x, y) -> float:
 
 # ---------------------------------------------------------------- the contract, every attack x norm
 
+
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("name", ATTACK_NAMES)
 def test_attack_contract(name, norm, cnn, digits):
     x, y = digits
-    model = Counting(cnn).train()                      # the attack must switch to eval and restore train
+    model = Counting(cnn).train()  # the attack must switch to eval and restore train
     res = make(name, model, norm).run(x, y)
     assert isinstance(res, AttackResult)
     xa = res.x_adv
@@ -109,7 +110,7 @@ def test_attack_contract(name, norm, cnn, digits):
 @pytest.mark.parametrize("name", ATTACK_NAMES)
 def test_misclassified_untouched_small_batches_and_determinism(name, norm, cnn, digits):
     x, y = digits[0][:7], digits[1][:7].clone()
-    y[:3] = (cnn(x[:3]).argmax(1) + 1) % 10            # three examples the model gets wrong
+    y[:3] = (cnn(x[:3]).argmax(1) + 1) % 10  # three examples the model gets wrong
     model = Counting(cnn)
     res = make(name, model, norm).run(x, y)
     assert torch.equal(res.x_adv[:3], x[:3]) and res.queries[:3].tolist() == [1, 1, 1]
@@ -142,16 +143,20 @@ def test_eps_zero_returns_inputs(cnn, digits):
 
 # ---------------------------------------------------------------- validation
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(norm="l1", eps=0.1), "valid choices: linf, l2"),
-    (dict(norm="linf", eps=-0.1), "eps"),
-    (dict(norm="linf", eps=1.5), "<= 1"),
-    (dict(norm="l2", eps=float("nan")), "eps"),
-    (dict(norm="linf", eps=0.1, steps=0), "steps"),
-    (dict(norm="linf", eps=0.1, restarts=0), "restarts"),
-    (dict(norm="linf", eps=0.1, eot=0), "eot"),
-    (dict(norm="linf", eps=0.1, seed=1, generator=torch.Generator()), "either seed or generator"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(norm="l1", eps=0.1), "valid choices: linf, l2"),
+        (dict(norm="linf", eps=-0.1), "eps"),
+        (dict(norm="linf", eps=1.5), "<= 1"),
+        (dict(norm="l2", eps=float("nan")), "eps"),
+        (dict(norm="linf", eps=0.1, steps=0), "steps"),
+        (dict(norm="linf", eps=0.1, restarts=0), "restarts"),
+        (dict(norm="linf", eps=0.1, eot=0), "eot"),
+        (dict(norm="linf", eps=0.1, seed=1, generator=torch.Generator()), "either seed or generator"),
+    ],
+)
 def test_bad_budget_raises(kwargs, match, cnn):
     with pytest.raises(ValueError, match=match):
         PGD(cnn, **kwargs)
@@ -171,7 +176,9 @@ def test_bad_names_and_targeted_rules(cnn):
     with pytest.raises(ValueError, match="needs a target"):
         PGD(cnn, eps=0.1, loss="dlr-targeted")
     with pytest.raises(ValueError, match="only 9 wrong classes"):
-        APGD(cnn, eps=0.1, targeted=True, target_rule="top-k", n_target_classes=10, steps=2)(*load_dataset("digits")[:2])
+        APGD(cnn, eps=0.1, targeted=True, target_rule="top-k", n_target_classes=10, steps=2)(
+            *load_dataset("digits")[:2]
+        )
     x, y = load_dataset("digits", "test")
     with pytest.raises(ValueError, match="expected images in"):
         PGD(cnn, eps=0.1)(x * 2, y[:360])
@@ -182,6 +189,7 @@ def test_bad_names_and_targeted_rules(cnn):
 
 
 # ---------------------------------------------------------------- maths of the building blocks
+
 
 def test_l2_projection_is_per_example_for_any_batch():
     gen = torch.Generator().manual_seed(0)
@@ -235,7 +243,7 @@ def test_eot_repeats_the_batch_and_averages_gradients():
     y = torch.zeros(5, dtype=torch.int64)
     ctx = AttackContext(noisy, x, y, eot=8, generator=torch.Generator())
     loss, grad = ctx.loss_grad(torch.arange(5), x, get_loss("margin"))
-    assert calls == [40] and (ctx.queries == 8).all()               # one batched forward of 8 copies
+    assert calls == [40] and (ctx.queries == 8).all()  # one batched forward of 8 copies
     drawn = signs[0].reshape(8, 5, 1)
     assert (drawn != drawn[:1]).any(), "copies must draw independent randomness"
     # replay the drawn signs: the EOT gradient is the per-example mean of the 8 copies' gradients
@@ -268,10 +276,10 @@ def test_bpda_identity_and_approximate_backward():
     out = BPDA(quantise)(x)
     assert torch.equal(out, quantise(x.detach()))
     (g,) = torch.autograd.grad((out * w).sum(), x)
-    torch.testing.assert_close(g, w)                              # identity backward
-    out2 = BPDA(quantise, backward_fn=lambda t: t ** 2)(x)
+    torch.testing.assert_close(g, w)  # identity backward
+    out2 = BPDA(quantise, backward_fn=lambda t: t**2)(x)
     (g2,) = torch.autograd.grad((out2 * w).sum(), x)
-    torch.testing.assert_close(g2, 2 * x.detach() * w)            # backward through the approximation
+    torch.testing.assert_close(g2, 2 * x.detach() * w)  # backward through the approximation
     with pytest.raises(ValueError, match="keep the shape"):
         BPDA(lambda t: t.sum(dim=1))(x)
 
@@ -287,6 +295,7 @@ def test_bpda_lets_pgd_attack_a_quantised_classifier(cnn, digits):
 
 
 # ---------------------------------------------------------------- independent implementation
+
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_at_least_as_strong_as_torchattacks(norm, cnn, digits):
@@ -308,8 +317,9 @@ def test_at_least_as_strong_as_torchattacks(norm, cnn, digits):
         robust &= cnn(reference_pgd(cnn, eps=eps, alpha=alpha, steps=steps)(x, y)).argmax(1) == y
     ours = PGD(cnn, norm=norm, eps=eps, alpha=alpha, steps=steps, restarts=restarts, seed=0).run(x, y)
     assert ours.robust_accuracy <= robust.float().mean().item() + slack
-    ref = torchattacks.APGD(cnn, norm="Linf" if norm == "linf" else "L2", eps=eps, steps=steps,
-                            n_restarts=restarts, seed=0, loss="ce")
+    ref = torchattacks.APGD(
+        cnn, norm="Linf" if norm == "linf" else "L2", eps=eps, steps=steps, n_restarts=restarts, seed=0, loss="ce"
+    )
     theirs = accuracy(cnn, ref(x, y), y)
     ours = APGD(cnn, norm=norm, eps=eps, steps=steps, restarts=restarts, seed=0).run(x, y)
     assert ours.robust_accuracy <= theirs + slack
@@ -317,10 +327,11 @@ def test_at_least_as_strong_as_torchattacks(norm, cnn, digits):
 
 # ---------------------------------------------------------------- ensemble
 
+
 def test_ensemble_is_the_worst_case_per_example(cnn, digits):
     x, y = digits
     fgsm = FGSM(cnn, eps=0.1)
-    pgd = PGD(cnn, eps=0.1, steps=5, random_start=False)       # deterministic: independent of the chunking
+    pgd = PGD(cnn, eps=0.1, steps=5, random_start=False)  # deterministic: independent of the chunking
     res = run_ensemble(cnn, x, y, [("fgsm", fgsm), ("pgd", pgd)], chunk_size=24, progress=False)
     alone = [~a.run(x, y).success for a in (fgsm, pgd)]
     assert torch.equal(res.robust, alone[0] & alone[1])
@@ -353,9 +364,10 @@ def test_ensemble_resumes_after_an_interruption(cnn, digits, tmp_path):
     with pytest.raises(Interrupted):
         run_ensemble(cnn, x, y, suite, chunk_size=16, state_path=state, progress=False, callback=stop_after_two)
     seen = []
-    resumed = run_ensemble(cnn, x, y, suite, chunk_size=16, state_path=state, progress=False,
-                           callback=lambda r: seen.append(r.chunk))
-    assert seen == [2, 3]                                         # finished chunks are not redone
+    resumed = run_ensemble(
+        cnn, x, y, suite, chunk_size=16, state_path=state, progress=False, callback=lambda r: seen.append(r.chunk)
+    )
+    assert seen == [2, 3]  # finished chunks are not redone
     for key in ("x_adv", "robust", "clean_correct", "broken_by", "margin", "queries"):
         assert torch.equal(getattr(full, key), getattr(resumed, key)), key
     assert full.queries_per_attack == resumed.queries_per_attack

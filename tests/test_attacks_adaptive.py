@@ -25,12 +25,11 @@ from rdc_lib.attacks import (
     per_example_norm,
     run_ensemble,
 )
-from rdc_lib.defenses.baselines import load_classifier
-from rdc_lib.data import load_dataset
 from rdc_lib.core.paths import checkpoint_path
+from rdc_lib.data import load_dataset
+from rdc_lib.defenses.baselines import load_classifier
 
 from .conftest import tiny_denoiser
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,6 +102,7 @@ def make(name: str, model, *, denoiser=None, seed: int = 0, **kw):
 
 # ---------------------------------------------------------------- the contract over the new attacks
 
+
 @pytest.mark.parametrize("name", ADAPTIVE_ATTACK_NAMES)
 def test_adaptive_attack_contract(name, cnn, digits, denoiser):
     x, y = digits[0][:32], digits[1][:32]
@@ -139,6 +139,7 @@ def test_new_attacks_run_in_the_ensemble(cnn, digits, denoiser):
 
 # ---------------------------------------------------------------- Lagrangian attack
 
+
 def test_lagrangian_with_lam_zero_is_plain_pgd_and_apgd(cnn, digits, denoiser):
     x, y = digits
     for restarts in (1, 2):
@@ -157,14 +158,14 @@ def test_lagrangian_breaks_the_cnn_and_keeps_images_likely(cnn, digits, denoiser
     pgd = PGD(cnn, eps=0.1, steps=10, seed=0).run(x, y)
     lag = LagrangianPGD(cnn, denoiser=denoiser, lam=0.1, eps=0.1, steps=10, seed=0).run(x, y)
     assert lag.robust_accuracy <= clean - 0.25
-    assert lag.robust_accuracy <= pgd.robust_accuracy + 0.15   # a mild penalty costs little strength
+    assert lag.robust_accuracy <= pgd.robust_accuracy + 0.15  # a mild penalty costs little strength
     # a strong penalty: lower diffusion loss than plain PGD, measured with common random numbers
     strong = LagrangianPGD(cnn, denoiser=denoiser, lam=10.0, eps=0.1, steps=10, seed=0).run(x, y)
     gen = lambda: torch.Generator().manual_seed(11)  # noqa: E731
     l_pgd = expected_unconditional_loss(denoiser, pgd.x_adv, draws=8, generator=gen())
     l_lag = expected_unconditional_loss(denoiser, strong.x_adv, draws=8, generator=gen())
     assert float(l_lag.mean()) < float(l_pgd.mean()) - 0.01
-    assert strong.robust_accuracy < clean                            # it still attacks
+    assert strong.robust_accuracy < clean  # it still attacks
     # the loss history records the objective J = L_cls - lam * L_diff, below the CE of plain PGD
     assert len(strong.loss_history) > 0 and math.isfinite(strong.loss_history[0])
 
@@ -200,20 +201,21 @@ def test_lagrangian_uses_more_diffusion_draws_deterministically(cnn, digits, den
 
 # ---------------------------------------------------------------- selective EOT
 
+
 def test_aggregate_eot_rules():
     gen = torch.Generator().manual_seed(0)
     losses, grads = torch.randn(5, 3, generator=gen), torch.randn(5, 3, 2, 2, generator=gen)
     mean = aggregate_eot(losses, grads, aggregation="mean")
     torch.testing.assert_close(mean.grad, grads.mean(0))
     torch.testing.assert_close(mean.objective, losses.mean(0))
-    hot = aggregate_eot(losses, grads, temperature=1e6)               # T -> inf: plain EOT
+    hot = aggregate_eot(losses, grads, temperature=1e6)  # T -> inf: plain EOT
     torch.testing.assert_close(hot.grad, grads.mean(0), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(hot.objective, losses.mean(0), rtol=1e-4, atol=1e-5)
     inf = aggregate_eot(losses, grads, temperature=math.inf)
     torch.testing.assert_close(inf.grad, grads.mean(0))
-    one = aggregate_eot(losses[:1], grads[:1], temperature=0.3)       # M = 1: the draw itself
+    one = aggregate_eot(losses[:1], grads[:1], temperature=0.3)  # M = 1: the draw itself
     assert torch.equal(one.weights, torch.ones(1, 3)) and torch.equal(one.grad, grads[0])
-    cold = aggregate_eot(losses, grads, temperature=1e-4)             # T -> 0: the highest-loss draw
+    cold = aggregate_eot(losses, grads, temperature=1e-4)  # T -> 0: the highest-loss draw
     best = losses.argmax(0)
     torch.testing.assert_close(cold.grad, grads[best, torch.arange(3)])
     top = aggregate_eot(losses, grads, temperature=math.inf, top_k=2)
@@ -228,9 +230,9 @@ def test_aggregate_eot_rules():
 
 def test_selective_gradient_is_the_gradient_of_the_soft_maximum():
     gen = torch.Generator().manual_seed(1)
-    w = torch.randn(4, 6, generator=gen)                                # 4 draws of a loss of x in R^6
+    w = torch.randn(4, 6, generator=gen)  # 4 draws of a loss of x in R^6
     x = torch.randn(2, 6, generator=gen, requires_grad=True)
-    losses = torch.tanh(x @ w.T).T * 3                                  # (M=4, n=2)
+    losses = torch.tanh(x @ w.T).T * 3  # (M=4, n=2)
     temperature = 0.5
     soft_max = temperature * ((losses / temperature).logsumexp(0) - math.log(4))
     (expected,) = torch.autograd.grad(soft_max.sum(), x, retain_graph=True)
@@ -245,14 +247,17 @@ def test_selective_eot_reduces_to_pgd(cnn, digits):
     toy_x = torch.full((12, 1, 2, 2), 0.5)
     toy_y = torch.zeros(12, dtype=torch.int64)
     # M = 1, aggregation 'mean' and T = inf reproduce PGD bit for bit (on a stochastic model too)
-    for kw, model, xs, ys in [(dict(eot=1), cnn, x, y), (dict(eot=4, aggregation="mean"), None, toy_x, toy_y),
-                              (dict(eot=4, temperature=math.inf), None, toy_x, toy_y)]:
+    for kw, model, xs, ys in [
+        (dict(eot=1), cnn, x, y),
+        (dict(eot=4, aggregation="mean"), None, toy_x, toy_y),
+        (dict(eot=4, temperature=math.inf), None, toy_x, toy_y),
+    ]:
         m1, m2 = (model, model) if model is not None else (HiddenVulnerability(seed=5), HiddenVulnerability(seed=5))
         a = PGD(m1, eps=0.1, steps=5, loss="margin", eot=kw["eot"], seed=2).run(xs, ys)
         b = SelectiveEOTPGD(m2, eps=0.1, steps=5, loss="margin", seed=2, **kw).run(xs, ys)
         assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.queries, b.queries), kw
     a = APGD(cnn, eps=0.1, steps=6, seed=2).run(x, y)
-    b = SelectiveEOTAPGD(cnn, eps=0.1, steps=6, seed=2, temperature=0.5).run(x, y)   # eot = 1
+    b = SelectiveEOTAPGD(cnn, eps=0.1, steps=6, seed=2, temperature=0.5).run(x, y)  # eot = 1
     assert torch.equal(a.x_adv, b.x_adv)
 
 
@@ -267,8 +272,9 @@ def test_selective_eot_finds_the_hidden_vulnerability():
     y = torch.zeros(16, dtype=torch.int64)
     judge = HiddenVulnerability(seed=99)
     mean = PGD(HiddenVulnerability(seed=1), eps=0.1, steps=20, loss="margin", eot=8, seed=0).run(x, y)
-    sel = SelectiveEOTPGD(HiddenVulnerability(seed=1), eps=0.1, steps=20, loss="margin", eot=8,
-                          temperature=1.0, seed=0).run(x, y)
+    sel = SelectiveEOTPGD(
+        HiddenVulnerability(seed=1), eps=0.1, steps=20, loss="margin", eot=8, temperature=1.0, seed=0
+    ).run(x, y)
     broken_mean = _broken_in_some_draw(judge, mean.x_adv, y)
     broken_sel = _broken_in_some_draw(judge, sel.x_adv, y)
     assert broken_sel.float().mean() >= 0.9, "selective EOT should break the weak draws of almost every example"
@@ -276,24 +282,26 @@ def test_selective_eot_finds_the_hidden_vulnerability():
     # the selective points move along the weak draws' direction, the mean-EOT points away from it
     assert ((sel.x_adv - 0.5).flatten(1).sum(1) > 0.2).float().mean() >= 0.9
     assert ((mean.x_adv - 0.5).flatten(1).sum(1) < 0.2).all()
-    topk = SelectiveEOTPGD(HiddenVulnerability(seed=1), eps=0.1, steps=20, loss="margin", eot=8,
-                           temperature=math.inf, top_k=1, seed=0).run(x, y)
+    topk = SelectiveEOTPGD(
+        HiddenVulnerability(seed=1), eps=0.1, steps=20, loss="margin", eot=8, temperature=math.inf, top_k=1, seed=0
+    ).run(x, y)
     assert _broken_in_some_draw(judge, topk.x_adv, y).float().mean() >= 0.9
 
 
 # ---------------------------------------------------------------- StAdv
 
+
 def test_flow_warp_identity_and_shift():
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(3, 2, 8, 8, generator=gen)
-    assert torch.equal(flow_warp(x, torch.zeros(3, 2, 8, 8)), x)      # exact for power-of-two sizes
+    assert torch.equal(flow_warp(x, torch.zeros(3, 2, 8, 8)), x)  # exact for power-of-two sizes
     odd = torch.rand(2, 1, 5, 7, generator=gen)
     torch.testing.assert_close(flow_warp(odd, torch.zeros(2, 2, 5, 7)), odd, atol=1e-6, rtol=0)
     # a uniform flow of one pixel (2 / W normalised units) along x reads the right neighbour
     shift = torch.zeros(3, 2, 8, 8)
     shift[:, 0] = 2 / 8
     torch.testing.assert_close(flow_warp(x, shift)[..., :-1], x[..., 1:])
-    torch.testing.assert_close(flow_warp(x, shift)[..., -1], x[..., -1])   # 'border' padding repeats the edge
+    torch.testing.assert_close(flow_warp(x, shift)[..., -1], x[..., -1])  # 'border' padding repeats the edge
     # half a pixel along y: the average of vertical neighbours
     half = torch.zeros(3, 2, 8, 8)
     half[:, 1] = 1 / 8
@@ -329,6 +337,7 @@ def test_stadv_counts_queries_and_stops_early(cnn, digits):
 
 
 # ---------------------------------------------------------------- validation
+
 
 def test_bad_arguments_raise_clear_errors(cnn, digits, denoiser):
     x, y = digits

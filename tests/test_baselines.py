@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from rdc_lib.attacks import PGD
+from rdc_lib.core.paths import checkpoint_path
+from rdc_lib.data import load_dataset
 from rdc_lib.defenses.baselines import (
     BASELINE_KINDS,
     ClassifierConfig,
@@ -14,13 +16,10 @@ from rdc_lib.defenses.baselines import (
     train_baseline_kind,
     train_classifier,
 )
-from rdc_lib.data import load_dataset
 from rdc_lib.models.checkpoints import checkpoint_extra, save_checkpoint, save_denoiser
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
-from rdc_lib.core.paths import checkpoint_path
 
 from .conftest import TINY_BACKBONE
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,7 +45,7 @@ def test_training_is_reproducible_and_round_trips(tmp_path):
     sa, sb, sc = (m.model.state_dict() for m in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
-    assert a.test_accuracy > 0.5                                  # one epoch already learns
+    assert a.test_accuracy > 0.5  # one epoch already learns
     loaded = load_classifier(a.path)
     assert not loaded.training
     x = torch.rand(5, 1, 8, 8)
@@ -56,8 +55,9 @@ def test_training_is_reproducible_and_round_trips(tmp_path):
 
 
 def test_adversarial_training_runs_and_records_its_budget(tmp_path):
-    out = train_classifier(tmp_path / "at.safetensors", adversarial=True, eps=0.1, attack_steps=2, epochs=1,
-                           seed=0, progress=False)
+    out = train_classifier(
+        tmp_path / "at.safetensors", adversarial=True, eps=0.1, attack_steps=2, epochs=1, seed=0, progress=False
+    )
     extra = checkpoint_extra(out.path)
     assert extra["adversarial"] is True and extra["eps"] == 0.1 and extra["attack_steps"] == 2
     assert len(out.train_loss) == 1 and out.train_loss[0] > 0

@@ -13,8 +13,28 @@ BENCH = load_benchmark("bench_grad_cost")
 
 def test_one_row_per_case_and_loss_with_equal_gradients(tmp_path, capsys):
     out = tmp_path / "grad.json"
-    BENCH.main(["--denoisers", "digits_film_single", "--cases", "dc-fixed", "--losses", "ce", "dlr", "dlr-targeted",
-                "--n", "2", "--T", "2", "--rounds", "1", "--best-batches", "8", "--json", str(out)])
+    BENCH.main(
+        [
+            "--denoisers",
+            "digits_film_single",
+            "--cases",
+            "dc-fixed",
+            "--losses",
+            "ce",
+            "dlr",
+            "dlr-targeted",
+            "--n",
+            "2",
+            "--T",
+            "2",
+            "--rounds",
+            "1",
+            "--best-batches",
+            "8",
+            "--json",
+            str(out),
+        ]
+    )
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert [r["loss"] for r in rows] == ["ce", "dlr", "dlr-targeted"]

@@ -11,8 +11,16 @@ import torch
 from torch import nn
 
 from rdc_lib.certify import (
-    ABSTAIN, DenoisedSmoothing, NoisedDiffusionClassifier, build_base, certify, clopper_pearson_lower, min_draws,
-    noised_grid, predict, sample_counts,
+    ABSTAIN,
+    DenoisedSmoothing,
+    NoisedDiffusionClassifier,
+    build_base,
+    certify,
+    clopper_pearson_lower,
+    min_draws,
+    noised_grid,
+    predict,
+    sample_counts,
 )
 from rdc_lib.certify.empirical import SoftSmoothed
 from rdc_lib.certify.runner import CertifyConfig, consistency, records_path, run_certify
@@ -42,8 +50,10 @@ def _phi(z: float) -> float:
 
 def _cp_lower_bisect(k: int, n: int, alpha: float) -> float:
     """Independent Clopper-Pearson lower bound: the p with P(Bin(n, p) >= k) = alpha, by bisection."""
+
     def tail(p):
         return sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
+
     lo, hi = 0.0, 1.0
     for _ in range(100):
         mid = (lo + hi) / 2
@@ -68,14 +78,14 @@ def test_certify_toy_halfspace_matches_closed_form():
     torch.manual_seed(0)  # only for building u; certify itself uses the generator passed in
     u = torch.randn(1, 4, 4)
     base = Halfspace(u, 0.0)
-    x = 0.1 * u / u.norm() + 0.5 * 0          # distance 0.1 to the plane, class 0
+    x = 0.1 * u / u.norm() + 0.5 * 0  # distance 0.1 to the plane, class 0
     sigma, n, alpha = 0.25, 20000, 0.001
     p_a = _phi(0.1 / sigma)
     cert = certify(base, x, sigma, n0=100, n=n, alpha=alpha, generator=torch.Generator().manual_seed(1), batch=4096)
     assert cert.prediction == 0
-    assert cert.p_lower <= p_a                                   # a lower bound ...
+    assert cert.p_lower <= p_a  # a lower bound ...
     assert p_a - cert.p_lower < 4 * math.sqrt(p_a * (1 - p_a) / n) + 0.01  # ... and a tight one
-    assert cert.radius <= 0.1 + 1e-9                             # never more than the exact robust radius
+    assert cert.radius <= 0.1 + 1e-9  # never more than the exact robust radius
     assert cert.radius == pytest.approx(sigma * norm_ppf(cert.p_lower))
     assert cert.radius > 0.08
     # counts follow Binomial(n, p_A)
@@ -86,7 +96,7 @@ def test_certify_toy_halfspace_matches_closed_form():
 def test_certify_abstains_on_the_boundary_and_predict_abstains_too():
     u = torch.ones(1, 2, 2)
     base = Halfspace(u, 0.0)
-    x = torch.zeros(1, 2, 2)                                     # p_A = 1/2 exactly
+    x = torch.zeros(1, 2, 2)  # p_A = 1/2 exactly
     cert = certify(base, x, 0.5, n0=50, n=500, alpha=0.001, generator=torch.Generator().manual_seed(0))
     assert cert.prediction == ABSTAIN and cert.radius == 0.0 and cert.abstained
     assert predict(base, x, 0.5, n=200, alpha=0.001, generator=torch.Generator().manual_seed(0)) == ABSTAIN
@@ -94,10 +104,18 @@ def test_certify_abstains_on_the_boundary_and_predict_abstains_too():
     assert predict(base, far, 0.5, n=200, alpha=0.001, generator=torch.Generator().manual_seed(0)) == 0
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"sigma": 0.0}, "sigma"), ({"sigma": -0.1}, "sigma"), ({"alpha": 0.0}, "alpha"), ({"alpha": 1.0}, "alpha"),
-    ({"alpha": 1.5}, "alpha"), ({"n": 9, "alpha": 0.001}, "need n >= 10"), ({"n0": 0}, "n0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"sigma": 0.0}, "sigma"),
+        ({"sigma": -0.1}, "sigma"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"n": 9, "alpha": 0.001}, "need n >= 10"),
+        ({"n0": 0}, "n0"),
+    ],
+)
 def test_certify_bad_input(kwargs, match):
     base = Halfspace(torch.ones(1, 2, 2), 0.0)
     args = {"sigma": 0.25, "n0": 10, "n": 100, "alpha": 0.001, **kwargs}
@@ -106,11 +124,17 @@ def test_certify_bad_input(kwargs, match):
         certify(base, torch.zeros(1, 2, 2), sigma, generator=torch.Generator(), **args)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"sigma": 0.0}, "sigma"), ({"alpha": 2.0}, "alpha"), ({"n": 5}, "need n >= 10"),
-    ({"radii": (0.0, -0.25)}, r"radii must be finite and >= 0.*-0.25"), ({"radii": ()}, "radii"),
-    ({"base": "nope"}, "valid choices"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"sigma": 0.0}, "sigma"),
+        ({"alpha": 2.0}, "alpha"),
+        ({"n": 5}, "need n >= 10"),
+        ({"radii": (0.0, -0.25)}, r"radii must be finite and >= 0.*-0.25"),
+        ({"radii": ()}, "radii"),
+        ({"base": "nope"}, "valid choices"),
+    ],
+)
 def test_certify_config_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CertifyConfig(**kwargs)
@@ -193,13 +217,22 @@ def test_soft_smoothed_is_a_differentiable_log_probability():
 
 @pytest.mark.slow
 def test_runner_resumes_and_matches_a_fresh_run(tmp_path):
-    cfg = CertifyConfig(base="denoised", n_images=3, n0=10, n=30, alpha=0.01, radii=(0.0, 0.25), attack_steps=1,
-                        attack_draws=2, pred_draws=10)
+    cfg = CertifyConfig(
+        base="denoised",
+        n_images=3,
+        n0=10,
+        n=30,
+        alpha=0.01,
+        radii=(0.0, 0.25),
+        attack_steps=1,
+        attack_draws=2,
+        pred_draws=10,
+    )
     full = run_certify(cfg, records_dir=tmp_path, progress=False)
     assert full["images"] == 3 and set(full["certified"]) == {"0", "0.25"} and full["draws_per_image"] == 40
     path = records_path(tmp_path, cfg)
     lines = path.read_text().splitlines()
-    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])          # one image kept, one line cut by a kill
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])  # one image kept, one line cut by a kill
     resumed = run_certify(cfg, records_dir=tmp_path, progress=False)
     assert resumed["certified"] == full["certified"] and resumed["empirical"] == full["empirical"]
     fresh = run_certify(cfg, records_dir=None, progress=False)
@@ -207,8 +240,9 @@ def test_runner_resumes_and_matches_a_fresh_run(tmp_path):
     recs = [json.loads(ln) for ln in path.read_text().splitlines()[1:]]
     assert [r["index"] for r in recs] == [0, 1, 2]
     # a smaller slice reuses the records (no new work), a different configuration does not
-    part = run_certify(CertifyConfig(**{**cfg.identity(), "n_images": 2, "radii": (0.0, 0.25)}), records_dir=tmp_path,
-                       progress=False)
+    part = run_certify(
+        CertifyConfig(**{**cfg.identity(), "n_images": 2, "radii": (0.0, 0.25)}), records_dir=tmp_path, progress=False
+    )
     assert part["images"] == 2 and part["seconds"] < full["seconds"]
 
 
@@ -220,8 +254,8 @@ def test_consistency_check_can_fail():
 
 
 def test_sweep_target_declares_the_config_fields():
-    from rdc_lib.sweep.spec import SweepSpecError, load_sweep, parse_sweep
     from rdc_lib.core.paths import REPO_ROOT
+    from rdc_lib.sweep.spec import SweepSpecError, load_sweep, parse_sweep
 
     path = REPO_ROOT / "examples" / "sweeps" / "digits_certify.yaml"
     assert len(load_sweep(path).cells()) == 4
@@ -232,8 +266,31 @@ def test_sweep_target_declares_the_config_fields():
 def test_cli_certify_json_and_bad_input(capsys):
     from rdc_lib.cli import main
 
-    assert main(["certify", "--base", "denoised", "--n-images", "1", "--n0", "5", "--n", "20", "--alpha", "0.01",
-                 "--attack-steps", "0", "--radii", "0", "0.1", "--no-progress", "--json"]) == 0
+    assert (
+        main(
+            [
+                "certify",
+                "--base",
+                "denoised",
+                "--n-images",
+                "1",
+                "--n0",
+                "5",
+                "--n",
+                "20",
+                "--alpha",
+                "0.01",
+                "--attack-steps",
+                "0",
+                "--radii",
+                "0",
+                "0.1",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["images"] == 1 and set(out["certified"]) == {"0", "0.1"} and out["draws_per_image"] == 25
     assert "empirical" not in out and out["radius_unit"].startswith("l2, pixel")
@@ -252,12 +309,21 @@ def _report_module():
 @pytest.mark.slow
 def test_report_doc_is_deterministic_and_flags_inconsistent_rows(tmp_path):
     report = _report_module()
-    cfg = CertifyConfig(base="denoised", n_images=2, n0=10, n=30, alpha=0.01, radii=(0.0, 0.5), attack_steps=1,
-                        attack_draws=2, pred_draws=10)
+    cfg = CertifyConfig(
+        base="denoised",
+        n_images=2,
+        n0=10,
+        n=30,
+        alpha=0.01,
+        radii=(0.0, 0.5),
+        attack_steps=1,
+        attack_draws=2,
+        pred_draws=10,
+    )
     row = {**run_certify(cfg, progress=False), "key": cfg.key(), "command": "python x run", "machine": "cpu"}
     raw = tmp_path / "raw.jsonl"
     report._write_row(raw, row)
-    report._write_row(raw, row)                                   # the same configuration replaces its row
+    report._write_row(raw, row)  # the same configuration replaces its row
     assert len(raw.read_text().splitlines()) == 1
     out1, out2 = tmp_path / "a.md", tmp_path / "b.md"
     report.main(["doc", "--raw", str(raw), "--out", str(out1), "--bench", str(tmp_path / "none.json")])

@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from rdc_lib.core.paths import checkpoint_path
 from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES, trust_label
-from rdc_lib.core.paths import checkpoint_path
 
 from .conftest import load_benchmark
 
@@ -98,11 +98,21 @@ def _printed(result: dict, tmp_path: Path) -> dict[str, str]:
     row = {**result, "variant": "v", "protocol": "p", "command": "rdc eval ..."}
     (tmp_path / "evaluation.jsonl").write_text(json.dumps(row) + "\n")
     er = _load("evaluation_report")
-    er.doc(type("A", (), {"records": str(tmp_path), "out": str(tmp_path / "evaluation.md"), "notes": "",
-                          "n_eval": 1})())
+    er.doc(
+        type("A", (), {"records": str(tmp_path), "out": str(tmp_path / "evaluation.md"), "notes": "", "n_eval": 1})()
+    )
     out["evaluation_report"] = (tmp_path / "evaluation.md").read_text()
-    rec = CellRecord(key="k", sweep="s", target="eval", params={"defense": result["defense"], "eps": result["eps"]},
-                     status="done", code_version="c", checkpoints={}, finished="now", result=result)
+    rec = CellRecord(
+        key="k",
+        sweep="s",
+        target="eval",
+        params={"defense": result["defense"], "eps": result["eps"]},
+        status="done",
+        code_version="c",
+        checkpoints={},
+        finished="now",
+        result=result,
+    )
     out["sweep_report"] = cell_rows([rec])[0]["trusted"]
     return out
 
@@ -129,8 +139,15 @@ def test_honest_cnn_passes_every_check(tmp_path):
     """The control: the same settings on the plain CNN pass (so the failures below are the models')."""
     res = _run(_cnn())
     assert res["trusted"] is True, {k: v for k, v in res["checks"].items() if not v["passed"]}
-    assert set(res["checks"]) == {"gradients", "finite_difference", "large_budget", "convergence", "black_box",
-                                  "transfer", "cross_loss"}  # eot_convergence: deterministic, skipped
+    assert set(res["checks"]) == {
+        "gradients",
+        "finite_difference",
+        "large_budget",
+        "convergence",
+        "black_box",
+        "transfer",
+        "cross_loss",
+    }  # eot_convergence: deterministic, skipped
     assert "passed" in _printed(res, tmp_path)["evaluation_report"]
 
 

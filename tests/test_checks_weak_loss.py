@@ -15,11 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from rdc_lib.attacks import FULL_ENSEMBLE, autoattack_suite, is_full_ensemble, protocol_label
+from rdc_lib.core.paths import checkpoint_path
 from rdc_lib.data import load_dataset
 from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.evaluation import EvalConfig
 from rdc_lib.evaluation.checks import cross_loss_attacks, skipped_checks
-from rdc_lib.core.paths import checkpoint_path
 
 from .test_checks_fail import N, _assert_fails, _Backward, _cnn, _printed, _run
 
@@ -36,7 +36,9 @@ class NearCheckImages(nn.Module):
         self.gen = torch.Generator().manual_seed(0)
 
     def near(self, x: Tensor) -> Tensor:
-        return torch.cdist(x.detach().flatten(1).to(self.ref.dtype), self.ref, p=float("inf")).min(dim=1).values <= RADIUS
+        return (
+            torch.cdist(x.detach().flatten(1).to(self.ref.dtype), self.ref, p=float("inf")).min(dim=1).values <= RADIUS
+        )
 
 
 class SaturatedCE(NearCheckImages):
@@ -109,6 +111,7 @@ def test_eot_convergence_passes_on_an_honest_stochastic_model_and_is_skipped_whe
 
 # ----------------------------------------------------------------------------- labels: an upper bound, said so
 
+
 def test_one_label_for_every_attack():
     assert is_full_ensemble(FULL_ENSEMBLE) and protocol_label(FULL_ENSEMBLE) == "full ensemble"
     assert not is_full_ensemble("apgd-ce") and protocol_label("apgd-ce") == "APGD-CE only: an upper bound"
@@ -125,12 +128,22 @@ def test_a_single_attack_result_is_labelled_an_upper_bound_in_every_table(tmp_pa
     from rdc_lib.sweep.report import cell_rows
     from rdc_lib.sweep.store import CellRecord
 
-    rec = CellRecord(key="k", sweep="s", target="eval", params={"defense": "cnn", "attack": "apgd-ce"}, status="done",
-                     code_version="c", checkpoints={}, finished="now", result=res)
+    rec = CellRecord(
+        key="k",
+        sweep="s",
+        target="eval",
+        params={"defense": "cnn", "attack": "apgd-ce"},
+        status="done",
+        code_version="c",
+        checkpoints={},
+        finished="now",
+        result=res,
+    )
     assert cell_rows([rec])[0]["protocol"] == "APGD-CE only: an upper bound"
 
 
 # ----------------------------------------------------------------------------- the ensemble against stochastic defenses
+
 
 def test_the_ensemble_keeps_square_under_eot_on_averaged_scores():
     model = Stochastic()
@@ -155,11 +168,19 @@ def test_fewer_than_one_draw_or_reading_is_refused_by_the_evaluation(field):
         EvalConfig(defense="dc", attack=FULL_ENSEMBLE, noise_mode="stochastic", **{field: 0})
 
 
-@pytest.mark.parametrize("over, words", [
-    (dict(attack="apgd-ce"), "attack 'apgd-ce' (APGD-CE only: an upper bound; expected the full ensemble 'autoattack'"),
-    (dict(attacks_dropped={"square": "left out"}),
-     "attack 'autoattack' without square (ensemble without square: an upper bound; expected the full ensemble"),
-])
+@pytest.mark.parametrize(
+    "over, words",
+    [
+        (
+            dict(attack="apgd-ce"),
+            "attack 'apgd-ce' (APGD-CE only: an upper bound; expected the full ensemble 'autoattack'",
+        ),
+        (
+            dict(attacks_dropped={"square": "left out"}),
+            "attack 'autoattack' without square (ensemble without square: an upper bound; expected the full ensemble",
+        ),
+    ],
+)
 def test_a_headline_import_of_an_upper_bound_is_refused(tmp_path, over, words):
     from .test_results_headline import _result, _row
 
@@ -170,14 +191,35 @@ def test_a_headline_import_of_an_upper_bound_is_refused(tmp_path, over, words):
 
 # ----------------------------------------------------------------------------- EOT from the gradient-variance rule
 
+
 def test_eot_auto_takes_the_rules_size_and_records_it(capsys):
     import json
 
     from rdc_lib.cli import main
     from rdc_lib.evaluation.eot_rule import eot_by_rule
 
-    assert main(["eval", "--defense", "cnn", "--attack", "pgd", "--eot", "auto", "--n", "4", "--steps", "2",
-                 "--run-checks", "false", "--json", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--defense",
+                "cnn",
+                "--attack",
+                "pgd",
+                "--eot",
+                "auto",
+                "--n",
+                "4",
+                "--steps",
+                "2",
+                "--run-checks",
+                "false",
+                "--json",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["eot"] == 1 and res["eot_rule"]["eot"] == 1 and res["eot_rule"]["mean_cosine"] > 0.999  # deterministic
     x, y = load_dataset("digits", "test")

@@ -1,14 +1,15 @@
 import pytest
 import torch
 
-from rdc_lib.defenses.classifier import DiffusionClassifier
+from rdc_lib.core.choices import GRID_KINDS as GRIDS
+from rdc_lib.core.choices import GRID_WEIGHTINGS as WEIGHTINGS
+from rdc_lib.core.paths import checkpoint_path
 from rdc_lib.data import load_dataset
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion import make_grid
 from rdc_lib.diffusion.elbo import elbo_terms
-from rdc_lib.core.choices import GRID_KINDS as GRIDS, GRID_WEIGHTINGS as WEIGHTINGS
 from rdc_lib.diffusion.schedules import lognormal_density
 from rdc_lib.models import load_denoiser
-from rdc_lib.core.paths import checkpoint_path
 
 from .conftest import tiny_denoiser
 
@@ -65,7 +66,7 @@ def test_classifier_batched_equals_per_image(heads):
     dc = DiffusionClassifier(tiny_denoiser(heads), make_grid(5), noise_mode="fixed")
     x = torch.rand(4, 1, 8, 8)
     together = dc(x)
-    alone = torch.cat([dc(x[i:i + 1]) for i in range(4)])
+    alone = torch.cat([dc(x[i : i + 1]) for i in range(4)])
     assert together.shape == (4, 10) and torch.allclose(together, alone, atol=1e-5)
 
 
@@ -140,12 +141,12 @@ def test_shipped_checkpoint_classifies_digits():
 def test_bayes_posterior_undoes_the_per_pixel_temperature():
     from rdc_lib.defenses.classifier import bayes_posterior
 
-    per_pixel = torch.tensor([[-0.50, -0.53, -0.56]])         # -L: a per-pixel mean, gaps of hundredths
+    per_pixel = torch.tensor([[-0.50, -0.53, -0.56]])  # -L: a per-pixel mean, gaps of hundredths
     flat = per_pixel.softmax(-1)
     sharp = bayes_posterior(per_pixel, 64)
-    assert flat.max() < 0.36                                 # the tempered posterior is nearly uniform
+    assert flat.max() < 0.36  # the tempered posterior is nearly uniform
     assert sharp[0, 0] > 0.8 and torch.allclose(sharp, (per_pixel * 64).softmax(-1))
-    assert torch.equal(sharp.argmax(-1), flat.argmax(-1))    # the decision does not depend on the scale
+    assert torch.equal(sharp.argmax(-1), flat.argmax(-1))  # the decision does not depend on the scale
     log_prior = torch.tensor([0.2, 0.3, 0.5]).log()
     with_prior = bayes_posterior(per_pixel + log_prior, 64, log_prior)  # the prior is counted once, unscaled
     assert torch.allclose(with_prior, (per_pixel * 64 + log_prior).softmax(-1), atol=1e-6)
@@ -158,6 +159,6 @@ def test_classifier_posterior_uses_its_prior_and_image_size():
     prior = torch.tensor([0.5] + [0.5 / (den.num_classes - 1)] * (den.num_classes - 1))
     dc = DiffusionClassifier(den, make_grid(4), prior=prior, noise_mode="fixed")
     logits = torch.randn(2, den.num_classes)
-    d = den.img_channels * den.img_resolution ** 2
+    d = den.img_channels * den.img_resolution**2
     expected = ((logits - prior.log()) * d + prior.log()).softmax(-1)
     assert torch.allclose(dc.posterior(logits), expected, atol=1e-6)

@@ -8,11 +8,10 @@ import re
 
 import nbformat
 import papermill as pm
-import pytest
 
+from rdc_lib.core.progress import PlainProgress, is_terminal, progress_bar
 from rdc_lib.jobs import main_job
 from rdc_lib.jobs.kernels import papermill_kernel_options
-from rdc_lib.core.progress import PlainProgress, is_terminal, progress_bar
 
 WARNING = "without encryption"
 ESCAPES = re.compile(r"[\r\x1b]")
@@ -59,8 +58,10 @@ def test_a_terminal_gets_tqdm_and_disabled_writes_nothing():
 
 def _notebook(path):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell('x: int = 1\nresult_dir: str = ""', metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("print(2 * x)")]
+    nb.cells = [
+        nbformat.v4.new_code_cell('x: int = 1\nresult_dir: str = ""', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print(2 * x)"),
+    ]
     nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
 

@@ -13,9 +13,29 @@ def _last_json(out: str) -> dict:
 
 def test_eval_json_contract_dc():
     proc = subprocess.run(
-        [sys.executable, "-m", "rdc_lib.cli", "eval", "--defense", "dc", "--attack", "none", "--n", "8", "--seed", "0",
-         "--timesteps", "4", "--heads", "multi", "--json", "--no-progress"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "rdc_lib.cli",
+            "eval",
+            "--defense",
+            "dc",
+            "--attack",
+            "none",
+            "--n",
+            "8",
+            "--seed",
+            "0",
+            "--timesteps",
+            "4",
+            "--heads",
+            "multi",
+            "--json",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     res = _last_json(proc.stdout)
@@ -25,8 +45,10 @@ def test_eval_json_contract_dc():
 
 
 def test_eval_json_contract_attack(capsys):
-    assert main(["eval", "--defense", "cnn", "--attack", "fgsm", "--n", "32", "--eps", "0.1", "--json",
-                 "--no-progress"]) == 0
+    assert (
+        main(["eval", "--defense", "cnn", "--attack", "fgsm", "--n", "32", "--eps", "0.1", "--json", "--no-progress"])
+        == 0
+    )
     res = _last_json(capsys.readouterr().out)
     assert res["robust_acc"] <= res["clean_acc"] and res["norm"] == "linf" and res["eps"] == 0.1
     assert set(res["checks"]) >= {"gradients", "large_budget", "transfer"} or res["defense"] == "cnn"
@@ -55,8 +77,23 @@ def test_eval_bad_input(args, message, capsys):
 
 
 def test_cifar10_without_files_says_what_to_put_where(tmp_path, capsys):
-    assert main(["eval", "--dataset", "cifar10", "--defense", "dc", "--data-root", str(tmp_path),
-                 "--ckpt-dir", str(tmp_path), "--json"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--dataset",
+                "cifar10",
+                "--defense",
+                "dc",
+                "--data-root",
+                str(tmp_path),
+                "--ckpt-dir",
+                str(tmp_path),
+                "--json",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "data_batch_1" in err and "test_batch" in err and "rdc import-edm" in err
 
@@ -68,8 +105,28 @@ def test_presets_command(capsys):
 
 
 def test_stadv_unseen_threat(capsys):
-    assert main(["eval", "--defense", "cnn", "--attack", "stadv", "--norm", "flow", "--eps", "0.05", "--steps", "10",
-                 "--n", "32", "--json", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--defense",
+                "cnn",
+                "--attack",
+                "stadv",
+                "--norm",
+                "flow",
+                "--eps",
+                "0.05",
+                "--steps",
+                "10",
+                "--n",
+                "32",
+                "--json",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     res = _last_json(capsys.readouterr().out)
     assert res["robust_acc"] <= res["clean_acc"] and "large_budget" in res["checks"]
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from rdc_lib.data import CIFAR10_FILES, VAL_SIZE, dataset_info, load_cifar10, load_dataset, val_indices
-from rdc_lib.core.safe_pickle import RefusedGlobalError
 
 from .conftest import write_cifar_batches
 

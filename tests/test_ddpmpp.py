@@ -108,11 +108,14 @@ def test_full_size_matches_official_names_shapes_and_size(conditional):
     net = build_denoiser(ddpmpp_config(10, conditional=conditional)).eval()
     shapes = {k: tuple(v.shape) for k, v in edm_state_dict(net).items()}
     assert shapes == expected_official_shapes(label_dim=10 if conditional else 0)
-    for key, shape in {"model.map_label.weight": (128, 10), "model.map_augment.weight": (128, 9),
-                       "model.enc.32x32_block0.skip.weight": (256, 128, 1, 1),
-                       "model.enc.16x16_block0.qkv.weight": (768, 256, 1, 1),
-                       "model.dec.8x8_in0.proj.weight": (256, 256, 1, 1),
-                       "model.dec.32x32_aux_conv.weight": (3, 256, 3, 3)}.items():
+    for key, shape in {
+        "model.map_label.weight": (128, 10),
+        "model.map_augment.weight": (128, 9),
+        "model.enc.32x32_block0.skip.weight": (256, 128, 1, 1),
+        "model.enc.16x16_block0.qkv.weight": (768, 256, 1, 1),
+        "model.dec.8x8_in0.proj.weight": (256, 256, 1, 1),
+        "model.dec.32x32_aux_conv.weight": (3, 256, 3, 3),
+    }.items():
         if conditional or "map_label" not in key:
             assert shapes[key] == shape
     n = sum(p.numel() for p in net.parameters())
@@ -166,8 +169,11 @@ def test_labels_null_is_zero_one_hot_and_invalid_labels_raise():
 
 def test_builder_validates_backbone_keys():
     with pytest.raises(ValueError, match="unknown ddpmpp backbone keys"):
-        build_denoiser(DenoiserConfig(arch="ddpmpp", num_classes=3, img_channels=3, img_resolution=8,
-                                      backbone={**TINY, "widht": 3}))
+        build_denoiser(
+            DenoiserConfig(
+                arch="ddpmpp", num_classes=3, img_channels=3, img_resolution=8, backbone={**TINY, "widht": 3}
+            )
+        )
     with pytest.raises(ValueError, match="label_dim must be num_classes"):
         build_denoiser(ddpmpp_config(3, img_resolution=8, label_dim=5, **TINY))
     with pytest.raises(ValueError, match="no label input"):
@@ -222,8 +228,10 @@ def test_paired_denoiser_routes_null_to_unconditional():
     y = torch.tensor([3, 0, 3, 2])
     with torch.no_grad():
         mixed = pair(x, s, y)
-        rows = [(uncond if int(l) == 3 else cond)(x[i:i + 1], s[i:i + 1], None if int(l) == 3 else y[i:i + 1])
-                for i, l in enumerate(y)]
+        rows = [
+            (uncond if int(l) == 3 else cond)(x[i : i + 1], s[i : i + 1], None if int(l) == 3 else y[i : i + 1])
+            for i, l in enumerate(y)
+        ]
         assert torch.allclose(mixed, torch.cat(rows), atol=1e-6)
         assert torch.equal(pair(x, s, None), uncond(x, s, None))
         both = pair.denoise_all(x, s, torch.tensor([1, 3]))
@@ -254,11 +262,14 @@ def test_gpu_benchmark_script_runs_on_cpu(tmp_path):
 
     bench = load_benchmark("gpu_ddpmpp")
     out = tmp_path / "bench.json"
-    result = bench.main(["--device", "cpu", "--T", "1", "--batch", "1", "--width", "8", "--repeats", "1",
-                         "--out", str(out)])
+    result = bench.main(
+        ["--device", "cpu", "--T", "1", "--batch", "1", "--width", "8", "--repeats", "1", "--out", str(out)]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert result["params"] == sum(p.numel() for p in build_denoiser(ddpmpp_config(10, model_channels=8)).parameters())
-    assert result["dc"]["images_per_s"] > 0 and result["dc"]["passes_per_s"] == pytest.approx(10 * result["dc"]["images_per_s"])
+    assert result["dc"]["images_per_s"] > 0 and result["dc"]["passes_per_s"] == pytest.approx(
+        10 * result["dc"]["images_per_s"]
+    )
     assert result["attack"]["grad_finite"] and result["attack"]["peak_gpu_memory_gib"] is None
     assert "seconds_per_step" in result["lm"] or "skipped" in result["lm"]
     assert "skipped" in result["precision"]
@@ -268,4 +279,6 @@ def test_gpu_benchmark_script_runs_on_cpu(tmp_path):
     cfg = ddpmpp_config(10, model_channels=4, channel_mult=[1, 2, 2], num_blocks=1)
     ckpt = save_denoiser(tmp_path / "net.safetensors", build_denoiser(cfg), cfg)
     loaded = bench.main(["--device", "cpu", "--T", "1", "--batch", "1", "--repeats", "1", "--checkpoint", str(ckpt)])
-    assert loaded["checkpoint"] == str(ckpt) and loaded["params"] == sum(p.numel() for p in build_denoiser(cfg).parameters())
+    assert loaded["checkpoint"] == str(ckpt) and loaded["params"] == sum(
+        p.numel() for p in build_denoiser(cfg).parameters()
+    )

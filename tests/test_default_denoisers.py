@@ -42,8 +42,10 @@ def test_default_denoiser_and_bad_heads():
 def test_stored_denoiser_name_keeps_the_legacy_meaning():
     assert stored_denoiser_name({"heads": "multi", "denoiser": ""}) == "digits_multi"
     assert stored_denoiser_name({"heads": "single"}) == "digits_single"
-    assert stored_denoiser_name({"heads": "multi", "denoiser": "digits_film_multi_distill9"}) == \
-        "digits_film_multi_distill9"
+    assert (
+        stored_denoiser_name({"heads": "multi", "denoiser": "digits_film_multi_distill9"})
+        == "digits_film_multi_distill9"
+    )
     assert stored_denoiser_name({"heads": "single", "dataset": "cifar10", "denoiser": ""}) == ""
     with pytest.raises(ValueError, match="must name its heads"):
         stored_denoiser_name({"denoiser": ""})
@@ -84,7 +86,7 @@ def test_eval_from_stored_names_the_legacy_denoiser():
 
 
 def test_certify_config_names_its_denoiser():
-    from rdc_lib.certify.runner import CertifyConfig, build_smoothing_base
+    from rdc_lib.certify.runner import CertifyConfig
 
     cfg = CertifyConfig(base="noised-dc", heads="single")
     assert cfg.denoiser == "digits_film_single" and cfg.identity()["denoiser"] == "digits_film_single"
@@ -93,6 +95,7 @@ def test_certify_config_names_its_denoiser():
     stored = {**CertifyConfig(heads="multi").identity(), "denoiser": "", "label": "denoised s=0.25"}
     old = CertifyConfig.from_stored(stored)
     assert old.denoiser == "digits_multi" and old.key() != CertifyConfig(heads="multi").key()
+
 
 def test_certify_loads_the_named_denoiser(monkeypatch):
     import rdc_lib.models.checkpoints as ckpt
@@ -110,9 +113,13 @@ def _heads_to_checkpoint_literals(text: str) -> list[int]:
     """Lines of ``text`` (Python) that build a checkpoint name from heads (f"digits_{...heads...}")."""
     lines = []
     for node in ast.walk(ast.parse(text)):
-        if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant) \
-                and str(node.values[0].value).startswith("digits_") \
-                and any(isinstance(v, ast.FormattedValue) and "heads" in ast.unparse(v.value) for v in node.values):
+        if (
+            isinstance(node, ast.JoinedStr)
+            and node.values
+            and isinstance(node.values[0], ast.Constant)
+            and str(node.values[0].value).startswith("digits_")
+            and any(isinstance(v, ast.FormattedValue) and "heads" in ast.unparse(v.value) for v in node.values)
+        ):
             lines.append(node.lineno)
     return lines
 
@@ -120,8 +127,10 @@ def _heads_to_checkpoint_literals(text: str) -> list[int]:
 def test_no_second_heads_to_checkpoint_mapping():
     """rdc_lib maps heads to a checkpoint only through DEFAULT_DENOISERS / LEGACY_DENOISERS."""
     assert _heads_to_checkpoint_literals('x = 1\nname = f"digits_{cfg.heads}"') == [2]  # the check can fail
-    found = {str(p.relative_to(ROOT)): _heads_to_checkpoint_literals(p.read_text())
-             for p in sorted((ROOT / "rdc_lib").rglob("*.py"))}
+    found = {
+        str(p.relative_to(ROOT)): _heads_to_checkpoint_literals(p.read_text())
+        for p in sorted((ROOT / "rdc_lib").rglob("*.py"))
+    }
     assert {k: v for k, v in found.items() if v} == {}
 
 
@@ -134,8 +143,17 @@ def test_sweep_report_keeps_legacy_and_new_default_cells_apart():
 
     def record(key: str, denoiser: str, robust: float) -> CellRecord:
         result = {**params, "dataset": "digits", "denoiser": denoiser, "robust_acc": robust, "trusted": True}
-        return CellRecord(key=key, sweep="s", target="function:rdc_lib.evaluation.runner:evaluate_params",
-                          params=params, status="done", code_version="c", checkpoints={}, finished="t", result=result)
+        return CellRecord(
+            key=key,
+            sweep="s",
+            target="function:rdc_lib.evaluation.runner:evaluate_params",
+            params=params,
+            status="done",
+            code_version="c",
+            checkpoints={},
+            finished="t",
+            result=result,
+        )
 
     records = [record("a", "", 0.2), record("b", "digits_film_multi_distill9", 0.5)]
     rows = cell_rows(records)
@@ -144,17 +162,27 @@ def test_sweep_report_keeps_legacy_and_new_default_cells_apart():
     assert "denoiser" in group
     agg = aggregate(rows, "eps", "robust_acc", group)
     assert sorted((a["denoiser"], a["robust_acc_mean"], a["seeds"]) for a in agg) == [
-        ("digits_film_multi_distill9", 0.5, 1), ("digits_multi", 0.2, 1)]
-    cnn = CellRecord(key="c", sweep="s", target="t", params={**params, "defense": "cnn"}, status="done",
-                     code_version="c", checkpoints={}, finished="t",
-                     result={**params, "defense": "cnn", "dataset": "digits", "denoiser": "", "robust_acc": 0.1})
+        ("digits_film_multi_distill9", 0.5, 1),
+        ("digits_multi", 0.2, 1),
+    ]
+    cnn = CellRecord(
+        key="c",
+        sweep="s",
+        target="t",
+        params={**params, "defense": "cnn"},
+        status="done",
+        code_version="c",
+        checkpoints={},
+        finished="t",
+        result={**params, "defense": "cnn", "dataset": "digits", "denoiser": "", "robust_acc": 0.1},
+    )
     assert cell_rows([cnn])[0]["denoiser"] == "" and "denoiser" not in group_keys([records[1], cnn])
 
 
 def test_a_digits_preset_keeps_its_own_checkpoint():
     """A preset fixes its checkpoint; the defaults of heads do not change what a preset means."""
-    from rdc_lib.evaluation import EvalConfig
     from rdc_lib.defenses.presets import get_preset
+    from rdc_lib.evaluation import EvalConfig
 
     cfg = EvalConfig(defense="dc", preset="digits")
     assert cfg.denoiser == Path(get_preset("digits").checkpoints.classifier).stem == "digits_single"
@@ -198,8 +226,9 @@ def test_benchmarks_that_measure_digits_multi_find_their_stored_rows(tmp_path):
 
     report = load_benchmark("certify_report")
     stored = [json.loads(l) for l in (ROOT / "docs/raw/certified.jsonl").read_text().splitlines() if l.strip()]
-    args = Namespace(rows=None, n_images=100, n0=100, n=1000, alpha=0.001, seed=0, timesteps=4, attack_steps=10,
-                     attack_eot=1)
+    args = Namespace(
+        rows=None, n_images=100, n0=100, n=1000, alpha=0.001, seed=0, timesteps=4, attack_steps=10, attack_eot=1
+    )
     configs = report._configs(args)
     assert {c.denoiser for c in configs} == {"digits_multi"}
     assert {c.key() for c in configs} <= {CertifyConfig.from_stored(r).key() for r in stored}

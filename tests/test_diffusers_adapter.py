@@ -30,9 +30,18 @@ TOL = 1e-5
 
 def tiny_unet(num_class_embeds: int | None = 11, **kw) -> diffusers.UNet2DModel:
     """A small randomly initialised UNet2DModel for 8x8 digits (seeded on a fork of the global RNG)."""
-    args = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=[4, 8],
-                down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
-                norm_num_groups=4, attention_head_dim=4, num_class_embeds=num_class_embeds)
+    args = dict(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=[4, 8],
+        down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+        up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+        norm_num_groups=4,
+        attention_head_dim=4,
+        num_class_embeds=num_class_embeds,
+    )
     args.update(kw)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -65,8 +74,9 @@ def test_adapter_matches_the_ddpm_scheduler_at_every_timestep(prediction_type):
 
 def test_adapter_matches_ddim_cosine_and_zero_one_models():
     unet = tiny_unet()
-    sched = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-                                    clip_sample=False)
+    sched = diffusers.DDIMScheduler(
+        num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False
+    )
     assert float(check(adapter(unet, sched), sched, torch.arange(0, T, 9)).max()) <= TOL
     ddpm = diffusers.DDPMScheduler(num_train_timesteps=T, prediction_type="epsilon", clip_sample=False)
     zero_one = adapter(unet, ddpm, data_range="zero_one")
@@ -98,7 +108,10 @@ def test_timestep_nearest_and_interpolated():
     assert torch.allclose(interp.timesteps_for(between), torch.tensor([10.3, 600.8]), atol=1e-4)
     assert nearest.timesteps_for(between).tolist() == [10, 601]
     outside = torch.tensor([1e-4, 1e4], dtype=torch.float64)  # below sigma(0) ~ 0.01, above sigma(999) ~ 157
-    assert interp.timesteps_for(outside).tolist() == [0.0, 999.0] and nearest.timesteps_for(outside).tolist() == [0, 999]
+    assert interp.timesteps_for(outside).tolist() == [0.0, 999.0] and nearest.timesteps_for(outside).tolist() == [
+        0,
+        999,
+    ]
     # interpolation is continuous in sigma, nearest jumps at the log-midpoint
     x, y = images(2)
     mid = (0.5 * (ls[10] + ls[11])).exp()
@@ -114,7 +127,9 @@ def test_null_label_is_mapped_and_required():
     x, _ = images(2)
     with_null, without = adapter(tiny_unet(11), sched), adapter(tiny_unet(10), sched)
     seen = []
-    with_null.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["class_labels"]), with_kwargs=True)
+    with_null.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["class_labels"]), with_kwargs=True
+    )
     with torch.no_grad():
         with_null(x, 0.5, None)
         with_null(x, 0.5, torch.tensor([3, 10]))
@@ -134,7 +149,9 @@ def test_kdiffusion_callable():
         assert torch.equal(kd(x, sigma, y), vp(x, sigma, y))
         assert torch.equal(kd.denoise_all(x, sigma), vp.denoise_all(x, sigma))
     # a [0, 1] model: the N(0.5, 1/4)-free closed form u / (1 + s^2) seen through the range change
-    kd01 = KDiffusionDenoiser(lambda u, s, class_labels: u / (1 + s.view(-1, 1, 1, 1) ** 2), 10, 1, 8, data_range="zero_one")
+    kd01 = KDiffusionDenoiser(
+        lambda u, s, class_labels: u / (1 + s.view(-1, 1, 1, 1) ** 2), 10, 1, 8, data_range="zero_one"
+    )
     want = 2 * ((x + 1) / 2) / (1 + (sigma.view(-1, 1, 1, 1) / 2) ** 2) - 1
     assert torch.allclose(kd01(x, sigma, torch.tensor([1, 2, 3])), want, atol=1e-6)
     with pytest.raises(ValueError, match="no null label"):
@@ -180,12 +197,23 @@ def _edit(path: Path, **changes) -> None:
     path.write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("_class_name", "EulerDiscreteScheduler", "scheduler _class_name 'EulerDiscreteScheduler'.*supported: DDPMScheduler, DDIMScheduler"),
-    ("prediction_type", "flow", "scheduler prediction_type 'flow'.*supported: epsilon, v_prediction, sample"),
-    ("beta_schedule", "sigmoid", "scheduler beta_schedule 'sigmoid'.*supported: linear, scaled_linear, squaredcos_cap_v2"),
-    ("rescale_betas_zero_snr", True, "rescale_betas_zero_snr.*supported: False"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        (
+            "_class_name",
+            "EulerDiscreteScheduler",
+            "scheduler _class_name 'EulerDiscreteScheduler'.*supported: DDPMScheduler, DDIMScheduler",
+        ),
+        ("prediction_type", "flow", "scheduler prediction_type 'flow'.*supported: epsilon, v_prediction, sample"),
+        (
+            "beta_schedule",
+            "sigmoid",
+            "scheduler beta_schedule 'sigmoid'.*supported: linear, scaled_linear, squaredcos_cap_v2",
+        ),
+        ("rescale_betas_zero_snr", True, "rescale_betas_zero_snr.*supported: False"),
+    ],
+)
 def test_unsupported_scheduler(tmp_path, field, value, message):
     folder = save_model(tmp_path / "m")
     _edit(folder / "scheduler" / "scheduler_config.json", **{field: value})
@@ -193,14 +221,17 @@ def test_unsupported_scheduler(tmp_path, field, value, message):
         load_denoiser(f"diffusers:{folder}")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(num_class_embeds=None), "unconditional model.*num_class_embeds = 10 or 11"),
-    (dict(num_class_embeds=5), "num_class_embeds 5.*supported: 10 .* or 11"),
-    (dict(sample_size=16), "sample_size 16.*supported: 8"),
-    (dict(in_channels=3, out_channels=3), "in_channels 3.*supported: 1"),
-    (dict(out_channels=2), "out_channels 2 with scheduler variance_type 'fixed_small'"),
-    (dict(class_embed_type="identity"), "class_embed_type 'identity'.*supported: None"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_class_embeds=None), "unconditional model.*num_class_embeds = 10 or 11"),
+        (dict(num_class_embeds=5), "num_class_embeds 5.*supported: 10 .* or 11"),
+        (dict(sample_size=16), "sample_size 16.*supported: 8"),
+        (dict(in_channels=3, out_channels=3), "in_channels 3.*supported: 1"),
+        (dict(out_channels=2), "out_channels 2 with scheduler variance_type 'fixed_small'"),
+        (dict(class_embed_type="identity"), "class_embed_type 'identity'.*supported: None"),
+    ],
+)
 def test_unsupported_model(tmp_path, kwargs, message):
     args = dict(num_class_embeds=kwargs.pop("num_class_embeds", 11))
     unet = tiny_unet(**args, **{k: v for k, v in kwargs.items() if k != "class_embed_type"})
@@ -242,10 +273,17 @@ def test_a_model_without_null_label_is_refused_for_lm(tmp_path):
 
 
 def test_diffusers_is_imported_lazily(monkeypatch):
-    code = ("import sys, rdc_lib.models, rdc_lib.models.diffusers_adapter, rdc_lib.models.checkpoints; "
-            "assert 'diffusers' not in sys.modules, 'diffusers imported'")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import sys, rdc_lib.models, rdc_lib.models.diffusers_adapter, rdc_lib.models.checkpoints; "
+        "assert 'diffusers' not in sys.modules, 'diffusers imported'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr
     monkeypatch.setitem(sys.modules, "diffusers", None)  # as if the extra were not installed
     with pytest.raises(ImportError, match=r"pip install -e '\.\[diffusers\]'"):

@@ -26,13 +26,15 @@ REGEN = load_benchmark("regenerate_docs")
 
 # --------------------------------------------------------------------------- generated docs
 
+
 @pytest.mark.parametrize("doc", sorted(REGEN.GENERATED))
 def test_generated_doc_matches_raw_byte_for_byte(doc, tmp_path):
     out = REGEN.regenerate(doc, tmp_path / doc)
     committed = (ROOT / "docs" / doc).read_bytes()
     assert out.read_bytes() == committed, (
         f"docs/{doc} differs from what its raw data generates: run "
-        f"`python benchmarks/regenerate_docs.py` (never edit a generated doc by hand)")
+        f"`python benchmarks/regenerate_docs.py` (never edit a generated doc by hand)"
+    )
 
 
 FIGURED = [(doc, name) for doc in sorted(REGEN.GENERATED) for name in REGEN.figures(doc)]
@@ -47,13 +49,16 @@ def test_generated_figure_matches_raw_byte_for_byte(doc, figure, tmp_path):
 
     wrote = re.search(r"Matplotlib v([\w.]+)", (ROOT / "docs" / "figures" / figure).read_text())
     if not wrote or wrote.group(1) != matplotlib.__version__:
-        pytest.skip(f"docs/figures/{figure} was written by matplotlib {wrote and wrote.group(1)}, this is "
-                    f"{matplotlib.__version__}: bytes differ between versions (regenerate the docs to compare)")
+        pytest.skip(
+            f"docs/figures/{figure} was written by matplotlib {wrote and wrote.group(1)}, this is "
+            f"{matplotlib.__version__}: bytes differ between versions (regenerate the docs to compare)"
+        )
     REGEN.regenerate(doc, tmp_path / doc)
     drawn = tmp_path / "figures" / figure
     assert drawn.is_file(), f"the doc mode of docs/{doc} did not write figures/{figure}"
     assert drawn.read_bytes() == (ROOT / "docs" / "figures" / figure).read_bytes(), (
-        f"docs/figures/{figure} differs from what docs/raw draws: run `python benchmarks/regenerate_docs.py`")
+        f"docs/figures/{figure} differs from what docs/raw draws: run `python benchmarks/regenerate_docs.py`"
+    )
 
 
 def test_enough_figures_and_every_committed_one_is_generated():
@@ -70,8 +75,9 @@ def test_a_changed_raw_value_changes_the_figure(tmp_path):
     rows[0]["robust"]["value"] -= 0.05
     (raw / "grid_levels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     REGEN.regenerate("grid_levels.md", tmp_path / "out" / "grid_levels.md", raw_dir=raw)
-    assert (tmp_path / "out" / "figures" / "robust_vs_grid_start.svg").read_bytes() != \
-        (ROOT / "docs" / "figures" / "robust_vs_grid_start.svg").read_bytes()
+    assert (tmp_path / "out" / "figures" / "robust_vs_grid_start.svg").read_bytes() != (
+        ROOT / "docs" / "figures" / "robust_vs_grid_start.svg"
+    ).read_bytes()
 
 
 def test_a_changed_raw_value_is_caught(tmp_path):
@@ -137,8 +143,27 @@ OUTSIDE = [
     re.compile(re.escape("shared" + "/paper")),
     re.compile(r"(?<![\w.])/" + r"(?:work|home|Users|root|mnt|scratch)/[\w.-]"),
 ]
-TEXT_SUFFIXES = {".py", ".md", ".ipynb", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".ini", ".json", ".jsonl", ".csv",
-                 ".sh", ".html", ".js", ".ts", ".css", ".rst", ""}
+TEXT_SUFFIXES = {
+    ".py",
+    ".md",
+    ".ipynb",
+    ".yaml",
+    ".yml",
+    ".toml",
+    ".txt",
+    ".cfg",
+    ".ini",
+    ".json",
+    ".jsonl",
+    ".csv",
+    ".sh",
+    ".html",
+    ".js",
+    ".ts",
+    ".css",
+    ".rst",
+    "",
+}
 
 
 def tracked_files(root: Path = ROOT) -> list[Path]:
@@ -166,17 +191,22 @@ def outside_references(paths: list[Path], root: Path = ROOT) -> list[str]:
 
 def test_no_reference_to_files_outside_the_repository():
     hits = outside_references(tracked_files())
-    assert not hits, ("references to files a user of the repository does not have (cite docs/paper.md "
-                      "section N, use paths relative to the repository):\n" + "\n".join(hits))
+    assert not hits, (
+        "references to files a user of the repository does not have (cite docs/paper.md "
+        "section N, use paths relative to the repository):\n" + "\n".join(hits)
+    )
 
 
-@pytest.mark.parametrize("line", [
-    "see " + "rdc" + "-spec.md section 3",
-    "the paper in .." + "/sha" + "red/x",
-    "read " + "shared" + "/paper/notes.md",
-    "python " + "/work" + "/main/benchmarks/x.py",
-    '"ckpt": "' + "/home" + '/alice/data/x.safetensors"',
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "see " + "rdc" + "-spec.md section 3",
+        "the paper in .." + "/sha" + "red/x",
+        "read " + "shared" + "/paper/notes.md",
+        "python " + "/work" + "/main/benchmarks/x.py",
+        '"ckpt": "' + "/home" + '/alice/data/x.safetensors"',
+    ],
+)
 def test_outside_reference_is_caught_with_file_and_line(tmp_path, line):
     f = tmp_path / "note.md"
     f.write_text("fine line\n" + line + "\n")
@@ -186,6 +216,8 @@ def test_outside_reference_is_caught_with_file_and_line(tmp_path, line):
 
 def test_repository_paths_are_not_flagged(tmp_path):
     f = tmp_path / "ok.py"
-    f.write_text("docs/paper.md section 3\nrdc_lib/core/paths.py\nhttps://github.com/x/y\n--out /tmp/t.md\n"
-                 "shared noise across classes\n")
+    f.write_text(
+        "docs/paper.md section 3\nrdc_lib/core/paths.py\nhttps://github.com/x/y\n--out /tmp/t.md\n"
+        "shared noise across classes\n"
+    )
     assert outside_references([f], root=tmp_path) == []

@@ -21,17 +21,23 @@ import pytest
 import torch
 from torch import nn
 
+from rdc_lib.core.safe_pickle import RefusedGlobalError
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.models import build_denoiser, load_denoiser, read_checkpoint
 from rdc_lib.models.ddpmpp import DDPMpp, ddpmpp_config
 from rdc_lib.models.ddpmpp_blocks import PositionalEmbedding, ResampleConv2d, UNetBlock
 from rdc_lib.models.edm_import import import_edm_pickle, read_edm_pickle
-from rdc_lib.core.safe_pickle import RefusedGlobalError
 
 SMALL = dict(model_channels=8, channel_mult=[2, 2], num_blocks=1, attn_resolutions=[8], dropout=0.0)
-CLASS_NAMES = {UNetBlock: "UNetBlock", ResampleConv2d: "Conv2d", nn.Linear: "Linear", nn.GroupNorm: "GroupNorm",
-               PositionalEmbedding: "PositionalEmbedding", DDPMpp: "SongUNet"}
+CLASS_NAMES = {
+    UNetBlock: "UNetBlock",
+    ResampleConv2d: "Conv2d",
+    nn.Linear: "Linear",
+    nn.GroupNorm: "GroupNorm",
+    PositionalEmbedding: "PositionalEmbedding",
+    DDPMpp: "SongUNet",
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,12 +58,22 @@ def make_net(conditional=True, res=16, seed=0, **over):
 def edm_kwargs(net, res):
     """(EDMPrecond init kwargs, SongUNet init kwargs) as EDM's train.py records them."""
     bb = net.backbone
-    model = dict(embedding_type="positional", encoder_type="standard", decoder_type="standard", channel_mult_noise=1,
-                 resample_filter=[1, 1], model_channels=SMALL["model_channels"], channel_mult=SMALL["channel_mult"],
-                 num_blocks=SMALL["num_blocks"], attn_resolutions=SMALL["attn_resolutions"], augment_dim=9,
-                 dropout=np.float64(0.13))
-    precond = dict(img_resolution=res, img_channels=3, label_dim=bb.label_dim, use_fp16=True, model_type="SongUNet",
-                   **model)
+    model = dict(
+        embedding_type="positional",
+        encoder_type="standard",
+        decoder_type="standard",
+        channel_mult_noise=1,
+        resample_filter=[1, 1],
+        model_channels=SMALL["model_channels"],
+        channel_mult=SMALL["channel_mult"],
+        num_blocks=SMALL["num_blocks"],
+        attn_resolutions=SMALL["attn_resolutions"],
+        augment_dim=9,
+        dropout=np.float64(0.13),
+    )
+    precond = dict(
+        img_resolution=res, img_channels=3, label_dim=bb.label_dim, use_fp16=True, model_type="SongUNet", **model
+    )
     unet = dict(img_resolution=res, in_channels=3, out_channels=3, label_dim=bb.label_dim, **model)
     return precond, unet
 
@@ -82,8 +98,9 @@ class _EDMLikePickler(pickle.Pickler):
         return self.reconstruct, (meta,)
 
 
-def write_edm_pickle(path: Path, net, res, marker: Path, monkeypatch, *, extra=None, precond_name="EDMPrecond",
-                     unet_over=None) -> Path:
+def write_edm_pickle(
+    path: Path, net, res, marker: Path, monkeypatch, *, extra=None, precond_name="EDMPrecond", unet_over=None
+) -> Path:
     """Write ``net`` as EDM would; the embedded module source would create ``marker`` if executed."""
 
     def _reconstruct_persistent_obj(meta):  # never called: loading must not use it
@@ -96,8 +113,12 @@ def write_edm_pickle(path: Path, net, res, marker: Path, monkeypatch, *, extra=N
     precond, unet = edm_kwargs(net, res)
     unet.update(unet_over or {})
     src = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('module_src was executed')\n"
-    data = {"ema": net, "loss_fn": None, "augment_pipe": None,
-            "dataset_kwargs": {"class_name": "training.dataset.ImageFolderDataset", "path": "cifar10.zip"}}
+    data = {
+        "ema": net,
+        "loss_fn": None,
+        "augment_pipe": None,
+        "dataset_kwargs": {"class_name": "training.dataset.ImageFolderDataset", "path": "cifar10.zip"},
+    }
     data.update(extra or {})
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
@@ -123,8 +144,16 @@ def probe(res=16, b=4):
 def test_pickle_has_the_official_layout(tmp_path, marker, monkeypatch):
     path = write_edm_pickle(tmp_path / "net.pkl", make_net(), 16, marker, monkeypatch)
     text = path.read_bytes()
-    for needle in (b"torch_utils.persistence", b"_reconstruct_persistent_obj", b"torch.nn.modules.container",
-                   b"ModuleDict", b"_rebuild_parameter", b"_load_from_bytes", b"SongUNet", b"module_src"):
+    for needle in (
+        b"torch_utils.persistence",
+        b"_reconstruct_persistent_obj",
+        b"torch.nn.modules.container",
+        b"ModuleDict",
+        b"_rebuild_parameter",
+        b"_load_from_bytes",
+        b"SongUNet",
+        b"module_src",
+    ):
         assert needle in text
 
 
@@ -134,7 +163,7 @@ def test_import_reproduces_the_network(tmp_path, marker, monkeypatch, conditiona
     src = write_edm_pickle(tmp_path / "net.pkl", net, 16, marker, monkeypatch)
     info = read_edm_pickle(src)
     assert info.unet_kwargs["num_blocks"] == 1 and info.unet_kwargs["channel_mult_emb"] == 4  # default filled in
-    assert set(info.state) == {"model." + k[len("backbone."):] for k in net.state_dict()}
+    assert set(info.state) == {"model." + k[len("backbone.") :] for k in net.state_dict()}
     out = import_edm_pickle(src, tmp_path / "net.safetensors", expected=None)
     _, config, extra = read_checkpoint(out, "denoiser")
     assert config["arch"] == "ddpmpp" and config["backbone"]["label_dim"] == (10 if conditional else 0)
@@ -162,15 +191,23 @@ def test_import_multihead_starts_from_the_null_output(tmp_path, marker, monkeypa
 
 def test_wrong_checkpoints_are_refused_with_what_was_expected(tmp_path, marker, monkeypatch):
     src = write_edm_pickle(tmp_path / "net.pkl", make_net(), 16, marker, monkeypatch)
-    with pytest.raises(ValueError, match=r"wrong checkpoint: expected an EDM DDPM\+\+ network with .*model_channels=128"):
+    with pytest.raises(
+        ValueError, match=r"wrong checkpoint: expected an EDM DDPM\+\+ network with .*model_channels=128"
+    ):
         import_edm_pickle(src, tmp_path / "out.safetensors")  # default: the CIFAR-10 sizes
     with pytest.raises(ValueError, match="label_dim=10 but num_classes=5"):
         import_edm_pickle(src, tmp_path / "out.safetensors", expected=None, num_classes=5)
     vp = write_edm_pickle(tmp_path / "vp.pkl", make_net(), 16, marker, monkeypatch, precond_name="VPPrecond")
     with pytest.raises(ValueError, match="wrong checkpoint: expected 'ema' to be EDMPrecond.*got VPPrecond"):
         import_edm_pickle(vp, tmp_path / "out.safetensors", expected=None)
-    ncsn = write_edm_pickle(tmp_path / "ncsn.pkl", make_net(), 16, marker, monkeypatch,
-                            unet_over=dict(embedding_type="fourier", encoder_type="residual"))
+    ncsn = write_edm_pickle(
+        tmp_path / "ncsn.pkl",
+        make_net(),
+        16,
+        marker,
+        monkeypatch,
+        unet_over=dict(embedding_type="fourier", encoder_type="residual"),
+    )
     with pytest.raises(ValueError, match="embedding_type=positional.*the file has embedding_type=fourier"):
         import_edm_pickle(ncsn, tmp_path / "out.safetensors", expected=None)
     with pytest.raises(FileNotFoundError, match="missing.pkl"):
@@ -207,13 +244,16 @@ class _EvilStorage:
         return torch.storage._load_from_bytes, (self.blob,)
 
 
-@pytest.mark.parametrize("payload, where, name", [
-    (_System, "top", "system"),
-    (_Exec, "top", "builtins.exec"),
-    (_System, "meta", "system"),
-    (_Exec, "meta", "builtins.exec"),
-    (_EvilStorage, "meta", "weights_only"),
-])
+@pytest.mark.parametrize(
+    "payload, where, name",
+    [
+        (_System, "top", "system"),
+        (_Exec, "top", "builtins.exec"),
+        (_System, "meta", "system"),
+        (_Exec, "meta", "builtins.exec"),
+        (_EvilStorage, "meta", "weights_only"),
+    ],
+)
 def test_malicious_pickles_are_refused_without_running_anything(tmp_path, marker, monkeypatch, payload, where, name):
     net = make_net()
     if where == "meta":  # inside a persistent module's state (the meta dict of the reconstructor)
@@ -238,10 +278,25 @@ def test_imported_checkpoint_runs_the_classifier_at_T126_K10(tmp_path, marker, m
     at T = 126, K = 10 (1260 network passes) on CPU. Full width costs ~0.8 s per pass on the shared
     dev CPU (~17 min here); width 8 ~22 ms per pass (~30-50 s)."""
     net = make_net(res=32, model_channels=8, channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16])
-    src = write_edm_pickle(tmp_path / "net.pkl", net, 32, marker, monkeypatch,
-                           unet_over=dict(channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16]))
-    expected = dict(img_resolution=32, in_channels=3, out_channels=3, model_channels=8, channel_mult=[2, 2, 2],
-                    num_blocks=4, attn_resolutions=[16], augment_dim=9, resample_filter=[1, 1])
+    src = write_edm_pickle(
+        tmp_path / "net.pkl",
+        net,
+        32,
+        marker,
+        monkeypatch,
+        unet_over=dict(channel_mult=[2, 2, 2], num_blocks=4, attn_resolutions=[16]),
+    )
+    expected = dict(
+        img_resolution=32,
+        in_channels=3,
+        out_channels=3,
+        model_channels=8,
+        channel_mult=[2, 2, 2],
+        num_blocks=4,
+        attn_resolutions=[16],
+        augment_dim=9,
+        resample_filter=[1, 1],
+    )
     denoiser = load_denoiser(import_edm_pickle(src, tmp_path / "net.safetensors", expected=expected))
     x, s = probe(32)
     labels = torch.tensor([0, 3, 9, 10])

@@ -1,9 +1,9 @@
 """environment.yml and pyproject.toml describe the same environment."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,9 @@ def _conda() -> dict[str, str]:
 
 def test_same_packages():
     py, conda = _pyproject(), _conda()
-    assert set(py) == set(conda), f"only in pyproject: {set(py) - set(conda)}; only in environment.yml: {set(conda) - set(py)}"
+    assert set(py) == set(conda), (
+        f"only in pyproject: {set(py) - set(conda)}; only in environment.yml: {set(conda) - set(py)}"
+    )
 
 
 def test_same_version_constraints():

@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from rdc_lib.defenses.baselines import load_classifier
+from rdc_lib.core.paths import checkpoint_path
 from rdc_lib.data import load_dataset
+from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.evaluation import EvalConfig, evaluate, wilson
 from rdc_lib.evaluation.checks import gradients_check, run_sanity_checks
-from rdc_lib.core.paths import checkpoint_path
 
 
 def test_wilson_interval():

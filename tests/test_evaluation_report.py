@@ -19,8 +19,9 @@ def _rows() -> list[dict]:
 def _doc(tmp_path: Path, rows: list[dict]) -> str:
     (tmp_path / "evaluation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     er = load_benchmark("evaluation_report")
-    er.doc(type("A", (), {"records": str(tmp_path), "out": str(tmp_path / "evaluation.md"), "notes": "",
-                          "n_eval": 10})())
+    er.doc(
+        type("A", (), {"records": str(tmp_path), "out": str(tmp_path / "evaluation.md"), "notes": "", "n_eval": 10})()
+    )
     return (tmp_path / "evaluation.md").read_text()
 
 

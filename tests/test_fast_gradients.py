@@ -16,6 +16,7 @@ from torch import Tensor
 
 from rdc_lib.attacks.losses import get_loss
 from rdc_lib.core.choices import DEFAULT_DENOISERS
+from rdc_lib.core.paths import resolve_checkpoint
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.defenses.dc_backward import recompute_image_classes, recompute_pairs
 from rdc_lib.defenses.rdc import RobustDiffusionClassifier
@@ -23,7 +24,6 @@ from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.fast_paths import fast_paths_state, set_fast_paths
 from rdc_lib.models.checkpoints import load_denoiser
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
-from rdc_lib.core.paths import resolve_checkpoint
 
 torch.set_num_threads(1)
 GRID = make_grid(4)
@@ -38,7 +38,7 @@ def default_net(request):
 
 def digits_like(b: int, seed: int = 0) -> Tensor:
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(b, 1, 8, 8, generator=g, dtype=torch.float64) * 0.8 + 0.1)
+    return torch.rand(b, 1, 8, 8, generator=g, dtype=torch.float64) * 0.8 + 0.1
 
 
 def tiny_film(heads: str = "single", seed: int = 0):
@@ -69,19 +69,19 @@ def test_film_shared_start_and_split_decoder_match_the_plain_network():
     net = tiny_film()
     x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     sigma = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64)
-    classes = torch.tensor([4, 0, 10])                    # any labels, the null label too
+    classes = torch.tensor([4, 0, 10])  # any labels, the null label too
     set_fast_paths(net, False)
-    plain = net.denoise_all(x, sigma, classes)            # K passes of the plain network
+    plain = net.denoise_all(x, sigma, classes)  # K passes of the plain network
     set_fast_paths(net, True)
     assert net.shares_prefix()
     fast = net.denoise_all(x, sigma, classes)
     assert fast.shape == plain.shape == (3, 3, 1, 8, 8)
     assert (fast - plain).abs().max() <= 1e-12 * plain.abs().max()
-    per_image = torch.tensor([[1, 2], [9, 1], [0, 0]])    # (B, K') classes per image
+    per_image = torch.tensor([[1, 2], [9, 1], [0, 0]])  # (B, K') classes per image
     got = net.denoise_classes(x, sigma, per_image)
     want = torch.stack([net(x, sigma, per_image[:, j]) for j in range(2)], dim=1)
     assert (got - want).abs().max() <= 1e-12 * want.abs().max()
-    net.train()                                           # dropout draws differ: the plain path
+    net.train()  # dropout draws differ: the plain path
     assert not net.shares_prefix()
     with pytest.raises(ValueError, match="share_prefix"):
         net.denoise_classes(x, sigma, per_image)
@@ -92,7 +92,7 @@ def test_dc_gradient_equals_plain_autograd_on_the_defaults(default_net, noise_mo
     x, y = digits_like(2), torch.tensor([3, 7])
     fast = DiffusionClassifier(default_net, GRID, noise_mode=noise_mode, seed=5)
     plain = DiffusionClassifier(default_net, GRID, noise_mode=noise_mode, seed=5, backward_mode="autograd")
-    noise = fast.draw_noise(x)                            # one draw of the fixed generator, replayed by both
+    noise = fast.draw_noise(x)  # one draw of the fixed generator, replayed by both
     for loss in losses:
         g_plain = loss_grad(plain, x, y, loss, noise, fast=False)
         g_fast = loss_grad(fast, x, y, loss, noise, fast=True)
@@ -110,8 +110,12 @@ def test_float32_gradients_are_as_accurate_as_plain_autograd_on_the_single_head_
     the fast one is within 1e-5 relative or no worse than twice the plain float32 gradient's error."""
     net = load_denoiser(resolve_checkpoint(DEFAULT_DENOISERS["single"]))
     dc = DiffusionClassifier(net, GRID, noise_mode="fixed", backward_mode="autograd")
-    dc64 = DiffusionClassifier(load_denoiser(resolve_checkpoint(DEFAULT_DENOISERS["single"]), dtype=torch.float64),
-                               GRID, noise_mode="fixed", backward_mode="autograd")
+    dc64 = DiffusionClassifier(
+        load_denoiser(resolve_checkpoint(DEFAULT_DENOISERS["single"]), dtype=torch.float64),
+        GRID,
+        noise_mode="fixed",
+        backward_mode="autograd",
+    )
     x, y = digits_like(2), torch.tensor([1, 5])
     noise = dc64.draw_noise(x)
     for loss in LOSSES:
@@ -127,8 +131,9 @@ def test_rdc_exact_gradient_equals_plain_autograd_on_the_defaults(default_net):
     x, y = digits_like(2, seed=1), torch.tensor([0, 4])
     kwargs = {"grid": GRID, "noise_mode": "stochastic", "seed": 3}
     fast = RobustDiffusionClassifier(default_net, **kwargs)
-    plain = RobustDiffusionClassifier(default_net, classifier=DiffusionClassifier(default_net, GRID,
-                                      backward_mode="autograd"), **kwargs)
+    plain = RobustDiffusionClassifier(
+        default_net, classifier=DiffusionClassifier(default_net, GRID, backward_mode="autograd"), **kwargs
+    )
     noise = fast.draw_noise(x)
     for loss in ("ce", "dlr"):
         g_plain = loss_grad(plain, x, y, loss, noise, fast=False)
@@ -138,7 +143,9 @@ def test_rdc_exact_gradient_equals_plain_autograd_on_the_defaults(default_net):
 class RowCount:
     def __init__(self, net):
         self.rows = 0
-        net.backbone.conv_out.register_forward_pre_hook(lambda _m, inp: setattr(self, "rows", self.rows + inp[0].shape[0]))
+        net.backbone.conv_out.register_forward_pre_hook(
+            lambda _m, inp: setattr(self, "rows", self.rows + inp[0].shape[0])
+        )
 
 
 @pytest.mark.parametrize("chunk_size,shared", [(4096, True), (7, True), (7, False)])
@@ -176,7 +183,7 @@ def test_the_equality_check_catches_a_skipped_class():
     full = recompute_image_classes(*args, grad_out)
     assert rel(recompute_pairs(*args, grad_out), full) <= 1e-10
     skipped = grad_out.clone()
-    skipped[0, 7] = 0.0                                   # the bug: one needed class left out
+    skipped[0, 7] = 0.0  # the bug: one needed class left out
     assert rel(recompute_image_classes(*args, skipped), full) > 1e-3
 
 
@@ -204,5 +211,5 @@ def test_parity_convolution_equals_convolving_the_upsampled_input(size):
     want = F.conv2d(upsample2(low), w, padding=1)
     assert (conv3x3_upsampled(low, w) - want).abs().max() <= 1e-12 * want.abs().max()
     w_bad = w.clone()
-    w_bad[:, :, 0, 0] += 1.0                              # a wrong tap is caught
+    w_bad[:, :, 0, 0] += 1.0  # a wrong tap is caught
     assert (conv3x3_upsampled(low, w_bad) - want).abs().max() > 1e-3

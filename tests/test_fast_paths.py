@@ -16,11 +16,11 @@ from torch import Tensor, nn
 
 from rdc_lib.attacks import build_attack
 from rdc_lib.defenses.classifier import DiffusionClassifier
+from rdc_lib.defenses.rdc import RobustDiffusionClassifier
+from rdc_lib.diffusion.lm import LMConfig, draw_lm_noise
+from rdc_lib.diffusion.lm_grad import LM_UNROLL_MAX_ELEMENTS, lm_exact, lm_unrolls
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.evaluation.prediction import n_evaluate, predict
-from rdc_lib.diffusion.lm_grad import LM_UNROLL_MAX_ELEMENTS, lm_exact, lm_unrolls
-from rdc_lib.diffusion.lm import LMConfig, draw_lm_noise
-from rdc_lib.defenses.rdc import RobustDiffusionClassifier
 
 from .conftest import tiny_denoiser
 
@@ -61,7 +61,7 @@ def test_dc_keeps_graph_when_one_chunk_fits(heads):
     net = tiny_denoiser(heads, dtype=torch.float64)
     x = images(3)
     w = torch.randn(3, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    one = DiffusionClassifier(net, make_grid(6), noise_mode="fixed")                 # 4096 triples: one chunk
+    one = DiffusionClassifier(net, make_grid(6), noise_mode="fixed")  # 4096 triples: one chunk
     many = DiffusionClassifier(net, make_grid(6), noise_mode="fixed", chunk_size=5)  # recomputes per chunk
     ref = DiffusionClassifier(net, make_grid(6), noise_mode="fixed", backward_mode="autograd")
     xg = x.clone().requires_grad_(True)
@@ -98,9 +98,9 @@ def test_lm_unroll_equals_recompute_and_saves_passes():
     for mode in ("unroll", "auto"):
         assert torch.allclose(out[mode], out["recompute"], rtol=0, atol=1e-12)
         assert (grads[mode] - grads["recompute"]).norm() <= 1e-10 * grads["recompute"].norm()
-    assert calls["unroll"] == cfg.steps          # each step's network pass once
-    assert calls["recompute"] == 2 * cfg.steps   # forward, then again in the backward
-    assert calls["auto"] == calls["unroll"]      # a small input unrolls
+    assert calls["unroll"] == cfg.steps  # each step's network pass once
+    assert calls["recompute"] == 2 * cfg.steps  # forward, then again in the backward
+    assert calls["auto"] == calls["unroll"]  # a small input unrolls
 
 
 def test_lm_unrolls_rule_and_bad_mode():
@@ -119,10 +119,16 @@ def rdc_pair(heads: str = "multi"):
     """(fast, memory-bounded) RDCs with the same network and fixed randomness, float64."""
     net = tiny_denoiser(heads, dtype=torch.float64)
     lm = LMConfig(steps=2, eta=0.1)
-    fast = RobustDiffusionClassifier(net, DiffusionClassifier(net, make_grid(4), noise_mode="fixed"), lm=lm,
-                                     noise_mode="fixed")
-    slow = RobustDiffusionClassifier(net, DiffusionClassifier(net, make_grid(4), noise_mode="fixed", chunk_size=3),
-                                     lm=lm, noise_mode="fixed", lm_graph="recompute")
+    fast = RobustDiffusionClassifier(
+        net, DiffusionClassifier(net, make_grid(4), noise_mode="fixed"), lm=lm, noise_mode="fixed"
+    )
+    slow = RobustDiffusionClassifier(
+        net,
+        DiffusionClassifier(net, make_grid(4), noise_mode="fixed", chunk_size=3),
+        lm=lm,
+        noise_mode="fixed",
+        lm_graph="recompute",
+    )
     return fast, slow
 
 

@@ -25,8 +25,13 @@ def _rows(name: str) -> list[dict]:
 
 def test_every_count_on_the_findings_page_is_a_raw_row():
     """Each 'x% (a/b, 95% interval lo-hi)' of docs/findings.md is the count and interval of a raw row."""
-    accs = [r[k] for name in ("headline.jsonl", "evaluation.jsonl") for r in _rows(name)
-            for k in ("robust", "robust_worst", "clean") if k in r]
+    accs = [
+        r[k]
+        for name in ("headline.jsonl", "evaluation.jsonl")
+        for r in _rows(name)
+        for k in ("robust", "robust_worst", "clean")
+        if k in r
+    ]
     known = {(a["correct"], a["total"], round(100 * a["low"]), round(100 * a["high"])) for a in accs}
     text = (ROOT / "docs" / "findings.md").read_text()
     found = re.findall(r"(\d+\.\d)% \((\d+)/(\d+), 95% interval (\d+)-(\d+)\)", text)

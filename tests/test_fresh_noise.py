@@ -38,7 +38,7 @@ def test_draws_misclassifying_counts_each_images_wrong_draws():
     x, y = _images([0.0, 1.0, 0.5])
     wrong = draws_misclassifying(Coin(), x, y, n_draws=400)
     assert wrong[0] == 0 and wrong[1] == 400
-    assert 150 < int(wrong[2]) < 250                   # Binomial(400, 0.5): far outside 5 standard deviations
+    assert 150 < int(wrong[2]) < 250  # Binomial(400, 0.5): far outside 5 standard deviations
     assert wrong.dtype == torch.int64 and wrong.shape == (3,)
     with pytest.raises(ValueError, match="n_draws must be an int >= 1"):
         draws_misclassifying(Coin(), x, y, n_draws=0)
@@ -63,13 +63,13 @@ def test_fixed_vs_fresh_reads_both_attacks_and_counts_the_readings():
     coin = Coin(1)
     r = fixed_vs_fresh(right, coin, x, y, fixed_attack, eot_attack, n_draws=50, eot=3)
     assert [k for k, _ in seen] == ["fixed", "eot"] and seen[0][1] is right and seen[1][1] is coin
-    assert r.fixed_robust.tolist() == [True] * 4         # the fixed-noise defense is right on every example
+    assert r.fixed_robust.tolist() == [True] * 4  # the fixed-noise defense is right on every example
     assert r.wrong_clean.tolist() == [0, 0, 0, 0]
     assert r.wrong_fixed_adv[0] == 0 and r.wrong_fixed_adv[2] == 50 and 0 < r.wrong_fixed_adv[1] < 50
     assert r.wrong_eot_adv.tolist() == [50, 50, 50, 0]
     c = r.counts()
     assert c["fixed_attack"]["fixed_noise"] == 4
-    assert c["fixed_attack"]["worst_of_50"] == 2          # images 0 and 3: no wrong draw
+    assert c["fixed_attack"]["worst_of_50"] == 2  # images 0 and 3: no wrong draw
     expected = 4 - float(r.wrong_fixed_adv.sum()) / 50
     assert c["fixed_attack"]["one_call_expected"] == pytest.approx(expected)
     assert c["fixed_attack"]["worst_of_50"] < c["fixed_attack"]["one_call_expected"] < 4
@@ -84,8 +84,7 @@ def test_fixed_vs_fresh_reads_both_attacks_and_counts_the_readings():
 def test_fixed_vs_fresh_reuses_given_examples_and_checks_them():
     x, y = _images([0.0, 0.0])
     never = lambda model: pytest.fail("the fixed-noise attack must not run when its examples are given")  # noqa: E731
-    r = fixed_vs_fresh(Coin(), Coin(2), x, y, never, lambda m: (lambda a, b: a), n_draws=3, eot=1,
-                       x_fixed_adv=x + 1.0)
+    r = fixed_vs_fresh(Coin(), Coin(2), x, y, never, lambda m: lambda a, b: a, n_draws=3, eot=1, x_fixed_adv=x + 1.0)
     assert r.wrong_fixed_adv.tolist() == [3, 3] and not r.fixed_robust.any()
     with pytest.raises(ValueError, match="must have the shape of x"):
         fixed_vs_fresh(Coin(), Coin(), x, y, never, never, n_draws=3, eot=1, x_fixed_adv=x[:1])

@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from rdc_lib.diffusion.lm import LMConfig, draw_lm_noise, likelihood_maximization
+from rdc_lib.diffusion.lm_grad import lm_bpda, lm_exact
 from rdc_lib.evaluation.grad import (
     GradientCosine,
     SavedTensorMeter,
@@ -15,8 +17,6 @@ from rdc_lib.evaluation.grad import (
     model_parameters,
     suggest_eot,
 )
-from rdc_lib.diffusion.lm import LMConfig, draw_lm_noise, likelihood_maximization
-from rdc_lib.diffusion.lm_grad import lm_bpda, lm_exact
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
 
 from .conftest import TINY_BACKBONE

@@ -13,8 +13,25 @@ GL = load_benchmark("grid_levels")
 
 def test_run_stores_one_row_per_cell_skips_stored_cells_and_renders(tmp_path, capsys):
     raw, records = tmp_path / "raw.jsonl", tmp_path / "records"
-    argv = ["run", "--split", "test", "--sigma-mins", "0.0001", "0.6", "--n", "2", "--offset", "200", "--steps", "1", "--records",
-            str(records), "--raw", str(raw), "--no-progress"]
+    argv = [
+        "run",
+        "--split",
+        "test",
+        "--sigma-mins",
+        "0.0001",
+        "0.6",
+        "--n",
+        "2",
+        "--offset",
+        "200",
+        "--steps",
+        "1",
+        "--records",
+        str(records),
+        "--raw",
+        str(raw),
+        "--no-progress",
+    ]
     GL.main(argv)
     rows = [json.loads(line) for line in raw.read_text().splitlines()]
     assert [r["sigma_min"] for r in rows] == [0.0001, 0.6]
@@ -43,5 +60,18 @@ def test_a_smallest_level_outside_the_grid_is_refused(bad, capsys):
 
 def test_an_unknown_denoiser_is_refused(tmp_path):
     with pytest.raises((FileNotFoundError, ValueError), match="nope"):
-        GL.main(["run", "--denoisers", "nope", "--n", "2", "--steps", "1", "--raw", str(tmp_path / "r.jsonl"),
-                 "--records", str(tmp_path / "rec")])
+        GL.main(
+            [
+                "run",
+                "--denoisers",
+                "nope",
+                "--n",
+                "2",
+                "--steps",
+                "1",
+                "--raw",
+                str(tmp_path / "r.jsonl"),
+                "--records",
+                str(tmp_path / "rec"),
+            ]
+        )

@@ -52,7 +52,7 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 stem = ".".join(base + ([node.module] if node.module else []))
             else:
                 stem = node.module or ""
@@ -85,7 +85,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 path.pop()
                 state[node] = 2
             elif state.get(child) == 1:
-                return path[path.index(child):] + [child]
+                return path[path.index(child) :] + [child]
             elif not state.get(child):
                 state[child] = 1
                 path.append(child)
@@ -128,6 +128,11 @@ def test_cycle_finder_can_fail(tmp_path):
 @pytest.mark.parametrize("name", sorted(all_modules()))
 def test_module_imports_on_its_own(name):
     """A fresh interpreter imports the module alone (no hidden dependence on import order)."""
-    proc = subprocess.run([sys.executable, "-c", f"import importlib; importlib.import_module({name!r})"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import importlib; importlib.import_module({name!r})"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from rdc_lib.core.paths import checkpoint_path, default_denoiser
 from rdc_lib.data import load_dataset
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.experiments.levels import level_views, read_grid_level_rows
 from rdc_lib.models import load_denoiser
-from rdc_lib.core.paths import checkpoint_path, default_denoiser
 from rdc_lib.viz.levels import level_figure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,7 +77,7 @@ def test_level_views_rejects_unordered_starts(setup):
     den, x, y, gx, gy = setup
     for bad in ([], [0.6, 0.3], [0.3, 0.3]):
         with pytest.raises(ValueError, match="sigma_mins"):
-            level_views(den, x, y, bad, lambda dc: (lambda a, b: a), T=4, gap_x=gx, gap_y=gy, seed=0)
+            level_views(den, x, y, bad, lambda dc: lambda a, b: a, T=4, gap_x=gx, gap_y=gy, seed=0)
 
 
 def test_level_figure_and_explorer_follow_the_slider(setup):
@@ -85,11 +85,11 @@ def test_level_figure_and_explorer_follow_the_slider(setup):
     from rdc_lib.viz.widgets import level_explorer
 
     den, x, y, gx, gy = setup
-    views = level_views(den, x, y, [1e-4, 0.6], lambda dc: (lambda a, b: a), T=4, gap_x=gx, gap_y=gy, seed=0)
+    views = level_views(den, x, y, [1e-4, 0.6], lambda dc: lambda a, b: a, T=4, gap_x=gx, gap_y=gy, seed=0)
     rows = read_grid_level_rows(RAW)
     fig = level_figure(views[1], rows, 0, label=int(y[0]))
     assert list(fig.data[0].y) == pytest.approx(views[1].weights.tolist())
-    assert list(fig.data[2].y)[0] == pytest.approx(1.0)   # the clean margin relative to itself
+    assert list(fig.data[2].y)[0] == pytest.approx(1.0)  # the clean margin relative to itself
     measured = [t for t in fig.data if t.type == "scatter" and t.error_y.array is not None]
     assert sum(len(t.x) for t in measured) == len(rows)
     box = level_explorer(views, rows, y.tolist())

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from rdc_lib.data import load_dataset
-from rdc_lib.diffusion.loss import edm_loss
 from rdc_lib.diffusion.lm import (
     LMConfig,
     LMDivergenceError,
@@ -17,6 +16,7 @@ from rdc_lib.diffusion.lm import (
     likelihood_maximization,
     unconditional_loss,
 )
+from rdc_lib.diffusion.loss import edm_loss
 from rdc_lib.models.checkpoints import load_denoiser
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
 
@@ -71,8 +71,9 @@ def test_projection_and_range(den, norm, eta, optimizer):
     x[0] = 0.0  # saturated images exercise the [0, 1] clip
     x[1] = 1.0
     g = torch.Generator().manual_seed(1)
-    r = likelihood_maximization(den, x, steps=4, eta=eta, norm=norm, optimizer=optimizer, step_size=0.3,
-                                generator=g, return_trajectory=True)
+    r = likelihood_maximization(
+        den, x, steps=4, eta=eta, norm=norm, optimizer=optimizer, step_size=0.3, generator=g, return_trajectory=True
+    )
     assert r.x.shape == x.shape and r.trajectory.shape == (5, 5, 1, 8, 8) and r.losses.shape == (4, 5)
     assert r.x.min() >= 0 and r.x.max() <= 1
     delta = (r.trajectory - x).flatten(2)
@@ -98,12 +99,14 @@ def test_steps_zero_returns_input(den):
 def test_paper_step_units(den):
     """A sign step of step_size 0.1 (model space) moves pixels by 0.05 in [0, 1] when the ball allows it."""
     x = torch.full((2, 1, 8, 8), 0.5)
-    r = likelihood_maximization(den, x, steps=1, step_size=0.1, eta=1.0, optimizer="sign",
-                                generator=torch.Generator().manual_seed(0))
+    r = likelihood_maximization(
+        den, x, steps=1, step_size=0.1, eta=1.0, optimizer="sign", generator=torch.Generator().manual_seed(0)
+    )
     moved = (r.x - x).abs()
     assert torch.allclose(moved[moved > 0], torch.tensor(0.05), atol=1e-6)
-    r = likelihood_maximization(den, x, steps=1, step_size=0.1, eta=1.0, optimizer="sgd",
-                                generator=torch.Generator().manual_seed(0))
+    r = likelihood_maximization(
+        den, x, steps=1, step_size=0.1, eta=1.0, optimizer="sgd", generator=torch.Generator().manual_seed(0)
+    )
     rms = (r.x - x).pow(2).flatten(1).mean(1).sqrt()
     assert torch.allclose(rms, torch.full((2,), 0.05), atol=1e-5)  # normalised step: RMS = step_size / 2
 
@@ -153,8 +156,12 @@ def test_loss_decreases_on_trained_denoiser(which, request):
         n_it = r.trajectory.shape[0]
         flat = r.trajectory.unsqueeze(1).expand(n_it, 16, 12, 1, 8, 8).reshape(-1, 1, 8, 8)
         with torch.no_grad():
-            loss = unconditional_loss(trained, flat, ev.sigma.repeat(n_it, 1).reshape(-1),
-                                      ev.eps.repeat(n_it, 1, 1, 1, 1).reshape(-1, 1, 8, 8))
+            loss = unconditional_loss(
+                trained,
+                flat,
+                ev.sigma.repeat(n_it, 1).reshape(-1),
+                ev.eps.repeat(n_it, 1, 1, 1, 1).reshape(-1, 1, 8, 8),
+            )
         per_iter = loss.reshape(n_it, 16, 12).mean(1)  # (N + 1, B)
         assert per_iter[-1].mean() < ratio * per_iter[0].mean()
         assert (per_iter[-1] < per_iter[0]).float().mean() >= 0.9
@@ -204,11 +211,13 @@ def test_bad_input_and_noise_raise(den):
     with pytest.raises(ValueError, match="expected images in"):
         likelihood_maximization(den, images(2) * 3)
     with pytest.raises(ValueError, match="noise.sigma"):
-        likelihood_maximization(den, images(2), steps=2,
-                                noise=LMNoise(torch.full((3, 2), 0.5), torch.zeros(3, 2, 1, 8, 8)))
+        likelihood_maximization(
+            den, images(2), steps=2, noise=LMNoise(torch.full((3, 2), 0.5), torch.zeros(3, 2, 1, 8, 8))
+        )
     with pytest.raises(ValueError, match="noise.eps"):
-        likelihood_maximization(den, images(2), steps=2,
-                                noise=LMNoise(torch.full((2, 2), 0.5), torch.zeros(2, 2, 1, 4, 4)))
+        likelihood_maximization(
+            den, images(2), steps=2, noise=LMNoise(torch.full((2, 2), 0.5), torch.zeros(2, 2, 1, 4, 4))
+        )
 
 
 def test_determinism_with_generator(den):
@@ -237,9 +246,10 @@ def test_batch_one_vs_batch_five(den, optimizer, norm):
     noise = draw_lm_noise(3, tuple(x.shape), generator=torch.Generator().manual_seed(3))
     batched = likelihood_maximization(den, x, noise=noise, config=cfg).x
     for i in range(5):
-        single = likelihood_maximization(den, x[i:i + 1], noise=LMNoise(noise.sigma[:, i:i + 1], noise.eps[:, i:i + 1]),
-                                         config=cfg).x
-        assert torch.allclose(single, batched[i:i + 1], atol=1e-5)
+        single = likelihood_maximization(
+            den, x[i : i + 1], noise=LMNoise(noise.sigma[:, i : i + 1], noise.eps[:, i : i + 1]), config=cfg
+        ).x
+        assert torch.allclose(single, batched[i : i + 1], atol=1e-5)
     # a batch-1 noise is shared by every image
     shared = LMNoise(noise.sigma[:, :1], noise.eps[:, :1])
     out = likelihood_maximization(den, x[:1].expand(3, -1, -1, -1), noise=shared, config=cfg).x

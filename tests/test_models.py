@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from rdc_lib.core.paths import checkpoint_path
 from rdc_lib.models import DenoiserConfig, EDMDenoiser, build_denoiser, load_denoiser, save_denoiser
 from rdc_lib.models.checkpoints import save_checkpoint
-from rdc_lib.core.paths import checkpoint_path
 
 from .conftest import TINY_BACKBONE, tiny_denoiser
 
@@ -39,7 +39,7 @@ def test_batched_equals_per_image(heads):
     net = tiny_denoiser(heads)
     x, sigma, y = torch.randn(4, 1, 8, 8), torch.rand(4) + 0.1, torch.tensor([3, 1, 0, 10])
     together = net(x, sigma, y)
-    alone = torch.cat([net(x[i:i + 1], sigma[i:i + 1], y[i:i + 1]) for i in range(4)])
+    alone = torch.cat([net(x[i : i + 1], sigma[i : i + 1], y[i : i + 1]) for i in range(4)])
     assert torch.allclose(together, alone, atol=1e-5)
 
 
@@ -79,8 +79,9 @@ def test_checkpoint_errors(tmp_path):
         load_denoiser(tmp_path / "clf.safetensors")
     # wrong architecture: weights of a wider net under a narrower config
     net = build_denoiser(DenoiserConfig(backbone=dict(TINY_BACKBONE, model_channels=16)))
-    path = save_checkpoint(tmp_path / "bad.safetensors", net, "denoiser",
-                           {**DenoiserConfig(backbone=dict(TINY_BACKBONE)).__dict__})
+    path = save_checkpoint(
+        tmp_path / "bad.safetensors", net, "denoiser", {**DenoiserConfig(backbone=dict(TINY_BACKBONE)).__dict__}
+    )
     with pytest.raises(ValueError, match="does not match the architecture"):
         load_denoiser(path)
 

@@ -12,16 +12,19 @@ MAX_LINES = 450
 
 def too_long(package: Path, max_lines: int = MAX_LINES) -> dict[str, int]:
     """Every ``.py`` file under ``package`` with more than ``max_lines`` lines -> its line count."""
-    counts = {str(p.relative_to(package.parent)): len(p.read_text(encoding="utf-8").splitlines())
-              for p in sorted(package.rglob("*.py"))}
+    counts = {
+        str(p.relative_to(package.parent)): len(p.read_text(encoding="utf-8").splitlines())
+        for p in sorted(package.rglob("*.py"))
+    }
     return {name: n for name, n in counts.items() if n > max_lines}
 
 
 def test_no_rdc_lib_module_is_over_the_limit():
     assert sorted(PACKAGE.rglob("*.py")), f"no modules found under {PACKAGE}"
     offenders = too_long(PACKAGE)
-    assert not offenders, (f"modules over {MAX_LINES} lines (split them by job): "
-                           + ", ".join(f"{k} ({v})" for k, v in offenders.items()))
+    assert not offenders, f"modules over {MAX_LINES} lines (split them by job): " + ", ".join(
+        f"{k} ({v})" for k, v in offenders.items()
+    )
 
 
 @pytest.mark.parametrize("lines, flagged", [(MAX_LINES, False), (MAX_LINES + 1, True)])

@@ -15,9 +15,24 @@ from rdc_lib.jobs.params import (
 )
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-GOOD = dict(dataset="digits", checkpoint="../data/checkpoints/digits_multi.safetensors", n_images=4, T=8,
-            lm_steps=5, lm_eta=8 / 255, lm_step_size=0.1, lm_norm="linf", attack="pgd", norm="linf", eps=0.1,
-            attack_steps=3, seed=0, device="cpu", interactive=False, result_dir="")
+GOOD = dict(
+    dataset="digits",
+    checkpoint="../data/checkpoints/digits_multi.safetensors",
+    n_images=4,
+    T=8,
+    lm_steps=5,
+    lm_eta=8 / 255,
+    lm_step_size=0.1,
+    lm_norm="linf",
+    attack="pgd",
+    norm="linf",
+    eps=0.1,
+    attack_steps=3,
+    seed=0,
+    device="cpu",
+    interactive=False,
+    result_dir="",
+)
 
 
 def test_good_parameters_pass_and_are_normalised():
@@ -27,28 +42,31 @@ def test_good_parameters_pass_and_are_normalised():
     assert out["n_images"] == 4 and out["interactive"] is False
 
 
-@pytest.mark.parametrize("name, value, fragment", [
-    ("eps", -1, "eps = -1"),
-    ("eps", 2.0, "l_inf budget"),
-    ("eps", "0.1", "expected a number"),
-    ("eps", float("nan"), "expected a number"),
-    ("n_images", 2.5, "expected an int"),
-    ("n_images", True, "expected an int"),
-    ("n_images", 0, ">= 1"),
-    ("n_images", 361, "at most 360"),
-    ("norm", "l3", "one of: linf, l2"),
-    ("lm_norm", "l1", "one of: linf, l2"),
-    ("attack", "cw", "one of: fgsm, pgd"),
-    ("interactive", 1, "True or False"),
-    ("lm_step_size", 0, ">= 1e-12"),
-    ("lm_optimizer", "rmsprop", "one of: sgd, sign, adam"),
-    ("square_queries", 0, ">= 1"),
-    ("lm_steps", -1, ">= 0"),
-    ("seed", -3, ">= 0"),
-    ("dataset", "mnist", "one of: digits, cifar10"),
-    ("device", "gpu", "'cpu', 'cuda'"),
-    ("result_dir", 3, "expected a string"),
-])
+@pytest.mark.parametrize(
+    "name, value, fragment",
+    [
+        ("eps", -1, "eps = -1"),
+        ("eps", 2.0, "l_inf budget"),
+        ("eps", "0.1", "expected a number"),
+        ("eps", float("nan"), "expected a number"),
+        ("n_images", 2.5, "expected an int"),
+        ("n_images", True, "expected an int"),
+        ("n_images", 0, ">= 1"),
+        ("n_images", 361, "at most 360"),
+        ("norm", "l3", "one of: linf, l2"),
+        ("lm_norm", "l1", "one of: linf, l2"),
+        ("attack", "cw", "one of: fgsm, pgd"),
+        ("interactive", 1, "True or False"),
+        ("lm_step_size", 0, ">= 1e-12"),
+        ("lm_optimizer", "rmsprop", "one of: sgd, sign, adam"),
+        ("square_queries", 0, ">= 1"),
+        ("lm_steps", -1, ">= 0"),
+        ("seed", -3, ">= 0"),
+        ("dataset", "mnist", "one of: digits, cifar10"),
+        ("device", "gpu", "'cpu', 'cuda'"),
+        ("result_dir", 3, "expected a string"),
+    ],
+)
 def test_bad_value_names_the_parameter(name, value, fragment):
     with pytest.raises(NotebookParameterError) as info:
         validate_params(base_dir=NOTEBOOKS, **{**GOOD, name: value})
@@ -58,15 +76,18 @@ def test_bad_value_names_the_parameter(name, value, fragment):
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("name, value, fragment", [
-    ("eps_list", "[0.1]", "-y 'eps_list: [...]'"),
-    ("eps_list", [], "at least 1"),
-    ("eps_list", [0.1, -0.2], "eps_list[1]"),
-    ("eps_list", [0.1, 0.1], "without repeated"),
-    ("defenses", ["dc", "resnet"], "cnn, at-cnn"),
-    ("attacks", ["pgd", "bim"], "autoattack"),
-    ("T_list", [4, 0], "T_list[1]"),
-])
+@pytest.mark.parametrize(
+    "name, value, fragment",
+    [
+        ("eps_list", "[0.1]", "-y 'eps_list: [...]'"),
+        ("eps_list", [], "at least 1"),
+        ("eps_list", [0.1, -0.2], "eps_list[1]"),
+        ("eps_list", [0.1, 0.1], "without repeated"),
+        ("defenses", ["dc", "resnet"], "cnn, at-cnn"),
+        ("attacks", ["pgd", "bim"], "autoattack"),
+        ("T_list", [4, 0], "T_list[1]"),
+    ],
+)
 def test_bad_lists(name, value, fragment):
     with pytest.raises(NotebookParameterError, match="notebook parameter " + name) as info:
         validate_params(base_dir=NOTEBOOKS, **{name: value})
@@ -110,7 +131,9 @@ def test_empty_denoiser_is_the_shipped_default_of_its_heads(tmp_path, monkeypatc
     out = validate_params(checkpoint="", checkpoint_single="")
     assert out["checkpoint"] == str(checkpoint_path(DEFAULT_DENOISERS["multi"]))
     assert out["checkpoint_single"] == str(checkpoint_path(DEFAULT_DENOISERS["single"]))
-    assert validate_params(checkpoint="", heads="single")["checkpoint"] == str(checkpoint_path(DEFAULT_DENOISERS["single"]))
+    assert validate_params(checkpoint="", heads="single")["checkpoint"] == str(
+        checkpoint_path(DEFAULT_DENOISERS["single"])
+    )
     monkeypatch.setattr("rdc_lib.jobs.params.default_denoiser", lambda heads: "digits_multi")  # read, not copied
     assert validate_params(checkpoint="")["checkpoint"] == str(checkpoint_path("digits_multi"))
     with pytest.raises(NotebookParameterError, match="notebook parameter contrast_checkpoint = ''"):
@@ -153,10 +176,13 @@ def test_diffusers_model_resolves_and_bad_folders_name_the_parameter(tmp_path, m
         monkeypatch.chdir(cwd)
         assert validate_params(diffusers_model="../data/diffusers_digits")["diffusers_model"] == shipped
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(MissingFilesError, match="notebook parameter diffusers_model = 'nope': diffusers model folder "
-                                                "not found"):
+    with pytest.raises(
+        MissingFilesError, match="notebook parameter diffusers_model = 'nope': diffusers model folder not found"
+    ):
         validate_params(diffusers_model="nope")
-    with pytest.raises(NotebookParameterError, match="notebook parameter diffusers_model = .*not a diffusers model folder"):
+    with pytest.raises(
+        NotebookParameterError, match="notebook parameter diffusers_model = .*not a diffusers model folder"
+    ):
         validate_params(diffusers_model=str(REPO_ROOT / "data" / "checkpoints"))
     (tmp_path / "m").mkdir()
     for sub in ("unet", "scheduler"):
@@ -164,7 +190,8 @@ def test_diffusers_model_resolves_and_bad_folders_name_the_parameter(tmp_path, m
     cfg = json.loads((REPO_ROOT / "data/diffusers_digits/unet/config.json").read_text())
     (tmp_path / "m/unet/config.json").write_text(json.dumps({**cfg, "sample_size": 32}))
     (tmp_path / "m/scheduler/scheduler_config.json").write_text(
-        (REPO_ROOT / "data/diffusers_digits/scheduler/scheduler_config.json").read_text())
+        (REPO_ROOT / "data/diffusers_digits/scheduler/scheduler_config.json").read_text()
+    )
     with pytest.raises(NotebookParameterError, match="diffusers_model = 'm': unsupported model sample_size 32"):
         validate_params(diffusers_model="m")
 
@@ -215,7 +242,9 @@ def test_cifar10_with_files_passes(cifar_files):
     root, classifier = cifar_files
     out = validate_params(base_dir=root, dataset="cifar10", data_root="cifar", checkpoint=f"ckpt/{classifier}")
     assert out["dataset"] == "cifar10"
-    assert validate_params(base_dir=root, dataset="cifar10", data_root="cifar", ckpt_dir="ckpt")["ckpt_dir"] == str(root / "ckpt")
+    assert validate_params(base_dir=root, dataset="cifar10", data_root="cifar", ckpt_dir="ckpt")["ckpt_dir"] == str(
+        root / "ckpt"
+    )
 
 
 def test_cifar10_defenses_are_the_diffusion_ones(cifar_files):
@@ -228,9 +257,10 @@ def test_cifar10_defenses_are_the_diffusion_ones(cifar_files):
 
 def test_choices_match_the_library():
     from rdc_lib.attacks import NORMS as ATTACK_NORMS
-    from rdc_lib.diffusion.lm import LM_NORMS, LM_OPTIMIZERS
-    from rdc_lib.jobs.params import GRAD_MODES, LM_OPTIMIZERS as NB_OPTIMIZERS, NORMS
     from rdc_lib.defenses.rdc import GRAD_MODES as RDC_GRAD_MODES
+    from rdc_lib.diffusion.lm import LM_NORMS, LM_OPTIMIZERS
+    from rdc_lib.jobs.params import GRAD_MODES, NORMS
+    from rdc_lib.jobs.params import LM_OPTIMIZERS as NB_OPTIMIZERS
 
     assert set(NB_OPTIMIZERS) == set(LM_OPTIMIZERS) and set(NORMS) == set(LM_NORMS) == set(ATTACK_NORMS)
     assert set(GRAD_MODES) == set(RDC_GRAD_MODES)

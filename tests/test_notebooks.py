@@ -28,16 +28,18 @@ import papermill as pm
 import pytest
 import yaml
 
-from rdc_lib.jobs import main_job
 from rdc_lib.cli import add_run_notebooks_arguments, cli_run_notebooks
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES
+from rdc_lib.jobs import main_job
 
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
 SMALL = NB_DIR / "params" / "small.yaml"
 SANITIZE = NB_DIR / "nbval_sanitize.cfg"
 NOTEBOOKS = sorted(NB_DIR.glob(main_job.NOTEBOOK_PATTERN))
-OWN = [p for p in NOTEBOOKS if p.stem[:2] in ("01", "02", "03", "04", "06", "07", "08")]  # written with rdc_lib.jobs.params
+OWN = [
+    p for p in NOTEBOOKS if p.stem[:2] in ("01", "02", "03", "04", "06", "07", "08")
+]  # written with rdc_lib.jobs.params
 # Absolute checkpoint paths: the executed copies are re-run by nbval from a temporary folder. The denoisers keep
 # their defaults ('' = the shipped defaults, resolved through rdc_lib.core.choices wherever the notebook runs).
 ABSOLUTE = {
@@ -70,7 +72,8 @@ def _declared(nb) -> dict[str, object]:
     out = {}
     for stmt in ast.parse(_param_cell(nb).source).body:
         assert isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name), (
-            f"parameters cell: only annotated assignments allowed, got {ast.unparse(stmt)!r}")
+            f"parameters cell: only annotated assignments allowed, got {ast.unparse(stmt)!r}"
+        )
         out[stmt.target.id] = ast.literal_eval(stmt.value)  # raises for anything but a literal
     return out
 
@@ -89,6 +92,7 @@ def single_thread_kernels():
 
 
 # ----------------------------------------------------------------------- committed notebooks
+
 
 def test_notebooks_exist():
     assert [p.stem[:2] for p in NOTEBOOKS][:4] == ["01", "02", "03", "04"]
@@ -115,8 +119,11 @@ def test_parameters_cell_is_validated_by_the_next_cell(path):
     code = _code_cells(nb)
     first = code.index(_param_cell(nb))
     assert first == 0, "the parameters cell must be the first code cell"
-    calls = [n for n in ast.walk(ast.parse(code[first + 1].source))
-             if isinstance(n, ast.Call) and re.fullmatch(r"validate\w*params", getattr(n.func, "id", ""))]
+    calls = [
+        n
+        for n in ast.walk(ast.parse(code[first + 1].source))
+        if isinstance(n, ast.Call) and re.fullmatch(r"validate\w*params", getattr(n.func, "id", ""))
+    ]
     assert len(calls) == 1, "the cell after the parameters must call a validate...params function once"
     passed = {kw.arg: kw.value for kw in calls[0].keywords}
     assert set(passed) == set(declared), f"not validated: {set(declared) - set(passed)}"
@@ -146,13 +153,19 @@ def test_denoisers_default_to_the_shipped_defaults(path):
 
     nb = nbformat.read(path, as_version=4)
     declared = _declared(nb)
-    retired = {k: v for k, v in declared.items() if isinstance(v, str) and
-               any(v == name or v.endswith(f"/{name}.safetensors") for name in LEGACY_DENOISERS.values())}
+    retired = {
+        k: v
+        for k, v in declared.items()
+        if isinstance(v, str)
+        and any(v == name or v.endswith(f"/{name}.safetensors") for name in LEGACY_DENOISERS.values())
+    }
     assert set(retired) <= CONTRAST_PARAMS, f"{path.name}: {retired} default to a retired denoiser"
     intro = "\n".join(c.source for c in nb.cells[:3] if c.cell_type == "markdown")
     for name in retired:
         assert f"`{name}`" in intro and "contrast" in intro, f"{path.name}: the contrast {name} is not documented"
-    denoisers = [k for k in ("checkpoint", "checkpoint_single") if k in declared] or (["heads"] if "heads" in declared else [])
+    denoisers = [k for k in ("checkpoint", "checkpoint_single") if k in declared] or (
+        ["heads"] if "heads" in declared else []
+    )
     if denoisers:  # the denoiser is named in the opening cells, with where the choice is explained
         assert "DEFAULT_DENOISERS" in intro and "docs/denoisers.md" in intro, path.name
         values = validate_params(base_dir=NB_DIR, **{k: declared[k] for k in denoisers})
@@ -170,11 +183,13 @@ def test_parameter_files_only_name_declared_parameters():
 
 # ----------------------------------------------------------------------- the main job, for real
 
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, single_thread_kernels):
     out = tmp_path_factory.mktemp("run")
-    summary = main_job.run_notebooks(out, params_file=SMALL, progress=False, parameters=ABSOLUTE,
-                                     cell_timeout=CELL_TIMEOUT)
+    summary = main_job.run_notebooks(
+        out, params_file=SMALL, progress=False, parameters=ABSOLUTE, cell_timeout=CELL_TIMEOUT
+    )
     return out, summary
 
 
@@ -253,9 +268,11 @@ def test_results_content(run):
     assert 0 <= r7["key_results"]["dc_acc"] <= 1 and len(r7["class_gap"]["gap"]) == len(r7["class_gap"]["sigmas"])
 
 
-@pytest.mark.parametrize("stem, marker, n_checked", [("01_bayes_rule_classification", "correct:", 2),
-                                                     ("07_bring_your_own_model", "max abs difference", 1)],
-                         ids=["01", "07"])
+@pytest.mark.parametrize(
+    "stem, marker, n_checked",
+    [("01_bayes_rule_classification", "correct:", 2), ("07_bring_your_own_model", "max abs difference", 1)],
+    ids=["01", "07"],
+)
 def test_nbval_checks_the_seeded_output(run, tmp_path, stem, marker, n_checked):
     """nbval re-runs the executed notebook and compares its NBVAL_CHECK_OUTPUT cells (01: the prediction table and
     the noise-level decisions; 07: the adapter check); a copy whose first checked output was altered must fail there."""
@@ -271,17 +288,35 @@ def test_nbval_checks_the_seeded_output(run, tmp_path, stem, marker, n_checked):
     nbformat.write(nb, good)
     stream = next(o for o in code[checked[0]].outputs if marker in o.get("text", ""))
     stream["text"] = stream["text"].replace(marker, marker.upper())
-    for cell in code[checked[0] + 1:]:  # later cells cannot affect the checked one: skip them in the copy
+    for cell in code[checked[0] + 1 :]:  # later cells cannot affect the checked one: skip them in the copy
         cell.source = "# NBVAL_SKIP\n" + cell.source
     nbformat.write(nb, bad)
     report = tmp_path / "nbval.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
-           "--nbval-lax", "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
-           f"--nbval-cell-timeout={CELL_TIMEOUT}", f"--junitxml={report}", str(good), str(bad)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(tmp_path),
+        "--nbval-lax",
+        "--nbval-current-env",
+        "--nbval-sanitize-with",
+        str(SANITIZE),
+        f"--nbval-cell-timeout={CELL_TIMEOUT}",
+        f"--junitxml={report}",
+        str(good),
+        str(bad),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     cases = ET.parse(report).getroot().iter("testcase")
-    failed = sorted((c.get("classname", "") + "::" + c.get("name", "")) for c in cases
-                    if c.find("failure") is not None or c.find("error") is not None)
+    failed = sorted(
+        (c.get("classname", "") + "::" + c.get("name", ""))
+        for c in cases
+        if c.find("failure") is not None or c.find("error") is not None
+    )
     assert len(failed) == 1 and f"nb{stem[:2]}_bad" in failed[0], f"nbval result:\n{proc.stdout[-4000:]}"
     assert failed[0].endswith(f"Cell {checked[0]}"), failed
     assert proc.returncode == 1
@@ -301,13 +336,31 @@ def test_nbval_checks_the_08_findings_answer(run, tmp_path):
     stream["text"] = stream["text"].replace("74.0%", "84.0%")
     nbformat.write(nb, bad)
     report = tmp_path / "nbval.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
-           "--nbval-lax", "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
-           f"--nbval-cell-timeout={CELL_TIMEOUT}", f"--junitxml={report}", str(good), str(bad)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(tmp_path),
+        "--nbval-lax",
+        "--nbval-current-env",
+        "--nbval-sanitize-with",
+        str(SANITIZE),
+        f"--nbval-cell-timeout={CELL_TIMEOUT}",
+        f"--junitxml={report}",
+        str(good),
+        str(bad),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     cases = ET.parse(report).getroot().iter("testcase")
-    failed = sorted((c.get("classname", "") + "::" + c.get("name", "")) for c in cases
-                    if c.find("failure") is not None or c.find("error") is not None)
+    failed = sorted(
+        (c.get("classname", "") + "::" + c.get("name", ""))
+        for c in cases
+        if c.find("failure") is not None or c.find("error") is not None
+    )
     assert len(failed) == 1 and "nb08_bad" in failed[0], f"nbval result:\n{proc.stdout[-4000:]}"
 
 
@@ -332,8 +385,9 @@ def test_bad_parameter_fails_in_the_validation_cell(prefix, params, message, tmp
     path = next(p for p in NOTEBOOKS if p.stem.startswith(prefix))
     out = tmp_path / "out.ipynb"
     with pytest.raises(pm.PapermillExecutionError) as info:
-        pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(NB_DIR), progress_bar=False,
-                            execution_timeout=CELL_TIMEOUT)
+        pm.execute_notebook(
+            str(path), str(out), parameters=params, cwd=str(NB_DIR), progress_bar=False, execution_timeout=CELL_TIMEOUT
+        )
     err = info.value
     assert err.ename in ("NotebookParameterError", "MissingFilesError") and message in err.evalue
     if params.get("dataset") == "cifar10":
@@ -350,11 +404,14 @@ def test_bad_parameter_fails_in_the_validation_cell(prefix, params, message, tmp
 
 # ------------------------------------------------------------------ the main job's bookkeeping
 
+
 def _tiny_notebook(path: Path, body: str, params: str) -> None:
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("tiny"),
-                nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(body)]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("tiny"),
+        nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(body),
+    ]
     nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
 
@@ -363,9 +420,13 @@ def _tiny_notebook(path: Path, body: str, params: str) -> None:
 def tiny_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_notebooks")
     params = 'scale: float = 1.0  # multiplier\ninteractive: bool = True  # widgets\nresult_dir: str = ""  # out'
-    _tiny_notebook(d / "01_ok.ipynb", "import json, pathlib\n"
-                   "r = {'key_results': {'value': 2 * scale, 'interactive': interactive}, 'big': list(range(3))}\n"
-                   "if result_dir:\n    pathlib.Path(result_dir, 'results.json').write_text(json.dumps(r))", params)
+    _tiny_notebook(
+        d / "01_ok.ipynb",
+        "import json, pathlib\n"
+        "r = {'key_results': {'value': 2 * scale, 'interactive': interactive}, 'big': list(range(3))}\n"
+        "if result_dir:\n    pathlib.Path(result_dir, 'results.json').write_text(json.dumps(r))",
+        params,
+    )
     _tiny_notebook(d / "02_fails.ipynb", "raise RuntimeError(f'boom {scale}')", params)
     _tiny_notebook(d / "03_no_results.ipynb", "x = 1", "y: int = 0  # nothing")
     (d / "not_numbered.ipynb").write_text((d / "03_no_results.ipynb").read_text())
@@ -375,8 +436,9 @@ def tiny_dir(tmp_path_factory):
 def test_run_records_failures_and_continues(tiny_dir, tmp_path, capsys):
     params = tmp_path / "p.yaml"
     params.write_text("scale: 3.0\nper_notebook:\n  '02': {scale: 5.0}\n")
-    args = _cli_args(["--out", str(tmp_path / "run"), "--params", str(params), "--no-progress",
-                      "--notebooks-dir", str(tiny_dir)])
+    args = _cli_args(
+        ["--out", str(tmp_path / "run"), "--params", str(params), "--no-progress", "--notebooks-dir", str(tiny_dir)]
+    )
     code = cli_run_notebooks(args)
     assert code == 1
     printed = capsys.readouterr().out
@@ -417,8 +479,9 @@ def test_cli_arguments():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
     add_run_notebooks_arguments(sub)
-    args = parser.parse_args(["run-notebooks", "--out", "d", "--params", "p.yaml", "--only", "01", "02",
-                              "-p", "T", "8"])
+    args = parser.parse_args(
+        ["run-notebooks", "--out", "d", "--params", "p.yaml", "--only", "01", "02", "-p", "T", "8"]
+    )
     assert (args.out, args.params, args.only, args.parameter) == ("d", "p.yaml", ["01", "02"], [["T", "8"]])
     assert parser.parse_args(["run-notebooks"]).out == "runs/latest"
 
@@ -430,4 +493,3 @@ def _cli_args(argv):
     sub = parser.add_subparsers(dest="command")
     add_run_notebooks_arguments(sub)
     return parser.parse_args(["run-notebooks", *argv])
-

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from rdc_lib.core.paths import checkpoint_path
 from rdc_lib.defenses import DefenseSpec, build_defense
 from rdc_lib.models.checkpoints import require_trained_null_label
-from rdc_lib.core.paths import checkpoint_path
 
 UNTRAINED_NULL = checkpoint_path("digits_film_single_ld0")  # rdc train ... --label-dropout 0
 

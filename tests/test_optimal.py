@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import load_dataset
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid
-from rdc_lib.models import DenoiserConfig, build_denoiser
-from rdc_lib.models.optimal import OptimalDenoiser
 from rdc_lib.experiments.nearest_neighbour import nearest_neighbour_agreement, nearest_neighbour_predict
 from rdc_lib.experiments.theory import denoiser_error_by_sigma, gap_by_sigma, optimal_classifier
+from rdc_lib.models import DenoiserConfig, build_denoiser
+from rdc_lib.models.optimal import OptimalDenoiser
 
 SIGMAS = [1e-4, 1e-2, 0.3, 1.0, 3.0, 100.0]
 
@@ -118,7 +118,7 @@ def test_denoise_all_equals_forward_loop_and_batch_sizes(toy):
     for c in range(4):
         assert torch.allclose(every[:, c], den(x, sig, torch.full((7,), c)), atol=1e-6)
     assert torch.allclose(den.denoise_all(x, sig), every[:, :3])
-    singles = torch.cat([den.denoise_all(x[i:i + 1], sig[i:i + 1], torch.arange(4)) for i in range(7)])
+    singles = torch.cat([den.denoise_all(x[i : i + 1], sig[i : i + 1], torch.arange(4)) for i in range(7)])
     assert torch.allclose(singles, every, atol=1e-6)
     chunked = OptimalDenoiser(images.float(), labels, max_chunk_elements=1)
     assert torch.allclose(chunked.denoise_all(x, sig, torch.arange(4)), every, atol=1e-6)
@@ -162,8 +162,9 @@ def test_inside_diffusion_classifier_gradients(toy):
     x = images[:5].float().clamp(0.05, 0.95)
     grads = []
     for mode in ("chunked", "autograd"):
-        dc = DiffusionClassifier(OptimalDenoiser(images.float(), labels), make_grid(6), noise_mode="fixed",
-                                 backward_mode=mode, chunk_size=7)
+        dc = DiffusionClassifier(
+            OptimalDenoiser(images.float(), labels), make_grid(6), noise_mode="fixed", backward_mode=mode, chunk_size=7
+        )
         xr = x.clone().requires_grad_(True)
         logits = dc(xr)
         assert logits.shape == (5, 3)
@@ -215,10 +216,17 @@ def test_denoiser_error_by_sigma_memorization_and_chunking(digits):
 def test_gap_by_sigma_paired(toy):
     images, labels = toy
     opt = OptimalDenoiser(images.float(), labels)
-    learned = build_denoiser(DenoiserConfig(num_classes=3, img_resolution=4, heads="single", backbone=dict(
-        model_channels=8, channel_mult=[1], num_blocks=1, dropout=0.0))).eval()
-    curves = gap_by_sigma(learned, opt, images[:12].float(), labels[:12], [0.05, 0.5, 2.0],
-                          torch.Generator().manual_seed(9))
+    learned = build_denoiser(
+        DenoiserConfig(
+            num_classes=3,
+            img_resolution=4,
+            heads="single",
+            backbone=dict(model_channels=8, channel_mult=[1], num_blocks=1, dropout=0.0),
+        )
+    ).eval()
+    curves = gap_by_sigma(
+        learned, opt, images[:12].float(), labels[:12], [0.05, 0.5, 2.0], torch.Generator().manual_seed(9)
+    )
     assert torch.allclose(curves.gap, curves.learned - curves.optimal)
     # on its own training images D* has the lowest expected loss; a random network is far worse
     assert bool((curves.optimal < curves.learned).all())

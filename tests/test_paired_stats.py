@@ -16,10 +16,10 @@ def test_counts_and_exact_p_value_by_hand():
 
 def test_a_large_one_sided_difference_is_significant_and_a_balanced_one_is_not():
     lopsided = paired_comparison([True] * 49 + [False] * 10, [False] * 49 + [True] * 10)
-    assert lopsided.p_value < 1e-6                      # 49 against 10 discordant images
+    assert lopsided.p_value < 1e-6  # 49 against 10 discordant images
     balanced = paired_comparison([True] * 10 + [False] * 10, [False] * 10 + [True] * 10)
     assert balanced.p_value == 1.0
-    assert paired_comparison([True, False], [True, False]).p_value == 1.0   # no discordant image
+    assert paired_comparison([True, False], [True, False]).p_value == 1.0  # no discordant image
 
 
 def test_the_test_is_symmetric():

@@ -26,7 +26,7 @@ class FakePapermill:
 
     def __call__(self, notebook, out, parameters, **kw):
         self.calls.append({"notebook": notebook, "out": out, "parameters": dict(parameters), **kw})
-        Path(out).write_text("{}")                    # papermill writes the output notebook as it goes
+        Path(out).write_text("{}")  # papermill writes the output notebook as it goes
         if self.errors:
             raise self.errors.pop(0)
         if self.result is not None:
@@ -39,8 +39,9 @@ def no_sleep(monkeypatch):
 
 
 def _job(tmp_path: Path, **params) -> PapermillJob:
-    return PapermillJob(tmp_path / "nbs" / "01_x.ipynb", tmp_path / "out" / "01_x.ipynb", tmp_path / "out" / "01_x",
-                        params)
+    return PapermillJob(
+        tmp_path / "nbs" / "01_x.ipynb", tmp_path / "out" / "01_x.ipynb", tmp_path / "out" / "01_x", params
+    )
 
 
 def test_injects_result_dir_renames_the_part_file_and_drops_a_stale_result(tmp_path, monkeypatch):
@@ -56,7 +57,7 @@ def test_injects_result_dir_renames_the_part_file_and_drops_a_stale_result(tmp_p
     assert call["cwd"] == str(job.notebook.parent) and call["kernel_name"] == "python3"
     assert call["execution_timeout"] == 5.0
     assert job.executed.is_file() and not job.part.exists()
-    assert not job.result_file.exists()                  # the stale result is gone, the fake wrote none
+    assert not job.result_file.exists()  # the stale result is gone, the fake wrote none
 
 
 def test_retries_kernel_start_races_only(tmp_path, monkeypatch, no_sleep):
@@ -71,7 +72,7 @@ def test_retries_kernel_start_races_only(tmp_path, monkeypatch, no_sleep):
     monkeypatch.setattr(papermill, "execute_notebook", fake)
     with pytest.raises(RuntimeError, match="didn't respond"):
         job.run(kernel_start_retries=2)
-    assert len(fake.calls) == 3                          # retries exhausted
+    assert len(fake.calls) == 3  # retries exhausted
 
     fake = FakePapermill(errors=[ValueError("something else"), race])
     monkeypatch.setattr(papermill, "execute_notebook", fake)
@@ -84,7 +85,7 @@ def test_retries_kernel_start_races_only(tmp_path, monkeypatch, no_sleep):
     monkeypatch.setattr(papermill, "execute_notebook", fake)
     with pytest.raises(papermill.PapermillExecutionError):
         job.run()
-    assert len(fake.calls) == 1                          # a failing cell is never retried
+    assert len(fake.calls) == 1  # a failing cell is never retried
 
 
 def test_bad_arguments_are_refused(tmp_path):
@@ -122,7 +123,10 @@ def test_main_job_and_sweep_cells_share_the_runner(tmp_path, monkeypatch, no_sle
 
     fake = FakePapermill(errors=[RuntimeError("Address already in use")], result={"robust_acc": 0.5})
     monkeypatch.setattr(papermill, "execute_notebook", fake)
-    outcome = execute_cell(CellTask(key="k" * 64, kind="notebook", target=str(folder / "01_x.ipynb"), params={},
-                                    cell_dir=str(tmp_path / "cell")))
+    outcome = execute_cell(
+        CellTask(
+            key="k" * 64, kind="notebook", target=str(folder / "01_x.ipynb"), params={}, cell_dir=str(tmp_path / "cell")
+        )
+    )
     assert outcome.status == "done" and outcome.result == {"robust_acc": 0.5} and len(fake.calls) == 2
     assert (tmp_path / "cell" / "notebook.ipynb").is_file() and not (tmp_path / "cell" / "notebook.part.ipynb").exists()

@@ -8,10 +8,10 @@ from dataclasses import FrozenInstanceError
 import pytest
 import torch
 
-from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.data import CIFAR10_FILES
-from rdc_lib.diffusion.schedules import make_grid
+from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.defenses.presets import PRESETS, get_preset, preset_names, required_files
+from rdc_lib.diffusion.schedules import make_grid
 
 
 def test_names_and_unknown_name():
@@ -37,7 +37,13 @@ def test_paper_values():
     assert p.checkpoints.lm != p.checkpoints.classifier  # separate unconditional network for LM
     d = get_preset("digits")
     assert len(make_grid(**d.grid.kwargs())) == 32 and d.data.dataset == "digits"
-    assert (d.lm.steps, d.lm.step_size, d.lm.eta, d.lm.sigma_range, d.attack.eps_linf) == (5, 0.03, 8 / 255, (0.4, 0.6), 0.1)
+    assert (d.lm.steps, d.lm.step_size, d.lm.eta, d.lm.sigma_range, d.attack.eps_linf) == (
+        5,
+        0.03,
+        8 / 255,
+        (0.4, 0.6),
+        0.1,
+    )
     assert p.to_dict()["lm"]["eta"] == 8 / 255
 
 
@@ -59,11 +65,18 @@ def test_required_files_for_cifar(tmp_path):
     (ckpt / "edm-cifar10-32x32-cond-vp.pkl").write_bytes(b"x")
     req = required_files("cifar10-paper", data, ckpt)
     assert not req.ok
-    assert [m.name for m in req.missing] == ["data_batch_4", "data_batch_5", "test_batch",
-                                             "edm-cifar10-32x32-cond-vp.safetensors",
-                                             "edm-cifar10-32x32-uncond-vp.safetensors"]
+    assert [m.name for m in req.missing] == [
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+        "edm-cifar10-32x32-cond-vp.safetensors",
+        "edm-cifar10-32x32-uncond-vp.safetensors",
+    ]
     assert "put data_batch_4, data_batch_5, test_batch" in req.message
-    assert f"rdc import-edm {ckpt / 'edm-cifar10-32x32-cond-vp.pkl'} {ckpt / 'edm-cifar10-32x32-cond-vp.safetensors'}" in req.message
+    assert (
+        f"rdc import-edm {ckpt / 'edm-cifar10-32x32-cond-vp.pkl'} {ckpt / 'edm-cifar10-32x32-cond-vp.safetensors'}"
+        in req.message
+    )
     assert "download edm-cifar10-32x32-uncond-vp.pkl from the NVlabs EDM release" in req.message
     for n in CIFAR10_FILES:
         (data / n).write_bytes(b"x")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rdc_lib.evaluation import EvalConfig
 from rdc_lib.core.paths import REPO_ROOT, checkpoint_path
+from rdc_lib.evaluation import EvalConfig
 from rdc_lib.evaluation.provenance import (
     NOT_RECORDED,
     PROVENANCE_KEYS,
@@ -55,17 +55,17 @@ def test_fields_and_checkpoint_hash(repo):
     assert prov["commit"] == _git(repo, "rev-parse", "HEAD")
     assert set(prov["versions"]) == {"python", "torch", "numpy", "rdc"}
     assert prov["versions"]["torch"] == torch.__version__
-    assert prov["command"] == "python script.py --out o.json"     # repository paths relative, never absolute
+    assert prov["command"] == "python script.py --out o.json"  # repository paths relative, never absolute
     assert prov["utc"].endswith("Z")
     json.dumps(prov)  # JSON-able
 
 
 def test_dirty_flag_follows_the_working_tree(repo):
     assert git_state(repo)[1] is False
-    (repo / "a.txt").write_text("two\n")                           # a tracked file changed
+    (repo / "a.txt").write_text("two\n")  # a tracked file changed
     assert git_state(repo)[1] is True
     _git(repo, "commit", "-qam", "second")
-    (repo / "untracked.log").write_text("run output\n")            # untracked files do not count
+    (repo / "untracked.log").write_text("run output\n")  # untracked files do not count
     commit, dirty = git_state(repo)
     assert dirty is False and commit == _git(repo, "rev-parse", "HEAD")
 
@@ -89,8 +89,13 @@ def test_hash_changes_with_content(tmp_path):
 
 
 def test_command_line_relativises_repository_paths():
-    argv = [sys.executable, str(REPO_ROOT / "benchmarks" / "results_table.py"), "run",
-            f"--records={REPO_ROOT / 'runs' / 'r'}", "/elsewhere/file"]
+    argv = [
+        sys.executable,
+        str(REPO_ROOT / "benchmarks" / "results_table.py"),
+        "run",
+        f"--records={REPO_ROOT / 'runs' / 'r'}",
+        "/elsewhere/file",
+    ]
     assert command_line(argv) == "python benchmarks/results_table.py run --records=runs/r /elsewhere/file"
     assert relative_to_repo("docs/raw") == "docs/raw"
 
@@ -106,13 +111,16 @@ def test_eval_provenance_hashes_the_checkpoints_the_evaluation_reads():
     rdc = eval_provenance(EvalConfig(defense="rdc", attack="pgd", heads="multi", run_checks=True), argv=["rdc"])
     assert set(rdc["checkpoints"]) == {  # the default of multi + the transfer check's CNN
         "data/checkpoints/digits_film_multi_distill9_h16_long_adv.safetensors",
-        "data/checkpoints/digits_cnn.safetensors"}
-    assert rdc["checkpoints"]["data/checkpoints/digits_film_multi_distill9_h16_long_adv.safetensors"] == \
-        file_sha256(checkpoint_path("digits_film_multi_distill9_h16_long_adv"))
+        "data/checkpoints/digits_cnn.safetensors",
+    }
+    assert rdc["checkpoints"]["data/checkpoints/digits_film_multi_distill9_h16_long_adv.safetensors"] == file_sha256(
+        checkpoint_path("digits_film_multi_distill9_h16_long_adv")
+    )
     clean = eval_provenance(EvalConfig(defense="dc", attack="none", heads="single"), argv=["rdc"])
     assert set(clean["checkpoints"]) == {"data/checkpoints/digits_film_single.safetensors"}
-    named = eval_provenance(EvalConfig(defense="dc", attack="none", heads="single", denoiser="digits_single"),
-                            argv=["rdc"])
+    named = eval_provenance(
+        EvalConfig(defense="dc", attack="none", heads="single", denoiser="digits_single"), argv=["rdc"]
+    )
     assert set(named["checkpoints"]) == {"data/checkpoints/digits_single.safetensors"}
     at = eval_provenance(EvalConfig(defense="at-cnn", attack="pgd", run_checks=False), argv=["rdc"])
     assert set(at["checkpoints"]) == {"data/checkpoints/digits_at_cnn.safetensors"}
@@ -153,8 +161,10 @@ def test_a_not_recorded_marker_is_explicit_and_needs_a_note():
     with pytest.raises(ValueError, match="a note is required"):
         not_recorded("")
     assert "no provenance" in provenance_problem({"n": 1})
-    assert provenance_problem({"provenance": {"commit": "abc", "dirty": False}}) == \
-        "provenance without checkpoints, versions, command, utc"
+    assert (
+        provenance_problem({"provenance": {"commit": "abc", "dirty": False}})
+        == "provenance without checkpoints, versions, command, utc"
+    )
 
 
 def test_certify_provenance_hashes_the_denoiser_and_the_cnn_of_denoised_smoothing():
@@ -162,7 +172,9 @@ def test_certify_provenance_hashes_the_denoiser_and_the_cnn_of_denoised_smoothin
     from rdc_lib.evaluation.provenance import certify_provenance
 
     den = certify_provenance(CertifyConfig(base="denoised", denoiser="digits_multi"), argv=["x"])
-    assert set(den["checkpoints"]) == {"data/checkpoints/digits_multi.safetensors",
-                                       "data/checkpoints/digits_cnn.safetensors"}
+    assert set(den["checkpoints"]) == {
+        "data/checkpoints/digits_multi.safetensors",
+        "data/checkpoints/digits_cnn.safetensors",
+    }
     noised = certify_provenance(CertifyConfig(base="noised-dc", denoiser="digits_multi"), argv=["x"])
     assert set(noised["checkpoints"]) == {"data/checkpoints/digits_multi.safetensors"}

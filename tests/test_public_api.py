@@ -17,8 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_import_rdc_lib_loads_no_torch_and_no_submodule():
-    code = ("import sys, rdc_lib; loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('rdc_lib.'));"
-            " print(loaded); assert not loaded, loaded")
+    code = (
+        "import sys, rdc_lib; loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('rdc_lib.'));"
+        " print(loaded); assert not loaded, loaded"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr

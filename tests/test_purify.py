@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from rdc_lib.defenses.purify import DiffPure
 from rdc_lib.diffusion.sampling import euler_sde, heun_ode, karras_sigmas
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
-from rdc_lib.defenses.purify import DiffPure
 
 from .conftest import TINY_BACKBONE
 
@@ -92,11 +92,13 @@ def test_shapes_range_and_determinism(den, cnn, mode):
     assert fixed(x).shape == (3, 10)
     assert torch.equal(fixed.purify(x), pur)
     for i in range(3):  # fixed randomness is shared by the batch: per-image results
-        assert torch.allclose(fixed.purify(x[i:i + 1]), pur[i:i + 1], atol=1e-5)
+        assert torch.allclose(fixed.purify(x[i : i + 1]), pur[i : i + 1], atol=1e-5)
     stoch = DiffPure(den, cnn, steps=3, mode=mode, seed=1)
     assert not torch.equal(stoch.purify(x), stoch.purify(x))
-    assert torch.equal(DiffPure(den, cnn, steps=3, mode=mode, seed=2).purify(x),
-                       DiffPure(den, cnn, steps=3, mode=mode, seed=2).purify(x))
+    assert torch.equal(
+        DiffPure(den, cnn, steps=3, mode=mode, seed=2).purify(x),
+        DiffPure(den, cnn, steps=3, mode=mode, seed=2).purify(x),
+    )
     assert fixed.network_passes(3) == 3 * (5 if mode == "ode" else 3)
 
 
@@ -132,11 +134,11 @@ def test_bpda_mode_backpropagates_the_classifier_gradient_at_the_purified_point(
     x = images(3).requires_grad_(True)
     exact = DiffPure(den, cnn, noise_mode="fixed", steps=3)
     approx = DiffPure(den, cnn, noise_mode="fixed", steps=3, grad_mode="bpda")
-    assert torch.allclose(exact(x), approx(x))                      # same forward
+    assert torch.allclose(exact(x), approx(x))  # same forward
     (g_bpda,) = torch.autograd.grad(approx(x).sum(), x)
     x_pur = exact.purify(x.detach()).requires_grad_(True)
     (g_cls,) = torch.autograd.grad(cnn(x_pur).sum(), x_pur)
-    assert torch.allclose(g_bpda, g_cls, atol=1e-6)                 # identity through purification
+    assert torch.allclose(g_bpda, g_cls, atol=1e-6)  # identity through purification
     (g_exact,) = torch.autograd.grad(exact(x).sum(), x)
     assert not torch.allclose(g_exact, g_bpda)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rdc_lib.evaluation.stats import wilson
 from rdc_lib.evaluation.provenance import NOT_RECORDED, mark, not_recorded, provenance_problem
+from rdc_lib.evaluation.stats import wilson
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "docs" / "raw"
@@ -69,19 +69,23 @@ def provenance_holes(raw: Path) -> list[str]:
 def test_every_raw_row_carries_provenance_or_an_explicit_marker():
     assert sorted({p.suffix for p in RAW.iterdir()}) == [".csv", ".json", ".jsonl"]
     holes = provenance_holes(RAW)
-    assert not holes, "raw rows without provenance (record rdc_lib.evaluation.provenance.provenance(...) or mark them with " \
-                      "rdc_lib.evaluation.provenance.not_recorded(...)):\n" + "\n".join(holes)
+    assert not holes, (
+        "raw rows without provenance (record rdc_lib.evaluation.provenance.provenance(...) or mark them with "
+        "rdc_lib.evaluation.provenance.not_recorded(...)):\n" + "\n".join(holes)
+    )
 
 
 def test_the_walk_finds_a_row_without_provenance_in_each_kind_of_file(tmp_path):
     full = {"commit": "a" * 40, "dirty": False, "checkpoints": {}, "versions": {}, "command": "x", "utc": "t"}
     (tmp_path / "a.jsonl").write_text(json.dumps({"n": 1, "provenance": full}) + "\n" + json.dumps({"n": 2}) + "\n")
     buf = io.StringIO()
-    csv.writer(buf).writerows([["eps", "robust_acc", "provenance"], [0.1, 0.5, ""],
-                               [0.2, 0.4, json.dumps(not_recorded("old row"))]])
+    csv.writer(buf).writerows(
+        [["eps", "robust_acc", "provenance"], [0.1, 0.5, ""], [0.2, 0.4, json.dumps(not_recorded("old row"))]]
+    )
     (tmp_path / "b.csv").write_text(buf.getvalue())
-    (tmp_path / "c.json").write_text(json.dumps({"dc": {"eot": 2, "provenance": full}, "rdc": {"eot": 3},
-                                                 "open": [{"figure": "to measure"}]}))
+    (tmp_path / "c.json").write_text(
+        json.dumps({"dc": {"eot": 2, "provenance": full}, "rdc": {"eot": 3}, "open": [{"figure": "to measure"}]})
+    )
     (tmp_path / "d.json").write_text(json.dumps({"n": 3, "provenance": {"commit": "a", "dirty": False}}))
     (tmp_path / "e.json").write_text(json.dumps({"n": 3, "provenance": {**not_recorded("x"), "note": ""}}))
     assert provenance_holes(tmp_path) == [
@@ -103,9 +107,9 @@ def test_a_marker_shows_beside_its_figure():
 
 # --------------------------------------------------------------------------- headline rows add up
 
+
 def _headline() -> list[tuple[int, dict]]:
-    return [(i, json.loads(l)) for i, l in enumerate((RAW / "headline.jsonl").read_text().splitlines(), 1)
-            if l.strip()]
+    return [(i, json.loads(l)) for i, l in enumerate((RAW / "headline.jsonl").read_text().splitlines(), 1) if l.strip()]
 
 
 def headline_disagreements(row: dict) -> list[str]:
@@ -120,19 +124,30 @@ def headline_disagreements(row: dict) -> list[str]:
         if counted["total"] != n or counted != wilson(counted["correct"], n).as_dict():
             out.append(f"{name} is not a count over the row's {n} images ({counted['correct']}/{counted['total']})")
     if worst["correct"] > rob["correct"] or row["robust_acc_worst"] > min(row["robust_acc_avg"], row["robust_acc"]):
-        out.append(f"worst case above the single call or the average ({worst['correct']} > {rob['correct']} or "
-                   f"robust_acc_worst {row['robust_acc_worst']} above {row['robust_acc_avg']} / {row['robust_acc']})")
-    if row["robust_acc"] != rob["value"] or row["robust_acc_worst"] != worst["value"] or row["clean_acc"] != \
-            row["clean"]["value"]:
+        out.append(
+            f"worst case above the single call or the average ({worst['correct']} > {rob['correct']} or "
+            f"robust_acc_worst {row['robust_acc_worst']} above {row['robust_acc_avg']} / {row['robust_acc']})"
+        )
+    if (
+        row["robust_acc"] != rob["value"]
+        or row["robust_acc_worst"] != worst["value"]
+        or row["clean_acc"] != row["clean"]["value"]
+    ):
         out.append("an accuracy differs from its count")
     if row["n_eval"] == 1 and (worst["correct"] != rob["correct"] or row["robust_acc_avg"] != rob["value"]):
         out.append("with one re-classification the worst case and the average must equal the single call")
     stats = row.get("attack_stats")
     incomplete = "attack_stats" in row.get("not_recorded", {})
-    if stats is not None and not incomplete and row["verify"] == 1 and sum(s["n"] for s in stats) != \
-            row["clean"]["correct"]:
-        out.append(f"attack_stats cover {sum(s['n'] for s in stats)} attacked images, the row "
-                   f"{row['clean']['correct']} clean ones")
+    if (
+        stats is not None
+        and not incomplete
+        and row["verify"] == 1
+        and sum(s["n"] for s in stats) != row["clean"]["correct"]
+    ):
+        out.append(
+            f"attack_stats cover {sum(s['n'] for s in stats)} attacked images, the row "
+            f"{row['clean']['correct']} clean ones"
+        )
     if stats is None and not incomplete:
         out.append("attack_stats missing without a not_recorded note")
     shards = row.get("shards", [])
@@ -155,8 +170,14 @@ def test_the_check_catches_the_rows_the_old_merge_wrote():
     with a worst case of 47/50 (0.94)."""
     row = dict(_headline())[11]
     first = row["shards"][0]
-    old = {**{k: v for k, v in row.items() if k != "not_recorded"}, "robust_worst": wilson(47, 50).as_dict(), "robust_acc_worst": 0.94, "robust_acc_avg": 0.94,
-           "attack_stats": first["attack_stats"], "provenance": first["provenance"]}
+    old = {
+        **{k: v for k, v in row.items() if k != "not_recorded"},
+        "robust_worst": wilson(47, 50).as_dict(),
+        "robust_acc_worst": 0.94,
+        "robust_acc_avg": 0.94,
+        "attack_stats": first["attack_stats"],
+        "provenance": first["provenance"],
+    }
     problems = headline_disagreements(old)
     assert any("robust_worst is not a count" in p for p in problems)
     assert any("worst case above the single call" in p for p in problems)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from rdc_lib.defenses.classifier import DiffusionClassifier
+from rdc_lib.defenses.rdc import RDCNoise, RobustDiffusionClassifier
+from rdc_lib.diffusion.lm import LMConfig, likelihood_maximization
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.evaluation.grad import finite_difference_check
-from rdc_lib.diffusion.lm import LMConfig, likelihood_maximization
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
-from rdc_lib.defenses.rdc import RDCNoise, RobustDiffusionClassifier
 
 from .conftest import TINY_BACKBONE
 
@@ -94,10 +94,12 @@ def test_bpda_backward_is_identity_through_lm(den):
 
 def test_exact_equals_unrolled_autograd_and_differs_from_bpda(den64):
     x = images(2, dtype=torch.float64)
-    exact = RobustDiffusionClassifier(den64, DiffusionClassifier(den64, GRID), lm=LMConfig(steps=2, eta=0.1),
-                                      noise_mode="fixed")
-    bpda = RobustDiffusionClassifier(den64, DiffusionClassifier(den64, GRID), lm=LMConfig(steps=2, eta=0.1),
-                                     noise_mode="fixed", grad_mode="bpda")
+    exact = RobustDiffusionClassifier(
+        den64, DiffusionClassifier(den64, GRID), lm=LMConfig(steps=2, eta=0.1), noise_mode="fixed"
+    )
+    bpda = RobustDiffusionClassifier(
+        den64, DiffusionClassifier(den64, GRID), lm=LMConfig(steps=2, eta=0.1), noise_mode="fixed", grad_mode="bpda"
+    )
     (draw,) = exact.draw_noise(x)
     v = torch.randn(2, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     out, g_exact = input_grad(exact, x, v=v)
@@ -114,12 +116,14 @@ def test_exact_equals_unrolled_autograd_and_differs_from_bpda(den64):
 
 
 def test_exact_fixed_rdc_passes_finite_differences(den64):
-    model = RobustDiffusionClassifier(den64, DiffusionClassifier(den64, GRID), lm=LMConfig(steps=2, eta=0.1),
-                                      noise_mode="fixed")
+    model = RobustDiffusionClassifier(
+        den64, DiffusionClassifier(den64, GRID), lm=LMConfig(steps=2, eta=0.1), noise_mode="fixed"
+    )
     x = images(2, dtype=torch.float64)
     y = torch.tensor([1, 4])
-    fd = finite_difference_check(model, x, y, n_directions=2, eps=1e-6, tol=1e-3,
-                                 generator=torch.Generator().manual_seed(0))
+    fd = finite_difference_check(
+        model, x, y, n_directions=2, eps=1e-6, tol=1e-3, generator=torch.Generator().manual_seed(0)
+    )
     assert fd.passed, fd.rel_error
 
 
@@ -129,7 +133,7 @@ def test_fixed_is_deterministic_and_batch_independent(den):
     a, b = model(x), model(x)
     assert torch.equal(a, b)
     for i in range(3):
-        assert torch.allclose(model(x[i:i + 1]), a[i:i + 1], atol=1e-5)
+        assert torch.allclose(model(x[i : i + 1]), a[i : i + 1], atol=1e-5)
     other = rdc(den, noise_mode="fixed", seed=4)
     assert not torch.allclose(other(x), a)
 

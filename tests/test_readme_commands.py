@@ -38,6 +38,7 @@ PLACEHOLDERS = ("...", "FILE", "STORE", "DIR")
 
 # ------------------------------------------------------------------------------------ extraction
 
+
 def _is_command(text: str) -> bool:
     first = text.split()[0] if text.split() else ""
     return first in COMMAND_WORDS or first.startswith(".venv/bin/")
@@ -65,6 +66,7 @@ def extract_commands(markdown: str) -> list[str]:
 
 # ------------------------------------------------------------------------------- what runs here
 
+
 @dataclass(frozen=True)
 class Run:
     """How a command is run: ``variants`` (default: the command itself), the exit status and output it must give."""
@@ -80,43 +82,43 @@ RUN: dict[str, Run] = {
     SMALL_RUN: Run(expect=("summary.md", '"failed": []')),
     ".venv/bin/papermill notebooks/02_likelihood_maximization.ipynb out.ipynb -p n_images 8 -p lm_steps 10": Run(),
     "rdc eval --defense dc --attack none --n 360 --seed 0 --timesteps 32 --heads multi --json": Run(
-        expect=('"defense": "dc"', '"n": 360')),
+        expect=('"defense": "dc"', '"n": 360')
+    ),
     # documented behaviour without the files: exit 1, and the list of what is missing and where it goes
     "rdc presets cifar10-paper --check --data-root ~/cifar-10-batches-py": Run(
-        rc=1, expect=("missing", "data_batch_1", "rdc import-edm")),
+        rc=1, expect=("missing", "data_batch_1", "rdc import-edm")
+    ),
     "rdc sweep examples/sweeps/digits_eps.yaml [--status] [--retry-failed] [--workers 2]": Run(
-        variants=("rdc sweep examples/sweeps/digits_eps.yaml --status",), expect=('"total": 12', '"pending": 12')),
+        variants=("rdc sweep examples/sweeps/digits_eps.yaml --status",), expect=('"total": 12', '"pending": 12')
+    ),
     "make docs": Run(),
     ".venv/bin/python benchmarks/regenerate_docs.py": Run(),
 }
 
 EXCLUDED: dict[str, str] = {
     "make run": "the full main job (about 3 minutes on an idle machine, longer on a shared CPU); the same job with "
-                f"the README's small parameters runs here ({SMALL_RUN}) and tests/test_notebooks.py runs every notebook",
+    f"the README's small parameters runs here ({SMALL_RUN}) and tests/test_notebooks.py runs every notebook",
     "make test": "the whole test suite, this test included",
     "make test-fast": "a subset of the test suite this test belongs to",
     "make lab": "starts a JupyterLab server and waits for a browser; tests/browser drives it headless",
     "make benchmarks": "about 20 minutes of benchmarks (bench_autoattack alone about 15)",
     "conda env create -f environment.yml": "needs conda and the network; tests/test_env.py keeps environment.yml in "
-                                           "sync with pyproject.toml",
+    "sync with pyproject.toml",
     'pip install -e ".[dev,lab,slurm,diffusers]"': "part of make's set-up, already done (it would rewrite the environment)",
     "rdc train --heads multi --out data/checkpoints/digits_multi.safetensors": "trains a denoiser from scratch "
-                                                                               "(tens of minutes on a CPU)",
+    "(tens of minutes on a CPU)",
     "rdc train-baseline --kind at-cnn --out data/checkpoints/digits_at_cnn.safetensors": "adversarial training of "
-                                                                                         "the CNN (minutes)",
-    "rdc eval --defense rdc --attack apgd-ce --norm linf --eps 0.1 --n 64 --timesteps 16 --json":
-        "an adaptive attack through RDC on 64 images: most of an hour on a CPU",
-    "rdc import-edm edm-cifar10-32x32-cond-vp.pkl data/checkpoints/edm-cifar10-32x32-cond-vp.safetensors":
-        "needs NVlabs' EDM pickle (a download); tests/test_edm_import.py imports a pickle of the same format",
+    "the CNN (minutes)",
+    "rdc eval --defense rdc --attack apgd-ce --norm linf --eps 0.1 --n 64 --timesteps 16 --json": "an adaptive attack through RDC on 64 images: most of an hour on a CPU",
+    "rdc import-edm edm-cifar10-32x32-cond-vp.pkl data/checkpoints/edm-cifar10-32x32-cond-vp.safetensors": "needs NVlabs' EDM pickle (a download); tests/test_edm_import.py imports a pickle of the same format",
     "rdc report runs/sweeps/digits_eps/results.sqlite": "needs the finished sweep (its dc cells take minutes each); "
-                                                        "tests/test_sweep.py runs rdc report on a real store",
-    "rdc run-notebooks --out runs/latest [--params notebooks/params/small.yaml]":
-        f"what `make run` runs; {SMALL_RUN} runs it (the Makefile check below holds the two together)",
+    "tests/test_sweep.py runs rdc report on a real store",
+    "rdc run-notebooks --out runs/latest [--params notebooks/params/small.yaml]": f"what `make run` runs; {SMALL_RUN} runs it (the Makefile check below holds the two together)",
     "rdc eval --defense rdc --attack apgd-ce --eot 3 --verify 4 --n-eval 10 ...": "arguments elided ('...')",
     "rdc eval ... --json": "arguments elided ('...')",
     "rdc certify ... --json": "arguments elided ('...')",
     "rdc run-notebooks --only 02 -p n_images 8": "notebook 02 through the main job, the notebook the papermill example "
-                                                "above runs; tests/test_notebooks.py runs rdc run-notebooks",
+    "above runs; tests/test_notebooks.py runs rdc run-notebooks",
     "rdc sweep FILE": "a placeholder (FILE); the command list has the real one",
     "rdc report STORE": "a placeholder (STORE); the command list has the real one",
     "rdc presets cifar10-paper --check --data-root DIR": "a placeholder (DIR); the command list has a real one",
@@ -126,11 +128,10 @@ EXCLUDED: dict[str, str] = {
     "OUT.safetensors": "distillation training (tens of minutes on a CPU); tests/test_study.py trains a few steps",
     "rdc certify --base noised-dc --sigma 0.25 --n-images 100 --n0 100 --n 1000 --alpha 0.001 --radii 0 0.25 0.5 "
     "--json": "certifies 100 images with 1,100 draws each (tens of minutes on a CPU); tests/test_certify.py runs "
-              "rdc certify --json on a few images",
+    "rdc certify --json on a few images",
     "rdc train --arch film --heads single --batch-size 256 --out OUT.safetensors": "trains a denoiser from scratch "
-                                                                                   "(tens of minutes on a CPU)",
-    "rdc eval --defense dc --denoiser digits_multi_h32_distill --attack autoattack --noise-mode fixed --T 16 --json":
-        "the AutoAttack-style ensemble on 64 images with its sanity checks: tens of minutes on a CPU",
+    "(tens of minutes on a CPU)",
+    "rdc eval --defense dc --denoiser digits_multi_h32_distill --attack autoattack --noise-mode fixed --T 16 --json": "the AutoAttack-style ensemble on 64 images with its sanity checks: tens of minutes on a CPU",
     "rdc eval --defense cnn --attack pgd --records DIR --restart": "a placeholder (DIR); tests/test_stored_state.py runs it",
     "rdc train --out OUT.safetensors --restart": "trains a denoiser; tests/test_stored_state.py runs it",
     "rdc sweep SWEEP.yaml --restart-store": "a placeholder (SWEEP.yaml); tests/test_stored_state.py runs it",
@@ -145,14 +146,17 @@ def _runs(command: str) -> tuple[str, ...]:
 
 # --------------------------------------------------------------------------------- the fresh copy
 
+
 def _repository_files() -> list[str]:
     if (REPO / ".git").exists() and shutil.which("git"):
-        out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
         return [f for f in out.splitlines() if f and f != ".venv" and (REPO / f).is_file()]
     skip = {".git", ".venv", "runs", "__pycache__", ".pytest_cache"}
-    return [str(p.relative_to(REPO)) for p in REPO.rglob("*")
-            if p.is_file() and not skip & set(p.relative_to(REPO).parts)]
+    return [
+        str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file() and not skip & set(p.relative_to(REPO).parts)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +173,14 @@ def fresh_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
             (root / ".venv" / entry.name).symlink_to(entry)
     (root / ".venv" / ".installed").touch()  # set-up done: the stamp is newer than pyproject.toml
     env = dict(os.environ)
-    env.update(PYTHONPATH=str(root), PATH=f"{root / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", VIRTUAL_ENV=str(root / ".venv"))
+    env.update(
+        PYTHONPATH=str(root),
+        PATH=f"{root / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        VIRTUAL_ENV=str(root / ".venv"),
+    )
     env.pop("RDC_DATA_DIR", None)
     for name in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"):  # under `make test`: a user's shell has none
         env.pop(name, None)
@@ -178,8 +188,7 @@ def fresh_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def _shell(command: str, root: Path, env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", command], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(["bash", "-c", command], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _refuse_installs(command: str, root: Path, env: dict[str, str]) -> None:
@@ -190,9 +199,12 @@ def _refuse_installs(command: str, root: Path, env: dict[str, str]) -> None:
 
 # ------------------------------------------------------------------------------------------ tests
 
+
 def test_extraction_finds_blocks_and_inline_commands():
-    text = ("Run `make run` or\n`rdc eval --n\n 2` and `x = 1`, `rdc sweep`.\n\n```bash\nrdc sweep a.yaml   # runs it\n# note\n```\n"
-            "```yaml\nname: rdc x\n```\n")
+    text = (
+        "Run `make run` or\n`rdc eval --n\n 2` and `x = 1`, `rdc sweep`.\n\n```bash\nrdc sweep a.yaml   # runs it\n# note\n```\n"
+        "```yaml\nname: rdc x\n```\n"
+    )
     assert extract_commands(text) == ["rdc sweep a.yaml", "make run", "rdc eval --n 2"]
 
 
@@ -217,8 +229,17 @@ def _parse_rdc(command: str) -> None:
         raise AssertionError(f"rdc cannot parse {command!r} (exit {exc.code})") from None
 
 
-@pytest.mark.parametrize("command", [c for c in EXCLUDED if c.startswith("rdc ") and len(c.split()) > 2
-                                     and not any(p in c.split() for p in PLACEHOLDERS) and "[" not in c])
+@pytest.mark.parametrize(
+    "command",
+    [
+        c
+        for c in EXCLUDED
+        if c.startswith("rdc ")
+        and len(c.split()) > 2
+        and not any(p in c.split() for p in PLACEHOLDERS)
+        and "[" not in c
+    ],
+)
 def test_excluded_rdc_commands_parse(command):
     _parse_rdc(command)
 
@@ -232,8 +253,10 @@ def test_run_notebooks_line_is_what_make_run_runs(fresh_copy):
     root, env = fresh_copy
     dry = _shell(f"make -n {SMALL_RUN.split(maxsplit=1)[1]}", root, env, 60)
     assert dry.returncode == 0 and "pip install" not in dry.stdout, dry.stdout + dry.stderr
-    assert dry.stdout.strip().splitlines()[-1].split() == \
-        ".venv/bin/rdc run-notebooks --out runs/latest --params notebooks/params/small.yaml".split()
+    assert (
+        dry.stdout.strip().splitlines()[-1].split()
+        == ".venv/bin/rdc run-notebooks --out runs/latest --params notebooks/params/small.yaml".split()
+    )
 
 
 @pytest.mark.slow
@@ -245,7 +268,9 @@ def test_readme_command_works_as_written(command, fresh_copy):
         _refuse_installs(variant, root, env)
         proc = _shell(variant, root, env, spec.timeout)
         output = proc.stdout + proc.stderr
-        assert proc.returncode == spec.rc, f"{variant!r} exited {proc.returncode}, expected {spec.rc}:\n{output[-4000:]}"
+        assert proc.returncode == spec.rc, (
+            f"{variant!r} exited {proc.returncode}, expected {spec.rc}:\n{output[-4000:]}"
+        )
         missing = [e for e in spec.expect if e not in output]
         assert not missing, f"{variant!r}: output lacks {missing}:\n{output[-4000:]}"
 
@@ -253,12 +278,14 @@ def test_readme_command_works_as_written(command, fresh_copy):
 def test_the_runner_can_fail(fresh_copy):
     """The control: a README-style command that cannot work is reported as failing, from the same copy."""
     root, env = fresh_copy
-    proc = _shell(".venv/bin/papermill notebooks/02_likelihood_maximization.ipynb out.ipynb -p n_images 0", root,
-                  env, 300)
+    proc = _shell(
+        ".venv/bin/papermill notebooks/02_likelihood_maximization.ipynb out.ipynb -p n_images 0", root, env, 300
+    )
     assert proc.returncode != 0 and "notebook parameter n_images = 0" in proc.stdout + proc.stderr
 
 
 # ------------------------------------------------------------------------------------ docs/*.md
+
 
 def _docs_rule(command: str) -> str | None:
     """'run' for a cheap command, the reason for one that is not run here, None for an unknown kind of command."""
@@ -285,15 +312,31 @@ def _docs_rule(command: str) -> str | None:
         return "trains a denoiser: minutes to tens of minutes on a CPU (arguments parsed)"
     if words[:2] == ["rdc", "sweep"] and "--status" not in words:
         return "runs every cell of a sweep: CPU-hours for a diffusion defense, the doc gives them (arguments parsed)"
-    if any(f"benchmarks/{name}" in command for name in ("profile_strongest.py run", "bench_strongest.py", "certify_report.py", "bench_certify.py",
-                                                          "evaluation_report.py", "denoiser_study.py run",
-                                                          "crosscheck_torchattacks.py run", "bench_parallel.py",
-                                                          "grid_levels.py")):
+    if any(
+        f"benchmarks/{name}" in command
+        for name in (
+            "profile_strongest.py run",
+            "bench_strongest.py",
+            "certify_report.py",
+            "bench_certify.py",
+            "evaluation_report.py",
+            "denoiser_study.py run",
+            "crosscheck_torchattacks.py run",
+            "bench_parallel.py",
+            "grid_levels.py",
+        )
+    ):
         return "a long benchmark or its doc mode over the run's own records (the doc gives the minutes)"
-    if words[:2] == ["rdc", "eval"] and "--n" in words and int(words[words.index("--n") + 1]) < MIN_CHECK_IMAGES \
-            and "--run-checks" not in words:
-        return ("a row measured when the sanity checks used 16 images; rdc eval now refuses checks on fewer than "
-                f"{MIN_CHECK_IMAGES} images and says so (the doc notes it under Commands)")
+    if (
+        words[:2] == ["rdc", "eval"]
+        and "--n" in words
+        and int(words[words.index("--n") + 1]) < MIN_CHECK_IMAGES
+        and "--run-checks" not in words
+    ):
+        return (
+            "a row measured when the sanity checks used 16 images; rdc eval now refuses checks on fewer than "
+            f"{MIN_CHECK_IMAGES} images and says so (the doc notes it under Commands)"
+        )
     if words[:2] == ["rdc", "eval"]:
         defense = words[words.index("--defense") + 1] if "--defense" in words else "rdc"
         if defense in ("cnn", "at-cnn") and "autoattack" not in words:

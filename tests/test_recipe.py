@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rdc_lib.core.choices import DEFAULT_DENOISERS
 from rdc_lib.cli import main
 from rdc_lib.cli.train import train_config_from_args
+from rdc_lib.core.choices import DEFAULT_DENOISERS
 from rdc_lib.models.checkpoints import checkpoint_extra
 from rdc_lib.recipe import (
     RecipeError,
@@ -96,11 +96,19 @@ TINY_ARGS = {"arch": "film", "model-channels": 8, "steps": 2, "batch-size": 8, "
 
 
 def _tiny(tmp_path: Path, seed_c: int = 0, seed_a: int = 0) -> dict:
-    return {"name": "tiny", "stages": [
-        {"name": "a", "args": {**TINY_ARGS, "heads": "single", "seed": seed_a}},
-        {"name": "b", "teacher": "a", "args": {**TINY_ARGS, "heads": "multi", "distill-classes": 2}},
-        {"name": "c", "parent": "b", "teacher": "a",
-         "args": {**TINY_ARGS, "heads": "multi", "distill-classes": 9, "seed": seed_c}}]}
+    return {
+        "name": "tiny",
+        "stages": [
+            {"name": "a", "args": {**TINY_ARGS, "heads": "single", "seed": seed_a}},
+            {"name": "b", "teacher": "a", "args": {**TINY_ARGS, "heads": "multi", "distill-classes": 2}},
+            {
+                "name": "c",
+                "parent": "b",
+                "teacher": "a",
+                "args": {**TINY_ARGS, "heads": "multi", "distill-classes": 9, "seed": seed_c},
+            },
+        ],
+    }
 
 
 def test_tiny_recipe_replays_resumes_and_skips(tmp_path):
@@ -122,7 +130,9 @@ def test_tiny_recipe_replays_resumes_and_skips(tmp_path):
     assert (out / "a.safetensors").is_file() and not (out / "c.safetensors").exists()
     mtime = (out / "a.safetensors").stat().st_mtime_ns
     seen.clear()
-    res = replay_recipe(recipe, out, exclude_val=True, progress=False, on_stage=lambda p, s: seen.append((p.stage.name, s)))
+    res = replay_recipe(
+        recipe, out, exclude_val=True, progress=False, on_stage=lambda p, s: seen.append((p.stage.name, s))
+    )
     assert seen == [("a", "skip"), ("b", "skip"), ("c", "train")]
     assert [r["status"] for r in res] == ["skipped", "skipped", "trained"]
     assert (out / "a.safetensors").stat().st_mtime_ns == mtime
@@ -144,8 +154,10 @@ def test_hash_follows_the_chain_and_a_changed_stage_is_refused(tmp_path):
     assert all(base[k] != other_a[k] for k in "abc")  # an upstream change reaches every downstream stage
     other_c = {p.stage.name: p.hash for p in plan_recipe(parse_recipe(_tiny(tmp_path, seed_c=1)), out)}
     assert base["a"] == other_c["a"] and base["b"] == other_c["b"] and base["c"] != other_c["c"]
-    assert base["a"] != {p.stage.name: p.hash for p in plan_recipe(parse_recipe(_tiny(tmp_path)), out,
-                                                                       exclude_val=True)}["a"]
+    assert (
+        base["a"]
+        != {p.stage.name: p.hash for p in plan_recipe(parse_recipe(_tiny(tmp_path)), out, exclude_val=True)}["a"]
+    )
     replay_recipe(parse_recipe(_tiny(tmp_path)), out, progress=False)
     with pytest.raises(RecipeError, match=r"c\.safetensors exists with recipe hash .* stage 'c'"):
         replay_recipe(parse_recipe(_tiny(tmp_path, seed_c=1)), out, progress=False)
@@ -164,8 +176,13 @@ def test_bad_recipes_are_named(tmp_path):
         parse_recipe(bad_arg, "r.yaml")
     with pytest.raises(RecipeError, match=r"unknown key\(s\) \['out'\]"):
         parse_recipe({**good, "stages": [{**good["stages"][0], "args": {"out": "x.safetensors"}}]}, "r.yaml")
-    missing = {**good, "stages": [good["stages"][0], {**good["stages"][2], "parent": "data/checkpoints/nope.safetensors"}]}
-    with pytest.raises(RecipeError, match=r"stage 'c': parent checkpoint 'data/checkpoints/nope.safetensors' is missing"):
+    missing = {
+        **good,
+        "stages": [good["stages"][0], {**good["stages"][2], "parent": "data/checkpoints/nope.safetensors"}],
+    }
+    with pytest.raises(
+        RecipeError, match=r"stage 'c': parent checkpoint 'data/checkpoints/nope.safetensors' is missing"
+    ):
         parse_recipe(missing, "r.yaml")
     later = {**good, "stages": [good["stages"][2], good["stages"][0]]}  # parent named before it is trained
     with pytest.raises(RecipeError, match=r"stage 'c': parent checkpoint 'b' is missing"):
@@ -195,4 +212,3 @@ def test_cli_recipe(tmp_path, capsys):
     assert "recipe file not found" in capsys.readouterr().err
     assert main(["train", "--heads", "single"]) == 2
     assert "needs --out" in capsys.readouterr().err
-

@@ -24,7 +24,7 @@ TOY_ATTACK = "toy-one-step"
 TOY_DEFENSE = "toy-shrunk-cnn"
 
 # The whole of a new attack: one module, one register_attack call.
-ATTACK_MODULE = f'''
+ATTACK_MODULE = f"""
 from rdc_lib.attacks.fgsm import FGSM
 from rdc_lib.attacks.registry import register_attack
 
@@ -32,7 +32,7 @@ from rdc_lib.attacks.registry import register_attack
 @register_attack({TOY_ATTACK!r}, iterative=False, description="FGSM under another name (a one-step attack)")
 def build(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
     return FGSM(model, norm=norm, eps=eps, eot=eot, verify=verify, seed=seed, generator=generator, **kw)
-'''
+"""
 
 # The whole of a new defense: one module, one register_defense call.
 DEFENSE_MODULE = f'''
@@ -108,12 +108,17 @@ def test_found_in_eval_help(toys, capsys, monkeypatch):
 def test_found_in_sweep_validation(toys, tmp_path):
     from rdc_lib.sweep import SweepSpecError, parse_sweep
 
-    spec = parse_sweep(f"name: toys\nfunction: eval\nparams: {{n: 32}}\ngrid:\n  defense: [{TOY_DEFENSE}, cnn]\n"
-                       f"  attack: [{TOY_ATTACK}, pgd]\n", source="toys.yaml", base_dir=tmp_path)
+    spec = parse_sweep(
+        f"name: toys\nfunction: eval\nparams: {{n: 32}}\ngrid:\n  defense: [{TOY_DEFENSE}, cnn]\n"
+        f"  attack: [{TOY_ATTACK}, pgd]\n",
+        source="toys.yaml",
+        base_dir=tmp_path,
+    )
     assert set(spec.grid["defense"]) == {TOY_DEFENSE, "cnn"} and set(spec.grid["attack"]) == {TOY_ATTACK, "pgd"}
     with pytest.raises(SweepSpecError, match="unknown attack 'toy-two-step'"):
-        parse_sweep(f"name: toys\nfunction: eval\ngrid:\n  attack: [toy-two-step]\n", source="bad.yaml",
-                    base_dir=tmp_path)
+        parse_sweep(
+            "name: toys\nfunction: eval\ngrid:\n  attack: [toy-two-step]\n", source="bad.yaml", base_dir=tmp_path
+        )
 
 
 def test_found_in_notebook_parameters(toys):
@@ -132,18 +137,20 @@ def test_found_in_the_checks_metadata(toys):
 
     cfg = EvalConfig(defense=TOY_DEFENSE, attack=TOY_ATTACK, n=32)
     assert AttackFactory(cfg).info().iterative is False
-    assert skipped_checks(cfg)["convergence"] == f"{TOY_ATTACK.upper()} is a single step; it has no iterations to double"
+    assert (
+        skipped_checks(cfg)["convergence"] == f"{TOY_ATTACK.upper()} is a single step; it has no iterations to double"
+    )
     assert "convergence" not in skipped_checks(EvalConfig(defense=TOY_DEFENSE, attack="pgd", n=32))
 
 
 def test_evaluate_runs_the_new_modules(toys):
     """The two modules are all it takes: evaluate() builds both by name and runs the checks."""
-    from rdc_lib.evaluation import evaluate
-    from rdc_lib.evaluation import EvalConfig
+    from rdc_lib.evaluation import EvalConfig, evaluate
 
     torch.set_num_threads(1)
-    res = evaluate(EvalConfig(defense=TOY_DEFENSE, attack=TOY_ATTACK, eps=0.2, n=32, steps=5, square_queries=50),
-                   progress=False)
+    res = evaluate(
+        EvalConfig(defense=TOY_DEFENSE, attack=TOY_ATTACK, eps=0.2, n=32, steps=5, square_queries=50), progress=False
+    )
     assert res["defense"] == TOY_DEFENSE and res["attack"] == TOY_ATTACK
     assert res["robust_acc"] <= res["clean_acc"] and res["max_linf"] <= 0.2 + 1e-6
     assert {"gradients", "finite_difference", "large_budget", "black_box", "transfer"} <= set(res["checks"])
@@ -162,11 +169,13 @@ def test_registering_a_name_twice_is_refused(toys):
 def test_new_modules_need_no_other_file():
     """A fresh interpreter importing only a new module and rdc_lib finds the names everywhere: nothing else
     (no list, no branch, no CLI table) had to change."""
-    code = (f"import runpy, sys; runpy.run_path(sys.argv[1]); runpy.run_path(sys.argv[2]); "
-            f"from rdc_lib.evaluation import EvalConfig; from rdc_lib.evaluation.attacking import eval_attack_names; "
-            f"from rdc_lib.defenses import defense_names; "
-            f"assert {TOY_ATTACK!r} in eval_attack_names() and {TOY_DEFENSE!r} in defense_names(); "
-            f"EvalConfig(defense={TOY_DEFENSE!r}, attack={TOY_ATTACK!r})")
+    code = (
+        f"import runpy, sys; runpy.run_path(sys.argv[1]); runpy.run_path(sys.argv[2]); "
+        f"from rdc_lib.evaluation import EvalConfig; from rdc_lib.evaluation.attacking import eval_attack_names; "
+        f"from rdc_lib.defenses import defense_names; "
+        f"assert {TOY_ATTACK!r} in eval_attack_names() and {TOY_DEFENSE!r} in defense_names(); "
+        f"EvalConfig(defense={TOY_DEFENSE!r}, attack={TOY_ATTACK!r})"
+    )
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:

@@ -48,7 +48,9 @@ def sweep_split(path: str | Path) -> set[str]:
 
 def test_registry_is_complete():
     assert all((ROOT / p).is_file() for p in [*SELECTION_SCRIPTS, *SELECTION_SWEEPS])
-    using = {f"benchmarks/{p.name}" for p in (ROOT / "benchmarks").glob("*.py") if "add_split_argument" in p.read_text()}
+    using = {
+        f"benchmarks/{p.name}" for p in (ROOT / "benchmarks").glob("*.py") if "add_split_argument" in p.read_text()
+    }
     assert using == set(SELECTION_SCRIPTS), "a script with a selection --split is missing from the registry, or back"
     eta_sweeps = {f"examples/sweeps/{p.name}" for p in (ROOT / "examples/sweeps").glob("*eps_eta*.yaml")}
     assert eta_sweeps <= set(SELECTION_SWEEPS)
@@ -68,12 +70,25 @@ def test_the_scripts_pass_the_split_on():
     gl = load_benchmark("grid_levels")
     _, args = default_split(gl)
     assert args.offset == 0  # the validation split's images 0..n-1 (test: 200..)
-    cfg = gl.cell_config("digits_film_single", "single", 0.6, n=args.n, offset=args.offset, steps=args.steps,
-                         timesteps=args.timesteps, split=args.split)
+    cfg = gl.cell_config(
+        "digits_film_single",
+        "single",
+        0.6,
+        n=args.n,
+        offset=args.offset,
+        steps=args.steps,
+        timesteps=args.timesteps,
+        split=args.split,
+    )
     assert cfg.split == "val" and cfg.offset + cfg.n <= 200
     assert default_split(gl, ("run", "--split", "test"))[1].offset == 200
-    entry = StudyEntry(name="x", checkpoint="data/checkpoints/digits_film_single.safetensors", factor="baseline",
-                       command="rdc train", n_robust=20)
+    entry = StudyEntry(
+        name="x",
+        checkpoint="data/checkpoints/digits_film_single.safetensors",
+        factor="baseline",
+        command="rdc train",
+        n_robust=20,
+    )
     assert robust_config(entry, "single").split == "val"
     ds = load_benchmark("denoiser_study")
     _, args = default_split(ds)
@@ -122,8 +137,9 @@ def test_sweep_check_can_fail_and_split_override(tmp_path):
     val = with_split(spec, "val")
     assert {c["split"] for c in val.cells()} == {"val"} and val.store.parent.name == "s_val"
     assert with_split(spec, "test") is spec
-    cert = parse_sweep("name: c\nfunction: rdc_lib.certify.runner:certify_cell\ngrid: {n_images: [2]}\n",
-                       base_dir=tmp_path)
+    cert = parse_sweep(
+        "name: c\nfunction: rdc_lib.certify.runner:certify_cell\ngrid: {n_images: [2]}\n", base_dir=tmp_path
+    )
     with pytest.raises(ValueError, match="--split applies to eval sweeps"):
         with_split(cert, "val")
 
@@ -131,8 +147,9 @@ def test_sweep_check_can_fail_and_split_override(tmp_path):
 def test_eval_on_the_validation_split(tmp_path):
     assert "split" not in EvalConfig().identity()  # keys of configurations stored before the split are unchanged
     cfg = EvalConfig(defense="cnn", attack="none", n=3, offset=5, split="val")
-    assert cfg.identity()["split"] == "val" and cfg.key() != EvalConfig(defense="cnn", attack="none", n=3,
-                                                                         offset=5).key()
+    assert (
+        cfg.identity()["split"] == "val" and cfg.key() != EvalConfig(defense="cnn", attack="none", n=3, offset=5).key()
+    )
     res = evaluate(cfg, records_dir=tmp_path, progress=False)
     assert res["split"] == "val" and res["clean"]["total"] == 3
     x_val, _ = load_dataset("digits", "val")

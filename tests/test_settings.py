@@ -15,11 +15,21 @@ from rdc_lib.evaluation.runner import defense_spec
 # configurations name their denoiser or use none (CNNs, CIFAR-10 presets): their meaning never changed.
 RECORDED_KEYS = [
     ({"defense": "cnn", "attack": "pgd", "eps": 0.05, "steps": 10, "n": 64}, "d2492710149153f8"),
-    ({"defense": "dc", "attack": "autoattack", "noise_mode": "fixed", "timesteps": 16,
-      "denoiser": "digits_multi_h32_distill"}, "d9f67ac2ef70c739"),
+    (
+        {
+            "defense": "dc",
+            "attack": "autoattack",
+            "noise_mode": "fixed",
+            "timesteps": 16,
+            "denoiser": "digits_multi_h32_distill",
+        },
+        "d9f67ac2ef70c739",
+    ),
     ({"defense": "cnn", "attack": "stadv", "norm": "flow", "eps": 0.05}, "190ab2230ea3f726"),
-    ({"defense": "rdc", "dataset": "cifar10", "preset": "cifar10-paper", "attack": "apgd-dlr", "eps": 8 / 255},
-     "d660da03e6f07c92"),
+    (
+        {"defense": "rdc", "dataset": "cifar10", "preset": "cifar10-paper", "attack": "apgd-dlr", "eps": 8 / 255},
+        "d660da03e6f07c92",
+    ),
 ]
 # Keys recorded (same commit) for configurations that left the denoiser to `heads`: they meant digits_multi,
 # the default until the FiLM denoisers became the defaults (rdc_lib.core.choices.DEFAULT_DENOISERS). The same
@@ -58,8 +68,29 @@ def test_default_run_has_the_key_of_its_named_denoiser():
     import json
     from pathlib import Path
 
-    args = ["eval", "--defense", "dc", "--heads", "single", "--attack", "autoattack", "--noise-mode", "fixed", "--T",
-            "16", "--n", "200", "--steps", "50", "--n-target-classes", "3", "--square-queries", "500", "--chunk", "10"]
+    args = [
+        "eval",
+        "--defense",
+        "dc",
+        "--heads",
+        "single",
+        "--attack",
+        "autoattack",
+        "--noise-mode",
+        "fixed",
+        "--T",
+        "16",
+        "--n",
+        "200",
+        "--steps",
+        "50",
+        "--n-target-classes",
+        "3",
+        "--square-queries",
+        "500",
+        "--chunk",
+        "10",
+    ]
     default = eval_config(build_parser().parse_args(args))
     named = eval_config(build_parser().parse_args(args + ["--denoiser", "digits_film_single"]))
     assert default == named and default.key() == named.key() and default.denoiser == "digits_film_single"
@@ -97,18 +128,56 @@ def test_new_settings_enter_the_key_only_away_from_their_default():
 
 def test_defense_spec_is_derived_not_copied():
     """Every DefenseSpec field EvalConfig has by name reaches the spec."""
-    cfg = EvalConfig(defense="rdc", heads="single", timesteps=8, grid="karras", noise_mode="fixed", grad_mode="bpda",
-                     seed=3, vote=2, lm_steps=2, lm_eta=0.1, lm_step_size=0.05)
+    cfg = EvalConfig(
+        defense="rdc",
+        heads="single",
+        timesteps=8,
+        grid="karras",
+        noise_mode="fixed",
+        grad_mode="bpda",
+        seed=3,
+        vote=2,
+        lm_steps=2,
+        lm_eta=0.1,
+        lm_step_size=0.05,
+    )
     spec = defense_spec(cfg)
-    for name in ("heads", "timesteps", "grid", "noise_mode", "grad_mode", "seed", "vote", "lm_steps", "lm_eta",
-                 "lm_step_size"):
+    for name in (
+        "heads",
+        "timesteps",
+        "grid",
+        "noise_mode",
+        "grad_mode",
+        "seed",
+        "vote",
+        "lm_steps",
+        "lm_eta",
+        "lm_step_size",
+    ):
         assert getattr(spec, name) == getattr(cfg, name), name
     assert spec.name == "rdc" and spec.ckpt_dir == ""
 
 
 def test_rdc_eval_sets_lm_and_grid_flags():
-    args = build_parser().parse_args(["eval", "--defense", "rdc", "--lm-eta", "0.1", "--eps", "0.1", "--lm-steps", "3",
-                                      "--lm-step-size", "0.05", "--grid", "karras", "--T", "4"])
+    args = build_parser().parse_args(
+        [
+            "eval",
+            "--defense",
+            "rdc",
+            "--lm-eta",
+            "0.1",
+            "--eps",
+            "0.1",
+            "--lm-steps",
+            "3",
+            "--lm-step-size",
+            "0.05",
+            "--grid",
+            "karras",
+            "--T",
+            "4",
+        ]
+    )
     cfg = eval_config(args)
     model = build_defense(defense_spec(cfg))
     assert (model.lm_config.eta, model.lm_config.steps, model.lm_config.step_size) == (0.1, 3, 0.05)  # eta = eps
@@ -125,9 +194,9 @@ def test_settings_a_defense_does_not_read_are_refused(capsys):
 
 
 def test_presets_hold_the_library_settings_classes():
-    from rdc_lib.diffusion.schedules import GridConfig, make_grid
-    from rdc_lib.diffusion.lm import LMConfig
     from rdc_lib.defenses.presets import PRESETS
+    from rdc_lib.diffusion.lm import LMConfig
+    from rdc_lib.diffusion.schedules import GridConfig, make_grid
 
     for p in PRESETS.values():
         assert isinstance(p.lm, LMConfig) and isinstance(p.grid, GridConfig)
@@ -141,8 +210,11 @@ def test_preset_applies_its_attack_budget():
     args = build_parser().parse_args(["eval", "--preset", "cifar10-paper", "--defense", "rdc", "--attack", "apgd-dlr"])
     cfg = eval_config(args)
     assert (cfg.steps, cfg.restarts, cfg.eot, cfg.eps) == (a.iterations, a.restarts, a.eot, a.eps_linf)
-    l2 = eval_config(build_parser().parse_args(["eval", "--preset", "cifar10-paper", "--defense", "dc", "--norm", "l2",
-                                                "--attack", "pgd", "--steps", "7"]))
+    l2 = eval_config(
+        build_parser().parse_args(
+            ["eval", "--preset", "cifar10-paper", "--defense", "dc", "--norm", "l2", "--attack", "pgd", "--steps", "7"]
+        )
+    )
     assert l2.eps == a.eps_l2 and l2.steps == 7  # a flag given on the command line wins
     plain = eval_config(build_parser().parse_args(["eval", "--defense", "dc", "--attack", "pgd"]))
     assert (plain.steps, plain.eps) == (EvalConfig.steps, EvalConfig.eps)  # no preset: the defaults

@@ -16,7 +16,7 @@ def threads_seen_by_a_module_fixture() -> int:
 
 
 def test_one_thread_covers_module_scoped_fixtures_and_tests(threads_seen_by_a_module_fixture):
-    assert threads_seen_by_a_module_fixture == 1   # e.g. a CNN trained once per module runs single-threaded
+    assert threads_seen_by_a_module_fixture == 1  # e.g. a CNN trained once per module runs single-threaded
     assert torch.get_num_threads() == 1
 
 

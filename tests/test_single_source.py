@@ -19,8 +19,11 @@ LIB = ROOT / "rdc_lib"
 
 
 def _str_tuple(node: ast.AST) -> tuple[str, ...] | None:
-    if isinstance(node, (ast.Tuple, ast.List)) and node.elts and all(
-            isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+    if (
+        isinstance(node, (ast.Tuple, ast.List))
+        and node.elts
+        and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts)
+    ):
         return tuple(e.value for e in node.elts)
     return None
 
@@ -55,8 +58,9 @@ def duplicate_definitions(sources: dict[str, str]) -> list[str]:
                 if isinstance(val, (str, bytes, int, float, tuple)):  # not a mutable container (a registry)
                     scalars[(name, repr(val))].append(where)
     msgs = [f"{value} defined {len(w)} times: {', '.join(w)}" for value, w in tuples.items() if len(w) > 1]
-    msgs += [f"{name} = {value} defined {len(w)} times: {', '.join(w)}" for (name, value), w in scalars.items()
-             if len(w) > 1]
+    msgs += [
+        f"{name} = {value} defined {len(w)} times: {', '.join(w)}" for (name, value), w in scalars.items() if len(w) > 1
+    ]
     return msgs
 
 
@@ -114,18 +118,20 @@ def test_checks_can_fail():
 
 def test_choices_is_torch_free():
     """The module itself imports nothing heavy (loaded from its file: the package may import torch)."""
-    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('c', 'rdc_lib/core/choices.py'); "
-            "s.loader.exec_module(importlib.util.module_from_spec(s)); "
-            "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'rdc_lib/core/choices.py imports torch'")
+    code = (
+        "import importlib.util, sys; s = importlib.util.spec_from_file_location('c', 'rdc_lib/core/choices.py'); "
+        "s.loader.exec_module(importlib.util.module_from_spec(s)); "
+        "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, 'rdc_lib/core/choices.py imports torch'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_one_lm_step_size():
     """The LM step size default has one source; RDC's LMConfig, the evaluation's spec and the presets read it."""
     from rdc_lib.core.choices import LM_STEP_SIZE
+    from rdc_lib.defenses.presets import get_preset
     from rdc_lib.defenses.registry import DefenseSpec
     from rdc_lib.diffusion.lm import LMConfig
-    from rdc_lib.defenses.presets import get_preset
 
     assert LMConfig().step_size == DefenseSpec().lm_step_size == LM_STEP_SIZE == 0.03
     assert get_preset("digits").lm.step_size == 0.03 and get_preset("cifar10-paper").lm.step_size == 0.1

@@ -20,14 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rdc_lib.attacks import build_attack, run_ensemble
-from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.cli import main
+from rdc_lib.core.paths import checkpoint_path
+from rdc_lib.core.stored_state import StoredStateError, move_aside
 from rdc_lib.data import load_dataset
+from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.evaluation import EvalConfig, evaluate
 from rdc_lib.evaluation.records import records_paths
 from rdc_lib.models import read_checkpoint
-from rdc_lib.core.paths import checkpoint_path
-from rdc_lib.core.stored_state import StoredStateError, move_aside
 from rdc_lib.sweep import ResultStore, parse_sweep, run_sweep, sweep_status
 from rdc_lib.sweep.store import CellRecord
 from rdc_lib.train import TrainConfig, train_denoiser
@@ -56,15 +56,18 @@ def _aside(path: Path, tag: str = "damaged") -> list[Path]:
 
 def _same(a: dict, b: dict, skip: tuple[str, ...] = ("seconds",)) -> None:
     """Equal results, apart from wall-clock facts (seconds, and the provenance's UTC time stamp)."""
+
     def kept(result: dict) -> dict:
         out = {k: v for k, v in result.items() if k not in skip}
         if isinstance(out.get("provenance"), dict):
             out["provenance"] = {k: v for k, v in out["provenance"].items() if k != "utc"}
         return out
+
     assert kept(a) == kept(b)
 
 
 # --------------------------------------------------------------------------- evaluation records
+
 
 @pytest.fixture(scope="module")
 def clean_eval(tmp_path_factory) -> tuple[dict, Path]:
@@ -102,8 +105,8 @@ def test_cut_off_last_record_is_recovered_and_the_rest_recomputed(records, caplo
     assert res["attack_stats"], "the chunk of the cut-off record is attacked again"
     assert "last line was cut off" in caplog.text and "recovered 7/8 records" in caplog.text
     (kept,) = _aside(jsonl)
-    assert kept.read_bytes() == original[:-40]                      # the damaged file is kept as it was
-    assert jsonl.read_bytes() == original                            # and the records are complete again
+    assert kept.read_bytes() == original[:-40]  # the damaged file is kept as it was
+    assert jsonl.read_bytes() == original  # and the records are complete again
 
 
 def test_fewer_adversarial_rows_than_records_are_recovered(records, caplog):
@@ -114,7 +117,7 @@ def test_fewer_adversarial_rows_than_records_are_recovered(records, caplog):
         res = evaluate(CFG, records_dir=folder, progress=False)
     _same(res, clean, ("seconds", "attack_stats"))
     assert "has 5 rows for 8 records" in caplog.text and "recovered 5/8 records" in caplog.text
-    assert len(res["attack_stats"]) == 1                             # only the second chunk is attacked again
+    assert len(res["attack_stats"]) == 1  # only the second chunk is attacked again
     assert torch.equal(load_file(str(adv))["x_adv"], x_adv)
     assert len(_aside(adv)) == 1 and len(_aside(jsonl)) == 1
 
@@ -149,7 +152,7 @@ def test_random_bytes_in_the_images_name_the_file_then_restart_matches_a_clean_r
     _damaged_eval(folder, adv, "cannot be read")
     before = {p.name: p.read_bytes() for p in (jsonl, adv)}
     res = evaluate(CFG, records_dir=folder, progress=False, restart=True)
-    _same(res, clean)                                                # exactly the clean run, attack included
+    _same(res, clean)  # exactly the clean run, attack included
     for path in (jsonl, adv):
         (kept,) = _aside(path)
         assert kept.read_bytes() == before[path.name]
@@ -159,17 +162,23 @@ def test_random_bytes_in_the_images_name_the_file_then_restart_matches_a_clean_r
 def test_images_that_do_not_fit_the_records_are_refused(records, case):
     _, folder, jsonl, adv = records
     x_adv = load_file(str(adv))["x_adv"]
-    tensors = {"wrong shape": {"x_adv": x_adv[:, :, :4, :4].contiguous()},
-               "wrong dtype": {"x_adv": x_adv.double()},
-               "out of range": {"x_adv": x_adv * 3},
-               "other run": {"x_adv": torch.where(x_adv > 0.5, x_adv - 0.01, x_adv + 0.01)},
-               "extra tensor": {"x_adv": x_adv, "y": torch.zeros(8)}}[case]
+    tensors = {
+        "wrong shape": {"x_adv": x_adv[:, :, :4, :4].contiguous()},
+        "wrong dtype": {"x_adv": x_adv.double()},
+        "out of range": {"x_adv": x_adv * 3},
+        "other run": {"x_adv": torch.where(x_adv > 0.5, x_adv - 0.01, x_adv + 0.01)},
+        "extra tensor": {"x_adv": x_adv, "y": torch.zeros(8)},
+    }[case]
     save_file(tensors, str(adv))
-    match = {"wrong shape": r"shape \(8, 1, 4, 4\), expected float32 of shape \(8, 1, 8, 8\)",
-             "wrong dtype": "torch.float64", "out of range": r"outside \[0, 1\]",
-             "other run": "does not match its record", "extra tensor": "expected only 'x_adv'"}[case]
+    match = {
+        "wrong shape": r"shape \(8, 1, 4, 4\), expected float32 of shape \(8, 1, 8, 8\)",
+        "wrong dtype": "torch.float64",
+        "out of range": r"outside \[0, 1\]",
+        "other run": "does not match its record",
+        "extra tensor": "expected only 'x_adv'",
+    }[case]
     _damaged_eval(folder, adv, match)
-    assert not _aside(adv) and not _aside(jsonl)                     # an error moves nothing
+    assert not _aside(adv) and not _aside(jsonl)  # an error moves nothing
 
 
 def _edit_line(jsonl: Path, lineno: int, edit) -> None:
@@ -182,18 +191,21 @@ def _with(line: str, **fields) -> str:
     return json.dumps({**json.loads(line), **fields})
 
 
-@pytest.mark.parametrize("case, match", [
-    ("record of another config", "line 3: a record of another configuration"),
-    ("header of another config", r"another configuration \(differs in eps\)"),
-    ("older code", "written by code version '0.0.0\\+src.old'"),
-    ("damaged middle line", "line 3 is not valid JSON"),
-    ("wrong label", "has label"),
-    ("index outside", "outside this slice"),
-    ("missing field", "field 'robust_all' must be true or false"),
-    ("duplicate", "recorded twice"),
-    ("empty", "it is empty"),
-    ("random bytes", "line 1 is not a records header"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("record of another config", "line 3: a record of another configuration"),
+        ("header of another config", r"another configuration \(differs in eps\)"),
+        ("older code", "written by code version '0.0.0\\+src.old'"),
+        ("damaged middle line", "line 3 is not valid JSON"),
+        ("wrong label", "has label"),
+        ("index outside", "outside this slice"),
+        ("missing field", "field 'robust_all' must be true or false"),
+        ("duplicate", "recorded twice"),
+        ("empty", "it is empty"),
+        ("random bytes", "line 1 is not a records header"),
+    ],
+)
 def test_damaged_or_stale_records_are_refused(records, case, match):
     _, folder, jsonl, adv = records
     other_key = EvalConfig(**{**CFG.identity(), "eps": 0.2}).key()
@@ -216,14 +228,32 @@ def test_damaged_or_stale_records_are_refused(records, case, match):
     elif case == "empty":
         jsonl.write_bytes(b"")
     else:
-        jsonl.write_bytes(bytes(torch.randint(0, 256, (300,), generator=torch.Generator().manual_seed(1),
-                                              dtype=torch.uint8).tolist()))
+        jsonl.write_bytes(
+            bytes(torch.randint(0, 256, (300,), generator=torch.Generator().manual_seed(1), dtype=torch.uint8).tolist())
+        )
     _damaged_eval(folder, jsonl, match)
 
 
 def test_cli_eval_names_the_damaged_file_and_restart_matches_a_clean_run(tmp_path, capsys):
-    argv = ["eval", "--defense", "cnn", "--attack", "pgd", "--steps", "2", "--n", "8", "--chunk", "4",
-            "--run-checks", "false", "--records", str(tmp_path), "--json", "--no-progress"]
+    argv = [
+        "eval",
+        "--defense",
+        "cnn",
+        "--attack",
+        "pgd",
+        "--steps",
+        "2",
+        "--n",
+        "8",
+        "--chunk",
+        "4",
+        "--run-checks",
+        "false",
+        "--records",
+        str(tmp_path),
+        "--json",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     clean = json.loads(capsys.readouterr().out.splitlines()[-1])
     jsonl, adv = records_paths(tmp_path, CFG)
@@ -249,6 +279,7 @@ def test_move_aside_never_overwrites(tmp_path):
 
 # --------------------------------------------------------------------------- ensemble state
 
+
 @pytest.fixture(scope="module")
 def ensemble_setup():
     cnn = load_classifier(checkpoint_path("digits_cnn"))
@@ -268,11 +299,17 @@ def _equal_results(a, b) -> None:
     assert a.queries_per_attack == b.queries_per_attack
 
 
-@pytest.mark.parametrize("case, match", [
-    ("truncated", "cannot be read"), ("random bytes", "cannot be read"),
-    ("wrong shape", r"'x_adv' is torch.float32 \(8, 1, 8, 8\), expected torch.float32 \(16, 1, 8, 8\)"),
-    ("older code", "other code version"), ("next_chunk", "next_chunk is 7"), ("not a dict", "holds a list"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("truncated", "cannot be read"),
+        ("random bytes", "cannot be read"),
+        ("wrong shape", r"'x_adv' is torch.float32 \(8, 1, 8, 8\), expected torch.float32 \(16, 1, 8, 8\)"),
+        ("older code", "other code version"),
+        ("next_chunk", "next_chunk is 7"),
+        ("not a dict", "holds a list"),
+    ],
+)
 def test_damaged_ensemble_state_is_refused_then_restart_matches_a_clean_run(ensemble_setup, tmp_path, case, match):
     state = tmp_path / "ens.state.pt"
     clean = _ensemble(ensemble_setup, state)
@@ -284,8 +321,13 @@ def test_damaged_ensemble_state_is_refused_then_restart_matches_a_clean_run(ense
         torch.save([1, 2], state)
     else:
         saved = torch.load(state, weights_only=True)
-        saved.update({"wrong shape": {"x_adv": saved["x_adv"][:8]}, "older code": {"code": "0.0.0+src.old"},
-                      "next_chunk": {"next_chunk": 7}}[case])
+        saved.update(
+            {
+                "wrong shape": {"x_adv": saved["x_adv"][:8]},
+                "older code": {"code": "0.0.0+src.old"},
+                "next_chunk": {"next_chunk": 7},
+            }[case]
+        )
         torch.save(saved, state)
     damaged = state.read_bytes()
     with pytest.raises(StoredStateError, match=match) as info:
@@ -297,6 +339,7 @@ def test_damaged_ensemble_state_is_refused_then_restart_matches_a_clean_run(ense
 
 
 # --------------------------------------------------------------------------- training state
+
 
 def _train_cfg(**kw) -> TrainConfig:
     return TrainConfig(backbone=dict(TINY_BACKBONE), steps=2, batch_size=8, warmup=1, checkpoint_every=1, **kw)
@@ -311,11 +354,17 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return out, out.with_name(out.name + ".state.pt")
 
 
-@pytest.mark.parametrize("case, match", [
-    ("truncated", "cannot be read"), ("random bytes", "cannot be read"),
-    ("wrong shape", "do not fit this model"), ("step", r"its step is 9, expected an int in \[0, 2\]"),
-    ("other config", "different training config"), ("no rng", "entry 'rng' is missing"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("truncated", "cannot be read"),
+        ("random bytes", "cannot be read"),
+        ("wrong shape", "do not fit this model"),
+        ("step", r"its step is 9, expected an int in \[0, 2\]"),
+        ("other config", "different training config"),
+        ("no rng", "entry 'rng' is missing"),
+    ],
+)
 def test_damaged_training_state_is_refused(trained, tmp_path, case, match):
     _, ref_state = trained
     out = tmp_path / "d.safetensors"
@@ -367,6 +416,7 @@ def test_training_restart_after_damage_matches_a_clean_run(trained, tmp_path, ca
 
 # --------------------------------------------------------------------------- sweep store and cells
 
+
 def _tiny_spec(tmp_path: Path, body: str = "function: sweep_targets:tiny_cell\ngrid:\n  x: [1, 2]\n"):
     return parse_sweep(f"name: t\n{body}", source="t.yaml", base_dir=tmp_path)
 
@@ -374,15 +424,30 @@ def _tiny_spec(tmp_path: Path, body: str = "function: sweep_targets:tiny_cell\ng
 def _write_store(path: Path, n: int = 40) -> None:
     with ResultStore(path) as store:
         for i in range(n):
-            store.record(CellRecord(key=f"k{i}", sweep="t", target="function:x", params={"x": i, "pad": "p" * 200},
-                                    status="done", code_version="c", checkpoints={}, finished=f"t{i}",
-                                    result={"v": i}))
+            store.record(
+                CellRecord(
+                    key=f"k{i}",
+                    sweep="t",
+                    target="function:x",
+                    params={"x": i, "pad": "p" * 200},
+                    status="done",
+                    code_version="c",
+                    checkpoints={},
+                    finished=f"t{i}",
+                    result={"v": i},
+                )
+            )
 
 
-@pytest.mark.parametrize("case, match", [
-    ("random bytes", "not a readable SQLite database"), ("truncated", "SQLite finds it damaged|not a readable"),
-    ("foreign", "without the tables of an rdc sweep store"), ("bad json", "holds text that is not JSON"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("random bytes", "not a readable SQLite database"),
+        ("truncated", "SQLite finds it damaged|not a readable"),
+        ("foreign", "without the tables of an rdc sweep store"),
+        ("bad json", "holds text that is not JSON"),
+    ],
+)
 def test_damaged_store_is_refused_then_restart_store_starts_afresh(tmp_path, case, match, capsys):
     spec = _tiny_spec(tmp_path)
     store = spec.store
@@ -391,7 +456,7 @@ def test_damaged_store_is_refused_then_restart_store_starts_afresh(tmp_path, cas
         store.write_bytes(bytes(range(256)) * 64)
     elif case == "truncated":
         _write_store(store)
-        store.write_bytes(store.read_bytes()[:4096 * 3])
+        store.write_bytes(store.read_bytes()[: 4096 * 3])
     elif case == "foreign":
         with sqlite3.connect(store) as conn:
             conn.execute("CREATE TABLE other (a)")
@@ -415,7 +480,9 @@ def test_damaged_store_is_refused_then_restart_store_starts_afresh(tmp_path, cas
         check(lambda: ResultStore(store))
         check(lambda: sweep_status(spec))
         sweep_file = tmp_path / "t.yaml"
-        sweep_file.write_text(f"name: t\nfunction: sweep_targets:tiny_cell\ngrid:\n  x: [1, 2]\noutput: {spec.output}\n")
+        sweep_file.write_text(
+            f"name: t\nfunction: sweep_targets:tiny_cell\ngrid:\n  x: [1, 2]\noutput: {spec.output}\n"
+        )
         assert main(["sweep", str(sweep_file), "--status"]) == 2
         err = capsys.readouterr().err
         assert str(store) in err and "--restart-store" in err and "Traceback" not in err
@@ -425,8 +492,9 @@ def test_damaged_store_is_refused_then_restart_store_starts_afresh(tmp_path, cas
     assert kept.read_bytes() == damaged
 
 
-EVAL_SWEEP = ("function: eval\nparams: {attack: pgd, steps: 2, chunk: 4, run_checks: false}\nn: 8\n"
-              "grid:\n  defense: [cnn]\n")
+EVAL_SWEEP = (
+    "function: eval\nparams: {attack: pgd, steps: 2, chunk: 4, run_checks: false}\nn: 8\ngrid:\n  defense: [cnn]\n"
+)
 
 
 def test_sweep_cell_with_damaged_records_fails_clearly_and_retry_failed_restarts_only_that_cell(tmp_path):
@@ -440,7 +508,11 @@ def test_sweep_cell_with_damaged_records_fails_clearly_and_retry_failed_restarts
     second = run_sweep(spec, workers=0, progress=False, threads_per_cell=1)
     (outcome,) = second.outcomes
     assert outcome.status == "failed" and outcome.error.startswith("StoredStateError:")
-    assert str(adv) in outcome.error and "--retry-failed" in outcome.error and "Traceback" not in outcome.error.split("\n\n")[0]
+    assert (
+        str(adv) in outcome.error
+        and "--retry-failed" in outcome.error
+        and "Traceback" not in outcome.error.split("\n\n")[0]
+    )
     third = run_sweep(spec, workers=0, progress=False, threads_per_cell=1, retry_failed=True)
     assert third.status.done == 1 and third.status.failed == 0
     _same(third.outcomes[0].result, first.outcomes[0].result)
@@ -451,8 +523,10 @@ def test_sweep_cell_with_damaged_records_fails_clearly_and_retry_failed_restarts
 def test_retry_failed_keeps_the_folder_of_a_cell_that_failed_otherwise(tmp_path):
     marker = tmp_path / "fail"
     marker.touch()
-    spec = _tiny_spec(tmp_path, f"function: sweep_targets:tiny_cell\nparams: {{fail_marker: '{marker}', fail_x: 1}}\n"
-                                "grid:\n  x: [1]\n")
+    spec = _tiny_spec(
+        tmp_path,
+        f"function: sweep_targets:tiny_cell\nparams: {{fail_marker: '{marker}', fail_x: 1}}\ngrid:\n  x: [1]\n",
+    )
     assert run_sweep(spec, workers=0, progress=False).status.failed == 1
     marker.unlink()
     assert run_sweep(spec, workers=0, progress=False, retry_failed=True).status.done == 1
@@ -469,7 +543,8 @@ def test_a_notebook_cell_whose_results_file_is_not_json_fails_naming_it(tmp_path
 
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
     cell_dir = tmp_path / "cell"
-    outcome = execute_cell(CellTask(key="k" * 64, kind="notebook", target=str(tmp_path / "nb.ipynb"), params={},
-                                    cell_dir=str(cell_dir)))
+    outcome = execute_cell(
+        CellTask(key="k" * 64, kind="notebook", target=str(tmp_path / "nb.ipynb"), params={}, cell_dir=str(cell_dir))
+    )
     assert outcome.status == "failed" and outcome.error.startswith("StoredStateError:")
     assert str(cell_dir / RESULT_FILE) in outcome.error and "--retry-failed" in outcome.error

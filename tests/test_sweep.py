@@ -23,12 +23,20 @@ import pytest
 
 from rdc_lib.cli import add_sweep_arguments, run_sweep_command
 from rdc_lib.sweep import (
-    ResultStore, SlurmOptions, SweepSpecError, load_sweep, parse_sweep, plan_cells,
-    run_sweep, slurm_cluster_kwargs, sweep_status, write_report,
+    ResultStore,
+    SlurmOptions,
+    SweepSpecError,
+    load_sweep,
+    parse_sweep,
+    plan_cells,
+    run_sweep,
+    slurm_cluster_kwargs,
+    sweep_status,
+    write_report,
 )
 from rdc_lib.sweep.engine import _gpu_cluster
-from rdc_lib.sweep.targets import parse_annotation, type_accepts
 from rdc_lib.sweep.store import CellRecord, cell_key, code_version
+from rdc_lib.sweep.targets import parse_annotation, type_accepts
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -55,17 +63,21 @@ def _log_lines(path: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- validation
 
+
 def test_unknown_top_level_key_names_line_and_valid_keys():
     msg = _bad(TINY + "grid:\n  x: [1]\nsedes: [1, 2]\n")
     assert "bad.yaml, line 4" in msg and "'sedes'" in msg and "did you mean 'seeds'" in msg
     assert "valid keys: name, notebook, function, params, grid" in msg
 
 
-@pytest.mark.parametrize("grid, line, needle", [
-    ("grid: {}\n", 2, "'grid' is empty"),
-    ("grid:\n  x: []\n", 3, "'x' has an empty list"),
-    ("grid:\n  x: 3\n", 3, "must be a list of values"),
-])
+@pytest.mark.parametrize(
+    "grid, line, needle",
+    [
+        ("grid: {}\n", 2, "'grid' is empty"),
+        ("grid:\n  x: []\n", 3, "'x' has an empty list"),
+        ("grid:\n  x: 3\n", 3, "must be a list of values"),
+    ],
+)
 def test_empty_or_malformed_grid(grid, line, needle):
     msg = _bad(TINY + grid)
     assert f"line {line}" in msg and needle in msg
@@ -106,13 +118,16 @@ def test_reserved_and_required_parameters():
     assert "No module named 'nosuch'" in _bad("function: nosuch:fn\ngrid:\n  x: [1]\n")
 
 
-@pytest.mark.parametrize("text, good, bad", [
-    ("float | None", [1, 0.5, None], ["a", True]),
-    ("Literal['a', 'b']", ["a"], ["c", 1]),
-    ("list[int]", [[1, 2], []], [[1.5], 3]),
-    ("dict[str, float]", [{"a": 1}], [{"a": "x"}]),
-    ("Optional[str]", ["s", None], [3]),
-])
+@pytest.mark.parametrize(
+    "text, good, bad",
+    [
+        ("float | None", [1, 0.5, None], ["a", True]),
+        ("Literal['a', 'b']", ["a"], ["c", 1]),
+        ("list[int]", [[1, 2], []], [[1.5], 3]),
+        ("dict[str, float]", [{"a": 1}], [{"a": "x"}]),
+        ("Optional[str]", ["s", None], [3]),
+    ],
+)
 def test_type_accepts(text, good, bad):
     tp = parse_annotation(text)
     assert all(type_accepts(tp, v) for v in good) and not any(type_accepts(tp, v) for v in bad)
@@ -123,8 +138,11 @@ def test_cells_grid_product_include_seeds():
     cells = spec.cells()
     assert len(cells) == 2 * 2 * 2 and cells[0] == {"scale": 2.0, "x": 1, "label": "a", "seed": 0}
     assert [c["seed"] for c in cells] == [0] * 4 + [1] * 4  # seeds outermost
-    spec = parse_sweep("function: sweep_targets:fake_eval\nparams: {defense: cnn}\nn: 5\ngrid:\n  eps: [0.1, 0.2]\n"
-                       "include:\n  - {eps: 0.2}\n  - {eps: 0.3, defense: dc}\nseeds: [3]\n", base_dir=DATA)
+    spec = parse_sweep(
+        "function: sweep_targets:fake_eval\nparams: {defense: cnn}\nn: 5\ngrid:\n  eps: [0.1, 0.2]\n"
+        "include:\n  - {eps: 0.2}\n  - {eps: 0.3, defense: dc}\nseeds: [3]\n",
+        base_dir=DATA,
+    )
     assert spec.cells()[0] == {"defense": "cnn", "n": 5, "eps": 0.1, "seed": 3}
     assert [(c["eps"], c["defense"]) for c in spec.cells()] == [(0.1, "cnn"), (0.2, "cnn"), (0.3, "dc")]
     assert spec.store == DATA / "runs/sweeps/sweep/results.sqlite"  # the repeated include cell was dropped
@@ -132,14 +150,23 @@ def test_cells_grid_product_include_seeds():
 
 # --------------------------------------------------------------------------- identity and store
 
+
 def test_cell_key_identity():
     base = cell_key("function:f", {"x": 1, "seed": 0}, "v1", {})
     assert base == cell_key("function:f", {"seed": 0, "x": 1}, "v1", {})  # canonical JSON
-    assert len({base, cell_key("function:f", {"x": 1, "seed": 1}, "v1", {}),
+    assert (
+        len(
+            {
+                base,
+                cell_key("function:f", {"x": 1, "seed": 1}, "v1", {}),
                 cell_key("function:f", {"x": 1.5, "seed": 0}, "v1", {}),
                 cell_key("function:f", {"x": 1, "seed": 0}, "v2", {}),
                 cell_key("function:f", {"x": 1, "seed": 0}, "v1", {"c.safetensors": "ab"}),
-                cell_key("notebook:f", {"x": 1, "seed": 0}, "v1", {})}) == 6
+                cell_key("notebook:f", {"x": 1, "seed": 0}, "v1", {}),
+            }
+        )
+        == 6
+    )
 
 
 def test_code_version_and_checkpoint_hash(tmp_path):
@@ -160,15 +187,24 @@ def test_code_version_and_checkpoint_hash(tmp_path):
 
 
 def _rec(key: str, status: str, finished: str, **kw) -> CellRecord:
-    return CellRecord(key=key, sweep="s", target="function:f", params={"x": 1, "seed": 0}, status=status,
-                      code_version="c", checkpoints={}, finished=finished, **kw)
+    return CellRecord(
+        key=key,
+        sweep="s",
+        target="function:f",
+        params={"x": 1, "seed": 0},
+        status=status,
+        code_version="c",
+        checkpoints={},
+        finished=finished,
+        **kw,
+    )
 
 
 def test_store_upsert_semantics(tmp_path):
     path = tmp_path / "s.sqlite"
     with ResultStore(path) as store:
         assert store.record(_rec("k1", "failed", "t1", error="boom"))
-        assert store.record(_rec("k1", "done", "t2", result={"v": 1}))   # a retry replaces a failure
+        assert store.record(_rec("k1", "done", "t2", result={"v": 1}))  # a retry replaces a failure
         assert not store.record(_rec("k1", "done", "t3", result={"v": 2}))  # a done row is final
         assert not store.record(_rec("k1", "failed", "t4", error="late"))
         row = store.get("k1")
@@ -183,6 +219,7 @@ def test_store_upsert_semantics(tmp_path):
 
 
 # --------------------------------------------------------------------------- engine
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -217,8 +254,9 @@ def test_resume_skips_done_cells(tmp_path, cluster):
 def test_retry_failed_retries_only_failed(tmp_path, cluster):
     log, marker = tmp_path / "calls.jsonl", tmp_path / "fail.marker"
     marker.touch()
-    spec = _spec(tmp_path, TINY + f"params: {{log_file: {log}, fail_marker: {marker}, fail_x: 2}}\n"
-                 "grid:\n  x: [1, 2, 3]\n")
+    spec = _spec(
+        tmp_path, TINY + f"params: {{log_file: {log}, fail_marker: {marker}, fail_x: 2}}\ngrid:\n  x: [1, 2, 3]\n"
+    )
     run = lambda **kw: run_sweep(spec, scheduler_address=cluster.scheduler_address, progress=False, code="c", **kw)  # noqa: E731
     res = run()
     assert (res.ran_done, res.ran_failed) == (2, 1)
@@ -263,8 +301,11 @@ def test_notebook_cells_with_papermill(tmp_path, cluster):
 
 
 def test_inline_run_and_failing_notebook_record(tmp_path):
-    spec = parse_sweep("notebook: sweep_tiny.ipynb\nparams: {fail: true}\ngrid:\n  x: [1]\n"
-                       f"output: {tmp_path / 'o'}\nstore: {tmp_path / 's.sqlite'}\n", base_dir=DATA)
+    spec = parse_sweep(
+        "notebook: sweep_tiny.ipynb\nparams: {fail: true}\ngrid:\n  x: [1]\n"
+        f"output: {tmp_path / 'o'}\nstore: {tmp_path / 's.sqlite'}\n",
+        base_dir=DATA,
+    )
     res = run_sweep(spec, workers=0, progress=False)
     assert res.ran_failed == 1
     with ResultStore(spec.store) as store:
@@ -281,15 +322,23 @@ def test_gpu_pinning_sets_one_device_per_worker():
     assert sorted(seen.values()) == [("7", "1"), ("9", "1")]
 
 
-_FT_SCRIPT = ("import sys\nfrom rdc_lib.sweep import load_sweep, run_sweep\n"
-              "run_sweep(load_sweep(sys.argv[1]), workers=2, devices=[], progress=False, code='ft')\n")
+_FT_SCRIPT = (
+    "import sys\nfrom rdc_lib.sweep import load_sweep, run_sweep\n"
+    "run_sweep(load_sweep(sys.argv[1]), workers=2, devices=[], progress=False, code='ft')\n"
+)
 
 
 def _start_sweep(tmp_path: Path, sweep_file: Path, tag: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     out = open(tmp_path / f"{tag}.log", "w")
-    return subprocess.Popen([sys.executable, "-c", _FT_SCRIPT, str(sweep_file)], cwd=tmp_path, env=env,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _FT_SCRIPT, str(sweep_file)],
+        cwd=tmp_path,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _done_rows(store: Path) -> dict[str, tuple]:
@@ -305,8 +354,9 @@ def _done_rows(store: Path) -> dict[str, tuple]:
 def test_sigkill_midway_then_restart_keeps_every_finished_cell_once(tmp_path):
     log = tmp_path / "calls.jsonl"
     sweep_file = tmp_path / "ft.yaml"
-    sweep_file.write_text(f"name: ft\n{TINY}params: {{sleep: 1.5, log_file: {log}}}\n"
-                          "grid:\n  x: [1, 2, 3, 4, 5, 6, 7, 8]\noutput: out\n")
+    sweep_file.write_text(
+        f"name: ft\n{TINY}params: {{sleep: 1.5, log_file: {log}}}\ngrid:\n  x: [1, 2, 3, 4, 5, 6, 7, 8]\noutput: out\n"
+    )
     store = tmp_path / "out" / "results.sqlite"
     proc = _start_sweep(tmp_path, sweep_file, "first")
     deadline = time.time() + 240
@@ -340,9 +390,19 @@ def test_sigkill_midway_then_restart_keeps_every_finished_cell_once(tmp_path):
 
 # --------------------------------------------------------------------------- Slurm, report, CLI
 
+
 def test_slurm_options_translate_to_a_job_script():
-    opts = SlurmOptions(jobs=3, partition="gpu", account="proj", cores=8, memory="32GB", walltime="01:00:00",
-                        gpus=1, directives=("--constraint=a100",), prologue=("source .venv/bin/activate",))
+    opts = SlurmOptions(
+        jobs=3,
+        partition="gpu",
+        account="proj",
+        cores=8,
+        memory="32GB",
+        walltime="01:00:00",
+        gpus=1,
+        directives=("--constraint=a100",),
+        prologue=("source .venv/bin/activate",),
+    )
     kw = slurm_cluster_kwargs(opts)
     assert kw["cores"] == 1 and kw["job_cpu"] == 8 and kw["queue"] == "gpu"
     assert kw["worker_extra_args"] == ["--lifetime", "55m", "--lifetime-stagger", "2m"]
@@ -350,17 +410,28 @@ def test_slurm_options_translate_to_a_job_script():
 
     with SLURMCluster(**kw) as cl:  # starts a local scheduler only; no job is submitted
         script = cl.job_script()
-    for needle in ("#SBATCH -p gpu", "#SBATCH -A proj", "--cpus-per-task=8", "--gres=gpu:1",
-                   "--constraint=a100", "source .venv/bin/activate", "export OMP_NUM_THREADS=8",
-                   "--nthreads 1", "--lifetime 55m"):
+    for needle in (
+        "#SBATCH -p gpu",
+        "#SBATCH -A proj",
+        "--cpus-per-task=8",
+        "--gres=gpu:1",
+        "--constraint=a100",
+        "source .venv/bin/activate",
+        "export OMP_NUM_THREADS=8",
+        "--nthreads 1",
+        "--lifetime 55m",
+    ):
         assert needle in script, needle
     with pytest.raises(ValueError, match="walltime"):
         SlurmOptions(walltime="one hour")
 
 
 def test_report_tables_and_figure(tmp_path):
-    spec = _spec(tmp_path, "function: sweep_targets:fake_eval\nparams: {untrusted_eps: 0.1}\n"
-                 "grid:\n  defense: [cnn, dc]\n  eps: [0.05, 0.1]\nseeds: [0, 1]\n")
+    spec = _spec(
+        tmp_path,
+        "function: sweep_targets:fake_eval\nparams: {untrusted_eps: 0.1}\n"
+        "grid:\n  defense: [cnn, dc]\n  eps: [0.05, 0.1]\nseeds: [0, 1]\n",
+    )
     assert run_sweep(spec, workers=0, progress=False).status.done == 8
     rep = write_report(spec.store, tmp_path / "rep")
     assert (rep.done, rep.failed, rep.untrusted) == (8, 0, 4)
@@ -376,8 +447,9 @@ def test_report_tables_and_figure(tmp_path):
 
 def test_cli_status_and_report(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.yaml").write_text("name: cli\nfunction: sweep_targets:fake_eval\ngrid:\n  defense: [cnn]\n"
-                                     "  eps: [0.1, 0.2]\n")
+    (tmp_path / "s.yaml").write_text(
+        "name: cli\nfunction: sweep_targets:fake_eval\ngrid:\n  defense: [cnn]\n  eps: [0.1, 0.2]\n"
+    )
     parser = argparse.ArgumentParser()
     add_sweep_arguments(parser.add_subparsers(dest="command"))
     assert run_sweep_command(parser.parse_args(["sweep", "s.yaml", "--status"])) == 0
@@ -393,12 +465,14 @@ def test_cli_status_and_report(tmp_path, capsys, monkeypatch):
 
 # --------------------------------------------------------------------------- the real evaluation
 
+
 def test_eval_target_validation_and_one_cell(tmp_path):
     msg = _bad("function: eval\ngrid:\n  defense: [cnn, nope]\n", tmp_path)
     assert "line 3 (grid.defense.1)" in msg and "valid choices: cnn" in msg
     assert "valid parameters: attack" in _bad("function: eval\ngrid:\n  defenze: [cnn]\n", tmp_path)
-    spec = _spec(tmp_path, "function: eval\nparams: {attack: fgsm, eps: 0.1, run_checks: false}\n"
-                 "n: 8\ngrid:\n  defense: [cnn]\n")
+    spec = _spec(
+        tmp_path, "function: eval\nparams: {attack: fgsm, eps: 0.1, run_checks: false}\nn: 8\ngrid:\n  defense: [cnn]\n"
+    )
     res = run_sweep(spec, workers=0, progress=False, threads_per_cell=1)
     assert res.status.done == 1, [o.error for o in res.outcomes]
     with ResultStore(spec.store) as store:

@@ -20,19 +20,30 @@ import torch
 from rdc_lib.attacks import NeighbourAttack, transfer_pgd
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion.schedules import make_grid, restrict_grid
-from rdc_lib.models.optimal import OptimalDenoiser
+from rdc_lib.evaluation.protocol import robustness_protocol
 from rdc_lib.experiments.nearest_neighbour import nn_certified_radius
 from rdc_lib.experiments.theory import (
     dominant_training_image,
     margin_by_sigma,
     smoothed_surrogate,
 )
-from rdc_lib.evaluation.protocol import robustness_protocol
+from rdc_lib.models.optimal import OptimalDenoiser
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_theory_optimal_classifier.ipynb"
-PARAMS = ("n_images", "T", "eps", "norm", "attack_steps", "square_queries", "seed", "device", "checkpoint",
-          "cnn_checkpoint", "result_dir")
+PARAMS = (
+    "n_images",
+    "T",
+    "eps",
+    "norm",
+    "attack_steps",
+    "square_queries",
+    "seed",
+    "device",
+    "checkpoint",
+    "cnn_checkpoint",
+    "result_dir",
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,7 +81,7 @@ def test_notebook_is_stored_clean_with_python3_kernel():
     assert nb.metadata["kernelspec"]["name"] == "python3"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count is None and c.outputs == [] for c in code)
-    assert sum(c.cell_type == "markdown" for c in nb.cells) > len(code)        # more prose than code
+    assert sum(c.cell_type == "markdown" for c in nb.cells) > len(code)  # more prose than code
 
 
 def test_parameters_cell_is_annotated_literals_followed_by_validation():
@@ -81,12 +92,12 @@ def test_parameters_cell_is_annotated_literals_followed_by_validation():
     lines = [ln for ln in cells[i].source.splitlines() if ln.strip()]
     names = [ln.split(":")[0] for ln in lines]
     assert tuple(names) == PARAMS
-    assert all(": " in ln and " = " in ln and "#" in ln for ln in lines)         # name: type = literal  # help
-    assert "checkpoint: str = \"\"" in cells[i].source            # '' = the shipped multi-head default (rdc_lib.core.choices)
-    assert "result_dir: str = \"\"" in cells[i].source            # a plain run writes no results.json
-    following = next(c for c in cells[i + 1:] if c.cell_type == "code")
+    assert all(": " in ln and " = " in ln and "#" in ln for ln in lines)  # name: type = literal  # help
+    assert 'checkpoint: str = ""' in cells[i].source  # '' = the shipped multi-head default (rdc_lib.core.choices)
+    assert 'result_dir: str = ""' in cells[i].source  # a plain run writes no results.json
+    following = next(c for c in cells[i + 1 :] if c.cell_type == "code")
     assert "validate_params(" in following.source
-    assert all(f"{name}={name}" in following.source for name in PARAMS)   # every parameter is validated
+    assert all(f"{name}={name}" in following.source for name in PARAMS)  # every parameter is validated
 
 
 def test_papermill_sees_every_parameter():
@@ -102,9 +113,15 @@ def _execute(tmp_path: Path, **params):
     import papermill as pm
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    return pm.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), parameters=params,
-                               cwd=str(NOTEBOOK.parent), kernel_name="python3", progress_bar=False,
-                               start_timeout=120)
+    return pm.execute_notebook(
+        str(NOTEBOOK),
+        str(tmp_path / "out.ipynb"),
+        parameters=params,
+        cwd=str(NOTEBOOK.parent),
+        kernel_name="python3",
+        progress_bar=False,
+        start_timeout=120,
+    )
 
 
 def test_notebook_runs_with_tiny_parameters_and_writes_results(tmp_path):
@@ -139,15 +156,15 @@ def test_bad_parameter_fails_in_the_validation_cell(tmp_path):
     with pytest.raises(pm.PapermillExecutionError) as info:
         _execute(tmp_path, n_images=0, result_dir=str(tmp_path))
     err = info.value
-    assert err.ename == "NotebookParameterError" and "n_images" in err.evalue     # a ValueError subclass
+    assert err.ename == "NotebookParameterError" and "n_images" in err.evalue  # a ValueError subclass
     assert "validate_params(" in err.source
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     code = [c for c in out.cells if c.cell_type == "code"]
     injected = next(i for i, c in enumerate(code) if "injected-parameters" in c.metadata.get("tags", []))
     assert "parameters" in code[injected - 1].metadata.get("tags", [])
     failed = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
-    assert failed == [injected + 1]                      # the first code cell after the parameters
-    assert all(c.execution_count is None for c in code[injected + 2:])   # nothing after it ran
+    assert failed == [injected + 1]  # the first code cell after the parameters
+    assert all(c.execution_count is None for c in code[injected + 2 :])  # nothing after it ran
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -156,7 +173,7 @@ def test_dominant_training_image_matches_brute_force_softmax(toy):
     den = OptimalDenoiser(x_tr, y_tr)
     sigmas = torch.tensor([1e-3, 0.3, 2.0], dtype=torch.float64)
     noise = torch.randn(6, 3, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    labels = torch.tensor([0, 1, 2, 3, 3, 1])                          # 3 = null label: every training image
+    labels = torch.tensor([0, 1, 2, 3, 3, 1])  # 3 = null label: every training image
     dom = dominant_training_image(den, x_te, sigmas, labels, noise=noise)
     for b in range(6):
         pool = torch.arange(30) if labels[b] == 3 else (y_tr == labels[b]).nonzero().flatten()
@@ -167,16 +184,17 @@ def test_dominant_training_image_matches_brute_force_softmax(toy):
             assert int(dom.top_index[b, t]) == int(pool[w.argmax()])
             assert math.isclose(float(dom.top_weight[b, t]), float(w.max()), rel_tol=1e-9)
             assert math.isclose(float(dom.effective_count[b, t]), float(1 / (w**2).sum()), rel_tol=1e-9)
-    assert float(dom.top_weight[:, 0].min()) > 0.999                 # hard nearest neighbour at small sigma
+    assert float(dom.top_weight[:, 0].min()) > 0.999  # hard nearest neighbour at small sigma
 
 
 def test_dominant_image_of_a_training_image_at_small_sigma_is_itself(toy):
     x_tr, y_tr, _, _ = toy
-    dom = dominant_training_image(OptimalDenoiser(x_tr, y_tr), x_tr[:5], torch.tensor([1e-4, 5.0]), y_tr[:5],
-                                  torch.Generator().manual_seed(0))
+    dom = dominant_training_image(
+        OptimalDenoiser(x_tr, y_tr), x_tr[:5], torch.tensor([1e-4, 5.0]), y_tr[:5], torch.Generator().manual_seed(0)
+    )
     assert dom.top_index[:, 0].tolist() == list(range(5)) and dom.nn_index.tolist() == list(range(5))
     assert dom.matches_nn[:, 0].all()
-    assert float(dom.effective_count[:, 1].mean()) > 2                # large sigma: many images share the weight
+    assert float(dom.effective_count[:, 1].mean()) > 2  # large sigma: many images share the weight
 
 
 def test_margin_by_sigma_levels_sum_to_the_logit_margin(toy):
@@ -242,7 +260,7 @@ def test_transfer_pgd_stays_in_the_ball_and_fools_its_source(toy):
         pert = (adv - x).flatten(1)
         size = pert.abs().amax(1) if norm == "linf" else pert.norm(dim=1)
         assert (size <= eps + 1e-6).all() and adv.min() >= 0 and adv.max() <= 1
-        assert torch.equal(adv, transfer_pgd(source, x, y_te, norm=norm, eps=eps, steps=10))   # deterministic
+        assert torch.equal(adv, transfer_pgd(source, x, y_te, norm=norm, eps=eps, steps=10))  # deterministic
     assert (source(adv).argmax(1) != y_te).float().mean() > 0.5
 
 
@@ -254,15 +272,24 @@ def test_robustness_protocol_worst_case_survivors_and_precomputed(toy):
     clean = model(x).argmax(1) == y_te
     assert clean.sum() >= 4
     eps = float(radius[clean].median())
-    res = robustness_protocol(model, x, y_te, norm="l2", eps=eps, attacks=("copy", "neighbour", "pgd"),
-                              steps=5, precomputed={"copy": x.clone()}, neighbours=(x_tr.float(), y_tr),
-                              on_survivors=("pgd",))
+    res = robustness_protocol(
+        model,
+        x,
+        y_te,
+        norm="l2",
+        eps=eps,
+        attacks=("copy", "neighbour", "pgd"),
+        steps=5,
+        precomputed={"copy": x.clone()},
+        neighbours=(x_tr.float(), y_tr),
+        on_survivors=("pgd",),
+    )
     assert torch.equal(res.clean_correct, clean)
-    assert torch.equal(res.robust["copy"], clean)                     # precomputed images are verified as given
+    assert torch.equal(res.robust["copy"], clean)  # precomputed images are verified as given
     assert torch.equal(res.worst, clean & res.robust["copy"] & res.robust["neighbour"] & res.robust["pgd"])
     # pgd ran only on survivors, so its flags are a cumulative worst case
     assert not (res.robust["pgd"] & ~res.robust["neighbour"]).any()
-    assert (res.worst <= (radius > 0)).all() and (res.worst >= (radius > eps)).all()   # certificate respected
+    assert (res.worst <= (radius > 0)).all() and (res.worst >= (radius > eps)).all()  # certificate respected
     acc = res.accuracy("worst")
     assert acc.correct == int(res.worst.sum()) and acc.total == 6
     assert res.to_dict()["on_survivors"] == ["pgd"]

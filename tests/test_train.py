@@ -75,8 +75,11 @@ def test_multi_head_ddpmpp_fine_tunes_from_single_head(tmp_path):
     _init_partial(multi, str(tmp_path / "s.safetensors"))
     x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 1.0])
     # every head starts as the single-head network's null-label (unconditional) output
-    assert torch.allclose(multi.denoise_all(x, sigma, torch.tensor([3, 10])),
-                          single(x, sigma, None).unsqueeze(1).expand(2, 2, 1, 8, 8), atol=1e-5)
+    assert torch.allclose(
+        multi.denoise_all(x, sigma, torch.tensor([3, 10])),
+        single(x, sigma, None).unsqueeze(1).expand(2, 2, 1, 8, 8),
+        atol=1e-5,
+    )
 
 
 def test_training_is_reproducible_and_leaves_global_rng_alone(tmp_path):

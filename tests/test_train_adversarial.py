@@ -3,23 +3,26 @@
 import pytest
 import torch
 
+from rdc_lib.core.paths import resolve_checkpoint
 from rdc_lib.data import load_dataset
 from rdc_lib.defenses.classifier import DiffusionClassifier
 from rdc_lib.diffusion import make_grid
 from rdc_lib.models import load_denoiser, read_checkpoint
-from rdc_lib.core.paths import resolve_checkpoint
 from rdc_lib.train import TrainConfig, adversarial_batch, train_denoiser
 
 from .conftest import TINY_BACKBONE
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(adv_eps=-0.1), r"adv_eps must be in \[0, 1\)"),
-    (dict(adv_eps=1.0), r"adv_eps must be in \[0, 1\)"),
-    (dict(adv_fraction=0.0), r"adv_fraction must be in \(0, 1\]"),
-    (dict(adv_steps=0), "adv_steps must be >= 1"),
-    (dict(adv_grid_sigma_min=0.0), "adv_grid_sigma_min must be in"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(adv_eps=-0.1), r"adv_eps must be in \[0, 1\)"),
+        (dict(adv_eps=1.0), r"adv_eps must be in \[0, 1\)"),
+        (dict(adv_fraction=0.0), r"adv_fraction must be in \(0, 1\]"),
+        (dict(adv_steps=0), "adv_steps must be >= 1"),
+        (dict(adv_grid_sigma_min=0.0), "adv_grid_sigma_min must be in"),
+    ],
+)
 def test_adversarial_flags_out_of_range_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kw)
@@ -40,10 +43,10 @@ def test_adversarial_batch_attacks_the_networks_own_classifier_inside_the_ball()
     x, y = x[:8] * 2 - 1, y[:8]
     cfg = TrainConfig(heads="multi", adv_eps=0.1, adv_fraction=0.5, adv_steps=3)
     out = adversarial_batch(net, x, y, cfg, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape and net.training                       # the caller's mode is restored
-    assert all(p.grad is None for p in net.parameters())               # no gradient reaches the weights
+    assert out.shape == x.shape and net.training  # the caller's mode is restored
+    assert all(p.grad is None for p in net.parameters())  # no gradient reaches the weights
     moved = (out - x).abs().amax(dim=(1, 2, 3))
-    assert torch.equal(out[4:], x[4:])                                 # only the first adv_fraction is attacked
+    assert torch.equal(out[4:], x[4:])  # only the first adv_fraction is attacked
     assert (moved[:4] <= 2 * 0.1 + 1e-6).all() and (moved[:4] > 0).any()  # model space: twice the pixel radius
     assert out.min() >= -1 and out.max() <= 1
     # the inputs are adversarial for the network's DC: every attacked image's class margin shrinks by a third
@@ -64,8 +67,16 @@ def test_adversarial_batch_is_reproducible_from_the_generator():
 
 def test_training_with_adversarial_inputs_runs_and_records_its_settings(tmp_path):
     out = tmp_path / "adv.safetensors"
-    cfg = TrainConfig(heads="multi", backbone=dict(TINY_BACKBONE), steps=2, batch_size=4, warmup=1, adv_eps=0.05,
-                      adv_fraction=0.5, adv_steps=1)
+    cfg = TrainConfig(
+        heads="multi",
+        backbone=dict(TINY_BACKBONE),
+        steps=2,
+        batch_size=4,
+        warmup=1,
+        adv_eps=0.05,
+        adv_fraction=0.5,
+        adv_steps=1,
+    )
     summary = train_denoiser(cfg, out, progress=False)
     assert summary["steps"] == 2 and torch.isfinite(torch.tensor(summary["loss"]))
     tc = read_checkpoint(out, expected_kind="denoiser")[2]["train_config"]

@@ -12,10 +12,10 @@ from torch import nn
 from rdc_lib import viz
 from rdc_lib.attacks import build_attack
 from rdc_lib.defenses.classifier import DiffusionClassifier
+from rdc_lib.diffusion.lm import LMConfig
 from rdc_lib.diffusion.schedules import make_grid
 from rdc_lib.evaluation import wilson
 from rdc_lib.evaluation.grad import FiniteDifferenceCheck, GradientCosine, suggest_eot
-from rdc_lib.diffusion.lm import LMConfig
 
 from .conftest import tiny_denoiser
 
@@ -75,6 +75,7 @@ def attack_trajs():
 
 
 # ------------------------------------------------------------------------------------ builders
+
 
 def test_image_trace_grey_rgb_and_diverging():
     img = torch.rand(1, 8, 8)
@@ -136,7 +137,9 @@ def test_lm_figures(lm_small):
     fig = viz.posterior_change_figure(lm.probs[0], lm.probs[-1], lm.labels, lm.names, pixels=lm.pixels)
     assert _types(fig) == ["bar", "bar"] and len(fig.data[0].y) == 3
     assert "d = 64 pixels" in fig.layout.title.text  # the posterior's scale is named on every posterior figure
-    assert "d = 64" in step.layout.annotations[2].text and "d = 64" in viz.lm_curves_figure(lm).layout.annotations[2].text
+    assert (
+        "d = 64" in step.layout.annotations[2].text and "d = 64" in viz.lm_curves_figure(lm).layout.annotations[2].text
+    )
 
 
 def test_attack_figures(attack_trajs):
@@ -150,8 +153,9 @@ def test_attack_figures(attack_trajs):
 
 
 def test_loss_surface_figures():
-    s = viz.LossSurface(torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 3), torch.rand(3, 3),
-                        torch.ones(3, 3, dtype=torch.bool))
+    s = viz.LossSurface(
+        torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 3), torch.rand(3, 3), torch.ones(3, 3, dtype=torch.bool)
+    )
     fig = viz.loss_surface_figure({"m1": s, "m2": s})
     assert _types(fig) == ["heatmap", "contour", "heatmap", "contour"]
     assert _types(viz.loss_surface_3d_figure(s)) == ["surface"]
@@ -170,8 +174,16 @@ def test_check_figures():
 
 def test_accuracy_vs_eps_and_table():
     def row(defense, eps, robust, trusted=True):
-        return {"defense": defense, "attack": "pgd", "eps": eps, "robust_acc": robust / 8, "clean_acc": 1.0,
-                "robust": wilson(robust, 8).as_dict(), "clean": wilson(8, 8).as_dict(), "trusted": trusted}
+        return {
+            "defense": defense,
+            "attack": "pgd",
+            "eps": eps,
+            "robust_acc": robust / 8,
+            "clean_acc": 1.0,
+            "robust": wilson(robust, 8).as_dict(),
+            "clean": wilson(8, 8).as_dict(),
+            "trusted": trusted,
+        }
 
     rows = [row("dc", 0.1, 2, trusted=False), row("dc", 0.05, 5), row("cnn", 0.05, 3)]
     fig = viz.accuracy_vs_eps_figure(rows)
@@ -187,6 +199,7 @@ def test_accuracy_vs_eps_and_table():
 
 
 # --------------------------------------------------------------------------------- measurements
+
 
 def test_logit_difference_std_matches_a_direct_computation():
     logits = torch.randn(6, 2, 4, generator=_gen())
@@ -279,9 +292,9 @@ def test_time_per_call_repeats_small_calls_and_restores_threads():
     threads = torch.get_num_threads()
     seen = []
     timing = viz.time_per_call(lambda: (seen.append(torch.get_num_threads()), time.sleep(0.01)), min_seconds=0.05)
-    assert set(seen) == {1} and torch.get_num_threads() == threads   # one thread while timing, restored after
-    assert timing.calls >= 5 and 0.009 < timing.seconds < 0.05       # per call, not per round
-    assert len(seen) == 1 + 2 * timing.calls                          # warm-up, then two rounds of equal length
+    assert set(seen) == {1} and torch.get_num_threads() == threads  # one thread while timing, restored after
+    assert timing.calls >= 5 and 0.009 < timing.seconds < 0.05  # per call, not per round
+    assert len(seen) == 1 + 2 * timing.calls  # warm-up, then two rounds of equal length
     with pytest.raises(ValueError, match="rounds must be >= 2"):
         viz.time_per_call(lambda: None, rounds=1)
 
@@ -299,20 +312,25 @@ def test_a_noisy_timing_is_flagged():
     assert timing.spread > 1 and not timing.trusted
     cmp = viz.CostComparison(["a", "b"], [10, 1], [timing, viz.CallTiming(0.01, 0.0, 3, 2)], 2, 1)
     assert not cmp.trusted and "TOO NOISY TO TRUST" in cmp.note()
-    ok = viz.CostComparison(["a", "b"], [10, 1], [viz.CallTiming(0.1, 0.1, 1, 2), viz.CallTiming(0.01, 0.0, 3, 2)], 2, 1)
+    ok = viz.CostComparison(
+        ["a", "b"], [10, 1], [viz.CallTiming(0.1, 0.1, 1, 2), viz.CallTiming(0.01, 0.0, 3, 2)], 2, 1
+    )
     assert ok.trusted and "TOO NOISY" not in ok.note() and ok.speedup() == pytest.approx(10)
 
 
 def test_compare_cost_counts_passes_and_times_each_classifier():
     grid = make_grid(4)
-    dcs = {"single": DiffusionClassifier(tiny_denoiser("single"), grid, noise_mode="fixed"),
-           "multi": DiffusionClassifier(tiny_denoiser("multi"), grid, noise_mode="fixed")}
+    dcs = {
+        "single": DiffusionClassifier(tiny_denoiser("single"), grid, noise_mode="fixed"),
+        "multi": DiffusionClassifier(tiny_denoiser("multi"), grid, noise_mode="fixed"),
+    }
     cost = viz.compare_cost(dcs, _images(3), min_seconds=0.01)
     assert cost.names == ["single", "multi"] and cost.images == 3
     assert cost.passes == [3 * 4 * K, 3 * 4] and all(s > 0 for s in cost.seconds)
 
 
 # -------------------------------------------------------------------------------------- widgets
+
 
 def test_step_explorer_redraws_on_every_control(lm_small):
     from rdc_lib.viz.widgets import lm_explorer, step_explorer

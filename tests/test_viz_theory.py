@@ -13,9 +13,13 @@ from rdc_lib.viz import theory as vt
 
 def _dominance(b: int = 3, t: int = 4, seed: int = 0) -> Dominance:
     g = torch.Generator().manual_seed(seed)
-    return Dominance(sigmas=torch.logspace(-2, 0, t), top_index=torch.randint(0, 5, (b, t), generator=g),
-                     top_weight=torch.rand(b, t, generator=g), effective_count=1 + torch.rand(b, t, generator=g),
-                     nn_index=torch.randint(0, 5, (b,), generator=g))
+    return Dominance(
+        sigmas=torch.logspace(-2, 0, t),
+        top_index=torch.randint(0, 5, (b, t), generator=g),
+        top_weight=torch.rand(b, t, generator=g),
+        effective_count=1 + torch.rand(b, t, generator=g),
+        nn_index=torch.randint(0, 5, (b,), generator=g),
+    )
 
 
 def _gap(t: int = 5) -> GapCurves:
@@ -31,7 +35,7 @@ def test_denoiser_comparison_one_heatmap_per_cell_in_row_order():
     assert isinstance(fig, go.Figure)
     assert len(fig.data) == 9 and all(isinstance(tr, go.Heatmap) for tr in fig.data)
     assert [tr.name for tr in fig.data[:3]] == ["noisy, sigma=0.05", "noisy, sigma=0.2", "noisy, sigma=1"]
-    assert np.allclose(np.asarray(fig.data[-1].z), 0.0)                 # last row = 'optimal' zeros
+    assert np.allclose(np.asarray(fig.data[-1].z), 0.0)  # last row = 'optimal' zeros
     # the image is drawn upright (rows flipped for the heatmap)
     img = series["learned"][1, 0].numpy()
     assert np.allclose(np.asarray(fig.data[4].z), img[::-1])
@@ -45,8 +49,13 @@ def test_denoiser_comparison_rejects_wrong_number_of_levels():
 
 
 def test_dominant_images_figure_query_nearest_and_levels():
-    fig = vt.dominant_images_figure(torch.rand(1, 8, 8), torch.rand(4, 1, 8, 8), torch.tensor([1.0, 0.9, 0.5, 0.1]),
-                                    [0.01, 0.1, 0.5, 1.0], nearest=torch.rand(1, 8, 8))
+    fig = vt.dominant_images_figure(
+        torch.rand(1, 8, 8),
+        torch.rand(4, 1, 8, 8),
+        torch.tensor([1.0, 0.9, 0.5, 0.1]),
+        [0.01, 0.1, 0.5, 1.0],
+        nearest=torch.rand(1, 8, 8),
+    )
     assert len(fig.data) == 6
     assert [tr.name for tr in fig.data[:2]] == ["query", "nearest"]
     assert "w=0.90" in fig.layout.annotations[3].text
@@ -86,7 +95,7 @@ def test_gap_curves_three_traces_per_split(as_dict):
     assert len(fig.data) == 6
     assert [tr.name for tr in fig.data[:3]] == ["test: learned", "test: optimal", "test: gap"]
     assert np.allclose(fig.data[2].y, curves["test"].gap.numpy())
-    assert fig.data[2].xaxis == "x2"                                  # the gap is in the right panel
+    assert fig.data[2].xaxis == "x2"  # the gap is in the right panel
 
 
 def test_gap_curves_shape_mismatch():
@@ -103,7 +112,7 @@ def test_margin_by_sigma_figure_lines_and_shares():
     assert list(fig.data[0].y) == [3.0, 1.0]
     both = vt.margin_by_sigma_figure(curves)
     assert [tr.name for tr in both.data] == ["a", "a: share", "b", "b: share"]
-    assert np.allclose(both.data[1].y, [0.75, 0.25]) and np.allclose(both.data[3].y, 0.0)   # zero margin: no share
+    assert np.allclose(both.data[1].y, [0.75, 0.25]) and np.allclose(both.data[3].y, 0.0)  # zero margin: no share
     assert both.data[1].xaxis == "x2"
     with pytest.raises(ValueError, match="same shape"):
         vt.margin_by_sigma_figure({"a": ([0.1], [1.0, 2.0])})

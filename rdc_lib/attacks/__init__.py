@@ -8,9 +8,9 @@ name with ``build_attack``; ``ATTACK_NAMES`` / ``ADAPTIVE_ATTACK_NAMES`` are the
 (adaptive objectives and the StAdv flow threat model apart), ``attack_names()`` every registered one.
 """
 
+from . import builtin as _builtin  # registers the shipped attacks
 from .apgd import APGD, APGD_LOSSES, TARGET_RULES, apgd_checkpoints
 from .base import Attack, AttackContext, AttackResult, eval_mode
-from . import builtin as _builtin  # registers the shipped attacks
 from .ensemble import AUTOATTACK_MEMBERS, ChunkReport, EnsembleResult, autoattack_suite, run_ensemble
 from .fgsm import FGSM
 from .lagrangian import LagrangianAPGD, LagrangianPGD, expected_unconditional_loss
@@ -18,24 +18,73 @@ from .losses import LOSSES, get_loss, margin
 from .neighbour import NeighbourAttack
 from .pgd import PGD
 from .projections import NORMS, clip01, per_example_norm, project, project_ball
+from .registry import (
+    FULL_ENSEMBLE,
+    AttackInfo,
+    attack_names,
+    build_attack,
+    get_attack,
+    is_full_ensemble,
+    protocol_label,
+    register_attack,
+)
 from .selective_eot import EOT_AGGREGATIONS, SelectiveEOTAPGD, SelectiveEOTPGD, aggregate_eot
 from .square import Square
 from .stadv import StAdv, StAdvResult, flow_warp
 from .transfer import transfer_pgd
-from .registry import (FULL_ENSEMBLE, AttackInfo, attack_names, build_attack, get_attack, is_full_ensemble,
-                       protocol_label, register_attack)
 from .wrappers import BPDA, EOT, bpda
 
-ATTACK_NAMES = attack_names(ensemble=False, adaptive=False)        # the shipped standard attacks
+ATTACK_NAMES = attack_names(ensemble=False, adaptive=False)  # the shipped standard attacks
 ADAPTIVE_ATTACK_NAMES = attack_names(ensemble=False, adaptive=True)  # the shipped adaptive / unseen-threat attacks
 
 __all__ = [
-    "ADAPTIVE_ATTACK_NAMES", "EOT_AGGREGATIONS", "LagrangianAPGD", "LagrangianPGD", "SelectiveEOTAPGD",
-    "SelectiveEOTPGD", "StAdv", "StAdvResult", "aggregate_eot", "expected_unconditional_loss", "flow_warp",
-    "APGD", "APGD_LOSSES", "ATTACK_NAMES", "Attack", "AttackContext", "AttackResult", "BPDA", "ChunkReport", "EOT",
-    "EnsembleResult", "FGSM", "LOSSES", "NORMS", "PGD", "Square", "TARGET_RULES", "apgd_checkpoints",
-    "AUTOATTACK_MEMBERS", "autoattack_suite", "bpda", "build_attack", "clip01", "eval_mode", "get_loss", "margin", "per_example_norm",
-    "project", "project_ball", "run_ensemble",
-    "NeighbourAttack", "transfer_pgd", "AttackInfo", "attack_names", "get_attack", "register_attack",
-    "FULL_ENSEMBLE", "is_full_ensemble", "protocol_label",
+    "ADAPTIVE_ATTACK_NAMES",
+    "EOT_AGGREGATIONS",
+    "LagrangianAPGD",
+    "LagrangianPGD",
+    "SelectiveEOTAPGD",
+    "SelectiveEOTPGD",
+    "StAdv",
+    "StAdvResult",
+    "aggregate_eot",
+    "expected_unconditional_loss",
+    "flow_warp",
+    "APGD",
+    "APGD_LOSSES",
+    "ATTACK_NAMES",
+    "Attack",
+    "AttackContext",
+    "AttackResult",
+    "BPDA",
+    "ChunkReport",
+    "EOT",
+    "EnsembleResult",
+    "FGSM",
+    "LOSSES",
+    "NORMS",
+    "PGD",
+    "Square",
+    "TARGET_RULES",
+    "apgd_checkpoints",
+    "AUTOATTACK_MEMBERS",
+    "autoattack_suite",
+    "bpda",
+    "build_attack",
+    "clip01",
+    "eval_mode",
+    "get_loss",
+    "margin",
+    "per_example_norm",
+    "project",
+    "project_ball",
+    "run_ensemble",
+    "NeighbourAttack",
+    "transfer_pgd",
+    "AttackInfo",
+    "attack_names",
+    "get_attack",
+    "register_attack",
+    "FULL_ENSEMBLE",
+    "is_full_ensemble",
+    "protocol_label",
 ]

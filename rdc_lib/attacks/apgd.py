@@ -64,12 +64,36 @@ class APGD(Attack):
         >>> apgd_t = APGD(model, norm="l2", eps=0.5, loss="dlr", targeted=True, target_rule="top-k")
     """
 
-    def __init__(self, model: Model, *, norm: str = "linf", eps: float, steps: int = 100, loss: str = "ce",
-                 targeted: bool = False, target_rule: str | None = None, n_target_classes: int = 9,
-                 restarts: int = 1, eot: int = 1, verify: int = 1, rho: float = 0.75, momentum: float = 0.75,
-                 seed: int | None = None, generator: torch.Generator | None = None):
-        super().__init__(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=eot, verify=verify, seed=seed,
-                         generator=generator)
+    def __init__(
+        self,
+        model: Model,
+        *,
+        norm: str = "linf",
+        eps: float,
+        steps: int = 100,
+        loss: str = "ce",
+        targeted: bool = False,
+        target_rule: str | None = None,
+        n_target_classes: int = 9,
+        restarts: int = 1,
+        eot: int = 1,
+        verify: int = 1,
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(
+            model,
+            norm=norm,
+            eps=eps,
+            steps=steps,
+            restarts=restarts,
+            eot=eot,
+            verify=verify,
+            seed=seed,
+            generator=generator,
+        )
         if loss not in APGD_LOSSES:
             raise ValueError(f"unknown APGD loss {loss!r}; valid choices: {', '.join(APGD_LOSSES)}")
         if targeted and target_rule is None:
@@ -131,8 +155,15 @@ class APGD(Attack):
         loss, grad = ctx.loss_grad(idx, x_adv, self.loss_fn, target)
         n = idx.numel()
         s: dict[str, Tensor] = {
-            "idx": idx, "x": x, "x_adv": x_adv, "x_prev": x_adv, "grad": grad,
-            "x_max": x_adv, "grad_max": grad, "best": loss, "loss_prev": loss,
+            "idx": idx,
+            "x": x,
+            "x_adv": x_adv,
+            "x_prev": x_adv,
+            "grad": grad,
+            "x_max": x_adv,
+            "grad_max": grad,
+            "best": loss,
+            "loss_prev": loss,
             "eta": torch.full((n, 1, 1, 1), 2 * eps, device=x.device, dtype=x.dtype),
             "count": torch.zeros(n, device=x.device, dtype=x.dtype),
         }

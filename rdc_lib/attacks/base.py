@@ -38,12 +38,12 @@ Model = Callable[[Tensor], Tensor]
 class AttackResult:
     """Outcome of one attack on a batch of B examples."""
 
-    x_adv: Tensor            # (B, C, H, W) in [0, 1], inside the eps-ball around x
-    success: Tensor          # (B,) bool: the model misclassified x_adv when it was queried (clean errors included)
-    queries: Tensor          # (B,) int64 model evaluations spent per example (EOT copies counted)
-    margin: Tensor           # (B,) z_y - max_{k != y} z_k observed at x_adv (< 0: misclassified)
-    clean_correct: Tensor    # (B,) bool: correctly classified before the attack
-    max_queries: int         # per-example queries the attack would spend without early stopping
+    x_adv: Tensor  # (B, C, H, W) in [0, 1], inside the eps-ball around x
+    success: Tensor  # (B,) bool: the model misclassified x_adv when it was queried (clean errors included)
+    queries: Tensor  # (B,) int64 model evaluations spent per example (EOT copies counted)
+    margin: Tensor  # (B,) z_y - max_{k != y} z_k observed at x_adv (< 0: misclassified)
+    clean_correct: Tensor  # (B,) bool: correctly classified before the attack
+    max_queries: int  # per-example queries the attack would spend without early stopping
     loss_history: list[float] = field(default_factory=list)  # mean objective of the still-active examples per step
 
     @property
@@ -82,8 +82,7 @@ class AttackContext:
     candidate images of exactly those examples.
     """
 
-    def __init__(self, model: Model, x: Tensor, y: Tensor, *, eot: int, generator: torch.Generator,
-                 verify: int = 1):
+    def __init__(self, model: Model, x: Tensor, y: Tensor, *, eot: int, generator: torch.Generator, verify: int = 1):
         self.model = model
         self.x = x.detach()
         self.y = y
@@ -158,7 +157,7 @@ class AttackContext:
         extra_fooled = (logits.argmax(dim=2) != y).all(dim=0)
         extra_m = torch.stack([margin(logits[r], y) for r in range(reps)]).to(m.dtype)
         fooled, m = fooled.clone(), m.clone()
-        fooled[sel] = extra_fooled     # the observed call (EOT-averaged when eot > 1) already misclassified them
+        fooled[sel] = extra_fooled  # the observed call (EOT-averaged when eot > 1) already misclassified them
         m[sel] = (m[sel] + extra_m.sum(dim=0)) / self.verify
         return fooled, m
 
@@ -175,8 +174,9 @@ class AttackContext:
         self.observe(idx, x_cand, logits)
         return logits
 
-    def eot_draws(self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn,
-                  target: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def eot_draws(
+        self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn, target: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Logits (eot * n, K), losses (eot * n,) and input gradients (eot * n, C, H, W) of ``eot`` draws of
         the model at ``x_cand`` (n, C, H, W), in one batched forward: the batch repeated ``eot`` times, draw-major."""
         eot = self.eot
@@ -188,7 +188,9 @@ class AttackContext:
             grad = input_gradient(losses, xr)
         return logits, losses, grad
 
-    def loss_grad(self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn, target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def loss_grad(
+        self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn, target: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Loss (n,) and its input gradient (n, C, H, W), both averaged over ``eot`` batched draws.
 
         The batch is repeated ``eot`` times in one forward, so a stochastic model draws independent
@@ -304,8 +306,7 @@ class Attack:
         if not isinstance(y, Tensor) or y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(f"y must be a (B,) = ({x.shape[0]},) tensor of labels, got {getattr(y, 'shape', type(y))}")
         y = y.to(x.device)
-        ctx = AttackContext(self.model, x, y, eot=self.eot, generator=self._generator_for(x.device),
-                            verify=self.verify)
+        ctx = AttackContext(self.model, x, y, eot=self.eot, generator=self._generator_for(x.device), verify=self.verify)
         everyone = torch.arange(x.shape[0], device=x.device)
         with eval_mode(self.model):
             with torch.no_grad():
@@ -318,8 +319,13 @@ class Attack:
             if todo.numel() and self.eps > 0:
                 self._perturb(ctx, todo)
         return AttackResult(
-            x_adv=ctx.x_best, success=ctx.success, queries=ctx.queries, margin=ctx.margin,
-            clean_correct=clean_correct, max_queries=self.max_queries, loss_history=ctx.history,
+            x_adv=ctx.x_best,
+            success=ctx.success,
+            queries=ctx.queries,
+            margin=ctx.margin,
+            clean_correct=clean_correct,
+            max_queries=self.max_queries,
+            loss_history=ctx.history,
         )
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
@@ -327,8 +333,10 @@ class Attack:
         return self.run(x, y).x_adv
 
     def __repr__(self) -> str:
-        return (f"{self.name}(norm={self.norm!r}, eps={self.eps:g}, steps={self.steps}, "
-                f"restarts={self.restarts}, eot={self.eot}, verify={self.verify}, seed={self.seed})")
+        return (
+            f"{self.name}(norm={self.norm!r}, eps={self.eps:g}, steps={self.steps}, "
+            f"restarts={self.restarts}, eot={self.eot}, verify={self.verify}, seed={self.seed})"
+        )
 
 
 def input_gradient(losses: Tensor, x: Tensor) -> Tensor:
@@ -337,7 +345,8 @@ def input_gradient(losses: Tensor, x: Tensor) -> Tensor:
         raise ValueError(
             "this attack needs input gradients, but the model's logits do not depend differentiably on the input "
             "(computed under no_grad, detached, or a non-differentiable stage); valid choices for such a model: "
-            "a score-based attack ('square'), or wrap the non-differentiable stage in BPDA (rdc_lib.attacks.BPDA)")
+            "a score-based attack ('square'), or wrap the non-differentiable stage in BPDA (rdc_lib.attacks.BPDA)"
+        )
     (grad,) = torch.autograd.grad(losses.sum(), x)
     return grad
 
@@ -346,4 +355,3 @@ def _positive_int(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value
-

@@ -34,65 +34,107 @@ def _pgd(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **k
 
 @register_attack("apgd-ce", description="APGD with cross-entropy")
 def _apgd_ce(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return APGD(model, steps=steps, restarts=restarts, eot=eot, loss="ce", **_common(norm, eps, verify, seed, generator),
-                **kw)
+    return APGD(
+        model, steps=steps, restarts=restarts, eot=eot, loss="ce", **_common(norm, eps, verify, seed, generator), **kw
+    )
 
 
 @register_attack("apgd-dlr", description="APGD with the DLR loss")
 def _apgd_dlr(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return APGD(model, steps=steps, restarts=restarts, eot=eot, loss="dlr",
-                **_common(norm, eps, verify, seed, generator), **kw)
+    return APGD(
+        model, steps=steps, restarts=restarts, eot=eot, loss="dlr", **_common(norm, eps, verify, seed, generator), **kw
+    )
 
 
 @register_attack("apgd-t", extra_args=("n_target_classes",), description="APGD with targeted DLR over the top classes")
 def _apgd_t(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return APGD(model, steps=steps, restarts=restarts, eot=eot, loss="dlr", targeted=True, target_rule="top-k",
-                **_common(norm, eps, verify, seed, generator), **kw)
+    return APGD(
+        model,
+        steps=steps,
+        restarts=restarts,
+        eot=eot,
+        loss="dlr",
+        targeted=True,
+        target_rule="top-k",
+        **_common(norm, eps, verify, seed, generator),
+        **kw,
+    )
 
 
-@register_attack("square", gradient_based=False, budget="queries",
-                 description="Square: score-based random search (no gradients; EOT averages its scores)")
+@register_attack(
+    "square",
+    gradient_based=False,
+    budget="queries",
+    description="Square: score-based random search (no gradients; EOT averages its scores)",
+)
 def _square(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
     return Square(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
 
 
-@register_attack("autoattack", ensemble=True, extra_args=("square_queries", "n_target_classes"),
-                 members=AUTOATTACK_MEMBERS,
-                 description="AutoAttack-style worst case: APGD-CE, APGD-DLR, APGD-T, Square (all with EOT)")
+@register_attack(
+    "autoattack",
+    ensemble=True,
+    extra_args=("square_queries", "n_target_classes"),
+    members=AUTOATTACK_MEMBERS,
+    description="AutoAttack-style worst case: APGD-CE, APGD-DLR, APGD-T, Square (all with EOT)",
+)
 def _autoattack(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return autoattack_suite(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=eot, verify=verify,
-                            seed=seed if seed is not None else 0, **kw)
+    return autoattack_suite(
+        model,
+        norm=norm,
+        eps=eps,
+        steps=steps,
+        restarts=restarts,
+        eot=eot,
+        verify=verify,
+        seed=seed if seed is not None else 0,
+        **kw,
+    )
 
 
 def _lagrangian(name: str, cls: type):
     def build(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
         if kw.get("denoiser") is None:
-            raise ValueError(f"attack {name!r} needs denoiser=, the defense's diffusion model (for an RDC: "
-                             "denoiser=rdc.denoiser)")
+            raise ValueError(
+                f"attack {name!r} needs denoiser=, the defense's diffusion model (for an RDC: denoiser=rdc.denoiser)"
+            )
         return cls(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
+
     return build
 
 
-register_attack("pgd-lagrange", extra_args=("denoiser",), adaptive=True,
-                description="PGD on the Lagrangian of cross-entropy and LM's unconditional loss")(_lagrangian("pgd-lagrange", LagrangianPGD))
-register_attack("apgd-lagrange", extra_args=("denoiser",), adaptive=True,
-                description="APGD on the Lagrangian objective")(_lagrangian("apgd-lagrange", LagrangianAPGD))
+register_attack(
+    "pgd-lagrange",
+    extra_args=("denoiser",),
+    adaptive=True,
+    description="PGD on the Lagrangian of cross-entropy and LM's unconditional loss",
+)(_lagrangian("pgd-lagrange", LagrangianPGD))
+register_attack(
+    "apgd-lagrange", extra_args=("denoiser",), adaptive=True, description="APGD on the Lagrangian objective"
+)(_lagrangian("apgd-lagrange", LagrangianAPGD))
 
 
 @register_attack("pgd-seot", adaptive=True, description="PGD with selective EOT over the draws")
 def _pgd_seot(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return SelectiveEOTPGD(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator),
-                           **kw)
+    return SelectiveEOTPGD(
+        model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw
+    )
 
 
 @register_attack("apgd-seot", adaptive=True, description="APGD with selective EOT over the draws")
 def _apgd_seot(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return SelectiveEOTAPGD(model, steps=steps, restarts=restarts, eot=eot,
-                            **_common(norm, eps, verify, seed, generator), **kw)
+    return SelectiveEOTAPGD(
+        model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw
+    )
 
 
-@register_attack("stadv", norms=("flow",), adaptive=True,
-                 description="StAdv spatial flow; eps is the flow bound (normalised grid units), norm ignored")
+@register_attack(
+    "stadv",
+    norms=("flow",),
+    adaptive=True,
+    description="StAdv spatial flow; eps is the flow bound (normalised grid units), norm ignored",
+)
 def _stadv(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return StAdv(model, bound=eps, steps=steps, restarts=restarts, eot=eot, verify=verify, seed=seed,
-                 generator=generator, **kw)
+    return StAdv(
+        model, bound=eps, steps=steps, restarts=restarts, eot=eot, verify=verify, seed=seed, generator=generator, **kw
+    )

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from ..core.progress import progress_bar
 
+from ..core.progress import progress_bar
 from ..core.stored_state import StoredStateError, load_torch_state, restart_aside, source_version
 from ..core.utils import check_images, check_labels
 from .base import Attack, Model, eval_mode
@@ -47,9 +47,20 @@ CLEAN_ERROR, ROBUST = -2, -1  # values of EnsembleResult.broken_by besides attac
 AUTOATTACK_MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
 
 
-def autoattack_suite(model: Model, *, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 1,
-                     eot: int = 1, verify: int = 1, seed: int = 0, square_queries: int = 5000,
-                     n_target_classes: int = 9, include_dlr: bool = True) -> list[tuple[str, Attack]]:
+def autoattack_suite(
+    model: Model,
+    *,
+    norm: str = "linf",
+    eps: float,
+    steps: int = 100,
+    restarts: int = 1,
+    eot: int = 1,
+    verify: int = 1,
+    seed: int = 0,
+    square_queries: int = 5000,
+    n_target_classes: int = 9,
+    include_dlr: bool = True,
+) -> list[tuple[str, Attack]]:
     """AutoAttack 'standard' (APGD-CE, APGD-T with targeted DLR, Square) plus untargeted APGD-DLR.
 
     Order: apgd-ce, apgd-dlr (if ``include_dlr``), apgd-t, square. Against a stochastic defense every member
@@ -59,8 +70,10 @@ def autoattack_suite(model: Model, *, norm: str = "linf", eps: float, steps: int
     """
     for name, value in (("eot", eot), ("verify", verify)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"the AutoAttack-style ensemble needs {name} >= 1 (draws of a stochastic defense: "
-                             f"1 for a deterministic one), got {name} = {value!r}")
+            raise ValueError(
+                f"the AutoAttack-style ensemble needs {name} >= 1 (draws of a stochastic defense: "
+                f"1 for a deterministic one), got {name} = {value!r}"
+            )
     common = dict(norm=norm, eps=eps, restarts=restarts, eot=eot, verify=verify, seed=seed)
     suite = [("apgd-ce", build_attack("apgd-ce", model, steps=steps, **common))]
     if include_dlr:
@@ -74,10 +87,10 @@ def autoattack_suite(model: Model, *, norm: str = "linf", eps: float, steps: int
 class ChunkReport:
     """Progress after one finished chunk (passed to ``callback``)."""
 
-    chunk: int               # index of the chunk just finished
+    chunk: int  # index of the chunk just finished
     n_chunks: int
     examples_done: int
-    clean_correct: int       # counts over the examples done so far
+    clean_correct: int  # counts over the examples done so far
     robust: int
 
 
@@ -85,15 +98,15 @@ class ChunkReport:
 class EnsembleResult:
     """Worst case per example over the attacks of an ensemble (N examples, A attacks)."""
 
-    x_adv: Tensor                  # (N, C, H, W) in [0, 1]: first image that broke the example, else closest call
-    clean_correct: Tensor          # (N,) bool
-    robust: Tensor                 # (N,) bool: correctly classified after every attack
-    broken_by: Tensor              # (N,) int64: index into attack_names, -1 robust, -2 misclassified clean
-    margin: Tensor                 # (N,) z_y - max_{k != y} z_k at x_adv, as verified
-    queries: Tensor                # (N,) int64 model evaluations spent per example
+    x_adv: Tensor  # (N, C, H, W) in [0, 1]: first image that broke the example, else closest call
+    clean_correct: Tensor  # (N,) bool
+    robust: Tensor  # (N,) bool: correctly classified after every attack
+    broken_by: Tensor  # (N,) int64: index into attack_names, -1 robust, -2 misclassified clean
+    margin: Tensor  # (N,) z_y - max_{k != y} z_k at x_adv, as verified
+    queries: Tensor  # (N,) int64 model evaluations spent per example
     attack_names: list[str]
     queries_per_attack: list[int]  # spent by each attack (its verification forwards included)
-    budget_per_attack: list[int]   # each attack on every example, without early stopping
+    budget_per_attack: list[int]  # each attack on every example, without early stopping
 
     @property
     def clean_accuracy(self) -> float:
@@ -119,12 +132,23 @@ class EnsembleResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (accuracies, per-attack counts and queries)."""
-        per_attack = {name: {"broken": int((self.broken_by == i).sum()), "queries": self.queries_per_attack[i],
-                             "budget": self.budget_per_attack[i]} for i, name in enumerate(self.attack_names)}
-        return {"n": int(self.robust.numel()), "clean_accuracy": self.clean_accuracy,
-                "robust_accuracy": self.robust_accuracy, "queries_spent": self.queries_spent,
-                "queries_budget": self.queries_budget, "early_stop_saving": self.early_stop_saving,
-                "attacks": per_attack}
+        per_attack = {
+            name: {
+                "broken": int((self.broken_by == i).sum()),
+                "queries": self.queries_per_attack[i],
+                "budget": self.budget_per_attack[i],
+            }
+            for i, name in enumerate(self.attack_names)
+        }
+        return {
+            "n": int(self.robust.numel()),
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "queries_spent": self.queries_spent,
+            "queries_budget": self.queries_budget,
+            "early_stop_saving": self.early_stop_saving,
+            "attacks": per_attack,
+        }
 
 
 def _fingerprint(x: Tensor, y: Tensor) -> str:
@@ -138,11 +162,18 @@ def _fingerprint(x: Tensor, y: Tensor) -> str:
 def _fresh_state(x: Tensor, attacks: Sequence[tuple[str, Attack]], chunk_size: int, fingerprint: str) -> dict:
     n = x.shape[0]
     return {
-        "format": _STATE_FORMAT, "fingerprint": fingerprint, "chunk_size": chunk_size, "code": source_version(),
-        "attacks": [f"{name}: {atk!r}" for name, atk in attacks], "next_chunk": 0,
-        "x_adv": x.detach().clone(), "clean_correct": torch.zeros(n, dtype=torch.bool),
-        "robust": torch.zeros(n, dtype=torch.bool), "broken_by": torch.full((n,), ROBUST, dtype=torch.int64),
-        "margin": torch.full((n,), float("inf")), "queries": torch.zeros(n, dtype=torch.int64),
+        "format": _STATE_FORMAT,
+        "fingerprint": fingerprint,
+        "chunk_size": chunk_size,
+        "code": source_version(),
+        "attacks": [f"{name}: {atk!r}" for name, atk in attacks],
+        "next_chunk": 0,
+        "x_adv": x.detach().clone(),
+        "clean_correct": torch.zeros(n, dtype=torch.bool),
+        "robust": torch.zeros(n, dtype=torch.bool),
+        "broken_by": torch.full((n,), ROBUST, dtype=torch.int64),
+        "margin": torch.full((n,), float("inf")),
+        "queries": torch.zeros(n, dtype=torch.int64),
         "queries_per_attack": torch.zeros(len(attacks), dtype=torch.int64),
         "budget_per_attack": torch.zeros(len(attacks), dtype=torch.int64),
     }
@@ -152,26 +183,37 @@ def _load_state(path: Path, expected: dict, device: torch.device) -> dict:
     """The checked state in ``path``; damage or a mismatch raises :class:`StoredStateError`."""
     state = load_torch_state(path, restart=RESTART, map_location=device)
     if state.get("format") != _STATE_FORMAT:
-        raise StoredStateError(path, f"it is not an ensemble state file of this version (format "
-                                     f"{state.get('format')!r}, expected {_STATE_FORMAT!r})", restart=RESTART)
-    for key, what in (("fingerprint", "inputs (x, y)"), ("chunk_size", "chunk_size"), ("attacks", "attacks"),
-                      ("code", "code version")):
+        raise StoredStateError(
+            path,
+            f"it is not an ensemble state file of this version (format "
+            f"{state.get('format')!r}, expected {_STATE_FORMAT!r})",
+            restart=RESTART,
+        )
+    for key, what in (
+        ("fingerprint", "inputs (x, y)"),
+        ("chunk_size", "chunk_size"),
+        ("attacks", "attacks"),
+        ("code", "code version"),
+    ):
         if state.get(key) != expected[key]:
-            raise StoredStateError(path, f"it was written for other {what}: {state.get(key)!r} != {expected[key]!r}",
-                                   restart=RESTART)
+            raise StoredStateError(
+                path, f"it was written for other {what}: {state.get(key)!r} != {expected[key]!r}", restart=RESTART
+            )
     n_chunks = -(-expected["x_adv"].shape[0] // expected["chunk_size"])
     next_chunk = state.get("next_chunk")
     if not isinstance(next_chunk, int) or isinstance(next_chunk, bool) or not 0 <= next_chunk <= n_chunks:
-        raise StoredStateError(path, f"next_chunk is {next_chunk!r}, expected an int in [0, {n_chunks}]",
-                               restart=RESTART)
+        raise StoredStateError(
+            path, f"next_chunk is {next_chunk!r}, expected an int in [0, {n_chunks}]", restart=RESTART
+        )
     for key, ref in expected.items():
         if not isinstance(ref, Tensor):
             continue
         got = state.get(key)
         if not isinstance(got, Tensor) or got.shape != ref.shape or got.dtype != ref.dtype:
             found = f"{got.dtype} {tuple(got.shape)}" if isinstance(got, Tensor) else type(got).__name__
-            raise StoredStateError(path, f"{key!r} is {found}, expected {ref.dtype} {tuple(ref.shape)}",
-                                   restart=RESTART)
+            raise StoredStateError(
+                path, f"{key!r} is {found}, expected {ref.dtype} {tuple(ref.shape)}", restart=RESTART
+            )
     if not torch.isfinite(state["x_adv"]).all() or state["x_adv"].min() < 0 or state["x_adv"].max() > 1:
         raise StoredStateError(path, "x_adv has values outside [0, 1] or not finite", restart=RESTART)
     return state
@@ -201,10 +243,16 @@ def _run_chunk(model: Model, x: Tensor, y: Tensor, attacks: Sequence[tuple[str, 
             logits = model(x[wrong].repeat(reads - 1, 1, 1, 1)).reshape(reads - 1, wrong.numel(), -1)
         queries[wrong] += reads - 1
         clean_correct[wrong[(logits.argmax(dim=2) == y[wrong]).any(dim=0)]] = True
-    out = {"x_adv": x.detach().clone(), "clean_correct": clean_correct, "robust": clean_correct.clone(),
-           "broken_by": torch.where(clean_correct, ROBUST, CLEAN_ERROR).to(torch.int64),
-           "margin": margin(clean, y).to(x.dtype), "queries": queries,
-           "queries_per_attack": [0] * len(attacks), "budget_per_attack": [0] * len(attacks)}
+    out = {
+        "x_adv": x.detach().clone(),
+        "clean_correct": clean_correct,
+        "robust": clean_correct.clone(),
+        "broken_by": torch.where(clean_correct, ROBUST, CLEAN_ERROR).to(torch.int64),
+        "margin": margin(clean, y).to(x.dtype),
+        "queries": queries,
+        "queries_per_attack": [0] * len(attacks),
+        "budget_per_attack": [0] * len(attacks),
+    }
     for i, (_, attack) in enumerate(attacks):
         draws = attack.verify if verify else 0
         out["budget_per_attack"][i] = n * (attack.max_queries + draws)
@@ -267,7 +315,9 @@ def run_ensemble(
     if not attacks:
         raise ValueError("attacks is empty; pass a list of (name, Attack), e.g. autoattack_suite(...)")
     for item in attacks:
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], Attack)):
+        if not (
+            isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], Attack)
+        ):
             raise ValueError(f"attacks must be (name, Attack) pairs, got {item!r}")
     if not isinstance(y, Tensor) or y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"y must be a ({x.shape[0]},) tensor of labels, got {getattr(y, 'shape', type(y))}")
@@ -296,8 +346,9 @@ def run_ensemble(
                 if path is not None:
                     _save_state(path, state)
                 done = sl.stop
-                report = ChunkReport(c, n_chunks, done, int(state["clean_correct"][:done].sum()),
-                                     int(state["robust"][:done].sum()))
+                report = ChunkReport(
+                    c, n_chunks, done, int(state["clean_correct"][:done].sum()), int(state["robust"][:done].sum())
+                )
                 bar.update(1)
                 bar.set_postfix(clean=f"{report.clean_correct / done:.3f}", robust=f"{report.robust / done:.3f}")
                 if callback is not None:
@@ -305,8 +356,13 @@ def run_ensemble(
     finally:
         bar.close()
     return EnsembleResult(
-        x_adv=state["x_adv"], clean_correct=state["clean_correct"], robust=state["robust"],
-        broken_by=state["broken_by"], margin=state["margin"], queries=state["queries"], attack_names=names,
+        x_adv=state["x_adv"],
+        clean_correct=state["clean_correct"],
+        robust=state["robust"],
+        broken_by=state["broken_by"],
+        margin=state["margin"],
+        queries=state["queries"],
+        attack_names=names,
         queries_per_attack=[int(v) for v in state["queries_per_attack"]],
         budget_per_attack=[int(v) for v in state["budget_per_attack"]],
     )

@@ -29,10 +29,21 @@ class FGSM(Attack):
         >>> x_adv = FGSM(model, norm="linf", eps=0.1)(x, y)
     """
 
-    def __init__(self, model: Model, *, norm: str = "linf", eps: float, loss: str = "ce", eot: int = 1,
-                 verify: int = 1, seed: int | None = None, generator: torch.Generator | None = None):
-        super().__init__(model, norm=norm, eps=eps, steps=1, restarts=1, eot=eot, verify=verify, seed=seed,
-                         generator=generator)
+    def __init__(
+        self,
+        model: Model,
+        *,
+        norm: str = "linf",
+        eps: float,
+        loss: str = "ce",
+        eot: int = 1,
+        verify: int = 1,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(
+            model, norm=norm, eps=eps, steps=1, restarts=1, eot=eot, verify=verify, seed=seed, generator=generator
+        )
         if is_targeted(loss):
             raise ValueError(f"FGSM is untargeted; loss {loss!r} needs a target (use APGD with targeted=True)")
         self.loss_name = loss

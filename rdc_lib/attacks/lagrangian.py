@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.utils import check_images
 from ..diffusion.lm import unconditional_loss
 from ..models.base import Denoiser
-from ..core.utils import check_images
 from .apgd import APGD
 from .base import AttackContext, Model, eval_mode
 from .losses import LossFn
@@ -54,8 +54,10 @@ _LM_SIGMA_RANGE = (0.4, 0.6)
 
 def _check_setup(denoiser: Any, lam: float, sigma_range: tuple[float, float], draws: int, attack: str) -> None:
     if denoiser is None:
-        raise ValueError(f"{attack} needs denoiser=, the defense's diffusion model whose unconditional loss it "
-                         "penalises (for an RDC: denoiser=rdc.denoiser)")
+        raise ValueError(
+            f"{attack} needs denoiser=, the defense's diffusion model whose unconditional loss it "
+            "penalises (for an RDC: denoiser=rdc.denoiser)"
+        )
     if not callable(denoiser):
         raise ValueError(f"denoiser must be a Denoiser, callable D(x, sigma, labels), got {type(denoiser).__name__}")
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
@@ -81,9 +83,14 @@ def diffusion_loss_grad(denoiser: Denoiser, x: Tensor, sigma: Tensor, eps: Tenso
 
 
 @torch.no_grad()
-def expected_unconditional_loss(denoiser: Denoiser, x: Tensor, *, draws: int = 16,
-                                sigma_range: tuple[float, float] = _LM_SIGMA_RANGE,
-                                generator: torch.Generator | None = None) -> Tensor:
+def expected_unconditional_loss(
+    denoiser: Denoiser,
+    x: Tensor,
+    *,
+    draws: int = 16,
+    sigma_range: tuple[float, float] = _LM_SIGMA_RANGE,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Monte-Carlo estimate (B,) of L_diff(x) with ``draws`` (sigma, eps) pairs per image.
 
     Draws sigma (draws, B) first, then eps (draws, B, C, H, W), from ``generator`` (on its device), so two
@@ -109,8 +116,15 @@ def expected_unconditional_loss(denoiser: Denoiser, x: Tensor, *, draws: int = 1
 class LagrangianContext(ContextView):
     """A context whose objective is L_cls - lam * L_diff (see the module docstring)."""
 
-    def __init__(self, base: AttackContext, *, denoiser: Denoiser, lam: float,
-                 sigma_range: tuple[float, float] = _LM_SIGMA_RANGE, diffusion_draws: int = 1):
+    def __init__(
+        self,
+        base: AttackContext,
+        *,
+        denoiser: Denoiser,
+        lam: float,
+        sigma_range: tuple[float, float] = _LM_SIGMA_RANGE,
+        diffusion_draws: int = 1,
+    ):
         super().__init__(base)
         _check_setup(denoiser, lam, sigma_range, diffusion_draws, "LagrangianContext")
         self.denoiser = denoiser
@@ -118,8 +132,9 @@ class LagrangianContext(ContextView):
         self.sigma_range = (float(sigma_range[0]), float(sigma_range[1]))
         self.diffusion_draws = diffusion_draws
 
-    def loss_grad(self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn,
-                  target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def loss_grad(
+        self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn, target: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """J (n,) and dJ/dx (n, C, H, W) at ``x_cand``; the classification part is averaged over EOT draws."""
         loss, grad = self.base.loss_grad(idx, x_cand, loss_fn, target)
         if self.lam == 0:
@@ -135,8 +150,12 @@ class LagrangianContext(ContextView):
 
 
 def _check_shape(denoiser: Any, x: Tensor) -> None:
-    check_images(x, channels=getattr(denoiser, "img_channels", None),
-                 resolution=getattr(denoiser, "img_resolution", None), name="x (checked against the denoiser)")
+    check_images(
+        x,
+        channels=getattr(denoiser, "img_channels", None),
+        resolution=getattr(denoiser, "img_resolution", None),
+        name="x (checked against the denoiser)",
+    )
 
 
 class LagrangianPGD(PGD):
@@ -160,28 +179,62 @@ class LagrangianPGD(PGD):
         >>> x_adv = attack(x, y)
     """
 
-    def __init__(self, model: Model, *, denoiser: Denoiser, lam: float = 1.0, norm: str = "linf", eps: float,
-                 steps: int = 10, alpha: float | None = None, loss: str = "ce", random_start: bool = True,
-                 restarts: int = 1, eot: int = 1, sigma_range: tuple[float, float] = _LM_SIGMA_RANGE,
-                 diffusion_draws: int = 1, verify: int = 1, seed: int | None = None,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        model: Model,
+        *,
+        denoiser: Denoiser,
+        lam: float = 1.0,
+        norm: str = "linf",
+        eps: float,
+        steps: int = 10,
+        alpha: float | None = None,
+        loss: str = "ce",
+        random_start: bool = True,
+        restarts: int = 1,
+        eot: int = 1,
+        sigma_range: tuple[float, float] = _LM_SIGMA_RANGE,
+        diffusion_draws: int = 1,
+        verify: int = 1,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
         _check_setup(denoiser, lam, sigma_range, diffusion_draws, type(self).__name__)
-        super().__init__(model, norm=norm, eps=eps, steps=steps, alpha=alpha, loss=loss, random_start=random_start,
-                         restarts=restarts, eot=eot, verify=verify, seed=seed, generator=generator)
+        super().__init__(
+            model,
+            norm=norm,
+            eps=eps,
+            steps=steps,
+            alpha=alpha,
+            loss=loss,
+            random_start=random_start,
+            restarts=restarts,
+            eot=eot,
+            verify=verify,
+            seed=seed,
+            generator=generator,
+        )
         self.denoiser, self.lam = denoiser, float(lam)
         self.sigma_range = (float(sigma_range[0]), float(sigma_range[1]))
         self.diffusion_draws = diffusion_draws
 
     def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
         _check_shape(self.denoiser, ctx.x)
-        view = LagrangianContext(ctx, denoiser=self.denoiser, lam=self.lam, sigma_range=self.sigma_range,
-                                 diffusion_draws=self.diffusion_draws)
+        view = LagrangianContext(
+            ctx,
+            denoiser=self.denoiser,
+            lam=self.lam,
+            sigma_range=self.sigma_range,
+            diffusion_draws=self.diffusion_draws,
+        )
         with eval_mode(self.denoiser):
             super()._perturb(view, idx)  # type: ignore[arg-type]  # a view quacks like an AttackContext
 
     def __repr__(self) -> str:
-        return (f"{super().__repr__()[:-1]}, lam={self.lam:g}, sigma_range={self.sigma_range}, "
-                f"diffusion_draws={self.diffusion_draws})")
+        return (
+            f"{super().__repr__()[:-1]}, lam={self.lam:g}, sigma_range={self.sigma_range}, "
+            f"diffusion_draws={self.diffusion_draws})"
+        )
 
 
 class LagrangianAPGD(APGD):
@@ -192,8 +245,16 @@ class LagrangianAPGD(APGD):
         >>> x_adv = LagrangianAPGD(rdc, denoiser=rdc.denoiser, lam=1.0, eps=8 / 255, loss="dlr", seed=0)(x, y)
     """
 
-    def __init__(self, model: Model, *, denoiser: Denoiser, lam: float = 1.0,
-                 sigma_range: tuple[float, float] = _LM_SIGMA_RANGE, diffusion_draws: int = 1, **apgd_kwargs: Any):
+    def __init__(
+        self,
+        model: Model,
+        *,
+        denoiser: Denoiser,
+        lam: float = 1.0,
+        sigma_range: tuple[float, float] = _LM_SIGMA_RANGE,
+        diffusion_draws: int = 1,
+        **apgd_kwargs: Any,
+    ):
         _check_setup(denoiser, lam, sigma_range, diffusion_draws, type(self).__name__)
         super().__init__(model, **apgd_kwargs)
         self.denoiser, self.lam = denoiser, float(lam)
@@ -206,11 +267,18 @@ class LagrangianAPGD(APGD):
 
     def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
         _check_shape(self.denoiser, ctx.x)
-        view = LagrangianContext(ctx, denoiser=self.denoiser, lam=self.lam, sigma_range=self.sigma_range,
-                                 diffusion_draws=self.diffusion_draws)
+        view = LagrangianContext(
+            ctx,
+            denoiser=self.denoiser,
+            lam=self.lam,
+            sigma_range=self.sigma_range,
+            diffusion_draws=self.diffusion_draws,
+        )
         with eval_mode(self.denoiser):
             super()._perturb(view, idx)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
-        return (f"{super().__repr__()[:-1]}, lam={self.lam:g}, sigma_range={self.sigma_range}, "
-                f"diffusion_draws={self.diffusion_draws})")
+        return (
+            f"{super().__repr__()[:-1]}, lam={self.lam:g}, sigma_range={self.sigma_range}, "
+            f"diffusion_draws={self.diffusion_draws})"
+        )

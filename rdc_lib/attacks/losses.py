@@ -38,10 +38,11 @@ __all__ = [
 LossFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
-
 def _check(logits: Tensor, y: Tensor, min_classes: int, name: str) -> None:
     if logits.ndim != 2 or logits.shape[0] != y.shape[0]:
-        raise ValueError(f"{name}: expected logits (B, K) and labels (B,), got {tuple(logits.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"{name}: expected logits (B, K) and labels (B,), got {tuple(logits.shape)} and {tuple(y.shape)}"
+        )
     if logits.shape[1] < min_classes:
         raise ValueError(f"{name} needs at least {min_classes} classes, got logits with K = {logits.shape[1]}")
 
@@ -119,4 +120,3 @@ def is_targeted(name: str) -> bool:
     """Whether loss ``name`` needs a target class."""
     get_loss(name)
     return name in TARGETED_LOSSES
-

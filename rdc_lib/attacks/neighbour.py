@@ -32,8 +32,17 @@ class NeighbourAttack(Attack):
         >>> x_adv = NeighbourAttack(optimal_dc, x_tr, y_tr, norm="linf", eps=0.1)(x, y)
     """
 
-    def __init__(self, model, train_x: Tensor, train_y: Tensor, *, norm: str = "linf", eps: float,
-                 n_neighbours: int = 8, seed: int | None = None):
+    def __init__(
+        self,
+        model,
+        train_x: Tensor,
+        train_y: Tensor,
+        *,
+        norm: str = "linf",
+        eps: float,
+        n_neighbours: int = 8,
+        seed: int | None = None,
+    ):
         super().__init__(model, norm=norm, eps=eps, steps=max(1, n_neighbours), restarts=1, eot=1, seed=seed)
         check_images(train_x, name="train_x")
         if not isinstance(train_y, Tensor) or train_y.ndim != 1 or train_y.shape[0] != train_x.shape[0]:
@@ -50,10 +59,11 @@ class NeighbourAttack(Attack):
         x, y = ctx.x[idx], ctx.y[idx]
         train_x = self.train_x.to(x.device, x.dtype)
         train_y = self.train_y.to(x.device)
-        dist = torch.cdist(x.flatten(1).double(), train_x.flatten(1).double(),
-                           compute_mode="donot_use_mm_for_euclid_dist")
+        dist = torch.cdist(
+            x.flatten(1).double(), train_x.flatten(1).double(), compute_mode="donot_use_mm_for_euclid_dist"
+        )
         same = train_y[None, :] == y[:, None]
-        same_dist = dist.masked_fill(~same | (dist == 0), float("inf"))   # x itself excluded
+        same_dist = dist.masked_fill(~same | (dist == 0), float("inf"))  # x itself excluded
         x_same = train_x[same_dist.argmin(1)]
         m = min(self.n_neighbours, int((~same).sum(1).min()))
         others = dist.masked_fill(same, float("inf")).topk(m, dim=1, largest=False).indices  # (n, m)

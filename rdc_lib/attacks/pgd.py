@@ -50,11 +50,33 @@ class PGD(Attack):
         >>> x_adv = PGD(model, norm="l2", eps=0.5, steps=50, restarts=2, seed=0)(x, y)
     """
 
-    def __init__(self, model: Model, *, norm: str = "linf", eps: float, steps: int = 10, alpha: float | None = None,
-                 loss: str = "ce", random_start: bool = True, restarts: int = 1, eot: int = 1,
-                 verify: int = 1, seed: int | None = None, generator: torch.Generator | None = None):
-        super().__init__(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=eot, verify=verify, seed=seed,
-                         generator=generator)
+    def __init__(
+        self,
+        model: Model,
+        *,
+        norm: str = "linf",
+        eps: float,
+        steps: int = 10,
+        alpha: float | None = None,
+        loss: str = "ce",
+        random_start: bool = True,
+        restarts: int = 1,
+        eot: int = 1,
+        verify: int = 1,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(
+            model,
+            norm=norm,
+            eps=eps,
+            steps=steps,
+            restarts=restarts,
+            eot=eot,
+            verify=verify,
+            seed=seed,
+            generator=generator,
+        )
         if is_targeted(loss):
             raise ValueError(f"PGD is untargeted; loss {loss!r} needs a target (use APGD with targeted=True)")
         self.loss_name = loss

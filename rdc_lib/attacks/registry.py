@@ -19,8 +19,17 @@ from typing import Any
 
 from ..core.choices import NORMS
 
-__all__ = ["AttackInfo", "EXTRA_ARGS", "FULL_ENSEMBLE", "attack_names", "build_attack", "get_attack", "is_full_ensemble",
-           "protocol_label", "register_attack"]
+__all__ = [
+    "AttackInfo",
+    "EXTRA_ARGS",
+    "FULL_ENSEMBLE",
+    "attack_names",
+    "build_attack",
+    "get_attack",
+    "is_full_ensemble",
+    "protocol_label",
+    "register_attack",
+]
 
 # Extra keyword arguments a builder may declare, and what each one is (the evaluation fills them in).
 EXTRA_ARGS = {
@@ -36,15 +45,15 @@ class AttackInfo:
 
     name: str
     builder: Callable[..., Any]
-    gradient_based: bool = True            # needs input gradients (white box); False: score-based
-    iterative: bool = True                 # False: one step (no iterations to double)
-    norms: tuple[str, ...] = NORMS         # threat models it supports ("flow": StAdv's flow bound)
-    eot: bool = True                       # can average gradients over EOT draws
-    extra_args: tuple[str, ...] = ()       # keywords beyond the common budget (names of EXTRA_ARGS)
-    budget: str = "steps"                  # what ``steps`` counts: "steps" (iterations) or "queries"
-    ensemble: bool = False                 # builds a list of (name, attack) run as a worst case
-    adaptive: bool = False                 # an adaptive objective or unseen threat model (issue 10)
-    members: tuple[str, ...] = ()          # an ensemble's attacks (registered names), in run order
+    gradient_based: bool = True  # needs input gradients (white box); False: score-based
+    iterative: bool = True  # False: one step (no iterations to double)
+    norms: tuple[str, ...] = NORMS  # threat models it supports ("flow": StAdv's flow bound)
+    eot: bool = True  # can average gradients over EOT draws
+    extra_args: tuple[str, ...] = ()  # keywords beyond the common budget (names of EXTRA_ARGS)
+    budget: str = "steps"  # what ``steps`` counts: "steps" (iterations) or "queries"
+    ensemble: bool = False  # builds a list of (name, attack) run as a worst case
+    adaptive: bool = False  # an adaptive objective or unseen threat model (issue 10)
+    members: tuple[str, ...] = ()  # an ensemble's attacks (registered names), in run order
     description: str = ""
 
 
@@ -70,8 +79,11 @@ def register_attack(name: str, **facts: Any) -> Callable[[Callable[..., Any]], C
 
 def attack_names(*, ensemble: bool | None = None, adaptive: bool | None = None) -> tuple[str, ...]:
     """Registered attack names in registration order, optionally only those with the given facts."""
-    return tuple(n for n, a in _REGISTRY.items()
-                 if (ensemble is None or a.ensemble == ensemble) and (adaptive is None or a.adaptive == adaptive))
+    return tuple(
+        n
+        for n, a in _REGISTRY.items()
+        if (ensemble is None or a.ensemble == ensemble) and (adaptive is None or a.adaptive == adaptive)
+    )
 
 
 def get_attack(name: str) -> AttackInfo:
@@ -104,8 +116,20 @@ def protocol_label(name: str, dropped: Any = ()) -> str:
     return f"{name.upper()} only: an upper bound"
 
 
-def build_attack(name: str, model: Any, *, norm: str = "linf", eps: float, steps: int = 100, restarts: int = 1,
-                 eot: int = 1, verify: int = 1, seed: int | None = 0, generator: Any = None, **kwargs: Any) -> Any:
+def build_attack(
+    name: str,
+    model: Any,
+    *,
+    norm: str = "linf",
+    eps: float,
+    steps: int = 100,
+    restarts: int = 1,
+    eot: int = 1,
+    verify: int = 1,
+    seed: int | None = 0,
+    generator: Any = None,
+    **kwargs: Any,
+) -> Any:
     """Build attack ``name`` (any registered attack but an ensemble) with a common budget.
 
     ``steps`` is the iteration count (the query budget for a query-budget attack such as 'square'); extra
@@ -115,5 +139,15 @@ def build_attack(name: str, model: Any, *, norm: str = "linf", eps: float, steps
     single = attack_names(ensemble=False)
     if name not in single:
         raise ValueError(f"unknown attack {name!r}; valid choices: {', '.join(single)}")
-    return _REGISTRY[name].builder(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=eot, verify=verify,
-                                   seed=seed if generator is None else None, generator=generator, **kwargs)
+    return _REGISTRY[name].builder(
+        model,
+        norm=norm,
+        eps=eps,
+        steps=steps,
+        restarts=restarts,
+        eot=eot,
+        verify=verify,
+        seed=seed if generator is None else None,
+        generator=generator,
+        **kwargs,
+    )

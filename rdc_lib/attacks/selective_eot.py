@@ -75,8 +75,9 @@ class ContextView:
             raise AttributeError(name)
         return getattr(self.base, name)
 
-    def loss_grad(self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn,
-                  target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def loss_grad(
+        self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn, target: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         return self.base.loss_grad(idx, x_cand, loss_fn, target)
 
 
@@ -84,9 +85,9 @@ class ContextView:
 class EOTAggregate:
     """Aggregated EOT draws of n examples (M draws each)."""
 
-    objective: Tensor   # (n,) soft maximum of the per-draw losses (the mean for uniform weights)
-    grad: Tensor        # (n, C, H, W) sum_d w_d g_d
-    weights: Tensor     # (M, n) w_d per example, summing to 1 over the draws
+    objective: Tensor  # (n,) soft maximum of the per-draw losses (the mean for uniform weights)
+    grad: Tensor  # (n, C, H, W) sum_d w_d g_d
+    weights: Tensor  # (M, n) w_d per example, summing to 1 over the draws
 
 
 def _check_aggregation(aggregation: str, temperature: float, top_k: int | None) -> None:
@@ -98,8 +99,9 @@ def _check_aggregation(aggregation: str, temperature: float, top_k: int | None) 
         raise ValueError(f"top_k must be None or an int >= 1 (draws kept per example), got {top_k!r}")
 
 
-def aggregate_eot(losses: Tensor, grads: Tensor, *, aggregation: str = "selective", temperature: float = 1.0,
-                  top_k: int | None = None) -> EOTAggregate:
+def aggregate_eot(
+    losses: Tensor, grads: Tensor, *, aggregation: str = "selective", temperature: float = 1.0, top_k: int | None = None
+) -> EOTAggregate:
     """Aggregate M EOT draws: losses (M, n) and gradients (M, n, ...) -> :class:`EOTAggregate`.
 
     'mean': uniform weights (plain EOT). 'selective': the rule of the module docstring (top-k, then
@@ -107,15 +109,16 @@ def aggregate_eot(losses: Tensor, grads: Tensor, *, aggregation: str = "selectiv
     """
     _check_aggregation(aggregation, temperature, top_k)
     if losses.ndim != 2 or grads.shape[:2] != losses.shape:
-        raise ValueError(f"expected losses (M, n) and grads (M, n, ...), got {tuple(losses.shape)} and "
-                         f"{tuple(grads.shape)}")
+        raise ValueError(
+            f"expected losses (M, n) and grads (M, n, ...), got {tuple(losses.shape)} and {tuple(grads.shape)}"
+        )
     m = losses.shape[0]
     losses = losses.detach()
     keep = torch.ones_like(losses, dtype=torch.bool)
     if aggregation == "selective" and top_k is not None and top_k < m:
-        top = losses.topk(top_k, dim=0).indices                       # (k, n)
+        top = losses.topk(top_k, dim=0).indices  # (k, n)
         keep = torch.zeros_like(keep).scatter(0, top, True)
-    kept = keep.sum(0).to(losses.dtype)                               # (n,)
+    kept = keep.sum(0).to(losses.dtype)  # (n,)
     if aggregation == "mean" or math.isinf(temperature):
         weights = keep.to(losses.dtype) / kept
         objective = (weights * losses).sum(0)
@@ -142,18 +145,27 @@ class SelectiveEOTContext(ContextView):
 
     def _uniform(self) -> bool:
         m = self.base.eot
-        return (self.aggregation == "mean" or m == 1
-                or (math.isinf(self.temperature) and (self.top_k is None or self.top_k >= m)))
+        return (
+            self.aggregation == "mean"
+            or m == 1
+            or (math.isinf(self.temperature) and (self.top_k is None or self.top_k >= m))
+        )
 
-    def loss_grad(self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn,
-                  target: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def loss_grad(
+        self, idx: Tensor, x_cand: Tensor, loss_fn: LossFn, target: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Objective (n,) and gradient (n, C, H, W) of the selective rule over ``eot`` batched draws."""
         if self._uniform():
             return self.base.loss_grad(idx, x_cand, loss_fn, target)
         ctx, n, m = self.base, x_cand.shape[0], self.base.eot
         logits, losses, grad = ctx.eot_draws(idx, x_cand, loss_fn, target)
-        agg = aggregate_eot(losses.detach().reshape(m, n), grad.reshape(m, n, *x_cand.shape[1:]),
-                            aggregation="selective", temperature=self.temperature, top_k=self.top_k)
+        agg = aggregate_eot(
+            losses.detach().reshape(m, n),
+            grad.reshape(m, n, *x_cand.shape[1:]),
+            aggregation="selective",
+            temperature=self.temperature,
+            top_k=self.top_k,
+        )
         draws = logits.detach().reshape(m, n, -1)
         ctx.observe(idx, x_cand, (agg.weights[..., None] * draws).sum(0))
         ctx.history.append(float(agg.objective.mean()))
@@ -181,12 +193,39 @@ class SelectiveEOTPGD(PGD):
         >>> x_adv = SelectiveEOTPGD(rdc, eps=0.1, steps=20, eot=8, temperature=1.0, seed=0)(x, y)
     """
 
-    def __init__(self, model: Model, *, norm: str = "linf", eps: float, steps: int = 10, alpha: float | None = None,
-                 loss: str = "ce", random_start: bool = True, restarts: int = 1, eot: int = 1,
-                 aggregation: str = "selective", temperature: float = 1.0, top_k: int | None = None,
-                 verify: int = 1, seed: int | None = None, generator: torch.Generator | None = None):
-        super().__init__(model, norm=norm, eps=eps, steps=steps, alpha=alpha, loss=loss, random_start=random_start,
-                         restarts=restarts, eot=eot, verify=verify, seed=seed, generator=generator)
+    def __init__(
+        self,
+        model: Model,
+        *,
+        norm: str = "linf",
+        eps: float,
+        steps: int = 10,
+        alpha: float | None = None,
+        loss: str = "ce",
+        random_start: bool = True,
+        restarts: int = 1,
+        eot: int = 1,
+        aggregation: str = "selective",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        verify: int = 1,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(
+            model,
+            norm=norm,
+            eps=eps,
+            steps=steps,
+            alpha=alpha,
+            loss=loss,
+            random_start=random_start,
+            restarts=restarts,
+            eot=eot,
+            verify=verify,
+            seed=seed,
+            generator=generator,
+        )
         _check_aggregation(aggregation, temperature, top_k)
         self.aggregation, self.temperature, self.top_k = aggregation, float(temperature), top_k
 
@@ -195,8 +234,10 @@ class SelectiveEOTPGD(PGD):
         super()._perturb(view, idx)  # type: ignore[arg-type]  # a view quacks like an AttackContext
 
     def __repr__(self) -> str:
-        return (f"{super().__repr__()[:-1]}, aggregation={self.aggregation!r}, temperature={self.temperature:g}, "
-                f"top_k={self.top_k})")
+        return (
+            f"{super().__repr__()[:-1]}, aggregation={self.aggregation!r}, temperature={self.temperature:g}, "
+            f"top_k={self.top_k})"
+        )
 
 
 class SelectiveEOTAPGD(APGD):
@@ -209,8 +250,15 @@ class SelectiveEOTAPGD(APGD):
         >>> x_adv = SelectiveEOTAPGD(rdc, eps=0.1, steps=50, eot=8, loss="dlr", seed=0)(x, y)
     """
 
-    def __init__(self, model: Model, *, aggregation: str = "selective", temperature: float = 1.0,
-                 top_k: int | None = None, **apgd_kwargs: Any):
+    def __init__(
+        self,
+        model: Model,
+        *,
+        aggregation: str = "selective",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        **apgd_kwargs: Any,
+    ):
         super().__init__(model, **apgd_kwargs)
         _check_aggregation(aggregation, temperature, top_k)
         self.aggregation, self.temperature, self.top_k = aggregation, float(temperature), top_k
@@ -224,5 +272,7 @@ class SelectiveEOTAPGD(APGD):
         super()._perturb(view, idx)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
-        return (f"{super().__repr__()[:-1]}, aggregation={self.aggregation!r}, temperature={self.temperature:g}, "
-                f"top_k={self.top_k})")
+        return (
+            f"{super().__repr__()[:-1]}, aggregation={self.aggregation!r}, temperature={self.temperature:g}, "
+            f"top_k={self.top_k})"
+        )

@@ -29,8 +29,18 @@ from .projections import clip01, normalize, per_example_norm, project_ball
 __all__ = ["Square", "p_schedule", "pseudo_gaussian", "meta_pseudo_gaussian"]
 
 # (fraction of the budget reached, divisor of p_init) from the reference schedule for a 10000-query budget
-_P_SCHEDULE = ((0.001, 1), (0.005, 2), (0.02, 4), (0.05, 8), (0.1, 16), (0.2, 32), (0.4, 64),
-               (0.6, 128), (0.8, 256), (1.0, 512))
+_P_SCHEDULE = (
+    (0.001, 1),
+    (0.005, 2),
+    (0.02, 4),
+    (0.05, 8),
+    (0.1, 16),
+    (0.2, 32),
+    (0.4, 64),
+    (0.6, 128),
+    (0.8, 256),
+    (1.0, 512),
+)
 
 
 def p_schedule(p_init: float, it: int, n_queries: int) -> float:
@@ -85,11 +95,31 @@ class Square(Attack):
         >>> x_adv = Square(model, norm="linf", eps=0.1, steps=1000, seed=0)(x, y)
     """
 
-    def __init__(self, model: Model, *, norm: str = "linf", eps: float, steps: int = 5000, p_init: float = 0.8,
-                 restarts: int = 1, eot: int = 1, verify: int = 1, seed: int | None = None,
-                 generator: torch.Generator | None = None):
-        super().__init__(model, norm=norm, eps=eps, steps=steps, restarts=restarts, eot=eot, verify=verify,
-                         seed=seed, generator=generator)
+    def __init__(
+        self,
+        model: Model,
+        *,
+        norm: str = "linf",
+        eps: float,
+        steps: int = 5000,
+        p_init: float = 0.8,
+        restarts: int = 1,
+        eot: int = 1,
+        verify: int = 1,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(
+            model,
+            norm=norm,
+            eps=eps,
+            steps=steps,
+            restarts=restarts,
+            eot=eot,
+            verify=verify,
+            seed=seed,
+            generator=generator,
+        )
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
         self.p_init = float(p_init)
@@ -160,7 +190,9 @@ class Square(Attack):
         for top in range(0, h, s):
             for left in range(0, w, s):
                 rows, cols = slice(top, min(top + s, h)), slice(left, min(left + s, w))
-                bump = meta_pseudo_gaussian(s, False, device=x.device, dtype=x.dtype)[: rows.stop - top, : cols.stop - left]
+                bump = meta_pseudo_gaussian(s, False, device=x.device, dtype=x.dtype)[
+                    : rows.stop - top, : cols.stop - left
+                ]
                 delta[..., rows, cols] = bump * ctx.signs(b, c, 1, 1)
         return clip01(x + self.eps * normalize(delta))
 
@@ -176,7 +208,7 @@ class Square(Attack):
             return t.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
 
         old = delta[..., r1, c1]
-        budget_left = (self.eps ** 2 - per_example_norm(delta, "l2") ** 2).clamp(min=0) / c
+        budget_left = (self.eps**2 - per_example_norm(delta, "l2") ** 2).clamp(min=0) / c
         target_norm = (budget_left + chan_norm(delta * union) ** 2).sqrt()
         bump = meta_pseudo_gaussian(s, ctx.rand(1).item() < 0.5, device=x.device, dtype=x.dtype)
         new = bump * ctx.signs(b, c, 1, 1) + old / (chan_norm(old) + 1e-12)

@@ -51,8 +51,9 @@ PADDING_MODES = ("border", "zeros", "reflection")
 _FLOW_SINK: ContextVar[dict | None] = ContextVar("rdc_stadv_flow_sink", default=None)
 
 
-def identity_grid(height: int, width: int, *, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> Tensor:
+def identity_grid(
+    height: int, width: int, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Tensor:
     """The identity sampling grid (H, W, 2) of grid_sample with align_corners=False: pixel centres (x, y)."""
     ys = (2 * torch.arange(height, device=device, dtype=dtype) + 1) / height - 1
     xs = (2 * torch.arange(width, device=device, dtype=dtype) + 1) / width - 1
@@ -69,8 +70,10 @@ def flow_warp(x: Tensor, flow: Tensor, *, padding_mode: str = "border") -> Tenso
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"unknown padding_mode {padding_mode!r}; valid choices: {', '.join(PADDING_MODES)}")
     if x.ndim != 4 or flow.ndim != 4 or flow.shape != (x.shape[0], 2, *x.shape[2:]):
-        raise ValueError(f"flow must have shape (B, 2, H, W) = ({x.shape[0]}, 2, {', '.join(map(str, x.shape[2:]))}) "
-                         f"for images of shape {tuple(x.shape)}, got {tuple(flow.shape)}")
+        raise ValueError(
+            f"flow must have shape (B, 2, H, W) = ({x.shape[0]}, 2, {', '.join(map(str, x.shape[2:]))}) "
+            f"for images of shape {tuple(x.shape)}, got {tuple(flow.shape)}"
+        )
     grid = identity_grid(x.shape[2], x.shape[3], device=x.device, dtype=x.dtype) + flow.permute(0, 2, 3, 1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
@@ -80,7 +83,7 @@ class StAdvResult:
     """An :class:`AttackResult` with the flow field that produced each returned image."""
 
     result: AttackResult
-    flow: Tensor            # (B, 2, H, W), |flow| <= bound; zero where the input was returned unchanged
+    flow: Tensor  # (B, 2, H, W), |flow| <= bound; zero where the input was returned unchanged
 
 
 class StAdv(Attack):
@@ -105,16 +108,44 @@ class StAdv(Attack):
         >>> res = StAdv(model, bound=0.05).run_with_flow(x, y)   # res.flow (B, 2, H, W)
     """
 
-    def __init__(self, model: Model, *, bound: float = 0.05, steps: int = 100, alpha: float | None = None,
-                 loss: str = "ce", random_start: bool = True, padding_mode: str = "border", restarts: int = 1,
-                 eot: int = 1, verify: int = 1, seed: int | None = None, generator: torch.Generator | None = None):
-        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound) \
-                or not 0 <= bound <= 2:
-            raise ValueError(f"bound (StAdv flow bound, normalised grid units where [-1, 1] spans the image) must be "
-                             f"a finite number in [0, 2], got {bound!r}")
+    def __init__(
+        self,
+        model: Model,
+        *,
+        bound: float = 0.05,
+        steps: int = 100,
+        alpha: float | None = None,
+        loss: str = "ce",
+        random_start: bool = True,
+        padding_mode: str = "border",
+        restarts: int = 1,
+        eot: int = 1,
+        verify: int = 1,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        if (
+            isinstance(bound, bool)
+            or not isinstance(bound, (int, float))
+            or not math.isfinite(bound)
+            or not 0 <= bound <= 2
+        ):
+            raise ValueError(
+                f"bound (StAdv flow bound, normalised grid units where [-1, 1] spans the image) must be "
+                f"a finite number in [0, 2], got {bound!r}"
+            )
         # the base class knows only lp balls: validate everything else there, then switch to the flow model
-        super().__init__(model, norm="linf", eps=0.0, steps=steps, restarts=restarts, eot=eot, verify=verify,
-                         seed=seed, generator=generator)
+        super().__init__(
+            model,
+            norm="linf",
+            eps=0.0,
+            steps=steps,
+            restarts=restarts,
+            eot=eot,
+            verify=verify,
+            seed=seed,
+            generator=generator,
+        )
         self.norm = "flow"
         self.eps = float(bound)
         if is_targeted(loss):
@@ -192,5 +223,7 @@ class StAdv(Attack):
         self._track(ctx, idx, x_adv, flow, best_flow)
 
     def __repr__(self) -> str:
-        return (f"{self.name}(bound={self.eps:g}, steps={self.steps}, restarts={self.restarts}, eot={self.eot}, "
-                f"loss={self.loss_name!r}, padding_mode={self.padding_mode!r}, seed={self.seed})")
+        return (
+            f"{self.name}(bound={self.eps:g}, steps={self.steps}, restarts={self.restarts}, eot={self.eot}, "
+            f"loss={self.loss_name!r}, padding_mode={self.padding_mode!r}, seed={self.seed})"
+        )

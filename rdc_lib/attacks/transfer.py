@@ -17,14 +17,14 @@ __all__ = ["transfer_pgd"]
 
 def transfer_pgd(
     source: Callable[[Tensor], Tensor],  # model x -> logits used to craft the examples (CNN, surrogate)
-    x: Tensor,                           # (B, C, H, W) in [0, 1]
-    y: Tensor,                           # (B,) labels
+    x: Tensor,  # (B, C, H, W) in [0, 1]
+    y: Tensor,  # (B,) labels
     *,
     norm: str = "linf",
     eps: float,
     steps: int = 20,
-    loss: str = "margin",                # any name of rdc_lib.attacks.LOSSES that is untargeted
-) -> Tensor:                             # (B, C, H, W) in [0, 1] inside the eps-ball
+    loss: str = "margin",  # any name of rdc_lib.attacks.LOSSES that is untargeted
+) -> Tensor:  # (B, C, H, W) in [0, 1] inside the eps-ball
     """PGD on ``source`` from x for all ``steps`` (no early stopping, so examples go past the source's
     decision boundary and transfer better); step size 2.5 eps / steps; deterministic."""
     check_images(x)

@@ -46,8 +46,9 @@ class _BPDAFunction(torch.autograd.Function):
         return grad_x, None, None
 
 
-def bpda(x: Tensor, forward_fn: Callable[[Tensor], Tensor],
-         backward_fn: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+def bpda(
+    x: Tensor, forward_fn: Callable[[Tensor], Tensor], backward_fn: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
     """forward_fn(x) whose gradient is that of ``backward_fn`` (identity when None)."""
     return _BPDAFunction.apply(x, forward_fn, backward_fn)
 

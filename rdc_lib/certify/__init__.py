@@ -16,6 +16,16 @@ from .bases import BASES, DenoisedSmoothing, NoisedDiffusionClassifier, build_ba
 from .smoothing import ABSTAIN, Certificate, certify, clopper_pearson_lower, min_draws, predict, sample_counts
 
 __all__ = [
-    "ABSTAIN", "BASES", "Certificate", "DenoisedSmoothing", "NoisedDiffusionClassifier", "build_base", "certify",
-    "clopper_pearson_lower", "min_draws", "noised_grid", "predict", "sample_counts",
+    "ABSTAIN",
+    "BASES",
+    "Certificate",
+    "DenoisedSmoothing",
+    "NoisedDiffusionClassifier",
+    "build_base",
+    "certify",
+    "clopper_pearson_lower",
+    "min_draws",
+    "noised_grid",
+    "predict",
+    "sample_counts",
 ]

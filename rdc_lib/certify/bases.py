@@ -22,16 +22,17 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..diffusion.schedules import NoiseGrid, make_grid
-from ..models.base import Denoiser
 from ..core.choices import SMOOTHING_BASES as BASES
 from ..core.utils import OwnedRandomness
+from ..diffusion.schedules import NoiseGrid, make_grid
+from ..models.base import Denoiser
 
 POSTERIORS = ("exact", "approx")
 
 
-def noised_grid(sigma_s: float, T: int, *, kind: str = "paper", weighting: str = "edm",
-                sigma_max: float = 3.0) -> NoiseGrid:
+def noised_grid(
+    sigma_s: float, T: int, *, kind: str = "paper", weighting: str = "edm", sigma_max: float = 3.0
+) -> NoiseGrid:
     """T levels strictly above sigma_s (model space) up to sigma_max, with the weights of ``make_grid``.
 
     Built as ``make_grid(T + 1, kind, sigma_min=sigma_s)`` without its first level (sigma_s itself,
@@ -57,16 +58,26 @@ class NoisedDiffusionClassifier(OwnedRandomness, nn.Module):
         seed: seeds the module's own generator for the ELBO's eps (shared across classes).
     """
 
-    def __init__(self, denoiser: Denoiser, sigma_s: float, grid: NoiseGrid, *,
-                 posterior: Literal["exact", "approx"] = "exact", seed: int = 0, chunk_size: int = 8192):
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        sigma_s: float,
+        grid: NoiseGrid,
+        *,
+        posterior: Literal["exact", "approx"] = "exact",
+        seed: int = 0,
+        chunk_size: int = 8192,
+    ):
         super().__init__()
         if posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {posterior!r}; valid choices: {', '.join(POSTERIORS)}")
         if sigma_s < 0:
             raise ValueError(f"sigma_s must be >= 0, got {sigma_s}")
         if len(grid) < 1 or float(grid.sigmas.min()) <= sigma_s:
-            raise ValueError(f"every level of the grid must be > sigma_s = {sigma_s}, got levels in "
-                             f"[{float(grid.sigmas.min()):.4g}, {float(grid.sigmas.max()):.4g}]")
+            raise ValueError(
+                f"every level of the grid must be > sigma_s = {sigma_s}, got levels in "
+                f"[{float(grid.sigmas.min()):.4g}, {float(grid.sigmas.max()):.4g}]"
+            )
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.denoiser = denoiser
@@ -90,21 +101,26 @@ class NoisedDiffusionClassifier(OwnedRandomness, nn.Module):
         """(B, K, T) weighted per-level terms; noise (B, T, C, H, W) standard normal or drawn."""
         batch, t_len = x.shape[0], len(self.grid)
         if noise is None:
-            noise = torch.randn((batch, t_len, *x.shape[1:]), generator=self._gen(x.device), device=x.device,
-                                dtype=x.dtype)
-        x0 = (x * 2 - 1).unsqueeze(1)                                     # (B, 1, C, H, W), model space
+            noise = torch.randn(
+                (batch, t_len, *x.shape[1:]), generator=self._gen(x.device), device=x.device, dtype=x.dtype
+            )
+        x0 = (x * 2 - 1).unsqueeze(1)  # (B, 1, C, H, W), model space
         sig = self.grid.sigmas.to(x.device, x.dtype)
         tau = (sig**2 - self.sigma_s**2).sqrt()
         corr = self.sigma_s**2 / tau if self.posterior == "exact" else torch.zeros_like(tau)
         shape = (1, t_len) + (1,) * (x.ndim - 1)
-        x_t = x0 + tau.reshape(shape) * noise                             # (B, T, C, H, W)
+        x_t = x0 + tau.reshape(shape) * noise  # (B, T, C, H, W)
         per_call = max(1, self.chunk_size // max(1, self.denoiser.passes_per_denoise_all(self.num_classes)))
         flat, sig_flat = x_t.reshape(-1, *x.shape[1:]), sig.repeat(batch)
-        den = torch.cat([self.denoiser.denoise_all(flat[i:i + per_call], sig_flat[i:i + per_call])
-                         for i in range(0, flat.shape[0], per_call)])
+        den = torch.cat(
+            [
+                self.denoiser.denoise_all(flat[i : i + per_call], sig_flat[i : i + per_call])
+                for i in range(0, flat.shape[0], per_call)
+            ]
+        )
         den = den.reshape(batch, t_len, self.num_classes, *x.shape[1:]).transpose(1, 2)  # (B, K, T, C, H, W)
-        target = (x0 - corr.reshape(shape) * noise).unsqueeze(1)          # (B, 1, T, C, H, W)
-        err = ((den - target) ** 2).flatten(3).mean(-1)                   # (B, K, T)
+        target = (x0 - corr.reshape(shape) * noise).unsqueeze(1)  # (B, 1, T, C, H, W)
+        err = ((den - target) ** 2).flatten(3).mean(-1)  # (B, K, T)
         return err * self.grid.weights.to(x.device, x.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -144,9 +160,18 @@ class DenoisedSmoothing(nn.Module):
         return self.classifier(self.denoise(x))
 
 
-def build_base(name: str, denoiser: Denoiser, sigma: float, *, timesteps: int = 4, classifier: nn.Module | None = None,
-               posterior: Literal["exact", "approx"] = "exact", weighting: str = "edm", sigma_max: float = 3.0,
-               seed: int = 0) -> nn.Module:
+def build_base(
+    name: str,
+    denoiser: Denoiser,
+    sigma: float,
+    *,
+    timesteps: int = 4,
+    classifier: nn.Module | None = None,
+    posterior: Literal["exact", "approx"] = "exact",
+    weighting: str = "edm",
+    sigma_max: float = 3.0,
+    seed: int = 0,
+) -> nn.Module:
     """The base classifier ``name`` (one of BASES) for pixel smoothing noise ``sigma``, in eval mode.
 
     'noised-dc': ``timesteps`` levels above 2 sigma; 'dc': the plain DC (levels from 1e-4 up, input

@@ -43,8 +43,19 @@ class SoftSmoothed(OwnedRandomness, nn.Module):
         return torch.logsumexp(logp, 0) - torch.log(torch.tensor(float(self.draws)))
 
 
-def attack_smoothed(base: nn.Module, x: Tensor, y: Tensor, sigma: float, radius: float, *, attack: str = "pgd",
-                    steps: int = 10, eot: int = 2, draws: int = 8, seed: int = 0) -> Tensor:
+def attack_smoothed(
+    base: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    sigma: float,
+    radius: float,
+    *,
+    attack: str = "pgd",
+    steps: int = 10,
+    eot: int = 2,
+    draws: int = 8,
+    seed: int = 0,
+) -> Tensor:
     """Adversarial images (B, C, H, W) within l2 ``radius`` of x against the soft smoothed classifier."""
     from ..attacks import build_attack
 
@@ -55,8 +66,18 @@ def attack_smoothed(base: nn.Module, x: Tensor, y: Tensor, sigma: float, radius:
     return atk(x, y).detach()
 
 
-def smoothed_correct(base: nn.Module, x: Tensor, y: Tensor, sigma: float, *, pred_draws: int,
-                     generator: torch.Generator, batch: int = 256) -> list[bool]:
+def smoothed_correct(
+    base: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    sigma: float,
+    *,
+    pred_draws: int,
+    generator: torch.Generator,
+    batch: int = 256,
+) -> list[bool]:
     """Per image: is the Monte-Carlo prediction of g (majority of ``pred_draws`` calls) the label?"""
-    return [int(sample_counts(base, x[i], sigma, pred_draws, generator=generator, batch=batch).argmax()) == int(y[i])
-            for i in range(x.shape[0])]
+    return [
+        int(sample_counts(base, x[i], sigma, pred_draws, generator=generator, batch=batch).argmax()) == int(y[i])
+        for i in range(x.shape[0])
+    ]

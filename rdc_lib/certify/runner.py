@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..core.choices import HEADS, check_choice
-from ..evaluation.stats import wilson
 from ..core.paths import default_denoiser, stored_denoiser_name
+from ..evaluation.stats import wilson
 from .bases import BASES, POSTERIORS, build_base
 from .empirical import attack_smoothed, smoothed_correct
 from .smoothing import ABSTAIN, certify, check_alpha, check_draws, check_radii, check_sigma
@@ -33,24 +33,24 @@ DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 @dataclass(frozen=True)
 class CertifyConfig:
-    base: str = "denoised"          # one of BASES
-    sigma: float = 0.25             # smoothing noise std, pixel space
-    n_images: int = 100             # test images
-    offset: int = 0                 # first test image
-    n0: int = 100                   # selection draws
-    n: int = 1000                   # estimation draws
-    alpha: float = 0.001            # failure probability of each certificate
-    radii: tuple = DEFAULT_RADII    # pixel-space l2 radii to report
+    base: str = "denoised"  # one of BASES
+    sigma: float = 0.25  # smoothing noise std, pixel space
+    n_images: int = 100  # test images
+    offset: int = 0  # first test image
+    n0: int = 100  # selection draws
+    n: int = 1000  # estimation draws
+    alpha: float = 0.001  # failure probability of each certificate
+    radii: tuple = DEFAULT_RADII  # pixel-space l2 radii to report
     seed: int = 0
-    heads: str = "multi"            # denoiser of the diffusion bases
-    denoiser: str = ""              # checkpoint name or path; "" = the default of heads, stored resolved
-    timesteps: int = 4              # levels of the (noised) DC
-    posterior: str = "exact"        # noised DC: 'exact' | 'approx'
-    batch: int = 250                # draws per base call
-    attack_steps: int = 10          # empirical side: l2 PGD steps (0 = no attack)
-    attack_eot: int = 2             # EOT calls per gradient
-    attack_draws: int = 8           # smoothing draws inside the soft smoothed classifier
-    pred_draws: int = 100           # draws for g's prediction at the adversarial image
+    heads: str = "multi"  # denoiser of the diffusion bases
+    denoiser: str = ""  # checkpoint name or path; "" = the default of heads, stored resolved
+    timesteps: int = 4  # levels of the (noised) DC
+    posterior: str = "exact"  # noised DC: 'exact' | 'approx'
+    batch: int = 250  # draws per base call
+    attack_steps: int = 10  # empirical side: l2 PGD steps (0 = no attack)
+    attack_eot: int = 2  # EOT calls per gradient
+    attack_draws: int = 8  # smoothing draws inside the soft smoothed classifier
+    pred_draws: int = 100  # draws for g's prediction at the adversarial image
 
     def __post_init__(self) -> None:
         if self.base not in BASES:
@@ -114,9 +114,9 @@ class CertifyConfig:
 
 def build_smoothing_base(cfg: CertifyConfig, device: torch.device | str = "cpu") -> nn.Module:
     """The base classifier of ``cfg`` from the shipped checkpoints."""
+    from ..core.paths import checkpoint_path
     from ..models.checkpoints import load_denoiser
     from ..models.diffusers_adapter import is_diffusers_ref
-    from ..core.paths import checkpoint_path
 
     ref = cfg.denoiser
     path = Path(ref) if ref.endswith(".safetensors") or is_diffusers_ref(ref) else checkpoint_path(ref)
@@ -126,8 +126,9 @@ def build_smoothing_base(cfg: CertifyConfig, device: torch.device | str = "cpu")
         from ..defenses.baselines import load_classifier
 
         cnn = load_classifier(checkpoint_path("digits_cnn"), device=device).eval()
-    return build_base(cfg.base, den, cfg.sigma, timesteps=cfg.timesteps, classifier=cnn, posterior=cfg.posterior,
-                      seed=cfg.seed).to(device)
+    return build_base(
+        cfg.base, den, cfg.sigma, timesteps=cfg.timesteps, classifier=cnn, posterior=cfg.posterior, seed=cfg.seed
+    ).to(device)
 
 
 def _image_seed(seed: int, index: int, stream: int) -> int:
@@ -143,17 +144,32 @@ def certify_image(base: nn.Module, x: torch.Tensor, y: int, index: int, cfg: Cer
     gen = torch.Generator(device=dev).manual_seed(_image_seed(cfg.seed, index, 1))
     cert = certify(base, x, cfg.sigma, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, generator=gen, batch=cfg.batch)
     t_cert = time.perf_counter() - t0
-    rec = {"index": index, "label": y, **cert.as_dict(), "correct": cert.prediction == y,
-           "seconds_certify": t_cert, "passes_certify": base.network_passes(cfg.n0 + cfg.n)}
+    rec = {
+        "index": index,
+        "label": y,
+        **cert.as_dict(),
+        "correct": cert.prediction == y,
+        "seconds_certify": t_cert,
+        "passes_certify": base.network_passes(cfg.n0 + cfg.n),
+    }
     if cfg.attack_steps > 0:
         emp = {}
         pred_gen = torch.Generator(device=dev).manual_seed(_image_seed(cfg.seed, index, 2))
         for r in cfg.radii:
-            xa = attack_smoothed(base, x.unsqueeze(0), torch.tensor([y], device=dev), cfg.sigma, r,
-                                 steps=cfg.attack_steps, eot=cfg.attack_eot, draws=cfg.attack_draws,
-                                 seed=_image_seed(cfg.seed, index, 3) % 2**31)
-            emp[f"{r:g}"] = smoothed_correct(base, xa, torch.tensor([y]), cfg.sigma, pred_draws=cfg.pred_draws,
-                                             generator=pred_gen, batch=cfg.batch)[0]
+            xa = attack_smoothed(
+                base,
+                x.unsqueeze(0),
+                torch.tensor([y], device=dev),
+                cfg.sigma,
+                r,
+                steps=cfg.attack_steps,
+                eot=cfg.attack_eot,
+                draws=cfg.attack_draws,
+                seed=_image_seed(cfg.seed, index, 3) % 2**31,
+            )
+            emp[f"{r:g}"] = smoothed_correct(
+                base, xa, torch.tensor([y]), cfg.sigma, pred_draws=cfg.pred_draws, generator=pred_gen, batch=cfg.batch
+            )[0]
         rec["empirical"] = emp
     rec["seconds"] = time.perf_counter() - t0
     return rec
@@ -162,13 +178,18 @@ def certify_image(base: nn.Module, x: torch.Tensor, y: int, index: int, cfg: Cer
 def summarize(cfg: CertifyConfig, records: list[dict], seconds: float) -> dict:
     """The JSON result: certified (and empirical) accuracy per radius with Wilson intervals, abstention, cost."""
     n = len(records)
-    cert = {f"{r:g}": wilson(sum(rec["correct"] and rec["radius"] >= r for rec in records), n).as_dict()
-            for r in cfg.radii}
+    cert = {
+        f"{r:g}": wilson(sum(rec["correct"] and rec["radius"] >= r for rec in records), n).as_dict() for r in cfg.radii
+    }
     out = {
-        **cfg.identity(), "label": cfg.label(), "images": n, "certified": cert,
+        **cfg.identity(),
+        "label": cfg.label(),
+        "images": n,
+        "certified": cert,
         "certified_acc": {r: c["value"] for r, c in cert.items()},
         "abstain_rate": sum(rec["prediction"] == ABSTAIN for rec in records) / max(n, 1),
-        "draws_per_image": cfg.n0 + cfg.n, "radius_unit": "l2, pixel space [0, 1]",
+        "draws_per_image": cfg.n0 + cfg.n,
+        "radius_unit": "l2, pixel space [0, 1]",
         "seconds_per_image": sum(rec["seconds_certify"] for rec in records) / max(n, 1),
         "passes_per_image": sum(rec["passes_certify"] for rec in records) / max(n, 1),
         "seconds": seconds,
@@ -178,17 +199,24 @@ def summarize(cfg: CertifyConfig, records: list[dict], seconds: float) -> dict:
         out["empirical"] = emp
         out["empirical_acc"] = {r: e["value"] for r, e in emp.items()}
         # an image certified at radius >= r that the attack broke at r (possible with prob. <= alpha + MC error)
-        out["violations"] = {f"{r:g}": sum(rec["correct"] and rec["radius"] >= r and not rec["empirical"][f"{r:g}"]
-                                           for rec in records) for r in cfg.radii}
+        out["violations"] = {
+            f"{r:g}": sum(rec["correct"] and rec["radius"] >= r and not rec["empirical"][f"{r:g}"] for rec in records)
+            for r in cfg.radii
+        }
         out["consistent"] = consistency(out)["passed"]
     return out
 
 
 def consistency(result: dict) -> dict:
     """Certified accuracy at r must not exceed the empirical robust accuracy at r: value <= empirical high end."""
-    rows = {r: {"certified": c["value"], "empirical_high": result["empirical"][r]["high"],
-                "passed": c["value"] <= result["empirical"][r]["high"] + 1e-12}
-            for r, c in result["certified"].items()}
+    rows = {
+        r: {
+            "certified": c["value"],
+            "empirical_high": result["empirical"][r]["high"],
+            "passed": c["value"] <= result["empirical"][r]["high"] + 1e-12,
+        }
+        for r, c in result["certified"].items()
+    }
     return {"passed": all(v["passed"] for v in rows.values()), "radii": rows}
 
 
@@ -214,8 +242,13 @@ def load_records(path: Path | None, cfg: CertifyConfig) -> dict[int, dict]:
     return out
 
 
-def run_certify(cfg: CertifyConfig, *, device: str | torch.device = "cpu", records_dir: str | Path | None = None,
-                progress: bool = True) -> dict:
+def run_certify(
+    cfg: CertifyConfig,
+    *,
+    device: str | torch.device = "cpu",
+    records_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
     """Certify ``cfg.n_images`` test images; returns ``summarize``'s dict (resumes from ``records_dir``)."""
     from ..data import load_dataset
 
@@ -272,10 +305,19 @@ def certify_cell(**params) -> dict:
 
 def _cell_signature() -> inspect.Signature:
     types = {"int": int, "float": float, "str": str, "tuple": list}
-    ps = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=list(f.default) if f.name == "radii"
-                            else f.default, annotation=types.get(str(f.type), str)) for f in fields(CertifyConfig)]
-    ps += [inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default="cpu", annotation=str),
-           inspect.Parameter("records_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None)]
+    ps = [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=list(f.default) if f.name == "radii" else f.default,
+            annotation=types.get(str(f.type), str),
+        )
+        for f in fields(CertifyConfig)
+    ]
+    ps += [
+        inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default="cpu", annotation=str),
+        inspect.Parameter("records_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=str | None),
+    ]
     return inspect.Signature(ps, return_annotation=dict)
 
 

@@ -30,13 +30,13 @@ class BaseClassifier(Protocol):
 
 @dataclass(frozen=True)
 class Certificate:
-    prediction: int        # c_A, or ABSTAIN (-1)
-    radius: float          # certified l2 radius in pixel space; 0.0 when abstaining
-    p_lower: float         # Clopper-Pearson lower bound on p_A
-    count: int             # estimation draws that returned the selected class
-    n: int                 # estimation draws
-    n0: int                # selection draws
-    selected: int          # the class selected by the n0 draws (kept when abstaining)
+    prediction: int  # c_A, or ABSTAIN (-1)
+    radius: float  # certified l2 radius in pixel space; 0.0 when abstaining
+    p_lower: float  # Clopper-Pearson lower bound on p_A
+    count: int  # estimation draws that returned the selected class
+    n: int  # estimation draws
+    n0: int  # selection draws
+    selected: int  # the class selected by the n0 draws (kept when abstaining)
 
     @property
     def abstained(self) -> bool:
@@ -80,8 +80,10 @@ def check_draws(n0: int, n: int, alpha: float) -> None:
         raise ValueError(f"n0 (selection draws) must be an int >= 1, got {n0!r}")
     need = min_draws(alpha)
     if not isinstance(n, int) or n < need:
-        raise ValueError(f"n = {n!r} estimation draws can never certify a non-zero radius at alpha = {alpha}: "
-                         f"even n/n successes give p_A_lower = alpha^(1/n) <= 1/2; need n >= {need}")
+        raise ValueError(
+            f"n = {n!r} estimation draws can never certify a non-zero radius at alpha = {alpha}: "
+            f"even n/n successes give p_A_lower = alpha^(1/n) <= 1/2; need n >= {need}"
+        )
 
 
 def clopper_pearson_lower(count: int, n: int, alpha: float) -> float:
@@ -100,8 +102,9 @@ def norm_ppf(p: float) -> float:
 
 
 @torch.no_grad()
-def sample_counts(base: BaseClassifier, x: Tensor, sigma: float, num: int, *, generator: torch.Generator,
-                  batch: int = 256) -> Tensor:
+def sample_counts(
+    base: BaseClassifier, x: Tensor, sigma: float, num: int, *, generator: torch.Generator, batch: int = 256
+) -> Tensor:
     """Class counts (K,) of f(x + sigma * delta) over ``num`` draws; x (C, H, W) in [0, 1].
 
     Draws are processed ``batch`` at a time (memory-bounded); delta comes from ``generator``.
@@ -121,8 +124,17 @@ def sample_counts(base: BaseClassifier, x: Tensor, sigma: float, num: int, *, ge
     return counts
 
 
-def certify(base: BaseClassifier, x: Tensor, sigma: float, *, n0: int = 100, n: int = 1000, alpha: float = 0.001,
-            generator: torch.Generator, batch: int = 256) -> Certificate:
+def certify(
+    base: BaseClassifier,
+    x: Tensor,
+    sigma: float,
+    *,
+    n0: int = 100,
+    n: int = 1000,
+    alpha: float = 0.001,
+    generator: torch.Generator,
+    batch: int = 256,
+) -> Certificate:
     """Cohen et al.'s CERTIFY for one image x (C, H, W) in [0, 1]; radius in pixel-space l2."""
     sigma, alpha = check_sigma(sigma), check_alpha(alpha)
     check_draws(n0, n, alpha)
@@ -134,8 +146,16 @@ def certify(base: BaseClassifier, x: Tensor, sigma: float, *, n0: int = 100, n: 
     return Certificate(selected, sigma * norm_ppf(p_lower), p_lower, count, n, n0, selected)
 
 
-def predict(base: BaseClassifier, x: Tensor, sigma: float, *, n: int = 100, alpha: float = 0.001,
-            generator: torch.Generator, batch: int = 256) -> int:
+def predict(
+    base: BaseClassifier,
+    x: Tensor,
+    sigma: float,
+    *,
+    n: int = 100,
+    alpha: float = 0.001,
+    generator: torch.Generator,
+    batch: int = 256,
+) -> int:
     """Cohen et al.'s PREDICT: the top class if a two-sided binomial test against the runner-up passes, else ABSTAIN."""
     from scipy.stats import binomtest
 

@@ -27,41 +27,81 @@ def add_train_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", default=None, help="fine-tune from this denoiser checkpoint")
     p.add_argument("--dropout", type=float, default=None, help="dropout inside the backbone, in [0, 1) (default 0.1)")
-    p.add_argument("--label-dropout", type=float, default=None,
-                   help="single-head: probability of the null label, in [0, 1) (default 0.1)")
+    p.add_argument(
+        "--label-dropout",
+        type=float,
+        default=None,
+        help="single-head: probability of the null label, in [0, 1) (default 0.1)",
+    )
     p.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights, in (0, 1) (default 0.999)")
     p.add_argument("--warmup", type=int, default=None, help="linear learning-rate warmup steps, >= 0 (default 200)")
-    p.add_argument("--distill-from", default=None,
-                   help="multi-head: single-head teacher checkpoint matched on random wrong-class heads")
-    p.add_argument("--distill-classes", type=int, default=None,
-                   help="wrong classes per example matched to the teacher, in [1, K-1] (default 1)")
+    p.add_argument(
+        "--distill-from",
+        default=None,
+        help="multi-head: single-head teacher checkpoint matched on random wrong-class heads",
+    )
+    p.add_argument(
+        "--distill-classes",
+        type=int,
+        default=None,
+        help="wrong classes per example matched to the teacher, in [1, K-1] (default 1)",
+    )
     p.add_argument("--distill-weight", type=float, default=None, help="weight of the teacher term, >= 0 (default 1)")
-    p.add_argument("--p-mean", type=float, default=None,
-                   help="training noise levels: mean of ln sigma (default -1.2, EDM's)")
-    p.add_argument("--p-std", type=float, default=None,
-                   help="training noise levels: standard deviation of ln sigma, > 0 (default 1.2, EDM's)")
-    p.add_argument("--adv-eps", type=float, default=None,
-                   help="l_inf radius (pixels in [0, 1]) of adversarial training inputs against the network's own DC; "
-                        "0 = off (default)")
-    p.add_argument("--adv-fraction", type=float, default=None,
-                   help="share of each batch made adversarial, in (0, 1] (default 0.5)")
+    p.add_argument(
+        "--p-mean", type=float, default=None, help="training noise levels: mean of ln sigma (default -1.2, EDM's)"
+    )
+    p.add_argument(
+        "--p-std",
+        type=float,
+        default=None,
+        help="training noise levels: standard deviation of ln sigma, > 0 (default 1.2, EDM's)",
+    )
+    p.add_argument(
+        "--adv-eps",
+        type=float,
+        default=None,
+        help="l_inf radius (pixels in [0, 1]) of adversarial training inputs against the network's own DC; "
+        "0 = off (default)",
+    )
+    p.add_argument(
+        "--adv-fraction", type=float, default=None, help="share of each batch made adversarial, in (0, 1] (default 0.5)"
+    )
     p.add_argument("--adv-steps", type=int, default=None, help="PGD steps of those inputs, >= 1 (default 4)")
-    p.add_argument("--adv-grid-sigma-min", type=float, default=None,
-                   help=f"the attacked DC's grid starts at this sigma (default {ROBUST_GRID_SIGMA_MIN})")
-    p.add_argument("--exclude-val", action="store_true",
-                   help="leave the validation split (load_dataset(..., 'val')) out of the training images: the way to "
-                        "train a new denoiser, so choices made on those images are held out from its weights too")
+    p.add_argument(
+        "--adv-grid-sigma-min",
+        type=float,
+        default=None,
+        help=f"the attacked DC's grid starts at this sigma (default {ROBUST_GRID_SIGMA_MIN})",
+    )
+    p.add_argument(
+        "--exclude-val",
+        action="store_true",
+        help="leave the validation split (load_dataset(..., 'val')) out of the training images: the way to "
+        "train a new denoiser, so choices made on those images are held out from its weights too",
+    )
     p.add_argument("--out", default=None, help="output .safetensors path (required without --recipe)")
-    p.add_argument("--recipe", default=None, metavar="FILE",
-                   help="replay a training recipe (data/recipes/*.yaml): every stage in order, skipping a stage whose "
-                        "output exists with this recipe's hash; --out-dir, --exclude-val, --device and --threads apply")
-    p.add_argument("--out-dir", default=None,
-                   help="--recipe: folder of the stages' outputs (default runs/recipes/<recipe name>[_exclude_val])")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        metavar="FILE",
+        help="replay a training recipe (data/recipes/*.yaml): every stage in order, skipping a stage whose "
+        "output exists with this recipe's hash; --out-dir, --exclude-val, --device and --threads apply",
+    )
+    p.add_argument(
+        "--out-dir",
+        default=None,
+        help="--recipe: folder of the stages' outputs (default runs/recipes/<recipe name>[_exclude_val])",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 reproduces the shipped files)")
-    p.add_argument("--no-resume", action="store_true", help="ignore <out>.state.pt (overwritten at the first checkpoint)")
-    p.add_argument("--restart", action="store_true",
-                   help="move <out>.state.pt aside (renamed .damaged-<time> / .replaced-<time>) and train from step 0")
+    p.add_argument(
+        "--no-resume", action="store_true", help="ignore <out>.state.pt (overwritten at the first checkpoint)"
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="move <out>.state.pt aside (renamed .damaged-<time> / .replaced-<time>) and train from step 0",
+    )
 
 
 def checkpoint_arg(value: str | None) -> str | None:
@@ -73,14 +113,32 @@ def checkpoint_arg(value: str | None) -> str | None:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The ``TrainConfig`` of parsed ``rdc train`` flags (a flag not given keeps the config's default)."""
-    cfg = TrainConfig(dataset=args.dataset, data_root=args.data_root, heads=args.heads, arch=args.arch,
-                      seed=args.seed, init_from=checkpoint_arg(args.init_from),
-                      distill_from=checkpoint_arg(args.distill_from), exclude_val=args.exclude_val)
-    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "label_dropout": args.label_dropout,
-             "ema_decay": args.ema_decay, "warmup": args.warmup, "distill_classes": args.distill_classes,
-             "distill_weight": args.distill_weight, "P_mean": args.p_mean, "P_std": args.p_std,
-             "adv_eps": args.adv_eps, "adv_fraction": args.adv_fraction, "adv_steps": args.adv_steps,
-             "adv_grid_sigma_min": args.adv_grid_sigma_min}
+    cfg = TrainConfig(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        heads=args.heads,
+        arch=args.arch,
+        seed=args.seed,
+        init_from=checkpoint_arg(args.init_from),
+        distill_from=checkpoint_arg(args.distill_from),
+        exclude_val=args.exclude_val,
+    )
+    given = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "label_dropout": args.label_dropout,
+        "ema_decay": args.ema_decay,
+        "warmup": args.warmup,
+        "distill_classes": args.distill_classes,
+        "distill_weight": args.distill_weight,
+        "P_mean": args.p_mean,
+        "P_std": args.p_std,
+        "adv_eps": args.adv_eps,
+        "adv_fraction": args.adv_fraction,
+        "adv_steps": args.adv_steps,
+        "adv_grid_sigma_min": args.adv_grid_sigma_min,
+    }
     overrides: dict = {k: v for k, v in given.items() if v is not None}
     extra = {"model_channels": args.model_channels, "head_channels": args.head_channels, "dropout": args.dropout}
     base = dict(cfg.backbone) if args.arch == "unet_small" else default_backbone(args.arch)

@@ -48,8 +48,13 @@ def checkpoint_path(name: str) -> Path:
 def is_checkpoint_name(value: str | Path) -> bool:
     """True for a bare name such as ``'digits_multi'`` (no folder, no suffix): a shipped checkpoint."""
     text = str(value)
-    return bool(text) and "/" not in text and os.sep not in text and not text.endswith(CHECKPOINT_SUFFIX) \
+    return (
+        bool(text)
+        and "/" not in text
+        and os.sep not in text
+        and not text.endswith(CHECKPOINT_SUFFIX)
         and text not in (".", "..")
+    )
 
 
 def candidate_paths(value: str | Path, base: str | Path | None = None) -> list[Path]:
@@ -85,8 +90,10 @@ def resolve_checkpoint(value: str | Path, base: str | Path | None = None) -> Pat
     path = resolve_path(value, base)
     if not path.is_file():
         tried = ", ".join(str(c) for c in candidate_paths(value, base))
-        raise FileNotFoundError(f"no such file: {value} (looked in: {tried}); shipped checkpoints can also be "
-                                f"named by name: {', '.join(shipped_checkpoints()) or 'none'}")
+        raise FileNotFoundError(
+            f"no such file: {value} (looked in: {tried}); shipped checkpoints can also be "
+            f"named by name: {', '.join(shipped_checkpoints()) or 'none'}"
+        )
     return path
 
 
@@ -110,8 +117,10 @@ def stored_denoiser_name(config: Mapping[str, Any]) -> str:
     if config.get("denoiser"):
         return str(config["denoiser"])
     if "heads" not in config:
-        raise ValueError(f"a stored configuration without a denoiser must name its heads ({', '.join(HEADS)}); "
-                         f"got the fields {sorted(config)}")
+        raise ValueError(
+            f"a stored configuration without a denoiser must name its heads ({', '.join(HEADS)}); "
+            f"got the fields {sorted(config)}"
+        )
     check_choice("heads", config["heads"], HEADS)
     return LEGACY_DENOISERS[config["heads"]]
 
@@ -125,9 +134,11 @@ def default_denoisers_text() -> str:
 
 def denoiser_flags_help() -> dict[str, str]:
     """Help texts of the ``--heads`` and ``--denoiser`` flags (rdc eval, rdc certify)."""
-    return {"heads": f"the digits denoiser loaded without --denoiser: {default_denoisers_text()}",
-            "denoiser": "a digits denoiser: a shipped name (data/checkpoints) or a .safetensors path; '' = the "
-                        "default of --heads"}
+    return {
+        "heads": f"the digits denoiser loaded without --denoiser: {default_denoisers_text()}",
+        "denoiser": "a digits denoiser: a shipped name (data/checkpoints) or a .safetensors path; '' = the "
+        "default of --heads",
+    }
 
 
 def denoiser_note(path: str | Path) -> str:
@@ -140,7 +151,11 @@ def denoiser_note(path: str | Path) -> str:
             return f"{name}: the shipped {heads}-head default (rdc_lib.core.choices.DEFAULT_DENOISERS; {where})"
     for heads, old in LEGACY_DENOISERS.items():
         if name == old:
-            return (f"{name}: the retired {heads}-head default, kept for comparison (rdc_lib.core.choices.LEGACY_DENOISERS; "
-                    f"today's is {DEFAULT_DENOISERS[heads]}; {where})")
+            return (
+                f"{name}: the retired {heads}-head default, kept for comparison (rdc_lib.core.choices.LEGACY_DENOISERS; "
+                f"today's is {DEFAULT_DENOISERS[heads]}; {where})"
+            )
     shipped = name in shipped_checkpoints()
-    return f"{name}: {'a shipped denoiser' if shipped else 'a denoiser file'} named by the notebook's parameter ({where})"
+    return (
+        f"{name}: {'a shipped denoiser' if shipped else 'a denoiser file'} named by the notebook's parameter ({where})"
+    )

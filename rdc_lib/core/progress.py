@@ -78,8 +78,16 @@ class _Disabled(PlainProgress):
         pass
 
 
-def progress_bar(total: int | None, desc: str, unit: str = "it", *, enabled: bool = True, initial: int = 0,
-                 stream: TextIO | None = None, **tqdm_kwargs: Any) -> Any:
+def progress_bar(
+    total: int | None,
+    desc: str,
+    unit: str = "it",
+    *,
+    enabled: bool = True,
+    initial: int = 0,
+    stream: TextIO | None = None,
+    **tqdm_kwargs: Any,
+) -> Any:
     """A tqdm bar on a terminal (``stream``, default sys.stderr), else a :class:`PlainProgress`; silent if not
     ``enabled`` (every method still works). ``initial``: steps already done (a resumed run)."""
     if not enabled:

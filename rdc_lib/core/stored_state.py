@@ -20,8 +20,16 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StoredStateError", "is_stored_state_error", "load_safetensors", "load_torch_state", "move_aside", "restart_aside",
-           "source_version", "sources_version"]
+__all__ = [
+    "StoredStateError",
+    "is_stored_state_error",
+    "load_safetensors",
+    "load_torch_state",
+    "move_aside",
+    "restart_aside",
+    "source_version",
+    "sources_version",
+]
 
 DAMAGED, REPLACED, ORPHANED = "damaged", "replaced", "orphaned"  # tags of move_aside
 
@@ -35,7 +43,8 @@ class StoredStateError(ValueError):
         super().__init__(
             f"stored state {self.path} is unusable: {problem}. Two ways out: (1) rerun with {restart}: the "
             f"stored files are moved aside as '<name>.{DAMAGED}-<time>' (nothing is deleted) and the run starts "
-            f"afresh; (2) delete {self.path}")
+            f"afresh; (2) delete {self.path}"
+        )
 
 
 def move_aside(path: str | Path, tag: str = DAMAGED) -> Path:
@@ -80,8 +89,9 @@ def load_torch_state(path: Path, *, restart: str, map_location: Any = "cpu") -> 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, random bytes, a forbidden global: all are damage
-        raise StoredStateError(path, f"it cannot be read ({type(exc).__name__}: {_first_line(exc)})",
-                               restart=restart) from exc
+        raise StoredStateError(
+            path, f"it cannot be read ({type(exc).__name__}: {_first_line(exc)})", restart=restart
+        ) from exc
     if not isinstance(state, dict):
         raise StoredStateError(path, f"it holds a {type(state).__name__}, expected a dict", restart=restart)
     return state
@@ -94,8 +104,9 @@ def load_safetensors(path: Path, *, restart: str) -> dict:
     try:
         return load_file(str(path))
     except Exception as exc:  # SafetensorError (bad header, cut short), OSError
-        raise StoredStateError(path, f"it cannot be read ({type(exc).__name__}: {_first_line(exc)})",
-                               restart=restart) from exc
+        raise StoredStateError(
+            path, f"it cannot be read ({type(exc).__name__}: {_first_line(exc)})", restart=restart
+        ) from exc
 
 
 def sources_version(root: Path, extra: bytes = b"") -> str:

@@ -52,9 +52,7 @@ def check_images(
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} has {x.shape[1]} channels, expected {channels} (shape (B, {channels}, H, W))")
     if resolution is not None and (x.shape[2] != resolution or x.shape[3] != resolution):
-        raise ValueError(
-            f"{name} has spatial size {x.shape[2]}x{x.shape[3]}, expected {resolution}x{resolution}"
-        )
+        raise ValueError(f"{name} has spatial size {x.shape[2]}x{x.shape[3]}, expected {resolution}x{resolution}")
     with torch.no_grad():
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf values; expected finite values")
@@ -63,9 +61,7 @@ def check_images(
             x_min, x_max = float(x.min()), float(x.max())
             tol = 1e-6
             if x_min < lo - tol or x_max > hi + tol:
-                raise ValueError(
-                    f"{name} has values in [{x_min:.4g}, {x_max:.4g}], expected images in [{lo}, {hi}]"
-                )
+                raise ValueError(f"{name} has values in [{x_min:.4g}, {x_max:.4g}], expected images in [{lo}, {hi}]")
     return x
 
 

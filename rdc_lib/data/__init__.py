@@ -17,8 +17,18 @@ from .cifar10 import CIFAR10_FILES, load_cifar10
 from .digits import DIGITS_SPLIT_SEED, load_digits
 from .splits import VAL_SEED, VAL_SIZE, carve, val_indices
 
-__all__ = ["DATASETS", "CIFAR10_FILES", "DIGITS_SPLIT_SEED", "VAL_SEED", "VAL_SIZE", "load_dataset", "load_digits",
-           "load_cifar10", "dataset_info", "val_indices"]
+__all__ = [
+    "DATASETS",
+    "CIFAR10_FILES",
+    "DIGITS_SPLIT_SEED",
+    "VAL_SEED",
+    "VAL_SIZE",
+    "load_dataset",
+    "load_digits",
+    "load_cifar10",
+    "dataset_info",
+    "val_indices",
+]
 
 
 def dataset_info(name: str) -> dict:
@@ -30,8 +40,9 @@ def dataset_info(name: str) -> dict:
     raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}")
 
 
-def load_dataset(name: str, split: str = "test", *, root: str | Path | None = None,
-                 exclude_val: bool = False) -> tuple[Tensor, Tensor]:
+def load_dataset(
+    name: str, split: str = "test", *, root: str | Path | None = None, exclude_val: bool = False
+) -> tuple[Tensor, Tensor]:
     """Load ``split`` ('train', 'val' or 'test') of dataset ``name`` as (images, labels).
 
     'val' is ``VAL_SIZE[name]`` training images (class-stratified, seeded); ``exclude_val=True`` (split 'train'

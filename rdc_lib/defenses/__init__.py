@@ -4,8 +4,24 @@ the shipped registrations are in ``builders``). Every defense maps images (B, C,
 """
 
 from . import builders as _builders  # registers the shipped defenses
-from .registry import (TRANSFER_SOURCE, DefenseInfo, DefenseSpec, build_defense, checkpoint_files, defense_names,
-                       get_defense, register_defense)
+from .registry import (
+    TRANSFER_SOURCE,
+    DefenseInfo,
+    DefenseSpec,
+    build_defense,
+    checkpoint_files,
+    defense_names,
+    get_defense,
+    register_defense,
+)
 
-__all__ = ["DefenseInfo", "DefenseSpec", "TRANSFER_SOURCE", "build_defense", "checkpoint_files", "defense_names",
-           "get_defense", "register_defense"]
+__all__ = [
+    "DefenseInfo",
+    "DefenseSpec",
+    "TRANSFER_SOURCE",
+    "build_defense",
+    "checkpoint_files",
+    "defense_names",
+    "get_defense",
+    "register_defense",
+]

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attacks.projections import check_norm, project_ball, steepest_direction
+from ..core.utils import check_images, make_generator, resolve_device
 from ..data import load_dataset
 from ..models.checkpoints import load_state_into, read_typed_checkpoint, save_checkpoint
-from ..core.utils import check_images, make_generator, resolve_device
 
 __all__ = [
     "BASELINE_KINDS",
@@ -58,12 +58,14 @@ class ClassifierConfig:
     img_channels: int = 1
     img_resolution: int = 8
     num_classes: int = 10
-    channels: tuple[int, int] = (16, 32)   # conv widths at full and half resolution
-    hidden: int = 64                       # width of the fully connected layer
+    channels: tuple[int, int] = (16, 32)  # conv widths at full and half resolution
+    hidden: int = 64  # width of the fully connected layer
 
     def __post_init__(self) -> None:
         if self.arch not in CLASSIFIER_ARCHITECTURES:
-            raise ValueError(f"unknown classifier arch {self.arch!r}; valid choices: {', '.join(CLASSIFIER_ARCHITECTURES)}")
+            raise ValueError(
+                f"unknown classifier arch {self.arch!r}; valid choices: {', '.join(CLASSIFIER_ARCHITECTURES)}"
+            )
         if self.img_resolution % 2 or self.img_resolution < 2:
             raise ValueError(f"img_resolution must be an even number >= 2, got {self.img_resolution}")
 
@@ -84,14 +86,21 @@ class DigitsCNN(nn.Module):
         c1, c2 = config.channels
         self.config = config
         self.features = nn.Sequential(
-            nn.Conv2d(config.img_channels, c1, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(config.img_channels, c1, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, padding=1),
+            nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(c2, c2, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(c2, c2, 3, padding=1),
+            nn.ReLU(),
         )
         side = config.img_resolution // 2
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c2 * side * side, config.hidden), nn.ReLU(),
-                                  nn.Linear(config.hidden, config.num_classes))
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c2 * side * side, config.hidden),
+            nn.ReLU(),
+            nn.Linear(config.hidden, config.num_classes),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C, H, W) in [0, 1] -> logits (B, K)."""
@@ -121,12 +130,13 @@ class TrainedClassifier:
     model: DigitsCNN
     path: Path
     test_accuracy: float
-    train_loss: list[float] = field(default_factory=list)   # mean loss per epoch
+    train_loss: list[float] = field(default_factory=list)  # mean loss per epoch
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def _pgd_batch(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, steps: int,
-               generator: torch.Generator) -> Tensor:
+def _pgd_batch(
+    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, steps: int, generator: torch.Generator
+) -> Tensor:
     """Madry PGD on the CE loss with a uniform random start (no early stopping: the training attack)."""
     alpha = 2.5 * eps / steps
     noise = torch.rand(x.shape, generator=generator, device=generator.device).to(x.device)
@@ -170,15 +180,18 @@ def train_classifier(
     """
     check_norm(norm)
     if adversarial and not (eps > 0 and attack_steps >= 1):
-        raise ValueError(f"adversarial training needs eps > 0 and attack_steps >= 1, got eps={eps}, steps={attack_steps}")
+        raise ValueError(
+            f"adversarial training needs eps > 0 and attack_steps >= 1, got eps={eps}, steps={attack_steps}"
+        )
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
     device = resolve_device(device)
     x_train, y_train = (t.to(device) for t in load_dataset(dataset, "train"))
     x_test, y_test = (t.to(device) for t in load_dataset(dataset, "test"))
     if config is None:
-        config = ClassifierConfig(img_channels=x_train.shape[1], img_resolution=x_train.shape[2],
-                                  num_classes=int(y_train.max()) + 1)
+        config = ClassifierConfig(
+            img_channels=x_train.shape[1], img_resolution=x_train.shape[2], num_classes=int(y_train.max()) + 1
+        )
     gen = make_generator(seed, device)
     model = build_classifier(config, gen).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -190,7 +203,7 @@ def train_classifier(
         order = torch.randperm(x_train.shape[0], generator=gen, device=device)
         total = 0.0
         for start in range(0, x_train.shape[0], batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             xb, yb = x_train[idx], y_train[idx]
             if adversarial:
                 model.eval()
@@ -206,16 +219,27 @@ def train_classifier(
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     model.eval()
     test_acc = _accuracy(model, x_test, y_test)
-    settings = {"dataset": dataset, "adversarial": adversarial, "eps": eps, "norm": norm,
-                "attack_steps": attack_steps, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                "weight_decay": weight_decay, "seed": seed, "test_accuracy": test_acc}
+    settings = {
+        "dataset": dataset,
+        "adversarial": adversarial,
+        "eps": eps,
+        "norm": norm,
+        "attack_steps": attack_steps,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "test_accuracy": test_acc,
+    }
     path = save_checkpoint(out, model, kind="classifier", config=_config_dict(config), extra=settings)
     log.info("saved %s (test accuracy %.4f)", path, test_acc)
     return TrainedClassifier(model=model, path=path, test_accuracy=test_acc, train_loss=history, settings=settings)
 
 
-def train_baseline_kind(kind: str, out: str | Path, *, seed: int = 0, progress: bool = True,
-                        device: str | torch.device | None = None) -> dict[str, Any]:
+def train_baseline_kind(
+    kind: str, out: str | Path, *, seed: int = 0, progress: bool = True, device: str | torch.device | None = None
+) -> dict[str, Any]:
     """Train baseline ``kind`` ('cnn' or 'at-cnn') with the shipped settings (:data:`BASELINE_KINDS`).
 
     Returns a JSON-serialisable summary: path, kind, test accuracy, final training loss, settings.
@@ -225,8 +249,13 @@ def train_baseline_kind(kind: str, out: str | Path, *, seed: int = 0, progress: 
     if kind not in BASELINE_KINDS:
         raise ValueError(f"unknown baseline kind {kind!r}; valid choices: {', '.join(BASELINE_KINDS)}")
     trained = train_classifier(out, seed=seed, progress=progress, device=device, **BASELINE_KINDS[kind])
-    return {"kind": kind, "path": str(trained.path), "test_accuracy": trained.test_accuracy,
-            "final_train_loss": trained.train_loss[-1], "settings": trained.settings}
+    return {
+        "kind": kind,
+        "path": str(trained.path),
+        "test_accuracy": trained.test_accuracy,
+        "final_train_loss": trained.train_loss[-1],
+        "settings": trained.settings,
+    }
 
 
 def _config_dict(config: ClassifierConfig) -> dict[str, Any]:

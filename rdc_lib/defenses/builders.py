@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ..core.choices import DATASETS, GRAD_MODES
+from ..core.paths import checkpoint_path, default_denoiser
 from ..diffusion.schedules import make_grid
 from ..models.checkpoints import load_denoiser, require_trained_null_label
-from ..core.paths import checkpoint_path, default_denoiser
 from .baselines import load_classifier
 from .classifier import DiffusionClassifier
 from .registry import DefenseSpec, register_defense
@@ -47,14 +47,16 @@ def _cnn_file(name: str) -> Path:
     return checkpoint_path("digits_cnn" if name == "cnn" else "digits_at_cnn")
 
 
-@register_defense("cnn", checkpoints=lambda spec: [_cnn_file("cnn")],
-                  description="the standard digits CNN (no defense)")
+@register_defense(
+    "cnn", checkpoints=lambda spec: [_cnn_file("cnn")], description="the standard digits CNN (no defense)"
+)
 def _cnn(spec: DefenseSpec, device: torch.device) -> nn.Module:
     return load_classifier(_cnn_file("cnn"), device=device)
 
 
-@register_defense("at-cnn", checkpoints=lambda spec: [_cnn_file("at-cnn")],
-                  description="the PGD-adversarially-trained digits CNN")
+@register_defense(
+    "at-cnn", checkpoints=lambda spec: [_cnn_file("at-cnn")], description="the PGD-adversarially-trained digits CNN"
+)
 def _at_cnn(spec: DefenseSpec, device: torch.device) -> nn.Module:
     return load_classifier(_cnn_file("at-cnn"), device=device)
 
@@ -74,8 +76,15 @@ def _preset_parts(spec: DefenseSpec, device: torch.device):
     return p, denoiser, make_grid(**p.grid.kwargs()), {**p.dc.kwargs(), "seed": spec.seed}
 
 
-@register_defense("dc", needs_denoiser=True, stochastic=True, datasets=DATASETS, extra_args=_SPEC_DC,
-                  checkpoints=_denoiser_files, description="the diffusion classifier (Bayes' rule over ELBOs)")
+@register_defense(
+    "dc",
+    needs_denoiser=True,
+    stochastic=True,
+    datasets=DATASETS,
+    extra_args=_SPEC_DC,
+    checkpoints=_denoiser_files,
+    description="the diffusion classifier (Bayes' rule over ELBOs)",
+)
 def _dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
     if spec.ckpt_dir:
         _, denoiser, grid, dc_kwargs = _preset_parts(spec, device)
@@ -84,41 +93,74 @@ def _dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
     return DiffusionClassifier(den, _grid(spec), noise_mode=spec.noise_mode, seed=spec.seed)
 
 
-@register_defense("rdc", needs_denoiser=True, stochastic=True, datasets=DATASETS,
-                  grad_modes=GRAD_MODES, extra_args=_SPEC_DC + _SPEC_LM, checkpoints=_denoiser_files,
-                  description="the robust diffusion classifier: likelihood maximization, then the DC")
+@register_defense(
+    "rdc",
+    needs_denoiser=True,
+    stochastic=True,
+    datasets=DATASETS,
+    grad_modes=GRAD_MODES,
+    extra_args=_SPEC_DC + _SPEC_LM,
+    checkpoints=_denoiser_files,
+    description="the robust diffusion classifier: likelihood maximization, then the DC",
+)
 def _rdc(spec: DefenseSpec, device: torch.device) -> nn.Module:
     from ..diffusion.lm import LMConfig
     from .rdc import RobustDiffusionClassifier
 
     if spec.ckpt_dir:
         p, denoiser, grid, dc_kwargs = _preset_parts(spec, device)
-        return RobustDiffusionClassifier(denoiser, DiffusionClassifier(denoiser, grid, **dc_kwargs), lm=p.lm,
-                                         grad_mode=spec.grad_mode, noise_mode=p.dc.noise_mode, seed=spec.seed)
+        return RobustDiffusionClassifier(
+            denoiser,
+            DiffusionClassifier(denoiser, grid, **dc_kwargs),
+            lm=p.lm,
+            grad_mode=spec.grad_mode,
+            noise_mode=p.dc.noise_mode,
+            seed=spec.seed,
+        )
     lm = LMConfig(steps=spec.lm_steps, eta=spec.lm_eta, step_size=spec.lm_step_size, norm=spec.lm_norm)
     if lm.steps > 0 and lm.eta > 0:
         require_trained_null_label(_denoiser_file(spec), "likelihood maximization")
     return RobustDiffusionClassifier(
-        load_denoiser(_denoiser_file(spec), device=device), grid=_grid(spec), lm=lm,
-        grad_mode=spec.grad_mode, noise_mode=spec.noise_mode, seed=spec.seed, vote=spec.vote)
+        load_denoiser(_denoiser_file(spec), device=device),
+        grid=_grid(spec),
+        lm=lm,
+        grad_mode=spec.grad_mode,
+        noise_mode=spec.noise_mode,
+        seed=spec.seed,
+        vote=spec.vote,
+    )
 
 
-@register_defense("diffpure", needs_denoiser=True, stochastic=True, grad_modes=GRAD_MODES,
-                  extra_args=("heads", "noise_mode", "grad_mode", "denoiser_path"),
-                  checkpoints=lambda spec: [_denoiser_file(spec), _cnn_file("cnn")],
-                  description="DiffPure: purify with the unconditional head, classify with the standard CNN")
+@register_defense(
+    "diffpure",
+    needs_denoiser=True,
+    stochastic=True,
+    grad_modes=GRAD_MODES,
+    extra_args=("heads", "noise_mode", "grad_mode", "denoiser_path"),
+    checkpoints=lambda spec: [_denoiser_file(spec), _cnn_file("cnn")],
+    description="DiffPure: purify with the unconditional head, classify with the standard CNN",
+)
 def _diffpure(spec: DefenseSpec, device: torch.device) -> nn.Module:
     from .purify import DiffPure
 
     cnn = load_classifier(_cnn_file("cnn"), device=device)
     require_trained_null_label(_denoiser_file(spec), "DiffPure's purification")
-    return DiffPure(load_denoiser(_denoiser_file(spec), device=device), cnn, noise_mode=spec.noise_mode,
-                    seed=spec.seed, grad_mode=spec.grad_mode)
+    return DiffPure(
+        load_denoiser(_denoiser_file(spec), device=device),
+        cnn,
+        noise_mode=spec.noise_mode,
+        seed=spec.seed,
+        grad_mode=spec.grad_mode,
+    )
 
 
-@register_defense("optimal-dc", stochastic=True, extra_args=("timesteps", "grid", "grid_sigma_min", "noise_mode"),
-                  checkpoints=lambda spec: [],
-                  description="the DC with the closed-form optimal denoiser of the digits training split")
+@register_defense(
+    "optimal-dc",
+    stochastic=True,
+    extra_args=("timesteps", "grid", "grid_sigma_min", "noise_mode"),
+    checkpoints=lambda spec: [],
+    description="the DC with the closed-form optimal denoiser of the digits training split",
+)
 def _optimal_dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
     from ..data import load_dataset
     from ..models.optimal import OptimalDenoiser

@@ -30,12 +30,11 @@ import torch
 from torch import Tensor, nn
 
 from ..core.choices import BACKWARD_MODES, GRID_LEVELS, NOISE_MODES, check_choice
+from ..core.utils import OwnedRandomness, check_images
 from ..diffusion.elbo import draw_noise, elbo_terms, levels_per_chunk
-from .dc_backward import ChunkedELBOSum, SparseELBOSum
 from ..diffusion.schedules import NoiseGrid, make_grid
 from ..models.base import Denoiser
-from ..core.utils import OwnedRandomness, check_images
-
+from .dc_backward import ChunkedELBOSum, SparseELBOSum
 
 
 def bayes_posterior(logits: Tensor, pixels: int, log_prior: Tensor | None = None) -> Tensor:
@@ -64,15 +63,15 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
     def __init__(
         self,
         denoiser: Denoiser,
-        grid: NoiseGrid | None = None,                        # default: paper grid, T = 32, EDM weights
+        grid: NoiseGrid | None = None,  # default: paper grid, T = 32, EDM weights
         *,
-        prior: Tensor | None = None,                          # (K,) class probabilities; default uniform
-        shared_noise: bool = True,                            # same eps for every class
+        prior: Tensor | None = None,  # (K,) class probabilities; default uniform
+        shared_noise: bool = True,  # same eps for every class
         noise_mode: Literal["stochastic", "fixed"] = "stochastic",
-        seed: int = 0,                                        # seeds the module's own generator
+        seed: int = 0,  # seeds the module's own generator
         backward_mode: Literal["chunked", "autograd"] = "chunked",  # the DC's own input gradient
-        chunk_size: int = 4096,                               # max (image, class, level) triples per call
-        sparse_backward: bool = True,                         # backward only of pairs with nonzero cotangent
+        chunk_size: int = 4096,  # max (image, class, level) triples per call
+        sparse_backward: bool = True,  # backward only of pairs with nonzero cotangent
     ):
         super().__init__()
         check_choice("noise_mode", noise_mode, NOISE_MODES)
@@ -104,8 +103,16 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
         """The eps this call will use: (B or 1, 1 or K, T, C, H, W)."""
         gen = self._gen(x.device)
         batch = 1 if self.noise_mode == "fixed" else x.shape[0]
-        return draw_noise(batch, self.num_classes, len(self.grid), tuple(x.shape[1:]), shared_noise=self.shared_noise,
-                          generator=gen, device=x.device, dtype=x.dtype)
+        return draw_noise(
+            batch,
+            self.num_classes,
+            len(self.grid),
+            tuple(x.shape[1:]),
+            shared_noise=self.shared_noise,
+            generator=gen,
+            device=x.device,
+            dtype=x.dtype,
+        )
 
     def check_input(self, x: Tensor) -> Tensor:
         return check_images(x, channels=self.denoiser.img_channels, resolution=self.denoiser.img_resolution)
@@ -128,13 +135,14 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
         elif recompute:
             total = ChunkedELBOSum.apply(x, noise, self.denoiser, self.grid, classes, self.chunk_size)
         else:
-            total = elbo_terms(self.denoiser, x, self.grid, classes=classes, noise=noise,
-                               chunk_size=self.chunk_size).sum(-1)
+            total = elbo_terms(
+                self.denoiser, x, self.grid, classes=classes, noise=noise, chunk_size=self.chunk_size
+            ).sum(-1)
         return -total + self.log_prior.to(x.device, x.dtype)
 
     def posterior(self, logits: Tensor) -> Tensor:
         """Bayes posterior (B, K) from this classifier's logits (B, K) of images of its denoiser's size."""
-        d = self.denoiser.img_channels * self.denoiser.img_resolution ** 2
+        d = self.denoiser.img_channels * self.denoiser.img_resolution**2
         return bayes_posterior(logits, d, self.log_prior)
 
     def recomputes_in_backward(self, x: Tensor, noise: Tensor) -> bool:
@@ -145,16 +153,20 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
         """
         if self.backward_mode != "chunked" or not (torch.is_grad_enabled() and x.requires_grad):
             return False
-        per_chunk = levels_per_chunk(self.denoiser, x.shape[0], self.num_classes, noise.shape[1] == 1,
-                                     self.chunk_size)
+        per_chunk = levels_per_chunk(self.denoiser, x.shape[0], self.num_classes, noise.shape[1] == 1, self.chunk_size)
         return per_chunk < len(self.grid)
 
     def backs_sparsely(self, x: Tensor) -> bool:
         """Whether a forward on x takes the sparse-backward path: an input gradient is needed, ``backward_mode``
         'chunked', ``sparse_backward`` on and a network that needs a pass per class (a multi-head network serves
         every class in one pass, so skipping classes would save nothing)."""
-        return (self.sparse_backward and self.backward_mode == "chunked" and torch.is_grad_enabled()
-                and x.requires_grad and self.denoiser.passes_per_denoise_all(self.num_classes) > 1)
+        return (
+            self.sparse_backward
+            and self.backward_mode == "chunked"
+            and torch.is_grad_enabled()
+            and x.requires_grad
+            and self.denoiser.passes_per_denoise_all(self.num_classes) > 1
+        )
 
     def network_passes(self, batch: int) -> int:
         """Single-image network evaluations one forward costs for ``batch`` images."""

@@ -30,8 +30,9 @@ __all__ = ["SPARSE_MAX_FRACTION", "ChunkedELBOSum", "SparseELBOSum"]
 SPARSE_MAX_FRACTION = 0.6
 
 
-def recompute_levels(x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int,
-                     grad_out: Tensor) -> Tensor:
+def recompute_levels(
+    x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int, grad_out: Tensor
+) -> Tensor:
     """Vector-Jacobian product of total (B, K) with ``grad_out`` (B, K), recomputing one chunk of levels at a time."""
     grad_x = torch.zeros_like(x)
     T, batch = len(grid), x.shape[0]
@@ -47,8 +48,9 @@ def recompute_levels(x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGr
     return grad_x
 
 
-def recompute_pairs(x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int,
-                    grad_out: Tensor) -> Tensor:
+def recompute_pairs(
+    x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int, grad_out: Tensor
+) -> Tensor:
     """Vector-Jacobian product of total (B, K) with ``grad_out`` (B, K) from the pairs where grad_out != 0 only.
 
     Every (pair, level) row is one network pass; at most ``chunk`` rows per call.
@@ -71,8 +73,9 @@ def recompute_pairs(x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGri
     return grad_x
 
 
-def recompute_image_classes(x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor,
-                            chunk: int, grad_out: Tensor) -> Tensor:
+def recompute_image_classes(
+    x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int, grad_out: Tensor
+) -> Tensor:
     """:func:`recompute_pairs` for a denoiser that shares its label-independent layers across classes
     (``denoiser.shares_prefix()``) and eps shared by the classes: per image, its classes with a nonzero
     incoming gradient (padded with zero-gradient ones to the largest count) go through one shared pass."""
@@ -81,9 +84,9 @@ def recompute_image_classes(x: Tensor, noise: Tensor, denoiser: Denoiser, grid: 
     imgs = counts.nonzero().flatten()
     kmax = int(counts.max())
     # positions of each image's nonzero classes first (a stable sort keeps the padding deterministic)
-    pos = nz[imgs].to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :kmax]   # (B', kmax)
+    pos = nz[imgs].to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :kmax]  # (B', kmax)
     cot, labels = grad_out[imgs].gather(1, pos), classes[pos]
-    x_sel, eps = x[imgs].detach(), noise[imgs, 0]                                        # (B', C, H, W), (B', T, ...)
+    x_sel, eps = x[imgs].detach(), noise[imgs, 0]  # (B', C, H, W), (B', T, ...)
     T, n, img = len(grid), imgs.numel(), x.shape[1:]
     sigmas, weights = grid.sigmas.to(x.device, x.dtype), grid.weights.to(x.device, x.dtype)
     per_chunk = max(1, chunk // max(1, n * kmax))
@@ -112,7 +115,9 @@ class ChunkedELBOSum(torch.autograd.Function):
     """sum_t terms (B, K) with a memory-bounded backward that recomputes one chunk of levels at a time."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int) -> Tensor:
+    def forward(
+        ctx, x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int
+    ) -> Tensor:
         with torch.no_grad():
             total = elbo_terms(denoiser, x, grid, classes=classes, noise=noise, chunk_size=chunk).sum(-1)
         ctx.save_for_backward(x, noise, classes)
@@ -134,8 +139,16 @@ class SparseELBOSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int,
-                keep_graph: bool) -> Tensor:
+    def forward(
+        ctx,
+        x: Tensor,
+        noise: Tensor,
+        denoiser: Denoiser,
+        grid: NoiseGrid,
+        classes: Tensor,
+        chunk: int,
+        keep_graph: bool,
+    ) -> Tensor:
         ctx.graph = None
         if keep_graph:
             with torch.enable_grad():
@@ -157,8 +170,11 @@ class SparseELBOSum(torch.autograd.Function):
         graph, ctx.graph = ctx.graph, None  # used at most once; a second backward recomputes
         args = (x, noise, ctx.denoiser, ctx.grid, classes, ctx.chunk, grad_out)
         if _sparse(grad_out):
-            shares = noise.shape[1] == 1 and callable(getattr(ctx.denoiser, "shares_prefix", None)) \
+            shares = (
+                noise.shape[1] == 1
+                and callable(getattr(ctx.denoiser, "shares_prefix", None))
                 and ctx.denoiser.shares_prefix()
+            )
             grad_x = recompute_image_classes(*args) if shares else recompute_pairs(*args)
         elif graph is not None:
             (grad_x,) = torch.autograd.grad(graph[1], graph[0], grad_out)

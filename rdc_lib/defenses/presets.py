@@ -19,12 +19,24 @@ from pathlib import Path
 from types import MappingProxyType
 
 from ..data.cifar10 import CIFAR10_FILES
-from ..diffusion.schedules import GridConfig
 from ..diffusion.lm import LMConfig
+from ..diffusion.schedules import GridConfig
 
 __all__ = [
-    "AttackPreset", "CheckpointPreset", "DCPreset", "DataPreset", "PRESETS", "Preset", "PRESET_EVAL_FIELDS",
-    "RequiredFiles", "attack_settings", "eval_defaults", "eval_settings", "get_preset", "preset_conflicts", "preset_names",
+    "AttackPreset",
+    "CheckpointPreset",
+    "DCPreset",
+    "DataPreset",
+    "PRESETS",
+    "Preset",
+    "PRESET_EVAL_FIELDS",
+    "RequiredFiles",
+    "attack_settings",
+    "eval_defaults",
+    "eval_settings",
+    "get_preset",
+    "preset_conflicts",
+    "preset_names",
     "required_files",
 ]
 
@@ -33,9 +45,9 @@ __all__ = [
 class DCPreset:
     """Diffusion-classifier settings (kwargs of ``DiffusionClassifier`` besides the grid)."""
 
-    noise_mode: str = "fixed"       # 'fixed': one eps draw reused, a deterministic classifier (EOT 1 suffices)
-    shared_noise: bool = True       # same eps for every class
-    chunk_size: int = 4096          # max (image, class, level) triples per network call
+    noise_mode: str = "fixed"  # 'fixed': one eps draw reused, a deterministic classifier (EOT 1 suffices)
+    shared_noise: bool = True  # same eps for every class
+    chunk_size: int = 4096  # max (image, class, level) triples per network call
 
     def kwargs(self) -> dict:
         return asdict(self)
@@ -45,15 +57,15 @@ class DCPreset:
 class AttackPreset:
     """Threat models and attack budget (docs/paper.md section 7)."""
 
-    attack: str = "apgd-dlr"        # released code: AutoAttack custom mode, APGD-DLR only
+    attack: str = "apgd-dlr"  # released code: AutoAttack custom mode, APGD-DLR only
     iterations: int = 100
     restarts: int = 5
-    eot: int = 1                    # EOT samples (1 for the deterministic variant)
-    eps_linf: float = 8 / 255       # images in [0, 1]
+    eot: int = 1  # EOT samples (1 for the deterministic variant)
+    eps_linf: float = 8 / 255  # images in [0, 1]
     eps_l2: float = 0.5
-    stadv_bound: float = 0.05       # StAdv flow bound (unseen threat)
+    stadv_bound: float = 0.05  # StAdv flow bound (unseen threat)
     stadv_iterations: int = 100
-    batch_size: int = 1             # the released code attacks one image at a time
+    batch_size: int = 1  # the released code attacks one image at a time
 
 
 @dataclass(frozen=True)
@@ -62,27 +74,27 @@ class DataPreset:
 
     dataset: str = "cifar10"
     split: str = "test"
-    num_test: int = 512             # the first 512 test images (main tables)
-    num_ablation: int = 100         # the first 100 (ablations)
+    num_test: int = 512  # the first 512 test images (main tables)
+    num_ablation: int = 100  # the first 100 (ablations)
 
 
 @dataclass(frozen=True)
 class CheckpointPreset:
     """Denoiser checkpoints (file names inside the checkpoint folder ``ckpt``)."""
 
-    classifier: str                             # scores classes (conditional / multi-head)
-    lm: str | None = None                       # unconditional network for LM; None = the classifier's null label
-    sources: tuple[str, ...] = ()               # original files ``rdc import-edm`` converts, same order
-    heads: str = "single"                       # the classifier network: one conditional head ('single') or 'multi'
+    classifier: str  # scores classes (conditional / multi-head)
+    lm: str | None = None  # unconditional network for LM; None = the classifier's null label
+    sources: tuple[str, ...] = ()  # original files ``rdc import-edm`` converts, same order
+    heads: str = "single"  # the classifier network: one conditional head ('single') or 'multi'
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
     description: str
-    grid: GridConfig                # the library's own settings classes: make_grid(**grid.kwargs())
+    grid: GridConfig  # the library's own settings classes: make_grid(**grid.kwargs())
     dc: DCPreset
-    lm: LMConfig                    # likelihood_maximization(..., config=lm)
+    lm: LMConfig  # likelihood_maximization(..., config=lm)
     attack: AttackPreset
     data: DataPreset
     checkpoints: CheckpointPreset
@@ -93,39 +105,43 @@ class Preset:
         return asdict(self)
 
 
-PRESETS: Mapping[str, Preset] = MappingProxyType({
-    "digits": Preset(
-        name="digits",
-        description="small CPU run on scikit-learn's 8x8 digits with the shipped denoisers",
-        grid=GridConfig(),
-        dc=DCPreset(noise_mode="fixed", shared_noise=True),
-        lm=LMConfig(),  # normalised-gradient steps (rdc_lib/diffusion/lm.py explains the step size)
-        attack=AttackPreset(iterations=20, restarts=1, eps_linf=0.1, eps_l2=0.5, stadv_iterations=20, batch_size=60),
-        data=DataPreset(dataset="digits", num_test=60, num_ablation=60),
-        checkpoints=CheckpointPreset(classifier="digits_single.safetensors"),
-        notes=("one network with a null label serves DC and LM (label dropout), a documented deviation",),
-    ),
-    "cifar10-paper": Preset(
-        name="cifar10-paper",
-        description="the paper's CIFAR-10 settings with NVlabs EDM's released DDPM++ networks",
-        grid=GridConfig(T=1000),
-        dc=DCPreset(noise_mode="fixed", shared_noise=False, chunk_size=2000),
-        lm=LMConfig(step_size=0.1, optimizer="adam"),  # the paper's Adam learning rate
-        attack=AttackPreset(),
-        data=DataPreset(),
-        checkpoints=CheckpointPreset(
-            classifier="edm-cifar10-32x32-cond-vp.safetensors",
-            lm="edm-cifar10-32x32-uncond-vp.safetensors",
-            sources=("edm-cifar10-32x32-cond-vp.pkl", "edm-cifar10-32x32-uncond-vp.pkl"),
+PRESETS: Mapping[str, Preset] = MappingProxyType(
+    {
+        "digits": Preset(
+            name="digits",
+            description="small CPU run on scikit-learn's 8x8 digits with the shipped denoisers",
+            grid=GridConfig(),
+            dc=DCPreset(noise_mode="fixed", shared_noise=True),
+            lm=LMConfig(),  # normalised-gradient steps (rdc_lib/diffusion/lm.py explains the step size)
+            attack=AttackPreset(
+                iterations=20, restarts=1, eps_linf=0.1, eps_l2=0.5, stadv_iterations=20, batch_size=60
+            ),
+            data=DataPreset(dataset="digits", num_test=60, num_ablation=60),
+            checkpoints=CheckpointPreset(classifier="digits_single.safetensors"),
+            notes=("one network with a null label serves DC and LM (label dropout), a documented deviation",),
         ),
-        notes=(
-            "DC: conditional network, T = 1000 levels on linspace(1e-4, 3, 1001)[:-1], EDM weights",
-            "LM: separate unconditional network (the conditional release was trained without a null label)",
-            "LM optimizer Adam as in the released code; eta = 8/255 l_inf enforced (the released code does not)",
-            "noise 'fixed' and unshared: the released RDC is deterministic and draws eps per class",
+        "cifar10-paper": Preset(
+            name="cifar10-paper",
+            description="the paper's CIFAR-10 settings with NVlabs EDM's released DDPM++ networks",
+            grid=GridConfig(T=1000),
+            dc=DCPreset(noise_mode="fixed", shared_noise=False, chunk_size=2000),
+            lm=LMConfig(step_size=0.1, optimizer="adam"),  # the paper's Adam learning rate
+            attack=AttackPreset(),
+            data=DataPreset(),
+            checkpoints=CheckpointPreset(
+                classifier="edm-cifar10-32x32-cond-vp.safetensors",
+                lm="edm-cifar10-32x32-uncond-vp.safetensors",
+                sources=("edm-cifar10-32x32-cond-vp.pkl", "edm-cifar10-32x32-uncond-vp.pkl"),
+            ),
+            notes=(
+                "DC: conditional network, T = 1000 levels on linspace(1e-4, 3, 1001)[:-1], EDM weights",
+                "LM: separate unconditional network (the conditional release was trained without a null label)",
+                "LM optimizer Adam as in the released code; eta = 8/255 l_inf enforced (the released code does not)",
+                "noise 'fixed' and unshared: the released RDC is deterministic and draws eps per class",
+            ),
         ),
-    ),
-})
+    }
+)
 
 
 def preset_names() -> list[str]:
@@ -164,7 +180,12 @@ def attack_settings(preset: str | Preset, norm: str = "linf", attack: str = "") 
     flow_bound = attack in attack_names() and get_attack(attack).norms == ("flow",)
     if norm == "flow" or flow_bound:
         return {"steps": a.stadv_iterations, "restarts": a.restarts, "eot": a.eot, "eps": a.stadv_bound}
-    return {"steps": a.iterations, "restarts": a.restarts, "eot": a.eot, "eps": a.eps_linf if norm == "linf" else a.eps_l2}
+    return {
+        "steps": a.iterations,
+        "restarts": a.restarts,
+        "eot": a.eot,
+        "eps": a.eps_linf if norm == "linf" else a.eps_l2,
+    }
 
 
 def eval_defaults(preset: str | Preset, norm: str = "linf", attack: str = "") -> dict[str, object]:
@@ -178,9 +199,12 @@ def preset_conflicts(preset: str | Preset, values: Mapping[str, object]) -> list
     """One message per entry of ``values`` (field -> requested value) that ``preset`` fixes to another value."""
     p = get_preset(preset) if isinstance(preset, str) else preset
     fixed = eval_settings(p)
-    return [f"preset {p.name!r} fixes {name} = {fixed[name]!r}, got {name} = {value!r} "
-            f"(--{name.replace('_', '-')}); drop it, or leave out the preset"
-            for name, value in values.items() if name in fixed and value != fixed[name]]
+    return [
+        f"preset {p.name!r} fixes {name} = {fixed[name]!r}, got {name} = {value!r} "
+        f"(--{name.replace('_', '-')}); drop it, or leave out the preset"
+        for name, value in values.items()
+        if name in fixed and value != fixed[name]
+    ]
 
 
 @dataclass(frozen=True)
@@ -204,14 +228,18 @@ def required_files(preset: str | Preset, data_root: str | Path | None, ckpt: str
     lines: list[str] = []
     if p.data.dataset == "cifar10":
         if data_root is None:
-            raise ValueError(f"preset {p.name!r} needs data_root: the folder holding the CIFAR-10 python batches "
-                             f"({', '.join(CIFAR10_FILES)})")
+            raise ValueError(
+                f"preset {p.name!r} needs data_root: the folder holding the CIFAR-10 python batches "
+                f"({', '.join(CIFAR10_FILES)})"
+            )
         root = Path(data_root)
         absent = [root / n for n in CIFAR10_FILES if not (root / n).is_file()]
         if absent:
             missing += absent
-            lines.append(f"CIFAR-10: put {', '.join(a.name for a in absent)} (the python batches from "
-                         f"cifar-10-python.tar.gz, folder cifar-10-batches-py) in {root.resolve()}")
+            lines.append(
+                f"CIFAR-10: put {', '.join(a.name for a in absent)} (the python batches from "
+                f"cifar-10-python.tar.gz, folder cifar-10-batches-py) in {root.resolve()}"
+            )
     names = [n for n in (p.checkpoints.classifier, p.checkpoints.lm) if n]
     sources = dict(zip(names, p.checkpoints.sources)) if p.checkpoints.sources else {}
     for name in names:
@@ -225,9 +253,13 @@ def required_files(preset: str | Preset, data_root: str | Path | None, ckpt: str
         elif (ckpt / src).is_file():
             lines.append(f"checkpoint {path} is missing: convert it with `rdc import-edm {ckpt / src} {path}`")
         else:
-            lines.append(f"checkpoint {path} is missing: download {src} from the NVlabs EDM release "
-                         f"(https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/), put it in {ckpt.resolve()}, "
-                         f"then run `rdc import-edm {ckpt / src} {path}`")
+            lines.append(
+                f"checkpoint {path} is missing: download {src} from the NVlabs EDM release "
+                f"(https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/), put it in {ckpt.resolve()}, "
+                f"then run `rdc import-edm {ckpt / src} {path}`"
+            )
     if not missing:
         return RequiredFiles((), f"preset {p.name!r}: all files present")
-    return RequiredFiles(tuple(missing), f"preset {p.name!r} needs {len(missing)} missing file(s):\n- " + "\n- ".join(lines))
+    return RequiredFiles(
+        tuple(missing), f"preset {p.name!r} needs {len(missing)} missing file(s):\n- " + "\n- ".join(lines)
+    )

@@ -22,12 +22,11 @@ from torch import Tensor, nn
 
 from ..attacks.wrappers import bpda
 from ..core.choices import GRAD_MODES, NOISE_MODES, PURIFY_MODES
+from ..core.utils import OwnedRandomness, check_images
 from ..diffusion.sampling import euler_sde, heun_ode, karras_sigmas, sde_noise_shape
 from ..models.base import Denoiser
-from ..core.utils import OwnedRandomness, check_images
 
 __all__ = ["DiffPure", "PURIFY_MODES"]
-
 
 
 class DiffPure(OwnedRandomness, nn.Module):
@@ -43,18 +42,18 @@ class DiffPure(OwnedRandomness, nn.Module):
 
     def __init__(
         self,
-        denoiser: Denoiser,                                  # null label = unconditional model
-        classifier: nn.Module,                               # [0, 1] images -> logits
+        denoiser: Denoiser,  # null label = unconditional model
+        classifier: nn.Module,  # [0, 1] images -> logits
         *,
-        t_star_sigma: float = 0.5,                           # sigma* in model space
-        steps: int = 10,                                     # solver steps from sigma* to 0
+        t_star_sigma: float = 0.5,  # sigma* in model space
+        steps: int = 10,  # solver steps from sigma* to 0
         mode: Literal["ode", "sde"] = "ode",
-        sigma_min: float = 0.002,                            # last positive level of the schedule
-        rho: float = 7.0,                                    # EDM schedule exponent
+        sigma_min: float = 0.002,  # last positive level of the schedule
+        rho: float = 7.0,  # EDM schedule exponent
         noise_mode: Literal["stochastic", "fixed"] = "stochastic",
         seed: int = 0,
-        checkpoint: bool = False,                            # per-step gradient checkpointing
-        grad_mode: Literal["exact", "bpda"] = "exact",       # bpda: identity backward through purification
+        checkpoint: bool = False,  # per-step gradient checkpointing
+        grad_mode: Literal["exact", "bpda"] = "exact",  # bpda: identity backward through purification
     ):
         super().__init__()
         if mode not in PURIFY_MODES:
@@ -106,8 +105,7 @@ class DiffPure(OwnedRandomness, nn.Module):
         else:
             n, *_ = sde_noise_shape(x_t, sigmas)
             z = torch.randn((n, batch, *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
-            out = euler_sde(self.denoiser, x_t, sigmas, None, noise=z.expand(n, *x.shape),
-                            checkpoint=self.checkpoint)
+            out = euler_sde(self.denoiser, x_t, sigmas, None, noise=z.expand(n, *x.shape), checkpoint=self.checkpoint)
         return ((out + 1) / 2).clamp(0.0, 1.0)
 
     def forward(self, x: Tensor) -> Tensor:

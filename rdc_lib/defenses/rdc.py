@@ -37,16 +37,15 @@ import torch
 from torch import Tensor, nn
 
 from ..core.choices import GRAD_MODES, LM_GRAPH_MODES, NOISE_MODES
-from .classifier import DiffusionClassifier
-from ..diffusion.elbo import draw_noise
-from ..diffusion.schedules import NoiseGrid
-from ..diffusion.lm_grad import lm_bpda, lm_exact
-from ..diffusion.lm import LMConfig, LMNoise, LMResult, draw_lm_noise, likelihood_maximization
-from ..models.base import Denoiser
 from ..core.utils import OwnedRandomness, check_images
+from ..diffusion.elbo import draw_noise
+from ..diffusion.lm import LMConfig, LMNoise, LMResult, draw_lm_noise, likelihood_maximization
+from ..diffusion.lm_grad import lm_bpda, lm_exact
+from ..diffusion.schedules import NoiseGrid
+from ..models.base import Denoiser
+from .classifier import DiffusionClassifier
 
 __all__ = ["RDCNoise", "RobustDiffusionClassifier"]
-
 
 
 @dataclass
@@ -71,15 +70,15 @@ class RobustDiffusionClassifier(OwnedRandomness, nn.Module):
 
     def __init__(
         self,
-        denoiser: Denoiser,                                   # LM uses its null label
-        classifier: DiffusionClassifier | None = None,        # default: DiffusionClassifier(denoiser, grid)
+        denoiser: Denoiser,  # LM uses its null label
+        classifier: DiffusionClassifier | None = None,  # default: DiffusionClassifier(denoiser, grid)
         *,
-        lm: LMConfig | None = None,                           # default LMConfig(): the paper's settings
-        grid: NoiseGrid | None = None,                        # DC grid when classifier is None
+        lm: LMConfig | None = None,  # default LMConfig(): the paper's settings
+        grid: NoiseGrid | None = None,  # DC grid when classifier is None
         grad_mode: Literal["exact", "bpda"] = "exact",
         noise_mode: Literal["stochastic", "fixed"] = "stochastic",
         seed: int = 0,
-        vote: int = 1,                                        # M members averaged in probability
+        vote: int = 1,  # M members averaged in probability
         lm_graph: Literal["auto", "recompute", "unroll"] = "auto",  # exact mode: see rdc_lib.diffusion.lm_grad.lm_exact
     ):
         super().__init__()
@@ -100,7 +99,9 @@ class RobustDiffusionClassifier(OwnedRandomness, nn.Module):
         self.denoiser = denoiser
         self.classifier = classifier if classifier is not None else DiffusionClassifier(denoiser, grid)
         if (self.classifier.denoiser.img_channels, self.classifier.denoiser.img_resolution) != (
-                denoiser.img_channels, denoiser.img_resolution):
+            denoiser.img_channels,
+            denoiser.img_resolution,
+        ):
             raise ValueError("the classifier's denoiser and the LM denoiser expect different image shapes")
         self.lm_config = lm if lm is not None else LMConfig()
         self.grad_mode = grad_mode
@@ -127,10 +128,19 @@ class RobustDiffusionClassifier(OwnedRandomness, nn.Module):
         dc = self.classifier
         out = []
         for _ in range(self.vote if members is None else members):
-            lm_noise = draw_lm_noise(self.lm_config.steps, shape, self.lm_config.sigma_range, generator=gen,
-                                     device=x.device, dtype=x.dtype)
-            eps = draw_noise(batch, dc.num_classes, len(dc.grid), tuple(x.shape[1:]), shared_noise=dc.shared_noise,
-                             generator=gen, device=x.device, dtype=x.dtype)
+            lm_noise = draw_lm_noise(
+                self.lm_config.steps, shape, self.lm_config.sigma_range, generator=gen, device=x.device, dtype=x.dtype
+            )
+            eps = draw_noise(
+                batch,
+                dc.num_classes,
+                len(dc.grid),
+                tuple(x.shape[1:]),
+                shared_noise=dc.shared_noise,
+                generator=gen,
+                device=x.device,
+                dtype=x.dtype,
+            )
             out.append(RDCNoise(lm_noise, eps))
         return out
 
@@ -145,8 +155,10 @@ class RobustDiffusionClassifier(OwnedRandomness, nn.Module):
         """Logits (B, K) (vote = 1) or averaged log-probabilities (vote > 1); ``noise`` replays a draw."""
         self.check_input(x)
         if self.training and not self._warned_training:
-            warnings.warn("RobustDiffusionClassifier is in training mode: dropout draws from the global RNG; "
-                          "call .eval()", stacklevel=2)
+            warnings.warn(
+                "RobustDiffusionClassifier is in training mode: dropout draws from the global RNG; call .eval()",
+                stacklevel=2,
+            )
             self._warned_training = True
         if noise is None:
             noise = self.draw_noise(x)
@@ -162,8 +174,9 @@ class RobustDiffusionClassifier(OwnedRandomness, nn.Module):
         self.check_input(x)
         noise = self.draw_noise(x, members=1)[0].lm
         with torch.no_grad():
-            return likelihood_maximization(self.denoiser, x, noise=noise, config=self.lm_config,
-                                           return_trajectory=return_trajectory)
+            return likelihood_maximization(
+                self.denoiser, x, noise=noise, config=self.lm_config, return_trajectory=return_trajectory
+            )
 
     def lm_only(self, x: Tensor) -> Tensor:
         """The likelihood-maximized images (B, C, H, W) in [0, 1] (no graph)."""

@@ -19,12 +19,33 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..core.choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, HEADS, LM_ETA,
-                       LM_NORMS, LM_STEP_SIZE, LM_STEPS, NOISE_MODES, check_choice)
+from ..core.choices import (
+    DATASETS,
+    GRAD_MODES,
+    GRID_KIND,
+    GRID_KINDS,
+    GRID_LEVELS,
+    GRID_SIGMA_MIN,
+    HEADS,
+    LM_ETA,
+    LM_NORMS,
+    LM_STEP_SIZE,
+    LM_STEPS,
+    NOISE_MODES,
+    check_choice,
+)
 from ..diffusion.schedules import check_grid_sigma_min
 
-__all__ = ["DefenseInfo", "DefenseSpec", "TRANSFER_SOURCE", "build_defense", "checkpoint_files", "defense_names",
-           "get_defense", "register_defense"]
+__all__ = [
+    "DefenseInfo",
+    "DefenseSpec",
+    "TRANSFER_SOURCE",
+    "build_defense",
+    "checkpoint_files",
+    "defense_names",
+    "get_defense",
+    "register_defense",
+]
 
 # The defense the sanity checks' transfer attack is made on (rdc_lib.evaluation.checks).
 TRANSFER_SOURCE = "cnn"
@@ -36,11 +57,11 @@ class DefenseInfo:
 
     name: str
     builder: Callable[["DefenseSpec", torch.device], nn.Module]
-    needs_denoiser: bool = False                       # built on a diffusion model (spec.heads / denoiser_path)
-    stochastic: bool = False                           # has its own randomness (spec.noise_mode applies)
+    needs_denoiser: bool = False  # built on a diffusion model (spec.heads / denoiser_path)
+    stochastic: bool = False  # has its own randomness (spec.noise_mode applies)
     datasets: tuple[str, ...] = ("digits",)
-    grad_modes: tuple[str, ...] = ("exact",)           # "bpda": a purification stage whose backward can be replaced
-    extra_args: tuple[str, ...] = ()                   # DefenseSpec fields it reads besides name, seed, device
+    grad_modes: tuple[str, ...] = ("exact",)  # "bpda": a purification stage whose backward can be replaced
+    extra_args: tuple[str, ...] = ()  # DefenseSpec fields it reads besides name, seed, device
     checkpoints: Callable[["DefenseSpec"], list[Path]] | None = None  # files it reads (provenance hashes)
     description: str = ""
 
@@ -67,6 +88,7 @@ def register_defense(name: str, **facts: Any) -> Callable[[Callable[..., nn.Modu
 def defense_names(**facts: Any) -> tuple[str, ...]:
     """Registered defense names in registration order, optionally only those whose facts equal ``facts``
     (e.g. ``needs_denoiser=True``); a tuple-valued fact matches when it contains the given value."""
+
     def ok(info: DefenseInfo) -> bool:
         for k, v in facts.items():
             have = getattr(info, k)
@@ -90,20 +112,20 @@ class DefenseSpec:
 
     name: str = "dc"
     heads: Literal["single", "multi"] = "multi"
-    timesteps: int = GRID_LEVELS                    # T noise levels of the diffusion classifier
+    timesteps: int = GRID_LEVELS  # T noise levels of the diffusion classifier
     grid: str = GRID_KIND
-    grid_sigma_min: float = GRID_SIGMA_MIN          # the grid's smallest level (truncates the ELBO below it)
+    grid_sigma_min: float = GRID_SIGMA_MIN  # the grid's smallest level (truncates the ELBO below it)
     noise_mode: Literal["stochastic", "fixed"] = "stochastic"
-    grad_mode: Literal["exact", "bpda"] = "exact"   # gradient through RDC's LM / DiffPure's purification
+    grad_mode: Literal["exact", "bpda"] = "exact"  # gradient through RDC's LM / DiffPure's purification
     seed: int = 0
     lm_steps: int = LM_STEPS
     lm_eta: float = LM_ETA
     lm_step_size: float = LM_STEP_SIZE
     lm_norm: str = "linf"
     vote: int = 1
-    denoiser_path: str | None = None               # override the shipped default of heads (DEFAULT_DENOISERS)
-    preset: str = ""                                # a named preset (rdc_lib.defenses.presets) for CIFAR-10
-    ckpt_dir: str = ""                              # CIFAR-10: folder of the imported EDM checkpoints
+    denoiser_path: str | None = None  # override the shipped default of heads (DEFAULT_DENOISERS)
+    preset: str = ""  # a named preset (rdc_lib.defenses.presets) for CIFAR-10
+    ckpt_dir: str = ""  # CIFAR-10: folder of the imported EDM checkpoints
 
     def __post_init__(self) -> None:
         info = get_defense(self.name)
@@ -117,8 +139,10 @@ class DefenseSpec:
         check_choice("lm_norm", self.lm_norm, LM_NORMS)
         if self.grad_mode not in info.grad_modes:
             valid = ", ".join(defense_names(grad_modes=self.grad_mode))
-            raise ValueError(f"grad_mode {self.grad_mode!r} replaces the backward pass of a purification stage; "
-                             f"defense {self.name!r} has none (valid choices with {self.grad_mode}: {valid})")
+            raise ValueError(
+                f"grad_mode {self.grad_mode!r} replaces the backward pass of a purification stage; "
+                f"defense {self.name!r} has none (valid choices with {self.grad_mode}: {valid})"
+            )
 
 
 def build_defense(spec: DefenseSpec, device: torch.device | str = "cpu") -> nn.Module:

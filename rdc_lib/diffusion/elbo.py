@@ -17,8 +17,15 @@ from .schedules import NoiseGrid
 
 
 def draw_noise(
-    batch: int, num_classes: int, T: int, shape: tuple[int, ...], *, shared_noise: bool,
-    generator: torch.Generator | None, device: torch.device, dtype: torch.dtype,
+    batch: int,
+    num_classes: int,
+    T: int,
+    shape: tuple[int, ...],
+    *,
+    shared_noise: bool,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> Tensor:
     """Standard normal eps: (B, 1, T, C, H, W) if shared across classes else (B, K, T, C, H, W)."""
     k = 1 if shared_noise else num_classes
@@ -36,15 +43,15 @@ def levels_per_chunk(denoiser: Denoiser, batch: int, num_classes: int, shared: b
 
 def elbo_terms(
     denoiser: Denoiser,
-    x: Tensor,                          # (B, C, H, W) images in [0, 1]
-    grid: NoiseGrid,                    # T levels and weights
+    x: Tensor,  # (B, C, H, W) images in [0, 1]
+    grid: NoiseGrid,  # T levels and weights
     *,
-    classes: Tensor | None = None,      # (K,) labels to score; default all num_classes
-    noise: Tensor | None = None,        # (B, 1 or K, T, C, H, W) eps; drawn from `generator` if None
+    classes: Tensor | None = None,  # (K,) labels to score; default all num_classes
+    noise: Tensor | None = None,  # (B, 1 or K, T, C, H, W) eps; drawn from `generator` if None
     generator: torch.Generator | None = None,
     shared_noise: bool = True,
-    chunk_size: int = 4096,             # max (image, class, level) triples per network call
-) -> Tensor:                            # (B, K, T) weighted per-level squared errors
+    chunk_size: int = 4096,  # max (image, class, level) triples per network call
+) -> Tensor:  # (B, K, T) weighted per-level squared errors
     device, dtype = x.device, x.dtype
     if classes is None:
         classes = torch.arange(denoiser.num_classes, device=device)
@@ -53,8 +60,9 @@ def elbo_terms(
     if denoiser.heads == "multi":
         shared_noise = True
     if noise is None:
-        noise = draw_noise(batch, k, T, tuple(x.shape[1:]), shared_noise=shared_noise,
-                           generator=generator, device=device, dtype=dtype)
+        noise = draw_noise(
+            batch, k, T, tuple(x.shape[1:]), shared_noise=shared_noise, generator=generator, device=device, dtype=dtype
+        )
     elif noise.shape[0] != batch or noise.shape[2] != T or noise.shape[1] not in (1, k):
         raise ValueError(f"noise must have shape (B={batch}, 1 or K={k}, T={T}, C, H, W), got {tuple(noise.shape)}")
     shared = noise.shape[1] == 1
@@ -70,7 +78,9 @@ def elbo_terms(
     return terms * weights
 
 
-def _chunk_terms(denoiser: Denoiser, x0: Tensor, sigmas: Tensor, noise: Tensor, classes: Tensor, shared: bool) -> Tensor:
+def _chunk_terms(
+    denoiser: Denoiser, x0: Tensor, sigmas: Tensor, noise: Tensor, classes: Tensor, shared: bool
+) -> Tensor:
     """Unweighted mean-squared errors for a slice of levels: (B, K, Tc)."""
     batch, k, tc = x0.shape[0], classes.numel(), sigmas.numel()
     img = x0.shape[1:]

@@ -46,8 +46,8 @@ import torch
 from torch import Tensor
 
 from ..core.choices import LM_ETA, LM_NORMS, LM_OPTIMIZERS, LM_STEP_SIZE, LM_STEPS
-from ..models.base import Denoiser
 from ..core.utils import check_images
+from ..models.base import Denoiser
 
 __all__ = [
     "LM_NORMS",
@@ -74,8 +74,10 @@ class LMDivergenceError(ValueError):
     """A NaN or inf appeared during likelihood maximization; ``step`` is the 0-based step index."""
 
     def __init__(self, step: int, what: str):
-        super().__init__(f"likelihood maximization produced non-finite values ({what}) at step {step}; "
-                         "check the denoiser, the input and the step size")
+        super().__init__(
+            f"likelihood maximization produced non-finite values ({what}) at step {step}; "
+            "check the denoiser, the input and the step size"
+        )
         self.step = step
 
 
@@ -83,12 +85,12 @@ class LMDivergenceError(ValueError):
 class LMConfig:
     """Settings of likelihood maximization (defaults: the paper's, docs/paper.md section 4)."""
 
-    steps: int = LM_STEPS                                 # N gradient steps
-    step_size: float = LM_STEP_SIZE                       # model-space units (see module docstring)
-    eta: float = LM_ETA                                   # ball radius in [0, 1] pixel units
-    norm: Literal["linf", "l2"] = "linf"                  # ball of the projection
-    sigma_range: tuple[float, float] = (0.4, 0.6)         # sigma ~ U(lo, hi) per step, model space
-    optimizer: Literal["sgd", "sign", "adam"] = "sgd"     # 'sgd' = normalised gradient steps
+    steps: int = LM_STEPS  # N gradient steps
+    step_size: float = LM_STEP_SIZE  # model-space units (see module docstring)
+    eta: float = LM_ETA  # ball radius in [0, 1] pixel units
+    norm: Literal["linf", "l2"] = "linf"  # ball of the projection
+    sigma_range: tuple[float, float] = (0.4, 0.6)  # sigma ~ U(lo, hi) per step, model space
+    optimizer: Literal["sgd", "sign", "adam"] = "sgd"  # 'sgd' = normalised gradient steps
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 0:
@@ -136,8 +138,10 @@ class LMNoise:
         if self.sigma.ndim != 2 or self.sigma.shape[0] != steps or self.sigma.shape[1] not in (1, b):
             raise ValueError(f"noise.sigma must have shape (N={steps}, B={b} or 1), got {tuple(self.sigma.shape)}")
         if self.eps.shape[0] != steps or self.eps.shape[1] not in (1, b) or self.eps.shape[2:] != x.shape[1:]:
-            raise ValueError(f"noise.eps must have shape (N={steps}, B={b} or 1, {', '.join(map(str, x.shape[1:]))}), "
-                             f"got {tuple(self.eps.shape)}")
+            raise ValueError(
+                f"noise.eps must have shape (N={steps}, B={b} or 1, {', '.join(map(str, x.shape[1:]))}), "
+                f"got {tuple(self.eps.shape)}"
+            )
         if not (self.sigma > 0).all():
             raise ValueError("noise.sigma must be > 0")
         sigma = self.sigma.to(x.device, x.dtype).expand(steps, b)
@@ -164,8 +168,13 @@ class LMResult:
 
 
 def draw_lm_noise(
-    steps: int, shape: tuple[int, ...], sigma_range: tuple[float, float] = (0.4, 0.6), *,
-    generator: torch.Generator | None = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    steps: int,
+    shape: tuple[int, ...],
+    sigma_range: tuple[float, float] = (0.4, 0.6),
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> LMNoise:
     """sigma (N, B) ~ U(sigma_range), then eps (N, B, C, H, W) ~ N(0, I); ``shape`` = (B, C, H, W)."""
     lo, hi = sigma_range
@@ -217,8 +226,16 @@ def project(x: Tensor, x0: Tensor, eta: float, norm: str) -> Tensor:
 
 
 def lm_step(
-    denoiser: Denoiser, xk: Tensor, x0: Tensor, sigma: Tensor, eps: Tensor, cfg: LMConfig,
-    state: tuple[Tensor, ...], k: int, *, create_graph: bool = False,
+    denoiser: Denoiser,
+    xk: Tensor,
+    x0: Tensor,
+    sigma: Tensor,
+    eps: Tensor,
+    cfg: LMConfig,
+    state: tuple[Tensor, ...],
+    k: int,
+    *,
+    create_graph: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
     """One LM step k: (x_{k+1}, state_{k+1}, loss_k (B,)). Images in [0, 1], sigma (B,), eps like x.
 
@@ -245,8 +262,14 @@ def initial_state(cfg: LMConfig, x: Tensor) -> tuple[Tensor, ...]:
 
 
 def run_lm(
-    denoiser: Denoiser, x: Tensor, noise: LMNoise, cfg: LMConfig, *,
-    create_graph: bool = False, callback: Callable[[dict], None] | None = None, keep_states: bool = False,
+    denoiser: Denoiser,
+    x: Tensor,
+    noise: LMNoise,
+    cfg: LMConfig,
+    *,
+    create_graph: bool = False,
+    callback: Callable[[dict], None] | None = None,
+    keep_states: bool = False,
 ) -> tuple[list[Tensor], list[tuple[Tensor, ...]], list[Tensor]]:
     """Run the N steps with a checked ``noise``: (iterates [N + 1], states [N + 1 or 0], losses [N]).
 
@@ -255,15 +278,17 @@ def run_lm(
     xk, state = x, initial_state(cfg, x)
     iterates, states, losses = [x], [state] if keep_states else [], []
     for k in range(cfg.steps):
-        x_next, state, loss = lm_step(denoiser, xk, x, noise.sigma[k], noise.eps[k], cfg, state, k,
-                                      create_graph=create_graph)
+        x_next, state, loss = lm_step(
+            denoiser, xk, x, noise.sigma[k], noise.eps[k], cfg, state, k, create_graph=create_graph
+        )
         if not bool(torch.isfinite(loss).all()):
             raise LMDivergenceError(k, "loss")
         if not bool(torch.isfinite(x_next).all()) or not all(bool(torch.isfinite(s).all()) for s in state):
             raise LMDivergenceError(k, "gradient step")
         if callback is not None:
-            callback({"i": k, "x": xk.detach(), "x_next": x_next.detach(), "loss": loss.detach(),
-                      "sigma": noise.sigma[k]})
+            callback(
+                {"i": k, "x": xk.detach(), "x_next": x_next.detach(), "loss": loss.detach(), "sigma": noise.sigma[k]}
+            )
         iterates.append(x_next)
         losses.append(loss)
         if keep_states:
@@ -279,7 +304,7 @@ def _distance(x: Tensor, x0: Tensor, norm: str) -> Tensor:
 
 def likelihood_maximization(
     denoiser: Denoiser,
-    x: Tensor,                                            # (B, C, H, W) in [0, 1]
+    x: Tensor,  # (B, C, H, W) in [0, 1]
     *,
     steps: int = LM_STEPS,
     step_size: float = LM_STEP_SIZE,
@@ -288,11 +313,11 @@ def likelihood_maximization(
     sigma_range: tuple[float, float] = (0.4, 0.6),
     optimizer: Literal["sgd", "sign", "adam"] = "sgd",
     generator: torch.Generator | None = None,
-    noise: LMNoise | None = None,                         # replayed randomness; drawn from generator if None
-    callback: Callable[[dict], None] | None = None,       # called after each step with {i, x, x_next, loss, sigma}
-    create_graph: bool = False,                           # keep the unrolled graph (memory grows with N)
+    noise: LMNoise | None = None,  # replayed randomness; drawn from generator if None
+    callback: Callable[[dict], None] | None = None,  # called after each step with {i, x, x_next, loss, sigma}
+    create_graph: bool = False,  # keep the unrolled graph (memory grows with N)
     return_trajectory: bool = False,
-    config: LMConfig | None = None,                       # overrides the individual settings
+    config: LMConfig | None = None,  # overrides the individual settings
 ) -> LMResult:
     """Likelihood maximization (docs/paper.md section 4): returns :class:`LMResult`.
 
@@ -303,11 +328,13 @@ def likelihood_maximization(
     cfg = config if config is not None else LMConfig(steps, step_size, eta, norm, tuple(sigma_range), optimizer)
     if denoiser is None or not callable(denoiser):
         raise ValueError("denoiser must be a Denoiser (callable D(x, sigma, labels))")
-    check_images(x, channels=getattr(denoiser, "img_channels", None),
-                 resolution=getattr(denoiser, "img_resolution", None))
+    check_images(
+        x, channels=getattr(denoiser, "img_channels", None), resolution=getattr(denoiser, "img_resolution", None)
+    )
     if noise is None:
-        noise = draw_lm_noise(cfg.steps, tuple(x.shape), cfg.sigma_range, generator=generator,
-                              device=x.device, dtype=x.dtype)
+        noise = draw_lm_noise(
+            cfg.steps, tuple(x.shape), cfg.sigma_range, generator=generator, device=x.device, dtype=x.dtype
+        )
     noise = noise.check(x, cfg.steps)
     x0 = x if create_graph else x.detach()
     iterates, _, losses = run_lm(denoiser, x0, noise, cfg, create_graph=create_graph, callback=callback)

@@ -29,9 +29,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..core.choices import LM_GRAPH_MODES
-from .lm import LMConfig, LMNoise, likelihood_maximization, lm_step, run_lm
-from ..models.base import Denoiser
 from ..core.utils import check_images
+from ..models.base import Denoiser
+from .lm import LMConfig, LMNoise, likelihood_maximization, lm_step, run_lm
 
 __all__ = ["LM_GRAPH_MODES", "LM_UNROLL_MAX_ELEMENTS", "lm_bpda", "lm_exact", "lm_unrolls"]
 
@@ -62,10 +62,12 @@ class _LMRecompute(torch.autograd.Function):
                 xk = iterates[k].detach().requires_grad_(True)
                 center = x0.detach().requires_grad_(True)
                 state = tuple(s[k].detach().requires_grad_(True) for s in flat_states)
-                x_next, state_next, _ = lm_step(denoiser, xk, center, sigma[k], eps[k], cfg, state, k,
-                                                create_graph=True)
-                grads = torch.autograd.grad((x_next, *state_next), (xk, center, *state),
-                                            (cot_x, *cot_state), allow_unused=True)
+                x_next, state_next, _ = lm_step(
+                    denoiser, xk, center, sigma[k], eps[k], cfg, state, k, create_graph=True
+                )
+                grads = torch.autograd.grad(
+                    (x_next, *state_next), (xk, center, *state), (cot_x, *cot_state), allow_unused=True
+                )
             grads = [torch.zeros_like(x0) if g is None else g for g in grads]
             cot_x, cot_x0 = grads[0], cot_x0 + grads[1]
             cot_state = grads[2:]
@@ -91,8 +93,14 @@ def lm_unrolls(x: Tensor, cfg: LMConfig, lm_graph: Literal["auto", "recompute", 
     return lm_graph == "unroll"
 
 
-def lm_exact(denoiser: Denoiser, x: Tensor, noise: LMNoise, cfg: LMConfig | None = None, *,
-             lm_graph: Literal["auto", "recompute", "unroll"] = "recompute") -> Tensor:
+def lm_exact(
+    denoiser: Denoiser,
+    x: Tensor,
+    noise: LMNoise,
+    cfg: LMConfig | None = None,
+    *,
+    lm_graph: Literal["auto", "recompute", "unroll"] = "recompute",
+) -> Tensor:
     """LM(x) (B, C, H, W) in [0, 1] whose backward is the exact gradient.
 
     ``noise`` (:class:`rdc_lib.diffusion.lm.LMNoise`) is replayed in the backward pass. ``lm_graph``:

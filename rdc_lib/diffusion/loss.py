@@ -16,14 +16,14 @@ from ..models.base import Denoiser
 
 def edm_loss(
     denoiser: Denoiser,
-    x: Tensor,                      # (B, C, H, W) clean images in model space [-1, 1]
-    labels: Tensor,                 # (B,) int64 in [0, K)
+    x: Tensor,  # (B, C, H, W) clean images in model space [-1, 1]
+    labels: Tensor,  # (B,) int64 in [0, K)
     *,
     generator: torch.Generator | None = None,
     P_mean: float = -1.2,
     P_std: float = 1.2,
-    label_dropout: float = 0.1,     # probability of training on the null label (single-head)
-) -> Tensor:                        # (B, C, H, W) weighted squared errors (multi-head: summed over the two heads)
+    label_dropout: float = 0.1,  # probability of training on the null label (single-head)
+) -> Tensor:  # (B, C, H, W) weighted squared errors (multi-head: summed over the two heads)
     batch = x.shape[0]
     rnd = torch.randn(batch, device=x.device, dtype=x.dtype, generator=generator)
     sigma = (rnd * P_std + P_mean).exp()
@@ -43,15 +43,15 @@ def edm_loss(
 def edm_distill_loss(
     student: Denoiser,
     teacher: Denoiser,
-    x: Tensor,                      # (B, C, H, W) clean images in model space [-1, 1]
-    labels: Tensor,                 # (B,) int64 in [0, K)
+    x: Tensor,  # (B, C, H, W) clean images in model space [-1, 1]
+    labels: Tensor,  # (B,) int64 in [0, K)
     *,
     generator: torch.Generator | None = None,
     P_mean: float = -1.2,
     P_std: float = 1.2,
-    wrong_classes: int = 1,         # wrong classes per example matched to the teacher, in [1, K - 1]
-    weight: float = 1.0,            # weight of the teacher term relative to the EDM terms
-) -> Tensor:                        # (B, C, H, W) weighted squared errors summed over the trained heads
+    wrong_classes: int = 1,  # wrong classes per example matched to the teacher, in [1, K - 1]
+    weight: float = 1.0,  # weight of the teacher term relative to the EDM terms
+) -> Tensor:  # (B, C, H, W) weighted squared errors summed over the trained heads
     """EDM loss of a multi-head student plus a match to a teacher on random *wrong* classes.
 
     The plain multi-head loss trains a head only on images of its own class (and the null head on

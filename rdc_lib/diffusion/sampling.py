@@ -28,8 +28,15 @@ __all__ = ["euler_sde", "heun_ode", "karras_sigmas", "sde_noise_shape"]
 Callback = Callable[[dict], None] | None
 
 
-def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, *,
-                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64) -> Tensor:
+def karras_sigmas(
+    n: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 7.0,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
     """EDM's schedule: n levels from sigma_max down to sigma_min (rho-spaced), then 0: shape (n + 1,)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -65,8 +72,9 @@ def _heun_step(x: Tensor, s: float, s_next: float, denoiser: Denoiser, labels: T
     return x_next, den
 
 
-def _sde_step(x: Tensor, s: float, s_next: float, z: Tensor, denoiser: Denoiser,
-              labels: Tensor | None) -> tuple[Tensor, Tensor]:
+def _sde_step(
+    x: Tensor, s: float, s_next: float, z: Tensor, denoiser: Denoiser, labels: Tensor | None
+) -> tuple[Tensor, Tensor]:
     den = _denoise(denoiser, x, s, labels)
     if s_next == 0:
         return den, den
@@ -81,8 +89,13 @@ def _maybe_checkpoint(fn, use: bool, *args):
 
 
 def heun_ode(
-    denoiser: Denoiser, x_t: Tensor, sigmas: Tensor, labels: Tensor | None = None, *,
-    callback: Callback = None, checkpoint: bool = False,
+    denoiser: Denoiser,
+    x_t: Tensor,
+    sigmas: Tensor,
+    labels: Tensor | None = None,
+    *,
+    callback: Callback = None,
+    checkpoint: bool = False,
 ) -> Tensor:
     """Solve the probability-flow ODE from x_t (B, C, H, W) at sigmas[0] to sigmas[-1]; deterministic.
 
@@ -92,8 +105,9 @@ def heun_ode(
     x = x_t
     for i in range(sigmas.numel() - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        x_new, den = _maybe_checkpoint(lambda a, s=s, s_next=s_next: _heun_step(a, s, s_next, denoiser, labels),
-                                       checkpoint, x)
+        x_new, den = _maybe_checkpoint(
+            lambda a, s=s, s_next=s_next: _heun_step(a, s, s_next, denoiser, labels), checkpoint, x
+        )
         if callback is not None:
             callback({"i": i, "x": x, "sigma": s, "sigma_next": s_next, "denoised": den})
         x = x_new
@@ -106,9 +120,15 @@ def sde_noise_shape(x_t: Tensor, sigmas: Tensor) -> tuple[int, ...]:
 
 
 def euler_sde(
-    denoiser: Denoiser, x_t: Tensor, sigmas: Tensor, labels: Tensor | None = None, *,
-    generator: torch.Generator | None = None, noise: Tensor | None = None,
-    callback: Callback = None, checkpoint: bool = False,
+    denoiser: Denoiser,
+    x_t: Tensor,
+    sigmas: Tensor,
+    labels: Tensor | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    callback: Callback = None,
+    checkpoint: bool = False,
 ) -> Tensor:
     """Reverse-time SDE from x_t (B, C, H, W) at sigmas[0]; n denoiser calls for n steps.
 
@@ -125,7 +145,8 @@ def euler_sde(
     for i in range(sigmas.numel() - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         x_new, den = _maybe_checkpoint(
-            lambda a, z, s=s, s_next=s_next: _sde_step(a, s, s_next, z, denoiser, labels), checkpoint, x, noise[i])
+            lambda a, z, s=s, s_next=s_next: _sde_step(a, s, s_next, z, denoiser, labels), checkpoint, x, noise[i]
+        )
         if callback is not None:
             callback({"i": i, "x": x, "sigma": s, "sigma_next": s_next, "denoised": den})
         x = x_new

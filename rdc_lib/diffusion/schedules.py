@@ -35,8 +35,8 @@ from ..core.choices import GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, G
 
 @dataclass(frozen=True)
 class NoiseGrid:
-    sigmas: Tensor      # (T,) noise levels > 0 (model space [-1, 1])
-    weights: Tensor     # (T,) quadrature weights >= 0
+    sigmas: Tensor  # (T,) noise levels > 0 (model space [-1, 1])
+    weights: Tensor  # (T,) quadrature weights >= 0
     kind: str = GRID_KIND
     weighting: str = "edm"
 
@@ -52,9 +52,9 @@ class GridConfig:
     """The settings of a noise grid, i.e. the keyword arguments of :func:`make_grid` that presets fix
     (docs/paper.md section 3): ``make_grid(**cfg.kwargs())``."""
 
-    T: int = GRID_LEVELS            # number of levels
-    kind: str = GRID_KIND           # one of rdc_lib.core.choices.GRID_KINDS
-    weighting: str = "edm"          # lambda(sigma) p_LN(sigma) d_sigma
+    T: int = GRID_LEVELS  # number of levels
+    kind: str = GRID_KIND  # one of rdc_lib.core.choices.GRID_KINDS
+    weighting: str = "edm"  # lambda(sigma) p_LN(sigma) d_sigma
     sigma_min: float = GRID_SIGMA_MIN
     sigma_max: float = 3.0
 
@@ -65,13 +65,16 @@ class GridConfig:
 def check_grid_sigma_min(sigma_min: float, kind: str = GRID_KIND) -> None:
     """ValueError unless ``sigma_min`` is a valid smallest level for a grid of ``kind``: a number in
     (0, GridConfig.sigma_max), and the default for the ``lognormal`` grid (whose levels are quantiles)."""
-    if not (isinstance(sigma_min, (int, float)) and math.isfinite(sigma_min)
-            and 0 < sigma_min < GridConfig.sigma_max):
-        raise ValueError(f"grid_sigma_min (the noise grid's smallest level) must be in (0, {GridConfig.sigma_max}), "
-                         f"got {sigma_min!r}")
+    if not (isinstance(sigma_min, (int, float)) and math.isfinite(sigma_min) and 0 < sigma_min < GridConfig.sigma_max):
+        raise ValueError(
+            f"grid_sigma_min (the noise grid's smallest level) must be in (0, {GridConfig.sigma_max}), "
+            f"got {sigma_min!r}"
+        )
     if kind == "lognormal" and sigma_min != GridConfig.sigma_min:
-        raise ValueError(f"grid_sigma_min applies to the paper and karras grids; the lognormal grid's levels are "
-                         f"quantiles of the training density (got grid_sigma_min={sigma_min})")
+        raise ValueError(
+            f"grid_sigma_min applies to the paper and karras grids; the lognormal grid's levels are "
+            f"quantiles of the training density (got grid_sigma_min={sigma_min})"
+        )
 
 
 def edm_lambda(sigma: Tensor, sigma_data: float = 0.5) -> Tensor:
@@ -107,8 +110,10 @@ def make_grid(
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
     if kind == "lognormal" and (sigma_min, sigma_max) != (GridConfig.sigma_min, GridConfig.sigma_max):
-        raise ValueError(f"sigma_min and sigma_max apply to the paper and karras grids; the lognormal grid's levels "
-                         f"are quantiles of the training density (got {sigma_min}, {sigma_max})")
+        raise ValueError(
+            f"sigma_min and sigma_max apply to the paper and karras grids; the lognormal grid's levels "
+            f"are quantiles of the training density (got {sigma_min}, {sigma_max})"
+        )
     f64 = torch.float64
     if kind == "lognormal":
         q = (torch.arange(T, dtype=f64) + 0.5) / T
@@ -139,8 +144,9 @@ def restrict_grid(grid: NoiseGrid, sigma_min: float) -> NoiseGrid:
     """The levels of ``grid`` with sigma >= ``sigma_min``, with their original weights."""
     keep = grid.sigmas >= sigma_min
     if not bool(keep.any()):
-        raise ValueError(f"sigma_min = {sigma_min} removes every level; the grid's largest sigma is "
-                         f"{float(grid.sigmas.max()):.4g}")
+        raise ValueError(
+            f"sigma_min = {sigma_min} removes every level; the grid's largest sigma is {float(grid.sigmas.max()):.4g}"
+        )
     return NoiseGrid(grid.sigmas[keep], grid.weights[keep], grid.kind, grid.weighting)
 
 

@@ -30,8 +30,10 @@ def _denoiser(cfg: Any, model: nn.Module) -> nn.Module:
     if denoiser is None:
         from ..defenses import defense_names
 
-        raise ValueError(f"attack {cfg.attack!r} needs a diffusion defense "
-                         f"({', '.join(defense_names(needs_denoiser=True))}); {cfg.defense!r} has no denoiser")
+        raise ValueError(
+            f"attack {cfg.attack!r} needs a diffusion defense "
+            f"({', '.join(defense_names(needs_denoiser=True))}); {cfg.defense!r} has no denoiser"
+        )
     return denoiser
 
 
@@ -51,8 +53,9 @@ def build_evaluated_attack(cfg: Any, model: nn.Module, **overrides: Any) -> Any:
     info = get_attack(cfg.attack)
     extra = {name: _EXTRA_SOURCES[name](cfg, model) for name in info.extra_args}
     steps = cfg.square_queries if info.budget == "queries" else cfg.steps
-    budget = dict(norm=cfg.norm, eps=cfg.eps, steps=steps, restarts=cfg.restarts, eot=cfg.eot, verify=cfg.verify,
-                  seed=cfg.seed)
+    budget = dict(
+        norm=cfg.norm, eps=cfg.eps, steps=steps, restarts=cfg.restarts, eot=cfg.eot, verify=cfg.verify, seed=cfg.seed
+    )
     if info.ensemble:
         return info.builder(model, generator=None, **budget, **extra)
     return build_attack(cfg.attack, model, **budget, **extra)

@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AUTO", "RULE_IMAGES", "RULE_SAMPLES", "eot_by_rule", "resolve_auto_eot"]
 
-AUTO = "auto"       # the value of ``rdc eval --eot`` that asks for the rule
-RULE_IMAGES = 8     # images of the evaluation (its first) the rule measures the gradients on
-RULE_SAMPLES = 4    # independent gradient draws per image
+AUTO = "auto"  # the value of ``rdc eval --eot`` that asks for the rule
+RULE_IMAGES = 8  # images of the evaluation (its first) the rule measures the gradients on
+RULE_SAMPLES = 4  # independent gradient draws per image
 
 
 def eot_by_rule(model: nn.Module, x: Tensor, y: Tensor, *, samples: int = RULE_SAMPLES) -> dict:
@@ -35,16 +35,24 @@ def eot_by_rule(model: nn.Module, x: Tensor, y: Tensor, *, samples: int = RULE_S
     read (mean, and the 10th percentile used), the target, and the images and draws measured."""
     cos = gradient_cosine_similarity(model, x, y, n_samples=samples)
     sug = suggest_eot(cos, target=EOT_TARGET)
-    return {"eot": sug.eot, "mean_cosine": cos.mean, "cosine_used": sug.cosine, "target": sug.target,
-            "quantile": sug.quantile, "capped": sug.capped, "n": int(x.shape[0]), "samples": samples}
+    return {
+        "eot": sug.eot,
+        "mean_cosine": cos.mean,
+        "cosine_used": sug.cosine,
+        "target": sug.target,
+        "quantile": sug.quantile,
+        "capped": sug.capped,
+        "n": int(x.shape[0]),
+        "samples": samples,
+    }
 
 
 def resolve_auto_eot(cfg: "EvalConfig", device: str | torch.device = "cpu") -> tuple["EvalConfig", nn.Module, dict]:
     """(``cfg`` with ``eot`` set by the rule, the defense it was measured on, the rule's numbers), measured on the
     first RULE_IMAGES validation images whatever ``cfg``'s offset (the EOT size is the defense's: the shards of one run
     get the same size); the defense is returned so the evaluation need not build it again."""
-    from .runner import defense_spec
     from ..defenses import build_defense
+    from .runner import defense_spec
 
     x, y = load_dataset(cfg.dataset, SELECTION_SPLIT, root=cfg.data_root or None)
     x, y = x[:RULE_IMAGES].to(device), y[:RULE_IMAGES].to(device)

@@ -54,7 +54,7 @@ class FixedVsFresh:
     wrong_clean: Tensor
     wrong_fixed_adv: Tensor
     wrong_eot_adv: Tensor
-    x_fixed_adv: Tensor            # (N, C, H, W) in [0, 1]
+    x_fixed_adv: Tensor  # (N, C, H, W) in [0, 1]
     x_eot_adv: Tensor
 
     @property
@@ -66,28 +66,41 @@ class FixedVsFresh:
         the draws) and worst of n_draws, for the fixed-noise attack's examples and the EOT attack's examples."""
         out = {}
         for name, wrong in (("fixed_attack", self.wrong_fixed_adv), ("eot_attack", self.wrong_eot_adv)):
-            out[name] = {"one_call_expected": float((1 - wrong.float() / self.n_draws).sum()),
-                         f"worst_of_{self.n_draws}": int((wrong == 0).sum())}
+            out[name] = {
+                "one_call_expected": float((1 - wrong.float() / self.n_draws).sum()),
+                f"worst_of_{self.n_draws}": int((wrong == 0).sum()),
+            }
         out["fixed_attack"]["fixed_noise"] = int(self.fixed_robust.sum())
-        out["clean"] = {"one_call_expected": float((1 - self.wrong_clean.float() / self.n_draws).sum()),
-                        f"worst_of_{self.n_draws}": int((self.wrong_clean == 0).sum())}
+        out["clean"] = {
+            "one_call_expected": float((1 - self.wrong_clean.float() / self.n_draws).sum()),
+            f"worst_of_{self.n_draws}": int((self.wrong_clean == 0).sum()),
+        }
         return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: per-image counts and the robust counts of :meth:`counts`."""
-        return {"n": self.n, "n_draws": self.n_draws, "eot": self.eot, "labels": self.labels.tolist(),
-                "fixed_robust": self.fixed_robust.tolist(), "wrong_draws": {
-                    "clean": self.wrong_clean.tolist(), "fixed_attack": self.wrong_fixed_adv.tolist(),
-                    "eot_attack": self.wrong_eot_adv.tolist()}, "robust_counts": self.counts()}
+        return {
+            "n": self.n,
+            "n_draws": self.n_draws,
+            "eot": self.eot,
+            "labels": self.labels.tolist(),
+            "fixed_robust": self.fixed_robust.tolist(),
+            "wrong_draws": {
+                "clean": self.wrong_clean.tolist(),
+                "fixed_attack": self.wrong_fixed_adv.tolist(),
+                "eot_attack": self.wrong_eot_adv.tolist(),
+            },
+            "robust_counts": self.counts(),
+        }
 
 
 def fixed_vs_fresh(
-    fixed: nn.Module,                  # the defense with noise_mode='fixed' (deterministic)
-    stochastic: nn.Module,             # the same defense with noise_mode='stochastic' (fresh noise per call)
-    x: Tensor,                         # (N, C, H, W) in [0, 1]
-    y: Tensor,                         # (N,) labels
-    make_attack: AttackFactory,        # model -> attack: the fixed-noise attack (run on ``fixed``)
-    make_eot_attack: AttackFactory,    # model -> attack with EOT: run on ``stochastic``
+    fixed: nn.Module,  # the defense with noise_mode='fixed' (deterministic)
+    stochastic: nn.Module,  # the same defense with noise_mode='stochastic' (fresh noise per call)
+    x: Tensor,  # (N, C, H, W) in [0, 1]
+    y: Tensor,  # (N,) labels
+    make_attack: AttackFactory,  # model -> attack: the fixed-noise attack (run on ``fixed``)
+    make_eot_attack: AttackFactory,  # model -> attack with EOT: run on ``stochastic``
     *,
     n_draws: int,
     eot: int,
@@ -107,8 +120,13 @@ def fixed_vs_fresh(
     fixed_ok = (predict(fixed, adv) == y).cpu()
     eot_adv = make_eot_attack(stochastic)(x, y).detach()
     return FixedVsFresh(
-        labels=y.cpu(), n_draws=n_draws, eot=eot, fixed_robust=fixed_ok,
+        labels=y.cpu(),
+        n_draws=n_draws,
+        eot=eot,
+        fixed_robust=fixed_ok,
         wrong_clean=draws_misclassifying(stochastic, x, y, n_draws),
         wrong_fixed_adv=draws_misclassifying(stochastic, adv, y, n_draws),
         wrong_eot_adv=draws_misclassifying(stochastic, eot_adv, y, n_draws),
-        x_fixed_adv=adv.cpu(), x_eot_adv=eot_adv.cpu())
+        x_fixed_adv=adv.cpu(),
+        x_eot_adv=eot_adv.cpu(),
+    )

@@ -132,15 +132,19 @@ class GradientHealth:
     """Result of :func:`check_gradients_finite_nonzero`; per-example tensors have shape (B,)."""
 
     passed: bool
-    has_graph: bool         # the loss depends on the input through autograd at all
-    finite: Tensor          # (B,) bool
-    nonzero: Tensor         # (B,) bool
-    grad_norm: Tensor       # (B,) l2 norm of the input gradient (NaN if no graph)
+    has_graph: bool  # the loss depends on the input through autograd at all
+    finite: Tensor  # (B,) bool
+    nonzero: Tensor  # (B,) bool
+    grad_norm: Tensor  # (B,) l2 norm of the input gradient (NaN if no graph)
     message: str
 
 
 def check_gradients_finite_nonzero(
-    model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *, loss: Literal["ce", "margin"] = "ce",
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss: Literal["ce", "margin"] = "ce",
 ) -> GradientHealth:
     """Do input gradients of the loss exist, and are they finite and nonzero for every example?
 
@@ -152,8 +156,14 @@ def check_gradients_finite_nonzero(
     b = x.shape[0]
     if g is None:
         nan = torch.full((b,), float("nan"))
-        return GradientHealth(False, False, torch.zeros(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool),
-                              nan, "the loss does not depend on the input through autograd (no graph)")
+        return GradientHealth(
+            False,
+            False,
+            torch.zeros(b, dtype=torch.bool),
+            torch.zeros(b, dtype=torch.bool),
+            nan,
+            "the loss does not depend on the input through autograd (no graph)",
+        )
     flat = g.flatten(1)
     finite = torch.isfinite(flat).all(1).cpu()
     norm = flat.norm(dim=1).detach().cpu()
@@ -172,17 +182,24 @@ class FiniteDifferenceCheck:
     """Result of :func:`finite_difference_check`; tensors have shape (n_directions, B)."""
 
     passed: bool
-    autograd: Tensor        # <grad, d>
-    finite_diff: Tensor     # (L(x + eps d) - L(x - eps d)) / (2 eps)
-    rel_error: Tensor       # |autograd - finite_diff| / max(|autograd|, |finite_diff|, atol)
+    autograd: Tensor  # <grad, d>
+    finite_diff: Tensor  # (L(x + eps d) - L(x - eps d)) / (2 eps)
+    rel_error: Tensor  # |autograd - finite_diff| / max(|autograd|, |finite_diff|, atol)
     max_rel_error: float
     eps: float
     tol: float
 
 
 def finite_difference_check(
-    model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, n_directions: int = 4, eps: float = 1e-3, *,
-    tol: float = 0.05, atol: float = 1e-6, loss: Literal["ce", "margin"] = "ce",
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    n_directions: int = 4,
+    eps: float = 1e-3,
+    *,
+    tol: float = 0.05,
+    atol: float = 1e-6,
+    loss: Literal["ce", "margin"] = "ce",
     generator: torch.Generator | None = None,
 ) -> FiniteDifferenceCheck:
     """Directional derivatives of the per-example loss: autograd vs central differences.
@@ -218,14 +235,18 @@ def finite_difference_check(
 class GradientCosine:
     """Result of :func:`gradient_cosine_similarity`."""
 
-    per_example: Tensor     # (B,) mean pairwise cosine over the n_samples draws
-    pairwise: Tensor        # (B, n_samples * (n_samples - 1) / 2)
-    mean: float             # mean over examples
+    per_example: Tensor  # (B,) mean pairwise cosine over the n_samples draws
+    pairwise: Tensor  # (B, n_samples * (n_samples - 1) / 2)
+    mean: float  # mean over examples
     n_samples: int
 
 
 def gradient_cosine_similarity(
-    model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, n_samples: int = 4, *,
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    n_samples: int = 4,
+    *,
     loss: Literal["ce", "margin"] = "ce",
 ) -> GradientCosine:
     """Cosine similarity of input gradients across independent calls of a stochastic ``model``.
@@ -241,8 +262,11 @@ def gradient_cosine_similarity(
     for _ in range(n_samples):
         g, _ = _input_grad(model, x, y, loss)
         grads.append((torch.zeros_like(x) if g is None else g).flatten(1))
-    pairs = [F.cosine_similarity(grads[i], grads[j], dim=1, eps=1e-30)
-             for i in range(n_samples) for j in range(i + 1, n_samples)]
+    pairs = [
+        F.cosine_similarity(grads[i], grads[j], dim=1, eps=1e-30)
+        for i in range(n_samples)
+        for j in range(i + 1, n_samples)
+    ]
     pairwise = torch.stack(pairs, dim=1).detach().cpu()
     per_example = pairwise.mean(1)
     return GradientCosine(per_example, pairwise, float(per_example.mean()), n_samples)
@@ -252,8 +276,8 @@ def gradient_cosine_similarity(
 class EOTSuggestion:
     """Result of :func:`suggest_eot`."""
 
-    eot: int                # suggested number of gradient samples averaged per attack step
-    cosine: float           # the cosine the rule used (a low quantile over examples)
+    eot: int  # suggested number of gradient samples averaged per attack step
+    cosine: float  # the cosine the rule used (a low quantile over examples)
     target: float
     quantile: float
     capped: bool = field(default=False)  # True when the rule asked for more than max_eot
@@ -265,7 +289,10 @@ EOT_TARGET = 0.9
 
 
 def suggest_eot(
-    cosines: GradientCosine | Tensor | float, *, target: float = EOT_TARGET, quantile: float = 0.1,
+    cosines: GradientCosine | Tensor | float,
+    *,
+    target: float = EOT_TARGET,
+    quantile: float = 0.1,
     max_eot: int = 1024,
 ) -> EOTSuggestion:
     """EOT size so that gradients averaged over M draws are stable.
@@ -279,7 +306,9 @@ def suggest_eot(
     ``target`` must lie in (0, 1]; the default is :data:`EOT_TARGET`.
     """
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise ValueError(f"the EOT target must be a cosine in (0, 1] (default EOT_TARGET = {EOT_TARGET}), got {target!r}")
+        raise ValueError(
+            f"the EOT target must be a cosine in (0, 1] (default EOT_TARGET = {EOT_TARGET}), got {target!r}"
+        )
     if not 0 <= quantile <= 1 or max_eot < 1:
         raise ValueError(f"need 0 <= quantile <= 1 and max_eot >= 1; got {quantile}, {max_eot}")
     if isinstance(cosines, GradientCosine):

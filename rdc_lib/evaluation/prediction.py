@@ -11,7 +11,7 @@ __all__ = ["correct_all", "n_evaluate", "predict"]
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch: int = 64) -> Tensor:
     """Predicted labels (N,) for images (N, C, H, W), in batches."""
-    return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
+    return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
 
 
 @torch.no_grad()

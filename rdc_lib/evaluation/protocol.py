@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..attacks.registry import build_attack
 from ..attacks.neighbour import NeighbourAttack
+from ..attacks.registry import build_attack
 from ..attacks.transfer import transfer_pgd
 from ..core.utils import check_images
 from .attacking import run_attack
@@ -30,11 +30,11 @@ __all__ = ["PROTOCOL_ATTACKS", "ProtocolResult", "robustness_protocol"]
 class ProtocolResult:
     """Outcome of :func:`robustness_protocol` on N examples: which examples survive which attack."""
 
-    clean_correct: Tensor                 # (N,) bool
-    robust: dict[str, Tensor]             # attack -> (N,) bool: correct on x_adv (on every re-classification)
-    x_adv: dict[str, Tensor]              # attack -> (N, C, H, W) the image that attack returned (x if not run)
+    clean_correct: Tensor  # (N,) bool
+    robust: dict[str, Tensor]  # attack -> (N,) bool: correct on x_adv (on every re-classification)
+    x_adv: dict[str, Tensor]  # attack -> (N, C, H, W) the image that attack returned (x if not run)
     seconds: dict[str, float]
-    on_survivors: tuple[str, ...] = ()    # attacks run only on examples every earlier attack left robust
+    on_survivors: tuple[str, ...] = ()  # attacks run only on examples every earlier attack left robust
 
     @property
     def n(self) -> int:
@@ -70,29 +70,34 @@ class ProtocolResult:
         return out
 
     def to_dict(self) -> dict:
-        return {"n": self.n, "clean": self.accuracy("clean").as_dict(), "worst": self.accuracy("worst").as_dict(),
-                "attacks": {k: self.accuracy(k).as_dict() for k in self.robust},
-                "seconds": dict(self.seconds), "on_survivors": list(self.on_survivors)}
+        return {
+            "n": self.n,
+            "clean": self.accuracy("clean").as_dict(),
+            "worst": self.accuracy("worst").as_dict(),
+            "attacks": {k: self.accuracy(k).as_dict() for k in self.robust},
+            "seconds": dict(self.seconds),
+            "on_survivors": list(self.on_survivors),
+        }
 
 
 def robustness_protocol(
-    model: Callable[[Tensor], Tensor],   # x (B, C, H, W) in [0, 1] -> logits (B, K)
-    x: Tensor,                           # (N, C, H, W) in [0, 1]
-    y: Tensor,                           # (N,) labels
+    model: Callable[[Tensor], Tensor],  # x (B, C, H, W) in [0, 1] -> logits (B, K)
+    x: Tensor,  # (N, C, H, W) in [0, 1]
+    y: Tensor,  # (N,) labels
     *,
     norm: str = "linf",
     eps: float,
-    attacks: tuple[str, ...] | None = None,   # run order; default: precomputed, transfers, neighbour, PROTOCOL_ATTACKS
-    steps: int = 10,                     # iterations of the gradient attacks
-    square_queries: int = 500,           # Square's query budget
-    eot: int = 1,                        # EOT draws for the gradient attacks (stochastic models)
-    n_eval: int = 1,                     # re-classifications of each adversarial image (stochastic models)
+    attacks: tuple[str, ...] | None = None,  # run order; default: precomputed, transfers, neighbour, PROTOCOL_ATTACKS
+    steps: int = 10,  # iterations of the gradient attacks
+    square_queries: int = 500,  # Square's query budget
+    eot: int = 1,  # EOT draws for the gradient attacks (stochastic models)
+    n_eval: int = 1,  # re-classifications of each adversarial image (stochastic models)
     seed: int = 0,
-    transfer_from: dict[str, Callable[[Tensor], Tensor]] | None = None,     # name -> source model
+    transfer_from: dict[str, Callable[[Tensor], Tensor]] | None = None,  # name -> source model
     transfer_steps: int = 20,
-    neighbours: tuple[Tensor, Tensor] | None = None,   # (train_x, train_y) for the 'neighbour' attack
+    neighbours: tuple[Tensor, Tensor] | None = None,  # (train_x, train_y) for the 'neighbour' attack
     n_neighbours: int = 8,
-    precomputed: dict[str, Tensor] | None = None,      # name -> (N, C, H, W) adversarial images to verify
+    precomputed: dict[str, Tensor] | None = None,  # name -> (N, C, H, W) adversarial images to verify
     on_survivors: tuple[str, ...] = (),  # run these only on examples still robust to every earlier attack
     batch: int = 100,
 ) -> ProtocolResult:
@@ -131,8 +136,9 @@ def robustness_protocol(
         if name == "neighbour":
             if neighbours is None:
                 raise ValueError("attack 'neighbour' needs neighbours=(train_x, train_y)")
-            atk = NeighbourAttack(model, neighbours[0], neighbours[1], norm=norm, eps=eps,
-                                  n_neighbours=n_neighbours, seed=seed)
+            atk = NeighbourAttack(
+                model, neighbours[0], neighbours[1], norm=norm, eps=eps, n_neighbours=n_neighbours, seed=seed
+            )
         elif name == "square":
             atk = build_attack("square", model, norm=norm, eps=eps, steps=square_queries, seed=seed)
         else:
@@ -153,9 +159,13 @@ def robustness_protocol(
             flags[todo] = correct_all(model, x_adv[todo], y[todo], n_eval, batch)
         robust[name], images[name] = flags, x_adv
         seconds[name] = time.perf_counter() - start
-    return ProtocolResult(clean_correct.cpu(), {k: v.cpu() for k, v in robust.items()},
-                          {k: v.cpu() for k, v in images.items()}, seconds,
-                          tuple(n for n in attacks if n in on_survivors))
+    return ProtocolResult(
+        clean_correct.cpu(),
+        {k: v.cpu() for k, v in robust.items()},
+        {k: v.cpu() for k, v in images.items()},
+        seconds,
+        tuple(n for n in attacks if n in on_survivors),
+    )
 
 
 PROTOCOL_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square")

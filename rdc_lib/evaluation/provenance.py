@@ -33,7 +33,7 @@ from ..core.paths import REPO_ROOT
 PROVENANCE_KEYS = ("commit", "dirty", "checkpoints", "versions", "command", "utc")
 NOT_RECORDED = "provenance not recorded"
 NOT_RECORDED_VALUE = "not recorded"  # every field of a row measured before provenance was recorded
-GIT_HISTORY = "git history"          # commit_source of a commit recovered from the raw file's history
+GIT_HISTORY = "git history"  # commit_source of a commit recovered from the raw file's history
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -69,10 +69,17 @@ def git_state(root: Path = REPO_ROOT) -> tuple[str | None, bool | None]:
     Dirty means tracked files differ from the commit (untracked files, e.g. run outputs, do not count).
     """
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=30, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=30, check=True).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None, None
     return commit or None, bool(status.strip())
@@ -85,8 +92,12 @@ def library_versions() -> dict[str, str]:
 
     from .. import __version__
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "rdc": __version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "rdc": __version__,
+    }
 
 
 def command_line(argv: Sequence[str] | None = None, root: Path = REPO_ROOT) -> str:
@@ -106,8 +117,9 @@ def command_line(argv: Sequence[str] | None = None, root: Path = REPO_ROOT) -> s
     return shlex.join(parts)
 
 
-def provenance(checkpoints: Iterable[str | Path] = (), *, argv: Sequence[str] | None = None,
-               root: Path = REPO_ROOT) -> dict[str, Any]:
+def provenance(
+    checkpoints: Iterable[str | Path] = (), *, argv: Sequence[str] | None = None, root: Path = REPO_ROOT
+) -> dict[str, Any]:
     """{commit, dirty, checkpoints {path: sha256}, versions, command, utc} of the current process.
 
     ``checkpoints``: the files the measurement read (missing files raise FileNotFoundError naming them:
@@ -117,13 +129,19 @@ def provenance(checkpoints: Iterable[str | Path] = (), *, argv: Sequence[str] | 
     for path in checkpoints:
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"provenance: checkpoint {p} does not exist (expected the file the "
-                                    "measurement read)")
+            raise FileNotFoundError(
+                f"provenance: checkpoint {p} does not exist (expected the file the measurement read)"
+            )
         hashes[relative_to_repo(p, root)] = file_sha256(p)
     commit, dirty = git_state(root)
-    return {"commit": commit, "dirty": dirty, "checkpoints": dict(sorted(hashes.items())),
-            "versions": library_versions(), "command": command_line(argv, root),
-            "utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    return {
+        "commit": commit,
+        "dirty": dirty,
+        "checkpoints": dict(sorted(hashes.items())),
+        "versions": library_versions(),
+        "command": command_line(argv, root),
+        "utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
 
 
 def not_recorded(note: str, commit: str | None = None, commit_source: str = GIT_HISTORY) -> dict[str, Any]:

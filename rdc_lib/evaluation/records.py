@@ -28,8 +28,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ..core.stored_state import DAMAGED, ORPHANED, StoredStateError, load_safetensors, move_aside, restart_aside, \
-    source_version
+from ..core.stored_state import (
+    DAMAGED,
+    ORPHANED,
+    StoredStateError,
+    load_safetensors,
+    move_aside,
+    restart_aside,
+    source_version,
+)
 from .stats import wilson
 
 if TYPE_CHECKING:
@@ -53,8 +60,9 @@ def records_paths(records_dir: str | Path, cfg: "EvalConfig") -> tuple[Path, Pat
     return root / f"{stem}.jsonl", root / f"{stem}.adv.safetensors"
 
 
-def load_records(records_dir: str | Path | None, cfg: "EvalConfig", x: Tensor, y: Tensor, *,
-                 restart: bool = False) -> tuple[dict[int, dict], Tensor]:
+def load_records(
+    records_dir: str | Path | None, cfg: "EvalConfig", x: Tensor, y: Tensor, *, restart: bool = False
+) -> tuple[dict[int, dict], Tensor]:
     """The stored records {position in the slice: record} and images (n, C, H, W) of ``cfg``.
 
     ``x``, ``y``: the clean images (n, C, H, W) in [0, 1] and labels (n,) of the slice (CPU), to check
@@ -74,8 +82,14 @@ def load_records(records_dir: str | Path | None, cfg: "EvalConfig", x: Tensor, y
         kept = [str(move_aside(p, tag)) for p, tag in damaged if p.exists()]
         if records:
             save_records(records_dir, cfg, records, x_adv)
-        log.warning("%s: %s; recovered %d/%d records, the rest is recomputed (the damaged files are kept as %s)",
-                    jsonl, "; ".join(notes), len(records), cfg.n, ", ".join(kept))
+        log.warning(
+            "%s: %s; recovered %d/%d records, the rest is recomputed (the damaged files are kept as %s)",
+            jsonl,
+            "; ".join(notes),
+            len(records),
+            cfg.n,
+            ", ".join(kept),
+        )
     elif records:
         log.info("resuming %s: %d/%d examples already evaluated", jsonl, len(records), cfg.n)
     return records, x_adv
@@ -101,8 +115,9 @@ def save_records(records_dir: str | Path | None, cfg: "EvalConfig", records: dic
     tmp.replace(jsonl)
 
 
-def _read(jsonl: Path, adv: Path, cfg: "EvalConfig", x: Tensor, y: Tensor
-          ) -> tuple[dict[int, dict], Tensor, list[str], list[tuple[Path, str]]]:
+def _read(
+    jsonl: Path, adv: Path, cfg: "EvalConfig", x: Tensor, y: Tensor
+) -> tuple[dict[int, dict], Tensor, list[str], list[tuple[Path, str]]]:
     """(records, images, notes on recovered damage, [(file to move aside, tag)]); raises on other damage."""
     x_adv = torch.zeros(cfg.n, *x.shape[1:])
     if not jsonl.is_file():
@@ -120,8 +135,12 @@ def _read(jsonl: Path, adv: Path, cfg: "EvalConfig", x: Tensor, y: Tensor
         raise StoredStateError(adv, f"it holds tensors {sorted(stored)}, expected only 'x_adv'", restart=RESTART)
     t = stored["x_adv"]
     if t.dtype != torch.float32 or t.ndim != 4 or tuple(t.shape[1:]) != tuple(x.shape[1:]) or t.shape[0] > cfg.n:
-        raise StoredStateError(adv, f"x_adv is {t.dtype} of shape {tuple(t.shape)}, expected float32 of shape "
-                                    f"({cfg.n}, {', '.join(map(str, x.shape[1:]))})", restart=RESTART)
+        raise StoredStateError(
+            adv,
+            f"x_adv is {t.dtype} of shape {tuple(t.shape)}, expected float32 of shape "
+            f"({cfg.n}, {', '.join(map(str, x.shape[1:]))})",
+            restart=RESTART,
+        )
     if not torch.isfinite(t).all() or t.min() < 0 or t.max() > 1:
         raise StoredStateError(adv, "x_adv has values outside [0, 1] or not finite", restart=RESTART)
     rows = t.shape[0]
@@ -140,10 +159,14 @@ def _read(jsonl: Path, adv: Path, cfg: "EvalConfig", x: Tensor, y: Tensor
         bad = ((linf - want).abs() > _LINF_TOL).nonzero().flatten()
         if bad.numel():
             i = int(idx[bad[0]])
-            raise StoredStateError(adv, f"the image of example {records[i]['index']} does not match its record in "
-                                        f"{jsonl.name} (l_inf distance {float(linf[bad[0]]):.6g}, recorded "
-                                        f"{records[i]['linf']:.6g}; {bad.numel()} such examples): the two files "
-                                        "come from different runs", restart=RESTART)
+            raise StoredStateError(
+                adv,
+                f"the image of example {records[i]['index']} does not match its record in "
+                f"{jsonl.name} (l_inf distance {float(linf[bad[0]]):.6g}, recorded "
+                f"{records[i]['linf']:.6g}; {bad.numel()} such examples): the two files "
+                "come from different runs",
+                restart=RESTART,
+            )
     return records, x_adv, notes, damaged
 
 
@@ -159,17 +182,21 @@ def _read_jsonl(jsonl: Path, cfg: "EvalConfig", y: Tensor) -> tuple[dict[int, di
         lines = lines[:-1]
     header = _json_line(lines[0] if lines else b"")
     if not isinstance(header, dict) or "config" not in header:
-        problem = "it is empty" if not raw else "line 1 is not a records header ({\"config\": ..., \"code\": ...})"
+        problem = "it is empty" if not raw else 'line 1 is not a records header ({"config": ..., "code": ...})'
         raise StoredStateError(jsonl, problem, restart=RESTART)
     if header["config"] != cfg.identity():
         other = header["config"] if isinstance(header["config"], dict) else {}
         diff = sorted(k for k in set(other) | set(cfg.identity()) if other.get(k) != cfg.identity().get(k))
-        raise StoredStateError(jsonl, f"its header is for another configuration (differs in {', '.join(diff)})",
-                               restart=RESTART)
+        raise StoredStateError(
+            jsonl, f"its header is for another configuration (differs in {', '.join(diff)})", restart=RESTART
+        )
     if header.get("code") != source_version():
-        raise StoredStateError(jsonl, f"it was written by code version {header.get('code')!r}, this is "
-                                      f"{source_version()!r} (results of two code versions are never mixed)",
-                               restart=RESTART)
+        raise StoredStateError(
+            jsonl,
+            f"it was written by code version {header.get('code')!r}, this is "
+            f"{source_version()!r} (results of two code versions are never mixed)",
+            restart=RESTART,
+        )
     records: dict[int, dict] = {}
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -234,8 +261,9 @@ def read_outcomes(jsonl: str | Path) -> tuple[dict, dict[int, bool]]:
     lines = [_json_line(l) for l in path.read_bytes().splitlines() if l.strip()] if path.is_file() else []
     if not lines or not isinstance(lines[0], dict) or not isinstance(lines[0].get("config"), dict):
         raise ValueError(f"{path}: not an `rdc eval` records file (expected a header line with 'config')")
-    bad = [i + 2 for i, r in enumerate(lines[1:]) if not isinstance(r, dict) or "index" not in r
-           or "robust_first" not in r]
+    bad = [
+        i + 2 for i, r in enumerate(lines[1:]) if not isinstance(r, dict) or "index" not in r or "robust_first" not in r
+    ]
     if bad:
         raise ValueError(f"{path}: line {bad[0]} is not a per-image record (expected 'index' and 'robust_first')")
     return lines[0]["config"], {int(r["index"]): bool(r["robust_first"]) for r in lines[1:]}
@@ -253,8 +281,14 @@ def summarize(records: Sequence[dict], attacked: bool) -> dict:
     robust = wilson(sum(r["robust_first"] for r in records), n)
     worst = wilson(sum(r["robust_all"] for r in records), n)
     avg = sum(r["robust_frac"] for r in records) / n
-    return {"clean_acc": clean.value, "robust_acc": robust.value if attacked else clean.value,
-            "robust_acc_avg": avg if attacked else clean.value,
-            "robust_acc_worst": worst.value if attacked else clean.value,
-            "clean": clean.as_dict(), "robust": robust.as_dict(), "robust_worst": worst.as_dict(),
-            "max_linf": max(r["linf"] for r in records), "max_l2": max(r["l2"] for r in records)}
+    return {
+        "clean_acc": clean.value,
+        "robust_acc": robust.value if attacked else clean.value,
+        "robust_acc_avg": avg if attacked else clean.value,
+        "robust_acc_worst": worst.value if attacked else clean.value,
+        "clean": clean.as_dict(),
+        "robust": robust.as_dict(),
+        "robust_worst": worst.as_dict(),
+        "max_linf": max(r["linf"] for r in records),
+        "max_l2": max(r["l2"] for r in records),
+    }

@@ -19,16 +19,30 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..core.choices import (DATASETS, GRAD_MODES, GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, HEADS, LM_ETA,
-                       LM_STEP_SIZE, LM_STEPS, NOISE_MODES, SPLITS, THREAT_NORMS, check_choice)
-from ..diffusion.schedules import check_grid_sigma_min
+from ..attacks.registry import get_attack
+from ..core.choices import (
+    DATASETS,
+    GRAD_MODES,
+    GRID_KIND,
+    GRID_KINDS,
+    GRID_LEVELS,
+    GRID_SIGMA_MIN,
+    HEADS,
+    LM_ETA,
+    LM_STEP_SIZE,
+    LM_STEPS,
+    NOISE_MODES,
+    SPLITS,
+    THREAT_NORMS,
+    check_choice,
+)
+from ..core.paths import default_denoiser, stored_denoiser_name
 from ..data import load_dataset
 from ..defenses import DefenseSpec, build_defense, defense_names, get_defense
-from ..attacks.registry import get_attack
-from ..core.paths import default_denoiser, stored_denoiser_name
+from ..diffusion.schedules import check_grid_sigma_min
 from . import checks
-from .prediction import n_evaluate, predict
 from .attacking import NO_ATTACK, build_evaluated_attack, eval_attack_names, run_attack
+from .prediction import n_evaluate, predict
 from .records import load_records, save_records, summarize
 
 log = logging.getLogger(__name__)
@@ -44,45 +58,45 @@ _AT_LEAST_ONE = {
     "eot": " (draws of a stochastic defense averaged per gradient and per Square score; 1 for a deterministic one)",
     "verify": " (calls that must all misclassify an image before an attack stops on it; 1 for a deterministic defense)",
     "n_eval": " (re-classifications of each final adversarial example: 1 for a deterministic defense, e.g. 10 for "
-              "the worst of N on a stochastic one)",
+    "the worst of N on a stochastic one)",
 }
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    defense: str = "dc"             # a registered defense (rdc_lib.defenses.defense_names())
-    attack: str = "none"            # "none" or a registered attack (rdc_lib.attacks.attack_names())
-    norm: str = "linf"              # one of THREAT_NORMS, supported by the attack
-    eps: float = 0.1                # perturbation budget on images in [0, 1]
-    n: int = 100                    # number of images of `split`
-    offset: int = 0                 # first image of `split`
-    seed: int = 0                   # seeds the attack and the defense's own generator
-    eot: int = 1                    # EOT draws per gradient
-    verify: int = 1                 # calls that must all misclassify before an attack stops on an example
-    steps: int = 20                 # attack iterations
-    restarts: int = 1               # attack restarts
-    square_queries: int = 1000      # autoattack: Square's query budget
-    n_target_classes: int = 9       # autoattack / apgd-t: target classes tried
-    timesteps: int = GRID_LEVELS    # T noise levels of the diffusion classifier
-    heads: str = "multi"            # denoiser used by dc / rdc / diffpure
+    defense: str = "dc"  # a registered defense (rdc_lib.defenses.defense_names())
+    attack: str = "none"  # "none" or a registered attack (rdc_lib.attacks.attack_names())
+    norm: str = "linf"  # one of THREAT_NORMS, supported by the attack
+    eps: float = 0.1  # perturbation budget on images in [0, 1]
+    n: int = 100  # number of images of `split`
+    offset: int = 0  # first image of `split`
+    seed: int = 0  # seeds the attack and the defense's own generator
+    eot: int = 1  # EOT draws per gradient
+    verify: int = 1  # calls that must all misclassify before an attack stops on an example
+    steps: int = 20  # attack iterations
+    restarts: int = 1  # attack restarts
+    square_queries: int = 1000  # autoattack: Square's query budget
+    n_target_classes: int = 9  # autoattack / apgd-t: target classes tried
+    timesteps: int = GRID_LEVELS  # T noise levels of the diffusion classifier
+    heads: str = "multi"  # denoiser used by dc / rdc / diffpure
     dataset: str = "digits"
     noise_mode: str = "stochastic"  # defense randomness: "stochastic" | "fixed"
-    grad_mode: str = "exact"        # through RDC's LM / DiffPure's purification: "exact" | "bpda"
-    n_eval: int = 1                 # re-classifications of each final adversarial example
-    vote: int = 1                   # RDC majority vote over this many stochastic calls
-    chunk: int = 50                 # images per chunk (records are saved after each)
-    run_checks: bool = True         # sanity checks with every robust evaluation
-    preset: str = ""                # "cifar10-paper" with dataset="cifar10" (grid, LM, DC settings)
-    data_root: str = ""             # CIFAR-10: folder of the python batches
+    grad_mode: str = "exact"  # through RDC's LM / DiffPure's purification: "exact" | "bpda"
+    n_eval: int = 1  # re-classifications of each final adversarial example
+    vote: int = 1  # RDC majority vote over this many stochastic calls
+    chunk: int = 50  # images per chunk (records are saved after each)
+    run_checks: bool = True  # sanity checks with every robust evaluation
+    preset: str = ""  # "cifar10-paper" with dataset="cifar10" (grid, LM, DC settings)
+    data_root: str = ""  # CIFAR-10: folder of the python batches
     ckpt_dir: str = "data/checkpoints"  # CIFAR-10: folder of the imported EDM checkpoints
-    denoiser: str = ""              # digits: a denoiser checkpoint (path, or shipped name like digits_multi_h32);
-                                    # "" = the default of `heads` (rdc_lib.core.choices.DEFAULT_DENOISERS), stored resolved
-    grid: str = GRID_KIND           # kind of the DC's noise grid (rdc_lib.core.choices.GRID_KINDS)
+    denoiser: str = ""  # digits: a denoiser checkpoint (path, or shipped name like digits_multi_h32);
+    # "" = the default of `heads` (rdc_lib.core.choices.DEFAULT_DENOISERS), stored resolved
+    grid: str = GRID_KIND  # kind of the DC's noise grid (rdc_lib.core.choices.GRID_KINDS)
     grid_sigma_min: float = GRID_SIGMA_MIN  # the grid's smallest level (paper and karras grids)
-    lm_steps: int = LM_STEPS        # RDC's likelihood maximization: N steps,
-    lm_eta: float = LM_ETA          # ball radius in [0, 1] pixel units (eta = eps: --lm-eta 0.1 with --eps 0.1)
+    lm_steps: int = LM_STEPS  # RDC's likelihood maximization: N steps,
+    lm_eta: float = LM_ETA  # ball radius in [0, 1] pixel units (eta = eps: --lm-eta 0.1 with --eps 0.1)
     lm_step_size: float = LM_STEP_SIZE  # and step size (rdc_lib.diffusion.lm)
-    split: str = "test"             # the images: "test", or "val" (choices are made there: rdc_lib.experiments.selection)
+    split: str = "test"  # the images: "test", or "val" (choices are made there: rdc_lib.experiments.selection)
 
     def __post_init__(self) -> None:
         defense = get_defense(self.defense)
@@ -94,10 +108,23 @@ class EvalConfig:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
         if self.norm == "linf" and self.eps > 1:
             raise ValueError(f"an l_inf eps above 1 is meaningless for images in [0, 1], got {self.eps}")
-        for name in ("n", "eot", "verify", "steps", "restarts", "timesteps", "n_eval", "vote", "chunk", "square_queries",
-                     "n_target_classes"):
+        for name in (
+            "n",
+            "eot",
+            "verify",
+            "steps",
+            "restarts",
+            "timesteps",
+            "n_eval",
+            "vote",
+            "chunk",
+            "square_queries",
+            "n_target_classes",
+        ):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1{_AT_LEAST_ONE.get(name, '')}, got {name} = {getattr(self, name)}")
+                raise ValueError(
+                    f"{name} must be >= 1{_AT_LEAST_ONE.get(name, '')}, got {name} = {getattr(self, name)}"
+                )
         for name, valid in (("noise_mode", NOISE_MODES), ("grad_mode", GRAD_MODES), ("heads", HEADS)):
             check_choice(name, getattr(self, name), valid)
         if self.offset < 0:
@@ -106,13 +133,16 @@ class EvalConfig:
         check_choice("split", self.split, SPLITS)
         with_denoiser = ", ".join(defense_names(needs_denoiser=True))
         if self.denoiser and not defense.needs_denoiser:
-            raise ValueError(f"denoiser= selects the diffusion model of {with_denoiser}; defense {self.defense!r} "
-                             "has none")
+            raise ValueError(
+                f"denoiser= selects the diffusion model of {with_denoiser}; defense {self.defense!r} has none"
+            )
         if self.denoiser and self.dataset != "digits":
             raise ValueError("denoiser= is for digits; CIFAR-10 takes its checkpoints from preset and ckpt_dir")
         if self.dataset not in defense.datasets:
-            raise ValueError(f"on {self.dataset} the defenses are {', '.join(defense_names(datasets=self.dataset))}, "
-                             f"got {self.defense!r}")
+            raise ValueError(
+                f"on {self.dataset} the defenses are {', '.join(defense_names(datasets=self.dataset))}, "
+                f"got {self.defense!r}"
+            )
         self._check_spec_settings(defense)
         if self.preset or self.dataset == "cifar10":
             self._apply_preset()
@@ -127,26 +157,36 @@ class EvalConfig:
         check_choice("grid", self.grid, GRID_KINDS)
         check_grid_sigma_min(self.grid_sigma_min, self.grid)
         if self.lm_steps < 0 or not self.lm_eta >= 0 or not self.lm_step_size > 0:
-            raise ValueError(f"LM settings must be lm_steps >= 0, lm_eta >= 0, lm_step_size > 0; got {self.lm_steps}, "
-                             f"{self.lm_eta}, {self.lm_step_size}")
+            raise ValueError(
+                f"LM settings must be lm_steps >= 0, lm_eta >= 0, lm_step_size > 0; got {self.lm_steps}, "
+                f"{self.lm_eta}, {self.lm_step_size}"
+            )
         changed = [n for n in _SPEC_SETTINGS if getattr(self, n) != getattr(EvalConfig, n)]
         unread = [n for n in changed if n not in defense.extra_args]
         if unread:
             readers = ", ".join(n for n in defense_names() if set(unread) <= set(get_defense(n).extra_args))
-            raise ValueError(f"defense {self.defense!r} does not read {', '.join(unread)} (defenses that do: {readers})")
+            raise ValueError(
+                f"defense {self.defense!r} does not read {', '.join(unread)} (defenses that do: {readers})"
+            )
         if changed and (self.preset or self.dataset == "cifar10"):
-            raise ValueError(f"{', '.join(changed)}: the preset {self.preset or 'cifar10-paper'!r} fixes the grid and "
-                             "the LM settings (rdc presets NAME shows them); drop the flag or leave out the preset")
+            raise ValueError(
+                f"{', '.join(changed)}: the preset {self.preset or 'cifar10-paper'!r} fixes the grid and "
+                "the LM settings (rdc presets NAME shows them); drop the flag or leave out the preset"
+            )
 
     def _check_attack(self, defense) -> None:
         """The attack's registry facts against the threat model and the defense."""
         info = get_attack(self.attack)
         if self.norm not in info.norms:
-            raise ValueError(f"attack {self.attack!r} goes with norm {' or '.join(map(repr, info.norms))}, got "
-                             f"{self.norm!r} (norm 'flow' is StAdv's flow bound: attack stadv, eps = flow bound)")
+            raise ValueError(
+                f"attack {self.attack!r} goes with norm {' or '.join(map(repr, info.norms))}, got "
+                f"{self.norm!r} (norm 'flow' is StAdv's flow bound: attack stadv, eps = flow bound)"
+            )
         if "denoiser" in info.extra_args and not defense.needs_denoiser:
-            raise ValueError(f"attack {self.attack!r} needs a diffusion defense "
-                             f"({', '.join(defense_names(needs_denoiser=True))}); {self.defense!r} has no denoiser")
+            raise ValueError(
+                f"attack {self.attack!r} needs a diffusion defense "
+                f"({', '.join(defense_names(needs_denoiser=True))}); {self.defense!r} has no denoiser"
+            )
 
     def _apply_preset(self) -> None:
         """Apply the preset (cifar10 implies 'cifar10-paper') to the fields it fixes that are left at their
@@ -226,16 +266,19 @@ def defense_spec(cfg: EvalConfig) -> DefenseSpec:
     definition: a setting added to both reaches the builder without a copy here), plus name, denoiser_path and
     ckpt_dir (CIFAR-10 only)."""
     shared = ({f.name for f in fields(DefenseSpec)} & {f.name for f in fields(EvalConfig)}) - {"ckpt_dir"}
-    return DefenseSpec(name=cfg.defense, **{k: getattr(cfg, k) for k in sorted(shared)},
-                       ckpt_dir=cfg.ckpt_dir if cfg.dataset == "cifar10" else "",
-                       denoiser_path=str(resolve_denoiser(cfg.denoiser)) if cfg.denoiser else None)
+    return DefenseSpec(
+        name=cfg.defense,
+        **{k: getattr(cfg, k) for k in sorted(shared)},
+        ckpt_dir=cfg.ckpt_dir if cfg.dataset == "cifar10" else "",
+        denoiser_path=str(resolve_denoiser(cfg.denoiser)) if cfg.denoiser else None,
+    )
 
 
 def resolve_denoiser(name_or_path: str) -> Path:
     """A checkpoint path as given, or ``data/checkpoints/<name>.safetensors`` for a bare shipped name;
     ``diffusers:FOLDER`` (a local diffusers model, rdc_lib.models.diffusers_adapter) is checked and kept as given."""
-    from ..models.diffusers_adapter import inspect_diffusers_folder, is_diffusers_ref
     from ..core.paths import checkpoint_path
+    from ..models.diffusers_adapter import inspect_diffusers_folder, is_diffusers_ref
 
     if is_diffusers_ref(name_or_path):
         inspect_diffusers_folder(name_or_path)
@@ -275,8 +318,8 @@ def evaluate(
     x_all, y_all = load_dataset(cfg.dataset, cfg.split, root=cfg.data_root or None)
     if cfg.offset + cfg.n > x_all.shape[0]:
         raise ValueError(f"n + offset = {cfg.n + cfg.offset} exceeds the {x_all.shape[0]} {cfg.split} images")
-    x_all = x_all[cfg.offset:cfg.offset + cfg.n].to(device)
-    y_all = y_all[cfg.offset:cfg.offset + cfg.n].to(device)
+    x_all = x_all[cfg.offset : cfg.offset + cfg.n].to(device)
+    y_all = y_all[cfg.offset : cfg.offset + cfg.n].to(device)
     if model is None:
         model = build_defense(defense_spec(cfg), device)
     if cfg.attack != NO_ATTACK:
@@ -308,12 +351,16 @@ def evaluate(
         for j in range(stop - start):
             correct_runs = (preds[:, j] == y[j]).tolist()
             records[start + j] = {
-                "index": cfg.offset + start + j, "label": int(y[j]), "clean_pred": int(clean[j]),
-                "adv_preds": preds[:, j].tolist(), "attacked": bool(ok[j]) and cfg.attack != NO_ATTACK,
+                "index": cfg.offset + start + j,
+                "label": int(y[j]),
+                "clean_pred": int(clean[j]),
+                "adv_preds": preds[:, j].tolist(),
+                "attacked": bool(ok[j]) and cfg.attack != NO_ATTACK,
                 "robust_first": bool(correct_runs[0]) and bool(ok[j]),
                 "robust_all": all(correct_runs) and bool(ok[j]),
                 "robust_frac": (sum(correct_runs) / len(correct_runs)) if ok[j] else 0.0,
-                "linf": float((x_adv[j] - x[j]).abs().max()), "l2": float((x_adv[j] - x[j]).flatten().norm()),
+                "linf": float((x_adv[j] - x[j]).abs().max()),
+                "l2": float((x_adv[j] - x[j]).flatten().norm()),
             }
         x_adv_all[start:stop] = x_adv.cpu()
         save_records(records_dir, cfg, records, x_adv_all)
@@ -345,21 +392,25 @@ def _clean_verified(model: nn.Module, x: Tensor, y: Tensor, clean: Tensor, verif
     return ok
 
 
-def _checks(cfg: EvalConfig, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, recs: list[dict],
-            device: torch.device) -> dict:
+def _checks(
+    cfg: EvalConfig, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, recs: list[dict], device: torch.device
+) -> dict:
     """``checks``, ``checks_skipped`` (check: reason) and ``trusted`` (None when no check ran) of a result."""
     if cfg.attack == NO_ATTACK:
         return {"checks": {}, "checks_skipped": {"all": "attack 'none': no robust accuracy to check"}, "trusted": None}
     if not cfg.run_checks:
         return {"checks": {}, "checks_skipped": {"all": "run_checks=False"}, "trusted": None}
-    attacked = torch.tensor([r.get("attacked", r["clean_pred"] == r["label"]) for r in recs[:checks.MIN_CHECK_IMAGES]],
-                            dtype=torch.bool, device=device)
-    worst = torch.tensor([r["robust_all"] for r in recs[:checks.MIN_CHECK_IMAGES]], dtype=torch.bool, device=device)
+    attacked = torch.tensor(
+        [r.get("attacked", r["clean_pred"] == r["label"]) for r in recs[: checks.MIN_CHECK_IMAGES]],
+        dtype=torch.bool,
+        device=device,
+    )
+    worst = torch.tensor([r["robust_all"] for r in recs[: checks.MIN_CHECK_IMAGES]], dtype=torch.bool, device=device)
     entries = checks.run_sanity_checks(cfg, model, x, y, x_adv, device=device, attacked=attacked, worst=worst)
     trusted = checks.trusted_from(entries)
     if trusted is False:
         log.warning("UNTRUSTED robust accuracy: sanity checks failed: %s", "; ".join(checks.failed_checks(entries)))
-    deterministic = checks.is_deterministic(model, x[:checks.FD_IMAGES])
+    deterministic = checks.is_deterministic(model, x[: checks.FD_IMAGES])
     return {"checks": entries, "checks_skipped": checks.skipped_checks(cfg, deterministic), "trusted": trusted}
 
 

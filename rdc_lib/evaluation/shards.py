@@ -21,13 +21,32 @@ from .runner import EvalConfig
 __all__ = ["SHARD_FIELDS", "ShardError", "merge_provenance", "merge_shards", "read_records_file"]
 
 SHARD_FIELDS = ("n", "offset", "run_checks", "chunk")  # configuration fields that may differ between shards
-SAME_PROVENANCE = ("commit", "dirty", "versions")      # what every shard's provenance must share
+SAME_PROVENANCE = ("commit", "dirty", "versions")  # what every shard's provenance must share
 # Result fields a merge computes (the rest of a result is its configuration, which shards share).
-SUMMARY_FIELDS = ("clean_acc", "robust_acc", "robust_acc_avg", "robust_acc_worst", "clean", "robust", "robust_worst",
-                  "max_linf", "max_l2")
+SUMMARY_FIELDS = (
+    "clean_acc",
+    "robust_acc",
+    "robust_acc_avg",
+    "robust_acc_worst",
+    "clean",
+    "robust",
+    "robust_worst",
+    "max_linf",
+    "max_l2",
+)
 FIRST_SHARD_FIELDS = ("checks", "checks_skipped", "trusted")  # the sanity checks run on the first shard only
-MERGED_FIELDS = (*SUMMARY_FIELDS, *FIRST_SHARD_FIELDS, "attack_stats", "attacks_dropped", "seconds", "provenance",
-                 "command", "key", "robust_images", "not_recorded")
+MERGED_FIELDS = (
+    *SUMMARY_FIELDS,
+    *FIRST_SHARD_FIELDS,
+    "attack_stats",
+    "attacks_dropped",
+    "seconds",
+    "provenance",
+    "command",
+    "key",
+    "robust_images",
+    "not_recorded",
+)
 
 
 class ShardError(ValueError):
@@ -75,11 +94,15 @@ def check_one_run(shards: Sequence[dict]) -> None:
         cfg_a, cfg_b = _run_config(first), _run_config(s)
         diff = sorted(k for k in cfg_a if cfg_a[k] != cfg_b[k])
         if diff:
-            raise ShardError(f"shards of different configurations: {_span(first)} and {_span(s)} differ in "
-                             + ", ".join(f"{k} ({cfg_a[k]!r} vs {cfg_b[k]!r})" for k in diff))
+            raise ShardError(
+                f"shards of different configurations: {_span(first)} and {_span(s)} differ in "
+                + ", ".join(f"{k} ({cfg_a[k]!r} vs {cfg_b[k]!r})" for k in diff)
+            )
         if s.get("attacks_dropped") != first.get("attacks_dropped"):
-            raise ShardError(f"shards ran different attacks: {_span(first)} dropped {first.get('attacks_dropped')}, "
-                             f"{_span(s)} dropped {s.get('attacks_dropped')}")
+            raise ShardError(
+                f"shards ran different attacks: {_span(first)} dropped {first.get('attacks_dropped')}, "
+                f"{_span(s)} dropped {s.get('attacks_dropped')}"
+            )
     merge_provenance([(_span(s), s.get("provenance")) for s in shards])
 
 
@@ -90,22 +113,33 @@ def merge_provenance(named: Iterable[tuple[str, dict | None]]) -> dict:
     named = list(named)
     for name, prov in named:
         if not prov or any(k not in prov for k in SAME_PROVENANCE):
-            raise ShardError(f"shard {name} carries no provenance (expected commit, dirty, versions: the output of "
-                             "`rdc eval --json`); shards of unknown code are never merged")
+            raise ShardError(
+                f"shard {name} carries no provenance (expected commit, dirty, versions: the output of "
+                "`rdc eval --json`); shards of unknown code are never merged"
+            )
     (name0, p0), rest = named[0], named[1:]
     checkpoints = dict(p0.get("checkpoints", {}))
     for name, prov in rest:
         for key in SAME_PROVENANCE:
             if prov[key] != p0[key]:
-                raise ShardError(f"shards measured by different code: {name0} has {key} {p0[key]!r}, {name} has "
-                                 f"{prov[key]!r} (expected one commit, dirty flag and library versions)")
+                raise ShardError(
+                    f"shards measured by different code: {name0} has {key} {p0[key]!r}, {name} has "
+                    f"{prov[key]!r} (expected one commit, dirty flag and library versions)"
+                )
         for path, digest in prov.get("checkpoints", {}).items():
             if checkpoints.setdefault(path, digest) != digest:
-                raise ShardError(f"shards read different checkpoints: {path} has sha256 {checkpoints[path][:12]} in "
-                                 f"{name0}, {digest[:12]} in {name} (expected one denoiser)")
-    return {"commit": p0["commit"], "dirty": p0["dirty"], "checkpoints": dict(sorted(checkpoints.items())),
-            "versions": p0["versions"], "command": " && ".join(p.get("command", "") for _, p in named),
-            "utc": max(p.get("utc", "") for _, p in named)}
+                raise ShardError(
+                    f"shards read different checkpoints: {path} has sha256 {checkpoints[path][:12]} in "
+                    f"{name0}, {digest[:12]} in {name} (expected one denoiser)"
+                )
+    return {
+        "commit": p0["commit"],
+        "dirty": p0["dirty"],
+        "checkpoints": dict(sorted(checkpoints.items())),
+        "versions": p0["versions"],
+        "command": " && ".join(p.get("command", "") for _, p in named),
+        "utc": max(p.get("utc", "") for _, p in named),
+    }
 
 
 def shard_records(result: dict, record_files: Sequence[str | Path]) -> tuple[str, list[dict]]:
@@ -122,18 +156,24 @@ def shard_records(result: dict, record_files: Sequence[str | Path]) -> tuple[str
         images = range(result["offset"], result["offset"] + result["n"])
         missing = [i for i in images if i not in recs]
         if missing:
-            raise ShardError(f"{path}: the records lack {len(missing)} of {_span(result)} (first {missing[0]}); "
-                             "expected every image of the shard")
+            raise ShardError(
+                f"{path}: the records lack {len(missing)} of {_span(result)} (first {missing[0]}); "
+                "expected every image of the shard"
+            )
         ordered = [recs[i] for i in images]
         mine = summarize(ordered, result["attack"] != "none")
         for k in ("clean", "robust", "robust_worst"):
             if k in result and result[k]["correct"] != mine[k]["correct"]:
-                raise ShardError(f"{path}: the records of {_span(result)} count {mine[k]['correct']} {k} images, "
-                                 f"the result {result[k]['correct']} (expected the records of this run)")
+                raise ShardError(
+                    f"{path}: the records of {_span(result)} count {mine[k]['correct']} {k} images, "
+                    f"the result {result[k]['correct']} (expected the records of this run)"
+                )
         return head.get("code", ""), ordered
-    raise ShardError(f"no records file for {_span(result)} of `{result.get('command', result['defense'])}` among the "
-                     f"{len(record_files)} given (expected the .jsonl under its --records folder whose header has "
-                     "its configuration)")
+    raise ShardError(
+        f"no records file for {_span(result)} of `{result.get('command', result['defense'])}` among the "
+        f"{len(record_files)} given (expected the .jsonl under its --records folder whose header has "
+        "its configuration)"
+    )
 
 
 def merge_shards(results: Sequence[dict], record_files: Sequence[str | Path]) -> dict:
@@ -151,8 +191,10 @@ def merge_shards(results: Sequence[dict], record_files: Sequence[str | Path]) ->
     check_one_run(shards)
     first = shards[0]
     if len(shards) > 1 and not record_files:
-        raise ShardError(f"merging {len(shards)} shards needs their per-image records (the .jsonl files under their "
-                         "--records folders): counts and rates are recomputed from them, never copied")
+        raise ShardError(
+            f"merging {len(shards)} shards needs their per-image records (the .jsonl files under their "
+            "--records folders): counts and rates are recomputed from them, never copied"
+        )
     records: list[dict] = []
     if len(shards) == 1 and not record_files:  # one whole run: its own summary (nothing to recompute)
         summary = {k: first[k] for k in SUMMARY_FIELDS if k in first}
@@ -163,16 +205,24 @@ def merge_shards(results: Sequence[dict], record_files: Sequence[str | Path]) ->
             codes.add(code)
             records += recs
         if len(codes) > 1:
-            raise ShardError(f"the shards' records were written by different code versions "
-                             f"({', '.join(sorted(codes))}); expected one")
+            raise ShardError(
+                f"the shards' records were written by different code versions "
+                f"({', '.join(sorted(codes))}); expected one"
+            )
         summary = summarize(records, first["attack"] != "none")
-    row = {**{k: first[k] for k in _config_fields() if k in first}, "n": sum(s["n"] for s in shards), **summary,
-           "attack_stats": [c for s in shards for c in s.get("attack_stats", [])]}
+    row = {
+        **{k: first[k] for k in _config_fields() if k in first},
+        "n": sum(s["n"] for s in shards),
+        **summary,
+        "attack_stats": [c for s in shards for c in s.get("attack_stats", [])],
+    }
     attacked = sum(r.get("attacked", r["clean_pred"] == r["label"]) for r in records)
     covered = sum(c.get("n", 0) for c in row["attack_stats"])
     if records and first["attack"] != "none" and covered != attacked:
-        row["not_recorded"] = {"attack_stats": f"cover {covered} of the {attacked} attacked images (a resumed run "
-                                               "reports only the chunks it attacked itself)"}
+        row["not_recorded"] = {
+            "attack_stats": f"cover {covered} of the {attacked} attacked images (a resumed run "
+            "reports only the chunks it attacked itself)"
+        }
     if "attacks_dropped" in first:
         row["attacks_dropped"] = first["attacks_dropped"]
     row.update({k: first[k] for k in FIRST_SHARD_FIELDS if k in first})
@@ -180,6 +230,7 @@ def merge_shards(results: Sequence[dict], record_files: Sequence[str | Path]) ->
     row["provenance"] = merge_provenance([(_span(s), s.get("provenance")) for s in shards])
     if all("command" in s for s in shards):
         row["command"] = " && ".join(s["command"] for s in shards)
-    row["shards"] = [{k: s[k] for k in ("offset", "n", "run_checks", "command", "seconds", "provenance") if k in s}
-                     for s in shards]
+    row["shards"] = [
+        {k: s[k] for k in ("offset", "n", "run_checks", "command", "seconds", "provenance") if k in s} for s in shards
+    ]
     return row

@@ -11,15 +11,17 @@ from dataclasses import asdict, dataclass
 class Accuracy:
     correct: int
     total: int
-    value: float          # correct / total in [0, 1]
-    low: float            # 95% Wilson interval
+    value: float  # correct / total in [0, 1]
+    low: float  # 95% Wilson interval
     high: float
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def __str__(self) -> str:
-        return f"{100 * self.value:.1f}% ({self.correct}/{self.total}, 95% CI {100 * self.low:.1f}-{100 * self.high:.1f})"
+        return (
+            f"{100 * self.value:.1f}% ({self.correct}/{self.total}, 95% CI {100 * self.low:.1f}-{100 * self.high:.1f})"
+        )
 
 
 def wilson(correct: int, total: int, z: float = 1.959964) -> Accuracy:
@@ -39,11 +41,11 @@ def wilson(correct: int, total: int, z: float = 1.959964) -> Accuracy:
 class PairedComparison:
     """Two robustness outcomes on the same images: how many each keeps alone, and the exact McNemar p-value."""
 
-    both: int             # images both keep
-    a_only: int           # images only the first keeps
-    b_only: int           # images only the second keeps
+    both: int  # images both keep
+    a_only: int  # images only the first keeps
+    b_only: int  # images only the second keeps
     neither: int
-    p_value: float        # two-sided exact McNemar test (binomial on the a_only + b_only discordant images), in [0, 1]
+    p_value: float  # two-sided exact McNemar test (binomial on the a_only + b_only discordant images), in [0, 1]
 
     def as_dict(self) -> dict:
         return asdict(self)

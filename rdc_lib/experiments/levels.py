@@ -36,7 +36,7 @@ class GridLevelRow:
     timesteps: int
     n: int
     offset: int
-    clean: dict[str, float]            # Accuracy.as_dict(): correct, total, value, low, high
+    clean: dict[str, float]  # Accuracy.as_dict(): correct, total, value, low, high
     robust: dict[str, float]
 
 
@@ -54,8 +54,17 @@ def read_grid_level_rows(path: str | Path) -> list[GridLevelRow]:
             continue
         r = json.loads(line)
         try:
-            rows.append(GridLevelRow(str(r["denoiser"]), float(r["sigma_min"]), int(r["timesteps"]), int(r["n"]),
-                                     int(r["offset"]), dict(r["clean"]), dict(r["robust"])))
+            rows.append(
+                GridLevelRow(
+                    str(r["denoiser"]),
+                    float(r["sigma_min"]),
+                    int(r["timesteps"]),
+                    int(r["n"]),
+                    int(r["offset"]),
+                    dict(r["clean"]),
+                    dict(r["robust"]),
+                )
+            )
         except KeyError as exc:
             raise ValueError(f"{path}:{i}: a grid-level row needs the field {exc}; got {sorted(r)}") from None
     return sorted(rows, key=lambda r: (r.denoiser, r.sigma_min))
@@ -86,14 +95,14 @@ class LevelView:
 
 def level_views(
     denoiser: nn.Module,
-    x: Tensor,                                   # (E, C, H, W) images in [0, 1] whose decisions are shown
-    y: Tensor,                                   # (E,) labels
-    sigma_mins: Sequence[float],                 # the slider's values (the first is the reference grid's)
-    make_attack: Callable[[nn.Module], Any],     # DC -> attack (callable (x, y) -> x_adv), seeded by the caller
+    x: Tensor,  # (E, C, H, W) images in [0, 1] whose decisions are shown
+    y: Tensor,  # (E,) labels
+    sigma_mins: Sequence[float],  # the slider's values (the first is the reference grid's)
+    make_attack: Callable[[nn.Module], Any],  # DC -> attack (callable (x, y) -> x_adv), seeded by the caller
     *,
     T: int,
-    gap_x: Tensor,                               # (B, C, H, W) images of the class-gap measurement
-    gap_y: Tensor,                               # (B,)
+    gap_x: Tensor,  # (B, C, H, W) images of the class-gap measurement
+    gap_y: Tensor,  # (B,)
     seed: int,
 ) -> list[LevelView]:
     """One :class:`LevelView` per sigma_min (fixed-noise DCs seeded with ``seed``, the class gap with a generator
@@ -116,7 +125,13 @@ def level_views(
         gap = class_gap_by_sigma(denoiser, gap_x.to(device), gap_y.to(device), grid.sigmas.to(device), gen)
         with torch.no_grad():
             logits = {"clean": dc(x), "adversarial (paper grid)": dc(x_ref), "adversarial (this grid)": dc(x_own)}
-        views.append(LevelView(float(s), grid.sigmas.float().cpu(), grid.weights.float().cpu(), gap.float().cpu(),
-                               {k: v.float().cpu() for k, v in logits.items()}))
+        views.append(
+            LevelView(
+                float(s),
+                grid.sigmas.float().cpu(),
+                grid.weights.float().cpu(),
+                gap.float().cpu(),
+                {k: v.float().cpu() for k, v in logits.items()},
+            )
+        )
     return views
-

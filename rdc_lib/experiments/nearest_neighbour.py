@@ -19,21 +19,21 @@ __all__ = ["NNAgreement", "nearest_neighbour_agreement", "nearest_neighbour_pred
 class NNAgreement:
     """Agreement between a classifier's argmax and the 1-nearest-neighbour (l2) prediction."""
 
-    agreement: float    # fraction of images where both predictions are equal
-    dc_pred: Tensor     # (B,) argmax of the logits
-    nn_pred: Tensor     # (B,) label of the nearest training image
+    agreement: float  # fraction of images where both predictions are equal
+    dc_pred: Tensor  # (B,) argmax of the logits
+    nn_pred: Tensor  # (B,) label of the nearest training image
 
     def to_dict(self) -> dict[str, object]:
         return {"agreement": self.agreement, "dc_pred": self.dc_pred.tolist(), "nn_pred": self.nn_pred.tolist()}
 
 
 def nearest_neighbour_predict(
-    x: Tensor,                          # (B, C, H, W) images in [0, 1]
-    train_x: Tensor,                    # (N, C, H, W) training images in [0, 1]
-    train_y: Tensor,                    # (N,) labels
+    x: Tensor,  # (B, C, H, W) images in [0, 1]
+    train_x: Tensor,  # (N, C, H, W) training images in [0, 1]
+    train_y: Tensor,  # (N,) labels
     *,
-    exclude_exact: bool = False,        # ignore training images identical to x (leave-one-out on training images)
-) -> Tensor:                            # (B,) label of the nearest training image (l2)
+    exclude_exact: bool = False,  # ignore training images identical to x (leave-one-out on training images)
+) -> Tensor:  # (B,) label of the nearest training image (l2)
     """1-NN rule in l2 (distances computed in float64 so ties are rare and reproducible)."""
     check_images(x, name="x")
     check_images(train_x, name="train_x")
@@ -51,10 +51,10 @@ def nearest_neighbour_predict(
 
 
 def nearest_neighbour_agreement(
-    dc_logits: Tensor,                  # (B, K) logits of a classifier on x
-    x: Tensor,                          # (B, C, H, W) the classified images in [0, 1]
-    train_x: Tensor,                    # (N, C, H, W)
-    train_y: Tensor,                    # (N,)
+    dc_logits: Tensor,  # (B, K) logits of a classifier on x
+    x: Tensor,  # (B, C, H, W) the classified images in [0, 1]
+    train_x: Tensor,  # (N, C, H, W)
+    train_y: Tensor,  # (N,)
     *,
     exclude_exact: bool = False,
 ) -> NNAgreement:
@@ -67,12 +67,12 @@ def nearest_neighbour_agreement(
 
 
 def nn_certified_radius(
-    x: Tensor,                          # (B, C, H, W) images in [0, 1]
-    y: Tensor,                          # (B,) their labels
-    train_x: Tensor,                    # (N, C, H, W) training images in [0, 1]
-    train_y: Tensor,                    # (N,)
-    norm: str = "l2",                   # threat model: 'l2' or 'linf'
-) -> Tensor:                            # (B,) float64 radius (0 where the 1-NN rule is wrong)
+    x: Tensor,  # (B, C, H, W) images in [0, 1]
+    y: Tensor,  # (B,) their labels
+    train_x: Tensor,  # (N, C, H, W) training images in [0, 1]
+    train_y: Tensor,  # (N,)
+    norm: str = "l2",  # threat model: 'l2' or 'linf'
+) -> Tensor:  # (B,) float64 radius (0 where the 1-NN rule is wrong)
     """A certified lower bound on the 1-NN rule's robust radius around each x, in ``norm``.
 
     With x_s the nearest class-y training image (x itself if it is one), class y beats another class's
@@ -88,11 +88,11 @@ def nn_certified_radius(
     a = x.detach().reshape(x.shape[0], -1).to(torch.float64)
     b = train_x.detach().reshape(train_x.shape[0], -1).to(a.device, torch.float64)
     ty, y = train_y.to(a.device), y.to(a.device)
-    d2 = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").pow(2)     # (B, N)
+    d2 = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist").pow(2)  # (B, N)
     same = ty[None, :] == y[:, None]
-    s_idx = d2.masked_fill(~same, float("inf")).argmin(1)                           # (B,)
-    d_same = d2.gather(1, s_idx[:, None])                                           # (B, 1)
-    diff = b[None, :, :] - b[s_idx][:, None, :]                                     # (B, N, D)
+    s_idx = d2.masked_fill(~same, float("inf")).argmin(1)  # (B,)
+    d_same = d2.gather(1, s_idx[:, None])  # (B, 1)
+    diff = b[None, :, :] - b[s_idx][:, None, :]  # (B, N, D)
     dual = diff.norm(p=2 if norm == "l2" else 1, dim=-1).clamp_min(1e-12)
     radius = ((d2 - d_same) / (2 * dual)).masked_fill(same, float("inf")).amin(1)
     return radius.clamp_min(0.0).cpu()

@@ -19,26 +19,34 @@ from ..core.choices import SELECTION_SPLIT
 __all__ = ["SELECTION_SCRIPTS", "SELECTION_SPLITS", "SELECTION_SWEEPS", "add_split_argument", "with_split"]
 
 # script (from the repository root) -> what it chooses
-SELECTION_SCRIPTS = MappingProxyType({
-    "benchmarks/denoiser_study.py": "the denoiser of each kind (its robust column ranks the candidates)",
-    "benchmarks/grid_levels.py": "the diffusion classifier grid's smallest level sigma_min",
-    "benchmarks/evaluation_report.py": "the EOT size of the strongest protocol (the gradient-cosine diagnostic)",
-})
+SELECTION_SCRIPTS = MappingProxyType(
+    {
+        "benchmarks/denoiser_study.py": "the denoiser of each kind (its robust column ranks the candidates)",
+        "benchmarks/grid_levels.py": "the diffusion classifier grid's smallest level sigma_min",
+        "benchmarks/evaluation_report.py": "the EOT size of the strongest protocol (the gradient-cosine diagnostic)",
+    }
+)
 # sweep file -> what it chooses
-SELECTION_SWEEPS = MappingProxyType({
-    "examples/sweeps/digits_rdc_eps_eta.yaml": "RDC's LM ball eta on the single-head default",
-    "examples/sweeps/digits_rdc_multi_eps_eta.yaml": "RDC's LM ball eta on the previous multi-head default",
-    "examples/sweeps/digits_rdc_multi_h16_long_adv_eps_eta.yaml": "RDC's LM ball eta on the multi-head default",
-})
+SELECTION_SWEEPS = MappingProxyType(
+    {
+        "examples/sweeps/digits_rdc_eps_eta.yaml": "RDC's LM ball eta on the single-head default",
+        "examples/sweeps/digits_rdc_multi_eps_eta.yaml": "RDC's LM ball eta on the previous multi-head default",
+        "examples/sweeps/digits_rdc_multi_h16_long_adv_eps_eta.yaml": "RDC's LM ball eta on the multi-head default",
+    }
+)
 SELECTION_SPLITS = (SELECTION_SPLIT, "test")  # what --split of a selection script accepts
 
 
 def add_split_argument(parser: argparse.ArgumentParser) -> None:
     """``--split`` of a selection script: the validation images by default, the test images only when asked."""
-    parser.add_argument("--split", default=SELECTION_SPLIT, choices=SELECTION_SPLITS,
-                        help=f"images the choice is made on (default {SELECTION_SPLIT!r}: the validation split, "
-                             "rdc_lib.experiments.selection); 'test' reads test images, e.g. to reproduce a row measured before "
-                             "the validation split")
+    parser.add_argument(
+        "--split",
+        default=SELECTION_SPLIT,
+        choices=SELECTION_SPLITS,
+        help=f"images the choice is made on (default {SELECTION_SPLIT!r}: the validation split, "
+        "rdc_lib.experiments.selection); 'test' reads test images, e.g. to reproduce a row measured before "
+        "the validation split",
+    )
 
 
 def with_split(spec, split: str):
@@ -54,6 +62,9 @@ def with_split(spec, split: str):
     if split != "test":
         fixed["split"] = split
     output = spec.output.with_name(f"{spec.output.name}_{split}")
-    store = output / spec.store.name if spec.store.parent == spec.output else spec.store.with_name(
-        f"{spec.store.stem}_{split}{spec.store.suffix}")
+    store = (
+        output / spec.store.name
+        if spec.store.parent == spec.output
+        else spec.store.with_name(f"{spec.store.stem}_{split}{spec.store.suffix}")
+    )
     return replace(spec, name=f"{spec.name}_{split}", fixed=fixed, output=output, store=store)

@@ -24,7 +24,7 @@ class Fact:
 
     key: str
     row: dict
-    acc: dict          # {"correct", "total", "value", "low", "high"}
+    acc: dict  # {"correct", "total", "value", "low", "high"}
 
     def text(self) -> str:
         return pct(self.acc)
@@ -32,21 +32,31 @@ class Fact:
 
 def pct(acc: dict) -> str:
     """'74.0% (148/200, 95% interval 68-80)'."""
-    return (f"{100 * acc['value']:.1f}% ({acc['correct']}/{acc['total']}, 95% interval {100 * acc['low']:.0f}-"
-            f"{100 * acc['high']:.0f})")
+    return (
+        f"{100 * acc['value']:.1f}% ({acc['correct']}/{acc['total']}, 95% interval {100 * acc['low']:.0f}-"
+        f"{100 * acc['high']:.0f})"
+    )
 
 
-def pick(rows: list[dict], defense: str, heads: str | None = None, eta: float = LM_ETA,
-         sigma_min: float = GRID_SIGMA_MIN) -> dict:
+def pick(
+    rows: list[dict], defense: str, heads: str | None = None, eta: float = LM_ETA, sigma_min: float = GRID_SIGMA_MIN
+) -> dict:
     """The one headline row of ``defense`` on the shipped default of ``heads`` (None: a baseline) with LM radius
     ``eta`` (RDC only) and grid start ``sigma_min`` (DC and RDC only); a clear error when there is not exactly one."""
     denoiser = DEFAULT_DENOISERS[heads] if heads else ""
-    found = [r for r in rows if r["defense"] == defense and (r.get("denoiser") or "") == denoiser
-             and (defense != "rdc" or abs(r.get("lm_eta", LM_ETA) - eta) < 1e-9)
-             and (defense not in ("dc", "rdc") or abs(r.get("grid_sigma_min", GRID_SIGMA_MIN) - sigma_min) < 1e-9)]
+    found = [
+        r
+        for r in rows
+        if r["defense"] == defense
+        and (r.get("denoiser") or "") == denoiser
+        and (defense != "rdc" or abs(r.get("lm_eta", LM_ETA) - eta) < 1e-9)
+        and (defense not in ("dc", "rdc") or abs(r.get("grid_sigma_min", GRID_SIGMA_MIN) - sigma_min) < 1e-9)
+    ]
     if len(found) != 1:
-        raise LookupError(f"expected one headline row of {defense} on {denoiser or 'no denoiser'} (eta {eta:g}, "
-                          f"sigma_min {sigma_min:g}), found {len(found)}: is docs/raw/headline.jsonl complete?")
+        raise LookupError(
+            f"expected one headline row of {defense} on {denoiser or 'no denoiser'} (eta {eta:g}, "
+            f"sigma_min {sigma_min:g}), found {len(found)}: is docs/raw/headline.jsonl complete?"
+        )
     return found[0]
 
 
@@ -64,9 +74,13 @@ def grid_choice(raw: Path) -> dict:
     rows = read_jsonl(raw / "grid_levels.jsonl")
     first, last = min(r["offset"] for r in rows), max(r["offset"] + r["n"] - 1 for r in rows)
     chosen = [r for r in rows if abs(r["sigma_min"] - ROBUST_GRID_SIGMA_MIN) < 1e-9]
-    return {"first": first, "last": last, "denoisers": sorted({r["denoiser"] for r in rows}),
-            "chosen": chosen[0] if chosen else None,
-            "paper": next((r for r in rows if abs(r["sigma_min"] - GRID_SIGMA_MIN) < 1e-9), None)}
+    return {
+        "first": first,
+        "last": last,
+        "denoisers": sorted({r["denoiser"] for r in rows}),
+        "chosen": chosen[0] if chosen else None,
+        "paper": next((r for r in rows if abs(r["sigma_min"] - GRID_SIGMA_MIN) < 1e-9), None),
+    }
 
 
 def facts(raw: Path) -> dict[str, Fact]:

@@ -54,7 +54,7 @@ class Point:
     high: float | None = None
     trusted: bool | None = True
     hover: str = ""
-    tag: str = ""               # a short name written beside the point (scatter figures)
+    tag: str = ""  # a short name written beside the point (scatter figures)
 
 
 @dataclass(frozen=True)
@@ -62,27 +62,28 @@ class Series:
     name: str
     points: tuple[Point, ...]
     dashed: bool = False
-    group: str = ""             # series of one group share a colour (e.g. certified and empirical of one row)
+    group: str = ""  # series of one group share a colour (e.g. certified and empirical of one row)
 
 
 @dataclass(frozen=True)
 class FigureData:
     """What one figure shows. kind: 'hbar' (x: category), 'lines', 'scatter' or 'heatmap' (series: rows)."""
 
-    name: str                   # file stem under docs/figures
+    name: str  # file stem under docs/figures
     kind: str
     title: str
     xlabel: str
     ylabel: str
     series: tuple[Series, ...]
-    sources: tuple[str, ...]    # raw files under docs/raw
+    sources: tuple[str, ...]  # raw files under docs/raw
     log_x: bool = False
-    percent: bool = True        # y (hbar: x) is an accuracy drawn in percent
+    percent: bool = True  # y (hbar: x) is an accuracy drawn in percent
     reference: tuple[float, str] | None = None  # a value drawn as a dotted line across the plot, with its name
-    dodge: float = 0.0          # lines: series i drawn shifted by (i - mean) * dodge in x, so error bars do not overlap
+    dodge: float = 0.0  # lines: series i drawn shifted by (i - mean) * dodge in x, so error bars do not overlap
 
 
 # ------------------------------------------------------------------------------------------- raw rows
+
 
 def read_jsonl(path: Path) -> list[dict]:
     """The rows of a JSON-lines file; a clear error when it is missing."""
@@ -112,8 +113,10 @@ def _interval(acc: dict) -> tuple[float, float, float]:
 
 
 def _hover(row: dict, acc: dict, what: str) -> str:
-    return (f"{what}: {100 * acc['value']:.1f}% ({acc['correct']}/{acc['total']}, 95% interval "
-            f"{100 * acc['low']:.1f}-{100 * acc['high']:.1f})<br>command: {row.get('command', '')}")
+    return (
+        f"{what}: {100 * acc['value']:.1f}% ({acc['correct']}/{acc['total']}, 95% interval "
+        f"{100 * acc['low']:.1f}-{100 * acc['high']:.1f})<br>command: {row.get('command', '')}"
+    )
 
 
 def bar_label(row: dict) -> str:
@@ -125,7 +128,7 @@ def bar_label(row: dict) -> str:
 def short_label(row: dict) -> str:
     """A compact name for a point: 'RDC η 8/255, σ≥0.6' (LM radius, grid start when not the paper's)."""
     full = defense_label(row)
-    inner = full[full.index("(") + 1:-1].split(", ") if "(" in full else []
+    inner = full[full.index("(") + 1 : -1].split(", ") if "(" in full else []
     parts = [p.replace("eta ", "η ").replace("levels from sigma ", "σ≥") for p in inner]
     return row["defense"].upper().replace("DIFFPURE", "DiffPure") + (" " + ", ".join(parts) if parts else "")
 
@@ -135,12 +138,18 @@ def stochastic_rows(raw: Path) -> dict[str, dict]:
     lowest worst-of-N count among its checked stochastic rows (APGD-CE with EOT only: an upper bound)."""
     if not (raw / "evaluation.jsonl").is_file():
         return {}
-    rows = [r for r in read_jsonl(raw / "evaluation.jsonl") if r.get("noise_mode") == "stochastic"
-            and r.get("variant") == "stochastic" and r["defense"] not in ("cnn", "at-cnn")]
+    rows = [
+        r
+        for r in read_jsonl(raw / "evaluation.jsonl")
+        if r.get("noise_mode") == "stochastic"
+        and r.get("variant") == "stochastic"
+        and r["defense"] not in ("cnn", "at-cnn")
+    ]
     best: dict[str, dict] = {}
     for r in rows:
-        if r.get("trusted") and (r["defense"] not in best
-                                 or r["robust_worst"]["correct"] < best[r["defense"]]["robust_worst"]["correct"]):
+        if r.get("trusted") and (
+            r["defense"] not in best or r["robust_worst"]["correct"] < best[r["defense"]]["robust_worst"]["correct"]
+        ):
             best[r["defense"]] = r
     return best
 
@@ -165,10 +174,16 @@ def defence_bars(raw: Path) -> FigureData:
         if s and s.get("denoiser") == r.get("denoiser") and defense_label(s) == defense_label(r):
             v, lo, hi = _interval(s["robust_worst"])
             stoch.append(Point(label, v, lo, hi, s.get("trusted"), _hover(s, s["robust_worst"], "worst of 10")))
-    return FigureData("robust_by_defence", "hbar", "Robust accuracy at l_inf eps 0.1 (digits)",
-                      "robust accuracy (%), 95% Wilson interval", "",
-                      (Series(FIXED, tuple(fixed)), Series(STOCHASTIC, tuple(stoch))),
-                      ("headline.jsonl", "evaluation.jsonl"), reference=_at_cnn(rows))
+    return FigureData(
+        "robust_by_defence",
+        "hbar",
+        "Robust accuracy at l_inf eps 0.1 (digits)",
+        "robust accuracy (%), 95% Wilson interval",
+        "",
+        (Series(FIXED, tuple(fixed)), Series(STOCHASTIC, tuple(stoch))),
+        ("headline.jsonl", "evaluation.jsonl"),
+        reference=_at_cnn(rows),
+    )
 
 
 def _at_cnn(rows: list[dict]) -> tuple[float, str] | None:
@@ -183,12 +198,20 @@ def cost_scatter(raw: Path) -> FigureData:
         value, low, high = _interval(r["robust"])
         label = variant_name(r)
         text = f"{bar_label(r)}<br>{r['seconds'] / r['n']:.1f} s per image<br>" + _hover(r, r["robust"], "robust")
-        groups.setdefault(label, []).append(Point(r["seconds"] / r["n"], value, low, high, r.get("trusted"), text,
-                                                  short_label(r)))
-    return FigureData("robust_vs_cost", "scatter", "Robustness against cost (fixed noise, l_inf eps 0.1)",
-                      "seconds per test image of the evaluation (one shared CPU thread, log scale)",
-                      "robust accuracy (%)", tuple(Series(k, tuple(v)) for k, v in groups.items()),
-                      ("headline.jsonl",), log_x=True, reference=_at_cnn(headline_rows(raw)))
+        groups.setdefault(label, []).append(
+            Point(r["seconds"] / r["n"], value, low, high, r.get("trusted"), text, short_label(r))
+        )
+    return FigureData(
+        "robust_vs_cost",
+        "scatter",
+        "Robustness against cost (fixed noise, l_inf eps 0.1)",
+        "seconds per test image of the evaluation (one shared CPU thread, log scale)",
+        "robust accuracy (%)",
+        tuple(Series(k, tuple(v)) for k, v in groups.items()),
+        ("headline.jsonl",),
+        log_x=True,
+        reference=_at_cnn(headline_rows(raw)),
+    )
 
 
 def class_gap(raw: Path) -> FigureData:
@@ -201,14 +224,27 @@ def class_gap(raw: Path) -> FigureData:
             continue
         r = rows[name]
         rob = r["robust"]
-        title = (f"{name} (DC robust {100 * rob['value']:.0f}% of {rob['total']} in the study)")
-        series.append(Series(title, tuple(Point(s, g, None, None, True, f"{name}: sigma {s:g}, gap {g:+.4f}"
-                                                f"<br>command: {r['command']}")
-                                          for s, g in zip(r["sigmas"], r["gap_test"]))))
-    return FigureData("class_gap_by_level", "lines", "Class gap per noise level (test digits)",
-                      "noise level sigma (pixel units, log scale)",
-                      "class gap: error with a wrong label minus with the right one", tuple(series),
-                      ("denoiser_study.jsonl",), log_x=True, percent=False)
+        title = f"{name} (DC robust {100 * rob['value']:.0f}% of {rob['total']} in the study)"
+        series.append(
+            Series(
+                title,
+                tuple(
+                    Point(s, g, None, None, True, f"{name}: sigma {s:g}, gap {g:+.4f}<br>command: {r['command']}")
+                    for s, g in zip(r["sigmas"], r["gap_test"])
+                ),
+            )
+        )
+    return FigureData(
+        "class_gap_by_level",
+        "lines",
+        "Class gap per noise level (test digits)",
+        "noise level sigma (pixel units, log scale)",
+        "class gap: error with a wrong label minus with the right one",
+        tuple(series),
+        ("denoiser_study.jsonl",),
+        log_x=True,
+        percent=False,
+    )
 
 
 def grid_start(raw: Path) -> FigureData:
@@ -219,11 +255,15 @@ def grid_start(raw: Path) -> FigureData:
         name = f"{r['denoiser']} (test digits {r['offset']}-{r['offset'] + r['n'] - 1})"
         text = f"sigma_min {r['sigma_min']:g}<br>" + _hover(r, r["robust"], "robust")
         groups.setdefault(name, []).append(Point(r["sigma_min"], value, low, high, r.get("trusted"), text))
-    return FigureData("robust_vs_grid_start", "lines",
-                      "DC robust accuracy against the grid's smallest level (fixed noise, l_inf eps 0.1)",
-                      "smallest noise level of the grid, sigma_min (pixel units)", "robust accuracy (%)",
-                      tuple(Series(k, tuple(sorted(v, key=lambda p: p.x))) for k, v in groups.items()),
-                      ("grid_levels.jsonl",))
+    return FigureData(
+        "robust_vs_grid_start",
+        "lines",
+        "DC robust accuracy against the grid's smallest level (fixed noise, l_inf eps 0.1)",
+        "smallest noise level of the grid, sigma_min (pixel units)",
+        "robust accuracy (%)",
+        tuple(Series(k, tuple(sorted(v, key=lambda p: p.x))) for k, v in groups.items()),
+        ("grid_levels.jsonl",),
+    )
 
 
 def certified_curves(raw: Path) -> FigureData:
@@ -234,11 +274,26 @@ def certified_curves(raw: Path) -> FigureData:
         for kind, dashed in (("certified", False), ("empirical", True)):
             pts = []
             for radius, acc in sorted(r[kind].items(), key=lambda kv: float(kv[0])):
-                pts.append(Point(float(radius), acc["value"], acc["low"], acc["high"], r.get("consistent"),
-                                 f"{name}, radius {float(radius):g}<br>" + _hover(r, acc, kind)))
+                pts.append(
+                    Point(
+                        float(radius),
+                        acc["value"],
+                        acc["low"],
+                        acc["high"],
+                        r.get("consistent"),
+                        f"{name}, radius {float(radius):g}<br>" + _hover(r, acc, kind),
+                    )
+                )
             series.append(Series(f"{name}: {kind}", tuple(pts), dashed, group=name))
-    return FigureData("certified_vs_empirical", "lines", "Certified against empirical accuracy (100 test digits)",
-                      "l2 radius (pixel space [0, 1])", "accuracy (%)", tuple(series), ("certified.jsonl",))
+    return FigureData(
+        "certified_vs_empirical",
+        "lines",
+        "Certified against empirical accuracy (100 test digits)",
+        "l2 radius (pixel space [0, 1])",
+        "accuracy (%)",
+        tuple(series),
+        ("certified.jsonl",),
+    )
 
 
 def _sweep_spec(raw: Path, name: str) -> dict:
@@ -254,8 +309,10 @@ def default_sweep(raw: Path) -> str:
     for path in sorted(raw.glob("sweep_*.csv")):
         if _sweep_spec(raw, path.name).get("params", {}).get("denoiser") == MULTI:
             return path.name
-    raise FileNotFoundError(f"{raw}: no sweep_*.csv of the multi-head default {MULTI} (expected the cells of "
-                            "an `rdc sweep` whose examples/sweeps/*.yaml names it)")
+    raise FileNotFoundError(
+        f"{raw}: no sweep_*.csv of the multi-head default {MULTI} (expected the cells of "
+        "an `rdc sweep` whose examples/sweeps/*.yaml names it)"
+    )
 
 
 def sweep_cells(raw: Path, name: str | None = None) -> tuple[list[dict], dict]:
@@ -274,9 +331,15 @@ def _cell_point(cell: dict, x: float | str, spec: dict, clean: bool = False) -> 
     acc = wilson(round(float(cell["clean_acc" if clean else "robust_acc"]) * n), n)
     trusted = None if clean else {"passed": True, "UNTRUSTED": False}.get(cell["trusted"])
     what = "clean" if clean else f"robust at eps {float(cell['eps']):g}, eta {float(cell['lm_eta']):g}"
-    return Point(x, acc.value, acc.low, acc.high, True if clean else trusted,
-                 f"{what}: {100 * acc.value:.1f}% ({acc.correct}/{acc.total}, 95% interval {100 * acc.low:.1f}-"
-                 f"{100 * acc.high:.1f})<br>command: {spec['command']}")
+    return Point(
+        x,
+        acc.value,
+        acc.low,
+        acc.high,
+        True if clean else trusted,
+        f"{what}: {100 * acc.value:.1f}% ({acc.correct}/{acc.total}, 95% interval {100 * acc.low:.1f}-"
+        f"{100 * acc.high:.1f})<br>command: {spec['command']}",
+    )
 
 
 def sweep_eps(raw: Path, name: str | None = None) -> FigureData:
@@ -292,20 +355,40 @@ def sweep_eps(raw: Path, name: str | None = None) -> FigureData:
         pts += [_cell_point(c, float(c["eps"]), spec) for c in ordered]
         series.append(Series(f"LM radius eta {eta:g}" + (" (8/255)" if abs(eta - 8 / 255) < 1e-3 else ""), tuple(pts)))
     who = spec.get("params", {}).get("denoiser", spec["file"])
-    return FigureData("robust_vs_eps", "lines", f"RDC robust accuracy against the attack budget ({who}, fixed noise)",
-                      f"attack budget eps, l_inf (pixel units; 0 = clean), first {cells[0]['n']} test digits",
-                      "robust accuracy (%)", tuple(series), (spec["file"],), dodge=0.0015)
+    return FigureData(
+        "robust_vs_eps",
+        "lines",
+        f"RDC robust accuracy against the attack budget ({who}, fixed noise)",
+        f"attack budget eps, l_inf (pixel units; 0 = clean), first {cells[0]['n']} test digits",
+        "robust accuracy (%)",
+        tuple(series),
+        (spec["file"],),
+        dodge=0.0015,
+    )
 
 
 def sweep_grid(raw: Path, name: str | None = None) -> FigureData:
     """The (eps, eta) grid: one heatmap row per LM radius eta, one column per attack budget eps."""
     cells, spec = sweep_cells(raw, name)
     etas = sorted({float(c["lm_eta"]) for c in cells})
-    series = tuple(Series(f"{eta:g}" + (" (8/255)" if abs(eta - 8 / 255) < 1e-3 else ""),
-                          tuple(_cell_point(c, f"{float(c['eps']):g}", spec)
-                                            for c in sorted(cells, key=lambda c: float(c["eps"]))
-                                            if float(c["lm_eta"]) == eta)) for eta in etas)
+    series = tuple(
+        Series(
+            f"{eta:g}" + (" (8/255)" if abs(eta - 8 / 255) < 1e-3 else ""),
+            tuple(
+                _cell_point(c, f"{float(c['eps']):g}", spec)
+                for c in sorted(cells, key=lambda c: float(c["eps"]))
+                if float(c["lm_eta"]) == eta
+            ),
+        )
+        for eta in etas
+    )
     who = spec.get("params", {}).get("denoiser", spec["file"])
-    return FigureData("sweep_eps_eta", "heatmap", f"RDC robust accuracy over (eps, eta), {who}",
-                      "attack budget eps (l_inf, pixel units)", "LM radius eta (l_inf, pixel units)", series,
-                      (spec["file"],))
+    return FigureData(
+        "sweep_eps_eta",
+        "heatmap",
+        f"RDC robust accuracy over (eps, eta), {who}",
+        "attack budget eps (l_inf, pixel units)",
+        "LM radius eta (l_inf, pixel units)",
+        series,
+        (spec["file"],),
+    )

@@ -41,8 +41,15 @@ def figures_of(doc: str, raw: Path) -> list[FigureData]:
             raise ValueError(f"builder of {name} returned figure {fd.name!r}")
     return out
 
-SVG_RC = {"svg.hashsalt": "rdc-findings", "svg.fonttype": "path", "font.size": 10, "axes.titlesize": 12,
-          "axes.labelsize": 10, "legend.fontsize": 9}
+
+SVG_RC = {
+    "svg.hashsalt": "rdc-findings",
+    "svg.fonttype": "path",
+    "font.size": 10,
+    "axes.titlesize": 12,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+}
 UNTRUSTED = "UNTRUSTED (a sanity check failed)"
 UNCHECKED = "not checked (no sanity checks run)"
 
@@ -60,12 +67,25 @@ def _err(p: Point, k: float) -> tuple[list[float], list[float]] | None:
 def _trust_handles(points: list[Point], bars: bool = False) -> list:
     out = []
     if any(p.trusted is False for p in points):
-        out.append(Patch(facecolor="white", edgecolor="black", hatch="///", label=UNTRUSTED) if bars else
-                   Line2D([], [], marker="o", linestyle="none", markerfacecolor="white", markeredgecolor="black",
-                          label="UNTRUSTED (a check failed): open marker, named beside it"))
+        out.append(
+            Patch(facecolor="white", edgecolor="black", hatch="///", label=UNTRUSTED)
+            if bars
+            else Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="none",
+                markerfacecolor="white",
+                markeredgecolor="black",
+                label="UNTRUSTED (a check failed): open marker, named beside it",
+            )
+        )
     if any(p.trusted is None for p in points):
-        out.append(Line2D([], [], marker="o", linestyle="none", markerfacecolor="white", markeredgecolor="grey",
-                          label=UNCHECKED))
+        out.append(
+            Line2D(
+                [], [], marker="o", linestyle="none", markerfacecolor="white", markeredgecolor="grey", label=UNCHECKED
+            )
+        )
     return out
 
 
@@ -78,8 +98,15 @@ def _hbar(fig: Figure, fd: FigureData) -> None:
         for p in s.points:
             y = cats.index(p.x) + (i - (len(fd.series) - 1) / 2) * height
             bad = p.trusted is not True
-            ax.barh(y, k * p.y, height=height * 0.95, color="white" if bad else colour, edgecolor=colour,
-                    hatch="///" if p.trusted is False else None, linewidth=1.2)
+            ax.barh(
+                y,
+                k * p.y,
+                height=height * 0.95,
+                color="white" if bad else colour,
+                edgecolor=colour,
+                hatch="///" if p.trusted is False else None,
+                linewidth=1.2,
+            )
             err = _err(p, k)
             if err:
                 ax.errorbar(k * p.y, y, xerr=[err[0], err[1]], fmt="none", ecolor="black", capsize=3, linewidth=1)
@@ -112,31 +139,61 @@ def _lines(fig: Figure, fd: FigureData, markers_only: bool = False) -> None:
         s = replace(s, points=tuple(replace(p, x=p.x + shift) for p in s.points)) if shift else s
         xs, ys = [p.x for p in s.points], [k * p.y for p in s.points]
         if not markers_only:
-            ax.plot(xs, ys, color=colour, linestyle="--" if s.dashed else "-", linewidth=1.5,
-                    label=None if s.group else s.name)
+            ax.plot(
+                xs,
+                ys,
+                color=colour,
+                linestyle="--" if s.dashed else "-",
+                linewidth=1.5,
+                label=None if s.group else s.name,
+            )
         for p in s.points:
             err = _err(p, k)
             if err:
-                ax.errorbar(p.x, k * p.y, yerr=[err[0], err[1]], fmt="none", ecolor=colour, capsize=3,
-                            linewidth=1, alpha=0.8)
-            ax.plot([p.x], [k * p.y], marker="s" if s.dashed else "o", markersize=6, linestyle="none",
-                    markerfacecolor=colour if p.trusted else "white",
-                    markeredgecolor=colour if p.trusted is not None else "grey", markeredgewidth=1.5)
+                ax.errorbar(
+                    p.x, k * p.y, yerr=[err[0], err[1]], fmt="none", ecolor=colour, capsize=3, linewidth=1, alpha=0.8
+                )
+            ax.plot(
+                [p.x],
+                [k * p.y],
+                marker="s" if s.dashed else "o",
+                markersize=6,
+                linestyle="none",
+                markerfacecolor=colour if p.trusted else "white",
+                markeredgecolor=colour if p.trusted is not None else "grey",
+                markeredgewidth=1.5,
+            )
             if p.trusted is False:
-                ax.annotate("UNTRUSTED", (p.x, k * p.y), xytext=(0, -14), textcoords="offset points", fontsize=7,
-                            ha="center", color="black")
+                ax.annotate(
+                    "UNTRUSTED",
+                    (p.x, k * p.y),
+                    xytext=(0, -14),
+                    textcoords="offset points",
+                    fontsize=7,
+                    ha="center",
+                    color="black",
+                )
         if markers_only:
             ax.plot([], [], marker="o", linestyle="none", color=colour, label=s.name)
     handles, _ = ax.get_legend_handles_labels()
     if any(s.group for s in fd.series):
         handles += [Line2D([], [], color=COLOURS[i % len(COLOURS)], linewidth=3, label=g) for i, g in enumerate(groups)]
-        handles += [Line2D([], [], color="black", linestyle="-", marker="o", label="certified (solid)"),
-                    Line2D([], [], color="black", linestyle="--", marker="s", label="empirical, l2 attack (dashed)")]
+        handles += [
+            Line2D([], [], color="black", linestyle="-", marker="o", label="certified (solid)"),
+            Line2D([], [], color="black", linestyle="--", marker="s", label="empirical, l2 attack (dashed)"),
+        ]
     handles += _trust_handles([p for s in fd.series for p in s.points])
     if fd.reference:
         ax.axhline(k * fd.reference[0], color="black", linestyle=":", linewidth=1)
-        ax.annotate(fd.reference[1], (0.4, k * fd.reference[0]), xycoords=("axes fraction", "data"),
-                    xytext=(0, 3), textcoords="offset points", fontsize=8, ha="center")
+        ax.annotate(
+            fd.reference[1],
+            (0.4, k * fd.reference[0]),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 3),
+            textcoords="offset points",
+            fontsize=8,
+            ha="center",
+        )
     if fd.log_x:
         ax.set_xscale("log")
     ax.set_xlabel(fd.xlabel)
@@ -151,8 +208,16 @@ def _lines(fig: Figure, fd: FigureData, markers_only: bool = False) -> None:
     _place_tags(fig, ax, fd, groups, k)  # last: the layout (legend included) is final when the tags are placed
 
 
-TAG_SPOTS = ((7, -3, "left"), (-7, -3, "right"), (0, 7, "center"), (0, -13, "center"), (7, 6, "left"),
-             (-7, 6, "right"), (7, -11, "left"), (-7, -11, "right"))
+TAG_SPOTS = (
+    (7, -3, "left"),
+    (-7, -3, "right"),
+    (0, 7, "center"),
+    (0, -13, "center"),
+    (7, 6, "left"),
+    (-7, 6, "right"),
+    (7, -11, "left"),
+    (-7, -11, "right"),
+)
 
 
 def _place_tags(fig: Figure, ax, fd: FigureData, groups: list[str], k: float) -> None:
@@ -171,8 +236,9 @@ def _place_tags(fig: Figure, ax, fd: FigureData, groups: list[str], k: float) ->
     for s, p in sorted(points, key=lambda sp: -sp[1].y):
         colour = COLOURS[groups.index(s.group or s.name) % len(COLOURS)]
         for dx, dy, ha in TAG_SPOTS:
-            note = ax.annotate(p.tag, (p.x, k * p.y), xytext=(dx, dy), textcoords="offset points", fontsize=7,
-                               color=colour, ha=ha)
+            note = ax.annotate(
+                p.tag, (p.x, k * p.y), xytext=(dx, dy), textcoords="offset points", fontsize=7, color=colour, ha=ha
+            )
             box = note.get_window_extent(renderer)
             rect = (box.x0, box.y0, box.x1, box.y1)
             if not any(rect[0] < t[2] and t[0] < rect[2] and rect[1] < t[3] and t[1] < rect[3] for t in taken):
@@ -188,8 +254,14 @@ def _heatmap(fig: Figure, fd: FigureData) -> None:
     k = _scale(fd)
     grid = [[next((k * p.y for p in s.points if p.x == c), float("nan")) for c in cols] for s in fd.series]
     low = min(min(row) for row in grid)
-    image = ax.imshow(grid, cmap="viridis", vmin=max(0.0, 10 * (low // 10) - 10), vmax=100 if fd.percent else None,
-                      aspect="auto", origin="lower")
+    image = ax.imshow(
+        grid,
+        cmap="viridis",
+        vmin=max(0.0, 10 * (low // 10) - 10),
+        vmax=100 if fd.percent else None,
+        aspect="auto",
+        origin="lower",
+    )
     for i, s in enumerate(fd.series):
         for p in s.points:
             j = cols.index(p.x)
@@ -198,8 +270,15 @@ def _heatmap(fig: Figure, fd: FigureData) -> None:
             text = f"{k * p.y:.1f}%"
             if p.low is not None:
                 text += f"\n({count}; {k * p.low:.0f}-{k * p.high:.0f})"
-            ax.text(j, i, text + tag, ha="center", va="center", fontsize=9,
-                    color="white" if k * p.y < (low + 100) / 2 else "black")
+            ax.text(
+                j,
+                i,
+                text + tag,
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if k * p.y < (low + 100) / 2 else "black",
+            )
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(fd.series)), [s.name for s in fd.series])
     ax.set_xlabel(fd.xlabel)
@@ -246,8 +325,13 @@ def figure_lines(fd: FigureData, caption: str = "") -> list[str]:
     """Markdown showing the figure (from a document in docs/) with a caption naming its raw files."""
     sources = ", ".join(f"docs/raw/{s}" for s in fd.sources)
     bars = any(p.low is not None for s in fd.series for p in s.points)
-    return [f"![{fd.title}](figures/{fd.name}.svg)", "", f"*{caption + ' ' if caption else ''}Drawn from {sources} "
-            f"(regenerated with the docs){_interval_note(fd) if bars else ''}.*", ""]
+    return [
+        f"![{fd.title}](figures/{fd.name}.svg)",
+        "",
+        f"*{caption + ' ' if caption else ''}Drawn from {sources} "
+        f"(regenerated with the docs){_interval_note(fd) if bars else ''}.*",
+        "",
+    ]
 
 
 def _interval_note(fd: FigureData) -> str:

@@ -50,7 +50,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
-RESERVED = ("result_dir",)          # set per notebook by the job
+RESERVED = ("result_dir",)  # set per notebook by the job
 BATCH_DEFAULTS = {"interactive": False}
 
 
@@ -58,14 +58,14 @@ BATCH_DEFAULTS = {"interactive": False}
 class NotebookRun:
     """One row of the summary."""
 
-    notebook: str                    # stem, e.g. '01_bayes_rule_classification'
-    status: str                      # 'ok' | 'failed' | 'pending'
+    notebook: str  # stem, e.g. '01_bayes_rule_classification'
+    status: str  # 'ok' | 'failed' | 'pending'
     seconds: float | None = None
-    executed: str | None = None      # path of the executed notebook
-    results: str | None = None       # path of results.json (None if the notebook wrote none)
+    executed: str | None = None  # path of the executed notebook
+    results: str | None = None  # path of results.json (None if the notebook wrote none)
     key_results: dict[str, Any] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None         # 'Name: message (cell N)' for a failed notebook
+    error: str | None = None  # 'Name: message (cell N)' for a failed notebook
 
 
 @dataclass
@@ -93,17 +93,26 @@ class RunSummary:
 
     def markdown(self) -> str:
         """The summary table: notebook, status, seconds, key results (and the error of failed ones)."""
-        lines = [f"# Notebook run {self.run_dir}", "", f"started {self.started}, finished {self.finished or '-'}"
-                 + (f", parameters {self.params_file}" if self.params_file else ""), "",
-                 "| notebook | status | seconds | key results |", "|---|---|---:|---|"]
+        lines = [
+            f"# Notebook run {self.run_dir}",
+            "",
+            f"started {self.started}, finished {self.finished or '-'}"
+            + (f", parameters {self.params_file}" if self.params_file else ""),
+            "",
+            "| notebook | status | seconds | key results |",
+            "|---|---|---:|---|",
+        ]
         for r in self.notebooks:
             keys = ", ".join(f"{k}={_fmt(v)}" for k, v in r.key_results.items()) or "-"
             if r.error:
                 keys = f"**{_md_escape(r.error.splitlines()[0])}**"
             secs = f"{r.seconds:.1f}" if r.seconds is not None else "-"
             lines.append(f"| {r.notebook} | {r.status} | {secs} | {_md_escape(keys)} |")
-        lines += ["", f"executed notebooks: {self.run_dir}/<notebook>.ipynb; results: {self.run_dir}/<notebook>/"
-                      f"{RESULT_FILE}", ""]
+        lines += [
+            "",
+            f"executed notebooks: {self.run_dir}/<notebook>.ipynb; results: {self.run_dir}/<notebook>/{RESULT_FILE}",
+            "",
+        ]
         return "\n".join(lines)
 
 
@@ -123,6 +132,7 @@ def _now() -> str:
 
 # ----------------------------------------------------------------------------- notebooks and params
 
+
 def discover_notebooks(folder: str | Path = NOTEBOOKS_DIR, only: Sequence[str] | None = None) -> list[Path]:
     """Notebooks ``NN_*.ipynb`` of ``folder`` in name order; ``only`` selects by stem, file name or NN prefix."""
     folder = Path(folder)
@@ -135,8 +145,9 @@ def discover_notebooks(folder: str | Path = NOTEBOOKS_DIR, only: Sequence[str] |
     for name in only:
         match = [p for p in found if name in (p.stem, p.name, p.stem[:2])]
         if not match:
-            raise ValueError(f"unknown notebook {name!r}; valid: {', '.join(p.stem for p in found)} "
-                             "(or their NN prefixes)")
+            raise ValueError(
+                f"unknown notebook {name!r}; valid: {', '.join(p.stem for p in found)} (or their NN prefixes)"
+            )
         chosen.extend(m for m in match if m not in chosen)
     return sorted(chosen)
 
@@ -169,22 +180,25 @@ def load_params_file(path: str | Path | None) -> tuple[dict[str, Any], dict[str,
     return data, per
 
 
-def _plan(notebooks: list[Path], common: dict[str, Any], per: dict[str, dict[str, Any]],
-          source: str) -> dict[Path, dict[str, Any]]:
+def _plan(
+    notebooks: list[Path], common: dict[str, Any], per: dict[str, dict[str, Any]], source: str
+) -> dict[Path, dict[str, Any]]:
     """Parameters per notebook: common names the notebook declares, then its overrides; unknown names fail."""
     declared = {nb: notebook_parameters(nb) for nb in notebooks}
     every = set().union(*(set(d) for d in declared.values()))
     for name in common:
         if name not in every:
             hint = difflib.get_close_matches(name, sorted(every), n=1)
-            raise ValueError(f"{source}: parameter {name!r} is declared by none of the notebooks "
-                             f"{', '.join(nb.stem for nb in notebooks)}"
-                             + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            raise ValueError(
+                f"{source}: parameter {name!r} is declared by none of the notebooks "
+                f"{', '.join(nb.stem for nb in notebooks)}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
     stems = {nb: nb.stem for nb in notebooks}
     for key in per:
         if not any(key in (s, s[:2], nb.name) for nb, s in stems.items()):
-            raise ValueError(f"{source}: per_notebook key {key!r} names no selected notebook; "
-                             f"valid: {', '.join(stems.values())}")
+            raise ValueError(
+                f"{source}: per_notebook key {key!r} names no selected notebook; valid: {', '.join(stems.values())}"
+            )
     plan = {}
     for nb in notebooks:
         params = {k: v for k, v in BATCH_DEFAULTS.items() if k in declared[nb]}
@@ -193,8 +207,10 @@ def _plan(notebooks: list[Path], common: dict[str, Any], per: dict[str, dict[str
             if key in (nb.stem, nb.stem[:2], nb.name):
                 unknown = sorted(set(values) - set(declared[nb]))
                 if unknown:
-                    raise ValueError(f"{source}: per_notebook {key!r} sets {unknown}, which {nb.name} does not "
-                                     f"declare; declared: {', '.join(sorted(declared[nb]))}")
+                    raise ValueError(
+                        f"{source}: per_notebook {key!r} sets {unknown}, which {nb.name} does not "
+                        f"declare; declared: {', '.join(sorted(declared[nb]))}"
+                    )
                 params.update(values)
         plan[nb] = params
     return plan
@@ -202,31 +218,46 @@ def _plan(notebooks: list[Path], common: dict[str, Any], per: dict[str, dict[str
 
 # ---------------------------------------------------------------------------------------- running
 
+
 def _key_results(results: Any) -> dict[str, Any]:
     if not isinstance(results, dict):
         return {}
     if isinstance(results.get("key_results"), dict):
         return {k: v for k, v in results["key_results"].items() if isinstance(v, (int, float, str, bool, type(None)))}
-    return {k: v for k, v in results.items()
-            if isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) <= 40)}
+    return {
+        k: v for k, v in results.items() if isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) <= 40)
+    }
 
 
 def _write_summary(summary: RunSummary, out: Path) -> None:
-    for name, text in (("summary.json", json.dumps(summary.to_dict(), indent=1, allow_nan=True)),
-                       ("summary.md", summary.markdown())):
+    for name, text in (
+        ("summary.json", json.dumps(summary.to_dict(), indent=1, allow_nan=True)),
+        ("summary.md", summary.markdown()),
+    ):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, out / name)
 
 
-def _run_one(nb: Path, params: dict[str, Any], out: Path, *, kernel_name: str | None, progress: bool,
-             cell_timeout: float | None, row: NotebookRun) -> None:
+def _run_one(
+    nb: Path,
+    params: dict[str, Any],
+    out: Path,
+    *,
+    kernel_name: str | None,
+    progress: bool,
+    cell_timeout: float | None,
+    row: NotebookRun,
+) -> None:
     job = PapermillJob(nb, out / f"{nb.stem}.ipynb", out / nb.stem, params)
     row.parameters = job.parameters
     t0 = time.perf_counter()
     try:
-        job.run(kernel_name=kernel_name, cell_timeout=cell_timeout,
-                progress_bar=dict(desc=nb.stem, leave=False) if progress and is_terminal() else False)
+        job.run(
+            kernel_name=kernel_name,
+            cell_timeout=cell_timeout,
+            progress_bar=dict(desc=nb.stem, leave=False) if progress and is_terminal() else False,
+        )
         row.status = "ok"
     except Exception as exc:  # a failing notebook is a row of the summary, not the end of the run
         row.status, row.error = "failed", error_head(exc)

@@ -52,17 +52,19 @@ def error_head(exc: BaseException, *, cell: str = "cell") -> str:
 class PapermillJob:
     """One notebook execution: source notebook, where the executed copy goes, its result folder, parameters."""
 
-    notebook: Path                     # the source .ipynb
-    executed: Path                     # the executed notebook's final path
-    result_dir: Path                   # passed to the notebook as its ``result_dir`` parameter
+    notebook: Path  # the source .ipynb
+    executed: Path  # the executed notebook's final path
+    result_dir: Path  # passed to the notebook as its ``result_dir`` parameter
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("notebook", "executed", "result_dir"):
             object.__setattr__(self, name, Path(getattr(self, name)))
         if "result_dir" in self.params:
-            raise ValueError(f"parameter 'result_dir' of {self.notebook.name} is set by the runner; "
-                             "pass the folder as result_dir=, not among the parameters")
+            raise ValueError(
+                f"parameter 'result_dir' of {self.notebook.name} is set by the runner; "
+                "pass the folder as result_dir=, not among the parameters"
+            )
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -77,22 +79,38 @@ class PapermillJob:
     def part(self) -> Path:
         return self.executed.with_name(f"{self.executed.stem}.part.ipynb")
 
-    def run(self, *, kernel_name: str | None = None, cell_timeout: float | None = None,
-            progress_bar: bool | dict[str, Any] = False, kernel_start_retries: int = 2) -> None:
+    def run(
+        self,
+        *,
+        kernel_name: str | None = None,
+        cell_timeout: float | None = None,
+        progress_bar: bool | dict[str, Any] = False,
+        kernel_start_retries: int = 2,
+    ) -> None:
         """Execute; raises papermill's error for a failing cell (the executed notebook is kept either way)."""
         import papermill as pm
 
-        if isinstance(kernel_start_retries, bool) or not isinstance(kernel_start_retries, int) \
-                or kernel_start_retries < 0:
+        if (
+            isinstance(kernel_start_retries, bool)
+            or not isinstance(kernel_start_retries, int)
+            or kernel_start_retries < 0
+        ):
             raise ValueError(f"kernel_start_retries must be an int >= 0, got {kernel_start_retries!r}")
         self.result_dir.mkdir(parents=True, exist_ok=True)
         self.result_file.unlink(missing_ok=True)  # never report a stale result
         for attempt in range(kernel_start_retries + 1):
             try:
-                pm.execute_notebook(str(self.notebook), str(self.part), parameters=self.parameters,
-                                    kernel_name=kernel_name, cwd=str(self.notebook.parent),
-                                    progress_bar=progress_bar, log_output=False, execution_timeout=cell_timeout,
-                                    **papermill_kernel_options())
+                pm.execute_notebook(
+                    str(self.notebook),
+                    str(self.part),
+                    parameters=self.parameters,
+                    kernel_name=kernel_name,
+                    cwd=str(self.notebook.parent),
+                    progress_bar=progress_bar,
+                    log_output=False,
+                    execution_timeout=cell_timeout,
+                    **papermill_kernel_options(),
+                )
                 return
             except pm.PapermillExecutionError:
                 raise

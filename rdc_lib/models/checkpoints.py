@@ -66,8 +66,9 @@ class _FromDict(Protocol):
 ConfigT = TypeVar("ConfigT", bound=_FromDict)
 
 
-def read_typed_checkpoint(path: str | Path, kind: str, config_type: type[ConfigT]
-                          ) -> tuple[dict[str, torch.Tensor], ConfigT]:
+def read_typed_checkpoint(
+    path: str | Path, kind: str, config_type: type[ConfigT]
+) -> tuple[dict[str, torch.Tensor], ConfigT]:
     """The state dict and the config of the ``kind`` checkpoint at ``path``, the config parsed by
     ``config_type.from_dict``; a config that does not parse is a clear error naming the file."""
     state, config, _ = read_checkpoint(path, expected_kind=kind)
@@ -91,7 +92,9 @@ def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: s
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} with wrong shapes (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})")
+            parts.append(
+                f"{len(wrong)} with wrong shapes (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+            )
         raise ValueError(f"checkpoint {source} does not match the architecture: " + "; ".join(parts))
     module.load_state_dict(state)
     return module
@@ -122,15 +125,19 @@ def require_trained_null_label(path: str | Path, use: str) -> None:
         from .diffusers_adapter import inspect_diffusers_folder
 
         if inspect_diffusers_folder(path)["null_label"] is None:
-            raise ValueError(f"{use} denoises with the null label (p(x)), but the diffusers model {path} has none "
-                             "(num_class_embeds = the number of classes); use one trained with label dropout and "
-                             "num_class_embeds = classes + 1")
+            raise ValueError(
+                f"{use} denoises with the null label (p(x)), but the diffusers model {path} has none "
+                "(num_class_embeds = the number of classes); use one trained with label dropout and "
+                "num_class_embeds = classes + 1"
+            )
         return
     train = checkpoint_extra(path).get("train_config") or {}
     if train.get("heads") == "single" and train.get("label_dropout") == 0:
-        raise ValueError(f"{use} denoises with the null label (p(x)), but checkpoint {path} was trained with "
-                         "label_dropout 0, so its null label was never trained; use a checkpoint trained with "
-                         "label dropout > 0 (e.g. the default) or a multi-head one")
+        raise ValueError(
+            f"{use} denoises with the null label (p(x)), but checkpoint {path} was trained with "
+            "label_dropout 0, so its null label was never trained; use a checkpoint trained with "
+            "label dropout > 0 (e.g. the default) or a multi-head one"
+        )
 
 
 def checkpoint_extra(path: str | Path) -> dict[str, Any]:

@@ -8,21 +8,21 @@ from typing import Any
 
 from torch import nn
 
-from .base import Denoiser
 from ..core.choices import HEADS
-from .precond import EDMDenoiser
+from .base import Denoiser
 from .film import FILM_BACKBONE, FiLMNet
+from .precond import EDMDenoiser
 from .unet_small import SmallUNet
 
 
 @dataclass(frozen=True)
 class DenoiserConfig:
-    arch: str = "unet_small"        # key of ARCHITECTURES
-    num_classes: int = 10           # K (label K is the null label)
-    img_channels: int = 1           # C
-    img_resolution: int = 8         # H = W
-    heads: str = "single"           # "single" (label is an input) | "multi" (K + 1 heads, one pass)
-    sigma_data: float = 0.5         # EDM sigma_data
+    arch: str = "unet_small"  # key of ARCHITECTURES
+    num_classes: int = 10  # K (label K is the null label)
+    img_channels: int = 1  # C
+    img_resolution: int = 8  # H = W
+    heads: str = "single"  # "single" (label is an input) | "multi" (K + 1 heads, one pass)
+    sigma_data: float = 0.5  # EDM sigma_data
     backbone: dict = field(default_factory=dict)  # architecture-specific keyword arguments
 
     def __post_init__(self) -> None:
@@ -46,11 +46,13 @@ def _head_layout(cfg: DenoiserConfig) -> dict[str, int]:
     """The backbone arguments the heads decide: a multi-head net outputs K + 1 images and takes no label;
     a single-head net outputs one image and takes the label (K classes + the null label)."""
     multi = cfg.heads == "multi"
-    return {"in_channels": cfg.img_channels,
-            "out_channels": cfg.img_channels * ((cfg.num_classes + 1) if multi else 1),
-            "resolution": cfg.img_resolution,
-            "label_dim": 0 if multi else cfg.num_classes + 1,
-            "num_heads": cfg.num_classes + 1 if multi else 1}
+    return {
+        "in_channels": cfg.img_channels,
+        "out_channels": cfg.img_channels * ((cfg.num_classes + 1) if multi else 1),
+        "resolution": cfg.img_resolution,
+        "label_dim": 0 if multi else cfg.num_classes + 1,
+        "num_heads": cfg.num_classes + 1 if multi else 1,
+    }
 
 
 def _build_unet_small(cfg: DenoiserConfig) -> nn.Module:
@@ -65,8 +67,7 @@ def _build_film(cfg: DenoiserConfig) -> nn.Module:
 
 
 # arch name -> function(config) -> backbone F(x_in, c_noise, labels)
-ARCHITECTURES: dict[str, Callable[[DenoiserConfig], nn.Module]] = {"unet_small": _build_unet_small,
-                                                                    "film": _build_film}
+ARCHITECTURES: dict[str, Callable[[DenoiserConfig], nn.Module]] = {"unet_small": _build_unet_small, "film": _build_film}
 # arch name -> the backbone keyword arguments `rdc train` starts from (digits scale)
 DEFAULT_BACKBONES: dict[str, dict] = {"film": FILM_BACKBONE}
 

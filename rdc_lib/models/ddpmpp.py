@@ -59,9 +59,17 @@ __all__ = [
 # Architecture of the released CIFAR-10 networks (EDM train.py --arch=ddpmpp, --cond=0/1).
 # dropout 0.13 is EDM's CIFAR-10 training default; it only matters when training.
 DDPMPP_CIFAR10: dict = dict(
-    model_channels=128, channel_mult=(2, 2, 2), channel_mult_emb=4, num_blocks=4, attn_resolutions=(16,),
-    dropout=0.13, augment_dim=9, channel_mult_noise=1, resample_filter=(1, 1),
+    model_channels=128,
+    channel_mult=(2, 2, 2),
+    channel_mult_emb=4,
+    num_blocks=4,
+    attn_resolutions=(16,),
+    dropout=0.13,
+    augment_dim=9,
+    channel_mult_noise=1,
+    resample_filter=(1, 1),
 )
+
 
 class DDPMpp(nn.Module):
     """DDPM++ U-Net backbone F(x_in, c_noise, labels) -> (B, out_channels, H, W).
@@ -74,27 +82,29 @@ class DDPMpp(nn.Module):
 
     def __init__(
         self,
-        img_resolution: int = 32,               # H = W
-        in_channels: int = 3,                   # C of the input image
-        out_channels: int = 3,                  # C, or (K + 1) * C for a multi-head model
-        label_dim: int = 10,                    # classes of the one-hot label input; 0 = unconditional
-        augment_dim: int = 9,                   # EDM augmentation-label size (weights only used if labels given)
-        model_channels: int = 128,              # base width
+        img_resolution: int = 32,  # H = W
+        in_channels: int = 3,  # C of the input image
+        out_channels: int = 3,  # C, or (K + 1) * C for a multi-head model
+        label_dim: int = 10,  # classes of the one-hot label input; 0 = unconditional
+        augment_dim: int = 9,  # EDM augmentation-label size (weights only used if labels given)
+        model_channels: int = 128,  # base width
         channel_mult: Sequence[int] = (2, 2, 2),  # width multiplier per resolution level
-        channel_mult_emb: int = 4,              # embedding width = model_channels * channel_mult_emb
-        num_blocks: int = 4,                    # residual blocks per level
+        channel_mult_emb: int = 4,  # embedding width = model_channels * channel_mult_emb
+        num_blocks: int = 4,  # residual blocks per level
         attn_resolutions: Sequence[int] = (16,),  # resolutions with self-attention
-        dropout: float = 0.13,                  # dropout inside residual blocks (training only)
-        channel_mult_noise: int = 1,            # noise embedding width = model_channels * this
+        dropout: float = 0.13,  # dropout inside residual blocks (training only)
+        channel_mult_noise: int = 1,  # noise embedding width = model_channels * this
         resample_filter: Sequence[int] = (1, 1),  # up/down-sampling FIR filter
-        use_fp16: bool = False,                 # float16 autocast of the body on CUDA
+        use_fp16: bool = False,  # float16 autocast of the body on CUDA
     ):
         super().__init__()
         levels = len(channel_mult)
         if model_channels < 4 or levels < 1 or img_resolution % (2 ** (levels - 1)) != 0:
-            raise ValueError(f"DDPM++ needs model_channels >= 4 and img_resolution ({img_resolution}) divisible by "
-                             f"2^(levels - 1) = {2 ** (levels - 1)}; got model_channels={model_channels}, "
-                             f"channel_mult={list(channel_mult)}")
+            raise ValueError(
+                f"DDPM++ needs model_channels >= 4 and img_resolution ({img_resolution}) divisible by "
+                f"2^(levels - 1) = {2 ** (levels - 1)}; got model_channels={model_channels}, "
+                f"channel_mult={list(channel_mult)}"
+            )
         if label_dim < 0 or augment_dim < 0:
             raise ValueError(f"label_dim and augment_dim must be >= 0, got {label_dim}, {augment_dim}")
         self.img_resolution, self.label_dim, self.use_fp16 = img_resolution, label_dim, bool(use_fp16)
@@ -121,13 +131,14 @@ class DDPMpp(nn.Module):
                 self.enc[f"{res}x{res}_down"] = UNetBlock(ch, ch, resample="down", **block)
             skips.append(ch)
             for i in range(num_blocks):
-                self.enc[f"{res}x{res}_block{i}"] = UNetBlock(ch, model_channels * mult,
-                                                               attention=res in attn_resolutions, **block)
+                self.enc[f"{res}x{res}_block{i}"] = UNetBlock(
+                    ch, model_channels * mult, attention=res in attn_resolutions, **block
+                )
                 ch = model_channels * mult
                 skips.append(ch)
 
         self.dec = nn.ModuleDict()
-        self._skip_blocks: set[str] = set()   # decoder blocks that concatenate an encoder output
+        self._skip_blocks: set[str] = set()  # decoder blocks that concatenate an encoder output
         for level in reversed(range(levels)):
             res, mult = img_resolution >> level, channel_mult[level]
             if level == levels - 1:
@@ -137,8 +148,12 @@ class DDPMpp(nn.Module):
                 self.dec[f"{res}x{res}_up"] = UNetBlock(ch, ch, resample="up", **block)
             for i in range(num_blocks + 1):
                 name = f"{res}x{res}_block{i}"
-                self.dec[name] = UNetBlock(ch + skips.pop(), model_channels * mult,
-                                           attention=(i == num_blocks and res in attn_resolutions), **block)
+                self.dec[name] = UNetBlock(
+                    ch + skips.pop(),
+                    model_channels * mult,
+                    attention=(i == num_blocks and res in attn_resolutions),
+                    **block,
+                )
                 self._skip_blocks.add(name)
                 ch = model_channels * mult
         self._out = f"{img_resolution}x{img_resolution}"
@@ -153,20 +168,24 @@ class DDPMpp(nn.Module):
             return like.new_zeros(batch, self.label_dim)
         labels = labels.reshape(-1).long()
         if labels.numel() != batch or bool((labels < 0).any() | (labels > self.label_dim).any()):
-            raise ValueError(f"labels must be {batch} ints in [0, {self.label_dim}] ({self.label_dim} = null), "
-                             f"got shape {tuple(labels.shape)} with values {labels.unique().tolist()[:10]}")
+            raise ValueError(
+                f"labels must be {batch} ints in [0, {self.label_dim}] ({self.label_dim} = null), "
+                f"got shape {tuple(labels.shape)} with values {labels.unique().tolist()[:10]}"
+            )
         return F.one_hot(labels, self.label_dim + 1)[:, : self.label_dim].to(like.dtype)
 
-    def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None,
-                augment_labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None, augment_labels: Tensor | None = None
+    ) -> Tensor:
         class_vec = self.one_hot(labels, x.shape[0], x)
         if self.use_fp16 and x.device.type != "cpu":  # fp16 autocast on accelerators; CPU stays float32
             with torch.autocast(device_type=x.device.type, dtype=torch.float16):
                 return self.forward_edm(x, c_noise, class_vec, augment_labels).float()
         return self.forward_edm(x, c_noise, class_vec, augment_labels)
 
-    def forward_edm(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None,
-                    augment_labels: Tensor | None = None) -> Tensor:
+    def forward_edm(
+        self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None, augment_labels: Tensor | None = None
+    ) -> Tensor:
         """The official SongUNet interface: one-hot ``class_labels`` (B, label_dim) or None."""
         emb = self.map_noise(c_noise.reshape(-1))
         if self.map_label is not None and class_labels is not None:
@@ -192,8 +211,19 @@ class DDPMpp(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Registry, official names, multi-head widening.
 
-_BACKBONE_KEYS = ("label_dim", "augment_dim", "model_channels", "channel_mult", "channel_mult_emb", "num_blocks",
-                  "attn_resolutions", "dropout", "channel_mult_noise", "resample_filter", "use_fp16")
+_BACKBONE_KEYS = (
+    "label_dim",
+    "augment_dim",
+    "model_channels",
+    "channel_mult",
+    "channel_mult_emb",
+    "num_blocks",
+    "attn_resolutions",
+    "dropout",
+    "channel_mult_noise",
+    "resample_filter",
+    "use_fp16",
+)
 
 
 def _build_ddpmpp(cfg: DenoiserConfig) -> DDPMpp:
@@ -210,44 +240,68 @@ def _build_ddpmpp(cfg: DenoiserConfig) -> DDPMpp:
     else:
         label_dim = cfg.num_classes if label_dim is None else int(label_dim)
         if label_dim not in (0, cfg.num_classes):
-            raise ValueError(f"ddpmpp label_dim must be num_classes ({cfg.num_classes}, conditional) or 0 "
-                             f"(unconditional), got {label_dim}")
+            raise ValueError(
+                f"ddpmpp label_dim must be num_classes ({cfg.num_classes}, conditional) or 0 "
+                f"(unconditional), got {label_dim}"
+            )
         out_channels = cfg.img_channels
-    return DDPMpp(img_resolution=cfg.img_resolution, in_channels=cfg.img_channels, out_channels=out_channels,
-                  label_dim=label_dim, **kwargs)
+    return DDPMpp(
+        img_resolution=cfg.img_resolution,
+        in_channels=cfg.img_channels,
+        out_channels=out_channels,
+        label_dim=label_dim,
+        **kwargs,
+    )
 
 
 register_architecture("ddpmpp", _build_ddpmpp)
 
 
-def ddpmpp_config(num_classes: int = 10, heads: str = "single", *, conditional: bool = True,
-                  img_channels: int = 3, img_resolution: int = 32, **overrides) -> DenoiserConfig:
+def ddpmpp_config(
+    num_classes: int = 10,
+    heads: str = "single",
+    *,
+    conditional: bool = True,
+    img_channels: int = 3,
+    img_resolution: int = 32,
+    **overrides,
+) -> DenoiserConfig:
     """DenoiserConfig of the CIFAR-10 DDPM++ (``overrides`` change backbone keys, e.g. model_channels=16)."""
     backbone = {k: list(v) if isinstance(v, tuple) else v for k, v in {**DDPMPP_CIFAR10, **overrides}.items()}
     if heads == "single" and not conditional:
         backbone["label_dim"] = 0
-    return DenoiserConfig(arch="ddpmpp", num_classes=num_classes, img_channels=img_channels,
-                          img_resolution=img_resolution, heads=heads, backbone=backbone)
+    return DenoiserConfig(
+        arch="ddpmpp",
+        num_classes=num_classes,
+        img_channels=img_channels,
+        img_resolution=img_resolution,
+        heads=heads,
+        backbone=backbone,
+    )
 
 
 def _check_ddpmpp(denoiser: nn.Module) -> DDPMpp:
     if not isinstance(denoiser, EDMDenoiser) or not isinstance(denoiser.backbone, DDPMpp):
-        raise ValueError(f"expected an EDMDenoiser with a DDPMpp backbone (arch 'ddpmpp'), got {type(denoiser).__name__}"
-                         f"{'' if not isinstance(denoiser, EDMDenoiser) else ' with ' + type(denoiser.backbone).__name__}")
+        raise ValueError(
+            f"expected an EDMDenoiser with a DDPMpp backbone (arch 'ddpmpp'), got {type(denoiser).__name__}"
+            f"{'' if not isinstance(denoiser, EDMDenoiser) else ' with ' + type(denoiser.backbone).__name__}"
+        )
     return denoiser.backbone
 
 
 def edm_state_dict(denoiser: EDMDenoiser) -> dict[str, Tensor]:
     """Our weights under the official EDMPrecond names (``backbone.`` -> ``model.``)."""
     _check_ddpmpp(denoiser)
-    return {"model." + k[len("backbone."):]: v for k, v in denoiser.state_dict().items()}
+    return {"model." + k[len("backbone.") :]: v for k, v in denoiser.state_dict().items()}
 
 
 def _describe(names: list[str], what: str) -> str:
     return f"{len(names)} {what}: {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
 
 
-def load_edm_state_dict(denoiser: EDMDenoiser, official_state: Mapping[str, Tensor], source: str = "EDM state dict") -> EDMDenoiser:
+def load_edm_state_dict(
+    denoiser: EDMDenoiser, official_state: Mapping[str, Tensor], source: str = "EDM state dict"
+) -> EDMDenoiser:
     """Load an official ``EDMPrecond`` state dict (keys ``model.*``) into a ddpmpp denoiser, strictly.
 
     Any missing, unexpected or mis-shaped key, or a ``resample_filter`` different from the
@@ -264,16 +318,24 @@ def load_edm_state_dict(denoiser: EDMDenoiser, official_state: Mapping[str, Tens
     if unexpected:
         problems.append(_describe(unexpected, "unexpected keys"))
     if shaped:
-        problems.append(_describe([f"{k} (file {tuple(official_state[k].shape)}, network {tuple(own[k].shape)})"
-                                   for k in shaped], "keys with wrong shapes"))
+        problems.append(
+            _describe(
+                [f"{k} (file {tuple(official_state[k].shape)}, network {tuple(own[k].shape)})" for k in shaped],
+                "keys with wrong shapes",
+            )
+        )
     if not problems:
-        filters = [k for k in own if k.endswith("resample_filter")
-                   and not torch.allclose(official_state[k].float().cpu(), own[k].float().cpu())]
+        filters = [
+            k
+            for k in own
+            if k.endswith("resample_filter")
+            and not torch.allclose(official_state[k].float().cpu(), own[k].float().cpu())
+        ]
         if filters:
             problems.append(_describe(filters, "resample filters that differ from the architecture's"))
     if problems:
         raise ValueError(f"{source} does not match the DDPM++ architecture: " + "; ".join(problems))
-    mapped = {"backbone." + k[len("model."):]: v for k, v in official_state.items()}
+    mapped = {"backbone." + k[len("model.") :]: v for k, v in official_state.items()}
     denoiser.load_state_dict(mapped, strict=True)
     return denoiser
 
@@ -298,7 +360,9 @@ def widen_to_multihead(multi: EDMDenoiser, single_state: Mapping[str, Tensor]) -
     label_bias = single_state.get("backbone.map_label.bias")
     if label_bias is not None and "backbone.map_layer0.bias" in single_state:
         w0 = single_state["backbone.map_layer0.weight"]
-        single_state["backbone.map_layer0.bias"] = single_state["backbone.map_layer0.bias"] + w0 @ label_bias.to(w0.dtype)
+        single_state["backbone.map_layer0.bias"] = single_state["backbone.map_layer0.bias"] + w0 @ label_bias.to(
+            w0.dtype
+        )
     for key, value in target.items():
         if key not in single_state:
             problems.append(f"{key} missing")

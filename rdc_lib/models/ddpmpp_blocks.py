@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 __all__ = ["PositionalEmbedding", "ResampleConv2d", "UNetBlock", "group_norm", "init_", "linear"]
 
-_SKIP_SCALE = math.sqrt(0.5)   # residual and attention outputs are scaled by 1/sqrt(2)
-_EPS = 1e-6                    # GroupNorm epsilon of DDPM++
+_SKIP_SCALE = math.sqrt(0.5)  # residual and attention outputs are scaled by 1/sqrt(2)
+_EPS = 1e-6  # GroupNorm epsilon of DDPM++
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -52,8 +52,13 @@ class ResampleConv2d(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel: int,
-        resample: Literal["up", "down"] | None = None, resample_filter: Sequence[int] = (1, 1), gain: float = 1.0,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        resample: Literal["up", "down"] | None = None,
+        resample_filter: Sequence[int] = (1, 1),
+        gain: float = 1.0,
     ):
         super().__init__()
         self.in_channels, self.out_channels, self.resample = in_channels, out_channels, resample
@@ -106,9 +111,16 @@ class UNetBlock(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, emb_channels: int, *,
-        resample: Literal["up", "down"] | None = None, attention: bool = False, num_heads: int = 1,
-        dropout: float = 0.0, resample_filter: Sequence[int] = (1, 1),
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        *,
+        resample: Literal["up", "down"] | None = None,
+        attention: bool = False,
+        num_heads: int = 1,
+        dropout: float = 0.0,
+        resample_filter: Sequence[int] = (1, 1),
     ):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels

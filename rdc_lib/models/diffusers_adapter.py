@@ -56,8 +56,8 @@ __all__ = [
     "require_diffusers",
 ]
 
-DIFFUSERS_PREFIX = "diffusers:"     # --denoiser diffusers:PATH
-ADAPTER_FILE = "rdc_adapter.json"   # optional adapter settings beside the model
+DIFFUSERS_PREFIX = "diffusers:"  # --denoiser diffusers:PATH
+ADAPTER_FILE = "rdc_adapter.json"  # optional adapter settings beside the model
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 PREDICTION_TYPES = VP_PREDICTION_TYPES
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -74,8 +74,10 @@ def require_diffusers() -> Any:
     try:
         import diffusers
     except ImportError as err:  # pragma: no cover - the README commands install it
-        raise ImportError("this needs the optional 'diffusers' extra: pip install -e '.[diffusers]' "
-                          "(pinned diffusers==0.42.1; `make venv` installs it)") from err
+        raise ImportError(
+            "this needs the optional 'diffusers' extra: pip install -e '.[diffusers]' "
+            "(pinned diffusers==0.42.1; `make venv` installs it)"
+        ) from err
     return diffusers
 
 
@@ -89,9 +91,11 @@ def diffusers_folder(ref: str | Path) -> Path:
     from ..core.paths import resolve_path
 
     text = str(ref)
-    path = text[len(DIFFUSERS_PREFIX):] if is_diffusers_ref(text) else text
+    path = text[len(DIFFUSERS_PREFIX) :] if is_diffusers_ref(text) else text
     if not path:
-        raise ValueError(f"empty diffusers reference {text!r}; expected 'diffusers:PATH' (a folder written by save_pretrained)")
+        raise ValueError(
+            f"empty diffusers reference {text!r}; expected 'diffusers:PATH' (a folder written by save_pretrained)"
+        )
     return resolve_path(path)
 
 
@@ -106,24 +110,44 @@ def diffusers_files(ref: str | Path) -> list[Path]:
 
 # --------------------------------------------------------------------------------------------- the adapters
 
+
 class VPDiffusersDenoiser(Denoiser):
     """A VP network eps/v/x0(x_t, t, labels) under its scheduler's alphas_cumprod, as EDM's D(x; sigma, y)."""
 
-    def __init__(self, unet: nn.Module, alphas_cumprod: Tensor, prediction_type: str, num_classes: int,
-                 null_label: int | None, img_channels: int, img_resolution: int, *, timestep: str = "interpolate",
-                 data_range: str = "minus_one_one", learned_variance: bool = False):
+    def __init__(
+        self,
+        unet: nn.Module,
+        alphas_cumprod: Tensor,
+        prediction_type: str,
+        num_classes: int,
+        null_label: int | None,
+        img_channels: int,
+        img_resolution: int,
+        *,
+        timestep: str = "interpolate",
+        data_range: str = "minus_one_one",
+        learned_variance: bool = False,
+    ):
         super().__init__()
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep", timestep, TIMESTEP_MODES)
         check_choice("data_range", data_range, DATA_RANGES)
         abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-        if abar.ndim != 1 or abar.numel() < 2 or not bool(((abar > 0) & (abar < 1)).all()) \
-                or not bool((abar[1:] < abar[:-1]).all()):
+        if (
+            abar.ndim != 1
+            or abar.numel() < 2
+            or not bool(((abar > 0) & (abar < 1)).all())
+            or not bool((abar[1:] < abar[:-1]).all())
+        ):
             raise ValueError("alphas_cumprod must be a strictly decreasing sequence in (0, 1) of >= 2 timesteps")
         self.unet = unet
         self.prediction_type, self.timestep, self.data_range = prediction_type, timestep, data_range
-        self.num_classes, self.img_channels, self.img_resolution = int(num_classes), int(img_channels), int(img_resolution)
-        self.model_null_label = null_label      # the network's null label index, None if it has none
+        self.num_classes, self.img_channels, self.img_resolution = (
+            int(num_classes),
+            int(img_channels),
+            int(img_resolution),
+        )
+        self.model_null_label = null_label  # the network's null label index, None if it has none
         self.learned_variance = learned_variance
         # log sigma per integer timestep, in float64 from the scheduler's own alphas_cumprod; a plain attribute, so
         # that .to(dtype) never rounds it (moved to the input's device on use)
@@ -153,9 +177,11 @@ class VPDiffusersDenoiser(Denoiser):
         null = labels == self.num_classes
         if bool(null.any()):
             if self.model_null_label is None:
-                raise ValueError(f"the null label (p(x), used by likelihood maximization and purification) was asked "
-                                 f"for, but this model has no null label (num_class_embeds = {self.num_classes}); "
-                                 f"train with label dropout and num_class_embeds = {self.num_classes + 1}")
+                raise ValueError(
+                    f"the null label (p(x), used by likelihood maximization and purification) was asked "
+                    f"for, but this model has no null label (num_class_embeds = {self.num_classes}); "
+                    f"train with label dropout and num_class_embeds = {self.num_classes + 1}"
+                )
             labels = torch.where(null, torch.full_like(labels, self.model_null_label), labels)
         return labels
 
@@ -187,14 +213,26 @@ class KDiffusionDenoiser(Denoiser):
     """A k-diffusion-style callable ``model(x, sigma, class_labels) -> denoised x0`` (EDM/VE parameterisation,
     as k-diffusion's wrappers return) as a Denoiser; labels and data range as in :class:`VPDiffusersDenoiser`."""
 
-    def __init__(self, model: Callable[..., Tensor], num_classes: int, img_channels: int, img_resolution: int, *,
-                 null_label: int | None = None, data_range: str = "minus_one_one"):
+    def __init__(
+        self,
+        model: Callable[..., Tensor],
+        num_classes: int,
+        img_channels: int,
+        img_resolution: int,
+        *,
+        null_label: int | None = None,
+        data_range: str = "minus_one_one",
+    ):
         super().__init__()
         check_choice("data_range", data_range, DATA_RANGES)
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, sigma, class_labels), got {type(model).__name__}")
         self.model = model  # a Module is registered (moves with .to()), a plain function is kept as is
-        self.num_classes, self.img_channels, self.img_resolution = int(num_classes), int(img_channels), int(img_resolution)
+        self.num_classes, self.img_channels, self.img_resolution = (
+            int(num_classes),
+            int(img_channels),
+            int(img_resolution),
+        )
         self.model_null_label, self.data_range = null_label, data_range
 
     _labels_for_model = VPDiffusersDenoiser._labels_for_model
@@ -207,12 +245,15 @@ class KDiffusionDenoiser(Denoiser):
             return 2 * self.model((x + 1) / 2, sigma / 2, class_labels=labels).to(x.dtype) - 1
         out = self.model(x, sigma, class_labels=labels)
         if not isinstance(out, Tensor) or out.shape != x.shape:
-            raise ValueError(f"the k-diffusion-style model must return the denoised image with x's shape "
-                             f"{tuple(x.shape)}, got {getattr(out, 'shape', type(out).__name__)}")
+            raise ValueError(
+                f"the k-diffusion-style model must return the denoised image with x's shape "
+                f"{tuple(x.shape)}, got {getattr(out, 'shape', type(out).__name__)}"
+            )
         return out.to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------- loading
+
 
 def _read_json(path: Path, what: str) -> dict:
     try:
@@ -227,23 +268,34 @@ def _read_json(path: Path, what: str) -> dict:
 def _layout(folder: Path) -> tuple[Path, Path]:
     """(unet folder, scheduler_config.json) of a pipeline folder (unet/, scheduler/) or a flat one."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"diffusers model folder not found: {folder} (expected a folder written by "
-                                "save_pretrained: unet/ + scheduler/, or config.json + scheduler_config.json)")
-    for unet_dir, sched in ((folder / "unet", folder / "scheduler" / "scheduler_config.json"),
-                            (folder, folder / "scheduler_config.json")):
+        raise FileNotFoundError(
+            f"diffusers model folder not found: {folder} (expected a folder written by "
+            "save_pretrained: unet/ + scheduler/, or config.json + scheduler_config.json)"
+        )
+    for unet_dir, sched in (
+        (folder / "unet", folder / "scheduler" / "scheduler_config.json"),
+        (folder, folder / "scheduler_config.json"),
+    ):
         if (unet_dir / "config.json").is_file():
             if not sched.is_file():
-                raise ValueError(f"{folder} has a model config ({unet_dir / 'config.json'}) but no scheduler config "
-                                 f"(expected {sched}); the adapter needs the scheduler's betas and prediction_type")
+                raise ValueError(
+                    f"{folder} has a model config ({unet_dir / 'config.json'}) but no scheduler config "
+                    f"(expected {sched}); the adapter needs the scheduler's betas and prediction_type"
+                )
             return unet_dir, sched
-    raise ValueError(f"{folder} is not a diffusers model folder: expected unet/config.json + "
-                     "scheduler/scheduler_config.json (a pipeline's save_pretrained) or config.json + "
-                     "scheduler_config.json (a model's save_pretrained)")
+    raise ValueError(
+        f"{folder} is not a diffusers model folder: expected unet/config.json + "
+        "scheduler/scheduler_config.json (a pipeline's save_pretrained) or config.json + "
+        "scheduler_config.json (a model's save_pretrained)"
+    )
 
 
 def _check_scheduler(cfg: dict, where: Path) -> None:
-    check = [("_class_name", SCHEDULERS, None), ("prediction_type", PREDICTION_TYPES, "epsilon"),
-             ("beta_schedule", BETA_SCHEDULES, "linear")]
+    check = [
+        ("_class_name", SCHEDULERS, None),
+        ("prediction_type", PREDICTION_TYPES, "epsilon"),
+        ("beta_schedule", BETA_SCHEDULES, "linear"),
+    ]
     for key, valid, default in check:
         value = cfg.get(key, default)
         if value not in valid:
@@ -251,8 +303,10 @@ def _check_scheduler(cfg: dict, where: Path) -> None:
     if cfg.get("trained_betas") is not None:
         raise ValueError(f"unsupported scheduler trained_betas in {where}; supported: None (beta_schedule instead)")
     if cfg.get("rescale_betas_zero_snr", False):
-        raise ValueError(f"unsupported scheduler rescale_betas_zero_snr True in {where} (sigma is infinite at the "
-                         "last timestep); supported: False")
+        raise ValueError(
+            f"unsupported scheduler rescale_betas_zero_snr True in {where} (sigma is infinite at the "
+            "last timestep); supported: False"
+        )
 
 
 def _check_unet(cfg: dict, where: Path, num_classes: int, channels: int, resolution: int) -> None:
@@ -274,15 +328,20 @@ def _check_unet(cfg: dict, where: Path, num_classes: int, channels: int, resolut
         raise bad("class_embed_type", cfg.get("class_embed_type"), "None (integer labels through num_class_embeds)")
     n = cfg.get("num_class_embeds")
     if n is None:
-        raise ValueError(f"{where} is an unconditional model (num_class_embeds None, no class embedding): a "
-                         f"diffusion classifier needs a class-conditional model with num_class_embeds = "
-                         f"{num_classes} or {num_classes + 1} (with a null label)")
+        raise ValueError(
+            f"{where} is an unconditional model (num_class_embeds None, no class embedding): a "
+            f"diffusion classifier needs a class-conditional model with num_class_embeds = "
+            f"{num_classes} or {num_classes + 1} (with a null label)"
+        )
     if n not in (num_classes, num_classes + 1):
-        raise bad("num_class_embeds", n, f"{num_classes} (the dataset's classes) or {num_classes + 1} (plus a null label)")
+        raise bad(
+            "num_class_embeds", n, f"{num_classes} (the dataset's classes) or {num_classes + 1} (plus a null label)"
+        )
 
 
-def inspect_diffusers_folder(folder: str | Path, *, num_classes: int = 10, img_channels: int = 1,
-                             img_resolution: int = 8) -> dict[str, Any]:
+def inspect_diffusers_folder(
+    folder: str | Path, *, num_classes: int = 10, img_channels: int = 1, img_resolution: int = 8
+) -> dict[str, Any]:
     """Check a local diffusers folder against the dataset without loading weights; returns its settings:
     ``unet_dir``, ``unet_config``, ``scheduler_config``, ``adapter`` (rdc_adapter.json), ``null_label`` (the
     network's null label or None), ``learned_variance``. ValueError / FileNotFoundError naming the field."""
@@ -294,15 +353,19 @@ def inspect_diffusers_folder(folder: str | Path, *, num_classes: int = 10, img_c
     _check_scheduler(sched_cfg, sched_file)
     if not any(unet_dir.glob("*.safetensors")):
         found = sorted(p.name for p in unet_dir.iterdir() if p.is_file())
-        raise ValueError(f"no safetensors weights in {unet_dir} (found: {', '.join(found)}); expected "
-                         "diffusion_pytorch_model.safetensors (save_pretrained(..., safe_serialization=True)); "
-                         "pickled .bin weights are never loaded")
+        raise ValueError(
+            f"no safetensors weights in {unet_dir} (found: {', '.join(found)}); expected "
+            "diffusion_pytorch_model.safetensors (save_pretrained(..., safe_serialization=True)); "
+            "pickled .bin weights are never loaded"
+        )
     variance = sched_cfg.get("variance_type", "fixed_small")
     learned = unet_cfg["out_channels"] == 2 * img_channels
     if learned and variance not in LEARNED_VARIANCE:
-        raise ValueError(f"unsupported model out_channels {unet_cfg['out_channels']} with scheduler variance_type "
-                         f"{variance!r}; supported: out_channels {img_channels}, or {2 * img_channels} with "
-                         f"variance_type {' / '.join(LEARNED_VARIANCE)}")
+        raise ValueError(
+            f"unsupported model out_channels {unet_cfg['out_channels']} with scheduler variance_type "
+            f"{variance!r}; supported: out_channels {img_channels}, or {2 * img_channels} with "
+            f"variance_type {' / '.join(LEARNED_VARIANCE)}"
+        )
     adapter = _read_json(folder / ADAPTER_FILE, "rdc adapter file") if (folder / ADAPTER_FILE).is_file() else {}
     unknown = sorted(set(adapter) - set(_ADAPTER_KEYS))
     if unknown:
@@ -310,34 +373,59 @@ def inspect_diffusers_folder(folder: str | Path, *, num_classes: int = 10, img_c
     n_embeds = int(unet_cfg["num_class_embeds"])
     null = adapter.get("null_label", num_classes if n_embeds == num_classes + 1 else None)
     if null is not None and not (isinstance(null, int) and num_classes <= null < n_embeds):
-        raise ValueError(f"null_label {null!r} in {folder / ADAPTER_FILE} is not one of the model's labels beyond the "
-                         f"{num_classes} classes; supported: "
-                         f"{', '.join(map(str, range(num_classes, n_embeds))) or 'none (num_class_embeds = K)'} or null")
+        raise ValueError(
+            f"null_label {null!r} in {folder / ADAPTER_FILE} is not one of the model's labels beyond the "
+            f"{num_classes} classes; supported: "
+            f"{', '.join(map(str, range(num_classes, n_embeds))) or 'none (num_class_embeds = K)'} or null"
+        )
     for key, valid in (("timestep", TIMESTEP_MODES), ("data_range", DATA_RANGES)):
         if key in adapter:
             check_choice(f"{key} in {folder / ADAPTER_FILE}", adapter[key], valid)
-    return dict(unet_dir=unet_dir, unet_config=unet_cfg, scheduler_config=sched_cfg, adapter=adapter,
-                null_label=null, learned_variance=learned)
+    return dict(
+        unet_dir=unet_dir,
+        unet_config=unet_cfg,
+        scheduler_config=sched_cfg,
+        adapter=adapter,
+        null_label=null,
+        learned_variance=learned,
+    )
 
 
-def load_diffusers_denoiser(folder: str | Path, *, num_classes: int = 10, img_channels: int = 1,
-                            img_resolution: int = 8, timestep: str | None = None, data_range: str | None = None,
-                            device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> VPDiffusersDenoiser:
+def load_diffusers_denoiser(
+    folder: str | Path,
+    *,
+    num_classes: int = 10,
+    img_channels: int = 1,
+    img_resolution: int = 8,
+    timestep: str | None = None,
+    data_range: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> VPDiffusersDenoiser:
     """A :class:`VPDiffusersDenoiser` from a local diffusers folder (``'diffusers:PATH'`` or PATH), in eval mode.
 
     ``num_classes`` / ``img_channels`` / ``img_resolution``: the dataset's (digits: 10, 1, 8), checked against the
     model. ``timestep`` / ``data_range``: override ``rdc_adapter.json`` (defaults 'interpolate', 'minus_one_one').
     """
-    info = inspect_diffusers_folder(folder, num_classes=num_classes, img_channels=img_channels,
-                                    img_resolution=img_resolution)
+    info = inspect_diffusers_folder(
+        folder, num_classes=num_classes, img_channels=img_channels, img_resolution=img_resolution
+    )
     sched_cfg, adapter = info["scheduler_config"], info["adapter"]
     diffusers = require_diffusers()
     sched = getattr(diffusers, sched_cfg["_class_name"]).from_config(sched_cfg)
-    unet = diffusers.UNet2DModel.from_pretrained(str(info["unet_dir"]), use_safetensors=True, local_files_only=True,
-                                                 low_cpu_mem_usage=False)
-    den = VPDiffusersDenoiser(unet, sched.alphas_cumprod, sched_cfg.get("prediction_type", "epsilon"), num_classes,
-                              info["null_label"], img_channels, img_resolution,
-                              timestep=timestep or adapter.get("timestep", "interpolate"),
-                              data_range=data_range or adapter.get("data_range", "minus_one_one"),
-                              learned_variance=info["learned_variance"])
+    unet = diffusers.UNet2DModel.from_pretrained(
+        str(info["unet_dir"]), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
+    )
+    den = VPDiffusersDenoiser(
+        unet,
+        sched.alphas_cumprod,
+        sched_cfg.get("prediction_type", "epsilon"),
+        num_classes,
+        info["null_label"],
+        img_channels,
+        img_resolution,
+        timestep=timestep or adapter.get("timestep", "interpolate"),
+        data_range=data_range or adapter.get("data_range", "minus_one_one"),
+        learned_variance=info["learned_variance"],
+    )
     return den.to(device=device, dtype=dtype).eval()

@@ -40,8 +40,10 @@ def scheduler_x0(scheduler: Any, unet: torch.nn.Module, x_t: Tensor, t: int, lab
 def _reference(scheduler: Any, dtype: torch.dtype) -> Any:
     """A copy of ``scheduler`` whose alphas_cumprod are in ``dtype``, ready to step at any training timestep."""
     if scheduler.config.get("clip_sample", False) or scheduler.config.get("thresholding", False):
-        raise ValueError("the reference x0 needs a scheduler with clip_sample=False and thresholding=False "
-                         "(rdc_lib.models.diffusers_check.scheduler_for turns both off)")
+        raise ValueError(
+            "the reference x0 needs a scheduler with clip_sample=False and thresholding=False "
+            "(rdc_lib.models.diffusers_check.scheduler_for turns both off)"
+        )
     sched = copy.deepcopy(scheduler)
     sched.alphas_cumprod = scheduler.alphas_cumprod.to(dtype)
     if getattr(sched, "num_inference_steps", 0) is None and type(sched).__name__ == "DDIMScheduler":
@@ -56,8 +58,15 @@ def _step_x0(sched: Any, unet: torch.nn.Module, x_t: Tensor, t: int, labels: Ten
         return sched.step(model_out, t, x_t, generator=gen).pred_original_sample
 
 
-def adapter_check(den: VPDiffusersDenoiser, scheduler: Any, x0: Tensor, labels: Tensor, timesteps: Tensor,
-                  generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
+def adapter_check(
+    den: VPDiffusersDenoiser,
+    scheduler: Any,
+    x0: Tensor,
+    labels: Tensor,
+    timesteps: Tensor,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
     """Max abs difference per timestep (T',) between the adapter's and the scheduler's x0 prediction.
 
     x0 (B, C, H, W) clean images in rdc's model space [-1, 1]; labels (B,) rdc labels in [0, K] (K = null);

@@ -19,28 +19,35 @@ from pathlib import Path
 
 import torch
 
-from ..data import load_dataset
 from ..core.utils import make_generator
+from ..data import load_dataset
 from .diffusers_adapter import ADAPTER_FILE, require_diffusers
 
 __all__ = ["DIGITS_UNET", "DiffusersTrainConfig", "train_diffusers_digits"]
 
 # The digits UNet2DModel (8x8, 1 channel; 8x8 and 4x4 stages, attention at 4x4).
 DIGITS_UNET: dict = dict(
-    sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=[32, 64],
-    down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
-    norm_num_groups=8, attention_head_dim=16, num_class_embeds=11,
+    sample_size=8,
+    in_channels=1,
+    out_channels=1,
+    layers_per_block=1,
+    block_out_channels=[32, 64],
+    down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+    up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+    norm_num_groups=8,
+    attention_head_dim=16,
+    num_class_embeds=11,
 )
 
 
 @dataclass(frozen=True)
 class DiffusersTrainConfig:
-    steps: int = 4000               # optimizer steps
+    steps: int = 4000  # optimizer steps
     batch_size: int = 128
-    lr: float = 2e-3                # AdamW learning rate (linear warmup, then constant; the EMA averages)
+    lr: float = 2e-3  # AdamW learning rate (linear warmup, then constant; the EMA averages)
     warmup: int = 100
-    ema_decay: float = 0.999        # the exported weights are the EMA (decay min(ema_decay, (1 + k) / (10 + k)) at step k)
-    label_dropout: float = 0.1      # probability of the null label (num_class_embeds - 1)
+    ema_decay: float = 0.999  # the exported weights are the EMA (decay min(ema_decay, (1 + k) / (10 + k)) at step k)
+    label_dropout: float = 0.1  # probability of the null label (num_class_embeds - 1)
     prediction_type: str = "epsilon"  # the scheduler's prediction_type: epsilon | v_prediction | sample
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
@@ -49,7 +56,9 @@ class DiffusersTrainConfig:
     unet: dict = field(default_factory=lambda: dict(DIGITS_UNET))
 
 
-def _target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def _target(
+    prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor, s: torch.Tensor
+) -> torch.Tensor:
     if prediction_type == "epsilon":
         return noise
     if prediction_type == "v_prediction":
@@ -57,8 +66,15 @@ def _target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, a: torc
     return x0
 
 
-def train_diffusers_digits(cfg: DiffusersTrainConfig, out: str | Path, *, log_every: int = 0, log=None,
-                           save_every: int = 0, max_seconds: float | None = None) -> dict:
+def train_diffusers_digits(
+    cfg: DiffusersTrainConfig,
+    out: str | Path,
+    *,
+    log_every: int = 0,
+    log=None,
+    save_every: int = 0,
+    max_seconds: float | None = None,
+) -> dict:
     """Train on the digits training split (1,437 images, CPU), save to the folder ``out``; returns a summary
     (steps done, seconds, final loss, parameter count). ``log(str)`` receives a line every ``log_every`` steps;
     the EMA is also saved every ``save_every`` steps; training stops early after ``max_seconds`` (the learning
@@ -69,9 +85,14 @@ def train_diffusers_digits(cfg: DiffusersTrainConfig, out: str | Path, *, log_ev
     with torch.random.fork_rng(devices=[]):  # diffusers initialises from the global RNG: seed a fork, restore after
         torch.manual_seed(cfg.seed)
         unet = diffusers.UNet2DModel(**cfg.unet)
-    sched = diffusers.DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_start=cfg.beta_start,
-                                    beta_end=cfg.beta_end, beta_schedule="linear", prediction_type=cfg.prediction_type,
-                                    clip_sample=True)
+    sched = diffusers.DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        beta_schedule="linear",
+        prediction_type=cfg.prediction_type,
+        clip_sample=True,
+    )
     abar = sched.alphas_cumprod.to(torch.float32)
     x_tr, y_tr = load_dataset("digits", "train")
     x_tr = x_tr * 2 - 1
@@ -114,8 +135,14 @@ def _save(out: Path, ema, sched, cfg: DiffusersTrainConfig, null: int, done: int
     out.mkdir(parents=True, exist_ok=True)
     ema.save_pretrained(out / "unet", safe_serialization=True)
     sched.save_pretrained(out / "scheduler")
-    summary = dict(steps_done=done, seconds=round(seconds, 1), final_loss=round(loss, 5),
-                   params=sum(p.numel() for p in ema.parameters()), train_config=asdict(cfg))
-    (out / ADAPTER_FILE).write_text(json.dumps({"data_range": "minus_one_one", "null_label": null,
-                                                "training": summary}, indent=1) + "\n")
+    summary = dict(
+        steps_done=done,
+        seconds=round(seconds, 1),
+        final_loss=round(loss, 5),
+        params=sum(p.numel() for p in ema.parameters()),
+        train_config=asdict(cfg),
+    )
+    (out / ADAPTER_FILE).write_text(
+        json.dumps({"data_range": "minus_one_one", "null_label": null, "training": summary}, indent=1) + "\n"
+    )
     return summary

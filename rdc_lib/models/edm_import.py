@@ -58,22 +58,46 @@ __all__ = [
 # SongUNet's constructor defaults (EDM training/networks.py): keys missing from the recorded
 # init_kwargs take these values.
 _SONGUNET_DEFAULTS: dict[str, Any] = dict(
-    label_dim=0, augment_dim=0, model_channels=128, channel_mult=[1, 2, 2, 2], channel_mult_emb=4, num_blocks=4,
-    attn_resolutions=[16], dropout=0.10, label_dropout=0, embedding_type="positional", channel_mult_noise=1,
-    encoder_type="standard", decoder_type="standard", resample_filter=[1, 1],
+    label_dim=0,
+    augment_dim=0,
+    model_channels=128,
+    channel_mult=[1, 2, 2, 2],
+    channel_mult_emb=4,
+    num_blocks=4,
+    attn_resolutions=[16],
+    dropout=0.10,
+    label_dropout=0,
+    embedding_type="positional",
+    channel_mult_noise=1,
+    encoder_type="standard",
+    decoder_type="standard",
+    resample_filter=[1, 1],
 )
 # What our DDPMpp implements (any sizes, this structure).
 _SUPPORTED = dict(embedding_type="positional", encoder_type="standard", decoder_type="standard")
 # The released CIFAR-10 networks: the size check of import_edm_pickle (label_dim 10 = cond, 0 = uncond).
 CIFAR10_EXPECTED: dict[str, Any] = dict(
-    img_resolution=32, in_channels=3, out_channels=3, **{k: v for k, v in DDPMPP_CIFAR10.items() if k != "dropout"},
+    img_resolution=32,
+    in_channels=3,
+    out_channels=3,
+    **{k: v for k, v in DDPMPP_CIFAR10.items() if k != "dropout"},
 )
-_ARCH_KEYS = ("augment_dim", "model_channels", "channel_mult", "channel_mult_emb", "num_blocks", "attn_resolutions",
-              "dropout", "channel_mult_noise", "resample_filter")
+_ARCH_KEYS = (
+    "augment_dim",
+    "model_channels",
+    "channel_mult",
+    "channel_mult_emb",
+    "num_blocks",
+    "attn_resolutions",
+    "dropout",
+    "channel_mult_noise",
+    "resample_filter",
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Stand-ins created by the restricted unpickler.
+
 
 @dataclass
 class PersistentRecord:
@@ -81,7 +105,7 @@ class PersistentRecord:
 
     class_name: str
     version: Any
-    module_src_sha256: str          # the embedded source is hashed, never executed
+    module_src_sha256: str  # the embedded source is hashed, never executed
     state: dict = field(repr=False)
 
     @property
@@ -104,8 +128,10 @@ class _PlainDict(dict):
 
 def _record_persistent(meta: Any) -> PersistentRecord:
     if not isinstance(meta, Mapping) or meta.get("type") != "class":
-        raise pickle.UnpicklingError(f"persistent object with unsupported meta {type(meta).__name__} "
-                                     f"(type {meta.get('type') if isinstance(meta, Mapping) else None!r}); expected type 'class'")
+        raise pickle.UnpicklingError(
+            f"persistent object with unsupported meta {type(meta).__name__} "
+            f"(type {meta.get('type') if isinstance(meta, Mapping) else None!r}); expected type 'class'"
+        )
     src, name, state = meta.get("module_src"), meta.get("class_name"), meta.get("state")
     if not isinstance(src, str) or not isinstance(name, str) or not isinstance(state, Mapping):
         raise pickle.UnpicklingError("persistent object meta lacks module_src / class_name / state")
@@ -123,23 +149,29 @@ def _storage_from_bytes(data: Any) -> Any:
             storage = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RefusedGlobalError(f"refused tensor data embedded in the pickle: torch.load(weights_only=True) "
-                                 f"rejected it ({first})") from err
+        raise RefusedGlobalError(
+            f"refused tensor data embedded in the pickle: torch.load(weights_only=True) rejected it ({first})"
+        ) from err
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise RefusedGlobalError(f"embedded tensor data decoded to {type(storage).__name__}, expected a torch storage")
     return storage
 
 
-_ALLOWED: frozenset[tuple[str, str]] = frozenset({
-    ("collections", "OrderedDict"),
-    ("builtins", "set"), ("builtins", "frozenset"),
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    ("torch", "Size"),
-    *{("torch", dt) for dt in ("float16", "float32", "float64", "bfloat16", "int64", "int32", "uint8", "bool")},
-    *{(mod, "scalar") for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    *{(mod, "_reconstruct") for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    ("numpy", "dtype"), ("numpy", "ndarray"),
-})
+_ALLOWED: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("collections", "OrderedDict"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("torch._utils", "_rebuild_tensor_v2"),
+        ("torch._utils", "_rebuild_parameter"),
+        ("torch", "Size"),
+        *{("torch", dt) for dt in ("float16", "float32", "float64", "bfloat16", "int64", "int32", "uint8", "bool")},
+        *{(mod, "scalar") for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        *{(mod, "_reconstruct") for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+    }
+)
 _OVERRIDES: dict[tuple[str, str], Any] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _record_persistent,
     ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
@@ -153,16 +185,17 @@ _OVERRIDES: dict[tuple[str, str], Any] = {
 # ---------------------------------------------------------------------------------------------
 # Reading the pickle.
 
+
 @dataclass
 class EDMNetworkInfo:
     """The network found in an EDM pickle: recorded configuration and official-name state dict."""
 
-    precond: str                    # class name of the preconditioner ('EDMPrecond')
-    model: str                      # class name of the U-Net ('SongUNet')
-    precond_kwargs: dict            # EDMPrecond init kwargs as recorded
-    unet_kwargs: dict               # SongUNet init kwargs, completed with SongUNet's defaults
-    state: dict[str, Tensor]        # official names: 'model.enc.32x32_conv.weight', ...
-    sha256: str                     # of the source file
+    precond: str  # class name of the preconditioner ('EDMPrecond')
+    model: str  # class name of the U-Net ('SongUNet')
+    precond_kwargs: dict  # EDMPrecond init kwargs as recorded
+    unet_kwargs: dict  # SongUNet init kwargs, completed with SongUNet's defaults
+    state: dict[str, Tensor]  # official names: 'model.enc.32x32_conv.weight', ...
+    sha256: str  # of the source file
 
 
 def _flatten(record: Any, prefix: str, out: dict[str, Tensor], path: str) -> None:
@@ -197,7 +230,9 @@ def read_edm_pickle(src: str | Path, key: str = "ema") -> EDMNetworkInfo:
         raise ValueError(f"{src} is not a readable EDM network pickle: {err}") from err
     if not isinstance(data, Mapping) or key not in data:
         keys = sorted(map(str, data)) if isinstance(data, Mapping) else type(data).__name__
-        raise ValueError(f"wrong checkpoint: {src} should hold a dict with key {key!r} (EDM network pickle), got {keys}")
+        raise ValueError(
+            f"wrong checkpoint: {src} should hold a dict with key {key!r} (EDM network pickle), got {keys}"
+        )
     net = data[key]
     if not isinstance(net, PersistentRecord) or net.class_name != "EDMPrecond":
         got = net.class_name if isinstance(net, PersistentRecord) else type(net).__name__
@@ -209,7 +244,9 @@ def read_edm_pickle(src: str | Path, key: str = "ema") -> EDMNetworkInfo:
     state: dict[str, Tensor] = {}
     _flatten(net, "", state, "")
     unet_kwargs = {**_SONGUNET_DEFAULTS, **model.init_kwargs}
-    return EDMNetworkInfo("EDMPrecond", "SongUNet", net.init_kwargs, unet_kwargs, state, hashlib.sha256(raw).hexdigest())
+    return EDMNetworkInfo(
+        "EDMPrecond", "SongUNet", net.init_kwargs, unet_kwargs, state, hashlib.sha256(raw).hexdigest()
+    )
 
 
 def _normalise(value: Any) -> Any:
@@ -232,21 +269,24 @@ def _check_config(info: EDMNetworkInfo, expected: Mapping[str, Any] | None) -> N
         raise ValueError(
             "wrong checkpoint: expected an EDM DDPM++ network with "
             + ", ".join(f"{k}={want.get(k, 'in_channels')}" for k in wrong)
-            + "; the file has " + ", ".join(f"{k}={v}" for k, v in wrong.items()))
+            + "; the file has "
+            + ", ".join(f"{k}={v}" for k, v in wrong.items())
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Import.
+
 
 def import_edm_pickle(
     src: str | Path,
     out: str | Path,
     *,
     heads: Literal["single", "multi"] = "single",
-    num_classes: int = 10,                            # K; must equal label_dim for a conditional network
-    key: str = "ema",                                 # which network of the pickle
+    num_classes: int = 10,  # K; must equal label_dim for a conditional network
+    key: str = "ema",  # which network of the pickle
     expected: Mapping[str, Any] | None = CIFAR10_EXPECTED,  # SongUNet kwargs to verify; None = any DDPM++ size
-    use_fp16: bool = False,                           # store the fp16-autocast flag in the config
+    use_fp16: bool = False,  # store the fp16-autocast flag in the config
 ) -> Path:
     """Convert an official EDM DDPM++ pickle into an rdc safetensors denoiser checkpoint at ``out``.
 
@@ -262,17 +302,31 @@ def import_edm_pickle(
     kw = {k: _normalise(v) for k, v in info.unet_kwargs.items()}
     label_dim = int(kw["label_dim"])
     if label_dim and label_dim != num_classes:
-        raise ValueError(f"wrong checkpoint: the network has label_dim={label_dim} but num_classes={num_classes} was given")
+        raise ValueError(
+            f"wrong checkpoint: the network has label_dim={label_dim} but num_classes={num_classes} was given"
+        )
     backbone = {k: kw[k] for k in _ARCH_KEYS}
     backbone.update(label_dim=label_dim, use_fp16=bool(use_fp16))
-    single_cfg = DenoiserConfig(arch="ddpmpp", num_classes=num_classes, img_channels=int(kw["in_channels"]),
-                                img_resolution=int(kw["img_resolution"]), heads="single",
-                                sigma_data=float(_normalise(info.precond_kwargs.get("sigma_data", 0.5))), backbone=backbone)
+    single_cfg = DenoiserConfig(
+        arch="ddpmpp",
+        num_classes=num_classes,
+        img_channels=int(kw["in_channels"]),
+        img_resolution=int(kw["img_resolution"]),
+        heads="single",
+        sigma_data=float(_normalise(info.precond_kwargs.get("sigma_data", 0.5))),
+        backbone=backbone,
+    )
     single = load_edm_state_dict(build_denoiser(single_cfg), info.state, source=str(src))
-    extra = dict(source="edm-pickle", file=Path(src).name, sha256=info.sha256, key=key, label_dim=label_dim,
-                 label_dropout=float(_normalise(kw.get("label_dropout", 0))),
-                 null_label_trained=bool(_normalise(kw.get("label_dropout", 0))) or label_dim == 0,
-                 edm_use_fp16=bool(_normalise(info.precond_kwargs.get("use_fp16", False))))
+    extra = dict(
+        source="edm-pickle",
+        file=Path(src).name,
+        sha256=info.sha256,
+        key=key,
+        label_dim=label_dim,
+        label_dropout=float(_normalise(kw.get("label_dropout", 0))),
+        null_label_trained=bool(_normalise(kw.get("label_dropout", 0))) or label_dim == 0,
+        edm_use_fp16=bool(_normalise(info.precond_kwargs.get("use_fp16", False))),
+    )
     if heads == "single":
         return save_denoiser(out, single, single_cfg, extra)
     multi_cfg = replace(single_cfg, heads="multi", backbone={k: v for k, v in backbone.items() if k != "label_dim"})
@@ -283,6 +337,7 @@ def import_edm_pickle(
 
 # ---------------------------------------------------------------------------------------------
 # Conditional + unconditional pair (the reference's setting, docs/paper.md section 2).
+
 
 class PairedDenoiser(Denoiser):
     """Routes class labels to ``cond`` and the null label to ``uncond`` (the Denoiser contract).
@@ -295,10 +350,16 @@ class PairedDenoiser(Denoiser):
     def __init__(self, cond: Denoiser, uncond: Denoiser):
         super().__init__()
         if (cond.img_channels, cond.img_resolution) != (uncond.img_channels, uncond.img_resolution):
-            raise ValueError(f"cond and uncond denoisers must take the same images: "
-                             f"{cond.img_channels}x{cond.img_resolution}^2 vs {uncond.img_channels}x{uncond.img_resolution}^2")
+            raise ValueError(
+                f"cond and uncond denoisers must take the same images: "
+                f"{cond.img_channels}x{cond.img_resolution}^2 vs {uncond.img_channels}x{uncond.img_resolution}^2"
+            )
         self.cond, self.uncond = cond, uncond
-        self.num_classes, self.img_channels, self.img_resolution = cond.num_classes, cond.img_channels, cond.img_resolution
+        self.num_classes, self.img_channels, self.img_resolution = (
+            cond.num_classes,
+            cond.img_channels,
+            cond.img_resolution,
+        )
         self.heads = cond.heads
 
     def forward(self, x: Tensor, sigma: Tensor | float, labels: Tensor | None = None) -> Tensor:
@@ -332,7 +393,11 @@ class PairedDenoiser(Denoiser):
         return self.cond.passes_per_denoise_all(num_classes)
 
 
-def load_paired_denoiser(cond_path: str | Path, uncond_path: str | Path, device: str | torch.device = "cpu",
-                         dtype: torch.dtype = torch.float32) -> PairedDenoiser:
+def load_paired_denoiser(
+    cond_path: str | Path,
+    uncond_path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> PairedDenoiser:
     """PairedDenoiser from two imported checkpoints (e.g. edm-cifar10-32x32-{cond,uncond}-vp.safetensors)."""
     return PairedDenoiser(load_denoiser(cond_path, device, dtype), load_denoiser(uncond_path, device, dtype)).eval()

@@ -64,14 +64,19 @@ def conv3x3_upsampled(low: Tensor, weight: Tensor) -> Tensor:
     (i, i + 1) with (0 + 1, 2); the same for columns. One convolution with the four parity kernels (each 2x2 kernel
     placed in a 3x3 one) then a pixel shuffle: no upsampled copy of the input (same sums, another order).
     """
-    rows = (torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),
-            torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2))               # (O, C, 2, 3) each
+    rows = (
+        torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),
+        torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2),
+    )  # (O, C, 2, 3) each
     kernels = []
     for a in (0, 1):
         k = rows[a]
-        cols = (torch.stack([k[..., 0], k[..., 1] + k[..., 2]], -1), torch.stack([k[..., 0] + k[..., 1], k[..., 2]], -1))
-        kernels += [F.pad(cols[b], (b, 1 - b, a, 1 - a)) for b in (0, 1)]                       # (O, C, 3, 3)
-    out = F.conv2d(low, torch.stack(kernels, 1).flatten(0, 1), padding=1)                        # (B, 4 O, h, w)
+        cols = (
+            torch.stack([k[..., 0], k[..., 1] + k[..., 2]], -1),
+            torch.stack([k[..., 0] + k[..., 1], k[..., 2]], -1),
+        )
+        kernels += [F.pad(cols[b], (b, 1 - b, a, 1 - a)) for b in (0, 1)]  # (O, C, 3, 3)
+    out = F.conv2d(low, torch.stack(kernels, 1).flatten(0, 1), padding=1)  # (B, 4 O, h, w)
     return F.pixel_shuffle(out, 2)
 
 
@@ -80,22 +85,24 @@ class FiLMNet(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 1,           # C of the input image
-        out_channels: int = 1,          # C, or (K + 1) * C for a multi-head model
-        resolution: int = 8,            # H = W, even
-        label_dim: int = 11,            # label embeddings (K + 1 with the null label); 0 = none
-        model_channels: int = 32,       # width at full resolution (twice that at half resolution)
-        num_blocks: int = 1,            # FiLM blocks per level and direction, >= 1
-        dropout: float = 0.1,           # dropout inside the blocks, in [0, 1)
-        num_heads: int = 1,             # output heads (K + 1 for a multi-head model)
-        head_channels: int = 0,         # > 0: every head gets its own hidden conv layer of this width
+        in_channels: int = 1,  # C of the input image
+        out_channels: int = 1,  # C, or (K + 1) * C for a multi-head model
+        resolution: int = 8,  # H = W, even
+        label_dim: int = 11,  # label embeddings (K + 1 with the null label); 0 = none
+        model_channels: int = 32,  # width at full resolution (twice that at half resolution)
+        num_blocks: int = 1,  # FiLM blocks per level and direction, >= 1
+        dropout: float = 0.1,  # dropout inside the blocks, in [0, 1)
+        num_heads: int = 1,  # output heads (K + 1 for a multi-head model)
+        head_channels: int = 0,  # > 0: every head gets its own hidden conv layer of this width
     ):
         super().__init__()
         if resolution % 2:
             raise ValueError(f"FiLMNet needs an even resolution (it works at H and H/2), got {resolution}")
         if model_channels < 1 or num_blocks < 1 or head_channels < 0:
-            raise ValueError(f"need model_channels >= 1, num_blocks >= 1, head_channels >= 0; got "
-                             f"{model_channels}, {num_blocks}, {head_channels}")
+            raise ValueError(
+                f"need model_channels >= 1, num_blocks >= 1, head_channels >= 0; got "
+                f"{model_channels}, {num_blocks}, {head_channels}"
+            )
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         c, emb_dim = model_channels, 4 * model_channels
@@ -130,13 +137,13 @@ class FiLMNet(nn.Module):
         if self.label_embed is None:
             raise ValueError("forward_classes needs a class-conditional backbone (label_dim > 0)")
         n, k = x.shape[0], classes.shape[-1]
-        noise_emb = self.emb_mlp(self.noise_embed(c_noise))                       # (N, E)
-        label_emb = self.label_embed(classes)                                     # (K, E) or (N, K, E)
+        noise_emb = self.emb_mlp(self.noise_embed(c_noise))  # (N, E)
+        label_emb = self.label_embed(classes)  # (K, E) or (N, K, E)
         emb = F.silu(noise_emb.unsqueeze(1) + label_emb).reshape(n * k, -1)
-        h0 = self.conv_in(x)                                                      # (N, c, H, W)
+        h0 = self.conv_in(x)  # (N, c, H, W)
         first = self.enc[0]
-        scale, shift = first.film(emb).reshape(n, k, -1, 1, 1).chunk(2, dim=2)    # (N, K, c, 1, 1) each
-        h = F.silu(first.conv0(h0).unsqueeze(1) * (scale + 1) + shift)           # (N, K, c, H, W)
+        scale, shift = first.film(emb).reshape(n, k, -1, 1, 1).chunk(2, dim=2)  # (N, K, c, 1, 1) each
+        h = F.silu(first.conv0(h0).unsqueeze(1) * (scale + 1) + shift)  # (N, K, c, H, W)
         h = first.conv1(first.dropout(h.reshape(n * k, *h.shape[2:])))
         h = (h.reshape(n, k, *h.shape[1:]) + first.skip(h0).unsqueeze(1)) / math.sqrt(2)
         h = h.reshape(n * k, *h.shape[2:])

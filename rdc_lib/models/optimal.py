@@ -56,30 +56,30 @@ class OptimalDenoiser(Denoiser):
         self.img_channels = int(images.shape[1])
         self.img_resolution = int(images.shape[2])
         self.image_shape = tuple(int(s) for s in images.shape[1:])
-        self.heads = "multi"          # one distance computation serves all classes
+        self.heads = "multi"  # one distance computation serves all classes
         self.kind = "optimal"
         self.max_chunk_elements = int(max_chunk_elements)
 
-        flat = (images * 2 - 1).reshape(images.shape[0], -1)      # model space, (N, D)
+        flat = (images * 2 - 1).reshape(images.shape[0], -1)  # model space, (N, D)
         counts = torch.bincount(labels, minlength=k)
         n_max = int(counts.max())
         order = torch.argsort(labels, stable=True)
         starts = torch.cumsum(counts, 0) - counts
         # position of each sorted image inside its class block
         rank = torch.arange(labels.numel()) - starts[labels[order]]
-        slot = labels[order] * n_max + rank                        # index into the (K * N_max) rows
-        center = flat.mean(0)                                      # distances are shift-invariant;
+        slot = labels[order] * n_max + rank  # index into the (K * N_max) rows
+        center = flat.mean(0)  # distances are shift-invariant;
         padded = torch.zeros(k * n_max, flat.shape[1], dtype=flat.dtype)  # centering limits cancellation
         padded[slot] = flat[order] - center
         mask = torch.zeros(k * n_max, dtype=torch.bool)
         mask[slot] = True
-        self.register_buffer("train_flat", flat, persistent=False)         # (N, D) model space
+        self.register_buffer("train_flat", flat, persistent=False)  # (N, D) model space
         self.register_buffer("train_labels", labels.clone(), persistent=False)
-        self.register_buffer("center", center, persistent=False)           # (D,)
-        self.register_buffer("padded", padded, persistent=False)           # (K * N_max, D), centred
+        self.register_buffer("center", center, persistent=False)  # (D,)
+        self.register_buffer("padded", padded, persistent=False)  # (K * N_max, D), centred
         self.register_buffer("padded_sq", (padded**2).sum(1), persistent=False)  # (K * N_max,)
-        self.register_buffer("valid", mask, persistent=False)              # (K * N_max,)
-        self.register_buffer("class_counts", counts, persistent=False)     # (K,)
+        self.register_buffer("valid", mask, persistent=False)  # (K * N_max,)
+        self.register_buffer("class_counts", counts, persistent=False)  # (K,)
         self.n_max = n_max
 
     # ---- validation -------------------------------------------------------------------------
@@ -96,15 +96,18 @@ class OptimalDenoiser(Denoiser):
 
     def _check_sigma(self, sigma: Tensor) -> None:
         if not torch.isfinite(sigma).all() or (sigma <= 0).any():
-            raise ValueError(f"sigma must be finite and > 0, got values in [{float(sigma.min()):.4g}, "
-                             f"{float(sigma.max()):.4g}]")
+            raise ValueError(
+                f"sigma must be finite and > 0, got values in [{float(sigma.min()):.4g}, {float(sigma.max()):.4g}]"
+            )
 
     def _check_classes(self, labels: Tensor, name: str) -> None:
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"{name} must be an integer tensor (int64), got dtype {labels.dtype}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
-            raise ValueError(f"{name} has values in [{int(labels.min())}, {int(labels.max())}], expected "
-                             f"labels in [0, {self.num_classes}] ({self.num_classes} = null label)")
+            raise ValueError(
+                f"{name} has values in [{int(labels.min())}, {int(labels.max())}], expected "
+                f"labels in [0, {self.num_classes}] ({self.num_classes} = null label)"
+            )
 
     # ---- core -------------------------------------------------------------------------------
     def _chunk_all(self, x: Tensor, sigma: Tensor) -> Tensor:
@@ -120,10 +123,10 @@ class OptimalDenoiser(Denoiser):
         floor = 1e-15 if dtype != torch.float16 else 1e-3
         scale = 0.5 / sigma.clamp_min(floor).reshape(-1, 1) ** 2
         logits = (-dist * scale).masked_fill(~self.valid.to(device), float("-inf")).reshape(-1, k, n_max)
-        weights = torch.softmax(logits, dim=-1)                                   # (B, K, N_max)
+        weights = torch.softmax(logits, dim=-1)  # (B, K, N_max)
         per_class = torch.bmm(weights.transpose(0, 1), padded.reshape(k, n_max, -1)).transpose(0, 1)
         # unconditional posterior mean = mixture of class means with weights softmax_y(log Z_y)
-        mix = torch.softmax(torch.logsumexp(logits, dim=-1), dim=-1)              # (B, K)
+        mix = torch.softmax(torch.logsumexp(logits, dim=-1), dim=-1)  # (B, K)
         null = (mix.unsqueeze(-1) * per_class).sum(1, keepdim=True)
         return torch.cat([per_class, null], dim=1) + self.center.to(device, dtype)
 
@@ -132,7 +135,7 @@ class OptimalDenoiser(Denoiser):
         batch = x.shape[0]
         flat = x.reshape(batch, -1)
         per_chunk = max(1, self.max_chunk_elements // (self.num_classes * self.n_max))
-        parts = [self._chunk_all(flat[i:i + per_chunk], sigma[i:i + per_chunk]) for i in range(0, batch, per_chunk)]
+        parts = [self._chunk_all(flat[i : i + per_chunk], sigma[i : i + per_chunk]) for i in range(0, batch, per_chunk)]
         out = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
         return out.reshape(batch, self.num_classes + 1, *self.image_shape)
 
@@ -164,15 +167,19 @@ class OptimalDenoiser(Denoiser):
         return 1
 
     def extra_repr(self) -> str:
-        return (f"num_train={self.train_flat.shape[0]}, num_classes={self.num_classes}, "
-                f"image_shape={self.image_shape}, kind='optimal'")
+        return (
+            f"num_train={self.train_flat.shape[0]}, num_classes={self.num_classes}, "
+            f"image_shape={self.image_shape}, kind='optimal'"
+        )
 
 
 def _validate_training_set(images: Tensor, labels: Tensor, num_classes: int | None) -> tuple[Tensor, Tensor, int]:
     """Check the training set; returns (images float, labels int64 (N,), K)."""
     if isinstance(images, Tensor) and images.ndim >= 1 and images.shape[0] == 0:
-        raise ValueError("the training set is empty (train_images has 0 images); "
-                         "the optimal denoiser needs at least one image in each of at least two classes")
+        raise ValueError(
+            "the training set is empty (train_images has 0 images); "
+            "the optimal denoiser needs at least one image in each of at least two classes"
+        )
     check_images(images, name="train_images")
     if images.shape[2] != images.shape[3]:
         raise ValueError(f"train_images must be square (H = W), got shape {tuple(images.shape)}")
@@ -182,23 +189,31 @@ def _validate_training_set(images: Tensor, labels: Tensor, num_classes: int | No
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"train_labels must be an integer tensor (int64), got dtype {labels.dtype}")
     if labels.shape[0] != images.shape[0]:
-        raise ValueError(f"train_labels has {labels.shape[0]} labels but train_images has "
-                         f"{images.shape[0]} images (shape {tuple(images.shape)}); expected one label per image")
+        raise ValueError(
+            f"train_labels has {labels.shape[0]} labels but train_images has "
+            f"{images.shape[0]} images (shape {tuple(images.shape)}); expected one label per image"
+        )
     labels = labels.detach().to("cpu", torch.long)
     if int(labels.min()) < 0:
         raise ValueError(f"train_labels has a negative label {int(labels.min())}; expected labels in [0, K)")
     if torch.unique(labels).numel() < 2:
-        raise ValueError(f"the training set has a single class ({int(labels[0])}); a classifier needs at least "
-                         "two classes with training images")
+        raise ValueError(
+            f"the training set has a single class ({int(labels[0])}); a classifier needs at least "
+            "two classes with training images"
+        )
     k = int(labels.max()) + 1 if num_classes is None else int(num_classes)
     if k < 2:
         raise ValueError(f"num_classes must be >= 2, got {k}")
     if int(labels.max()) >= k:
-        raise ValueError(f"train_labels has labels in [{int(labels.min())}, {int(labels.max())}], expected labels "
-                         f"in [0, {k - 1}] for num_classes={k}")
+        raise ValueError(
+            f"train_labels has labels in [{int(labels.min())}, {int(labels.max())}], expected labels "
+            f"in [0, {k - 1}] for num_classes={k}"
+        )
     counts = torch.bincount(labels, minlength=k)
     empty = (counts == 0).nonzero().flatten().tolist()
     if empty:
-        raise ValueError(f"classes {empty} have no training images; D*(x; sigma, y) is undefined for them "
-                         f"(pass num_classes = the number of classes present, or add images)")
+        raise ValueError(
+            f"classes {empty} have no training images; D*(x; sigma, y) is undefined for them "
+            f"(pass num_classes = the number of classes present, or add images)"
+        )
     return images.detach().to("cpu"), labels, k

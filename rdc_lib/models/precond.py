@@ -17,16 +17,15 @@ from ..core.choices import HEADS
 from .base import Denoiser
 
 
-
 class EDMDenoiser(Denoiser):
     def __init__(
         self,
-        backbone: nn.Module,            # F(x_in (B,C,H,W), c_noise (B,), labels (B,) | None) -> (B, C_out, H, W)
-        num_classes: int,               # K; label K is the null label
-        img_channels: int,              # C
-        img_resolution: int,            # H = W
+        backbone: nn.Module,  # F(x_in (B,C,H,W), c_noise (B,), labels (B,) | None) -> (B, C_out, H, W)
+        num_classes: int,  # K; label K is the null label
+        img_channels: int,  # C
+        img_resolution: int,  # H = W
         heads: Literal["single", "multi"] = "single",
-        sigma_data: float = 0.5,        # EDM sigma_data
+        sigma_data: float = 0.5,  # EDM sigma_data
     ):
         super().__init__()
         if heads not in HEADS:
@@ -83,8 +82,10 @@ class EDMDenoiser(Denoiser):
         """Single-head ``denoise_all`` through the backbone's ``forward_classes`` (needs :meth:`shares_prefix`):
         x (B, C, H, W), sigma (B,), classes (K',) for every image or (B, K') per image -> (B, K', C, H, W)."""
         if not self.shares_prefix():
-            raise ValueError("denoise_classes needs a single-head denoiser in eval mode whose backbone has "
-                             "forward_classes, with share_prefix on")
+            raise ValueError(
+                "denoise_classes needs a single-head denoiser in eval mode whose backbone has "
+                "forward_classes, with share_prefix on"
+            )
         c_skip, c_out, c_in, c_noise = self._coefficients(self._sigma(sigma, x.shape[0], x))
         f_x = self.backbone.forward_classes(c_in * x, c_noise, classes.to(x.device)).to(x.dtype)
         return c_skip.unsqueeze(1) * x.unsqueeze(1) + c_out.unsqueeze(1) * f_x
@@ -92,5 +93,9 @@ class EDMDenoiser(Denoiser):
     def shares_prefix(self) -> bool:
         """Whether the single-head ``denoise_all`` computes the label-independent start of the backbone once
         per image for all classes (``share_prefix`` on, a backbone with ``forward_classes``, eval mode)."""
-        return (self.share_prefix and self.heads == "single" and not self.backbone.training
-                and callable(getattr(self.backbone, "forward_classes", None)))
+        return (
+            self.share_prefix
+            and self.heads == "single"
+            and not self.backbone.training
+            and callable(getattr(self.backbone, "forward_classes", None))
+        )

@@ -65,8 +65,9 @@ class PositionalEmbedding(nn.Module):
         return torch.cat([angles.cos(), angles.sin()], dim=1).to(t.dtype)
 
 
-def add_residual_layers(block: nn.Module, in_ch: int, out_ch: int, emb_dim: int, dropout: float,
-                        modulation: str) -> None:
+def add_residual_layers(
+    block: nn.Module, in_ch: int, out_ch: int, emb_dim: int, dropout: float, modulation: str
+) -> None:
     """The layers every embedding-modulated residual block has, created in this order (the order of the random
     initialisation): ``conv0`` (3x3), the modulation ``Linear(emb_dim, 2 * out_ch)`` named ``modulation``,
     ``dropout``, a zero-initialised ``conv1`` (3x3: the block starts as its skip) and ``skip`` (1x1 when the
@@ -125,20 +126,22 @@ class SmallUNet(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 1,           # C of the input image
-        out_channels: int = 1,          # C, or (K + 1) * C for a multi-head model
-        resolution: int = 8,            # H = W of the input
-        label_dim: int = 11,            # number of label embeddings (K + 1 with the null label); 0 = none
-        model_channels: int = 64,       # base width
+        in_channels: int = 1,  # C of the input image
+        out_channels: int = 1,  # C, or (K + 1) * C for a multi-head model
+        resolution: int = 8,  # H = W of the input
+        label_dim: int = 11,  # number of label embeddings (K + 1 with the null label); 0 = none
+        model_channels: int = 64,  # base width
         channel_mult: tuple[int, ...] = (1, 2, 2),  # width multiplier per resolution level
-        num_blocks: int = 2,            # residual blocks per level
-        dropout: float = 0.1,           # dropout inside residual blocks
-        num_heads: int = 1,             # output heads (K + 1 for a multi-head model)
-        head_channels: int = 0,         # > 0: every head gets its own hidden conv layer of this width
+        num_blocks: int = 2,  # residual blocks per level
+        dropout: float = 0.1,  # dropout inside residual blocks
+        num_heads: int = 1,  # output heads (K + 1 for a multi-head model)
+        head_channels: int = 0,  # > 0: every head gets its own hidden conv layer of this width
     ):
         super().__init__()
         if resolution % (2 ** (len(channel_mult) - 1)) != 0:
-            raise ValueError(f"resolution {resolution} is not divisible by 2^{len(channel_mult) - 1} (levels {channel_mult})")
+            raise ValueError(
+                f"resolution {resolution} is not divisible by 2^{len(channel_mult) - 1} (levels {channel_mult})"
+            )
         emb_dim = 4 * model_channels
         self.noise_embed = PositionalEmbedding(model_channels)
         self.label_embed = nn.Embedding(label_dim, emb_dim) if label_dim > 0 else None
@@ -157,7 +160,9 @@ class SmallUNet(nn.Module):
                 self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 skip_channels.append(ch)
 
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), SelfAttention(ch), ResBlock(ch, ch, emb_dim, dropout)])
+        self.mid = nn.ModuleList(
+            [ResBlock(ch, ch, emb_dim, dropout), SelfAttention(ch), ResBlock(ch, ch, emb_dim, dropout)]
+        )
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):

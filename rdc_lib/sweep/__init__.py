@@ -28,7 +28,20 @@ from .spec import SweepSpec, SweepSpecError, load_sweep, parse_sweep
 from .store import CellRecord, ResultStore, code_version, plan_cells
 
 __all__ = [
-    "CellRecord", "Report", "ResultStore", "SlurmOptions", "SweepRunResult", "SweepSpec", "SweepSpecError",
-    "SweepStatus", "code_version", "load_sweep", "parse_sweep", "plan_cells",
-    "run_sweep", "slurm_cluster_kwargs", "sweep_status", "write_report",
+    "CellRecord",
+    "Report",
+    "ResultStore",
+    "SlurmOptions",
+    "SweepRunResult",
+    "SweepSpec",
+    "SweepSpecError",
+    "SweepStatus",
+    "code_version",
+    "load_sweep",
+    "parse_sweep",
+    "plan_cells",
+    "run_sweep",
+    "slurm_cluster_kwargs",
+    "sweep_status",
+    "write_report",
 ]

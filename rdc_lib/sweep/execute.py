@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..jobs.papermill_runner import RESULT_FILE, PapermillJob, error_head, strip_ansi
 from ..core.stored_state import DAMAGED, StoredStateError, is_stored_state_error, move_aside
+from ..jobs.papermill_runner import RESULT_FILE, PapermillJob, error_head, strip_ansi
 from .store import utc_now
 
 __all__ = ["CellOutcome", "CellTask", "execute_cell"]
@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 NOTEBOOK_FILE = "notebook.ipynb"
 _MAX_ERROR_CHARS = 20_000
 CELL_RESTART = "--retry-failed (rdc sweep; retry_failed=True in run_sweep())"
-_SWEEP_WAY_OUT = ("In a sweep: rerun with `rdc sweep FILE --retry-failed` (retry_failed=True): this cell's folder "
-                  f"is moved aside as '<folder>.{DAMAGED}-<time>' (nothing is deleted) and the cell runs afresh.")
+_SWEEP_WAY_OUT = (
+    "In a sweep: rerun with `rdc sweep FILE --retry-failed` (retry_failed=True): this cell's folder "
+    f"is moved aside as '<folder>.{DAMAGED}-<time>' (nothing is deleted) and the cell runs afresh."
+)
 
 
 @dataclass(frozen=True)
@@ -45,15 +47,15 @@ class CellTask:
     """Everything a worker needs to run one cell (picklable, no open handles)."""
 
     key: str
-    kind: str                          # "notebook" | "function"
-    target: str                        # notebook path, "eval" or "module:callable"
-    params: dict[str, Any]             # seed included
-    cell_dir: str                      # per-cell folder: executed notebook, results.json, eval records
+    kind: str  # "notebook" | "function"
+    target: str  # notebook path, "eval" or "module:callable"
+    params: dict[str, Any]  # seed included
+    cell_dir: str  # per-cell folder: executed notebook, results.json, eval records
     kernel: str | None = None
     cell_timeout: float | None = None
-    threads: int | None = None         # torch / OpenMP threads for this cell
+    threads: int | None = None  # torch / OpenMP threads for this cell
     kernel_start_retries: int = 2
-    restart: bool = False              # move the cell folder aside first (its stored state was damaged)
+    restart: bool = False  # move the cell folder aside first (its stored state was damaged)
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,8 @@ class CellOutcome:
     """What a worker reports back for one cell."""
 
     key: str
-    status: str                        # "done" | "failed"
-    started: str | None                # None: the worker died before reporting
+    status: str  # "done" | "failed"
+    started: str | None  # None: the worker died before reporting
     finished: str
     duration: float | None
     result: dict[str, Any] | None = None
@@ -96,15 +98,23 @@ def execute_cell(task: CellTask) -> CellOutcome:
             error = error.replace("\n", f"\n{_SWEEP_WAY_OUT}\n", 1)
     if notebook is not None and not Path(notebook).is_file():
         notebook = None
-    return CellOutcome(key=task.key, status=status, started=started, finished=utc_now(),
-                       duration=time.perf_counter() - t0, result=result, error=error, notebook=notebook,
-                       worker=_worker_name())
+    return CellOutcome(
+        key=task.key,
+        status=status,
+        started=started,
+        finished=utc_now(),
+        duration=time.perf_counter() - t0,
+        result=result,
+        error=error,
+        notebook=notebook,
+        worker=_worker_name(),
+    )
 
 
 def _run_function(task: CellTask, cell_dir: Path) -> Any:
     if task.target == "eval":
-        from ..evaluation.runner import EvalConfig, evaluate_params
         from ..evaluation.provenance import eval_provenance
+        from ..evaluation.runner import EvalConfig, evaluate_params
 
         params = dict(task.params)
         params.setdefault("records_dir", str(cell_dir / "records"))  # an interrupted cell resumes its chunks
@@ -123,8 +133,10 @@ def _run_notebook(task: CellTask, cell_dir: Path) -> dict[str, Any]:
     job.run(kernel_name=task.kernel, cell_timeout=task.cell_timeout, kernel_start_retries=task.kernel_start_retries)
     result_file = job.result_file
     if not result_file.is_file():
-        raise RuntimeError(f"the notebook {task.target} finished without writing {result_file}: its last cell must "
-                           f"write a JSON dict to Path(result_dir) / {RESULT_FILE!r} (see rdc_lib.sweep)")
+        raise RuntimeError(
+            f"the notebook {task.target} finished without writing {result_file}: its last cell must "
+            f"write a JSON dict to Path(result_dir) / {RESULT_FILE!r} (see rdc_lib.sweep)"
+        )
     try:
         result = json.loads(result_file.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -184,5 +196,6 @@ def _worker_name() -> str:
 
 def failed_outcome(key: str, exc: BaseException, started: str | None = None) -> CellOutcome:
     """A failed outcome for an error seen on the client (e.g. ``KilledWorker``: the worker died)."""
-    return CellOutcome(key=key, status="failed", started=started, finished=utc_now(), duration=None,
-                       error=_error_text(exc))
+    return CellOutcome(
+        key=key, status="failed", started=started, finished=utc_now(), duration=None, error=_error_text(exc)
+    )

@@ -22,11 +22,31 @@ from typing import Any
 
 from .store import CellRecord, ResultStore
 
-__all__ = ["Report", "aggregate", "cell_rows", "figure_vs_eps", "group_keys", "markdown_table", "trust_of",
-           "write_report"]
+__all__ = [
+    "Report",
+    "aggregate",
+    "cell_rows",
+    "figure_vs_eps",
+    "group_keys",
+    "markdown_table",
+    "trust_of",
+    "write_report",
+]
 
-CELL_COLUMNS = ("defense", "attack", "protocol", "norm", "eps", "seed", "n", "clean_acc", "robust_acc", "trusted",
-                "failed_checks", "seconds")
+CELL_COLUMNS = (
+    "defense",
+    "attack",
+    "protocol",
+    "norm",
+    "eps",
+    "seed",
+    "n",
+    "clean_acc",
+    "robust_acc",
+    "trusted",
+    "failed_checks",
+    "seconds",
+)
 GROUP_KEYS = ("defense", "attack", "norm")
 
 
@@ -87,8 +107,8 @@ def _denoiser_of(result: dict[str, Any]) -> str:
     legacy checkpoint of its heads (rdc_lib.core.paths.stored_denoiser_name), never today's default."""
     if result.get("denoiser") or result.get("dataset", "digits") != "digits" or "heads" not in result:
         return result.get("denoiser") or ""
-    from ..defenses import defense_names
     from ..core.paths import stored_denoiser_name
+    from ..defenses import defense_names
 
     return stored_denoiser_name(result) if result.get("defense") in defense_names(needs_denoiser=True) else ""
 
@@ -108,8 +128,9 @@ def group_keys(records: Sequence[CellRecord], x: str = "eps") -> list[str]:
     return [g for g in GROUP_KEYS if g in present] + [k for k in varying if k not in GROUP_KEYS]
 
 
-def aggregate(rows: Sequence[dict[str, Any]], x: str = "eps", y: str = "robust_acc",
-              group: Sequence[str] = GROUP_KEYS) -> list[dict[str, Any]]:
+def aggregate(
+    rows: Sequence[dict[str, Any]], x: str = "eps", y: str = "robust_acc", group: Sequence[str] = GROUP_KEYS
+) -> list[dict[str, Any]]:
     """Mean / std / count of ``y`` over seeds per (group..., x); trusted only if every seed is."""
     buckets: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
@@ -117,14 +138,22 @@ def aggregate(rows: Sequence[dict[str, Any]], x: str = "eps", y: str = "robust_a
             key = tuple(_hashable(row.get(g)) for g in group) + (_hashable(row[x]),)
             buckets.setdefault(key, []).append(row)
     out = []
-    for key in sorted(buckets, key=lambda k: tuple((v is None, str(v) if not isinstance(v, (int, float)) else v)
-                                                   for v in k)):
+    for key in sorted(
+        buckets, key=lambda k: tuple((v is None, str(v) if not isinstance(v, (int, float)) else v) for v in k)
+    ):
         vals = [float(r[y]) for r in buckets[key]]
         flags = [r["trusted"] for r in buckets[key]]
         trusted = UNTRUSTED if UNTRUSTED in flags else (NOT_CHECKED if NOT_CHECKED in flags else PASSED)
-        out.append({**dict(zip(group, key[:-1])), x: key[-1], f"{y}_mean": statistics.fmean(vals),
-                    f"{y}_std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "seeds": len(vals),
-                    "trusted": trusted})
+        out.append(
+            {
+                **dict(zip(group, key[:-1])),
+                x: key[-1],
+                f"{y}_mean": statistics.fmean(vals),
+                f"{y}_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                "seeds": len(vals),
+                "trusted": trusted,
+            }
+        )
     return out
 
 
@@ -174,8 +203,9 @@ def _html_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def figure_vs_eps(agg: Sequence[dict[str, Any]], x: str = "eps", y: str = "robust_acc",
-                  group: Sequence[str] = GROUP_KEYS) -> Any:
+def figure_vs_eps(
+    agg: Sequence[dict[str, Any]], x: str = "eps", y: str = "robust_acc", group: Sequence[str] = GROUP_KEYS
+) -> Any:
     """plotly Figure: ``y`` (mean over seeds, std error bars) vs ``x``, one trace per group (defense x
     attack x norm); untrusted points drawn as open ``x`` markers, with a legend entry saying so."""
     import plotly.graph_objects as go
@@ -187,19 +217,36 @@ def figure_vs_eps(agg: Sequence[dict[str, Any]], x: str = "eps", y: str = "robus
     for key, pts in traces.items():
         pts = sorted(pts, key=lambda r: r[x])
         name = " / ".join(str(k) for k in key if k is not None) or y
-        fig.add_trace(go.Scatter(
-            x=[p[x] for p in pts], y=[p[f"{y}_mean"] for p in pts], name=name, mode="lines+markers",
-            error_y={"type": "data", "array": [p[f"{y}_std"] for p in pts], "visible": True},
-            marker={"symbol": ["x-open" if p["trusted"] == UNTRUSTED else "circle" for p in pts],
-                    "size": [15 if p["trusted"] == UNTRUSTED else 9 for p in pts], "line": {"width": 2}},
-            customdata=[[p["seeds"], p["trusted"]] for p in pts],
-            hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y:.3f}}<br>seeds=%{{customdata[0]}}<br>"
-                          "trusted=%{customdata[1]}<extra>%{fullData.name}</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=[p[x] for p in pts],
+                y=[p[f"{y}_mean"] for p in pts],
+                name=name,
+                mode="lines+markers",
+                error_y={"type": "data", "array": [p[f"{y}_std"] for p in pts], "visible": True},
+                marker={
+                    "symbol": ["x-open" if p["trusted"] == UNTRUSTED else "circle" for p in pts],
+                    "size": [15 if p["trusted"] == UNTRUSTED else 9 for p in pts],
+                    "line": {"width": 2},
+                },
+                customdata=[[p["seeds"], p["trusted"]] for p in pts],
+                hovertemplate=f"{x}=%{{x}}<br>{y}=%{{y:.3f}}<br>seeds=%{{customdata[0]}}<br>"
+                "trusted=%{customdata[1]}<extra>%{fullData.name}</extra>",
+            )
+        )
     if any(p["trusted"] == UNTRUSTED for p in agg):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="untrusted (sanity check failed)",
-                                 marker={"symbol": "x-open", "size": 15, "color": "black", "line": {"width": 2}}))
-    fig.update_layout(xaxis_title=x, yaxis_title=f"{y} (mean over seeds)", template="plotly_white",
-                      legend_title=" / ".join(group))
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name="untrusted (sanity check failed)",
+                marker={"symbol": "x-open", "size": 15, "color": "black", "line": {"width": 2}},
+            )
+        )
+    fig.update_layout(
+        xaxis_title=x, yaxis_title=f"{y} (mean over seeds)", template="plotly_white", legend_title=" / ".join(group)
+    )
     if y.endswith("_acc"):
         fig.update_yaxes(range=[-0.02, 1.02])
     return fig
@@ -217,8 +264,15 @@ class Report:
     untrusted: int
 
 
-def write_report(store_path: str | Path, out_dir: str | Path | None = None, *, x: str = "eps",
-                 y: str = "robust_acc", sweep: str | None = None, include_plotlyjs: bool | str = True) -> Report:
+def write_report(
+    store_path: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    x: str = "eps",
+    y: str = "robust_acc",
+    sweep: str | None = None,
+    include_plotlyjs: bool | str = True,
+) -> Report:
     """Write ``report.md``, ``report.html`` (self-contained: plotly.js embedded, works offline) and
     ``cells.csv`` for the store at ``store_path`` into ``out_dir`` (default: the store's folder)."""
     store_path = Path(store_path)
@@ -233,14 +287,24 @@ def write_report(store_path: str | Path, out_dir: str | Path | None = None, *, x
     group = group_keys(records, x)
     agg = aggregate(rows, x, y, group)
     agg_cols = [*group, x, f"{y}_mean", f"{y}_std", "seeds", "trusted"]
-    fail_rows = [{"key": r.key[:12], "params": r.params, "error": (r.error or "").strip().splitlines()[0][:200]
-                  if r.error else "", "finished": r.finished} for r in failed]
+    fail_rows = [
+        {
+            "key": r.key[:12],
+            "params": r.params,
+            "error": (r.error or "").strip().splitlines()[0][:200] if r.error else "",
+            "finished": r.finished,
+        }
+        for r in failed
+    ]
     untrusted = sum(r["trusted"] == UNTRUSTED for r in rows)
     unchecked = sum(r["trusted"] == NOT_CHECKED for r in rows)
     title = f"Sweep report: {', '.join(sorted({r.sweep for r in records})) or store_path.name}"
-    md = [f"# {title}\n", f"{len(rows)} done, {len(failed)} failed, {untrusted} untrusted (untrusted: a sanity "
-          "check failed, so treat that robust accuracy as an upper bound at best), "
-          f"{unchecked} not checked (no sanity check ran).\n"]
+    md = [
+        f"# {title}\n",
+        f"{len(rows)} done, {len(failed)} failed, {untrusted} untrusted (untrusted: a sanity "
+        "check failed, so treat that robust accuracy as an upper bound at best), "
+        f"{unchecked} not checked (no sanity check ran).\n",
+    ]
     if agg:
         md += [f"\n## {y} vs {x} (mean over seeds)\n\n", markdown_table(agg, agg_cols)]
     md += ["\n## Cells\n\n", markdown_table(rows, cols)]
@@ -259,7 +323,13 @@ def write_report(store_path: str | Path, out_dir: str | Path | None = None, *, x
         f"<h1>{html.escape(title)}</h1><p>{html.escape(md[1].strip())}</p>{fig_html}"
         f"<h2>{html.escape(y)} vs {html.escape(x)}</h2>{_html_table(agg, agg_cols)}"
         f"<h2>Cells</h2>{_html_table(rows, cols)}"
-        + (f"<h2>Failed cells</h2>{_html_table(fail_rows, ['key', 'params', 'error', 'finished'])}" if fail_rows else "")
-        + "</body></html>")
-    return Report(markdown=md_path, html=html_path, cells_csv=csv_path, done=len(rows), failed=len(failed),
-                  untrusted=untrusted)
+        + (
+            f"<h2>Failed cells</h2>{_html_table(fail_rows, ['key', 'params', 'error', 'finished'])}"
+            if fail_rows
+            else ""
+        )
+        + "</body></html>"
+    )
+    return Report(
+        markdown=md_path, html=html_path, cells_csv=csv_path, done=len(rows), failed=len(failed), untrusted=untrusted
+    )

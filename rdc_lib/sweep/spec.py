@@ -74,8 +74,8 @@ class SweepSpec:
 
     name: str
     target_kind: Literal["notebook", "function"]
-    target: str                      # absolute notebook path, "eval" or "module:callable"
-    fixed: dict[str, Any]            # params + n/offset/dataset
+    target: str  # absolute notebook path, "eval" or "module:callable"
+    fixed: dict[str, Any]  # params + n/offset/dataset
     grid: dict[str, tuple]
     include: tuple[dict[str, Any], ...]
     seeds: tuple[int, ...]
@@ -109,14 +109,16 @@ class SweepSpec:
 
 # --------------------------------------------------------------------------- YAML with line numbers
 
+
 def _compose(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
     """Parse YAML; return the data and a map path -> 1-based line (mapping keys: the key's line)."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
-            raise SweepSpecError(f"{source}: the sweep file is empty; expected a mapping with keys "
-                                 f"{', '.join(TOP_LEVEL_KEYS)}")
+            raise SweepSpecError(
+                f"{source}: the sweep file is empty; expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}"
+            )
         data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise SweepSpecError(f"{source}: not valid YAML: {exc}") from exc
@@ -132,8 +134,10 @@ def _walk(node: yaml.Node, path: tuple, lines: dict[tuple, int], source: str) ->
         for key_node, value_node in node.value:
             key = path + (str(key_node.value),)
             if key in lines:
-                raise SweepSpecError(f"{source}, line {key_node.start_mark.line + 1}: key {key_node.value!r} "
-                                     f"is given twice (first on line {lines[key]})")
+                raise SweepSpecError(
+                    f"{source}, line {key_node.start_mark.line + 1}: key {key_node.value!r} "
+                    f"is given twice (first on line {lines[key]})"
+                )
             lines[key] = key_node.start_mark.line + 1
             _walk(value_node, key, lines, source)
     elif isinstance(node, yaml.SequenceNode):
@@ -160,6 +164,7 @@ class _Ctx:
 
 # --------------------------------------------------------------------------- the sweep file
 
+
 def load_sweep(path: str | Path, *, base_dir: str | Path | None = None) -> SweepSpec:
     """Read and validate a sweep file (see the module docstring); ``SweepSpecError`` on any problem."""
     path = Path(path)
@@ -168,8 +173,9 @@ def load_sweep(path: str | Path, *, base_dir: str | Path | None = None) -> Sweep
     return parse_sweep(path.read_text(), source=str(path), name=path.stem, base_dir=base_dir)
 
 
-def parse_sweep(text: str, *, source: str = "<sweep>", name: str = "sweep",
-                base_dir: str | Path | None = None) -> SweepSpec:
+def parse_sweep(
+    text: str, *, source: str = "<sweep>", name: str = "sweep", base_dir: str | Path | None = None
+) -> SweepSpec:
     """Validate sweep YAML text; relative paths resolve against ``base_dir`` (default: cwd)."""
     data, lines = _compose(text, source)
     ctx = _Ctx(source, lines)
@@ -179,8 +185,11 @@ def parse_sweep(text: str, *, source: str = "<sweep>", name: str = "sweep",
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             hint = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
-            raise ctx.error((str(key),), f"unknown key {key!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
-                            f"valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+            raise ctx.error(
+                (str(key),),
+                f"unknown key {key!r}{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
+                f"valid keys: {', '.join(TOP_LEVEL_KEYS)}",
+            )
     kind, target = _target(data, ctx, base)
     fixed = _mapping(data, "params", ctx, allow_empty=True)
     for key in SLICE_KEYS:
@@ -191,8 +200,11 @@ def parse_sweep(text: str, *, source: str = "<sweep>", name: str = "sweep",
     grid = _grid(data, ctx)
     include = _include(data, ctx)
     if not grid and not include:
-        raise ctx.error((), "the sweep has no cells: give a non-empty 'grid' (parameter -> list of values) "
-                        "and/or an 'include' list of cells")
+        raise ctx.error(
+            (),
+            "the sweep has no cells: give a non-empty 'grid' (parameter -> list of values) "
+            "and/or an 'include' list of cells",
+        )
     seeds = _seeds(data, ctx)
     for key in grid:
         if key in fixed:
@@ -208,11 +220,26 @@ def parse_sweep(text: str, *, source: str = "<sweep>", name: str = "sweep",
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ctx.error(("cell_timeout",), f"cell_timeout must be a positive number of seconds, got {timeout!r}")
     if kind == "function" and (kernel is not None or timeout is not None):
-        raise ctx.error(("kernel",) if kernel is not None else ("cell_timeout",),
-                        "'kernel' and 'cell_timeout' apply to notebook targets only")
-    spec = SweepSpec(name=name, target_kind=kind, target=target, fixed=fixed, grid=grid, include=tuple(include),
-                     seeds=seeds, output=output, store=store, checkpoints=checkpoints, kernel=kernel,
-                     cell_timeout=None if timeout is None else float(timeout), source=source, base_dir=base)
+        raise ctx.error(
+            ("kernel",) if kernel is not None else ("cell_timeout",),
+            "'kernel' and 'cell_timeout' apply to notebook targets only",
+        )
+    spec = SweepSpec(
+        name=name,
+        target_kind=kind,
+        target=target,
+        fixed=fixed,
+        grid=grid,
+        include=tuple(include),
+        seeds=seeds,
+        output=output,
+        store=store,
+        checkpoints=checkpoints,
+        kernel=kernel,
+        cell_timeout=None if timeout is None else float(timeout),
+        source=source,
+        base_dir=base,
+    )
     _check_against_target(spec, data, ctx)
     return spec
 
@@ -224,8 +251,10 @@ def _where(key: str, data: dict) -> str:
 def _target(data: dict, ctx: _Ctx, base: Path) -> tuple[Literal["notebook", "function"], str]:
     has_nb, has_fn = "notebook" in data, "function" in data
     if has_nb == has_fn:
-        raise ctx.error(("notebook",) if has_nb else (), "give exactly one target: 'notebook: path.ipynb' or "
-                        "'function: eval' / 'function: module.path:callable'")
+        raise ctx.error(
+            ("notebook",) if has_nb else (),
+            "give exactly one target: 'notebook: path.ipynb' or 'function: eval' / 'function: module.path:callable'",
+        )
     if has_nb:
         nb = _string(data, "notebook", ctx)
         path = base / nb
@@ -267,8 +296,11 @@ def _grid(data: dict, ctx: _Ctx) -> dict[str, tuple]:
         raise ctx.error(("grid",), "'grid' is empty; give parameter -> [values] (or remove it and use 'include')")
     for key, values in grid.items():
         if not isinstance(values, list):
-            raise ctx.error(("grid", key), f"grid parameter {key!r} must be a list of values, got {values!r} "
-                            f"(write [{values!r}] or move it under params)")
+            raise ctx.error(
+                ("grid", key),
+                f"grid parameter {key!r} must be a list of values, got {values!r} "
+                f"(write [{values!r}] or move it under params)",
+            )
         if not values:
             raise ctx.error(("grid", key), f"grid parameter {key!r} has an empty list of values")
     return {k: tuple(v) for k, v in grid.items()}
@@ -323,8 +355,11 @@ def _check_against_target(spec: SweepSpec, data: dict, ctx: _Ctx) -> None:
     valid = sorted(n for n in decls if n != "**" and n not in reserved)
     for name in sorted(reserved):
         if name not in decls and not open_ended:
-            raise ctx.error(target_path, f"target {spec.target!r} does not declare the parameter {name!r}, "
-                            f"which the sweep always passes; declared: {', '.join(valid)}")
+            raise ctx.error(
+                target_path,
+                f"target {spec.target!r} does not declare the parameter {name!r}, "
+                f"which the sweep always passes; declared: {', '.join(valid)}",
+            )
     for path, pname, value in _param_sites(spec, data):
         if pname in reserved:
             hint = "use the top-level 'seeds' list" if pname == "seed" else "the sweep sets it per cell"
@@ -332,22 +367,32 @@ def _check_against_target(spec: SweepSpec, data: dict, ctx: _Ctx) -> None:
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError):
-            raise ctx.error(path, f"parameter {pname!r} = {value!r} is not a plain JSON value (number, string, "
-                            "bool, null, list, mapping); quote dates and write nan/inf as strings") from None
+            raise ctx.error(
+                path,
+                f"parameter {pname!r} = {value!r} is not a plain JSON value (number, string, "
+                "bool, null, list, mapping); quote dates and write nan/inf as strings",
+            ) from None
         decl = decls.get(pname)
         if decl is None and not open_ended:
             hint = difflib.get_close_matches(pname, valid, n=1)
-            raise ctx.error(path, f"parameter {pname!r} is not declared by {spec.target_kind} {spec.target!r}"
-                            f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; valid parameters: {', '.join(valid)}")
+            raise ctx.error(
+                path,
+                f"parameter {pname!r} is not declared by {spec.target_kind} {spec.target!r}"
+                f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; valid parameters: {', '.join(valid)}",
+            )
         if decl is not None and not type_accepts(decl.type, value):
-            raise ctx.error(path, f"parameter {pname!r} = {value!r} ({type(value).__name__}) does not match the "
-                            f"declared type: expected {describe_type(decl.type)}")
+            raise ctx.error(
+                path,
+                f"parameter {pname!r} = {value!r} ({type(value).__name__}) does not match the "
+                f"declared type: expected {describe_type(decl.type)}",
+            )
     required = {n for n, d in decls.items() if d.required and n not in reserved}
     for cell in spec.cells():
         missing = sorted(required - set(cell))
         if missing:
-            raise ctx.error((), f"required parameter(s) {', '.join(missing)} of {spec.target!r} are not given "
-                            f"(cell {cell})")
+            raise ctx.error(
+                (), f"required parameter(s) {', '.join(missing)} of {spec.target!r} are not given (cell {cell})"
+            )
     if spec.target == EVAL_TARGET:
         _check_eval_cells(spec, data, ctx)
 
@@ -379,15 +424,19 @@ def _check_eval_cells(spec: SweepSpec, data: dict, ctx: _Ctx) -> None:
         try:
             EvalConfig(**cfg_params)
         except (TypeError, ValueError) as exc:
-            raise ctx.error(_culprit(spec, data, cfg_params, str(exc)),
-                            f"invalid evaluation cell {cfg_params}: {exc}") from exc
+            raise ctx.error(
+                _culprit(spec, data, cfg_params, str(exc)), f"invalid evaluation cell {cfg_params}: {exc}"
+            ) from exc
 
 
 def _culprit(spec: SweepSpec, data: dict, cell: dict, message: str) -> tuple:
     """The YAML path of the value an error message most likely refers to (for its line number)."""
     sites = [s for s in _param_sites(spec, data) if cell.get(s[1], object()) == s[2]]
-    for test in (lambda s: s[1] in message and repr(s[2]) in message, lambda s: repr(s[2]) in message,
-                 lambda s: s[1] in message):
+    for test in (
+        lambda s: s[1] in message and repr(s[2]) in message,
+        lambda s: repr(s[2]) in message,
+        lambda s: s[1] in message,
+    ):
         hit = next((s for s in sites if test(s)), None)
         if hit is not None:
             return hit[0]

@@ -32,13 +32,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.provenance import file_sha256  # one home: rdc_lib.evaluation.provenance (re-exported here)
 from ..core.stored_state import StoredStateError, restart_aside, sources_version
+from ..evaluation.provenance import file_sha256  # one home: rdc_lib.evaluation.provenance (re-exported here)
 from .spec import SweepSpec
 from .targets import EVAL_TARGET
 
-__all__ = ["CellRecord", "PlannedCell", "ResultStore", "cell_key", "checkpoint_versions", "code_version",
-           "file_sha256", "plan_cells", "utc_now"]
+__all__ = [
+    "CellRecord",
+    "PlannedCell",
+    "ResultStore",
+    "cell_key",
+    "checkpoint_versions",
+    "code_version",
+    "file_sha256",
+    "plan_cells",
+    "utc_now",
+]
 
 SCHEMA_VERSION = "1"
 RESTART = "--restart-store (rdc sweep; restart_store=True in run_sweep())"
@@ -89,6 +98,7 @@ def canonical_json(value: Any) -> str:
 
 # --------------------------------------------------------------------------- identity
 
+
 def _notebook_source(path: Path) -> bytes:
     """The code cells' sources only: re-saving outputs or metadata does not change the version."""
     import nbformat
@@ -116,8 +126,8 @@ def code_version(spec: SweepSpec | None = None, *, package_root: Path | None = N
 def _eval_checkpoints(params: Mapping[str, Any]) -> list[Path]:
     """Checkpoints an ``eval`` cell reads: the runner's ``checkpoint_paths(params)`` if it has one, else
     every shipped checkpoint (conservative: retraining any of them invalidates the cells)."""
-    from ..evaluation import runner
     from ..core.paths import data_dir
+    from ..evaluation import runner
 
     hook = getattr(runner, "checkpoint_paths", None)
     if hook is not None:
@@ -152,8 +162,13 @@ def target_id(spec: SweepSpec) -> str:
 
 def cell_key(target: str, params: Mapping[str, Any], code: str, checkpoints: Mapping[str, str]) -> str:
     """sha256 (hex) of the cell's identity: target, params (seed included), code and checkpoint versions."""
-    payload = {"target": target, "params": dict(params), "seed": params.get("seed"), "code": code,
-               "checkpoints": dict(checkpoints)}
+    payload = {
+        "target": target,
+        "params": dict(params),
+        "seed": params.get("seed"),
+        "code": code,
+        "checkpoints": dict(checkpoints),
+    }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
@@ -184,6 +199,7 @@ def plan_cells(spec: SweepSpec, code: str | None = None) -> list[PlannedCell]:
 
 # --------------------------------------------------------------------------- the store
 
+
 @dataclass(frozen=True)
 class CellRecord:
     """One row of the store. ``result`` is the target's JSON dict (done), ``error`` the failure text."""
@@ -192,7 +208,7 @@ class CellRecord:
     sweep: str
     target: str
     params: dict[str, Any]
-    status: str                      # "done" | "failed"
+    status: str  # "done" | "failed"
     code_version: str
     checkpoints: dict[str, str]
     finished: str
@@ -227,14 +243,17 @@ class ResultStore:
                 self._conn = sqlite3.connect(self.path, timeout=30)
                 tables = self._tables()
                 if tables and not {"cells", "meta"} <= tables:
-                    raise self._damaged(f"it is an SQLite file without the tables of an rdc sweep store (has "
-                                        f"{sorted(tables)}, expected cells and meta)")
+                    raise self._damaged(
+                        f"it is an SQLite file without the tables of an rdc sweep store (has "
+                        f"{sorted(tables)}, expected cells and meta)"
+                    )
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=NORMAL")
                 with self._conn:
                     self._conn.executescript(_SCHEMA)
-                    self._conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)",
-                                       (SCHEMA_VERSION,))
+                    self._conn.execute(
+                        "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                    )
             self._conn.execute("PRAGMA busy_timeout=30000")
             self._check_schema()
         except sqlite3.DatabaseError as exc:
@@ -257,8 +276,10 @@ class ResultStore:
         try:
             tables = self._tables()
             if not {"cells", "meta"} <= tables:
-                raise self._damaged(f"it is an SQLite file without the tables of an rdc sweep store (has "
-                                    f"{sorted(tables)}, expected cells and meta)")
+                raise self._damaged(
+                    f"it is an SQLite file without the tables of an rdc sweep store (has "
+                    f"{sorted(tables)}, expected cells and meta)"
+                )
             row = self._conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
             problems = [r[0] for r in self._conn.execute("PRAGMA quick_check")]
         except sqlite3.DatabaseError as exc:
@@ -280,12 +301,21 @@ class ResultStore:
     def record(self, rec: CellRecord) -> bool:
         """Write one finished cell in its own transaction. Returns False if the key is already done."""
         row = {
-            "key": rec.key, "sweep": rec.sweep, "target": rec.target, "params": canonical_json(rec.params),
-            "seed": rec.seed, "status": rec.status,
+            "key": rec.key,
+            "sweep": rec.sweep,
+            "target": rec.target,
+            "params": canonical_json(rec.params),
+            "seed": rec.seed,
+            "status": rec.status,
             "result": None if rec.result is None else json.dumps(rec.result, sort_keys=True),
-            "error": rec.error, "notebook": rec.notebook, "code_version": rec.code_version,
-            "checkpoints": canonical_json(rec.checkpoints), "worker": rec.worker, "started": rec.started,
-            "finished": rec.finished, "duration": rec.duration,
+            "error": rec.error,
+            "notebook": rec.notebook,
+            "code_version": rec.code_version,
+            "checkpoints": canonical_json(rec.checkpoints),
+            "worker": rec.worker,
+            "started": rec.started,
+            "finished": rec.finished,
+            "duration": rec.duration,
         }
         if rec.status not in ("done", "failed"):
             raise ValueError(f"status must be 'done' or 'failed', got {rec.status!r}")
@@ -324,18 +354,33 @@ class ResultStore:
         return list(self._select(clause + " ORDER BY finished", tuple(args)))
 
     def _select(self, clause: str, args: tuple) -> Iterator[CellRecord]:
-        cols = ("key, sweep, target, params, status, code_version, checkpoints, finished, result, error, "
-                "notebook, worker, started, duration, attempts")
+        cols = (
+            "key, sweep, target, params, status, code_version, checkpoints, finished, result, error, "
+            "notebook, worker, started, duration, attempts"
+        )
         try:
             rows = self._conn.execute(f"SELECT {cols} FROM cells {clause}", args).fetchall()
         except sqlite3.DatabaseError as exc:
             raise self._damaged(f"reading the cells failed ({exc})") from exc
         for r in rows:
             try:
-                yield CellRecord(key=r[0], sweep=r[1], target=r[2], params=json.loads(r[3]), status=r[4],
-                                 code_version=r[5], checkpoints=json.loads(r[6]), finished=r[7],
-                                 result=None if r[8] is None else json.loads(r[8]), error=r[9], notebook=r[10],
-                                 worker=r[11], started=r[12], duration=r[13], attempts=r[14])
+                yield CellRecord(
+                    key=r[0],
+                    sweep=r[1],
+                    target=r[2],
+                    params=json.loads(r[3]),
+                    status=r[4],
+                    code_version=r[5],
+                    checkpoints=json.loads(r[6]),
+                    finished=r[7],
+                    result=None if r[8] is None else json.loads(r[8]),
+                    error=r[9],
+                    notebook=r[10],
+                    worker=r[11],
+                    started=r[12],
+                    duration=r[13],
+                    attempts=r[14],
+                )
             except (TypeError, ValueError) as exc:
                 raise self._damaged(f"cell {str(r[0])[:12]} holds text that is not JSON ({exc})") from exc
 

@@ -27,8 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["EVAL_TARGET", "ParamDecl", "describe_type", "parse_annotation", "resolve_callable", "target_params",
-           "type_accepts"]
+__all__ = [
+    "EVAL_TARGET",
+    "ParamDecl",
+    "describe_type",
+    "parse_annotation",
+    "resolve_callable",
+    "target_params",
+    "type_accepts",
+]
 
 EVAL_TARGET = "eval"
 _EVAL_EXTRA = {"device": "str", "records_dir": "str | None"}  # evaluate_params() accepts these besides EvalConfig
@@ -48,9 +55,23 @@ class ParamDecl:
 # --------------------------------------------------------------------------- types
 
 _TYPE_NAMES: dict[str, Any] = {
-    "int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "tuple": tuple,
-    "List": list, "Dict": dict, "Tuple": tuple, "Sequence": Sequence, "Mapping": Mapping,
-    "Any": Any, "None": type(None), "Optional": typing.Optional, "Union": typing.Union, "Literal": Literal,
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": bool,
+    "list": list,
+    "dict": dict,
+    "tuple": tuple,
+    "List": list,
+    "Dict": dict,
+    "Tuple": tuple,
+    "Sequence": Sequence,
+    "Mapping": Mapping,
+    "Any": Any,
+    "None": type(None),
+    "Optional": typing.Optional,
+    "Union": typing.Union,
+    "Literal": Literal,
 }
 
 
@@ -150,6 +171,7 @@ def _type_of_default(text: str) -> Any:
 
 # --------------------------------------------------------------------------- target declarations
 
+
 def target_params(kind: str, target: str) -> dict[str, ParamDecl]:
     """The parameters a target declares (see the module docstring). Raises ``ValueError``/``ImportError``."""
     if kind == "notebook":
@@ -189,8 +211,9 @@ def _notebook_params(path: Path) -> dict[str, ParamDecl]:
             elif isinstance(stmt, ast.Assign):
                 for tgt in stmt.targets:
                     if isinstance(tgt, ast.Name) and tgt.id not in decls:
-                        decls[tgt.id] = ParamDecl(tgt.id, _type_of_default(ast.unparse(stmt.value)),
-                                                  ast.unparse(stmt.value))
+                        decls[tgt.id] = ParamDecl(
+                            tgt.id, _type_of_default(ast.unparse(stmt.value)), ast.unparse(stmt.value)
+                        )
     return decls
 
 
@@ -244,6 +267,7 @@ def _callable_params(fn: Callable[..., Any]) -> dict[str, ParamDecl]:
             tp = parse_annotation(tp)
         if tp is None and p.default is not p.empty and p.default is not None:
             tp = type(p.default)
-        decls[p.name] = ParamDecl(p.name, tp, None if p.default is p.empty else p.default,
-                                  required=p.default is p.empty)
+        decls[p.name] = ParamDecl(
+            p.name, tp, None if p.default is p.empty else p.default, required=p.default is p.empty
+        )
     return decls

@@ -70,8 +70,7 @@ def _image_axes(fig: go.Figure, rows: int, cols: int) -> None:
             fig.update_yaxes(dict(_IMAGE_AXIS, scaleanchor=sub.xaxis.plotly_name.replace("axis", "")), row=r, col=c)
 
 
-def denoiser_comparison_figure(series: Mapping[str, Any], sigmas: Any, *, title: str = "",
-                               size: int = 90) -> go.Figure:
+def denoiser_comparison_figure(series: Mapping[str, Any], sigmas: Any, *, title: str = "", size: int = 90) -> go.Figure:
     """Rows = ``series`` (name -> images (T, C, H, W) in [0, 1]), columns = the T noise levels ``sigmas``.
 
     Typically {'noisy input': ..., 'learned D': ..., 'optimal D*': ...} from
@@ -86,38 +85,56 @@ def denoiser_comparison_figure(series: Mapping[str, Any], sigmas: Any, *, title:
             raise ValueError(f"series {name!r} must have shape (T={s.shape[0]}, C, H, W), got {a.shape}")
     rows, cols = len(arrays), s.shape[0]
     titles = [f"sigma={v:.3g}" if r == 0 else "" for r in range(rows) for v in s]
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
-                        vertical_spacing=0.04, row_titles=list(arrays))
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=titles,
+        horizontal_spacing=0.01,
+        vertical_spacing=0.04,
+        row_titles=list(arrays),
+    )
     for r, (name, a) in enumerate(arrays.items(), start=1):
         for c in range(cols):
             fig.add_trace(image_trace(a[c], name=f"{name}, sigma={s[c]:.3g}"), row=r, col=c + 1)
     _image_axes(fig, rows, cols)
     fig.update_annotations(font_size=10)
-    fig.update_layout(title=title or "denoised images across noise levels (class-conditional on the true label)",
-                      width=max(400, size * cols + 140), height=size * rows + 110, margin=dict(l=10, r=90, t=80, b=10))
+    fig.update_layout(
+        title=title or "denoised images across noise levels (class-conditional on the true label)",
+        width=max(400, size * cols + 140),
+        height=size * rows + 110,
+        margin=dict(l=10, r=90, t=80, b=10),
+    )
     return fig
 
 
-def dominant_images_figure(query: Any, dominant: Any, weights: Any, sigmas: Any, *, nearest: Any | None = None,
-                           title: str = "", size: int = 90) -> go.Figure:
+def dominant_images_figure(
+    query: Any, dominant: Any, weights: Any, sigmas: Any, *, nearest: Any | None = None, title: str = "", size: int = 90
+) -> go.Figure:
     """One row: the query image, [its nearest training image], then D*'s dominant training image per level.
 
     ``dominant`` (T, C, H, W), ``weights`` (T,) its softmax weight, ``sigmas`` (T,).
     """
     q, d, w, s = _np(query), _np(dominant), _np(weights).reshape(-1), _np(sigmas).reshape(-1)
     if d.ndim != 4 or d.shape[0] != s.shape[0] or w.shape[0] != s.shape[0]:
-        raise ValueError(f"dominant must be (T, C, H, W) and weights (T,) with T = len(sigmas) = {s.shape[0]}, "
-                         f"got {d.shape} and {w.shape}")
+        raise ValueError(
+            f"dominant must be (T, C, H, W) and weights (T,) with T = len(sigmas) = {s.shape[0]}, "
+            f"got {d.shape} and {w.shape}"
+        )
     imgs = [q] + ([_np(nearest)] if nearest is not None else []) + list(d)
-    titles = ["query"] + (["nearest"] if nearest is not None else []) + [
-        f"s={sv:.2g}<br>w={wv:.2f}" for sv, wv in zip(s, w)]
+    titles = (
+        ["query"] + (["nearest"] if nearest is not None else []) + [f"s={sv:.2g}<br>w={wv:.2f}" for sv, wv in zip(s, w)]
+    )
     fig = make_subplots(rows=1, cols=len(imgs), subplot_titles=titles, horizontal_spacing=0.01)
     for i, img in enumerate(imgs):
         fig.add_trace(image_trace(img, name=titles[i].replace("<br>", " ")), row=1, col=i + 1)
     _image_axes(fig, 1, len(imgs))
     fig.update_annotations(font_size=10)
-    fig.update_layout(title=title or "training image with the largest softmax weight in D* at each level",
-                      width=max(400, size * len(imgs) + 40), height=size + 130, margin=dict(l=10, r=10, t=90, b=10))
+    fig.update_layout(
+        title=title or "training image with the largest softmax weight in D* at each level",
+        width=max(400, size * len(imgs) + 40),
+        height=size + 130,
+        margin=dict(l=10, r=10, t=90, b=10),
+    )
     return fig
 
 
@@ -126,20 +143,44 @@ def dominance_figure(curves: Mapping[str, Any], *, title: str = "") -> go.Figure
 
     Two panels, one line per name in each (2 traces per name).
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("largest softmax weight (mean over images)",
-                                                        "dominant image = nearest training image"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("largest softmax weight (mean over images)", "dominant image = nearest training image"),
+    )
     for i, (name, dom) in enumerate(curves.items()):
         s = _np(_field(dom, "sigmas")).reshape(-1)
         top = _np(_field(dom, "top_weight"))
         match = _np(_field(dom, "matches_nn"))
         if top.ndim != 2 or top.shape[1] != s.shape[0] or match.shape != top.shape:
-            raise ValueError(f"{name!r}: top_weight and matches_nn must be (B, T={s.shape[0]}), got {top.shape}, "
-                             f"{match.shape}")
+            raise ValueError(
+                f"{name!r}: top_weight and matches_nn must be (B, T={s.shape[0]}), got {top.shape}, {match.shape}"
+            )
         color = _color(i)
-        fig.add_trace(go.Scatter(x=s, y=top.mean(0), mode="lines+markers", name=f"{name}: weight",
-                                 line=dict(color=color), legendgroup=name), row=1, col=1)
-        fig.add_trace(go.Scatter(x=s, y=match.mean(0), mode="lines+markers", name=f"{name}: = nearest",
-                                 line=dict(color=color, dash="dot"), legendgroup=name), row=1, col=2)
+        fig.add_trace(
+            go.Scatter(
+                x=s,
+                y=top.mean(0),
+                mode="lines+markers",
+                name=f"{name}: weight",
+                line=dict(color=color),
+                legendgroup=name,
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=s,
+                y=match.mean(0),
+                mode="lines+markers",
+                name=f"{name}: = nearest",
+                line=dict(color=color, dash="dot"),
+                legendgroup=name,
+            ),
+            row=1,
+            col=2,
+        )
     for c in (1, 2):
         fig.update_xaxes(title_text="noise level sigma (model space)", type="log", row=1, col=c)
         fig.update_yaxes(range=[0, 1.05], row=1, col=c)
@@ -151,10 +192,22 @@ def nn_agreement_figure(agreement: Mapping[str, float], *, title: str = "") -> g
     """Bars: fraction of images on which each classifier (name) predicts the 1-NN label (one trace)."""
     names = list(agreement)
     values = [float(agreement[n]) for n in names]
-    fig = go.Figure(go.Bar(x=names, y=values, text=[f"{100 * v:.1f}%" for v in values], textposition="outside",
-                           marker_color=[_color(i) for i in range(len(names))], name="agreement"))
-    fig.update_layout(title=title or "agreement with the 1-nearest-neighbour rule (l2, training set)",
-                      yaxis=dict(title="fraction of images", range=[0, 1.1]), height=380, showlegend=False)
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=values,
+            text=[f"{100 * v:.1f}%" for v in values],
+            textposition="outside",
+            marker_color=[_color(i) for i in range(len(names))],
+            name="agreement",
+        )
+    )
+    fig.update_layout(
+        title=title or "agreement with the 1-nearest-neighbour rule (l2, training set)",
+        yaxis=dict(title="fraction of images", range=[0, 1.1]),
+        height=380,
+        showlegend=False,
+    )
     return fig
 
 
@@ -164,20 +217,41 @@ def gap_curves_figure(curves: Mapping[str, Any], *, title: str = "") -> go.Figur
     Left: the learned (solid) and optimal (dashed) denoisers' mean squared error per level; right: the gap
     learned - optimal with a zero line. Three traces per name.
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("denoising error E||D - x||^2 (per pixel)",
-                                                        "gap: learned - optimal"))
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("denoising error E||D - x||^2 (per pixel)", "gap: learned - optimal")
+    )
     for i, (name, c) in enumerate(curves.items()):
         s = _np(_field(c, "sigmas")).reshape(-1)
         learned, optimal, gap = (_np(_field(c, k)).reshape(-1) for k in ("learned", "optimal", "gap"))
         if not (learned.shape == optimal.shape == gap.shape == s.shape):
             raise ValueError(f"{name!r}: sigmas, learned, optimal and gap must all have shape (T,)")
         color = _color(i)
-        fig.add_trace(go.Scatter(x=s, y=learned, mode="lines+markers", name=f"{name}: learned",
-                                 line=dict(color=color), legendgroup=name), row=1, col=1)
-        fig.add_trace(go.Scatter(x=s, y=optimal, mode="lines+markers", name=f"{name}: optimal",
-                                 line=dict(color=color, dash="dash"), legendgroup=name), row=1, col=1)
-        fig.add_trace(go.Scatter(x=s, y=gap, mode="lines+markers", name=f"{name}: gap",
-                                 line=dict(color=color, width=3), legendgroup=name), row=1, col=2)
+        fig.add_trace(
+            go.Scatter(
+                x=s, y=learned, mode="lines+markers", name=f"{name}: learned", line=dict(color=color), legendgroup=name
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=s,
+                y=optimal,
+                mode="lines+markers",
+                name=f"{name}: optimal",
+                line=dict(color=color, dash="dash"),
+                legendgroup=name,
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=s, y=gap, mode="lines+markers", name=f"{name}: gap", line=dict(color=color, width=3), legendgroup=name
+            ),
+            row=1,
+            col=2,
+        )
     fig.add_hline(y=0.0, line_dash="dot", line_color="black", row=1, col=2)
     for col in (1, 2):
         fig.update_xaxes(title_text="noise level sigma (model space)", type="log", row=1, col=col)
@@ -186,34 +260,52 @@ def gap_curves_figure(curves: Mapping[str, Any], *, title: str = "") -> go.Figur
     return fig
 
 
-def margin_by_sigma_figure(curves: Mapping[str, tuple[Any, Any]], *, share: bool = True,
-                           title: str = "") -> go.Figure:
+def margin_by_sigma_figure(curves: Mapping[str, tuple[Any, Any]], *, share: bool = True, title: str = "") -> go.Figure:
     """name -> (sigmas (T,), mean per-level margin contribution (T,)).
 
     Left panel: the contributions themselves (one line per name). With ``share`` a right panel shows each
     level's share of the total (contribution / sum over levels), which puts classifiers whose margins differ
     by orders of magnitude on one scale (a second line per name).
     """
-    fig = make_subplots(rows=1, cols=2 if share else 1, subplot_titles=(
-        ("contribution to z_y - z_r", "share of the margin") if share else ("contribution to z_y - z_r",)))
+    fig = make_subplots(
+        rows=1,
+        cols=2 if share else 1,
+        subplot_titles=(
+            ("contribution to z_y - z_r", "share of the margin") if share else ("contribution to z_y - z_r",)
+        ),
+    )
     for i, (name, (sig, val)) in enumerate(curves.items()):
         s, v = _np(sig).reshape(-1), _np(val).reshape(-1)
         if s.shape != v.shape:
             raise ValueError(f"{name!r}: sigmas and values must have the same shape, got {s.shape} and {v.shape}")
         color = _color(i)
-        fig.add_trace(go.Scatter(x=s, y=v, mode="lines+markers", name=name, line=dict(color=color),
-                                 legendgroup=name), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(x=s, y=v, mode="lines+markers", name=name, line=dict(color=color), legendgroup=name),
+            row=1,
+            col=1,
+        )
         if share:
             total = float(v.sum())
             frac = v / total if abs(total) > 1e-30 else np.zeros_like(v)
-            fig.add_trace(go.Scatter(x=s, y=frac, mode="lines+markers", name=f"{name}: share",
-                                     line=dict(color=color, dash="dot"), legendgroup=name, showlegend=False),
-                          row=1, col=2)
+            fig.add_trace(
+                go.Scatter(
+                    x=s,
+                    y=frac,
+                    mode="lines+markers",
+                    name=f"{name}: share",
+                    line=dict(color=color, dash="dot"),
+                    legendgroup=name,
+                    showlegend=False,
+                ),
+                row=1,
+                col=2,
+            )
     for col in range(1, 3 if share else 2):
         fig.add_hline(y=0.0, line_dash="dot", line_color="black", row=1, col=col)
         fig.update_xaxes(title_text="noise level sigma (model space)", type="log", row=1, col=col)
-    fig.update_layout(title=title or "where the margin comes from: w_t (error of runner-up - error of true class)",
-                      height=420)
+    fig.update_layout(
+        title=title or "where the margin comes from: w_t (error of runner-up - error of true class)", height=420
+    )
     return fig
 
 
@@ -244,10 +336,23 @@ def accuracy_comparison_figure(rows: Sequence[Mapping[str, Any]], *, title: str 
         lo = np.array([float(sel[g]["low"]) for g in xs])
         hi = np.array([float(sel[g]["high"]) for g in xs])
         counts = [f"{sel[g].get('correct', '?')}/{sel[g].get('total', '?')}" for g in xs]
-        fig.add_trace(go.Bar(x=xs, y=v, name=m, marker_color=_color(i),
-                             error_y=dict(type="data", symmetric=False, array=hi - v, arrayminus=v - lo),
-                             text=[f"{100 * x:.0f}%" for x in v], textposition="outside", customdata=counts,
-                             hovertemplate="%{x}: %{y:.3f} (%{customdata})<extra>" + m + "</extra>"))
-    fig.update_layout(title=title or "accuracy with 95% Wilson intervals", barmode="group",
-                      yaxis=dict(title="accuracy", range=[0, 1.15]), height=440)
+        fig.add_trace(
+            go.Bar(
+                x=xs,
+                y=v,
+                name=m,
+                marker_color=_color(i),
+                error_y=dict(type="data", symmetric=False, array=hi - v, arrayminus=v - lo),
+                text=[f"{100 * x:.0f}%" for x in v],
+                textposition="outside",
+                customdata=counts,
+                hovertemplate="%{x}: %{y:.3f} (%{customdata})<extra>" + m + "</extra>",
+            )
+        )
+    fig.update_layout(
+        title=title or "accuracy with 95% Wilson intervals",
+        barmode="group",
+        yaxis=dict(title="accuracy", range=[0, 1.15]),
+        height=440,
+    )
     return fig

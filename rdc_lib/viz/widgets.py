@@ -20,15 +20,21 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-__all__ = ["Explorer", "attack_explorer", "copy_figure", "level_explorer", "lm_explorer", "show_explorer",
-           "step_explorer"]
+__all__ = [
+    "Explorer",
+    "attack_explorer",
+    "copy_figure",
+    "level_explorer",
+    "lm_explorer",
+    "show_explorer",
+    "step_explorer",
+]
 
 
 def copy_figure(target: go.FigureWidget, source: go.Figure) -> None:
     """Make ``target`` show ``source``: trace data in place (same count and kinds), else replaced; title too."""
     with target.batch_update():
-        same = len(target.data) == len(source.data) and all(
-            a.type == b.type for a, b in zip(target.data, source.data))
+        same = len(target.data) == len(source.data) and all(a.type == b.type for a, b in zip(target.data, source.data))
         if same:
             for old, new in zip(target.data, source.data):
                 spec = new.to_plotly_json()
@@ -55,12 +61,12 @@ class Explorer:
 
 
 def step_explorer(
-    figure_fn: Callable[[int, int], go.Figure],       # (example index, step) -> figure
+    figure_fn: Callable[[int, int], go.Figure],  # (example index, step) -> figure
     *,
-    examples: Sequence[str],                           # one label per example (the dropdown's options)
-    n_steps: int,                                      # the step slider runs 0..n_steps
-    knobs: Mapping[str, Any] | None = None,            # name -> ipywidgets value widget
-    recompute: Callable[..., int] | None = None,       # (**knob values) -> new n_steps; called on knob changes
+    examples: Sequence[str],  # one label per example (the dropdown's options)
+    n_steps: int,  # the step slider runs 0..n_steps
+    knobs: Mapping[str, Any] | None = None,  # name -> ipywidgets value widget
+    recompute: Callable[..., int] | None = None,  # (**knob values) -> new n_steps; called on knob changes
     step: int = 0,
 ) -> Explorer:
     """Build (not display) an explorer: 'example' dropdown + 'step' slider (+ knobs) over a FigureWidget."""
@@ -73,10 +79,10 @@ def step_explorer(
     knobs = dict(knobs or {})
     if knobs and recompute is None:
         raise ValueError("knobs need a recompute function (**knob values) -> n_steps")
-    step_w = widgets.IntSlider(value=min(step, n_steps), min=0, max=n_steps, description="step",
-                               continuous_update=False)
-    example_w = widgets.Dropdown(options=[(name, i) for i, name in enumerate(examples)], value=0,
-                                 description="example")
+    step_w = widgets.IntSlider(
+        value=min(step, n_steps), min=0, max=n_steps, description="step", continuous_update=False
+    )
+    example_w = widgets.Dropdown(options=[(name, i) for i, name in enumerate(examples)], value=0, description="example")
     status = widgets.Label(value="")
     fig = go.FigureWidget(figure_fn(example_w.value, step_w.value))
 
@@ -107,7 +113,10 @@ def step_explorer(
 
 
 def show_explorer(
-    build: Callable[[], Explorer], *, interactive: bool, static: go.Figure | Sequence[go.Figure] | None = None,
+    build: Callable[[], Explorer],
+    *,
+    interactive: bool,
+    static: go.Figure | Sequence[go.Figure] | None = None,
 ) -> Explorer | None:
     """Display ``static`` figure(s), then (if ``interactive``) the explorer ``build()`` returns.
 
@@ -132,10 +141,13 @@ def show_explorer(
 
 # ------------------------------------------------------------------------------ the two explorers
 
+
 def lm_explorer(
-    initial: Any,                                           # LMTrajectories
-    compute: Callable[[float, int], Any],                   # (eta, lm_steps) -> LMTrajectories
-    *, eta_max: float = 0.25, steps_max: int = 20,
+    initial: Any,  # LMTrajectories
+    compute: Callable[[float, int], Any],  # (eta, lm_steps) -> LMTrajectories
+    *,
+    eta_max: float = 0.25,
+    steps_max: int = 20,
 ) -> Explorer:
     """Explorer over likelihood-maximization trajectories (notebook 02).
 
@@ -149,18 +161,31 @@ def lm_explorer(
     state = {"lm": initial}
     cfg = initial.config
     knobs = {
-        "eta": widgets.FloatSlider(value=cfg.eta, min=0.0, max=max(eta_max, cfg.eta), step=1 / 255,
-                                   readout_format=".4f", description="eta", continuous_update=False),
-        "lm_steps": widgets.IntSlider(value=cfg.steps, min=0, max=max(steps_max, cfg.steps), description="LM steps",
-                                      continuous_update=False),
+        "eta": widgets.FloatSlider(
+            value=cfg.eta,
+            min=0.0,
+            max=max(eta_max, cfg.eta),
+            step=1 / 255,
+            readout_format=".4f",
+            description="eta",
+            continuous_update=False,
+        ),
+        "lm_steps": widgets.IntSlider(
+            value=cfg.steps, min=0, max=max(steps_max, cfg.steps), description="LM steps", continuous_update=False
+        ),
     }
 
     def recompute(eta: float, lm_steps: int) -> int:
         state["lm"] = compute(float(eta), int(lm_steps))
         return state["lm"].steps
 
-    return step_explorer(lambda i, k: lm_step_figure(state["lm"], i, k), examples=initial.names,
-                         n_steps=initial.steps, knobs=knobs, recompute=recompute)
+    return step_explorer(
+        lambda i, k: lm_step_figure(state["lm"], i, k),
+        examples=initial.names,
+        n_steps=initial.steps,
+        knobs=knobs,
+        recompute=recompute,
+    )
 
 
 def attack_explorer(trajs: Mapping[str, Any], names: Sequence[str] | None = None) -> Explorer:
@@ -184,11 +209,16 @@ def level_explorer(views: Sequence[Any], rows: Sequence[Any], labels: Sequence[i
 
     if not views:
         raise ValueError("views must hold at least one LevelView")
-    level_w = widgets.SelectionSlider(options=[(f"{v.sigma_min:g}", i) for i, v in enumerate(views)], value=0,
-                                      description="smallest level", continuous_update=False,
-                                      style={"description_width": "initial"})
-    example_w = widgets.Dropdown(options=[(f"image {i} (label {int(y)})", i) for i, y in enumerate(labels)], value=0,
-                                 description="example")
+    level_w = widgets.SelectionSlider(
+        options=[(f"{v.sigma_min:g}", i) for i, v in enumerate(views)],
+        value=0,
+        description="smallest level",
+        continuous_update=False,
+        style={"description_width": "initial"},
+    )
+    example_w = widgets.Dropdown(
+        options=[(f"image {i} (label {int(y)})", i) for i, y in enumerate(labels)], value=0, description="example"
+    )
 
     def figure() -> go.Figure:
         e = example_w.value

@@ -267,7 +267,9 @@ def _start_server(base: Path, root: LabRoot, port: int) -> LabServer:
     shutil.copy2(OVERRIDES_JSON, settings / "overrides.json")
     log = base / f"jupyterlab-{port}.log"
     command = [
-        sys.executable, "-m", "jupyterlab",
+        sys.executable,
+        "-m",
+        "jupyterlab",
         "--no-browser",
         f"--port={port}",
         "--port-retries=0",
@@ -283,8 +285,13 @@ def _start_server(base: Path, root: LabRoot, port: int) -> LabServer:
     ]
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
-            command, cwd=root.path, env=_server_env(base), stdout=log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            command,
+            cwd=root.path,
+            env=_server_env(base),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     server = LabServer(url=f"http://127.0.0.1:{port}", token=token, root=root, log=log, process=process)
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -299,8 +306,9 @@ def _start_server(base: Path, root: LabRoot, port: int) -> LabServer:
         except (urllib.error.URLError, OSError, ValueError):
             time.sleep(0.5)
     _stop(process)
-    raise RuntimeError(f"jupyter lab did not answer /api/status within {SERVER_START_TIMEOUT_S:.0f} s; log:\n"
-                       f"{server.log_tail()}")
+    raise RuntimeError(
+        f"jupyter lab did not answer /api/status within {SERVER_START_TIMEOUT_S:.0f} s; log:\n{server.log_tail()}"
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -171,8 +171,13 @@ def _figure_state(figure) -> str:
 
 def _wait_figure_change(page, figure, before: str, what: str) -> str:
     handle = figure.element_handle()
-    _wait(page, JS_FIGURE_CHANGED, arg=[handle, before], timeout_ms=REDRAW_TIMEOUT_MS,
-          what=f"the FigureWidget to redraw after {what}")
+    _wait(
+        page,
+        JS_FIGURE_CHANGED,
+        arg=[handle, before],
+        timeout_ms=REDRAW_TIMEOUT_MS,
+        what=f"the FigureWidget to redraw after {what}",
+    )
     return _figure_state(figure)
 
 
@@ -211,8 +216,9 @@ def test_chromium_smoke(chromium, artifacts_dir) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_explorer_in_jupyterlab(case: ExplorerCase, chromium, lab_server: LabServer, artifacts_dir,
-                                browser_viewport) -> None:
+def test_explorer_in_jupyterlab(
+    case: ExplorerCase, chromium, lab_server: LabServer, artifacts_dir, browser_viewport
+) -> None:
     from playwright.sync_api import expect
 
     path = lab_server.root.stage(case.notebook)
@@ -231,16 +237,19 @@ def test_explorer_in_jupyterlab(case: ExplorerCase, chromium, lab_server: LabSer
         _wait(page, "() => !!(window.jupyterapp && window.jupyterapp.started)", what="window.jupyterapp")
         page.evaluate("() => window.jupyterapp.started")
         clock.lap("lab loaded")
-        _wait(page, JS_KERNEL_READY, arg=path, timeout_ms=KERNEL_TIMEOUT_MS,
-              what=f"a connected idle kernel for {path}")
+        _wait(page, JS_KERNEL_READY, arg=path, timeout_ms=KERNEL_TIMEOUT_MS, what=f"a connected idle kernel for {path}")
         clock.lap("kernel idle")
 
         mode = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.notebookConfig.windowingMode")
         assert mode == "none", f"scripts/lab_settings/overrides.json not applied: windowingMode {mode!r}"
 
         page.evaluate(JS_RUN_ALL)
-        _wait(page, JS_RUN_FINISHED, timeout_ms=int(case.run_timeout_s * 1000),
-              what=f"notebook:run-all-cells to finish ({path})")
+        _wait(
+            page,
+            JS_RUN_FINISHED,
+            timeout_ms=int(case.run_timeout_s * 1000),
+            what=f"notebook:run-all-cells to finish ({path})",
+        )
         clock.lap("run all")
         run = page.evaluate("() => window.__rdcRunAll")
         report = page.evaluate(JS_CELL_REPORT)
@@ -248,8 +257,9 @@ def test_explorer_in_jupyterlab(case: ExplorerCase, chromium, lab_server: LabSer
         assert run["ok"] and not report["unrun"], f"run-all did not complete: {run}, {report}"
 
         notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").first
-        tracebacks = notebook.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]',
-                                      has_text="Traceback")
+        tracebacks = notebook.locator(
+            '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]', has_text="Traceback"
+        )
         expect(tracebacks).to_have_count(0, timeout=5_000)
 
         step = page.locator(case.step).first
@@ -260,8 +270,12 @@ def test_explorer_in_jupyterlab(case: ExplorerCase, chromium, lab_server: LabSer
         expect(example).to_be_visible(timeout=RENDER_TIMEOUT_MS)
         expect(figure).to_be_visible(timeout=RENDER_TIMEOUT_MS)
         _wait_widgets_clean(page)
-        _wait(page, "(el) => Array.isArray(el.data) && el.data.length > 0", arg=figure.element_handle(),
-              what="the FigureWidget to draw its traces")
+        _wait(
+            page,
+            "(el) => Array.isArray(el.data) && el.data.length > 0",
+            arg=figure.element_handle(),
+            what="the FigureWidget to draw its traces",
+        )
 
         clock.lap("widgets rendered")
         page.evaluate("() => window.jupyterapp.shell.collapseLeft()")  # more room for the pictures
