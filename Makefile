@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 RUN_DIR ?= runs/latest
 PARAMS ?=
 
-.PHONY: venv run test test-browser test-fast lab benchmarks docs clean-venv
+.PHONY: venv run test test-browser test-fast lint lab benchmarks docs clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP)
 test-browser: $(STAMP)
 	bash scripts/install_browser.sh
 	RDC_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -ra -m browser tests/browser
+
+lint: $(STAMP)
+	$(BIN)/ruff check rdc_lib benchmarks tests scripts
+	$(BIN)/ruff format --check rdc_lib benchmarks tests scripts
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not browser and not slow"

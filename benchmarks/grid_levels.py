@@ -207,9 +207,10 @@ def doc(args: argparse.Namespace) -> None:
     raw = Path(args.raw)
     rows = [json.loads(line) for line in raw.read_text().splitlines() if line.strip()] if raw.is_file() else []
     notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else ""
-    figures = [line for fd in figures_of("grid_levels.md", raw.parent) for line in figure_lines(fd)] if rows else []
+    drawn = bool(rows) and raw.name == "grid_levels.jsonl"  # the figure reads the raw folder's grid_levels.jsonl
+    figures = [line for fd in figures_of("grid_levels.md", raw.parent) for line in figure_lines(fd)] if drawn else []
     Path(args.out).write_text(render(rows, notes, figures))
-    if rows:
+    if drawn:
         write_figures("grid_levels.md", raw.parent, Path(args.out).parent / "figures")
 
 
