@@ -42,17 +42,9 @@ def _eval_choices() -> dict[str, tuple[str, ...]]:
     from ..defenses import defense_names
     from ..evaluation.attacking import eval_attack_names
 
-    return {
-        "defense": defense_names(),
-        "attack": eval_attack_names(),
-        "norm": THREAT_NORMS,
-        "heads": HEADS,
-        "noise_mode": NOISE_MODES,
-        "grad_mode": GRAD_MODES,
-        "dataset": DATASETS,
-        "grid": GRID_KINDS,
-        "split": SPLITS,
-    }
+    return {"defense": defense_names(), "attack": eval_attack_names(), "norm": THREAT_NORMS, "heads": HEADS,
+            "noise_mode": NOISE_MODES, "grad_mode": GRAD_MODES, "dataset": DATASETS, "grid": GRID_KINDS,
+            "split": SPLITS}
 
 
 FLAG_ALIASES = {"timesteps": "--T", "defense": "--defence"}  # rdc eval: field -> accepted second flag
@@ -61,9 +53,8 @@ FLAG_ALIASES = {"timesteps": "--T", "defense": "--defence"}  # rdc eval: field -
 def _add_eval(sub) -> None:
     from ..evaluation.runner import EvalConfig
 
-    p = sub.add_parser(
-        "eval", help="evaluate a defense under an attack on the digits test split (--split val: the validation split)"
-    )
+    p = sub.add_parser("eval", help="evaluate a defense under an attack on the digits test split "
+                                     "(--split val: the validation split)")
     choices = _eval_choices()
     # default None: the flags given on the command line are known, so a --preset can refuse a conflicting one
     for f in fields(EvalConfig):
@@ -78,18 +69,14 @@ def _add_eval(sub) -> None:
         if f.name in FLAG_ALIASES:  # a second spelling users type (the British "defence", the paper's "T")
             p.add_argument(flag, FLAG_ALIASES[f.name], dest=f.name, type=typ, default=None, help=helptext)
         elif f.type in ("bool", bool):
-            p.add_argument(
-                flag, dest=f.name, default=None, type=lambda s: s.lower() in ("1", "true", "yes"), help=helptext
-            )
+            p.add_argument(flag, dest=f.name, default=None, type=lambda s: s.lower() in ("1", "true", "yes"),
+                           help=helptext)
         else:
             p.add_argument(flag, dest=f.name, type=typ, default=None, help=helptext)
     p.add_argument("--device", default="cpu")
     p.add_argument("--records", default=None, help="folder for per-example records (resumable)")
-    p.add_argument(
-        "--restart",
-        action="store_true",
-        help="move this configuration's stored records aside (renamed, never deleted) and start afresh",
-    )
+    p.add_argument("--restart", action="store_true",
+                   help="move this configuration's stored records aside (renamed, never deleted) and start afresh")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the result as one JSON line (last line)")
     p.add_argument("--no-progress", action="store_true")
@@ -110,22 +97,13 @@ def _eot_flag(text: str) -> int | str:
 def _add_certify(sub) -> None:
     from ..certify.runner import CertifyConfig
 
-    p = sub.add_parser(
-        "certify",
-        help="randomized-smoothing certification (Cohen et al.) of a smoothed classifier, "
-        "with the empirical robust accuracy at the same l2 radii (pixel space)",
-    )
+    p = sub.add_parser("certify", help="randomized-smoothing certification (Cohen et al.) of a smoothed classifier, "
+                                       "with the empirical robust accuracy at the same l2 radii (pixel space)")
     for f in fields(CertifyConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "radii":
-            p.add_argument(
-                flag,
-                dest=f.name,
-                type=float,
-                nargs="+",
-                default=list(f.default),
-                help="pixel-space l2 radii (images in [0, 1])",
-            )
+            p.add_argument(flag, dest=f.name, type=float, nargs="+", default=list(f.default),
+                           help="pixel-space l2 radii (images in [0, 1])")
         else:
             typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
             p.add_argument(flag, dest=f.name, type=typ, default=f.default, help=denoiser_flags_help().get(f.name))
@@ -156,41 +134,19 @@ def _add_presets(sub) -> None:
 
 # ------------------------------------------------------------- run-notebooks (rdc_lib.jobs.main_job)
 
-
 def add_run_notebooks_arguments(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``rdc run-notebooks`` to the ``rdc`` parser's sub-commands; returns its parser."""
-    p = subparsers.add_parser(
-        "run-notebooks", help="execute every notebook (papermill) into a run folder with a summary table"
-    )
+    p = subparsers.add_parser("run-notebooks", help="execute every notebook (papermill) into a run folder with a "
+                                                    "summary table")
     p.add_argument("--out", default="runs/latest", metavar="DIR", help="run folder (default runs/latest)")
-    p.add_argument(
-        "--params",
-        default=None,
-        metavar="FILE.yaml",
-        help="parameters file, e.g. notebooks/params/small.yaml (flat name: value; per_notebook overrides)",
-    )
-    p.add_argument(
-        "--only",
-        nargs="+",
-        default=None,
-        metavar="NAME",
-        help="run only these notebooks (stem, file name or NN prefix)",
-    )
-    p.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        default=[],
-        metavar=("NAME", "VALUE"),
-        help="one more parameter for every notebook that declares it (VALUE parsed as YAML)",
-    )
-    p.add_argument(
-        "--notebooks-dir",
-        default=None,
-        metavar="DIR",
-        help="folder of the NN_*.ipynb notebooks (default: the repository's notebooks/)",
-    )
+    p.add_argument("--params", default=None, metavar="FILE.yaml",
+                   help="parameters file, e.g. notebooks/params/small.yaml (flat name: value; per_notebook overrides)")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help="run only these notebooks (stem, file name or NN prefix)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="one more parameter for every notebook that declares it (VALUE parsed as YAML)")
+    p.add_argument("--notebooks-dir", default=None, metavar="DIR",
+                   help="folder of the NN_*.ipynb notebooks (default: the repository's notebooks/)")
     p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' kernelspec)")
     p.add_argument("--cell-timeout", type=float, default=None, help="seconds per cell (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -208,71 +164,41 @@ def cli_run_notebooks(args: argparse.Namespace) -> int:
 
     try:
         extra = {name: yaml.safe_load(value) for name, value in (args.parameter or [])}
-        summary = run_notebooks(
-            args.out,
-            args.params,
-            args.only,
-            progress=not args.no_progress,
-            notebooks_dir=args.notebooks_dir,
-            kernel_name=args.kernel,
-            cell_timeout=args.cell_timeout,
-            parameters=extra,
-        )
+        summary = run_notebooks(args.out, args.params, args.only, progress=not args.no_progress,
+                                notebooks_dir=args.notebooks_dir, kernel_name=args.kernel,
+                                cell_timeout=args.cell_timeout, parameters=extra)
     except (ValueError, FileNotFoundError) as exc:
         print(f"rdc run-notebooks: error: {exc}", file=sys.stderr)
         return 2
     print(summary.markdown())
     out = Path(summary.run_dir)
     print(f"outputs: {out.resolve()} (summary: {out / 'summary.md'}, {out / 'summary.json'})")
-    print(
-        json.dumps(
-            {
-                "run_dir": str(out),
-                "summary": str(out / "summary.json"),
-                "notebooks": len(summary.notebooks),
-                "failed": summary.failed,
-            }
-        )
-    )
+    print(json.dumps({"run_dir": str(out), "summary": str(out / "summary.json"), "notebooks": len(summary.notebooks),
+                      "failed": summary.failed}))
     return 0 if summary.ok else 1
 
 
 # ------------------------------------------------------------------ sweep / report (rdc_lib.sweep)
-
 
 def add_sweep_arguments(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``sweep`` and ``report`` sub-commands to the ``rdc`` parser."""
     p = subparsers.add_parser("sweep", help="run a YAML sweep on Dask; resumes, records every cell in SQLite")
     p.add_argument("sweep_file", metavar="SWEEP.yaml")
     p.add_argument("--status", action="store_true", help="print done/failed/pending counts and exit")
-    p.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="run failed cells again (default: keep them); a cell that failed on damaged stored state "
-        "has its folder moved aside first",
-    )
-    p.add_argument(
-        "--restart-store",
-        action="store_true",
-        help="move the result store aside (renamed, never deleted) and start a fresh one",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="local worker processes (default: one per GPU, else min(4, cpus); 0 = no Dask)",
-    )
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run failed cells again (default: keep them); a cell that failed on damaged stored state "
+                        "has its folder moved aside first")
+    p.add_argument("--restart-store", action="store_true",
+                   help="move the result store aside (renamed, never deleted) and start a fresh one")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: one per GPU, else min(4, cpus); 0 = no Dask)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS", help="use a running Dask scheduler")
     p.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads per cell")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--report", action="store_true", help="write the report next to the store when done")
-    p.add_argument(
-        "--split",
-        default=None,
-        choices=SPLITS,
-        help="eval sweeps: run the cells on this split instead of the file's (a selection sweep reads "
-        "'val'; --split test reads test images, into <name>_test)",
-    )
+    p.add_argument("--split", default=None, choices=SPLITS,
+                   help="eval sweeps: run the cells on this split instead of the file's (a selection sweep reads "
+                        "'val'; --split test reads test images, into <name>_test)")
     s = p.add_argument_group("Slurm (dask-jobqueue)")
     s.add_argument("--slurm", action="store_true", help="run the workers as Slurm jobs")
     s.add_argument("--slurm-jobs", type=int, default=1, help="worker jobs (one single-threaded worker each)")
@@ -283,12 +209,8 @@ def add_sweep_arguments(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--slurm-walltime", default="01:00:00")
     s.add_argument("--slurm-gpus", type=int, default=1, help="--gres=gpu:N per job (0 for CPU jobs)")
     s.add_argument("--slurm-directive", action="append", default=[], help="extra #SBATCH line (repeatable)")
-    s.add_argument(
-        "--slurm-prologue",
-        action="append",
-        default=[],
-        help="shell line run before the worker, e.g. 'source .venv/bin/activate' (repeatable)",
-    )
+    s.add_argument("--slurm-prologue", action="append", default=[],
+                   help="shell line run before the worker, e.g. 'source .venv/bin/activate' (repeatable)")
     s.add_argument("--slurm-log-dir", default=None)
 
     r = subparsers.add_parser("report", help="tables and plots (report.md, report.html, cells.csv) of a sweep store")
@@ -317,18 +239,10 @@ def _slurm_options(args: argparse.Namespace) -> "SlurmOptions | None":
 
     if not args.slurm:
         return None
-    return SlurmOptions(
-        jobs=args.slurm_jobs,
-        partition=args.slurm_partition,
-        account=args.slurm_account,
-        cores=args.slurm_cores,
-        memory=args.slurm_memory,
-        walltime=args.slurm_walltime,
-        gpus=args.slurm_gpus,
-        directives=tuple(args.slurm_directive),
-        prologue=tuple(args.slurm_prologue),
-        log_directory=args.slurm_log_dir,
-    )
+    return SlurmOptions(jobs=args.slurm_jobs, partition=args.slurm_partition, account=args.slurm_account,
+                        cores=args.slurm_cores, memory=args.slurm_memory, walltime=args.slurm_walltime,
+                        gpus=args.slurm_gpus, directives=tuple(args.slurm_directive),
+                        prologue=tuple(args.slurm_prologue), log_directory=args.slurm_log_dir)
 
 
 def cli_sweep(args: argparse.Namespace) -> int:
@@ -346,31 +260,14 @@ def cli_sweep(args: argparse.Namespace) -> int:
             print(f"failed: {key[:12]}")
         print(json.dumps({"sweep": spec.name, "store": str(spec.store), **status.as_dict()}))
         return 0
-    res = run_sweep(
-        spec,
-        workers=args.workers,
-        scheduler_address=args.scheduler,
-        slurm=_slurm_options(args),
-        retry_failed=args.retry_failed,
-        threads_per_cell=args.threads,
-        progress=not args.no_progress,
-        restart_store=args.restart_store,
-    )
+    res = run_sweep(spec, workers=args.workers, scheduler_address=args.scheduler, slurm=_slurm_options(args),
+                    retry_failed=args.retry_failed, threads_per_cell=args.threads, progress=not args.no_progress,
+                    restart_store=args.restart_store)
     if args.report:
         rep = write_report(spec.store, sweep=spec.name)
         print(f"report: {rep.markdown} {rep.html}")
-    print(
-        json.dumps(
-            {
-                "sweep": spec.name,
-                "store": str(spec.store),
-                "ran": res.ran,
-                "skipped": res.skipped,
-                "seconds": round(res.seconds, 1),
-                **res.status.as_dict(),
-            }
-        )
-    )
+    print(json.dumps({"sweep": spec.name, "store": str(spec.store), "ran": res.ran, "skipped": res.skipped,
+                      "seconds": round(res.seconds, 1), **res.status.as_dict()}))
     return 1 if res.status.failed else 0
 
 
@@ -379,18 +276,8 @@ def cli_report(args: argparse.Namespace) -> int:
     from ..sweep import write_report
 
     rep = write_report(args.store, args.out, x=args.x, y=args.y, sweep=args.sweep)
-    print(
-        json.dumps(
-            {
-                "markdown": str(rep.markdown),
-                "html": str(rep.html),
-                "csv": str(rep.cells_csv),
-                "done": rep.done,
-                "failed": rep.failed,
-                "untrusted": rep.untrusted,
-            }
-        )
-    )
+    print(json.dumps({"markdown": str(rep.markdown), "html": str(rep.html), "csv": str(rep.cells_csv),
+                      "done": rep.done, "failed": rep.failed, "untrusted": rep.untrusted}))
     return 0
 
 
@@ -415,13 +302,9 @@ def _cmd_train(args) -> int:
     from .train import train_config_from_args
 
     if args.recipe:
-
         def on_stage(plan, status: str) -> None:
-            print(
-                f"stage {plan.stage.name}: {'done, skipped' if status == 'skip' else 'training'} -> {plan.out} "
-                f"(recipe hash {plan.hash})",
-                flush=True,
-            )
+            print(f"stage {plan.stage.name}: {'done, skipped' if status == 'skip' else 'training'} -> {plan.out} "
+                  f"(recipe hash {plan.hash})", flush=True)
 
         for summary in recipe_command(args, on_stage):
             print(json.dumps(summary), flush=True)
@@ -472,33 +355,23 @@ def _cmd_eval(args) -> int:
     model, rule = None, None
     if auto:
         cfg, model, rule = resolve_auto_eot(cfg, args.device)
-    result = evaluate(
-        cfg,
-        device=args.device,
-        records_dir=args.records,
-        progress=not args.no_progress,
-        restart=args.restart,
-        model=model,
-    )
+    result = evaluate(cfg, device=args.device, records_dir=args.records, progress=not args.no_progress,
+                      restart=args.restart, model=model)
     if rule is not None:
         result["eot_rule"] = rule
     result["provenance"] = eval_provenance(cfg)
     if result["trusted"] is False:
-        print(
-            f"WARNING: UNTRUSTED robust accuracy: sanity checks failed: {'; '.join(failed_checks(result['checks']))}",
-            file=sys.stderr,
-        )
+        print(f"WARNING: UNTRUSTED robust accuracy: sanity checks failed: {'; '.join(failed_checks(result['checks']))}",
+              file=sys.stderr)
     elif result["trusted"] is None and cfg.attack != "none":
         print(f"WARNING: robust accuracy not checked ({result['checks_skipped'].get('all', '')})", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
         label = "" if cfg.attack == "none" else f" [{protocol_label(cfg.attack, result.get('attacks_dropped', {}))}]"
-        print(
-            f"{cfg.defense} / {cfg.attack}{label} ({cfg.norm}, eps={cfg.eps}): clean {100 * result['clean_acc']:.1f}%, "
-            f"robust {100 * result['robust_acc']:.1f}%, checks {trust_label(result['trusted'])} "
-            f"[{result['seconds']:.1f}s]"
-        )
+        print(f"{cfg.defense} / {cfg.attack}{label} ({cfg.norm}, eps={cfg.eps}): clean {100 * result['clean_acc']:.1f}%, "
+              f"robust {100 * result['robust_acc']:.1f}%, checks {trust_label(result['trusted'])} "
+              f"[{result['seconds']:.1f}s]")
     return 0
 
 
@@ -508,17 +381,14 @@ def _cmd_certify(args) -> int:
     cfg = CertifyConfig.from_params({f.name: getattr(args, f.name) for f in fields(CertifyConfig)})
     result = run_certify(cfg, device=args.device, records_dir=args.records, progress=not args.no_progress)
     if result.get("consistent") is False:
-        print(
-            "WARNING: INCONSISTENT: certified accuracy above the empirical robust accuracy at some radius",
-            file=sys.stderr,
-        )
+        print("WARNING: INCONSISTENT: certified accuracy above the empirical robust accuracy at some radius",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
         cert = ", ".join(f"r={r}: {100 * v:.1f}%" for r, v in result["certified_acc"].items())
-        print(
-            f"{cfg.label()}: certified {cert}; abstain {100 * result['abstain_rate']:.1f}% [{result['seconds']:.1f}s]"
-        )
+        print(f"{cfg.label()}: certified {cert}; abstain {100 * result['abstain_rate']:.1f}% "
+              f"[{result['seconds']:.1f}s]")
         if "empirical_acc" in result:
             emp = ", ".join(f"r={r}: {100 * v:.1f}%" for r, v in result["empirical_acc"].items())
             print(f"  empirical (attacked, EOT): {emp}")
@@ -552,22 +422,14 @@ def _cmd_presets(args) -> int:
     return 0
 
 
-COMMANDS = {
-    "train": _cmd_train,
-    "train-baseline": _cmd_train_baseline,
-    "eval": _cmd_eval,
-    "certify": _cmd_certify,
-    "import-edm": _cmd_import_edm,
-    "presets": _cmd_presets,
-}
+COMMANDS = {"train": _cmd_train, "train-baseline": _cmd_train_baseline, "eval": _cmd_eval, "certify": _cmd_certify,
+            "import-edm": _cmd_import_edm, "presets": _cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:

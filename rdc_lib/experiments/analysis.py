@@ -58,7 +58,6 @@ __all__ = [
 
 # --------------------------------------------------------------------------- noise and cost (DC)
 
-
 @torch.no_grad()
 def repeated_logits(classifier: Callable[[Tensor], Tensor], x: Tensor, n_draws: int) -> Tensor:
     """Logits (n_draws, B, K) of ``n_draws`` calls; a stochastic classifier draws fresh noise per call."""
@@ -77,8 +76,8 @@ def logit_difference_std(logits: Tensor, y: Tensor) -> Tensor:
         raise ValueError(f"logits must have shape (D >= 2, B, K), got {tuple(logits.shape)}")
     check_labels(y, logits.shape[2], batch=logits.shape[1])
     true = logits.gather(2, y.reshape(1, -1, 1).expand(logits.shape[0], -1, 1))
-    diff = true - logits  # (D, B, K); column y is identically 0
-    std = diff.std(dim=0, unbiased=True)  # (B, K)
+    diff = true - logits                                    # (D, B, K); column y is identically 0
+    std = diff.std(dim=0, unbiased=True)                    # (B, K)
     mask = torch.ones_like(std, dtype=torch.bool).scatter(1, y.reshape(-1, 1), False)
     return (std * mask).sum(1) / mask.sum(1)
 
@@ -94,29 +93,23 @@ class NoiseSpread:
 
 
 def logit_spread_vs_T(
-    settings: dict[str, tuple[Denoiser, bool]],  # name -> (denoiser, shared_noise)
-    x: Tensor,
-    y: Tensor,
-    T_list: Sequence[int],
-    n_draws: int,
-    *,
-    seed: int = 0,
+    settings: dict[str, tuple[Denoiser, bool]],   # name -> (denoiser, shared_noise)
+    x: Tensor, y: Tensor, T_list: Sequence[int], n_draws: int, *, seed: int = 0,
 ) -> NoiseSpread:
     """For every setting and T: a stochastic DC (paper grid, seeded) called n_draws times; mean spread."""
     out: dict[str, list[float]] = {}
     for name, (denoiser, shared) in settings.items():
         row = []
         for t in T_list:
-            dc = DiffusionClassifier(
-                denoiser, make_grid(int(t)), shared_noise=shared, noise_mode="stochastic", seed=seed
-            ).eval()
+            dc = DiffusionClassifier(denoiser, make_grid(int(t)), shared_noise=shared, noise_mode="stochastic",
+                                     seed=seed).eval()
             row.append(float(logit_difference_std(repeated_logits(dc, x, n_draws), y).mean()))
         out[name] = row
     return NoiseSpread([int(t) for t in T_list], out, n_draws, x.shape[0])
 
 
-MIN_TIMING_SECONDS = 0.5  # a round repeats the call until it has run this long (timer and scheduling noise)
-MAX_TIMING_SPREAD = 0.25  # rounds that differ by more than this (relative) make a timing untrustworthy
+MIN_TIMING_SECONDS = 0.5   # a round repeats the call until it has run this long (timer and scheduling noise)
+MAX_TIMING_SPREAD = 0.25   # rounds that differ by more than this (relative) make a timing untrustworthy
 
 
 @dataclass
@@ -137,15 +130,9 @@ class CallTiming:
         return self.spread <= MAX_TIMING_SPREAD
 
 
-def time_per_call(
-    fn: Callable[[], object],
-    *,
-    rounds: int = 2,
-    min_seconds: float = MIN_TIMING_SECONDS,
-    threads: int | None = 1,
-    sync: Callable[[], object] | None = None,
-    warmup: Callable[[], object] | None = None,
-) -> CallTiming:
+def time_per_call(fn: Callable[[], object], *, rounds: int = 2, min_seconds: float = MIN_TIMING_SECONDS,
+                  threads: int | None = 1, sync: Callable[[], object] | None = None,
+                  warmup: Callable[[], object] | None = None) -> CallTiming:
     """Time ``fn()`` without gradients: ``rounds`` rounds, each repeating the call until ``min_seconds`` have passed.
 
     ``threads``: torch CPU threads during the timing (restored after; None: leave as is). One thread by
@@ -155,9 +142,8 @@ def time_per_call(
     call that touches the same code, e.g. on one image, saves a full call).
     """
     if rounds < 2:
-        raise ValueError(
-            f"rounds must be >= 2 (the spread between rounds says whether to trust the timing), got {rounds}"
-        )
+        raise ValueError(f"rounds must be >= 2 (the spread between rounds says whether to trust the timing), "
+                         f"got {rounds}")
     sync = sync or (lambda: None)
     saved = torch.get_num_threads()
     per_round: list[float] = []
@@ -209,50 +195,29 @@ class CostComparison:
 
     def note(self) -> str:
         """How the seconds were measured, and whether to trust them (for a figure title or a print)."""
-        how = (
-            f"best of {self.timings[0].rounds} rounds, {self.threads} thread(s)"
-            if self.threads
-            else f"best of {self.timings[0].rounds} rounds"
-        )
+        how = (f"best of {self.timings[0].rounds} rounds, {self.threads} thread(s)" if self.threads
+               else f"best of {self.timings[0].rounds} rounds")
         if self.trusted:
             return f"{how}; rounds agree within {MAX_TIMING_SPREAD:.0%}"
         worst = max(t.spread for t in self.timings)
-        return (
-            f"{how}; TOO NOISY TO TRUST: rounds differ by up to {worst:.0%} (a loaded machine, or too little "
-            f"work: use more images); the passes are exact"
-        )
+        return (f"{how}; TOO NOISY TO TRUST: rounds differ by up to {worst:.0%} (a loaded machine, or too little "
+                f"work: use more images); the passes are exact")
 
 
-def compare_cost(
-    classifiers: Mapping[str, DiffusionClassifier],
-    x: Tensor,
-    *,
-    rounds: int = 2,
-    threads: int | None = 1,
-    min_seconds: float = MIN_TIMING_SECONDS,
-) -> CostComparison:
+def compare_cost(classifiers: Mapping[str, DiffusionClassifier], x: Tensor, *, rounds: int = 2,
+                 threads: int | None = 1, min_seconds: float = MIN_TIMING_SECONDS) -> CostComparison:
     """Passes (``network_passes``) and seconds (:func:`time_per_call`) of one call of each classifier on x (B, C, H, W)."""
     if x.shape[0] < 1:
         raise ValueError("compare_cost needs at least one image")
     sync = torch.cuda.synchronize if x.is_cuda else None
     names = list(classifiers)
     passes = [classifiers[n].network_passes(x.shape[0]) for n in names]
-    timings = [
-        time_per_call(
-            lambda dc=classifiers[n]: dc(x),
-            rounds=rounds,
-            threads=threads,
-            sync=sync,
-            min_seconds=min_seconds,
-            warmup=lambda dc=classifiers[n]: dc(x[:1]),
-        )
-        for n in names
-    ]
+    timings = [time_per_call(lambda dc=classifiers[n]: dc(x), rounds=rounds, threads=threads, sync=sync,
+                             min_seconds=min_seconds, warmup=lambda dc=classifiers[n]: dc(x[:1])) for n in names]
     return CostComparison(names, passes, timings, x.shape[0], threads)
 
 
 # --------------------------------------------------------------------------------- LM trajectories
-
 
 @dataclass
 class LMTrajectories:
@@ -282,15 +247,8 @@ class LMTrajectories:
 
 @torch.no_grad()
 def lm_trajectories(
-    denoiser: Denoiser,
-    classifier: Callable[[Tensor], Tensor],
-    x: Tensor,
-    y: Tensor,
-    config: LMConfig,
-    *,
-    grid: NoiseGrid | None = None,
-    seed: int = 0,
-    names: Sequence[str] | None = None,
+    denoiser: Denoiser, classifier: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, config: LMConfig, *,
+    grid: NoiseGrid | None = None, seed: int = 0, names: Sequence[str] | None = None,
 ) -> LMTrajectories:
     """Run LM (``config``) on x (B, C, H, W) in [0, 1] and score every iterate (see :class:`LMTrajectories`).
 
@@ -301,11 +259,10 @@ def lm_trajectories(
     check_images(x, channels=denoiser.img_channels, resolution=denoiser.img_resolution)
     check_labels(y, denoiser.num_classes, batch=x.shape[0])
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    noise = draw_lm_noise(
-        config.steps, tuple(x.shape), config.sigma_range, generator=gen, device=x.device, dtype=x.dtype
-    )
+    noise = draw_lm_noise(config.steps, tuple(x.shape), config.sigma_range, generator=gen, device=x.device,
+                          dtype=x.dtype)
     res = likelihood_maximization(denoiser, x, noise=noise, config=config, return_trajectory=True)
-    traj = res.trajectory  # (N + 1, B, C, H, W)
+    traj = res.trajectory                                                          # (N + 1, B, C, H, W)
     if grid is None:
         grid = classifier.grid if isinstance(getattr(classifier, "grid", None), NoiseGrid) else make_grid(GRID_LEVELS)
     null = torch.tensor([denoiser.null_label], device=x.device)
@@ -317,11 +274,11 @@ def lm_trajectories(
     names = list(names) if names is not None else [f"#{i} (label {int(v)})" for i, v in enumerate(y)]
     if len(names) != x.shape[0]:
         raise ValueError(f"names must have one entry per image ({x.shape[0]}), got {len(names)}")
-    return LMTrajectories(traj.cpu(), res.losses.cpu(), bound.cpu(), probs.cpu(), y.cpu(), names, config, pixels)
+    return LMTrajectories(traj.cpu(), res.losses.cpu(), bound.cpu(), probs.cpu(), y.cpu(), names, config,
+                          pixels)
 
 
 # -------------------------------------------------------------------------------- attack queries
-
 
 class QueryRecorder(nn.Module):
     """Wraps a model x -> logits and keeps every (input, logits) pair it is called with, detached.
@@ -373,10 +330,7 @@ class AttackTrajectories:
 
 
 def record_attack(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    make_attack: Callable[[nn.Module], object],
+    model: nn.Module, x: Tensor, y: Tensor, make_attack: Callable[[nn.Module], object],
 ) -> AttackTrajectories:
     """Attack each image of x (B, C, H, W) alone with ``make_attack(recorded_model)`` and keep its queries.
 
@@ -390,7 +344,7 @@ def record_attack(
     xs, ls, lengths, adv, success = [], [], [], [], []
     for i in range(x.shape[0]):
         recorder.clear()
-        result = attack.run(x[i : i + 1], y[i : i + 1])
+        result = attack.run(x[i:i + 1], y[i:i + 1])
         xs.append(torch.stack([r[0][0] for r in recorder.records]))
         ls.append(torch.stack([r[1].mean(0) for r in recorder.records]))
         lengths.append(len(recorder.records))
@@ -399,37 +353,26 @@ def record_attack(
     longest = max(lengths)
     pad = lambda t: torch.cat([t, t[-1:].expand(longest - t.shape[0], *t.shape[1:])])  # noqa: E731
     return AttackTrajectories(
-        x=torch.stack([pad(t) for t in xs]),
-        logits=torch.stack([pad(t) for t in ls]),
-        length=torch.tensor(lengths),
-        labels=y.detach().cpu(),
-        x_adv=torch.cat(adv),
-        success=torch.cat(success),
+        x=torch.stack([pad(t) for t in xs]), logits=torch.stack([pad(t) for t in ls]),
+        length=torch.tensor(lengths), labels=y.detach().cpu(), x_adv=torch.cat(adv), success=torch.cat(success),
     )
 
 
 # ---------------------------------------------------------------------------------- loss surface
 
-
 @dataclass
 class LossSurface:
     """Cross-entropy on the grid x + a d_grad + b d_rand (clipped to [0, 1]); loss[i, j] at (a_i, b_j)."""
 
-    a: Tensor  # (P,) offsets along the gradient-sign direction (l_inf units)
-    b: Tensor  # (P,) offsets along the random sign direction
-    loss: Tensor  # (P, P)
-    correct: Tensor  # (P, P) bool: still classified as the label
+    a: Tensor            # (P,) offsets along the gradient-sign direction (l_inf units)
+    b: Tensor            # (P,) offsets along the random sign direction
+    loss: Tensor         # (P, P)
+    correct: Tensor      # (P, P) bool: still classified as the label
 
 
 def loss_surface(
-    model: Callable[[Tensor], Tensor],
-    x: Tensor,
-    y: int,
-    *,
-    radius: float,
-    points: int,
-    generator: torch.Generator | None = None,
-    batch: int = 64,
+    model: Callable[[Tensor], Tensor], x: Tensor, y: int, *, radius: float, points: int,
+    generator: torch.Generator | None = None, batch: int = 64,
 ) -> LossSurface:
     """Loss landscape around one image x (1, C, H, W) in [0, 1] with label y (Athalye et al. 2018 style).
 
@@ -453,7 +396,7 @@ def loss_surface(
     losses, correct = [], []
     with torch.no_grad():
         for start in range(0, grid.shape[0], batch):
-            logits = model(grid[start : start + batch])
+            logits = model(grid[start:start + batch])
             lab = label.expand(logits.shape[0])
             losses.append(F.cross_entropy(logits, lab, reduction="none"))
             correct.append(logits.argmax(1) == lab)
@@ -463,13 +406,13 @@ def loss_surface(
 
 
 def denoise_across_sigmas(
-    denoisers: dict[str, Denoiser],  # name -> denoiser (all on the same image shape)
-    x01: Tensor,  # (C, H, W) or (1, C, H, W) one clean image in [0, 1]
-    label: int | None,  # class to condition on; None = null (unconditional)
-    sigmas: Tensor | NoiseGrid,  # (T,)
+    denoisers: dict[str, Denoiser],     # name -> denoiser (all on the same image shape)
+    x01: Tensor,                        # (C, H, W) or (1, C, H, W) one clean image in [0, 1]
+    label: int | None,                  # class to condition on; None = null (unconditional)
+    sigmas: Tensor | NoiseGrid,         # (T,)
     generator: torch.Generator | None = None,
     *,
-    noise: Tensor | None = None,  # (T, C, H, W) eps; drawn from `generator` if None
+    noise: Tensor | None = None,        # (T, C, H, W) eps; drawn from `generator` if None
 ) -> dict[str, Tensor]:
     """Every denoiser on the same noisy copies of one image: {'noisy', *names} -> (T, C, H, W) in [0, 1].
 
@@ -488,7 +431,7 @@ def denoise_across_sigmas(
         noise = torch.randn((t_len, *img.shape[1:]), generator=generator, device=img.device, dtype=img.dtype)
     elif tuple(noise.shape) != (t_len, *img.shape[1:]):
         raise ValueError(f"noise must have shape {(t_len, *img.shape[1:])} (T, C, H, W), got {tuple(noise.shape)}")
-    noisy = (img * 2 - 1) + s.reshape(-1, 1, 1, 1) * noise  # (T, C, H, W) model space
+    noisy = (img * 2 - 1) + s.reshape(-1, 1, 1, 1) * noise                    # (T, C, H, W) model space
     out = {"noisy": ((noisy + 1) / 2).clamp(0, 1)}
     with torch.no_grad():
         for name, den in denoisers.items():

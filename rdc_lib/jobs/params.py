@@ -54,7 +54,6 @@ class MissingFilesError(NotebookParameterError, FileNotFoundError):
 
 # ----------------------------------------------------------------------------------------- checks
 
-
 def _bad(name: str, value: Any, expected: str) -> NotebookParameterError:
     got = f"{value!r} ({type(value).__name__})"
     return NotebookParameterError(f"notebook parameter {name} = {got}: expected {expected}")
@@ -113,18 +112,12 @@ class ParamSpec:
         return self.choices() if callable(self.choices) else self.choices
 
     def expected(self) -> str:
-        base = {
-            "int": "an int",
-            "float": "a number",
-            "bool": "True or False",
-            "str": "a string",
-            "path": "a file path (str)",
-            "denoiser": "a shipped denoiser's name, a .safetensors path, or '' (the shipped default, "
-            "rdc_lib.core.choices.DEFAULT_DENOISERS)",
-            "list[float]": "a list of numbers",
-            "list[int]": "a list of ints",
-            "list[str]": "a list of strings",
-        }[self.kind]
+        base = {"int": "an int", "float": "a number", "bool": "True or False", "str": "a string",
+                "path": "a file path (str)",
+                "denoiser": "a shipped denoiser's name, a .safetensors path, or '' (the shipped default, "
+                            "rdc_lib.core.choices.DEFAULT_DENOISERS)",
+                "list[float]": "a list of numbers", "list[int]": "a list of ints",
+                "list[str]": "a list of strings"}[self.kind]
         bounds = []
         if self.low is not None:
             bounds.append(f">= {self.low:g}")
@@ -142,12 +135,8 @@ class ParamSpec:
         kind = self.kind
         if kind.startswith("list"):
             if isinstance(value, str):
-                raise _bad(
-                    name,
-                    value,
-                    f"{self.expected()}; papermill -p passes strings, give lists with "
-                    f"-y '{name}: [...]' or a -f parameters file",
-                )
+                raise _bad(name, value, f"{self.expected()}; papermill -p passes strings, give lists with "
+                                        f"-y '{name}: [...]' or a -f parameters file")
             if not isinstance(value, (list, tuple)) or len(value) < self.min_len:
                 raise _bad(name, value, f"{self.expected()} (at least {self.min_len} element(s))")
             inner = ParamSpec(kind[5:-1], self.help, self.low, self.high, self.choices)
@@ -186,63 +175,46 @@ class ParamSpec:
 
 PARAM_SPECS: dict[str, ParamSpec] = {
     # data and models
-    "dataset": ParamSpec(
-        "str", "dataset: 'digits' runs here; 'cifar10' needs the files of the cifar10-paper preset", choices=DATASETS
-    ),
+    "dataset": ParamSpec("str", "dataset: 'digits' runs here; 'cifar10' needs the files of the cifar10-paper preset",
+                         choices=DATASETS),
     "data_root": ParamSpec("str", "folder of the CIFAR-10 python batches (dataset 'cifar10' only)"),
-    "checkpoint": ParamSpec(
-        "denoiser",
-        "denoiser checkpoint: a shipped name or a .safetensors path; '' = the shipped "
-        "default of heads (multi without heads)",
-    ),
-    "checkpoint_single": ParamSpec(
-        "denoiser",
-        "single-head denoiser (shipped name or path; '' = the shipped single-head "
-        "default), for the single- vs multi-head comparison",
-    ),
-    "contrast_checkpoint": ParamSpec(
-        "path", "a second denoiser named on purpose for a contrast (shipped name or path)"
-    ),
-    "diffusers_model": ParamSpec(
-        "path",
-        "a local diffusers model folder (save_pretrained: unet/ + scheduler/, "
-        "rdc_lib.models.diffusers_adapter); relative: the current folder, then notebooks/",
-    ),
+    "checkpoint": ParamSpec("denoiser", "denoiser checkpoint: a shipped name or a .safetensors path; '' = the shipped "
+                                        "default of heads (multi without heads)"),
+    "checkpoint_single": ParamSpec("denoiser", "single-head denoiser (shipped name or path; '' = the shipped single-head "
+                                               "default), for the single- vs multi-head comparison"),
+    "contrast_checkpoint": ParamSpec("path", "a second denoiser named on purpose for a contrast (shipped name or path)"),
+    "diffusers_model": ParamSpec("path", "a local diffusers model folder (save_pretrained: unet/ + scheduler/, "
+                                 "rdc_lib.models.diffusers_adapter); relative: the current folder, then notebooks/"),
     "check_timesteps": ParamSpec("int", "scheduler timesteps at which the adapter is checked", low=2, high=100_000),
     "purify_sigma": ParamSpec("float", "noise level (model space) of the purification", low=1e-4, high=100.0),
     "cnn_checkpoint": ParamSpec("path", "standard CNN (digits baseline): a shipped name (digits_cnn) or a path"),
     "ckpt_dir": ParamSpec("str", "folder of the imported EDM checkpoints (dataset 'cifar10')"),
-    "heads": ParamSpec("str", f"which shipped denoiser the evaluation uses: {default_denoisers_text()}", choices=HEADS),
+    "heads": ParamSpec("str", f"which shipped denoiser the evaluation uses: {default_denoisers_text()}",
+                       choices=HEADS),
     "n_images": ParamSpec("int", "number of test images", low=1, high=CIFAR10_TEST_SIZE),
     "rdc_n_images": ParamSpec("int", "number of test images for the (expensive) RDC", low=1, high=CIFAR10_TEST_SIZE),
-    "n_variance_images": ParamSpec(
-        "int", "images used to measure the spread of logit differences", low=1, high=CIFAR10_TEST_SIZE
-    ),
-    "n_cost_images": ParamSpec(
-        "int", "test images in the cost measurement (enough work for a stable timing)", low=1, high=CIFAR10_TEST_SIZE
-    ),
+    "n_variance_images": ParamSpec("int", "images used to measure the spread of logit differences", low=1,
+                                   high=CIFAR10_TEST_SIZE),
+    "n_cost_images": ParamSpec("int", "test images in the cost measurement (enough work for a stable timing)",
+                               low=1, high=CIFAR10_TEST_SIZE),
     "n_draws": ParamSpec("int", "independent noise draws per measurement", low=2, high=10_000),
     "n_gap_images": ParamSpec("int", "test images of the class-gap measurement", low=1, high=CIFAR10_TEST_SIZE),
     "study_raw": ParamSpec("str", "raw rows of the denoiser study (docs/raw/denoiser_study.jsonl); missing = no bars"),
     "raw_dir": ParamSpec("str", "folder of the raw rows the docs are generated from (docs/raw)"),
-    "figures": ParamSpec(
-        "list[str]", "findings figures to draw (names of the files under docs/figures)", choices=_figure_names
-    ),
+    "figures": ParamSpec("list[str]", "findings figures to draw (names of the files under docs/figures)",
+                         choices=_figure_names),
     "grid_raw": ParamSpec("str", "raw rows of the grid-level measurement (docs/raw/grid_levels.jsonl)"),
     "n_level_images": ParamSpec("int", "test images whose decisions the noise-level explorer shows", low=1, high=32),
-    "n_reads": ParamSpec(
-        "int", "stochastic calls read on each adversarial example (the worst-of-N reading)", low=1, high=1000
-    ),
-    "attack_eot": ParamSpec(
-        "int", "EOT: noise draws averaged per attack gradient against the stochastic defense", low=1, high=1000
-    ),
+    "n_reads": ParamSpec("int", "stochastic calls read on each adversarial example (the worst-of-N reading)", low=1,
+                         high=1000),
+    "attack_eot": ParamSpec("int", "EOT: noise draws averaged per attack gradient against the stochastic defense",
+                            low=1, high=1000),
     # diffusion classifier
     "T": ParamSpec("int", "number of noise levels of the diffusion classifier", low=1, high=10_000),
     "T_list": ParamSpec("list[int]", "numbers of noise levels compared", low=1, high=10_000),
     "prior_class": ParamSpec("int", "class favoured by the non-uniform prior", low=0, high=9),
-    "prior_weight": ParamSpec(
-        "float", "how many times more prior mass prior_class gets than each other class", low=1e-6, high=1e6
-    ),
+    "prior_weight": ParamSpec("float", "how many times more prior mass prior_class gets than each other class",
+                              low=1e-6, high=1e6),
     # likelihood maximization
     "lm_steps": ParamSpec("int", "LM gradient steps N", low=0, high=10_000),
     "lm_eta": ParamSpec("float", "LM ball radius in [0, 1] pixel units", low=0.0, high=1e3),
@@ -259,18 +231,15 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "eps": ParamSpec("float", "attack budget on images in [0, 1]", low=0.0, high=1e3),
     "eps_list": ParamSpec("list[float]", "attack budgets on images in [0, 1]", low=0.0, high=1e3),
     "attack_steps": ParamSpec("int", "attack iterations", low=1, high=100_000),
-    "square_queries": ParamSpec(
-        "int", "query budget of Square (attack 'square' and the black-box sanity check)", low=1, high=1_000_000
-    ),
+    "square_queries": ParamSpec("int", "query budget of Square (attack 'square' and the black-box sanity check)",
+                                low=1, high=1_000_000),
     "surface_points": ParamSpec("int", "grid points per axis of the loss surface", low=2, high=201),
     "surface_radius": ParamSpec("float", "half-width of the loss-surface grid (l_inf units)", low=1e-6, high=1.0),
-    "check_samples": ParamSpec(
-        "int", "gradient samples / finite-difference directions of the masking checks", low=2, high=1000
-    ),
+    "check_samples": ParamSpec("int", "gradient samples / finite-difference directions of the masking checks",
+                               low=2, high=1000),
     # randomized smoothing (notebook 06)
-    "bases": ParamSpec(
-        "list[str]", "base classifiers that are smoothed (rdc_lib.certify.BASES)", choices=SMOOTHING_BASES
-    ),
+    "bases": ParamSpec("list[str]", "base classifiers that are smoothed (rdc_lib.certify.BASES)",
+                       choices=SMOOTHING_BASES),
     "sigma_list": ParamSpec("list[float]", "smoothing noise levels (pixel space, > 0)", low=1e-6, high=10.0),
     "radii": ParamSpec("list[float]", "l2 radii (pixel space) at which accuracy is reported", low=0.0, high=100.0),
     "n_select": ParamSpec("int", "selection draws n0 of the certificate", low=1, high=10_000_000),
@@ -286,7 +255,6 @@ PARAM_SPECS: dict[str, ParamSpec] = {
 
 
 # ------------------------------------------------------------------------------ cross-parameter checks
-
 
 def _check_norm_budget(values: dict[str, Any]) -> None:
     for budget, norm in (("eps", "norm"), ("eps_list", "norm"), ("lm_eta", "lm_norm")):
@@ -306,17 +274,16 @@ def _check_device(value: str) -> None:
 
     available = torch.cuda.is_available() if kind == "cuda" else torch.backends.mps.is_available()
     if not available:
-        raise NotebookParameterError(
-            f"notebook parameter device = {value!r}: no {kind} device on this machine; use device 'cpu'"
-        )
+        raise NotebookParameterError(f"notebook parameter device = {value!r}: no {kind} device on this machine; "
+                                     "use device 'cpu'")
 
 
 PATH_PARAMS = ("checkpoint", "checkpoint_single", "contrast_checkpoint", "cnn_checkpoint")  # a shipped name or a path
 # '' for these means the shipped digits default of this heads (the one mapping: rdc_lib.core.choices.DEFAULT_DENOISERS);
 # for "checkpoint" a notebook's own heads parameter, when it declares one, decides instead.
 DENOISER_DEFAULT_HEADS = {"checkpoint": "multi", "checkpoint_single": "single"}
-DIR_PARAMS = ("data_root", "ckpt_dir")  # folders (dataset 'cifar10')
-DATA_FILE_PARAMS = ("study_raw", "raw_dir", "grid_raw")  # data files / folders of the repository
+DIR_PARAMS = ("data_root", "ckpt_dir")                                # folders (dataset 'cifar10')
+DATA_FILE_PARAMS = ("study_raw", "raw_dir", "grid_raw")               # data files / folders of the repository
 
 
 def _default_denoisers(values: dict[str, Any]) -> None:
@@ -331,11 +298,8 @@ def _default_denoisers(values: dict[str, Any]) -> None:
 
             values[name] = str(data_dir() / "checkpoints" / get_preset("cifar10-paper").checkpoints.classifier)
         else:
-            raise _bad(
-                name,
-                "",
-                f"a checkpoint path with dataset {values['dataset']!r} (the shipped default is a digits denoiser)",
-            )
+            raise _bad(name, "", f"a checkpoint path with dataset {values['dataset']!r} (the shipped default is a "
+                                 "digits denoiser)")
 
 
 def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
@@ -349,16 +313,11 @@ def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
         except FileNotFoundError as exc:
             if values.get("dataset", "digits") != "digits":
                 # the cifar10 check below names every missing file, checkpoints included
-                values[name] = str(
-                    data_dir() / "checkpoints" / f"{values[name]}{CHECKPOINT_SUFFIX}"
-                    if is_checkpoint_name(values[name])
-                    else resolve_path(values[name], base)
-                )
+                values[name] = str(data_dir() / "checkpoints" / f"{values[name]}{CHECKPOINT_SUFFIX}"
+                                   if is_checkpoint_name(values[name]) else resolve_path(values[name], base))
                 continue
-            raise MissingFilesError(
-                f"notebook parameter {name} = {values[name]!r}: {exc}; the shipped checkpoints "
-                "are in data/checkpoints/ (see data/README.md)"
-            ) from None
+            raise MissingFilesError(f"notebook parameter {name} = {values[name]!r}: {exc}; the shipped checkpoints "
+                                    "are in data/checkpoints/ (see data/README.md)") from None
     for name in DIR_PARAMS + DATA_FILE_PARAMS:
         if name in values and values[name]:
             values[name] = str(resolve_path(values[name], base))
@@ -375,10 +334,8 @@ def _check_diffusers_model(values: dict[str, Any], base: Path | None) -> None:
     try:
         inspect_diffusers_folder(folder)
     except FileNotFoundError as exc:
-        raise MissingFilesError(
-            f"notebook parameter diffusers_model = {value!r}: {exc}; the digits model is "
-            "data/diffusers_digits (see data/README.md)"
-        ) from None
+        raise MissingFilesError(f"notebook parameter diffusers_model = {value!r}: {exc}; the digits model is "
+                                "data/diffusers_digits (see data/README.md)") from None
     except ValueError as exc:
         raise NotebookParameterError(f"notebook parameter diffusers_model = {value!r}: {exc}") from None
     values["diffusers_model"] = str(folder)
@@ -387,11 +344,9 @@ def _check_diffusers_model(values: dict[str, Any], base: Path | None) -> None:
 def _check_raw_dir(values: dict[str, Any]) -> None:
     """raw_dir must be a folder holding the headline rows (docs/raw/headline.jsonl)."""
     if "raw_dir" in values and not (Path(values["raw_dir"]) / "headline.jsonl").is_file():
-        raise MissingFilesError(
-            f"notebook parameter raw_dir = {values['raw_dir']!r}: expected a folder holding "
-            "headline.jsonl (the repository's docs/raw; relative paths are looked up in the "
-            f"current folder, then in {NOTEBOOKS_DIR})"
-        )
+        raise MissingFilesError(f"notebook parameter raw_dir = {values['raw_dir']!r}: expected a folder holding "
+                                "headline.jsonl (the repository's docs/raw; relative paths are looked up in the "
+                                f"current folder, then in {NOTEBOOKS_DIR})")
 
 
 def _check_cifar10(values: dict[str, Any], base: Path | None) -> None:
@@ -406,12 +361,10 @@ def _check_cifar10(values: dict[str, Any], base: Path | None) -> None:
         ckpt = data_dir() / "checkpoints"
     req = required_files("cifar10-paper", root, ckpt)
     if not req.ok:
-        raise MissingFilesError(
-            f"notebook parameter dataset = 'cifar10' needs files that are missing "
-            f"(data_root = {values.get('data_root')!r}, checkpoint folder {ckpt}; relative "
-            f"paths are looked up in the current folder, then in {NOTEBOOKS_DIR}):\n"
-            f"{req.message}"
-        )
+        raise MissingFilesError(f"notebook parameter dataset = 'cifar10' needs files that are missing "
+                                f"(data_root = {values.get('data_root')!r}, checkpoint folder {ckpt}; relative "
+                                f"paths are looked up in the current folder, then in {NOTEBOOKS_DIR}):\n"
+                                f"{req.message}")
 
 
 def _check_cifar10_defenses(values: dict[str, Any]) -> None:
@@ -421,13 +374,9 @@ def _check_cifar10_defenses(values: dict[str, Any]) -> None:
         cifar = defense_names(datasets="cifar10")
         other = [d for d in values["defenses"] if d not in cifar]
         if other:
-            raise _bad(
-                "defenses",
-                values["defenses"],
-                f"only {' and '.join(map(repr, cifar))} with dataset 'cifar10' "
-                "(EDM checkpoints; "
-                f"no CIFAR-10 baseline for {', '.join(other)})",
-            )
+            raise _bad("defenses", values["defenses"], f"only {' and '.join(map(repr, cifar))} with dataset 'cifar10' "
+                       "(EDM checkpoints; "
+                       f"no CIFAR-10 baseline for {', '.join(other)})")
 
 
 def _check_certify_draws(values: dict[str, Any]) -> None:
@@ -437,12 +386,8 @@ def _check_certify_draws(values: dict[str, Any]) -> None:
 
         need = min_draws(values["alpha"])
         if values["n_estimate"] < need:
-            raise _bad(
-                "n_estimate",
-                values["n_estimate"],
-                f"an int >= {need}: fewer estimation draws can never "
-                f"certify a non-zero radius at alpha = {values['alpha']:g}",
-            )
+            raise _bad("n_estimate", values["n_estimate"], f"an int >= {need}: fewer estimation draws can never "
+                                                          f"certify a non-zero radius at alpha = {values['alpha']:g}")
 
 
 def _check_sizes(values: dict[str, Any]) -> None:
@@ -454,7 +399,6 @@ def _check_sizes(values: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- API
-
 
 def validate_params(*, base_dir: str | Path | None = None, **params: Any) -> dict[str, Any]:
     """Check every notebook parameter passed by keyword; return them normalised (numbers as float).

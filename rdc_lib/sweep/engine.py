@@ -36,15 +36,8 @@ from .execute import CellOutcome, CellTask, execute_cell, failed_outcome
 from .spec import SweepSpec
 from .store import CellRecord, PlannedCell, ResultStore, move_store_aside, plan_cells, target_id
 
-__all__ = [
-    "SlurmOptions",
-    "SweepRunResult",
-    "SweepStatus",
-    "run_sweep",
-    "slurm_cluster_kwargs",
-    "sweep_status",
-    "visible_gpus",
-]
+__all__ = ["SlurmOptions", "SweepRunResult", "SweepStatus", "run_sweep", "slurm_cluster_kwargs", "sweep_status",
+           "visible_gpus"]
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +46,24 @@ log = logging.getLogger(__name__)
 class SlurmOptions:
     """Slurm jobs for the workers (dask-jobqueue ``SLURMCluster``); one single-threaded worker per job."""
 
-    jobs: int = 1  # worker jobs to submit
-    partition: str | None = None  # #SBATCH -p
-    account: str | None = None  # #SBATCH -A
-    cores: int = 4  # --cpus-per-task (torch threads of the cell)
+    jobs: int = 1                          # worker jobs to submit
+    partition: str | None = None           # #SBATCH -p
+    account: str | None = None             # #SBATCH -A
+    cores: int = 4                         # --cpus-per-task (torch threads of the cell)
     memory: str = "16GB"
     walltime: str = "01:00:00"
-    gpus: int = 1  # --gres=gpu:N per job (0: CPU jobs)
-    lifetime: str | None = None  # worker --lifetime; default: walltime - 5 min
+    gpus: int = 1                          # --gres=gpu:N per job (0: CPU jobs)
+    lifetime: str | None = None            # worker --lifetime; default: walltime - 5 min
     lifetime_stagger: str = "2m"
-    directives: tuple[str, ...] = ()  # extra #SBATCH lines, e.g. "--constraint=a100"
-    prologue: tuple[str, ...] = ()  # shell lines before the worker, e.g. "source .venv/bin/activate"
+    directives: tuple[str, ...] = ()       # extra #SBATCH lines, e.g. "--constraint=a100"
+    prologue: tuple[str, ...] = ()         # shell lines before the worker, e.g. "source .venv/bin/activate"
     log_directory: str | None = None
-    python: str | None = None  # interpreter on the nodes (default: this one)
+    python: str | None = None              # interpreter on the nodes (default: this one)
 
     def __post_init__(self) -> None:
         if self.jobs < 1 or self.cores < 1 or self.gpus < 0:
-            raise ValueError(
-                f"Slurm jobs and cores must be >= 1 and gpus >= 0, got jobs={self.jobs}, "
-                f"cores={self.cores}, gpus={self.gpus}"
-            )
+            raise ValueError(f"Slurm jobs and cores must be >= 1 and gpus >= 0, got jobs={self.jobs}, "
+                             f"cores={self.cores}, gpus={self.gpus}")
         _walltime_minutes(self.walltime)
 
 
@@ -98,14 +89,9 @@ def slurm_cluster_kwargs(opts: SlurmOptions) -> dict[str, Any]:
         directives.append(f"--gres=gpu:{opts.gpus}")
     prologue = [f"export OMP_NUM_THREADS={opts.cores}", *opts.prologue]
     kwargs: dict[str, Any] = dict(
-        cores=1,
-        processes=1,  # one worker thread: one cell at a time per job
-        job_cpu=opts.cores,
-        memory=opts.memory,
-        walltime=opts.walltime,
-        queue=opts.partition,
-        account=opts.account,
-        job_extra_directives=directives,
+        cores=1, processes=1,            # one worker thread: one cell at a time per job
+        job_cpu=opts.cores, memory=opts.memory, walltime=opts.walltime,
+        queue=opts.partition, account=opts.account, job_extra_directives=directives,
         job_script_prologue=prologue,
         worker_extra_args=["--lifetime", lifetime, "--lifetime-stagger", opts.lifetime_stagger],
     )
@@ -132,15 +118,8 @@ def visible_gpus() -> list[str]:
 
 
 @contextmanager
-def _client(
-    workers: int,
-    devices: Sequence[str],
-    *,
-    scheduler_address: str | None,
-    slurm: SlurmOptions | None,
-    threads: int | None,
-    dashboard_address: str | None,
-) -> Iterator[Any]:
+def _client(workers: int, devices: Sequence[str], *, scheduler_address: str | None, slurm: SlurmOptions | None,
+            threads: int | None, dashboard_address: str | None) -> Iterator[Any]:
     """A Dask client on the requested cluster; closes what it started."""
     from distributed import Client, LocalCluster
 
@@ -157,14 +136,8 @@ def _client(
         cluster = _gpu_cluster(workers, devices, threads, dashboard_address)
     else:
         env = {} if threads is None else _thread_env(threads)
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            env=env,
-            dashboard_address=dashboard_address or ":0",
-            silence_logs=logging.WARNING,
-        )
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
+                               dashboard_address=dashboard_address or ":0", silence_logs=logging.WARNING)
     try:
         with Client(cluster) as client:
             log.info("Dask dashboard: %s", client.dashboard_link)
@@ -185,22 +158,13 @@ def _gpu_cluster(workers: int, devices: Sequence[str], threads: int | None, dash
     specs = {}
     for i in range(workers):
         env = {"CUDA_VISIBLE_DEVICES": devices[i % len(devices)], **({} if threads is None else _thread_env(threads))}
-        specs[i] = {
-            "cls": Nanny,
-            "options": {
-                "nthreads": 1,
-                "env": env,
-                "memory_limit": MEMORY_LIMIT // workers,
-                "dashboard": False,
-                "silence_logs": logging.WARNING,
-            },
-        }
+        specs[i] = {"cls": Nanny, "options": {"nthreads": 1, "env": env, "memory_limit": MEMORY_LIMIT // workers,
+                                              "dashboard": False, "silence_logs": logging.WARNING}}
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address or ":0"}}
     return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.WARNING)
 
 
 # --------------------------------------------------------------------------- status
-
 
 @dataclass(frozen=True)
 class SweepStatus:
@@ -245,18 +209,11 @@ def _status(cells: list[PlannedCell], statuses: dict[str, str], name: str, store
     done = sum(s == "done" for s in mine.values())
     failed = tuple(sorted(k for k, s in mine.items() if s == "failed"))
     stale = sum(1 for r in store.rows(sweep=name) if r.key not in keys)
-    return SweepStatus(
-        total=len(cells),
-        done=done,
-        failed=len(failed),
-        pending=len(cells) - done - len(failed),
-        stale=stale,
-        failed_keys=failed,
-    )
+    return SweepStatus(total=len(cells), done=done, failed=len(failed), pending=len(cells) - done - len(failed),
+                       stale=stale, failed_keys=failed)
 
 
 # --------------------------------------------------------------------------- run
-
 
 def run_sweep(
     spec: SweepSpec,
@@ -294,98 +251,49 @@ def run_sweep(
     if restart_store:
         moved = move_store_aside(spec.store)
         if moved:
-            log.warning(
-                "sweep %s: the store is kept as %s; starting a fresh one", spec.name, ", ".join(map(str, moved))
-            )
+            log.warning("sweep %s: the store is kept as %s; starting a fresh one", spec.name, ", ".join(map(str, moved)))
     with ResultStore(spec.store) as store:
         statuses = store.statuses(c.key for c in cells)
         todo = [c for c in cells if statuses.get(c.key) is None or (retry_failed and statuses[c.key] == "failed")]
-        damaged = (
-            {r.key for r in store.rows(status="failed") if is_stored_state_error(r.error)} if retry_failed else set()
-        )
-        log.info(
-            "sweep %s: %d cells, %d done, %d failed, %d to run",
-            spec.name,
-            len(cells),
-            sum(s == "done" for s in statuses.values()),
-            sum(s == "failed" for s in statuses.values()),
-            len(todo),
-        )
+        damaged = {r.key for r in store.rows(status="failed") if is_stored_state_error(r.error)} if retry_failed else set()
+        log.info("sweep %s: %d cells, %d done, %d failed, %d to run", spec.name, len(cells),
+                 sum(s == "done" for s in statuses.values()), sum(s == "failed" for s in statuses.values()), len(todo))
         outcomes: list[CellOutcome] = []
         if todo:
             local = scheduler_address is None and slurm is None
             gpus = list(devices) if devices is not None else (visible_gpus() if local else [])
             n = workers if workers is not None else (len(gpus) or min(4, os.cpu_count() or 1))
             if threads_per_cell is None:
-                threads_per_cell = (
-                    slurm.cores
-                    if slurm is not None
-                    else (max(1, (os.cpu_count() or 1) // max(n, 1)) if local else None)
-                )
+                threads_per_cell = slurm.cores if slurm is not None else (
+                    max(1, (os.cpu_count() or 1) // max(n, 1)) if local else None)
             tasks = [_task(spec, c, threads_per_cell, restart=c.key in damaged) for c in todo]
             if local and n == 0:
                 outcomes = _run_inline(spec, todo, tasks, store, progress)
             else:
-                with _client(
-                    n,
-                    gpus,
-                    scheduler_address=scheduler_address,
-                    slurm=slurm,
-                    threads=threads_per_cell,
-                    dashboard_address=dashboard_address,
-                ) as client:
+                with _client(n, gpus, scheduler_address=scheduler_address, slurm=slurm, threads=threads_per_cell,
+                             dashboard_address=dashboard_address) as client:
                     expected = slurm.jobs if slurm is not None else (n if local else 0)
                     outcomes = _run_dask(client, spec, todo, tasks, store, progress, expected)
         status = _status(cells, store.statuses(c.key for c in cells), spec.name, store)
     ran_done = sum(o.status == "done" for o in outcomes)
-    return SweepRunResult(
-        status=status,
-        ran=len(outcomes),
-        ran_done=ran_done,
-        ran_failed=len(outcomes) - ran_done,
-        skipped=len(cells) - len(todo),
-        seconds=time.perf_counter() - t0,
-        outcomes=tuple(outcomes),
-    )
+    return SweepRunResult(status=status, ran=len(outcomes), ran_done=ran_done, ran_failed=len(outcomes) - ran_done,
+                          skipped=len(cells) - len(todo), seconds=time.perf_counter() - t0, outcomes=tuple(outcomes))
 
 
 def _task(spec: SweepSpec, cell: PlannedCell, threads: int | None, restart: bool = False) -> CellTask:
-    return CellTask(
-        key=cell.key,
-        kind=spec.target_kind,
-        target=spec.target,
-        params=cell.params,
-        cell_dir=str((spec.output / "cells" / cell.key[:16]).resolve()),
-        kernel=spec.kernel,
-        cell_timeout=spec.cell_timeout,
-        threads=threads,
-        restart=restart,
-    )
+    return CellTask(key=cell.key, kind=spec.target_kind, target=spec.target, params=cell.params,
+                    cell_dir=str((spec.output / "cells" / cell.key[:16]).resolve()), kernel=spec.kernel,
+                    cell_timeout=spec.cell_timeout, threads=threads, restart=restart)
 
 
 def _record(store: ResultStore, spec: SweepSpec, cell: PlannedCell, outcome: CellOutcome) -> None:
-    store.record(
-        CellRecord(
-            key=cell.key,
-            sweep=spec.name,
-            target=target_id(spec),
-            params=cell.params,
-            status=outcome.status,
-            code_version=cell.code_version,
-            checkpoints=cell.checkpoints,
-            finished=outcome.finished,
-            result=outcome.result,
-            error=outcome.error,
-            notebook=outcome.notebook,
-            worker=outcome.worker,
-            started=outcome.started,
-            duration=outcome.duration,
-        )
-    )
+    store.record(CellRecord(
+        key=cell.key, sweep=spec.name, target=target_id(spec), params=cell.params, status=outcome.status,
+        code_version=cell.code_version, checkpoints=cell.checkpoints, finished=outcome.finished,
+        result=outcome.result, error=outcome.error, notebook=outcome.notebook, worker=outcome.worker,
+        started=outcome.started, duration=outcome.duration))
     if outcome.status == "failed":
-        log.warning(
-            "cell %s %s failed: %s", cell.key[:12], cell.params, ((outcome.error or "?").splitlines() or ["?"])[0]
-        )
+        log.warning("cell %s %s failed: %s", cell.key[:12], cell.params, ((outcome.error or "?").splitlines() or ["?"])[0])
     else:
         log.info("cell %s %s done in %.1f s", cell.key[:12], cell.params, outcome.duration or 0.0)
 
@@ -396,9 +304,8 @@ def _progress_bar(total: int, spec: SweepSpec, enabled: bool) -> Any:
     return progress_bar(total, f"sweep {spec.name}", "cell", enabled=enabled)
 
 
-def _run_inline(
-    spec: SweepSpec, cells: list[PlannedCell], tasks: list[CellTask], store: ResultStore, progress: bool
-) -> list[CellOutcome]:
+def _run_inline(spec: SweepSpec, cells: list[PlannedCell], tasks: list[CellTask], store: ResultStore,
+                progress: bool) -> list[CellOutcome]:
     outcomes = []
     with _progress_bar(len(cells), spec, progress) as bar:
         for cell, task in zip(cells, tasks):
@@ -418,15 +325,8 @@ def _capacity(client: Any, expected: int) -> int:
     return max(1, expected, threads)
 
 
-def _run_dask(
-    client: Any,
-    spec: SweepSpec,
-    cells: list[PlannedCell],
-    tasks: list[CellTask],
-    store: ResultStore,
-    progress: bool,
-    expected_slots: int,
-) -> list[CellOutcome]:
+def _run_dask(client: Any, spec: SweepSpec, cells: list[PlannedCell], tasks: list[CellTask], store: ResultStore,
+              progress: bool, expected_slots: int) -> list[CellOutcome]:
     """Keep about one cell per worker thread in flight (topped up after each result), so no cell waits
     queued behind another on a busy worker, and a dying worker takes only its own cell with it."""
     from distributed import as_completed
