@@ -444,7 +444,8 @@ def _cmd_train_baseline(args) -> int:
 
 def eval_config(args: argparse.Namespace) -> "EvalConfig":
     """The ``EvalConfig`` of parsed ``rdc eval`` flags; with a preset, the attack flags and the image count not
-    given take the preset's values (``rdc_lib.defenses.presets.eval_defaults``) and a flag the preset fixes is refused."""
+    given take the preset's values (``rdc_lib.defenses.presets.eval_defaults``) and a flag the preset fixes is
+    refused."""
     from ..evaluation.runner import EvalConfig
 
     given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name) is not None}

@@ -4,8 +4,8 @@ Each check is a plain function ``(model, x, y, attack_factory, ...) -> CheckResu
 evaluated attack with changed settings, rdc_lib.evaluation.attacking); :func:`run_sanity_checks` runs the
 applicable ones and stores each as ``{"passed": bool, ...its numbers and tolerance, "detail": str}``. Which
 checks apply follows the registries' facts (one-step attacks have no iterations to double, a score-based
-attack is not compared with itself, the transfer source is :data:`rdc_lib.defenses.TRANSFER_SOURCE`). A failed check marks
-the robust accuracy as untrusted (``trusted: false``, printed as UNTRUSTED); an evaluation with no check
+attack is not compared with itself, the transfer source is :data:`rdc_lib.defenses.TRANSFER_SOURCE`). A failed check
+marks the robust accuracy as untrusted (``trusted: false``, printed as UNTRUSTED); an evaluation with no check
 run is ``trusted: null``, printed as "not checked", never as passed (:func:`trust_label`).
 The checks run on the first ``n_check`` >= :data:`MIN_CHECK_IMAGES` images. "White box" below is the
 evaluated attack with its *gradient* attacks only (an AutoAttack-style ensemble without Square), so the
@@ -68,7 +68,8 @@ CHECK_DESCRIPTIONS = {
     f"central differences on a float64 copy (relative error < {FD_TOL})",
     "large_budget": f"white-box robust accuracy (gradient attacks only) at eps {LARGE_EPS['linf']} (l_inf) / "
     f"{LARGE_EPS['l2']} (l2) falls to <= {LARGE_BUDGET_MAX:.0%}",
-    "convergence": "twice the iterations do not lower robust accuracy by more than the tolerance (the attack converged)",
+    "convergence": "twice the iterations do not lower robust accuracy by more than the tolerance "
+    "(the attack converged)",
     "black_box": "Square does not break more images than the gradient attacks (beyond the tolerance)",
     "transfer": "PGD examples made on the standard CNN do not break more images than the white-box attack "
     "(beyond the tolerance)",

@@ -231,7 +231,8 @@ def compare_cost(
     threads: int | None = 1,
     min_seconds: float = MIN_TIMING_SECONDS,
 ) -> CostComparison:
-    """Passes (``network_passes``) and seconds (:func:`time_per_call`) of one call of each classifier on x (B, C, H, W)."""
+    """Passes (``network_passes``) and seconds (:func:`time_per_call`) of one call of each classifier on
+    x (B, C, H, W)."""
     if x.shape[0] < 1:
         raise ValueError("compare_cost needs at least one image")
     sync = torch.cuda.synchronize if x.is_cuda else None

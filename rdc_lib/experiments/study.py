@@ -304,7 +304,8 @@ ROBUST_SETTINGS = dict(
 
 def robust_config(entry: StudyEntry, heads: str, split: str = SELECTION_SPLIT, **overrides: Any):
     """The ``EvalConfig`` of an entry's robust column: DC, fixed noise, AutoAttack-style ensemble, on the first
-    ``entry.n_robust`` images of ``split`` (the validation split unless "test" is asked for: rdc_lib.experiments.selection)."""
+    ``entry.n_robust`` images of ``split`` (the validation split unless "test" is asked for:
+    rdc_lib.experiments.selection)."""
     from ..evaluation.runner import EvalConfig
 
     settings = {**ROBUST_SETTINGS, **overrides}

@@ -14,8 +14,8 @@ Where the cells run:
 
 The client keeps about one cell per worker thread in flight (explicit unique task keys, ``pure=False``;
 topped up after each result), loops over ``as_completed`` and writes each outcome to the store in its
-own transaction, so a killed client loses only the cells in flight. A worker death re-runs the cell elsewhere (Dask's allowed-failures);
-a cell that keeps killing workers is recorded as failed with the ``KilledWorker`` message.
+own transaction, so a killed client loses only the cells in flight. A worker death re-runs the cell elsewhere
+(Dask's allowed-failures); a cell that keeps killing workers is recorded as failed with the ``KilledWorker`` message.
 """
 
 from __future__ import annotations
