@@ -1,6 +1,7 @@
 """Seconds per attack gradient, the code before the issue-41 fast paths vs now, measured in one process.
 
-    .venv/bin/python benchmarks/bench_grad_cost.py [--denoisers digits_film_single digits_film_multi_distill9_h16_long_adv]
+    .venv/bin/python benchmarks/bench_grad_cost.py
+        [--denoisers digits_film_single digits_film_multi_distill9_h16_long_adv]
         [--n 10] [--T 16] [--eot 2] [--losses ce dlr dlr-targeted] [--rounds 5] [--threads 1] [--json FILE]
 
 For every denoiser (default: the shipped defaults of both heads) and case (DC and RDC with exact gradients through

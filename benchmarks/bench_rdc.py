@@ -116,7 +116,8 @@ def trajectory(args, x) -> dict:
     print(
         "LM trajectory, mean estimated log-likelihood bound (-unconditional ELBO, fixed grid and noise) per step: "
         + ", ".join(f"{v:.4f}" for v in mean.tolist())
-        + f"\n  monotonically rising on average: {increasing}; images whose bound rose over the trajectory: {100 * frac:.1f}%",
+        + f"\n  monotonically rising on average: {increasing}; "
+        f"images whose bound rose over the trajectory: {100 * frac:.1f}%",
         flush=True,
     )
     return {"mean_curve": mean.tolist(), "monotone": increasing, "fraction_improved": frac}

@@ -141,8 +141,8 @@ def same_judge(cfg: dict, records: dict[str, Path], seeds: int) -> dict:
     from rdc_lib.evaluation.runner import defense_spec
 
     conf = EvalConfig(**cfg)
-    x_all, y_all = load_dataset(conf.dataset, "test")
-    x, y = x_all[conf.offset : conf.offset + conf.n], y_all[conf.offset : conf.offset + conf.n]
+    _, y_all = load_dataset(conf.dataset, "test")
+    y = y_all[conf.offset : conf.offset + conf.n]
     adv, clean_ok = {}, {}
     for which, folder in records.items():
         # read directly: load_records refuses records written by another code version, as it should for resuming;

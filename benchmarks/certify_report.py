@@ -159,7 +159,7 @@ with N(0, sigma_s^2 I). The noised DC estimates log p_{sigma_s}(x~ | y) with the
 
 Cost: T denoiser evaluations per draw with a multi-head network (one pass serves every class), 10 T with a
 single-head one; denoised smoothing needs one.
-"""
+"""  # noqa: E501 (a formula of the generated docs/certified.md, one line)
 
 
 def render(rows: list[dict], bench: dict | None = None) -> str:
@@ -175,7 +175,8 @@ def render(rows: list[dict], bench: dict | None = None) -> str:
         "",
         "Every robust accuracy an attack gives is an upper bound; randomized smoothing (Cohen et al. 2019) gives a",
         "lower bound no future attack can lower: with probability >= 1 - alpha per image, the smoothed classifier",
-        "g(x) = argmax_c P(f(x + delta) = c), delta ~ N(0, sigma^2 I), returns the certified class on the whole l2 ball",
+        "g(x) = argmax_c P(f(x + delta) = c), delta ~ N(0, sigma^2 I), returns the certified class on the whole "
+        "l2 ball",
         "of the certified radius sigma * Phi^-1(p_A_lower). **Radii and sigma are l2 in pixel space (images in",
         "[0, 1]; 8x8 digits, 64 pixels).** Certified accuracy at r: the certificate names the label and its radius",
         "is >= r (abstentions count as wrong). Empirical robust accuracy at r: the same smoothed classifier attacked",

@@ -268,7 +268,8 @@ def doc(args: argparse.Namespace) -> int:
         "",
         "Written by `benchmarks/evaluation_report.py doc` from stored results (never edited by hand). "
         f"First {r0['n']} digits test images, l_inf eps {r0['eps']}, APGD-CE with {r0['steps']} iterations, "
-        f"multi-head denoiser `{''.join(denoisers) or '-'}`, T = {r0['timesteps']}. N-evaluation: each final adversarial example is "
+        f"multi-head denoiser `{''.join(denoisers) or '-'}`, T = {r0['timesteps']}. "
+        "N-evaluation: each final adversarial example is "
         f"re-classified N = {args.n_eval} times (stochastic variants).",
         "",
         "Reading the columns: *single* is the usual one-call robust accuracy; *avg* the mean over the N "
@@ -340,11 +341,13 @@ def doc(args: argparse.Namespace) -> int:
         "",
         "## Gradient-variance diagnostic (picks the EOT size)",
         "",
-        "Rule (rdc_lib.evaluation.grad.suggest_eot): the smallest EOT size M at which two independent M-draw averages of "
+        "Rule (rdc_lib.evaluation.grad.suggest_eot): the smallest EOT size M at which two independent "
+        "M-draw averages of "
         "the gradient reach the target cosine, from the 10th percentile of the per-image cosines of repeated "
         f"gradients; the library's target is EOT_TARGET = {EOT_TARGET}. The size used is capped for CPU time.",
         "",
-        "| defense | mean cosine of repeated gradients | cosine used (10th pct.) | target | EOT by rule | EOT used (cap) |",
+        "| defense | mean cosine of repeated gradients | cosine used (10th pct.) | target | EOT by rule "
+        "| EOT used (cap) |",
         "|---|---|---|---|---|---|",
     ]
     for d, v in diag.items():
@@ -358,7 +361,8 @@ def doc(args: argparse.Namespace) -> int:
         "",
         "## Seconds per cell",
         "",
-        "Wall seconds of the whole cell (sanity checks included: a fixed cost on the check images, whatever n is) and per "
+        "Wall seconds of the whole cell (sanity checks included: a fixed cost on the check images, "
+        "whatever n is) and per "
         "image; a resumed cell counts only its last run.",
         "",
         "| defense | variant | protocol | seconds | seconds per image |",

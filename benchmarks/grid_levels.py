@@ -3,17 +3,18 @@
     .venv/bin/python benchmarks/grid_levels.py run [--denoisers digits_film_multi_distill9 ...]
         [--sigma-mins 0.0001 0.3 0.45 0.6 0.75 0.9] [--split val] [--n 160] [--offset 0] [--steps 50] [--timesteps 16]
         [--records runs/grid_levels] [--raw docs/raw/grid_levels.jsonl] [--threads 1]
-    .venv/bin/python benchmarks/grid_levels.py doc [--raw docs/raw/grid_levels.jsonl] [--notes docs/grid_levels_notes.md]
-        [--out docs/grid_levels.md]
+    .venv/bin/python benchmarks/grid_levels.py doc [--raw docs/raw/grid_levels.jsonl]
+        [--notes docs/grid_levels_notes.md] [--out docs/grid_levels.md]
 
 ``run``: for every denoiser and every smallest level ``sigma_min`` (``--grid-sigma-min`` of ``rdc eval``: the
 paper grid's T levels spread over [sigma_min, 3) instead of [1e-4, 3)), the DC's robust accuracy under the
-fixed-noise AutoAttack-style ensemble of the denoiser study (rdc_lib.experiments.study.ROBUST_SETTINGS, with ``--steps`` APGD
-iterations), on images ``offset .. offset + n - 1`` of ``--split``: the validation split by default (rdc_lib.experiments.selection:
-sigma_min is a choice), the test images with ``--split test`` (default offset 200 there). Each cell is one ``rdc eval`` configuration with
-resumable records under ``--records``; a finished cell appends one row (its per-image outcomes, the grid's
-levels and weights, seconds, the command) to ``--raw``, and a rerun skips cells already there. The rows measured
-before the validation split read test images 200-359, the ones the headline table (the first 200) does not use. ``doc``: the report, from the raw rows only.
+fixed-noise AutoAttack-style ensemble of the denoiser study (rdc_lib.experiments.study.ROBUST_SETTINGS, with
+``--steps`` APGD iterations), on images ``offset .. offset + n - 1`` of ``--split``: the validation split by default
+(rdc_lib.experiments.selection: sigma_min is a choice), the test images with ``--split test`` (default offset 200
+there). Each cell is one ``rdc eval`` configuration with resumable records under ``--records``; a finished cell
+appends one row (its per-image outcomes, the grid's levels and weights, seconds, the command) to ``--raw``, and a
+rerun skips cells already there. The rows measured before the validation split read test images 200-359, the ones
+the headline table (the first 200) does not use. ``doc``: the report, from the raw rows only.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def render(rows: list[dict], notes: str = "", figures: list[str] = ()) -> str:
         "",
         f"DC robust accuracy at l_inf 0.1 under the fixed-noise AutoAttack-style ensemble of the denoiser study "
         f"(APGD-CE, APGD-DLR, APGD-T with 3 targets, Square 500; fixed noise), with the paper grid's T levels "
-        f"spread over [sigma_min, 3) (the `--grid-sigma-min` flag of rdc eval; the paper's sigma_min is {GRID_SIGMA_MIN:g}). "
+        f"spread over [sigma_min, 3) (the `--grid-sigma-min` flag of rdc eval; "
+        f"the paper's sigma_min is {GRID_SIGMA_MIN:g}). "
         "Cells: robust accuracy (robust/images, 95% Wilson interval).",
         "",
     ]

@@ -106,7 +106,8 @@ def _gpu_section(g: dict, net: dict) -> list[str]:
     L += [
         f"| DC at T = {PAPER_T}, extrapolated (linear in T), {precision} | "
         f"**{dc['seconds_per_image_T1000_extrapolated']:.1f} s per image** |",
-        f"| LM step (rdc_lib.diffusion.lm, {lm['steps']} steps, batch {lm['batch']}) | {lm['seconds_per_step']:.3f} s per step "
+        f"| LM step (rdc_lib.diffusion.lm, {lm['steps']} steps, batch {lm['batch']}) | "
+        f"{lm['seconds_per_step']:.3f} s per step "
         f"for the batch ({1000 * lm['seconds_per_step_per_image']:.0f} ms per image) |",
         f"| exact-gradient attack step, T = {at['T']}, K = {at['K']}, batch {at['batch']}, grad chunk "
         f"{at['grad_chunk']} triples | {at['seconds']:.1f} s ({at['seconds_per_image']:.2f} s per image), gradient "

@@ -75,6 +75,11 @@ def _multi_denoiser() -> dict:
     return {"denoiser": LEGACY_DENOISERS["multi"]}
 
 
+_CPU_MEASURE = (
+    "CPU seconds: far less disturbed by other jobs than wall seconds, though identical runs still differed by up to "
+    "~30% on this shared machine"
+)
+
 PHASES = (
     "attack: gradient steps",
     "attack: verification calls",
@@ -209,7 +214,8 @@ def _op_share(n: int, seed: int) -> dict:
 
     x, y = load_dataset("digits", "test")
     x, y = x[:n], y[:n]
-    named = {"denoiser_path": str(checkpoint_path(d)) for d in _multi_denoiser().values()}
+    name = _multi_denoiser().get("denoiser")
+    named = {} if name is None else {"denoiser_path": str(checkpoint_path(name))}
     model = build_defense(
         DefenseSpec(name="rdc", heads="multi", timesteps=16, noise_mode="stochastic", seed=seed, **named)
     )
@@ -334,9 +340,11 @@ def _profile_section(p: dict) -> list[str]:
     lines = [
         f"## Where the seconds go (code at commit `{p['commit']}`){mark(p)}",
         "",
-        f"Profile of `{STRONGEST_CLI}{_denoiser_flag(cfg)} --steps {cfg['steps']} --n {cfg['n']} --chunk {cfg['n']}` (seed {cfg['seed']}, "
+        f"Profile of `{STRONGEST_CLI}{_denoiser_flag(cfg)} --steps {cfg['steps']} --n {cfg['n']} --chunk {cfg['n']}` "
+        f"(seed {cfg['seed']}, "
         f"{cfg['threads']} thread), measured by `{p['command']}` with the library of that commit on `PYTHONPATH` "
-        f"(`git archive {p['commit']} rdc_lib | tar -x -C DIR`, `PYTHONPATH=DIR RDC_DATA_DIR=$PWD/data`). Seconds are the process's CPU seconds "
+        f"(`git archive {p['commit']} rdc_lib | tar -x -C DIR`, `PYTHONPATH=DIR RDC_DATA_DIR=$PWD/data`). "
+        "Seconds are the process's CPU seconds "
         f"(the machine was shared with other jobs: wall {_fmt_s(p['wall_s'])} s for {_fmt_s(cpu)} s of CPU), "
         "so they are what one idle core would take; the shares are what to read.",
         "",
@@ -407,11 +415,12 @@ def _bench_section(b: dict, level: str = "##") -> list[str]:
     lines = [
         f"{level} {title}",
         "",
-        f"`{b['command']}`: for each protocol, the code before the speed-ups (commit `{b['old_commit']}`, extracted with "
+        f"`{b['command']}`: for each protocol, the code before the speed-ups (commit `{b['old_commit']}`, "
+        "extracted with "
         f"`git archive`) and this code (`{b['new_commit']}`) run on the same {b['n']} images with the same "
         f"seeds, each in its own process with {b['threads']} thread(s), the two side by side in each of "
         f"{b['rounds']} round(s) so that both see the same load from other jobs; the minimum over the rounds is "
-        f"reported ({'CPU seconds: far less disturbed by other jobs than wall seconds, though identical runs still differed by up to ~30% on this shared machine' if b['measure'] == 'cpu_s' else 'wall seconds'}). "
+        f"reported ({_CPU_MEASURE if b['measure'] == 'cpu_s' else 'wall seconds'}). "
         "Seconds per image exclude the sanity checks (off: a fixed cost on at most 16 images). "
         "The ratio is old / new (> 1: faster now).",
         "",
@@ -464,7 +473,8 @@ def _estimate_section(p: dict, bench: dict | None, n_test: int = 360, n_check: i
     old_total = n_test * per_image + checks_full
     lines += [
         f"From the profile: {n_test} x {per_image:.2f} s per image + the sanity checks scaled to {n_check} images "
-        f"({checks:.0f} s on {p['check_images']} -> {checks_full:.0f} s) = **{old_total / 60:.0f} minutes** of one core "
+        f"({checks:.0f} s on {p['check_images']} -> {checks_full:.0f} s) = **{old_total / 60:.0f} minutes** "
+        "of one core "
         f"with the code at `{p['commit']}`.",
     ]
     strongest = [r for r in (bench or {}).get("protocols", []) if r["protocol"] == "strongest"]

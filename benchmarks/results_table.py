@@ -14,7 +14,8 @@ then name; shards of different commits, configurations or denoisers are refused:
 With ``--per-image`` the runs' records files give each row the images it left robust, and the doc mode compares
 every two rows on the same images (paired counts, exact McNemar test):
 
-    .venv/bin/python benchmarks/results_table.py import runs/headline_dc.out runs/headline_rdc_a.out runs/headline_rdc_b.out \
+    .venv/bin/python benchmarks/results_table.py import runs/headline_dc.out runs/headline_rdc_a.out \
+        runs/headline_rdc_b.out \
         --per-image runs/headline_dc/*.jsonl runs/headline_rdc/*.jsonl
 
 Each cell is ``rdc_lib.evaluation.evaluate`` with the AutoAttack-style ensemble (APGD-CE, APGD-DLR,
@@ -176,7 +177,8 @@ def headline_row(shards: list[dict], per_image: list[Path] = ()) -> dict:
         for bad, msg in (
             (
                 not is_full_ensemble(cfg.attack, first.get("attacks_dropped")),
-                f"attack {cfg.attack!r}{' without ' + ', '.join(first['attacks_dropped']) if first.get('attacks_dropped') else ''} "
+                f"attack {cfg.attack!r}"
+                f"{' without ' + ', '.join(first['attacks_dropped']) if first.get('attacks_dropped') else ''} "
                 f"({protocol_label(cfg.attack, first.get('attacks_dropped') or ())}; expected the full ensemble "
                 f"{FULL_ENSEMBLE!r}, every member run)",
             ),
@@ -249,10 +251,12 @@ def headline_lines(path: Path, candidates: bool = False) -> list[str]:
     for r in rows:
         rob, clean = r["robust"], r["clean"]
         lines.append(
-            f"| {defense_label(r)} | {r['denoiser'] or '—'} | {r['norm']} {r['eps']:g} | {r['n']} (from {r['offset']}) | "
+            f"| {defense_label(r)} | {r['denoiser'] or '—'} | {r['norm']} {r['eps']:g} | "
+            f"{r['n']} (from {r['offset']}) | "
             f"{chosen_on(r)} | {100 * clean['value']:.1f}% ({clean['correct']}/{clean['total']}) | "
             f"**{100 * rob['value']:.1f}%** ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
-            f"{100 * rob['high']:.0f}){_mark(r.get('trusted'))}{_bound(r)}{mark(r)} | {trust_label(r.get('trusted'))} | "
+            f"{100 * rob['high']:.0f}){_mark(r.get('trusted'))}{_bound(r)}{mark(r)} | "
+            f"{trust_label(r.get('trusted'))} | "
             f"{r['seconds']:.0f} |"
         )
     r0 = next((r for r in rows if r["denoiser"]), rows[0])  # the settings of the diffusion rows (CNNs ignore them)
@@ -278,7 +282,8 @@ def headline_lines(path: Path, candidates: bool = False) -> list[str]:
             val = v.get("robust_acc", v.get("nonzero_fraction", v.get("max_rel_error", "")))
             tol = v.get("tolerance", v.get("max_robust_acc", ""))
             lines.append(
-                f"| {defense_label(r)} ({r['denoiser'] or '—'}) | {k} | {v['passed']} | {val} | {v.get('baseline', '')} | {tol} |"
+                f"| {defense_label(r)} ({r['denoiser'] or '—'}) | {k} | {v['passed']} | {val} | "
+                f"{v.get('baseline', '')} | {tol} |"
             )
     lines += paired_lines(
         every,

@@ -224,7 +224,10 @@ def sanity_checks(
 
 # ------------------------------------------------------------------------------------------ formatting
 def cell(acc: dict, mark: str = "") -> str:
-    return f"{acc['correct']}/{acc['total']} = {100 * acc['value']:.0f}%{mark} [{100 * acc['low']:.0f}, {100 * acc['high']:.0f}]"
+    return (
+        f"{acc['correct']}/{acc['total']} = {100 * acc['value']:.0f}%{mark} "
+        f"[{100 * acc['low']:.0f}, {100 * acc['high']:.0f}]"
+    )
 
 
 def pct(v: float) -> str:
@@ -312,7 +315,7 @@ def main(argv=None) -> dict:
     }
     agree = {}
     for m in fixed:
-        for s, (x, y) in sets.items():
+        for s, (x, _y) in sets.items():
             agree[f"{m}/{s}"] = nearest_neighbour_agreement(logits[(m, s)], x, x_tr, y_tr).agreement
             if s == "train":
                 agree[f"{m}/{s} (leave-one-out 1-NN)"] = nearest_neighbour_agreement(
@@ -577,7 +580,8 @@ def render(R: dict, argv: list[str]) -> str:
 
     L.append("## The optimal DC against a certified 1-NN bound\n")
     L.append(
-        "A certified lower bound on the 1-NN rule's robust accuracy (`rdc_lib.experiments.nearest_neighbour.nn_certified_radius`: "
+        "A certified lower bound on the 1-NN rule's robust accuracy "
+        "(`rdc_lib.experiments.nearest_neighbour.nn_certified_radius`: "
         "distance to the nearest bisector between the nearest same-class training image and any other-class "
         "one, in the threat model's norm) next to the optimal DC's empirical worst case (an upper bound). "
         "If the optimal DC is a nearest-neighbour rule and the attacks are strong, the two meet.\n"

@@ -1,6 +1,7 @@
 """The exact speed-ups of the attack gradient (issue 41), switched on or off together.
 
-Each fast path gives the same values as the code before it (up to float rounding; tests/test_fast_gradients.py) and is on by default:
+Each fast path gives the same values as the code before it (up to float rounding; tests/test_fast_gradients.py) and
+is on by default:
 
 - ``EDMDenoiser.share_prefix``: a single-head FiLM denoiser evaluated for all classes computes the label-independent
   start of the network (input convolution, first block's first convolution and skip path, noise embedding) once per

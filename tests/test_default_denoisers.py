@@ -1,4 +1,5 @@
-"""The shipped default denoisers (rdc_lib.core.choices.DEFAULT_DENOISERS) and the legacy meaning of a stored denoiser "":
+"""The shipped default denoisers (rdc_lib.core.choices.DEFAULT_DENOISERS) and the legacy meaning of a stored
+denoiser "":
 one home for the mapping, every reader of `heads` follows it, stored configurations keep their meaning."""
 
 from __future__ import annotations

@@ -58,7 +58,9 @@ def images(n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(n, 1, 8, 8, generator=g) * 2 - 1, torch.tensor([0, 7, 10][:n])
 
 
-def check(den, sched, timesteps=torch.arange(T)) -> torch.Tensor:
+def check(den, sched, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+    if timesteps is None:
+        timesteps = torch.arange(T)
     x0, y = images()
     return adapter_check(den, sched, x0, y, timesteps, torch.Generator().manual_seed(2))
 

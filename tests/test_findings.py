@@ -110,7 +110,7 @@ def test_axes_are_named_and_intervals_drawn():
 
     from rdc_lib.findings.svg import SVG_RC
 
-    for doc, figures in FIGURES.items():
+    for figures in FIGURES.values():
         for name, build in figures:
             fd = build(RAW)
             with matplotlib.rc_context(SVG_RC):

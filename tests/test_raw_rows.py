@@ -1,7 +1,8 @@
 """Every raw row under docs/raw is traceable and adds up (issue 37).
 
 - Provenance: every row of every file (a JSON-lines line, a CSV row, a JSON record) carries a provenance
-  (rdc_lib.evaluation.provenance.provenance) or an explicit not-recorded marker (rdc_lib.evaluation.provenance.not_recorded).
+  (rdc_lib.evaluation.provenance.provenance) or an explicit not-recorded marker
+  (rdc_lib.evaluation.provenance.not_recorded).
 - Headline rows: every count and rate agrees with the row's per-image outcomes (``robust_images``), and a row
   merged from shards carries one provenance its shards share.
 """
@@ -89,9 +90,12 @@ def test_the_walk_finds_a_row_without_provenance_in_each_kind_of_file(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps({"n": 3, "provenance": {"commit": "a", "dirty": False}}))
     (tmp_path / "e.json").write_text(json.dumps({"n": 3, "provenance": {**not_recorded("x"), "note": ""}}))
     assert provenance_holes(tmp_path) == [
-        "a.jsonl:2: no provenance (expected rdc_lib.evaluation.provenance.provenance(...) or an explicit not_recorded(...) marker)",
-        "b.csv:2: no provenance (expected rdc_lib.evaluation.provenance.provenance(...) or an explicit not_recorded(...) marker)",
-        "c.json.rdc: no provenance (expected rdc_lib.evaluation.provenance.provenance(...) or an explicit not_recorded(...) "
+        "a.jsonl:2: no provenance (expected rdc_lib.evaluation.provenance.provenance(...) or an explicit "
+        "not_recorded(...) marker)",
+        "b.csv:2: no provenance (expected rdc_lib.evaluation.provenance.provenance(...) or an explicit "
+        "not_recorded(...) marker)",
+        "c.json.rdc: no provenance (expected rdc_lib.evaluation.provenance.provenance(...) or an explicit "
+        "not_recorded(...) "
         "marker)",
         "d.json: provenance without checkpoints, versions, command, utc",
         "e.json: a not-recorded marker without a note",

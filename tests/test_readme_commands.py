@@ -104,16 +104,20 @@ EXCLUDED: dict[str, str] = {
     "make benchmarks": "about 20 minutes of benchmarks (bench_autoattack alone about 15)",
     "conda env create -f environment.yml": "needs conda and the network; tests/test_env.py keeps environment.yml in "
     "sync with pyproject.toml",
-    'pip install -e ".[dev,lab,slurm,diffusers]"': "part of make's set-up, already done (it would rewrite the environment)",
+    'pip install -e ".[dev,lab,slurm,diffusers]"': "part of make's set-up, already done "
+    "(it would rewrite the environment)",
     "rdc train --heads multi --out data/checkpoints/digits_multi.safetensors": "trains a denoiser from scratch "
     "(tens of minutes on a CPU)",
     "rdc train-baseline --kind at-cnn --out data/checkpoints/digits_at_cnn.safetensors": "adversarial training of "
     "the CNN (minutes)",
-    "rdc eval --defense rdc --attack apgd-ce --norm linf --eps 0.1 --n 64 --timesteps 16 --json": "an adaptive attack through RDC on 64 images: most of an hour on a CPU",
-    "rdc import-edm edm-cifar10-32x32-cond-vp.pkl data/checkpoints/edm-cifar10-32x32-cond-vp.safetensors": "needs NVlabs' EDM pickle (a download); tests/test_edm_import.py imports a pickle of the same format",
+    "rdc eval --defense rdc --attack apgd-ce --norm linf --eps 0.1 --n 64 --timesteps 16 --json": "an adaptive "
+    "attack through RDC on 64 images: most of an hour on a CPU",
+    "rdc import-edm edm-cifar10-32x32-cond-vp.pkl data/checkpoints/edm-cifar10-32x32-cond-vp.safetensors": "needs "
+    "NVlabs' EDM pickle (a download); tests/test_edm_import.py imports a pickle of the same format",
     "rdc report runs/sweeps/digits_eps/results.sqlite": "needs the finished sweep (its dc cells take minutes each); "
     "tests/test_sweep.py runs rdc report on a real store",
-    "rdc run-notebooks --out runs/latest [--params notebooks/params/small.yaml]": f"what `make run` runs; {SMALL_RUN} runs it (the Makefile check below holds the two together)",
+    "rdc run-notebooks --out runs/latest [--params notebooks/params/small.yaml]": f"what `make run` runs; "
+    f"{SMALL_RUN} runs it (the Makefile check below holds the two together)",
     "rdc eval --defense rdc --attack apgd-ce --eot 3 --verify 4 --n-eval 10 ...": "arguments elided ('...')",
     "rdc eval ... --json": "arguments elided ('...')",
     "rdc certify ... --json": "arguments elided ('...')",
@@ -131,8 +135,10 @@ EXCLUDED: dict[str, str] = {
     "rdc certify --json on a few images",
     "rdc train --arch film --heads single --batch-size 256 --out OUT.safetensors": "trains a denoiser from scratch "
     "(tens of minutes on a CPU)",
-    "rdc eval --defense dc --denoiser digits_multi_h32_distill --attack autoattack --noise-mode fixed --T 16 --json": "the AutoAttack-style ensemble on 64 images with its sanity checks: tens of minutes on a CPU",
-    "rdc eval --defense cnn --attack pgd --records DIR --restart": "a placeholder (DIR); tests/test_stored_state.py runs it",
+    "rdc eval --defense dc --denoiser digits_multi_h32_distill --attack autoattack --noise-mode fixed --T 16 "
+    "--json": "the AutoAttack-style ensemble on 64 images with its sanity checks: tens of minutes on a CPU",
+    "rdc eval --defense cnn --attack pgd --records DIR --restart": "a placeholder (DIR); "
+    "tests/test_stored_state.py runs it",
     "rdc train --out OUT.safetensors --restart": "trains a denoiser; tests/test_stored_state.py runs it",
     "rdc sweep SWEEP.yaml --restart-store": "a placeholder (SWEEP.yaml); tests/test_stored_state.py runs it",
     "rdc sweep SWEEP.yaml --retry-failed": "a placeholder (SWEEP.yaml); tests/test_sweep.py runs it",
@@ -202,7 +208,8 @@ def _refuse_installs(command: str, root: Path, env: dict[str, str]) -> None:
 
 def test_extraction_finds_blocks_and_inline_commands():
     text = (
-        "Run `make run` or\n`rdc eval --n\n 2` and `x = 1`, `rdc sweep`.\n\n```bash\nrdc sweep a.yaml   # runs it\n# note\n```\n"
+        "Run `make run` or\n`rdc eval --n\n 2` and `x = 1`, `rdc sweep`.\n\n"
+        "```bash\nrdc sweep a.yaml   # runs it\n# note\n```\n"
         "```yaml\nname: rdc x\n```\n"
     )
     assert extract_commands(text) == ["rdc sweep a.yaml", "make run", "rdc eval --n 2"]

@@ -1,4 +1,5 @@
-"""Every choice is made on the validation split (rdc_lib.experiments.selection): no selection script or selection sweep reads
+"""Every choice is made on the validation split (rdc_lib.experiments.selection): no selection script or selection sweep
+reads
 test images by default, and the check that says so fails on one that does."""
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def lm_small():
 
 @pytest.fixture(scope="module")
 def attack_trajs():
-    x, y = _images(2, seed=1), torch.tensor([3, 4])
+    x = _images(2, seed=1)
     out = {}
     for name, seed in (("A", 0), ("B", 1)):
         model = Linear(seed)

@@ -1,4 +1,5 @@
-"""A closed-form attack on nearest-neighbour-like classifiers (the optimal DC at small sigma; docs/paper.md section 6)."""
+"""A closed-form attack on nearest-neighbour-like classifiers (the optimal DC at small sigma; docs/paper.md
+section 6)."""
 
 from __future__ import annotations
 

@@ -28,8 +28,8 @@ gives plain PGD.
 
 The uniform cases (``aggregation='mean'``, T = inf without top_k, M = 1) are delegated to the shared
 :meth:`AttackContext.loss_grad`, so they reproduce plain EOT bit for bit. In the selective case, early stopping
-means that the *weighted* logits are misclassified (close to "some of the M draws fail"); the ensemble's verification forward
-(one fresh draw) and an N-evaluation (``n_eval`` in rdc_lib.evaluation) remain the judges of robustness.
+means that the *weighted* logits are misclassified (close to "some of the M draws fail"); the ensemble's verification
+forward (one fresh draw) and an N-evaluation (``n_eval`` in rdc_lib.evaluation) remain the judges of robustness.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ class CertifyConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         check_choice("heads", self.heads, HEADS)
         if not self.denoiser:
-            # stored records with denoiser "" meant the legacy checkpoint of heads (rdc_lib.core.paths.stored_denoiser_name)
+            # stored records with denoiser "" meant the legacy checkpoint of heads
+            # (rdc_lib.core.paths.stored_denoiser_name)
             object.__setattr__(self, "denoiser", default_denoiser(self.heads))
         if self.posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {self.posterior!r}; valid choices: {', '.join(POSTERIORS)}")

@@ -152,7 +152,8 @@ def denoiser_note(path: str | Path) -> str:
     for heads, old in LEGACY_DENOISERS.items():
         if name == old:
             return (
-                f"{name}: the retired {heads}-head default, kept for comparison (rdc_lib.core.choices.LEGACY_DENOISERS; "
+                f"{name}: the retired {heads}-head default, kept for comparison "
+                "(rdc_lib.core.choices.LEGACY_DENOISERS; "
                 f"today's is {DEFAULT_DENOISERS[heads]}; {where})"
             )
     shipped = name in shipped_checkpoints()

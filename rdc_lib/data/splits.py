@@ -1,8 +1,8 @@
 """The validation split: a fixed, seeded, class-stratified subset of a dataset's training split.
 
 Every choice (a denoiser, a grid's sigma_min, an EOT size, an LM radius) is made on these images, never on the
-test images (rdc_lib.experiments.selection). ``rdc train --exclude-val`` trains without them; the shipped checkpoints were
-trained on the full training split (data/README.md), so for those the validation images are held out from the
+test images (rdc_lib.experiments.selection). ``rdc train --exclude-val`` trains without them; the shipped checkpoints
+were trained on the full training split (data/README.md), so for those the validation images are held out from the
 choices only, not from the denoiser weights.
 """
 

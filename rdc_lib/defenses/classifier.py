@@ -9,9 +9,9 @@ Randomness is owned by the module (never the global RNG):
   from ``seed``: the classifier is then a deterministic function an attacker can differentiate exactly.
 
 Gradients w.r.t. the input (``backward_mode``, one of ``rdc_lib.core.choices.BACKWARD_MODES``; not to be
-confused with RDC's ``grad_mode``, the attacker's gradient through LM): ``backward_mode="chunked"`` (default) runs the forward without storing
-activations and recomputes them chunk by chunk in the backward pass, so peak memory does not grow
-with K x T; when a single chunk holds every level (small inputs: the recomputation would hold the
+confused with RDC's ``grad_mode``, the attacker's gradient through LM): ``backward_mode="chunked"`` (default) runs the
+forward without storing activations and recomputes them chunk by chunk in the backward pass, so peak memory does not
+grow with K x T; when a single chunk holds every level (small inputs: the recomputation would hold the
 same activations at once), the chunked mode keeps the forward's graph instead and saves the extra
 forward (same gradient, same peak memory). ``backward_mode="autograd"`` always keeps the plain graph
 (reference for tests).

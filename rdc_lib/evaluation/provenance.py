@@ -166,7 +166,10 @@ def provenance_problem(row: dict) -> str:
     or an explicit not-recorded marker with a note): missing, or missing fields."""
     prov = row.get("provenance") if isinstance(row, dict) else None
     if not isinstance(prov, dict) or not prov:
-        return "no provenance (expected rdc_lib.evaluation.provenance.provenance(...) or an explicit not_recorded(...) marker)"
+        return (
+            "no provenance (expected rdc_lib.evaluation.provenance.provenance(...) or an explicit "
+            "not_recorded(...) marker)"
+        )
     if prov.get("backfilled"):
         return ""
     missing = [k for k in PROVENANCE_KEYS if k not in prov]

@@ -3,7 +3,8 @@
 ``run_notebooks(out_dir)`` runs ``notebooks/[0-9][0-9]_*.ipynb`` in name order, each in a fresh
 kernel whose cwd is the notebooks folder, and writes into ``out_dir``::
 
-    <out>/<name>.ipynb          the executed notebook (rdc_lib.jobs.papermill_runner: <name>.part.ipynb, then os.replace)
+    <out>/<name>.ipynb          the executed notebook (rdc_lib.jobs.papermill_runner: <name>.part.ipynb, then
+                                os.replace)
     <out>/<name>/results.json   the notebook's results (its ``result_dir`` parameter is set to <out>/<name>)
     <out>/summary.json          one row per notebook: status, seconds, key results, error
     <out>/summary.md            the same as a markdown table

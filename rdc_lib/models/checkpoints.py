@@ -93,7 +93,8 @@ def load_state_into(module: nn.Module, state: dict[str, torch.Tensor], source: s
         if wrong:
             k = wrong[0]
             parts.append(
-                f"{len(wrong)} with wrong shapes (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+                f"{len(wrong)} with wrong shapes "
+                f"(e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
             )
         raise ValueError(f"checkpoint {source} does not match the architecture: " + "; ".join(parts))
     module.load_state_dict(state)

@@ -5,8 +5,8 @@ scheduler (linear betas 1e-4 .. 0.02, 1,000 steps), uniform integer timesteps, t
 output and its ``prediction_type`` target, label dropout to a null label (``num_class_embeds = K + 1``, label K
 is the unconditional model), an EMA of the weights. Images are trained in diffusers' range [-1, 1] (x' = 2x - 1
 of the project's [0, 1] images). The result is written with ``save_pretrained`` (safetensors + config JSON) as
-a pipeline folder ``out/unet`` + ``out/scheduler``, which :func:`rdc_lib.models.diffusers_adapter.load_diffusers_denoiser`
-reads. Needs the ``diffusers`` extra.
+a pipeline folder ``out/unet`` + ``out/scheduler``, which
+:func:`rdc_lib.models.diffusers_adapter.load_diffusers_denoiser` reads. Needs the ``diffusers`` extra.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Turn a sweep store into tables (markdown / CSV / HTML) and a plotly figure of robust accuracy vs eps.
 
 Every number keeps its attack's protocol label (``protocol``: "full ensemble", or e.g. "APGD-CE only: an
-upper bound", from rdc_lib.attacks.registry.protocol_label) and its sanity-check status: a result's ``trusted`` flag (``rdc_lib.evaluation`` sets it
-from its ``checks`` dict, ``{name: {"passed": bool, ...}}``) becomes ``yes`` / ``NO`` / ``-`` (no checks)
-in the tables, and untrusted points are drawn with an open ``x`` marker. A mean over seeds is trusted
+upper bound", from rdc_lib.attacks.registry.protocol_label) and its sanity-check status: a result's ``trusted`` flag
+(``rdc_lib.evaluation`` sets it from its ``checks`` dict, ``{name: {"passed": bool, ...}}``) becomes ``yes`` / ``NO`` /
+``-`` (no checks) in the tables, and untrusted points are drawn with an open ``x`` marker. A mean over seeds is trusted
 only if every seed's result is.
 """
 

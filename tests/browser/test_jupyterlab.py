@@ -19,8 +19,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from .conftest import LabServer
 
 pytestmark = pytest.mark.browser
 
