@@ -34,6 +34,7 @@ from rdc_lib.core.choices import DEFAULT_DENOISERS
 from rdc_lib.core.paths import resolve_checkpoint
 from rdc_lib.data import load_dataset
 from rdc_lib.defenses.registry import DefenseSpec, build_defense
+from rdc_lib.evaluation.provenance import provenance
 from rdc_lib.fast_paths import set_fast_paths
 from rdc_lib.models.checkpoints import read_checkpoint
 
@@ -233,9 +234,17 @@ def main(argv: list[str] | None = None) -> None:
             f"batch {best['best_batch']}, fast paths on)"
         )
     if args.json:
+        prov = provenance([resolve_checkpoint(name) for name in args.denoisers])
         Path(args.json).write_text(
             json.dumps(
-                {"rows": rows, "mix": mix, "load_before": load_before, "load_after": load_after, "args": vars(args)},
+                {
+                    "rows": rows,
+                    "mix": mix,
+                    "load_before": load_before,
+                    "load_after": load_after,
+                    "args": vars(args),
+                    "provenance": prov,
+                },
                 indent=1,
             )
             + "\n"

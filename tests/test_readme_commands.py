@@ -92,6 +92,7 @@ RUN: dict[str, Run] = {
         variants=("rdc sweep examples/sweeps/digits_eps.yaml --status",), expect=('"total": 12', '"pending": 12')
     ),
     "make docs": Run(),
+    "make lint": Run(),
     ".venv/bin/python benchmarks/regenerate_docs.py": Run(),
 }
 
@@ -313,6 +314,8 @@ def _docs_rule(command: str) -> str | None:
         return "compares denoisers on 200 test images: about a minute of one core (the doc gives its figures)"
     if "benchmarks/bench_dc_cost.py" in command:
         return "times attack gradients of several denoisers: minutes of one core (the doc gives its figures)"
+    if "benchmarks/bench_grad_cost.py" in command:
+        return "times old against new attack gradients of both defaults: minutes of one core (the doc gives them)"
     if words[:2] == ["rdc", "certify"]:
         return "certification of many images with 1,100 draws each: minutes to hours on a CPU (arguments parsed)"
     if words[:2] == ["rdc", "train"]:
