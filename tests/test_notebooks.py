@@ -268,6 +268,37 @@ def test_results_content(run):
     assert 0 <= r7["key_results"]["dc_acc"] <= 1 and len(r7["class_gap"]["gap"]) == len(r7["class_gap"]["sigmas"])
 
 
+def _nbval(good: Path, bad: Path, tmp_path: Path) -> tuple[list[str], subprocess.CompletedProcess]:
+    """nbval over the notebooks ``good`` and ``bad`` (in ``tmp_path``): the failed test cases, sorted, and the run."""
+    report = tmp_path / "nbval.xml"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(tmp_path),
+        "--nbval-lax",
+        "--nbval-current-env",
+        "--nbval-sanitize-with",
+        str(SANITIZE),
+        f"--nbval-cell-timeout={CELL_TIMEOUT}",
+        f"--junitxml={report}",
+        str(good),
+        str(bad),
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    cases = ET.parse(report).getroot().iter("testcase")
+    failed = sorted(
+        (c.get("classname", "") + "::" + c.get("name", ""))
+        for c in cases
+        if c.find("failure") is not None or c.find("error") is not None
+    )
+    return failed, proc
+
+
 @pytest.mark.parametrize(
     "stem, marker, n_checked",
     [("01_bayes_rule_classification", "correct:", 2), ("07_bring_your_own_model", "max abs difference", 1)],
@@ -291,32 +322,7 @@ def test_nbval_checks_the_seeded_output(run, tmp_path, stem, marker, n_checked):
     for cell in code[checked[0] + 1 :]:  # later cells cannot affect the checked one: skip them in the copy
         cell.source = "# NBVAL_SKIP\n" + cell.source
     nbformat.write(nb, bad)
-    report = tmp_path / "nbval.xml"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--rootdir",
-        str(tmp_path),
-        "--nbval-lax",
-        "--nbval-current-env",
-        "--nbval-sanitize-with",
-        str(SANITIZE),
-        f"--nbval-cell-timeout={CELL_TIMEOUT}",
-        f"--junitxml={report}",
-        str(good),
-        str(bad),
-    ]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    cases = ET.parse(report).getroot().iter("testcase")
-    failed = sorted(
-        (c.get("classname", "") + "::" + c.get("name", ""))
-        for c in cases
-        if c.find("failure") is not None or c.find("error") is not None
-    )
+    failed, proc = _nbval(good, bad, tmp_path)
     assert len(failed) == 1 and f"nb{stem[:2]}_bad" in failed[0], f"nbval result:\n{proc.stdout[-4000:]}"
     assert failed[0].endswith(f"Cell {checked[0]}"), failed
     assert proc.returncode == 1
@@ -335,32 +341,7 @@ def test_nbval_checks_the_08_findings_answer(run, tmp_path):
     stream = code[checked[0]].outputs[0]
     stream["text"] = stream["text"].replace("74.0%", "84.0%")
     nbformat.write(nb, bad)
-    report = tmp_path / "nbval.xml"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "--rootdir",
-        str(tmp_path),
-        "--nbval-lax",
-        "--nbval-current-env",
-        "--nbval-sanitize-with",
-        str(SANITIZE),
-        f"--nbval-cell-timeout={CELL_TIMEOUT}",
-        f"--junitxml={report}",
-        str(good),
-        str(bad),
-    ]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    cases = ET.parse(report).getroot().iter("testcase")
-    failed = sorted(
-        (c.get("classname", "") + "::" + c.get("name", ""))
-        for c in cases
-        if c.find("failure") is not None or c.find("error") is not None
-    )
+    failed, proc = _nbval(good, bad, tmp_path)
     assert len(failed) == 1 and "nb08_bad" in failed[0], f"nbval result:\n{proc.stdout[-4000:]}"
 
 
