@@ -28,7 +28,7 @@ import papermill as pm
 import pytest
 import yaml
 
-from rdc_lib.cli import add_run_notebooks_arguments, cli_run_notebooks
+from rdc_lib.cli import add_run_notebooks_parser, cmd_run_notebooks
 from rdc_lib.evaluation.checks import MIN_CHECK_IMAGES
 from rdc_lib.jobs import main_job
 
@@ -420,7 +420,7 @@ def test_run_records_failures_and_continues(tiny_dir, tmp_path, capsys):
     args = _cli_args(
         ["--out", str(tmp_path / "run"), "--params", str(params), "--no-progress", "--notebooks-dir", str(tiny_dir)]
     )
-    code = cli_run_notebooks(args)
+    code = cmd_run_notebooks(args)
     assert code == 1
     printed = capsys.readouterr().out
     last = json.loads(printed.strip().splitlines()[-1])
@@ -459,7 +459,7 @@ def test_cli_arguments():
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    add_run_notebooks_arguments(sub)
+    add_run_notebooks_parser(sub)
     args = parser.parse_args(
         ["run-notebooks", "--out", "d", "--params", "p.yaml", "--only", "01", "02", "-p", "T", "8"]
     )
@@ -472,5 +472,5 @@ def _cli_args(argv):
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    add_run_notebooks_arguments(sub)
+    add_run_notebooks_parser(sub)
     return parser.parse_args(["run-notebooks", *argv])

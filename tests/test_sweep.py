@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from rdc_lib.cli import add_sweep_arguments, run_sweep_command
+from rdc_lib.cli import add_sweep_parsers, cmd_report, cmd_sweep
 from rdc_lib.sweep import (
     ResultStore,
     SlurmOptions,
@@ -451,15 +451,15 @@ def test_cli_status_and_report(tmp_path, capsys, monkeypatch):
         "name: cli\nfunction: sweep_targets:fake_eval\ngrid:\n  defense: [cnn]\n  eps: [0.1, 0.2]\n"
     )
     parser = argparse.ArgumentParser()
-    add_sweep_arguments(parser.add_subparsers(dest="command"))
-    assert run_sweep_command(parser.parse_args(["sweep", "s.yaml", "--status"])) == 0
+    add_sweep_parsers(parser.add_subparsers(dest="command"))
+    assert cmd_sweep(parser.parse_args(["sweep", "s.yaml", "--status"])) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["pending"] == 2
-    assert run_sweep_command(parser.parse_args(["sweep", "s.yaml", "--workers", "0", "--no-progress"])) == 0
+    assert cmd_sweep(parser.parse_args(["sweep", "s.yaml", "--workers", "0", "--no-progress"])) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["done"] == 2
-    assert run_sweep_command(parser.parse_args(["report", "runs/sweeps/cli/results.sqlite"])) == 0
+    assert cmd_report(parser.parse_args(["report", "runs/sweeps/cli/results.sqlite"])) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["done"] == 2
     (tmp_path / "bad.yaml").write_text("function: sweep_targets:fake_eval\ngrid:\n  defenze: [cnn]\n")
-    assert run_sweep_command(parser.parse_args(["sweep", "bad.yaml", "--status"])) == 2
+    assert cmd_sweep(parser.parse_args(["sweep", "bad.yaml", "--status"])) == 2
     assert "line 3" in capsys.readouterr().err
 
 

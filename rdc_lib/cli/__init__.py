@@ -1,22 +1,20 @@
-"""The ``rdc`` command line: ``main`` parses and dispatches (``rdc_lib.cli.main``); ``rdc train`` lives in
-``rdc_lib.cli.train``. ``python -m rdc_lib.cli`` runs the same entry point."""
+"""The ``rdc`` command line: ``main`` parses and dispatches (``rdc_lib.cli.main``); each command family has its
+module here (``add_<command>_parser`` adds its flags, ``cmd_<command>`` runs it). ``python -m rdc_lib.cli`` runs
+the same entry point."""
 
-from .main import (
-    add_run_notebooks_arguments,
-    add_sweep_arguments,
-    build_parser,
-    cli_run_notebooks,
-    eval_config,
-    main,
-    run_sweep_command,
-)
+from .evaluate import eval_config
+from .main import COMMANDS, build_parser, main
+from .notebooks import add_run_notebooks_parser, cmd_run_notebooks
+from .sweep import add_sweep_parsers, cmd_report, cmd_sweep
 
 __all__ = [
-    "add_run_notebooks_arguments",
-    "add_sweep_arguments",
+    "COMMANDS",
+    "add_run_notebooks_parser",
+    "add_sweep_parsers",
     "build_parser",
-    "cli_run_notebooks",
+    "cmd_report",
+    "cmd_run_notebooks",
+    "cmd_sweep",
     "eval_config",
     "main",
-    "run_sweep_command",
 ]

@@ -1,4 +1,5 @@
-"""The ``rdc train`` command's flags and the ``TrainConfig`` they make (the printing stays in rdc_lib.cli)."""
+"""The ``rdc train`` command's flags and the ``TrainConfig`` they make (rdc_lib.recipe reads them too; the handler,
+which prints, is in rdc_lib.cli.train_commands)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from dataclasses import replace
 
 from ..core.choices import DATASETS, HEADS, ROBUST_GRID_SIGMA_MIN
+from ..evaluation.runner import resolve_denoiser
 from ..models.config import default_backbone
 from ..train import TrainConfig
 
@@ -106,8 +108,6 @@ def add_train_parser(sub) -> None:
 
 def checkpoint_arg(value: str | None) -> str | None:
     """A --init-from / --distill-from value: a shipped checkpoint's name or a path -> the file's path."""
-    from ..evaluation.runner import resolve_denoiser
-
     return None if value is None else str(resolve_denoiser(value))
 
 

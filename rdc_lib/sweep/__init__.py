@@ -17,7 +17,7 @@ only) and end with::
 
 ``result`` being a JSON-able dict. The executed notebook is kept in the same folder (``notebook.ipynb``).
 
-The ``rdc sweep`` and ``rdc report`` commands are in rdc_lib/cli/main.py.
+The ``rdc sweep`` and ``rdc report`` commands are in rdc_lib/cli/sweep.py.
 """
 
 from __future__ import annotations
