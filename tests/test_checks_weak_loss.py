@@ -19,7 +19,8 @@ from rdc_lib.core.paths import checkpoint_path
 from rdc_lib.data import load_dataset
 from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.evaluation import EvalConfig
-from rdc_lib.evaluation.checks import cross_loss_attacks, skipped_checks
+from rdc_lib.evaluation.checks import skipped_checks
+from rdc_lib.evaluation.standalone_checks import cross_loss_attacks
 
 from .test_checks_fail import N, _assert_fails, _Backward, _cnn, _printed, _run
 

@@ -8,7 +8,8 @@ from rdc_lib.core.paths import checkpoint_path
 from rdc_lib.data import load_dataset
 from rdc_lib.defenses.baselines import load_classifier
 from rdc_lib.evaluation import EvalConfig, evaluate, wilson
-from rdc_lib.evaluation.checks import gradients_check, run_sanity_checks
+from rdc_lib.evaluation.checks import run_sanity_checks
+from rdc_lib.evaluation.standalone_checks import gradients_check
 
 
 def test_wilson_interval():
