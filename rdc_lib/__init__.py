@@ -101,7 +101,7 @@ PUBLIC: dict[str, str] = {
     "denoise_across_sigmas": "rdc_lib.experiments.analysis:denoise_across_sigmas",
     "image_grid_figure": "rdc_lib.viz.core:image_grid_figure",
     "lm_explorer": "rdc_lib.viz.widgets:lm_explorer",
-    "posterior_figure": "rdc_lib.viz.core:posterior_figure",
+    "posterior_figure": "rdc_lib.viz.bayes:posterior_figure",
     "show_explorer": "rdc_lib.viz.widgets:show_explorer",
     # seeded randomness
     "make_generator": "rdc_lib.core.utils:make_generator",

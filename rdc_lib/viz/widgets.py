@@ -3,8 +3,8 @@
 An explorer is a plotly ``FigureWidget`` driven by two controls, named as the browser test expects
 (tests/browser/test_jupyterlab.py): an ``IntSlider`` with description ``'step'`` and a ``Dropdown``
 with description ``'example'``; optional extra controls ("knobs") recompute the data. The figure
-comes from a pure builder of :mod:`rdc_lib.viz.core` called with (example, step); on every change
-the new figure's trace data are copied into the widget in one batch update, so the builder stays
+comes from a pure builder (:mod:`rdc_lib.viz.lm`, :mod:`rdc_lib.viz.attacks`) called with (example, step);
+on every change the new figure's trace data are copied into the widget in one batch update, so the builder stays
 the only place that knows how to draw.
 
 Without a frontend (papermill, nbval, ``interactive=False``) widget callbacks never fire, so
@@ -156,7 +156,7 @@ def lm_explorer(
     """
     import ipywidgets as widgets
 
-    from .core import lm_step_figure
+    from .lm import lm_step_figure
 
     state = {"lm": initial}
     cfg = initial.config
@@ -190,7 +190,7 @@ def lm_explorer(
 
 def attack_explorer(trajs: Mapping[str, Any], names: Sequence[str] | None = None) -> Explorer:
     """Explorer over attack trajectories of several models (notebook 03): 'step' = attack query, 'example' = image."""
-    from .core import attack_step_figure
+    from .attacks import attack_step_figure
 
     first = next(iter(trajs.values()))
     n = first.x.shape[0]
