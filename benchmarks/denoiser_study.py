@@ -36,10 +36,10 @@ from rdc_lib.experiments.study import (
     eval_command,
     load_study,
     measure_denoiser,
-    render_report,
     robust_config,
     robust_flags,
 )
+from rdc_lib.experiments.study_report import render_report
 from rdc_lib.findings.svg import figure_lines, figures_of, write_figures
 
 

@@ -259,8 +259,8 @@ def test_choices_match_the_library():
     from rdc_lib.attacks import NORMS as ATTACK_NORMS
     from rdc_lib.defenses.rdc import GRAD_MODES as RDC_GRAD_MODES
     from rdc_lib.diffusion.lm import LM_NORMS, LM_OPTIMIZERS
-    from rdc_lib.jobs.params import GRAD_MODES, NORMS
-    from rdc_lib.jobs.params import LM_OPTIMIZERS as NB_OPTIMIZERS
+    from rdc_lib.jobs.param_specs import GRAD_MODES, NORMS
+    from rdc_lib.jobs.param_specs import LM_OPTIMIZERS as NB_OPTIMIZERS
 
     assert set(NB_OPTIMIZERS) == set(LM_OPTIMIZERS) and set(NORMS) == set(LM_NORMS) == set(ATTACK_NORMS)
     assert set(GRAD_MODES) == set(RDC_GRAD_MODES)

@@ -14,8 +14,8 @@ from rdc_lib.experiments.study import (
     class_gap_by_sigma,
     distance_to_optimal_by_sigma,
     load_study,
-    render_report,
 )
+from rdc_lib.experiments.study_report import render_report
 from rdc_lib.models import DenoiserConfig, build_denoiser, load_denoiser, read_checkpoint, save_denoiser
 from rdc_lib.models.base import Denoiser
 from rdc_lib.models.optimal import OptimalDenoiser

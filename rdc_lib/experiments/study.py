@@ -12,10 +12,14 @@ Data in, data out (no printing); ``benchmarks/denoiser_study.py`` runs it and wr
 - ``distance_to_optimal_by_sigma``: mean squared distance between a denoiser and the closed-form optimal
   denoiser of the training set (rdc_lib/models/optimal.py) on the same noisy inputs.
 - ``measure_denoiser``: every clean measurement of one row (errors, gaps, distance, DC clean accuracy).
+- ``robust_config`` / ``eval_command`` / ``robust_flags``: the robust column, an ``rdc eval`` run per row.
+
+The report, docs/denoisers.md, is written from the rows by rdc_lib.experiments.study_report.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,41 +33,63 @@ from ..core.utils import check_images, check_labels
 from ..data import dataset_info, load_dataset
 from ..defenses.classifier import DiffusionClassifier
 from ..diffusion.schedules import make_grid, noise_levels
-from ..evaluation.provenance import mark
+from ..evaluation.records import records_paths
+from ..evaluation.runner import EvalConfig
 from ..models.base import Denoiser
 from ..models.checkpoints import load_state_into, read_typed_checkpoint
 from ..models.config import DenoiserConfig, build_denoiser
 from ..models.optimal import OptimalDenoiser
 from .theory import denoiser_error_by_sigma
 
-__all__ = ["FACTORS", "STUDY_SIGMAS", "StudyEntry", "check_study_checkpoint", "class_gap_by_sigma",
-           "distance_to_optimal_by_sigma", "load_study", "measure_denoiser"]
+__all__ = [
+    "FACTORS",
+    "STUDY_SIGMAS",
+    "StudyEntry",
+    "check_study_checkpoint",
+    "class_gap_by_sigma",
+    "distance_to_optimal_by_sigma",
+    "load_study",
+    "measure_denoiser",
+]
 
 # the factors a study row may differ in from the baseline ("baseline" is the reference row itself)
-FACTORS = ("baseline", "conditioning", "per_head_layers", "distillation", "architecture", "width",
-           "training_length", "dropout", "label_dropout", "noise_levels", "adversarial_inputs")
+FACTORS = (
+    "baseline",
+    "conditioning",
+    "per_head_layers",
+    "distillation",
+    "architecture",
+    "width",
+    "training_length",
+    "dropout",
+    "label_dropout",
+    "noise_levels",
+    "adversarial_inputs",
+)
 STUDY_SIGMAS = (0.1, 0.2, 0.4, 0.8, 1.6)  # model-space noise levels of the per-sigma columns
 
 
 @dataclass(frozen=True)
 class StudyEntry:
-    name: str               # row name, e.g. "digits_multi_h32_distill"
-    checkpoint: str         # path of the denoiser checkpoint (relative to the repository root)
-    factor: str             # one of FACTORS
-    command: str            # the `rdc train ...` command that produced the checkpoint
-    n_robust: int = 100     # images of the robust-accuracy column (the first n of the validation split; --split test)
-    note: str = ""          # what differs, in words
-    parent: str = ""        # the entry it differs from in `factor` (default: the baseline entry)
+    name: str  # row name, e.g. "digits_multi_h32_distill"
+    checkpoint: str  # path of the denoiser checkpoint (relative to the repository root)
+    factor: str  # one of FACTORS
+    command: str  # the `rdc train ...` command that produced the checkpoint
+    n_robust: int = 100  # images of the robust-accuracy column (the first n of the validation split; --split test)
+    note: str = ""  # what differs, in words
+    parent: str = ""  # the entry it differs from in `factor` (default: the baseline entry)
 
     def __post_init__(self) -> None:
         if self.factor not in FACTORS:
-            raise ValueError(f"study entry {self.name!r}: unknown factor {self.factor!r}; valid factors: "
-                             f"{', '.join(FACTORS)}")
+            raise ValueError(
+                f"study entry {self.name!r}: unknown factor {self.factor!r}; valid factors: {', '.join(FACTORS)}"
+            )
         if not self.name or not self.checkpoint or not self.command:
             raise ValueError(f"study entry {self.name!r}: name, checkpoint and command must be non-empty")
         if self.n_robust < 0:
-            raise ValueError(f"study entry {self.name!r}: n_robust must be >= 0 (0 = no robust column), "
-                             f"got {self.n_robust}")
+            raise ValueError(
+                f"study entry {self.name!r}: n_robust must be >= 0 (0 = no robust column), got {self.n_robust}"
+            )
 
 
 def load_study(config: dict[str, Any]) -> list[StudyEntry]:
@@ -81,8 +107,9 @@ def load_study(config: dict[str, Any]) -> list[StudyEntry]:
             raise ValueError(f"denoisers[{i}] must be a mapping, got {type(row).__name__}")
         unknown = sorted(set(row) - known)
         if unknown:
-            raise ValueError(f"denoisers[{i}] ({row.get('name')!r}): unknown keys {unknown}; valid keys: "
-                             f"{sorted(known)}")
+            raise ValueError(
+                f"denoisers[{i}] ({row.get('name')!r}): unknown keys {unknown}; valid keys: {sorted(known)}"
+            )
         missing = sorted({"name", "checkpoint", "factor", "command"} - set(row))
         if missing:
             raise ValueError(f"denoisers[{i}] ({row.get('name')!r}): missing keys {missing}")
@@ -95,8 +122,9 @@ def load_study(config: dict[str, Any]) -> list[StudyEntry]:
         raise ValueError("a study needs one entry with factor 'baseline' (the reference the others differ from)")
     for e in out:
         if e.parent and e.parent not in names:
-            raise ValueError(f"study entry {e.name!r}: parent {e.parent!r} is not an entry of the study "
-                             f"({', '.join(names)})")
+            raise ValueError(
+                f"study entry {e.name!r}: parent {e.parent!r} is not an entry of the study ({', '.join(names)})"
+            )
     return out
 
 
@@ -107,8 +135,9 @@ def check_study_checkpoint(path: str | Path, dataset: str = "digits", device: st
     want = (info["num_classes"], info["channels"], info["resolution"])
     got = (cfg.num_classes, cfg.img_channels, cfg.img_resolution)
     if got != want:
-        raise ValueError(f"checkpoint {path} denoises (classes, channels, resolution) = {got}; the {dataset} "
-                         f"study needs {want}")
+        raise ValueError(
+            f"checkpoint {path} denoises (classes, channels, resolution) = {got}; the {dataset} study needs {want}"
+        )
     net = build_denoiser(cfg)
     load_state_into(net, state, str(path))
     return net.to(device).eval()
@@ -117,24 +146,25 @@ def check_study_checkpoint(path: str | Path, dataset: str = "digits", device: st
 @torch.no_grad()
 def class_errors_by_sigma(
     denoiser: Denoiser,
-    x01: Tensor,                        # (B, C, H, W) clean images in [0, 1]
-    sigmas,                             # (T,) noise levels (model space)
+    x01: Tensor,  # (B, C, H, W) clean images in [0, 1]
+    sigmas,  # (T,) noise levels (model space)
     generator: torch.Generator | None = None,
     *,
-    batch: int = 64,                    # images per call
-) -> Tensor:                            # (B, K, T) mean squared error per image, class and level
+    batch: int = 64,  # images per call
+) -> Tensor:  # (B, K, T) mean squared error per image, class and level
     """Denoising error of every class-conditional model on one eps per (image, level), shared by the classes."""
     check_images(x01, channels=denoiser.img_channels, resolution=denoiser.img_resolution, name="x01")
     s = noise_levels(sigmas, x01)
-    noise = torch.randn((x01.shape[0], s.numel(), *x01.shape[1:]), generator=generator, device=x01.device,
-                        dtype=x01.dtype)
+    noise = torch.randn(
+        (x01.shape[0], s.numel(), *x01.shape[1:]), generator=generator, device=x01.device, dtype=x01.dtype
+    )
     x0 = x01 * 2 - 1
     out = []
     for i in range(0, x0.shape[0], batch):
-        xb, nb = x0[i:i + batch], noise[i:i + batch]
+        xb, nb = x0[i : i + batch], noise[i : i + batch]
         b, t = xb.shape[0], s.numel()
-        noisy = (xb.unsqueeze(1) + s.reshape(1, -1, 1, 1, 1) * nb).flatten(0, 1)        # (b * T, C, H, W)
-        den = denoiser.denoise_all(noisy, s.repeat(b))                                   # (b * T, K, C, H, W)
+        noisy = (xb.unsqueeze(1) + s.reshape(1, -1, 1, 1, 1) * nb).flatten(0, 1)  # (b * T, C, H, W)
+        den = denoiser.denoise_all(noisy, s.repeat(b))  # (b * T, K, C, H, W)
         err = ((den - xb.repeat_interleave(t, 0).unsqueeze(1)) ** 2).flatten(2).mean(-1)  # (b * T, K)
         out.append(err.reshape(b, t, -1).transpose(1, 2))
     return torch.cat(out, 0)
@@ -142,17 +172,17 @@ def class_errors_by_sigma(
 
 def class_gap_by_sigma(
     denoiser: Denoiser,
-    x01: Tensor,                        # (B, C, H, W) clean images in [0, 1]
-    y: Tensor,                          # (B,) true labels in [0, K)
-    sigmas,                             # (T,) noise levels (model space)
+    x01: Tensor,  # (B, C, H, W) clean images in [0, 1]
+    y: Tensor,  # (B,) true labels in [0, K)
+    sigmas,  # (T,) noise levels (model space)
     generator: torch.Generator | None = None,
-) -> Tensor:                            # (T,) mean over images of min_{k != y} err_k - err_y
+) -> Tensor:  # (T,) mean over images of min_{k != y} err_k - err_y
     """Class gap per level: how much better the true class denoises than the best wrong class."""
     check_labels(y, denoiser.num_classes, batch=x01.shape[0], name="y")
-    err = class_errors_by_sigma(denoiser, x01, sigmas, generator)           # (B, K, T)
+    err = class_errors_by_sigma(denoiser, x01, sigmas, generator)  # (B, K, T)
     y = y.to(err.device)
     rows = torch.arange(err.shape[0], device=err.device)
-    true = err[rows, y]                                                      # (B, T)
+    true = err[rows, y]  # (B, T)
     wrong = err.scatter(1, y.reshape(-1, 1, 1).expand(-1, 1, err.shape[2]), float("inf")).amin(1)
     return (wrong - true).mean(0)
 
@@ -161,22 +191,25 @@ def class_gap_by_sigma(
 def distance_to_optimal_by_sigma(
     denoiser: Denoiser,
     optimal: Denoiser,
-    x01: Tensor,                        # (B, C, H, W) clean images in [0, 1]
-    y: Tensor,                          # (B,) labels in [0, K]
-    sigmas,                             # (T,)
+    x01: Tensor,  # (B, C, H, W) clean images in [0, 1]
+    y: Tensor,  # (B,) labels in [0, K]
+    sigmas,  # (T,)
     generator: torch.Generator | None = None,
-) -> Tensor:                            # (T,) mean over images and pixels of (D - D*)^2, model space
+) -> Tensor:  # (T,) mean over images and pixels of (D - D*)^2, model space
     """How far a learned denoiser is from the closed-form optimal one, on the same noisy inputs."""
     check_images(x01, channels=denoiser.img_channels, resolution=denoiser.img_resolution, name="x01")
     check_labels(y, denoiser.num_classes + 1, batch=x01.shape[0], name="y")
     s = noise_levels(sigmas, x01)
-    noise = torch.randn((x01.shape[0], s.numel(), *x01.shape[1:]), generator=generator, device=x01.device,
-                        dtype=x01.dtype)
+    noise = torch.randn(
+        (x01.shape[0], s.numel(), *x01.shape[1:]), generator=generator, device=x01.device, dtype=x01.dtype
+    )
     x0 = (x01 * 2 - 1).unsqueeze(1)
     noisy = (x0 + s.reshape(1, -1, 1, 1, 1) * noise).flatten(0, 1)
     sig, lab = s.repeat(x01.shape[0]), y.to(x01.device).repeat_interleave(s.numel())
-    d = torch.cat([denoiser(noisy[i:i + 512], sig[i:i + 512], lab[i:i + 512]) for i in range(0, len(sig), 512)])
-    d_opt = torch.cat([optimal(noisy[i:i + 512], sig[i:i + 512], lab[i:i + 512]) for i in range(0, len(sig), 512)])
+    d = torch.cat([denoiser(noisy[i : i + 512], sig[i : i + 512], lab[i : i + 512]) for i in range(0, len(sig), 512)])
+    d_opt = torch.cat(
+        [optimal(noisy[i : i + 512], sig[i : i + 512], lab[i : i + 512]) for i in range(0, len(sig), 512)]
+    )
     return ((d - d_opt) ** 2).flatten(1).mean(-1).reshape(x01.shape[0], -1).mean(0)
 
 
@@ -184,12 +217,12 @@ def distance_to_optimal_by_sigma(
 def distance_to_teacher_by_sigma(
     student: Denoiser,
     teacher: Denoiser,
-    x01: Tensor,                        # (B, C, H, W) clean images in [0, 1]
-    sigmas,                             # (T,) noise levels (model space)
+    x01: Tensor,  # (B, C, H, W) clean images in [0, 1]
+    sigmas,  # (T,) noise levels (model space)
     generator: torch.Generator | None = None,
     *,
-    batch: int = 64,                    # images per call
-) -> Tensor:                            # (T,) mean over images, classes and pixels of (D_s - D_t)^2, model space
+    batch: int = 64,  # images per call
+) -> Tensor:  # (T,) mean over images, classes and pixels of (D_s - D_t)^2, model space
     """How far a (distilled) student is from its teacher over all K class-conditional outputs, on the same noisy
     inputs: what distillation can still gain, level by level."""
     for net, name in ((student, "student"), (teacher, "teacher")):
@@ -197,16 +230,17 @@ def distance_to_teacher_by_sigma(
     if student.num_classes != teacher.num_classes:
         raise ValueError(f"student has {student.num_classes} classes, the teacher {teacher.num_classes}")
     s = noise_levels(sigmas, x01)
-    noise = torch.randn((x01.shape[0], s.numel(), *x01.shape[1:]), generator=generator, device=x01.device,
-                        dtype=x01.dtype)
+    noise = torch.randn(
+        (x01.shape[0], s.numel(), *x01.shape[1:]), generator=generator, device=x01.device, dtype=x01.dtype
+    )
     x0 = x01 * 2 - 1
     total = torch.zeros(s.numel(), dtype=x01.dtype, device=x01.device)
     for i in range(0, x0.shape[0], batch):
-        xb, nb = x0[i:i + batch], noise[i:i + batch]
+        xb, nb = x0[i : i + batch], noise[i : i + batch]
         b, t = xb.shape[0], s.numel()
-        noisy = (xb.unsqueeze(1) + s.reshape(1, -1, 1, 1, 1) * nb).flatten(0, 1)        # (b * T, C, H, W)
+        noisy = (xb.unsqueeze(1) + s.reshape(1, -1, 1, 1, 1) * nb).flatten(0, 1)  # (b * T, C, H, W)
         gap = (student.denoise_all(noisy, s.repeat(b)) - teacher.denoise_all(noisy, s.repeat(b))) ** 2
-        total += gap.flatten(1).mean(-1).reshape(b, t).sum(0)                           # (T,)
+        total += gap.flatten(1).mean(-1).reshape(b, t).sum(0)  # (T,)
     return total / x0.shape[0]
 
 
@@ -215,8 +249,8 @@ def measure_denoiser(
     *,
     dataset: str = "digits",
     sigmas=STUDY_SIGMAS,
-    timesteps: int = 16,                # T of the DC
-    seed: int = 0,                      # seeds the eps draws (a fresh generator per measurement)
+    timesteps: int = 16,  # T of the DC
+    seed: int = 0,  # seeds the eps draws (a fresh generator per measurement)
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Clean measurements of one study row (JSON-able): per-sigma errors train/test, class gaps train/test,
@@ -241,7 +275,7 @@ def measure_denoiser(
     dc = DiffusionClassifier(denoiser, make_grid(timesteps), noise_mode="fixed", seed=seed).eval()
     t1 = time.perf_counter()
     with torch.no_grad():
-        pred = torch.cat([dc(x_te[i:i + 64]).argmax(1) for i in range(0, x_te.shape[0], 64)])
+        pred = torch.cat([dc(x_te[i : i + 64]).argmax(1) for i in range(0, x_te.shape[0], 64)])
     row["dc_seconds_per_image"] = (time.perf_counter() - t1) / x_te.shape[0]
     row["dc_clean_correct"], row["dc_clean_total"] = int((pred == y_te).sum()), int(y_te.numel())
     row["passes_per_image"] = dc.network_passes(1)
@@ -257,23 +291,32 @@ def entry_dict(entry: StudyEntry) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ robust column and report
 
-ROBUST_SETTINGS = dict(attack="autoattack", norm="linf", eps=0.1, steps=25, restarts=1, square_queries=500,
-                       n_target_classes=3, timesteps=16, noise_mode="fixed", chunk=5, seed=0, run_checks=False)
+ROBUST_SETTINGS = dict(
+    attack="autoattack",
+    norm="linf",
+    eps=0.1,
+    steps=25,
+    restarts=1,
+    square_queries=500,
+    n_target_classes=3,
+    timesteps=16,
+    noise_mode="fixed",
+    chunk=5,
+    seed=0,
+    run_checks=False,
+)
 
 
-def robust_config(entry: StudyEntry, heads: str, split: str = SELECTION_SPLIT, **overrides: Any):
+def robust_config(entry: StudyEntry, heads: str, split: str = SELECTION_SPLIT, **overrides: Any) -> EvalConfig:
     """The ``EvalConfig`` of an entry's robust column: DC, fixed noise, AutoAttack-style ensemble, on the first
-    ``entry.n_robust`` images of ``split`` (the validation split unless "test" is asked for: rdc_lib.experiments.selection)."""
-    from ..evaluation.runner import EvalConfig
-
+    ``entry.n_robust`` images of ``split`` (the validation split unless "test" is asked for:
+    rdc_lib.experiments.selection)."""
     settings = {**ROBUST_SETTINGS, **overrides}
     return EvalConfig(defense="dc", heads=heads, n=entry.n_robust, denoiser=entry.checkpoint, split=split, **settings)
 
 
 def eval_command(cfg, records: str) -> str:
     """The ``rdc eval`` command line that reproduces (and resumes) ``cfg``."""
-    from ..evaluation.runner import EvalConfig
-
     base = EvalConfig()
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != getattr(base, k)]
     return "rdc eval " + " ".join(flags) + f" --records {records} --json"
@@ -281,10 +324,6 @@ def eval_command(cfg, records: str) -> str:
 
 def robust_flags(cfg, records_dir: str | Path) -> list[bool]:
     """Per test image (in order), whether it stayed correctly classified: read from the evaluation's records."""
-    import json
-
-    from ..evaluation.records import records_paths
-
     jsonl, _ = records_paths(records_dir, cfg)
     recs = [json.loads(line) for line in jsonl.read_text().splitlines()[1:] if line.strip()]
     by_index = {r["index"]: bool(r["robust_first"]) for r in recs}
@@ -292,89 +331,3 @@ def robust_flags(cfg, records_dir: str | Path) -> list[bool]:
     if missing:
         raise ValueError(f"records {jsonl} lack images {missing[:5]}... of the evaluation (incomplete run)")
     return [by_index[i] for i in range(cfg.offset, cfg.offset + cfg.n)]
-
-
-def _pct(acc: dict | None) -> str:
-    if not acc or not acc.get("total"):
-        return "—"
-    return (f"{100 * acc['value']:.1f}% ({acc['correct']}/{acc['total']}, "
-            f"{100 * acc['low']:.0f}-{100 * acc['high']:.0f})")
-
-
-def _curve(values: list[float]) -> str:
-    return " / ".join(f"{v:+.4f}" if abs(v) < 0.01 else f"{v:+.3f}" for v in values)
-
-
-def render_report(rows: list[dict[str, Any]], notes: str = "") -> str:
-    """docs/denoisers.md from the raw study rows (deterministic: same rows, same text)."""
-    from ..evaluation.stats import wilson
-
-    if not rows:
-        raise ValueError("no study rows to report: run `benchmarks/denoiser_study.py run` first")
-    rows = sorted(rows, key=lambda r: (FACTORS.index(r["factor"]), r["name"]))
-    sig = rows[0]["sigmas"]
-    lines = [
-        "# Which denoiser makes a diffusion classifier robust (denoiser study)", "",
-        "Written by `benchmarks/denoiser_study.py doc` from `docs/raw/denoiser_study.jsonl` (never by hand); every "
-        "row was measured by `benchmarks/denoiser_study.py run` and each checkpoint was trained by the command in "
-        "the last table. Digits (8x8), diffusion classifier with T = "
-        f"{rows[0]['timesteps']} noise levels (paper grid), fixed noise (a deterministic white-box model). "
-        "Accuracies with counts and 95% Wilson intervals.", "",
-        "## Accuracy and cost", "",
-        "Passes: single-image network evaluations per DC call (K x T single-head, T multi-head). DC s / image: one "
-        "DC forward, one CPU thread on a shared machine under varying load (a rough guide; the passes are exact).", "",
-        "| denoiser | factor | params | passes / image | DC s / image | DC clean (360 test) | robust l_inf 0.1 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        clean = wilson(r["dc_clean_correct"], r["dc_clean_total"]).as_dict()
-        rob = r.get("robust")
-        lines.append(f"| {r['name']} | {r['factor']} | {r['params'] / 1e6:.2f}M | {r['passes_per_image']} | "
-                     f"{r['dc_seconds_per_image']:.4f} | {_pct(clean)} | {_pct(rob)}{mark(r)} |")
-    flagged = [r for r in rows if r.get("robust_flags")]
-    if len(flagged) > 1:
-        m = min(len(r["robust_flags"]) for r in flagged)
-        lines += ["", f"Paired, on the same first {m} test images (the largest set every robust row shares):", "",
-                  "| denoiser | robust l_inf 0.1, first " + str(m) + " images |", "|---|---|"]
-        for r in flagged:
-            lines.append(f"| {r['name']} | {_pct(wilson(sum(r['robust_flags'][:m]), m).as_dict())} |")
-    lines += ["", f"## Class gap per noise level (sigma = {', '.join(f'{s:g}' for s in sig)})", "",
-              "Mean over images of (smallest wrong-class denoising error) - (true-class error), model space, one "
-              "eps per image and level shared by the classes. Positive: the label helps the denoiser.", "",
-              "| denoiser | gap, test images | gap, train images |", "|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['name']} | {_curve(r['gap_test'])} | {_curve(r['gap_train'])} |")
-    lines += ["", "## Denoising error and distance to the optimal denoiser", "",
-              "True-class denoising error E(D(x + sigma eps; sigma, y) - x)^2 (model space) on train and test "
-              "images, and the mean squared distance to the closed-form optimal denoiser of the training set "
-              "(rdc_lib/models/optimal.py) on test images.", "",
-              "| denoiser | error, train | error, test | distance to optimal, test |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['name']} | {' / '.join(f'{v:.4f}' for v in r['error_train'])} | "
-                     f"{' / '.join(f'{v:.4f}' for v in r['error_test'])} | "
-                     f"{' / '.join(f'{v:.4f}' for v in r['dist_optimal_test'])} |")
-    lines += ["", "## Robust column: protocol, effort and seconds", ""]
-    lines += ["| denoiser | images | seconds (last run) | queries spent / budget | broken by |", "|---|---|---|---|---|"]
-    for r in rows:
-        rob = r.get("robust_run")
-        if not rob:
-            lines.append(f"| {r['name']} | 0 | — | — | — |")
-            continue
-        broken = ", ".join(f"{k} {v}" for k, v in rob["broken_by"].items())
-        lines.append(f"| {r['name']} | {rob['n']} | {rob['seconds']:.0f} | {rob['queries_spent']} / "
-                     f"{rob['queries_budget']} | {broken} |")
-    lines += ["", "Robust accuracy: AutoAttack-style ensemble (rdc_lib/attacks/ensemble.py), worst case per image "
-              "over APGD-CE, APGD-DLR, APGD-T and Square on the first n test images, exact gradients through the DC. "
-              "The study runs without the evaluation's sanity checks (cost); the shipped default's headline "
-              "evaluation runs them.", "", "## Commands", "",
-              "| denoiser | factor (differs from) | what | train | robust column |", "|---|---|---|---|---|"]
-    base = next((r["name"] for r in rows if r["factor"] == "baseline"), "baseline")
-    for r in rows:
-        parent = "—" if r["factor"] == "baseline" else (r.get("parent") or base)
-        lines.append(f"| {r['name']} | {r['factor']} ({parent}) | {r.get('note', '')} | "
-                     f"`{r['command']}` | `{r.get('robust_command', '—')}` |")
-    lines += ["", "Study wall time: " + ", ".join(f"{r['name']} {r['measure_seconds'] + r.get('robust_run', {}).get('seconds', 0):.0f} s"
-                                               for r in rows) + " (one CPU thread, shared machine)."]
-    if notes:
-        lines += ["", notes.rstrip()]
-    return "\n".join(lines) + "\n"
