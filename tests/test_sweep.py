@@ -34,7 +34,7 @@ from rdc_lib.sweep import (
     sweep_status,
     write_report,
 )
-from rdc_lib.sweep.engine import _gpu_cluster
+from rdc_lib.sweep.cluster import _gpu_cluster
 from rdc_lib.sweep.store import CellRecord, cell_key, code_version
 from rdc_lib.sweep.targets import parse_annotation, type_accepts
 

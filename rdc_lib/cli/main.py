@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: the command line) and run the subcommand; returns the exit code (2: bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:

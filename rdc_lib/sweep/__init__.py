@@ -22,7 +22,8 @@ The ``rdc sweep`` and ``rdc report`` commands are in rdc_lib/cli/sweep.py.
 
 from __future__ import annotations
 
-from .engine import SlurmOptions, SweepRunResult, SweepStatus, run_sweep, slurm_cluster_kwargs, sweep_status
+from .cluster import SlurmOptions, slurm_cluster_kwargs
+from .engine import SweepRunResult, SweepStatus, run_sweep, sweep_status
 from .report import Report, write_report
 from .spec import SweepSpec, SweepSpecError, load_sweep, parse_sweep
 from .store import CellRecord, ResultStore, code_version, plan_cells

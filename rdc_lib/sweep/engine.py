@@ -1,170 +1,39 @@
 """Run a sweep's cells as tasks on Dask distributed and record each result the moment it arrives.
 
-Where the cells run:
-- default: an embedded ``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)``. With GPUs
-  (``CUDA_VISIBLE_DEVICES`` or ``nvidia-smi -L``) the default is one worker per GPU, each started with
-  its own ``CUDA_VISIBLE_DEVICES`` (so a target's ``"cuda"`` is that worker's GPU; more workers than
-  GPUs share them round-robin). The ``eval`` target picks ``device="cuda"`` when its worker sees a GPU.
-- ``scheduler_address``: an existing cluster (``dask scheduler`` + ``dask worker --nthreads 1``).
-- ``slurm``: dask-jobqueue ``SLURMCluster``, one single-threaded worker per job, ``gres=gpu:N``
-  (Slurm sets ``CUDA_VISIBLE_DEVICES``), worker ``--lifetime`` below the walltime so jobs retire
-  cleanly instead of dying mid-cell. The output folder must be on a file system the jobs share; the
-  store stays with the client.
-- ``workers=0``: no Dask; cells run one by one in this process (for debugging).
+Where the cells run (rdc_lib.sweep.cluster): a local Dask cluster (one worker per GPU when there are GPUs), an
+existing scheduler, Slurm jobs, or no Dask (``workers=0``: one by one in this process).
 
 The client keeps about one cell per worker thread in flight (explicit unique task keys, ``pure=False``;
 topped up after each result), loops over ``as_completed`` and writes each outcome to the store in its
-own transaction, so a killed client loses only the cells in flight. A worker death re-runs the cell elsewhere (Dask's allowed-failures);
-a cell that keeps killing workers is recorded as failed with the ``KilledWorker`` message.
+own transaction, so a killed client loses only the cells in flight. A worker death re-runs the cell elsewhere
+(Dask's allowed-failures); a cell that keeps killing workers is recorded as failed with the ``KilledWorker``
+message.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..core.progress import progress_bar
 from ..core.stored_state import is_stored_state_error
+from .cluster import SlurmOptions, dask_client, visible_gpus
 from .execute import CellOutcome, CellTask, execute_cell, failed_outcome
 from .spec import SweepSpec
 from .store import CellRecord, PlannedCell, ResultStore, move_store_aside, plan_cells, target_id
 
-__all__ = ["SlurmOptions", "SweepRunResult", "SweepStatus", "run_sweep", "slurm_cluster_kwargs", "sweep_status",
-           "visible_gpus"]
+__all__ = ["SweepRunResult", "SweepStatus", "run_sweep", "sweep_status"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SlurmOptions:
-    """Slurm jobs for the workers (dask-jobqueue ``SLURMCluster``); one single-threaded worker per job."""
-
-    jobs: int = 1                          # worker jobs to submit
-    partition: str | None = None           # #SBATCH -p
-    account: str | None = None             # #SBATCH -A
-    cores: int = 4                         # --cpus-per-task (torch threads of the cell)
-    memory: str = "16GB"
-    walltime: str = "01:00:00"
-    gpus: int = 1                          # --gres=gpu:N per job (0: CPU jobs)
-    lifetime: str | None = None            # worker --lifetime; default: walltime - 5 min
-    lifetime_stagger: str = "2m"
-    directives: tuple[str, ...] = ()       # extra #SBATCH lines, e.g. "--constraint=a100"
-    prologue: tuple[str, ...] = ()         # shell lines before the worker, e.g. "source .venv/bin/activate"
-    log_directory: str | None = None
-    python: str | None = None              # interpreter on the nodes (default: this one)
-
-    def __post_init__(self) -> None:
-        if self.jobs < 1 or self.cores < 1 or self.gpus < 0:
-            raise ValueError(f"Slurm jobs and cores must be >= 1 and gpus >= 0, got jobs={self.jobs}, "
-                             f"cores={self.cores}, gpus={self.gpus}")
-        _walltime_minutes(self.walltime)
-
-
-def _walltime_minutes(walltime: str) -> int:
-    """Minutes of a Slurm walltime ``[D-]HH:MM:SS`` / ``HH:MM`` / ``MM``; ValueError otherwise."""
-    days, _, rest = walltime.rpartition("-") if "-" in walltime else ("0", "", walltime)
-    parts = rest.split(":")
-    try:
-        nums = [int(p) for p in parts]
-    except ValueError:
-        nums = []
-    if not 1 <= len(nums) <= 3 or not days.isdigit():
-        raise ValueError(f"walltime must look like HH:MM:SS, D-HH:MM:SS, HH:MM or MM, got {walltime!r}")
-    hours, minutes = (0, nums[0]) if len(nums) == 1 else (nums[0], nums[1])
-    return int(days) * 1440 + hours * 60 + minutes
-
-
-def slurm_cluster_kwargs(opts: SlurmOptions) -> dict[str, Any]:
-    """Translate ``SlurmOptions`` into ``dask_jobqueue.SLURMCluster`` keyword arguments."""
-    lifetime = opts.lifetime or f"{max(_walltime_minutes(opts.walltime) - 5, 1)}m"
-    directives = list(opts.directives)
-    if opts.gpus:
-        directives.append(f"--gres=gpu:{opts.gpus}")
-    prologue = [f"export OMP_NUM_THREADS={opts.cores}", *opts.prologue]
-    kwargs: dict[str, Any] = dict(
-        cores=1, processes=1,            # one worker thread: one cell at a time per job
-        job_cpu=opts.cores, memory=opts.memory, walltime=opts.walltime,
-        queue=opts.partition, account=opts.account, job_extra_directives=directives,
-        job_script_prologue=prologue,
-        worker_extra_args=["--lifetime", lifetime, "--lifetime-stagger", opts.lifetime_stagger],
-    )
-    if opts.log_directory is not None:
-        kwargs["log_directory"] = opts.log_directory
-    if opts.python is not None:
-        kwargs["python"] = opts.python
-    return kwargs
-
-
-def visible_gpus() -> list[str]:
-    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``, else []."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
-
-
-@contextmanager
-def _client(workers: int, devices: Sequence[str], *, scheduler_address: str | None, slurm: SlurmOptions | None,
-            threads: int | None, dashboard_address: str | None) -> Iterator[Any]:
-    """A Dask client on the requested cluster; closes what it started."""
-    from distributed import Client, LocalCluster
-
-    if scheduler_address is not None:
-        with Client(scheduler_address) as client:
-            yield client
-        return
-    if slurm is not None:
-        from dask_jobqueue import SLURMCluster
-
-        cluster = SLURMCluster(**slurm_cluster_kwargs(slurm))
-        cluster.scale(jobs=slurm.jobs)
-    elif devices:
-        cluster = _gpu_cluster(workers, devices, threads, dashboard_address)
-    else:
-        env = {} if threads is None else _thread_env(threads)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
-                               dashboard_address=dashboard_address or ":0", silence_logs=logging.WARNING)
-    try:
-        with Client(cluster) as client:
-            log.info("Dask dashboard: %s", client.dashboard_link)
-            yield client
-    finally:
-        cluster.close()
-
-
-def _thread_env(threads: int) -> dict[str, str]:
-    return {v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-
-
-def _gpu_cluster(workers: int, devices: Sequence[str], threads: int | None, dashboard_address: str | None) -> Any:
-    """A local cluster whose worker i runs with ``CUDA_VISIBLE_DEVICES=devices[i % len(devices)]``."""
-    from distributed import Nanny, Scheduler, SpecCluster
-    from distributed.system import MEMORY_LIMIT
-
-    specs = {}
-    for i in range(workers):
-        env = {"CUDA_VISIBLE_DEVICES": devices[i % len(devices)], **({} if threads is None else _thread_env(threads))}
-        specs[i] = {"cls": Nanny, "options": {"nthreads": 1, "env": env, "memory_limit": MEMORY_LIMIT // workers,
-                                              "dashboard": False, "silence_logs": logging.WARNING}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address or ":0"}}
-    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.WARNING)
-
-
 # --------------------------------------------------------------------------- status
+
 
 @dataclass(frozen=True)
 class SweepStatus:
@@ -209,11 +78,18 @@ def _status(cells: list[PlannedCell], statuses: dict[str, str], name: str, store
     done = sum(s == "done" for s in mine.values())
     failed = tuple(sorted(k for k, s in mine.items() if s == "failed"))
     stale = sum(1 for r in store.rows(sweep=name) if r.key not in keys)
-    return SweepStatus(total=len(cells), done=done, failed=len(failed), pending=len(cells) - done - len(failed),
-                       stale=stale, failed_keys=failed)
+    return SweepStatus(
+        total=len(cells),
+        done=done,
+        failed=len(failed),
+        pending=len(cells) - done - len(failed),
+        stale=stale,
+        failed_keys=failed,
+    )
 
 
 # --------------------------------------------------------------------------- run
+
 
 def run_sweep(
     spec: SweepSpec,
@@ -251,61 +127,109 @@ def run_sweep(
     if restart_store:
         moved = move_store_aside(spec.store)
         if moved:
-            log.warning("sweep %s: the store is kept as %s; starting a fresh one", spec.name, ", ".join(map(str, moved)))
+            log.warning(
+                "sweep %s: the store is kept as %s; starting a fresh one", spec.name, ", ".join(map(str, moved))
+            )
     with ResultStore(spec.store) as store:
         statuses = store.statuses(c.key for c in cells)
         todo = [c for c in cells if statuses.get(c.key) is None or (retry_failed and statuses[c.key] == "failed")]
-        damaged = {r.key for r in store.rows(status="failed") if is_stored_state_error(r.error)} if retry_failed else set()
-        log.info("sweep %s: %d cells, %d done, %d failed, %d to run", spec.name, len(cells),
-                 sum(s == "done" for s in statuses.values()), sum(s == "failed" for s in statuses.values()), len(todo))
+        damaged = (
+            {r.key for r in store.rows(status="failed") if is_stored_state_error(r.error)} if retry_failed else set()
+        )
+        log.info(
+            "sweep %s: %d cells, %d done, %d failed, %d to run",
+            spec.name,
+            len(cells),
+            sum(s == "done" for s in statuses.values()),
+            sum(s == "failed" for s in statuses.values()),
+            len(todo),
+        )
         outcomes: list[CellOutcome] = []
         if todo:
             local = scheduler_address is None and slurm is None
             gpus = list(devices) if devices is not None else (visible_gpus() if local else [])
             n = workers if workers is not None else (len(gpus) or min(4, os.cpu_count() or 1))
             if threads_per_cell is None:
-                threads_per_cell = slurm.cores if slurm is not None else (
-                    max(1, (os.cpu_count() or 1) // max(n, 1)) if local else None)
+                threads_per_cell = (
+                    slurm.cores
+                    if slurm is not None
+                    else (max(1, (os.cpu_count() or 1) // max(n, 1)) if local else None)
+                )
             tasks = [_task(spec, c, threads_per_cell, restart=c.key in damaged) for c in todo]
             if local and n == 0:
                 outcomes = _run_inline(spec, todo, tasks, store, progress)
             else:
-                with _client(n, gpus, scheduler_address=scheduler_address, slurm=slurm, threads=threads_per_cell,
-                             dashboard_address=dashboard_address) as client:
+                with dask_client(
+                    n,
+                    gpus,
+                    scheduler_address=scheduler_address,
+                    slurm=slurm,
+                    threads=threads_per_cell,
+                    dashboard_address=dashboard_address,
+                ) as client:
                     expected = slurm.jobs if slurm is not None else (n if local else 0)
                     outcomes = _run_dask(client, spec, todo, tasks, store, progress, expected)
         status = _status(cells, store.statuses(c.key for c in cells), spec.name, store)
     ran_done = sum(o.status == "done" for o in outcomes)
-    return SweepRunResult(status=status, ran=len(outcomes), ran_done=ran_done, ran_failed=len(outcomes) - ran_done,
-                          skipped=len(cells) - len(todo), seconds=time.perf_counter() - t0, outcomes=tuple(outcomes))
+    return SweepRunResult(
+        status=status,
+        ran=len(outcomes),
+        ran_done=ran_done,
+        ran_failed=len(outcomes) - ran_done,
+        skipped=len(cells) - len(todo),
+        seconds=time.perf_counter() - t0,
+        outcomes=tuple(outcomes),
+    )
 
 
 def _task(spec: SweepSpec, cell: PlannedCell, threads: int | None, restart: bool = False) -> CellTask:
-    return CellTask(key=cell.key, kind=spec.target_kind, target=spec.target, params=cell.params,
-                    cell_dir=str((spec.output / "cells" / cell.key[:16]).resolve()), kernel=spec.kernel,
-                    cell_timeout=spec.cell_timeout, threads=threads, restart=restart)
+    return CellTask(
+        key=cell.key,
+        kind=spec.target_kind,
+        target=spec.target,
+        params=cell.params,
+        cell_dir=str((spec.output / "cells" / cell.key[:16]).resolve()),
+        kernel=spec.kernel,
+        cell_timeout=spec.cell_timeout,
+        threads=threads,
+        restart=restart,
+    )
 
 
 def _record(store: ResultStore, spec: SweepSpec, cell: PlannedCell, outcome: CellOutcome) -> None:
-    store.record(CellRecord(
-        key=cell.key, sweep=spec.name, target=target_id(spec), params=cell.params, status=outcome.status,
-        code_version=cell.code_version, checkpoints=cell.checkpoints, finished=outcome.finished,
-        result=outcome.result, error=outcome.error, notebook=outcome.notebook, worker=outcome.worker,
-        started=outcome.started, duration=outcome.duration))
+    store.record(
+        CellRecord(
+            key=cell.key,
+            sweep=spec.name,
+            target=target_id(spec),
+            params=cell.params,
+            status=outcome.status,
+            code_version=cell.code_version,
+            checkpoints=cell.checkpoints,
+            finished=outcome.finished,
+            result=outcome.result,
+            error=outcome.error,
+            notebook=outcome.notebook,
+            worker=outcome.worker,
+            started=outcome.started,
+            duration=outcome.duration,
+        )
+    )
     if outcome.status == "failed":
-        log.warning("cell %s %s failed: %s", cell.key[:12], cell.params, ((outcome.error or "?").splitlines() or ["?"])[0])
+        log.warning(
+            "cell %s %s failed: %s", cell.key[:12], cell.params, ((outcome.error or "?").splitlines() or ["?"])[0]
+        )
     else:
         log.info("cell %s %s done in %.1f s", cell.key[:12], cell.params, outcome.duration or 0.0)
 
 
 def _progress_bar(total: int, spec: SweepSpec, enabled: bool) -> Any:
-    from ..core.progress import progress_bar
-
     return progress_bar(total, f"sweep {spec.name}", "cell", enabled=enabled)
 
 
-def _run_inline(spec: SweepSpec, cells: list[PlannedCell], tasks: list[CellTask], store: ResultStore,
-                progress: bool) -> list[CellOutcome]:
+def _run_inline(
+    spec: SweepSpec, cells: list[PlannedCell], tasks: list[CellTask], store: ResultStore, progress: bool
+) -> list[CellOutcome]:
     outcomes = []
     with _progress_bar(len(cells), spec, progress) as bar:
         for cell, task in zip(cells, tasks):
@@ -325,11 +249,18 @@ def _capacity(client: Any, expected: int) -> int:
     return max(1, expected, threads)
 
 
-def _run_dask(client: Any, spec: SweepSpec, cells: list[PlannedCell], tasks: list[CellTask], store: ResultStore,
-              progress: bool, expected_slots: int) -> list[CellOutcome]:
+def _run_dask(
+    client: Any,
+    spec: SweepSpec,
+    cells: list[PlannedCell],
+    tasks: list[CellTask],
+    store: ResultStore,
+    progress: bool,
+    expected_slots: int,
+) -> list[CellOutcome]:
     """Keep about one cell per worker thread in flight (topped up after each result), so no cell waits
     queued behind another on a busy worker, and a dying worker takes only its own cell with it."""
-    from distributed import as_completed
+    from distributed import as_completed  # about 1 s to import: only a run on Dask pays it
 
     run_id = uuid.uuid4().hex[:8]  # unique task keys: never attach to a stale task of an earlier client
     queue = list(zip(cells, tasks))[::-1]
