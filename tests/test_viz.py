@@ -1,5 +1,5 @@
-"""Figure builders (rdc_lib.viz.core), the measurements behind them (rdc_lib.experiments.analysis) and the
-explorers (rdc_lib.viz.widgets), on tiny inputs and tiny random models."""
+"""Figure builders (rdc_lib.viz), the measurements behind them (rdc_lib.experiments.analysis, .timing,
+.trajectories) and the explorers (rdc_lib.viz.widgets), on tiny inputs and tiny random models."""
 
 from __future__ import annotations
 
