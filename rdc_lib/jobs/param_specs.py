@@ -53,25 +53,25 @@ def _is_number(v: Any) -> bool:
 
 
 def _attack_names() -> tuple[str, ...]:
-    from ..attacks.registry import attack_names
+    from ..attacks.registry import attack_names  # on demand: importing this module stays torch-free
 
     return attack_names(ensemble=False, adaptive=False)
 
 
 def _eval_attack_names() -> tuple[str, ...]:
-    from ..evaluation.attacking import eval_attack_names
+    from ..evaluation.attacking import eval_attack_names  # on demand: importing this module stays torch-free
 
     return eval_attack_names()
 
 
 def _figure_names() -> tuple[str, ...]:
-    from ..findings.svg import FIGURES
+    from ..findings.svg import FIGURES  # on demand: importing this module stays torch-free
 
     return tuple(name for figures in FIGURES.values() for name, _ in figures)
 
 
 def _defense_names() -> tuple[str, ...]:
-    from ..defenses import defense_names
+    from ..defenses import defense_names  # on demand: importing this module stays torch-free
 
     return defense_names()
 

@@ -67,7 +67,7 @@ def _check_device(value: str) -> None:
         raise param_error("device", value, "'cpu', 'cuda', 'cuda:N' or 'mps'")
     if kind == "cpu":
         return
-    import torch
+    import torch  # on demand: importing this module stays torch-free
 
     available = torch.cuda.is_available() if kind == "cuda" else torch.backends.mps.is_available()
     if not available:
@@ -92,7 +92,7 @@ def _default_denoisers(values: dict[str, Any]) -> None:
         if values.get("dataset", "digits") == "digits":
             values[name] = default_denoiser(values.get("heads", heads) if name == "checkpoint" else heads)
         elif name == "checkpoint":
-            from ..defenses.presets import get_preset
+            from ..defenses.presets import get_preset  # on demand: importing this module stays torch-free
 
             values[name] = str(data_dir() / "checkpoints" / get_preset("cifar10-paper").checkpoints.classifier)
         else:
@@ -133,7 +133,7 @@ def _resolve_files(values: dict[str, Any], base: Path | None) -> None:
 
 def _check_diffusers_model(values: dict[str, Any], base: Path | None) -> None:
     """diffusers_model -> the absolute folder, checked against the digits (imported on demand)."""
-    from ..models.diffusers_adapter import inspect_diffusers_folder
+    from ..models.diffusers_adapter import inspect_diffusers_folder  # on demand: importing this module stays torch-free
 
     value = values["diffusers_model"]
     folder = resolve_path(value.removeprefix("diffusers:"), base)
@@ -160,7 +160,7 @@ def _check_raw_dir(values: dict[str, Any]) -> None:
 
 
 def _check_cifar10(values: dict[str, Any], base: Path | None) -> None:
-    from ..defenses.presets import required_files
+    from ..defenses.presets import required_files  # on demand: importing this module stays torch-free
 
     root = Path(values["data_root"]) if values.get("data_root") else resolve_path("../data/cifar10", base)
     if values.get("ckpt_dir"):
@@ -181,7 +181,7 @@ def _check_cifar10(values: dict[str, Any], base: Path | None) -> None:
 
 def _check_cifar10_defenses(values: dict[str, Any]) -> None:
     if values.get("dataset") == "cifar10" and "defenses" in values:
-        from ..defenses import defense_names
+        from ..defenses import defense_names  # on demand: importing this module stays torch-free
 
         cifar = defense_names(datasets="cifar10")
         other = [d for d in values["defenses"] if d not in cifar]
@@ -198,7 +198,7 @@ def _check_cifar10_defenses(values: dict[str, Any]) -> None:
 def _check_certify_draws(values: dict[str, Any]) -> None:
     """n_estimate must allow a non-zero radius at alpha (``rdc_lib.certify.min_draws``, imported on demand)."""
     if "n_estimate" in values and "alpha" in values:
-        from ..certify.smoothing import min_draws
+        from ..certify.smoothing import min_draws  # on demand: importing this module stays torch-free
 
         need = min_draws(values["alpha"])
         if values["n_estimate"] < need:
