@@ -244,7 +244,7 @@ def render(rows: list[dict], bench: dict | None = None) -> str:
             f"Best diffusion-based smoothed classifier at l2 radius 0.5 (every base here uses the diffusion "
             f"model){'' if full else ' (no row has >= 100 images and N >= 1,000 yet)'}: "
             f"**{_name(best)}**, certified accuracy **{_pct(best['certified']['0.5'])}** on "
-            f"{best['images']} test images with N = {best['n']} estimation draws (n0 = {best['n0']}, "
+            f"{best['images']} test images with N = {best['n_draws']} estimation draws (n0 = {best['n0']}, "
             f"alpha = {best['alpha']:g}); empirical robust accuracy of the same smoothed classifier at 0.5: "
             f"{_pct(best['empirical']['0.5']) if 'empirical' in best else 'not measured'}."
         )
@@ -273,11 +273,11 @@ def render(rows: list[dict], bench: dict | None = None) -> str:
         "",
     ]
     if bench:
-        st, br = bench["settings"], bench["rows"]
+        st, br = migrate_stored(bench["settings"]), bench["rows"]
         lines += [
             "Multi-head vs single-head, measured in one run (`docs/raw/bench_certify.json`, "
-            f"{st['n_images']} images, n0 + N = {st['n0'] + st['n']} draws, T = {st['timesteps']}, "
-            f"sigma = {st['sigma']:g}; {st['machine']}):",
+            f"{st['n_images']} images, n0 + N = {st['n0'] + st['n_draws']} draws, T = {st['timesteps']}, "
+            f"sigma = {st['pixel_sigma']:g}; {st['machine']}):",
             "",
             "| base | seconds per image | network passes per image |",
             "|---|---|---|",
