@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..attacks.neighbour import NeighbourAttack
-from ..attacks.registry import build_attack
+from ..attacks.registry import build_attack, get_attack
 from ..attacks.transfer import transfer_pgd
 from ..core.utils import check_images
 from .attacking import run_attack
@@ -106,10 +106,11 @@ def robustness_protocol(
     An entry of ``attacks`` is a key of ``precomputed`` (images verified as they are), a key of
     ``transfer_from`` (``transfer_pgd`` on that source model, margin loss, ``transfer_steps``),
     'neighbour' (:class:`NeighbourAttack`, needs ``neighbours``) or a name of
-    the attack registry (``rdc_lib.attacks.build_attack``) (gradient attacks with ``steps``/``eot``; 'square' with
-    ``square_queries``). Each runs on every clean-correct example (a standalone accuracy) unless it is
-    in ``on_survivors``. Every returned image is re-classified ``n_eval`` times; an example is robust to
-    an attack if it was correct clean and on every re-classification.
+    the attack registry (``rdc_lib.attacks.build_attack``) (gradient attacks with ``steps``/``eot``; a query-budget
+    attack, registry fact ``budget == 'queries'`` such as 'square', with ``square_queries``). Each runs on every
+    clean-correct example (a standalone accuracy) unless it is in ``on_survivors``. Every returned image is
+    re-classified ``n_eval`` times; an example is robust to an attack if it was correct clean and on every
+    re-classification.
     """
     check_images(x)
     y = y.to(x.device)
@@ -139,8 +140,8 @@ def robustness_protocol(
             atk = NeighbourAttack(
                 model, neighbours[0], neighbours[1], norm=norm, eps=eps, n_neighbours=n_neighbours, seed=seed
             )
-        elif name == "square":
-            atk = build_attack("square", model, norm=norm, eps=eps, steps=square_queries, seed=seed)
+        elif get_attack(name).budget == "queries":  # a query-budget attack (Square): square_queries, no EOT
+            atk = build_attack(name, model, norm=norm, eps=eps, steps=square_queries, seed=seed)
         else:
             atk = build_attack(name, model, norm=norm, eps=eps, steps=steps, eot=eot, seed=seed)
         return lambda m: run_attack(atk, model, x[m], y[m])[0]  # the evaluation's own attack runner

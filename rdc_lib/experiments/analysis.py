@@ -2,7 +2,7 @@
 
 Each function measures one thing the notebooks plot (docs/paper.md sections 3, 4 and 7):
 
-- :func:`repeated_logits`, :func:`logit_difference_std`, :func:`logit_spread_vs_T`: the spread of
+- :func:`repeated_logits`, :func:`logit_difference_std`, :func:`logit_spread_vs_timesteps`: the spread of
   logit differences over noise draws, against the number of levels T and shared/independent noise;
 - :func:`time_per_call`, :func:`compare_cost`: seconds per call, measured until it means something
   (repeated calls, several rounds, one thread), with network passes beside them and a flag when the
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.choices import GRID_LEVELS
+from ..core.choices import TIMESTEPS
 from ..core.utils import check_images, check_labels
 from ..defenses.classifier import DiffusionClassifier, bayes_posterior
 from ..diffusion.elbo import elbo_terms
@@ -45,7 +45,7 @@ __all__ = [
     "QueryRecorder",
     "lm_trajectories",
     "logit_difference_std",
-    "logit_spread_vs_T",
+    "logit_spread_vs_timesteps",
     "loss_surface",
     "record_attack",
     "repeated_logits",
@@ -84,28 +84,28 @@ def logit_difference_std(logits: Tensor, y: Tensor) -> Tensor:
 
 @dataclass
 class NoiseSpread:
-    """Mean std of logit differences (over images) per setting and T: ``std[setting][i]`` for ``T_list[i]``."""
+    """Mean std of logit differences (over images) per setting and T: ``std[setting][i]`` for ``timesteps_list[i]``."""
 
-    T_list: list[int]
+    timesteps_list: list[int]
     std: dict[str, list[float]]
     n_draws: int
     n_images: int
 
 
-def logit_spread_vs_T(
+def logit_spread_vs_timesteps(
     settings: dict[str, tuple[Denoiser, bool]],   # name -> (denoiser, shared_noise)
-    x: Tensor, y: Tensor, T_list: Sequence[int], n_draws: int, *, seed: int = 0,
+    x: Tensor, y: Tensor, timesteps_list: Sequence[int], n_draws: int, *, seed: int = 0,
 ) -> NoiseSpread:
     """For every setting and T: a stochastic DC (paper grid, seeded) called n_draws times; mean spread."""
     out: dict[str, list[float]] = {}
     for name, (denoiser, shared) in settings.items():
         row = []
-        for t in T_list:
+        for t in timesteps_list:
             dc = DiffusionClassifier(denoiser, make_grid(int(t)), shared_noise=shared, noise_mode="stochastic",
                                      seed=seed).eval()
             row.append(float(logit_difference_std(repeated_logits(dc, x, n_draws), y).mean()))
         out[name] = row
-    return NoiseSpread([int(t) for t in T_list], out, n_draws, x.shape[0])
+    return NoiseSpread([int(t) for t in timesteps_list], out, n_draws, x.shape[0])
 
 
 MIN_TIMING_SECONDS = 0.5   # a round repeats the call until it has run this long (timer and scheduling noise)
@@ -264,7 +264,7 @@ def lm_trajectories(
     res = likelihood_maximization(denoiser, x, noise=noise, config=config, return_trajectory=True)
     traj = res.trajectory                                                          # (N + 1, B, C, H, W)
     if grid is None:
-        grid = classifier.grid if isinstance(getattr(classifier, "grid", None), NoiseGrid) else make_grid(GRID_LEVELS)
+        grid = classifier.grid if isinstance(getattr(classifier, "grid", None), NoiseGrid) else make_grid(TIMESTEPS)
     null = torch.tensor([denoiser.null_label], device=x.device)
     eps = torch.randn((x.shape[0], 1, len(grid), *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
     bound = torch.stack([elbo_terms(denoiser, t, grid, classes=null, noise=eps).sum((1, 2)) for t in traj])
