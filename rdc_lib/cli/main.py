@@ -94,11 +94,10 @@ def _eot_flag(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--eot takes an int >= 1 or {AUTO!r}, got {text!r}") from None
 
 
-CERTIFY_FLAG_ALIASES = {"n_draws": "--n", "pixel_sigma": "--sigma", "draw_batch": "--batch"}  # rdc certify: old flags
-
-
 def _add_certify(sub) -> None:
     from ..certify.runner import CertifyConfig
+
+    aliases = {"n_draws": "--n", "pixel_sigma": "--sigma", "draw_batch": "--batch"}  # the flags before issue 38
 
     p = sub.add_parser("certify", help="randomized-smoothing certification (Cohen et al.) of a smoothed classifier, "
                                        "with the empirical robust accuracy at the same l2 radii (pixel space)")
@@ -109,8 +108,8 @@ def _add_certify(sub) -> None:
                            help="pixel-space l2 radii (images in [0, 1])")
         else:
             typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            flags = (flag, CERTIFY_FLAG_ALIASES[f.name]) if f.name in CERTIFY_FLAG_ALIASES else (flag,)
-            p.add_argument(*flags, dest=f.name, type=typ, default=f.default, help=denoiser_flags_help().get(f.name))
+            p.add_argument(flag, *([aliases[f.name]] if f.name in aliases else []), dest=f.name, type=typ,
+                           default=f.default, help=denoiser_flags_help().get(f.name))
     p.add_argument("--device", default="cpu")
     p.add_argument("--records", default=None, help="folder for per-image records (resumable)")
     p.add_argument("--threads", type=int, default=None)
