@@ -125,8 +125,11 @@ def test_parameters_cell_is_validated_by_the_next_cell(path):
         if isinstance(n, ast.Call) and re.fullmatch(r"validate\w*params", getattr(n.func, "id", ""))
     ]
     assert len(calls) == 1, "the cell after the parameters must call a validate...params function once"
-    passed = {kw.arg: kw.value for kw in calls[0].keywords}
+    passed = {kw.arg: kw.value for kw in calls[0].keywords if kw.arg != "namespace"}
     assert set(passed) == set(declared), f"not validated: {set(declared) - set(passed)}"
+    # the notebook's globals go along, so a parameter papermill injected under an old name is refused
+    namespace = [kw.value for kw in calls[0].keywords if kw.arg == "namespace"]
+    assert len(namespace) == 1 and ast.unparse(namespace[0]) == "globals()", "validate with namespace=globals()"
     assert all(isinstance(v, ast.Name) and v.id == k for k, v in passed.items())
     # the defaults themselves are valid, and run from the notebooks folder
     from rdc_lib.jobs.params import validate_params
