@@ -82,7 +82,9 @@ def test_certify_toy_halfspace_matches_closed_form():
     x = 0.1 * u / u.norm() + 0.5 * 0  # distance 0.1 to the plane, class 0
     sigma, n, alpha = 0.25, 20000, 0.001
     p_a = _phi(0.1 / sigma)
-    cert = certify(base, x, sigma, n0=100, n=n, alpha=alpha, generator=torch.Generator().manual_seed(1), batch=4096)
+    cert = certify(
+        base, x, sigma, n0=100, n=n, alpha=alpha, generator=torch.Generator().manual_seed(1), draw_batch=4096
+    )
     assert cert.prediction == 0
     assert cert.p_lower <= p_a  # a lower bound ...
     assert p_a - cert.p_lower < 4 * math.sqrt(p_a * (1 - p_a) / n) + 0.01  # ... and a tight one
@@ -90,7 +92,7 @@ def test_certify_toy_halfspace_matches_closed_form():
     assert cert.radius == pytest.approx(sigma * norm_ppf(cert.p_lower))
     assert cert.radius > 0.08
     # counts follow Binomial(n, p_A)
-    counts = sample_counts(base, x, sigma, n, generator=torch.Generator().manual_seed(2), batch=999)
+    counts = sample_counts(base, x, sigma, n, generator=torch.Generator().manual_seed(2), draw_batch=999)
     assert int(counts.sum()) == n and abs(int(counts[0]) / n - p_a) < 4 * math.sqrt(p_a * (1 - p_a) / n)
 
 

@@ -185,7 +185,7 @@ def certify_image(base: nn.Module, x: torch.Tensor, y: int, index: int, cfg: Cer
         base.reseed(_image_seed(cfg.seed, index, 0))
     gen = torch.Generator(device=dev).manual_seed(_image_seed(cfg.seed, index, 1))
     cert = certify(
-        base, x, cfg.pixel_sigma, n0=cfg.n0, n=cfg.n_draws, alpha=cfg.alpha, generator=gen, batch=cfg.draw_batch
+        base, x, cfg.pixel_sigma, n0=cfg.n0, n=cfg.n_draws, alpha=cfg.alpha, generator=gen, draw_batch=cfg.draw_batch
     )
     t_cert = time.perf_counter() - t0
     rec = {
@@ -218,7 +218,7 @@ def certify_image(base: nn.Module, x: torch.Tensor, y: int, index: int, cfg: Cer
                 cfg.pixel_sigma,
                 pred_draws=cfg.pred_draws,
                 generator=pred_gen,
-                batch=cfg.draw_batch,
+                draw_batch=cfg.draw_batch,
             )[0]
         rec["empirical"] = emp
     rec["seconds"] = time.perf_counter() - t0

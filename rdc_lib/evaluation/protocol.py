@@ -99,7 +99,7 @@ def robustness_protocol(
     n_neighbours: int = 8,
     precomputed: dict[str, Tensor] | None = None,  # name -> (N, C, H, W) adversarial images to verify
     on_survivors: tuple[str, ...] = (),  # run these only on examples still robust to every earlier attack
-    batch: int = 100,
+    batch_size: int = 100,  # rows per network call
 ) -> ProtocolResult:
     """Every attack of the protocol on one model, one image set and one threat model.
 
@@ -120,7 +120,7 @@ def robustness_protocol(
     unknown = [n for n in on_survivors if n not in attacks]
     if unknown:
         raise ValueError(f"on_survivors names {unknown}, which are not in attacks {list(attacks)}")
-    clean_correct = correct_all(model, x, y, 1, batch)
+    clean_correct = correct_all(model, x, y, 1, batch_size)
     robust: dict[str, Tensor] = {}
     images: dict[str, Tensor] = {}
     seconds: dict[str, float] = {}
@@ -157,7 +157,7 @@ def robustness_protocol(
         flags = torch.zeros_like(clean_correct)
         if todo.any():
             x_adv[todo] = make(todo).detach().to(x.dtype)
-            flags[todo] = correct_all(model, x_adv[todo], y[todo], n_eval, batch)
+            flags[todo] = correct_all(model, x_adv[todo], y[todo], n_eval, batch_size)
         robust[name], images[name] = flags, x_adv
         seconds[name] = time.perf_counter() - start
     return ProtocolResult(

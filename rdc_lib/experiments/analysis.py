@@ -372,7 +372,7 @@ class LossSurface:
 
 def loss_surface(
     model: Callable[[Tensor], Tensor], x: Tensor, y: int, *, radius: float, points: int,
-    generator: torch.Generator | None = None, batch: int = 64,
+    generator: torch.Generator | None = None, batch_size: int = 64,
 ) -> LossSurface:
     """Loss landscape around one image x (1, C, H, W) in [0, 1] with label y (Athalye et al. 2018 style).
 
@@ -395,8 +395,8 @@ def loss_surface(
     grid = (x + aa.reshape(-1, 1, 1, 1) * d_grad + bb.reshape(-1, 1, 1, 1) * d_rand).clamp(0.0, 1.0)
     losses, correct = [], []
     with torch.no_grad():
-        for start in range(0, grid.shape[0], batch):
-            logits = model(grid[start:start + batch])
+        for start in range(0, grid.shape[0], batch_size):
+            logits = model(grid[start:start + batch_size])
             lab = label.expand(logits.shape[0])
             losses.append(F.cross_entropy(logits, lab, reduction="none"))
             correct.append(logits.argmax(1) == lab)
