@@ -39,14 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     common = dict(
-        sigma=args.sigma,
+        pixel_sigma=args.sigma,
         n_images=args.n_images,
         n0=args.n0,
-        n=args.n,
+        n_draws=args.n,
         alpha=0.001,
         timesteps=args.T,
         attack_steps=0,
-        batch=args.n0 + args.n,
+        draw_batch=args.n0 + args.n,
     )
     rows, provs = {}, []
     # multi- vs single-head cost of the same U-Net: digits_multi / digits_single by name (the defaults of heads

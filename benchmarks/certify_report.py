@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.certify.runner import CertifyConfig, consistency, run_certify
+from rdc_lib.certify.runner import CertifyConfig, consistency, migrate_stored, run_certify
 from rdc_lib.core.choices import LEGACY_DENOISERS
 from rdc_lib.evaluation.provenance import certify_provenance, mark
 from rdc_lib.findings.svg import figure_lines, figures_of, write_figures
@@ -54,10 +54,10 @@ def _configs(args: argparse.Namespace) -> list[CertifyConfig]:
         out.append(
             CertifyConfig(
                 base=base,
-                sigma=sigma,
+                pixel_sigma=sigma,
                 n_images=args.n_images,
                 n0=args.n0,
-                n=args.n,
+                n_draws=args.n,
                 alpha=args.alpha,
                 seed=args.seed,
                 timesteps=args.timesteps,
@@ -164,7 +164,9 @@ single-head one; denoised smoothing needs one.
 
 def render(rows: list[dict], bench: dict | None = None) -> str:
     """docs/certified.md from raw rows (deterministic)."""
-    rows = sorted(rows, key=lambda r: (r["sigma"], r["base"], r.get("posterior", ""), r["key"]))
+    rows = sorted(
+        map(migrate_stored, rows), key=lambda r: (r["pixel_sigma"], r["base"], r.get("posterior", ""), r["key"])
+    )
     radii = sorted({float(r_) for row in rows for r_ in row["certified"]})
     keys = [f"{r:g}" for r in radii]
     lines = [
@@ -211,7 +213,7 @@ def render(rows: list[dict], bench: dict | None = None) -> str:
         else:
             ok = "n/a"
         lines.append(
-            f"| {name} | {row['sigma']:g} | {row['images']} | {row['n']} | {row['alpha']:g} | "
+            f"| {name} | {row['pixel_sigma']:g} | {row['images']} | {row['n_draws']} | {row['alpha']:g} | "
             f"{100 * row['abstain_rate']:.0f}% | " + " | ".join(cells) + f"{mark(row)} | {ok} |"
         )
     lines += [
@@ -229,24 +231,26 @@ def render(rows: list[dict], bench: dict | None = None) -> str:
         if "violations" in row:
             name = _name(row)
             lines.append(
-                f"| {name} | {row['sigma']:g} | " + " | ".join(str(row["violations"].get(k, "")) for k in keys) + " |"
+                f"| {name} | {row['pixel_sigma']:g} | "
+                + " | ".join(str(row["violations"].get(k, "")) for k in keys)
+                + " |"
             )
     lines += ["", "## Headline: radius 0.5", ""]
     at_half = [r for r in rows if "0.5" in r["certified"]]
-    full = [r for r in at_half if r["images"] >= 100 and r["n"] >= 1000]  # the issue's bar for the headline
+    full = [r for r in at_half if r["images"] >= 100 and r["n_draws"] >= 1000]  # the issue's bar for the headline
     if at_half:
         best = max(full or at_half, key=lambda r: (r["certified"]["0.5"]["value"], -r["seconds_per_image"]))
         lines.append(
             f"Best diffusion-based smoothed classifier at l2 radius 0.5 (every base here uses the diffusion "
             f"model){'' if full else ' (no row has >= 100 images and N >= 1,000 yet)'}: "
             f"**{_name(best)}**, certified accuracy **{_pct(best['certified']['0.5'])}** on "
-            f"{best['images']} test images with N = {best['n']} estimation draws (n0 = {best['n0']}, "
+            f"{best['images']} test images with N = {best['n_draws']} estimation draws (n0 = {best['n0']}, "
             f"alpha = {best['alpha']:g}); empirical robust accuracy of the same smoothed classifier at 0.5: "
             f"{_pct(best['empirical']['0.5']) if 'empirical' in best else 'not measured'}."
         )
         others = [r for r in full if r is not best]
         for r in others:
-            lines.append(f"- {_name(r)}: {_pct(r['certified']['0.5'])} ({r['images']} images, N = {r['n']}).")
+            lines.append(f"- {_name(r)}: {_pct(r['certified']['0.5'])} ({r['images']} images, N = {r['n_draws']}).")
     lines += [
         "",
         "## Cost per certified image",
@@ -257,7 +261,7 @@ def render(rows: list[dict], bench: dict | None = None) -> str:
     for row in rows:
         name = _name(row)
         lines.append(
-            f"| {name} | {row['sigma']:g} | {row['draws_per_image']} | {row['passes_per_image']:.0f} | "
+            f"| {name} | {row['pixel_sigma']:g} | {row['draws_per_image']} | {row['passes_per_image']:.0f} | "
             f"{row['seconds_per_image']:.2f} | {row.get('machine', '')} |"
         )
     lines += [
@@ -269,11 +273,11 @@ def render(rows: list[dict], bench: dict | None = None) -> str:
         "",
     ]
     if bench:
-        st, br = bench["settings"], bench["rows"]
+        st, br = migrate_stored(bench["settings"]), bench["rows"]
         lines += [
             "Multi-head vs single-head, measured in one run (`docs/raw/bench_certify.json`, "
-            f"{st['n_images']} images, n0 + N = {st['n0'] + st['n']} draws, T = {st['timesteps']}, "
-            f"sigma = {st['sigma']:g}; {st['machine']}):",
+            f"{st['n_images']} images, n0 + N = {st['n0'] + st['n_draws']} draws, T = {st['timesteps']}, "
+            f"sigma = {st['pixel_sigma']:g}; {st['machine']}):",
             "",
             "| base | seconds per image | network passes per image |",
             "|---|---|---|",

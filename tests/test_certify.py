@@ -3,6 +3,7 @@ the closed-form optimal denoiser, bad input, the resumable runner and the consis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -81,7 +82,9 @@ def test_certify_toy_halfspace_matches_closed_form():
     x = 0.1 * u / u.norm() + 0.5 * 0  # distance 0.1 to the plane, class 0
     sigma, n, alpha = 0.25, 20000, 0.001
     p_a = _phi(0.1 / sigma)
-    cert = certify(base, x, sigma, n0=100, n=n, alpha=alpha, generator=torch.Generator().manual_seed(1), batch=4096)
+    cert = certify(
+        base, x, sigma, n0=100, n=n, alpha=alpha, generator=torch.Generator().manual_seed(1), draw_batch=4096
+    )
     assert cert.prediction == 0
     assert cert.p_lower <= p_a  # a lower bound ...
     assert p_a - cert.p_lower < 4 * math.sqrt(p_a * (1 - p_a) / n) + 0.01  # ... and a tight one
@@ -89,7 +92,7 @@ def test_certify_toy_halfspace_matches_closed_form():
     assert cert.radius == pytest.approx(sigma * norm_ppf(cert.p_lower))
     assert cert.radius > 0.08
     # counts follow Binomial(n, p_A)
-    counts = sample_counts(base, x, sigma, n, generator=torch.Generator().manual_seed(2), batch=999)
+    counts = sample_counts(base, x, sigma, n, generator=torch.Generator().manual_seed(2), draw_batch=999)
     assert int(counts.sum()) == n and abs(int(counts[0]) / n - p_a) < 4 * math.sqrt(p_a * (1 - p_a) / n)
 
 
@@ -127,9 +130,9 @@ def test_certify_bad_input(kwargs, match):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"sigma": 0.0}, "sigma"),
+        ({"pixel_sigma": 0.0}, "sigma"),
         ({"alpha": 2.0}, "alpha"),
-        ({"n": 5}, "need n >= 10"),
+        ({"n_draws": 5}, "need n >= 10"),
         ({"radii": (0.0, -0.25)}, r"radii must be finite and >= 0.*-0.25"),
         ({"radii": ()}, "radii"),
         ({"base": "nope"}, "valid choices"),
@@ -221,7 +224,7 @@ def test_runner_resumes_and_matches_a_fresh_run(tmp_path):
         base="denoised",
         n_images=3,
         n0=10,
-        n=30,
+        n_draws=30,
         alpha=0.01,
         radii=(0.0, 0.25),
         attack_steps=1,
@@ -276,7 +279,7 @@ def test_cli_certify_json_and_bad_input(capsys):
                 "1",
                 "--n0",
                 "5",
-                "--n",
+                "--n-draws",
                 "20",
                 "--alpha",
                 "0.01",
@@ -296,8 +299,65 @@ def test_cli_certify_json_and_bad_input(capsys):
     assert "empirical" not in out and out["radius_unit"].startswith("l2, pixel")
     assert main(["certify", "--radii", "0", "-1"]) == 2
     assert "radii must be finite and >= 0" in capsys.readouterr().err
-    assert main(["certify", "--n", "3"]) == 2
+    assert main(["certify", "--n-draws", "3"]) == 2
     assert "need n >= 10" in capsys.readouterr().err
+
+
+def test_cli_certify_keeps_the_old_flags_as_aliases():
+    """--n, --sigma and --batch (before issue 38) still set n_draws, pixel_sigma and draw_batch."""
+    from rdc_lib.cli.main import build_parser
+
+    args = build_parser().parse_args(["certify", "--n", "500", "--sigma", "0.5", "--batch", "50"])
+    assert (args.n_draws, args.pixel_sigma, args.draw_batch) == (500, 0.5, 50)
+    new = build_parser().parse_args(["certify", "--n-draws", "500", "--pixel-sigma", "0.5", "--draw-batch", "50"])
+    assert (new.n_draws, new.pixel_sigma, new.draw_batch) == (500, 0.5, 50)
+
+
+# A record header and a result row as written before issue 38 renamed n, sigma and batch (same other fields as
+# CertifyConfig(base="denoised", n_images=3, n0=10, n=30, alpha=0.01, radii=(0.0, 0.25), denoiser="digits_multi")).
+_OLD_FIELDS = {"n": 30, "sigma": 0.25, "batch": 250}
+
+
+def _old_identity(cfg: CertifyConfig) -> dict:
+    new = {"n_draws": "n", "pixel_sigma": "sigma", "draw_batch": "batch"}
+    return {new.get(k, k): v for k, v in cfg.identity().items()}
+
+
+def _old_hash(identity: dict) -> str:
+    """The key the code before the renames computed from an identity."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_stored_configs_with_the_old_names_are_migrated_and_keep_their_key():
+    from rdc_lib.certify.runner import STORED_NAMES, migrate_stored
+
+    cfg = CertifyConfig(base="denoised", n_images=3, n0=10, n_draws=30, alpha=0.01, denoiser="digits_multi")
+    old = _old_identity(cfg)
+    assert {k: old[k] for k in _OLD_FIELDS} == _OLD_FIELDS and not set(STORED_NAMES.values()) & set(old)
+    # the key is the hash the old code computed (sha256 of the old identity): stored keys stay valid
+    assert cfg.key() == _old_hash(old)
+    back = CertifyConfig.from_stored({**old, "label": "x", "key": "k"})
+    assert back == cfg and back.key() == cfg.key()
+    assert migrate_stored(old) == cfg.identity()
+    with pytest.raises(ValueError, match="n=30 and n_draws=40"):
+        migrate_stored({**old, "n_draws": 40})
+    with pytest.raises(ValueError, match=r"renamed certify parameters 'n' \(now 'n_draws'\)"):
+        CertifyConfig.from_params({"n": 30})
+
+
+def test_old_records_header_is_read_back(tmp_path):
+    """A records file written before the renames (old names in its header) is found and resumed."""
+    from rdc_lib.certify.runner import load_records
+
+    cfg = CertifyConfig(base="denoised", n_images=1, n0=10, n_draws=30, alpha=0.01, denoiser="digits_multi")
+    old_header = {k: v for k, v in _old_identity(cfg).items() if k not in ("n_images", "offset")}
+    path = records_path(tmp_path, cfg)
+    assert path.name == f"certify_denoised_0.25_{_old_hash(old_header)}.jsonl"  # the old file name
+    rec = {"index": 0, "label": 7, "prediction": 7, "radius": 0.1}
+    path.write_text(json.dumps({"config": old_header}) + "\n" + json.dumps(rec) + "\n")
+    assert load_records(path, cfg) == {0: rec}
+    other = CertifyConfig(base="denoised", n_images=1, n0=10, n_draws=40, alpha=0.01, denoiser="digits_multi")
+    assert load_records(path, other) == {}
 
 
 def _report_module():
@@ -313,7 +373,7 @@ def test_report_doc_is_deterministic_and_flags_inconsistent_rows(tmp_path):
         base="denoised",
         n_images=2,
         n0=10,
-        n=30,
+        n_draws=30,
         alpha=0.01,
         radii=(0.0, 0.5),
         attack_steps=1,

@@ -101,7 +101,7 @@ def test_certify_with_a_diffusers_model(tiny_folder, capsys):
                 "1",
                 "--n0",
                 "5",
-                "--n",
+                "--n-draws",
                 "20",
                 "--alpha",
                 "0.01",

@@ -183,7 +183,7 @@ def test_n_evaluate_matches_separate_calls():
     det = NoisyLinear(0.0)
     loop = torch.stack([predict(det, x) for _ in range(4)])
     assert torch.equal(n_evaluate(det, x, 4), loop)
-    assert torch.equal(n_evaluate(det, x, 4, batch=3), loop)  # batches that split copies
+    assert torch.equal(n_evaluate(det, x, 4, batch_size=3), loop)  # batches that split copies
     fixed, _ = rdc_pair()
     x64 = x.double()
     loop = torch.stack([predict(fixed, x64) for _ in range(3)])

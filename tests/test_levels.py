@@ -55,7 +55,7 @@ def test_level_views_weights_gaps_and_the_paper_grid_examples(setup):
         shift = 0.05 if len(calls) == 1 else 0.1
         return lambda xx, yy: (xx + shift).clamp(0, 1)
 
-    views = level_views(den, x, y, [1e-4, 0.6], attack, T=4, gap_x=gx, gap_y=gy, seed=0)
+    views = level_views(den, x, y, [1e-4, 0.6], attack, timesteps=4, gap_x=gx, gap_y=gy, seed=0)
     assert len(views) == 2 and len(calls) == 2
     paper, high = views
     for v, s in zip(views, (1e-4, 0.6)):
@@ -77,7 +77,7 @@ def test_level_views_rejects_unordered_starts(setup):
     den, x, y, gx, gy = setup
     for bad in ([], [0.6, 0.3], [0.3, 0.3]):
         with pytest.raises(ValueError, match="sigma_mins"):
-            level_views(den, x, y, bad, lambda dc: lambda a, b: a, T=4, gap_x=gx, gap_y=gy, seed=0)
+            level_views(den, x, y, bad, lambda dc: lambda a, b: a, timesteps=4, gap_x=gx, gap_y=gy, seed=0)
 
 
 def test_level_figure_and_explorer_follow_the_slider(setup):
@@ -85,7 +85,7 @@ def test_level_figure_and_explorer_follow_the_slider(setup):
     from rdc_lib.viz.widgets import level_explorer
 
     den, x, y, gx, gy = setup
-    views = level_views(den, x, y, [1e-4, 0.6], lambda dc: lambda a, b: a, T=4, gap_x=gx, gap_y=gy, seed=0)
+    views = level_views(den, x, y, [1e-4, 0.6], lambda dc: lambda a, b: a, timesteps=4, gap_x=gx, gap_y=gy, seed=0)
     rows = read_grid_level_rows(RAW)
     fig = level_figure(views[1], rows, 0, label=int(y[0]))
     assert list(fig.data[0].y) == pytest.approx(views[1].weights.tolist())

@@ -19,7 +19,7 @@ GOOD = dict(
     dataset="digits",
     checkpoint="../data/checkpoints/digits_multi.safetensors",
     n_images=4,
-    T=8,
+    timesteps=8,
     lm_steps=5,
     lm_eta=8 / 255,
     lm_step_size=0.1,
@@ -85,7 +85,7 @@ def test_bad_value_names_the_parameter(name, value, fragment):
         ("eps_list", [0.1, 0.1], "without repeated"),
         ("defenses", ["dc", "resnet"], "cnn, at-cnn"),
         ("attacks", ["pgd", "bim"], "autoattack"),
-        ("T_list", [4, 0], "T_list[1]"),
+        ("timesteps_list", [4, 0], "timesteps_list[1]"),
     ],
 )
 def test_bad_lists(name, value, fragment):

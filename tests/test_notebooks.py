@@ -125,8 +125,11 @@ def test_parameters_cell_is_validated_by_the_next_cell(path):
         if isinstance(n, ast.Call) and re.fullmatch(r"validate\w*params", getattr(n.func, "id", ""))
     ]
     assert len(calls) == 1, "the cell after the parameters must call a validate...params function once"
-    passed = {kw.arg: kw.value for kw in calls[0].keywords}
+    passed = {kw.arg: kw.value for kw in calls[0].keywords if kw.arg != "namespace"}
     assert set(passed) == set(declared), f"not validated: {set(declared) - set(passed)}"
+    # the notebook's globals go along, so a parameter papermill injected under an old name is refused
+    namespace = [kw.value for kw in calls[0].keywords if kw.arg == "namespace"]
+    assert len(namespace) == 1 and ast.unparse(namespace[0]) == "globals()", "validate with namespace=globals()"
     assert all(isinstance(v, ast.Name) and v.id == k for k, v in passed.items())
     # the defaults themselves are valid, and run from the notebooks folder
     from rdc_lib.jobs.params import validate_params
@@ -234,7 +237,7 @@ def test_results_content(run):
     small = yaml.safe_load(SMALL.read_text())
     r1 = json.loads((out / "01_bayes_rule_classification" / "results.json").read_text())
     assert r1["n_images"] == small["n_images"] and 0 <= r1["key_results"]["accuracy"] <= 1
-    assert r1["noise_spread"]["T_list"] == small["T_list"]
+    assert r1["noise_spread"]["timesteps_list"] == small["timesteps_list"]
     r2 = json.loads((out / "02_likelihood_maximization" / "results.json").read_text())
     assert set(r2["counts"]) == {"dc_clean", "dc_adversarial", "rdc_clean", "rdc_adversarial"}
     assert len(r1["levels"]["views"]) >= 2 and r1["levels"]["views"][0]["weight_below_0.45"] > 0.5
@@ -348,13 +351,14 @@ def test_nbval_checks_the_08_findings_answer(run, tmp_path):
 # ------------------------------------------------------------------------- bad parameters
 
 BAD = [
-    ("01", {"T": "many"}, "notebook parameter T = 'many'"),
+    ("01", {"timesteps": "many"}, "notebook parameter timesteps = 'many'"),
+    ("02", {"T": 4}, "renamed notebook parameter(s): 'T' is now 'timesteps'"),  # an old name is refused
     ("02", {"eps": -1}, "notebook parameter eps = -1"),
     ("03", {"norm": "l3"}, "notebook parameter norm = 'l3'"),
     ("04", {"dataset": "cifar10"}, "notebook parameter dataset = 'cifar10' needs files that are missing"),
     ("06", {"n_estimate": 5}, "notebook parameter n_estimate = 5 (int): expected an int >= 7"),
     ("06", {"radii": [0.0, -0.5]}, "notebook parameter radii[1] = -0.5"),
-    ("06", {"sigma_list": [0.0]}, "notebook parameter sigma_list[0] = 0.0"),
+    ("06", {"pixel_sigma_list": [0.0]}, "notebook parameter pixel_sigma_list[0] = 0.0"),
     ("08", {"figures": ["robust_by_defense"]}, "notebook parameter figures[0] = 'robust_by_defense'"),
     ("08", {"raw_dir": "."}, "expected a folder holding headline.jsonl"),
     ("07", {"diffusers_model": "../data/checkpoints"}, "notebook parameter diffusers_model = '../data/checkpoints'"),
@@ -461,9 +465,9 @@ def test_cli_arguments():
     sub = parser.add_subparsers(dest="command")
     add_run_notebooks_parser(sub)
     args = parser.parse_args(
-        ["run-notebooks", "--out", "d", "--params", "p.yaml", "--only", "01", "02", "-p", "T", "8"]
+        ["run-notebooks", "--out", "d", "--params", "p.yaml", "--only", "01", "02", "-p", "timesteps", "8"]
     )
-    assert (args.out, args.params, args.only, args.parameter) == ("d", "p.yaml", ["01", "02"], [["T", "8"]])
+    assert (args.out, args.params, args.only, args.parameter) == ("d", "p.yaml", ["01", "02"], [["timesteps", "8"]])
     assert parser.parse_args(["run-notebooks"]).out == "runs/latest"
 
 

@@ -131,9 +131,9 @@ EXCLUDED: dict[str, str] = {
     "apgd-dlr --device cuda": "CIFAR-10 files, the EDM checkpoints and a GPU",
     "rdc train --heads multi --head-channels 32 --distill-from digits_single --init-from digits_multi_h32 --out "
     "OUT.safetensors": "distillation training (tens of minutes on a CPU); tests/test_study.py trains a few steps",
-    "rdc certify --base noised-dc --sigma 0.25 --n-images 100 --n0 100 --n 1000 --alpha 0.001 --radii 0 0.25 0.5 "
-    "--json": "certifies 100 images with 1,100 draws each (tens of minutes on a CPU); tests/test_certify.py runs "
-    "rdc certify --json on a few images",
+    "rdc certify --base noised-dc --pixel-sigma 0.25 --n-images 100 --n0 100 --n-draws 1000 --alpha 0.001 --radii 0 "
+    "0.25 0.5 --json": "certifies 100 images with 1,100 draws each (tens of minutes on a CPU); tests/test_certify.py "
+    "runs rdc certify --json on a few images",
     "rdc train --arch film --heads single --batch-size 256 --out OUT.safetensors": "trains a denoiser from scratch "
     "(tens of minutes on a CPU)",
     "rdc eval --defense dc --denoiser digits_multi_h32_distill --attack autoattack --noise-mode fixed --T 16 "

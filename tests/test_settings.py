@@ -200,7 +200,7 @@ def test_presets_hold_the_library_settings_classes():
 
     for p in PRESETS.values():
         assert isinstance(p.lm, LMConfig) and isinstance(p.grid, GridConfig)
-        assert len(make_grid(**p.grid.kwargs())) == p.grid.T
+        assert len(make_grid(**p.grid.kwargs())) == p.grid.timesteps
 
 
 def test_preset_applies_its_attack_budget():

@@ -4,11 +4,15 @@
 - A module-level UPPERCASE constant must not be defined again with the same name and value elsewhere.
 - Outside rdc_lib/core/choices.py no code writes a literal equal to one of its choice tuples (``Literal[...]``
   annotations aside): it reads the name instead.
+- One name per concept (issue 38): the old names (``OLD_NAMES``: GRID_LEVELS, T, T_list, sigma_list; CertifyConfig's
+  n / sigma / batch; UNetBlock's num_heads) do not come back, and the evaluation, certification and notebooks branch
+  on registry facts, never on a registered attack or defense name.
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
 import subprocess
 import sys
 from collections import defaultdict
@@ -135,3 +139,92 @@ def test_one_lm_step_size():
 
     assert LMConfig().step_size == DefenseSpec().lm_step_size == LM_STEP_SIZE == 0.03
     assert get_preset("digits").lm.step_size == 0.03 and get_preset("cifar10-paper").lm.step_size == 0.1
+
+
+# ------------------------------------------------------------------ one name per concept (issue 38)
+# Old names that must not come back (the glossary: docs/paper.md, "Names"). GRID_LEVELS is the old name of
+# rdc_lib.core.choices.TIMESTEPS; its alias there stays only until rdc_lib/evaluation/runner.py reads TIMESTEPS.
+OLD_NAMES = {"GRID_LEVELS": "TIMESTEPS", "T": "timesteps", "T_list": "timesteps_list", "sigma_list": "pixel_sigma_list"}
+GRID_LEVELS_PENDING = {"rdc_lib/core/choices.py", "rdc_lib/evaluation/runner.py"}
+
+
+def old_name_uses(sources: dict[str, str]) -> list[str]:
+    """Messages for parameters, dataclass fields and names spelled with an old name of ``OLD_NAMES``."""
+    msgs = []
+    for where, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                a = node.args
+                for arg in a.posonlyargs + a.args + a.kwonlyargs:
+                    if arg.arg in OLD_NAMES:
+                        msgs.append(f"{where}:{node.lineno} parameter {arg.arg}: use {OLD_NAMES[arg.arg]}")
+            elif isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.AnnAssign) and getattr(item.target, "id", "") in OLD_NAMES:
+                        name = item.target.id
+                        msgs.append(f"{where}:{item.lineno} field {node.name}.{name}: use {OLD_NAMES[name]}")
+            elif isinstance(node, ast.Name) and node.id == "GRID_LEVELS" and where not in GRID_LEVELS_PENDING:
+                msgs.append(f"{where}:{node.lineno} GRID_LEVELS: use rdc_lib.core.choices.TIMESTEPS")
+            elif isinstance(node, ast.alias) and node.name == "GRID_LEVELS" and where not in GRID_LEVELS_PENDING:
+                msgs.append(f"{where} imports GRID_LEVELS: use rdc_lib.core.choices.TIMESTEPS")
+    return msgs
+
+
+def registered_name_branches(sources: dict[str, str]) -> list[str]:
+    """Messages for ``x == 'name'`` / ``x != 'name'`` with a registered attack or defense name: read a registry
+    fact instead (e.g. ``get_attack(name).budget == 'queries'``, ``get_defense(name).expensive``)."""
+    from rdc_lib.attacks.registry import attack_names
+    from rdc_lib.defenses import defense_names
+
+    registered = set(attack_names()) | set(defense_names())
+    msgs = []
+    for where, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.Eq, ast.NotEq)):
+                for side in (node.left, node.comparators[0]):
+                    if isinstance(side, ast.Constant) and side.value in registered:
+                        msgs.append(f"{where}:{node.lineno} branches on {side.value!r}: read a registry fact")
+    return msgs
+
+
+def notebook_sources() -> dict[str, str]:
+    """Code cells of notebooks/*.ipynb (IPython magics and shell lines dropped), one source per cell."""
+    import nbformat
+
+    out = {}
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type == "code":
+                lines = [ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+                out[f"notebooks/{path.name}[{i}]"] = "\n".join(lines)
+    return out
+
+
+def test_old_names_do_not_come_back():
+    sources = {**lib_sources(), **notebook_sources()}
+    assert old_name_uses(sources) == []
+    from rdc_lib.certify.runner import STORED_NAMES, CertifyConfig
+    from rdc_lib.jobs.params import PARAM_SPECS, RENAMED_PARAMS
+    from rdc_lib.models.ddpmpp_blocks import UNetBlock
+
+    fields = set(CertifyConfig.__dataclass_fields__)
+    assert not set(STORED_NAMES) & fields and set(STORED_NAMES.values()) <= fields  # n, sigma, batch: migrated
+    assert not set(RENAMED_PARAMS) & set(PARAM_SPECS) and set(RENAMED_PARAMS.values()) <= set(PARAM_SPECS)
+    assert "attn_heads" in inspect.signature(UNetBlock).parameters  # attention heads; num_heads = output heads
+    assert "num_heads" not in inspect.signature(UNetBlock).parameters
+
+
+def test_evaluation_and_notebooks_read_registries_not_names():
+    sources = {k: v for k, v in lib_sources().items() if k.startswith(("rdc_lib/evaluation/", "rdc_lib/certify/"))}
+    assert registered_name_branches({**sources, **notebook_sources()}) == []
+
+
+def test_name_checks_can_fail():
+    code = (
+        "from rdc_lib.core.choices import GRID_LEVELS\n"
+        "def f(x, T=GRID_LEVELS):\n    return x == 'square'\n"
+        "class C:\n    T_list: list\n"
+    )
+    found = old_name_uses({"m.py": code})
+    assert len(found) == 4 and any("parameter T" in m for m in found) and any("C.T_list" in m for m in found)
+    assert registered_name_branches({"m.py": code}) == ["m.py:3 branches on 'square': read a registry fact"]

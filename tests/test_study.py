@@ -406,7 +406,7 @@ def test_distance_to_teacher_is_zero_for_the_teacher_itself_and_positive_for_a_s
     sigmas = [0.2, 0.8]
     same = distance_to_teacher_by_sigma(teacher, teacher, x[:6], sigmas, torch.Generator().manual_seed(0))
     assert same.shape == (2,) and torch.all(same == 0)
-    dist = distance_to_teacher_by_sigma(student, teacher, x[:6], sigmas, torch.Generator().manual_seed(0), batch=4)
+    dist = distance_to_teacher_by_sigma(student, teacher, x[:6], sigmas, torch.Generator().manual_seed(0), batch_size=4)
     assert torch.all(dist > 1e-5) and dist[1] > dist[0]  # larger noise, more left to the model
     five = build_denoiser(DenoiserConfig(heads="single", num_classes=5, backbone=dict(TINY)))
     with pytest.raises(ValueError, match="student has 10 classes, the teacher 5"):

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "05_theory_optimal_classifier.ipynb"
 PARAMS = (
     "n_images",
-    "T",
+    "timesteps",
     "eps",
     "norm",
     "attack_steps",
@@ -126,7 +126,7 @@ def _execute(tmp_path: Path, **params):
 
 def test_notebook_runs_with_tiny_parameters_and_writes_results(tmp_path):
     start = time.perf_counter()
-    _execute(tmp_path, n_images=8, T=4, attack_steps=2, square_queries=10, result_dir=str(tmp_path / "res"))
+    _execute(tmp_path, n_images=8, timesteps=4, attack_steps=2, square_queries=10, result_dir=str(tmp_path / "res"))
     seconds = time.perf_counter() - start
     res = json.loads((tmp_path / "res" / "results.json").read_text())
     for model in ("optimal", "learned"):
@@ -138,7 +138,7 @@ def test_notebook_runs_with_tiny_parameters_and_writes_results(tmp_path):
                 assert acc["total"] == 8 and acc["correct"] == round(8 * value)
                 assert acc["low"] <= acc["value"] <= acc["high"]
             assert res[f"{model}_{split}_robust"] <= res[f"{model}_{split}_clean"]
-    assert res["params"]["n_images"] == 8 and res["params"]["T"] == 4
+    assert res["params"]["n_images"] == 8 and res["params"]["timesteps"] == 4
     assert res["key_results"] == {k: res[k] for k in res["key_results"]} and len(res["key_results"]) == 8
     # D* memorises: it classifies the images it was built from correctly
     assert res["optimal_train_clean"] == 1.0

@@ -219,10 +219,10 @@ def test_logit_difference_std_matches_a_direct_computation():
 def test_shared_noise_reduces_the_spread():
     den = tiny_denoiser("single")
     x, y = _images(2), torch.tensor([0, 1])
-    spread = viz.logit_spread_vs_T({"indep": (den, False), "shared": (den, True)}, x, y, [2, 4], 6, seed=0)
-    assert spread.T_list == [2, 4] and set(spread.std) == {"indep", "shared"}
+    spread = viz.logit_spread_vs_timesteps({"indep": (den, False), "shared": (den, True)}, x, y, [2, 4], 6, seed=0)
+    assert spread.timesteps_list == [2, 4] and set(spread.std) == {"indep", "shared"}
     assert all(s < i for s, i in zip(spread.std["shared"], spread.std["indep"]))
-    again = viz.logit_spread_vs_T({"indep": (den, False)}, x, y, [2], 6, seed=0)
+    again = viz.logit_spread_vs_timesteps({"indep": (den, False)}, x, y, [2], 6, seed=0)
     assert again.std["indep"][0] == spread.std["indep"][0]  # seeded
 
 

@@ -31,18 +31,18 @@ POSTERIORS = ("exact", "approx")
 
 
 def noised_grid(
-    sigma_s: float, T: int, *, kind: str = "paper", weighting: str = "edm", sigma_max: float = 3.0
+    sigma_s: float, timesteps: int, *, kind: str = "paper", weighting: str = "edm", sigma_max: float = 3.0
 ) -> NoiseGrid:
-    """T levels strictly above sigma_s (model space) up to sigma_max, with the weights of ``make_grid``.
+    """``timesteps`` (T) levels strictly above sigma_s (model space) up to sigma_max, with the weights of ``make_grid``.
 
-    Built as ``make_grid(T + 1, kind, sigma_min=sigma_s)`` without its first level (sigma_s itself,
+    Built as ``make_grid(timesteps + 1, kind, sigma_min=sigma_s)`` without its first level (sigma_s itself,
     where tau = 0 and the term carries no information).
     """
     if not 0 < sigma_s < sigma_max:
         raise ValueError(f"sigma_s (model-space corruption level) must be in (0, sigma_max={sigma_max}), got {sigma_s}")
-    full = make_grid(T + 1, kind, weighting=weighting, sigma_min=sigma_s, sigma_max=sigma_max)
+    full = make_grid(timesteps + 1, kind, weighting=weighting, sigma_min=sigma_s, sigma_max=sigma_max)
     keep = full.sigmas > sigma_s * (1 + 1e-6)
-    sig, w = full.sigmas[keep][:T], full.weights[keep][:T]
+    sig, w = full.sigmas[keep][:timesteps], full.weights[keep][:timesteps]
     return NoiseGrid(sig, w, kind, weighting)
 
 

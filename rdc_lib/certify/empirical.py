@@ -74,10 +74,11 @@ def smoothed_correct(
     *,
     pred_draws: int,
     generator: torch.Generator,
-    batch: int = 256,
+    draw_batch: int = 256,
 ) -> list[bool]:
     """Per image: is the Monte-Carlo prediction of g (majority of ``pred_draws`` calls) the label?"""
     return [
-        int(sample_counts(base, x[i], sigma, pred_draws, generator=generator, batch=batch).argmax()) == int(y[i])
+        int(sample_counts(base, x[i], sigma, pred_draws, generator=generator, draw_batch=draw_batch).argmax())
+        == int(y[i])
         for i in range(x.shape[0])
     ]

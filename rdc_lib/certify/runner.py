@@ -1,12 +1,15 @@
 """``rdc certify``: certify a smoothed classifier on a slice of the test split, per image, resumably.
 
-For each image: Cohen's CERTIFY (n0 selection + n estimation draws, Clopper-Pearson at alpha), and,
+For each image: Cohen's CERTIFY (n0 selection + n_draws estimation draws, Clopper-Pearson at alpha), and,
 with ``attack_steps > 0``, the empirical side: an l2 attack with EOT through the smoothing noise at every
 radius > 0 of ``radii`` and the Monte-Carlo prediction of g at the adversarial image. One JSON line per
 image is appended (and flushed) to the records file as soon as the image is done, so an interrupted run
 resumes at the next image with identical draws (every image's generators derive from (seed, index)).
 Records are keyed by the configuration without the slice, so a larger or shifted slice reuses them.
-Radii and sigma are pixel-space l2 (images in [0, 1]).
+Radii and ``pixel_sigma`` are pixel-space l2 (images in [0, 1]); ``sigma`` alone names model-space noise levels.
+Fields renamed in issue 38 (``STORED_NAMES``: ``n`` -> ``n_draws``, ``sigma`` -> ``pixel_sigma``, ``batch`` ->
+``draw_batch``) keep their old names in stored headers and rows, which are migrated on read
+(``migrate_stored``); keys hash the old names, so every stored key and records file stays valid.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -30,15 +34,46 @@ from .smoothing import ABSTAIN, certify, check_alpha, check_draws, check_radii, 
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
+# CertifyConfig fields renamed in issue 38: old (stored) name -> field. Stored record headers and result rows of
+# earlier versions carry the old names; ``migrate_stored`` renames them on read, and keys hash the old names so
+# every stored key (and records file name) stays valid.
+STORED_NAMES = MappingProxyType({"n": "n_draws", "sigma": "pixel_sigma", "batch": "draw_batch"})
+
+
+def migrate_stored(config: dict) -> dict:
+    """``config`` (a stored header or row) with the old field names of ``STORED_NAMES`` renamed to today's; a dict
+    that holds both an old and its new name with different values is refused (ValueError naming both)."""
+    out = dict(config)
+    for old, new in STORED_NAMES.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out and out[new] != value:
+            raise ValueError(
+                f"stored certify configuration has {old}={value!r} and {new}={out[new]!r}: {old} is the "
+                f"old name of {new}; keep one"
+            )
+        out[new] = value
+    return out
+
+
+def _hash(identity: dict) -> str:
+    """16 hex digits of ``identity`` written with the stored (pre-rename) names."""
+    stored = {_OLD_NAMES.get(k, k): v for k, v in identity.items()}
+    return hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_OLD_NAMES = {new: old for old, new in STORED_NAMES.items()}
+
 
 @dataclass(frozen=True)
 class CertifyConfig:
     base: str = "denoised"  # one of BASES
-    sigma: float = 0.25  # smoothing noise std, pixel space
+    pixel_sigma: float = 0.25  # smoothing noise std, pixel space [0, 1]
     n_images: int = 100  # test images
     offset: int = 0  # first test image
     n0: int = 100  # selection draws
-    n: int = 1000  # estimation draws
+    n_draws: int = 1000  # estimation draws (Monte Carlo)
     alpha: float = 0.001  # failure probability of each certificate
     radii: tuple = DEFAULT_RADII  # pixel-space l2 radii to report
     seed: int = 0
@@ -46,7 +81,7 @@ class CertifyConfig:
     denoiser: str = ""  # checkpoint name or path; "" = the default of heads, stored resolved
     timesteps: int = 4  # levels of the (noised) DC
     posterior: str = "exact"  # noised DC: 'exact' | 'approx'
-    batch: int = 250  # draws per base call
+    draw_batch: int = 250  # draws per base call
     attack_steps: int = 10  # empirical side: l2 PGD steps (0 = no attack)
     attack_eot: int = 2  # EOT calls per gradient
     attack_draws: int = 8  # smoothing draws inside the soft smoothed classifier
@@ -55,11 +90,11 @@ class CertifyConfig:
     def __post_init__(self) -> None:
         if self.base not in BASES:
             raise ValueError(f"unknown base {self.base!r}; valid choices: {', '.join(BASES)}")
-        check_sigma(self.sigma)
+        check_sigma(self.pixel_sigma)
         check_alpha(self.alpha)
-        check_draws(self.n0, self.n, self.alpha)
+        check_draws(self.n0, self.n_draws, self.alpha)
         object.__setattr__(self, "radii", tuple(check_radii(self.radii)))
-        for name in ("n_images", "timesteps", "batch", "attack_eot", "attack_draws", "pred_draws"):
+        for name in ("n_images", "timesteps", "draw_batch", "attack_eot", "attack_draws", "pred_draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("offset", "attack_steps", "seed"):
@@ -79,7 +114,8 @@ class CertifyConfig:
         return d
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+        """16 hex digits of the identity under its stored names (``STORED_NAMES``: unchanged by the renames)."""
+        return _hash(self.identity())
 
     def record_identity(self) -> dict:
         """What a per-image record depends on: everything but the slice (n_images, offset)."""
@@ -90,13 +126,15 @@ class CertifyConfig:
     def label(self) -> str:
         """A short human name, e.g. 'noised-dc s=0.25 T=4 digits_film_single'."""
         extra = "" if self.base == "denoised" else f" T={self.timesteps}"
-        return f"{self.base} s={self.sigma:g}{extra} {Path(self.denoiser).stem}"
+        return f"{self.base} s={self.pixel_sigma:g}{extra} {Path(self.denoiser).stem}"
 
     @classmethod
     def from_stored(cls, config: dict) -> "CertifyConfig":
         """The configuration a stored one (a record header or a result row of any code version) was run with:
         a stored denoiser "" meant the legacy checkpoint of its heads (rdc_lib.core.paths.stored_denoiser_name), never
-        today's default; the other keys of ``config`` that are not fields are ignored."""
+        today's default; old field names (``STORED_NAMES``) are migrated; the other keys of ``config`` that are not
+        fields are ignored."""
+        config = migrate_stored(config)
         params = {f.name: config[f.name] for f in fields(cls) if f.name in config}
         params["denoiser"] = stored_denoiser_name({"heads": cls.heads, **params})
         return cls.from_params(params)
@@ -105,6 +143,9 @@ class CertifyConfig:
     def from_params(cls, params: dict) -> "CertifyConfig":
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(params) - known)
+        renamed = [f"{old!r} (now {STORED_NAMES[old]!r})" for old in unknown if old in STORED_NAMES]
+        if renamed:
+            raise ValueError(f"renamed certify parameters {', '.join(renamed)}; valid: {sorted(known)}")
         if unknown:
             raise ValueError(f"unknown certify parameters {unknown}; valid: {sorted(known)}")
         params = dict(params)
@@ -128,7 +169,7 @@ def build_smoothing_base(cfg: CertifyConfig, device: torch.device | str = "cpu")
 
         cnn = load_classifier(checkpoint_path("digits_cnn"), device=device).eval()
     return build_base(
-        cfg.base, den, cfg.sigma, timesteps=cfg.timesteps, classifier=cnn, posterior=cfg.posterior, seed=cfg.seed
+        cfg.base, den, cfg.pixel_sigma, timesteps=cfg.timesteps, classifier=cnn, posterior=cfg.posterior, seed=cfg.seed
     ).to(device)
 
 
@@ -143,7 +184,9 @@ def certify_image(base: nn.Module, x: torch.Tensor, y: int, index: int, cfg: Cer
     if hasattr(base, "reseed"):
         base.reseed(_image_seed(cfg.seed, index, 0))
     gen = torch.Generator(device=dev).manual_seed(_image_seed(cfg.seed, index, 1))
-    cert = certify(base, x, cfg.sigma, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, generator=gen, batch=cfg.batch)
+    cert = certify(
+        base, x, cfg.pixel_sigma, n0=cfg.n0, n=cfg.n_draws, alpha=cfg.alpha, generator=gen, draw_batch=cfg.draw_batch
+    )
     t_cert = time.perf_counter() - t0
     rec = {
         "index": index,
@@ -151,7 +194,7 @@ def certify_image(base: nn.Module, x: torch.Tensor, y: int, index: int, cfg: Cer
         **cert.as_dict(),
         "correct": cert.prediction == y,
         "seconds_certify": t_cert,
-        "passes_certify": base.network_passes(cfg.n0 + cfg.n),
+        "passes_certify": base.network_passes(cfg.n0 + cfg.n_draws),
     }
     if cfg.attack_steps > 0:
         emp = {}
@@ -161,7 +204,7 @@ def certify_image(base: nn.Module, x: torch.Tensor, y: int, index: int, cfg: Cer
                 base,
                 x.unsqueeze(0),
                 torch.tensor([y], device=dev),
-                cfg.sigma,
+                cfg.pixel_sigma,
                 r,
                 steps=cfg.attack_steps,
                 eot=cfg.attack_eot,
@@ -169,7 +212,13 @@ def certify_image(base: nn.Module, x: torch.Tensor, y: int, index: int, cfg: Cer
                 seed=_image_seed(cfg.seed, index, 3) % 2**31,
             )
             emp[f"{r:g}"] = smoothed_correct(
-                base, xa, torch.tensor([y]), cfg.sigma, pred_draws=cfg.pred_draws, generator=pred_gen, batch=cfg.batch
+                base,
+                xa,
+                torch.tensor([y]),
+                cfg.pixel_sigma,
+                pred_draws=cfg.pred_draws,
+                generator=pred_gen,
+                draw_batch=cfg.draw_batch,
             )[0]
         rec["empirical"] = emp
     rec["seconds"] = time.perf_counter() - t0
@@ -189,7 +238,7 @@ def summarize(cfg: CertifyConfig, records: list[dict], seconds: float) -> dict:
         "certified": cert,
         "certified_acc": {r: c["value"] for r, c in cert.items()},
         "abstain_rate": sum(rec["prediction"] == ABSTAIN for rec in records) / max(n, 1),
-        "draws_per_image": cfg.n0 + cfg.n,
+        "draws_per_image": cfg.n0 + cfg.n_draws,
         "radius_unit": "l2, pixel space [0, 1]",
         "seconds_per_image": sum(rec["seconds_certify"] for rec in records) / max(n, 1),
         "passes_per_image": sum(rec["passes_certify"] for rec in records) / max(n, 1),
@@ -222,8 +271,9 @@ def consistency(result: dict) -> dict:
 
 
 def records_path(records_dir: str | Path, cfg: CertifyConfig) -> Path:
-    key = hashlib.sha256(json.dumps(cfg.record_identity(), sort_keys=True).encode()).hexdigest()[:16]
-    return Path(records_dir) / f"certify_{cfg.base}_{cfg.sigma:g}_{key}.jsonl"
+    """The records file of ``cfg`` (its name hashes the record identity under the stored names: unchanged by the
+    renames of ``STORED_NAMES``)."""
+    return Path(records_dir) / f"certify_{cfg.base}_{cfg.pixel_sigma:g}_{_hash(cfg.record_identity())}.jsonl"
 
 
 def load_records(path: Path | None, cfg: CertifyConfig) -> dict[int, dict]:
@@ -231,7 +281,8 @@ def load_records(path: Path | None, cfg: CertifyConfig) -> dict[int, dict]:
     if path is None or not path.is_file():
         return {}
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    if not lines or json.loads(lines[0]).get("config") != cfg.record_identity():
+    header = json.loads(lines[0]).get("config") if lines else None
+    if not isinstance(header, dict) or migrate_stored(header) != cfg.record_identity():  # old names: migrated
         return {}
     out = {}
     for ln in lines[1:]:

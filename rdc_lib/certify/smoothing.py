@@ -5,7 +5,7 @@ CERTIFY draws ``n0`` selection samples to guess the top class c_A, then ``n`` fr
 to count how often f returns c_A; the one-sided (1 - alpha) Clopper-Pearson lower bound p_A_lower on
 P(f(x + delta) = c_A) gives, when p_A_lower > 1/2, the certified l2 radius sigma * Phi^-1(p_A_lower):
 with probability >= 1 - alpha over the draws, g(x + d) = c_A for every ||d||_2 < radius. Otherwise
-the certificate abstains. Draws are made in batches of ``batch`` from a ``torch.Generator`` passed in.
+the certificate abstains. Draws are made ``draw_batch`` at a time (per base call) from a ``torch.Generator`` passed in.
 """
 
 from __future__ import annotations
@@ -103,20 +103,20 @@ def norm_ppf(p: float) -> float:
 
 @torch.no_grad()
 def sample_counts(
-    base: BaseClassifier, x: Tensor, sigma: float, num: int, *, generator: torch.Generator, batch: int = 256
+    base: BaseClassifier, x: Tensor, sigma: float, num: int, *, generator: torch.Generator, draw_batch: int = 256
 ) -> Tensor:
     """Class counts (K,) of f(x + sigma * delta) over ``num`` draws; x (C, H, W) in [0, 1].
 
-    Draws are processed ``batch`` at a time (memory-bounded); delta comes from ``generator``.
+    Draws are processed ``draw_batch`` at a time (memory-bounded); delta comes from ``generator``.
     """
     if x.ndim != 3:
         raise ValueError(f"x must be one image (C, H, W), got shape {tuple(x.shape)}")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+    if draw_batch < 1:
+        raise ValueError(f"draw_batch must be >= 1, got {draw_batch}")
     counts = torch.zeros(base.num_classes, dtype=torch.long)
     done = 0
     while done < num:
-        b = min(batch, num - done)
+        b = min(draw_batch, num - done)
         noise = torch.randn((b, *x.shape), generator=generator, device=generator.device, dtype=x.dtype)
         preds = base(x.unsqueeze(0) + sigma * noise.to(x.device)).argmax(1).cpu()
         counts += torch.bincount(preds, minlength=base.num_classes)
@@ -133,13 +133,13 @@ def certify(
     n: int = 1000,
     alpha: float = 0.001,
     generator: torch.Generator,
-    batch: int = 256,
+    draw_batch: int = 256,
 ) -> Certificate:
     """Cohen et al.'s CERTIFY for one image x (C, H, W) in [0, 1]; radius in pixel-space l2."""
     sigma, alpha = check_sigma(sigma), check_alpha(alpha)
     check_draws(n0, n, alpha)
-    selected = int(sample_counts(base, x, sigma, n0, generator=generator, batch=batch).argmax())
-    count = int(sample_counts(base, x, sigma, n, generator=generator, batch=batch)[selected])
+    selected = int(sample_counts(base, x, sigma, n0, generator=generator, draw_batch=draw_batch).argmax())
+    count = int(sample_counts(base, x, sigma, n, generator=generator, draw_batch=draw_batch)[selected])
     p_lower = clopper_pearson_lower(count, n, alpha)
     if p_lower <= 0.5:
         return Certificate(ABSTAIN, 0.0, p_lower, count, n, n0, selected)
@@ -154,13 +154,13 @@ def predict(
     n: int = 100,
     alpha: float = 0.001,
     generator: torch.Generator,
-    batch: int = 256,
+    draw_batch: int = 256,
 ) -> int:
     """Cohen et al.'s PREDICT: the top class if a two-sided binomial test against the runner-up passes, else ABSTAIN."""
     from scipy.stats import binomtest
 
     sigma, alpha = check_sigma(sigma), check_alpha(alpha)
-    counts = sample_counts(base, x, sigma, n, generator=generator, batch=batch)
+    counts = sample_counts(base, x, sigma, n, generator=generator, draw_batch=draw_batch)
     top2 = counts.topk(2)
     n_a, n_b = int(top2.values[0]), int(top2.values[1])
     if binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:

@@ -24,6 +24,7 @@ def add_certify_parser(sub) -> None:
         help="randomized-smoothing certification (Cohen et al.) of a smoothed classifier, "
         "with the empirical robust accuracy at the same l2 radii (pixel space)",
     )
+    aliases = {"n_draws": "--n", "pixel_sigma": "--sigma", "draw_batch": "--batch"}  # the flags before issue 38
     for f in fields(CertifyConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "radii":
@@ -37,7 +38,14 @@ def add_certify_parser(sub) -> None:
             )
         else:
             typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
-            p.add_argument(flag, dest=f.name, type=typ, default=f.default, help=denoiser_flags_help().get(f.name))
+            p.add_argument(
+                flag,
+                *([aliases[f.name]] if f.name in aliases else []),
+                dest=f.name,
+                type=typ,
+                default=f.default,
+                help=denoiser_flags_help().get(f.name),
+            )
     p.add_argument("--device", default="cpu")
     p.add_argument("--records", default=None, help="folder for per-image records (resumable)")
     p.add_argument("--threads", type=int, default=None)

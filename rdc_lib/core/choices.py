@@ -18,7 +18,6 @@ __all__ = [
     "DEFAULT_DENOISERS",
     "GRAD_MODES",
     "GRID_KINDS",
-    "GRID_LEVELS",
     "GRID_KIND",
     "GRID_SIGMA_MIN",
     "GRID_WEIGHTINGS",
@@ -39,6 +38,7 @@ __all__ = [
     "SOURCE_SPLITS",
     "SPLITS",
     "THREAT_NORMS",
+    "TIMESTEPS",
     "VP_DATA_RANGES",
     "VP_PREDICTION_TYPES",
     "VP_TIMESTEP_MODES",
@@ -68,7 +68,8 @@ VP_DATA_RANGES = ("minus_one_one", "zero_one")  # diffusers adapter: the image r
 VP_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers adapter: what the network predicts
 
 # ---------------------------------------------------------------- shared defaults
-GRID_LEVELS = 32  # T, the number of noise levels of the diffusion classifier (digits default)
+TIMESTEPS = 32  # T, the number of noise levels of the diffusion classifier (digits default)
+GRID_LEVELS = TIMESTEPS  # the old name, kept only until rdc_lib/evaluation/runner.py reads TIMESTEPS (issue 38)
 GRID_KIND = "paper"  # linspace(sigma_min, sigma_max, T + 1)[:-1] (docs/paper.md section 3)
 GRID_SIGMA_MIN = 1e-4  # the grid's smallest level, the paper's; larger values truncate the ELBO integral below it
 # (docs/denoisers.md: the levels below about 0.45 carry the attack on the multi-head DC)

@@ -102,6 +102,7 @@ def _dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
     extra_args=_SPEC_DC + _SPEC_LM,
     checkpoints=_denoiser_files,
     description="the robust diffusion classifier: likelihood maximization, then the DC",
+    expensive=True,
 )
 def _rdc(spec: DefenseSpec, device: torch.device) -> nn.Module:
     from ..diffusion.lm import LMConfig

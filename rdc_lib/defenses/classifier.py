@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..core.choices import BACKWARD_MODES, GRID_LEVELS, NOISE_MODES, check_choice
+from ..core.choices import BACKWARD_MODES, NOISE_MODES, TIMESTEPS, check_choice
 from ..core.utils import OwnedRandomness, check_images
 from ..diffusion.elbo import draw_noise, elbo_terms, levels_per_chunk
 from ..diffusion.schedules import NoiseGrid, make_grid
@@ -79,7 +79,7 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.denoiser = denoiser
-        self.grid = grid if grid is not None else make_grid(GRID_LEVELS)
+        self.grid = grid if grid is not None else make_grid(TIMESTEPS)
         k = denoiser.num_classes
         if prior is None:
             prior = torch.full((k,), 1.0 / k)

@@ -31,37 +31,37 @@ SPARSE_MAX_FRACTION = 0.6
 
 
 def recompute_levels(
-    x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int, grad_out: Tensor
+    x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk_size: int, grad_out: Tensor
 ) -> Tensor:
     """Vector-Jacobian product of total (B, K) with ``grad_out`` (B, K), recomputing one chunk of levels at a time."""
     grad_x = torch.zeros_like(x)
     T, batch = len(grid), x.shape[0]
-    per_chunk = levels_per_chunk(denoiser, batch, classes.numel(), noise.shape[1] == 1, chunk)
+    per_chunk = levels_per_chunk(denoiser, batch, classes.numel(), noise.shape[1] == 1, chunk_size)
     for start in range(0, T, per_chunk):
         sl = slice(start, min(start + per_chunk, T))
         sub = NoiseGrid(grid.sigmas[sl], grid.weights[sl], grid.kind, grid.weighting)
         with torch.enable_grad():
             xc = x.detach().requires_grad_(True)
-            part = elbo_terms(denoiser, xc, sub, classes=classes, noise=noise[:, :, sl], chunk_size=chunk).sum(-1)
+            part = elbo_terms(denoiser, xc, sub, classes=classes, noise=noise[:, :, sl], chunk_size=chunk_size).sum(-1)
             (g,) = torch.autograd.grad(part, xc, grad_out)
         grad_x += g
     return grad_x
 
 
 def recompute_pairs(
-    x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int, grad_out: Tensor
+    x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk_size: int, grad_out: Tensor
 ) -> Tensor:
     """Vector-Jacobian product of total (B, K) with ``grad_out`` (B, K) from the pairs where grad_out != 0 only.
 
-    Every (pair, level) row is one network pass; at most ``chunk`` rows per call.
+    Every (pair, level) row is one network pass; at most ``chunk_size`` rows per call.
     """
     b_idx, k_idx = (grad_out != 0).nonzero(as_tuple=True)
     T = len(grid)
     sigmas, weights = grid.sigmas.to(x.device, x.dtype), grid.weights.to(x.device, x.dtype)
     rows = b_idx.numel() * T
     grad_x = torch.zeros_like(x)
-    for start in range(0, rows, chunk):
-        r = torch.arange(start, min(start + chunk, rows), device=x.device)
+    for start in range(0, rows, chunk_size):
+        r = torch.arange(start, min(start + chunk_size, rows), device=x.device)
         pair, level = r // T, r % T
         b, k = b_idx[pair], k_idx[pair]
         eps = noise[b, k if noise.shape[1] > 1 else torch.zeros_like(k), level]
@@ -74,7 +74,7 @@ def recompute_pairs(
 
 
 def recompute_image_classes(
-    x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int, grad_out: Tensor
+    x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk_size: int, grad_out: Tensor
 ) -> Tensor:
     """:func:`recompute_pairs` for a denoiser that shares its label-independent layers across classes
     (``denoiser.shares_prefix()``) and eps shared by the classes: per image, its classes with a nonzero
@@ -89,7 +89,7 @@ def recompute_image_classes(
     x_sel, eps = x[imgs].detach(), noise[imgs, 0]  # (B', C, H, W), (B', T, ...)
     T, n, img = len(grid), imgs.numel(), x.shape[1:]
     sigmas, weights = grid.sigmas.to(x.device, x.dtype), grid.weights.to(x.device, x.dtype)
-    per_chunk = max(1, chunk // max(1, n * kmax))
+    per_chunk = max(1, chunk_size // max(1, n * kmax))
     grad_x = torch.zeros_like(x)
     for start in range(0, T, per_chunk):
         sl = slice(start, min(start + per_chunk, T))
@@ -116,18 +116,18 @@ class ChunkedELBOSum(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk: int
+        ctx, x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk_size: int
     ) -> Tensor:
         with torch.no_grad():
-            total = elbo_terms(denoiser, x, grid, classes=classes, noise=noise, chunk_size=chunk).sum(-1)
+            total = elbo_terms(denoiser, x, grid, classes=classes, noise=noise, chunk_size=chunk_size).sum(-1)
         ctx.save_for_backward(x, noise, classes)
-        ctx.denoiser, ctx.grid, ctx.chunk = denoiser, grid, chunk
+        ctx.denoiser, ctx.grid, ctx.chunk_size = denoiser, grid, chunk_size
         return total
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x, noise, classes = ctx.saved_tensors
-        grad_x = recompute_levels(x, noise, ctx.denoiser, ctx.grid, classes, ctx.chunk, grad_out)
+        grad_x = recompute_levels(x, noise, ctx.denoiser, ctx.grid, classes, ctx.chunk_size, grad_out)
         return grad_x, None, None, None, None, None
 
 
@@ -146,21 +146,21 @@ class SparseELBOSum(torch.autograd.Function):
         denoiser: Denoiser,
         grid: NoiseGrid,
         classes: Tensor,
-        chunk: int,
+        chunk_size: int,
         keep_graph: bool,
     ) -> Tensor:
         ctx.graph = None
         if keep_graph:
             with torch.enable_grad():
                 xc = x.detach().requires_grad_(True)
-                kept = elbo_terms(denoiser, xc, grid, classes=classes, noise=noise, chunk_size=chunk).sum(-1)
+                kept = elbo_terms(denoiser, xc, grid, classes=classes, noise=noise, chunk_size=chunk_size).sum(-1)
             ctx.graph = (xc, kept)
             total = kept.detach()
         else:
             with torch.no_grad():
-                total = elbo_terms(denoiser, x, grid, classes=classes, noise=noise, chunk_size=chunk).sum(-1)
+                total = elbo_terms(denoiser, x, grid, classes=classes, noise=noise, chunk_size=chunk_size).sum(-1)
         ctx.save_for_backward(x, noise, classes)
-        ctx.denoiser, ctx.grid, ctx.chunk = denoiser, grid, chunk
+        ctx.denoiser, ctx.grid, ctx.chunk_size = denoiser, grid, chunk_size
         return total
 
     @staticmethod
@@ -168,7 +168,7 @@ class SparseELBOSum(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         x, noise, classes = ctx.saved_tensors
         graph, ctx.graph = ctx.graph, None  # used at most once; a second backward recomputes
-        args = (x, noise, ctx.denoiser, ctx.grid, classes, ctx.chunk, grad_out)
+        args = (x, noise, ctx.denoiser, ctx.grid, classes, ctx.chunk_size, grad_out)
         if _sparse(grad_out):
             shares = (
                 noise.shape[1] == 1

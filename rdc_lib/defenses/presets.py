@@ -123,7 +123,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
         "cifar10-paper": Preset(
             name="cifar10-paper",
             description="the paper's CIFAR-10 settings with NVlabs EDM's released DDPM++ networks",
-            grid=GridConfig(T=1000),
+            grid=GridConfig(timesteps=1000),
             dc=DCPreset(noise_mode="fixed", shared_noise=False, chunk_size=2000),
             lm=LMConfig(step_size=0.1, optimizer="adam"),  # the paper's Adam learning rate
             attack=AttackPreset(),
@@ -164,7 +164,7 @@ def eval_settings(preset: str | Preset) -> dict[str, object]:
     """The values of :data:`PRESET_EVAL_FIELDS` that ``preset`` fixes (vote 1: a preset's classifier is
     called once per image, as the released RDC is)."""
     p = get_preset(preset) if isinstance(preset, str) else preset
-    return dict(zip(PRESET_EVAL_FIELDS, (p.data.dataset, p.grid.T, p.dc.noise_mode, p.checkpoints.heads, 1)))
+    return dict(zip(PRESET_EVAL_FIELDS, (p.data.dataset, p.grid.timesteps, p.dc.noise_mode, p.checkpoints.heads, 1)))
 
 
 def attack_settings(preset: str | Preset, norm: str = "linf", attack: str = "") -> dict[str, object]:

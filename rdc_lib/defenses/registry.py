@@ -24,7 +24,6 @@ from ..core.choices import (
     GRAD_MODES,
     GRID_KIND,
     GRID_KINDS,
-    GRID_LEVELS,
     GRID_SIGMA_MIN,
     HEADS,
     LM_ETA,
@@ -32,6 +31,7 @@ from ..core.choices import (
     LM_STEP_SIZE,
     LM_STEPS,
     NOISE_MODES,
+    TIMESTEPS,
     check_choice,
 )
 from ..diffusion.schedules import check_grid_sigma_min
@@ -64,6 +64,9 @@ class DefenseInfo:
     extra_args: tuple[str, ...] = ()  # DefenseSpec fields it reads besides name, seed, device
     checkpoints: Callable[["DefenseSpec"], list[Path]] | None = None  # files it reads (provenance hashes)
     description: str = ""
+    # far costlier per attacked image than the others (every attack step differentiates through LM and the DC):
+    # notebook 04 runs the defenses with this fact on its smaller image count (rdc_n_images)
+    expensive: bool = False
 
 
 _REGISTRY: dict[str, DefenseInfo] = {}
@@ -112,7 +115,7 @@ class DefenseSpec:
 
     name: str = "dc"
     heads: Literal["single", "multi"] = "multi"
-    timesteps: int = GRID_LEVELS  # T noise levels of the diffusion classifier
+    timesteps: int = TIMESTEPS  # T noise levels of the diffusion classifier
     grid: str = GRID_KIND
     grid_sigma_min: float = GRID_SIGMA_MIN  # the grid's smallest level (truncates the ELBO below it)
     noise_mode: Literal["stochastic", "fixed"] = "stochastic"

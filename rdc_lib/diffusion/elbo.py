@@ -19,7 +19,7 @@ from .schedules import NoiseGrid
 def draw_noise(
     batch: int,
     num_classes: int,
-    T: int,
+    timesteps: int,
     shape: tuple[int, ...],
     *,
     shared_noise: bool,
@@ -29,7 +29,7 @@ def draw_noise(
 ) -> Tensor:
     """Standard normal eps: (B, 1, T, C, H, W) if shared across classes else (B, K, T, C, H, W)."""
     k = 1 if shared_noise else num_classes
-    return torch.randn((batch, k, T, *shape), generator=generator, device=device, dtype=dtype)
+    return torch.randn((batch, k, timesteps, *shape), generator=generator, device=device, dtype=dtype)
 
 
 def levels_per_chunk(denoiser: Denoiser, batch: int, num_classes: int, shared: bool, chunk_size: int) -> int:

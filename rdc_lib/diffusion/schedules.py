@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from ..core.choices import GRID_KIND, GRID_KINDS, GRID_LEVELS, GRID_SIGMA_MIN, GRID_WEIGHTINGS
+from ..core.choices import GRID_KIND, GRID_KINDS, GRID_SIGMA_MIN, GRID_WEIGHTINGS, TIMESTEPS
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class GridConfig:
     """The settings of a noise grid, i.e. the keyword arguments of :func:`make_grid` that presets fix
     (docs/paper.md section 3): ``make_grid(**cfg.kwargs())``."""
 
-    T: int = GRID_LEVELS  # number of levels
+    timesteps: int = TIMESTEPS  # number of levels (T)
     kind: str = GRID_KIND  # one of rdc_lib.core.choices.GRID_KINDS
     weighting: str = "edm"  # lambda(sigma) p_LN(sigma) d_sigma
     sigma_min: float = GRID_SIGMA_MIN
@@ -89,7 +89,7 @@ def lognormal_density(sigma: Tensor, P_mean: float = -1.2, P_std: float = 1.2) -
 
 
 def make_grid(
-    T: int = GRID_LEVELS,
+    timesteps: int = TIMESTEPS,
     kind: str = GRID_KIND,
     *,
     weighting: str = GridConfig.weighting,
@@ -100,9 +100,9 @@ def make_grid(
     sigma_data: float = 0.5,
     rho: float = 7.0,
 ) -> NoiseGrid:
-    """Build a grid of ``T`` noise levels with quadrature weights (float64 for accuracy)."""
-    if not isinstance(T, int) or T < 1:
-        raise ValueError(f"T (number of noise levels) must be an int >= 1, got {T!r}")
+    """Build a grid of ``timesteps`` (T) noise levels with quadrature weights (float64 for accuracy)."""
+    if not isinstance(timesteps, int) or timesteps < 1:
+        raise ValueError(f"timesteps (T, the number of noise levels) must be an int >= 1, got {timesteps!r}")
     if kind not in GRID_KINDS:
         raise ValueError(f"unknown grid {kind!r}; valid choices: {', '.join(GRID_KINDS)}")
     if weighting not in GRID_WEIGHTINGS:
@@ -116,27 +116,29 @@ def make_grid(
         )
     f64 = torch.float64
     if kind == "lognormal":
-        q = (torch.arange(T, dtype=f64) + 0.5) / T
+        q = (torch.arange(timesteps, dtype=f64) + 0.5) / timesteps
         sigmas = torch.exp(P_mean + P_std * math.sqrt(2) * torch.special.erfinv(2 * q - 1))
         lam = edm_lambda(sigmas, sigma_data)
-        weights = {"edm": lam / T, "uniform": torch.full_like(sigmas, 1 / T), "elbo": lam / T}[weighting]
+        weights = {"edm": lam / timesteps, "uniform": torch.full_like(sigmas, 1 / timesteps), "elbo": lam / timesteps}[
+            weighting
+        ]
         if weighting == "elbo":  # importance weight 1/(sigma^3 p_LN) per sample
-            weights = 1 / (sigmas**3 * lognormal_density(sigmas, P_mean, P_std)) / T
+            weights = 1 / (sigmas**3 * lognormal_density(sigmas, P_mean, P_std)) / timesteps
         return NoiseGrid(sigmas.float(), weights.float(), kind, weighting)
     if kind == "paper":
-        sigmas = torch.linspace(sigma_min, sigma_max, T + 1, dtype=f64)[:-1]
-        d_sigma = torch.full_like(sigmas, (sigma_max - sigma_min) / T)
+        sigmas = torch.linspace(sigma_min, sigma_max, timesteps + 1, dtype=f64)[:-1]
+        d_sigma = torch.full_like(sigmas, (sigma_max - sigma_min) / timesteps)
     else:  # karras
-        ramp = torch.linspace(0, 1, T, dtype=f64)
+        ramp = torch.linspace(0, 1, timesteps, dtype=f64)
         lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
         sigmas = (lo + ramp * (hi - lo)) ** rho
-        d_sigma = torch.gradient(sigmas)[0] if T > 1 else torch.full_like(sigmas, sigma_max - sigma_min)
+        d_sigma = torch.gradient(sigmas)[0] if timesteps > 1 else torch.full_like(sigmas, sigma_max - sigma_min)
     if weighting == "edm":
         weights = edm_lambda(sigmas, sigma_data) * lognormal_density(sigmas, P_mean, P_std) * d_sigma
     elif weighting == "elbo":
         weights = d_sigma / sigmas**3
     else:
-        weights = torch.full_like(sigmas, 1 / T)
+        weights = torch.full_like(sigmas, 1 / timesteps)
     return NoiseGrid(sigmas.float(), weights.float(), kind, weighting)
 
 

@@ -29,13 +29,13 @@ AttackFactory = Callable[[nn.Module], Any]  # model -> attack (callable (x, y) -
 
 
 @torch.no_grad()
-def draws_misclassifying(model: nn.Module, x: Tensor, y: Tensor, n_draws: int, batch: int = 64) -> Tensor:
+def draws_misclassifying(model: nn.Module, x: Tensor, y: Tensor, n_draws: int, batch_size: int = 64) -> Tensor:
     """(N,) int: how many of ``n_draws`` calls of ``model`` (fresh noise each) misclassify each image x (N, C, H, W)."""
     if not isinstance(n_draws, int) or isinstance(n_draws, bool) or n_draws < 1:
         raise ValueError(f"n_draws must be an int >= 1, got {n_draws!r}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels")
-    return (n_evaluate(model, x, n_draws, batch) != y.to(x.device).reshape(1, -1)).sum(0).cpu()
+    return (n_evaluate(model, x, n_draws, batch_size) != y.to(x.device).reshape(1, -1)).sum(0).cpu()
 
 
 @dataclass

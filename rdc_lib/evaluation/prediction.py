@@ -9,13 +9,13 @@ __all__ = ["correct_all", "n_evaluate", "predict"]
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch: int = 64) -> Tensor:
+def predict(model: nn.Module, x: Tensor, batch_size: int = 64) -> Tensor:
     """Predicted labels (N,) for images (N, C, H, W), in batches."""
-    return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
+    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
 
 
 @torch.no_grad()
-def n_evaluate(model: nn.Module, x: Tensor, n_eval: int, batch: int = 64) -> Tensor:
+def n_evaluate(model: nn.Module, x: Tensor, n_eval: int, batch_size: int = 64) -> Tensor:
     """Predicted labels (n_eval, N) of ``n_eval`` calls on images (N, C, H, W), batched together.
 
     The N images are repeated n_eval times and classified in batches of ``batch``: a stochastic
@@ -23,13 +23,13 @@ def n_evaluate(model: nn.Module, x: Tensor, n_eval: int, batch: int = 64) -> Ten
     network calls when N is small.
     """
     reps = x.repeat(n_eval, *([1] * (x.ndim - 1)))
-    return predict(model, reps, batch).reshape(n_eval, x.shape[0])
+    return predict(model, reps, batch_size).reshape(n_eval, x.shape[0])
 
 
 @torch.no_grad()
-def correct_all(model: nn.Module, x: Tensor, y: Tensor, reads: int = 1, batch: int = 64) -> Tensor:
+def correct_all(model: nn.Module, x: Tensor, y: Tensor, reads: int = 1, batch_size: int = 64) -> Tensor:
     """(N,) bool: ``reads`` independent calls all classify the images x (N, C, H, W) as y (N,)."""
     ok = torch.ones_like(y, dtype=torch.bool)
     for _ in range(reads):
-        ok &= predict(model, x, batch) == y
+        ok &= predict(model, x, batch_size) == y
     return ok

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..attacks.neighbour import NeighbourAttack
-from ..attacks.registry import build_attack
+from ..attacks.registry import build_attack, get_attack
 from ..attacks.transfer import transfer_pgd
 from ..core.utils import check_images
 from .attacking import run_attack
@@ -99,17 +99,18 @@ def robustness_protocol(
     n_neighbours: int = 8,
     precomputed: dict[str, Tensor] | None = None,  # name -> (N, C, H, W) adversarial images to verify
     on_survivors: tuple[str, ...] = (),  # run these only on examples still robust to every earlier attack
-    batch: int = 100,
+    batch_size: int = 100,  # rows per network call
 ) -> ProtocolResult:
     """Every attack of the protocol on one model, one image set and one threat model.
 
     An entry of ``attacks`` is a key of ``precomputed`` (images verified as they are), a key of
     ``transfer_from`` (``transfer_pgd`` on that source model, margin loss, ``transfer_steps``),
     'neighbour' (:class:`NeighbourAttack`, needs ``neighbours``) or a name of
-    the attack registry (``rdc_lib.attacks.build_attack``) (gradient attacks with ``steps``/``eot``; 'square' with
-    ``square_queries``). Each runs on every clean-correct example (a standalone accuracy) unless it is
-    in ``on_survivors``. Every returned image is re-classified ``n_eval`` times; an example is robust to
-    an attack if it was correct clean and on every re-classification.
+    the attack registry (``rdc_lib.attacks.build_attack``) (gradient attacks with ``steps``/``eot``; a query-budget
+    attack, registry fact ``budget == 'queries'`` such as 'square', with ``square_queries``). Each runs on every
+    clean-correct example (a standalone accuracy) unless it is in ``on_survivors``. Every returned image is
+    re-classified ``n_eval`` times; an example is robust to an attack if it was correct clean and on every
+    re-classification.
     """
     check_images(x)
     y = y.to(x.device)
@@ -119,7 +120,7 @@ def robustness_protocol(
     unknown = [n for n in on_survivors if n not in attacks]
     if unknown:
         raise ValueError(f"on_survivors names {unknown}, which are not in attacks {list(attacks)}")
-    clean_correct = correct_all(model, x, y, 1, batch)
+    clean_correct = correct_all(model, x, y, 1, batch_size)
     robust: dict[str, Tensor] = {}
     images: dict[str, Tensor] = {}
     seconds: dict[str, float] = {}
@@ -139,8 +140,8 @@ def robustness_protocol(
             atk = NeighbourAttack(
                 model, neighbours[0], neighbours[1], norm=norm, eps=eps, n_neighbours=n_neighbours, seed=seed
             )
-        elif name == "square":
-            atk = build_attack("square", model, norm=norm, eps=eps, steps=square_queries, seed=seed)
+        elif get_attack(name).budget == "queries":  # a query-budget attack (Square): square_queries, no EOT
+            atk = build_attack(name, model, norm=norm, eps=eps, steps=square_queries, seed=seed)
         else:
             atk = build_attack(name, model, norm=norm, eps=eps, steps=steps, eot=eot, seed=seed)
         return lambda m: run_attack(atk, model, x[m], y[m])[0]  # the evaluation's own attack runner
@@ -156,7 +157,7 @@ def robustness_protocol(
         flags = torch.zeros_like(clean_correct)
         if todo.any():
             x_adv[todo] = make(todo).detach().to(x.dtype)
-            flags[todo] = correct_all(model, x_adv[todo], y[todo], n_eval, batch)
+            flags[todo] = correct_all(model, x_adv[todo], y[todo], n_eval, batch_size)
         robust[name], images[name] = flags, x_adv
         seconds[name] = time.perf_counter() - start
     return ProtocolResult(

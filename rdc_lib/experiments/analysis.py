@@ -2,7 +2,7 @@
 
 Each function measures one thing the notebooks plot (docs/paper.md sections 3, 4 and 7):
 
-- :func:`repeated_logits`, :func:`logit_difference_std`, :func:`logit_spread_vs_T`: the spread of
+- :func:`repeated_logits`, :func:`logit_difference_std`, :func:`logit_spread_vs_timesteps`: the spread of
   logit differences over noise draws, against the number of levels T and shared/independent noise;
 - :func:`loss_surface`: the loss on a 2-D grid spanned by the gradient-sign direction and a random
   sign direction around one image;
@@ -32,7 +32,7 @@ __all__ = [
     "NoiseSpread",
     "denoise_across_sigmas",
     "logit_difference_std",
-    "logit_spread_vs_T",
+    "logit_spread_vs_timesteps",
     "loss_surface",
     "repeated_logits",
 ]
@@ -67,19 +67,19 @@ def logit_difference_std(logits: Tensor, y: Tensor) -> Tensor:
 
 @dataclass
 class NoiseSpread:
-    """Mean std of logit differences (over images) per setting and T: ``std[setting][i]`` for ``T_list[i]``."""
+    """Mean std of logit differences (over images) per setting and T: ``std[setting][i]`` for ``timesteps_list[i]``."""
 
-    T_list: list[int]
+    timesteps_list: list[int]
     std: dict[str, list[float]]
     n_draws: int
     n_images: int
 
 
-def logit_spread_vs_T(
+def logit_spread_vs_timesteps(
     settings: dict[str, tuple[Denoiser, bool]],  # name -> (denoiser, shared_noise)
     x: Tensor,
     y: Tensor,
-    T_list: Sequence[int],
+    timesteps_list: Sequence[int],
     n_draws: int,
     *,
     seed: int = 0,
@@ -88,13 +88,13 @@ def logit_spread_vs_T(
     out: dict[str, list[float]] = {}
     for name, (denoiser, shared) in settings.items():
         row = []
-        for t in T_list:
+        for t in timesteps_list:
             dc = DiffusionClassifier(
                 denoiser, make_grid(int(t)), shared_noise=shared, noise_mode="stochastic", seed=seed
             ).eval()
             row.append(float(logit_difference_std(repeated_logits(dc, x, n_draws), y).mean()))
         out[name] = row
-    return NoiseSpread([int(t) for t in T_list], out, n_draws, x.shape[0])
+    return NoiseSpread([int(t) for t in timesteps_list], out, n_draws, x.shape[0])
 
 
 # ---------------------------------------------------------------------------------- loss surface
@@ -118,7 +118,7 @@ def loss_surface(
     radius: float,
     points: int,
     generator: torch.Generator | None = None,
-    batch: int = 64,
+    batch_size: int = 64,
 ) -> LossSurface:
     """Loss landscape around one image x (1, C, H, W) in [0, 1] with label y (Athalye et al. 2018 style).
 
@@ -141,8 +141,8 @@ def loss_surface(
     grid = (x + aa.reshape(-1, 1, 1, 1) * d_grad + bb.reshape(-1, 1, 1, 1) * d_rand).clamp(0.0, 1.0)
     losses, correct = [], []
     with torch.no_grad():
-        for start in range(0, grid.shape[0], batch):
-            logits = model(grid[start : start + batch])
+        for start in range(0, grid.shape[0], batch_size):
+            logits = model(grid[start : start + batch_size])
             lab = label.expand(logits.shape[0])
             losses.append(F.cross_entropy(logits, lab, reduction="none"))
             correct.append(logits.argmax(1) == lab)

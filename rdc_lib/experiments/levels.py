@@ -100,7 +100,7 @@ def level_views(
     sigma_mins: Sequence[float],  # the slider's values (the first is the reference grid's)
     make_attack: Callable[[nn.Module], Any],  # DC -> attack (callable (x, y) -> x_adv), seeded by the caller
     *,
-    T: int,
+    timesteps: int,  # T, levels of every grid
     gap_x: Tensor,  # (B, C, H, W) images of the class-gap measurement
     gap_y: Tensor,  # (B,)
     seed: int,
@@ -116,7 +116,7 @@ def level_views(
     y = y.to(device)
     views, x_ref = [], None
     for s in sigma_mins:
-        grid = make_grid(T, sigma_min=float(s))
+        grid = make_grid(timesteps, sigma_min=float(s))
         dc = DiffusionClassifier(denoiser, grid, noise_mode="fixed", seed=seed).eval()
         x_own = make_attack(dc)(x, y).detach()
         if x_ref is None:

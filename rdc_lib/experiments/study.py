@@ -150,7 +150,7 @@ def class_errors_by_sigma(
     sigmas,  # (T,) noise levels (model space)
     generator: torch.Generator | None = None,
     *,
-    batch: int = 64,  # images per call
+    batch_size: int = 64,  # images per call
 ) -> Tensor:  # (B, K, T) mean squared error per image, class and level
     """Denoising error of every class-conditional model on one eps per (image, level), shared by the classes."""
     check_images(x01, channels=denoiser.img_channels, resolution=denoiser.img_resolution, name="x01")
@@ -160,8 +160,8 @@ def class_errors_by_sigma(
     )
     x0 = x01 * 2 - 1
     out = []
-    for i in range(0, x0.shape[0], batch):
-        xb, nb = x0[i : i + batch], noise[i : i + batch]
+    for i in range(0, x0.shape[0], batch_size):
+        xb, nb = x0[i : i + batch_size], noise[i : i + batch_size]
         b, t = xb.shape[0], s.numel()
         noisy = (xb.unsqueeze(1) + s.reshape(1, -1, 1, 1, 1) * nb).flatten(0, 1)  # (b * T, C, H, W)
         den = denoiser.denoise_all(noisy, s.repeat(b))  # (b * T, K, C, H, W)
@@ -221,7 +221,7 @@ def distance_to_teacher_by_sigma(
     sigmas,  # (T,) noise levels (model space)
     generator: torch.Generator | None = None,
     *,
-    batch: int = 64,  # images per call
+    batch_size: int = 64,  # images per call
 ) -> Tensor:  # (T,) mean over images, classes and pixels of (D_s - D_t)^2, model space
     """How far a (distilled) student is from its teacher over all K class-conditional outputs, on the same noisy
     inputs: what distillation can still gain, level by level."""
@@ -235,8 +235,8 @@ def distance_to_teacher_by_sigma(
     )
     x0 = x01 * 2 - 1
     total = torch.zeros(s.numel(), dtype=x01.dtype, device=x01.device)
-    for i in range(0, x0.shape[0], batch):
-        xb, nb = x0[i : i + batch], noise[i : i + batch]
+    for i in range(0, x0.shape[0], batch_size):
+        xb, nb = x0[i : i + batch_size], noise[i : i + batch_size]
         b, t = xb.shape[0], s.numel()
         noisy = (xb.unsqueeze(1) + s.reshape(1, -1, 1, 1, 1) * nb).flatten(0, 1)  # (b * T, C, H, W)
         gap = (student.denoise_all(noisy, s.repeat(b)) - teacher.denoise_all(noisy, s.repeat(b))) ** 2

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..core.choices import GRID_LEVELS
+from ..core.choices import TIMESTEPS
 from ..core.utils import check_images, check_labels
 from ..defenses.classifier import bayes_posterior
 from ..diffusion.elbo import elbo_terms
@@ -83,7 +83,7 @@ def lm_trajectories(
     res = likelihood_maximization(denoiser, x, noise=noise, config=config, return_trajectory=True)
     traj = res.trajectory  # (N + 1, B, C, H, W)
     if grid is None:
-        grid = classifier.grid if isinstance(getattr(classifier, "grid", None), NoiseGrid) else make_grid(GRID_LEVELS)
+        grid = classifier.grid if isinstance(getattr(classifier, "grid", None), NoiseGrid) else make_grid(TIMESTEPS)
     null = torch.tensor([denoiser.null_label], device=x.device)
     eps = torch.randn((x.shape[0], 1, len(grid), *x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
     bound = torch.stack([elbo_terms(denoiser, t, grid, classes=null, noise=eps).sum((1, 2)) for t in traj])

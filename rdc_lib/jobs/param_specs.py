@@ -221,8 +221,8 @@ PARAM_SPECS: dict[str, ParamSpec] = {
         "int", "EOT: noise draws averaged per attack gradient against the stochastic defense", low=1, high=1000
     ),
     # diffusion classifier
-    "T": ParamSpec("int", "number of noise levels of the diffusion classifier", low=1, high=10_000),
-    "T_list": ParamSpec("list[int]", "numbers of noise levels compared", low=1, high=10_000),
+    "timesteps": ParamSpec("int", "number of noise levels T of the diffusion classifier", low=1, high=10_000),
+    "timesteps_list": ParamSpec("list[int]", "numbers of noise levels compared", low=1, high=10_000),
     "prior_class": ParamSpec("int", "class favoured by the non-uniform prior", low=0, high=9),
     "prior_weight": ParamSpec(
         "float", "how many times more prior mass prior_class gets than each other class", low=1e-6, high=1e6
@@ -255,7 +255,7 @@ PARAM_SPECS: dict[str, ParamSpec] = {
     "bases": ParamSpec(
         "list[str]", "base classifiers that are smoothed (rdc_lib.certify.BASES)", choices=SMOOTHING_BASES
     ),
-    "sigma_list": ParamSpec("list[float]", "smoothing noise levels (pixel space, > 0)", low=1e-6, high=10.0),
+    "pixel_sigma_list": ParamSpec("list[float]", "smoothing noise levels (pixel space, > 0)", low=1e-6, high=10.0),
     "radii": ParamSpec("list[float]", "l2 radii (pixel space) at which accuracy is reported", low=0.0, high=100.0),
     "n_select": ParamSpec("int", "selection draws n0 of the certificate", low=1, high=10_000_000),
     "n_estimate": ParamSpec("int", "estimation draws N of the certificate", low=1, high=10_000_000),

@@ -221,7 +221,13 @@ def _check_sizes(values: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------- API
 
 
-def validate_params(*, base_dir: str | Path | None = None, **params: Any) -> dict[str, Any]:
+# Parameters renamed in issue 38 (old name -> new): passing an old name is an error that names the new one.
+RENAMED_PARAMS = {"T": "timesteps", "T_list": "timesteps_list", "sigma_list": "pixel_sigma_list"}
+
+
+def validate_params(
+    *, base_dir: str | Path | None = None, namespace: dict | None = None, **params: Any
+) -> dict[str, Any]:
     """Check every notebook parameter passed by keyword; return them normalised (numbers as float).
 
     File and folder parameters come back as absolute paths: a checkpoint given by a shipped name
@@ -229,13 +235,21 @@ def validate_params(*, base_dir: str | Path | None = None, **params: Any) -> dic
     default (``rdc_lib.core.choices.DEFAULT_DENOISERS``, by :data:`DENOISER_DEFAULT_HEADS` or the notebook's
     ``heads``); a relative path is looked up under
     ``base_dir`` (default: the current directory), then under the repository's notebooks/ folder,
-    so the notebooks' defaults work from any working folder.
+    so the notebooks' defaults work from any working folder. ``namespace``: the notebook's ``globals()``, where
+    papermill injects every parameter it is given; an old name of :data:`RENAMED_PARAMS` found there (or passed
+    here) is refused, never silently ignored.
 
     Raises :class:`NotebookParameterError` (a ValueError) naming the parameter, the value and the
     expected type or values; :class:`MissingFilesError` (also a
     FileNotFoundError) for missing checkpoints and, with ``dataset='cifar10'``, for every file of
     the ``cifar10-paper`` preset that is not in place (with where to put it).
     """
+    renamed = sorted(n for n in RENAMED_PARAMS if n in params or n in (namespace or {}))
+    if renamed:
+        text = ", ".join(f"{n!r} is now {RENAMED_PARAMS[n]!r}" for n in renamed)
+        raise NotebookParameterError(
+            f"renamed notebook parameter(s): {text} (pass -p {RENAMED_PARAMS[renamed[0]]} ...)"
+        )
     unknown = sorted(set(params) - set(PARAM_SPECS))
     if unknown:
         hints = {n: difflib.get_close_matches(n, PARAM_SPECS, n=1) for n in unknown}

@@ -106,7 +106,7 @@ class UNetBlock(nn.Module):
     """DDPM++ residual block (EDM's UNetBlock with adaptive_scale=False, resample_proj=True).
 
     h = conv0(silu(norm0(x))) [with resampling]; h = silu(norm1(h + affine(emb)));
-    h = conv1(dropout(h)); x = (h + skip(x)) / sqrt(2); then, with attention, one-head
+    h = conv1(dropout(h)); x = (h + skip(x)) / sqrt(2); then, with attention, ``attn_heads``-head (default one)
     self-attention x = (proj(attn(norm2(x))) + x) / sqrt(2). x (B, in, H, W), emb (B, E).
     """
 
@@ -118,13 +118,13 @@ class UNetBlock(nn.Module):
         *,
         resample: Literal["up", "down"] | None = None,
         attention: bool = False,
-        num_heads: int = 1,
+        attn_heads: int = 1,  # self-attention heads (not the output heads of a multi-head denoiser)
         dropout: float = 0.0,
         resample_filter: Sequence[int] = (1, 1),
     ):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.num_heads = num_heads if attention else 0
+        self.attn_heads = attn_heads if attention else 0
         self.dropout = dropout
         self.norm0 = group_norm(in_channels)
         self.conv0 = ResampleConv2d(in_channels, out_channels, 3, resample, resample_filter)
@@ -144,13 +144,13 @@ class UNetBlock(nn.Module):
         h = F.silu(self.norm1(h + self.affine(emb).to(h.dtype)[:, :, None, None]))
         h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
         x = (h + (self.skip(x) if self.skip is not None else x)) * _SKIP_SCALE
-        if self.num_heads:
+        if self.attn_heads:
             x = (self.proj(self._attend(x)) + x) * _SKIP_SCALE
         return x
 
     def _attend(self, x: Tensor) -> Tensor:
         b, c, hgt, wid = x.shape
-        heads = self.num_heads
+        heads = self.attn_heads
         # qkv channels are laid out (head, channel, {q, k, v}), as in the official weights
         q, k, v = self.qkv(self.norm2(x)).reshape(b * heads, c // heads, 3, hgt * wid).unbind(2)
         with torch.autocast(device_type=x.device.type, enabled=False):  # softmax(q^T k / sqrt(d)) in float32

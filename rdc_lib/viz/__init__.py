@@ -12,7 +12,7 @@ from ..experiments.analysis import (
     NoiseSpread,
     denoise_across_sigmas,
     logit_difference_std,
-    logit_spread_vs_T,
+    logit_spread_vs_timesteps,
     loss_surface,
     repeated_logits,
 )
@@ -60,7 +60,7 @@ __all__ = [
     "lm_step_figure",
     "lm_trajectories",
     "logit_difference_std",
-    "logit_spread_vs_T",
+    "logit_spread_vs_timesteps",
     "logits_over_iterations_figure",
     "loss_surface",
     "loss_surface_3d_figure",

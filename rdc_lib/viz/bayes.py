@@ -93,11 +93,11 @@ def noise_spread_figure(spread: Any, *, title: str = "") -> go.Figure:
     """Mean std of logit differences over noise draws against T, one line per setting (a NoiseSpread)."""
     fig = go.Figure()
     for name, values in spread.std.items():
-        fig.add_trace(go.Scatter(x=spread.T_list, y=values, mode="lines+markers", name=name))
+        fig.add_trace(go.Scatter(x=spread.timesteps_list, y=values, mode="lines+markers", name=name))
     fig.update_layout(
         title=title
         or (f"spread of logit differences z_y - z_j over {spread.n_draws} noise draws ({spread.n_images} images)"),
-        xaxis=dict(title="T (noise levels)", type="log", tickvals=spread.T_list),
+        xaxis=dict(title="T (noise levels)", type="log", tickvals=spread.timesteps_list),
         yaxis=dict(title="std over draws (mean over images, j != y)", type="log"),
         height=420,
     )

@@ -56,7 +56,7 @@ def smoothing_explorer_figure(
     cert: Mapping[str, Any],
     *,
     label: int,
-    sigma: float,
+    pixel_sigma: float,  # the smoothing noise std, pixel space [0, 1]
     title: str = "",
 ) -> go.Figure:
     """One image: the clean image, some noisy draws with the base prediction, and the class counts of the
@@ -88,6 +88,8 @@ def smoothing_explorer_figure(
         fig.update_yaxes(visible=False, autorange="reversed", scaleanchor=f"x{ax if ax > 1 else ''}", row=1, col=ax)
     verdict = "abstain" if cert["prediction"] < 0 else f"class {cert['prediction']}, radius {cert['radius']:.3f}"
     fig.update_layout(
-        title=title or f"sigma = {sigma:g}: p_A >= {cert['p_lower']:.3f} -> {verdict}", height=480, showlegend=False
+        title=title or f"sigma = {pixel_sigma:g}: p_A >= {cert['p_lower']:.3f} -> {verdict}",
+        height=480,
+        showlegend=False,
     )
     return fig
