@@ -303,19 +303,19 @@ def test_at_least_as_strong_as_torchattacks(norm, cnn, digits):
     x, y = digits
     eps = {"linf": 0.1, "l2": 0.5}[norm]
     steps, restarts = 10, 3
-    alpha = 2.5 * eps / steps
+    step_size = 2.5 * eps / steps  # torchattacks calls it alpha
     slack = max(1, x.shape[0] // 100) / x.shape[0]
     reference_pgd = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
     # deterministic start: the same algorithm, so ours must break a superset of theirs
-    theirs = cnn(reference_pgd(cnn, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)).argmax(1) != y
-    ours = PGD(cnn, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=False).run(x, y).success
+    theirs = cnn(reference_pgd(cnn, eps=eps, alpha=step_size, steps=steps, random_start=False)(x, y)).argmax(1) != y
+    ours = PGD(cnn, norm=norm, eps=eps, step_size=step_size, steps=steps, random_start=False).run(x, y).success
     assert (ours | ~theirs).all()
     # random starts: our restarts against the per-example worst case over as many torchattacks runs
     torch.manual_seed(0)
     robust = torch.ones_like(y, dtype=torch.bool)
     for _ in range(restarts):
-        robust &= cnn(reference_pgd(cnn, eps=eps, alpha=alpha, steps=steps)(x, y)).argmax(1) == y
-    ours = PGD(cnn, norm=norm, eps=eps, alpha=alpha, steps=steps, restarts=restarts, seed=0).run(x, y)
+        robust &= cnn(reference_pgd(cnn, eps=eps, alpha=step_size, steps=steps)(x, y)).argmax(1) == y
+    ours = PGD(cnn, norm=norm, eps=eps, step_size=step_size, steps=steps, restarts=restarts, seed=0).run(x, y)
     assert ours.robust_accuracy <= robust.float().mean().item() + slack
     ref = torchattacks.APGD(
         cnn, norm="Linf" if norm == "linf" else "L2", eps=eps, steps=steps, n_restarts=restarts, seed=0, loss="ce"
