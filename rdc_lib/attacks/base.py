@@ -400,8 +400,12 @@ class Attack:
     def __repr__(self) -> str:
         return (
             f"{self.name}(norm={self.norm!r}, eps={self.eps:g}, steps={self.steps}, "
-            f"restarts={self.restarts}, eot={self.eot}, verify={self.verify}, seed={self.seed})"
+            f"restarts={self.restarts}, eot={self.eot}, verify={self.verify}, seed={self.seed}{self._repr_extra()})"
         )
+
+    def _repr_extra(self) -> str:
+        """Settings a subclass adds to the repr, each as ', name=value' (none here)."""
+        return ""
 
 
 def input_gradient(losses: Tensor, x: Tensor) -> Tensor:

@@ -189,11 +189,8 @@ class _Lagrangian:
         with eval_mode(self.denoiser):
             super()._perturb(view, idx)  # type: ignore[misc]  # a view quacks like an AttackContext
 
-    def __repr__(self) -> str:
-        return (
-            f"{super().__repr__()[:-1]}, lam={self.lam:g}, sigma_range={self.sigma_range}, "
-            f"diffusion_draws={self.diffusion_draws})"
-        )
+    def _repr_extra(self) -> str:
+        return f", lam={self.lam:g}, sigma_range={self.sigma_range}, diffusion_draws={self.diffusion_draws}"
 
 
 class LagrangianPGD(_Lagrangian, PGD):
@@ -201,8 +198,7 @@ class LagrangianPGD(_Lagrangian, PGD):
 
     Distance Measure : Linf, L2
 
-    Arguments:
-        model, budget keywords, step_size, loss, random_start: see :class:`PGD`.
+    Arguments, besides those of :class:`PGD` (model, the budget keywords, step_size, loss, random_start):
         denoiser: the defense's diffusion model (its null label gives L_diff); required.
         lam: weight of the diffusion loss, >= 0 (0: plain PGD).
         sigma_range: sigma ~ U(lo, hi) (model space) of the L_diff estimate; default LM's (0.4, 0.6).

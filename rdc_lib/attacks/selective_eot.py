@@ -192,11 +192,8 @@ class _SelectiveEOT:
         view = SelectiveEOTContext(ctx, aggregation=self.aggregation, temperature=self.temperature, top_k=self.top_k)
         super()._perturb(view, idx)  # type: ignore[misc]  # a view quacks like an AttackContext
 
-    def __repr__(self) -> str:
-        return (
-            f"{super().__repr__()[:-1]}, aggregation={self.aggregation!r}, temperature={self.temperature:g}, "
-            f"top_k={self.top_k})"
-        )
+    def _repr_extra(self) -> str:
+        return f", aggregation={self.aggregation!r}, temperature={self.temperature:g}, top_k={self.top_k}"
 
 
 class SelectiveEOTPGD(_SelectiveEOT, PGD):
@@ -204,9 +201,8 @@ class SelectiveEOTPGD(_SelectiveEOT, PGD):
 
     Distance Measure : Linf, L2
 
-    Arguments:
-        model, budget keywords, step_size, loss, random_start: see :class:`PGD`; the budget's ``eot`` is M, the
-            number of draws per gradient (selective EOT needs M > 1 to differ from PGD).
+    Arguments, besides those of :class:`PGD` (the budget's ``eot`` is M, the number of draws per gradient;
+    selective EOT needs M > 1 to differ from PGD):
         aggregation: 'selective' (default) or 'mean' (plain EOT, identical to :class:`PGD`).
         temperature: T of the softmax over the draws' losses (> 0, in loss units: compare it with the spread of
             the losses across draws; ``math.inf`` = uniform weights).
