@@ -5,6 +5,7 @@
 ``rdc_lib.viz.widgets``: ipywidgets explorers built on these, with a static fallback.
 """
 
+from ..experiments import analysis as _analysis
 from ..experiments.analysis import (
     AttackTrajectories,
     CallTiming,
@@ -23,6 +24,7 @@ from ..experiments.analysis import (
     repeated_logits,
     time_per_call,
 )
+from . import core as _core
 from .core import (
     accuracy_vs_eps_figure,
     attack_step_figure,
@@ -44,39 +46,4 @@ from .core import (
     table_figure,
 )
 
-__all__ = [
-    "AttackTrajectories",
-    "CallTiming",
-    "CostComparison",
-    "LMTrajectories",
-    "LossSurface",
-    "NoiseSpread",
-    "QueryRecorder",
-    "accuracy_vs_eps_figure",
-    "attack_step_figure",
-    "compare_cost",
-    "cost_figure",
-    "denoise_across_sigmas",
-    "elbo_sum_figure",
-    "elbo_terms_figure",
-    "finite_difference_figure",
-    "gradient_cosine_figure",
-    "image_grid_figure",
-    "image_trace",
-    "lm_curves_figure",
-    "lm_step_figure",
-    "lm_trajectories",
-    "logit_difference_std",
-    "logit_spread_vs_T",
-    "logits_over_iterations_figure",
-    "loss_surface",
-    "loss_surface_3d_figure",
-    "loss_surface_figure",
-    "noise_spread_figure",
-    "posterior_change_figure",
-    "posterior_figure",
-    "record_attack",
-    "repeated_logits",
-    "table_figure",
-    "time_per_call",
-]
+__all__ = sorted([*_analysis.__all__, *_core.__all__])  # every name of the two modules, re-exported
