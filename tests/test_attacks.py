@@ -17,6 +17,7 @@ from rdc_lib.attacks import (
     FGSM,
     NORMS,
     PGD,
+    AttackBudget,
     AttackResult,
     Square,
     apgd_checkpoints,
@@ -160,6 +161,25 @@ def test_eps_zero_returns_inputs(cnn, digits):
 def test_bad_budget_raises(kwargs, match, cnn):
     with pytest.raises(ValueError, match=match):
         PGD(cnn, **kwargs)
+
+
+def test_one_budget_for_every_attack_and_step_size_is_named_step_size(cnn):
+    # the budget is validated in one place (AttackBudget) whichever attack takes it
+    for cls in (PGD, APGD, Square, FGSM):
+        with pytest.raises(ValueError, match="eot must be an int >= 1, got 0"):
+            cls(cnn, eps=0.1, eot=0)
+        with pytest.raises(TypeError, match="unexpected keyword arguments \\['epsilon'\\]; budget keywords: eps"):
+            cls(cnn, epsilon=0.1)
+    assert AttackBudget(eps=0.1, steps=7) == PGD(cnn, eps=0.1, steps=7).budget
+    assert (PGD(cnn, eps=0.1).steps, APGD(cnn, eps=0.1).steps, Square(cnn, eps=0.1).steps) == (10, 100, 5000)
+    # alpha is the certification failure probability: the attacks' step size is step_size, alpha= is refused
+    assert PGD(cnn, eps=0.1, steps=4, step_size=0.03).step_size == 0.03
+    assert PGD(cnn, eps=0.1, steps=4).step_size == pytest.approx(2.5 * 0.1 / 4)
+    for build in (lambda **kw: PGD(cnn, eps=0.1, **kw), lambda **kw: build_attack("pgd", cnn, eps=0.1, **kw)):
+        with pytest.raises(TypeError, match="alpha=: the step size is step_size="):
+            build(alpha=0.01)
+    with pytest.raises(ValueError, match="step_size must be a number > 0"):
+        PGD(cnn, eps=0.1, step_size=0.0)
 
 
 def test_bad_names_and_targeted_rules(cnn):

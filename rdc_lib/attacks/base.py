@@ -301,8 +301,9 @@ class Attack:
     Arguments:
         model: callable x (B, C, H, W) in [0, 1] -> logits (B, K); an ``nn.Module`` is put in eval mode
             during the attack and every submodule's train/eval mode is restored afterwards.
-        budget: an :class:`AttackBudget`, or its fields as keywords (norm, eps, steps, restarts, eot, verify,
-            seed, generator; ``steps`` defaults to the attack's ``default_steps``), validated there.
+        budget keywords: the fields of :class:`AttackBudget` (norm, eps, steps, restarts, eot, verify, seed,
+            generator; ``steps`` defaults to the attack's ``default_steps``), validated there and kept as
+            ``attack.budget`` (and as the attributes of the same names).
 
     Shape:
         - x: (B, C, H, W), float, values in [0, 1].
@@ -318,18 +319,12 @@ class Attack:
     default_steps: ClassVar[int] = 10  # ``steps`` when the budget keywords leave it out
     norms: ClassVar[tuple[str, ...]] = NORMS  # the threat models it attacks
 
-    def __init__(self, model: Model, *, budget: AttackBudget | None = None, **budget_keywords: Any):
+    def __init__(self, model: Model, **budget_keywords: Any):
         if not callable(model):
             raise ValueError(f"model must be callable x -> logits, got {type(model).__name__}")
         self.model = model
-        if budget is None:
-            keywords = _budget_keywords(type(self).__name__, budget_keywords)
-            budget = AttackBudget(**{"steps": self.default_steps, **keywords})
-        elif budget_keywords:
-            names = sorted(budget_keywords)
-            raise TypeError(f"{type(self).__name__}: pass either budget= or its keywords {names}, not both")
-        elif not isinstance(budget, AttackBudget):
-            raise ValueError(f"budget must be an AttackBudget, got {type(budget).__name__}")
+        keywords = _budget_keywords(type(self).__name__, budget_keywords)
+        budget = AttackBudget(**{"steps": self.default_steps, **keywords})
         if budget.norm not in self.norms:
             valid = ", ".join(self.norms)
             raise ValueError(f"{type(self).__name__}: unknown norm {budget.norm!r}; valid choices: {valid}")
