@@ -202,28 +202,12 @@ def train_denoiser(
         x_batch = x_train[idx]
         if cfg.adv_eps > 0:
             x_batch = adversarial_batch(net, x_batch, y_train[idx], cfg, gen)
+        noise = dict(generator=gen, P_mean=cfg.P_mean, P_std=cfg.P_std)  # the training noise levels' draws
         if teacher is not None:
-            loss = edm_distill_loss(
-                net,
-                teacher,
-                x_batch,
-                y_train[idx],
-                generator=gen,
-                P_mean=cfg.P_mean,
-                P_std=cfg.P_std,
-                wrong_classes=cfg.distill_classes,
-                weight=cfg.distill_weight,
-            ).mean()
+            wrong = dict(wrong_classes=cfg.distill_classes, weight=cfg.distill_weight)
+            loss = edm_distill_loss(net, teacher, x_batch, y_train[idx], **noise, **wrong).mean()
         else:
-            loss = edm_loss(
-                net,
-                x_batch,
-                y_train[idx],
-                generator=gen,
-                P_mean=cfg.P_mean,
-                P_std=cfg.P_std,
-                label_dropout=cfg.label_dropout,
-            ).mean()
+            loss = edm_loss(net, x_batch, y_train[idx], label_dropout=cfg.label_dropout, **noise).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -17,6 +17,7 @@ from rdc_lib.attacks import (
     FGSM,
     NORMS,
     PGD,
+    AttackBudget,
     AttackResult,
     Square,
     apgd_checkpoints,
@@ -162,6 +163,25 @@ def test_bad_budget_raises(kwargs, match, cnn):
         PGD(cnn, **kwargs)
 
 
+def test_one_budget_for_every_attack_and_step_size_is_named_step_size(cnn):
+    # the budget is validated in one place (AttackBudget) whichever attack takes it
+    for cls in (PGD, APGD, Square, FGSM):
+        with pytest.raises(ValueError, match="eot must be an int >= 1, got 0"):
+            cls(cnn, eps=0.1, eot=0)
+        with pytest.raises(TypeError, match="unexpected keyword arguments \\['epsilon'\\]; budget keywords: eps"):
+            cls(cnn, epsilon=0.1)
+    assert AttackBudget(eps=0.1, steps=7) == PGD(cnn, eps=0.1, steps=7).budget
+    assert (PGD(cnn, eps=0.1).steps, APGD(cnn, eps=0.1).steps, Square(cnn, eps=0.1).steps) == (10, 100, 5000)
+    # alpha is the certification failure probability: the attacks' step size is step_size, alpha= is refused
+    assert PGD(cnn, eps=0.1, steps=4, step_size=0.03).step_size == 0.03
+    assert PGD(cnn, eps=0.1, steps=4).step_size == pytest.approx(2.5 * 0.1 / 4)
+    for build in (lambda **kw: PGD(cnn, eps=0.1, **kw), lambda **kw: build_attack("pgd", cnn, eps=0.1, **kw)):
+        with pytest.raises(TypeError, match="alpha=: the step size is step_size="):
+            build(alpha=0.01)
+    with pytest.raises(ValueError, match="step_size must be a number > 0"):
+        PGD(cnn, eps=0.1, step_size=0.0)
+
+
 def test_bad_names_and_targeted_rules(cnn):
     with pytest.raises(ValueError, match="valid choices: fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, square"):
         build_attack("cw", cnn, eps=0.1)
@@ -303,19 +323,19 @@ def test_at_least_as_strong_as_torchattacks(norm, cnn, digits):
     x, y = digits
     eps = {"linf": 0.1, "l2": 0.5}[norm]
     steps, restarts = 10, 3
-    alpha = 2.5 * eps / steps
+    step_size = 2.5 * eps / steps  # torchattacks calls it alpha
     slack = max(1, x.shape[0] // 100) / x.shape[0]
     reference_pgd = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
     # deterministic start: the same algorithm, so ours must break a superset of theirs
-    theirs = cnn(reference_pgd(cnn, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)).argmax(1) != y
-    ours = PGD(cnn, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=False).run(x, y).success
+    theirs = cnn(reference_pgd(cnn, eps=eps, alpha=step_size, steps=steps, random_start=False)(x, y)).argmax(1) != y
+    ours = PGD(cnn, norm=norm, eps=eps, step_size=step_size, steps=steps, random_start=False).run(x, y).success
     assert (ours | ~theirs).all()
     # random starts: our restarts against the per-example worst case over as many torchattacks runs
     torch.manual_seed(0)
     robust = torch.ones_like(y, dtype=torch.bool)
     for _ in range(restarts):
-        robust &= cnn(reference_pgd(cnn, eps=eps, alpha=alpha, steps=steps)(x, y)).argmax(1) == y
-    ours = PGD(cnn, norm=norm, eps=eps, alpha=alpha, steps=steps, restarts=restarts, seed=0).run(x, y)
+        robust &= cnn(reference_pgd(cnn, eps=eps, alpha=step_size, steps=steps)(x, y)).argmax(1) == y
+    ours = PGD(cnn, norm=norm, eps=eps, step_size=step_size, steps=steps, restarts=restarts, seed=0).run(x, y)
     assert ours.robust_accuracy <= robust.float().mean().item() + slack
     ref = torchattacks.APGD(
         cnn, norm="Linf" if norm == "linf" else "L2", eps=eps, steps=steps, n_restarts=restarts, seed=0, loss="ce"

@@ -10,7 +10,7 @@ name with ``build_attack``; ``ATTACK_NAMES`` / ``ADAPTIVE_ATTACK_NAMES`` are the
 
 from . import builtin as _builtin  # registers the shipped attacks
 from .apgd import APGD, APGD_LOSSES, TARGET_RULES, apgd_checkpoints
-from .base import Attack, AttackContext, AttackResult, eval_mode
+from .base import Attack, AttackBudget, AttackContext, AttackResult, eval_mode
 from .ensemble import AUTOATTACK_MEMBERS, ChunkReport, EnsembleResult, autoattack_suite, run_ensemble
 from .fgsm import FGSM
 from .lagrangian import LagrangianAPGD, LagrangianPGD, expected_unconditional_loss
@@ -53,6 +53,7 @@ __all__ = [
     "APGD_LOSSES",
     "ATTACK_NAMES",
     "Attack",
+    "AttackBudget",
     "AttackContext",
     "AttackResult",
     "BPDA",

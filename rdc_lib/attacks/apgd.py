@@ -18,6 +18,7 @@ highest-scoring wrong classes on the clean input (target rule 'top-k'), each on 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,7 +48,7 @@ class APGD(Attack):
     Distance Measure : Linf, L2
 
     Arguments:
-        model, norm, eps, steps, restarts, eot, seed, generator: see :class:`Attack`.
+        model, budget keywords (norm, eps, steps = 100, restarts, eot, verify, seed, generator): see :class:`Attack`.
         loss: 'ce' or 'dlr' (with ``targeted=True``: targeted CE or targeted DLR, APGD-T uses 'dlr').
         targeted: run one targeted attack per target class; needs ``target_rule``.
         target_rule: how targets are chosen; 'top-k': the ``n_target_classes`` highest wrong clean logits.
@@ -64,36 +65,21 @@ class APGD(Attack):
         >>> apgd_t = APGD(model, norm="l2", eps=0.5, loss="dlr", targeted=True, target_rule="top-k")
     """
 
+    default_steps = 100
+
     def __init__(
         self,
         model: Model,
         *,
-        norm: str = "linf",
-        eps: float,
-        steps: int = 100,
         loss: str = "ce",
         targeted: bool = False,
         target_rule: str | None = None,
         n_target_classes: int = 9,
-        restarts: int = 1,
-        eot: int = 1,
-        verify: int = 1,
         rho: float = 0.75,
         momentum: float = 0.75,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        **budget: Any,
     ):
-        super().__init__(
-            model,
-            norm=norm,
-            eps=eps,
-            steps=steps,
-            restarts=restarts,
-            eot=eot,
-            verify=verify,
-            seed=seed,
-            generator=generator,
-        )
+        super().__init__(model, **budget)
         if loss not in APGD_LOSSES:
             raise ValueError(f"unknown APGD loss {loss!r}; valid choices: {', '.join(APGD_LOSSES)}")
         if targeted and target_rule is None:

@@ -20,16 +20,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ..core.choices import NORMS
 from ..core.utils import check_images, check_labels
 from .losses import LossFn, margin
 from .projections import check_norm
 
-__all__ = ["Attack", "AttackContext", "AttackResult", "Model", "eval_mode", "input_gradient"]
+FLOW = "flow"  # the threat model of THREAT_NORMS beyond the l_p balls (StAdv): eps bounds a per-pixel flow
+
+__all__ = ["Attack", "AttackBudget", "AttackContext", "AttackResult", "Model", "eval_mode", "input_gradient"]
 
 Model = Callable[[Tensor], Tensor]
 
@@ -209,22 +213,97 @@ class AttackContext:
         return ~self.success[idx]
 
 
+@dataclass(frozen=True)
+class AttackBudget:
+    """The budget every attack shares, validated here once (torchattacks shape).
+
+    Fields:
+        eps: radius of the ball (>= 0; <= 1 for 'linf'), or the flow bound in [0, 2] for 'flow'.
+        norm: threat model, 'linf' or 'l2' (an l_p ball), or 'flow' (StAdv's per-pixel flow bound).
+        steps: iterations (gradient steps, or queries for score-based attacks), >= 1.
+        restarts: independent runs; later runs only touch examples still classified correctly, >= 1.
+        eot: model copies per gradient (Expectation over Transformation), >= 1.
+        verify: for stochastic models, calls that must all misclassify a candidate before the example
+            counts as broken and stops (1 = trust one call, the deterministic-model default); see
+            :class:`AttackContext`.
+        seed: seeds a fresh generator at every call (0 when neither seed nor generator is given).
+        generator: a ``torch.Generator`` to draw from instead (its stream advances across calls).
+    """
+
+    eps: float
+    norm: str = "linf"
+    steps: int = 10
+    restarts: int = 1
+    eot: int = 1
+    verify: int = 1
+    seed: int | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        norm, eps, seed, generator = self.norm, self.eps, self.seed, self.generator
+        finite = not isinstance(eps, bool) and isinstance(eps, (int, float)) and math.isfinite(eps)
+        if norm == FLOW:
+            if not finite or not 0 <= eps <= 2:
+                raise ValueError(
+                    f"the flow bound (eps; StAdv's bound=, normalised grid units where [-1, 1] spans the image) "
+                    f"must be a finite number in [0, 2], got {eps!r}"
+                )
+        else:
+            check_norm(norm)
+            if not finite or eps < 0:
+                raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        if norm == "linf" and eps > 1:
+            raise ValueError(f"l_inf eps must be <= 1 for images in [0, 1], got {eps}")
+        for name in ("steps", "restarts", "eot", "verify"):
+            _positive_int(getattr(self, name), name)
+        if seed is not None and generator is not None:
+            raise ValueError("pass either seed or generator, not both")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        object.__setattr__(self, "eps", float(eps))
+        object.__setattr__(self, "seed", 0 if seed is None and generator is None else seed)
+
+
+_BUDGET_KEYWORDS = tuple(f.name for f in fields(AttackBudget))
+
+
+def _budget_keywords(attack: str, keywords: dict[str, Any]) -> dict[str, Any]:
+    """``keywords`` if they are all fields of :class:`AttackBudget`; a TypeError naming the others otherwise."""
+    unknown = sorted(set(keywords) - set(_BUDGET_KEYWORDS))
+    if "alpha" in unknown:
+        raise TypeError(
+            f"{attack} got alpha=: the step size is step_size= (alpha is the certification failure probability)"
+        )
+    if unknown:
+        raise TypeError(
+            f"{attack} got unexpected keyword arguments {unknown}; budget keywords: {', '.join(_BUDGET_KEYWORDS)} "
+            "(the attack's own keywords: see its docstring)"
+        )
+    if "eps" not in keywords:
+        raise TypeError(f"{attack} needs eps= (the radius of the threat model's ball)")
+    return keywords
+
+
+def step_size_or_default(step_size: float | None, radius: float, steps: int) -> float:
+    """``step_size`` (> 0) checked, or the default 2.5 * radius / steps (Madry et al.)."""
+    if step_size is None:
+        return 2.5 * radius / steps
+    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0:
+        raise ValueError(f"step_size must be a number > 0 (None: 2.5 * eps / steps), got {step_size!r}")
+    return float(step_size)
+
+
 class Attack:
     """Base class: an attack with a fixed budget, called on (x, y) to produce adversarial images.
 
     Arguments:
         model: callable x (B, C, H, W) in [0, 1] -> logits (B, K); an ``nn.Module`` is put in eval mode
             during the attack and every submodule's train/eval mode is restored afterwards.
-        norm: threat model, 'linf' or 'l2'.
-        eps: radius of the ball (>= 0; <= 1 for 'linf').
-        steps: iterations (gradient steps, or queries for score-based attacks), >= 1.
-        restarts: independent runs; later runs only touch examples still classified correctly.
-        eot: model copies per gradient (Expectation over Transformation), >= 1.
-        verify: for stochastic models, calls that must all misclassify a candidate before the example
-            counts as broken and stops (1 = trust one call, the deterministic-model default); see
-            :class:`AttackContext`.
-        seed: seeds a fresh generator at every call (default 0 when no generator is given).
-        generator: a ``torch.Generator`` to draw from instead (its stream advances across calls).
+        budget keywords: the fields of :class:`AttackBudget` (norm, eps, steps, restarts, eot, verify, seed,
+            generator; ``steps`` defaults to the attack's ``default_steps``), validated there and kept as
+            ``attack.budget`` (and as the attributes of the same names).
 
     Shape:
         - x: (B, C, H, W), float, values in [0, 1].
@@ -237,40 +316,21 @@ class Attack:
         >>> result = attack.run(x, y)  # AttackResult with success, queries, margin
     """
 
-    def __init__(
-        self,
-        model: Model,
-        *,
-        norm: str = "linf",
-        eps: float,
-        steps: int = 10,
-        restarts: int = 1,
-        eot: int = 1,
-        verify: int = 1,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ):
+    default_steps: ClassVar[int] = 10  # ``steps`` when the budget keywords leave it out
+    norms: ClassVar[tuple[str, ...]] = NORMS  # the threat models it attacks
+
+    def __init__(self, model: Model, **budget_keywords: Any):
         if not callable(model):
             raise ValueError(f"model must be callable x -> logits, got {type(model).__name__}")
         self.model = model
-        self.norm = check_norm(norm)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-        if norm == "linf" and eps > 1:
-            raise ValueError(f"l_inf eps must be <= 1 for images in [0, 1], got {eps}")
-        self.eps = float(eps)
-        self.steps = _positive_int(steps, "steps")
-        self.restarts = _positive_int(restarts, "restarts")
-        self.eot = _positive_int(eot, "eot")
-        self.verify = _positive_int(verify, "verify")
-        if seed is not None and generator is not None:
-            raise ValueError("pass either seed or generator, not both")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        self.seed = 0 if seed is None and generator is None else seed
-        self.generator = generator
+        keywords = _budget_keywords(type(self).__name__, budget_keywords)
+        budget = AttackBudget(**{"steps": self.default_steps, **keywords})
+        if budget.norm not in self.norms:
+            valid = ", ".join(self.norms)
+            raise ValueError(f"{type(self).__name__}: unknown norm {budget.norm!r}; valid choices: {valid}")
+        self.budget = budget
+        self.norm, self.eps, self.steps, self.restarts = budget.norm, budget.eps, budget.steps, budget.restarts
+        self.eot, self.verify, self.seed, self.generator = budget.eot, budget.verify, budget.seed, budget.generator
 
     @property
     def name(self) -> str:
@@ -335,8 +395,12 @@ class Attack:
     def __repr__(self) -> str:
         return (
             f"{self.name}(norm={self.norm!r}, eps={self.eps:g}, steps={self.steps}, "
-            f"restarts={self.restarts}, eot={self.eot}, verify={self.verify}, seed={self.seed})"
+            f"restarts={self.restarts}, eot={self.eot}, verify={self.verify}, seed={self.seed}{self._repr_extra()})"
         )
+
+    def _repr_extra(self) -> str:
+        """Settings a subclass adds to the repr, each as ', name=value' (none here)."""
+        return ""
 
 
 def input_gradient(losses: Tensor, x: Tensor) -> Tensor:

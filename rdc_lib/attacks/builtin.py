@@ -5,8 +5,6 @@ Order is the order of the CLI's choices. Builders get the common budget (see ``r
 
 from __future__ import annotations
 
-from typing import Any
-
 from .apgd import APGD
 from .ensemble import AUTOATTACK_MEMBERS, autoattack_suite
 from .fgsm import FGSM
@@ -17,48 +15,33 @@ from .selective_eot import SelectiveEOTAPGD, SelectiveEOTPGD
 from .square import Square
 from .stadv import StAdv
 
-
-def _common(norm: str, eps: float, verify: int, seed: int | None, generator: Any) -> dict:
-    return dict(norm=norm, eps=eps, verify=verify, seed=seed, generator=generator)
+# Every builder gets the budget keywords (norm, eps, steps, restarts, eot, verify, seed, generator) and passes
+# them on: the attacks' constructors take them (rdc_lib.attacks.base.AttackBudget).
 
 
 @register_attack("fgsm", iterative=False, description="fast gradient sign method: one step to the ball's edge")
-def _fgsm(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return FGSM(model, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
+def _fgsm(model, *, steps, restarts, **kw):
+    return FGSM(model, **kw)  # one step, one run: steps and restarts do not apply
 
 
 @register_attack("pgd", description="projected gradient descent, cross-entropy")
-def _pgd(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return PGD(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
+def _pgd(model, **kw):
+    return PGD(model, **kw)
 
 
 @register_attack("apgd-ce", description="APGD with cross-entropy")
-def _apgd_ce(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return APGD(
-        model, steps=steps, restarts=restarts, eot=eot, loss="ce", **_common(norm, eps, verify, seed, generator), **kw
-    )
+def _apgd_ce(model, **kw):
+    return APGD(model, loss="ce", **kw)
 
 
 @register_attack("apgd-dlr", description="APGD with the DLR loss")
-def _apgd_dlr(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return APGD(
-        model, steps=steps, restarts=restarts, eot=eot, loss="dlr", **_common(norm, eps, verify, seed, generator), **kw
-    )
+def _apgd_dlr(model, **kw):
+    return APGD(model, loss="dlr", **kw)
 
 
 @register_attack("apgd-t", extra_args=("n_target_classes",), description="APGD with targeted DLR over the top classes")
-def _apgd_t(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return APGD(
-        model,
-        steps=steps,
-        restarts=restarts,
-        eot=eot,
-        loss="dlr",
-        targeted=True,
-        target_rule="top-k",
-        **_common(norm, eps, verify, seed, generator),
-        **kw,
-    )
+def _apgd_t(model, **kw):
+    return APGD(model, loss="dlr", targeted=True, target_rule="top-k", **kw)
 
 
 @register_attack(
@@ -67,8 +50,8 @@ def _apgd_t(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, 
     budget="queries",
     description="Square: score-based random search (no gradients; EOT averages its scores)",
 )
-def _square(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return Square(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
+def _square(model, **kw):
+    return Square(model, **kw)
 
 
 @register_attack(
@@ -78,27 +61,17 @@ def _square(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, 
     members=AUTOATTACK_MEMBERS,
     description="AutoAttack-style worst case: APGD-CE, APGD-DLR, APGD-T, Square (all with EOT)",
 )
-def _autoattack(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return autoattack_suite(
-        model,
-        norm=norm,
-        eps=eps,
-        steps=steps,
-        restarts=restarts,
-        eot=eot,
-        verify=verify,
-        seed=seed if seed is not None else 0,
-        **kw,
-    )
+def _autoattack(model, *, seed, generator, **kw):
+    return autoattack_suite(model, seed=seed if seed is not None else 0, **kw)
 
 
 def _lagrangian(name: str, cls: type):
-    def build(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+    def build(model, **kw):
         if kw.get("denoiser") is None:
             raise ValueError(
                 f"attack {name!r} needs denoiser=, the defense's diffusion model (for an RDC: denoiser=rdc.denoiser)"
             )
-        return cls(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
+        return cls(model, **kw)
 
     return build
 
@@ -115,17 +88,13 @@ register_attack(
 
 
 @register_attack("pgd-seot", adaptive=True, description="PGD with selective EOT over the draws")
-def _pgd_seot(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return SelectiveEOTPGD(
-        model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw
-    )
+def _pgd_seot(model, **kw):
+    return SelectiveEOTPGD(model, **kw)
 
 
 @register_attack("apgd-seot", adaptive=True, description="APGD with selective EOT over the draws")
-def _apgd_seot(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return SelectiveEOTAPGD(
-        model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw
-    )
+def _apgd_seot(model, **kw):
+    return SelectiveEOTAPGD(model, **kw)
 
 
 @register_attack(
@@ -134,7 +103,5 @@ def _apgd_seot(model, *, norm, eps, steps, restarts, eot, verify, seed, generato
     adaptive=True,
     description="StAdv spatial flow; eps is the flow bound (normalised grid units), norm ignored",
 )
-def _stadv(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
-    return StAdv(
-        model, bound=eps, steps=steps, restarts=restarts, eot=eot, verify=verify, seed=seed, generator=generator, **kw
-    )
+def _stadv(model, *, norm, eps, **kw):
+    return StAdv(model, bound=eps, **kw)

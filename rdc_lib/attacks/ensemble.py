@@ -50,31 +50,29 @@ AUTOATTACK_MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
 def autoattack_suite(
     model: Model,
     *,
-    norm: str = "linf",
-    eps: float,
     steps: int = 100,
-    restarts: int = 1,
-    eot: int = 1,
-    verify: int = 1,
     seed: int = 0,
     square_queries: int = 5000,
     n_target_classes: int = 9,
     include_dlr: bool = True,
+    **budget: Any,
 ) -> list[tuple[str, Attack]]:
     """AutoAttack 'standard' (APGD-CE, APGD-T with targeted DLR, Square) plus untargeted APGD-DLR.
 
-    Order: apgd-ce, apgd-dlr (if ``include_dlr``), apgd-t, square. Against a stochastic defense every member
-    averages ``eot`` draws: the APGD attacks their gradients, Square its scores (the margin of the mean logits,
-    ``eot`` queries per iteration), and every member stops on an image only when ``verify`` fresh calls all
-    misclassify it. ``eot`` and ``verify`` must be ints >= 1.
+    ``budget``: the other budget keywords of every member (eps, norm, restarts, eot, verify; see
+    :class:`~rdc_lib.attacks.base.AttackBudget`). Order: apgd-ce, apgd-dlr (if ``include_dlr``), apgd-t, square.
+    Against a stochastic defense every member averages ``eot`` draws: the APGD attacks their gradients, Square its
+    scores (the margin of the mean logits, ``eot`` queries per iteration), and every member stops on an image only
+    when ``verify`` fresh calls all misclassify it. ``eot`` and ``verify`` must be ints >= 1.
     """
-    for name, value in (("eot", eot), ("verify", verify)):
+    for name in ("eot", "verify"):
+        value = budget.get(name, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(
                 f"the AutoAttack-style ensemble needs {name} >= 1 (draws of a stochastic defense: "
                 f"1 for a deterministic one), got {name} = {value!r}"
             )
-    common = dict(norm=norm, eps=eps, restarts=restarts, eot=eot, verify=verify, seed=seed)
+    common = dict(seed=seed, **budget)
     suite = [("apgd-ce", build_attack("apgd-ce", model, steps=steps, **common))]
     if include_dlr:
         suite.append(("apgd-dlr", build_attack("apgd-dlr", model, steps=steps, **common)))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import Tensor
 
 from .base import Attack, AttackContext, Model
-from .losses import get_loss, is_targeted
+from .losses import untargeted_loss
 from .projections import project_ball, steepest_direction
 
 __all__ = ["FGSM"]
@@ -18,7 +19,8 @@ class FGSM(Attack):
     Distance Measure : Linf, L2
 
     Arguments:
-        model, norm, eps, eot, seed, generator: see :class:`Attack` (``steps``/``restarts`` are 1).
+        model, budget keywords (norm, eps, eot, verify, seed, generator): see :class:`Attack` (``steps`` and
+            ``restarts`` are 1).
         loss: an untargeted loss name from :data:`~rdc_lib.attacks.losses.LOSSES` (default 'ce').
 
     Shape:
@@ -29,25 +31,9 @@ class FGSM(Attack):
         >>> x_adv = FGSM(model, norm="linf", eps=0.1)(x, y)
     """
 
-    def __init__(
-        self,
-        model: Model,
-        *,
-        norm: str = "linf",
-        eps: float,
-        loss: str = "ce",
-        eot: int = 1,
-        verify: int = 1,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ):
-        super().__init__(
-            model, norm=norm, eps=eps, steps=1, restarts=1, eot=eot, verify=verify, seed=seed, generator=generator
-        )
-        if is_targeted(loss):
-            raise ValueError(f"FGSM is untargeted; loss {loss!r} needs a target (use APGD with targeted=True)")
-        self.loss_name = loss
-        self.loss_fn = get_loss(loss)
+    def __init__(self, model: Model, *, loss: str = "ce", **budget: Any):
+        super().__init__(model, steps=1, restarts=1, **budget)
+        self.loss_name, self.loss_fn = untargeted_loss(loss, self.name)
 
     @property
     def max_queries(self) -> int:

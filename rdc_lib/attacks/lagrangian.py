@@ -158,13 +158,47 @@ def _check_shape(denoiser: Any, x: Tensor) -> None:
     )
 
 
-class LagrangianPGD(PGD):
+class _Lagrangian:
+    """Mixin over PGD or APGD: the attack runs on a :class:`LagrangianContext` of the call's context."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        denoiser: Denoiser,
+        lam: float = 1.0,
+        sigma_range: tuple[float, float] = _LM_SIGMA_RANGE,
+        diffusion_draws: int = 1,
+        **attack_kwargs: Any,
+    ):
+        _check_setup(denoiser, lam, sigma_range, diffusion_draws, type(self).__name__)
+        super().__init__(model, **attack_kwargs)  # type: ignore[call-arg]  # the PGD or APGD of the class
+        self.denoiser, self.lam = denoiser, float(lam)
+        self.sigma_range = (float(sigma_range[0]), float(sigma_range[1]))
+        self.diffusion_draws = diffusion_draws
+
+    def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
+        _check_shape(self.denoiser, ctx.x)
+        view = LagrangianContext(
+            ctx,
+            denoiser=self.denoiser,
+            lam=self.lam,
+            sigma_range=self.sigma_range,
+            diffusion_draws=self.diffusion_draws,
+        )
+        with eval_mode(self.denoiser):
+            super()._perturb(view, idx)  # type: ignore[misc]  # a view quacks like an AttackContext
+
+    def _repr_extra(self) -> str:
+        return f", lam={self.lam:g}, sigma_range={self.sigma_range}, diffusion_draws={self.diffusion_draws}"
+
+
+class LagrangianPGD(_Lagrangian, PGD):
     """PGD on L_cls(f(x'), y) - lam * L_diff(x'): the adaptive attack against likelihood maximization.
 
     Distance Measure : Linf, L2
 
-    Arguments:
-        model, norm, eps, steps, alpha, loss, random_start, restarts, eot, seed, generator: see :class:`PGD`.
+    Arguments, besides those of :class:`PGD` (model, the budget keywords, step_size, loss, random_start):
         denoiser: the defense's diffusion model (its null label gives L_diff); required.
         lam: weight of the diffusion loss, >= 0 (0: plain PGD).
         sigma_range: sigma ~ U(lo, hi) (model space) of the L_diff estimate; default LM's (0.4, 0.6).
@@ -179,65 +213,8 @@ class LagrangianPGD(PGD):
         >>> x_adv = attack(x, y)
     """
 
-    def __init__(
-        self,
-        model: Model,
-        *,
-        denoiser: Denoiser,
-        lam: float = 1.0,
-        norm: str = "linf",
-        eps: float,
-        steps: int = 10,
-        alpha: float | None = None,
-        loss: str = "ce",
-        random_start: bool = True,
-        restarts: int = 1,
-        eot: int = 1,
-        sigma_range: tuple[float, float] = _LM_SIGMA_RANGE,
-        diffusion_draws: int = 1,
-        verify: int = 1,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ):
-        _check_setup(denoiser, lam, sigma_range, diffusion_draws, type(self).__name__)
-        super().__init__(
-            model,
-            norm=norm,
-            eps=eps,
-            steps=steps,
-            alpha=alpha,
-            loss=loss,
-            random_start=random_start,
-            restarts=restarts,
-            eot=eot,
-            verify=verify,
-            seed=seed,
-            generator=generator,
-        )
-        self.denoiser, self.lam = denoiser, float(lam)
-        self.sigma_range = (float(sigma_range[0]), float(sigma_range[1]))
-        self.diffusion_draws = diffusion_draws
 
-    def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
-        _check_shape(self.denoiser, ctx.x)
-        view = LagrangianContext(
-            ctx,
-            denoiser=self.denoiser,
-            lam=self.lam,
-            sigma_range=self.sigma_range,
-            diffusion_draws=self.diffusion_draws,
-        )
-        with eval_mode(self.denoiser):
-            super()._perturb(view, idx)  # type: ignore[arg-type]  # a view quacks like an AttackContext
-
-    def __repr__(self) -> str:
-        return (
-            f"{super().__repr__()[:-1]}, lam={self.lam:g}, sigma_range={self.sigma_range}, "
-            f"diffusion_draws={self.diffusion_draws})"
-        )
-
-
-class LagrangianAPGD(APGD):
+class LagrangianAPGD(_Lagrangian, APGD):
     """APGD (Croce & Hein 2020) on L_cls - lam * L_diff; arguments as :class:`APGD` plus ``denoiser``,
     ``lam``, ``sigma_range`` and ``diffusion_draws`` (see :class:`LagrangianPGD`).
 
@@ -245,40 +222,6 @@ class LagrangianAPGD(APGD):
         >>> x_adv = LagrangianAPGD(rdc, denoiser=rdc.denoiser, lam=1.0, eps=8 / 255, loss="dlr", seed=0)(x, y)
     """
 
-    def __init__(
-        self,
-        model: Model,
-        *,
-        denoiser: Denoiser,
-        lam: float = 1.0,
-        sigma_range: tuple[float, float] = _LM_SIGMA_RANGE,
-        diffusion_draws: int = 1,
-        **apgd_kwargs: Any,
-    ):
-        _check_setup(denoiser, lam, sigma_range, diffusion_draws, type(self).__name__)
-        super().__init__(model, **apgd_kwargs)
-        self.denoiser, self.lam = denoiser, float(lam)
-        self.sigma_range = (float(sigma_range[0]), float(sigma_range[1]))
-        self.diffusion_draws = diffusion_draws
-
     @property
     def name(self) -> str:
         return f"Lagrangian-{super().name}"
-
-    def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
-        _check_shape(self.denoiser, ctx.x)
-        view = LagrangianContext(
-            ctx,
-            denoiser=self.denoiser,
-            lam=self.lam,
-            sigma_range=self.sigma_range,
-            diffusion_draws=self.diffusion_draws,
-        )
-        with eval_mode(self.denoiser):
-            super()._perturb(view, idx)  # type: ignore[arg-type]
-
-    def __repr__(self) -> str:
-        return (
-            f"{super().__repr__()[:-1]}, lam={self.lam:g}, sigma_range={self.sigma_range}, "
-            f"diffusion_draws={self.diffusion_draws})"
-        )

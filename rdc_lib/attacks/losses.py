@@ -33,6 +33,7 @@ __all__ = [
     "targeted_dlr_loss",
     "get_loss",
     "is_targeted",
+    "untargeted_loss",
 ]
 
 LossFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
@@ -120,3 +121,10 @@ def is_targeted(name: str) -> bool:
     """Whether loss ``name`` needs a target class."""
     get_loss(name)
     return name in TARGETED_LOSSES
+
+
+def untargeted_loss(name: str, attack: str) -> tuple[str, LossFn]:
+    """(``name``, its loss function) for an untargeted attack; ValueError for an unknown or a targeted loss."""
+    if is_targeted(name):
+        raise ValueError(f"{attack} is untargeted; loss {name!r} needs a target (use APGD with targeted=True)")
+    return name, get_loss(name)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import Tensor
 
-from .base import Attack, AttackContext, Model
-from .losses import get_loss, is_targeted
+from .base import Attack, AttackContext, Model, step_size_or_default
+from .losses import untargeted_loss
 from .projections import per_example_norm, project_ball, steepest_direction
 
 __all__ = ["PGD", "random_start"]
@@ -33,12 +34,12 @@ class PGD(Attack):
     Distance Measure : Linf, L2
 
     Each of ``restarts`` runs starts at a random point of the ball (or at x with ``random_start=False``),
-    takes ``steps`` steps x <- Proj(x + alpha * d(grad)) (d = sign for l_inf, g / ||g||_2 for l2) and
+    takes ``steps`` steps x <- Proj(x + step_size * d(grad)) (d = sign for l_inf, g / ||g||_2 for l2) and
     evaluates the last iterate. Every iterate is checked: an example stops as soon as it is misclassified.
 
     Arguments:
-        model, norm, eps, steps, restarts, eot, seed, generator: see :class:`Attack`.
-        alpha: step size (default 2.5 * eps / steps, Madry et al.).
+        model, budget keywords (norm, eps, steps = 10, restarts, eot, verify, seed, generator): see :class:`Attack`.
+        step_size: step size (default 2.5 * eps / steps, Madry et al.).
         loss: untargeted loss name ('ce', 'dlr', 'margin'; default 'ce').
         random_start: start from a uniform random point of the ball.
 
@@ -54,36 +55,14 @@ class PGD(Attack):
         self,
         model: Model,
         *,
-        norm: str = "linf",
-        eps: float,
-        steps: int = 10,
-        alpha: float | None = None,
+        step_size: float | None = None,
         loss: str = "ce",
         random_start: bool = True,
-        restarts: int = 1,
-        eot: int = 1,
-        verify: int = 1,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        **budget: Any,
     ):
-        super().__init__(
-            model,
-            norm=norm,
-            eps=eps,
-            steps=steps,
-            restarts=restarts,
-            eot=eot,
-            verify=verify,
-            seed=seed,
-            generator=generator,
-        )
-        if is_targeted(loss):
-            raise ValueError(f"PGD is untargeted; loss {loss!r} needs a target (use APGD with targeted=True)")
-        self.loss_name = loss
-        self.loss_fn = get_loss(loss)
-        if alpha is not None and not alpha > 0:
-            raise ValueError(f"alpha (step size) must be > 0, got {alpha!r}")
-        self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
+        super().__init__(model, **budget)
+        self.loss_name, self.loss_fn = untargeted_loss(loss, self.name)
+        self.step_size = step_size_or_default(step_size, self.eps, self.steps)
         self.random_start = bool(random_start)
 
     @property
@@ -102,5 +81,5 @@ class PGD(Attack):
             if not keep.any():
                 return
             idx, x, x_adv, grad = idx[keep], x[keep], x_adv[keep], grad[keep]
-            x_adv = project_ball(x_adv + self.alpha * steepest_direction(grad, self.norm), x, self.norm, self.eps)
+            x_adv = project_ball(x_adv + self.step_size * steepest_direction(grad, self.norm), x, self.norm, self.eps)
         ctx.evaluate(idx, x_adv)

@@ -3,8 +3,8 @@
 An attack is added by one ``register_attack`` call in its own module (the shipped ones: ``builtin.py``)::
 
     @register_attack("my-attack", gradient_based=True, iterative=True, norms=("linf", "l2"))
-    def _build(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **extra):
-        return MyAttack(model, norm=norm, eps=eps, ...)
+    def _build(model, **budget_and_extra):  # norm, eps, steps, restarts, eot, verify, seed, generator, ...
+        return MyAttack(model, **budget_and_extra)
 
 Every builder takes the model ``x (B, C, H, W) in [0, 1] -> logits (B, K)`` and the common budget as keywords
 (``steps`` counts what ``budget`` says: iterations or queries) plus the names of ``extra_args``, and returns an
@@ -116,38 +116,23 @@ def protocol_label(name: str, dropped: Any = ()) -> str:
     return f"{name.upper()} only: an upper bound"
 
 
-def build_attack(
-    name: str,
-    model: Any,
-    *,
-    norm: str = "linf",
-    eps: float,
-    steps: int = 100,
-    restarts: int = 1,
-    eot: int = 1,
-    verify: int = 1,
-    seed: int | None = 0,
-    generator: Any = None,
-    **kwargs: Any,
-) -> Any:
+# The budget keywords every builder gets, with build_attack's defaults (eps has none: it must be given).
+_BUILD_DEFAULTS = dict(norm="linf", steps=100, restarts=1, eot=1, verify=1, seed=0, generator=None)
+
+
+def build_attack(name: str, model: Any, *, eps: float, **kwargs: Any) -> Any:
     """Build attack ``name`` (any registered attack but an ensemble) with a common budget.
 
-    ``steps`` is the iteration count (the query budget for a query-budget attack such as 'square'); extra
-    keyword arguments go to the builder (e.g. ``alpha`` for PGD, ``n_target_classes`` for APGD-T, ``p_init``
-    for Square, ``denoiser=`` for the Lagrangian attacks). ``seed`` is ignored when ``generator`` is given.
+    The budget keywords (norm, eps, steps, restarts, eot, verify, seed, generator) default to norm 'linf',
+    100 steps, 1 restart, eot 1, verify 1, seed 0; ``steps`` is the iteration count (the query budget for a
+    query-budget attack such as 'square'); other keyword arguments go to the builder (e.g. ``step_size`` for PGD,
+    ``n_target_classes`` for APGD-T, ``p_init`` for Square, ``denoiser=`` for the Lagrangian attacks). ``seed`` is
+    ignored when ``generator`` is given.
     """
     single = attack_names(ensemble=False)
     if name not in single:
         raise ValueError(f"unknown attack {name!r}; valid choices: {', '.join(single)}")
-    return _REGISTRY[name].builder(
-        model,
-        norm=norm,
-        eps=eps,
-        steps=steps,
-        restarts=restarts,
-        eot=eot,
-        verify=verify,
-        seed=seed if generator is None else None,
-        generator=generator,
-        **kwargs,
-    )
+    budget = {**_BUILD_DEFAULTS, "eps": eps, **kwargs}
+    if budget["generator"] is not None:
+        budget["seed"] = None
+    return _REGISTRY[name].builder(model, **budget)

@@ -172,14 +172,37 @@ class SelectiveEOTContext(ContextView):
         return agg.objective, agg.grad
 
 
-class SelectiveEOTPGD(PGD):
+class _SelectiveEOT:
+    """Mixin over PGD or APGD: the attack runs on a :class:`SelectiveEOTContext` of the call's context."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        aggregation: str = "selective",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        **attack_kwargs: Any,
+    ):
+        super().__init__(model, **attack_kwargs)  # type: ignore[call-arg]  # the PGD or APGD of the class
+        _check_aggregation(aggregation, temperature, top_k)
+        self.aggregation, self.temperature, self.top_k = aggregation, float(temperature), top_k
+
+    def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
+        view = SelectiveEOTContext(ctx, aggregation=self.aggregation, temperature=self.temperature, top_k=self.top_k)
+        super()._perturb(view, idx)  # type: ignore[misc]  # a view quacks like an AttackContext
+
+    def _repr_extra(self) -> str:
+        return f", aggregation={self.aggregation!r}, temperature={self.temperature:g}, top_k={self.top_k}"
+
+
+class SelectiveEOTPGD(_SelectiveEOT, PGD):
     """PGD whose EOT gradient weights the draws of the defense's randomness (selective EOT, see module doc).
 
     Distance Measure : Linf, L2
 
-    Arguments:
-        model, norm, eps, steps, alpha, loss, random_start, restarts, eot, seed, generator: see :class:`PGD`;
-            ``eot`` is M, the number of draws per gradient (selective EOT needs M > 1 to differ from PGD).
+    Arguments, besides those of :class:`PGD` (the budget's ``eot`` is M, the number of draws per gradient;
+    selective EOT needs M > 1 to differ from PGD):
         aggregation: 'selective' (default) or 'mean' (plain EOT, identical to :class:`PGD`).
         temperature: T of the softmax over the draws' losses (> 0, in loss units: compare it with the spread of
             the losses across draws; ``math.inf`` = uniform weights).
@@ -193,54 +216,8 @@ class SelectiveEOTPGD(PGD):
         >>> x_adv = SelectiveEOTPGD(rdc, eps=0.1, steps=20, eot=8, temperature=1.0, seed=0)(x, y)
     """
 
-    def __init__(
-        self,
-        model: Model,
-        *,
-        norm: str = "linf",
-        eps: float,
-        steps: int = 10,
-        alpha: float | None = None,
-        loss: str = "ce",
-        random_start: bool = True,
-        restarts: int = 1,
-        eot: int = 1,
-        aggregation: str = "selective",
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        verify: int = 1,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ):
-        super().__init__(
-            model,
-            norm=norm,
-            eps=eps,
-            steps=steps,
-            alpha=alpha,
-            loss=loss,
-            random_start=random_start,
-            restarts=restarts,
-            eot=eot,
-            verify=verify,
-            seed=seed,
-            generator=generator,
-        )
-        _check_aggregation(aggregation, temperature, top_k)
-        self.aggregation, self.temperature, self.top_k = aggregation, float(temperature), top_k
 
-    def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
-        view = SelectiveEOTContext(ctx, aggregation=self.aggregation, temperature=self.temperature, top_k=self.top_k)
-        super()._perturb(view, idx)  # type: ignore[arg-type]  # a view quacks like an AttackContext
-
-    def __repr__(self) -> str:
-        return (
-            f"{super().__repr__()[:-1]}, aggregation={self.aggregation!r}, temperature={self.temperature:g}, "
-            f"top_k={self.top_k})"
-        )
-
-
-class SelectiveEOTAPGD(APGD):
+class SelectiveEOTAPGD(_SelectiveEOT, APGD):
     """APGD (Croce & Hein 2020) with the selective EOT rule; arguments as :class:`APGD` plus
     ``aggregation``, ``temperature`` and ``top_k`` (see :class:`SelectiveEOTPGD`).
 
@@ -250,29 +227,6 @@ class SelectiveEOTAPGD(APGD):
         >>> x_adv = SelectiveEOTAPGD(rdc, eps=0.1, steps=50, eot=8, loss="dlr", seed=0)(x, y)
     """
 
-    def __init__(
-        self,
-        model: Model,
-        *,
-        aggregation: str = "selective",
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        **apgd_kwargs: Any,
-    ):
-        super().__init__(model, **apgd_kwargs)
-        _check_aggregation(aggregation, temperature, top_k)
-        self.aggregation, self.temperature, self.top_k = aggregation, float(temperature), top_k
-
     @property
     def name(self) -> str:
         return f"SelectiveEOT-{super().name}"
-
-    def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
-        view = SelectiveEOTContext(ctx, aggregation=self.aggregation, temperature=self.temperature, top_k=self.top_k)
-        super()._perturb(view, idx)  # type: ignore[arg-type]
-
-    def __repr__(self) -> str:
-        return (
-            f"{super().__repr__()[:-1]}, aggregation={self.aggregation!r}, temperature={self.temperature:g}, "
-            f"top_k={self.top_k})"
-        )

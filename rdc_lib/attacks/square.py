@@ -18,6 +18,7 @@ gradients).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -80,8 +81,8 @@ class Square(Attack):
     Distance Measure : Linf, L2
 
     Arguments:
-        model, norm, eps, restarts, seed, generator: see :class:`Attack`.
-        steps: query budget per restart (iterations; the reference uses 5000).
+        model, budget keywords (norm, eps, restarts, verify, seed, generator): see :class:`Attack`.
+        steps: query budget per restart (iterations; default and the reference's 5000).
         p_init: initial fraction of pixels changed per proposal (0.8).
         eot: against a stochastic model, every score (margin) is the mean of the logits over ``eot`` draws in
             one batched forward, so a proposal is accepted on the averaged scores, not on one lucky draw (each
@@ -95,31 +96,10 @@ class Square(Attack):
         >>> x_adv = Square(model, norm="linf", eps=0.1, steps=1000, seed=0)(x, y)
     """
 
-    def __init__(
-        self,
-        model: Model,
-        *,
-        norm: str = "linf",
-        eps: float,
-        steps: int = 5000,
-        p_init: float = 0.8,
-        restarts: int = 1,
-        eot: int = 1,
-        verify: int = 1,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ):
-        super().__init__(
-            model,
-            norm=norm,
-            eps=eps,
-            steps=steps,
-            restarts=restarts,
-            eot=eot,
-            verify=verify,
-            seed=seed,
-            generator=generator,
-        )
+    default_steps = 5000
+
+    def __init__(self, model: Model, *, p_init: float = 0.8, **budget: Any):
+        super().__init__(model, **budget)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
         self.p_init = float(p_init)

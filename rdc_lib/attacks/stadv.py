@@ -22,8 +22,8 @@ Conventions (all documented choices):
 - **Padding** ``'border'`` (default): reading outside the image repeats the edge pixel, so a flow never
   invents intensities; ``'zeros'`` and ``'reflection'`` are available.
 - **Optimiser.** PGD on the flow (not the original L-BFGS with a smoothness penalty, nor the reference's
-  Adam with a small smoothness term): f <- clip(f + alpha sign(dL/df), -bound, bound), from a uniform random
-  flow in the box (or zero), alpha = 2.5 bound / steps; the image gradient comes from the attack context
+  Adam with a small smoothness term): f <- clip(f + step_size sign(dL/df), -bound, bound), from a uniform random
+  flow in the box (or zero), step_size = 2.5 bound / steps; the image gradient comes from the attack context
   (so EOT, query counting and early stopping per example work as for every attack) and is chained through
   the warp. Bilinear sampling of images in [0, 1] is a convex combination, so x_adv stays in [0, 1].
 - **Threat model bookkeeping.** ``norm`` is ``'flow'`` and ``eps`` the flow bound; there is no lp ball, and
@@ -32,16 +32,16 @@ Conventions (all documented choices):
 
 from __future__ import annotations
 
-import math
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Attack, AttackContext, AttackResult, Model
-from .losses import get_loss, is_targeted
+from .base import FLOW, Attack, AttackContext, AttackResult, Model, step_size_or_default
+from .losses import untargeted_loss
 
 __all__ = ["PADDING_MODES", "StAdv", "StAdvResult", "flow_warp", "identity_grid"]
 
@@ -92,9 +92,10 @@ class StAdv(Attack):
     Distance Measure : flow (|f| <= bound per pixel and component; see the module docstring)
 
     Arguments:
-        model, steps, restarts, eot, seed, generator: see :class:`Attack`.
-        bound: flow bound in normalised grid units ([-1, 1] spans the image), >= 0 and <= 2.
-        alpha: step size on the flow (default 2.5 * bound / steps).
+        model, budget keywords (steps = 100, restarts, eot, verify, seed, generator): see :class:`Attack`.
+        bound: flow bound in normalised grid units ([-1, 1] spans the image), >= 0 and <= 2 (the budget's eps,
+            its norm 'flow').
+        step_size: step size on the flow (default 2.5 * bound / steps).
         loss: untargeted loss name ('ce', 'dlr', 'margin'; default 'ce').
         random_start: start from a uniform random flow in the box (else the zero flow).
         padding_mode: grid_sample padding outside the image ('border', 'zeros', 'reflection').
@@ -108,53 +109,23 @@ class StAdv(Attack):
         >>> res = StAdv(model, bound=0.05).run_with_flow(x, y)   # res.flow (B, 2, H, W)
     """
 
+    default_steps = 100
+    norms = (FLOW,)
+
     def __init__(
         self,
         model: Model,
         *,
         bound: float = 0.05,
-        steps: int = 100,
-        alpha: float | None = None,
+        step_size: float | None = None,
         loss: str = "ce",
         random_start: bool = True,
         padding_mode: str = "border",
-        restarts: int = 1,
-        eot: int = 1,
-        verify: int = 1,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
+        **budget: Any,
     ):
-        if (
-            isinstance(bound, bool)
-            or not isinstance(bound, (int, float))
-            or not math.isfinite(bound)
-            or not 0 <= bound <= 2
-        ):
-            raise ValueError(
-                f"bound (StAdv flow bound, normalised grid units where [-1, 1] spans the image) must be "
-                f"a finite number in [0, 2], got {bound!r}"
-            )
-        # the base class knows only lp balls: validate everything else there, then switch to the flow model
-        super().__init__(
-            model,
-            norm="linf",
-            eps=0.0,
-            steps=steps,
-            restarts=restarts,
-            eot=eot,
-            verify=verify,
-            seed=seed,
-            generator=generator,
-        )
-        self.norm = "flow"
-        self.eps = float(bound)
-        if is_targeted(loss):
-            raise ValueError(f"StAdv is untargeted; loss {loss!r} needs a target")
-        self.loss_name = loss
-        self.loss_fn = get_loss(loss)
-        if alpha is not None and (isinstance(alpha, bool) or not alpha > 0):
-            raise ValueError(f"alpha (step size on the flow) must be > 0, got {alpha!r}")
-        self.alpha = float(alpha) if alpha is not None else 2.5 * self.eps / self.steps
+        super().__init__(model, norm=FLOW, eps=bound, **budget)
+        self.loss_name, self.loss_fn = untargeted_loss(loss, self.name)
+        self.step_size = step_size_or_default(step_size, self.eps, self.steps)
         self.random_start = bool(random_start)
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"unknown padding_mode {padding_mode!r}; valid choices: {', '.join(PADDING_MODES)}")
@@ -187,11 +158,7 @@ class StAdv(Attack):
     def _perturb(self, ctx: AttackContext, idx: Tensor) -> None:
         x = ctx.x
         best_flow = x.new_zeros((x.shape[0], 2, *x.shape[2:]))
-        for _ in range(self.restarts):
-            idx = idx[ctx.open(idx)]
-            if idx.numel() == 0:
-                break
-            self._one_run(ctx, idx, best_flow)
+        self._restarts(ctx, idx, lambda open_idx: self._one_run(ctx, open_idx, best_flow))
         sink = _FLOW_SINK.get()
         if sink is not None:
             sink["flow"] = best_flow
@@ -217,7 +184,7 @@ class StAdv(Attack):
             if not keep.any():
                 return
             idx, x, flow, g_flow = idx[keep], x[keep], flow[keep], g_flow[keep]
-            flow = (flow + self.alpha * g_flow.sign()).clamp(-b, b)
+            flow = (flow + self.step_size * g_flow.sign()).clamp(-b, b)
         x_adv = self._warp(x, flow)
         ctx.evaluate(idx, x_adv)
         self._track(ctx, idx, x_adv, flow, best_flow)

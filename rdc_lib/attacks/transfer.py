@@ -31,7 +31,7 @@ def transfer_pgd(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     loss_fn = get_loss(loss)
-    alpha = 2.5 * eps / steps
+    step_size = 2.5 * eps / steps
     x_adv = x.detach().clone()
     y = y.to(x.device)
     with eval_mode(source):
@@ -39,5 +39,5 @@ def transfer_pgd(
             with torch.enable_grad():
                 xg = x_adv.requires_grad_(True)
                 (grad,) = torch.autograd.grad(loss_fn(source(xg), y, None).sum(), xg)
-            x_adv = project_ball(x_adv.detach() + alpha * steepest_direction(grad, norm), x, norm, eps)
+            x_adv = project_ball(x_adv.detach() + step_size * steepest_direction(grad, norm), x, norm, eps)
     return x_adv.detach()

@@ -58,6 +58,8 @@ class NoisedDiffusionClassifier(OwnedRandomness, nn.Module):
         seed: seeds the module's own generator for the ELBO's eps (shared across classes).
     """
 
+    noise_mode = "stochastic"  # OwnedRandomness: one stream, advancing with every call
+
     def __init__(
         self,
         denoiser: Denoiser,
@@ -84,10 +86,8 @@ class NoisedDiffusionClassifier(OwnedRandomness, nn.Module):
         self.sigma_s = float(sigma_s)
         self.grid = grid
         self.posterior = posterior
-        self.seed = int(seed)
-        self.noise_mode = "stochastic"
         self.chunk_size = int(chunk_size)
-        self._generator: torch.Generator | None = None
+        self.reseed(int(seed))  # OwnedRandomness: seed and a stream started at the first call
 
     @property
     def num_classes(self) -> int:

@@ -17,62 +17,46 @@ __all__ = ["add_train_parser", "checkpoint_arg", "train_config_from_args"]
 def add_train_parser(sub) -> None:
     """Add the ``rdc train`` subcommand and its flags to the ``sub`` parsers of ``rdc``."""
     p = sub.add_parser("train", help="train a digits (or CIFAR-10) denoiser; resumes if interrupted")
+    # a flag left out is None (argparse's default): the TrainConfig's own default then applies
     p.add_argument("--dataset", default="digits", choices=DATASETS)
-    p.add_argument("--data-root", default=None, help="folder of the CIFAR-10 python batches")
+    p.add_argument("--data-root", help="folder of the CIFAR-10 python batches")
     p.add_argument("--heads", default="single", choices=HEADS, help="shipped defaults: --arch film (data/README.md)")
     p.add_argument("--arch", default="unet_small")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--model-channels", type=int, default=None, help="width of the small U-Net (default 32)")
-    p.add_argument("--head-channels", type=int, default=None, help="multi-head: hidden width of each head (0 = none)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--model-channels", type=int, help="width of the small U-Net (default 32)")
+    p.add_argument("--head-channels", type=int, help="multi-head: hidden width of each head (0 = none)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-from", default=None, help="fine-tune from this denoiser checkpoint")
-    p.add_argument("--dropout", type=float, default=None, help="dropout inside the backbone, in [0, 1) (default 0.1)")
+    p.add_argument("--init-from", help="fine-tune from this denoiser checkpoint")
+    p.add_argument("--dropout", type=float, help="dropout inside the backbone, in [0, 1) (default 0.1)")
     p.add_argument(
-        "--label-dropout",
-        type=float,
-        default=None,
-        help="single-head: probability of the null label, in [0, 1) (default 0.1)",
+        "--label-dropout", type=float, help="single-head: probability of the null label, in [0, 1) (default 0.1)"
     )
-    p.add_argument("--ema-decay", type=float, default=None, help="EMA of the weights, in (0, 1) (default 0.999)")
-    p.add_argument("--warmup", type=int, default=None, help="linear learning-rate warmup steps, >= 0 (default 200)")
+    p.add_argument("--ema-decay", type=float, help="EMA of the weights, in (0, 1) (default 0.999)")
+    p.add_argument("--warmup", type=int, help="linear learning-rate warmup steps, >= 0 (default 200)")
     p.add_argument(
-        "--distill-from",
-        default=None,
-        help="multi-head: single-head teacher checkpoint matched on random wrong-class heads",
+        "--distill-from", help="multi-head: single-head teacher checkpoint matched on random wrong-class heads"
     )
     p.add_argument(
-        "--distill-classes",
-        type=int,
-        default=None,
-        help="wrong classes per example matched to the teacher, in [1, K-1] (default 1)",
+        "--distill-classes", type=int, help="wrong classes per example matched to the teacher, in [1, K-1] (default 1)"
     )
-    p.add_argument("--distill-weight", type=float, default=None, help="weight of the teacher term, >= 0 (default 1)")
+    p.add_argument("--distill-weight", type=float, help="weight of the teacher term, >= 0 (default 1)")
+    p.add_argument("--p-mean", type=float, help="training noise levels: mean of ln sigma (default -1.2, EDM's)")
     p.add_argument(
-        "--p-mean", type=float, default=None, help="training noise levels: mean of ln sigma (default -1.2, EDM's)"
-    )
-    p.add_argument(
-        "--p-std",
-        type=float,
-        default=None,
-        help="training noise levels: standard deviation of ln sigma, > 0 (default 1.2, EDM's)",
+        "--p-std", type=float, help="training noise levels: standard deviation of ln sigma, > 0 (default 1.2, EDM's)"
     )
     p.add_argument(
         "--adv-eps",
         type=float,
-        default=None,
         help="l_inf radius (pixels in [0, 1]) of adversarial training inputs against the network's own DC; "
         "0 = off (default)",
     )
-    p.add_argument(
-        "--adv-fraction", type=float, default=None, help="share of each batch made adversarial, in (0, 1] (default 0.5)"
-    )
-    p.add_argument("--adv-steps", type=int, default=None, help="PGD steps of those inputs, >= 1 (default 4)")
+    p.add_argument("--adv-fraction", type=float, help="share of each batch made adversarial, in (0, 1] (default 0.5)")
+    p.add_argument("--adv-steps", type=int, help="PGD steps of those inputs, >= 1 (default 4)")
     p.add_argument(
         "--adv-grid-sigma-min",
         type=float,
-        default=None,
         help=f"the attacked DC's grid starts at this sigma (default {ROBUST_GRID_SIGMA_MIN})",
     )
     p.add_argument(
@@ -81,18 +65,15 @@ def add_train_parser(sub) -> None:
         help="leave the validation split (load_dataset(..., 'val')) out of the training images: the way to "
         "train a new denoiser, so choices made on those images are held out from its weights too",
     )
-    p.add_argument("--out", default=None, help="output .safetensors path (required without --recipe)")
+    p.add_argument("--out", help="output .safetensors path (required without --recipe)")
     p.add_argument(
         "--recipe",
-        default=None,
         metavar="FILE",
         help="replay a training recipe (data/recipes/*.yaml): every stage in order, skipping a stage whose "
         "output exists with this recipe's hash; --out-dir, --exclude-val, --device and --threads apply",
     )
     p.add_argument(
-        "--out-dir",
-        default=None,
-        help="--recipe: folder of the stages' outputs (default runs/recipes/<recipe name>[_exclude_val])",
+        "--out-dir", help="--recipe: folder of the stages' outputs (default runs/recipes/<recipe name>[_exclude_val])"
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 reproduces the shipped files)")

@@ -4,6 +4,7 @@ the shipped registrations are in ``builders``). Every defense maps images (B, C,
 """
 
 from . import builders as _builders  # registers the shipped defenses
+from . import registry as _registry
 from .registry import (
     TRANSFER_SOURCE,
     DefenseInfo,
@@ -15,13 +16,4 @@ from .registry import (
     register_defense,
 )
 
-__all__ = [
-    "DefenseInfo",
-    "DefenseSpec",
-    "TRANSFER_SOURCE",
-    "build_defense",
-    "checkpoint_files",
-    "defense_names",
-    "get_defense",
-    "register_defense",
-]
+__all__ = list(_registry.__all__)  # the registry's names, re-exported

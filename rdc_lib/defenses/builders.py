@@ -29,6 +29,11 @@ def _grid(spec: DefenseSpec):
     return make_grid(spec.timesteps, spec.grid, sigma_min=spec.grid_sigma_min)
 
 
+def _noise(spec: DefenseSpec) -> dict:
+    """How a stochastic defense draws its noise: ``noise_mode`` and ``seed`` of the spec, as keywords."""
+    return dict(noise_mode=spec.noise_mode, seed=spec.seed)
+
+
 def _denoiser_file(spec: DefenseSpec) -> Path:
     """The digits denoiser: ``spec.denoiser_path``, else the shipped default of ``spec.heads``."""
     return Path(spec.denoiser_path) if spec.denoiser_path else checkpoint_path(default_denoiser(spec.heads))
@@ -90,7 +95,7 @@ def _dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
         _, denoiser, grid, dc_kwargs = _preset_parts(spec, device)
         return DiffusionClassifier(denoiser, grid, **dc_kwargs)
     den = load_denoiser(_denoiser_file(spec), device=device)
-    return DiffusionClassifier(den, _grid(spec), noise_mode=spec.noise_mode, seed=spec.seed)
+    return DiffusionClassifier(den, _grid(spec), **_noise(spec))
 
 
 @register_defense(
@@ -121,14 +126,9 @@ def _rdc(spec: DefenseSpec, device: torch.device) -> nn.Module:
     lm = LMConfig(steps=spec.lm_steps, eta=spec.lm_eta, step_size=spec.lm_step_size, norm=spec.lm_norm)
     if lm.steps > 0 and lm.eta > 0:
         require_trained_null_label(_denoiser_file(spec), "likelihood maximization")
+    den = load_denoiser(_denoiser_file(spec), device=device)
     return RobustDiffusionClassifier(
-        load_denoiser(_denoiser_file(spec), device=device),
-        grid=_grid(spec),
-        lm=lm,
-        grad_mode=spec.grad_mode,
-        noise_mode=spec.noise_mode,
-        seed=spec.seed,
-        vote=spec.vote,
+        den, grid=_grid(spec), lm=lm, grad_mode=spec.grad_mode, vote=spec.vote, **_noise(spec)
     )
 
 
@@ -146,13 +146,8 @@ def _diffpure(spec: DefenseSpec, device: torch.device) -> nn.Module:
 
     cnn = load_classifier(_cnn_file("cnn"), device=device)
     require_trained_null_label(_denoiser_file(spec), "DiffPure's purification")
-    return DiffPure(
-        load_denoiser(_denoiser_file(spec), device=device),
-        cnn,
-        noise_mode=spec.noise_mode,
-        seed=spec.seed,
-        grad_mode=spec.grad_mode,
-    )
+    den = load_denoiser(_denoiser_file(spec), device=device)
+    return DiffPure(den, cnn, grad_mode=spec.grad_mode, **_noise(spec))
 
 
 @register_defense(
@@ -168,4 +163,4 @@ def _optimal_dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
 
     x_tr, y_tr = load_dataset("digits", "train")
     den = OptimalDenoiser(x_tr.to(device), y_tr.to(device))
-    return DiffusionClassifier(den, _grid(spec), noise_mode=spec.noise_mode, seed=spec.seed)
+    return DiffusionClassifier(den, _grid(spec), **_noise(spec))

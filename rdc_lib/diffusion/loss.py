@@ -24,20 +24,12 @@ def edm_loss(
     P_std: float = 1.2,
     label_dropout: float = 0.1,  # probability of training on the null label (single-head)
 ) -> Tensor:  # (B, C, H, W) weighted squared errors (multi-head: summed over the two heads)
-    batch = x.shape[0]
-    rnd = torch.randn(batch, device=x.device, dtype=x.dtype, generator=generator)
-    sigma = (rnd * P_std + P_mean).exp()
-    sd = getattr(denoiser, "sigma_data", 0.5)
-    weight = ((sigma**2 + sd**2) / (sigma * sd) ** 2).reshape(-1, 1, 1, 1)
-    noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator) * sigma.reshape(-1, 1, 1, 1)
+    sigma, weight, x_noisy = _noisy(denoiser, x, generator, P_mean, P_std)
     if denoiser.heads == "multi":
-        every = denoiser.denoise_all(x + noise, sigma, classes=torch.arange(denoiser.num_classes + 1, device=x.device))
-        idx = torch.arange(batch, device=x.device)
-        cond, uncond = every[idx, labels], every[:, -1]
-        return weight * ((cond - x) ** 2 + (uncond - x) ** 2)
-    drop = torch.rand(batch, device=x.device, generator=generator) < label_dropout
+        return _own_and_null_heads(denoiser, x, x_noisy, sigma, labels, weight)[1]
+    drop = torch.rand(x.shape[0], device=x.device, generator=generator) < label_dropout
     labels = torch.where(drop, torch.full_like(labels, denoiser.null_label), labels)
-    return weight * (denoiser(x + noise, sigma, labels) - x) ** 2
+    return weight * (denoiser(x_noisy, sigma, labels) - x) ** 2
 
 
 def edm_distill_loss(
@@ -68,14 +60,9 @@ def edm_distill_loss(
     if not 1 <= wrong_classes <= k - 1:
         raise ValueError(f"wrong_classes must be in [1, {k - 1}], got {wrong_classes}")
     batch = x.shape[0]
-    rnd = torch.randn(batch, device=x.device, dtype=x.dtype, generator=generator)
-    sigma = (rnd * P_std + P_mean).exp()
-    sd = getattr(student, "sigma_data", 0.5)
-    lam = ((sigma**2 + sd**2) / (sigma * sd) ** 2).reshape(-1, 1, 1, 1)
-    x_noisy = x + torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator) * sigma.reshape(-1, 1, 1, 1)
-    every = student.denoise_all(x_noisy, sigma, classes=torch.arange(k + 1, device=x.device))  # (B, K + 1, C, H, W)
+    sigma, lam, x_noisy = _noisy(student, x, generator, P_mean, P_std)
+    every, loss = _own_and_null_heads(student, x, x_noisy, sigma, labels, lam)
     idx = torch.arange(batch, device=x.device)
-    loss = lam * ((every[idx, labels] - x) ** 2 + (every[:, -1] - x) ** 2)
     # wrong classes without repetition: y + offset mod K, offsets a random subset of 1..K-1
     offsets = torch.rand(batch, k - 1, device=x.device, generator=generator).argsort(dim=1)[:, :wrong_classes] + 1
     for j in range(wrong_classes):
@@ -84,3 +71,26 @@ def edm_distill_loss(
             target = teacher(x_noisy, sigma, wrong)
         loss = loss + weight * lam * (every[idx, wrong] - target) ** 2
     return loss
+
+
+def _noisy(
+    denoiser: Denoiser, x: Tensor, generator: torch.Generator | None, P_mean: float, P_std: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """sigma (B,) with ln sigma ~ N(P_mean, P_std^2), the weight lambda(sigma) (B, 1, 1, 1) and the noisy images
+    x + sigma eps (B, C, H, W); sigma is drawn from ``generator`` before eps."""
+    rnd = torch.randn(x.shape[0], device=x.device, dtype=x.dtype, generator=generator)
+    sigma = (rnd * P_std + P_mean).exp()
+    sd = getattr(denoiser, "sigma_data", 0.5)
+    weight = ((sigma**2 + sd**2) / (sigma * sd) ** 2).reshape(-1, 1, 1, 1)
+    noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator) * sigma.reshape(-1, 1, 1, 1)
+    return sigma, weight, x + noise
+
+
+def _own_and_null_heads(
+    denoiser: Denoiser, x: Tensor, x_noisy: Tensor, sigma: Tensor, labels: Tensor, weight: Tensor
+) -> tuple[Tensor, Tensor]:
+    """A multi-head network's outputs (B, K + 1, C, H, W) of every head, and the weighted squared errors
+    (B, C, H, W) of each example's class head plus the null head."""
+    every = denoiser.denoise_all(x_noisy, sigma, classes=torch.arange(denoiser.num_classes + 1, device=x.device))
+    idx = torch.arange(x.shape[0], device=x.device)
+    return every, weight * ((every[idx, labels] - x) ** 2 + (every[:, -1] - x) ** 2)

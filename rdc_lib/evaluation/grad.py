@@ -10,13 +10,16 @@ stochastic defense (cosine similarity), and the EOT size that randomness calls f
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..attacks.base import Model
 
 __all__ = [
     "EOT_TARGET",
@@ -33,6 +36,7 @@ __all__ = [
 ]
 
 LOSSES = ("ce", "margin")
+GradLoss = Literal["ce", "margin"]  # a name of LOSSES
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +107,7 @@ class _Held:
 # gradient health checks
 
 
-def _per_example_loss(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss: str) -> Tensor:
+def _per_example_loss(model: Model, x: Tensor, y: Tensor, loss: str) -> Tensor:
     logits = model(x)
     if loss == "ce":
         return F.cross_entropy(logits, y, reduction="none")
@@ -116,7 +120,7 @@ def _check_loss(loss: str) -> None:
         raise ValueError(f"unknown loss {loss!r}; valid choices: {', '.join(LOSSES)}")
 
 
-def _input_grad(model: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, loss: str) -> tuple[Tensor | None, Tensor]:
+def _input_grad(model: Model, x: Tensor, y: Tensor, loss: str) -> tuple[Tensor | None, Tensor]:
     """(gradient of the summed per-example loss w.r.t. x, or None if it has no path to x; the losses)."""
     xg = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
@@ -139,13 +143,7 @@ class GradientHealth:
     message: str
 
 
-def check_gradients_finite_nonzero(
-    model: Callable[[Tensor], Tensor],
-    x: Tensor,
-    y: Tensor,
-    *,
-    loss: Literal["ce", "margin"] = "ce",
-) -> GradientHealth:
+def check_gradients_finite_nonzero(model: Model, x: Tensor, y: Tensor, *, loss: GradLoss = "ce") -> GradientHealth:
     """Do input gradients of the loss exist, and are they finite and nonzero for every example?
 
     A model that cuts the graph (no_grad, detach, round, a non-differentiable wrapper) fails here;
@@ -191,7 +189,7 @@ class FiniteDifferenceCheck:
 
 
 def finite_difference_check(
-    model: Callable[[Tensor], Tensor],
+    model: Model,
     x: Tensor,
     y: Tensor,
     n_directions: int = 4,
@@ -199,7 +197,7 @@ def finite_difference_check(
     *,
     tol: float = 0.05,
     atol: float = 1e-6,
-    loss: Literal["ce", "margin"] = "ce",
+    loss: GradLoss = "ce",
     generator: torch.Generator | None = None,
 ) -> FiniteDifferenceCheck:
     """Directional derivatives of the per-example loss: autograd vs central differences.
@@ -242,12 +240,7 @@ class GradientCosine:
 
 
 def gradient_cosine_similarity(
-    model: Callable[[Tensor], Tensor],
-    x: Tensor,
-    y: Tensor,
-    n_samples: int = 4,
-    *,
-    loss: Literal["ce", "margin"] = "ce",
+    model: Model, x: Tensor, y: Tensor, n_samples: int = 4, *, loss: GradLoss = "ce"
 ) -> GradientCosine:
     """Cosine similarity of input gradients across independent calls of a stochastic ``model``.
 

@@ -47,6 +47,7 @@ from .ddpmpp_blocks import PositionalEmbedding, ResampleConv2d, UNetBlock, group
 from .precond import EDMDenoiser
 
 __all__ = [
+    "ARCH_KEYS",
     "DDPMPP_CIFAR10",
     "DDPMpp",
     "edm_state_dict",
@@ -211,8 +212,8 @@ class DDPMpp(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Registry, official names, multi-head widening.
 
-_BACKBONE_KEYS = (
-    "label_dim",
+# The sizes and structure of the network (what an imported EDM checkpoint carries over, edm_import) ...
+ARCH_KEYS = (
     "augment_dim",
     "model_channels",
     "channel_mult",
@@ -222,8 +223,9 @@ _BACKBONE_KEYS = (
     "dropout",
     "channel_mult_noise",
     "resample_filter",
-    "use_fp16",
 )
+# ... and every key of ``DenoiserConfig.backbone`` for arch 'ddpmpp'.
+_BACKBONE_KEYS = ("label_dim", *ARCH_KEYS, "use_fp16")
 
 
 def _build_ddpmpp(cfg: DenoiserConfig) -> DDPMpp:

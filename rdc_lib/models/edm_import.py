@@ -43,7 +43,7 @@ from ..core.safe_pickle import RefusedGlobalError, RestrictedUnpickler
 from .base import Denoiser
 from .checkpoints import load_denoiser, save_denoiser
 from .config import DenoiserConfig, build_denoiser
-from .ddpmpp import DDPMPP_CIFAR10, load_edm_state_dict, widen_to_multihead
+from .ddpmpp import ARCH_KEYS, DDPMPP_CIFAR10, load_edm_state_dict, widen_to_multihead
 
 __all__ = [
     "CIFAR10_EXPECTED",
@@ -81,17 +81,6 @@ CIFAR10_EXPECTED: dict[str, Any] = dict(
     in_channels=3,
     out_channels=3,
     **{k: v for k, v in DDPMPP_CIFAR10.items() if k != "dropout"},
-)
-_ARCH_KEYS = (
-    "augment_dim",
-    "model_channels",
-    "channel_mult",
-    "channel_mult_emb",
-    "num_blocks",
-    "attn_resolutions",
-    "dropout",
-    "channel_mult_noise",
-    "resample_filter",
 )
 
 
@@ -305,7 +294,7 @@ def import_edm_pickle(
         raise ValueError(
             f"wrong checkpoint: the network has label_dim={label_dim} but num_classes={num_classes} was given"
         )
-    backbone = {k: kw[k] for k in _ARCH_KEYS}
+    backbone = {k: kw[k] for k in ARCH_KEYS}
     backbone.update(label_dim=label_dim, use_fp16=bool(use_fp16))
     single_cfg = DenoiserConfig(
         arch="ddpmpp",

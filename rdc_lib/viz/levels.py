@@ -41,32 +41,22 @@ def level_figure(view: Any, rows: Sequence[Any], example: int, *, label: int, ti
         ),
     )
     s = view.sigmas.tolist()
-    fig.add_trace(
-        go.Bar(
-            x=s,
-            y=view.weights.tolist(),
-            name="weight w_t",
-            marker_color="#7f7f7f",
-            width=0.06,
-            showlegend=False,
-            hovertemplate="sigma %{x:.3g}: w %{y:.3g}<extra></extra>",
-        ),
-        row=1,
-        col=1,
+
+    def per_level(what: str, y_format: str) -> dict:  # the top panels: one value per level, no legend entry
+        return dict(x=s, showlegend=False, hovertemplate=f"sigma %{{x:.3g}}: {what} %{{y:{y_format}}}<extra></extra>")
+
+    weights = go.Bar(
+        y=view.weights.tolist(), name="weight w_t", marker_color="#7f7f7f", width=0.06, **per_level("w", ".3g")
     )
-    fig.add_trace(
-        go.Scatter(
-            x=s,
-            y=view.gap.tolist(),
-            mode="lines+markers",
-            name="class gap",
-            showlegend=False,
-            line={"color": "#9467bd"},
-            hovertemplate="sigma %{x:.3g}: gap %{y:.4f}<extra></extra>",
-        ),
-        row=1,
-        col=2,
+    fig.add_trace(weights, row=1, col=1)
+    gap = go.Scatter(
+        y=view.gap.tolist(),
+        mode="lines+markers",
+        name="class gap",
+        line={"color": "#9467bd"},
+        **per_level("gap", ".4f"),
     )
+    fig.add_trace(gap, row=1, col=2)
     fig.add_hline(y=0, line={"color": "black", "width": 1, "dash": "dot"}, row=1, col=2)
     clean = _margin(view.logits["clean"][example], label)
     names = list(view.logits)

@@ -62,6 +62,13 @@ def _color(i: int) -> str:
     return SERIES_COLORS[i % len(SERIES_COLORS)]
 
 
+def _add_curve(fig: go.Figure, col: int, x: Any, y: Any, name: str, group: str, line: dict, **trace: Any) -> None:
+    """One lines+markers curve (x, y of equal length) of legend group ``group`` in panel (1, ``col``)."""
+    fig.add_trace(
+        go.Scatter(x=x, y=y, mode="lines+markers", name=name, line=line, legendgroup=group, **trace), row=1, col=col
+    )
+
+
 def _image_axes(fig: go.Figure, rows: int, cols: int) -> None:
     for r in range(1, rows + 1):
         for c in range(1, cols + 1):
@@ -157,30 +164,8 @@ def dominance_figure(curves: Mapping[str, Any], *, title: str = "") -> go.Figure
                 f"{name!r}: top_weight and matches_nn must be (B, T={s.shape[0]}), got {top.shape}, {match.shape}"
             )
         color = _color(i)
-        fig.add_trace(
-            go.Scatter(
-                x=s,
-                y=top.mean(0),
-                mode="lines+markers",
-                name=f"{name}: weight",
-                line=dict(color=color),
-                legendgroup=name,
-            ),
-            row=1,
-            col=1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=s,
-                y=match.mean(0),
-                mode="lines+markers",
-                name=f"{name}: = nearest",
-                line=dict(color=color, dash="dot"),
-                legendgroup=name,
-            ),
-            row=1,
-            col=2,
-        )
+        _add_curve(fig, 1, s, top.mean(0), f"{name}: weight", name, dict(color=color))
+        _add_curve(fig, 2, s, match.mean(0), f"{name}: = nearest", name, dict(color=color, dash="dot"))
     for c in (1, 2):
         fig.update_xaxes(title_text="noise level sigma (model space)", type="log", row=1, col=c)
         fig.update_yaxes(range=[0, 1.05], row=1, col=c)
@@ -226,32 +211,9 @@ def gap_curves_figure(curves: Mapping[str, Any], *, title: str = "") -> go.Figur
         if not (learned.shape == optimal.shape == gap.shape == s.shape):
             raise ValueError(f"{name!r}: sigmas, learned, optimal and gap must all have shape (T,)")
         color = _color(i)
-        fig.add_trace(
-            go.Scatter(
-                x=s, y=learned, mode="lines+markers", name=f"{name}: learned", line=dict(color=color), legendgroup=name
-            ),
-            row=1,
-            col=1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=s,
-                y=optimal,
-                mode="lines+markers",
-                name=f"{name}: optimal",
-                line=dict(color=color, dash="dash"),
-                legendgroup=name,
-            ),
-            row=1,
-            col=1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=s, y=gap, mode="lines+markers", name=f"{name}: gap", line=dict(color=color, width=3), legendgroup=name
-            ),
-            row=1,
-            col=2,
-        )
+        _add_curve(fig, 1, s, learned, f"{name}: learned", name, dict(color=color))
+        _add_curve(fig, 1, s, optimal, f"{name}: optimal", name, dict(color=color, dash="dash"))
+        _add_curve(fig, 2, s, gap, f"{name}: gap", name, dict(color=color, width=3))
     fig.add_hline(y=0.0, line_dash="dot", line_color="black", row=1, col=2)
     for col in (1, 2):
         fig.update_xaxes(title_text="noise level sigma (model space)", type="log", row=1, col=col)
@@ -279,27 +241,11 @@ def margin_by_sigma_figure(curves: Mapping[str, tuple[Any, Any]], *, share: bool
         if s.shape != v.shape:
             raise ValueError(f"{name!r}: sigmas and values must have the same shape, got {s.shape} and {v.shape}")
         color = _color(i)
-        fig.add_trace(
-            go.Scatter(x=s, y=v, mode="lines+markers", name=name, line=dict(color=color), legendgroup=name),
-            row=1,
-            col=1,
-        )
+        _add_curve(fig, 1, s, v, name, name, dict(color=color))
         if share:
             total = float(v.sum())
             frac = v / total if abs(total) > 1e-30 else np.zeros_like(v)
-            fig.add_trace(
-                go.Scatter(
-                    x=s,
-                    y=frac,
-                    mode="lines+markers",
-                    name=f"{name}: share",
-                    line=dict(color=color, dash="dot"),
-                    legendgroup=name,
-                    showlegend=False,
-                ),
-                row=1,
-                col=2,
-            )
+            _add_curve(fig, 2, s, frac, f"{name}: share", name, dict(color=color, dash="dot"), showlegend=False)
     for col in range(1, 3 if share else 2):
         fig.add_hline(y=0.0, line_dash="dot", line_color="black", row=1, col=col)
         fig.update_xaxes(title_text="noise level sigma (model space)", type="log", row=1, col=col)
