@@ -88,21 +88,19 @@ def _bad_input_exits_2(handler: Callable[[argparse.Namespace], int]) -> Callable
     return run
 
 
+# SlurmOptions field -> its rdc sweep flag's dest (list flags become tuples).
+_SLURM_FLAGS = {
+    "jobs": "slurm_jobs", "partition": "slurm_partition", "account": "slurm_account", "cores": "slurm_cores",
+    "memory": "slurm_memory", "walltime": "slurm_walltime", "gpus": "slurm_gpus", "directives": "slurm_directive",
+    "prologue": "slurm_prologue", "log_directory": "slurm_log_dir",
+}  # fmt: skip
+
+
 def _slurm_options(args: argparse.Namespace) -> SlurmOptions | None:
     if not args.slurm:
         return None
-    return SlurmOptions(
-        jobs=args.slurm_jobs,
-        partition=args.slurm_partition,
-        account=args.slurm_account,
-        cores=args.slurm_cores,
-        memory=args.slurm_memory,
-        walltime=args.slurm_walltime,
-        gpus=args.slurm_gpus,
-        directives=tuple(args.slurm_directive),
-        prologue=tuple(args.slurm_prologue),
-        log_directory=args.slurm_log_dir,
-    )
+    values = {field: getattr(args, dest) for field, dest in _SLURM_FLAGS.items()}
+    return SlurmOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 @_bad_input_exits_2

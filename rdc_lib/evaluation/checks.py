@@ -154,6 +154,10 @@ def check_sample_size(n: int, n_check: int = MIN_CHECK_IMAGES) -> None:
         )
 
 
+# The order in which skipped_checks lists its reasons (as results stored since issue 36 have them).
+CHECK_ORDER = ("finite_difference", "convergence", "black_box", "cross_loss", "eot_convergence", "transfer")
+
+
 def skipped_checks(cfg: Any, deterministic: bool | None = None) -> dict[str, str]:
     """Checks that do not apply to ``cfg`` (or, with ``deterministic`` False, to a stochastic model), and why,
     from the registries' facts about the evaluated attack and defense."""
@@ -169,27 +173,29 @@ def skipped_checks(cfg: Any, deterministic: bool | None = None) -> dict[str, str
         out["convergence"] = f"{cfg.attack.upper()} is a single step; it has no iterations to double"
     if cfg.attack == BLACK_BOX_ATTACK:
         out["black_box"] = "the evaluated attack is Square itself"
-    elif cfg.norm not in get_attack(BLACK_BOX_ATTACK).norms:
-        out["black_box"] = f"Square has no {cfg.norm} threat model"
     if is_full_ensemble(cfg.attack):
         out["cross_loss"] = (
             f"the evaluated attack is the full ensemble ({', '.join(info.members)}): no loss of it is missing"
         )
-    elif cfg.norm not in get_attack(FULL_ENSEMBLE).norms:
-        out["cross_loss"] = f"the ensemble has no {cfg.norm} threat model"
-    elif not cross_loss_attacks(cfg.attack):
+    if cfg.defense == TRANSFER_SOURCE:
+        out["transfer"] = "the transfer source is the standard CNN, the evaluated defense itself"
+    # Then a check whose attack has no threat model for cfg.norm (the registry's norms), then the rest.
+    for check, attack, reason in (
+        ("black_box", BLACK_BOX_ATTACK, f"Square has no {cfg.norm} threat model"),
+        ("cross_loss", FULL_ENSEMBLE, f"the ensemble has no {cfg.norm} threat model"),
+        ("transfer", TRANSFER_ATTACK, "transfer uses l_inf / l2 PGD on the CNN"),
+    ):
+        if check not in out and cfg.norm not in get_attack(attack).norms:
+            out[check] = reason
+    if "cross_loss" not in out and not cross_loss_attacks(cfg.attack):
         out["cross_loss"] = f"{cfg.attack} already runs every gradient attack of the ensemble"
     if deterministic:
         out["eot_convergence"] = "the defense is deterministic (two calls agree): every EOT draw is the same"
     elif not info.eot:
         out["eot_convergence"] = f"{cfg.attack} takes no EOT draws"
-    if cfg.defense == TRANSFER_SOURCE:
-        out["transfer"] = "the transfer source is the standard CNN, the evaluated defense itself"
-    elif cfg.norm not in get_attack(TRANSFER_ATTACK).norms:
-        out["transfer"] = "transfer uses l_inf / l2 PGD on the CNN"
-    elif cfg.dataset not in get_defense(TRANSFER_SOURCE).datasets:
+    if "transfer" not in out and cfg.dataset not in get_defense(TRANSFER_SOURCE).datasets:
         out["transfer"] = f"the transfer source (the standard CNN) exists for digits only, not {cfg.dataset}"
-    return out
+    return {name: out[name] for name in CHECK_ORDER if name in out}
 
 
 def run_sanity_checks(

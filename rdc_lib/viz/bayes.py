@@ -109,29 +109,15 @@ def cost_figure(
 ) -> go.Figure:
     """Side by side: network passes and measured seconds per classifier call."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("network passes per call", "measured seconds per call"))
-    fig.add_trace(
-        go.Bar(
-            x=list(names),
-            y=list(passes),
-            text=[f"{p:,.0f}" for p in passes],
-            textposition="auto",
-            marker_color="#1f77b4",
-            name="passes",
-        ),
-        row=1,
-        col=1,
+    panels = (
+        (passes, [f"{p:,.0f}" for p in passes], "#1f77b4", "passes"),
+        (seconds, [f"{s:.2f} s" for s in seconds], "#ff7f0e", "seconds"),
     )
-    fig.add_trace(
-        go.Bar(
-            x=list(names),
-            y=list(seconds),
-            text=[f"{s:.2f} s" for s in seconds],
-            textposition="auto",
-            marker_color="#ff7f0e",
-            name="seconds",
-        ),
-        row=1,
-        col=2,
-    )
+    for col, (values, text, colour, name) in enumerate(panels, start=1):
+        fig.add_trace(
+            go.Bar(x=list(names), y=list(values), text=text, textposition="auto", marker_color=colour, name=name),
+            row=1,
+            col=col,
+        )
     fig.update_layout(title=title or "cost of one diffusion-classifier call", showlegend=False, height=380)
     return fig
