@@ -96,7 +96,7 @@ def test_command_line_relativises_repository_paths():
         f"--records={REPO_ROOT / 'runs' / 'r'}",
         "/elsewhere/file",
     ]
-    assert command_line(argv) == "python benchmarks/results_table.py run --records=runs/r /elsewhere/file"
+    assert command_line(argv) == "python benchmarks/drivers/results_table.py run --records=runs/r /elsewhere/file"
     assert relative_to_repo("docs/raw") == "docs/raw"
 
 

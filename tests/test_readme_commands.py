@@ -302,19 +302,19 @@ def _docs_rule(command: str) -> str | None:
         return "a fragment in a table, not a command"
     if command == "source .venv/bin/activate":
         return "activates the environment: the copy's environment already is (PATH, PYTHONPATH)"
-    if "benchmarks/theory_report.py" in command or "benchmarks/bench_autoattack.py" in command:
+    if "benchmarks/drivers/theory_report.py" in command or "benchmarks/timing/bench_autoattack.py" in command:
         return "a long benchmark (its doc gives the minutes)"
-    if "benchmarks/gpu_ddpmpp.py" in command:
+    if "benchmarks/timing/gpu_ddpmpp.py" in command:
         return "run" if "--device cpu" in command else "needs a GPU"
     if "benchmarks/regenerate_docs.py" in command:
         return "run"
     if words[0] == "pytest":
         return "a test of the suite (run by make test)"
-    if "benchmarks/distill_gap.py" in command:
+    if "benchmarks/drivers/distill_gap.py" in command:
         return "compares denoisers on 200 test images: about a minute of one core (the doc gives its figures)"
-    if "benchmarks/bench_dc_cost.py" in command:
+    if "benchmarks/timing/bench_dc_cost.py" in command:
         return "times attack gradients of several denoisers: minutes of one core (the doc gives its figures)"
-    if "benchmarks/bench_grad_cost.py" in command:
+    if "benchmarks/timing/bench_grad_cost.py" in command:
         return "times old against new attack gradients of both defaults: minutes of one core (the doc gives them)"
     if words[:2] == ["rdc", "certify"]:
         return "certification of many images with 1,100 draws each: minutes to hours on a CPU (arguments parsed)"

@@ -390,7 +390,7 @@ def test_docs_denoisers_md_is_generated_from_the_raw_rows():
     # the study's tables first, then its figures and the candidates' headline rows (issue 39), then the notes;
     # tests/test_docs_generated.py compares the whole page byte for byte with its doc mode
     assert text.startswith(render_report(rows, "").rstrip("\n")), (
-        "docs/denoisers.md is stale: run `benchmarks/denoiser_study.py doc`"
+        "docs/denoisers.md is stale: run `benchmarks/drivers/denoiser_study.py doc`"
     )
     assert text.endswith(notes.rstrip() + "\n")
 

@@ -1,6 +1,6 @@
 """The controlled denoiser study (issue 15): what makes a diffusion classifier robust.
 
-Data in, data out (no printing); ``benchmarks/denoiser_study.py`` runs it and writes docs/denoisers.md.
+Data in, data out (no printing); ``benchmarks/drivers/denoiser_study.py`` runs it and writes docs/denoisers.md.
 
 - ``StudyEntry`` / ``load_study``: the study config, a list of denoisers each naming the factor in which it
   differs from the baseline (one of ``FACTORS``) and the ``rdc train`` command that made it.
@@ -310,13 +310,13 @@ def render_report(rows: list[dict[str, Any]], notes: str = "") -> str:
     from ..evaluation.stats import wilson
 
     if not rows:
-        raise ValueError("no study rows to report: run `benchmarks/denoiser_study.py run` first")
+        raise ValueError("no study rows to report: run `benchmarks/drivers/denoiser_study.py run` first")
     rows = sorted(rows, key=lambda r: (FACTORS.index(r["factor"]), r["name"]))
     sig = rows[0]["sigmas"]
     lines = [
         "# Which denoiser makes a diffusion classifier robust (denoiser study)", "",
-        "Written by `benchmarks/denoiser_study.py doc` from `docs/raw/denoiser_study.jsonl` (never by hand); every "
-        "row was measured by `benchmarks/denoiser_study.py run` and each checkpoint was trained by the command in "
+        "Written by `benchmarks/drivers/denoiser_study.py doc` from `docs/raw/denoiser_study.jsonl` (never by hand); every "
+        "row was measured by `benchmarks/drivers/denoiser_study.py run` and each checkpoint was trained by the command in "
         "the last table. Digits (8x8), diffusion classifier with T = "
         f"{rows[0]['timesteps']} noise levels (paper grid), fixed noise (a deterministic white-box model). "
         "Accuracies with counts and 95% Wilson intervals.", "",
