@@ -142,8 +142,9 @@ class Notes:
 
     A block starts at a line ``<!-- name -->`` and runs to the next one (text before the first block is a
     comment for the reader). In a block, the wrapped lines of a paragraph are joined by single spaces into
-    one line, lines starting with ``|`` (table rows) stay lines of their own, and paragraphs (separated by
-    blank lines) stay separated by one blank line. ``notes(name, **values)`` fills the block's ``{value}``
+    one line; a table row (a line starting with ``|``, continued on following lines until one ends with ``|``)
+    and the lines of fenced code stay lines of their own; paragraphs (separated by blank lines) stay
+    separated by one blank line. ``notes(name, **values)`` fills the block's ``{value}``
     fields (``str.format``: ``{{`` for a literal brace).
     """
 
@@ -170,14 +171,29 @@ class Notes:
 
 
 def _join(lines: list[str]) -> str:
-    paragraphs, out = [], []
+    """A block's text: paragraphs joined into lines, table rows (a row may wrap onto indented lines) and fenced
+    code kept line by line, paragraphs separated by one blank line."""
+    paragraphs: list[str] = []
+    out: list[str] = []
+    fenced = False
     for line in lines + [""]:
-        if not line.strip():
+        fence = line.startswith("```")
+        if fenced or fence:
+            out.append(line)
+            fenced = fenced != fence
+        elif not line.strip():
             if out:
                 paragraphs.append("\n".join(out))
             out = []
-        elif line.startswith("|") or not out or out[-1].startswith("|"):
-            out.append(line.strip())
-        else:
+        elif out and not line.startswith("|") and _open(out[-1]):
             out[-1] += " " + line.strip()
+        else:
+            out.append(line.strip())
     return "\n\n".join(paragraphs)
+
+
+def _open(line: str) -> bool:
+    """Whether the next wrapped line continues ``line``: prose, or a table row not yet closed by its last ``|``."""
+    if line.startswith("```"):
+        return False
+    return not line.startswith("|") or not line.endswith("|") or line == "|"

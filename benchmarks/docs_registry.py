@@ -46,7 +46,7 @@ def _evaluation(raw: Path, out: Path, notes: Path | None) -> None:
 def _theory(raw: Path, out: Path, notes: Path | None) -> None:
     from benchmarks.drivers import theory_report
 
-    theory_report.doc(raw / "theory.json", out)
+    theory_report.doc(raw / "theory.json", out, notes)
 
 
 def _performance(raw: Path, out: Path, notes: Path | None) -> None:
@@ -102,7 +102,7 @@ DOCS: tuple[GeneratedDoc, ...] = (
         "evaluation_notes.md",
         _evaluation,
     ),
-    GeneratedDoc("theory.md", "benchmarks/drivers/theory_report.py", ("theory.json",), None, _theory),
+    GeneratedDoc("theory.md", "benchmarks/drivers/theory_report.py", ("theory.json",), "theory_notes.md", _theory),
     GeneratedDoc(
         "performance.md", "benchmarks/drivers/performance_report.py", ("performance.json",), None, _performance
     ),

@@ -325,15 +325,15 @@ def _docs_rule(command: str) -> str | None:
     if any(
         f"benchmarks/{name}" in command
         for name in (
-            "profile_strongest.py run",
-            "bench_strongest.py",
-            "certify_report.py",
-            "bench_certify.py",
-            "evaluation_report.py",
-            "denoiser_study.py run",
-            "crosscheck_torchattacks.py run",
-            "bench_parallel.py",
-            "grid_levels.py",
+            "timing/profile_strongest.py run",
+            "timing/bench_strongest.py",
+            "drivers/certify_report.py",
+            "timing/bench_certify.py",
+            "drivers/evaluation_report.py",
+            "drivers/denoiser_study.py run",
+            "drivers/crosscheck_torchattacks.py run",
+            "timing/bench_parallel.py",
+            "drivers/grid_levels.py",
         )
     ):
         return "a long benchmark or its doc mode over the run's own records (the doc gives the minutes)"
