@@ -91,7 +91,7 @@ def test_hash_changes_with_content(tmp_path):
 def test_command_line_relativises_repository_paths():
     argv = [
         sys.executable,
-        str(REPO_ROOT / "benchmarks" / "results_table.py"),
+        str(REPO_ROOT / "benchmarks" / "drivers" / "results_table.py"),
         "run",
         f"--records={REPO_ROOT / 'runs' / 'r'}",
         "/elsewhere/file",

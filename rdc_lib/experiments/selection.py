@@ -23,7 +23,9 @@ SELECTION_SCRIPTS = MappingProxyType(
     {
         "benchmarks/drivers/denoiser_study.py": "the denoiser of each kind (its robust column ranks the candidates)",
         "benchmarks/drivers/grid_levels.py": "the diffusion classifier grid's smallest level sigma_min",
-        "benchmarks/drivers/evaluation_report.py": "the EOT size of the strongest protocol (the gradient-cosine diagnostic)",
+        "benchmarks/drivers/evaluation_report.py": (
+            "the EOT size of the strongest protocol (the gradient-cosine diagnostic)"
+        ),
     }
 )
 # sweep file -> what it chooses
