@@ -262,7 +262,7 @@ def test_study_config_accepts_every_factor_and_the_shipped_config():
 
     rows = [_entry()] + [_entry(name=f, factor=f) for f in FACTORS if f != "baseline"]
     assert [e.factor for e in load_study({"denoisers": rows})] == list(FACTORS)
-    shipped = Path(__file__).resolve().parents[1] / "benchmarks" / "denoiser_study.yaml"
+    shipped = Path(__file__).resolve().parents[1] / "benchmarks" / "drivers" / "denoiser_study.yaml"
     assert len(load_study(yaml.safe_load(shipped.read_text()))) >= 4
 
 
