@@ -48,11 +48,11 @@ docs: $(STAMP)
 	$(BIN)/python benchmarks/regenerate_docs.py   # docs/*.md and docs/figures/*.svg from docs/raw (byte-for-byte, tested)
 
 benchmarks: $(STAMP)
-	$(BIN)/python benchmarks/bench_classifier.py
-	$(BIN)/python benchmarks/bench_rdc.py
-	$(BIN)/python benchmarks/bench_lm.py
-	$(BIN)/python benchmarks/bench_optimal.py
-	$(BIN)/python benchmarks/bench_autoattack.py   # 200-image AutoAttack-style RDC evaluation, ~15 min
+	$(BIN)/python benchmarks/timing/bench_classifier.py
+	$(BIN)/python benchmarks/timing/bench_rdc.py
+	$(BIN)/python benchmarks/timing/bench_lm.py
+	$(BIN)/python benchmarks/timing/bench_optimal.py
+	$(BIN)/python benchmarks/timing/bench_autoattack.py   # 200-image AutoAttack-style RDC evaluation, ~15 min
 
 clean-venv:
 	rm -rf $(VENV)

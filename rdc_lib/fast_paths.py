@@ -12,7 +12,7 @@ is on by default:
 - ``DiffusionClassifier.sparse_backward``: with a single-head network the backward runs only the (image, class)
   pairs with a nonzero incoming gradient (DLR: 3 of 10 classes; rdc_lib.defenses.dc_backward.SparseELBOSum).
 
-``set_fast_paths(model, False)`` restores the code before them (benchmarks/bench_grad_cost.py compares both in
+``set_fast_paths(model, False)`` restores the code before them (benchmarks/timing/bench_grad_cost.py compares both in
 one run).
 """
 

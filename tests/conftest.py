@@ -17,8 +17,12 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load_benchmark(name: str):
-    """The script ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_rdc_bench_{name}", BENCHMARKS / f"{name}.py")
+    """The script ``benchmarks/<folder>/<name>.py`` (timing/, drivers/) or ``benchmarks/<name>.py`` as a module,
+    loaded from its file as when it runs as a script."""
+    paths = [p for p in (BENCHMARKS / f"{name}.py", *BENCHMARKS.glob(f"*/{name}.py")) if p.is_file()]
+    if len(paths) != 1:
+        raise FileNotFoundError(f"expected one script {name}.py under {BENCHMARKS}, found {paths}")
+    spec = importlib.util.spec_from_file_location(f"_rdc_bench_{name}", paths[0])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

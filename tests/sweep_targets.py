@@ -1,4 +1,4 @@
-"""Cheap sweep targets for tests/test_sweep.py and benchmarks/bench_sweep.py (``function: sweep_targets:...``).
+"""Cheap sweep targets for tests/test_sweep.py and benchmarks/timing/bench_sweep.py (``function: sweep_targets:...``).
 
 They are imported by name on Dask workers, so this folder must be on the workers' ``sys.path``
 (test_sweep.py puts it there before any cluster starts; subprocesses get it via PYTHONPATH).

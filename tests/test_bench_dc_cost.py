@@ -1,4 +1,4 @@
-"""benchmarks/bench_dc_cost.py: passes, parameters and timed gradients per denoiser, and its refusals."""
+"""benchmarks/timing/bench_dc_cost.py: passes, parameters and timed gradients per denoiser, and its refusals."""
 
 from __future__ import annotations
 

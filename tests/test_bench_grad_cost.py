@@ -1,4 +1,4 @@
-"""benchmarks/bench_grad_cost.py: old vs new attack gradients in one run, their equality, and its refusals."""
+"""benchmarks/timing/bench_grad_cost.py: old vs new attack gradients in one run, their equality, and its refusals."""
 
 from __future__ import annotations
 

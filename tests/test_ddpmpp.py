@@ -255,7 +255,7 @@ def test_fp16_flag_is_a_no_op_off_cuda():
 
 
 def test_gpu_benchmark_script_runs_on_cpu(tmp_path):
-    """benchmarks/gpu_ddpmpp.py with tiny settings: every figure is produced (GPU-only ones say why not)."""
+    """benchmarks/timing/gpu_ddpmpp.py with tiny settings: every figure is produced (GPU-only ones say why not)."""
     import json
 
     from .conftest import load_benchmark

@@ -1,8 +1,8 @@
 """Every generated document matches its raw data byte for byte; no file points outside the repository.
 
-The generated docs (docs/results.md, evaluation.md, theory.md, performance.md) are regenerated from
-docs/raw by ``benchmarks/regenerate_docs.py`` into a temporary folder and compared with the committed
-files. The tracked files are scanned for references a user of the repository cannot follow (an
+The generated docs (every entry of ``benchmarks/docs_registry.py``: results.md, evaluation.md, theory.md, ...)
+are regenerated from docs/raw by ``benchmarks/regenerate_docs.py`` into a temporary folder and compared with the
+committed files. The tracked files are scanned for references a user of the repository cannot follow (an
 external spec file, a sibling ``shared`` folder, absolute paths of the machine that wrote them).
 """
 
@@ -22,12 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 REGEN = load_benchmark("regenerate_docs")
+from benchmarks.docs_registry import DOCS  # noqa: E402 (importable once regenerate_docs put the repository on the path)
+
+GENERATED = [d.doc for d in DOCS]
 
 
 # --------------------------------------------------------------------------- generated docs
 
 
-@pytest.mark.parametrize("doc", sorted(REGEN.GENERATED))
+@pytest.mark.parametrize("doc", sorted(GENERATED))
 def test_generated_doc_matches_raw_byte_for_byte(doc, tmp_path):
     out = REGEN.regenerate(doc, tmp_path / doc)
     committed = (ROOT / "docs" / doc).read_bytes()
@@ -37,7 +40,7 @@ def test_generated_doc_matches_raw_byte_for_byte(doc, tmp_path):
     )
 
 
-FIGURED = [(doc, name) for doc in sorted(REGEN.GENERATED) for name in REGEN.figures(doc)]
+FIGURED = [(doc, name) for doc in sorted(GENERATED) for name in REGEN.figures(doc)]
 
 
 @pytest.mark.parametrize("doc, figure", FIGURED, ids=[f for _, f in FIGURED])
@@ -94,7 +97,7 @@ def test_a_changed_raw_value_is_caught(tmp_path):
 
 def test_regeneration_is_deterministic(tmp_path):
     """No clock or machine state in the output: two regenerations are identical."""
-    for doc in REGEN.GENERATED:
+    for doc in GENERATED:
         a = REGEN.regenerate(doc, tmp_path / "a" / doc).read_bytes()
         b = REGEN.regenerate(doc, tmp_path / "b" / doc).read_bytes()
         assert a == b, doc
@@ -105,17 +108,28 @@ def test_regeneration_is_deterministic(tmp_path):
 def test_every_generated_doc_is_listed():
     """A doc that says it is written from stored/raw results must be regenerated (and compared) here."""
     claims = re.compile(r"(Written|Generated) by `benchmarks/")
+    notes = {d.notes for d in DOCS}  # the hand-written text a generator fills in (a template may say so)
     for path in sorted((ROOT / "docs").glob("*.md")):
-        if claims.search(path.read_text()[:2000]):
-            assert path.name in REGEN.GENERATED, f"docs/{path.name} is generated but not in regenerate_docs.GENERATED"
+        if path.name not in notes and claims.search(path.read_text()[:2000]):
+            assert path.name in GENERATED, f"docs/{path.name} is generated but not in benchmarks/docs_registry.py"
 
 
-def test_raw_files_of_generated_docs_exist():
-    for doc, (_, raws, notes) in REGEN.GENERATED.items():
-        for name in raws:
-            assert (ROOT / "docs" / "raw" / name).is_file(), f"docs/{doc} needs docs/raw/{name}"
-        if notes:
-            assert (ROOT / "docs" / notes).is_file()
+def test_registry_entries_exist_once():
+    """Every registered doc names a raw file, notes and a script that exist, and no doc is registered twice."""
+    assert len(GENERATED) == len(set(GENERATED))
+    for d in DOCS:
+        for name in d.raw:
+            assert (ROOT / "docs" / "raw" / name).is_file(), f"docs/{d.doc} needs docs/raw/{name}"
+        if d.notes:
+            assert (ROOT / "docs" / d.notes).is_file(), f"docs/{d.doc} needs docs/{d.notes}"
+        assert (ROOT / d.script).is_file(), f"docs/{d.doc}: its script {d.script} does not exist"
+        assert d.script in (ROOT / "docs" / d.doc).read_text()[:2000], f"docs/{d.doc} does not name {d.script}"
+
+
+def test_regenerate_docs_has_no_per_document_branch():
+    """regenerate_docs.py knows no document by name: each is rendered by its registry entry's run."""
+    source = (ROOT / "benchmarks" / "regenerate_docs.py").read_text()
+    assert not [d.doc for d in DOCS if d.doc in source]
 
 
 def test_unknown_doc_is_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""benchmarks/evaluation_report.py: one document evaluates one named denoiser."""
+"""benchmarks/drivers/evaluation_report.py: one document evaluates one named denoiser."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""benchmarks/grid_levels.py: one resumable DC evaluation per (denoiser, smallest level), and its report."""
+"""benchmarks/drivers/grid_levels.py: one resumable DC evaluation per (denoiser, smallest level), and its report."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def test_read_grid_level_rows_reads_the_measured_rows():
 
 
 def test_read_grid_level_rows_names_a_missing_file_and_a_bad_row(tmp_path):
-    with pytest.raises(FileNotFoundError, match="benchmarks/grid_levels.py"):
+    with pytest.raises(FileNotFoundError, match="benchmarks/drivers/grid_levels.py"):
         read_grid_level_rows(tmp_path / "none.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(RAW.read_text().splitlines()[0] + "\n" + json.dumps({"denoiser": "x", "sigma_min": 0.1}) + "\n")

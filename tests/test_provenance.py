@@ -91,12 +91,12 @@ def test_hash_changes_with_content(tmp_path):
 def test_command_line_relativises_repository_paths():
     argv = [
         sys.executable,
-        str(REPO_ROOT / "benchmarks" / "results_table.py"),
+        str(REPO_ROOT / "benchmarks" / "drivers" / "results_table.py"),
         "run",
         f"--records={REPO_ROOT / 'runs' / 'r'}",
         "/elsewhere/file",
     ]
-    assert command_line(argv) == "python benchmarks/results_table.py run --records=runs/r /elsewhere/file"
+    assert command_line(argv) == "python benchmarks/drivers/results_table.py run --records=runs/r /elsewhere/file"
     assert relative_to_repo("docs/raw") == "docs/raw"
 
 

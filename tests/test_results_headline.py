@@ -141,7 +141,7 @@ def test_outside_attack_rows_are_listed_under_the_headline(tmp_path):
         "provenance": {
             "commit": "abc",
             "dirty": False,
-            "command": "python benchmarks/crosscheck_torchattacks.py run R",
+            "command": "python benchmarks/drivers/crosscheck_torchattacks.py run R",
         },
     }
     (tmp_path / "crosscheck_torchattacks.jsonl").write_text(json.dumps(row) + "\n")

@@ -50,7 +50,9 @@ def sweep_split(path: str | Path) -> set[str]:
 def test_registry_is_complete():
     assert all((ROOT / p).is_file() for p in [*SELECTION_SCRIPTS, *SELECTION_SWEEPS])
     using = {
-        f"benchmarks/{p.name}" for p in (ROOT / "benchmarks").glob("*.py") if "add_split_argument" in p.read_text()
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "benchmarks").rglob("*.py")
+        if "add_split_argument" in p.read_text()
     }
     assert using == set(SELECTION_SCRIPTS), "a script with a selection --split is missing from the registry, or back"
     eta_sweeps = {f"examples/sweeps/{p.name}" for p in (ROOT / "examples/sweeps").glob("*eps_eta*.yaml")}

@@ -262,7 +262,7 @@ def test_study_config_accepts_every_factor_and_the_shipped_config():
 
     rows = [_entry()] + [_entry(name=f, factor=f) for f in FACTORS if f != "baseline"]
     assert [e.factor for e in load_study({"denoisers": rows})] == list(FACTORS)
-    shipped = Path(__file__).resolve().parents[1] / "benchmarks" / "denoiser_study.yaml"
+    shipped = Path(__file__).resolve().parents[1] / "benchmarks" / "drivers" / "denoiser_study.yaml"
     assert len(load_study(yaml.safe_load(shipped.read_text()))) >= 4
 
 
@@ -390,7 +390,7 @@ def test_docs_denoisers_md_is_generated_from_the_raw_rows():
     # the study's tables first, then its figures and the candidates' headline rows (issue 39), then the notes;
     # tests/test_docs_generated.py compares the whole page byte for byte with its doc mode
     assert text.startswith(render_report(rows, "").rstrip("\n")), (
-        "docs/denoisers.md is stale: run `benchmarks/denoiser_study.py doc`"
+        "docs/denoisers.md is stale: run `benchmarks/drivers/denoiser_study.py doc`"
     )
     assert text.endswith(notes.rstrip() + "\n")
 

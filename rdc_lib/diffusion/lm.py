@@ -25,7 +25,7 @@ Decisions (each a parameter; the defaults are the paper's settings except the st
   later steps then oscillate on its boundary: on 60 digits test images the estimated log-likelihood
   bound (unconditional ELBO on a fixed grid) went -0.3750 -> -0.3406 -> -0.3426 -> -0.3413 -> -0.3409
   -> -0.3407, not monotone; Adam (lr 0.1, the reference's) rose monotonically to -0.3364; 'sgd' with
-  step 0.03 rose monotonically to -0.3347, the highest (benchmarks/bench_rdc.py). So the default is
+  step 0.03 rose monotonically to -0.3347, the highest (benchmarks/timing/bench_rdc.py). So the default is
   'sgd' with 0.03 (about 4/255 per pixel per step, 5 steps, eta 8/255 l_inf). Unlike 'sign' (zero derivative almost
   everywhere) or 'adam' (whose first step g / (|g| + eps) is a smoothed sign with derivative ~eps / |g|) it is twice
   differentiable in x, so exact gradients through LM (rdc_lib.diffusion.lm_grad)

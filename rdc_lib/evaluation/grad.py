@@ -276,7 +276,7 @@ class EOTSuggestion:
     capped: bool = field(default=False)  # True when the rule asked for more than max_eot
 
 
-# The EOT rule's one target (library, notebooks, benchmarks/evaluation_report.py): the cosine that two
+# The EOT rule's one target (library, notebooks, benchmarks/drivers/evaluation_report.py): the cosine that two
 # independent EOT-averaged gradients should reach (see suggest_eot).
 EOT_TARGET = 0.9
 

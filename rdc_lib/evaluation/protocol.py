@@ -1,4 +1,4 @@
-"""The attack protocol of notebook 05 and benchmarks/theory_report.py: every attack on one model, one image
+"""The attack protocol of notebook 05 and benchmarks/drivers/theory_report.py: every attack on one model, one image
 set and one threat model, with per-attack and worst-case accuracies (counts and 95% Wilson intervals).
 
 Attacks come from the same registry as ``rdc eval`` (rdc_lib.attacks.registry), plus precomputed images,

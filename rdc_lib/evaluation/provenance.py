@@ -5,7 +5,7 @@ docs can be traced back to a commit and a command::
 
     {"commit": "a845259...", "dirty": False, "checkpoints": {"data/checkpoints/digits_multi.safetensors": sha256},
      "versions": {"python": "3.11.7", "torch": "2.13.0+cpu", "numpy": "2.1.0", "rdc": "0.1.0"},
-     "command": "python benchmarks/results_table.py run", "utc": "2026-12-01T15:20:00Z"}
+     "command": "python benchmarks/drivers/results_table.py run", "utc": "2026-12-01T15:20:00Z"}
 
 Paths inside the repository are written relative to it (never the machine's absolute paths), so a row
 means the same on every checkout. ``commit`` / ``dirty`` are ``None`` outside a git checkout.

@@ -41,13 +41,13 @@ class GridLevelRow:
 
 
 def read_grid_level_rows(path: str | Path) -> list[GridLevelRow]:
-    """The rows of ``path`` (JSON lines written by benchmarks/grid_levels.py), sorted by denoiser and sigma_min.
+    """The rows of ``path`` (JSON lines written by benchmarks/drivers/grid_levels.py), sorted by denoiser and sigma_min.
 
     FileNotFoundError naming the file if it is missing; ValueError naming the line if a row lacks a field.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no grid-level rows at {path} (benchmarks/grid_levels.py run writes them)")
+        raise FileNotFoundError(f"no grid-level rows at {path} (benchmarks/drivers/grid_levels.py run writes them)")
     rows = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():

@@ -21,9 +21,11 @@ __all__ = ["SELECTION_SCRIPTS", "SELECTION_SPLITS", "SELECTION_SWEEPS", "add_spl
 # script (from the repository root) -> what it chooses
 SELECTION_SCRIPTS = MappingProxyType(
     {
-        "benchmarks/denoiser_study.py": "the denoiser of each kind (its robust column ranks the candidates)",
-        "benchmarks/grid_levels.py": "the diffusion classifier grid's smallest level sigma_min",
-        "benchmarks/evaluation_report.py": "the EOT size of the strongest protocol (the gradient-cosine diagnostic)",
+        "benchmarks/drivers/denoiser_study.py": "the denoiser of each kind (its robust column ranks the candidates)",
+        "benchmarks/drivers/grid_levels.py": "the diffusion classifier grid's smallest level sigma_min",
+        "benchmarks/drivers/evaluation_report.py": (
+            "the EOT size of the strongest protocol (the gradient-cosine diagnostic)"
+        ),
     }
 )
 # sweep file -> what it chooses

@@ -1,6 +1,6 @@
 """The controlled denoiser study (issue 15): what makes a diffusion classifier robust.
 
-Data in, data out (no printing); ``benchmarks/denoiser_study.py`` runs it and writes docs/denoisers.md.
+Data in, data out (no printing); ``benchmarks/drivers/denoiser_study.py`` runs it and writes docs/denoisers.md.
 
 - ``StudyEntry`` / ``load_study``: the study config, a list of denoisers each naming the factor in which it
   differs from the baseline (one of ``FACTORS``) and the ``rdc train`` command that made it.

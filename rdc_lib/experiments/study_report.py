@@ -1,4 +1,4 @@
-"""docs/denoisers.md from the raw rows of the denoiser study (``benchmarks/denoiser_study.py doc``).
+"""docs/denoisers.md from the raw rows of the denoiser study (``benchmarks/drivers/denoiser_study.py doc``).
 
 Deterministic: the same rows give the same text. The rows are measured by rdc_lib.experiments.study.
 """
@@ -29,15 +29,15 @@ def _curve(values: list[float]) -> str:
 def render_report(rows: list[dict[str, Any]], notes: str = "") -> str:
     """docs/denoisers.md from the raw study rows (deterministic: same rows, same text)."""
     if not rows:
-        raise ValueError("no study rows to report: run `benchmarks/denoiser_study.py run` first")
+        raise ValueError("no study rows to report: run `benchmarks/drivers/denoiser_study.py run` first")
     rows = sorted(rows, key=lambda r: (FACTORS.index(r["factor"]), r["name"]))
     sig = rows[0]["sigmas"]
     lines = [
         "# Which denoiser makes a diffusion classifier robust (denoiser study)",
         "",
-        "Written by `benchmarks/denoiser_study.py doc` from `docs/raw/denoiser_study.jsonl` (never by hand); every "
-        "row was measured by `benchmarks/denoiser_study.py run` and each checkpoint was trained by the command in "
-        "the last table. Digits (8x8), diffusion classifier with T = "
+        "Written by `benchmarks/drivers/denoiser_study.py doc` from `docs/raw/denoiser_study.jsonl` (never by hand); "
+        "every row was measured by `benchmarks/drivers/denoiser_study.py run` and each checkpoint was trained by the "
+        "command in the last table. Digits (8x8), diffusion classifier with T = "
         f"{rows[0]['timesteps']} noise levels (paper grid), fixed noise (a deterministic white-box model). "
         "Accuracies with counts and 95% Wilson intervals.",
         "",

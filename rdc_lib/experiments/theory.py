@@ -7,7 +7,7 @@ Data in, data out (no printing): notebook 05 and the report plot these.
 - ``gap_by_sigma``: the same curve for a learned and the optimal denoiser on the *same* eps, and their gap.
 - ``optimal_classifier``: a ``DiffusionClassifier`` over ``OptimalDenoiser``.
 
-Added for notebook 05 and ``benchmarks/theory_report.py`` (issue 11):
+Added for notebook 05 and ``benchmarks/drivers/theory_report.py`` (issue 11):
 
 - ``dominant_training_image``: which training image carries the largest softmax weight of D* at each level.
 - ``margin_by_sigma``: the logit margin of a diffusion classifier split into per-level contributions.
@@ -145,7 +145,7 @@ def optimal_classifier(
 
 # --------------------------------------------------------------------------------------------------
 # Issue 11: what the optimal denoiser does per level, and a robustness protocol shared by notebook 05
-# and benchmarks/theory_report.py.
+# and benchmarks/drivers/theory_report.py.
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def time_per_call(
     """Time ``fn()`` without gradients: ``rounds`` rounds, each repeating the call until ``min_seconds`` have passed.
 
     ``threads``: torch CPU threads during the timing (restored after; None: leave as is). One thread by
-    default, like benchmarks/bench_classifier.py: with several threads on a shared machine, a small call
+    default, like benchmarks/timing/bench_classifier.py: with several threads on a shared machine, a small call
     measures thread scheduling rather than work. ``sync``: called before each clock read (e.g.
     ``torch.cuda.synchronize`` for a GPU). ``warmup``: called once before timing (default ``fn``; a cheaper
     call that touches the same code, e.g. on one image, saves a full call).

@@ -1,6 +1,7 @@
 """Seconds per training step of every stage of a recipe, and the wall time of its full replay estimated from them.
 
-    .venv/bin/python benchmarks/recipe_timing.py [--recipe data/recipes/digits_film_multi_distill9_h16_long_adv.yaml]
+    .venv/bin/python benchmarks/timing/recipe_timing.py
+        [--recipe data/recipes/digits_film_multi_distill9_h16_long_adv.yaml]
         [--steps 6] [--threads 1] [--device cpu] [--stages NAME ...]
 
 Each stage trains ``--steps`` steps (into a temporary folder, without the validation images, as the documented

@@ -1,7 +1,7 @@
 """Sweep engine figures: 2 local workers vs 1 on a 2x2x2 grid, and papermill's overhead per cell.
 
-    python benchmarks/bench_sweep.py                 # tiny CPU-bound target + notebook overhead
-    python benchmarks/bench_sweep.py --eval          # also the real evaluation (cnn/at-cnn, pgd, n 32)
+    python benchmarks/timing/bench_sweep.py                 # tiny CPU-bound target + notebook overhead
+    python benchmarks/timing/bench_sweep.py --eval          # also the real evaluation (cnn/at-cnn, pgd, n 32)
 
 Every run starts from an empty store in a temporary folder, so nothing is resumed. Wall times include
 starting the embedded LocalCluster (a few seconds; one start per run); "cells" is the sum of the
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))  # the cheap targets (tests/sweep_targets.py) for the workers
 
 from rdc_lib.sweep import parse_sweep, run_sweep  # noqa: E402

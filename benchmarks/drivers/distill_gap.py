@@ -1,6 +1,6 @@
 """How close distilled multi-head students come to their single-head teacher, noise level by noise level.
 
-    .venv/bin/python benchmarks/distill_gap.py [--students digits_film_multi_distill9 ...]
+    .venv/bin/python benchmarks/drivers/distill_gap.py [--students digits_film_multi_distill9 ...]
         [--teacher digits_film_single]
         [--n 200] [--sigmas 0.1 0.2 0.4 0.8 1.6] [--seed 0] [--threads 1] [--out FILE.json]
 

@@ -3,8 +3,8 @@
 Run the cells (resumable: per-example records and finished cells are kept under --records), then
 write the document from the stored results (never by hand):
 
-    .venv/bin/python benchmarks/results_table.py run --defenses cnn at-cnn diffpure dc rdc
-    .venv/bin/python benchmarks/results_table.py doc
+    .venv/bin/python benchmarks/drivers/results_table.py run --defenses cnn at-cnn diffpure dc rdc
+    .venv/bin/python benchmarks/drivers/results_table.py doc
 
 The headline rows (the shipped single-head denoiser, >= 200 images, APGD >= 50 iterations) are long
 ``rdc eval --json`` runs; their JSON lines are checked and added to the headline store, and the doc
@@ -14,7 +14,7 @@ then name; shards of different commits, configurations or denoisers are refused:
 With ``--per-image`` the runs' records files give each row the images it left robust, and the doc mode compares
 every two rows on the same images (paired counts, exact McNemar test):
 
-    .venv/bin/python benchmarks/results_table.py import runs/headline_dc.out runs/headline_rdc_a.out \
+    .venv/bin/python benchmarks/drivers/results_table.py import runs/headline_dc.out runs/headline_rdc_a.out \
         runs/headline_rdc_b.out \
         --per-image runs/headline_dc/*.jsonl runs/headline_rdc/*.jsonl
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -44,6 +45,9 @@ from rdc_lib.evaluation.stats import paired_comparison
 from rdc_lib.findings.data import is_shipped_row
 from rdc_lib.findings.labels import defense_label, eta_text  # noqa: F401 (eta_text: the tables' name of a radius)
 from rdc_lib.findings.svg import figure_lines, figures_of, write_figures
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: benchmarks.common
+from benchmarks.common import accuracy, append_row, interval, read_rows, table, table_row, write_rows  # noqa: E402
 
 THREATS = {"linf": 0.1, "l2": 0.5}
 DEFAULTS = dict(
@@ -78,11 +82,9 @@ def run(args: argparse.Namespace) -> None:
     settings = {**DEFAULTS, **{k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}}
     store = Path(args.records) / "results.jsonl"
     store.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if store.is_file():
-        stored = [json.loads(l) for l in store.read_text().splitlines() if l.strip()]
-        # a row stored before the denoiser was named (denoiser "") counts under the key of its meaning (digits_multi)
-        done = {r["key"] for r in stored} | {EvalConfig.from_stored(r).key() for r in stored}
+    stored = read_rows(store)
+    # a row stored before the denoiser was named (denoiser "") counts under the key of its meaning (digits_multi)
+    done = {r["key"] for r in stored} | {EvalConfig.from_stored(r).key() for r in stored}
     for cfg in cells(args.defenses, settings):
         if cfg.key() in done:
             print(f"skip (done): {cfg.defense} {cfg.norm} {cfg.eps}", flush=True)
@@ -92,8 +94,7 @@ def run(args: argparse.Namespace) -> None:
         res["key"] = cfg.key()
         res["command"] = command_for(cfg)
         res["provenance"] = eval_provenance(cfg)
-        with open(store, "a") as f:
-            f.write(json.dumps(res) + "\n")
+        append_row(store, res)
         print(
             f"{cfg.defense:9s} {cfg.norm:4s} eps={cfg.eps:<5g} clean {res['clean_acc']:.3f} robust "
             f"{res['robust_acc']:.3f} trusted={res['trusted']} [{time.perf_counter() - t0:.0f}s]",
@@ -110,9 +111,7 @@ def import_rows(args: argparse.Namespace) -> None:
     rows and add them to ``headline.jsonl``; shards are merged from their per-image records (``--per-image``)."""
     store = Path(args.records) / "headline.jsonl"
     store.parent.mkdir(parents=True, exist_ok=True)
-    kept = {}
-    if store.is_file():
-        kept = {r["key"]: r for r in map(json.loads, store.read_text().splitlines()) if r}
+    kept = {r["key"]: r for r in read_rows(store)}
     groups: dict[str, list[dict]] = {}
     for name in args.files:
         row = read_result(Path(name))
@@ -134,7 +133,7 @@ def import_rows(args: argparse.Namespace) -> None:
             f"{row['robust_acc']:.3f}, trusted={row['trusted']}",
             flush=True,
         )
-    store.write_text("".join(json.dumps(r) + "\n" for r in kept.values()))
+    write_rows(store, kept.values())
     print(f"wrote {store} ({len(kept)} rows)")
 
 
@@ -213,12 +212,26 @@ def chosen_on(row: dict) -> str:
     return " + ".join(found) or "none"
 
 
+def _checks(row: dict) -> list[list]:
+    """The sanity checks of a row, one [check, passed, value, baseline, tolerance] per check."""
+    return [
+        [
+            k,
+            v["passed"],
+            v.get("robust_acc", v.get("nonzero_fraction", v.get("max_rel_error", ""))),
+            v.get("baseline", ""),
+            v.get("tolerance", v.get("max_robust_acc", "")),
+        ]
+        for k, v in row["checks"].items()
+    ]
+
+
 def headline_lines(path: Path, candidates: bool = False) -> list[str]:
     """The headline table: long evaluations of the shipped default denoisers and the baselines (empty without the
     file); with ``candidates``, the same table of the denoiser study's other candidates (docs/denoisers.md)."""
     if not path.is_file():
         return []
-    every = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    every = read_rows(path)
     rows = [r for r in every if is_shipped_row(r) != candidates]
     if not rows:
         return []
@@ -245,8 +258,10 @@ def headline_lines(path: Path, candidates: bool = False) -> list[str]:
         "made it. *Chosen on*: the images the row's denoiser and noise grid were chosen on (a row chosen on "
         "the images it is measured on overstates); *(dirty)*: measured with uncommitted changes.",
         "",
-        "| defense | denoiser | threat | images | chosen on | clean | robust (95% interval) | checks | seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *table(
+            ["defense", "denoiser", "threat", "images", "chosen on", "clean", "robust (95% interval)", "checks"]
+            + ["seconds"]
+        ),
     ]
     for r in rows:
         rob, clean = r["robust"], r["clean"]
@@ -254,8 +269,8 @@ def headline_lines(path: Path, candidates: bool = False) -> list[str]:
             f"| {defense_label(r)} | {r['denoiser'] or '—'} | {r['norm']} {r['eps']:g} | "
             f"{r['n']} (from {r['offset']}) | "
             f"{chosen_on(r)} | {100 * clean['value']:.1f}% ({clean['correct']}/{clean['total']}) | "
-            f"**{100 * rob['value']:.1f}%** ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
-            f"{100 * rob['high']:.0f}){_mark(r.get('trusted'))}{_bound(r)}{mark(r)} | "
+            f"**{100 * rob['value']:.1f}%** ({rob['correct']}/{rob['total']}, {interval(rob)})"
+            f"{_mark(r.get('trusted'))}{_bound(r)}{mark(r)} | "
             f"{trust_label(r.get('trusted'))} | "
             f"{r['seconds']:.0f} |"
         )
@@ -274,17 +289,9 @@ def headline_lines(path: Path, candidates: bool = False) -> list[str]:
     lines += [
         "### Headline sanity checks",
         "",
-        "| defense | check | passed | value | baseline | tolerance |",
-        "|---|---|---|---|---|---|",
+        *table(["defense", "check", "passed", "value", "baseline", "tolerance"]),
     ]
-    for r in rows:
-        for k, v in r["checks"].items():
-            val = v.get("robust_acc", v.get("nonzero_fraction", v.get("max_rel_error", "")))
-            tol = v.get("tolerance", v.get("max_robust_acc", ""))
-            lines.append(
-                f"| {defense_label(r)} ({r['denoiser'] or '—'}) | {k} | {v['passed']} | {val} | "
-                f"{v.get('baseline', '')} | {tol} |"
-            )
+    lines += [table_row([f"{defense_label(r)} ({r['denoiser'] or '—'})", *c]) for r in rows for c in _checks(r)]
     lines += paired_lines(
         every,
         (lambda a, b: not (is_shipped_row(a) and is_shipped_row(b)))
@@ -324,8 +331,7 @@ def paired_lines(rows: list[dict], keep=lambda a, b: True) -> list[str]:
         "keeps alone (rdc_lib.evaluation.stats.paired_comparison). Overlapping intervals above do not mean "
         "no difference; a small p does.",
         "",
-        "| A | B | images | both | A only | B only | neither | p |",
-        "|---|---|---|---|---|---|---|---|",
+        *table(["A", "B", "images", "both", "A only", "B only", "neither", "p"]),
     ]
     for a, b in pairs:
         images = range(a["offset"], a["offset"] + a["n"])
@@ -340,18 +346,19 @@ def paired_lines(rows: list[dict], keep=lambda a, b: True) -> list[str]:
 
 def crosscheck_lines(path: Path) -> list[str]:
     """Attacks written by someone else (torchattacks) on the images a headline run left robust
-    (``benchmarks/crosscheck_torchattacks.py``); empty without the file."""
+    (``benchmarks/drivers/crosscheck_torchattacks.py``); empty without the file."""
     if not path.is_file():
         return []
-    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    rows = read_rows(path)
     lines = [
         "",
         "### Outside attacks on the survivors (torchattacks)",
         "",
         "Each attack runs on the images the earlier ones left robust; an image broken here is one our ensemble missed.",
         "",
-        "| defense | denoiser | survivors (of the first N) | attacks | broken by | still robust | seconds |",
-        "|---|---|---|---|---|---|---|",
+        *table(
+            ["defense", "denoiser", "survivors (of the first N)", "attacks", "broken by", "still robust", "seconds"]
+        ),
     ]
     for r in rows:
         c = r["config"]
@@ -370,13 +377,13 @@ def crosscheck_lines(path: Path) -> list[str]:
 
 def doc(args: argparse.Namespace) -> None:
     store = Path(args.records) / "results.jsonl"
-    rows = [json.loads(l) for l in store.read_text().splitlines() if l.strip()]
+    rows = read_rows(store, missing_ok=False)
     by = {(r["defense"], r["norm"]): r for r in rows}
     order = [d for d in ("cnn", "at-cnn", "diffpure", "dc", "rdc") if any(k[0] == d for k in by)]
     lines = [
         "# Digits robustness comparison",
         "",
-        "Written by `benchmarks/results_table.py doc` from the stored results; every number below comes "
+        "Written by `benchmarks/drivers/results_table.py doc` from the stored results; every number below comes "
         "from the command that made it.",
         "",
     ]
@@ -388,21 +395,12 @@ def doc(args: argparse.Namespace) -> None:
         "defenses use the multi-head denoiser `digits_multi`, whose class heads barely use the label "
         "(docs/denoisers.md).",
         "",
-        "| defense | clean | l_inf 0.1 robust | l2 0.5 robust | checks |",
-        "|---|---|---|---|---|",
+        *table(["defense", "clean", "l_inf 0.1 robust", "l2 0.5 robust", "checks"]),
     ]
     for d in order:
         cells_ = [by.get((d, "linf")), by.get((d, "l2"))]
         ref = next(c for c in cells_ if c)
-        fmt = lambda c: (
-            "—"
-            if c is None
-            else (
-                f"{100 * c['robust']['value']:.1f}% ({c['robust']['correct']}/"
-                f"{c['robust']['total']}, {100 * c['robust']['low']:.0f}-"
-                f"{100 * c['robust']['high']:.0f})" + _mark(c.get("trusted")) + _bound(c) + mark(c)
-            )
-        )
+        fmt = lambda c: "—" if c is None else accuracy(c["robust"]) + _mark(c.get("trusted")) + _bound(c) + mark(c)
         clean = ref["clean"]
         flags = [c.get("trusted") for c in cells_ if c]
         status = (
@@ -437,8 +435,7 @@ def doc(args: argparse.Namespace) -> None:
         "(the ensemble runs Square last); above 0: Square found adversarial examples the gradient attacks "
         "missed.",
         "",
-        "| defense | norm | seconds | queries spent / budget | broken by Square |",
-        "|---|---|---|---|---|",
+        *table(["defense", "norm", "seconds", "queries spent / budget", "broken by Square"]),
     ]
     for r in rows:
         spent = sum(s.get("queries_spent", 0) for s in r["attack_stats"])
@@ -449,16 +446,9 @@ def doc(args: argparse.Namespace) -> None:
         "",
         "### Sanity checks per cell",
         "",
-        "| defense | norm | check | passed | value | baseline | tolerance |",
-        "|---|---|---|---|---|---|---|",
+        *table(["defense", "norm", "check", "passed", "value", "baseline", "tolerance"]),
     ]
-    for r in rows:
-        for k, v in r["checks"].items():
-            val = v.get("robust_acc", v.get("nonzero_fraction", v.get("max_rel_error", "")))
-            tol = v.get("tolerance", v.get("max_robust_acc", ""))
-            lines.append(
-                f"| {r['defense']} | {r['norm']} | {k} | {v['passed']} | {val} | {v.get('baseline', '')} | {tol} |"
-            )
+    lines += [table_row([r["defense"], r["norm"], *c]) for r in rows for c in _checks(r)]
     lines += ["", "### Commands", ""] + [f"- `{r['command']}`" for r in rows]
     lines += [
         "",
@@ -468,8 +458,7 @@ def doc(args: argparse.Namespace) -> None:
         "measured each cell; checkpoint hashes, library versions and the full command are in the raw rows "
         "(docs/raw/results.jsonl).",
         "",
-        "| defense | norm | provenance |",
-        "|---|---|---|",
+        *table(["defense", "norm", "provenance"]),
     ]
     lines += [f"| {r['defense']} | {r['norm']} | {describe(r)} |" for r in rows]
     if args.notes and Path(args.notes).is_file():

@@ -1,7 +1,7 @@
 """Benchmark: the cost of likelihood maximization relative to one DC classification, and the peak
 memory of exact gradients through LM as the number of steps grows.
 
-Run on demand:  python benchmarks/bench_lm.py [--batch 16] [--T 32] [--device cpu|cuda] [--sanity 64]
+Run on demand:  python benchmarks/timing/bench_lm.py [--batch 16] [--T 32] [--device cpu|cuda] [--sanity 64]
 
 ``--sanity N`` adds, on N digits test images: clean accuracy of DC, RDC and DiffPure, and the
 gradient health checks of rdc_lib.evaluation.grad (finite/nonzero, finite differences in fixed mode, cosine
@@ -42,7 +42,7 @@ from rdc_lib.models.checkpoints import load_denoiser
 from rdc_lib.models.config import DenoiserConfig, build_denoiser
 from rdc_lib.train import DIGITS_BACKBONE
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def get_denoiser(heads: str, device: torch.device):

@@ -8,7 +8,7 @@ and training images, learned DCs on test images). Without the trained checkpoint
 ``rdc eval --heads``) a randomly initialised denoiser with
 ``rdc_lib.train.DIGITS_BACKBONE`` stands in; the output says so and its accuracy means nothing.
 
-    python benchmarks/bench_optimal.py [--n 360] [--T 32] [--batch 40]
+    python benchmarks/timing/bench_optimal.py [--n 360] [--T 32] [--batch 40]
 
 The last line is a JSON object with every figure.
 """
@@ -30,7 +30,7 @@ from rdc_lib.models import DenoiserConfig, build_denoiser, load_denoiser
 from rdc_lib.models.optimal import OptimalDenoiser
 from rdc_lib.train import DIGITS_BACKBONE
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def classify(dc: DiffusionClassifier, x: torch.Tensor, batch: int) -> tuple[torch.Tensor, float]:

@@ -1,6 +1,7 @@
 """Train the digits diffusers model (a class-conditional UNet2DModel with a DDPM scheduler) on a CPU.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_diffusers_digits.py --steps 1996 --out data/diffusers_digits
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/drivers/train_diffusers_digits.py --steps 1996 \\
+        --out data/diffusers_digits
 
 The recipe and the folder it writes: rdc_lib/models/diffusers_train.py (needs the ``diffusers`` extra).
 """

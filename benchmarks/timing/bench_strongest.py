@@ -1,6 +1,6 @@
 """Seconds per image of the evaluation protocols, old code vs this code, as a ratio measured in one run.
 
-    .venv/bin/python benchmarks/bench_strongest.py [--old 9ee14f1] [--n 8] [--steps 20] [--rounds 2]
+    .venv/bin/python benchmarks/timing/bench_strongest.py [--old 9ee14f1] [--n 8] [--steps 20] [--rounds 2]
         [--threads 1] [--protocols strongest rdc-fixed ...] [--out docs/raw/bench_strongest.json]
 
 The old code is the ``rdc_lib`` folder of commit ``--old`` (default: the commit before the issue-19
@@ -36,7 +36,7 @@ from rdc_lib.core.choices import LEGACY_DENOISERS
 from rdc_lib.core.paths import checkpoint_path
 from rdc_lib.evaluation.provenance import provenance
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OLD_COMMIT = "9ee14f1"  # the code before the issue-19 speed-ups
 # The multi-head denoiser digits_multi, named (the default of heads "multi" until the FiLM defaults); code from
 # before the denoiser field loads it for heads "multi" and gets the configuration without the name (CHILD).
@@ -260,7 +260,7 @@ def main() -> int:
                 flush=True,
             )
     command = (
-        f".venv/bin/python benchmarks/bench_strongest.py --old {args.old} --n {args.n} --steps {args.steps} "
+        f".venv/bin/python benchmarks/timing/bench_strongest.py --old {args.old} --n {args.n} --steps {args.steps} "
         f"--rounds {args.rounds} --threads {args.threads} --protocols {' '.join(args.protocols)}"
         + ("" if args.out == "docs/raw/bench_strongest.json" else f" --out {args.out}")
     )

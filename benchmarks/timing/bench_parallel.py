@@ -1,7 +1,7 @@
 """Both cores of a 2-core machine: one process with two torch threads, or two single-thread shards?
 
-    .venv/bin/python benchmarks/bench_parallel.py --n 40                  # the strongest protocol, 40 images
-    .venv/bin/python benchmarks/bench_parallel.py --n 40 --out docs/raw/bench_parallel.json
+    .venv/bin/python benchmarks/timing/bench_parallel.py --n 40                  # the strongest protocol, 40 images
+    .venv/bin/python benchmarks/timing/bench_parallel.py --n 40 --out docs/raw/bench_parallel.json
 
 Runs the same evaluation (the strongest protocol of docs/evaluation.md: stochastic RDC, exact gradients
 + EOT 2, verified stop V = 4, worst of N = 10; APGD-CE 40 iterations, l_inf 0.1, multi-head, T = 16) on the

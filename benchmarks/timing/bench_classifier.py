@@ -1,6 +1,6 @@
 """Diffusion-classifier benchmark (issue 2 targets), printed as a table; run on demand:
 
-    .venv/bin/python benchmarks/bench_classifier.py [--n 360] [--T 32] [--n-loop 10] [--threads 1]
+    .venv/bin/python benchmarks/timing/bench_classifier.py [--n 360] [--T 32] [--n-loop 10] [--threads 1]
 
 Measures, in one run on the digits test split with the shipped checkpoints:
 - clean accuracy of the single-head and multi-head DC at several T (target: single >= 98% at T <= 32,

@@ -15,9 +15,10 @@ output layer at 1e-5, which makes an untrained network almost the identity; with
 magnitudes. Timing does not depend on the weights. Trained weights may give different fp16 errors.
 
 Examples:
-    python benchmarks/gpu_ddpmpp.py --device cuda --T 126 --batch 8 --fp16 --out bench.json
-    python benchmarks/gpu_ddpmpp.py --device cuda --fp16 --tf32 --checkpoint ckpt/edm-cifar10-32x32-cond-vp.safetensors
-    python benchmarks/gpu_ddpmpp.py --device cpu --T 4 --batch 1 --width 8     # smoke test
+    python benchmarks/timing/gpu_ddpmpp.py --device cuda --T 126 --batch 8 --fp16 --out bench.json
+    python benchmarks/timing/gpu_ddpmpp.py --device cuda --fp16 --tf32 \\
+        --checkpoint ckpt/edm-cifar10-32x32-cond-vp.safetensors
+    python benchmarks/timing/gpu_ddpmpp.py --device cpu --T 4 --batch 1 --width 8     # smoke test
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """RDC benchmark (issue 3 targets), printed; run on demand:
 
-    .venv/bin/python benchmarks/bench_rdc.py [--n 360] [--T 32] [--threads 1]
+    .venv/bin/python benchmarks/timing/bench_rdc.py [--n 360] [--T 32] [--threads 1]
 
 1. Clean accuracy of RDC vs DC on the digits test split (multi-head, same T, same seed): target
    RDC within 1 point of DC. The U-Net denoisers digits_multi / digits_single by name (``--heads``; the

@@ -1,9 +1,9 @@
 """docs/performance.md from docs/raw/performance.json: what the CIFAR-10 DDPM++ path costs.
 
-    .venv/bin/python benchmarks/performance_report.py run -- --device cuda --T 126 --batch 8 --fp16 --tf32
-    .venv/bin/python benchmarks/performance_report.py doc
+    .venv/bin/python benchmarks/drivers/performance_report.py run -- --device cuda --T 126 --batch 8 --fp16 --tf32
+    .venv/bin/python benchmarks/drivers/performance_report.py doc
 
-``run`` measures with ``benchmarks/gpu_ddpmpp.py`` (the arguments after ``--`` are its own) and appends
+``run`` measures with ``benchmarks/timing/gpu_ddpmpp.py`` (the arguments after ``--`` are its own) and appends
 the result, with its provenance (commit, library versions, command), to ``gpu_runs`` of the raw file;
 ``doc`` writes the document from the raw file only (deterministic: no clock, no machine state), one
 GPU section per stored run. The H200 figures of the first session were back-filled from the document
@@ -13,12 +13,11 @@ of commit a845259 (their provenance says so); the GPU cannot be rerun on the dev
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAW = ROOT / "docs" / "raw" / "performance.json"
 OUT = ROOT / "docs" / "performance.md"
 APGD_STEPS_PAPER = 100 * 5  # APGD-DLR iterations x restarts of the released evaluation (docs/paper.md section 7)
@@ -27,10 +26,11 @@ PAPER_T = 1000  # noise levels of the paper's experiments (docs/paper.md section
 
 
 def _gpu_module():
-    spec = importlib.util.spec_from_file_location("gpu_ddpmpp", Path(__file__).with_name("gpu_ddpmpp.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/timing/gpu_ddpmpp.py, the measurement itself."""
+    sys.path.insert(0, str(ROOT))  # the repository root: the benchmarks package
+    from benchmarks.timing import gpu_ddpmpp
+
+    return gpu_ddpmpp
 
 
 def run(raw: Path, gpu_args: list[str]) -> dict:
@@ -49,7 +49,7 @@ def run(raw: Path, gpu_args: list[str]) -> dict:
         "card": result["device"],
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "command": "python benchmarks/gpu_ddpmpp.py " + " ".join(gpu_args),
+        "command": "python benchmarks/timing/gpu_ddpmpp.py " + " ".join(gpu_args),
         "result": result,
         "provenance": provenance([args.checkpoint] if args.checkpoint else []),
     }
@@ -167,9 +167,10 @@ def render(data: dict) -> str:
     L = [
         "# Performance of the CIFAR-10 DDPM++ path",
         "",
-        "Written by `benchmarks/performance_report.py doc` from `docs/raw/performance.json` (never edited by hand). "
+        "Written by `benchmarks/drivers/performance_report.py doc` from `docs/raw/performance.json` (never edited "
+        "by hand). "
         "What the paper-scale setting costs (docs/paper.md sections 2, 3 and 7), measured with "
-        "`benchmarks/gpu_ddpmpp.py` on a **randomly initialised** DDPM++ of the released size. Timing does not "
+        "`benchmarks/timing/gpu_ddpmpp.py` on a **randomly initialised** DDPM++ of the released size. Timing does not "
         "depend on the weights; the precision figures do (see the caveats).",
         "",
         "## The network",
@@ -226,7 +227,7 @@ def render(data: dict) -> str:
             "",
             "The device time of the first session went to training the digits denoisers (about 7 minutes, "
             "`scripts/gpu_train_digits.sh`) and to the H200 run above. These figures are still open; each row is "
-            "one command of `benchmarks/gpu_ddpmpp.py` on a lent GPU (then `performance_report.py run`):",
+            "one command of `benchmarks/timing/gpu_ddpmpp.py` on a lent GPU (then `performance_report.py run`):",
             "",
             "| figure | command |",
             "|---|---|",

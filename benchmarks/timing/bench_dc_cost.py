@@ -1,6 +1,7 @@
 """What one attack gradient costs, denoiser by denoiser: the price of the multi-head DC's robustness, printed.
 
-    .venv/bin/python benchmarks/bench_dc_cost.py [--denoisers digits_film_single digits_film_multi_distill9_adv ...]
+    .venv/bin/python benchmarks/timing/bench_dc_cost.py
+        [--denoisers digits_film_single digits_film_multi_distill9_adv ...]
         [--defenses dc rdc] [--n 20] [--T 16] [--grid-sigma-min 0.6] [--repeats 3] [--threads 1] [--json FILE]
 
 For every denoiser (a shipped checkpoint name or a path) and defense, on the first ``n`` digits test images with

@@ -1,8 +1,8 @@
 """Where the seconds of the strongest protocol go (docs/speed.md), and the doc generator for it.
 
-    .venv/bin/python benchmarks/profile_strongest.py run [--n 3] [--steps 20] [--threads 1] [--no-checks]
+    .venv/bin/python benchmarks/timing/profile_strongest.py run [--n 3] [--steps 20] [--threads 1] [--no-checks]
         [--commit LABEL] [--out docs/raw/profile_strongest.json]
-    .venv/bin/python benchmarks/profile_strongest.py doc
+    .venv/bin/python benchmarks/timing/profile_strongest.py doc
 
 ``run`` evaluates the strongest protocol of docs/evaluation.md (stochastic RDC, APGD-CE, exact
 gradients through LM, EOT 2, verified stop 4, N-evaluation 10, T = 16, multi-head) on the first
@@ -25,7 +25,7 @@ A torch.profiler pass over one gradient step gives the top aten operators' share
 operator time. Writes docs/raw/profile_strongest.json.
 
 ``doc`` writes docs/speed.md from docs/raw/profile_strongest.json, docs/raw/bench_strongest.json and
-docs/raw/bench_strongest_*.json (benchmarks/bench_strongest.py --out ...) and the hand-written
+docs/raw/bench_strongest_*.json (benchmarks/timing/bench_strongest.py --out ...) and the hand-written
 docs/speed_notes.md only: deterministic, no computation.
 """
 
@@ -297,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
             "threads": args.threads,
             "run_checks": not args.no_checks,
         },
-        "command": f".venv/bin/python benchmarks/profile_strongest.py run --n {args.n} --steps {args.steps} "
+        "command": f".venv/bin/python benchmarks/timing/profile_strongest.py run --n {args.n} --steps {args.steps} "
         f"--threads {args.threads}" + (" --no-checks" if args.no_checks else ""),
         "commit": args.commit or _commit(),
         "wall_s": wall,
@@ -504,7 +504,7 @@ def render(raw_dir: Path, notes: Path | None) -> str:
     lines = [
         "# Speed of the strongest protocol",
         "",
-        "Written by `benchmarks/profile_strongest.py doc` from docs/raw/profile_strongest.json, "
+        "Written by `benchmarks/timing/profile_strongest.py doc` from docs/raw/profile_strongest.json, "
         "docs/raw/bench_strongest*.json and docs/speed_notes.md (never edited by hand).",
         "",
     ]
@@ -522,7 +522,10 @@ def render(raw_dir: Path, notes: Path | None) -> str:
 
 def doc(args: argparse.Namespace) -> int:
     if not RAW.is_file():
-        print(f"{RAW} is missing: run `.venv/bin/python benchmarks/profile_strongest.py run` first", file=sys.stderr)
+        print(
+            f"{RAW} is missing: run `.venv/bin/python benchmarks/timing/profile_strongest.py run` first",
+            file=sys.stderr,
+        )
         return 1
     DOC.write_text(render(RAW.parent, Path("docs/speed_notes.md")))
     print(f"wrote {DOC}")

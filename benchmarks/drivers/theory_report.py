@@ -1,9 +1,9 @@
 """Issue 11: the optimal diffusion classifier vs the learned one on digits, measured; writes docs/theory.md.
 
-    python benchmarks/theory_report.py run      # defaults: ~15-20 min on one loaded CPU core; writes
+    python benchmarks/drivers/theory_report.py run      # defaults: ~15-20 min on one loaded CPU core; writes
                                                 # docs/raw/theory.json, then docs/theory.md from it
-    python benchmarks/theory_report.py doc      # docs/theory.md from docs/raw/theory.json only
-    python benchmarks/theory_report.py run --n 16 --T 4 --steps 2 --square-queries 20 \\
+    python benchmarks/drivers/theory_report.py doc      # docs/theory.md from docs/raw/theory.json only
+    python benchmarks/drivers/theory_report.py run --n 16 --T 4 --steps 2 --square-queries 20 \\
         --raw /tmp/t.json --out /tmp/t.md       # smoke run
 
 What it measures (docs/paper.md sections 6 and 7), for the optimal DC (``OptimalDenoiser`` of the digits
@@ -63,7 +63,10 @@ from rdc_lib.experiments.theory import dominant_training_image, gap_by_sigma, ma
 from rdc_lib.models import load_denoiser
 from rdc_lib.models.optimal import OptimalDenoiser
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the repository root: benchmarks.common
+from benchmarks.common import Notes, counted, pct, table  # noqa: E402
+
 ATTACK_ORDER = ("cnn", "surrogate", "neighbour", "pgd", "apgd-ce", "apgd-dlr", "square")
 # the learned DC breaks under the first gradient attack; the expensive extras then run only on survivors
 LEARNED_ORDER = ("apgd-dlr", "apgd-ce", "pgd", "cnn", "neighbour", "surrogate", "square")
@@ -79,16 +82,8 @@ ATTACK_LABELS = {
     "fixed-worst": "fixed-mode worst",
 }
 TOLERANCE = 0.125  # accuracy noise allowed by the surrogate check (and the earlier comparative checks)
-_CHECKS_NOTE = (
-    "example (the CE summed over the batch, then |d/dx| averaged over pixels and images). First-order l2 "
-    "radius = margin / ||grad_x margin|| (clean, correctly classified images): the distance to the decision "
-    "boundary if the logits were linear. Finite differences run on a float64 copy of the classifier (eps "
-    "1e-4): in float32 the central differences are dominated by rounding where a directional derivative "
-    "is small.\n"
-)
-
-
 RAW = ROOT / "docs" / "raw" / "theory.json"
+NOTES = ROOT / "docs" / "theory_notes.md"  # the hand-written words of docs/theory.md
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -119,13 +114,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     d = sub.add_parser("doc", help="write the document from the raw JSON only")
     d.add_argument("--raw", type=Path, default=RAW)
     d.add_argument("--out", type=Path, default=ROOT / "docs" / "theory.md")
+    d.add_argument("--notes", type=Path, default=NOTES, help="the hand-written words (a notes template)")
     return top.parse_args(argv)
 
 
-def doc(raw: Path, out: Path) -> str:
-    """The document generated from the raw JSON alone (deterministic: no clock, no machine state)."""
+def doc(raw: Path, out: Path, notes: Path = NOTES) -> str:
+    """The document generated from the raw JSON and the notes template alone (deterministic: no clock, no
+    machine state)."""
     R = json.loads(Path(raw).read_text())
-    text = render(R, R.get("argv", []))
+    text = render(R, R.get("argv", []), notes)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return text
@@ -222,29 +219,11 @@ def sanity_checks(
     return out
 
 
-# ------------------------------------------------------------------------------------------ formatting
-def cell(acc: dict, mark: str = "") -> str:
-    return (
-        f"{acc['correct']}/{acc['total']} = {100 * acc['value']:.0f}%{mark} "
-        f"[{100 * acc['low']:.0f}, {100 * acc['high']:.0f}]"
-    )
-
-
-def pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------ main
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.cmd == "doc":
-        doc(args.raw, args.out)
+        doc(args.raw, args.out, args.notes)
         print(f"wrote {args.out}")
         return json.loads(args.raw.read_text())
     torch.set_num_threads(1)
@@ -462,99 +441,41 @@ def headline_numbers(R: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ report text
-def render(R: dict, argv: list[str]) -> str:
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def render(R: dict, argv: list[str], notes: Path = NOTES) -> str:
+    """docs/theory.md from the raw results ``R``: the numbers from ``R``, the words from the notes template."""
+    N = Notes(notes)
     st = R["settings"]
     threats = [f"{n} {e:g}" for n, e in st["threats"]]
-    cmd = "python benchmarks/theory_report.py" + ("" if not argv else " " + " ".join(argv))
+    cmd = "python benchmarks/drivers/theory_report.py" + ("" if not argv else " " + " ".join(argv))
+    env = R["environment"]
     L: list[str] = []
-    L.append("# The optimal diffusion classifier vs the learned one (digits)\n")
-    L.append(
-        "Generated by `benchmarks/theory_report.py doc` from `docs/raw/theory.json` (issue 11); every number "
-        "below comes from one run of the script, nothing is edited by hand. Theory: docs/paper.md section 6; "
-        "protocol: section 7.\n"
+    header = N(
+        "header",
+        command=cmd,
+        minutes=R["seconds"] / 60,
+        torch=env["torch"],
+        python=env["python"],
+        machine=env["machine"],
+        provenance=describe(R),
     )
-    L.append("```\nsource .venv/bin/activate\n" + cmd + "\n```\n")
-    L.append(
-        f"Run: {R['seconds'] / 60:.1f} min on one CPU thread (torch {R['environment']['torch']}, "
-        f"Python {R['environment']['python']}, {R['environment']['machine']}; the machine was shared with "
-        "other jobs, so times are indicative).\n"
-    )
-    L.append(f"Provenance: {describe(R)}.\n")
-    L.append("## Setup\n")
-    L.append(
-        table(
-            ["setting", "value"],
-            [
-                ["images", f"first {st['n']} test images and first {st['n']} training images of the digits split"],
-                [
-                    "classifiers",
-                    "optimal DC = `DiffusionClassifier(OptimalDenoiser(all 1437 training images))`; learned DC = "
-                    f"multi-head checkpoint `{Path(st['checkpoint']).name}`",
-                ],
-                [
-                    "noise levels",
-                    f"paper grid, T = {st['T']} (linspace(1e-4, 3, T + 1) without the last point), EDM weights; "
-                    "the same grid for both",
-                ],
-                [
-                    "noise mode",
-                    "fixed (one eps per level shared by all images: deterministic) for the main tables; "
-                    "stochastic (fresh eps per call) in its own table",
-                ],
-                ["threat models", ", ".join(threats) + " (images in [0, 1])"],
-                [
-                    "gradient attacks",
-                    f"PGD (CE, random start, step 2.5 eps/steps), APGD-CE, APGD-DLR; {st['steps']} "
-                    "iterations, 1 restart, exact input gradients through the DC",
-                ],
-                ["Square", f"{st['square_queries']} queries, margin loss (score-based, no gradients)"],
-                [
-                    "transfer CNN",
-                    f"PGD-{st['transfer_steps']} (margin loss, no early stopping) on the standard digits CNN, "
-                    "images then classified by the DC",
-                ],
-                [
-                    "surrogate",
-                    f"PGD-{st['transfer_steps']} on the same DC restricted to levels sigma >= "
-                    f"{st['surrogate_sigma_min']:.3g} (where D*'s largest softmax weight on test images falls below "
-                    "0.9; smooth, BPDA-style transfer)",
-                ],
-                [
-                    "neighbour",
-                    "closed-form attack for 1-NN-like classifiers: full-budget steps along x_j - x_s and x_j - x "
-                    "towards the 8 nearest other-class training images x_j (x_s: nearest same-class image)",
-                ],
-                [
-                    "worst case",
-                    "an example counts as robust only if it is classified correctly clean and after every attack",
-                ],
-                [
-                    "stochastic mode",
-                    f"the fixed-mode worst-case images, then APGD-DLR with EOT {st['stochastic_eot']} on "
-                    f"survivors; every image re-classified {st['n_eval']} times (robust = correct every time)",
-                ],
-                ["intervals", "counts with 95% Wilson score intervals, `rdc_lib.evaluation.stats.wilson`"],
-            ],
-        )
-    )
+    L.append(header + "\n")
+    L.append(N("setup", **{**st, "checkpoint": Path(st["checkpoint"]).name, "threats": ", ".join(threats)}))
     L.append("")
-    L.append(
-        "Learned DC: it falls to the first gradient attack, so its attack order is APGD-DLR, APGD-CE, PGD, "
-        "transfer CNN (each on every image), then neighbour, surrogate and Square only on the examples still "
-        "robust (marked †: those cells are cumulative worst cases, not standalone accuracies). The optimal DC "
-        "runs every attack on every image.\n"
-    )
+    L.append(N("order") + "\n")
 
     # clean
-    L.append("## Clean accuracy\n")
     rows = []
     for m in ("optimal", "learned"):
         for s in ("test", "train"):
             res = R["fixed"][f"{threats[0]}|{m}|{s}"]
-            rows.append([f"{m} DC", s, cell(res["clean"])])
+            rows.append([f"{m} DC", s, counted(res["clean"])])
     for s in ("test", "train"):
-        rows.append(["1-NN (l2)" + (" leave-one-out" if s == "train" else ""), s, cell(R["nn"]["nn_accuracy"][s])])
-    L.append(table(["classifier", "images", "clean accuracy"], rows))
+        rows.append(["1-NN (l2)" + (" leave-one-out" if s == "train" else ""), s, counted(R["nn"]["nn_accuracy"][s])])
+    L.append(_table(["classifier", "images", "clean accuracy"], rows))
     L.append("")
 
     # robust tables
@@ -564,12 +485,12 @@ def render(R: dict, argv: list[str]) -> str:
         for m in ("optimal", "learned"):
             for s in ("test", "train"):
                 res = R["fixed"][f"{t}|{m}|{s}"]
-                cells = [f"{m} DC", s, cell(res["clean"])]
+                cells = [f"{m} DC", s, counted(res["clean"])]
                 for a in ATTACK_ORDER:
-                    cells.append(cell(res["attacks"][a], "†" if a in res["on_survivors"] else ""))
-                cells.append("**" + cell(res["worst"]) + "**")
+                    cells.append(counted(res["attacks"][a], "†" if a in res["on_survivors"] else ""))
+                cells.append("**" + counted(res["worst"]) + "**")
                 rows.append(cells)
-        L.append(table(["model", "images", "clean"] + [ATTACK_LABELS[a] for a in ATTACK_ORDER] + ["worst case"], rows))
+        L.append(_table(["model", "images", "clean"] + [ATTACK_LABELS[a] for a in ATTACK_ORDER] + ["worst case"], rows))
         L.append("")
         secs = []
         for m in ("optimal", "learned"):
@@ -578,21 +499,16 @@ def render(R: dict, argv: list[str]) -> str:
                 secs.append(f"{m}/{s} " + ", ".join(f"{ATTACK_LABELS[k]} {v:.0f}s" for k, v in sec.items()))
         L.append("Attack times: " + "; ".join(secs) + ".\n")
 
-    L.append("## The optimal DC against a certified 1-NN bound\n")
-    L.append(
-        "A certified lower bound on the 1-NN rule's robust accuracy "
-        "(`rdc_lib.experiments.nearest_neighbour.nn_certified_radius`: "
-        "distance to the nearest bisector between the nearest same-class training image and any other-class "
-        "one, in the threat model's norm) next to the optimal DC's empirical worst case (an upper bound). "
-        "If the optimal DC is a nearest-neighbour rule and the attacks are strong, the two meet.\n"
-    )
+    L.append(N("nn_bound") + "\n")
     rows = []
     for t in threats:
         for s in ("test", "train"):
             c = R["nn"]["certified"][f"{t}|{s}"]
-            rows.append([t, s, cell(c), f"{c['median_radius']:.3f}", cell(R["fixed"][f"{t}|optimal|{s}"]["worst"])])
+            rows.append(
+                [t, s, counted(c), f"{c['median_radius']:.3f}", counted(R["fixed"][f"{t}|optimal|{s}"]["worst"])]
+            )
     L.append(
-        table(
+        _table(
             [
                 "threat",
                 "images",
@@ -616,14 +532,14 @@ def render(R: dict, argv: list[str]) -> str:
                         t,
                         f"{m} DC",
                         s,
-                        cell(res["clean"]),
-                        cell(res["attacks"]["fixed-worst"]),
-                        cell(res["attacks"]["apgd-dlr"], "†"),
-                        "**" + cell(res["worst"]) + "**",
+                        counted(res["clean"]),
+                        counted(res["attacks"]["fixed-worst"]),
+                        counted(res["attacks"]["apgd-dlr"], "†"),
+                        "**" + counted(res["worst"]) + "**",
                     ]
                 )
     L.append(
-        table(
+        _table(
             [
                 "threat",
                 "model",
@@ -642,6 +558,10 @@ def render(R: dict, argv: list[str]) -> str:
     L.append(f"## Sanity checks (first {st['checks_n']} test images, fixed noise unless stated)\n")
     legacy = all("more_steps" in c for c in R["checks"].values())  # raw written before the library's checks
     steps_key = "more_steps" if legacy else "convergence"
+
+    def check(c: dict, detail: str) -> str:
+        return ("pass" if c["passed"] else "FAIL") + detail
+
     rows = []
     for t in threats:
         for m in ("optimal", "learned"):
@@ -651,30 +571,26 @@ def render(R: dict, argv: list[str]) -> str:
                 [
                     t,
                     f"{m} DC",
-                    ("pass" if g["passed"] else "FAIL") + f" (CE: {g['ce']}; margin: {g['margin']})",
+                    check(g, f" (CE: {g['ce']}; margin: {g['margin']})"),
                     f"{g['ce_grad_mean_abs']:.2e}",
                     f"{pct(g['ce_saturated_fraction'])} (median CE {g['ce_median']:.2e})",
                     f"{g['margin_grad_norm_median']:.3g}",
                     f"{g['first_order_l2_radius_median']:.3g}",
-                    ("pass" if fd["passed"] else "FAIL")
-                    + f" (max {fd['max_rel_error']:.2g}, median {fd['median_rel_error']:.2g})",
+                    check(fd, f" (max {fd['max_rel_error']:.2g}, median {fd['median_rel_error']:.2g})"),
                     f"{c['gradient_cosine']['mean']:.3f} (min {c['gradient_cosine']['min']:.3f})",
-                    ("pass" if c["large_budget"]["passed"] else "FAIL")
-                    + f" ({pct(c['large_budget']['robust_acc'])} at "
-                    f"{c['large_budget']['eps']:g})",
-                    ("pass" if c[steps_key]["passed"] else "FAIL") + f" ({pct(c[steps_key]['robust_acc'])} vs "
-                    f"{pct(c[steps_key]['baseline'])})",
-                    ("pass" if c["black_box"]["passed"] else "FAIL") + f" ({pct(c['black_box']['robust_acc'])} vs "
-                    f"{pct(c['black_box']['baseline'])})",
-                    ("pass" if c["transfer"]["passed"] else "FAIL") + f" ({pct(c['transfer']['robust_acc'])} vs "
-                    f"{pct(c['transfer']['baseline'])})",
-                    ("pass" if c["surrogate"]["passed"] else "FAIL") + f" ({pct(c['surrogate']['robust_acc'])} vs "
-                    f"{pct(c['surrogate']['baseline'])})",
+                    check(
+                        c["large_budget"],
+                        f" ({pct(c['large_budget']['robust_acc'])} at {c['large_budget']['eps']:g})",
+                    ),
+                    *[
+                        check(c[k], f" ({pct(c[k]['robust_acc'])} vs {pct(c[k]['baseline'])})")
+                        for k in (steps_key, "black_box", "transfer", "surrogate")
+                    ],
                     "**yes**" if c["trusted"] else "**NO**",
                 ]
             )
     L.append(
-        table(
+        _table(
             [
                 "threat",
                 "model",
@@ -696,20 +612,12 @@ def render(R: dict, argv: list[str]) -> str:
         )
     )
     L.append("")
+    note = N("checks.gradient_note")
     if legacy:
-        L.append(
-            "White box = worst case of PGD, APGD-CE and APGD-DLR on the same images. Comparative checks allow "
-            f"{TOLERANCE:g} of accuracy noise (as `rdc_lib.evaluation.checks`). Mean abs CE gradient: per "
-            + _CHECKS_NOTE
-        )
+        L.append(N("checks.legacy", tolerance=TOLERANCE, gradient_note=note) + "\n")
     else:
         entry = next(c["convergence"] for c in R["checks"].values())
-        L.append(
-            "White box = worst case of PGD, APGD-CE and APGD-DLR on the same images. Large budget, 2x steps, "
-            "Square and transfer are the checks of `rdc_lib.evaluation.checks`, paired image by image (tolerance "
-            f"{entry['tolerance_images']} of {entry['n']} check images); the surrogate allows {TOLERANCE:g} of "
-            "accuracy noise. Mean abs CE gradient: per " + _CHECKS_NOTE
-        )
+        L.append(N("checks.library", **entry, tolerance=TOLERANCE, gradient_note=note) + "\n")
 
     # NN
     L.append("## Nearest-neighbour behaviour\n")
@@ -717,13 +625,9 @@ def render(R: dict, argv: list[str]) -> str:
     for k, v in R["adv_agreement"].items():
         t, s = k.split("|")
         rows.append([f"optimal/{s} at its broken worst-case images, {t} (n = {v['n']})", pct(v["agreement"])])
-    L.append(table(["DC / images", "prediction = 1-NN prediction"], rows))
+    L.append(_table(["DC / images", "prediction = 1-NN prediction"], rows))
     L.append("")
-    L.append(
-        "Which training image dominates the class-conditional softmax of D*(x + sigma eps; sigma, y) (true "
-        "class y, one eps per image and level): mean largest weight, and how often that image is the clean "
-        "input's nearest same-class training image.\n"
-    )
+    L.append(N("dominance") + "\n")
     d_te, d_tr = R["dominance"]["test"], R["dominance"]["train"]
     rows = [
         [f"{s:.3g}", f"{a:.3f}", pct(b), f"{c:.1f}", f"{d:.3f}", pct(e)]
@@ -737,7 +641,7 @@ def render(R: dict, argv: list[str]) -> str:
         )
     ]
     L.append(
-        table(
+        _table(
             [
                 "sigma",
                 "test: largest weight",
@@ -752,11 +656,7 @@ def render(R: dict, argv: list[str]) -> str:
     L.append("")
 
     # gap
-    L.append("## Per-level denoising error: learned vs optimal (`gap_by_sigma`)\n")
-    L.append(
-        "Mean squared error per pixel in model space [-1, 1], class-conditional on the true label, the same eps "
-        "for both denoisers; gap = learned - optimal.\n"
-    )
+    L.append(N("gap") + "\n")
     g_te, g_tr = R["gap"]["test"], R["gap"]["train"]
     rows = [
         [f"{s:.3g}", f"{a:.4f}", f"{b:.4f}", f"{c:+.4f}", f"{d:.4f}", f"{e:.4f}", f"{f:+.4f}"]
@@ -765,33 +665,35 @@ def render(R: dict, argv: list[str]) -> str:
         )
     ]
     L.append(
-        table(
+        _table(
             ["sigma", "test: learned", "test: optimal", "test: gap", "train: learned", "train: optimal", "train: gap"],
             rows,
         )
     )
     L.append("")
-    L.append(
-        "Each level's share of the logit margin z_y - z_r (r = runner-up class), mean over images: "
-        "w_t (error of class r - error of class y); the shares sum to the margin.\n"
-    )
+    L.append(N("margin") + "\n")
     keys = list(R["margin"])
     sig = R["margin"][keys[0]]["sigmas"]
     rows = [[f"{s:.3g}"] + [f"{R['margin'][k]['mean_per_level'][i]:+.3f}" for k in keys] for i, s in enumerate(sig)]
     rows.append(["**sum (= mean margin)**"] + [f"{sum(R['margin'][k]['mean_per_level']):+.3f}" for k in keys])
-    L.append(table(["sigma"] + [k.replace("|", " / ") for k in keys], rows))
+    L.append(_table(["sigma"] + [k.replace("|", " / ") for k in keys], rows))
     L.append("")
     L.append("## Analysis\n")
-    L.extend(analysis(R, threats))
+    L.extend(analysis(R, threats, N))
     return "\n".join(L) + "\n"
 
 
-def analysis(R: dict, threats: list[str]) -> list[str]:
-    """Paragraphs whose numbers and direction words are computed from R (no hand-written figures)."""
-    out = []
-    t0 = threats[0]
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(table(header, rows))
 
-    def w(m, s, t=t0):
+
+def analysis(R: dict, threats: list[str], N: Notes) -> list[str]:
+    """Paragraphs whose numbers and direction words are computed from R (no hand-written figures): the notes
+    template's words, the variant each measured comparison selects."""
+    out = []
+    st = R["settings"]
+
+    def w(m, s, t):
         return R["fixed"][f"{t}|{m}|{s}"]["worst"]
 
     for t in threats:
@@ -801,92 +703,67 @@ def analysis(R: dict, threats: list[str]) -> list[str]:
             w("learned", "test", t),
             w("learned", "train", t),
         )
+        optimal_gap, learned_gap = otr["value"] - ot["value"], ltr["value"] - lt["value"]
         out.append(
-            f"- **{t}, test vs training images.** The optimal DC keeps {cell(otr)} of the training images "
-            f"it was built from but {cell(ot)} of held-out test images: "
-            + (
-                "the paper's 100% is a statement about memorised images; on new images the optimum is "
-                f"{100 * (otr['value'] - ot['value']):.0f} points less robust."
-                if otr["value"] - ot["value"] > 0.05
-                else "the two are within 5 points here."
+            N(
+                "memorised",
+                threat=t,
+                optimal_train=counted(otr),
+                optimal_test=counted(ot),
+                optimal_reading=N(f"memorised.optimal.{_yes_no(optimal_gap > 0.05)}", points=100 * optimal_gap),
+                learned_test=counted(lt),
+                learned_train=counted(ltr),
+                learned_reading=N(f"memorised.learned.{_yes_no(abs(learned_gap) > 0.1)}", points=100 * learned_gap),
+                difference=100 * (ot["value"] - lt["value"]),
             )
-            + f" The learned DC: {cell(lt)} (test), {cell(ltr)} (train); "
-            + (
-                "it does not memorise its training images in a way that helps robustness."
-                if abs(ltr["value"] - lt["value"]) <= 0.1
-                else f"its training images differ by {100 * (ltr['value'] - lt['value']):+.0f} points."
-            )
-            + f" Difference optimal - learned on test images: {100 * (ot['value'] - lt['value']):+.0f} points."
         )
     # masking
     for t in threats:
         c = R["checks"][f"{t}|optimal"]
+        learned = R["checks"][f"{t}|learned"]
         res = R["fixed"][f"{t}|optimal|test"]["attacks"]
         best = min(ATTACK_ORDER, key=lambda a: res[a]["value"])
         g = c["gradients"]
-        verdict = (
-            "The sanity checks pass: "
-            if c["trusted"]
-            else "Sanity checks FAILED ("
-            + ", ".join(k for k, v in c.items() if isinstance(v, dict) and v.get("passed") is False)
-            + "): "
-        )
+        failed = ", ".join(k for k, v in c.items() if isinstance(v, dict) and v.get("passed") is False)
+        free = min(res["square"]["value"], res["neighbour"]["value"], res["cnn"]["value"], res["surrogate"]["value"])
+        white = min(res["apgd-dlr"]["value"], res["pgd"]["value"], res["apgd-ce"]["value"])
         out.append(
-            f"- **Gradient masking, optimal DC, {t}.** {verdict}gradients are "
-            f"{'finite and non-zero' if g['passed'] else 'not all finite and non-zero'} (mean |dCE/dx| "
-            f"{g['ce_grad_mean_abs']:.1e} per example; the gradient of a batch-mean CE over the "
-            f"{R['settings']['checks_n']} images is {R['settings']['checks_n']}x smaller, "
-            f"{g['ce_grad_mean_abs'] / R['settings']['checks_n']:.1e}; "
-            f"{pct(g['ce_saturated_fraction'])} of images have a saturated "
-            f"softmax, 1 - p(y|x) < 1e-6), finite differences "
-            f"{'agree' if c['finite_differences']['passed'] else 'disagree'} (max rel. error "
-            f"{c['finite_differences']['max_rel_error']:.2g}), a large budget brings accuracy to "
-            f"{pct(c['large_budget']['robust_acc'])}, and the strongest single attack on test images is "
-            f"{ATTACK_LABELS[best]} ({cell(res[best])}). Gradient-free attacks: Square {cell(res['square'])}, "
-            f"neighbour {cell(res['neighbour'])}; transfer: CNN {cell(res['cnn'])}, surrogate "
-            f"{cell(res['surrogate'])}. "
-            + (
-                f"The CE gradient is small because the CE loss itself is small (median {g['ce_median']:.1e}: "
-                "a confident softmax), while the margin's gradient is "
-                + (
-                    "larger than the learned DC's"
-                    if g["margin_grad_norm_median"]
-                    > R["checks"][f"{t}|learned"]["gradients"]["margin_grad_norm_median"]
-                    else "not larger than the learned DC's"
-                )
-                + f" (median norm {g['margin_grad_norm_median']:.3g} vs "
-                f"{R['checks'][f'{t}|learned']['gradients']['margin_grad_norm_median']:.3g}). "
+            N(
+                "masking",
+                threat=t,
+                verdict=N(f"masking.verdict.{_yes_no(c['trusted'])}", failed=failed),
+                finite=N(f"masking.finite.{_yes_no(g['passed'])}"),
+                grad=g["ce_grad_mean_abs"],
+                checks_n=st["checks_n"],
+                grad_batch=g["ce_grad_mean_abs"] / st["checks_n"],
+                saturated=pct(g["ce_saturated_fraction"]),
+                differences=N(f"masking.differences.{_yes_no(c['finite_differences']['passed'])}"),
+                fd_error=c["finite_differences"]["max_rel_error"],
+                large_budget=pct(c["large_budget"]["robust_acc"]),
+                strongest=ATTACK_LABELS[best],
+                strongest_cell=counted(res[best]),
+                square=counted(res["square"]),
+                neighbour=counted(res["neighbour"]),
+                cnn=counted(res["cnn"]),
+                surrogate=counted(res["surrogate"]),
+                ce_median=g["ce_median"],
+                margin_gradient=N(
+                    "masking.margin_gradient."
+                    + _yes_no(g["margin_grad_norm_median"] > learned["gradients"]["margin_grad_norm_median"])
+                ),
+                margin_norm=g["margin_grad_norm_median"],
+                learned_margin_norm=learned["gradients"]["margin_grad_norm_median"],
+                masked=N(f"masking.masked.{_yes_no(free < white - 0.05)}"),
+                variation=N(f"masking.variation.{_yes_no(c['gradient_cosine']['mean'] < 0.95)}"),
+                cosine=c["gradient_cosine"]["mean"],
+                learned_cosine=learned["gradient_cosine"]["mean"],
             )
-            + (
-                "Gradient-free and transfer attacks do not beat the gradient attacks by more than 5 points, so "
-                "the gradient-based numbers are not an artefact of masked gradients."
-                if min(
-                    res["square"]["value"], res["neighbour"]["value"], res["cnn"]["value"], res["surrogate"]["value"]
-                )
-                >= min(res["apgd-dlr"]["value"], res["pgd"]["value"], res["apgd-ce"]["value"]) - 0.05
-                else "A gradient-free or transfer attack beats the gradient attacks by more than 5 points: "
-                "the gradient attacks alone would overstate robustness; the worst case includes them."
-            )
-            + " In the stochastic mode its input gradients "
-            + ("vary across noise draws" if c["gradient_cosine"]["mean"] < 0.95 else "barely change across noise draws")
-            + f" (mean cosine {c['gradient_cosine']['mean']:.2f}; learned DC "
-            f"{R['checks'][f'{t}|learned']['gradient_cosine']['mean']:.2f}); that mode is attacked with EOT "
-            "and with the fixed-mode worst-case images."
         )
     for t in threats:
         c, o = R["nn"]["certified"][f"{t}|test"], R["fixed"][f"{t}|optimal|test"]["worst"]
-        out.append(
-            f"- **Against the 1-NN certificate, {t}.** On test images the 1-NN rule is certified robust on "
-            f"{cell(c)}; the optimal DC's empirical worst case is {cell(o)}. "
-            + (
-                f"The empirical upper bound is {100 * (o['value'] - c['value']):.0f} points above the "
-                "certified 1-NN lower bound: the optimal DC's robustness is close to that of 1-NN in pixel "
-                "space (the gap is extra robustness of the soft rule, attack weakness, or both)."
-                if o["value"] - c["value"] <= 0.10
-                else f"The gap of {100 * (o['value'] - c['value']):.0f} points is either extra robustness of the "
-                "soft rule or attack weakness; the certificate bounds 1-NN, not the DC."
-            )
-        )
+        close = o["value"] - c["value"] <= 0.10
+        reading = N(f"certificate.close.{_yes_no(close)}", points=100 * (o["value"] - c["value"]))
+        out.append(N("certificate", threat=t, certified=counted(c), empirical=counted(o), reading=reading))
     # gap
     g_te, g_tr = R["gap"]["test"], R["gap"]["train"]
     small = [i for i, s in enumerate(g_te["sigmas"]) if s < 0.1]
@@ -897,71 +774,38 @@ def analysis(R: dict, threats: list[str]) -> list[str]:
 
     gs_te, gs_tr, gm_te = mean(g_te["gap"], small), mean(g_tr["gap"], small), mean(g_te["gap"], mid)
     out.append(
-        f"- **The gap per level.** On training images the gap learned - optimal is "
-        f"{'positive' if gs_tr > 0 else 'negative'} at sigma < 0.1 (mean {gs_tr:+.4f}): D* returns the "
-        "training image itself, which no generalising network does. On test images it is "
-        f"{'negative' if gs_te < 0 else 'positive'} there (mean {gs_te:+.4f}): "
-        + (
-            "the learned denoiser is *better* than the 'optimal' one on held-out images at small noise, "
-            "because D* snaps the input to its nearest training image while the network returns (nearly) "
-            "the input. "
-            if gs_te < 0
-            else "the optimum is also better on held-out images there. "
+        N(
+            "gap_per_level",
+            train_sign="positive" if gs_tr > 0 else "negative",
+            train_gap=gs_tr,
+            test_sign="negative" if gs_te < 0 else "positive",
+            test_gap=gs_te,
+            test_reading=N(f"gap_per_level.better.{_yes_no(gs_te < 0)}"),
+            mid_gap=gm_te,
         )
-        + f"For 0.1 <= sigma <= 1 the mean test gap is {gm_te:+.4f}. So the learned model is not "
-        "simply a worse approximation of D*: on test data it beats D* exactly where D* is most "
-        "nearest-neighbour-like."
     )
     # margin
-    k_o, k_l = "optimal|test|clean", "learned|test|clean"
-    mo, ml = R["margin"][k_o], R["margin"][k_l]
-    sig = mo["sigmas"]
-    lo = [i for i, s in enumerate(sig) if s < R["settings"]["surrogate_sigma_min"]]
+    mo, ml = R["margin"]["optimal|test|clean"], R["margin"]["learned|test|clean"]
+    lo = [i for i, s in enumerate(mo["sigmas"]) if s < st["surrogate_sigma_min"]]
     share_o = sum(mo["mean_per_level"][i] for i in lo) / max(1e-12, sum(mo["mean_per_level"]))
     share_l = sum(ml["mean_per_level"][i] for i in lo) / max(1e-12, sum(ml["mean_per_level"]))
+    ratio = sum(mo["mean_per_level"]) / max(1e-12, abs(sum(ml["mean_per_level"])))
     out.append(
-        f"- **How the gap relates to the robustness difference.** The DC decides by differences between "
-        f"classes, not by the absolute error. On clean test images the optimal DC's mean margin is "
-        f"{sum(mo['mean_per_level']):.2f}, of which {pct(share_o)} comes from the levels sigma < "
-        f"{R['settings']['surrogate_sigma_min']:.3g} (the hard nearest-neighbour regime); the learned DC's "
-        f"mean margin is {sum(ml['mean_per_level']):.2f}, {pct(share_l)} from those levels. "
-        + (
-            f"The optimal DC's margin is {sum(mo['mean_per_level']) / max(1e-12, abs(sum(ml['mean_per_level']))):.0f}x "
-            "the learned DC's and sits where D* is a nearest-neighbour lookup: to flip it, an attack must move "
-            "the image past the bisector between its nearest same-class training image and an other-class "
-            "one (the 1-NN certificate above), which a training image (distance zero to itself) resists "
-            "best. "
-            if share_o > 0.5
-            else ""
-        )
-        + (
-            "The learned denoiser, which generalises (lower test error than D* at small sigma), gets "
-            "little of its margin from those levels (its per-class errors there are nearly equal: they carry "
-            "little class information), so its decision rests on the larger levels, where the per-class "
-            "errors differ by little and a small perturbation can reorder them. "
-            if share_l < 0.5 and gs_te < 0
-            else ""
-        )
-        + (
-            lambda co, cl: (
-                f"Margins and slopes together: the median first-order l2 radius (margin / gradient "
-                f"norm, {threats[0]} check images) is {co:.2f} for the optimal DC and {cl:.2f} for the learned one. "
-            )
-        )(
-            R["checks"][f"{threats[0]}|optimal"]["gradients"]["first_order_l2_radius_median"],
-            R["checks"][f"{threats[0]}|learned"]["gradients"]["first_order_l2_radius_median"],
-        )
-        + "So a smaller per-level gap is not by itself what buys robustness here: the robust optimum "
-        "is the memorising one, and its advantage is largest on the images it memorised."
-    )
-    out.append(
-        "- **Caveats.** n = {0} images per set, T = {1}, {2} attack iterations and {3} Square queries are "
-        "small budgets chosen to fit ~20 minutes of one CPU core; the Wilson intervals above are the "
-        "statistical uncertainty, not the attack-strength uncertainty. Rerun with larger --n, --T, --steps "
-        "and --square-queries for tighter numbers.".format(
-            R["settings"]["n"], R["settings"]["T"], R["settings"]["steps"], R["settings"]["square_queries"]
+        N(
+            "margin_share",
+            optimal_margin=sum(mo["mean_per_level"]),
+            optimal_share=pct(share_o),
+            sigma_min=st["surrogate_sigma_min"],
+            learned_margin=sum(ml["mean_per_level"]),
+            learned_share=pct(share_l),
+            optimal_reading=N("margin_share.optimal", ratio=ratio) + " " if share_o > 0.5 else "",
+            learned_reading=N("margin_share.learned") + " " if share_l < 0.5 and gs_te < 0 else "",
+            threat=threats[0],
+            optimal_radius=R["checks"][f"{threats[0]}|optimal"]["gradients"]["first_order_l2_radius_median"],
+            learned_radius=R["checks"][f"{threats[0]}|learned"]["gradients"]["first_order_l2_radius_median"],
         )
     )
+    out.append(N("caveats", **st))
     return out
 
 

@@ -1,8 +1,8 @@
 """The adaptive evaluation of full RDC on digits (docs/evaluation.md), protocol by protocol.
 
-    .venv/bin/python benchmarks/evaluation_report.py run  [--n 32] [--steps 20] [--n-eval 10] [--chunk 40]
-    .venv/bin/python benchmarks/evaluation_report.py doc
-    .venv/bin/python benchmarks/evaluation_report.py merge runs/eval_a runs/eval_b --records runs/evaluation
+    .venv/bin/python benchmarks/drivers/evaluation_report.py run  [--n 32] [--steps 20] [--n-eval 10] [--chunk 40]
+    .venv/bin/python benchmarks/drivers/evaluation_report.py doc
+    .venv/bin/python benchmarks/drivers/evaluation_report.py merge runs/eval_a runs/eval_b --records runs/evaluation
 
 For DiffPure, DC, RDC and the CNN baselines: clean accuracy and robust accuracy under each protocol:
 - gradients: exact through every LM step vs BPDA (identity backward through LM);
@@ -39,6 +39,9 @@ from rdc_lib.evaluation.grad import EOT_TARGET, gradient_cosine_similarity, sugg
 from rdc_lib.evaluation.provenance import describe, eval_provenance, mark, provenance
 from rdc_lib.evaluation.shards import SUMMARY_FIELDS
 from rdc_lib.experiments.selection import add_split_argument
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: benchmarks.common
+from benchmarks.common import accuracy, append_row, pct, read_rows, table, write_rows  # noqa: E402
 
 STRONGEST = "exact+EOT, verified stop"
 VERIFY = 4  # calls that must all misclassify before the strongest protocol stops attacking an image
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.records)
     out.mkdir(parents=True, exist_ok=True)
     store = out / "evaluation.jsonl"
-    stored = _read_rows(store) if store.is_file() else []
+    stored = read_rows(store)
     # a row stored before the denoiser was named (denoiser "") counts under the key of its meaning (digits_multi)
     done = {r["key"] for r in stored} | {EvalConfig.from_stored(r).key() for r in stored}
     diag_path = out / "eot_diagnostic.json"
@@ -177,8 +180,7 @@ def run(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             res = evaluate(cfg, records_dir=out / "records", progress=True)
             res.update(key=key, variant=variant, protocol=name, command=_command(cfg), provenance=eval_provenance(cfg))
-            with open(store, "a") as f:
-                f.write(json.dumps(res) + "\n")
+            append_row(store, res)
             print(
                 f"{defense:7s} {variant:22s} {name:26s} robust {res['robust_acc']:.3f} avg {res['robust_acc_avg']:.3f} "
                 f"worst {res['robust_acc_worst']:.3f} trusted={res['trusted']} [{time.perf_counter() - t0:.0f}s]",
@@ -201,7 +203,7 @@ def merge(sources: list[Path], out: Path) -> tuple[list[dict], dict]:
         store = src / "evaluation.jsonl"
         if not store.is_file():
             raise FileNotFoundError(f"{store}: no stored rows (expected a --records folder of `run`)")
-        for r in _read_rows(store):
+        for r in read_rows(store):
             differ = [k for k in SUMMARY_FIELDS if r["key"] in rows and rows[r["key"]].get(k) != r.get(k)]
             if differ:  # every count and rate, not only the robust one
                 raise ValueError(
@@ -224,14 +226,9 @@ def merge(sources: list[Path], out: Path) -> tuple[list[dict], dict]:
 
     merged = sorted(rows.values(), key=place)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in merged))
+    write_rows(out / "evaluation.jsonl", merged)
     (out / "eot_diagnostic.json").write_text(json.dumps(diag, indent=2))
     return merged, diag
-
-
-def _read_rows(store: Path) -> list[dict]:
-    """The rows of an evaluation.jsonl, one result per line (blank lines ignored)."""
-    return [json.loads(l) for l in store.read_text().splitlines() if l.strip()]
 
 
 def _command(cfg: EvalConfig) -> str:
@@ -248,13 +245,9 @@ def _bound(row: dict) -> str:
     )
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
-
-
 def doc(args: argparse.Namespace) -> int:
     out = Path(args.records)
-    rows = _read_rows(out / "evaluation.jsonl")
+    rows = read_rows(out / "evaluation.jsonl", missing_ok=False)
     diag = json.loads((out / "eot_diagnostic.json").read_text()) if (out / "eot_diagnostic.json").is_file() else {}
     r0 = rows[0]
     denoisers = {row_denoiser(r) for r in rows} - {""}
@@ -266,7 +259,7 @@ def doc(args: argparse.Namespace) -> int:
     lines = [
         "# Adaptive evaluation of full RDC on digits",
         "",
-        "Written by `benchmarks/evaluation_report.py doc` from stored results (never edited by hand). "
+        "Written by `benchmarks/drivers/evaluation_report.py doc` from stored results (never edited by hand). "
         f"First {r0['n']} digits test images, l_inf eps {r0['eps']}, APGD-CE with {r0['steps']} iterations, "
         f"multi-head denoiser `{''.join(denoisers) or '-'}`, T = {r0['timesteps']}. "
         "N-evaluation: each final adversarial example is "
@@ -282,8 +275,10 @@ def doc(args: argparse.Namespace) -> int:
         f"(`--verify {VERIFY}`) stops only when {VERIFY} fresh calls all misclassify the candidate "
         "(rdc_lib.attacks.base.AttackContext).",
         "",
-        "| defense | variant | protocol | clean | single (95% CI) | avg of N | worst of N | overstatement | checks |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *table(
+            ["defense", "variant", "protocol", "clean", "single (95% CI)", "avg of N", "worst of N"]
+            + ["overstatement", "checks"]
+        ),
     ]
     failures = []
     for defense in DEFENSE_ORDER:
@@ -294,18 +289,15 @@ def doc(args: argparse.Namespace) -> int:
             for r in group:
                 rob = r["robust"]
                 over = r["robust_acc"] - strongest
-                ci = (
-                    f"{_pct(rob['value'])} ({rob['correct']}/{rob['total']}, {100 * rob['low']:.0f}-"
-                    f"{100 * rob['high']:.0f}){mark(r)}"
-                )
+                ci = f"{accuracy(rob)}{mark(r)}"
                 checks = (
                     trust_label(r.get("trusted"))
                     if r.get("trusted") is not False
                     else "**UNTRUSTED**: " + ", ".join(k for k, v in r["checks"].items() if not v["passed"])
                 )
                 lines.append(
-                    f"| {defense} | {variant} | {r['protocol']}{_bound(r)} | {_pct(r['clean_acc'])} | {ci} | "
-                    f"{_pct(r['robust_acc_avg'])} | {_pct(r['robust_acc_worst'])} | {100 * over:+.1f} | {checks} |"
+                    f"| {defense} | {variant} | {r['protocol']}{_bound(r)} | {pct(r['clean_acc'])} | {ci} | "
+                    f"{pct(r['robust_acc_avg'])} | {pct(r['robust_acc_worst'])} | {100 * over:+.1f} | {checks} |"
                 )
             named = [r for r in group if r["protocol"] == STRONGEST]
             if named:
@@ -313,9 +305,9 @@ def doc(args: argparse.Namespace) -> int:
                 weaker = [r for r in group if r is not named[0] and min(r["robust_acc"], r["robust_acc_worst"]) < s]
                 if weaker:
                     failures.append(
-                        f"{defense} / {variant}: the strongest protocol ({_pct(s)}) is above "
+                        f"{defense} / {variant}: the strongest protocol ({pct(s)}) is above "
                         + ", ".join(
-                            f"{r['protocol']} ({_pct(min(r['robust_acc'], r['robust_acc_worst']))})" for r in weaker
+                            f"{r['protocol']} ({pct(min(r['robust_acc'], r['robust_acc_worst']))})" for r in weaker
                         )
                     )
     for paragraph in checks_protocol([r["checks"] for r in rows]):
@@ -346,9 +338,10 @@ def doc(args: argparse.Namespace) -> int:
         "the gradient reach the target cosine, from the 10th percentile of the per-image cosines of repeated "
         f"gradients; the library's target is EOT_TARGET = {EOT_TARGET}. The size used is capped for CPU time.",
         "",
-        "| defense | mean cosine of repeated gradients | cosine used (10th pct.) | target | EOT by rule "
-        "| EOT used (cap) |",
-        "|---|---|---|---|---|---|",
+        *table(
+            ["defense", "mean cosine of repeated gradients", "cosine used (10th pct.)", "target", "EOT by rule"]
+            + ["EOT used (cap)"]
+        ),
     ]
     for d, v in diag.items():
         target = v.get("target", f"{LEGACY_EOT_TARGET} (before the target was recorded)")
@@ -365,8 +358,7 @@ def doc(args: argparse.Namespace) -> int:
         "whatever n is) and per "
         "image; a resumed cell counts only its last run.",
         "",
-        "| defense | variant | protocol | seconds | seconds per image |",
-        "|---|---|---|---|---|",
+        *table(["defense", "variant", "protocol", "seconds", "seconds per image"]),
     ]
     lines += [
         f"| {r['defense']} | {r['variant']} | {r['protocol']} | {r['seconds']:.0f} | {r['seconds'] / r['n']:.1f} |"
@@ -389,8 +381,7 @@ def doc(args: argparse.Namespace) -> int:
         "measured each cell; checkpoint hashes, library versions and the full command are in the raw rows "
         "(docs/raw/evaluation.jsonl, docs/raw/eot_diagnostic.json).",
         "",
-        "| defense | variant | protocol | provenance |",
-        "|---|---|---|---|",
+        *table(["defense", "variant", "protocol", "provenance"]),
     ]
     lines += [f"| {r['defense']} | {r['variant']} | {r['protocol']} | {describe(r)} |" for r in rows]
     lines += [f"| {d} | EOT diagnostic | gradient cosine | {describe(v)} |" for d, v in diag.items()]

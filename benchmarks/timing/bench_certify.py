@@ -1,6 +1,6 @@
 """Cost of one certified image (issue 18), multi-head vs single-head noised DC and denoised smoothing, in one run:
 
-    python benchmarks/bench_certify.py [--n-images 3] [--n 200] [--n0 20] [--T 4] [--sigma 0.25] [--threads 1]
+    python benchmarks/timing/bench_certify.py [--n-images 3] [--n 200] [--n0 20] [--T 4] [--sigma 0.25] [--threads 1]
                                        [--out docs/raw/bench_certify.json]
 
 For each base classifier, Cohen's CERTIFY (no attack) on the same first test images with the same draws:
@@ -22,9 +22,9 @@ import torch
 
 from rdc_lib.certify.runner import CertifyConfig, run_certify
 from rdc_lib.core.choices import LEGACY_DENOISERS
-from rdc_lib.evaluation.provenance import certify_provenance
+from rdc_lib.evaluation.provenance import certify_provenance, command_line
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "settings": {
             **common,
-            "command": " ".join(["python", "benchmarks/bench_certify.py"] + sys.argv[1:]),
+            "command": command_line(),
             "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} thread(s), "
             "shared with other jobs",
         },

@@ -5,8 +5,9 @@ from the configuration in the records' header, and attacks every image our ensem
 torchattacks' APGD-CE, APGD-DLR, APGD-T and Square (worst case per image). An image broken here was missed
 by our ensemble: a finding against our number, not a new number (the outside attacks only see the survivors).
 
-    .venv/bin/python benchmarks/crosscheck_torchattacks.py run RECORDS.jsonl --first 64 --steps 100
-    .venv/bin/python benchmarks/crosscheck_torchattacks.py run RECORDS.jsonl --first 64 --out docs/raw/crosscheck.jsonl
+    .venv/bin/python benchmarks/drivers/crosscheck_torchattacks.py run RECORDS.jsonl --first 64 --steps 100
+    .venv/bin/python benchmarks/drivers/crosscheck_torchattacks.py run RECORDS.jsonl --first 64 \\
+        --out docs/raw/crosscheck.jsonl
 
 torchattacks seeds the global torch RNG itself (its ``seed`` argument); this script is a benchmark, not
 library code, and runs nothing else in the process that depends on that RNG.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +29,9 @@ from rdc_lib.evaluation import EvalConfig
 from rdc_lib.evaluation.provenance import eval_provenance
 from rdc_lib.evaluation.records import read_outcomes
 from rdc_lib.evaluation.runner import defense_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: benchmarks.common
+from benchmarks.common import append_row  # noqa: E402
 
 TORCHATTACKS_NORMS = {"linf": "Linf", "l2": "L2"}
 
@@ -103,8 +108,7 @@ def run(args: argparse.Namespace) -> None:
     }
     print(json.dumps(row), flush=True)
     if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(args.out, row)
 
 
 def main() -> None:

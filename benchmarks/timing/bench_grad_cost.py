@@ -1,6 +1,6 @@
 """Seconds per attack gradient, the code before the issue-41 fast paths vs now, measured in one process.
 
-    .venv/bin/python benchmarks/bench_grad_cost.py
+    .venv/bin/python benchmarks/timing/bench_grad_cost.py
         [--denoisers digits_film_single digits_film_multi_distill9_h16_long_adv]
         [--n 10] [--T 16] [--eot 2] [--losses ce dlr dlr-targeted] [--rounds 5] [--threads 1] [--json FILE]
 

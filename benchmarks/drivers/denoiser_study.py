@@ -1,8 +1,8 @@
 """The controlled denoiser study (docs/denoisers.md): which denoiser makes the diffusion classifier robust.
 
-    .venv/bin/python benchmarks/denoiser_study.py run [--only NAME ...] [--config benchmarks/denoiser_study.yaml]
-        [--split val|test]
-    .venv/bin/python benchmarks/denoiser_study.py doc [--raw docs/raw/denoiser_study.jsonl]
+    .venv/bin/python benchmarks/drivers/denoiser_study.py run [--only NAME ...]
+        [--config benchmarks/drivers/denoiser_study.yaml] [--split val|test]
+    .venv/bin/python benchmarks/drivers/denoiser_study.py doc [--raw docs/raw/denoiser_study.jsonl]
 
 ``run`` measures every denoiser of the study config that has no row yet in docs/raw/denoiser_study.jsonl
 (per-sigma errors and class gaps, distance to the optimal denoiser, DC clean accuracy, robust accuracy under the
@@ -19,8 +19,7 @@ docs/denoisers_notes.md (the hand-written analysis) appended verbatim.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
+import sys
 import time
 from pathlib import Path
 
@@ -42,16 +41,8 @@ from rdc_lib.experiments.study import (
 from rdc_lib.experiments.study_report import render_report
 from rdc_lib.findings.svg import figure_lines, figures_of, write_figures
 
-
-def _rows(raw: Path) -> list[dict]:
-    return [json.loads(l) for l in raw.read_text().splitlines() if l.strip()] if raw.is_file() else []
-
-
-def _write_rows(raw: Path, rows: list[dict]) -> None:
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    tmp = raw.with_name(raw.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    tmp.replace(raw)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: the benchmarks package
+from benchmarks.common import read_rows, write_rows  # noqa: E402
 
 
 def run(args: argparse.Namespace) -> None:
@@ -68,7 +59,7 @@ def run(args: argparse.Namespace) -> None:
         prev = next(
             (
                 r
-                for r in _rows(raw)
+                for r in read_rows(raw)
                 if r["name"] == entry.name and r["sha256"] == sha and r.get("robust_split", "test") == args.split
             ),
             None,
@@ -115,8 +106,8 @@ def run(args: argparse.Namespace) -> None:
                 flush=True,
             )
         row["provenance"] = provenance([entry.checkpoint])
-        rows = [r for r in _rows(raw) if r["name"] != entry.name] + [row]
-        _write_rows(raw, rows)
+        rows = [r for r in read_rows(raw) if r["name"] != entry.name] + [row]
+        write_rows(raw, rows, sort_keys=True)
     print(f"raw rows: {raw}")
 
 
@@ -134,22 +125,16 @@ def doc(args: argparse.Namespace) -> None:
     """docs/denoisers.md: the study's table, its figures, the candidates' headline rows (headline.jsonl beside the
     study's raw rows, rendered by results_table.py), then the notes."""
     raw = Path(args.raw)
-    rows = _rows(raw)
+    rows = read_rows(raw)
     notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else ""
     figures = [line for fd in figures_of("denoisers.md", raw.parent) for line in figure_lines(fd)]
-    candidates = _results_table().headline_lines(raw.with_name("headline.jsonl"), candidates=True)
+    from benchmarks.drivers import results_table  # the one renderer of headline rows
+
+    candidates = results_table.headline_lines(raw.with_name("headline.jsonl"), candidates=True)
     text = render_report(rows, "").rstrip("\n") + "\n\n" + "\n".join(figures + candidates) + "\n"
     Path(args.out).write_text(text + (notes.rstrip() + "\n" if notes else ""))
     write_figures("denoisers.md", raw.parent, Path(args.out).parent / "figures")
     print(f"wrote {args.out}")
-
-
-def _results_table():
-    """benchmarks/results_table.py (the one renderer of headline rows), loaded beside this script."""
-    spec = importlib.util.spec_from_file_location("_rdc_results_table", Path(__file__).with_name("results_table.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("--config", default="benchmarks/denoiser_study.yaml")
+    r.add_argument("--config", default="benchmarks/drivers/denoiser_study.yaml")
     r.add_argument("--only", nargs="+", default=None, metavar="NAME")
     add_split_argument(r)
     r.add_argument(

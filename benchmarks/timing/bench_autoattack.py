@@ -1,7 +1,7 @@
 """Wall-clock of the AutoAttack-style evaluation of RDC on 200 digits test images (issue 4's 60-minute target).
 
-    .venv/bin/python benchmarks/bench_autoattack.py                     # 200 images, 2 shards x 1 thread
-    .venv/bin/python benchmarks/bench_autoattack.py --n 16 --shards 2   # a quick smoke run
+    .venv/bin/python benchmarks/timing/bench_autoattack.py                     # 200 images, 2 shards x 1 thread
+    .venv/bin/python benchmarks/timing/bench_autoattack.py --n 16 --shards 2   # a quick smoke run
 
 The images are split into ``--shards`` contiguous shards evaluated in parallel processes (one torch thread
 each: on a 2-core machine two single-thread processes beat one two-thread process), each an ordinary
