@@ -59,7 +59,40 @@ PINNED = {
 }
 
 # the flat fields of a result row, in order (``{**flat, ...}`` of ``evaluate``)
-FLAT_ORDER = ['defense', 'attack', 'norm', 'eps', 'n', 'offset', 'seed', 'eot', 'verify', 'steps', 'restarts', 'square_queries', 'n_target_classes', 'timesteps', 'heads', 'dataset', 'noise_mode', 'grad_mode', 'n_eval', 'vote', 'chunk', 'run_checks', 'preset', 'data_root', 'ckpt_dir', 'denoiser', 'grid', 'grid_sigma_min', 'lm_steps', 'lm_eta', 'lm_step_size', 'split']
+FLAT_ORDER = [
+    "defense",
+    "attack",
+    "norm",
+    "eps",
+    "n",
+    "offset",
+    "seed",
+    "eot",
+    "verify",
+    "steps",
+    "restarts",
+    "square_queries",
+    "n_target_classes",
+    "timesteps",
+    "heads",
+    "dataset",
+    "noise_mode",
+    "grad_mode",
+    "n_eval",
+    "vote",
+    "chunk",
+    "run_checks",
+    "preset",
+    "data_root",
+    "ckpt_dir",
+    "denoiser",
+    "grid",
+    "grid_sigma_min",
+    "lm_steps",
+    "lm_eta",
+    "lm_step_size",
+    "split",
+]
 
 
 def _flat_hash(cfg: EvalConfig) -> str:

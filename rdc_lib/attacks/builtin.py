@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from .apgd import APGD
-from .ensemble import AUTOATTACK_MEMBERS, autoattack_suite
 from .fgsm import FGSM
 from .lagrangian import LagrangianAPGD, LagrangianPGD
 from .pgd import PGD
@@ -71,6 +70,10 @@ def _square(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, 
     return Square(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
 
 
+# The AutoAttack-style ensemble's members in run order (the registry's fact ``members`` of "autoattack").
+AUTOATTACK_MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
+
+
 @register_attack(
     "autoattack",
     ensemble=True,
@@ -79,6 +82,8 @@ def _square(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, 
     description="AutoAttack-style worst case: APGD-CE, APGD-DLR, APGD-T, Square (all with EOT)",
 )
 def _autoattack(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
+    from .ensemble import autoattack_suite  # deferred: the ensemble module is loaded only when an ensemble runs
+
     return autoattack_suite(
         model,
         norm=norm,

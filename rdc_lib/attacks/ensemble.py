@@ -31,6 +31,7 @@ from ..core.progress import progress_bar
 from ..core.stored_state import StoredStateError, load_torch_state, restart_aside, source_version
 from ..core.utils import check_images, check_labels
 from .base import Attack, Model, eval_mode
+from .builtin import AUTOATTACK_MEMBERS  # re-exported: the members' home is the registration
 from .losses import margin
 from .registry import build_attack
 
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 _STATE_FORMAT = "rdc-ensemble-state/2"  # /2: with the code version
 RESTART = "restart=True (run_ensemble)"
 CLEAN_ERROR, ROBUST = -2, -1  # values of EnsembleResult.broken_by besides attack indices
-
-
-# The AutoAttack-style ensemble's members in run order (the registry's fact ``members`` of "autoattack").
-AUTOATTACK_MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
 
 
 def autoattack_suite(
