@@ -115,9 +115,8 @@ def test_eval_keys_of_stored_results_stay_valid():
         seed=0,
     )
     assert cfg.key() == "41e5ad902dde88d9"
-    from dataclasses import replace
 
-    assert replace(cfg, verify=4).key() != cfg.key()
+    assert cfg.replace(verify=4).key() != cfg.key()
 
 
 class NoGradient(nn.Module):

@@ -117,7 +117,7 @@ def test_preset_applies_the_values_it_fixes():
 def test_preset_refuses_a_conflicting_value(field, value, fixed):
     with pytest.raises(ValueError, match=f"preset 'cifar10-paper' fixes {field} = {fixed}, got {field} = "):
         EvalConfig.from_params({"defense": "rdc", "preset": "cifar10-paper", field: value})
-    if value != getattr(EvalConfig, field):  # set away from the default: refused by the config itself
+    if value != EvalConfig.flat_defaults()[field]:  # set away from the default: refused by the config itself
         with pytest.raises(ValueError, match=f"fixes {field} = {fixed}"):
             EvalConfig(defense="rdc", preset="cifar10-paper", **{field: value})
     assert preset_conflicts("cifar10-paper", {field: value})

@@ -69,7 +69,7 @@ def _row(tmp_path: Path, *results: dict, records: list[Path] = ()) -> dict:
 
 def test_a_long_checked_run_is_accepted_with_its_key_and_command(tmp_path):
     row = _row(tmp_path, _result())
-    assert row["key"] == EvalConfig(**{k: row[k] for k in EvalConfig.__dataclass_fields__}).key()
+    assert row["key"] == EvalConfig(**{k: row[k] for k in EvalConfig.flat_defaults()}).key()
     assert row["command"] == "rdc eval --defense dc --offset 0 --json"
 
 

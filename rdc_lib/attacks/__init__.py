@@ -11,7 +11,6 @@ name with ``build_attack``; ``ATTACK_NAMES`` / ``ADAPTIVE_ATTACK_NAMES`` are the
 from . import builtin as _builtin  # registers the shipped attacks
 from .apgd import APGD, APGD_LOSSES, TARGET_RULES, apgd_checkpoints
 from .base import Attack, AttackContext, AttackResult, eval_mode
-from .builtin import AUTOATTACK_MEMBERS
 from .fgsm import FGSM
 from .lagrangian import LagrangianAPGD, LagrangianPGD, expected_unconditional_loss
 from .losses import LOSSES, get_loss, margin
@@ -19,6 +18,7 @@ from .neighbour import NeighbourAttack
 from .pgd import PGD
 from .projections import NORMS, clip01, per_example_norm, project, project_ball
 from .registry import (
+    AUTOATTACK_MEMBERS,
     FULL_ENSEMBLE,
     AttackInfo,
     attack_names,

@@ -11,7 +11,7 @@ from .apgd import APGD
 from .fgsm import FGSM
 from .lagrangian import LagrangianAPGD, LagrangianPGD
 from .pgd import PGD
-from .registry import register_attack
+from .registry import AUTOATTACK_MEMBERS, register_attack
 from .selective_eot import SelectiveEOTAPGD, SelectiveEOTPGD
 from .square import Square
 from .stadv import StAdv
@@ -68,10 +68,6 @@ def _apgd_t(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, 
 )
 def _square(model, *, norm, eps, steps, restarts, eot, verify, seed, generator, **kw):
     return Square(model, steps=steps, restarts=restarts, eot=eot, **_common(norm, eps, verify, seed, generator), **kw)
-
-
-# The AutoAttack-style ensemble's members in run order (the registry's fact ``members`` of "autoattack").
-AUTOATTACK_MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
 
 
 @register_attack(

@@ -31,9 +31,8 @@ from ..core.progress import progress_bar
 from ..core.stored_state import StoredStateError, load_torch_state, restart_aside, source_version
 from ..core.utils import check_images, check_labels
 from .base import Attack, Model, eval_mode
-from .builtin import AUTOATTACK_MEMBERS  # re-exported: the members' home is the registration
 from .losses import margin
-from .registry import build_attack
+from .registry import AUTOATTACK_MEMBERS, build_attack  # AUTOATTACK_MEMBERS: re-exported
 
 __all__ = ["AUTOATTACK_MEMBERS", "ChunkReport", "EnsembleResult", "autoattack_suite", "run_ensemble"]
 

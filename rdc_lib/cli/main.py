@@ -57,7 +57,7 @@ def _add_eval(sub) -> None:
                                      "(--split val: the validation split)")
     choices = _eval_choices()
     # default None: the flags given on the command line are known, so a --preset can refuse a conflicting one
-    for f in fields(EvalConfig):
+    for f in EvalConfig.flat_fields():
         flag = "--" + f.name.replace("_", "-")
         helptext = "; ".join(filter(None, (f"default {f.default!r}", denoiser_flags_help().get(f.name))))
         if f.name in choices:  # listed, not enforced by argparse: EvalConfig names the valid choices itself
@@ -330,7 +330,7 @@ def eval_config(args: argparse.Namespace) -> "EvalConfig":
     given take the preset's values (``rdc_lib.defenses.presets.eval_defaults``) and a flag the preset fixes is refused."""
     from ..evaluation.runner import EvalConfig
 
-    given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name) is not None}
+    given = {f.name: getattr(args, f.name) for f in EvalConfig.flat_fields() if getattr(args, f.name) is not None}
     explicit = set(given)
     preset = given.get("preset") or ("cifar10-paper" if given.get("dataset") == "cifar10" else "")
     if preset:
