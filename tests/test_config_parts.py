@@ -100,3 +100,15 @@ def test_a_defense_setting_added_to_the_spec_reaches_the_builder(monkeypatch):
     plain = EvalConfig.from_params({"defense": "toy-temperature"})
     assert "temperature" not in plain.flat() and "temperature" not in plain.identity()  # stored keys stay as they were
     assert "temperature" in [f.name for f in EvalConfig.flat_fields()]  # the CLI and sweeps see the new setting
+
+
+def test_copies_pickles_and_hashes_like_a_frozen_dataclass():
+    import copy
+    import pickle
+
+    cfg = EvalConfig(defense="dc", attack="pgd", eps=0.05, heads="single")
+    for other in (copy.copy(cfg), copy.deepcopy(cfg), pickle.loads(pickle.dumps(cfg))):
+        assert other == cfg and other.key() == cfg.key() and other.eps == 0.05
+    assert len({cfg, EvalConfig(defense="dc", attack="pgd", eps=0.05, heads="single")}) == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.chunk = 3
