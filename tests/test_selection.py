@@ -81,7 +81,7 @@ def test_the_scripts_pass_the_split_on():
         timesteps=args.timesteps,
         split=args.split,
     )
-    assert cfg.split == "val" and cfg.offset + cfg.n <= 200
+    assert cfg.split == "val" and cfg.offset + cfg.n_images <= 200
     assert default_split(gl, ("run", "--split", "test"))[1].offset == 200
     entry = StudyEntry(
         name="x",
