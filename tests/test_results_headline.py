@@ -24,7 +24,7 @@ def _result(n: int = 200, offset: int = 0, correct: int | None = None, **over) -
     cfg = EvalConfig(
         defense="dc",
         attack="autoattack",
-        n=n,
+        n_images=n,
         offset=offset,
         steps=50,
         heads="single",

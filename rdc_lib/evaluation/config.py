@@ -18,7 +18,6 @@ so stored keys do not change. The number of images is ``n_images``; ``n`` is its
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import MISSING, Field, dataclass, field, fields, make_dataclass, replace
@@ -197,7 +196,7 @@ class EvalConfig:
         found.update({(None, f.name): f for f in fields(cls) if f.name not in _PARTS})
         spec = []
         for name, key in cls._routes().items():
-            f = copy.copy(found[key])
+            f = found[key]
             spec.append((name, f.type, field(default=f.default, default_factory=f.default_factory)))
         schema = make_dataclass("EvalParams", spec, frozen=True)
         schema.__module__ = __name__
