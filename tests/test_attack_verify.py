@@ -102,7 +102,7 @@ def test_eval_keys_of_stored_results_stay_valid():
         attack="autoattack",
         norm="linf",
         eps=0.1,
-        n=64,
+        n_images=64,
         steps=25,
         restarts=1,
         square_queries=500,
@@ -115,9 +115,8 @@ def test_eval_keys_of_stored_results_stay_valid():
         seed=0,
     )
     assert cfg.key() == "41e5ad902dde88d9"
-    from dataclasses import replace
 
-    assert replace(cfg, verify=4).key() != cfg.key()
+    assert cfg.replace(verify=4).key() != cfg.key()
 
 
 class NoGradient(nn.Module):
@@ -149,7 +148,7 @@ def test_records_written_before_verify_still_resume(tmp_path):
     from rdc_lib.data import load_dataset
     from rdc_lib.evaluation.records import load_records, records_paths, save_records
 
-    cfg = EvalConfig(defense="cnn", attack="pgd", n=2, chunk=2)
+    cfg = EvalConfig(defense="cnn", attack="pgd", n_images=2, chunk=2)
     assert "verify" not in cfg.identity() and "verify" in EvalConfig(verify=2).identity()
     x, y = load_dataset("digits", "test")
     x, y = x[:2], y[:2]

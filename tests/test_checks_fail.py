@@ -204,10 +204,10 @@ def test_no_checks_is_not_checked_never_passed(tmp_path):
     assert "not checked" in printed["results_table"] and "all passed" not in printed["results_table"]
     assert "not checked" in printed["evaluation_report"] and "| passed |" not in printed["evaluation_report"]
     assert printed["sweep_report"] == "not checked"
-    clean_only = evaluate(EvalConfig(defense="cnn", attack="none", n=4), progress=False)
+    clean_only = evaluate(EvalConfig(defense="cnn", attack="none", n_images=4), progress=False)
     assert clean_only["trusted"] is None
 
 
 def test_checks_with_too_few_images_are_refused():
     with pytest.raises(ValueError, match=f"need at least {MIN_CHECK_IMAGES} images, got n = 8.*run_checks=False"):
-        evaluate(EvalConfig(defense="cnn", attack="pgd", n=8, steps=2), progress=False)
+        evaluate(EvalConfig(defense="cnn", attack="pgd", n_images=8, steps=2), progress=False)

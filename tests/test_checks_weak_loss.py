@@ -88,9 +88,9 @@ def test_cross_loss_passes_on_an_honest_model_and_is_skipped_for_the_full_ensemb
     assert res["checks"]["cross_loss"]["passed"], res["checks"]["cross_loss"]
     assert cross_loss_attacks("apgd-ce") == ("apgd-dlr", "apgd-t")
     assert cross_loss_attacks("pgd") == ("apgd-ce", "apgd-dlr", "apgd-t") and cross_loss_attacks(FULL_ENSEMBLE) == ()
-    reason = skipped_checks(EvalConfig(defense="cnn", attack=FULL_ENSEMBLE, n=N))["cross_loss"]
+    reason = skipped_checks(EvalConfig(defense="cnn", attack=FULL_ENSEMBLE, n_images=N))["cross_loss"]
     assert reason.startswith("the evaluated attack is the full ensemble")
-    assert "cross_loss" not in skipped_checks(EvalConfig(defense="cnn", attack="apgd-ce", n=N))
+    assert "cross_loss" not in skipped_checks(EvalConfig(defense="cnn", attack="apgd-ce", n_images=N))
 
 
 def test_too_few_eot_draws_fail_eot_convergence(tmp_path):

@@ -54,11 +54,11 @@ def test_ensemble_clean_check_reads_v_calls(digits):
 
 def test_evaluate_attacks_an_image_one_unlucky_call_misclassified():
     x, y = load_dataset("digits", "test")
-    cfg = EvalConfig(defense="cnn", attack="pgd", n=4, steps=2, verify=3, run_checks=False)
+    cfg = EvalConfig(defense="cnn", attack="pgd", n_images=4, steps=2, verify=3, run_checks=False)
     res = evaluate(cfg, model=Lookup(x, y, wrong_calls=1), progress=False)
     assert res["robust_acc"] == 1.0  # image 0 was attacked (the clean check re-read it) and survived
     res1 = evaluate(
-        EvalConfig(defense="cnn", attack="pgd", n=4, steps=2, verify=1, run_checks=False),
+        EvalConfig(defense="cnn", attack="pgd", n_images=4, steps=2, verify=1, run_checks=False),
         model=Lookup(x, y, wrong_calls=1),
         progress=False,
     )
@@ -68,7 +68,7 @@ def test_evaluate_attacks_an_image_one_unlucky_call_misclassified():
 def test_never_attacked_is_never_robust():
     x, y = load_dataset("digits", "test")
     res = evaluate(
-        EvalConfig(defense="cnn", attack="pgd", n=4, steps=2, verify=3, run_checks=False),
+        EvalConfig(defense="cnn", attack="pgd", n_images=4, steps=2, verify=3, run_checks=False),
         model=Lookup(x, y, wrong_calls=10**6),
         progress=False,
     )
@@ -80,7 +80,14 @@ def test_square_stays_in_the_ensemble_under_eot_on_averaged_scores():
     suite = autoattack_suite(nn.Linear(1, 1), eps=0.1, eot=2, n_target_classes=1)
     assert [n for n, _ in suite] == ["apgd-ce", "apgd-dlr", "apgd-t", "square"] and suite[-1][1].eot == 2
     cfg = EvalConfig(
-        defense="cnn", attack="autoattack", n=2, steps=1, eot=2, n_target_classes=1, square_queries=5, run_checks=False
+        defense="cnn",
+        attack="autoattack",
+        n_images=2,
+        steps=1,
+        eot=2,
+        n_target_classes=1,
+        square_queries=5,
+        run_checks=False,
     )
     res = evaluate(cfg, progress=False)
     assert res["attacks_dropped"] == {} and "square" in res["attack_stats"][0]["attacks"]
@@ -117,7 +124,7 @@ def test_preset_applies_the_values_it_fixes():
 def test_preset_refuses_a_conflicting_value(field, value, fixed):
     with pytest.raises(ValueError, match=f"preset 'cifar10-paper' fixes {field} = {fixed}, got {field} = "):
         EvalConfig.from_params({"defense": "rdc", "preset": "cifar10-paper", field: value})
-    if value != getattr(EvalConfig, field):  # set away from the default: refused by the config itself
+    if value != EvalConfig.flat_defaults()[field]:  # set away from the default: refused by the config itself
         with pytest.raises(ValueError, match=f"fixes {field} = {fixed}"):
             EvalConfig(defense="rdc", preset="cifar10-paper", **{field: value})
     assert preset_conflicts("cifar10-paper", {field: value})

@@ -21,7 +21,7 @@ def test_wilson_interval():
 
 
 def test_records_resume_and_n_eval(tmp_path):
-    cfg = EvalConfig(defense="cnn", attack="pgd", n=10, steps=5, chunk=5, n_eval=3, run_checks=False)
+    cfg = EvalConfig(defense="cnn", attack="pgd", n_images=10, steps=5, chunk=5, n_eval=3, run_checks=False)
     first = evaluate(cfg, records_dir=tmp_path, progress=False)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert any(f.endswith(".jsonl") for f in files) and any(f.endswith(".adv.safetensors") for f in files)
@@ -57,7 +57,7 @@ def test_sanity_checks_mark_masked_defense_untrusted():
     x, y = load_dataset("digits", "test")
     x, y = x[:12], y[:12]
     model = _Quantized(load_classifier(checkpoint_path("digits_cnn")))
-    cfg = EvalConfig(defense="at-cnn", attack="pgd", n=12, steps=5, eps=0.1)
+    cfg = EvalConfig(defense="at-cnn", attack="pgd", n_images=12, steps=5, eps=0.1)
     checks = run_sanity_checks(cfg, model, x, y, x.clone(), device=torch.device("cpu"), n_check=12)
     assert not checks["gradients"]["passed"]
     # with no usable gradient, white-box PGD cannot beat the black-box attack or transfer
@@ -70,4 +70,4 @@ def test_eval_config_validation():
     with pytest.raises(ValueError, match="unknown evaluation parameters"):
         EvalConfig.from_params({"defenze": "dc"})
     with pytest.raises(ValueError, match="exceeds"):
-        evaluate(EvalConfig(defense="cnn", n=300, offset=100), progress=False)
+        evaluate(EvalConfig(defense="cnn", n_images=300, offset=100), progress=False)

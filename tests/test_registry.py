@@ -135,12 +135,12 @@ def test_found_in_the_checks_metadata(toys):
     from rdc_lib.evaluation.attacking import AttackFactory
     from rdc_lib.evaluation.checks import skipped_checks
 
-    cfg = EvalConfig(defense=TOY_DEFENSE, attack=TOY_ATTACK, n=32)
+    cfg = EvalConfig(defense=TOY_DEFENSE, attack=TOY_ATTACK, n_images=32)
     assert AttackFactory(cfg).info().iterative is False
     assert (
         skipped_checks(cfg)["convergence"] == f"{TOY_ATTACK.upper()} is a single step; it has no iterations to double"
     )
-    assert "convergence" not in skipped_checks(EvalConfig(defense=TOY_DEFENSE, attack="pgd", n=32))
+    assert "convergence" not in skipped_checks(EvalConfig(defense=TOY_DEFENSE, attack="pgd", n_images=32))
 
 
 def test_evaluate_runs_the_new_modules(toys):
@@ -149,7 +149,8 @@ def test_evaluate_runs_the_new_modules(toys):
 
     torch.set_num_threads(1)
     res = evaluate(
-        EvalConfig(defense=TOY_DEFENSE, attack=TOY_ATTACK, eps=0.2, n=32, steps=5, square_queries=50), progress=False
+        EvalConfig(defense=TOY_DEFENSE, attack=TOY_ATTACK, eps=0.2, n_images=32, steps=5, square_queries=50),
+        progress=False,
     )
     assert res["defense"] == TOY_DEFENSE and res["attack"] == TOY_ATTACK
     assert res["robust_acc"] <= res["clean_acc"] and res["max_linf"] <= 0.2 + 1e-6

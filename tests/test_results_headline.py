@@ -24,7 +24,7 @@ def _result(n: int = 200, offset: int = 0, correct: int | None = None, **over) -
     cfg = EvalConfig(
         defense="dc",
         attack="autoattack",
-        n=n,
+        n_images=n,
         offset=offset,
         steps=50,
         heads="single",
@@ -36,7 +36,7 @@ def _result(n: int = 200, offset: int = 0, correct: int | None = None, **over) -
         run_checks=over.pop("run_checks", True),
     )
     row = {
-        **cfg.__dict__,
+        **cfg.flat(),
         "clean": {"correct": n, "total": n, "value": 1.0, "low": 0.9, "high": 1.0},
         "robust": {"correct": correct, "total": n, "value": correct / n, "low": 0.0, "high": 1.0},
         "robust_acc": correct / n,
@@ -69,7 +69,7 @@ def _row(tmp_path: Path, *results: dict, records: list[Path] = ()) -> dict:
 
 def test_a_long_checked_run_is_accepted_with_its_key_and_command(tmp_path):
     row = _row(tmp_path, _result())
-    assert row["key"] == EvalConfig(**{k: row[k] for k in EvalConfig.__dataclass_fields__}).key()
+    assert row["key"] == EvalConfig(**{k: row[k] for k in EvalConfig.flat_defaults() if k in row}).key()
     assert row["command"] == "rdc eval --defense dc --offset 0 --json"
 
 

@@ -83,7 +83,7 @@ def test_the_scripts_pass_the_split_on():
         timesteps=args.timesteps,
         split=args.split,
     )
-    assert cfg.split == "val" and cfg.offset + cfg.n <= 200
+    assert cfg.split == "val" and cfg.offset + cfg.n_images <= 200
     assert default_split(gl, ("run", "--split", "test"))[1].offset == 200
     entry = StudyEntry(
         name="x",
@@ -149,9 +149,10 @@ def test_sweep_check_can_fail_and_split_override(tmp_path):
 
 def test_eval_on_the_validation_split(tmp_path):
     assert "split" not in EvalConfig().identity()  # keys of configurations stored before the split are unchanged
-    cfg = EvalConfig(defense="cnn", attack="none", n=3, offset=5, split="val")
+    cfg = EvalConfig(defense="cnn", attack="none", n_images=3, offset=5, split="val")
     assert (
-        cfg.identity()["split"] == "val" and cfg.key() != EvalConfig(defense="cnn", attack="none", n=3, offset=5).key()
+        cfg.identity()["split"] == "val"
+        and cfg.key() != EvalConfig(defense="cnn", attack="none", n_images=3, offset=5).key()
     )
     res = evaluate(cfg, records_dir=tmp_path, progress=False)
     assert res["split"] == "val" and res["clean"]["total"] == 3
@@ -161,7 +162,7 @@ def test_eval_on_the_validation_split(tmp_path):
     with pytest.raises(ValueError, match="unknown split 'validation'; valid choices: train, val, test"):
         EvalConfig(defense="cnn", split="validation")
     with pytest.raises(ValueError, match="exceeds the 200 val images"):
-        evaluate(EvalConfig(defense="cnn", attack="none", n=10, offset=195, split="val"), progress=False)
+        evaluate(EvalConfig(defense="cnn", attack="none", n_images=10, offset=195, split="val"), progress=False)
 
 
 def test_rdc_sweep_split_flag(tmp_path, capsys):

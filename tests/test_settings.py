@@ -217,16 +217,21 @@ def test_preset_applies_its_attack_budget():
     )
     assert l2.eps == a.eps_l2 and l2.steps == 7  # a flag given on the command line wins
     plain = eval_config(build_parser().parse_args(["eval", "--defense", "dc", "--attack", "pgd"]))
-    assert (plain.steps, plain.eps) == (EvalConfig.steps, EvalConfig.eps)  # no preset: the defaults
+    assert (plain.steps, plain.eps) == (
+        EvalConfig.flat_defaults()["steps"],
+        EvalConfig.flat_defaults()["eps"],
+    )  # no preset: the defaults
 
 
 def test_preset_applies_its_image_count():
     from rdc_lib.defenses.presets import get_preset
 
     args = ["eval", "--preset", "cifar10-paper", "--defense", "dc", "--attack", "pgd"]
-    assert eval_config(build_parser().parse_args(args)).n == get_preset("cifar10-paper").data.num_test
-    assert eval_config(build_parser().parse_args(args + ["--n", "16"])).n == 16  # a flag given wins
-    assert eval_config(build_parser().parse_args(["eval", "--defense", "dc"])).n == EvalConfig.n
+    assert eval_config(build_parser().parse_args(args)).n_images == get_preset("cifar10-paper").data.num_test
+    assert eval_config(build_parser().parse_args(args + ["--n", "16"])).n_images == 16  # a flag given wins
+    assert (
+        eval_config(build_parser().parse_args(["eval", "--defense", "dc"])).n_images == EvalConfig.flat_defaults()["n"]
+    )
 
 
 def test_spec_validates_the_grid_and_grad_mode():
@@ -245,7 +250,10 @@ def test_grid_sigma_min_truncates_the_dc_grid_and_is_checked(capsys):
     rdc = build_defense(defense_spec(EvalConfig(defense="rdc", heads="single", timesteps=4, grid_sigma_min=0.45)))
     assert rdc.classifier.grid.sigmas.min().item() == pytest.approx(0.45)
     # the default is the paper's level and leaves the stored configurations' keys as they were
-    assert EvalConfig.grid_sigma_min == GRID_SIGMA_MIN and "grid_sigma_min" not in EvalConfig().identity()
+    assert (
+        EvalConfig.flat_defaults()["grid_sigma_min"] == GRID_SIGMA_MIN
+        and "grid_sigma_min" not in EvalConfig().identity()
+    )
     assert EvalConfig(grid_sigma_min=0.45).key() != EvalConfig().key()
     for bad in (0.0, -0.1, 3.0, float("nan")):
         with pytest.raises(ValueError, match=r"grid_sigma_min \(the noise grid's smallest level\) must be in \(0, 3"):

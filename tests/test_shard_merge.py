@@ -3,7 +3,6 @@ count and rate recomputed from the per-image records; shards that are not one ru
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,10 @@ from rdc_lib.evaluation.shards import ShardError, merge_provenance, merge_shards
 
 # A cheap real evaluation: the CNN under PGD with a random start, re-classified 2 times, sanity checks on the
 # first shard (32 images, the checks' minimum); chunks of 16 so that each shard is whole chunks of the single run.
-CFG = EvalConfig(defense="cnn", attack="pgd", norm="linf", eps=0.1, n=64, steps=5, chunk=16, n_eval=2, run_checks=True)
-SHARDS = (replace(CFG, n=32), replace(CFG, n=32, offset=32, run_checks=False))
+CFG = EvalConfig(
+    defense="cnn", attack="pgd", norm="linf", eps=0.1, n_images=64, steps=5, chunk=16, n_eval=2, run_checks=True
+)
+SHARDS = (CFG.replace(n_images=32), CFG.replace(n_images=32, offset=32, run_checks=False))
 
 
 def _result(cfg: EvalConfig, records: Path) -> dict:

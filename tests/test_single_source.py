@@ -143,9 +143,8 @@ def test_one_lm_step_size():
 
 # ------------------------------------------------------------------ one name per concept (issue 38)
 # Old names that must not come back (the glossary: docs/paper.md, "Names"). GRID_LEVELS is the old name of
-# rdc_lib.core.choices.TIMESTEPS; its alias there stays only until rdc_lib/evaluation/runner.py reads TIMESTEPS.
+# rdc_lib.core.choices.TIMESTEPS.
 OLD_NAMES = {"GRID_LEVELS": "TIMESTEPS", "T": "timesteps", "T_list": "timesteps_list", "sigma_list": "pixel_sigma_list"}
-GRID_LEVELS_PENDING = {"rdc_lib/core/choices.py", "rdc_lib/evaluation/runner.py"}
 
 
 def old_name_uses(sources: dict[str, str]) -> list[str]:
@@ -163,9 +162,9 @@ def old_name_uses(sources: dict[str, str]) -> list[str]:
                     if isinstance(item, ast.AnnAssign) and getattr(item.target, "id", "") in OLD_NAMES:
                         name = item.target.id
                         msgs.append(f"{where}:{item.lineno} field {node.name}.{name}: use {OLD_NAMES[name]}")
-            elif isinstance(node, ast.Name) and node.id == "GRID_LEVELS" and where not in GRID_LEVELS_PENDING:
+            elif isinstance(node, ast.Name) and node.id == "GRID_LEVELS":
                 msgs.append(f"{where}:{node.lineno} GRID_LEVELS: use rdc_lib.core.choices.TIMESTEPS")
-            elif isinstance(node, ast.alias) and node.name == "GRID_LEVELS" and where not in GRID_LEVELS_PENDING:
+            elif isinstance(node, ast.alias) and node.name == "GRID_LEVELS":
                 msgs.append(f"{where} imports GRID_LEVELS: use rdc_lib.core.choices.TIMESTEPS")
     return msgs
 

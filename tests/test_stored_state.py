@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # the sweep target module tests/sweep_targets.py
     sys.path.insert(0, str(HERE))
 
-CFG = EvalConfig(defense="cnn", attack="pgd", steps=2, n=8, chunk=4, run_checks=False)
+CFG = EvalConfig(defense="cnn", attack="pgd", steps=2, n_images=8, chunk=4, run_checks=False)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

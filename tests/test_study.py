@@ -369,7 +369,7 @@ def test_robust_flags_come_from_complete_records_only(tmp_path):
     from rdc_lib.evaluation.records import records_paths
     from rdc_lib.experiments.study import robust_flags
 
-    cfg = EvalConfig(defense="cnn", attack="pgd", steps=2, n=4, chunk=2, run_checks=False)
+    cfg = EvalConfig(defense="cnn", attack="pgd", steps=2, n_images=4, chunk=2, run_checks=False)
     res = evaluate(cfg, records_dir=tmp_path, progress=False)
     flags = robust_flags(cfg, tmp_path)
     assert len(flags) == 4 and sum(flags) == res["robust"]["correct"]

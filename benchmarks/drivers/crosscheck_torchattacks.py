@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"{name}: broke {broken_by[name]} of {keep.numel()} survivors", flush=True)
     row = {
         "records": Path(args.records).name,
-        "config": cfg.__dict__,
+        "config": cfg.flat(),
         "first": args.first,
         "attacks": args.attacks,
         "survivors": len(idx),

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> None:
                     for name, a in s["attacks"].items():
                         broken[name] = broken.get(name, 0) + a["broken"]
                 row["robust_run"] = {
-                    "n": cfg.n,
+                    "n": cfg.n_images,
                     "seconds": time.perf_counter() - t0,
                     "broken_by": broken,
                     "queries_spent": sum(s["queries_spent"] for s in stats),

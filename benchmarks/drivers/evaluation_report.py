@@ -23,7 +23,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -171,9 +170,9 @@ def run(args: argparse.Namespace) -> None:
         for variant, name, over in protocols(defense, eot, args.verify):
             if args.only and name not in args.only:
                 continue
-            cfg = replace(base, **over)
+            cfg = base.replace(**over)
             if cfg.noise_mode == "fixed" or defense in ("cnn", "at-cnn"):
-                cfg = replace(cfg, n_eval=1)
+                cfg = cfg.replace(n_eval=1)
             key = cfg.key()
             if key in done:
                 continue
@@ -232,7 +231,7 @@ def merge(sources: list[Path], out: Path) -> tuple[list[dict], dict]:
 
 
 def _command(cfg: EvalConfig) -> str:
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != getattr(EvalConfig, k)]
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in cfg.flat().items() if v != EvalConfig.flat_defaults().get(k)]
     return "rdc eval " + " ".join(flags) + " --json"
 
 

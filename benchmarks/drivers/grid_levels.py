@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
                 "sigma_min": sigma_min,
                 **({} if cfg.split == "test" else {"split": cfg.split}),
                 "offset": cfg.offset,
-                "n": cfg.n,
+                "n": cfg.n_images,
                 "steps": cfg.steps,
                 "timesteps": cfg.timesteps,
                 "clean": res["clean"],

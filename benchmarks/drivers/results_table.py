@@ -28,7 +28,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -116,7 +115,7 @@ def import_rows(args: argparse.Namespace) -> None:
     for name in args.files:
         row = read_result(Path(name))
         same = json.dumps(
-            {k: v for k, v in row.items() if k in EvalConfig.__dataclass_fields__ and k not in SHARD_FIELDS},
+            {k: v for k, v in row.items() if k in EvalConfig.flat_defaults() and k not in SHARD_FIELDS},
             sort_keys=True,
         )
         groups.setdefault(same, []).append(row)
@@ -200,7 +199,7 @@ def headline_row(shards: list[dict], per_image: list[Path] = ()) -> dict:
 
 
 def command_for(cfg: EvalConfig) -> str:
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != getattr(EvalConfig, k)]
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in cfg.flat().items() if v != EvalConfig.flat_defaults().get(k)]
     return "rdc eval " + " ".join(flags) + " --records runs/results/records --json"
 
 

@@ -54,7 +54,7 @@ def _shard(offset: int, n: int, chunk: int, records: str, checks: bool) -> dict:
     from rdc_lib.evaluation.records import records_paths as _paths
 
     torch.set_num_threads(1)
-    cfg = EvalConfig(n=n, offset=offset, chunk=chunk, run_checks=checks, **SETTINGS)
+    cfg = EvalConfig(n_images=n, offset=offset, chunk=chunk, run_checks=checks, **SETTINGS)
     resumed = _paths(records, cfg)[0].is_file()
     t0 = time.perf_counter()
     res = evaluate(cfg, records_dir=records, progress=False)

@@ -45,7 +45,7 @@ def _evaluate(offset: int, n: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    res = evaluate(EvalConfig(n=n, offset=offset, chunk=n, **STRONGEST), progress=False)
+    res = evaluate(EvalConfig(n_images=n, offset=offset, chunk=n, **STRONGEST), progress=False)
     return {"seconds": time.perf_counter() - t0, "robust_worst": res["robust_worst"]["correct"], "n": n}
 
 

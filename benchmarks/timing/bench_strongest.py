@@ -142,7 +142,7 @@ def same_judge(cfg: dict, records: dict[str, Path], seeds: int) -> dict:
 
     conf = EvalConfig(**cfg)
     _, y_all = load_dataset(conf.dataset, "test")
-    y = y_all[conf.offset : conf.offset + conf.n]
+    y = y_all[conf.offset : conf.offset + conf.n_images]
     adv, clean_ok = {}, {}
     for which, folder in records.items():
         # read directly: load_records refuses records written by another code version, as it should for resuming;
@@ -150,8 +150,8 @@ def same_judge(cfg: dict, records: dict[str, Path], seeds: int) -> dict:
         jsonl = _only_records(folder, records_paths(folder, conf)[0])
         adv_path = jsonl.with_name(jsonl.name[: -len(".jsonl")] + ".adv.safetensors")
         recs = [json.loads(line) for line in jsonl.read_text().splitlines()[1:] if line.strip()]
-        if len(recs) != conf.n:
-            raise SystemExit(f"{jsonl}: expected {conf.n} records, found {len(recs)}")
+        if len(recs) != conf.n_images:
+            raise SystemExit(f"{jsonl}: expected {conf.n_images} records, found {len(recs)}")
         adv[which] = load_file(str(adv_path))["x_adv"]
         clean_ok[which] = torch.tensor([r["clean_pred"] == r["label"] for r in sorted(recs, key=lambda r: r["index"])])
     out: dict = {"max_abs_diff": float((adv["old"] - adv["new"]).abs().max()), "seeds": [], "old": [], "new": []}

@@ -11,7 +11,6 @@ name with ``build_attack``; ``ATTACK_NAMES`` / ``ADAPTIVE_ATTACK_NAMES`` are the
 from . import builtin as _builtin  # registers the shipped attacks
 from .apgd import APGD, APGD_LOSSES, TARGET_RULES, apgd_checkpoints
 from .base import Attack, AttackBudget, AttackContext, AttackResult, eval_mode
-from .ensemble import AUTOATTACK_MEMBERS, ChunkReport, EnsembleResult, autoattack_suite, run_ensemble
 from .fgsm import FGSM
 from .lagrangian import LagrangianAPGD, LagrangianPGD, expected_unconditional_loss
 from .losses import LOSSES, get_loss, margin
@@ -19,6 +18,7 @@ from .neighbour import NeighbourAttack
 from .pgd import PGD
 from .projections import NORMS, clip01, per_example_norm, project, project_ball
 from .registry import (
+    AUTOATTACK_MEMBERS,
     FULL_ENSEMBLE,
     AttackInfo,
     attack_names,
@@ -33,6 +33,18 @@ from .square import Square
 from .stadv import StAdv, StAdvResult, flow_warp
 from .transfer import transfer_pgd
 from .wrappers import BPDA, EOT, bpda
+
+_ENSEMBLE_NAMES = ("ChunkReport", "EnsembleResult", "autoattack_suite", "run_ensemble")
+
+
+def __getattr__(name: str):
+    """The ensemble runner's names, imported on first use (a single attack runs without loading ensemble.py)."""
+    if name in _ENSEMBLE_NAMES:
+        from . import ensemble
+
+        return getattr(ensemble, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 ATTACK_NAMES = attack_names(ensemble=False, adaptive=False)  # the shipped standard attacks
 ADAPTIVE_ATTACK_NAMES = attack_names(ensemble=False, adaptive=True)  # the shipped adaptive / unseen-threat attacks

@@ -6,11 +6,10 @@ Order is the order of the CLI's choices. Builders get the common budget (see ``r
 from __future__ import annotations
 
 from .apgd import APGD
-from .ensemble import AUTOATTACK_MEMBERS, autoattack_suite
 from .fgsm import FGSM
 from .lagrangian import LagrangianAPGD, LagrangianPGD
 from .pgd import PGD
-from .registry import register_attack
+from .registry import AUTOATTACK_MEMBERS, register_attack
 from .selective_eot import SelectiveEOTAPGD, SelectiveEOTPGD
 from .square import Square
 from .stadv import StAdv
@@ -62,6 +61,8 @@ def _square(model, **kw):
     description="AutoAttack-style worst case: APGD-CE, APGD-DLR, APGD-T, Square (all with EOT)",
 )
 def _autoattack(model, *, seed, generator, **kw):
+    from .ensemble import autoattack_suite  # deferred: the ensemble module is loaded only when an ensemble runs
+
     return autoattack_suite(model, seed=seed if seed is not None else 0, **kw)
 
 

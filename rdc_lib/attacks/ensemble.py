@@ -32,7 +32,7 @@ from ..core.stored_state import StoredStateError, load_torch_state, restart_asid
 from ..core.utils import check_images, check_labels
 from .base import Attack, Model, eval_mode
 from .losses import margin
-from .registry import build_attack
+from .registry import AUTOATTACK_MEMBERS, build_attack  # AUTOATTACK_MEMBERS: re-exported
 
 __all__ = ["AUTOATTACK_MEMBERS", "ChunkReport", "EnsembleResult", "autoattack_suite", "run_ensemble"]
 
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 _STATE_FORMAT = "rdc-ensemble-state/2"  # /2: with the code version
 RESTART = "restart=True (run_ensemble)"
 CLEAN_ERROR, ROBUST = -2, -1  # values of EnsembleResult.broken_by besides attack indices
-
-
-# The AutoAttack-style ensemble's members in run order (the registry's fact ``members`` of "autoattack").
-AUTOATTACK_MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
 
 
 def autoattack_suite(

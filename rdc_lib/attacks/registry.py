@@ -22,6 +22,7 @@ from ..core.choices import NORMS
 __all__ = [
     "AttackInfo",
     "EXTRA_ARGS",
+    "AUTOATTACK_MEMBERS",
     "FULL_ENSEMBLE",
     "attack_names",
     "build_attack",
@@ -96,6 +97,8 @@ def get_attack(name: str) -> AttackInfo:
 # The strongest protocol a result can carry: the AutoAttack-style ensemble with every member run. Any other
 # attack (a single one, or this ensemble with a member left out) gives an upper bound of the robust accuracy.
 FULL_ENSEMBLE = "autoattack"
+# Its members in run order (the registry fact ``members`` of "autoattack", rdc_lib.attacks.builtin).
+AUTOATTACK_MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
 
 
 def is_full_ensemble(name: str, dropped: Any = ()) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 
 from ..attacks.registry import protocol_label
 from ..core.choices import DATASETS, GRAD_MODES, GRID_KINDS, HEADS, NOISE_MODES, SPLITS, THREAT_NORMS
@@ -49,7 +48,7 @@ def add_eval_parser(sub) -> None:
     )
     choices = _eval_choices()
     # default None: the flags given on the command line are known, so a --preset can refuse a conflicting one
-    for f in fields(EvalConfig):
+    for f in EvalConfig.flat_fields():
         flag = "--" + f.name.replace("_", "-")
         helptext = "; ".join(filter(None, (f"default {f.default!r}", denoiser_flags_help().get(f.name))))
         if f.name in choices:  # listed, not enforced by argparse: EvalConfig names the valid choices itself
@@ -92,7 +91,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
     """The ``EvalConfig`` of parsed ``rdc eval`` flags; with a preset, the attack flags and the image count not
     given take the preset's values (``rdc_lib.defenses.presets.eval_defaults``); a flag the preset fixes is
     refused."""
-    given = {f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name) is not None}
+    given = {f.name: getattr(args, f.name) for f in EvalConfig.flat_fields() if getattr(args, f.name) is not None}
     explicit = set(given)
     preset = given.get("preset") or ("cifar10-paper" if given.get("dataset") == "cifar10" else "")
     if preset:

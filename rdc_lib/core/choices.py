@@ -69,7 +69,6 @@ VP_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # diffusers adapter
 
 # ---------------------------------------------------------------- shared defaults
 TIMESTEPS = 32  # T, the number of noise levels of the diffusion classifier (digits default)
-GRID_LEVELS = TIMESTEPS  # the old name, kept only until rdc_lib/evaluation/runner.py reads TIMESTEPS (issue 38)
 GRID_KIND = "paper"  # linspace(sigma_min, sigma_max, T + 1)[:-1] (docs/paper.md section 3)
 GRID_SIGMA_MIN = 1e-4  # the grid's smallest level, the paper's; larger values truncate the ELBO integral below it
 # (docs/denoisers.md: the levels below about 0.45 carry the attack on the multi-head DC)

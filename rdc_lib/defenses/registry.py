@@ -111,7 +111,13 @@ def get_defense(name: str) -> DefenseInfo:
 
 @dataclass(frozen=True)
 class DefenseSpec:
-    """Everything a builder may read. Defaults: rdc_lib.core.choices."""
+    """Everything a builder may read. Defaults: rdc_lib.core.choices.
+
+    Also the defense part of ``rdc_lib.evaluation.EvalConfig`` (its ``spec``): every field but ``denoiser_path``
+    and ``ckpt_dir`` (filled in from the configuration's ``denoiser`` and ``ckpt_dir`` at build time) is a flat
+    evaluation setting under its own name (``name`` as ``defense``), so a field added here reaches the builder from
+    ``rdc eval``, sweeps and ``EvalConfig.from_params`` with no other edit.
+    """
 
     name: str = "dc"
     heads: Literal["single", "multi"] = "multi"

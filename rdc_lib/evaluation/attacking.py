@@ -7,15 +7,17 @@ budget counts iterations or queries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from ..attacks.ensemble import run_ensemble
+from ..attacks.base import Attack, eval_mode
+from ..attacks.losses import margin
 from ..attacks.registry import attack_names, build_attack, get_attack
 
-__all__ = ["NO_ATTACK", "AttackFactory", "build_evaluated_attack", "eval_attack_names", "run_attack"]
+__all__ = ["NO_ATTACK", "AttackFactory", "build_evaluated_attack", "eval_attack_names", "run_attack", "run_single"]
 
 NO_ATTACK = "none"  # evaluate clean accuracy only
 
@@ -49,7 +51,7 @@ def build_evaluated_attack(cfg: Any, model: nn.Module, **overrides: Any) -> Any:
     """The attack of ``cfg`` (an EvalConfig, with ``overrides`` of its fields) against ``model``: an Attack, or
     a list of (name, Attack) for an ensemble."""
     if overrides:
-        cfg = replace(cfg, **overrides)
+        cfg = cfg.replace(**overrides)
     info = get_attack(cfg.attack)
     extra = {name: _EXTRA_SOURCES[name](cfg, model) for name in info.extra_args}
     steps = cfg.square_queries if info.budget == "queries" else cfg.steps
@@ -85,8 +87,63 @@ class AttackFactory:
 
 
 def run_attack(attack: Any, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict]:
-    """Adversarial images (N, C, H, W) for (x, y) and the attack's summary; an ensemble (list of (name,
-    attack)) keeps the worst case per example."""
-    attacks = attack if isinstance(attack, list) else [(getattr(attack, "name", "attack"), attack)]
-    res = run_ensemble(model, x, y, attacks, chunk_size=x.shape[0], progress=False)
+    """Adversarial images (N, C, H, W) for (x, y) and the attack's summary (the fields of
+    ``EnsembleResult.summary``); an ensemble (list of (name, attack)) keeps the worst case per example."""
+    if not isinstance(attack, list):
+        return run_single(attack, model, x, y)
+    # Deferred: the ensemble runner (chunks, resumable state files) is loaded only when an ensemble runs.
+    from ..attacks.ensemble import run_ensemble
+
+    res = run_ensemble(model, x, y, attack, chunk_size=x.shape[0], progress=False)
     return res.x_adv, res.summary()
+
+
+@torch.no_grad()
+def _reads(model: nn.Module, x: Tensor, reads: int) -> Tensor:
+    """Logits (reads, N, K) of ``reads`` calls on images x (N, C, H, W), batched together."""
+    return model(x.repeat(reads, 1, 1, 1)).reshape(reads, x.shape[0], -1)
+
+
+def run_single(attack: Attack, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict]:
+    """One attack on (x (N, C, H, W) in [0, 1], y (N,)): adversarial images (N, C, H, W) and its summary.
+
+    The same model calls as AutoAttack's protocol: a clean call (a clean error must hold in ``attack.verify``
+    calls), the attack on the correctly classified images, then ``attack.verify`` calls on each returned image,
+    which count it as broken only if all misclassify it; a robust image keeps the returned point only when its
+    mean margin is below the clean one. So a stochastic defense draws its randomness in the same order as an
+    ensemble of this one attack (``run_ensemble``) and gives the same images and counts.
+    """
+    n, y = x.shape[0], y.to(x.device)
+    with eval_mode(model):
+        clean = _reads(model, x, 1)[0]
+        queries = torch.ones(n, dtype=torch.int64, device=x.device)
+        ok = clean.argmax(dim=1) == y
+        if attack.verify > 1 and not ok.all():  # a clean error must hold in every read, as a success must
+            wrong = (~ok).nonzero().flatten()
+            queries[wrong] += attack.verify - 1
+            ok[wrong[(_reads(model, x[wrong], attack.verify - 1).argmax(dim=2) == y[wrong]).any(dim=0)]] = True
+        x_adv, robust, spent = x.detach().clone(), ok.clone(), 0
+        idx = ok.nonzero().flatten()
+        if idx.numel():
+            res = attack.run(x[idx], y[idx])
+            logits = _reads(model, res.x_adv, attack.verify)
+            fooled = (logits.argmax(dim=2) != y[idx]).all(dim=0)
+            m = torch.stack([margin(logits[d], y[idx]) for d in range(attack.verify)]).mean(dim=0).to(x.dtype)
+            take = fooled | (m < margin(clean, y).to(x.dtype)[idx])
+            x_adv[idx[take]] = res.x_adv[take]
+            robust[idx[fooled]] = False
+            cost = res.queries + attack.verify
+            queries[idx] += cost
+            spent = int(cost.sum())
+    budget = n * (attack.max_queries + attack.verify)
+    name = getattr(attack, "name", "attack")
+    summary = {
+        "n": n,
+        "clean_accuracy": float(ok.float().mean()),
+        "robust_accuracy": float(robust.float().mean()),
+        "queries_spent": int(queries.sum()),
+        "queries_budget": n + budget,
+        "early_stop_saving": 1.0 - int(queries.sum()) / max(1, n + budget),
+        "attacks": {name: {"broken": int((ok & ~robust).sum()), "queries": spent, "budget": budget}},
+    }
+    return x_adv, summary

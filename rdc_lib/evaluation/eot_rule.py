@@ -10,7 +10,6 @@ the evaluation's ``eot_convergence`` check (twice the draws must not break more 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -58,4 +57,4 @@ def resolve_auto_eot(cfg: "EvalConfig", device: str | torch.device = "cpu") -> t
     x, y = x[:RULE_IMAGES].to(device), y[:RULE_IMAGES].to(device)
     model = build_defense(defense_spec(cfg), torch.device(device))
     rule = eot_by_rule(model, x, y)
-    return replace(cfg, eot=rule["eot"]), model, rule
+    return cfg.replace(eot=rule["eot"]), model, rule

@@ -68,7 +68,7 @@ def load_records(
     ``x``, ``y``: the clean images (n, C, H, W) in [0, 1] and labels (n,) of the slice (CPU), to check
     the records against. ``restart``: move the stored files aside and return nothing (start afresh).
     """
-    x_adv = torch.zeros(cfg.n, *x.shape[1:])
+    x_adv = torch.zeros(cfg.n_images, *x.shape[1:])
     if records_dir is None:
         return {}, x_adv
     jsonl, adv = records_paths(records_dir, cfg)
@@ -87,11 +87,11 @@ def load_records(
             jsonl,
             "; ".join(notes),
             len(records),
-            cfg.n,
+            cfg.n_images,
             ", ".join(kept),
         )
     elif records:
-        log.info("resuming %s: %d/%d examples already evaluated", jsonl, len(records), cfg.n)
+        log.info("resuming %s: %d/%d examples already evaluated", jsonl, len(records), cfg.n_images)
     return records, x_adv
 
 
@@ -119,7 +119,7 @@ def _read(
     jsonl: Path, adv: Path, cfg: "EvalConfig", x: Tensor, y: Tensor
 ) -> tuple[dict[int, dict], Tensor, list[str], list[tuple[Path, str]]]:
     """(records, images, notes on recovered damage, [(file to move aside, tag)]); raises on other damage."""
-    x_adv = torch.zeros(cfg.n, *x.shape[1:])
+    x_adv = torch.zeros(cfg.n_images, *x.shape[1:])
     if not jsonl.is_file():
         if adv.is_file():
             return {}, x_adv, [f"images {adv.name} without records"], [(adv, ORPHANED)]
@@ -134,18 +134,18 @@ def _read(
     if set(stored) != {"x_adv"}:
         raise StoredStateError(adv, f"it holds tensors {sorted(stored)}, expected only 'x_adv'", restart=RESTART)
     t = stored["x_adv"]
-    if t.dtype != torch.float32 or t.ndim != 4 or tuple(t.shape[1:]) != tuple(x.shape[1:]) or t.shape[0] > cfg.n:
+    if t.dtype != torch.float32 or t.ndim != 4 or tuple(t.shape[1:]) != tuple(x.shape[1:]) or t.shape[0] > cfg.n_images:
         raise StoredStateError(
             adv,
             f"x_adv is {t.dtype} of shape {tuple(t.shape)}, expected float32 of shape "
-            f"({cfg.n}, {', '.join(map(str, x.shape[1:]))})",
+            f"({cfg.n_images}, {', '.join(map(str, x.shape[1:]))})",
             restart=RESTART,
         )
     if not torch.isfinite(t).all() or t.min() < 0 or t.max() > 1:
         raise StoredStateError(adv, "x_adv has values outside [0, 1] or not finite", restart=RESTART)
     rows = t.shape[0]
     x_adv[:rows] = t
-    if rows < cfg.n:
+    if rows < cfg.n_images:
         beyond = [i for i in records if i >= rows]
         if beyond:
             records = {i: r for i, r in records.items() if i < rows}
@@ -244,8 +244,8 @@ def _record_problem(rec: object, cfg: "EvalConfig", y: Tensor) -> str:
     if not isinstance(preds, list) or len(preds) != cfg.n_eval or not all(type(p) is int for p in preds):
         return f"field 'adv_preds' must be a list of {cfg.n_eval} ints, got {preds!r}"
     pos = rec["index"] - cfg.offset
-    if not 0 <= pos < cfg.n:
-        return f"index {rec['index']} is outside this slice [{cfg.offset}, {cfg.offset + cfg.n})"
+    if not 0 <= pos < cfg.n_images:
+        return f"index {rec['index']} is outside this slice [{cfg.offset}, {cfg.offset + cfg.n_images})"
     if rec["label"] != int(y[pos]):
         return f"example {rec['index']} has label {rec['label']}, the dataset says {int(y[pos])}"
     if rec["robust_frac"] > 1:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import fields
 from pathlib import Path
 
 from .records import summarize
@@ -71,7 +70,7 @@ def read_records_file(path: str | Path) -> tuple[dict, dict[int, dict]]:
 
 
 def _config_fields() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(EvalConfig))
+    return tuple(f.name for f in EvalConfig.flat_fields())
 
 
 def _run_config(result: dict) -> dict:

@@ -312,13 +312,15 @@ def robust_config(entry: StudyEntry, heads: str, split: str = SELECTION_SPLIT, *
     ``entry.n_robust`` images of ``split`` (the validation split unless "test" is asked for:
     rdc_lib.experiments.selection)."""
     settings = {**ROBUST_SETTINGS, **overrides}
-    return EvalConfig(defense="dc", heads=heads, n=entry.n_robust, denoiser=entry.checkpoint, split=split, **settings)
+    return EvalConfig(
+        defense="dc", heads=heads, n_images=entry.n_robust, denoiser=entry.checkpoint, split=split, **settings
+    )
 
 
 def eval_command(cfg, records: str) -> str:
     """The ``rdc eval`` command line that reproduces (and resumes) ``cfg``."""
     base = EvalConfig()
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != getattr(base, k)]
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in cfg.flat().items() if v != base.flat().get(k)]
     return "rdc eval " + " ".join(flags) + f" --records {records} --json"
 
 
@@ -327,7 +329,7 @@ def robust_flags(cfg, records_dir: str | Path) -> list[bool]:
     jsonl, _ = records_paths(records_dir, cfg)
     recs = [json.loads(line) for line in jsonl.read_text().splitlines()[1:] if line.strip()]
     by_index = {r["index"]: bool(r["robust_first"]) for r in recs}
-    missing = [i for i in range(cfg.offset, cfg.offset + cfg.n) if i not in by_index]
+    missing = [i for i in range(cfg.offset, cfg.offset + cfg.n_images) if i not in by_index]
     if missing:
         raise ValueError(f"records {jsonl} lack images {missing[:5]}... of the evaluation (incomplete run)")
-    return [by_index[i] for i in range(cfg.offset, cfg.offset + cfg.n)]
+    return [by_index[i] for i in range(cfg.offset, cfg.offset + cfg.n_images)]

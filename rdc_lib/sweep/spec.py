@@ -28,7 +28,6 @@ given to ``rdc`` on the command line. Everything is validated before any cell ru
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import itertools
 import json
@@ -413,7 +412,7 @@ def _check_eval_cells(spec: SweepSpec, data: dict, ctx: _Ctx) -> None:
     """Construct ``EvalConfig`` for every distinct cell so its own checks (names, ranges) run now."""
     from ..evaluation.runner import EvalConfig
 
-    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    names = {f.name for f in EvalConfig.flat_fields()}
     seen: set[str] = set()
     for cell in spec.cells():
         cfg_params = {k: v for k, v in cell.items() if k in names}

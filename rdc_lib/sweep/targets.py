@@ -179,7 +179,7 @@ def target_params(kind: str, target: str) -> dict[str, ParamDecl]:
     if target == EVAL_TARGET:
         from ..evaluation.runner import EvalConfig  # lazy: the evaluation pulls in torch
 
-        return _dataclass_params(EvalConfig, extra=_EVAL_EXTRA)
+        return _dataclass_params(EvalConfig.flat_schema(), extra=_EVAL_EXTRA)
     return _callable_params(resolve_callable(target))
 
 
