@@ -15,6 +15,7 @@ from rdc_lib.certify import (
     ABSTAIN,
     DenoisedSmoothing,
     NoisedDiffusionClassifier,
+    Smoothed,
     build_base,
     certify,
     clopper_pearson_lower,
@@ -83,7 +84,7 @@ def test_certify_toy_halfspace_matches_closed_form():
     sigma, n, alpha = 0.25, 20000, 0.001
     p_a = _phi(0.1 / sigma)
     cert = certify(
-        base, x, sigma, n0=100, n=n, alpha=alpha, generator=torch.Generator().manual_seed(1), draw_batch=4096
+        Smoothed(base, sigma, torch.Generator().manual_seed(1), draw_batch=4096), x, n0=100, n=n, alpha=alpha
     )
     assert cert.prediction == 0
     assert cert.p_lower <= p_a  # a lower bound ...
@@ -100,11 +101,11 @@ def test_certify_abstains_on_the_boundary_and_predict_abstains_too():
     u = torch.ones(1, 2, 2)
     base = Halfspace(u, 0.0)
     x = torch.zeros(1, 2, 2)  # p_A = 1/2 exactly
-    cert = certify(base, x, 0.5, n0=50, n=500, alpha=0.001, generator=torch.Generator().manual_seed(0))
+    cert = certify(Smoothed(base, 0.5, torch.Generator().manual_seed(0)), x, n0=50, n=500, alpha=0.001)
     assert cert.prediction == ABSTAIN and cert.radius == 0.0 and cert.abstained
-    assert predict(base, x, 0.5, n=200, alpha=0.001, generator=torch.Generator().manual_seed(0)) == ABSTAIN
+    assert predict(Smoothed(base, 0.5, torch.Generator().manual_seed(0)), x, n=200, alpha=0.001) == ABSTAIN
     far = x + 2.0 * u / u.norm()
-    assert predict(base, far, 0.5, n=200, alpha=0.001, generator=torch.Generator().manual_seed(0)) == 0
+    assert predict(Smoothed(base, 0.5, torch.Generator().manual_seed(0)), far, n=200, alpha=0.001) == 0
 
 
 @pytest.mark.parametrize(
@@ -124,7 +125,7 @@ def test_certify_bad_input(kwargs, match):
     args = {"sigma": 0.25, "n0": 10, "n": 100, "alpha": 0.001, **kwargs}
     sigma = args.pop("sigma")
     with pytest.raises(ValueError, match=match):
-        certify(base, torch.zeros(1, 2, 2), sigma, generator=torch.Generator(), **args)
+        certify(Smoothed(base, sigma, torch.Generator()), torch.zeros(1, 2, 2), **args)
 
 
 @pytest.mark.parametrize(

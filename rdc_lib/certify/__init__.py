@@ -13,7 +13,16 @@ Radii and sigma are in pixel space (images in [0, 1]); the model space [-1, 1] d
 """
 
 from .bases import BASES, DenoisedSmoothing, NoisedDiffusionClassifier, build_base, noised_grid
-from .smoothing import ABSTAIN, Certificate, certify, clopper_pearson_lower, min_draws, predict, sample_counts
+from .smoothing import (
+    ABSTAIN,
+    Certificate,
+    Smoothed,
+    certify,
+    clopper_pearson_lower,
+    min_draws,
+    predict,
+    sample_counts,
+)
 
 __all__ = [
     "ABSTAIN",
@@ -22,6 +31,7 @@ __all__ = [
     "DenoisedSmoothing",
     "NoisedDiffusionClassifier",
     "build_base",
+    "Smoothed",
     "certify",
     "clopper_pearson_lower",
     "min_draws",

@@ -30,7 +30,7 @@ from ..core.paths import default_denoiser, stored_denoiser_name
 from ..evaluation.stats import wilson
 from .bases import BASES, POSTERIORS, build_base
 from .empirical import attack_smoothed, smoothed_correct
-from .smoothing import ABSTAIN, certify, check_alpha, check_draws, check_radii, check_sigma
+from .smoothing import ABSTAIN, Smoothed, certify, check_alpha, check_draws, check_radii, check_sigma
 
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -184,9 +184,8 @@ def certify_image(base: nn.Module, x: torch.Tensor, y: int, index: int, cfg: Cer
     if hasattr(base, "reseed"):
         base.reseed(_image_seed(cfg.seed, index, 0))
     gen = torch.Generator(device=dev).manual_seed(_image_seed(cfg.seed, index, 1))
-    cert = certify(
-        base, x, cfg.pixel_sigma, n0=cfg.n0, n=cfg.n_draws, alpha=cfg.alpha, generator=gen, draw_batch=cfg.draw_batch
-    )
+    g = Smoothed(base, cfg.pixel_sigma, gen, cfg.draw_batch)
+    cert = certify(g, x, n0=cfg.n0, n=cfg.n_draws, alpha=cfg.alpha)
     t_cert = time.perf_counter() - t0
     rec = {
         "index": index,

@@ -124,43 +124,44 @@ def sample_counts(
     return counts
 
 
-def certify(
-    base: BaseClassifier,
-    x: Tensor,
-    sigma: float,
-    *,
-    n0: int = 100,
-    n: int = 1000,
-    alpha: float = 0.001,
-    generator: torch.Generator,
-    draw_batch: int = 256,
-) -> Certificate:
-    """Cohen et al.'s CERTIFY for one image x (C, H, W) in [0, 1]; radius in pixel-space l2."""
-    sigma, alpha = check_sigma(sigma), check_alpha(alpha)
+@dataclass(frozen=True)
+class Smoothed:
+    """The smoothed classifier g of a base classifier f: pixel-space noise ``sigma`` (> 0), draws from
+    ``generator``, ``draw_batch`` draws per base call (memory-bounded)."""
+
+    base: BaseClassifier
+    sigma: float
+    generator: torch.Generator
+    draw_batch: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigma", check_sigma(self.sigma))
+
+    def counts(self, x: Tensor, num: int) -> Tensor:
+        """Class counts (K,) of f(x + sigma * delta) over ``num`` fresh draws; x (C, H, W) in [0, 1]."""
+        return sample_counts(self.base, x, self.sigma, num, generator=self.generator, draw_batch=self.draw_batch)
+
+
+def certify(g: Smoothed, x: Tensor, *, n0: int = 100, n: int = 1000, alpha: float = 0.001) -> Certificate:
+    """Cohen et al.'s CERTIFY for one image x (C, H, W) in [0, 1]: ``n0`` selection draws, ``n`` estimation
+    draws, failure probability ``alpha``; radius in pixel-space l2."""
+    alpha = check_alpha(alpha)
     check_draws(n0, n, alpha)
-    selected = int(sample_counts(base, x, sigma, n0, generator=generator, draw_batch=draw_batch).argmax())
-    count = int(sample_counts(base, x, sigma, n, generator=generator, draw_batch=draw_batch)[selected])
+    selected = int(g.counts(x, n0).argmax())
+    count = int(g.counts(x, n)[selected])
     p_lower = clopper_pearson_lower(count, n, alpha)
     if p_lower <= 0.5:
         return Certificate(ABSTAIN, 0.0, p_lower, count, n, n0, selected)
-    return Certificate(selected, sigma * norm_ppf(p_lower), p_lower, count, n, n0, selected)
+    return Certificate(selected, g.sigma * norm_ppf(p_lower), p_lower, count, n, n0, selected)
 
 
-def predict(
-    base: BaseClassifier,
-    x: Tensor,
-    sigma: float,
-    *,
-    n: int = 100,
-    alpha: float = 0.001,
-    generator: torch.Generator,
-    draw_batch: int = 256,
-) -> int:
-    """Cohen et al.'s PREDICT: the top class if a two-sided binomial test against the runner-up passes, else ABSTAIN."""
+def predict(g: Smoothed, x: Tensor, *, n: int = 100, alpha: float = 0.001) -> int:
+    """Cohen et al.'s PREDICT: the top class of ``n`` draws if a two-sided binomial test against the runner-up
+    passes at level ``alpha``, else ABSTAIN."""
     from scipy.stats import binomtest
 
-    sigma, alpha = check_sigma(sigma), check_alpha(alpha)
-    counts = sample_counts(base, x, sigma, n, generator=generator, draw_batch=draw_batch)
+    alpha = check_alpha(alpha)
+    counts = g.counts(x, n)
     top2 = counts.topk(2)
     n_a, n_b = int(top2.values[0]), int(top2.values[1])
     if binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:

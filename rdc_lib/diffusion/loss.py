@@ -8,10 +8,21 @@ network every example trains its class head *and* the null head from the same pa
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 import torch
 from torch import Tensor
 
 from ..models.base import Denoiser
+
+
+class NoiseDraw(TypedDict, total=False):
+    """How both losses draw the training noise: ``generator`` (None: the global stream) and the log-normal
+    density ln sigma ~ N(P_mean, P_std^2) of the noise levels (defaults -1.2 and 1.2, EDM's; see ``_noisy``)."""
+
+    generator: torch.Generator | None
+    P_mean: float
+    P_std: float
 
 
 def edm_loss(
@@ -19,15 +30,13 @@ def edm_loss(
     x: Tensor,  # (B, C, H, W) clean images in model space [-1, 1]
     labels: Tensor,  # (B,) int64 in [0, K)
     *,
-    generator: torch.Generator | None = None,
-    P_mean: float = -1.2,
-    P_std: float = 1.2,
     label_dropout: float = 0.1,  # probability of training on the null label (single-head)
+    **noise: Unpack[NoiseDraw],
 ) -> Tensor:  # (B, C, H, W) weighted squared errors (multi-head: summed over the two heads)
-    sigma, weight, x_noisy = _noisy(denoiser, x, generator, P_mean, P_std)
+    sigma, weight, x_noisy = _noisy(denoiser, x, **noise)
     if denoiser.heads == "multi":
         return _own_and_null_heads(denoiser, x, x_noisy, sigma, labels, weight)[1]
-    drop = torch.rand(x.shape[0], device=x.device, generator=generator) < label_dropout
+    drop = torch.rand(x.shape[0], device=x.device, generator=noise.get("generator")) < label_dropout
     labels = torch.where(drop, torch.full_like(labels, denoiser.null_label), labels)
     return weight * (denoiser(x_noisy, sigma, labels) - x) ** 2
 
@@ -38,11 +47,9 @@ def edm_distill_loss(
     x: Tensor,  # (B, C, H, W) clean images in model space [-1, 1]
     labels: Tensor,  # (B,) int64 in [0, K)
     *,
-    generator: torch.Generator | None = None,
-    P_mean: float = -1.2,
-    P_std: float = 1.2,
     wrong_classes: int = 1,  # wrong classes per example matched to the teacher, in [1, K - 1]
     weight: float = 1.0,  # weight of the teacher term relative to the EDM terms
+    **noise: Unpack[NoiseDraw],
 ) -> Tensor:  # (B, C, H, W) weighted squared errors summed over the trained heads
     """EDM loss of a multi-head student plus a match to a teacher on random *wrong* classes.
 
@@ -60,11 +67,14 @@ def edm_distill_loss(
     if not 1 <= wrong_classes <= k - 1:
         raise ValueError(f"wrong_classes must be in [1, {k - 1}], got {wrong_classes}")
     batch = x.shape[0]
-    sigma, lam, x_noisy = _noisy(student, x, generator, P_mean, P_std)
+    sigma, lam, x_noisy = _noisy(student, x, **noise)
     every, loss = _own_and_null_heads(student, x, x_noisy, sigma, labels, lam)
     idx = torch.arange(batch, device=x.device)
     # wrong classes without repetition: y + offset mod K, offsets a random subset of 1..K-1
-    offsets = torch.rand(batch, k - 1, device=x.device, generator=generator).argsort(dim=1)[:, :wrong_classes] + 1
+    offsets = (
+        torch.rand(batch, k - 1, device=x.device, generator=noise.get("generator")).argsort(dim=1)[:, :wrong_classes]
+        + 1
+    )
     for j in range(wrong_classes):
         wrong = (labels + offsets[:, j]) % k
         with torch.no_grad():
@@ -74,7 +84,11 @@ def edm_distill_loss(
 
 
 def _noisy(
-    denoiser: Denoiser, x: Tensor, generator: torch.Generator | None, P_mean: float, P_std: float
+    denoiser: Denoiser,
+    x: Tensor,
+    generator: torch.Generator | None = None,
+    P_mean: float = -1.2,
+    P_std: float = 1.2,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """sigma (B,) with ln sigma ~ N(P_mean, P_std^2), the weight lambda(sigma) (B, 1, 1, 1) and the noisy images
     x + sigma eps (B, C, H, W); sigma is drawn from ``generator`` before eps."""
