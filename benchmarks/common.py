@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rdc_lib.core.choices import DEFAULT_DENOISERS, LEGACY_DENOISERS
 from rdc_lib.evaluation.provenance import provenance
 from rdc_lib.evaluation.stats import Accuracy
 
@@ -90,6 +91,23 @@ def table(header: Sequence[str], rows: Iterable[Iterable[Any]] = ()) -> list[str
 
 
 # ------------------------------------------------------------------------------------------ intervals
+
+
+def measured_on(names: Iterable[str]) -> str:
+    """The header line naming the denoisers a generated doc was measured on, and whether each is a shipped default
+    (rdc_lib.core.choices.DEFAULT_DENOISERS); names in first-seen order."""
+    shipped = {name: heads for heads, name in DEFAULT_DENOISERS.items()}
+    retired = {name: heads for heads, name in LEGACY_DENOISERS.items()}
+    parts = []
+    for name in dict.fromkeys(names):
+        if name in shipped:
+            parts.append(f"`{name}` (the shipped {shipped[name]}-head default)")
+        elif name in retired:
+            parts.append(f"`{name}` (the retired {retired[name]}-head model, not a shipped default)")
+        else:
+            parts.append(f"`{name}` (not a shipped default)")
+    defaults = " and ".join(f"`{n}`" for n in DEFAULT_DENOISERS.values())
+    return f"Measured on {', '.join(parts)}; the shipped defaults are {defaults}."
 
 
 def _acc(acc: Mapping[str, Any] | Accuracy) -> Accuracy:

@@ -13,6 +13,7 @@ from benchmarks.common import (
     bracketed,
     counted,
     interval,
+    measured_on,
     pct,
     read_rows,
     stamped,
@@ -71,3 +72,13 @@ def test_notes_blocks_join_paragraphs_keep_tables_and_code(tmp_path):
         notes("nope")
     with pytest.raises(FileNotFoundError, match="notes template"):
         Notes(tmp_path / "missing.md")
+
+
+def test_measured_on_says_which_denoisers_are_shipped_defaults():
+    from rdc_lib.core.choices import DEFAULT_DENOISERS
+
+    line = measured_on(["digits_multi", DEFAULT_DENOISERS["single"], "digits_multi", "my_model"])
+    assert line.startswith("Measured on `digits_multi` (the retired multi-head model, not a shipped default), ")
+    assert f"`{DEFAULT_DENOISERS['single']}` (the shipped single-head default)" in line
+    assert "`my_model` (not a shipped default)" in line and line.count("digits_multi`") == 1
+    assert line.endswith(f"`{DEFAULT_DENOISERS['multi']}`.")

@@ -65,7 +65,7 @@ from rdc_lib.models.optimal import OptimalDenoiser
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the repository root: benchmarks.common
-from benchmarks.common import Notes, counted, pct, table  # noqa: E402
+from benchmarks.common import Notes, counted, measured_on, pct, table  # noqa: E402
 
 ATTACK_ORDER = ("cnn", "surrogate", "neighbour", "pgd", "apgd-ce", "apgd-dlr", "square")
 # the learned DC breaks under the first gradient attack; the expensive extras then run only on survivors
@@ -461,6 +461,7 @@ def render(R: dict, argv: list[str], notes: Path = NOTES) -> str:
         python=env["python"],
         machine=env["machine"],
         provenance=describe(R),
+        measured_on=measured_on([Path(st["checkpoint"]).stem]),
     )
     L.append(header + "\n")
     L.append(N("setup", **{**st, "checkpoint": Path(st["checkpoint"]).name, "threats": ", ".join(threats)}))
