@@ -13,8 +13,8 @@ is on by default:
 - ``FiLMNet.channels_last`` (single- and multi-head): the feature maps in channels-last memory format (the
   convolutions of 32 and 64 channels on 8x8 and 4x4 maps run faster there); a 1x1 convolution of channels-last
   features is a matrix product over the channels (rdc_lib.models.film.conv1x1).
-- ``FiLMBlock.fused``: fewer elementwise passes per block: the FiLM multiply-add in one pass (addcmul), the
-  residual's division by sqrt(2) folded into the second convolution's weights and the skip's add.
+- ``FiLMBlock.fused``: fewer elementwise passes and buffers per block: the FiLM multiply-add in one pass
+  (addcmul), the first decoder block's sums and every residual's division by sqrt(2) in place (the same values).
 - ``DiffusionClassifier.sparse_backward``: with a single-head network the backward runs only the (image, class)
   pairs with a nonzero incoming gradient (DLR: 3 of 10 classes; rdc_lib.defenses.dc_backward.SparseELBOSum).
 

@@ -60,10 +60,14 @@ class FiLMBlock(nn.Module):
         cl = low.shape[1]
         scale, shift = self.film(emb).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
         w, sw = self.conv0.weight, self.skip.weight
-        h = conv3x3_upsampled(low, w[:, :cl]) + F.conv2d(high, w[:, cl:], self.conv0.bias, padding=1)
+        h = self._sum(conv3x3_upsampled(low, w[:, :cl]), F.conv2d(high, w[:, cl:], self.conv0.bias, padding=1))
         h = self.out_conv(self.modulate(h, scale, shift))
-        skip = upsample2(F.conv2d(low, sw[:, :cl])) + conv1x1(high, sw[:, cl:], self.skip.bias)
+        skip = self._sum(upsample2(F.conv2d(low, sw[:, :cl])), conv1x1(high, sw[:, cl:], self.skip.bias))
         return self.residual(h, skip)
+
+    def _sum(self, a: Tensor, b: Tensor) -> Tensor:
+        """a + b of two fresh tensors of the same shape (fused: into b's buffer; the same values)."""
+        return b.add_(a) if self.fused else a + b
 
 
 def conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
