@@ -209,6 +209,9 @@ def _instrument(split: Split) -> None:
     f.forward = staticmethod(split.wrap(f.forward, component="LM forward"))
     f.backward = staticmethod(split.wrap(f.backward, component="LM backward (2nd order)"))
     rdc.likelihood_maximization = split.wrap(lm.likelihood_maximization, component="LM forward")
+    # exact gradients of small inputs keep LM's unrolled graph (lm_grad.lm_exact): its forward is LM forward, its
+    # second-order backward runs inside plain autograd (the rest)
+    lm_grad.likelihood_maximization = split.wrap(lm.likelihood_maximization, component="LM forward")
     try:  # the DC's custom backward: in rdc_lib.defenses.dc_backward since issue 41, in the classifier before
         from rdc_lib.defenses import dc_backward
 
