@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -109,10 +110,10 @@ def measure(model, grad, rounds: int, counter: RowCounter) -> dict:
     for _ in range(rounds):
         for mode in (False, True):
             set_fast_paths(model, mode)
-            t0, w0 = os.times(), time.perf_counter()
+            t0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             grad()
-            t1 = os.times()
-            times[mode].append((t1.user - t0.user, t1.system - t0.system, time.perf_counter() - w0))
+            t1 = resource.getrusage(resource.RUSAGE_SELF)
+            times[mode].append((t1.ru_utime - t0.ru_utime, t1.ru_stime - t0.ru_stime, time.perf_counter() - w0))
     set_fast_paths(model, True)
     old, new = grads[False].double(), grads[True].double()
     for mode, tag in ((False, "old"), (True, "new")):
