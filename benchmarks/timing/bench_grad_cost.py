@@ -14,8 +14,11 @@ other jobs hits both alike; the median CPU seconds of the process (one thread) a
 Also printed per row: the relative difference of the two gradients (must be float rounding), the network images
 per gradient (rows through the network's output layer, recomputations included) and the share of the network's
 best-batch throughput: those images per second over the images per second of one forward plus input backward of
-the bare network at its best batch size (from ``--best-batches``). The mix row weighs the losses like the
-headline AutoAttack ensemble without early stopping (APGD-CE, APGD-DLR, APGD-T with 3 targets: 1 : 1 : 3).
+the bare network at its best batch size (from ``--best-batches``). CPU seconds are user + system (the kernel's
+time, mostly page faults of freshly allocated buffers, is part of the cost); the rows also keep user and system
+apart, and the wall seconds (the measure for ``--threads`` > 1, where CPU seconds add up over the threads).
+The mix row weighs the losses like the headline AutoAttack ensemble without early stopping (APGD-CE, APGD-DLR,
+APGD-T with 3 targets: 1 : 1 : 3).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -102,20 +106,22 @@ def measure(model, grad, rounds: int, counter: RowCounter) -> dict:
         counter.rows = 0
         grads[mode] = grad()  # warm-up, and the network images of one gradient
         out["rows_new" if mode else "rows_old"] = counter.rows
-    times: dict[bool, list[float]] = {False: [], True: []}
+    times: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}  # (user, system, wall) s
     for _ in range(rounds):
         for mode in (False, True):
             set_fast_paths(model, mode)
-            t0 = time.process_time()
+            t0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             grad()
-            times[mode].append(time.process_time() - t0)
+            t1 = resource.getrusage(resource.RUSAGE_SELF)
+            times[mode].append((t1.ru_utime - t0.ru_utime, t1.ru_stime - t0.ru_stime, time.perf_counter() - w0))
     set_fast_paths(model, True)
     old, new = grads[False].double(), grads[True].double()
-    out.update(
-        s_old=statistics.median(times[False]),
-        s_new=statistics.median(times[True]),
-        rel_diff=float((old - new).norm() / old.norm().clamp_min(1e-30)),
-    )
+    for mode, tag in ((False, "old"), (True, "new")):
+        out[f"s_{tag}"] = statistics.median(u + k for u, k, _ in times[mode])  # CPU seconds: user + system
+        out[f"user_{tag}"] = statistics.median(u for u, _, _ in times[mode])
+        out[f"system_{tag}"] = statistics.median(k for _, k, _ in times[mode])
+        out[f"wall_{tag}"] = statistics.median(w for _, _, w in times[mode])
+    out["rel_diff"] = float((old - new).norm() / old.norm().clamp_min(1e-30))
     out["speedup"] = out["s_old"] / out["s_new"]
     return out
 
@@ -166,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(r)
                 print(
                     f"  {name} {case} {loss}: old {r['s_old']:.3f} s, new {r['s_new']:.3f} s, "
-                    f"{r['speedup']:.2f}x, rel. diff {r['rel_diff']:.1e}",
+                    f"{r['speedup']:.2f}x (of which system old {r['system_old']:.3f} s, new {r['system_new']:.3f} s; "
+                    f"user only {r['user_old'] / r['user_new']:.2f}x; wall {r['wall_old'] / r['wall_new']:.2f}x), "
+                    f"rel. diff {r['rel_diff']:.1e}",
                     flush=True,
                 )
             counter.handle.remove()
@@ -213,6 +221,11 @@ def main(argv: list[str] | None = None) -> None:
             if {r["loss"] for r in group} == set(MIX):
                 old = sum(MIX[r["loss"]] * r["s_old"] for r in group)
                 new = sum(MIX[r["loss"]] * r["s_new"] for r in group)
+                other = {
+                    f"{kind}_speedup": sum(MIX[r["loss"]] * r[f"{kind}_old"] for r in group)
+                    / sum(MIX[r["loss"]] * r[f"{kind}_new"] for r in group)
+                    for kind in ("user", "wall")
+                }
                 mix.append(
                     {
                         "denoiser": name,
@@ -221,11 +234,13 @@ def main(argv: list[str] | None = None) -> None:
                         "s_old": old / 5,
                         "s_new": new / 5,
                         "speedup": old / new,
+                        **other,
                     }
                 )
                 print(
                     f"{name} | {defense} | {noise_mode} | ensemble mix 1:1:3 | {old / 5:.3f} | {new / 5:.3f} | "
-                    f"**{old / new:.2f}x** | | | | | "
+                    f"**{old / new:.2f}x** (user only {other['user_speedup']:.2f}x, wall {other['wall_speedup']:.2f}x) "
+                    "| | | | | "
                 )
     for name in args.denoisers:
         best = next(r for r in rows if r["denoiser"] == name)

@@ -1,19 +1,24 @@
 """Where the seconds of the strongest protocol go (docs/speed.md), and the doc generator for it.
 
     .venv/bin/python benchmarks/timing/profile_strongest.py run [--n 3] [--steps 20] [--threads 1] [--no-checks]
-        [--commit LABEL] [--out docs/raw/profile_strongest.json]
+        [--heads multi|single] [--commit LABEL] [--out docs/raw/profile_strongest.json]
     .venv/bin/python benchmarks/timing/profile_strongest.py doc
 
 ``run`` evaluates the strongest protocol of docs/evaluation.md (stochastic RDC, APGD-CE, exact
-gradients through LM, EOT 2, verified stop 4, N-evaluation 10, T = 16, multi-head) on the first
-``n`` digits test images through ``rdc_lib.evaluation.evaluate`` and splits its CPU time (one thread:
-what an idle core would take, robust to other jobs on the machine) two ways:
+gradients through LM, EOT 2, verified stop 4, N-evaluation 10, T = 16; ``--heads multi``: the retired
+multi-head ``digits_multi``, ``--heads single``: the single-head default, written to
+docs/raw/profile_strongest_single.json) on the first ``n`` digits test images through
+``rdc_lib.evaluation.evaluate`` and splits its CPU time (one thread: what an idle core would take, robust to other
+jobs on the machine) two ways:
 
 - phase: the attack's gradient steps (EOT draws batched into them), verification calls, the
   attack's clean call, the runner's clean classification, the N-evaluation, the sanity checks
   (a fixed cost on at most 16 images, whatever ``n``), everything else;
 - component: LM forward (first-order steps), LM backward (second-order, per-step recomputation),
-  DC forward, DC chunked backward, noise draws, the rest (Python, loss, bookkeeping).
+  DC forward, DC chunked backward, noise draws, the rest (Python, loss, bookkeeping). The DC's backward is its
+  custom autograd functions' backward (rdc_lib.defenses.dc_backward: the chunked recomputation, and for a
+  single-head network the sparse backward, kept graph included); a backward that runs inside plain autograd
+  (the unrolled LM graph of small inputs, the multi-head DC's kept graph) counts as the rest.
 
 Timers wrap library functions from this script only (the library is unchanged); time is given to
 the innermost phase (the sanity checks absorb everything inside them) and the outermost component.
@@ -43,6 +48,7 @@ from pathlib import Path
 import torch
 
 RAW = Path("docs/raw/profile_strongest.json")
+RAW_SINGLE = Path("docs/raw/profile_strongest_single.json")  # the same profile on the single-head default
 BENCH_RAW = Path("docs/raw/bench_strongest.json")
 DOC = Path("docs/speed.md")
 
@@ -61,8 +67,18 @@ STRONGEST = dict(
 )
 STRONGEST_CLI = (
     "rdc eval --defense rdc --attack apgd-ce --eps 0.1 --eot 2 --verify 4 --n-eval 10 "
-    "--noise-mode stochastic --timesteps 16 --heads multi"
+    "--noise-mode stochastic --timesteps 16 --heads {heads}"
 )  # + --denoiser NAME when the raw row names one
+
+
+def _denoiser(heads: str) -> dict:
+    """The denoiser profiled for ``heads``: multi, the retired digits_multi (:func:`_multi_denoiser`); single, the
+    shipped single-head default."""
+    if heads == "multi":
+        return _multi_denoiser()
+    from rdc_lib.core.choices import DEFAULT_DENOISERS
+
+    return {"denoiser": DEFAULT_DENOISERS[heads]}
 
 
 def _multi_denoiser() -> dict:
@@ -193,16 +209,25 @@ def _instrument(split: Split) -> None:
     f.forward = staticmethod(split.wrap(f.forward, component="LM forward"))
     f.backward = staticmethod(split.wrap(f.backward, component="LM backward (2nd order)"))
     rdc.likelihood_maximization = split.wrap(lm.likelihood_maximization, component="LM forward")
-    c = classifier._ChunkedELBOSum
-    c.forward = staticmethod(split.wrap(c.forward, component="DC forward"))
-    c.backward = staticmethod(split.wrap(c.backward, component="DC chunked backward"))
+    # exact gradients of small inputs keep LM's unrolled graph (lm_grad.lm_exact): its forward is LM forward, its
+    # second-order backward runs inside plain autograd (the rest)
+    lm_grad.likelihood_maximization = split.wrap(lm.likelihood_maximization, component="LM forward")
+    try:  # the DC's custom backward: in rdc_lib.defenses.dc_backward since issue 41, in the classifier before
+        from rdc_lib.defenses import dc_backward
+
+        functions = [dc_backward.ChunkedELBOSum, dc_backward.SparseELBOSum]
+    except ImportError:
+        functions = [classifier._ChunkedELBOSum]
+    for c in functions:
+        c.forward = staticmethod(split.wrap(c.forward, component="DC forward"))
+        c.backward = staticmethod(split.wrap(c.backward, component="DC chunked backward"))
     classifier.elbo_terms = split.wrap(classifier.elbo_terms, component="DC forward")
     rdc.RobustDiffusionClassifier.draw_noise = split.wrap(
         rdc.RobustDiffusionClassifier.draw_noise, component="noise draws"
     )
 
 
-def _op_share(n: int, seed: int) -> dict:
+def _op_share(n: int, seed: int, heads: str = "multi") -> dict:
     """torch.profiler over one EOT-2 gradient step of the stochastic RDC on ``n`` images."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -214,10 +239,10 @@ def _op_share(n: int, seed: int) -> dict:
 
     x, y = load_dataset("digits", "test")
     x, y = x[:n], y[:n]
-    name = _multi_denoiser().get("denoiser")
+    name = _denoiser(heads).get("denoiser")
     named = {} if name is None else {"denoiser_path": str(checkpoint_path(name))}
     model = build_defense(
-        DefenseSpec(name="rdc", heads="multi", timesteps=16, noise_mode="stochastic", seed=seed, **named)
+        DefenseSpec(name="rdc", heads=heads, timesteps=16, noise_mode="stochastic", seed=seed, **named)
     )
     ctx = AttackContext(model, x, y, eot=2, generator=torch.Generator().manual_seed(seed), verify=1)
     idx = torch.arange(n)
@@ -270,9 +295,10 @@ def run(args: argparse.Namespace) -> int:
 
     split = Split()
     _instrument(split)
+    strongest = {**STRONGEST, "heads": args.heads}
     cfg = EvalConfig(
-        **STRONGEST,
-        **_multi_denoiser(),
+        **strongest,
+        **_denoiser(args.heads),
         n=args.n,
         steps=args.steps,
         seed=args.seed,
@@ -289,8 +315,8 @@ def run(args: argparse.Namespace) -> int:
     table = {p: {c: split.seconds.get((p, c), 0.0) for c in COMPONENTS} for p in PHASES}
     out = {
         "config": {
-            **STRONGEST,
-            **_multi_denoiser(),
+            **strongest,
+            **_denoiser(args.heads),
             "n": args.n,
             "steps": args.steps,
             "seed": args.seed,
@@ -298,7 +324,9 @@ def run(args: argparse.Namespace) -> int:
             "run_checks": not args.no_checks,
         },
         "command": f".venv/bin/python benchmarks/timing/profile_strongest.py run --n {args.n} --steps {args.steps} "
-        f"--threads {args.threads}" + (" --no-checks" if args.no_checks else ""),
+        f"--threads {args.threads}"
+        + (" --no-checks" if args.no_checks else "")
+        + (f" --heads {args.heads} --out {args.out}" if args.heads != "multi" else ""),
         "commit": args.commit or _commit(),
         "wall_s": wall,
         "cpu_s": cpu,
@@ -307,7 +335,8 @@ def run(args: argparse.Namespace) -> int:
         "check_images": min(16, args.n) if not args.no_checks else 0,
         "robust_acc_worst": res["robust_acc_worst"],
         "attack_stats": res["attack_stats"],
-        "ops": _op_share(args.op_images, args.seed),
+        "ops": _op_share(args.op_images, args.seed, args.heads),
+        "library": "extract" if args.commit else "checkout",
         "provenance": _provenance(cfg),
     }
     dest = Path(args.out)
@@ -330,20 +359,27 @@ def _denoiser_flag(cfg: dict) -> str:
     return f" --denoiser {cfg['denoiser']}" if cfg.get("denoiser") else ""
 
 
-def _profile_section(p: dict) -> list[str]:
+def _profile_section(p: dict, level: str = "##") -> list[str]:
     from rdc_lib.evaluation.provenance import mark
 
     cfg = p["config"]
     cpu = p["cpu_s"]
     checks = sum(p["seconds"]["sanity checks"].values())
     per_image = cpu - checks
+    name = cfg.get("denoiser") or "digits_multi"  # a profile without the field ran when heads multi loaded it
+    where = (
+        "in a checkout of that commit"
+        if p.get("library") == "checkout"
+        else "with the library of that commit on `PYTHONPATH` "
+        f"(`git archive {p['commit']} rdc_lib | tar -x -C DIR`, `PYTHONPATH=DIR RDC_DATA_DIR=$PWD/data`)"
+    )
+    cli = STRONGEST_CLI.format(heads=cfg["heads"])
     lines = [
-        f"## Where the seconds go (code at commit `{p['commit']}`){mark(p)}",
+        f"{level} Where the seconds go: {cfg['heads']}-head `{name}` (code at commit `{p['commit']}`){mark(p)}",
         "",
-        f"Profile of `{STRONGEST_CLI}{_denoiser_flag(cfg)} --steps {cfg['steps']} --n {cfg['n']} --chunk {cfg['n']}` "
+        f"Profile of `{cli}{_denoiser_flag(cfg)} --steps {cfg['steps']} --n {cfg['n']} --chunk {cfg['n']}` "
         f"(seed {cfg['seed']}, "
-        f"{cfg['threads']} thread), measured by `{p['command']}` with the library of that commit on `PYTHONPATH` "
-        f"(`git archive {p['commit']} rdc_lib | tar -x -C DIR`, `PYTHONPATH=DIR RDC_DATA_DIR=$PWD/data`). "
+        f"{cfg['threads']} thread), measured by `{p['command']}` {where}. "
         "Seconds are the process's CPU seconds "
         f"(the machine was shared with other jobs: wall {_fmt_s(p['wall_s'])} s for {_fmt_s(cpu)} s of CPU), "
         "so they are what one idle core would take; the shares are what to read.",
@@ -358,7 +394,7 @@ def _profile_section(p: dict) -> list[str]:
         f"{_fmt_s(per_image)} s = **{_fmt_s(per_image / cfg['n'])} s per image** "
         f"(robust accuracy worst of N here: {p['robust_acc_worst']:.3f} on {cfg['n']} images).",
         "",
-        "### By phase and component (CPU seconds; share of the part that grows with n)",
+        f"{level}# By phase and component (CPU seconds; share of the part that grows with n)",
         "",
         "| phase | " + " | ".join(COMPONENTS) + " | total | share |",
         "|---|" + "---|" * (len(COMPONENTS) + 2),
@@ -509,6 +545,9 @@ def render(raw_dir: Path, notes: Path | None) -> str:
         "",
     ]
     lines += _profile_section(p)
+    raw_single = raw_dir / RAW_SINGLE.name
+    if raw_single.is_file():
+        lines += [""] + _profile_section(json.loads(raw_single.read_text()))
     bench = json.loads(bench_raw.read_text()) if bench_raw.is_file() else None
     if bench is not None:
         lines += [""] + _bench_section(bench)
@@ -542,10 +581,13 @@ def main() -> int:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--no-checks", action="store_true", help="skip the sanity checks (a fixed cost)")
     r.add_argument("--op-images", type=int, default=8, help="images in the torch.profiler gradient step")
-    r.add_argument("--out", default=str(RAW))
+    r.add_argument("--heads", choices=("multi", "single"), default="multi", help="multi: digits_multi (retired)")
+    r.add_argument("--out", default=None, help=f"default {RAW} (multi), {RAW_SINGLE} (single)")
     r.add_argument("--commit", default=None, help="label of the profiled code (default: git HEAD here)")
     sub.add_parser("doc")
     args = ap.parse_args()
+    if args.cmd == "run" and args.out is None:
+        args.out = str(RAW if args.heads == "multi" else RAW_SINGLE)
     return run(args) if args.cmd == "run" else doc(args)
 
 

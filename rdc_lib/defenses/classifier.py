@@ -101,15 +101,18 @@ class DiffusionClassifier(OwnedRandomness, nn.Module):
 
     def draw_noise(self, x: Tensor) -> Tensor:
         """The eps this call will use: (B or 1, 1 or K, T, C, H, W)."""
-        gen = self._gen(x.device)
-        batch = 1 if self.noise_mode == "fixed" else x.shape[0]
+        return self.draw_eps(x, 1 if self.noise_mode == "fixed" else x.shape[0], self._gen(x.device))
+
+    def draw_eps(self, x: Tensor, batch: int, generator: torch.Generator | None) -> Tensor:
+        """eps (batch, 1 or K, T, C, H, W) for images like x (B, C, H, W) from ``generator`` (a caller's own, e.g.
+        the RDC's; None: the global one)."""
         return draw_noise(
             batch,
             self.num_classes,
             len(self.grid),
             tuple(x.shape[1:]),
             shared_noise=self.shared_noise,
-            generator=gen,
+            generator=generator,
             device=x.device,
             dtype=x.dtype,
         )

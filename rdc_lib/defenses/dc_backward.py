@@ -111,6 +111,27 @@ def _sparse(grad_out: Tensor) -> bool:
     return bool((grad_out != 0).sum() <= SPARSE_MAX_FRACTION * grad_out.numel())
 
 
+def _forward(
+    ctx,
+    x: Tensor,
+    noise: Tensor,
+    denoiser: Denoiser,
+    grid: NoiseGrid,
+    classes: Tensor,
+    chunk_size: int,
+    keep_graph: bool,
+) -> Tensor:
+    """The forward of both functions: total (B, K) = sum_t terms, with what their backward needs saved on ``ctx``;
+    ``keep_graph``: also the forward's graph (``ctx.graph`` = (input, total)), else ``ctx.graph`` is None."""
+    with torch.enable_grad() if keep_graph else torch.no_grad():
+        xc = x.detach().requires_grad_(True) if keep_graph else x
+        total = elbo_terms(denoiser, xc, grid, classes=classes, noise=noise, chunk_size=chunk_size).sum(-1)
+    ctx.graph = (xc, total) if keep_graph else None
+    ctx.save_for_backward(x, noise, classes)
+    ctx.denoiser, ctx.grid, ctx.chunk_size = denoiser, grid, chunk_size
+    return total.detach()
+
+
 class ChunkedELBOSum(torch.autograd.Function):
     """sum_t terms (B, K) with a memory-bounded backward that recomputes one chunk of levels at a time."""
 
@@ -118,11 +139,7 @@ class ChunkedELBOSum(torch.autograd.Function):
     def forward(
         ctx, x: Tensor, noise: Tensor, denoiser: Denoiser, grid: NoiseGrid, classes: Tensor, chunk_size: int
     ) -> Tensor:
-        with torch.no_grad():
-            total = elbo_terms(denoiser, x, grid, classes=classes, noise=noise, chunk_size=chunk_size).sum(-1)
-        ctx.save_for_backward(x, noise, classes)
-        ctx.denoiser, ctx.grid, ctx.chunk_size = denoiser, grid, chunk_size
-        return total
+        return _forward(ctx, x, noise, denoiser, grid, classes, chunk_size, keep_graph=False)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -149,19 +166,7 @@ class SparseELBOSum(torch.autograd.Function):
         chunk_size: int,
         keep_graph: bool,
     ) -> Tensor:
-        ctx.graph = None
-        if keep_graph:
-            with torch.enable_grad():
-                xc = x.detach().requires_grad_(True)
-                kept = elbo_terms(denoiser, xc, grid, classes=classes, noise=noise, chunk_size=chunk_size).sum(-1)
-            ctx.graph = (xc, kept)
-            total = kept.detach()
-        else:
-            with torch.no_grad():
-                total = elbo_terms(denoiser, x, grid, classes=classes, noise=noise, chunk_size=chunk_size).sum(-1)
-        ctx.save_for_backward(x, noise, classes)
-        ctx.denoiser, ctx.grid, ctx.chunk_size = denoiser, grid, chunk_size
-        return total
+        return _forward(ctx, x, noise, denoiser, grid, classes, chunk_size, keep_graph)
 
     @staticmethod
     @once_differentiable

@@ -38,7 +38,6 @@ from torch import Tensor, nn
 
 from ..core.choices import GRAD_MODES, LM_GRAPH_MODES, NOISE_MODES
 from ..core.utils import OwnedRandomness, check_images
-from ..diffusion.elbo import draw_noise
 from ..diffusion.lm import LMConfig, LMNoise, LMResult, draw_lm_noise, likelihood_maximization
 from ..diffusion.lm_grad import lm_bpda, lm_exact
 from ..diffusion.schedules import NoiseGrid
@@ -131,17 +130,7 @@ class RobustDiffusionClassifier(OwnedRandomness, nn.Module):
             lm_noise = draw_lm_noise(
                 self.lm_config.steps, shape, self.lm_config.sigma_range, generator=gen, device=x.device, dtype=x.dtype
             )
-            eps = draw_noise(
-                batch,
-                dc.num_classes,
-                len(dc.grid),
-                tuple(x.shape[1:]),
-                shared_noise=dc.shared_noise,
-                generator=gen,
-                device=x.device,
-                dtype=x.dtype,
-            )
-            out.append(RDCNoise(lm_noise, eps))
+            out.append(RDCNoise(lm_noise, dc.draw_eps(x, batch, gen)))
         return out
 
     def _lm(self, x: Tensor, noise: LMNoise) -> Tensor:

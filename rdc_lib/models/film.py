@@ -27,12 +27,28 @@ class FiLMBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
         super().__init__()
         add_residual_layers(self, in_ch, out_ch, emb_dim, dropout, modulation="film")
+        # fast path switch (rdc_lib.fast_paths): fewer elementwise passes and buffers (modulate, residual)
+        self.fused = True
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         scale, shift = self.film(emb).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
-        h = F.silu(self.conv0(x) * (scale + 1) + shift)
-        h = self.conv1(self.dropout(h))
-        return (h + self.skip(x)) / math.sqrt(2)
+        return self.residual(self.out_conv(self.modulate(self.conv0(x), scale, shift)), self.skip(x))
+
+    def modulate(self, h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+        """silu(h * (scale + 1) + shift), scale and shift broadcast against h (fused: one multiply-add pass)."""
+        if self.fused:
+            return F.silu(torch.addcmul(shift, h, scale + 1))
+        return F.silu(h * (scale + 1) + shift)
+
+    def out_conv(self, h: Tensor) -> Tensor:
+        """conv1(dropout(h))."""
+        return self.conv1(self.dropout(h))
+
+    def residual(self, h: Tensor, skip: Tensor) -> Tensor:
+        """(h + skip) / sqrt(2) (fused: the division in place, no second buffer; the same values)."""
+        if self.fused:
+            return torch.add(h, skip).div_(math.sqrt(2))
+        return (h + skip) / math.sqrt(2)
 
     def forward_split(self, low: Tensor, high: Tensor, emb: Tensor) -> Tensor:
         """``forward(cat([up(low), high], 1), emb)`` without the concatenation: low (B, c_low, H/2, W/2), high
@@ -44,10 +60,22 @@ class FiLMBlock(nn.Module):
         cl = low.shape[1]
         scale, shift = self.film(emb).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
         w, sw = self.conv0.weight, self.skip.weight
-        h = conv3x3_upsampled(low, w[:, :cl]) + F.conv2d(high, w[:, cl:], self.conv0.bias, padding=1)
-        h = self.conv1(self.dropout(F.silu(h * (scale + 1) + shift)))
-        skip = upsample2(F.conv2d(low, sw[:, :cl])) + F.conv2d(high, sw[:, cl:], self.skip.bias)
-        return (h + skip) / math.sqrt(2)
+        h = self._sum(conv3x3_upsampled(low, w[:, :cl]), F.conv2d(high, w[:, cl:], self.conv0.bias, padding=1))
+        h = self.out_conv(self.modulate(h, scale, shift))
+        skip = self._sum(upsample2(F.conv2d(low, sw[:, :cl])), conv1x1(high, sw[:, cl:], self.skip.bias))
+        return self.residual(h, skip)
+
+    def _sum(self, a: Tensor, b: Tensor) -> Tensor:
+        """a + b of two fresh tensors of the same shape (fused: into b's buffer; the same values)."""
+        return b.add_(a) if self.fused else a + b
+
+
+def conv1x1(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.conv2d(x, weight, bias)`` for a 1x1 kernel (O, C, 1, 1); a channels-last x (B, C, H, W) goes through a
+    matrix product over its channels (faster than the convolution there; the same sums)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
+    return F.conv2d(x, weight, bias)
 
 
 def upsample2(x: Tensor) -> Tensor:
@@ -61,23 +89,20 @@ def conv3x3_upsampled(low: Tensor, weight: Tensor) -> Tensor:
 
     Over a nearest-upsampled input a 3x3 kernel sees only 2x2 low-resolution pixels, with summed taps that depend
     on the output pixel's parity: even rows read low rows (i - 1, i) with kernel rows (0, 1 + 2), odd rows read
-    (i, i + 1) with (0 + 1, 2); the same for columns. One convolution with the four parity kernels (each 2x2 kernel
-    placed in a 3x3 one) then a pixel shuffle: no upsampled copy of the input (same sums, another order).
+    (i, i + 1) with (0 + 1, 2); the same for columns. That is one transposed convolution (stride 2, padding 1) with
+    a 4x4 kernel of summed taps (rows 2, 1 + 2, 0 + 1, 0; columns alike): no upsampled copy of the input and 4 of
+    the 9 multiply-adds per output pixel and channel (same sums, another order).
     """
-    rows = (
-        torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),
-        torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2),
-    )  # (O, C, 2, 3) each
-    kernels = []
-    for a in (0, 1):
-        k = rows[a]
-        cols = (
-            torch.stack([k[..., 0], k[..., 1] + k[..., 2]], -1),
-            torch.stack([k[..., 0] + k[..., 1], k[..., 2]], -1),
-        )
-        kernels += [F.pad(cols[b], (b, 1 - b, a, 1 - a)) for b in (0, 1)]  # (O, C, 3, 3)
-    out = F.conv2d(low, torch.stack(kernels, 1).flatten(0, 1), padding=1)  # (B, 4 O, h, w)
-    return F.pixel_shuffle(out, 2)
+    return F.conv_transpose2d(low, upsampled_kernel(weight), stride=2, padding=1)
+
+
+def upsampled_kernel(weight: Tensor) -> Tensor:
+    """The 4x4 transposed-convolution kernel (C, O, 4, 4) of :func:`conv3x3_upsampled` from a 3x3 one (O, C, 3, 3)."""
+    w = weight
+    rows = torch.stack([w[:, :, 2], w[:, :, 1] + w[:, :, 2], w[:, :, 0] + w[:, :, 1], w[:, :, 0]], 2)  # (O, C, 4, 3)
+    r = rows
+    k = torch.stack([r[..., 2], r[..., 1] + r[..., 2], r[..., 0] + r[..., 1], r[..., 0]], -1)  # (O, C, 4, 4)
+    return k.transpose(0, 1)
 
 
 class FiLMNet(nn.Module):
@@ -117,10 +142,12 @@ class FiLMNet(nn.Module):
         self.conv_out = output_conv(c, out_channels, num_heads, head_channels)
         # fast path switch (rdc_lib.fast_paths): the first decoder block without the concatenation (forward_split)
         self.split_decoder = True
+        # fast path switch (rdc_lib.fast_paths): feature maps in channels-last memory format
+        self.channels_last = True
 
     def forward(self, x: Tensor, c_noise: Tensor, labels: Tensor | None = None) -> Tensor:
         emb = conditioning(self, c_noise, labels)
-        h = self.conv_in(x)
+        h = self._layout(self.conv_in(x))
         for block in self.enc:
             h = block(h, emb)
         return self._after_encoder(h, emb)
@@ -140,17 +167,20 @@ class FiLMNet(nn.Module):
         noise_emb = self.emb_mlp(self.noise_embed(c_noise))  # (N, E)
         label_emb = self.label_embed(classes)  # (K, E) or (N, K, E)
         emb = F.silu(noise_emb.unsqueeze(1) + label_emb).reshape(n * k, -1)
-        h0 = self.conv_in(x)  # (N, c, H, W)
+        h0 = self._layout(self.conv_in(x))  # (N, c, H, W)
         first = self.enc[0]
         scale, shift = first.film(emb).reshape(n, k, -1, 1, 1).chunk(2, dim=2)  # (N, K, c, 1, 1) each
-        h = F.silu(first.conv0(h0).unsqueeze(1) * (scale + 1) + shift)  # (N, K, c, H, W)
-        h = first.conv1(first.dropout(h.reshape(n * k, *h.shape[2:])))
-        h = (h.reshape(n, k, *h.shape[1:]) + first.skip(h0).unsqueeze(1)) / math.sqrt(2)
+        h = first.modulate(first.conv0(h0).unsqueeze(1), scale, shift)  # (N, K, c, H, W)
+        h = first.out_conv(h.reshape(n * k, *h.shape[2:]))
+        h = first.residual(h.reshape(n, k, *h.shape[1:]), first.skip(h0).unsqueeze(1))
         h = h.reshape(n * k, *h.shape[2:])
         for block in self.enc[1:]:
             h = block(h, emb)
         out = self._after_encoder(h, emb)
         return out.reshape(n, k, *out.shape[1:])
+
+    def _layout(self, h: Tensor) -> Tensor:
+        return h.contiguous(memory_format=torch.channels_last) if self.channels_last else h
 
     def _after_encoder(self, h: Tensor, emb: Tensor) -> Tensor:
         skip = h
