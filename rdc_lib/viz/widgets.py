@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import IPython.display as ipd  # called as ipd.display(...): late-bound, so a patched display is honoured
 import ipywidgets as widgets
 import plotly.graph_objects as go
-from IPython.display import Markdown, display
 
 from .attacks import attack_step_figure
 from .levels import level_figure
@@ -129,15 +129,16 @@ def show_explorer(
     """
     figures = [] if static is None else [static] if isinstance(static, go.Figure) else list(static)
     for f in figures:
-        display(f)
+        ipd.display(f)
     if not interactive:
         return None
     try:
         explorer = build()
     except ImportError as exc:
-        display(Markdown(f"*Interactive explorer unavailable ({exc}); the static figures above show the result.*"))
+        note = f"*Interactive explorer unavailable ({exc}); the static figures above show the result.*"
+        ipd.display(ipd.Markdown(note))
         return None
-    display(explorer.widget)
+    ipd.display(explorer.widget)
     return explorer
 
 
