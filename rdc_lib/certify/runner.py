@@ -31,7 +31,7 @@ from ..core.progress import progress_bar
 from ..data import load_dataset
 from ..defenses.baselines import load_classifier
 from ..evaluation.stats import wilson
-from ..models.checkpoints import load_denoiser
+from ..models import checkpoints  # checkpoints.load_denoiser is looked up per call (tests wrap it)
 from ..models.diffusers_adapter import is_diffusers_ref
 from .bases import BASES, POSTERIORS, build_base
 from .empirical import attack_smoothed, smoothed_correct
@@ -163,7 +163,7 @@ def build_smoothing_base(cfg: CertifyConfig, device: torch.device | str = "cpu")
     """The base classifier of ``cfg`` from the shipped checkpoints."""
     ref = cfg.denoiser
     path = Path(ref) if ref.endswith(".safetensors") or is_diffusers_ref(ref) else checkpoint_path(ref)
-    den = load_denoiser(path, device=device).eval()
+    den = checkpoints.load_denoiser(path, device=device).eval()
     cnn = None
     if cfg.base == "denoised":
         cnn = load_classifier(checkpoint_path("digits_cnn"), device=device).eval()
