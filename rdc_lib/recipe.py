@@ -24,7 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from .train import TrainConfig, config_dict
+from .evaluation.runner import resolve_denoiser
+from .models.checkpoints import checkpoint_extra
+from .train import TrainConfig, config_dict, train_denoiser
 
 __all__ = [
     "RECIPE_KEYS",
@@ -91,6 +93,7 @@ class StagePlan:
 
 
 def _train_parser() -> argparse.ArgumentParser:
+    # deferred: import cycle (rdc_lib.cli, run before cli.train, imports this module via cli.train_commands)
     from .cli.train import add_train_parser
 
     sub = argparse.ArgumentParser(prog="rdc").add_subparsers(dest="command")
@@ -161,8 +164,6 @@ def parse_recipe(data: object, source: str = "<recipe>") -> Recipe:
 
 
 def _check_checkpoint(ref: str, what: str) -> Path:
-    from .evaluation.runner import resolve_denoiser
-
     try:
         return resolve_denoiser(ref)
     except FileNotFoundError as err:
@@ -188,6 +189,7 @@ def stage_train_config(
 ) -> TrainConfig:
     """The ``TrainConfig`` of ``stage`` read by the ``rdc train`` parser, with ``parent`` / ``teacher`` (checkpoint
     paths) as --init-from / --distill-from."""
+    # deferred: import cycle (rdc_lib.cli imports this module via cli.train_commands)
     from .cli.train import train_config_from_args
 
     argv = ["--out", "unused.safetensors"]
@@ -239,8 +241,6 @@ def plan_recipe(recipe: Recipe, out_dir: str | Path, *, exclude_val: bool = Fals
 
 def stored_hash(path: Path) -> str | None:
     """The recipe hash stored in a stage output (None for a checkpoint written outside a recipe)."""
-    from .models.checkpoints import checkpoint_extra
-
     return (checkpoint_extra(path).get("recipe") or {}).get("hash")
 
 
@@ -259,8 +259,6 @@ def replay_recipe(
     ``on_stage(plan, status)`` is called before each stage ("skip" / "train"). An existing output of another
     hash raises ``RecipeError`` unless ``restart`` (then that stage trains again from step 0).
     """
-    from .train import train_denoiser
-
     plans = plan_recipe(recipe, out_dir, exclude_val=exclude_val)
     done: list[dict] = []
     for plan in plans:

@@ -10,6 +10,7 @@ file or one of another config raises ``StoredStateError`` naming it; ``restart=T
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -20,15 +21,20 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .attacks.pgd import PGD
 from .core.choices import ROBUST_GRID_SIGMA_MIN
+from .core.progress import progress_bar
 from .core.stored_state import StoredStateError, load_torch_state, restart_aside, source_version
 from .core.utils import make_generator, resolve_device
 from .data import dataset_info, load_dataset
+from .defenses.classifier import DiffusionClassifier
 from .diffusion.loss import edm_distill_loss, edm_loss
 from .diffusion.schedules import GridConfig, make_grid
+from .experiments.study import ROBUST_SETTINGS
 from .models.base import Denoiser
-from .models.checkpoints import save_denoiser
+from .models.checkpoints import load_denoiser, read_checkpoint, save_denoiser
 from .models.config import DenoiserConfig, build_denoiser
+from .models.ddpmpp import widen_to_multihead
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +132,8 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 def _init_partial(net: Denoiser, path: str) -> None:
     """Fine-tuning: copy every weight whose name and shape match from ``path``."""
-    from .models.checkpoints import read_checkpoint
-
     state, src_cfg, _ = read_checkpoint(path, expected_kind="denoiser")
     if getattr(net, "heads", None) == "multi" and src_cfg.get("heads") == "single" and src_cfg.get("arch") == "ddpmpp":
-        from .models.ddpmpp import widen_to_multihead
-
         dropped = widen_to_multihead(net, state)  # replicate the output layer per head (docs/paper.md section 5)
         log.info("multi-head initialised from single-head %s (dropped %s)", path, dropped)
         return
@@ -189,8 +191,6 @@ def train_denoiser(
 
     bar = None
     if progress:
-        from .core.progress import progress_bar
-
         bar = progress_bar(cfg.steps, f"train {cfg.dataset} {cfg.heads}-head", "step", initial=step)
     t0 = time.perf_counter()
     loss_avg = float("nan")
@@ -238,10 +238,6 @@ def adversarial_batch(net: Denoiser, x: Tensor, y: Tensor, cfg: TrainConfig, gen
     Training on them asks the network to denoise (and, when distilling, to match its teacher) exactly where its
     own classifier is weakest. No gradient reaches the parameters from the attack.
     """
-    from .attacks.pgd import PGD
-    from .defenses.classifier import DiffusionClassifier
-    from .experiments.study import ROBUST_SETTINGS
-
     n = max(1, round(cfg.adv_fraction * x.shape[0]))
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
     grid = make_grid(ROBUST_SETTINGS["timesteps"], "paper", sigma_min=cfg.adv_grid_sigma_min)
@@ -253,8 +249,6 @@ def adversarial_batch(net: Denoiser, x: Tensor, y: Tensor, cfg: TrainConfig, gen
 
 def _load_teacher(cfg: TrainConfig, dcfg: DenoiserConfig, device: torch.device) -> Denoiser:
     """The frozen distillation teacher; it must denoise the student's data (classes, channels, resolution)."""
-    from .models.checkpoints import load_denoiser
-
     teacher = load_denoiser(cfg.distill_from, device=device).requires_grad_(False)
     want = (dcfg.num_classes, dcfg.img_channels, dcfg.img_resolution)
     got = (teacher.num_classes, teacher.img_channels, teacher.img_resolution)
@@ -277,8 +271,6 @@ def _ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> Non
 def config_dict(cfg: TrainConfig) -> dict:
     """``cfg`` as stored in checkpoints and training states (JSON types). ``exclude_val`` counts only when set,
     so the stored configs of checkpoints trained before it existed (on the full training split) stay equal."""
-    import json
-
     d = json.loads(json.dumps(asdict(cfg)))
     if not cfg.exclude_val:
         del d["exclude_val"]

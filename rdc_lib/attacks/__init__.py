@@ -40,6 +40,7 @@ _ENSEMBLE_NAMES = ("ChunkReport", "EnsembleResult", "autoattack_suite", "run_ens
 def __getattr__(name: str):
     """The ensemble runner's names, imported on first use (a single attack runs without loading ensemble.py)."""
     if name in _ENSEMBLE_NAMES:
+        # deferred: ensemble.py loads only when an ensemble name is asked for (tests/test_eval_path.py)
         from . import ensemble
 
         return getattr(ensemble, name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..attacks import build_attack
 from ..core.utils import OwnedRandomness, check_images
 from .smoothing import check_sigma, sample_counts
 
@@ -57,8 +58,6 @@ def attack_smoothed(
     seed: int = 0,
 ) -> Tensor:
     """Adversarial images (B, C, H, W) within l2 ``radius`` of x against the soft smoothed classifier."""
-    from ..attacks import build_attack
-
     if radius <= 0:
         return x.clone()
     model = SoftSmoothed(base, sigma, draws=draws, seed=seed)

@@ -26,8 +26,13 @@ import torch
 from torch import nn
 
 from ..core.choices import HEADS, check_choice
-from ..core.paths import default_denoiser, stored_denoiser_name
+from ..core.paths import checkpoint_path, default_denoiser, stored_denoiser_name
+from ..core.progress import progress_bar
+from ..data import load_dataset
+from ..defenses.baselines import load_classifier
 from ..evaluation.stats import wilson
+from ..models import checkpoints  # checkpoints.load_denoiser is looked up per call (tests wrap it)
+from ..models.diffusers_adapter import is_diffusers_ref
 from .bases import BASES, POSTERIORS, build_base
 from .empirical import attack_smoothed, smoothed_correct
 from .smoothing import ABSTAIN, Smoothed, certify, check_alpha, check_draws, check_radii, check_sigma
@@ -156,17 +161,11 @@ class CertifyConfig:
 
 def build_smoothing_base(cfg: CertifyConfig, device: torch.device | str = "cpu") -> nn.Module:
     """The base classifier of ``cfg`` from the shipped checkpoints."""
-    from ..core.paths import checkpoint_path
-    from ..models.checkpoints import load_denoiser
-    from ..models.diffusers_adapter import is_diffusers_ref
-
     ref = cfg.denoiser
     path = Path(ref) if ref.endswith(".safetensors") or is_diffusers_ref(ref) else checkpoint_path(ref)
-    den = load_denoiser(path, device=device).eval()
+    den = checkpoints.load_denoiser(path, device=device).eval()
     cnn = None
     if cfg.base == "denoised":
-        from ..defenses.baselines import load_classifier
-
         cnn = load_classifier(checkpoint_path("digits_cnn"), device=device).eval()
     return build_base(
         cfg.base, den, cfg.pixel_sigma, timesteps=cfg.timesteps, classifier=cnn, posterior=cfg.posterior, seed=cfg.seed
@@ -301,8 +300,6 @@ def run_certify(
     progress: bool = True,
 ) -> dict:
     """Certify ``cfg.n_images`` test images; returns ``summarize``'s dict (resumes from ``records_dir``)."""
-    from ..data import load_dataset
-
     t0 = time.perf_counter()
     device = torch.device(device)
     x_all, y_all = load_dataset("digits", "test")
@@ -319,8 +316,6 @@ def run_certify(
                 f.write(json.dumps(done[i]) + "\n")
     bar = None
     if progress:
-        from ..core.progress import progress_bar
-
         bar = progress_bar(cfg.n_images, f"certify {cfg.label()}", "img", initial=len(done))
     for j in range(cfg.n_images):
         index = cfg.offset + j

@@ -88,7 +88,7 @@ def check_draws(n0: int, n: int, alpha: float) -> None:
 
 def clopper_pearson_lower(count: int, n: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson lower bound on a binomial p from ``count`` of ``n``."""
-    from scipy.stats import beta
+    from scipy.stats import beta  # heavy (scipy.stats, ~1 s): only the certified bound needs it
 
     check_alpha(alpha)
     if not 0 <= count <= n or n < 1:
@@ -158,7 +158,7 @@ def certify(g: Smoothed, x: Tensor, *, n0: int = 100, n: int = 1000, alpha: floa
 def predict(g: Smoothed, x: Tensor, *, n: int = 100, alpha: float = 0.001) -> int:
     """Cohen et al.'s PREDICT: the top class of ``n`` draws if a two-sided binomial test against the runner-up
     passes at level ``alpha``, else ABSTAIN."""
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest  # heavy (scipy.stats, ~1 s): only the abstain test needs it
 
     alpha = check_alpha(alpha)
     counts = g.counts(x, n)

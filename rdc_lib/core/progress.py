@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from tqdm.auto import tqdm
+
 __all__ = ["PlainProgress", "is_terminal", "progress_bar"]
 
 
@@ -93,8 +95,6 @@ def progress_bar(
     if not enabled:
         bar = _Disabled(total, desc, unit, stream)
     elif is_terminal(stream):
-        from tqdm.auto import tqdm
-
         return tqdm(total=total, desc=desc, unit=unit, file=stream, initial=initial, **tqdm_kwargs)
     else:
         bar = PlainProgress(total, desc, unit, stream)

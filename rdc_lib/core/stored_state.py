@@ -11,12 +11,15 @@ reader's restart flag, which moves the stored files aside with :func:`move_aside
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from .. import __version__
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ def is_stored_state_error(text: str | None) -> bool:
 
 def load_torch_state(path: Path, *, restart: str, map_location: Any = "cpu") -> dict:
     """``torch.load(path, weights_only=True)`` of a dict; any failure becomes a :class:`StoredStateError`."""
-    import torch
+    import torch  # keeps core.stored_state torch-free at import (jobs and sweep bookkeeping import it)
 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
@@ -99,7 +102,7 @@ def load_torch_state(path: Path, *, restart: str, map_location: Any = "cpu") -> 
 
 def load_safetensors(path: Path, *, restart: str) -> dict:
     """``safetensors.torch.load_file(path)``; any failure becomes a :class:`StoredStateError`."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # safetensors.torch imports torch: keeps this module torch-free at import
 
     try:
         return load_file(str(path))
@@ -112,10 +115,6 @@ def load_safetensors(path: Path, *, restart: str) -> dict:
 def sources_version(root: Path, extra: bytes = b"") -> str:
     """``<rdc version>+src.<12 hex>``: sha256 over every .py file under ``root`` (relative path and bytes),
     then ``extra`` (a sweep's target source; rdc_lib.sweep.store.code_version)."""
-    import hashlib
-
-    from .. import __version__
-
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         if "__pycache__" in path.parts:

@@ -20,8 +20,8 @@ DIGITS_TEST_FRACTION = 0.2
 
 @lru_cache(maxsize=1)
 def _split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from sklearn.datasets import load_digits as _sk_load
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits as _sk_load  # heavy (scikit-learn, ~1.5 s): only needed here
+    from sklearn.model_selection import train_test_split  # heavy (scikit-learn), as on the line above
 
     bunch = _sk_load()
     images = (bunch.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)

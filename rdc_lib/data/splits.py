@@ -34,7 +34,7 @@ def val_indices(labels: Tensor, size: int, seed: int = VAL_SEED) -> Tensor:
 
 @lru_cache(maxsize=4)
 def _indices(key: tuple) -> np.ndarray:
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # heavy (scikit-learn, ~1.5 s): only a fresh split needs it
 
     labels, size, seed = key
     labels = np.asarray(labels)

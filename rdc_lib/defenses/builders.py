@@ -14,10 +14,17 @@ from torch import nn
 
 from ..core.choices import DATASETS, GRAD_MODES
 from ..core.paths import checkpoint_path, default_denoiser
+from ..data import load_dataset
+from ..diffusion.lm import LMConfig
 from ..diffusion.schedules import make_grid
 from ..models.checkpoints import load_denoiser, require_trained_null_label
+from ..models.edm_import import load_paired_denoiser
+from ..models.optimal import OptimalDenoiser
 from .baselines import load_classifier
 from .classifier import DiffusionClassifier
+from .presets import get_preset
+from .purify import DiffPure
+from .rdc import RobustDiffusionClassifier
 from .registry import DefenseSpec, register_defense
 
 _SPEC_DC = ("heads", "timesteps", "grid", "grid_sigma_min", "noise_mode", "denoiser_path", "preset", "ckpt_dir")
@@ -41,8 +48,6 @@ def _denoiser_file(spec: DefenseSpec) -> Path:
 
 def _denoiser_files(spec: DefenseSpec) -> list[Path]:
     if spec.ckpt_dir:
-        from .presets import get_preset
-
         p = get_preset(spec.preset or "cifar10-paper")
         return [Path(spec.ckpt_dir) / n for n in (p.checkpoints.classifier, p.checkpoints.lm) if n]
     return [_denoiser_file(spec)]
@@ -68,9 +73,6 @@ def _at_cnn(spec: DefenseSpec, device: torch.device) -> nn.Module:
 
 def _preset_parts(spec: DefenseSpec, device: torch.device):
     """A named preset's (preset, denoiser, grid, DC kwargs) from the imported EDM checkpoints (CIFAR-10)."""
-    from ..models.edm_import import load_paired_denoiser
-    from .presets import get_preset
-
     p = get_preset(spec.preset or "cifar10-paper")
     ckpt = Path(spec.ckpt_dir)
     cond = ckpt / p.checkpoints.classifier
@@ -110,9 +112,6 @@ def _dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
     expensive=True,
 )
 def _rdc(spec: DefenseSpec, device: torch.device) -> nn.Module:
-    from ..diffusion.lm import LMConfig
-    from .rdc import RobustDiffusionClassifier
-
     if spec.ckpt_dir:
         p, denoiser, grid, dc_kwargs = _preset_parts(spec, device)
         return RobustDiffusionClassifier(
@@ -142,8 +141,6 @@ def _rdc(spec: DefenseSpec, device: torch.device) -> nn.Module:
     description="DiffPure: purify with the unconditional head, classify with the standard CNN",
 )
 def _diffpure(spec: DefenseSpec, device: torch.device) -> nn.Module:
-    from .purify import DiffPure
-
     cnn = load_classifier(_cnn_file("cnn"), device=device)
     require_trained_null_label(_denoiser_file(spec), "DiffPure's purification")
     den = load_denoiser(_denoiser_file(spec), device=device)
@@ -158,9 +155,6 @@ def _diffpure(spec: DefenseSpec, device: torch.device) -> nn.Module:
     description="the DC with the closed-form optimal denoiser of the digits training split",
 )
 def _optimal_dc(spec: DefenseSpec, device: torch.device) -> nn.Module:
-    from ..data import load_dataset
-    from ..models.optimal import OptimalDenoiser
-
     x_tr, y_tr = load_dataset("digits", "train")
     den = OptimalDenoiser(x_tr.to(device), y_tr.to(device))
     return DiffusionClassifier(den, _grid(spec), **_noise(spec))

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from ..attacks.registry import attack_names, get_attack
 from ..data.cifar10 import CIFAR10_FILES
 from ..diffusion.lm import LMConfig
 from ..diffusion.schedules import GridConfig
@@ -171,8 +172,6 @@ def attack_settings(preset: str | Preset, norm: str = "linf", attack: str = "") 
     """The attack budget of ``preset`` as ``EvalConfig`` fields (steps, restarts, eot, eps) for threat model
     ``norm``; a flow-bound attack (registry fact ``norms`` ('flow',), e.g. StAdv) or norm 'flow' takes the
     flow bound and its own iteration count. ``rdc eval --preset NAME`` fills the attack flags not given with these."""
-    from ..attacks.registry import attack_names, get_attack
-
     p = get_preset(preset) if isinstance(preset, str) else preset
     a = p.attack
     get_attack(a.attack)  # the preset's own attack is a registered one

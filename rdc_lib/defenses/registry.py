@@ -35,6 +35,7 @@ from ..core.choices import (
     check_choice,
 )
 from ..diffusion.schedules import check_grid_sigma_min
+from ..models.diffusers_adapter import diffusers_files, is_diffusers_ref
 
 __all__ = [
     "DefenseInfo",
@@ -166,7 +167,5 @@ def checkpoint_files(spec: DefenseSpec, *, transfer_source: bool = False) -> lis
     files = list(info.checkpoints(spec)) if info.checkpoints is not None else []
     if transfer_source and not spec.ckpt_dir:
         files += checkpoint_files(DefenseSpec(name=TRANSFER_SOURCE))
-    from ..models.diffusers_adapter import diffusers_files, is_diffusers_ref
-
     files = [f for ref in files for f in (diffusers_files(ref) if is_diffusers_ref(ref) else [Path(ref)])]
     return sorted(set(files))

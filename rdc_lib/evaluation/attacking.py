@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..attacks.base import Attack, eval_mode
 from ..attacks.losses import margin
 from ..attacks.registry import attack_names, build_attack, get_attack
+from ..defenses import defense_names
 
 __all__ = ["NO_ATTACK", "AttackFactory", "build_evaluated_attack", "eval_attack_names", "run_attack", "run_single"]
 
@@ -30,8 +31,6 @@ def eval_attack_names() -> tuple[str, ...]:
 def _denoiser(cfg: Any, model: nn.Module) -> nn.Module:
     denoiser = getattr(model, "denoiser", None)
     if denoiser is None:
-        from ..defenses import defense_names
-
         raise ValueError(
             f"attack {cfg.attack!r} needs a diffusion defense "
             f"({', '.join(defense_names(needs_denoiser=True))}); {cfg.defense!r} has no denoiser"

@@ -28,6 +28,7 @@ from ..attacks.registry import get_attack
 from ..core.choices import DATASETS, SPLITS, THREAT_NORMS, check_choice
 from ..core.paths import default_denoiser, stored_denoiser_name
 from ..defenses import DefenseSpec, defense_names, get_defense
+from ..defenses.presets import eval_settings, get_preset, preset_conflicts
 from .attacking import NO_ATTACK, eval_attack_names
 
 __all__ = ["AttackSettings", "EvalConfig", "ImageSlice", "Threat"]
@@ -335,8 +336,6 @@ class EvalConfig:
     def _apply_preset(self) -> None:
         """Apply the preset (cifar10 implies 'cifar10-paper') to the fields it fixes that are left at their
         defaults; refuse any other value that differs from the preset's (never ignore it)."""
-        from ..defenses.presets import eval_settings, preset_conflicts
-
         name = self.preset or "cifar10-paper"
         fixed = eval_settings(name)
         defaults = type(self).flat_defaults()
@@ -350,8 +349,6 @@ class EvalConfig:
         """The shipped checkpoint name a preset fixes for the digits (its classifier file's stem); "" without one."""
         if not self.preset:
             return ""
-        from ..defenses.presets import get_preset
-
         return Path(get_preset(self.preset).checkpoints.classifier).stem
 
     # -- stored form --
@@ -399,8 +396,6 @@ class EvalConfig:
             raise ValueError(f"unknown evaluation parameters {unknown}; valid: {sorted(known)}")
         preset = params.get("preset") or ("cifar10-paper" if params.get("dataset") == "cifar10" else "")
         if preset:
-            from ..defenses.presets import preset_conflicts
-
             names = set(params) if explicit is None else explicit
             problems = preset_conflicts(preset, {k: params[k] for k in names if k in params})
             if problems:

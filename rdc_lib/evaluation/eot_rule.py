@@ -17,7 +17,9 @@ from torch import Tensor, nn
 
 from ..core.choices import SELECTION_SPLIT
 from ..data import load_dataset
+from ..defenses import build_defense
 from .grad import EOT_TARGET, gradient_cosine_similarity, suggest_eot
+from .runner import defense_spec
 
 if TYPE_CHECKING:
     from .runner import EvalConfig
@@ -50,9 +52,6 @@ def resolve_auto_eot(cfg: "EvalConfig", device: str | torch.device = "cpu") -> t
     """(``cfg`` with ``eot`` set by the rule, the defense it was measured on, the rule's numbers), measured on the
     first RULE_IMAGES validation images whatever ``cfg``'s offset (the EOT size is the defense's: the shards of one run
     get the same size); the defense is returned so the evaluation need not build it again."""
-    from ..defenses import build_defense
-    from .runner import defense_spec
-
     x, y = load_dataset(cfg.dataset, SELECTION_SPLIT, root=cfg.data_root or None)
     x, y = x[:RULE_IMAGES].to(device), y[:RULE_IMAGES].to(device)
     model = build_defense(defense_spec(cfg), torch.device(device))

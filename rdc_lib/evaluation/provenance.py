@@ -28,7 +28,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..core.paths import REPO_ROOT
+import numpy
+import torch
+
+from .. import __version__
+from ..core.paths import REPO_ROOT, checkpoint_path
+from ..defenses import TRANSFER_SOURCE, checkpoint_files
+from .attacking import NO_ATTACK
+from .runner import defense_spec
 
 PROVENANCE_KEYS = ("commit", "dirty", "checkpoints", "versions", "command", "utc")
 NOT_RECORDED = "provenance not recorded"
@@ -87,11 +94,6 @@ def git_state(root: Path = REPO_ROOT) -> tuple[str | None, bool | None]:
 
 def library_versions() -> dict[str, str]:
     """Versions of python, torch, numpy and this package."""
-    import numpy
-    import torch
-
-    from .. import __version__
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -215,10 +217,6 @@ def mark(row: dict) -> str:
 def eval_provenance(cfg: Any, *, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``provenance`` of one ``rdc_lib.evaluation.EvalConfig`` run: hashes of the checkpoints its defense
     reads, plus the CNN the sanity checks transfer from when checks run on a robust evaluation."""
-    from ..defenses import TRANSFER_SOURCE, checkpoint_files
-    from .attacking import NO_ATTACK
-    from .runner import defense_spec
-
     checks = bool(cfg.run_checks) and cfg.attack != NO_ATTACK and cfg.defense != TRANSFER_SOURCE
     return provenance(checkpoint_files(defense_spec(cfg), transfer_source=checks), argv=argv)
 
@@ -226,8 +224,6 @@ def eval_provenance(cfg: Any, *, argv: Sequence[str] | None = None) -> dict[str,
 def certify_provenance(cfg: Any, *, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``provenance`` of one ``rdc_lib.certify.CertifyConfig`` run: the denoiser it reads, and the CNN of
     denoised smoothing."""
-    from ..core.paths import checkpoint_path
-
     ref = cfg.denoiser
     files = [Path(ref) if ref.endswith(".safetensors") else checkpoint_path(ref)]
     if cfg.base == "denoised":

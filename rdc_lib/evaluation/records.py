@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
 from ..core.stored_state import (
@@ -99,8 +100,6 @@ def save_records(records_dir: str | Path | None, cfg: "EvalConfig", records: dic
     """Write the images, then the records, each atomically (nothing when ``records_dir`` is None)."""
     if records_dir is None:
         return
-    from safetensors.torch import save_file
-
     jsonl, adv_path = records_paths(records_dir, cfg)
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     tmp_adv = adv_path.with_name(adv_path.name + ".tmp")

@@ -18,8 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks.registry import get_attack
+from ..core.paths import checkpoint_path
+from ..core.progress import progress_bar
 from ..data import load_dataset
 from ..defenses import DefenseSpec, build_defense
+from ..defenses.presets import required_files
+from ..models.diffusers_adapter import inspect_diffusers_folder, is_diffusers_ref
 from . import checks
 from .attacking import NO_ATTACK, build_evaluated_attack, run_attack
 from .config import EvalConfig
@@ -44,9 +48,6 @@ def defense_spec(cfg: EvalConfig) -> DefenseSpec:
 def resolve_denoiser(name_or_path: str) -> Path:
     """A checkpoint path as given, or ``data/checkpoints/<name>.safetensors`` for a bare shipped name;
     ``diffusers:FOLDER`` (a local diffusers model, rdc_lib.models.diffusers_adapter) is checked and kept as given."""
-    from ..core.paths import checkpoint_path
-    from ..models.diffusers_adapter import inspect_diffusers_folder, is_diffusers_ref
-
     if is_diffusers_ref(name_or_path):
         inspect_diffusers_folder(name_or_path)
         return Path(name_or_path)
@@ -77,8 +78,6 @@ def evaluate(
     t0 = time.perf_counter()
     device = torch.device(device)
     if cfg.dataset == "cifar10":
-        from ..defenses.presets import required_files
-
         need = required_files(cfg.preset or "cifar10-paper", cfg.data_root or None, cfg.ckpt_dir)
         if not need.ok:
             raise FileNotFoundError(need.message)
@@ -99,8 +98,6 @@ def evaluate(
     records, x_adv_all = load_records(records_dir, cfg, x_all.cpu(), y_all.cpu(), restart=restart)
     bar = None
     if progress:
-        from ..core.progress import progress_bar
-
         bar = progress_bar(cfg.n_images, f"eval {cfg.defense}/{cfg.attack}", "img", initial=len(records))
     attack_stats: list[dict] = []
     for start in range(0, cfg.n_images, cfg.chunk):

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -223,8 +224,6 @@ TAG_SPOTS = (
 def _place_tags(fig: Figure, ax, fd: FigureData, groups: list[str], k: float) -> None:
     """Write each point's tag beside it where it overlaps no point and no tag already placed (first free spot of
     TAG_SPOTS, in points from the marker; the last spot when none is free)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     points = [(s, p) for s in fd.series for p in s.points if p.tag]
     if not points:
         return

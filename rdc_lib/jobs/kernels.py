@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import zmq
+from traitlets.config import Config
+
 __all__ = ["papermill_kernel_options"]
 
 
 def papermill_kernel_options() -> dict[str, Any]:
     """Extra keyword arguments for ``papermill.execute_notebook`` (passed on to nbclient): encrypted transport."""
-    import zmq
-    from traitlets.config import Config
-
     if not zmq.has("curve"):
         return {}
     return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..core.paths import NOTEBOOKS_DIR
 from ..core.progress import is_terminal, progress_bar
 from .papermill_runner import RESULT_FILE, PapermillJob, error_head
@@ -155,7 +157,7 @@ def discover_notebooks(folder: str | Path = NOTEBOOKS_DIR, only: Sequence[str] |
 
 def notebook_parameters(path: str | Path) -> dict[str, dict[str, Any]]:
     """The parameters a notebook declares (papermill's inspection of its ``parameters`` cell)."""
-    import papermill as pm
+    import papermill as pm  # heavy (papermill, ~2.5 s) and only needed here
 
     return dict(pm.inspect_notebook(str(path)))
 
@@ -164,8 +166,6 @@ def load_params_file(path: str | Path | None) -> tuple[dict[str, Any], dict[str,
     """(common parameters, per-notebook overrides) from a YAML file; ({}, {}) for None."""
     if path is None:
         return {}, {}
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"parameters file {path} does not exist")

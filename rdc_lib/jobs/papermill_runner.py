@@ -88,7 +88,7 @@ class PapermillJob:
         kernel_start_retries: int = 2,
     ) -> None:
         """Execute; raises papermill's error for a failing cell (the executed notebook is kept either way)."""
-        import papermill as pm
+        import papermill as pm  # heavy (papermill, ~2.5 s) and only needed here
 
         if (
             isinstance(kernel_start_retries, bool)

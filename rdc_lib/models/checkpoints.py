@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .base import Denoiser
 from .config import DenoiserConfig, build_denoiser
-from .diffusers_adapter import is_diffusers_ref
+from .diffusers_adapter import inspect_diffusers_folder, is_diffusers_ref, load_diffusers_denoiser
 
 __all__ = ["save_checkpoint", "read_checkpoint", "load_denoiser", "save_denoiser", "load_state_into"]
 
@@ -44,8 +44,6 @@ def read_checkpoint(path: str | Path, expected_kind: str | None = None) -> tuple
         raise FileNotFoundError(f"checkpoint not found: {path} (expected a .safetensors file written by rdc)")
     try:
         state = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
@@ -109,8 +107,6 @@ def load_denoiser(path: str | Path, device: str | torch.device = "cpu", dtype: t
     """Rebuild a denoiser from a checkpoint, in eval mode, on ``device`` with ``dtype``. ``'diffusers:FOLDER'``
     loads a local diffusers model through the adapter (rdc_lib.models.diffusers_adapter; digits-sized)."""
     if is_diffusers_ref(path):
-        from .diffusers_adapter import load_diffusers_denoiser
-
         return load_diffusers_denoiser(path, device=device, dtype=dtype)
     state, cfg = read_typed_checkpoint(path, "denoiser", DenoiserConfig)
     net = build_denoiser(cfg)
@@ -123,8 +119,6 @@ def require_trained_null_label(path: str | Path, use: str) -> None:
     denoises with the null label (p(x)): such a network never saw that label, its output there is untrained.
     Checkpoints without training settings (imported ones) pass; a diffusers model passes if it has a null label."""
     if is_diffusers_ref(path):
-        from .diffusers_adapter import inspect_diffusers_folder
-
         if inspect_diffusers_folder(path)["null_label"] is None:
             raise ValueError(
                 f"{use} denoises with the null label (p(x)), but the diffusers model {path} has none "

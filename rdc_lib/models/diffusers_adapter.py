@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.choices import VP_DATA_RANGES, VP_PREDICTION_TYPES, VP_TIMESTEP_MODES, check_choice
+from ..core.paths import resolve_path
 from .base import Denoiser
 
 __all__ = [
@@ -72,7 +73,7 @@ _ADAPTER_KEYS = ("data_range", "null_label", "timestep", "training")
 def require_diffusers() -> Any:
     """The diffusers module; ImportError saying how to install the extra if it is missing."""
     try:
-        import diffusers
+        import diffusers  # optional extra: diffusers
     except ImportError as err:  # pragma: no cover - the README commands install it
         raise ImportError(
             "this needs the optional 'diffusers' extra: pip install -e '.[diffusers]' "
@@ -88,8 +89,6 @@ def is_diffusers_ref(ref: str | Path | None) -> bool:
 
 def diffusers_folder(ref: str | Path) -> Path:
     """The folder of ``'diffusers:PATH'`` (relative paths: cwd, then notebooks/, rdc_lib.core.paths.resolve_path)."""
-    from ..core.paths import resolve_path
-
     text = str(ref)
     path = text[len(DIFFUSERS_PREFIX) :] if is_diffusers_ref(text) else text
     if not path:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .diffusers_adapter import VPDiffusersDenoiser, require_diffusers
+from .diffusers_adapter import VPDiffusersDenoiser, _layout, _read_json, diffusers_folder, require_diffusers
 
 __all__ = ["adapter_check", "scheduler_for", "scheduler_x0"]
 
@@ -23,8 +23,6 @@ __all__ = ["adapter_check", "scheduler_for", "scheduler_x0"]
 def scheduler_for(folder: str, **overrides: Any) -> Any:
     """The diffusers scheduler saved in a model folder (``'diffusers:PATH'`` or PATH), with clipping and
     thresholding off (the reference x0 must not be clipped); ``overrides`` replace config values."""
-    from .diffusers_adapter import _layout, _read_json, diffusers_folder
-
     cfg = _read_json(_layout(diffusers_folder(folder))[1], "diffusers scheduler config")
     cfg.update(clip_sample=False, thresholding=False, **overrides)
     return getattr(require_diffusers(), cfg["_class_name"]).from_config(cfg)

@@ -160,7 +160,7 @@ def _thread_env(threads: int) -> dict[str, str]:
 def _gpu_cluster(workers: int, devices: Sequence[str], threads: int | None, dashboard_address: str | None) -> Any:
     """A local cluster whose worker i runs with ``CUDA_VISIBLE_DEVICES=devices[i % len(devices)]``."""
     from distributed import Nanny, Scheduler, SpecCluster  # about 1 s to import: only a run on Dask pays it
-    from distributed.system import MEMORY_LIMIT
+    from distributed.system import MEMORY_LIMIT  # distributed, as on the line above
 
     specs = {}
     for i in range(workers):

@@ -25,9 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..core.stored_state import DAMAGED, StoredStateError, is_stored_state_error, move_aside
+from ..evaluation.provenance import eval_provenance
+from ..evaluation.runner import EvalConfig, evaluate_params
 from ..jobs.papermill_runner import RESULT_FILE, PapermillJob, error_head, strip_ansi
 from .store import utc_now
+from .targets import resolve_callable
 
 __all__ = ["CellOutcome", "CellTask", "execute_cell"]
 
@@ -113,9 +118,6 @@ def execute_cell(task: CellTask) -> CellOutcome:
 
 def _run_function(task: CellTask, cell_dir: Path) -> Any:
     if task.target == "eval":
-        from ..evaluation.provenance import eval_provenance
-        from ..evaluation.runner import EvalConfig, evaluate_params
-
         params = dict(task.params)
         params.setdefault("records_dir", str(cell_dir / "records"))  # an interrupted cell resumes its chunks
         if "device" not in params:
@@ -123,8 +125,6 @@ def _run_function(task: CellTask, cell_dir: Path) -> Any:
         result = evaluate_params(params)
         cfg = EvalConfig.from_params({k: v for k, v in params.items() if k not in ("records_dir", "device")})
         return {**result, "provenance": eval_provenance(cfg)}
-    from .targets import resolve_callable
-
     return resolve_callable(task.target)(**task.params)
 
 
@@ -173,21 +173,17 @@ def _set_threads(threads: int | None, *, torch_now: bool) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     if torch_now or "torch" in sys.modules:
-        import torch
-
         torch.set_num_threads(threads)
 
 
 def _default_device() -> str:
     """'cuda' when this worker sees a GPU (the engine pins one per worker via CUDA_VISIBLE_DEVICES)."""
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _worker_name() -> str:
     try:
-        from distributed import get_worker
+        from distributed import get_worker  # heavy (distributed, ~0.4 s): only a Dask worker has one
 
         return f"{get_worker().name}@{socket.gethostname()}"
     except (ImportError, ValueError):

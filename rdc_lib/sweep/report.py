@@ -20,6 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
+
+from ..attacks.registry import protocol_label
+from ..core.paths import stored_denoiser_name
+from ..defenses import defense_names
+from ..evaluation.checks import trust_label
 from .store import CellRecord, ResultStore
 
 __all__ = [
@@ -71,8 +77,6 @@ def _failed_checks(result: dict[str, Any] | None) -> str:
 
 
 def _trust_text(flag: bool | None) -> str:
-    from ..evaluation.checks import trust_label
-
     return trust_label(flag)
 
 
@@ -91,8 +95,6 @@ def cell_rows(records: Sequence[CellRecord]) -> list[dict[str, Any]]:
             row["denoiser"] = _denoiser_of(res)
         row["trusted"] = _trust_text(trust_of(res))
         if row.get("attack") not in (None, "none"):  # a single attack's robust accuracy is an upper bound: say so
-            from ..attacks.registry import protocol_label
-
             row["protocol"] = protocol_label(row["attack"], res.get("attacks_dropped", {}))
         row["failed_checks"] = _failed_checks(res)
         row["seconds"] = res.get("seconds", rec.duration)
@@ -107,9 +109,6 @@ def _denoiser_of(result: dict[str, Any]) -> str:
     legacy checkpoint of its heads (rdc_lib.core.paths.stored_denoiser_name), never today's default."""
     if result.get("denoiser") or result.get("dataset", "digits") != "digits" or "heads" not in result:
         return result.get("denoiser") or ""
-    from ..core.paths import stored_denoiser_name
-    from ..defenses import defense_names
-
     return stored_denoiser_name(result) if result.get("defense") in defense_names(needs_denoiser=True) else ""
 
 
@@ -208,8 +207,6 @@ def figure_vs_eps(
 ) -> Any:
     """plotly Figure: ``y`` (mean over seeds, std error bars) vs ``x``, one trace per group (defense x
     attack x norm); untrusted points drawn as open ``x`` markers, with a legend entry saying so."""
-    import plotly.graph_objects as go
-
     fig = go.Figure()
     traces: dict[tuple, list[dict[str, Any]]] = {}
     for row in agg:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ..evaluation.runner import EvalConfig
 from .targets import EVAL_TARGET, describe_type, target_params, type_accepts
 
 __all__ = ["SweepSpecError", "SweepSpec", "load_sweep", "parse_sweep"]
@@ -410,8 +411,6 @@ def _param_sites(spec: SweepSpec, data: dict) -> list[tuple[tuple, str, Any]]:
 
 def _check_eval_cells(spec: SweepSpec, data: dict, ctx: _Ctx) -> None:
     """Construct ``EvalConfig`` for every distinct cell so its own checks (names, ranges) run now."""
-    from ..evaluation.runner import EvalConfig
-
     names = {f.name for f in EvalConfig.flat_fields()}
     seen: set[str] = set()
     for cell in spec.cells():

@@ -24,6 +24,7 @@ Content hashes rather than the git commit, so a commit that does not touch the c
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
@@ -32,7 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..core.paths import data_dir
 from ..core.stored_state import StoredStateError, restart_aside, sources_version
+from ..evaluation import runner
 from ..evaluation.provenance import file_sha256  # one home: rdc_lib.evaluation.provenance (re-exported here)
 from .spec import SweepSpec
 from .targets import EVAL_TARGET
@@ -101,7 +104,7 @@ def canonical_json(value: Any) -> str:
 
 def _notebook_source(path: Path) -> bytes:
     """The code cells' sources only: re-saving outputs or metadata does not change the version."""
-    import nbformat
+    import nbformat  # heavy (nbformat, ~2 s): only notebook targets need it
 
     nb = nbformat.read(str(path), as_version=4)
     return "\n\0".join(c.source for c in nb.cells if c.cell_type == "code").encode()
@@ -114,8 +117,6 @@ def code_version(spec: SweepSpec | None = None, *, package_root: Path | None = N
     if spec is not None and spec.target_kind == "notebook":
         extra = b"notebook\0" + _notebook_source(Path(spec.target))
     elif spec is not None and spec.target != EVAL_TARGET:
-        import importlib.util
-
         module_spec = importlib.util.find_spec(spec.target.partition(":")[0])
         origin = Path(module_spec.origin) if module_spec and module_spec.origin else None
         if origin is not None and origin.is_file() and root not in origin.resolve().parents:
@@ -126,9 +127,6 @@ def code_version(spec: SweepSpec | None = None, *, package_root: Path | None = N
 def _eval_checkpoints(params: Mapping[str, Any]) -> list[Path]:
     """Checkpoints an ``eval`` cell reads: the runner's ``checkpoint_paths(params)`` if it has one, else
     every shipped checkpoint (conservative: retraining any of them invalidates the cells)."""
-    from ..core.paths import data_dir
-    from ..evaluation import runner
-
     hook = getattr(runner, "checkpoint_paths", None)
     if hook is not None:
         return [Path(p) for p in hook(dict(params))]

@@ -184,8 +184,8 @@ def target_params(kind: str, target: str) -> dict[str, ParamDecl]:
 
 
 def _notebook_params(path: Path) -> dict[str, ParamDecl]:
-    import nbformat
-    import papermill as pm
+    import nbformat  # heavy (nbformat, ~2 s): only notebook targets need it
+    import papermill as pm  # heavy (papermill, ~2.5 s): only notebook targets need it
 
     decls: dict[str, ParamDecl] = {}
     for name, info in pm.inspect_notebook(str(path)).items():

@@ -18,7 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import IPython.display as ipd  # called as ipd.display(...): late-bound, so a patched display is honoured
+import ipywidgets as widgets
 import plotly.graph_objects as go
+
+from .attacks import attack_step_figure
+from .levels import level_figure
+from .lm import lm_step_figure
 
 __all__ = [
     "Explorer",
@@ -70,8 +76,6 @@ def step_explorer(
     step: int = 0,
 ) -> Explorer:
     """Build (not display) an explorer: 'example' dropdown + 'step' slider (+ knobs) over a FigureWidget."""
-    import ipywidgets as widgets
-
     if not examples:
         raise ValueError("examples must name at least one example")
     if n_steps < 0:
@@ -123,19 +127,18 @@ def show_explorer(
     Returns the explorer, or None when not interactive or when ipywidgets / anywidget are missing
     (a note says so; the static figures stay).
     """
-    from IPython.display import Markdown, display
-
     figures = [] if static is None else [static] if isinstance(static, go.Figure) else list(static)
     for f in figures:
-        display(f)
+        ipd.display(f)
     if not interactive:
         return None
     try:
         explorer = build()
     except ImportError as exc:
-        display(Markdown(f"*Interactive explorer unavailable ({exc}); the static figures above show the result.*"))
+        note = f"*Interactive explorer unavailable ({exc}); the static figures above show the result.*"
+        ipd.display(ipd.Markdown(note))
         return None
-    display(explorer.widget)
+    ipd.display(explorer.widget)
     return explorer
 
 
@@ -154,10 +157,6 @@ def lm_explorer(
     'example' picks the image, 'step' the LM iterate; the 'eta' and 'LM steps' knobs rerun LM on
     every image with ``compute`` and redraw.
     """
-    import ipywidgets as widgets
-
-    from .lm import lm_step_figure
-
     state = {"lm": initial}
     cfg = initial.config
     knobs = {
@@ -190,8 +189,6 @@ def lm_explorer(
 
 def attack_explorer(trajs: Mapping[str, Any], names: Sequence[str] | None = None) -> Explorer:
     """Explorer over attack trajectories of several models (notebook 03): 'step' = attack query, 'example' = image."""
-    from .attacks import attack_step_figure
-
     first = next(iter(trajs.values()))
     n = first.x.shape[0]
     names = list(names) if names is not None else [f"image {i} (label {int(first.labels[i])})" for i in range(n)]
@@ -203,10 +200,6 @@ def level_explorer(views: Sequence[Any], rows: Sequence[Any], labels: Sequence[i
     """Explorer over the noise grid's smallest level (notebook 01): a 'smallest level' slider over the
     ``views`` (rdc_lib.experiments.levels.LevelView, precomputed, so moving it only redraws) and an 'example' dropdown
     over the images; the figure is :func:`rdc_lib.viz.levels.level_figure`. Returns the ipywidgets box."""
-    import ipywidgets as widgets
-
-    from .levels import level_figure
-
     if not views:
         raise ValueError("views must hold at least one LevelView")
     level_w = widgets.SelectionSlider(
