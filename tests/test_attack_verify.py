@@ -76,13 +76,13 @@ def test_ensemble_verifies_with_the_attacks_draws(setup):
     cnn, x, y = setup
     lucky = LuckyDraw(cnn, p=0.3, seed=1)
     suite = [("pgd", build_attack("pgd", lucky, eps=1e-4, steps=5, verify=4, seed=0))]
-    res = run_ensemble(lucky, x, y, suite, chunk_size=16, progress=False)
+    res = run_ensemble(lucky, x, y, suite, chunk=16, progress=False)
     kept = lambda r: float(r.robust[r.clean_correct].float().mean())  # clean check: verify calls (one for verify 1)
     assert kept(res) > 0.75
     # a one-call check (verify=1) lets luck through; the same draws as above, from a fresh generator
     lucky = LuckyDraw(cnn, p=0.3, seed=1)
     suite1 = [("pgd", build_attack("pgd", lucky, eps=1e-4, steps=5, seed=0))]
-    res1 = run_ensemble(lucky, x, y, suite1, chunk_size=16, progress=False)
+    res1 = run_ensemble(lucky, x, y, suite1, chunk=16, progress=False)
     assert kept(res1) < kept(res) - 0.3
     assert all(a.verify == 4 for _, a in autoattack_suite(cnn, eps=0.1, steps=2, verify=4, square_queries=5))
 

@@ -352,7 +352,7 @@ def test_ensemble_is_the_worst_case_per_example(cnn, digits):
     x, y = digits
     fgsm = FGSM(cnn, eps=0.1)
     pgd = PGD(cnn, eps=0.1, steps=5, random_start=False)  # deterministic: independent of the chunking
-    res = run_ensemble(cnn, x, y, [("fgsm", fgsm), ("pgd", pgd)], chunk_size=24, progress=False)
+    res = run_ensemble(cnn, x, y, [("fgsm", fgsm), ("pgd", pgd)], chunk=24, progress=False)
     alone = [~a.run(x, y).success for a in (fgsm, pgd)]
     assert torch.equal(res.robust, alone[0] & alone[1])
     assert torch.equal(res.clean_correct, cnn(x).argmax(1) == y)
@@ -371,7 +371,7 @@ def test_ensemble_resumes_after_an_interruption(cnn, digits, tmp_path):
     x, y = digits
     suite = autoattack_suite(cnn, norm="linf", eps=0.1, steps=5, square_queries=20, n_target_classes=2)
     assert [name for name, _ in suite] == ["apgd-ce", "apgd-dlr", "apgd-t", "square"]
-    full = run_ensemble(cnn, x, y, suite, chunk_size=16, progress=False)
+    full = run_ensemble(cnn, x, y, suite, chunk=16, progress=False)
 
     class Interrupted(Exception):
         pass
@@ -382,29 +382,29 @@ def test_ensemble_resumes_after_an_interruption(cnn, digits, tmp_path):
 
     state = tmp_path / "ens.state.pt"
     with pytest.raises(Interrupted):
-        run_ensemble(cnn, x, y, suite, chunk_size=16, state_path=state, progress=False, callback=stop_after_two)
+        run_ensemble(cnn, x, y, suite, chunk=16, state_path=state, progress=False, callback=stop_after_two)
     seen = []
     resumed = run_ensemble(
-        cnn, x, y, suite, chunk_size=16, state_path=state, progress=False, callback=lambda r: seen.append(r.chunk)
+        cnn, x, y, suite, chunk=16, state_path=state, progress=False, callback=lambda r: seen.append(r.chunk)
     )
     assert seen == [2, 3]  # finished chunks are not redone
     for key in ("x_adv", "robust", "clean_correct", "broken_by", "margin", "queries"):
         assert torch.equal(getattr(full, key), getattr(resumed, key)), key
     assert full.queries_per_attack == resumed.queries_per_attack
     with pytest.raises(ValueError, match="other attacks"):
-        run_ensemble(cnn, x, y, suite[:2], chunk_size=16, state_path=state, progress=False)
+        run_ensemble(cnn, x, y, suite[:2], chunk=16, state_path=state, progress=False)
     with pytest.raises(ValueError, match=r"other inputs"):
-        run_ensemble(cnn, x.flip(0), y.flip(0), suite, chunk_size=16, state_path=state, progress=False)
+        run_ensemble(cnn, x.flip(0), y.flip(0), suite, chunk=16, state_path=state, progress=False)
 
 
 def test_ensemble_validates_its_arguments(cnn, digits):
     x, y = digits
-    with pytest.raises(ValueError, match="chunk_size"):
-        run_ensemble(cnn, x, y, [("fgsm", FGSM(cnn, eps=0.1))], chunk_size=0)
+    with pytest.raises(ValueError, match="chunk must be"):
+        run_ensemble(cnn, x, y, [("fgsm", FGSM(cnn, eps=0.1))], chunk=0)
     with pytest.raises(ValueError, match="empty"):
-        run_ensemble(cnn, x, y, [], chunk_size=8)
+        run_ensemble(cnn, x, y, [], chunk=8)
     with pytest.raises(ValueError, match=r"\(name, Attack\)"):
-        run_ensemble(cnn, x, y, [FGSM(cnn, eps=0.1)], chunk_size=8)
+        run_ensemble(cnn, x, y, [FGSM(cnn, eps=0.1)], chunk=8)
     with pytest.raises(ValueError, match="eot must be an int >= 1, got 0"):
         build_attack("square", cnn, eps=0.1, eot=0)
     assert build_attack("square", cnn, eps=0.1, eot=4).eot == 4  # Square averages its scores over the draws

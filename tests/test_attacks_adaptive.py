@@ -131,7 +131,7 @@ def test_adaptive_attack_contract(name, cnn, digits, denoiser):
 def test_new_attacks_run_in_the_ensemble(cnn, digits, denoiser):
     x, y = digits
     attacks = [("stadv", make("stadv", cnn)), ("pgd-lagrange", make("pgd-lagrange", cnn, denoiser=denoiser))]
-    res = run_ensemble(cnn, x, y, attacks, chunk_size=32, progress=False)
+    res = run_ensemble(cnn, x, y, attacks, chunk=32, progress=False)
     assert res.attack_names == ["stadv", "pgd-lagrange"]
     assert res.robust_accuracy < res.clean_accuracy - 0.3
     assert (res.broken_by == 0).any() and (res.broken_by == 1).any()

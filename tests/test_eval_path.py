@@ -119,7 +119,7 @@ def test_single_path_equals_the_ensemble_of_one(name, scale, eot, verify):
         if single:
             adv, stats = run_single(atk, model, x, y)
         else:
-            res = run_ensemble(model, x, y, [(atk.name, atk)], chunk_size=x.shape[0], progress=False)
+            res = run_ensemble(model, x, y, [(atk.name, atk)], chunk=x.shape[0], progress=False)
             adv, stats = res.x_adv, res.summary()
         results.append((adv, stats, model(x)))  # the last call: the defense's generator is where it was
     (a1, s1, after1), (a2, s2, after2) = results

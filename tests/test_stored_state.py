@@ -290,7 +290,7 @@ def ensemble_setup():
 
 def _ensemble(setup, state, **kw):
     cnn, x, y, suite = setup
-    return run_ensemble(cnn, x, y, suite, chunk_size=8, state_path=state, progress=False, **kw)
+    return run_ensemble(cnn, x, y, suite, chunk=8, state_path=state, progress=False, **kw)
 
 
 def _equal_results(a, b) -> None:

@@ -279,7 +279,7 @@ def run_ensemble(
     y: Tensor,
     attacks: Sequence[tuple[str, Attack]],
     *,
-    chunk_size: int = 256,
+    chunk: int = 256,
     state_path: str | Path | None = None,
     progress: bool = True,
     callback: Callable[[ChunkReport], None] | None = None,
@@ -292,7 +292,7 @@ def run_ensemble(
         model: x (B, C, H, W) in [0, 1] -> logits (B, K); used for the clean check and verification.
         x, y: (N, C, H, W) images in [0, 1] and (N,) labels.
         attacks: (name, attack) pairs, run in this order; each sees only still-robust examples.
-        chunk_size: examples per chunk (the unit of progress and of saved state).
+        chunk: examples per chunk (the unit of progress and of saved state; stored as ``chunk_size``).
         state_path: file to save the state to after every chunk and to resume from.
         progress: show a tqdm bar over chunks.
         callback: called with a :class:`ChunkReport` after each chunk (after the state is saved).
@@ -304,8 +304,8 @@ def run_ensemble(
             :class:`~rdc_lib.core.stored_state.StoredStateError` naming the file.
     """
     check_images(x)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
     if not attacks:
         raise ValueError("attacks is empty; pass a list of (name, Attack), e.g. autoattack_suite(...)")
     for item in attacks:
@@ -317,8 +317,8 @@ def run_ensemble(
         raise ValueError(f"y must be a ({x.shape[0]},) tensor of labels, got {getattr(y, 'shape', type(y))}")
     y = y.to(x.device)
     names = [name for name, _ in attacks]
-    n, n_chunks = x.shape[0], -(-x.shape[0] // chunk_size)
-    state = _fresh_state(x, attacks, chunk_size, _fingerprint(x, y))
+    n, n_chunks = x.shape[0], -(-x.shape[0] // chunk)
+    state = _fresh_state(x, attacks, chunk, _fingerprint(x, y))
     path = Path(state_path) if state_path is not None else None
     if path is not None and restart:
         restart_aside([path], lambda: _load_state(path, state, x.device))
@@ -330,7 +330,7 @@ def run_ensemble(
     try:
         with eval_mode(model):
             for c in range(state["next_chunk"], n_chunks):
-                sl = slice(c * chunk_size, min(n, (c + 1) * chunk_size))
+                sl = slice(c * chunk, min(n, (c + 1) * chunk))
                 rows = _run_chunk(model, x[sl], y[sl], attacks, verify)
                 for key in ("x_adv", "clean_correct", "robust", "broken_by", "margin", "queries"):
                     state[key][sl] = rows[key].to(state[key].dtype)

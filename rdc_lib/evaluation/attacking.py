@@ -93,7 +93,7 @@ def run_attack(attack: Any, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Ten
     # Deferred: the ensemble runner (chunks, resumable state files) is loaded only when an ensemble runs.
     from ..attacks.ensemble import run_ensemble
 
-    res = run_ensemble(model, x, y, attack, chunk_size=x.shape[0], progress=False)
+    res = run_ensemble(model, x, y, attack, chunk=x.shape[0], progress=False)
     return res.x_adv, res.summary()
 
 
