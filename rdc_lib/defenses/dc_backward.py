@@ -155,18 +155,7 @@ class SparseELBOSum(torch.autograd.Function):
     otherwise a dense one is recomputed chunk by chunk (:func:`recompute_levels`).
     """
 
-    @staticmethod
-    def forward(
-        ctx,
-        x: Tensor,
-        noise: Tensor,
-        denoiser: Denoiser,
-        grid: NoiseGrid,
-        classes: Tensor,
-        chunk_size: int,
-        keep_graph: bool,
-    ) -> Tensor:
-        return _forward(ctx, x, noise, denoiser, grid, classes, chunk_size, keep_graph)
+    forward = staticmethod(_forward)  # (ctx, x, noise, denoiser, grid, classes, chunk_size, keep_graph)
 
     @staticmethod
     @once_differentiable
