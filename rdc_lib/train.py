@@ -160,7 +160,7 @@ def train_denoiser(
     ``resume``: continue from ``<out>.state.pt`` if it exists (False: ignore it; it is overwritten at the
     first checkpoint). ``restart``: move that file aside (renamed ``.damaged-<time>`` or ``.replaced-<time>``,
     never deleted) and train from step 0. A damaged or mismatched state raises ``StoredStateError``.
-    ``metadata``: extra JSON entries stored in the checkpoint's 'extra' (a recipe stage's hash, rdc_lib.recipe).
+    ``metadata``: extra JSON entries stored in the checkpoint's 'extra' (a recipe stage's hash, rdc_lib.cli.recipe).
     """
     device = resolve_device(device)
     out = Path(out)

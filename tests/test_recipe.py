@@ -1,4 +1,4 @@
-"""Training recipes (rdc_lib.recipe): the shipped recipes match data/README.md and the shipped files; a tiny
+"""Training recipes (rdc_lib.cli.recipe): the shipped recipes match data/README.md and the shipped files; a tiny
 recipe replays, resumes stage by stage and refuses bad input."""
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ import pytest
 import yaml
 
 from rdc_lib.cli import main
-from rdc_lib.cli.train import train_config_from_args
-from rdc_lib.core.choices import DEFAULT_DENOISERS
-from rdc_lib.models.checkpoints import checkpoint_extra
-from rdc_lib.recipe import (
+from rdc_lib.cli.recipe import (
     RecipeError,
     _train_parser,
     load_recipe,
@@ -26,6 +23,9 @@ from rdc_lib.recipe import (
     stage_train_config,
     stored_hash,
 )
+from rdc_lib.cli.train import train_config_from_args
+from rdc_lib.core.choices import DEFAULT_DENOISERS
+from rdc_lib.models.checkpoints import checkpoint_extra
 from rdc_lib.train import TrainConfig, config_dict
 
 ROOT = Path(__file__).resolve().parents[1]

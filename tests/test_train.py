@@ -93,8 +93,8 @@ def test_training_is_reproducible_and_leaves_global_rng_alone(tmp_path):
 
 def test_exclude_val_trains_without_the_validation_images(tmp_path, monkeypatch):
     import rdc_lib.train as train_mod
+    from rdc_lib.cli.recipe import _train_parser
     from rdc_lib.cli.train import train_config_from_args
-    from rdc_lib.recipe import _train_parser
     from rdc_lib.train import config_dict
 
     seen = []

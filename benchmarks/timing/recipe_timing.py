@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from rdc_lib.recipe import load_recipe, stage_train_config
+from rdc_lib.cli.recipe import load_recipe, stage_train_config
 from rdc_lib.train import train_denoiser
 
 

@@ -1,4 +1,4 @@
-"""The ``rdc train`` command's flags and the ``TrainConfig`` they make (rdc_lib.recipe reads them too; the handler,
+"""The ``rdc train`` command's flags and the ``TrainConfig`` they make (rdc_lib.cli.recipe reads them too; the handler,
 which prints, is in rdc_lib.cli.train_commands)."""
 
 from __future__ import annotations

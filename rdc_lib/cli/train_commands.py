@@ -1,6 +1,6 @@
 """The handlers of ``rdc train`` and ``rdc train-baseline`` (and the latter's flags).
 
-``rdc train``'s flags are in rdc_lib.cli.train, which rdc_lib.recipe reads too; this module imports the recipe,
+``rdc train``'s flags are in rdc_lib.cli.train, which rdc_lib.cli.recipe reads too; this module imports the recipe,
 so the two stay apart (no import cycle).
 """
 
@@ -11,8 +11,8 @@ import json
 import torch
 
 from ..defenses.baselines import BASELINE_KINDS, train_baseline_kind
-from ..recipe import recipe_command
 from ..train import train_denoiser
+from .recipe import recipe_command
 from .train import train_config_from_args
 
 __all__ = ["add_train_baseline_parser", "cmd_train", "cmd_train_baseline"]

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from .evaluation.runner import resolve_denoiser
-from .models.checkpoints import checkpoint_extra
-from .train import TrainConfig, config_dict, train_denoiser
+from ..evaluation.runner import resolve_denoiser
+from ..models.checkpoints import checkpoint_extra
+from ..train import TrainConfig, config_dict, train_denoiser
+from .train import add_train_parser, train_config_from_args
 
 __all__ = [
     "RECIPE_KEYS",
@@ -93,9 +94,6 @@ class StagePlan:
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    # deferred: import cycle (rdc_lib.cli, run before cli.train, imports this module via cli.train_commands)
-    from .cli.train import add_train_parser
-
     sub = argparse.ArgumentParser(prog="rdc").add_subparsers(dest="command")
     add_train_parser(sub)
     return sub.choices["train"]
@@ -189,9 +187,6 @@ def stage_train_config(
 ) -> TrainConfig:
     """The ``TrainConfig`` of ``stage`` read by the ``rdc train`` parser, with ``parent`` / ``teacher`` (checkpoint
     paths) as --init-from / --distill-from."""
-    # deferred: import cycle (rdc_lib.cli imports this module via cli.train_commands)
-    from .cli.train import train_config_from_args
-
     argv = ["--out", "unused.safetensors"]
     for k, v in stage.args.items():
         argv += [f"--{k}", str(v)]
