@@ -65,7 +65,12 @@ def _certified(raw: Path, out: Path, notes: Path | None) -> None:
     from benchmarks.drivers import certify_report
 
     certify_report.cmd_doc(
-        Namespace(raw=str(raw / "certified.jsonl"), out=str(out), bench=str(raw / "bench_certify.json"))
+        Namespace(
+            raw=str(raw / "certified.jsonl"),
+            out=str(out),
+            bench=str(raw / "bench_certify.json"),
+            notes=str(notes) if notes else "",
+        )
     )
 
 
@@ -117,7 +122,7 @@ DOCS: tuple[GeneratedDoc, ...] = (
         "certified.md",
         "benchmarks/drivers/certify_report.py",
         ("certified.jsonl", "bench_certify.json"),
-        None,
+        "certified_notes.md",
         _certified,
     ),
     GeneratedDoc(

@@ -34,6 +34,7 @@ from benchmarks.common import bracketed, measured_on, read_rows, stamped, table,
 
 RAW = REPO / "docs" / "raw" / "certified.jsonl"
 DOC = REPO / "docs" / "certified.md"
+NOTES = REPO / "docs" / "certified_notes.md"  # the noised DC's derivation, hand-written
 RECORDS = REPO / "runs" / "certify" / "records"
 
 # docs/certified.md measures the multi-head denoiser digits_multi (the default of heads "multi" until the defaults
@@ -118,49 +119,9 @@ def _name(row: dict) -> str:
     return row["label"] + (f" ({row['posterior']})" if row["base"] == "noised-dc" else "")
 
 
-DERIVATION = r"""## The noised diffusion classifier
-
-Randomized smoothing feeds the base classifier x~ = x + s delta (pixel noise s; in the model space [-1, 1],
-x~ = x0 + sigma_s eps_s with sigma_s = 2 s). The Bayes-optimal base classifier for such inputs is
-argmax_y p_{sigma_s}(x~ | y) p(y), where p_{sigma_s}(. | y) is the class-conditional data distribution convolved
-with N(0, sigma_s^2 I). The noised DC estimates log p_{sigma_s}(x~ | y) with the diffusion model of the clean data.
-
-1. **Restart the forward process at x~.** x_tau = x~ + tau eps (tau >= 0) has the law of the forward process
-   x_sigma = x0 + sigma eps at sigma^2 = sigma_s^2 + tau^2. So p_{sigma_s} is the data distribution of a VE
-   diffusion in tau, and its continuous-time ELBO (Kingma et al. 2021, SNR = 1/tau^2) reads
-   -log p_{sigma_s}(x~ | y) = C + integral_0^inf tau^-3 E_eps ||D~_y(x~ + tau eps; tau) - x~||^2 d tau
-   (sum over pixels), tight when D~_y = E[x~ | x_tau, y]; C holds the prior term at large tau (it vanishes from
-   class differences as sigma_max grows) and constants.
-2. **The noised-data denoiser from the clean one.** Tweedie's formula at the same point x_sigma:
-   E[x0 | x_sigma] = x_sigma + sigma^2 grad log p_sigma(x_sigma) and E[x~ | x_sigma] = x_sigma + tau^2 grad log
-   p_sigma(x_sigma), hence D~ = (sigma_s^2 / sigma^2) x_sigma + (tau^2 / sigma^2) D(x_sigma; sigma, y).
-3. **Substitute.** With x_sigma - x~ = tau eps: D~ - x~ = (tau^2 / sigma^2) [D - x~ + (sigma_s^2 / tau) eps].
-4. **Change variables tau -> sigma** (tau d tau = sigma d sigma): tau^-3 (tau / sigma)^4 d tau = sigma^-3 d sigma, so
-
-   -log p_{sigma_s}(x~ | y) = C + integral_{sigma_s}^inf sigma^-3 E_eps ||D(x~ + tau eps; sigma, y) - x~ + (sigma_s^2 / tau) eps||^2 d sigma,
-   tau = sqrt(sigma^2 - sigma_s^2).
-
-   This is the plain DC's ELBO (recovered exactly at sigma_s = 0) **restricted to the levels sigma >= sigma_s**,
-   with the input treated as already noised at sigma_s (only the extra noise tau is added) and a correction
-   (sigma_s^2 / tau) eps to the regression target. As for the DC, `rdc_lib.certify.bases` replaces sigma^-3 d sigma by
-   the grid weights (EDM weighting by default, T levels strictly above sigma_s: `noised_grid`) and draws one eps per
-   level, shared by all classes. Sharing matters: the correction's class-independent part ||(sigma_s^2 / tau) eps||^2
-   (whose integral diverges logarithmically at sigma_s) cancels from logit differences; the class-dependent cross
-   term 2 (sigma_s^2 / tau) <D_y, eps> has the finite mean 2 sigma_s^2 E[div D_y] (Stein's lemma).
-   `posterior='approx'` drops the correction (lower variance, biased).
-5. **Tested where the exact answer is known.** With the closed-form optimal denoiser D* of a finite training set,
-   p_{sigma_s}(x~ | y) is the Gaussian mixture mean_{i: y_i = y} N(x~; x_i, sigma_s^2 I).
-   `tests/test_certify.py::test_noised_dc_matches_exact_noisy_likelihood_on_optimal_denoiser` checks the estimate
-   of log p(x~ | 0) - log p(x~ | 1) against it (ELBO weights, 200 Karras levels up to sigma = 80, 200 draws: within
-   4 standard errors plus 2% quadrature error), and that the `approx` variant fails the same check.
-
-Cost: T denoiser evaluations per draw with a multi-head network (one pass serves every class), 10 T with a
-single-head one; denoised smoothing needs one.
-"""  # noqa: E501 (a formula of the generated docs/certified.md, one line)
-
-
-def render(rows: list[dict], bench: dict | None = None) -> str:
-    """docs/certified.md from raw rows (deterministic)."""
+def render(rows: list[dict], bench: dict | None = None, notes: str = "") -> str:
+    """docs/certified.md from raw rows (deterministic); ``notes``: the hand-written derivation
+    (docs/certified_notes.md), placed verbatim before the commands."""
     rows = sorted(
         map(migrate_stored, rows), key=lambda r: (r["pixel_sigma"], r["base"], r.get("posterior", ""), r["key"])
     )
@@ -288,7 +249,7 @@ def render(rows: list[dict], bench: dict | None = None) -> str:
             f"costs {bench['noised_dc_over_denoised_seconds']:.1f}x denoised smoothing per draw.",
             "",
         ]
-    lines += ["", DERIVATION, "## Commands", ""]
+    lines += ["", notes, "## Commands", ""]
     for cmd in sorted({r["command"] for r in rows}):
         lines.append(f"    {cmd}")
     if bench:
@@ -305,7 +266,8 @@ def cmd_doc(args: argparse.Namespace) -> int:
     # the figure reads the raw folder's certified.jsonl: drawn when --raw is that file (docs/raw), as make docs runs it
     drawn = raw.name == "certified.jsonl"
     figures = [line for fd in figures_of("certified.md", raw.parent) for line in figure_lines(fd)] if drawn else []
-    text = render(rows, bench).rstrip("\n") + ("\n\n## Figure\n\n" + "\n".join(figures) if drawn else "\n")
+    notes = Path(args.notes).read_text() if args.notes else ""
+    text = render(rows, bench, notes).rstrip("\n") + ("\n\n## Figure\n\n" + "\n".join(figures) if drawn else "\n")
     Path(args.out).write_text(text)
     if drawn:
         write_figures("certified.md", raw.parent, Path(args.out).parent / "figures")
@@ -334,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--raw", default=str(RAW))
     d.add_argument("--out", default=str(DOC))
     d.add_argument("--bench", default=str(REPO / "docs" / "raw" / "bench_certify.json"))
+    d.add_argument("--notes", default=str(NOTES), help="the hand-written derivation, placed verbatim")
     args = p.parse_args(argv)
     return cmd_run(args) if args.cmd == "run" else cmd_doc(args)
 
