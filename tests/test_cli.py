@@ -138,6 +138,14 @@ def test_eval_accepts_the_british_spelling_of_defense_and_the_papers_T():
     assert (args.defense, args.timesteps) == ("cnn", 8)
 
 
+def test_eval_takes_the_image_count_as_n_images_or_n():
+    from rdc_lib.cli import build_parser, eval_config
+
+    for flag in ("--n-images", "--n"):
+        args = build_parser().parse_args(["eval", "--defense", "cnn", flag, "7"])
+        assert eval_config(args).n_images == 7
+
+
 def test_attack_none_is_accepted_with_every_dataset_preset(capsys):
     """Issue 38: `rdc eval --dataset cifar10 --attack none` failed with "unknown attack 'none'" (a list without
     'none') while the digits accepted it; now the preset only reads registry facts of registered attacks."""

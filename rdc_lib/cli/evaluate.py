@@ -23,7 +23,9 @@ from ..evaluation.runner import EvalConfig, evaluate
 
 __all__ = ["FLAG_ALIASES", "add_eval_parser", "cmd_eval", "eval_config"]
 
-FLAG_ALIASES = {"timesteps": "--T", "defense": "--defence"}  # rdc eval: field -> accepted second flag
+# rdc eval: field -> a second accepted flag. --n-images is the glossary's name for the image count (docs/paper.md
+# section 9); --n stays the primary spelling because records and every documented command use it.
+FLAG_ALIASES = {"timesteps": "--T", "defense": "--defence", "n": "--n-images"}
 
 
 def _eval_choices() -> dict[str, tuple[str, ...]]:
@@ -57,7 +59,7 @@ def add_eval_parser(sub) -> None:
         if f.name == "eot":  # an int, or "auto": the gradient-variance rule (rdc_lib.evaluation.eot_rule)
             typ = _eot_flag
             helptext += "; or 'auto': the size the gradient-variance rule asks for on the first images"
-        if f.name in FLAG_ALIASES:  # a second spelling users type (the British "defence", the paper's "T")
+        if f.name in FLAG_ALIASES:  # a second spelling ("defence", the paper's "T", the glossary's n-images)
             p.add_argument(flag, FLAG_ALIASES[f.name], dest=f.name, type=typ, default=None, help=helptext)
         elif f.type in ("bool", bool):
             p.add_argument(
