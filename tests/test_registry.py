@@ -82,12 +82,13 @@ def toys(tmp_path_factory):
     defense_registry._REGISTRY.pop(TOY_DEFENSE, None)
 
 
-def test_unknown_before_registration():
-    """Without the modules the names are refused (so the tests below show the registration did it)."""
+def test_unknown_before_registration(monkeypatch):
+    """Without the modules the names are refused (so the tests below show the registration did it); entries an
+    earlier test of the session left behind are taken out for this test."""
     from rdc_lib.evaluation import EvalConfig
 
-    if TOY_ATTACK in attack_registry.attack_names():
-        pytest.skip("the toy modules were imported by an earlier test of this session")
+    monkeypatch.delitem(attack_registry._REGISTRY, TOY_ATTACK, raising=False)
+    monkeypatch.delitem(defense_registry._REGISTRY, TOY_DEFENSE, raising=False)
     with pytest.raises(ValueError, match=f"unknown attack '{TOY_ATTACK}'"):
         EvalConfig(attack=TOY_ATTACK)
     with pytest.raises(ValueError, match=f"unknown defense '{TOY_DEFENSE}'"):

@@ -4,7 +4,8 @@ Where the cells run:
 - default: an embedded ``LocalCluster(n_workers=N, threads_per_worker=1, processes=True)``. With GPUs
   (``CUDA_VISIBLE_DEVICES`` or ``nvidia-smi -L``) the default is one worker per GPU, each started with
   its own ``CUDA_VISIBLE_DEVICES`` (so a target's ``"cuda"`` is that worker's GPU; more workers than
-  GPUs share them round-robin). The ``eval`` target picks ``device="cuda"`` when its worker sees a GPU.
+  GPUs share them round-robin). The ``eval`` target runs on the device its parameters name (``device: cuda`` in a
+  sweep's fixed parameters on GPU workers; ``cpu`` when none is named, as everywhere in rdc_lib).
 - ``scheduler_address``: an existing cluster (``dask scheduler`` + ``dask worker --nthreads 1``).
 - ``slurm``: dask-jobqueue ``SLURMCluster``, one single-threaded worker per job, ``gres=gpu:N``
   (Slurm sets ``CUDA_VISIBLE_DEVICES``), worker ``--lifetime`` below the walltime so jobs retire

@@ -120,8 +120,6 @@ def _run_function(task: CellTask, cell_dir: Path) -> Any:
     if task.target == "eval":
         params = dict(task.params)
         params.setdefault("records_dir", str(cell_dir / "records"))  # an interrupted cell resumes its chunks
-        if "device" not in params:
-            params["device"] = _default_device()
         result = evaluate_params(params)
         cfg = EvalConfig.from_params({k: v for k, v in params.items() if k not in ("records_dir", "device")})
         return {**result, "provenance": eval_provenance(cfg)}
@@ -174,11 +172,6 @@ def _set_threads(threads: int | None, *, torch_now: bool) -> None:
         os.environ[var] = str(threads)
     if torch_now or "torch" in sys.modules:
         torch.set_num_threads(threads)
-
-
-def _default_device() -> str:
-    """'cuda' when this worker sees a GPU (the engine pins one per worker via CUDA_VISIBLE_DEVICES)."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _worker_name() -> str:
