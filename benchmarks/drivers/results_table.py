@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from rdc_lib.attacks import FULL_ENSEMBLE, is_full_ensemble, protocol_label
-from rdc_lib.core.choices import CHOSEN_ON, GRID_SIGMA_MIN, LEGACY_DENOISERS
+from rdc_lib.core.choices import CHOSEN_ON, GRID_SIGMA_MIN, HEADLINE_BUDGET, LEGACY_DENOISERS
 from rdc_lib.core.paths import stored_denoiser_name
 from rdc_lib.defenses import get_defense
 from rdc_lib.evaluation import EvalConfig, evaluate
@@ -49,19 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 from benchmarks.common import accuracy, append_row, interval, read_rows, table, table_row, write_rows  # noqa: E402
 
 THREATS = {"linf": 0.1, "l2": 0.5}
-DEFAULTS = dict(
-    n=64,
-    steps=25,
-    restarts=1,
-    square_queries=500,
-    n_target_classes=3,
-    timesteps=16,
-    heads="multi",
-    noise_mode="fixed",
-    grad_mode="exact",
-    chunk=32,
-    seed=0,
-)
+DEFAULTS = dict(n=64, **HEADLINE_BUDGET, heads="multi", grad_mode="exact", chunk=32, seed=0)
 # The five-defense table measures the multi-head denoiser digits_multi (the default of heads "multi" when it was
 # measured; its raw rows store denoiser ""): named here so that a rerun measures the same network.
 DENOISER = LEGACY_DENOISERS["multi"]

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from rdc_lib.core.choices import LEGACY_DENOISERS
+from rdc_lib.core.choices import HEADLINE_BUDGET, LEGACY_DENOISERS
 
 # digits_multi by name: the denoiser docs/raw/bench_autoattack.json was measured with (heads "multi" then)
 SETTINGS = dict(
@@ -34,14 +34,9 @@ SETTINGS = dict(
     attack="autoattack",
     norm="linf",
     eps=0.1,
-    steps=25,
-    restarts=1,
-    square_queries=500,
-    n_target_classes=3,
-    timesteps=16,
+    **HEADLINE_BUDGET,
     heads="multi",
     denoiser=LEGACY_DENOISERS["multi"],
-    noise_mode="fixed",
     grad_mode="exact",
     seed=0,
 )

@@ -15,27 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from rdc_lib.core.choices import LEGACY_DENOISERS
 
-# digits_multi by name: the denoiser docs/raw/bench_parallel.json was measured with (heads "multi" then)
-STRONGEST = dict(
-    defense="rdc",
-    attack="apgd-ce",
-    eps=0.1,
-    eot=2,
-    verify=4,
-    n_eval=10,
-    noise_mode="stochastic",
-    timesteps=16,
-    heads="multi",
-    denoiser=LEGACY_DENOISERS["multi"],
-    steps=40,
-    run_checks=False,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: benchmarks.timing
+from benchmarks.timing.profile_strongest import STRONGEST as STRONGEST_PROTOCOL  # noqa: E402
+
+# digits_multi by name: the denoiser docs/raw/bench_parallel.json was measured with (heads "multi" then);
+# APGD-CE with 40 iterations, no sanity checks (a fixed cost, the same for both layouts)
+STRONGEST = dict(STRONGEST_PROTOCOL, denoiser=LEGACY_DENOISERS["multi"], steps=40, run_checks=False)
 
 
 def _evaluate(offset: int, n: int, threads: int) -> dict:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.choices import SELECTION_SPLIT
+from ..core.choices import HEADLINE_BUDGET, SELECTION_SPLIT
 from ..core.utils import check_images, check_labels
 from ..data import dataset_info, load_dataset
 from ..defenses.classifier import DiffusionClassifier
@@ -291,20 +291,7 @@ def entry_dict(entry: StudyEntry) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ robust column and report
 
-ROBUST_SETTINGS = dict(
-    attack="autoattack",
-    norm="linf",
-    eps=0.1,
-    steps=25,
-    restarts=1,
-    square_queries=500,
-    n_target_classes=3,
-    timesteps=16,
-    noise_mode="fixed",
-    chunk=5,
-    seed=0,
-    run_checks=False,
-)
+ROBUST_SETTINGS = dict(attack="autoattack", norm="linf", eps=0.1, **HEADLINE_BUDGET, chunk=5, seed=0, run_checks=False)
 
 
 def robust_config(entry: StudyEntry, heads: str, split: str = SELECTION_SPLIT, **overrides: Any) -> EvalConfig:
