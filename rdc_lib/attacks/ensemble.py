@@ -29,10 +29,11 @@ from torch import Tensor
 
 from ..core.progress import progress_bar
 from ..core.stored_state import StoredStateError, load_torch_state, restart_aside, source_version
-from ..core.utils import check_images, check_labels
+from ..core.utils import check_images
 from .base import Attack, Model, eval_mode
 from .losses import margin
 from .registry import AUTOATTACK_MEMBERS, build_attack  # AUTOATTACK_MEMBERS: re-exported
+from .verified import clean_verified, verified_run
 
 __all__ = ["AUTOATTACK_MEMBERS", "ChunkReport", "EnsembleResult", "autoattack_suite", "run_ensemble"]
 
@@ -221,22 +222,9 @@ def _save_state(path: Path, state: dict) -> None:
 
 
 def _run_chunk(model: Model, x: Tensor, y: Tensor, attacks: Sequence[tuple[str, Attack]], verify: bool) -> dict:
-    """All attacks on one chunk; returns the chunk's rows of the state."""
+    """All attacks on one chunk (the verified protocol of ``verified.py``); returns the chunk's rows of the state."""
     n = x.shape[0]
-    queries = torch.ones(n, dtype=torch.int64, device=x.device)
-    with torch.no_grad():
-        clean = model(x)
-    check_labels(y, clean.shape[1], batch=n)
-    clean_correct = clean.argmax(dim=1) == y
-    reads = max(a.verify for _, a in attacks) if verify else 1
-    if reads > 1 and not clean_correct.all():
-        # a clean error must hold in every one of ``reads`` calls (stochastic models), as an attack success must:
-        # an image one unlucky draw got wrong is attacked like the others
-        wrong = (~clean_correct).nonzero().flatten()
-        with torch.no_grad():
-            logits = model(x[wrong].repeat(reads - 1, 1, 1, 1)).reshape(reads - 1, wrong.numel(), -1)
-        queries[wrong] += reads - 1
-        clean_correct[wrong[(logits.argmax(dim=2) == y[wrong]).any(dim=0)]] = True
+    clean, clean_correct, queries = clean_verified(model, x, y, max(a.verify for _, a in attacks) if verify else 1)
     out = {
         "x_adv": x.detach().clone(),
         "clean_correct": clean_correct,
@@ -253,23 +241,14 @@ def _run_chunk(model: Model, x: Tensor, y: Tensor, attacks: Sequence[tuple[str, 
         idx = out["robust"].nonzero().flatten()
         if idx.numel() == 0:
             continue
-        res = attack.run(x[idx], y[idx])
-        spent = res.queries.clone()
-        if verify:  # every one of the attack's ``verify`` draws must misclassify (stochastic models)
-            with torch.no_grad():
-                logits = model(res.x_adv.repeat(draws, 1, 1, 1)).reshape(draws, idx.numel(), -1)
-            spent += draws
-            fooled = (logits.argmax(dim=2) != y[idx]).all(dim=0)
-            m = torch.stack([margin(logits[d], y[idx]) for d in range(draws)]).mean(dim=0).to(x.dtype)
-        else:
-            fooled, m = res.success, res.margin.to(x.dtype)
-        queries[idx] += spent
-        out["queries_per_attack"][i] = int(spent.sum())
-        take = fooled | (m < out["margin"][idx])
-        out["x_adv"][idx[take]] = res.x_adv[take]
-        out["margin"][idx[take]] = m[take]
-        out["robust"][idx[fooled]] = False
-        out["broken_by"][idx[fooled]] = i
+        run = verified_run(model, attack, x[idx], y[idx], draws)
+        queries[idx] += run.spent
+        out["queries_per_attack"][i] = int(run.spent.sum())
+        take = run.fooled | (run.margin < out["margin"][idx])
+        out["x_adv"][idx[take]] = run.result.x_adv[take]
+        out["margin"][idx[take]] = run.margin[take]
+        out["robust"][idx[run.fooled]] = False
+        out["broken_by"][idx[run.fooled]] = i
     return out
 
 

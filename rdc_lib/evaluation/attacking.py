@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..attacks.base import Attack, eval_mode
 from ..attacks.losses import margin
 from ..attacks.registry import attack_names, build_attack, get_attack
+from ..attacks.verified import clean_verified, verified_run
 from ..defenses import defense_names
 
 __all__ = ["NO_ATTACK", "AttackFactory", "build_evaluated_attack", "eval_attack_names", "run_attack", "run_single"]
@@ -97,43 +97,25 @@ def run_attack(attack: Any, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Ten
     return res.x_adv, res.summary()
 
 
-@torch.no_grad()
-def _reads(model: nn.Module, x: Tensor, reads: int) -> Tensor:
-    """Logits (reads, N, K) of ``reads`` calls on images x (N, C, H, W), batched together."""
-    return model(x.repeat(reads, 1, 1, 1)).reshape(reads, x.shape[0], -1)
-
-
 def run_single(attack: Attack, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict]:
     """One attack on (x (N, C, H, W) in [0, 1], y (N,)): adversarial images (N, C, H, W) and its summary.
 
-    The same model calls as AutoAttack's protocol: a clean call (a clean error must hold in ``attack.verify``
-    calls), the attack on the correctly classified images, then ``attack.verify`` calls on each returned image,
-    which count it as broken only if all misclassify it; a robust image keeps the returned point only when its
-    mean margin is below the clean one. So a stochastic defense draws its randomness in the same order as an
-    ensemble of this one attack (``run_ensemble``) and gives the same images and counts.
+    The verified protocol of ``rdc_lib.attacks.verified`` with ``attack.verify`` reads, as ``run_ensemble`` runs
+    it: a stochastic defense draws its randomness in the same order as an ensemble of this one attack and gives the
+    same images and counts, without loading the ensemble runner.
     """
     n, y = x.shape[0], y.to(x.device)
     with eval_mode(model):
-        clean = _reads(model, x, 1)[0]
-        queries = torch.ones(n, dtype=torch.int64, device=x.device)
-        ok = clean.argmax(dim=1) == y
-        if attack.verify > 1 and not ok.all():  # a clean error must hold in every read, as a success must
-            wrong = (~ok).nonzero().flatten()
-            queries[wrong] += attack.verify - 1
-            ok[wrong[(_reads(model, x[wrong], attack.verify - 1).argmax(dim=2) == y[wrong]).any(dim=0)]] = True
+        clean, ok, queries = clean_verified(model, x, y, attack.verify)
         x_adv, robust, spent = x.detach().clone(), ok.clone(), 0
         idx = ok.nonzero().flatten()
         if idx.numel():
-            res = attack.run(x[idx], y[idx])
-            logits = _reads(model, res.x_adv, attack.verify)
-            fooled = (logits.argmax(dim=2) != y[idx]).all(dim=0)
-            m = torch.stack([margin(logits[d], y[idx]) for d in range(attack.verify)]).mean(dim=0).to(x.dtype)
-            take = fooled | (m < margin(clean, y).to(x.dtype)[idx])
-            x_adv[idx[take]] = res.x_adv[take]
-            robust[idx[fooled]] = False
-            cost = res.queries + attack.verify
-            queries[idx] += cost
-            spent = int(cost.sum())
+            run = verified_run(model, attack, x[idx], y[idx], attack.verify)
+            take = run.fooled | (run.margin < margin(clean, y).to(x.dtype)[idx])
+            x_adv[idx[take]] = run.result.x_adv[take]
+            robust[idx[run.fooled]] = False
+            queries[idx] += run.spent
+            spent = int(run.spent.sum())
     budget = n * (attack.max_queries + attack.verify)
     name = getattr(attack, "name", "attack")
     summary = {
