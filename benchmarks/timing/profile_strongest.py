@@ -13,7 +13,7 @@ jobs on the machine) two ways:
 
 - phase: the attack's gradient steps (EOT draws batched into them), verification calls, the
   attack's clean call, the runner's clean classification, the N-evaluation, the sanity checks
-  (a fixed cost on at most 16 images, whatever ``n``), everything else;
+  (a fixed cost on the first images, whatever ``n``), everything else;
 - component: LM forward (first-order steps), LM backward (second-order, per-step recomputation),
   DC forward, DC chunked backward, noise draws, the rest (Python, loss, bookkeeping). The DC's backward is its
   custom autograd functions' backward (rdc_lib.defenses.dc_backward: the chunked recomputation, and for a
@@ -386,9 +386,10 @@ def _profile_section(p: dict, level: str = "##") -> list[str]:
         "",
         (
             f"CPU total {_fmt_s(cpu)} s, of which the sanity checks {_fmt_s(checks)} s: a fixed cost (they run on the "
-            f"first {p['check_images']} image(s), at most 16 whatever n). "
+            f"first {p['check_images']} image(s), whatever n). "
             if p["check_images"]
-            else f"CPU total {_fmt_s(cpu)} s (sanity checks off in this profile: a fixed cost on at most 16 images). "
+            else f"CPU total {_fmt_s(cpu)} s (sanity checks off in this profile: a fixed cost on the first images, "
+            "whatever n). "
         )
         + "The part that grows with n: "
         f"{_fmt_s(per_image)} s = **{_fmt_s(per_image / cfg['n'])} s per image** "
@@ -457,7 +458,7 @@ def _bench_section(b: dict, level: str = "##") -> list[str]:
         f"seeds, each in its own process with {b['threads']} thread(s), the two side by side in each of "
         f"{b['rounds']} round(s) so that both see the same load from other jobs; the minimum over the rounds is "
         f"reported ({_CPU_MEASURE if b['measure'] == 'cpu_s' else 'wall seconds'}). "
-        "Seconds per image exclude the sanity checks (off: a fixed cost on at most 16 images). "
+        "Seconds per image exclude the sanity checks (off: a fixed cost on the first images, whatever n). "
         "The ratio is old / new (> 1: faster now).",
         "",
         "*network images*: images through the denoiser's first convolution per test image (every forward pass, "
